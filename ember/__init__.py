@@ -1,0 +1,52 @@
+"""Ember: a Ray-compatible distributed runtime that lives in Jupyter.
+
+``import ember as ray`` runs ordinary Ray core programs. This module only re-exports the public API.
+"""
+
+from ember import exceptions
+from ember.actor import ActorClass, ActorHandle, method
+from ember.api import (
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    get_actor,
+    init,
+    is_initialized,
+    kill,
+    nodes,
+    put,
+    remote,
+    shutdown,
+    wait,
+)
+from ember.remote_function import RemoteFunction
+from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
+from ember.runtime_context import get_gpu_ids, get_runtime_context
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorClass",
+    "ActorHandle",
+    "ObjectRef",
+    "ObjectRefGenerator",
+    "RemoteFunction",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "exceptions",
+    "get",
+    "get_actor",
+    "get_gpu_ids",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "kill",
+    "method",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]

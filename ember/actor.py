@@ -1,0 +1,183 @@
+"""``@ember.remote`` on a class: an ActorClass; ``.remote()`` starts an actor and gives an ActorHandle."""
+
+import hashlib
+import inspect
+
+from ember import options as opts
+from ember.runtime import protocol
+from ember.runtime.core_client import current_client
+from ember.runtime.ids import new_id
+from ember.runtime.serialization import dumps_function
+
+
+def method(*, num_returns=None, concurrency_group=None, **unknown):
+    """Decorate an actor method to set its defaults, e.g. ``@ember.method(num_returns=2)``."""
+    if unknown:
+        raise ValueError(f"Invalid option(s) {sorted(unknown)} for ember.method; valid: num_returns, concurrency_group.")
+    if num_returns is not None:
+        opts.validate({"num_returns": num_returns}, opts.METHOD_OPTIONS, "actor methods")
+
+    def decorate(function):
+        if num_returns is not None:
+            function.__ember_num_returns__ = num_returns
+        return function
+
+    return decorate
+
+
+def _method_meta(cls) -> dict:
+    meta = {}
+    for name, member in inspect.getmembers(cls, inspect.isfunction):
+        meta[name] = getattr(member, "__ember_num_returns__", 1)
+    return meta
+
+
+class ActorClass:
+    """A class whose instances run as actors. ``Cls.remote(*args)`` creates one."""
+
+    def __init__(self, cls, options: dict):
+        self._cls = cls
+        self._options = opts.validate(dict(options), opts.ACTOR_OPTIONS, "actors")
+        self._name = cls.__name__
+        self._pickled = None
+        self.__doc__ = cls.__doc__
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__module__ = cls.__module__
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self._name}()', "
+                        f"use '{self._name}.remote()'.")
+
+    def remote(self, *args, **kwargs) -> "ActorHandle":
+        """Create the actor; returns its handle at once (calls queue until it is ready)."""
+        return self._remote(args, kwargs, self._options)
+
+    def options(self, **actor_options):
+        """A copy of this class with some options overridden for the actors created through it."""
+        merged = opts.validate({**self._options, **actor_options}, opts.ACTOR_OPTIONS, "actors")
+        parent = self
+
+        class _Bound:
+            def remote(self, *args, **kwargs):
+                return parent._remote(args, kwargs, merged)
+
+        return _Bound()
+
+    def _remote(self, args, kwargs, options: dict) -> "ActorHandle":
+        client = current_client()
+        if self._pickled is None:
+            payload = dumps_function(self._cls)
+            self._pickled = (b"cls:" + hashlib.sha1(payload).digest(), payload)
+        key, payload = self._pickled
+        client.export(key, payload)
+        placement = opts.resources_of(options, 1)
+        running = opts.resources_of(options, 0) if "num_cpus" not in options else placement
+        meta = _method_meta(self._cls)
+        name = options.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"An actor's name must be a non-empty string, got {name!r}.")
+        namespace = options.get("namespace") or client.namespace
+        max_task_retries = options.get("max_task_retries", 0)
+        actor_id = new_id(16)
+        spec = {
+            "class_name": self._name, "name": name, "namespace": namespace,
+            "detached": options.get("lifetime") == "detached", "get_if_exists": bool(options.get("get_if_exists")),
+            "max_restarts": options.get("max_restarts", 0), "max_task_retries": max_task_retries,
+            "max_concurrency": options.get("max_concurrency"), "resources": placement, "running": running,
+            "env": opts.env_vars_of(options), "meta": meta,
+        }
+        existing = client.submitter.create_actor(actor_id, key, args, kwargs, spec)
+        if existing is not None:
+            return ActorHandle(existing["actor_id"], existing["class_name"], existing["meta"], max_task_retries)
+        return ActorHandle(actor_id, self._name, meta, max_task_retries, original=True)
+
+
+class ActorHandle:
+    """A handle to an actor: ``handle.method.remote(*args)`` calls a method; handles can be passed
+    to tasks and other actors and keep working there."""
+
+    def __init__(self, actor_id: bytes, class_name: str, meta: dict, max_task_retries: int = 0,
+                 original: bool = False):
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._meta = meta or {}
+        self._max_task_retries = max_task_retries
+        self._original = original
+        self._escaped = False
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") and name not in ("__ray_ready__", "__ray_terminate__") and name not in self._meta:
+            raise AttributeError(name)
+        if self._meta and name not in self._meta and name not in ("__ray_ready__", "__ray_terminate__"):
+            raise AttributeError(f"'{self._class_name}' actor has no method '{name}'")
+        return ActorMethod(self, name, self._meta.get(name, 1))
+
+    def __reduce__(self):
+        self._escaped = True  # another process may hold it now: only the job's end kills the actor
+        return ActorHandle, (self._actor_id, self._class_name, self._meta, self._max_task_retries)
+
+    def __del__(self):
+        if self._original and not self._escaped:
+            try:
+                current_client(required=False).submitter.release_actor(self._actor_id)
+            except Exception:
+                pass
+
+    def __repr__(self):
+        return f"Actor({self._class_name}, {self._actor_id.hex()})"
+
+    def __eq__(self, other):
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self):
+        return hash(self._actor_id)
+
+    @property
+    def _ember_actor_id(self) -> bytes:
+        return self._actor_id
+
+
+class ActorMethod:
+    """A method of an actor; call it with ``.remote()``."""
+
+    def __init__(self, handle: ActorHandle, name: str, num_returns, options: dict | None = None):
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+        self._options = options or {}
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Actor methods cannot be called directly. Instead of running 'actor.{self._name}()', "
+                        f"try 'actor.{self._name}.remote()'.")
+
+    def remote(self, *args, **kwargs):
+        """Call the method on the actor; returns ObjectRef(s) of its result."""
+        options = self._options
+        num_returns = options.get("num_returns", self._num_returns)
+        handle = self._handle
+        refs = current_client().submitter.submit_actor_task(
+            handle._actor_id, self._name, args, kwargs, num_returns=num_returns,
+            max_task_retries=options.get("max_task_retries", handle._max_task_retries),
+            name=options.get("name") or f"{handle._class_name}.{self._name}",
+        )
+        if num_returns == 1:
+            return refs[0]
+        if num_returns == 0:
+            return None
+        return refs
+
+    def options(self, **method_options):
+        opts.validate(method_options, opts.METHOD_OPTIONS, "actor methods")
+        return ActorMethod(self._handle, self._name, self._num_returns, {**self._options, **method_options})
+
+
+def handle_from_info(info: dict) -> ActorHandle:
+    return ActorHandle(info["actor_id"], info.get("class_name") or "Actor", info.get("meta") or {})
+
+
+def kill(handle: ActorHandle, no_restart: bool = True) -> None:
+    if not isinstance(handle, ActorHandle):
+        raise TypeError(f"ember.kill() expects an actor handle, got {type(handle).__name__}.")
+    current_client().request("head", {"op": protocol.KILL_ACTOR, "actor_id": handle._actor_id,
+                                      "no_restart": no_restart})

@@ -1,0 +1,422 @@
+"""The public functions of ``ember``, with Ray's names, arguments and semantics."""
+
+import atexit
+import html
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+from ember.actor import ActorClass, ActorHandle, handle_from_info, kill  # noqa: F401 - re-exported
+from ember.options import check_runtime_env
+from ember.remote_function import RemoteFunction
+from ember.runtime import core_client, protocol, transport
+from ember.runtime.core_client import CoreClient, current_client, set_current_client, store_prefix
+from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
+
+CLUSTER_FILE = "/tmp/ember-runtime/current_cluster"
+
+_state_lock = threading.RLock()
+_cluster_process: subprocess.Popen | None = None
+_context = None
+
+
+class EmberContext:
+    """What ``ember.init()`` returns: the cluster's address and resources; a context manager that
+    shuts Ember down on exit."""
+
+    def __init__(self, address_info: dict):
+        self.address_info = address_info
+
+    @property
+    def address(self) -> str:
+        return self.address_info["address"]
+
+    def __getitem__(self, key):
+        return self.address_info[key]
+
+    def _summary(self) -> dict:
+        try:
+            node_list = nodes()
+            total = cluster_resources()
+        except Exception:
+            node_list, total = [], {}
+        return {"address": self.address, "nodes": len([n for n in node_list if n["Alive"]]), "resources": total}
+
+    def __repr__(self):
+        info = self._summary()
+        resources = ", ".join(f"{k}: {_fmt(k, v)}" for k, v in sorted(info["resources"].items()))
+        return f"EmberContext(address={info['address']!r}, nodes={info['nodes']}, resources={{{resources}}})"
+
+    def _repr_html_(self):
+        info = self._summary()
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(k, v))}</td></tr>"
+                       for k, v in sorted(info["resources"].items()))
+        return (f"<div class='ember-context'><b>Ember cluster</b>"
+                f"<table><tr><td>Address</td><td><code>{html.escape(info['address'])}</code></td></tr>"
+                f"<tr><td>Nodes</td><td>{info['nodes']}</td></tr>{rows}</table></div>")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        shutdown()
+
+    def disconnect(self):
+        shutdown()
+
+
+def _fmt(name: str, value: float) -> str:
+    if name in ("memory", "object_store_memory"):
+        return f"{value / 2**30:.2f} GiB"
+    return f"{value:g}"
+
+
+def is_initialized() -> bool:
+    """Whether ``init`` has been called in this process (and ``shutdown`` has not)."""
+    return core_client.current_client(required=False) is not None
+
+
+def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
+         resources: dict | None = None, object_store_memory: int | None = None, namespace: str | None = None,
+         runtime_env: dict | None = None, ignore_reinit_error: bool = False, log_to_driver: bool = True,
+         include_dashboard=None, configure_logging: bool = True, logging_level=None, _node_ip_address=None,
+         **unsupported) -> EmberContext:
+    """Connect to a cluster, starting a local one in the background when there is none.
+
+    ``address``: None or "local" starts a new local cluster (unless EMBER_ADDRESS is set); "auto"
+    connects to the cluster started on this machine; "host:port" connects to that head.
+    """
+    global _cluster_process, _context
+    if unsupported:
+        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unsupported))}")
+    with _state_lock:
+        if is_initialized():
+            if ignore_reinit_error:
+                return _context
+            raise RuntimeError("Maybe you called ember.init twice by accident? Ember is already initialized "
+                               "in this process. Pass ignore_reinit_error=True to ignore this, or call "
+                               "ember.shutdown() first.")
+        if runtime_env is not None:
+            check_runtime_env(runtime_env)
+        env_vars = (runtime_env or {}).get("env_vars") or {}
+        if address is None:
+            address = os.environ.get("EMBER_ADDRESS") or None
+        if address == "auto":
+            address = os.environ.get("EMBER_ADDRESS") or _read_cluster_file()
+        if address and address.startswith("ember://"):
+            address = address[len("ember://"):]
+        if address and address != "local":
+            if num_cpus is not None or num_gpus is not None or resources or object_store_memory:
+                raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus, resources and "
+                                 "object_store_memory must not be given: they are set when the cluster starts.")
+            head_address = address
+            node_manager_address = _local_node_manager(head_address)
+            started = None
+        else:
+            info, started = _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars)
+            head_address, node_manager_address = info["head"], info["node_manager"]
+        client = CoreClient(head_address, node_manager_address, kind="driver", namespace=namespace,
+                            log_to_driver=log_to_driver)
+        try:
+            client.connect()
+        except BaseException:
+            client.shutdown()
+            if started is not None:
+                _stop_cluster(started, None)
+            raise
+        client.env_vars = env_vars
+        _cluster_process = started
+        set_current_client(client)
+        _context = EmberContext({"address": head_address, "node_manager": node_manager_address,
+                                 "node_id": client.node_id.hex(), "session_dir": getattr(started, "session_dir", None),
+                                 "namespace": client.namespace, "job_id": client.job_id.hex()})
+        if started is not None:
+            _write_cluster_file(head_address)
+        return _context
+
+
+def _read_cluster_file() -> str:
+    try:
+        with open(CLUSTER_FILE) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        raise ConnectionError("address='auto' but no Ember cluster was found on this machine: start one with "
+                              "`ember start --head` or set EMBER_ADDRESS.") from None
+
+
+def _write_cluster_file(address: str) -> None:
+    os.makedirs(os.path.dirname(CLUSTER_FILE), exist_ok=True)
+    with open(CLUSTER_FILE, "w") as f:
+        f.write(address)
+
+
+def _local_node_manager(head_address: str) -> str:
+    """Ask the head for its nodes and pick the one on this machine (else the first one)."""
+    import zmq
+
+    sock = transport.connect_dealer(head_address)
+    try:
+        sock.send_multipart(protocol.encode({"op": protocol.GET_NODES, "rid": b"n"}))
+        if not sock.poll(10_000):
+            raise ConnectionError(f"No Ember head answered at {head_address} within 10 s.")
+        header, _ = protocol.decode(sock.recv_multipart())
+    except zmq.ZMQError as error:
+        raise ConnectionError(f"Could not reach an Ember head at {head_address}: {error}") from None
+    finally:
+        sock.close(0)
+    alive = [n for n in header["nodes"] if n["alive"]]
+    if not alive:
+        raise ConnectionError(f"The cluster at {head_address} has no live node.")
+    local = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+    for node in alive:
+        if node["host"] in local:
+            return node["address"]
+    return alive[0]["address"]
+
+
+def _default_store_memory() -> int:
+    total = psutil.virtual_memory().total
+    try:
+        shm = os.statvfs("/dev/shm")
+        shm_free = shm.f_bavail * shm.f_frsize
+    except OSError:
+        shm_free = total
+    return int(max(75 * 2**20, min(0.3 * total, 0.9 * shm_free)))
+
+
+def _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars):
+    if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
+        raise ValueError(f"object_store_memory must be a positive number of bytes, got {object_store_memory!r}.")
+    node_resources = {"CPU": float(os.cpu_count() if num_cpus is None else num_cpus)}
+    if num_gpus:
+        node_resources["GPU"] = float(num_gpus)
+    for name, amount in (resources or {}).items():
+        if name in ("CPU", "GPU"):
+            raise ValueError(f"Use num_cpus/num_gpus instead of resources={{'{name}': ...}}.")
+        if not isinstance(amount, (int, float)) or amount < 0:
+            raise ValueError(f"Resource {name!r} must be a non-negative number, got {amount!r}.")
+        node_resources[name] = float(amount)
+    if node_resources["CPU"] < 0 or node_resources.get("GPU", 0) < 0:
+        raise ValueError("num_cpus and num_gpus must be non-negative.")
+    store_memory = object_store_memory or _default_store_memory()
+    node_resources["memory"] = float(int(psutil.virtual_memory().available * 0.7))
+    node_resources["object_store_memory"] = float(store_memory)
+    session_dir = f"/tmp/ember-runtime/session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}_{time.time_ns() % 10**6}"
+    os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
+    with open(os.path.join(session_dir, "logs", "cluster-startup.log"), "ab") as startup_log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ember.runtime.cluster", "--head", "--watch-stdin",
+             "--resources", json.dumps(node_resources), "--object-store-memory", str(store_memory),
+             "--session-dir", session_dir, "--env", json.dumps(env_vars)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=startup_log, close_fds=True,
+        )
+    process.session_dir = session_dir
+    ready, _, _ = select.select([process.stdout], [], [], 30)
+    line = process.stdout.readline() if ready else b""
+    process.stdout.close()
+    if not line:
+        process.kill()
+        process.wait()
+        with open(os.path.join(session_dir, "logs", "cluster-startup.log"), "rb") as f:
+            detail = f.read().decode(errors="replace")[-2000:]
+        raise RuntimeError(f"The local Ember cluster failed to start.\n{detail}")
+    info = json.loads(line)
+    process.store_prefix = info["store_prefix"]
+    return info, process
+
+
+def _stop_cluster(process: subprocess.Popen, store_prefix_name) -> None:
+    try:
+        process.stdin.close()  # the cluster exits, and stops its workers, when its stdin closes
+    except OSError:
+        pass
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    # A backstop for a cluster that could not clean up after itself.
+    prefix = getattr(process, "store_prefix", None)
+    if prefix:
+        import glob
+
+        for path in glob.glob(f"/dev/shm/{prefix}-*"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+def shutdown() -> None:
+    """Disconnect this process; stop the local cluster if this process started it."""
+    global _cluster_process, _context
+    with _state_lock:
+        client = core_client.current_client(required=False)
+        if client is None:
+            return
+        set_current_client(None)
+        client.shutdown()
+        if _cluster_process is not None:
+            _stop_cluster(_cluster_process, None)
+            try:
+                with open(CLUSTER_FILE) as f:
+                    if f.read().strip() == _context.address:
+                        os.unlink(CLUSTER_FILE)
+            except (FileNotFoundError, AttributeError):
+                pass
+        _cluster_process = None
+        _context = None
+
+
+atexit.register(shutdown)
+
+
+def remote(*args, **options):
+    """Turn a function into a remote function or a class into an actor class.
+
+    Use bare (``@ember.remote``) or with options (``@ember.remote(num_cpus=2, num_returns=2)``).
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("The @ember.remote decorator takes either a function or class, or keyword options only.")
+
+    def decorate(function_or_class):
+        return _make_remote(function_or_class, options)
+
+    return decorate
+
+
+def _make_remote(target, options: dict):
+    if isinstance(target, type):
+        return ActorClass(target, options)
+    if callable(target):
+        return RemoteFunction(target, options)
+    raise TypeError(f"@ember.remote expects a function or a class, got {type(target).__name__}.")
+
+
+def _check_refs(object_refs, what: str) -> list:
+    if isinstance(object_refs, ObjectRef):
+        return [object_refs]
+    if isinstance(object_refs, (list, tuple)):
+        for ref in object_refs:
+            if not isinstance(ref, ObjectRef):
+                raise TypeError(f"{what} expects ObjectRefs, but the list contains a {type(ref).__name__}: {ref!r}.")
+        return list(object_refs)
+    raise TypeError(f"{what} expects an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}: "
+                    f"{object_refs!r}.")
+
+
+def get(object_refs, *, timeout: float | None = None):
+    """Block until the object(s) are ready and return their values.
+
+    A task's error is raised here as a TaskError that is also an instance of the task's own exception.
+    """
+    if isinstance(object_refs, ObjectRefGenerator):
+        object_refs = list(object_refs)
+    refs = _check_refs(object_refs, "ember.get()")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}.")
+    values = current_client().get(refs, timeout)
+    return values[0] if isinstance(object_refs, ObjectRef) else values
+
+
+def put(value, *, _owner=None) -> ObjectRef:
+    """Store a value in the object store; returns its ObjectRef."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("Calling put() on an ObjectRef is not allowed: it is already a reference to an object.")
+    return current_client().put(value)
+
+
+def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
+    """Return ``(ready, not_ready)`` once ``num_returns`` of the refs are ready or ``timeout`` passes."""
+    if isinstance(object_refs, ObjectRef):
+        raise TypeError("wait() expects a list of ObjectRefs, not a single ObjectRef.")
+    refs = _check_refs(object_refs, "ember.wait()")
+    if len({ref.binary() for ref in refs}) != len(refs):
+        raise ValueError("wait() got the same ObjectRef more than once.")
+    if not isinstance(num_returns, int) or num_returns < 0:
+        raise ValueError(f"num_returns must be a non-negative int, got {num_returns!r}.")
+    if num_returns > len(refs):
+        raise ValueError(f"num_returns ({num_returns}) cannot exceed the number of refs ({len(refs)}).")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}.")
+    return current_client().wait(refs, num_returns, timeout, fetch_local)
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that makes ``object_ref``: a queued task never runs; a running one gets
+    TaskCancelledError raised inside it (``force=True`` kills its worker instead)."""
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}.")
+    client = current_client()
+    if object_ref.owner_address() != client.address:
+        raise ValueError("Only the process that submitted a task (its owner) can cancel it.")
+    spec = client.submitter.specs.get(object_ref.task_id())
+    if force and spec is not None and spec.actor is not None:
+        raise ValueError("force=True is not supported for actor tasks; use ember.kill() on the actor.")
+    client.call_soon(client.submitter.cancel, object_ref.task_id(), force, recursive)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the named actor ``name`` (in ``namespace``, by default the job's own)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"get_actor() expects a non-empty actor name, got {name!r}.")
+    client = current_client()
+    reply, _ = client.request("head", {"op": protocol.GET_NAMED_ACTOR, "name": name,
+                                       "namespace": namespace or client.namespace})
+    if reply["actor"] is None:
+        raise ValueError(f"Failed to look up actor {name!r} in namespace {namespace or client.namespace!r}: "
+                         "no live actor has that name there.")
+    return handle_from_info(reply["actor"])
+
+
+def _nodes_raw() -> list:
+    reply, _ = current_client().request("head", {"op": protocol.GET_NODES})
+    return reply["nodes"]
+
+
+def nodes() -> list:
+    """One dict per node, as Ray's ``ray.nodes()``."""
+    result = []
+    for node in _nodes_raw():
+        host, port = node["address"].rsplit(":", 1)
+        result.append({
+            "NodeID": node["node_id"].hex(), "Alive": node["alive"], "alive": node["alive"],
+            "NodeManagerAddress": node["host"] or host, "NodeManagerPort": int(port),
+            "NodeManagerHostname": os.uname().nodename, "Resources": node["resources"],
+            "ObjectStoreSocketName": f"/dev/shm/{store_prefix(node['node_id'])}",
+            "ObjectStore": node.get("store", {}),
+        })
+    return result
+
+
+def _sum(key: str) -> dict:
+    total: dict = {}
+    for node in _nodes_raw():
+        if node["alive"]:
+            for name, amount in node[key].items():
+                total[name] = total.get(name, 0) + amount
+    return total
+
+
+def cluster_resources() -> dict:
+    """The total resources of all live nodes."""
+    return _sum("resources")
+
+
+def available_resources() -> dict:
+    """The resources not held by tasks or actors right now (as last reported by the nodes)."""
+    return {name: amount for name, amount in _sum("available").items() if amount > 0}
+
+
+def free(object_refs) -> None:
+    """Release the values of owned objects now (``ray.internal.free``)."""
+    current_client().free(_check_refs(object_refs, "free()"))
+

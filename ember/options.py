@@ -1,0 +1,88 @@
+"""Validation of ``@remote`` and ``.options()`` arguments, and their translation into resources.
+
+Ray's rules apply: tasks need 1 CPU by default; actors need 1 CPU to be placed and hold none while
+they run, unless ``num_cpus`` is given; fractional amounts are allowed; ``resources`` may not name
+CPU or GPU (those have their own keywords).
+"""
+
+import numbers
+
+COMMON = {"num_cpus", "num_gpus", "resources", "memory", "runtime_env", "name", "scheduling_strategy",
+          "accelerator_type", "placement_group", "placement_group_bundle_index",
+          "placement_group_capture_child_tasks", "label_selector", "_metadata"}
+TASK_OPTIONS = COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls"}
+ACTOR_OPTIONS = COMMON | {"namespace", "lifetime", "get_if_exists", "max_restarts", "max_task_retries",
+                          "max_concurrency", "max_pending_calls", "concurrency_groups"}
+METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
+
+
+def validate(options: dict, allowed: set, what: str) -> dict:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"Invalid option(s) {', '.join(map(repr, unknown))} for {what}. "
+                         f"Valid options are: {', '.join(sorted(k for k in allowed if not k.startswith('_')))}.")
+    for key in ("num_cpus", "num_gpus", "memory"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{key} must be a non-negative number, got {value!r}.")
+    num_gpus = options.get("num_gpus")
+    if num_gpus is not None and num_gpus > 1 and num_gpus != int(num_gpus):
+        raise ValueError(f"num_gpus above 1 must be a whole number, got {num_gpus}.")
+    resources = options.get("resources")
+    if resources is not None:
+        if not isinstance(resources, dict):
+            raise TypeError(f"resources must be a dict of name to amount, got {type(resources).__name__}.")
+        for name, amount in resources.items():
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"Use num_cpus/num_gpus instead of resources={{'{name}': ...}}.")
+            if not isinstance(amount, numbers.Real) or isinstance(amount, bool) or amount < 0:
+                raise ValueError(f"Resource {name!r} must be a non-negative number, got {amount!r}.")
+            if amount > 1 and amount != int(amount):
+                raise ValueError(f"Resource {name!r}: amounts above 1 must be whole numbers, got {amount}.")
+    num_returns = options.get("num_returns")
+    if num_returns is not None and num_returns != "streaming" and (
+            not isinstance(num_returns, int) or isinstance(num_returns, bool) or num_returns < 0):
+        raise ValueError(f"num_returns must be a non-negative int or 'streaming', got {num_returns!r}.")
+    for key in ("max_retries", "max_restarts", "max_task_retries"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, int) or value < -1):
+            raise ValueError(f"{key} must be an int >= -1 (-1 means infinite), got {value!r}.")
+    for key in ("max_calls", "max_concurrency"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, int) or value < (1 if key == "max_concurrency" else 0)):
+            raise ValueError(f"{key} must be a positive int, got {value!r}.")
+    lifetime = options.get("lifetime")
+    if lifetime not in (None, "detached", "non_detached"):
+        raise ValueError(f"lifetime must be 'detached' or 'non_detached', got {lifetime!r}.")
+    runtime_env = options.get("runtime_env")
+    if runtime_env is not None:
+        check_runtime_env(runtime_env)
+    return options
+
+
+def check_runtime_env(runtime_env) -> None:
+    if not isinstance(runtime_env, dict):
+        raise TypeError(f"runtime_env must be a dict, got {type(runtime_env).__name__}.")
+    unsupported = sorted(set(runtime_env) - {"env_vars"})
+    if unsupported:
+        raise ValueError(f"runtime_env fields {unsupported} are not supported yet; only 'env_vars' is.")
+    env_vars = runtime_env.get("env_vars", {})
+    if not isinstance(env_vars, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+        raise TypeError("runtime_env['env_vars'] must be a dict of str to str.")
+
+
+def resources_of(options: dict, default_cpus: float) -> dict:
+    resources = {"CPU": options.get("num_cpus", default_cpus)}
+    if options.get("num_gpus"):
+        resources["GPU"] = options["num_gpus"]
+    if options.get("memory"):
+        resources["memory"] = options["memory"]
+    if options.get("accelerator_type"):
+        resources[f"accelerator_type:{options['accelerator_type']}"] = 0.001
+    resources.update(options.get("resources") or {})
+    return {name: amount for name, amount in resources.items() if amount}
+
+
+def env_vars_of(options: dict) -> dict | None:
+    runtime_env = options.get("runtime_env") or {}
+    return runtime_env.get("env_vars") or None

@@ -1,0 +1,65 @@
+"""``@ember.remote`` on a function: a RemoteFunction, invoked with ``.remote()``."""
+
+import functools
+import hashlib
+
+from ember import options as opts
+from ember.runtime.core_client import current_client
+from ember.runtime.serialization import dumps_function
+
+
+class RemoteFunction:
+    """A function that runs as a task on the cluster. Call ``f.remote(*args)`` to get ObjectRef(s)."""
+
+    def __init__(self, function, options: dict):
+        self._function = function
+        self._options = opts.validate(dict(options), opts.TASK_OPTIONS, "remote functions")
+        self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
+        self._pickled = None
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Remote functions cannot be called directly. Instead of running '{self._name}()', "
+                        f"try '{self._name}.remote()'.")
+
+    def remote(self, *args, **kwargs):
+        """Run the function as a task; returns an ObjectRef (a list for num_returns > 1)."""
+        return self._remote(args, kwargs, self._options)
+
+    def options(self, **task_options):
+        """A copy of this function with some options overridden for the calls made through it."""
+        merged = opts.validate({**self._options, **task_options}, opts.TASK_OPTIONS, "remote functions")
+        parent = self
+
+        class _Bound:
+            def remote(self, *args, **kwargs):
+                return parent._remote(args, kwargs, merged)
+
+        return _Bound()
+
+    def _export(self, client) -> bytes:
+        if self._pickled is None:
+            payload = dumps_function(self._function)
+            self._pickled = (b"fn:" + hashlib.sha1(payload).digest(), payload)
+        key, payload = self._pickled
+        client.export(key, payload)
+        return key
+
+    def _remote(self, args, kwargs, options: dict):
+        client = current_client()
+        key = self._export(client)
+        num_returns = options.get("num_returns", 1)
+        refs = client.submitter.submit_task(
+            key, options.get("name") or self._name, args, kwargs,
+            num_returns=num_returns,
+            resources=opts.resources_of(options, 1),
+            max_retries=options.get("max_retries", 3),
+            retry_exceptions=options.get("retry_exceptions", False),
+            env_vars=opts.env_vars_of(options),
+            max_calls=options.get("max_calls", 0),
+        )
+        if num_returns == 1:
+            return refs[0]
+        if num_returns == 0:
+            return None
+        return refs

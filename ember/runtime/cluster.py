@@ -1,0 +1,77 @@
+"""A process running a head and/or a node manager: what ``ember.init()`` starts in the background.
+
+Data flow::
+
+    parent (the driver that started us) --stdin pipe--> EOF means the parent died: clean up, exit
+    stdout: one JSON line with our addresses, then stdout/stderr go to the session's log file
+    head + node manager: two services, two ROUTER sockets, one poll loop
+
+The head and the node manager stay separate services that only talk through their sockets; they
+share this process only so a local cluster starts fast and idles small.
+"""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+
+from ember.runtime.head import Head
+from ember.runtime.node_manager import NodeManager
+from ember.runtime.service import EventLoop, read_eof
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="ember-cluster")
+    parser.add_argument("--head", action="store_true", help="run the head service")
+    parser.add_argument("--address", help="head address to join (with --no-head)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--resources", default="{}", help="JSON map of this node's resources")
+    parser.add_argument("--object-store-memory", type=int, required=True)
+    parser.add_argument("--session-dir", required=True)
+    parser.add_argument("--env", default="{}", help="JSON map of environment variables for workers")
+    parser.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
+    args = parser.parse_args(argv)
+
+    os.makedirs(os.path.join(args.session_dir, "logs"), exist_ok=True)
+    loop = EventLoop()
+    head = None
+    if args.head:
+        head = Head(loop, args.host, args.port)
+        head.on_stop = loop.stop
+        loop.add_service(head)
+        head_address = head.address
+    else:
+        head_address = args.address
+    node_manager = NodeManager(head_address, json.loads(args.resources), args.object_store_memory,
+                               args.session_dir, host=args.host, env=json.loads(args.env))
+    loop.add_service(node_manager)
+    loop.add_socket(node_manager.head, lambda frames: None)
+
+    print(json.dumps({
+        "head": head_address, "node_manager": node_manager.address, "node_id": node_manager.node_id.hex(),
+        "store_prefix": node_manager.store_prefix, "pid": os.getpid(),
+    }), flush=True)
+    log_path = os.path.join(args.session_dir, "logs", f"cluster-{os.getpid()}.log")
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    if args.watch_stdin:
+        os.set_blocking(0, False)
+        loop.add_fd(0, lambda fd: loop.stop() if read_eof(fd) else None)
+    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the driver's terminal is the driver's
+    try:
+        loop.run()
+    finally:
+        node_manager.close()
+        if head is not None:
+            head.close()
+
+
+if __name__ == "__main__":
+    main()

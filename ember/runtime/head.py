@@ -1,0 +1,406 @@
+"""The head: the cluster's control service (one per cluster).
+
+Data flow::
+
+    node managers --register_node / node_stats / worker_died / logs--> +------+ --PUB logs, events--> drivers,
+    drivers ------register_job / job_finished / kv / get_nodes-------> | head |                        widgets
+    clients ------create_actor / subscribe_actor / kill_actor -------> +------+ --actor_update--> subscribed clients
+                                  |                   ^
+               request_lease ---> node manager        | task_result (actor constructor ran)
+               create_actor_instance --------> actor's worker
+
+The head keeps the tables that must outlive any one driver: nodes, jobs, the internal key-value
+store (exported functions), named and detached actors and their restarts. It is never on a task's
+path: tasks and actor calls go straight from caller to worker.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import msgpack
+
+from ember.runtime import protocol, transport
+from ember.runtime.ids import new_id
+from ember.runtime.service import Service
+
+logger = logging.getLogger(__name__)
+
+PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
+
+
+@dataclass
+class NodeInfo:
+    node_id: bytes
+    address: str
+    resources: dict
+    identity: bytes
+    alive: bool = True
+    available: dict = field(default_factory=dict)
+    store: dict = field(default_factory=dict)
+    demand: list = field(default_factory=list)
+    host: str = "127.0.0.1"
+    last_seen: float = 0.0
+
+
+@dataclass
+class ActorInfo:
+    actor_id: bytes
+    spec: dict
+    frames: list
+    job_id: bytes
+    state: str = PENDING
+    address: str | None = None
+    client_address: str | None = None
+    worker_id: bytes | None = None
+    node_id: bytes | None = None
+    num_restarts: int = 0
+    no_restart: bool = False
+    death_cause: str = ""
+    subscribers: set = field(default_factory=set)
+    lease_rid: bytes | None = None
+    pid: int | None = None
+
+    def public(self) -> dict:
+        return {
+            "actor_id": self.actor_id,
+            "state": self.state,
+            "address": self.address,
+            "client_address": self.client_address,
+            "node_id": self.node_id,
+            "num_restarts": self.num_restarts,
+            "death_cause": self.death_cause,
+            "pid": self.pid,
+            "name": self.spec.get("name"),
+            "namespace": self.spec.get("namespace"),
+            "class_name": self.spec.get("class_name"),
+            "meta": self.spec.get("meta"),
+        }
+
+
+class Head(Service):
+    handlers = {
+        protocol.REGISTER_NODE: "on_register_node",
+        protocol.NODE_STATS: "on_node_stats",
+        protocol.REGISTER_JOB: "on_register_job",
+        protocol.JOB_FINISHED: "on_job_finished",
+        protocol.KV_PUT: "on_kv_put",
+        protocol.KV_GET: "on_kv_get",
+        protocol.KV_DEL: "on_kv_del",
+        protocol.KV_KEYS: "on_kv_keys",
+        protocol.GET_NODES: "on_get_nodes",
+        protocol.CREATE_ACTOR: "on_create_actor",
+        protocol.SUBSCRIBE_ACTOR: "on_subscribe_actor",
+        protocol.GET_NAMED_ACTOR: "on_get_named_actor",
+        protocol.LIST_NAMED_ACTORS: "on_list_named_actors",
+        protocol.KILL_ACTOR: "on_kill_actor",
+        protocol.ACTOR_HANDLE_RELEASED: "on_actor_handle_released",
+        protocol.WORKER_DIED: "on_worker_died",
+        protocol.LOGS: "on_logs",
+        protocol.SHUTDOWN: "on_shutdown",
+    }
+
+    def __init__(self, loop, host: str = "127.0.0.1", port: int = 0):
+        super().__init__(host, port)
+        self.loop = loop
+        self.publisher, self.publisher_address = transport.bind_publisher(host)
+        self.nodes: dict[bytes, NodeInfo] = {}
+        self.node_sockets: dict[bytes, object] = {}
+        self.kv: dict[bytes, bytes] = {}
+        self.jobs: dict[bytes, dict] = {}
+        self.actors: dict[bytes, ActorInfo] = {}
+        self.named: dict[tuple, bytes] = {}
+        self.worker_actor: dict[bytes, bytes] = {}
+        self.pending_requests: dict[bytes, tuple] = {}  # rid -> (kind, actor_id)
+        self.worker_sockets: dict[bytes, object] = {}
+        self.next_job = 1
+        self.on_stop = None
+
+    # --- nodes and jobs -------------------------------------------------------------------------
+    def on_register_node(self, identity, header, frames):
+        node = NodeInfo(header["node_id"], header["address"], header["resources"], identity, host=header.get("host", ""))
+        node.available = dict(node.resources)
+        node.last_seen = time.monotonic()
+        self.nodes[node.node_id] = node
+        sock = transport.connect_dealer(node.address)
+        self.node_sockets[node.node_id] = sock
+        self.loop.add_socket(sock, self.on_node_reply)
+        self._schedule_pending_actors()
+        return {"publisher": self.publisher_address}
+
+    def on_node_stats(self, identity, header, frames):
+        node = self.nodes.get(header["node_id"])
+        if node is not None:
+            node.available = header["available"]
+            node.store = header["store"]
+            node.demand = header.get("demand", [])
+            node.last_seen = time.monotonic()
+            self.publish(b"event:node", {"node_id": node.node_id, "available": node.available, "store": node.store})
+
+    def on_register_job(self, identity, header, frames):
+        job_id = self.next_job.to_bytes(4, "little")
+        self.next_job += 1
+        self.jobs[job_id] = {
+            "job_id": job_id,
+            "driver_pid": header.get("pid"),
+            "namespace": header.get("namespace") or job_id.hex(),
+            "alive": True,
+            "start_time": time.time(),
+            "entrypoint": header.get("entrypoint", ""),
+        }
+        return {"job_id": job_id, "namespace": self.jobs[job_id]["namespace"], "publisher": self.publisher_address}
+
+    def on_job_finished(self, identity, header, frames):
+        job = self.jobs.get(header["job_id"])
+        if job is None or not job["alive"]:
+            return {}
+        job["alive"] = False
+        job["end_time"] = time.time()
+        for actor in list(self.actors.values()):
+            if actor.job_id == header["job_id"] and not actor.spec.get("detached") and actor.state != DEAD:
+                self._kill(actor, "the job that created the actor finished")
+        return {}
+
+    def on_get_nodes(self, identity, header, frames):
+        return {
+            "nodes": [
+                {
+                    "node_id": n.node_id,
+                    "address": n.address,
+                    "host": n.host,
+                    "alive": n.alive,
+                    "resources": n.resources,
+                    "available": n.available,
+                    "store": n.store,
+                    "demand": n.demand,
+                }
+                for n in self.nodes.values()
+            ]
+        }
+
+    # --- internal key-value store ---------------------------------------------------------------
+    def on_kv_put(self, identity, header, frames):
+        key = header["key"]
+        if header.get("overwrite", True) or key not in self.kv:
+            self.kv[key] = bytes(frames[0])
+            return {"added": True}
+        return {"added": False}
+
+    def on_kv_get(self, identity, header, frames):
+        value = self.kv.get(header["key"])
+        return ({"found": value is not None}, [value] if value is not None else [])
+
+    def on_kv_del(self, identity, header, frames):
+        return {"deleted": self.kv.pop(header["key"], None) is not None}
+
+    def on_kv_keys(self, identity, header, frames):
+        prefix = header.get("prefix", b"")
+        return {"keys": [k for k in self.kv if k.startswith(prefix)]}
+
+    # --- actors ---------------------------------------------------------------------------------
+    def on_create_actor(self, identity, header, frames):
+        spec = header["spec"]
+        name = spec.get("name")
+        key = (spec.get("namespace"), name)
+        if name:
+            existing = self.actors.get(self.named.get(key, b""))
+            if existing is not None and existing.state != DEAD:
+                if spec.get("get_if_exists"):
+                    return {"existing": existing.public()}
+                raise ValueError(f"An actor named {name!r} already exists in namespace {key[0]!r}.")
+        actor = ActorInfo(header["actor_id"], spec, [bytes(f) for f in frames], header["job_id"])
+        actor.subscribers.add(identity)
+        self.actors[actor.actor_id] = actor
+        if name:
+            self.named[key] = actor.actor_id
+        self._place(actor)
+        return {"existing": None}
+
+    def _schedule_pending_actors(self):
+        for actor in self.actors.values():
+            if actor.state in (PENDING, RESTARTING) and actor.lease_rid is None:
+                self._place(actor)
+
+    def _place(self, actor: ActorInfo) -> None:
+        nodes = [n for n in self.nodes.values() if n.alive]
+        if not nodes:
+            return
+        wanted = actor.spec["resources"]
+        feasible = [n for n in nodes if all(n.resources.get(k, 0) >= v for k, v in wanted.items())]
+        # Prefer a node with the resources free now; any feasible node otherwise (it queues there).
+        free = [n for n in feasible if all(n.available.get(k, 0) >= v for k, v in wanted.items())]
+        node = (free or feasible or nodes)[0]
+        rid = new_id(8)
+        actor.lease_rid = rid
+        actor.node_id = node.node_id
+        self.pending_requests[rid] = ("lease", actor.actor_id)
+        header = {
+            "op": protocol.REQUEST_LEASE,
+            "rid": rid,
+            "res": wanted,
+            "run": actor.spec["running"],
+            "actor": True,
+            "job": actor.job_id,
+        }
+        self.node_sockets[node.node_id].send_multipart(protocol.encode(header))
+
+    def on_node_reply(self, frames):
+        header, payload = protocol.decode(frames)
+        kind, actor_id = self.pending_requests.pop(header.get("rid"), (None, None))
+        actor = self.actors.get(actor_id)
+        if header["op"] == protocol.LEASE_INFEASIBLE:
+            self.pending_requests[header["rid"]] = (kind, actor_id)
+            return
+        if kind != "lease" or actor is None:
+            return
+        actor.lease_rid = None
+        if header["op"] == protocol.ERROR:
+            self._set_dead(actor, header.get("error", "lease failed"))
+            return
+        if actor.state == DEAD:  # killed while waiting for its worker
+            self._kill_worker(actor.node_id, header["wid"])
+            return
+        actor.worker_id = header["wid"]
+        actor.address = header["addr"]
+        actor.client_address = header["caddr"]
+        actor.pid = header.get("pid")
+        self.worker_actor[actor.worker_id] = actor.actor_id
+        sock = transport.connect_dealer(actor.address)
+        self.worker_sockets[actor.worker_id] = sock
+        self.loop.add_socket(sock, lambda f, a=actor.actor_id: self.on_actor_created(a, f))
+        spec = dict(actor.spec)
+        spec.update(
+            op=protocol.CREATE_ACTOR_INSTANCE,
+            rid=actor.actor_id,
+            actor_id=actor.actor_id,
+            job=actor.job_id,
+            gpus=header.get("gpus", []),
+            assigned=header.get("res", {}),
+            restarted=actor.num_restarts > 0,
+        )
+        sock.send_multipart(protocol.encode(spec, actor.frames), copy=False)
+
+    def on_actor_created(self, actor_id, frames):
+        header, payload = protocol.decode(frames)
+        actor = self.actors.get(actor_id)
+        self._close_worker_socket(actor.worker_id if actor else None)
+        if actor is None or actor.state == DEAD:
+            return
+        if header.get("err"):
+            from ember.runtime.serialization import deserialize
+
+            try:
+                cause = str(deserialize(payload[0]))
+            except Exception as error:  # the exception's class is not importable in the head
+                cause = f"the actor's constructor raised ({error})"
+            actor.no_restart = True
+            self._set_dead(actor, f"The actor's constructor raised an exception:\n{cause}")
+            self._kill_worker(actor.node_id, actor.worker_id)
+            return
+        actor.state = ALIVE
+        self._notify(actor)
+
+    def _close_worker_socket(self, worker_id):
+        sock = self.worker_sockets.pop(worker_id, None)
+        if sock is not None:
+            self.loop.remove_socket(sock)
+            sock.close(0)
+
+    def on_subscribe_actor(self, identity, header, frames):
+        actor = self.actors.get(header["actor_id"])
+        if actor is None:
+            return {"actor": None}
+        actor.subscribers.add(identity)
+        return {"actor": actor.public()}
+
+    def on_get_named_actor(self, identity, header, frames):
+        actor = self.actors.get(self.named.get((header.get("namespace"), header["name"]), b""))
+        if actor is None or actor.state == DEAD:
+            return {"actor": None}
+        return {"actor": actor.public()}
+
+    def on_list_named_actors(self, identity, header, frames):
+        names = []
+        for (namespace, name), actor_id in self.named.items():
+            if self.actors[actor_id].state != DEAD and (header.get("all_namespaces") or namespace == header.get("namespace")):
+                names.append({"name": name, "namespace": namespace} if header.get("all_namespaces") else name)
+        return {"names": names}
+
+    def on_kill_actor(self, identity, header, frames):
+        actor = self.actors.get(header["actor_id"])
+        if actor is None:
+            raise ValueError("no such actor")
+        self._kill(actor, "The actor was killed by ember.kill().", no_restart=header.get("no_restart", True))
+        return {}
+
+    def on_actor_handle_released(self, identity, header, frames):
+        actor = self.actors.get(header["actor_id"])
+        if actor is not None and not actor.spec.get("name") and not actor.spec.get("detached"):
+            self._kill(actor, "all references to the actor were removed", no_restart=True)
+
+    def _kill(self, actor: ActorInfo, cause: str, no_restart: bool = True) -> None:
+        if actor.state == DEAD:
+            return
+        actor.no_restart = actor.no_restart or no_restart
+        actor.death_cause = cause
+        if actor.worker_id is not None and actor.state in (ALIVE, PENDING, RESTARTING):
+            self._kill_worker(actor.node_id, actor.worker_id)
+            if actor.no_restart:
+                self._set_dead(actor, cause)
+        elif actor.no_restart:
+            self._set_dead(actor, cause)
+
+    def _kill_worker(self, node_id, worker_id) -> None:
+        sock = self.node_sockets.get(node_id)
+        if sock is not None and worker_id is not None:
+            sock.send_multipart(protocol.encode({"op": protocol.KILL_WORKER, "wid": worker_id}))
+
+    def on_worker_died(self, identity, header, frames):
+        actor = self.actors.get(self.worker_actor.pop(header["wid"], b""))
+        if actor is None or actor.worker_id != header["wid"]:
+            return
+        self._close_worker_socket(actor.worker_id)
+        actor.worker_id = actor.address = actor.client_address = None
+        if actor.state == DEAD:
+            return
+        max_restarts = actor.spec.get("max_restarts", 0)
+        if not actor.no_restart and (max_restarts == -1 or actor.num_restarts < max_restarts):
+            actor.num_restarts += 1
+            actor.state = RESTARTING
+            self._notify(actor)
+            self._place(actor)
+        else:
+            self._set_dead(actor, actor.death_cause or f"The actor's worker process (pid={actor.pid}) died unexpectedly.")
+
+    def _set_dead(self, actor: ActorInfo, cause: str) -> None:
+        actor.state = DEAD
+        actor.death_cause = cause
+        self._notify(actor)
+        name = actor.spec.get("name")
+        if name and self.named.get((actor.spec.get("namespace"), name)) == actor.actor_id:
+            del self.named[(actor.spec.get("namespace"), name)]
+
+    def _notify(self, actor: ActorInfo) -> None:
+        update = {"op": protocol.ACTOR_UPDATE, "actor": actor.public()}
+        for identity in actor.subscribers:
+            self.send(identity, update)
+        self.publish(b"event:actor", {"actor_id": actor.actor_id, "state": actor.state, "name": actor.spec.get("name"), "class_name": actor.spec.get("class_name")})
+
+    # --- logs and events ------------------------------------------------------------------------
+    def on_logs(self, identity, header, frames):
+        for job_id, batch in header["batches"].items():
+            self.publisher.send_multipart([b"logs:" + job_id, msgpack.packb(batch)])
+
+    def publish(self, topic: bytes, body: dict) -> None:
+        self.publisher.send_multipart([topic, msgpack.packb(body)])
+
+    def on_shutdown(self, identity, header, frames):
+        if self.on_stop is not None:
+            self.on_stop()
+        return {}
+
+    def close(self) -> None:
+        for sock in [*self.node_sockets.values(), *self.worker_sockets.values()]:
+            sock.close(0)
+        self.publisher.close(0)
+        super().close()

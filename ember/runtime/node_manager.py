@@ -1,0 +1,348 @@
+"""The node manager: one per machine; owns the worker pool, the local scheduler and the store.
+
+Data flow::
+
+    owners ---request_lease / return_lease---> +--------------+ ---lease_granted---> owners
+    head   ---request_lease (actors), kill---> | node manager | ---register_node, node_stats, worker_died, logs--> head
+    workers --worker_ready / blocked / logs--> |  scheduler   | ---spawn / SIGKILL---> worker processes
+    clients --store_create / sealed / restore->|  store state | ---pwrite'd files in /dev/shm, spill files on disk
+                                               +--------------+
+
+Decisions live in two state machines (:class:`~ember.runtime.scheduler.LeaseScheduler` for leases,
+:class:`~ember.runtime.object_store.StoreState` for capacity and spilling); this module feeds them
+events from the socket and carries out the actions they return.
+"""
+
+import glob
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from ember.exceptions import ObjectStoreFullError
+from ember.runtime import protocol, transport
+from ember.runtime.ids import new_id
+from ember.runtime.object_store import SHM_DIR, StoreState, object_path
+from ember.runtime.scheduler import LeaseRequest, LeaseScheduler, from_fixed, to_fixed
+from ember.runtime.service import Service
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerProcess:
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.worker_id: bytes | None = None
+        self.identity: bytes | None = None
+        self.address = None
+        self.client_address = None
+        self.started = time.monotonic()
+
+
+class NodeManager(Service):
+    handlers = {
+        protocol.REGISTER_CLIENT: "on_register_client",
+        protocol.REQUEST_LEASE: "on_request_lease",
+        protocol.CANCEL_LEASE_REQUEST: "on_cancel_lease_request",
+        protocol.RETURN_LEASE: "on_return_lease",
+        protocol.WORKER_READY: "on_worker_ready",
+        protocol.WORKER_BLOCKED: "on_worker_blocked",
+        protocol.WORKER_UNBLOCKED: "on_worker_unblocked",
+        protocol.KILL_WORKER: "on_kill_worker",
+        protocol.STORE_CREATE: "on_store_create",
+        protocol.STORE_SEALED: "on_store_sealed",
+        protocol.STORE_RESTORE: "on_store_restore",
+        protocol.STORE_DELETE: "on_store_delete",
+        protocol.STORE_TOUCH: "on_store_touch",
+        protocol.WORKER_LOGS: "on_worker_logs",
+        protocol.RESOURCES: "on_resources",
+    }
+
+    def __init__(self, head_address: str, resources: dict, object_store_memory: int, session_dir: str,
+                 host: str = "127.0.0.1", env: dict | None = None, prestart: int | None = None):
+        super().__init__(host, 0)
+        self.node_id = new_id(16)
+        self.host = host
+        self.head_address = head_address
+        self.resources = resources
+        self.session_dir = session_dir
+        self.store_prefix = f"ember-{self.node_id.hex()[:12]}"
+        self.spill_dir = os.path.join(session_dir, "spill", self.node_id.hex()[:12])
+        self.log_dir = os.path.join(session_dir, "logs")
+        os.makedirs(self.spill_dir, exist_ok=True)
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.env = env or {}
+        num_cpus = resources.get("CPU", 0)
+        self.scheduler = LeaseScheduler(resources, max_idle_workers=max(1, int(num_cpus)))
+        self.store = StoreState(object_store_memory)
+        self.store_owner: dict[bytes, bytes] = {}  # object id -> owner client id
+        self.processes: list[WorkerProcess] = []
+        self.workers: dict[bytes, WorkerProcess] = {}
+        self.requests: dict[bytes, LeaseRequest] = {}
+        self.clients: dict[bytes, dict] = {}  # client id -> {pid, identity, kind, job}
+        self.client_leases: dict[bytes, set] = {}  # requester identity -> leased worker ids
+        self.head = transport.connect_dealer(head_address)
+        self.logs: dict[bytes, list] = {}
+        self.stats_dirty = True
+        self.last_stats = 0.0
+        self.last_client_check = 0.0
+        self.head.send_multipart(protocol.encode({
+            "op": protocol.REGISTER_NODE, "rid": b"reg", "node_id": self.node_id, "address": self.address,
+            "resources": resources, "host": host,
+        }))
+        for _ in range(int(num_cpus) if prestart is None else prestart):
+            self.start_worker()
+        self.scheduler.starting = len(self.processes)
+
+    # --- worker pool ----------------------------------------------------------------------------
+    def start_worker(self) -> None:
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update(
+            EMBER_NODE_MANAGER=self.address,
+            EMBER_HEAD=self.head_address,
+            EMBER_NODE_ID=self.node_id.hex(),
+            EMBER_STORE_PREFIX=self.store_prefix,
+            EMBER_SESSION_DIR=self.session_dir,
+        )
+        log = open(os.path.join(self.log_dir, f"worker-{len(self.processes)}-{time.time_ns()}.log"), "ab")
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "ember.runtime.worker"],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env, close_fds=True,
+        )
+        log.close()
+        self.processes.append(WorkerProcess(popen))
+
+    def on_worker_ready(self, identity, header, frames):
+        process = next((p for p in self.processes if p.popen.pid == header["pid"]), None)
+        if process is None:
+            return {}
+        process.worker_id = header["wid"]
+        process.identity = identity
+        process.address = header["addr"]
+        process.client_address = header["caddr"]
+        self.workers[process.worker_id] = process
+        self.clients[header["wid"]] = {"pid": header["pid"], "kind": "worker", "identity": identity}
+        self.carry_out(self.scheduler.worker_started(process.worker_id))
+        return {"prefix": self.store_prefix, "node_id": self.node_id}
+
+    def check_workers(self) -> None:
+        for process in list(self.processes):
+            if process.popen.poll() is None:
+                continue
+            self.processes.remove(process)
+            if process.worker_id is None:
+                self.carry_out(self.scheduler.worker_start_failed())
+                continue
+            self.workers.pop(process.worker_id, None)
+            self.client_died(process.worker_id)
+            self.head.send_multipart(protocol.encode({"op": protocol.WORKER_DIED, "wid": process.worker_id}))
+            self.carry_out(self.scheduler.worker_died(process.worker_id))
+
+    def on_kill_worker(self, identity, header, frames):
+        process = self.workers.get(header["wid"])
+        if process is not None:
+            try:
+                process.popen.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # --- clients (drivers and workers that own objects or hold leases) -----------------------------
+    def on_register_client(self, identity, header, frames):
+        self.clients[header["client_id"]] = {"pid": header["pid"], "kind": header["kind"], "identity": identity,
+                                             "job": header.get("job")}
+        return {"prefix": self.store_prefix, "node_id": self.node_id, "resources": self.resources}
+
+    def check_clients(self) -> None:
+        for client_id, client in list(self.clients.items()):
+            if client["kind"] == "driver" and not psutil.pid_exists(client["pid"]):
+                self.client_died(client_id)
+                if client.get("job"):
+                    self.head.send_multipart(protocol.encode({"op": protocol.JOB_FINISHED, "job_id": client["job"]}))
+
+    def client_died(self, client_id: bytes) -> None:
+        """Free what a dead owner owned and stop the work it leased (its results have no reader)."""
+        client = self.clients.pop(client_id, None)
+        owned = [oid for oid, owner in self.store_owner.items() if owner == client_id]
+        self.delete_objects(owned)
+        if client is None:
+            return
+        for request in [r for r in self.requests.values() if r.client == client["identity"]]:
+            self.requests.pop(request.request_id, None)
+            self.scheduler.cancel(request.request_id)
+        for worker_id in self.client_leases.pop(client["identity"], set()):
+            self.on_kill_worker(None, {"wid": worker_id}, [])
+
+    # --- leases ---------------------------------------------------------------------------------
+    def on_request_lease(self, identity, header, frames):
+        for amount in [*header["res"].values(), *header["run"].values()]:
+            if amount < 0:
+                raise ValueError("resource amounts must be non-negative")
+        request = LeaseRequest(header["rid"], identity, to_fixed(header["res"]), to_fixed(header["run"]),
+                               for_actor=header.get("actor", False))
+        self.requests[request.request_id] = request
+        self.carry_out(self.scheduler.request(request))
+
+    def on_cancel_lease_request(self, identity, header, frames):
+        self.requests.pop(header["rid"], None)
+        self.carry_out(self.scheduler.cancel(header["rid"]))
+
+    def on_return_lease(self, identity, header, frames):
+        self.client_leases.get(identity, set()).discard(header["wid"])
+        if header.get("kill"):
+            self.on_kill_worker(identity, header, frames)
+            return
+        self.carry_out(self.scheduler.lease_returned(header["wid"]))
+
+    def on_worker_blocked(self, identity, header, frames):
+        self.carry_out(self.scheduler.blocked(header["wid"]))
+
+    def on_worker_unblocked(self, identity, header, frames):
+        self.carry_out(self.scheduler.unblocked(header["wid"]))
+
+    def carry_out(self, actions: list) -> None:
+        for action in actions:
+            kind = action[0]
+            if kind == "grant":
+                _, request, worker = action
+                self.requests.pop(request.request_id, None)
+                process = self.workers[worker.worker_id]
+                if not request.for_actor:
+                    self.client_leases.setdefault(request.client, set()).add(worker.worker_id)
+                self.send(request.client, {
+                    "op": protocol.LEASE_GRANTED, "rid": request.request_id, "wid": worker.worker_id,
+                    "addr": process.address, "caddr": process.client_address, "pid": process.popen.pid,
+                    "gpus": worker.gpu_ids, "res": from_fixed(worker.held), "node_id": self.node_id,
+                })
+            elif kind == "start_worker":
+                self.start_worker()
+            elif kind == "stop_worker":
+                process = self.workers.pop(action[1], None)
+                if process is not None:
+                    self.processes.remove(process)
+                    process.popen.stdin.close()  # the worker exits when its stdin closes
+                    self.clients.pop(action[1], None)
+            elif kind == "infeasible":
+                request = action[1]
+                self.send(request.client, {
+                    "op": protocol.LEASE_INFEASIBLE, "rid": request.request_id,
+                    "res": from_fixed(request.resources), "total": self.resources,
+                })
+            elif kind == "lease_lost":
+                _, request, worker_id = action
+                self.client_leases.get(request.client, set()).discard(worker_id)
+                if not request.for_actor:
+                    self.send(request.client, {"op": protocol.LEASED_WORKER_DIED, "wid": worker_id})
+        self.stats_dirty = True
+
+    # --- object store ---------------------------------------------------------------------------
+    def on_store_create(self, identity, header, frames):
+        try:
+            to_spill = self.store.create(header["oid"], header["size"])
+        except ObjectStoreFullError as error:
+            return {"full": str(error)}
+        self.spill(to_spill)
+        self.stats_dirty = True
+        return {"prefix": self.store_prefix}
+
+    def on_store_sealed(self, identity, header, frames):
+        self.store.sealed(header["oid"], header["size"], header.get("reserved"))
+        owner = header.get("owner")
+        if owner is not None and owner not in self.clients:
+            self.delete_objects([header["oid"]], owner_known=False)  # the owner died meanwhile
+            return
+        self.store_owner[header["oid"]] = owner
+        self.stats_dirty = True
+
+    def on_store_restore(self, identity, header, frames):
+        oid = header["oid"]
+        if oid not in self.store.spilled:
+            found = oid in self.store.in_memory
+            self.store.access(oid)
+            return {"found": found}
+        try:
+            to_spill = self.store.restore(oid)
+        except ObjectStoreFullError as error:
+            return {"full": str(error)}
+        self.spill(to_spill)
+        spilled = os.path.join(self.spill_dir, oid.hex())
+        shutil.copyfile(spilled, object_path(self.store_prefix, oid))
+        os.unlink(spilled)
+        self.stats_dirty = True
+        return {"found": True}
+
+    def on_store_touch(self, identity, header, frames):
+        for oid in header["oids"]:
+            self.store.access(oid)
+
+    def on_store_delete(self, identity, header, frames):
+        self.delete_objects(header["oids"])
+
+    def delete_objects(self, oids, owner_known: bool = True) -> None:
+        for oid in oids:
+            self.store_owner.pop(oid, None)
+            where = self.store.delete(oid)
+            path = object_path(self.store_prefix, oid) if where != "spilled" else os.path.join(self.spill_dir, oid.hex())
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.stats_dirty = True
+
+    def spill(self, oids) -> None:
+        for oid in oids:
+            path = object_path(self.store_prefix, oid)
+            shutil.copyfile(path, os.path.join(self.spill_dir, oid.hex()))
+            os.unlink(path)  # readers that mapped it keep their mapping
+
+    # --- logs and stats -------------------------------------------------------------------------
+    def on_worker_logs(self, identity, header, frames):
+        for job_id, lines in header["batches"].items():
+            self.logs.setdefault(job_id, []).extend(lines)
+
+    def on_resources(self, identity, header, frames):
+        return {"total": self.resources, "available": from_fixed(self.scheduler.available)}
+
+    def tick(self, now: float) -> None:
+        self.check_workers()
+        if now - self.last_client_check > 0.5:
+            self.last_client_check = now
+            self.check_clients()
+        if self.logs:
+            self.head.send_multipart(protocol.encode({"op": protocol.LOGS, "batches": self.logs}))
+            self.logs = {}
+        if self.stats_dirty and now - self.last_stats > 0.1:
+            self.stats_dirty = False
+            self.last_stats = now
+            self.head.send_multipart(protocol.encode({
+                "op": protocol.NODE_STATS, "node_id": self.node_id,
+                "available": from_fixed(self.scheduler.available), "store": self.store.stats(),
+                "demand": self.scheduler.demand(),
+            }))
+
+    def close(self) -> None:
+        for process in self.processes:
+            try:
+                process.popen.kill()
+            except ProcessLookupError:
+                pass
+        for process in self.processes:
+            try:
+                process.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            if process.popen.stdin:
+                process.popen.stdin.close()
+        for path in glob.glob(f"{SHM_DIR}/{self.store_prefix}-*"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+        self.head.close(0)
+        super().close()

@@ -1,0 +1,105 @@
+"""ObjectRef and ObjectRefGenerator: handles to values that exist, or will exist, in the cluster."""
+
+import asyncio
+import concurrent.futures
+
+from ember.runtime import serialization
+
+
+def _client():
+    from ember.runtime.core_client import current_client
+
+    return current_client()
+
+
+class ObjectRef:
+    """A reference to an object: its id and the address of its owner (the process that made it).
+
+    While any ObjectRef to an object exists in any process, the object is kept; when the last one
+    is gone, the owner frees it everywhere.
+    """
+
+    __slots__ = ("_id", "_owner", "_client", "__weakref__")
+
+    def __init__(self, object_id: bytes, owner: str, client=None, _counted: bool = True):
+        self._id = object_id
+        self._owner = owner
+        self._client = client if client is not None else _client()
+        if _counted:
+            self._client.add_local_reference(self)
+
+    def __del__(self):
+        try:
+            self._client.remove_local_reference(self._id)
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __reduce__(self):
+        serialization.record_contained_ref(self)
+        return _rebuild, (self._id, self._owner)
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def task_id(self) -> bytes:
+        return self._id[:14]
+
+    def owner_address(self) -> str:
+        return self._owner
+
+    def __repr__(self):
+        return f"ObjectRef({self._id.hex()})"
+
+    def __eq__(self, other):
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __hash__(self):
+        return hash(self._id)
+
+    def future(self) -> concurrent.futures.Future:
+        """A concurrent.futures.Future that completes with the object's value (or its error)."""
+        return self._client.future_for(self)
+
+    def __await__(self):
+        return asyncio.wrap_future(self.future()).__await__()
+
+
+def _rebuild(object_id: bytes, owner: str) -> ObjectRef:
+    return ObjectRef(object_id, owner)
+
+
+class ObjectRefGenerator:
+    """What a ``num_returns="streaming"`` task returns: yields an ObjectRef per value as the task
+    yields it, while the task is still running."""
+
+    def __init__(self, stream, client):
+        self._stream = stream
+        self._client = client
+        self._next = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> ObjectRef:
+        ref = self._client.next_stream_item(self._stream, self._next, timeout=None)
+        if ref is None:
+            raise StopIteration
+        self._next += 1
+        return ref
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> ObjectRef:
+        loop = asyncio.get_running_loop()
+        ref = await loop.run_in_executor(None, self._client.next_stream_item, self._stream, self._next, None)
+        if ref is None:
+            raise StopAsyncIteration
+        self._next += 1
+        return ref
+
+    def __repr__(self):
+        return f"ObjectRefGenerator(task={self._stream.task_id.hex()})"

@@ -1,0 +1,83 @@
+"""The wire format shared by every Ember process.
+
+A message is a list of ZeroMQ frames::
+
+    [msgpack header] [payload frame] [payload frame] ...
+
+The header is a msgpack map with at least ``op`` (one of the names below) and usually ``rid``
+(a request id that the reply echoes). Payload frames carry pickled values and out-of-band buffers
+untouched, so large arrays are never copied into the header.
+
+Every op is listed here once; each service maps the ops it accepts to a handler in a table.
+"""
+
+import msgpack
+
+# --- head -----------------------------------------------------------------------------------
+REGISTER_NODE = "register_node"
+REGISTER_JOB = "register_job"
+JOB_FINISHED = "job_finished"
+KV_PUT = "kv_put"
+KV_GET = "kv_get"
+KV_DEL = "kv_del"
+KV_KEYS = "kv_keys"
+GET_NODES = "get_nodes"
+CREATE_ACTOR = "create_actor"
+SUBSCRIBE_ACTOR = "subscribe_actor"
+ACTOR_UPDATE = "actor_update"  # push: head -> subscribed clients
+GET_NAMED_ACTOR = "get_named_actor"
+LIST_NAMED_ACTORS = "list_named_actors"
+KILL_ACTOR = "kill_actor"
+ACTOR_HANDLE_RELEASED = "actor_handle_released"
+WORKER_DIED = "worker_died"  # node manager -> head
+NODE_STATS = "node_stats"  # node manager -> head (resources, store usage)
+LOGS = "logs"  # node manager -> head, republished on the event hub
+SHUTDOWN = "shutdown"
+
+# --- node manager ---------------------------------------------------------------------------
+REGISTER_CLIENT = "register_client"
+REQUEST_LEASE = "request_lease"
+LEASE_GRANTED = "lease_granted"  # reply to REQUEST_LEASE
+LEASE_INFEASIBLE = "lease_infeasible"  # push while a request stays queued
+RETURN_LEASE = "return_lease"
+CANCEL_LEASE_REQUEST = "cancel_lease_request"
+LEASED_WORKER_DIED = "leased_worker_died"  # push: node manager -> lessee
+WORKER_READY = "worker_ready"  # worker -> node manager
+WORKER_BLOCKED = "worker_blocked"
+WORKER_UNBLOCKED = "worker_unblocked"
+KILL_WORKER = "kill_worker"
+STORE_CREATE = "store_create"
+STORE_SEALED = "store_sealed"
+STORE_RESTORE = "store_restore"
+STORE_DELETE = "store_delete"
+STORE_TOUCH = "store_touch"
+WORKER_LOGS = "worker_logs"
+RESOURCES = "resources"
+
+# --- worker task socket ---------------------------------------------------------------------
+EXECUTE_TASK = "execute_task"
+CREATE_ACTOR_INSTANCE = "create_actor_instance"
+ACTOR_CALL = "actor_call"
+TASK_RESULT = "task_result"  # reply to the three above
+STREAM_ITEM = "stream_item"  # one yielded value of a streaming generator task
+
+# --- any client's own server (owner service) ------------------------------------------------
+GET_OBJECT = "get_object"
+ADD_BORROWER = "add_borrower"
+REMOVE_BORROWER = "remove_borrower"
+CANCEL_TASK = "cancel_task"
+
+REPLY = "reply"
+ERROR = "error"
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode(header: dict, frames=()) -> list:
+    """Build the frame list for one message."""
+    return [_pack(header), *frames]
+
+
+def decode(frames: list) -> tuple[dict, list]:
+    """Split received frames into (header, payload frames)."""
+    return msgpack.unpackb(frames[0], raw=False), frames[1:]

@@ -1,0 +1,208 @@
+"""The node manager's local scheduler: worker leases as a plain state machine.
+
+Events in (a lease is requested or returned, a worker starts, blocks, unblocks or dies) and actions
+out (grant this lease to that worker, start a worker, warn that a request is infeasible). Nothing
+here touches a socket or a process, so the policy is tested directly.
+
+Resources are logical, as in Ray: a request is a map from resource name to amount; ``CPU`` and
+``GPU`` are ordinary names. Amounts are kept in fixed point (1/10000) so fractions add up exactly.
+GPUs are also tracked per device so a task gets concrete GPU ids, packing one device before the next.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+
+UNIT = 10_000
+
+
+def to_fixed(resources: dict) -> dict:
+    return {name: round(amount * UNIT) for name, amount in resources.items() if amount}
+
+
+def from_fixed(resources: dict) -> dict:
+    return {name: amount / UNIT for name, amount in resources.items()}
+
+
+@dataclass
+class LeaseRequest:
+    request_id: bytes
+    client: bytes
+    resources: dict  # fixed point, what must be free to place it
+    running: dict  # fixed point, what it holds once granted (actors hold less than they need to place)
+    for_actor: bool = False
+    warned: bool = False
+
+
+@dataclass
+class Worker:
+    worker_id: bytes
+    idle: bool = True
+    lease: LeaseRequest | None = None
+    held: dict = field(default_factory=dict)
+    gpu_ids: list = field(default_factory=list)
+    gpu_share: float = 0.0
+    blocked: bool = False
+    dedicated: bool = False  # runs an actor for the rest of its life
+
+
+class LeaseScheduler:
+    """Grants worker leases on one node within its resources."""
+
+    def __init__(self, total: dict, max_idle_workers: int):
+        self.total = to_fixed(total)
+        self.available = dict(self.total)
+        gpus = int(total.get("GPU", 0))
+        self.gpu_free = [UNIT] * gpus  # per device, fixed point share left
+        self.queue: deque[LeaseRequest] = deque()
+        self.workers: dict[bytes, Worker] = {}
+        self.starting = 0
+        self.max_idle_workers = max_idle_workers
+
+    # --- events -------------------------------------------------------------------------------
+    def request(self, request: LeaseRequest) -> list:
+        self.queue.append(request)
+        return self.schedule()
+
+    def cancel(self, request_id: bytes) -> list:
+        self.queue = deque(r for r in self.queue if r.request_id != request_id)
+        return []
+
+    def worker_started(self, worker_id: bytes) -> list:
+        self.starting = max(0, self.starting - 1)
+        self.workers[worker_id] = Worker(worker_id)
+        return self.schedule()
+
+    def worker_start_failed(self) -> list:
+        self.starting = max(0, self.starting - 1)
+        return self.schedule()
+
+    def lease_returned(self, worker_id: bytes) -> list:
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.lease is None or worker.dedicated:
+            return self.schedule()
+        self._release(worker)
+        worker.lease = None
+        worker.idle = True
+        actions = []
+        idle = [w for w in self.workers.values() if w.idle]
+        if len(idle) > self.max_idle_workers:
+            actions.append(("stop_worker", worker_id))
+            del self.workers[worker_id]
+        return actions + self.schedule()
+
+    def worker_died(self, worker_id: bytes) -> list:
+        worker = self.workers.pop(worker_id, None)
+        actions = []
+        if worker is not None and worker.lease is not None:
+            self._release(worker)
+            actions.append(("lease_lost", worker.lease, worker_id))
+        return actions + self.schedule()
+
+    def blocked(self, worker_id: bytes) -> list:
+        """A leased worker waits in ``get``: lend its CPUs to other work so nested tasks can run."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.lease is None or worker.blocked:
+            return []
+        worker.blocked = True
+        cpu = worker.held.get("CPU", 0)
+        self.available["CPU"] = self.available.get("CPU", 0) + cpu
+        return self.schedule()
+
+    def unblocked(self, worker_id: bytes) -> list:
+        worker = self.workers.get(worker_id)
+        if worker is None or not worker.blocked:
+            return []
+        worker.blocked = False
+        # Take the CPUs back even if that oversubscribes for a moment, as Ray does.
+        self.available["CPU"] = self.available.get("CPU", 0) - worker.held.get("CPU", 0)
+        return []
+
+    # --- policy -------------------------------------------------------------------------------
+    def feasible(self, resources: dict) -> bool:
+        if any(self.total.get(name, 0) < amount for name, amount in resources.items()):
+            return False
+        return self._gpu_fit(resources.get("GPU", 0), self.total_gpus()) is not None
+
+    def total_gpus(self) -> list:
+        return [UNIT] * len(self.gpu_free)
+
+    def _fits(self, resources: dict) -> bool:
+        return all(self.available.get(name, 0) >= amount for name, amount in resources.items())
+
+    @staticmethod
+    def _gpu_fit(amount: int, free: list) -> list | None:
+        """Device ids for ``amount`` GPUs: whole devices, or the fullest device a fraction fits on."""
+        if amount <= 0:
+            return []
+        if amount >= UNIT:
+            whole = [i for i, share in enumerate(free) if share == UNIT]
+            count = -(-amount // UNIT)
+            return whole[:count] if len(whole) >= count else None
+        fitting = [i for i, share in enumerate(free) if share >= amount]
+        if not fitting:
+            return None
+        return [min(fitting, key=lambda i: (free[i], i))]
+
+    def schedule(self) -> list:
+        actions = []
+        idle = [w for w in self.workers.values() if w.idle]
+        # Requests that fit but wait for a worker to start are counted against a copy of the
+        # available resources, so we start no more workers than the resources can keep busy.
+        unclaimed = dict(self.available)
+        waiting = 0
+        for request in list(self.queue):
+            if not self.feasible(request.resources):
+                if not request.warned:
+                    request.warned = True
+                    actions.append(("infeasible", request))
+                continue
+            if not all(unclaimed.get(name, 0) >= amount for name, amount in request.resources.items()):
+                continue
+            gpu_ids = self._gpu_fit(request.running.get("GPU", 0), self.gpu_free)
+            if gpu_ids is None:
+                continue
+            if not idle:
+                waiting += 1
+                for name, amount in request.running.items():
+                    unclaimed[name] = unclaimed.get(name, 0) - amount
+                continue
+            worker = idle.pop(0)
+            self.queue.remove(request)
+            self._grant(worker, request, gpu_ids)
+            for name, amount in request.running.items():
+                unclaimed[name] = unclaimed.get(name, 0) - amount
+            actions.append(("grant", request, worker))
+        missing = waiting - self.starting
+        for _ in range(max(0, missing)):
+            self.starting += 1
+            actions.append(("start_worker",))
+        return actions
+
+    def _grant(self, worker: Worker, request: LeaseRequest, gpu_ids: list) -> None:
+        worker.idle = False
+        worker.lease = request
+        worker.dedicated = request.for_actor
+        worker.held = dict(request.running)
+        for name, amount in worker.held.items():
+            self.available[name] = self.available.get(name, 0) - amount
+        gpu = worker.held.get("GPU", 0)
+        worker.gpu_ids = gpu_ids
+        share = min(gpu, UNIT) if gpu_ids else 0
+        for i in gpu_ids:
+            self.gpu_free[i] -= share if gpu < UNIT else UNIT
+        worker.gpu_share = gpu / UNIT
+
+    def _release(self, worker: Worker) -> None:
+        for name, amount in worker.held.items():
+            self.available[name] = self.available.get(name, 0) + amount
+        if worker.blocked:
+            self.available["CPU"] -= worker.held.get("CPU", 0)
+            worker.blocked = False
+        gpu = worker.held.get("GPU", 0)
+        for i in worker.gpu_ids:
+            self.gpu_free[i] += gpu if gpu < UNIT else UNIT
+        worker.held = {}
+        worker.gpu_ids = []
+
+    def demand(self) -> list:
+        return [from_fixed(r.resources) for r in self.queue]

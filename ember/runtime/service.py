@@ -1,0 +1,153 @@
+"""What the head and the node manager share: a ROUTER socket, a table from op to handler, and a
+poll loop that can run several services in one process.
+
+A handler receives ``(identity, header, frames)``; whatever it returns (a dict, or a (dict, frames)
+pair) is sent back as the reply to the request id. A handler that raises is logged and answered
+with an error message; it never stops the loop.
+"""
+
+import logging
+import os
+import time
+
+import zmq
+
+from ember.runtime import protocol, transport
+
+logger = logging.getLogger(__name__)
+
+
+class Service:
+    """A ZeroMQ ROUTER service; subclasses fill ``handlers`` with {op: method}."""
+
+    handlers: dict = {}
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.router, self.address = transport.bind_router(host, port)
+        self.table = {op: getattr(self, name) for op, name in self.handlers.items()}
+
+    def handle_frames(self, frames: list) -> None:
+        identity = frames[0]
+        try:
+            header, payload = protocol.decode(frames[1:])
+        except Exception as error:
+            logger.warning("dropping a malformed message from %r: %s", identity, error)
+            return
+        if not isinstance(header, dict) or not isinstance(header.get("op"), str):
+            logger.warning("dropping a message without an op from %r", identity)
+            return
+        rid = header.get("rid")
+        handler = self.table.get(header["op"])
+        try:
+            if handler is None:
+                raise ValueError(f"unknown op {header['op']!r}")
+            result = handler(identity, header, payload)
+        except Exception as error:
+            logger.exception("handler for %s failed", header["op"])
+            if rid is not None:
+                self.send(identity, {"op": protocol.ERROR, "rid": rid, "error": f"{type(error).__name__}: {error}"})
+            return
+        if result is not None and rid is not None:
+            body, reply_frames = result if isinstance(result, tuple) else (result, ())
+            self.reply(identity, rid, body, reply_frames)
+
+    def reply(self, identity: bytes, rid, body: dict | None = None, frames=()) -> None:
+        header = {"op": protocol.REPLY, "rid": rid}
+        if body:
+            header.update(body)
+        self.send(identity, header, frames)
+
+    def send(self, identity: bytes, header: dict, frames=()) -> None:
+        try:
+            self.router.send_multipart([identity, *protocol.encode(header, frames)], copy=False)
+        except zmq.ZMQError as error:
+            logger.warning("could not send %s to %r: %s", header.get("op"), identity, error)
+
+    def tick(self, now: float) -> None:
+        """Periodic work; called by the loop at least every ``EventLoop.TICK`` seconds."""
+
+    def close(self) -> None:
+        self.router.close(0)
+
+
+class EventLoop:
+    """Polls the sockets of one or more services (and raw file descriptors) until stopped."""
+
+    TICK = 0.05
+
+    def __init__(self):
+        self.poller = zmq.Poller()
+        self.services: list[Service] = []
+        self.sockets: dict = {}
+        self.fd_handlers: dict = {}
+        self.running = True
+
+    def add_service(self, service: Service) -> None:
+        self.services.append(service)
+        self.add_socket(service.router, service.handle_frames)
+
+    def add_socket(self, sock, on_frames) -> None:
+        self.sockets[sock] = on_frames
+        self.poller.register(sock, zmq.POLLIN)
+
+    def remove_socket(self, sock) -> None:
+        if self.sockets.pop(sock, None) is not None:
+            self.poller.unregister(sock)
+
+    def add_fd(self, fd: int, on_readable) -> None:
+        self.fd_handlers[fd] = on_readable
+        self.poller.register(fd, zmq.POLLIN)
+
+    def remove_fd(self, fd: int) -> None:
+        if self.fd_handlers.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+
+    def run(self) -> None:
+        next_tick = 0.0
+        while self.running:
+            now = time.monotonic()
+            if now >= next_tick:
+                for service in self.services:
+                    try:
+                        service.tick(now)
+                    except Exception:
+                        logger.exception("tick of %s failed", type(service).__name__)
+                next_tick = now + self.TICK
+            events = self.poller.poll(max(0.0, next_tick - time.monotonic()) * 1000)
+            for target, _ in events:
+                if isinstance(target, int):
+                    self.fd_handlers[target](target)
+                    continue
+                on_frames = self.sockets.get(target)
+                if on_frames is None:
+                    continue
+                # Drain what is queued without blocking, so a burst costs one poll.
+                for _ in range(1000):
+                    try:
+                        frames = target.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    try:
+                        on_frames(unwrap(frames))
+                    except Exception:
+                        logger.exception("error while handling a message")
+                    if not self.running or target not in self.sockets:
+                        break  # stopped, or the handler closed this socket
+
+    def stop(self) -> None:
+        self.running = False
+
+
+def unwrap(frames: list) -> list:
+    """Small frames as bytes (cheap to parse); large payloads stay as zero-copy memoryviews."""
+    return [f.bytes if i == 0 or len(f) < 65536 else f.buffer for i, f in enumerate(frames)]
+
+
+def read_eof(fd: int) -> bool:
+    """Read what is pending on a pipe; True once the other end has closed."""
+    try:
+        return os.read(fd, 4096) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

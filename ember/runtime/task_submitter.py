@@ -1,0 +1,589 @@
+"""Submitting tasks and actor calls: the owner's side of the hot path.
+
+Data flow (all on the client's I/O thread but for ``submit_*``, which build the message)::
+
+    submit_task --> wait for owned arguments --> queue per resource shape --> leased workers (pipelined)
+                                                      |  request_lease / return_lease (node manager)
+                                                      v
+                     task_result / stream_item <-- worker --> owner records values, retries on crash
+
+    submit_actor_task --> per-actor queue, in submission order --> the actor's worker
+                          actor_update (head): RESTARTING resends unacknowledged calls, DEAD fails them
+
+A lease is kept while tasks of its shape are queued and returned shortly after its worker goes idle.
+"""
+
+import collections
+import sys
+import time
+from functools import partial
+
+from ember import exceptions
+from ember.runtime import protocol
+from ember.runtime.core_client import FAILED, INLINE_LIMIT, PENDING, current_task
+from ember.runtime.ids import new_id, new_task_id, put_object_id, return_object_id
+from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
+from ember.runtime.serialization import deserialize, serialize
+
+PIPELINE = 2  # tasks sent ahead to one leased worker
+MAX_LEASE_REQUESTS = 8  # outstanding lease requests per resource shape
+LEASE_LINGER = 0.05  # seconds an idle lease is kept for the next task of its shape
+
+PUSH_HANDLERS = {
+    protocol.LEASE_INFEASIBLE: "on_infeasible",
+    protocol.LEASED_WORKER_DIED: "on_leased_worker_died",
+    protocol.ACTOR_UPDATE: "on_actor_update",
+    protocol.STREAM_ITEM: "on_stream_item",
+}
+
+ALIVE, RESTARTING, DEAD = "ALIVE", "RESTARTING", "DEAD"
+
+
+class Arg:
+    """Stands in the pickled arguments for a top-level ObjectRef, replaced by its value on the worker."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+    def __reduce__(self):
+        return Arg, (self.key,)
+
+
+class TaskSpec:
+    __slots__ = ("task_id", "header", "frames", "refs", "keepalive", "return_ids", "key", "resources", "running",
+                 "retries_left", "retry_exceptions", "pending", "lease", "actor", "stream", "cancelled", "name",
+                 "parent")
+
+    def __init__(self):
+        self.pending = 0
+        self.lease = None
+        self.actor = None
+        self.stream = None
+        self.cancelled = False
+
+
+class Lease:
+    __slots__ = ("worker_id", "address", "client_address", "key", "inflight", "idle_since", "gpus", "assigned",
+                 "retiring")
+
+    def __init__(self, header, key):
+        self.worker_id = header["wid"]
+        self.address = header["addr"]
+        self.client_address = header["caddr"]
+        self.gpus = header.get("gpus", [])
+        self.assigned = header.get("res", {})
+        self.key = key
+        self.inflight: dict = {}
+        self.idle_since = time.monotonic()
+        self.retiring = False
+
+
+class ShapeQueue:
+    def __init__(self, resources, running):
+        self.queue: collections.deque = collections.deque()
+        self.leases: dict = {}
+        self.requests: set = set()
+        self.resources = resources
+        self.running = running
+        self.warned = False
+
+
+class ActorState:
+    def __init__(self, actor_id):
+        self.actor_id = actor_id
+        self.state = "PENDING_CREATION"
+        self.address = None
+        self.client_address = None
+        self.queue: collections.deque = collections.deque()
+        self.inflight: dict = {}
+        self.death_cause = ""
+        self.subscribed = False
+        self.keepalive = None
+        self.released = False  # the creator dropped its handle: kill the actor once calls drain
+
+
+class Stream:
+    def __init__(self, task_id):
+        self.task_id = task_id
+        self.items: list = []
+        self.done = False
+
+
+class TaskSubmitter:
+    def __init__(self, client):
+        self.client = client
+        self.shapes: dict = {}
+        self.leases: dict = {}  # worker id -> Lease
+        self.specs: dict = {}  # task id -> TaskSpec, for every unfinished task this process owns
+        self.dep_waiters: dict = collections.defaultdict(list)
+        self.actors: dict = {}
+        self.streams: dict = {}
+
+    # --- building tasks (caller's thread) -----------------------------------------------------------
+    def _prepare(self, spec: TaskSpec, args, kwargs, what: str) -> None:
+        client = self.client
+        refs = []
+        if any(type(a) is ObjectRef for a in args):
+            args = tuple(self._swap(a, i, refs) for i, a in enumerate(args))
+        if kwargs and any(type(v) is ObjectRef for v in kwargs.values()):
+            kwargs = {k: self._swap(v, k, refs) for k, v in kwargs.items()}
+        data, buffers, contained = serialize((args, kwargs), what)
+        spec.keepalive = [ref for _, ref in refs] + contained
+        spec.refs = refs
+        size = len(data) + sum(b.nbytes for b in buffers)
+        if size > INLINE_LIMIT:
+            # Large arguments go through the store once, as Ray's implicit put does.
+            oid = put_object_id()
+            node_id = client.store_put(oid, data, buffers, client.client_id)
+            entry = client.new_owned(oid, state=1)
+            entry.node_id, entry.size = node_id, size
+            spec.keepalive.append(client.ref(oid))
+            spec.header["argobj"] = [oid, node_id]
+            spec.frames = []
+        else:
+            spec.header["nbuf"] = len(buffers)
+            spec.frames = [data, *[bytes(b) for b in buffers]]
+
+    @staticmethod
+    def _swap(value, key, refs):
+        if type(value) is ObjectRef:
+            refs.append((key, value))
+            return Arg(key)
+        return value
+
+    def _new_spec(self, name, num_returns, args, kwargs, header) -> TaskSpec:
+        spec = TaskSpec()
+        spec.task_id = task_id = new_task_id()
+        spec.name = name
+        context = current_task.get()
+        spec.parent = context.task_id if context else None
+        header.update(rid=task_id, name=name, job=self.client.job_id, owner=self.client.address,
+                      owner_id=self.client.client_id)
+        spec.header = header
+        self._prepare(spec, args, kwargs, f"the arguments of {name}")
+        if num_returns == "streaming":
+            spec.stream = Stream(task_id)
+            spec.return_ids = []
+        else:
+            spec.return_ids = [return_object_id(task_id, i + 1) for i in range(num_returns)]
+        return spec
+
+    def _outputs(self, spec: TaskSpec):
+        client = self.client
+        with client._lock:
+            for oid in spec.return_ids:
+                client.new_owned(oid)
+            refs = [client.ref(oid) for oid in spec.return_ids]
+        if spec.stream is not None:
+            return ObjectRefGenerator(spec.stream, self)
+        return refs
+
+    def submit_task(self, function_key: bytes, name: str, args, kwargs, *, num_returns, resources: dict,
+                    max_retries: int, retry_exceptions, env_vars=None, max_calls: int = 0):
+        header = {"op": protocol.EXECUTE_TASK, "fid": function_key, "nret": num_returns, "env": env_vars,
+                  "max_calls": max_calls}
+        spec = self._new_spec(name, num_returns, args, kwargs, header)
+        spec.resources = spec.running = resources
+        spec.key = tuple(sorted(resources.items()))
+        spec.retries_left = max_retries
+        spec.retry_exceptions = retry_exceptions
+        outputs = self._outputs(spec)
+        self.client.call_soon(self._submit, spec)
+        return outputs
+
+    def create_actor(self, actor_id: bytes, class_key: bytes, args, kwargs, spec_fields: dict):
+        """Register a new actor with the head; returns the existing actor's info for get_if_exists."""
+        spec = self._new_spec(spec_fields["class_name"], 1, args, kwargs, {"cid": class_key})
+        header = dict(spec_fields)
+        header.update(spec.header)
+        header["refs"] = [[key, "r", ref._id, ref._owner] for key, ref in spec.refs]
+        header.pop("op", None)
+        state = ActorState(actor_id)
+        state.subscribed = True
+        state.keepalive = spec.keepalive
+        self.client.call_soon(self.actors.setdefault, actor_id, state)
+        reply, _ = self.client.request("head", {"op": protocol.CREATE_ACTOR, "actor_id": actor_id,
+                                                "job_id": self.client.job_id, "spec": header}, spec.frames)
+        return reply.get("existing")
+
+    def submit_actor_task(self, actor_id: bytes, method: str, args, kwargs, *, num_returns, max_task_retries: int,
+                          name: str):
+        header = {"op": protocol.ACTOR_CALL, "method": method, "nret": num_returns}
+        spec = self._new_spec(name, num_returns, args, kwargs, header)
+        spec.actor = actor_id
+        spec.retries_left = max_task_retries
+        spec.retry_exceptions = False
+        outputs = self._outputs(spec)
+        self.client.call_soon(self._submit, spec)
+        return outputs
+
+    # --- dependencies -------------------------------------------------------------------------------
+    def _submit(self, spec: TaskSpec) -> None:
+        self.specs[spec.task_id] = spec
+        if spec.stream is not None:
+            self.streams[spec.task_id] = spec.stream
+        objects = self.client._objects
+        for _, ref in spec.refs:
+            entry = objects.get(ref._id)
+            if entry is not None and entry.state == PENDING:
+                spec.pending += 1
+                self.dep_waiters[ref._id].append(spec)
+        if spec.actor is not None:
+            state = self.actors.get(spec.actor)
+            if state is None:
+                state = self.actors[spec.actor] = ActorState(spec.actor)
+            if not state.subscribed:
+                state.subscribed = True
+                self.client.send("head", {"op": protocol.SUBSCRIBE_ACTOR, "actor_id": spec.actor},
+                                 callback=lambda header, _: self.on_actor_update(header))
+            state.queue.append(spec)
+            self._pump_actor(state)
+        elif spec.pending == 0:
+            self._enqueue(spec)
+
+    def object_ready(self, oid: bytes) -> None:
+        for spec in self.dep_waiters.pop(oid, ()):
+            spec.pending -= 1
+            if spec.pending:
+                continue
+            if spec.actor is not None:
+                self._pump_actor(self.actors[spec.actor])
+            elif not spec.cancelled:
+                self._enqueue(spec)
+
+    def _resolve(self, spec: TaskSpec):
+        """Fill in the arguments' values; returns (frames, None) or (None, error of a failed argument)."""
+        objects = self.client._objects
+        frames = list(spec.frames)
+        entries = []
+        for key, ref in spec.refs:
+            if ref._owner != self.client.address:
+                entries.append([key, "r", ref._id, ref._owner])
+                continue
+            entry = objects.get(ref._id)
+            if entry is None:
+                return None, exceptions.ObjectLostError(ref.hex(), "An argument of the task was freed.")
+            if entry.state == FAILED:
+                return None, entry.error
+            if entry.inline is not None:
+                data, buffers = entry.inline
+                entries.append([key, "v", len(frames), len(buffers)])
+                frames += [data, *buffers]
+            else:
+                entries.append([key, "s", ref._id, entry.node_id])
+        spec.header["refs"] = entries
+        return frames, None
+
+    # --- normal tasks -------------------------------------------------------------------------------
+    def _enqueue(self, spec: TaskSpec, front: bool = False) -> None:
+        shape = self.shapes.get(spec.key)
+        if shape is None:
+            shape = self.shapes[spec.key] = ShapeQueue(spec.resources, spec.running)
+        if front:
+            shape.queue.appendleft(spec)
+        else:
+            shape.queue.append(spec)
+        self._pump(spec.key)
+
+    def _pump(self, key) -> None:
+        shape = self.shapes[key]
+        while shape.queue:
+            lease = min((lease for lease in shape.leases.values() if not lease.retiring),
+                        key=lambda lease: len(lease.inflight), default=None)
+            if lease is None or len(lease.inflight) >= PIPELINE:
+                break
+            self._dispatch(shape.queue.popleft(), lease)
+        wanted = min(len(shape.queue), MAX_LEASE_REQUESTS) - len(shape.requests)
+        for _ in range(wanted):
+            rid = new_id(8)
+            shape.requests.add(rid)
+            self.client.send("node_manager", {"op": protocol.REQUEST_LEASE, "rid": rid, "res": shape.resources,
+                                              "run": shape.running, "actor": False},
+                             callback=partial(self._on_lease, key, rid))
+        if not shape.queue and shape.requests:
+            for rid in shape.requests:
+                self.client.send("node_manager", {"op": protocol.CANCEL_LEASE_REQUEST, "rid": rid})
+                self.client._waiting.pop(rid, None)
+            shape.requests.clear()
+
+    def _on_lease(self, key, rid, header, frames) -> None:
+        shape = self.shapes[key]
+        shape.requests.discard(rid)
+        if header["op"] == protocol.ERROR:
+            while shape.queue:
+                self._fail(shape.queue.popleft(), ValueError(header.get("error")))
+            return
+        lease = Lease(header, key)
+        shape.leases[lease.worker_id] = lease
+        self.leases[lease.worker_id] = lease
+        if not shape.queue:
+            self._return_lease(lease)
+            return
+        self._pump(key)
+
+    def _return_lease(self, lease: Lease) -> None:
+        self.shapes[lease.key].leases.pop(lease.worker_id, None)
+        self.leases.pop(lease.worker_id, None)
+        self.client.send("node_manager", {"op": protocol.RETURN_LEASE, "wid": lease.worker_id})
+
+    def _dispatch(self, spec: TaskSpec, lease: Lease) -> None:
+        frames, error = self._resolve(spec)
+        if error is not None:
+            self._finish_with_error(spec, error)
+            return
+        header = spec.header
+        header["res"] = lease.assigned
+        header["gpus"] = lease.gpus
+        spec.lease = lease
+        lease.inflight[spec.task_id] = spec
+        self.client.send(lease.address, header, frames)
+        self.client._waiting[spec.task_id] = partial(self._on_result, spec)
+
+    def _on_result(self, spec: TaskSpec, header, frames) -> None:
+        lease = spec.lease
+        spec.lease = None
+        if lease is not None:
+            lease.inflight.pop(spec.task_id, None)
+            if header.get("retire"):
+                lease.retiring = True
+        if header.get("rejected"):
+            self._enqueue(spec, front=True)
+        elif header.get("err") and self._should_retry(spec, frames[0]):
+            spec.retries_left -= 1 if spec.retries_left > 0 else 0
+            self._enqueue(spec)
+        else:
+            self._record(spec, header, frames)
+        if lease is not None:
+            if lease.retiring and not lease.inflight:
+                self.shapes[lease.key].leases.pop(lease.worker_id, None)
+                self.leases.pop(lease.worker_id, None)
+            elif not lease.inflight:
+                lease.idle_since = time.monotonic()
+            self._pump(lease.key)
+
+    def _should_retry(self, spec: TaskSpec, error_bytes) -> bool:
+        if spec.cancelled or spec.retries_left == 0 or not spec.retry_exceptions:
+            return False
+        if spec.retry_exceptions is True:
+            return True
+        try:
+            cause = deserialize(error_bytes).cause
+        except Exception:
+            return False
+        return isinstance(cause, tuple(spec.retry_exceptions))
+
+    def _record(self, spec: TaskSpec, header, frames) -> None:
+        complete = self.client.complete
+        if header.get("err"):
+            error = bytes(frames[0])
+            if spec.stream is not None:
+                self._stream_item(spec, len(spec.stream.items), ["e"], frames)
+            for oid in spec.return_ids:
+                complete(oid, error=error)
+        elif spec.stream is None:
+            position = 0
+            for oid, ret in zip(spec.return_ids, header["rets"]):
+                if ret[0] == "v":
+                    count = ret[1]
+                    complete(oid, inline=(frames[position], frames[position + 1:position + 1 + count]),
+                             size=ret[2])
+                    position += 1 + count
+                else:
+                    complete(oid, node_id=ret[2], size=ret[1])
+        self._finish(spec)
+
+    def _finish(self, spec: TaskSpec) -> None:
+        self.specs.pop(spec.task_id, None)
+        if spec.stream is not None:
+            spec.stream.done = True
+            self.streams.pop(spec.task_id, None)
+            with self.client._cond:
+                self.client._cond.notify_all()
+        spec.keepalive = None
+
+    def _finish_with_error(self, spec: TaskSpec, error) -> None:
+        if spec.stream is not None:
+            oid = return_object_id(spec.task_id, len(spec.stream.items) + 1)
+            self.client.new_owned(oid)
+            self.client.complete(oid, error=error)
+            spec.stream.items.append(oid)
+        for oid in spec.return_ids:
+            self.client.complete(oid, error=error)
+        self._finish(spec)
+
+    _fail = _finish_with_error
+
+    def on_leased_worker_died(self, header, frames) -> None:
+        lease = self.leases.pop(header["wid"], None)
+        if lease is None:
+            return
+        self.shapes[lease.key].leases.pop(lease.worker_id, None)
+        self.client.close_peer(lease.address)
+        for spec in list(lease.inflight.values()):
+            spec.lease = None
+            self.client._waiting.pop(spec.task_id, None)
+            if spec.cancelled:
+                self._fail(spec, exceptions.TaskCancelledError(f"Task {spec.name} was cancelled (force=True)."))
+            elif lease.retiring:
+                self._enqueue(spec, front=True)
+            elif spec.retries_left != 0 and (spec.stream is None or not spec.stream.items):
+                spec.retries_left -= 1 if spec.retries_left > 0 else 0
+                self._enqueue(spec, front=True)
+            else:
+                self._fail(spec, exceptions.WorkerCrashedError(
+                    f"The worker running task {spec.name} died unexpectedly (SIGKILL, out of memory, or "
+                    "os._exit) and the task has no retries left (max_retries)."))
+        self._pump(lease.key)
+
+    def on_infeasible(self, header, frames) -> None:
+        print(f"Warning: a task or actor needs {header['res']}, but no node in the cluster has that much "
+              f"(this node has {header['total']}). It stays pending until a node that can run it joins.",
+              file=sys.stderr, flush=True)
+
+    def tick(self, now: float) -> None:
+        for shape in self.shapes.values():
+            if shape.queue:
+                continue
+            for lease in [lease for lease in shape.leases.values() if not lease.inflight]:
+                if now - lease.idle_since > LEASE_LINGER:
+                    self._return_lease(lease)
+
+    def close(self) -> None:
+        for lease in list(self.leases.values()):
+            self._return_lease(lease)
+
+    # --- streaming generators -----------------------------------------------------------------------
+    def on_stream_item(self, header, frames) -> None:
+        spec = self.specs.get(header["rid"])
+        if spec is not None and spec.stream is not None:
+            self._stream_item(spec, header["idx"], header["ret"], frames)
+
+    def _stream_item(self, spec, index, ret, frames) -> None:
+        oid = return_object_id(spec.task_id, index + 1)
+        self.client.new_owned(oid)
+        if ret[0] == "v":
+            self.client.complete(oid, inline=(frames[0], frames[1:1 + ret[1]]), size=ret[2])
+        elif ret[0] == "s":
+            self.client.complete(oid, node_id=ret[2], size=ret[1])
+        else:
+            self.client.complete(oid, error=bytes(frames[0]))
+        with self.client._cond:
+            spec.stream.items.append(oid)
+            self.client._cond.notify_all()
+
+    def next_stream_item(self, stream: Stream, index: int, timeout=None):
+        client = self.client
+        with client._cond:
+            while len(stream.items) <= index and not stream.done:
+                client._cond.wait(1.0)
+            if len(stream.items) > index:
+                return client.ref(stream.items[index])
+            return None
+
+    # --- actors -------------------------------------------------------------------------------------
+    def _pump_actor(self, state: ActorState) -> None:
+        if state.state == DEAD:
+            while state.queue:
+                spec = state.queue.popleft()
+                self._fail(spec, exceptions.ActorDiedError(state.death_cause or "The actor is dead.",
+                                                           state.actor_id.hex()))
+            return
+        if state.state != ALIVE:
+            return
+        while state.queue and state.queue[0].pending == 0:
+            spec = state.queue.popleft()
+            if spec.cancelled:
+                continue
+            frames, error = self._resolve(spec)
+            if error is not None:
+                self._finish_with_error(spec, error)
+                continue
+            state.inflight[spec.task_id] = spec
+            self.client.send(state.address, spec.header, frames)
+            self.client._waiting[spec.task_id] = partial(self._on_actor_result, state, spec)
+
+    def _on_actor_result(self, state: ActorState, spec: TaskSpec, header, frames) -> None:
+        state.inflight.pop(spec.task_id, None)
+        self._record(spec, header, frames)
+        self._maybe_release(state)
+
+    def release_actor(self, actor_id: bytes) -> None:
+        """From ActorHandle.__del__ (any thread, maybe inside the garbage collector)."""
+        self.client.call_soon(self._release_actor, actor_id)
+
+    def _release_actor(self, actor_id: bytes) -> None:
+        state = self.actors.get(actor_id)
+        if state is not None:
+            state.released = True
+            self._maybe_release(state)
+
+    def _maybe_release(self, state: ActorState) -> None:
+        if state.released and not state.queue and not state.inflight and state.state != DEAD:
+            state.released = False
+            self.client.send("head", {"op": protocol.ACTOR_HANDLE_RELEASED, "actor_id": state.actor_id})
+
+    def on_actor_update(self, header, frames=None) -> None:
+        info = header.get("actor")
+        if info is None:
+            return
+        state = self.actors.get(info["actor_id"])
+        if state is None:
+            return
+        new_state = info["state"]
+        if new_state in (RESTARTING, DEAD) and state.address is not None:
+            self.client.close_peer(state.address)
+            retry = []
+            for spec in state.inflight.values():
+                self.client._waiting.pop(spec.task_id, None)
+                if new_state == RESTARTING and spec.retries_left != 0 and not spec.cancelled:
+                    spec.retries_left -= 1 if spec.retries_left > 0 else 0
+                    retry.append(spec)
+                else:
+                    self._fail(spec, exceptions.ActorDiedError(
+                        info.get("death_cause") or "The actor died while running this call "
+                        "(it is being restarted; set max_task_retries to retry calls).", state.actor_id.hex()))
+            state.inflight.clear()
+            state.queue.extendleft(reversed(retry))
+            state.address = state.client_address = None
+        state.state = new_state
+        state.death_cause = info.get("death_cause", "")
+        if new_state == ALIVE:
+            state.address = info["address"]
+            state.client_address = info["client_address"]
+        if new_state == DEAD:
+            state.keepalive = None
+        self._pump_actor(state)
+
+    # --- cancellation -------------------------------------------------------------------------------
+    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        spec = self.specs.get(task_id)
+        if spec is None or spec.cancelled:
+            return
+        spec.cancelled = True
+        error = exceptions.TaskCancelledError(f"Task {spec.name} was cancelled.")
+        if spec.actor is not None:
+            state = self.actors.get(spec.actor)
+            if state is not None and spec in state.queue:
+                state.queue.remove(spec)
+                self._fail(spec, error)
+            elif state is not None and state.client_address:
+                self.client.send(state.client_address, {"op": protocol.CANCEL_TASK, "task_id": task_id,
+                                                        "recursive": recursive})
+            return
+        if spec.lease is None:
+            shape = self.shapes.get(spec.key)
+            if shape is not None and spec in shape.queue:
+                shape.queue.remove(spec)
+            self._fail(spec, error)
+            return
+        if force:
+            self.client.send("node_manager", {"op": protocol.KILL_WORKER, "wid": spec.lease.worker_id})
+        else:
+            self.client.send(spec.lease.client_address, {"op": protocol.CANCEL_TASK, "task_id": task_id,
+                                                         "recursive": recursive})
+
+    def cancel_children(self, parent: bytes) -> None:
+        for spec in [s for s in self.specs.values() if s.parent == parent]:
+            self.cancel(spec.task_id, force=False, recursive=True)

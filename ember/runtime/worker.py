@@ -1,0 +1,430 @@
+"""A worker process: runs tasks, or hosts one actor, for the owners that lease it.
+
+Data flow::
+
+    owners / callers --execute_task, actor_call--> task socket (ROUTER, main thread) --> run the function
+    head ------------create_actor_instance-------> task socket                           |
+    owners <---------task_result, stream_item----- task socket <-------------------------+
+    node manager <---worker_ready, blocked, logs-- core client (I/O thread), which also serves cancel
+    stdin (pipe from the node manager): EOF means the node manager is gone, so we exit
+
+Normal tasks and the calls of a plain actor run on the main thread, one at a time, in arrival order
+(one connection per caller keeps each caller's calls in submission order). Threaded actors
+(``max_concurrency > 1``) run calls on a thread pool; async actors run them as coroutines on an
+event loop thread. Replies from those threads reach the socket through an outbox and a wake pipe.
+"""
+
+import asyncio
+import collections
+import inspect
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import zmq
+
+from ember import exceptions
+from ember.runtime import protocol, transport
+from ember.runtime.core_client import INLINE_LIMIT, CoreClient, TaskContext, current_task, set_current_client
+from ember.runtime.ids import return_object_id
+from ember.runtime.serialization import deserialize, serialize, serialize_error
+from ember.runtime.service import read_eof, unwrap
+from ember.runtime.task_submitter import Arg
+
+
+class _Cancelled(BaseException):
+    """Raised inside a task's thread by ember.cancel; a BaseException so user code rarely swallows it."""
+
+
+class LogStream:
+    """Replaces sys.stdout / sys.stderr: whole lines go to the driver, prefixed with the task's name."""
+
+    def __init__(self, name: str, client: CoreClient, original):
+        self.name = name
+        self.client = client
+        self.original = original
+        self.partial = threading.local()
+
+    def write(self, text: str) -> int:
+        pending = getattr(self.partial, "text", "") + text
+        *lines, rest = pending.split("\n")
+        for line in lines:
+            self.client.log_line(self.name, line)
+        self.partial.text = rest
+        self.original.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.original.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.original.fileno()
+
+    @property
+    def encoding(self):
+        return self.original.encoding
+
+
+class Worker:
+    def __init__(self):
+        set_current_client(None)
+        self.client = CoreClient(os.environ["EMBER_HEAD"], os.environ["EMBER_NODE_MANAGER"], kind="worker",
+                                 watch_stdin=True)
+        set_current_client(self.client)
+        self.client.cancel_handler = self.cancel
+        self.socket, self.address = transport.bind_router()
+        self.outbox: collections.deque = collections.deque()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.actor = None
+        self.actor_name = ""
+        self.actor_context = None
+        self.executor = None
+        self.loop = None
+        self.semaphore = None
+        self.async_tasks: dict = {}
+        self.calls_by_function: collections.Counter = collections.Counter()
+        self.running_task: bytes | None = None
+        self.cancel_requested: set = set()
+        self.retiring = False
+        self.exit_after_reply = False
+        self._current_identity = None
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+    def _on_sigint(self, signum, frame):
+        # ember.cancel interrupts the running task with SIGINT; any other SIGINT (say, Ctrl-C in the
+        # terminal that started the driver) is not for us.
+        if self.running_task is not None and self.running_task in self.cancel_requested:
+            raise _Cancelled()
+
+    def cancel(self, task_id: bytes, recursive: bool) -> None:
+        """Called on the client's I/O thread when an owner cancels a task sent to us."""
+        self.cancel_requested.add(task_id)
+        if recursive:
+            self.client.submitter.cancel_children(task_id)
+        task = self.async_tasks.get(task_id)
+        if task is not None:
+            self.loop.call_soon_threadsafe(task.cancel)
+        elif self.running_task == task_id:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    # --- main loop ----------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.client.connect()
+        reply, _ = self.client.request("node_manager", {
+            "op": protocol.WORKER_READY, "wid": self.client.client_id, "pid": os.getpid(),
+            "addr": self.address, "caddr": self.client.address,
+        })
+        sys.stdout = LogStream("stdout", self.client, sys.__stdout__)
+        sys.stderr = LogStream("stderr", self.client, sys.__stderr__)
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
+        while True:
+            events = dict(poller.poll())
+            if self.wake_r in events:
+                read_eof(self.wake_r)
+                while self.outbox:
+                    self.socket.send_multipart(self.outbox.popleft(), copy=False)
+                if self.exit_after_reply:
+                    self._exit()
+            if self.socket in events:
+                while True:
+                    try:
+                        frames = unwrap(self.socket.recv_multipart(zmq.NOBLOCK, copy=False))
+                    except zmq.Again:
+                        break
+                    self.handle(frames)
+                    if self.exit_after_reply:
+                        self._exit()
+
+    def _exit(self) -> None:
+        sys.stdout.flush()
+        self.client.shutdown()
+        os._exit(0)
+
+    def handle(self, frames: list) -> None:
+        identity = self._current_identity = frames[0]
+        header, payload = protocol.decode(frames[1:])
+        op = header["op"]
+        if op == protocol.EXECUTE_TASK:
+            reply = self.execute_task(header, payload)
+        elif op == protocol.ACTOR_CALL:
+            reply = self.actor_call(identity, header, payload)
+        elif op == protocol.CREATE_ACTOR_INSTANCE:
+            reply = self.create_actor(header, payload)
+        else:
+            return
+        if reply is not None:
+            self.socket.send_multipart([identity, *reply], copy=False)
+
+    def send_later(self, identity: bytes, reply: list) -> None:
+        """From another thread: queue a reply for the main thread to send."""
+        self.outbox.append([identity, *reply])
+        os.write(self.wake_w, b"x")
+
+    # --- arguments and results ------------------------------------------------------------------
+    def resolve_args(self, header: dict, frames: list):
+        if "argobj" in header:
+            oid, node_id = header["argobj"]
+            args, kwargs = self.client.read_stored(oid, node_id)
+        else:
+            nbuf = header.get("nbuf", 0)
+            args, kwargs = deserialize(frames[0], frames[1:1 + nbuf])
+        refs = header.get("refs")
+        if not refs:
+            return args, kwargs
+        values = {}
+        from ember.runtime.object_ref import ObjectRef
+
+        for entry in refs:
+            key, kind = entry[0], entry[1]
+            if kind == "v":
+                start, count = entry[2], entry[3]
+                values[key] = deserialize(frames[start], frames[start + 1:start + 1 + count])
+            elif kind == "s":
+                values[key] = self.client.read_stored(entry[2], entry[3])
+            else:
+                values[key] = self.client.get([ObjectRef(entry[2], entry[3], self.client)])[0]
+        args = tuple(values[a.key] if type(a) is Arg else a for a in args)
+        if kwargs:
+            kwargs = {k: values[v.key] if type(v) is Arg else v for k, v in kwargs.items()}
+        return args, kwargs
+
+    def pack_value(self, task_id: bytes, index: int, value, owner_id: bytes) -> tuple[list, list]:
+        data, buffers, contained = serialize(value, f"return value {index - 1}")
+        if contained:
+            self.client.escaped.extend(contained)  # refs returned inside values stay owned here
+        size = len(data) + sum(b.nbytes for b in buffers)
+        if size <= INLINE_LIMIT:
+            return ["v", len(buffers), size], [data, *buffers]
+        node_id = self.client.store_put(return_object_id(task_id, index), data, buffers, owner_id)
+        return ["s", size, node_id], []
+
+    def pack_returns(self, header: dict, result) -> list:
+        task_id = header["rid"]
+        num_returns = header["nret"]
+        if num_returns == 1:
+            values = [result]
+        elif num_returns == 0:
+            values = []
+        else:
+            values = list(result) if isinstance(result, (tuple, list)) else None
+            if values is None or len(values) != num_returns:
+                raise ValueError(f"{header['name']} declared num_returns={num_returns} but returned "
+                                 f"{type(result).__name__} {'of length ' + str(len(values)) if values else ''}".rstrip())
+        rets, frames = [], []
+        for index, value in enumerate(values, start=1):
+            ret, value_frames = self.pack_value(task_id, index, value, header["owner_id"])
+            rets.append(ret)
+            frames += value_frames
+        return protocol.encode({"op": protocol.TASK_RESULT, "rid": task_id, "rets": rets}, frames)
+
+    def error_reply(self, header: dict, error: BaseException, name: str) -> list:
+        if isinstance(error, (_Cancelled, KeyboardInterrupt, asyncio.CancelledError)):
+            error = exceptions.TaskCancelledError(f"Task {name} was cancelled.")
+            error.__traceback__ = None
+        frames = [serialize_error(error, name, os.getpid())]
+        return protocol.encode({"op": protocol.TASK_RESULT, "rid": header["rid"], "err": True}, frames)
+
+    # --- normal tasks -----------------------------------------------------------------------------
+    def _context(self, header: dict, actor_id=None) -> TaskContext:
+        assigned = header.get("res") or {}
+        return TaskContext(task_id=header["rid"], name=header.get("name", ""), job_id=header.get("job"),
+                           actor_id=actor_id, assigned=assigned, gpu_ids=header.get("gpus") or [],
+                           holds_cpu=assigned.get("CPU", 0) > 0, borrowed=[])
+
+    def execute_task(self, header: dict, frames: list) -> list:
+        task_id = header["rid"]
+        if self.retiring:
+            return protocol.encode({"op": protocol.TASK_RESULT, "rid": task_id, "rejected": True})
+        name = header.get("name", "task")
+        context = self._context(header)
+        token = current_task.set(context)
+        restore = self._apply_env(header.get("env"), context.gpu_ids)
+        self.running_task = task_id
+        try:
+            if task_id in self.cancel_requested:
+                raise _Cancelled()
+            function = self.client.load_function(header["fid"])
+            args, kwargs = self.resolve_args(header, frames)
+            result = function(*args, **kwargs)
+            if header["nret"] == "streaming":
+                reply = self.stream(header, result)
+            else:
+                reply = self.pack_returns(header, result)
+        except BaseException as error:  # noqa: B902 - the task's failure is the caller's to see
+            reply = self.error_reply(header, error, name)
+        finally:
+            self.running_task = None
+            self.cancel_requested.discard(task_id)
+            restore()
+            current_task.reset(token)
+        self.client.flush_borrows(context.borrowed)
+        max_calls = header.get("max_calls") or 0
+        if max_calls:
+            self.calls_by_function[header["fid"]] += 1
+            if self.calls_by_function[header["fid"]] >= max_calls:
+                # Finish this reply, refuse what was pipelined behind it, then exit.
+                self.retiring = True
+                reply = _with(reply, retire=True)
+                self.exit_after_reply = True
+        return reply
+
+    def stream(self, header: dict, generator) -> list:
+        task_id = header["rid"]
+        identity_reply = self._current_identity
+        count = 0
+        for count, value in enumerate(generator, start=1):
+            ret, frames = self.pack_value(task_id, count, value, header["owner_id"])
+            message = protocol.encode({"op": protocol.STREAM_ITEM, "rid": task_id, "idx": count - 1, "ret": ret},
+                                      frames)
+            self.socket.send_multipart([identity_reply, *message], copy=False)
+        return protocol.encode({"op": protocol.TASK_RESULT, "rid": task_id, "rets": [], "stream_end": count})
+
+    @staticmethod
+    def _apply_env(env_vars, gpu_ids):
+        changes = dict(env_vars or {})
+        if gpu_ids:
+            changes["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+        if not changes:
+            return lambda: None
+        saved = {name: os.environ.get(name) for name in changes}
+        os.environ.update({k: str(v) for k, v in changes.items()})
+
+        def restore():
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+        return restore
+
+    # --- actors -------------------------------------------------------------------------------------
+    def create_actor(self, header: dict, frames: list) -> list:
+        name = header.get("class_name", "Actor")
+        self.actor_name = name
+        context = self._context(header, actor_id=header["actor_id"])
+        context.name = name
+        context.holds_cpu = False
+        self.actor_context = context
+        current_task.set(context)
+        self._apply_env(header.get("env"), context.gpu_ids)  # for the actor's whole life
+        try:
+            cls = self.client.load_function(header["cid"])
+            args, kwargs = self.resolve_args(header, frames)
+            is_async = any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+                           for _, m in inspect.getmembers(cls, inspect.isfunction))
+            max_concurrency = header.get("max_concurrency") or (1000 if is_async else 1)
+            if is_async:
+                self.loop = asyncio.new_event_loop()
+                self.semaphore = asyncio.Semaphore(max_concurrency)
+                threading.Thread(target=self.loop.run_forever, name="ember-actor-loop", daemon=True).start()
+            elif max_concurrency > 1:
+                self.executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="ember-actor")
+            self.actor = cls.__new__(cls)
+            self.actor.__init__(*args, **kwargs)
+        except BaseException as error:
+            return self.error_reply(header, error, f"{name}.__init__")
+        return protocol.encode({"op": protocol.TASK_RESULT, "rid": header["rid"], "rets": []})
+
+    def actor_call(self, identity: bytes, header: dict, frames: list):
+        if self.loop is not None:
+            self.async_tasks[header["rid"]] = asyncio.run_coroutine_threadsafe(
+                self._run_async_call(identity, header, frames), self.loop)
+            return None
+        if self.executor is not None:
+            self.executor.submit(lambda: self.send_later(identity, self._run_call(header, frames)))
+            return None
+        return self._run_call(header, frames)
+
+    def _method(self, header: dict):
+        method_name = header["method"]
+        if method_name == "__ray_ready__":
+            return lambda: True
+        if method_name == "__ray_terminate__":
+            self.exit_after_reply = True
+            return lambda: None
+        return getattr(self.actor, method_name)
+
+    def _call_context(self, header: dict) -> TaskContext:
+        context = self._context(header, actor_id=self.actor_context.actor_id)
+        context.name = self.actor_name
+        context.assigned = self.actor_context.assigned
+        context.gpu_ids = self.actor_context.gpu_ids
+        context.holds_cpu = False
+        return context
+
+    def _run_call(self, header: dict, frames: list) -> list:
+        task_id = header["rid"]
+        context = self._call_context(header)
+        token = current_task.set(context)
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            self.running_task = task_id
+        try:
+            if task_id in self.cancel_requested:
+                raise _Cancelled()
+            args, kwargs = self.resolve_args(header, frames)
+            result = self._method(header)(*args, **kwargs)
+            if header["nret"] == "streaming":
+                reply = self.stream(header, result)
+            else:
+                reply = self.pack_returns(header, result)
+        except BaseException as error:
+            reply = self.error_reply(header, error, f"{self.actor_name}.{header['method']}")
+        finally:
+            if main:
+                self.running_task = None
+            self.cancel_requested.discard(task_id)
+            current_task.reset(token)
+        self.client.flush_borrows(context.borrowed)
+        return reply
+
+    async def _run_async_call(self, identity: bytes, header: dict, frames: list) -> None:
+        context = self._call_context(header)
+        current_task.set(context)
+        try:
+            async with self.semaphore:
+                args, kwargs = await asyncio.get_running_loop().run_in_executor(
+                    None, self.resolve_args, header, frames) if header.get("refs") else self.resolve_args(header, frames)
+                result = self._method(header)(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                reply = self.pack_returns(header, result)
+        except BaseException as error:
+            reply = self.error_reply(header, error, f"{self.actor_name}.{header['method']}")
+        finally:
+            self.async_tasks.pop(header["rid"], None)
+        if context.borrowed:
+            await asyncio.get_running_loop().run_in_executor(None, self.client.flush_borrows, context.borrowed)
+        self.send_later(identity, reply)
+        if self.exit_after_reply:
+            os.write(self.wake_w, b"x")
+
+
+def _with(reply: list, **fields) -> list:
+    header, frames = protocol.decode(reply)
+    header.update(fields)
+    return protocol.encode(header, frames)
+
+
+def main() -> None:
+    worker = Worker()
+    try:
+        worker.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,796 @@
+"""A drop-in replacement for :class:`multiprocessing.Pool` backed by Ember actors.
+
+``from ember.util.multiprocessing import Pool`` in place of
+``from multiprocessing import Pool`` runs the same code on an Ember cluster:
+each pool "process" is an actor, so work can spread over every node, and an
+``initializer`` runs once in each actor, with the state it sets up kept for
+the tasks that actor runs later, as with worker processes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import itertools
+import logging
+import multiprocessing as _mp
+import os
+import sys
+import threading
+import traceback
+import types
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import ember
+
+__all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "TimeoutError"]
+
+logger = logging.getLogger(__name__)
+
+
+class TimeoutError(_mp.TimeoutError, builtins.TimeoutError):
+    """Raised when a result is not ready within the timeout.
+
+    It is both a :class:`multiprocessing.TimeoutError` (what code written for
+    ``multiprocessing`` catches) and a builtin :class:`TimeoutError`.
+    """
+
+
+# --------------------------------------------------------------------------
+# Exceptions travelling back from the actors
+# --------------------------------------------------------------------------
+class RemoteTraceback(Exception):
+    """Carries the formatted traceback of an exception raised inside a pool worker.
+
+    It is attached as ``__cause__`` of the re-raised exception, as
+    :mod:`multiprocessing` does.
+    """
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+class _ExceptionWithTraceback:
+    """Pickles as the original exception with its remote traceback attached as the cause."""
+
+    def __init__(self, exc: BaseException):
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.tb = f'\n"""\n{text}"""'
+        self.exc = exc
+
+    def __reduce__(self):
+        return _rebuild_exception, (self.exc, self.tb)
+
+
+def _encode_exception(exc: BaseException) -> Any:
+    """Make an exception safe to send back: keep it if it pickles, else describe it."""
+    wrapped = _ExceptionWithTraceback(exc)
+    try:
+        import cloudpickle
+
+        cloudpickle.loads(cloudpickle.dumps(wrapped))
+    except Exception:
+        try:
+            text = repr(exc)
+        except Exception:
+            text = type(exc).__name__
+        return _ExceptionWithTraceback(RuntimeError(f"Error sending result: {text}"))
+    return wrapped
+
+
+# --------------------------------------------------------------------------
+# The actor behind each pool process
+# --------------------------------------------------------------------------
+_CALL_ONE = 0  # func(item)
+_CALL_STAR = 1  # func(*item)
+_CALL_ARGS_KWARGS = 2  # func(*item[0], **item[1])
+
+
+class _PoolActor:
+    """One pool process: runs the initializer once, then batches of calls."""
+
+    def __init__(self, initializer: Optional[Callable], initargs: tuple):
+        # module name -> {global name: value} assigned by code run in this actor,
+        # for functions that arrived pickled by value (see _run_with_globals).
+        self._worker_globals: Dict[str, Dict[str, Any]] = {}
+        if initializer is not None:
+            self._run_with_globals(initializer, lambda: initializer(*initargs))
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def _run_with_globals(self, fn: Any, body: Callable[[], Any]) -> Any:
+        """Run ``body`` so globals that ``fn`` and earlier functions set persist in this actor.
+
+        A function whose module cannot be imported here arrives with a private
+        copy of the globals it uses, so an initializer doing ``global STATE;
+        STATE = ...`` would otherwise be invisible to the functions run later.
+        Values assigned to such globals are recorded per module and copied
+        into the globals of every later function of that module.
+        """
+        if not isinstance(fn, types.FunctionType):
+            return body()
+        module = sys.modules.get(fn.__module__)
+        if module is not None and getattr(module, "__dict__", None) is fn.__globals__:
+            return body()  # a real module: its globals are already shared
+        g = fn.__globals__
+        saved = self._worker_globals.setdefault(fn.__module__, {})
+        g.update(saved)
+        before = dict(g)
+        try:
+            return body()
+        finally:
+            for name, value in g.items():
+                if name not in before or before[name] is not value:
+                    saved[name] = value
+
+    def run_batch(self, func: Callable, batch: List[Any], mode: int) -> List[Tuple[bool, Any]]:
+        results: List[Tuple[bool, Any]] = []
+
+        def body() -> None:
+            for item in batch:
+                try:
+                    if mode == _CALL_ONE:
+                        value = func(item)
+                    elif mode == _CALL_STAR:
+                        value = func(*item)
+                    else:
+                        args, kwargs = item
+                        value = func(*args, **kwargs)
+                    results.append((True, value))
+                except Exception as e:  # reported to the caller, like multiprocessing
+                    results.append((False, _encode_exception(e)))
+
+        self._run_with_globals(func, body)
+        return results
+
+
+_actor_class = None
+
+
+def _pool_actor_class():
+    """Build the remote actor class on first use."""
+    global _actor_class
+    if _actor_class is None:
+        _actor_class = ember.remote(_PoolActor)
+    return _actor_class
+
+
+# --------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------
+class AsyncResult:
+    """The result of :meth:`Pool.apply_async` / :meth:`Pool.map_async`, as in multiprocessing.
+
+    Callbacks given at submission run in the pool's result thread once the
+    result is known, before :meth:`ready` turns True.
+    """
+
+    def __init__(self, callback: Optional[Callable] = None, error_callback: Optional[Callable] = None):
+        _check_callback(callback, "callback")
+        _check_callback(error_callback, "error_callback")
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success: Optional[bool] = None
+        self._value: Any = None
+
+    def _set(self, success: bool, value: Any) -> None:
+        if self._event.is_set():
+            return
+        self._success = success
+        self._value = value
+        try:
+            if success and self._callback is not None:
+                self._callback(value)
+            elif not success and self._error_callback is not None:
+                self._error_callback(value)
+        except Exception:
+            logger.exception("Exception in a Pool result callback")
+        finally:
+            self._event.set()
+
+    def _abandon(self, exc: BaseException) -> None:
+        """Fail the result without running callbacks (the pool was terminated)."""
+        if not self._event.is_set():
+            self._success = False
+            self._value = exc
+            self._event.set()
+
+    def ready(self) -> bool:
+        """Return whether the call has completed."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Return whether the call completed without raising.
+
+        Raises:
+            ValueError: If the result is not ready yet.
+        """
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return bool(self._success)
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Wait until the result is available or ``timeout`` seconds pass."""
+        _check_timeout(timeout)
+        self._event.wait(timeout)
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """Return the result when it arrives, re-raising the call's exception if it failed.
+
+        Raises:
+            TimeoutError: If the result is not ready within ``timeout`` seconds
+                (an instance of both :class:`multiprocessing.TimeoutError` and
+                the builtin :class:`TimeoutError`).
+        """
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError("Timed out waiting for the result")
+        if self._success:
+            return self._value
+        raise self._value
+
+
+ApplyResult = AsyncResult
+
+
+class MapResult(AsyncResult):
+    """The result of :meth:`Pool.map_async` / :meth:`Pool.starmap_async`: a list once ready."""
+
+    def __init__(self, length: int, callback=None, error_callback=None):
+        super().__init__(callback, error_callback)
+        self._items: List[Any] = [None] * length
+        self._error: Optional[BaseException] = None
+        self._chunks_left = 0
+        self._lock = threading.Lock()
+
+    def _expect_chunks(self, n: int) -> None:
+        self._chunks_left = n
+        if n == 0:
+            self._set(True, [])
+
+    def _set_chunk(self, start: int, size: int, ok: bool, value: Any) -> None:
+        with self._lock:
+            for i, (item_ok, item) in enumerate(_chunk_items(size, ok, value)):
+                if item_ok:
+                    self._items[start + i] = item
+                elif self._error is None:
+                    self._error = item
+            self._chunks_left -= 1
+            done = self._chunks_left == 0
+        if done:
+            if self._error is None:
+                self._set(True, self._items)
+            else:
+                self._set(False, self._error)
+
+
+class IMapIterator:
+    """Iterator returned by :meth:`Pool.imap`: yields results in input order.
+
+    ``next(timeout)`` raises :class:`TimeoutError` if the next result is not
+    ready in time; a failed call re-raises its exception at its position and
+    iteration can continue past it.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._results: Dict[int, Tuple[bool, Any]] = {}
+        self._next_index = 0
+        self._length: Optional[int] = None
+
+    def _set_length(self, length: int) -> None:
+        with self._cond:
+            self._length = length
+            self._cond.notify_all()
+
+    def _set_chunk(self, start: int, size: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            for i, item in enumerate(_chunk_items(size, ok, value)):
+                self._results[start + i] = item
+            self._cond.notify_all()
+
+    def _ready_locked(self) -> bool:
+        return self._next_index in self._results
+
+    def _take_locked(self) -> Tuple[bool, Any]:
+        item = self._results.pop(self._next_index)
+        self._next_index += 1
+        return item
+
+    def __iter__(self) -> "IMapIterator":
+        return self
+
+    def next(self, timeout: Optional[float] = None) -> Any:
+        """Return the next result, waiting at most ``timeout`` seconds (None: forever)."""
+        _check_timeout(timeout)
+        with self._cond:
+            if self._length is not None and self._next_index >= self._length:
+                raise StopIteration
+            if not self._cond.wait_for(self._ready_locked, timeout):
+                raise TimeoutError("Timed out waiting for the next result")
+            ok, value = self._take_locked()
+        if ok:
+            return value
+        raise value
+
+    def __next__(self) -> Any:
+        return self.next()
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """Iterator returned by :meth:`Pool.imap_unordered`: yields results as they complete."""
+
+    def __init__(self):
+        super().__init__()
+        self._arrived: collections.deque = collections.deque()
+
+    def _set_chunk(self, start: int, size: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            self._arrived.extend(_chunk_items(size, ok, value))
+            self._cond.notify_all()
+
+    def _ready_locked(self) -> bool:
+        return bool(self._arrived)
+
+    def _take_locked(self) -> Tuple[bool, Any]:
+        self._next_index += 1
+        return self._arrived.popleft()
+
+
+def _chunk_items(size: int, ok: bool, value: Any) -> List[Tuple[bool, Any]]:
+    """Per-item (ok, value) pairs of a finished chunk; a failed chunk fails every item."""
+    if ok:
+        return list(value)
+    return [(False, value)] * size
+
+
+# --------------------------------------------------------------------------
+# The pool
+# --------------------------------------------------------------------------
+_RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+# How often the result thread looks for newly submitted work while it waits.
+_POLL_S = 0.02
+
+
+class _Worker:
+    __slots__ = ("actor", "inflight", "submitted", "retired")
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+        self.inflight = 0
+        self.submitted = 0
+        self.retired = False
+
+
+class Pool:
+    """A pool of Ember actors that runs functions in parallel, like :class:`multiprocessing.Pool`.
+
+    Each of the ``processes`` workers is an actor. Work is split in chunks
+    and each chunk goes to the least busy actor. Results, callbacks and
+    errors behave as in :mod:`multiprocessing`: an exception raised by the
+    function is re-raised by ``get()`` / ``map()`` in the caller.
+
+    Arguments:
+        processes: Number of actors. Defaults to the number of CPUs of the
+            cluster (or of this machine if the cluster does not report it).
+        initializer: Called as ``initializer(*initargs)`` once in each actor
+            when it starts; state it sets (for example module globals) is
+            seen by the tasks that actor runs afterwards.
+        initargs: Arguments for ``initializer``.
+        maxtasksperchild: If set, an actor is replaced by a fresh one (which
+            runs the initializer again) after it has been given this many
+            chunks of work.
+        context: Accepted for compatibility with :mod:`multiprocessing` and
+            ignored.
+        ray_address: Address of the cluster to connect to if ``ember.init()``
+            has not been called yet; otherwise a local cluster is started.
+        ray_remote_args: Options for the worker actors, passed to
+            ``.options(...)`` (for example ``{"num_cpus": 1}``). By default
+            the actors reserve no CPU, as in Ray.
+
+    Examples:
+        .. code-block:: python
+
+            from ember.util.multiprocessing import Pool
+
+            def square(x):
+                return x * x
+
+            with Pool(2) as pool:
+                print(pool.map(square, range(5)))  # [0, 1, 4, 9, 16]
+    """
+
+    def __init__(
+        self,
+        processes: Optional[int] = None,
+        initializer: Optional[Callable] = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: Optional[int] = None,
+        context: Any = None,
+        ray_address: Optional[str] = None,
+        ray_remote_args: Optional[Dict[str, Any]] = None,
+    ):
+        if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)):
+            raise TypeError(f"processes must be an int or None, got {type(processes).__name__}")
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if maxtasksperchild is not None and (
+            isinstance(maxtasksperchild, bool)
+            or not isinstance(maxtasksperchild, int)
+            or maxtasksperchild < 1
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if ray_remote_args is not None and not isinstance(ray_remote_args, dict):
+            raise TypeError(
+                f"ray_remote_args must be a dict or None, got {type(ray_remote_args).__name__}"
+            )
+        self._initializer = initializer
+        self._initargs = tuple(initargs) if initargs is not None else ()
+        self._maxtasksperchild = maxtasksperchild
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._state = _RUN
+        # ref -> (worker, on_done(ok, value), on_abandon(exc))
+        self._pending: Dict[Any, Tuple[_Worker, Callable, Callable]] = {}
+        self._workers: List[_Worker] = []
+        self._retired: List[_Worker] = []
+        self._rr = itertools.count()
+
+        if not ember.is_initialized():
+            if ray_address is not None:
+                ember.init(address=ray_address)
+            elif processes is not None:
+                ember.init(num_cpus=processes)
+            else:
+                ember.init()
+        cluster_cpus = _cluster_cpus()
+        if processes is None:
+            processes = max(1, int(cluster_cpus or os.cpu_count() or 1))
+        elif cluster_cpus is not None and processes > cluster_cpus:
+            raise ValueError(
+                f"Tried to start a pool with {processes} processes on a cluster "
+                f"with only {int(cluster_cpus)} CPUs."
+            )
+        self._processes = processes
+        options = {"num_cpus": 0}
+        options.update(ray_remote_args or {})
+        self._actor_cls = _pool_actor_class().options(**options)
+        self._workers = [self._new_worker() for _ in range(processes)]
+        try:
+            # Surfaces initializer failures here instead of on first use.
+            ember.get([w.actor.ping.remote() for w in self._workers])
+        except BaseException:
+            self._kill_all(self._workers)
+            self._state = _TERMINATE
+            raise
+        self._handler = threading.Thread(
+            target=self._handle_results, name="ember-pool-results", daemon=True
+        )
+        self._handler.start()
+
+    # ------------------------------------------------------------ internals
+    def _new_worker(self) -> _Worker:
+        return _Worker(self._actor_cls.remote(self._initializer, self._initargs))
+
+    def _check_running(self) -> None:
+        if self._state != _RUN:
+            raise ValueError("Pool not running")
+
+    def _submit_chunk(
+        self, func: Any, batch: List[Any], mode: int, on_done: Callable, on_abandon: Callable
+    ) -> None:
+        with self._cond:
+            self._check_running()
+            n = len(self._workers)
+            start = next(self._rr) % n
+            order = self._workers[start:] + self._workers[:start]
+            worker = min(order, key=lambda w: w.inflight)
+            ref = worker.actor.run_batch.remote(func, batch, mode)
+            worker.inflight += 1
+            worker.submitted += 1
+            if self._maxtasksperchild is not None and worker.submitted >= self._maxtasksperchild:
+                # The actor finishes what it was given, then is killed by the result thread.
+                worker.retired = True
+                self._retired.append(worker)
+                self._workers[self._workers.index(worker)] = self._new_worker()
+            self._pending[ref] = (worker, on_done, on_abandon)
+            self._cond.notify_all()
+
+    def _handle_results(self) -> None:
+        """Result thread: waits on outstanding chunks and delivers them to their results."""
+        while True:
+            with self._cond:
+                while not self._pending and self._state == _RUN:
+                    self._cond.wait()
+                if self._state == _TERMINATE:
+                    return
+                if not self._pending:  # closed and drained
+                    workers = self._workers + self._retired
+                    self._workers, self._retired = [], []
+                    break
+                refs = list(self._pending)
+            try:
+                ready, _ = ember.wait(refs, num_returns=1, timeout=_POLL_S)
+                if ready and len(refs) > 1:
+                    ready, _ = ember.wait(refs, num_returns=len(refs), timeout=0)
+            except Exception as e:  # the cluster went away: fail everything outstanding
+                with self._cond:
+                    failed = list(self._pending.values())
+                    self._pending.clear()
+                for worker, on_done, _ in failed:
+                    worker.inflight -= 1
+                    on_done(False, e)
+                continue
+            for ref in ready:
+                with self._cond:
+                    entry = self._pending.pop(ref, None)
+                if entry is None:  # terminated meanwhile
+                    continue
+                worker, on_done, _ = entry
+                try:
+                    ok, value = True, ember.get(ref)
+                except Exception as e:
+                    ok, value = False, e
+                with self._cond:
+                    worker.inflight -= 1
+                    finished = worker.retired and worker.inflight == 0
+                    if finished:
+                        self._retired.remove(worker)
+                if finished:
+                    self._kill_all([worker])
+                try:
+                    on_done(ok, value)
+                except Exception:
+                    logger.exception("Error delivering a Pool result")
+        self._kill_all(workers)
+
+    @staticmethod
+    def _kill_all(workers: List[_Worker]) -> None:
+        for w in workers:
+            try:
+                ember.kill(w.actor)
+            except Exception:
+                pass
+
+    def _chunks(self, iterable: Iterable[Any], chunksize: int) -> Iterator[Tuple[int, List[Any]]]:
+        it = iter(iterable)
+        start = 0
+        while True:
+            batch = list(itertools.islice(it, chunksize))
+            if not batch:
+                return
+            yield start, batch
+            start += len(batch)
+
+    def _default_chunksize(self, n: int) -> int:
+        chunksize, extra = divmod(n, self._processes * 4)
+        if extra:
+            chunksize += 1
+        return max(1, chunksize)
+
+    def _map_async(self, func, iterable, mode, chunksize, callback, error_callback) -> MapResult:
+        self._check_running()
+        _check_func(func)
+        items = iterable if isinstance(iterable, list) else list(iterable)
+        if chunksize is None:
+            chunksize = self._default_chunksize(len(items))
+        _check_chunksize(chunksize)
+        result = MapResult(len(items), callback, error_callback)
+        chunks = list(self._chunks(items, chunksize))
+        result._expect_chunks(len(chunks))
+        fn = ember.put(func) if len(chunks) > 1 else func
+        for start, batch in chunks:
+            self._submit_chunk(
+                fn, batch, mode,
+                lambda ok, v, s=start, n=len(batch): result._set_chunk(s, n, ok, v),
+                result._abandon,
+            )
+        return result
+
+    def _imap(self, func, iterable, mode, chunksize, iterator: IMapIterator) -> IMapIterator:
+        self._check_running()
+        _check_func(func)
+        _check_chunksize(chunksize)
+        total = 0
+        fn = None
+        for start, batch in self._chunks(iterable, chunksize):
+            if fn is None:
+                fn = ember.put(func)
+            self._submit_chunk(
+                fn, batch, mode,
+                lambda ok, v, s=start, n=len(batch): iterator._set_chunk(s, n, ok, v),
+                lambda e, s=start, n=len(batch): iterator._set_chunk(s, n, False, e),
+            )
+            total = start + len(batch)
+        iterator._set_length(total)
+        return iterator
+
+    # ------------------------------------------------------------------ API
+    def apply(self, func: Callable, args: Iterable[Any] = (), kwds: Optional[Dict[str, Any]] = None) -> Any:
+        """Call ``func(*args, **kwds)`` in a pool actor and return its result (blocking)."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable,
+        args: Iterable[Any] = (),
+        kwds: Optional[Dict[str, Any]] = None,
+        callback: Optional[Callable[[Any], None]] = None,
+        error_callback: Optional[Callable[[BaseException], None]] = None,
+    ) -> AsyncResult:
+        """Call ``func(*args, **kwds)`` in a pool actor without waiting.
+
+        Arguments:
+            func: The function to call.
+            args: Positional arguments.
+            kwds: Keyword arguments.
+            callback: Called with the result when the call succeeds.
+            error_callback: Called with the exception when the call fails.
+
+        Returns:
+            An :class:`AsyncResult`.
+        """
+        self._check_running()
+        _check_func(func)
+        if kwds is None:
+            kwds = {}
+        if not isinstance(kwds, dict):
+            raise TypeError(f"kwds must be a dict, got {type(kwds).__name__}")
+        result = AsyncResult(callback, error_callback)
+
+        def on_done(ok: bool, value: Any) -> None:
+            (item_ok, item), = _chunk_items(1, ok, value)
+            result._set(item_ok, item)
+
+        self._submit_chunk(func, [(tuple(args), kwds)], _CALL_ARGS_KWARGS, on_done, result._abandon)
+        return result
+
+    def map(self, func: Callable, iterable: Iterable[Any], chunksize: Optional[int] = None) -> List[Any]:
+        """Apply ``func`` to each element of ``iterable`` in parallel; return the results in order.
+
+        Arguments:
+            func: Function of one argument.
+            iterable: The inputs (consumed at once).
+            chunksize: Number of inputs sent to an actor per call; by default
+                chosen so each actor gets about four chunks.
+
+        Raises:
+            Exception: The first exception raised by ``func``.
+        """
+        return self._map_async(func, iterable, _CALL_ONE, chunksize, None, None).get()
+
+    def map_async(
+        self,
+        func: Callable,
+        iterable: Iterable[Any],
+        chunksize: Optional[int] = None,
+        callback: Optional[Callable[[List[Any]], None]] = None,
+        error_callback: Optional[Callable[[BaseException], None]] = None,
+    ) -> AsyncResult:
+        """Non-blocking :meth:`map`; returns an :class:`AsyncResult` whose value is the list."""
+        return self._map_async(func, iterable, _CALL_ONE, chunksize, callback, error_callback)
+
+    def starmap(self, func: Callable, iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None) -> List[Any]:
+        """Like :meth:`map`, but each element is unpacked: ``func(*element)``."""
+        return self._map_async(func, iterable, _CALL_STAR, chunksize, None, None).get()
+
+    def starmap_async(
+        self,
+        func: Callable,
+        iterable: Iterable[Iterable[Any]],
+        chunksize: Optional[int] = None,
+        callback: Optional[Callable[[List[Any]], None]] = None,
+        error_callback: Optional[Callable[[BaseException], None]] = None,
+    ) -> AsyncResult:
+        """Non-blocking :meth:`starmap`."""
+        return self._map_async(func, iterable, _CALL_STAR, chunksize, callback, error_callback)
+
+    def imap(self, func: Callable, iterable: Iterable[Any], chunksize: int = 1) -> IMapIterator:
+        """Like :meth:`map`, but return an iterator that yields results in order as they arrive."""
+        return self._imap(func, iterable, _CALL_ONE, chunksize, IMapIterator())
+
+    def imap_unordered(self, func: Callable, iterable: Iterable[Any], chunksize: int = 1) -> IMapIterator:
+        """Like :meth:`imap`, but results are yielded in completion order."""
+        return self._imap(func, iterable, _CALL_ONE, chunksize, IMapUnorderedIterator())
+
+    def close(self) -> None:
+        """Stop accepting work; the actors exit once the submitted work is done."""
+        with self._cond:
+            if self._state == _RUN:
+                self._state = _CLOSE
+            self._cond.notify_all()
+
+    def terminate(self) -> None:
+        """Stop at once: kill the actors; results still outstanding fail."""
+        with self._cond:
+            if self._state == _TERMINATE and not self._workers and not self._retired:
+                return
+            self._state = _TERMINATE
+            pending = list(self._pending.values())
+            self._pending.clear()
+            workers = self._workers + self._retired
+            self._workers, self._retired = [], []
+            self._cond.notify_all()
+        self._kill_all(workers)
+        error = RuntimeError("Pool was terminated before the result was ready")
+        for _, _, on_abandon in pending:
+            # Fail outstanding results without running user callbacks.
+            on_abandon(error)
+        handler = getattr(self, "_handler", None)
+        if handler is not None and handler is not threading.current_thread():
+            handler.join()
+
+    def join(self) -> None:
+        """Wait for the actors to exit; call :meth:`close` or :meth:`terminate` first.
+
+        Raises:
+            ValueError: If the pool is still running.
+        """
+        if self._state == _RUN:
+            raise ValueError("Pool is still running")
+        handler = getattr(self, "_handler", None)
+        if handler is not None and handler is not threading.current_thread():
+            handler.join()
+
+    def __enter__(self) -> "Pool":
+        self._check_running()
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+        self.terminate()
+
+    def __reduce__(self):
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} state={self._state} processes={self._processes}>"
+
+
+def _cluster_cpus() -> Optional[float]:
+    fn = getattr(ember, "cluster_resources", None)
+    if fn is None:
+        return None
+    try:
+        cpus = fn().get("CPU")
+    except Exception:
+        return None
+    return float(cpus) if cpus else None
+
+
+def _check_func(func: Any) -> None:
+    if not callable(func):
+        raise TypeError(f"func must be callable, got {type(func).__name__}")
+
+
+def _check_callback(cb: Any, name: str) -> None:
+    if cb is not None and not callable(cb):
+        raise TypeError(f"{name} must be callable or None, got {type(cb).__name__}")
+
+
+def _check_chunksize(chunksize: Any) -> None:
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+        raise TypeError(f"chunksize must be an int, got {type(chunksize).__name__}")
+    if chunksize < 1:
+        raise ValueError(f"Chunksize must be 1+, not {chunksize}")
+
+
+def _check_timeout(timeout: Any) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number or None, got {type(timeout).__name__}")
