@@ -19,7 +19,9 @@ from ember.runtime import core_client, protocol, transport
 from ember.runtime.core_client import CoreClient, current_client, set_current_client, store_prefix
 from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
 
-CLUSTER_FILE = "/tmp/ember-runtime/current_cluster"
+# One file per running cluster on this machine, named after its process id, holding its address:
+# address="auto" picks the newest whose process is alive.
+CLUSTER_DIR = "/tmp/ember-runtime/clusters"
 
 _state_lock = threading.RLock()
 _cluster_process: subprocess.Popen | None = None
@@ -137,22 +139,35 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                                  "node_id": client.node_id.hex(), "session_dir": getattr(started, "session_dir", None),
                                  "namespace": client.namespace, "job_id": client.job_id.hex()})
         if started is not None:
-            _write_cluster_file(head_address)
+            _write_cluster_file(started.pid, head_address)
         return _context
 
 
 def _read_cluster_file() -> str:
-    try:
-        with open(CLUSTER_FILE) as f:
-            return f.read().strip()
-    except FileNotFoundError:
+    candidates = []
+    for name in os.listdir(CLUSTER_DIR) if os.path.isdir(CLUSTER_DIR) else []:
+        path = os.path.join(CLUSTER_DIR, name)
+        try:
+            alive = "ember.runtime.cluster" in " ".join(psutil.Process(int(name)).cmdline())
+        except (ValueError, psutil.Error):
+            alive = False
+        if alive:
+            candidates.append((os.path.getmtime(path), path))
+        else:
+            try:
+                os.unlink(path)  # left by a cluster that was killed
+            except OSError:
+                pass
+    if not candidates:
         raise ConnectionError("address='auto' but no Ember cluster was found on this machine: start one with "
-                              "`ember start --head` or set EMBER_ADDRESS.") from None
+                              "`ember start --head` or set EMBER_ADDRESS.")
+    with open(max(candidates)[1]) as f:
+        return f.read().strip()
 
 
-def _write_cluster_file(address: str) -> None:
-    os.makedirs(os.path.dirname(CLUSTER_FILE), exist_ok=True)
-    with open(CLUSTER_FILE, "w") as f:
+def _write_cluster_file(pid: int, address: str) -> None:
+    os.makedirs(CLUSTER_DIR, exist_ok=True)
+    with open(os.path.join(CLUSTER_DIR, str(pid)), "w") as f:
         f.write(address)
 
 
@@ -265,10 +280,8 @@ def shutdown() -> None:
         if _cluster_process is not None:
             _stop_cluster(_cluster_process, None)
             try:
-                with open(CLUSTER_FILE) as f:
-                    if f.read().strip() == _context.address:
-                        os.unlink(CLUSTER_FILE)
-            except (FileNotFoundError, AttributeError):
+                os.unlink(os.path.join(CLUSTER_DIR, str(_cluster_process.pid)))
+            except FileNotFoundError:
                 pass
         _cluster_process = None
         _context = None

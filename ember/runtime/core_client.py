@@ -44,7 +44,9 @@ INLINE_LIMIT = 100 * 1024
 PENDING, READY, FAILED = 0, 1, 2
 
 _client = None
-_client_lock = threading.Lock()
+
+# Errors a service may answer with that the caller should see as their own type.
+_REMOTE_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError}
 
 
 def current_client(required: bool = True):
@@ -145,6 +147,7 @@ class CoreClient:
         self._peer_handlers: dict = {}
         self._exported: set = set()
         self._functions: dict = {}
+        self._job_paths: set = set()
         self._store_deletes: list = []
         self._touches: list = []
         self._logs: dict[bytes, list] = {}
@@ -307,7 +310,8 @@ class CoreClient:
 
         def on_reply(reply, payload):
             if reply.get("op") == protocol.ERROR:
-                future.set_exception(RuntimeError(reply.get("error", "remote error")))
+                error_type = _REMOTE_ERRORS.get(reply.get("etype"), RuntimeError)
+                future.set_exception(error_type(reply.get("error", "remote error")))
             else:
                 future.set_result((reply, payload))
 
@@ -343,6 +347,12 @@ class CoreClient:
                                              "namespace": self.namespace, "entrypoint": " ".join(sys.argv)})
             self.job_id = reply["job_id"]
             self.namespace = reply["namespace"]
+            # Workers import the driver's own modules (functions pickled by reference) from these.
+            import msgpack
+
+            paths = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
+            self.request("head", {"op": protocol.KV_PUT, "key": b"job_sys_path:" + self.job_id},
+                         [msgpack.packb(paths)])
             if self.log_to_driver:
                 self.call_soon(self._subscribe_logs, reply["publisher"])
         reply, _ = self.request("node_manager", {"op": protocol.REGISTER_CLIENT, "client_id": self.client_id,
@@ -408,14 +418,26 @@ class CoreClient:
         self.request("head", {"op": protocol.KV_PUT, "key": key, "overwrite": False}, [payload])
         self._exported.add(key)
 
-    def load_function(self, key: bytes):
+    def load_function(self, key: bytes, job_id: bytes | None = None):
         function = self._functions.get(key)
         if function is None:
+            if job_id is not None and job_id not in self._job_paths:
+                self._add_job_paths(job_id)
             reply, frames = self.request("head", {"op": protocol.KV_GET, "key": key})
             if not reply["found"]:
                 raise RuntimeError(f"function {key.hex()} was not exported to the cluster")
             function = self._functions[key] = deserialize(frames[0])
         return function
+
+    def _add_job_paths(self, job_id: bytes) -> None:
+        import msgpack
+
+        reply, frames = self.request("head", {"op": protocol.KV_GET, "key": b"job_sys_path:" + job_id})
+        self._job_paths.add(job_id)
+        if reply["found"]:
+            for path in msgpack.unpackb(frames[0]):
+                if path not in sys.path:
+                    sys.path.append(path)
 
     # --- reference counting -------------------------------------------------------------------------
     def add_local_reference(self, ref: ObjectRef) -> None:

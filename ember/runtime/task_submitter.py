@@ -159,7 +159,7 @@ class TaskSubmitter:
         spec.name = name
         context = current_task.get()
         spec.parent = context.task_id if context else None
-        header.update(rid=task_id, name=name, job=self.client.job_id, owner=self.client.address,
+        header.update(rid=task_id, tname=name, job=self.client.job_id, owner=self.client.address,
                       owner_id=self.client.client_id)
         spec.header = header
         self._prepare(spec, args, kwargs, f"the arguments of {name}")

@@ -140,7 +140,10 @@ class Worker:
                         frames = unwrap(self.socket.recv_multipart(zmq.NOBLOCK, copy=False))
                     except zmq.Again:
                         break
-                    self.handle(frames)
+                    try:
+                        self.handle(frames)
+                    except Exception as error:  # a malformed message must not kill the worker
+                        print(f"ember worker: dropped a bad message: {error!r}", file=sys.__stderr__)
                     if self.exit_after_reply:
                         self._exit()
 
@@ -217,7 +220,7 @@ class Worker:
         else:
             values = list(result) if isinstance(result, (tuple, list)) else None
             if values is None or len(values) != num_returns:
-                raise ValueError(f"{header['name']} declared num_returns={num_returns} but returned "
+                raise ValueError(f"{header['tname']} declared num_returns={num_returns} but returned "
                                  f"{type(result).__name__} {'of length ' + str(len(values)) if values else ''}".rstrip())
         rets, frames = [], []
         for index, value in enumerate(values, start=1):
@@ -236,7 +239,7 @@ class Worker:
     # --- normal tasks -----------------------------------------------------------------------------
     def _context(self, header: dict, actor_id=None) -> TaskContext:
         assigned = header.get("res") or {}
-        return TaskContext(task_id=header["rid"], name=header.get("name", ""), job_id=header.get("job"),
+        return TaskContext(task_id=header["rid"], name=header.get("tname", ""), job_id=header.get("job"),
                            actor_id=actor_id, assigned=assigned, gpu_ids=header.get("gpus") or [],
                            holds_cpu=assigned.get("CPU", 0) > 0, borrowed=[])
 
@@ -244,7 +247,7 @@ class Worker:
         task_id = header["rid"]
         if self.retiring:
             return protocol.encode({"op": protocol.TASK_RESULT, "rid": task_id, "rejected": True})
-        name = header.get("name", "task")
+        name = header.get("tname", "task")
         context = self._context(header)
         token = current_task.set(context)
         restore = self._apply_env(header.get("env"), context.gpu_ids)
@@ -252,7 +255,7 @@ class Worker:
         try:
             if task_id in self.cancel_requested:
                 raise _Cancelled()
-            function = self.client.load_function(header["fid"])
+            function = self.client.load_function(header["fid"], header.get("job"))
             args, kwargs = self.resolve_args(header, frames)
             result = function(*args, **kwargs)
             if header["nret"] == "streaming":
@@ -318,7 +321,7 @@ class Worker:
         current_task.set(context)
         self._apply_env(header.get("env"), context.gpu_ids)  # for the actor's whole life
         try:
-            cls = self.client.load_function(header["cid"])
+            cls = self.client.load_function(header["cid"], header.get("job"))
             args, kwargs = self.resolve_args(header, frames)
             is_async = any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
                            for _, m in inspect.getmembers(cls, inspect.isfunction))

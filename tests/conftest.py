@@ -1,0 +1,102 @@
+"""Shared fixtures: one embedded cluster for most tests, and a leak check after every test.
+
+Tests that need a cluster of their own (a tiny object store, a driver that gets SIGKILLed, a
+second driver) run a driver script in a subprocess via ``run_driver``, so the shared cluster is
+never disturbed. After each test, no Ember process and no shared-memory file may remain other
+than the shared cluster's own.
+"""
+
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import ember
+from ember import api
+
+SHARED_RESOURCES = {"custom": 4}
+
+
+def ember_processes() -> list:
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "ember.runtime." in cmdline and process.pid != os.getpid():
+            found.append(process)
+    return found
+
+
+def shared_cluster_pids() -> set:
+    if api._cluster_process is None:
+        return set()
+    try:
+        root = psutil.Process(api._cluster_process.pid)
+        return {root.pid} | {child.pid for child in root.children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def wait_for(condition, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
+    """Poll ``condition`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def leaks() -> list:
+    ours = shared_cluster_pids()
+    prefix = getattr(api._cluster_process, "store_prefix", None)
+    processes = [p for p in ember_processes() if p.pid not in ours]
+    files = [f for f in glob.glob("/dev/shm/ember-*") if not (prefix and os.path.basename(f).startswith(prefix))]
+    return [f"process {p.pid}: {' '.join(p.cmdline())[:100]}" for p in processes if p.is_running()] + files
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    yield
+    remaining = []
+
+    def clean():
+        remaining[:] = leaks()
+        return not remaining
+
+    try:
+        wait_for(clean, timeout=15, message="Ember processes and shared memory to go away")
+    except AssertionError:
+        for item in ember_processes():
+            if item.pid not in shared_cluster_pids():
+                item.kill()
+        pytest.fail(f"leaked after the test: {remaining}")
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The shared embedded cluster: 4 logical CPUs, 2 declared GPUs, a custom resource."""
+    context = ember.init(num_cpus=4, num_gpus=2, resources=SHARED_RESOURCES, object_store_memory=2 * 2**30,
+                         log_to_driver=True)
+    yield context
+    ember.shutdown()
+    wait_for(lambda: not ember_processes() and not glob.glob("/dev/shm/ember-*"), timeout=15,
+             message="the shared cluster to leave nothing behind")
+
+
+def run_driver(code: str, timeout: float = 60, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``code`` as a separate driver process; returns the completed process (stdout, stderr)."""
+    full_env = dict(os.environ)
+    full_env.pop("EMBER_ADDRESS", None)
+    full_env.update(env or {})
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            timeout=timeout, env=full_env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"driver failed ({result.returncode}):\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result

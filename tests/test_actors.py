@@ -1,0 +1,200 @@
+"""Actors: ordering, concurrency, names, lifetimes, handles, kill."""
+
+import asyncio
+import threading
+
+import pytest
+
+import ember
+from ember.exceptions import ActorDiedError
+
+
+@ember.remote
+class Counter:
+    def __init__(self, start=0):
+        self.value = start
+
+    def incr(self, by=1):
+        self.value += by
+        return self.value
+
+    def get(self):
+        return self.value
+
+
+def test_calls_run_in_submission_order(cluster):
+    counter = Counter.remote(10)
+    refs = [counter.incr.remote() for _ in range(200)]
+    assert ember.get(refs) == list(range(11, 211))
+
+
+def test_actor_method_num_returns(cluster):
+    @ember.remote
+    class Pair:
+        @ember.method(num_returns=2)
+        def pair(self):
+            return 1, 2
+
+    p = Pair.remote()
+    a, b = p.pair.remote()
+    assert ember.get([a, b]) == [1, 2]
+    assert ember.get(p.pair.options(num_returns=1).remote()) == (1, 2)
+
+
+def test_async_actor_runs_calls_concurrently(cluster):
+    @ember.remote
+    class Gate:
+        def __init__(self, n):
+            self.n = n
+            self.arrived = 0
+            self.event = None
+
+        async def enter(self):
+            if self.event is None:
+                self.event = asyncio.Event()
+            self.arrived += 1
+            if self.arrived == self.n:
+                self.event.set()
+            await asyncio.wait_for(self.event.wait(), 20)  # only if all 5 run at once
+            return self.arrived
+
+    gate = Gate.remote(5)
+    assert ember.get([gate.enter.remote() for _ in range(5)], timeout=30) == [5] * 5
+
+
+def test_async_actor_max_concurrency_limits(cluster):
+    @ember.remote(max_concurrency=2)
+    class Limited:
+        def __init__(self):
+            self.running = 0
+            self.peak = 0
+
+        async def work(self):
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            await asyncio.sleep(0.05)
+            self.running -= 1
+
+        async def peak_seen(self):
+            return self.peak
+
+    limited = Limited.remote()
+    ember.get([limited.work.remote() for _ in range(6)])
+    assert ember.get(limited.peak_seen.remote()) == 2
+
+
+def test_threaded_actor(cluster):
+    @ember.remote(max_concurrency=3)
+    class Threaded:
+        def __init__(self):
+            self.barrier = threading.Barrier(3, timeout=20)
+
+        def meet(self):
+            return self.barrier.wait() >= 0
+
+    actor = Threaded.remote()
+    assert ember.get([actor.meet.remote() for _ in range(3)], timeout=30) == [True] * 3
+
+
+def test_named_actor_and_get_if_exists(cluster):
+    Counter.options(name="shared-counter").remote(100)
+    handle = ember.get_actor("shared-counter")
+    assert ember.get(handle.incr.remote()) == 101
+    with pytest.raises(ValueError, match="already exists"):
+        Counter.options(name="shared-counter").remote()
+    again = Counter.options(name="shared-counter", get_if_exists=True).remote()
+    assert ember.get(again.incr.remote()) == 102
+    ember.kill(handle)
+    with pytest.raises(ValueError):
+        ember.get_actor("shared-counter")
+
+
+def test_named_actor_namespaces(cluster):
+    Counter.options(name="ns-counter", namespace="other").remote(1)
+    with pytest.raises(ValueError):
+        ember.get_actor("ns-counter")
+    handle = ember.get_actor("ns-counter", namespace="other")
+    assert ember.get(handle.get.remote()) == 1
+    ember.kill(handle)
+
+
+def test_handles_passed_to_tasks_and_actors(cluster):
+    counter = Counter.remote()
+
+    @ember.remote
+    def bump(c, times):
+        return ember.get([c.incr.remote() for _ in range(times)])[-1]
+
+    @ember.remote
+    class Caller:
+        def __init__(self, c):
+            self.c = c
+
+        def call(self):
+            return ember.get(self.c.incr.remote(10))
+
+    assert ember.get(bump.remote(counter, 5)) == 5
+    caller = Caller.remote(counter)
+    assert ember.get(caller.call.remote()) == 15
+    assert ember.get(counter.get.remote()) == 15
+
+
+def test_kill_fails_pending_calls(cluster):
+    @ember.remote
+    class Slow:
+        def wait(self):
+            import time
+
+            time.sleep(60)
+
+    slow = Slow.remote()
+    ember.get(slow.__ray_ready__.remote())
+    pending = slow.wait.remote()
+    ember.kill(slow)
+    with pytest.raises(ActorDiedError):
+        ember.get(pending, timeout=30)
+    with pytest.raises(ActorDiedError):
+        ember.get(slow.wait.remote(), timeout=30)
+
+
+def test_constructor_error(cluster):
+    @ember.remote
+    class Broken:
+        def __init__(self):
+            raise ValueError("cannot construct")
+
+        def f(self):
+            return 1
+
+    broken = Broken.remote()
+    with pytest.raises(ActorDiedError, match="cannot construct"):
+        ember.get(broken.f.remote(), timeout=30)
+
+
+def test_actor_refs_survive_after_driver_drops_them(cluster):
+    @ember.remote
+    class Holder:
+        def keep(self, refs):
+            self.refs = refs
+
+        def read(self):
+            return ember.get(self.refs[0])
+
+    holder = Holder.remote()
+    ref = ember.put("kept")
+    ember.get(holder.keep.remote([ref]))
+    del ref
+    import gc
+
+    gc.collect()
+    assert ember.get(holder.read.remote()) == "kept"
+
+
+def test_actor_resources_default_zero_while_running(cluster):
+    @ember.remote
+    class Idle:
+        def ping(self):
+            return "pong"
+
+    actors = [Idle.remote() for _ in range(6)]  # more than the 4 CPUs: actors hold 0 CPU once placed
+    assert ember.get([a.ping.remote() for a in actors], timeout=60) == ["pong"] * 6

@@ -1,0 +1,199 @@
+"""Faults caused for real: SIGKILLed workers and actors, cancellation, garbage on sockets."""
+
+import os
+import signal
+import time
+
+import pytest
+import zmq
+
+import ember
+import ember.runtime.core_client
+from conftest import wait_for
+from ember import api
+from ember.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
+
+
+@ember.remote(max_retries=2)
+def die_once(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+def test_killed_worker_task_is_retried(cluster, tmp_path):
+    assert ember.get(die_once.remote(str(tmp_path / "m")), timeout=60) == "survived"
+
+
+def test_killed_worker_without_retries_raises(cluster):
+    @ember.remote(max_retries=0)
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(WorkerCrashedError):
+        ember.get(die.remote(), timeout=60)
+
+
+def test_killed_worker_exhausts_retries(cluster):
+    @ember.remote(max_retries=1)
+    def always_die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(WorkerCrashedError):
+        ember.get(always_die.remote(), timeout=60)
+
+
+def test_worker_killed_from_outside(cluster, tmp_path):
+    pid_file = tmp_path / "pid"
+
+    @ember.remote(max_retries=1)
+    def long_task(path):
+        import pathlib
+
+        p = pathlib.Path(path)
+        if not p.exists():
+            p.write_text(str(os.getpid()))
+            time.sleep(60)
+        return "second attempt"
+
+    ref = long_task.remote(str(pid_file))
+    wait_for(lambda: pid_file.exists() and pid_file.read_text(), message="the task to start")
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert ember.get(ref, timeout=60) == "second attempt"
+
+
+def test_cancel_running_task(cluster, tmp_path):
+    started = tmp_path / "started"
+
+    @ember.remote
+    def spin(path):
+        open(path, "w").close()
+        while True:
+            time.sleep(0.01)
+
+    ref = spin.remote(str(started))
+    wait_for(started.exists, message="the task to start")
+    ember.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        ember.get(ref, timeout=30)
+
+
+def test_force_cancel_kills_the_worker(cluster, tmp_path):
+    started = tmp_path / "started"
+
+    @ember.remote
+    def stubborn(path):
+        import signal as s
+
+        s.signal(s.SIGINT, s.SIG_IGN)
+        open(path, "w").close()
+        time.sleep(60)
+
+    ref = stubborn.remote(str(started))
+    wait_for(started.exists, message="the task to start")
+    ember.cancel(ref, force=True)
+    with pytest.raises(TaskCancelledError):
+        ember.get(ref, timeout=30)
+
+
+def test_cancel_queued_task(cluster):
+    @ember.remote(resources={"custom": 4})
+    def hog():
+        time.sleep(2)
+
+    @ember.remote(resources={"custom": 4})
+    def queued():
+        return "ran"
+
+    first = hog.remote()
+    second = queued.remote()
+    ember.cancel(second)
+    with pytest.raises(TaskCancelledError):
+        ember.get(second, timeout=30)
+    ember.get(first, timeout=30)
+
+
+def test_actor_restarts_after_sigkill(cluster):
+    @ember.remote(max_restarts=1, max_task_retries=1)
+    class Phoenix:
+        def __init__(self):
+            self.calls = 0
+
+        def pid(self):
+            return os.getpid()
+
+        def incr(self):
+            self.calls += 1
+            return self.calls
+
+    actor = Phoenix.remote()
+    first_pid = ember.get(actor.pid.remote())
+    assert ember.get(actor.incr.remote()) == 1
+    os.kill(first_pid, signal.SIGKILL)
+    second_pid = ember.get(actor.pid.remote(), timeout=60)
+    assert second_pid != first_pid
+    assert ember.get(actor.incr.remote()) == 1  # state is rebuilt by the constructor
+    os.kill(second_pid, signal.SIGKILL)
+    with pytest.raises(ActorDiedError):
+        ember.get(actor.pid.remote(), timeout=60)
+
+
+def test_actor_call_in_flight_is_retried(cluster, tmp_path):
+    marker = tmp_path / "m"
+
+    @ember.remote(max_restarts=1, max_task_retries=2)
+    class Fragile:
+        def work(self, path):
+            if not os.path.exists(path):
+                open(path, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return "done"
+
+    actor = Fragile.remote()
+    assert ember.get(actor.work.remote(str(marker)), timeout=60) == "done"
+
+
+def test_actor_without_restarts_dies(cluster):
+    @ember.remote
+    class Mortal:
+        def pid(self):
+            return os.getpid()
+
+    actor = Mortal.remote()
+    os.kill(ember.get(actor.pid.remote()), signal.SIGKILL)
+    with pytest.raises(ActorDiedError):
+        ember.get(actor.pid.remote(), timeout=60)
+
+
+def test_garbage_on_sockets_does_not_kill_services(cluster):
+    context = zmq.Context.instance()
+
+    @ember.remote
+    class Target:
+        def ping(self):
+            return "pong"
+
+    actor = Target.remote()
+    ember.get(actor.ping.remote())
+    client = ember.runtime.core_client.current_client()
+    state = client.submitter.actors[actor._actor_id]
+    # The head, the node manager, the actor's worker (its task socket) and the driver's own server.
+    targets = [api._context.address_info["address"], api._context.address_info["node_manager"],
+               state.address, state.client_address, client.address]
+    for address in targets:
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://{address}")
+        for junk in ([b"\xff\x00garbage"], [b"\x81\xa2op\xa4nope"], [b"\x92\x01\x02", b"x" * 1000], [b""]):
+            sock.send_multipart(junk)
+        sock.close()
+    # The cluster still works: tasks, actors and the head's tables.
+    assert ember.get(actor.ping.remote(), timeout=30) == "pong"
+
+    @ember.remote
+    def ok():
+        return 1
+
+    assert ember.get(ok.remote(), timeout=30) == 1
+    assert ember.nodes()[0]["Alive"]

@@ -1,0 +1,152 @@
+"""Objects: zero-copy reads from shared memory, reference counting, spilling, store limits."""
+
+import gc
+import glob
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import ember
+from conftest import run_driver, wait_for
+from ember import api
+
+
+def store_files() -> set:
+    return set(glob.glob(f"/dev/shm/{api._cluster_process.store_prefix}-*"))
+
+
+def shared_mapping_of(address: int) -> str | None:
+    """The file mapped at ``address`` in this process, from /proc/self/maps."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split()
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            if start <= address < end:
+                return parts[5] if len(parts) > 5 else None
+    return None
+
+
+def test_get_of_numpy_array_is_a_read_only_view_on_shared_memory(cluster):
+    array = np.random.default_rng(0).random(1_000_000)
+    value = ember.get(ember.put(array))
+    np.testing.assert_array_equal(value, array)
+    assert not value.flags.owndata
+    assert not value.flags.writeable
+    mapped = shared_mapping_of(value.ctypes.data)
+    assert mapped is not None and mapped.startswith("/dev/shm/ember-")
+
+
+def test_one_gib_array_is_mapped_not_copied(cluster):
+    import psutil
+
+    array = np.ones(2**27, dtype=np.float64)  # 1 GiB
+    ref = ember.put(array)
+    del array
+    gc.collect()
+    rss_before = psutil.Process().memory_info().rss
+    value = ember.get(ref)
+    rss_after = psutil.Process().memory_info().rss
+    assert value.nbytes == 2**30
+    assert shared_mapping_of(value.ctypes.data).startswith("/dev/shm/ember-")
+    # A copy would have touched every page (1 GiB of RSS); mapping touches none until read.
+    assert rss_after - rss_before < 64 * 2**20
+    assert value[123456] == 1.0
+
+
+def test_arrow_table_is_zero_copy(cluster):
+    table = pa.table({"x": np.arange(1_000_000), "y": np.arange(1_000_000) * 0.5})
+    value = ember.get(ember.put(table))
+    assert value.equals(table)
+    buffer = value.column("x").chunks[0].buffers()[1]
+    assert shared_mapping_of(buffer.address).startswith("/dev/shm/ember-")
+
+
+def test_objects_are_freed_when_unreferenced(cluster):
+    before = store_files()
+    ref = ember.put(np.zeros(1_000_000))
+    created = store_files() - before
+    assert len(created) == 1
+    del ref
+    gc.collect()
+    wait_for(lambda: not (store_files() & created), message="the object's shared memory to be freed")
+
+
+def test_task_results_are_freed_when_unreferenced(cluster):
+    @ember.remote
+    def big():
+        return np.zeros(1_000_000)
+
+    before = store_files()
+    ref = big.remote()
+    ember.get(ref)
+    created = store_files() - before
+    assert len(created) == 1
+    del ref
+    gc.collect()
+    wait_for(lambda: not (store_files() & created), message="the task result to be freed")
+
+
+def test_nested_refs_keep_inner_objects_alive(cluster):
+    inner = ember.put(np.arange(500_000))
+    outer = ember.put({"inner": inner})
+    del inner
+    gc.collect()
+    value = ember.get(outer)
+    np.testing.assert_array_equal(ember.get(value["inner"]), np.arange(500_000))
+
+
+def test_put_value_is_a_snapshot(cluster):
+    array = np.zeros(10)
+    ref = ember.put(array)
+    array[0] = 99
+    assert ember.get(ref)[0] == 0
+
+
+def test_spilling_and_restore():
+    # A separate driver with a 64 MiB store: 5 objects of 20 MiB must spill and come back.
+    result = run_driver("""
+        import glob, numpy as np, ember
+        ember.init(num_cpus=1, object_store_memory=64 * 2**20)
+        refs = [ember.put(np.full(20 * 2**20 // 8, i, dtype=np.int64)) for i in range(5)]
+        import os
+        from ember import api
+        spill_dir = api._context.address_info["session_dir"] + "/spill"
+        spilled = sum(len(files) for _, _, files in os.walk(spill_dir))
+        values = [int(ember.get(r)[0]) for r in refs]
+        try:
+            ember.put(np.zeros(100 * 2**20 // 8))
+        except ember.exceptions.ObjectStoreFullError as error:
+            full = str(error)
+        print("spilled", spilled)
+        print("values", values)
+        print("full", "cannot fit" in full)
+        ember.shutdown()
+    """, timeout=120)
+    lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    assert int(lines["spilled"]) >= 2
+    assert lines["values"] == "[0, 1, 2, 3, 4]"
+    assert lines["full"] == "True"
+
+
+def test_free_on_owner_and_lost_objects(cluster):
+    @ember.remote
+    def read(refs):
+        return ember.get(refs[0])
+
+    ref = ember.put(b"x" * 200_000)
+    assert ember.get(read.remote([ref])) == b"x" * 200_000
+    api.free([ref])
+    with pytest.raises(ember.exceptions.ObjectLostError):
+        ember.get(ref, timeout=10)
+
+
+def test_refs_returned_from_tasks_inside_values(cluster):
+    @ember.remote
+    def make_many(n):
+        return [ember.put(np.full(100_000, i)) for i in range(n)]
+
+    refs = ember.get(make_many.remote(3))
+    assert [int(ember.get(r)[0]) for r in refs] == [0, 1, 2]
+    assert os.path.exists("/dev/shm")

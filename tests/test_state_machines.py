@@ -1,0 +1,111 @@
+"""The scheduler and store state machines, driven directly (no processes, no sockets)."""
+
+import pytest
+
+from ember.exceptions import ObjectStoreFullError
+from ember.runtime.object_store import StoreState
+from ember.runtime.scheduler import UNIT, LeaseRequest, LeaseScheduler, to_fixed
+
+
+def request(rid, resources, running=None, actor=False):
+    return LeaseRequest(rid, b"client", to_fixed(resources), to_fixed(resources if running is None else running),
+                        for_actor=actor)
+
+
+def kinds(actions):
+    return [a[0] for a in actions]
+
+
+def test_grants_within_resources_and_starts_only_needed_workers():
+    scheduler = LeaseScheduler({"CPU": 2}, max_idle_workers=2)
+    actions = []
+    for i in range(5):
+        actions += scheduler.request(request(bytes([i]), {"CPU": 1}))
+    assert kinds(actions).count("start_worker") == 2  # only two can run at once
+    granted = []
+    for worker in (b"w1", b"w2", b"w3"):
+        granted += [a for a in scheduler.worker_started(worker) if a[0] == "grant"]
+    assert len(granted) == 2
+    assert scheduler.available["CPU"] == 0
+    actions = scheduler.lease_returned(granted[0][2].worker_id)
+    assert kinds(actions) == ["grant"]
+
+
+def test_infeasible_request_is_reported_once_and_kept():
+    scheduler = LeaseScheduler({"CPU": 1}, max_idle_workers=1)
+    assert kinds(scheduler.request(request(b"a", {"CPU": 4}))) == ["infeasible"]
+    assert kinds(scheduler.schedule()) == []
+    assert len(scheduler.queue) == 1
+
+
+def test_blocked_worker_lends_its_cpu():
+    scheduler = LeaseScheduler({"CPU": 1}, max_idle_workers=2)
+    scheduler.worker_started(b"w1")
+    scheduler.request(request(b"a", {"CPU": 1}))
+    assert kinds(scheduler.request(request(b"b", {"CPU": 1}))) == []
+    assert kinds(scheduler.blocked(b"w1")) == ["start_worker"]
+    assert kinds(scheduler.worker_started(b"w2")) == ["grant"]
+    scheduler.unblocked(b"w1")
+    assert scheduler.available["CPU"] == -UNIT  # briefly oversubscribed, as Ray allows
+
+
+def test_actor_holds_running_resources_only():
+    scheduler = LeaseScheduler({"CPU": 1}, max_idle_workers=1)
+    scheduler.worker_started(b"w1")
+    actions = scheduler.request(request(b"a", {"CPU": 1}, running={}, actor=True))
+    assert kinds(actions) == ["grant"]
+    assert scheduler.available["CPU"] == UNIT
+
+
+def test_gpu_packing_and_fractions():
+    scheduler = LeaseScheduler({"CPU": 4, "GPU": 2}, max_idle_workers=4)
+    for w in (b"w1", b"w2", b"w3"):
+        scheduler.worker_started(w)
+    half_a = scheduler.request(request(b"a", {"GPU": 0.5}))[0][2]
+    half_b = scheduler.request(request(b"b", {"GPU": 0.5}))[0][2]
+    assert half_a.gpu_ids == half_b.gpu_ids == [0]  # one device is filled before the next
+    whole = scheduler.request(request(b"c", {"GPU": 1}))[0][2]
+    assert whole.gpu_ids == [1]
+    scheduler.lease_returned(half_a.worker_id)
+    assert scheduler.gpu_free == [UNIT // 2, 0]
+
+
+def test_worker_death_releases_and_reports_lease():
+    scheduler = LeaseScheduler({"CPU": 1}, max_idle_workers=1)
+    scheduler.worker_started(b"w1")
+    scheduler.request(request(b"a", {"CPU": 1}))
+    actions = scheduler.worker_died(b"w1")
+    assert actions[0][0] == "lease_lost"
+    assert scheduler.available["CPU"] == UNIT
+
+
+def test_store_spills_least_recently_used():
+    store = StoreState(100)
+    for oid in (b"a", b"b", b"c"):
+        assert store.create(oid, 30) == []
+        store.sealed(oid, 30)
+    store.access(b"a")  # b is now the oldest
+    assert store.create(b"d", 30) == [b"b"]
+    store.sealed(b"d", 30)
+    assert store.restore(b"b") == [b"c"]
+    assert store.stats()["used"] == 90
+
+
+def test_store_full_errors():
+    store = StoreState(100)
+    with pytest.raises(ObjectStoreFullError, match="cannot fit"):
+        store.create(b"x", 101)
+    store.create(b"y", 80)  # reserved, not yet sealed: cannot be spilled
+    with pytest.raises(ObjectStoreFullError, match="full"):
+        store.create(b"z", 50)
+
+
+def test_store_delete_from_memory_and_disk():
+    store = StoreState(100)
+    store.create(b"a", 60)
+    store.sealed(b"a", 60)
+    store.create(b"b", 60)
+    store.sealed(b"b", 60)
+    assert store.delete(b"a") == "spilled"
+    assert store.delete(b"b") == "memory"
+    assert store.delete(b"b") is None

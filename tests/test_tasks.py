@@ -1,0 +1,198 @@
+"""Tasks: arguments, returns, the dynamic task graph, options and streaming."""
+
+import asyncio
+import os
+
+import numpy as np
+import pytest
+
+import ember
+from ember.runtime.object_ref import ObjectRef
+
+
+@ember.remote
+def double(x):
+    return x * 2
+
+
+@ember.remote
+def add(a, b=0, *, c=0):
+    return a + b + c
+
+
+def test_task_runs_and_returns(cluster):
+    assert ember.get(double.remote(21)) == 42
+    assert ember.get([double.remote(i) for i in range(20)]) == [i * 2 for i in range(20)]
+
+
+def test_keyword_arguments(cluster):
+    assert ember.get(add.remote(1, b=2, c=3)) == 6
+    assert ember.get(add.remote(1, c=ember.put(10))) == 11
+
+
+def test_top_level_refs_are_resolved_nested_refs_stay_refs(cluster):
+    @ember.remote
+    def inspect(value, container):
+        return type(value).__name__, type(container[0]).__name__, ember.get(container[0])
+
+    ref = ember.put(5)
+    assert ember.get(inspect.remote(ref, [ref])) == ("int", "ObjectRef", 5)
+
+
+def test_chained_tasks_form_a_graph(cluster):
+    a = double.remote(1)
+    b = double.remote(a)
+    c = add.remote(a, b)
+    assert ember.get(c) == 6
+
+
+def test_task_returns_a_ref(cluster):
+    @ember.remote
+    def make():
+        return ember.put("inner"), double.remote(4)
+
+    inner, task_ref = ember.get(make.remote())
+    assert isinstance(inner, ObjectRef)
+    assert ember.get(inner) == "inner"
+    assert ember.get(task_ref) == 8
+
+
+def test_multiple_returns(cluster):
+    @ember.remote(num_returns=3)
+    def three():
+        return 1, 2, 3
+
+    refs = three.remote()
+    assert len(refs) == 3
+    assert ember.get(refs) == [1, 2, 3]
+    assert three.options(num_returns=1).remote() is not None
+
+
+def test_zero_returns(cluster):
+    @ember.remote(num_returns=0)
+    def nothing():
+        return None
+
+    assert nothing.remote() is None
+
+
+def test_nested_tasks_do_not_deadlock(cluster):
+    # More waiting parents than CPUs: parents blocked in get() must lend their CPU to children.
+    @ember.remote
+    def fib(n):
+        if n < 2:
+            return n
+        return sum(ember.get([fib.remote(n - 1), fib.remote(n - 2)]))
+
+    assert ember.get(fib.remote(8), timeout=120) == 21
+
+
+def test_large_arguments_and_results(cluster):
+    array = np.arange(2_000_000, dtype=np.float64)
+
+    @ember.remote
+    def total(a):
+        return a.sum(), a * 2
+
+    @ember.remote(num_returns=2)
+    def split(a):
+        return a.sum(), a * 2
+
+    s, doubled = split.remote(array)
+    assert ember.get(s) == array.sum()
+    np.testing.assert_array_equal(ember.get(doubled), array * 2)
+    assert ember.get(total.remote(array))[0] == array.sum()
+
+
+def test_options_and_max_calls(cluster):
+    @ember.remote(max_calls=1)
+    def pid():
+        return os.getpid()
+
+    pids = [ember.get(pid.remote()) for _ in range(3)]
+    assert len(set(pids)) == 3  # each worker exits after one call
+    assert ember.get(double.options(num_cpus=0.5, name="half").remote(2)) == 4
+
+
+def test_runtime_env_vars(cluster):
+    @ember.remote(runtime_env={"env_vars": {"EMBER_TEST_VAR": "hello"}})
+    def read():
+        return os.environ.get("EMBER_TEST_VAR")
+
+    @ember.remote
+    def read_plain():
+        return os.environ.get("EMBER_TEST_VAR")
+
+    assert ember.get(read.remote()) == "hello"
+    assert ember.get(read_plain.remote()) is None
+    assert ember.get(read_plain.options(runtime_env={"env_vars": {"EMBER_TEST_VAR": "x"}}).remote()) == "x"
+
+
+def test_streaming_generator(cluster):
+    @ember.remote(num_returns="streaming")
+    def count(n):
+        for i in range(n):
+            yield i * i
+
+    generator = count.remote(5)
+    assert [ember.get(ref) for ref in generator] == [0, 1, 4, 9, 16]
+
+
+def test_streaming_generator_error(cluster):
+    @ember.remote(num_returns="streaming")
+    def fails():
+        yield 1
+        raise ValueError("stream broke")
+
+    refs = list(fails.remote())
+    assert ember.get(refs[0]) == 1
+    with pytest.raises(ValueError, match="stream broke"):
+        ember.get(refs[1])
+
+
+def test_await_and_future(cluster):
+    ref = double.remote(5)
+    assert ref.future().result(timeout=30) == 10
+
+    async def main():
+        return await double.remote(6)
+
+    assert asyncio.run(main()) == 12
+
+
+def test_wait(cluster):
+    @ember.remote
+    def blocked(path):
+        import time
+
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return 1
+
+    import tempfile
+
+    path = tempfile.mktemp()
+    fast = [double.remote(i) for i in range(3)]
+    slow = blocked.remote(path)
+    ready, not_ready = ember.wait(fast + [slow], num_returns=3, timeout=30)
+    assert set(ready) == set(fast) and not_ready == [slow]
+    ready, not_ready = ember.wait([slow], timeout=0.1)
+    assert ready == [] and not_ready == [slow]
+    open(path, "w").close()
+    ready, _ = ember.wait([slow], timeout=30)
+    assert ready == [slow]
+    os.unlink(path)
+
+
+def test_get_timeout(cluster):
+    @ember.remote
+    def sleepy():
+        import time
+
+        time.sleep(30)
+
+    ref = sleepy.remote()
+    with pytest.raises(ember.exceptions.GetTimeoutError) as info:
+        ember.get(ref, timeout=0.2)
+    assert isinstance(info.value, TimeoutError)
+    ember.cancel(ref, force=True)
