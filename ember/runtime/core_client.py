@@ -152,6 +152,7 @@ class CoreClient:
         self._touches: list = []
         self._logs: dict[bytes, list] = {}
         self.escaped: list = []  # refs this worker returned inside values: kept for its lifetime
+        self.changed = False  # set on the I/O thread when waiters in get/wait should look again
         self._closed = False
         self._started = threading.Event()
         self._start_error = None
@@ -227,6 +228,11 @@ class CoreClient:
                     if sock.closed:
                         break  # a handler closed it (a peer that died)
             self._run_calls()
+            if self.changed:
+                # One wake-up for all the objects completed in this round, not one per object.
+                with self._cond:
+                    self.changed = False
+                    self._cond.notify_all()
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 0.02
@@ -553,7 +559,7 @@ class CoreClient:
             entry.error = error
             entry.state = FAILED if error is not None else READY
             futures, entry.futures = entry.futures, []
-            self._cond.notify_all()
+            self.changed = True
             if entry.free_when_ready:
                 entry.free_when_ready = False
                 self._maybe_free(oid)
@@ -637,7 +643,7 @@ class CoreClient:
                 else:
                     self._unpack_location(borrowed, header["loc"], frames)
                 borrowed.state = FAILED if borrowed.error is not None else READY
-                self._cond.notify_all()
+                self.changed = True
                 futures, borrowed.futures = borrowed.futures, []
             for future in futures:
                 self._settle_future(future, oid)
@@ -724,19 +730,15 @@ class CoreClient:
     def get(self, refs: list, timeout: float | None = None) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout
         blocked = False
+        holders = []
         try:
             with self._cond:
-                while True:
-                    holders = []
-                    pending = False
-                    for ref in refs:
-                        state, holder = self._state_of(ref)
-                        if state == PENDING:
-                            pending = True
-                            break
+                # Objects never go back to pending, so each ref is checked until ready, then never again.
+                while len(holders) < len(refs):
+                    state, holder = self._state_of(refs[len(holders)])
+                    if state != PENDING:
                         holders.append(holder)
-                    if not pending:
-                        break
+                        continue
                     if not blocked:
                         blocked = self._notify_blocked(True)
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -761,12 +763,16 @@ class CoreClient:
     def wait(self, refs: list, num_returns: int, timeout: float | None, fetch_local: bool = True):
         deadline = None if timeout is None else time.monotonic() + timeout
         blocked = False
+        ready: list = []
+        pending = list(refs)
         try:
             with self._cond:
                 while True:
-                    ready = [ref for ref in refs if self._state_of(ref)[0] != PENDING]
+                    still = []
+                    for ref in pending:
+                        (ready if self._state_of(ref)[0] != PENDING else still).append(ref)
+                    pending = still
                     if len(ready) >= num_returns:
-                        ready = ready[:num_returns]
                         break
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
@@ -777,8 +783,8 @@ class CoreClient:
         finally:
             if blocked:
                 self._notify_blocked(False)
-        ready_ids = {ref._id for ref in ready}
-        return ready, [ref for ref in refs if ref._id not in ready_ids]
+        ready_ids = {ref._id for ref in ready[:num_returns]}
+        return [ref for ref in refs if ref._id in ready_ids], [ref for ref in refs if ref._id not in ready_ids]
 
     def free(self, refs: list) -> None:
         """Drop the values of owned objects now, whatever references remain (``ember.internal.free``)."""

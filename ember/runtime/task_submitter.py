@@ -399,8 +399,7 @@ class TaskSubmitter:
         if spec.stream is not None:
             spec.stream.done = True
             self.streams.pop(spec.task_id, None)
-            with self.client._cond:
-                self.client._cond.notify_all()
+            self.client.changed = True
         spec.keepalive = None
 
     def _finish_with_error(self, spec: TaskSpec, error) -> None:
@@ -471,7 +470,7 @@ class TaskSubmitter:
             self.client.complete(oid, error=bytes(frames[0]))
         with self.client._cond:
             spec.stream.items.append(oid)
-            self.client._cond.notify_all()
+        self.client.changed = True
 
     def next_stream_item(self, stream: Stream, index: int, timeout=None):
         client = self.client
