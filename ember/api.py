@@ -16,8 +16,9 @@ from ember.actor import ActorClass, ActorHandle, handle_from_info, kill  # noqa:
 from ember.options import check_runtime_env
 from ember.remote_function import RemoteFunction
 from ember.runtime import core_client, protocol, transport
-from ember.runtime.core_client import CoreClient, current_client, set_current_client, store_prefix
+from ember.runtime.core_client import CoreClient, current_client, set_current_client
 from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
+from ember.runtime.ownership import store_prefix
 
 # One file per running cluster on this machine, named after its process id, holding its address:
 # address="auto" picks the newest whose process is alive.
@@ -130,7 +131,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         except BaseException:
             client.shutdown()
             if started is not None:
-                _stop_cluster(started, None)
+                _stop_cluster(started)
             raise
         client.env_vars = env_vars
         _cluster_process = started
@@ -246,7 +247,7 @@ def _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env
     return info, process
 
 
-def _stop_cluster(process: subprocess.Popen, store_prefix_name) -> None:
+def _stop_cluster(process: subprocess.Popen) -> None:
     try:
         process.stdin.close()  # the cluster exits, and stops its workers, when its stdin closes
     except OSError:
@@ -278,7 +279,7 @@ def shutdown() -> None:
         set_current_client(None)
         client.shutdown()
         if _cluster_process is not None:
-            _stop_cluster(_cluster_process, None)
+            _stop_cluster(_cluster_process)
             try:
                 os.unlink(os.path.join(CLUSTER_DIR, str(_cluster_process.pid)))
             except FileNotFoundError:

@@ -1,6 +1,7 @@
 """``ember.get_runtime_context()``: who and where the caller is, as Ray's RuntimeContext."""
 
-from ember.runtime.core_client import current_client, current_task
+from ember.runtime.core_client import current_client
+from ember.runtime.task_context import current_task
 
 
 class RuntimeContext:

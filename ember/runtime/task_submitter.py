@@ -20,10 +20,11 @@ from functools import partial
 
 from ember import exceptions
 from ember.runtime import protocol
-from ember.runtime.core_client import FAILED, INLINE_LIMIT, PENDING, current_task
 from ember.runtime.ids import new_id, new_task_id, put_object_id, return_object_id
 from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
+from ember.runtime.ownership import FAILED, INLINE_LIMIT, PENDING
 from ember.runtime.serialization import deserialize, serialize
+from ember.runtime.task_context import current_task
 
 PIPELINE = 2  # tasks sent ahead to one leased worker
 MAX_LEASE_REQUESTS = 8  # outstanding lease requests per resource shape

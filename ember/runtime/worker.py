@@ -27,10 +27,12 @@ import zmq
 
 from ember import exceptions
 from ember.runtime import protocol, transport
-from ember.runtime.core_client import INLINE_LIMIT, CoreClient, TaskContext, current_task, set_current_client
+from ember.runtime.core_client import CoreClient, set_current_client
 from ember.runtime.ids import return_object_id
+from ember.runtime.ownership import INLINE_LIMIT
 from ember.runtime.serialization import deserialize, serialize, serialize_error
 from ember.runtime.service import read_eof, unwrap
+from ember.runtime.task_context import TaskContext, current_task
 from ember.runtime.task_submitter import Arg
 
 

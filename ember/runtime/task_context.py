@@ -1,0 +1,25 @@
+"""What a running task knows about itself, carried in a context variable.
+
+A context variable (not a thread-local) so that each asyncio task of an async actor, and each
+thread of a threaded actor, sees the call it is running.
+"""
+
+import contextvars
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TaskContext:
+    """What a running task knows about itself (see ``ember.get_runtime_context``)."""
+
+    task_id: bytes | None = None
+    name: str = ""
+    job_id: bytes | None = None
+    actor_id: bytes | None = None
+    assigned: dict = field(default_factory=dict)
+    gpu_ids: list = field(default_factory=list)
+    holds_cpu: bool = False
+    borrowed: list | None = None
+
+
+current_task: contextvars.ContextVar = contextvars.ContextVar("ember_current_task", default=None)
