@@ -1,5 +1,6 @@
 """Actors: ordering, concurrency, names, lifetimes, handles, kill."""
 
+import os
 import asyncio
 import threading
 
@@ -198,3 +199,54 @@ def test_actor_resources_default_zero_while_running(cluster):
 
     actors = [Idle.remote() for _ in range(6)]  # more than the 4 CPUs: actors hold 0 CPU once placed
     assert ember.get([a.ping.remote() for a in actors], timeout=60) == ["pong"] * 6
+
+
+def test_actor_constructor_takes_refs(cluster):
+    import numpy as np
+
+    big = ember.put(np.arange(300_000))
+    small = ember.put("label")
+
+    @ember.remote
+    class Holder:
+        def __init__(self, array, label, nested):
+            self.total = int(array.sum())
+            self.label = label
+            self.nested = ember.get(nested[0])
+
+        def describe(self):
+            return self.total, self.label, self.nested
+
+    holder = Holder.remote(big, small, [small])
+    assert ember.get(holder.describe.remote()) == (int(np.arange(300_000).sum()), "label", "label")
+
+
+def test_actor_streaming_method(cluster):
+    @ember.remote
+    class Producer:
+        @ember.method(num_returns="streaming")
+        def produce(self, n):
+            for i in range(n):
+                yield i
+
+    producer = Producer.remote()
+    assert [ember.get(r) for r in producer.produce.remote(4)] == [0, 1, 2, 3]
+
+
+def test_dropping_the_only_handle_stops_the_actor(cluster):
+    import psutil
+
+    @ember.remote
+    class Temporary:
+        def pid(self):
+            return os.getpid()
+
+    handle = Temporary.remote()
+    pid = ember.get(handle.pid.remote())
+    del handle
+    import gc
+
+    gc.collect()
+    from conftest import wait_for
+
+    wait_for(lambda: not psutil.pid_exists(pid), message="the unreferenced actor's process to exit")

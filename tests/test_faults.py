@@ -197,3 +197,45 @@ def test_garbage_on_sockets_does_not_kill_services(cluster):
 
     assert ember.get(ok.remote(), timeout=30) == 1
     assert ember.nodes()[0]["Alive"]
+
+
+def test_recursive_cancel_reaches_child_tasks(cluster, tmp_path):
+    child_started = tmp_path / "child"
+
+    @ember.remote
+    def child(path):
+        open(path, "w").close()
+        while True:
+            time.sleep(0.01)
+
+    @ember.remote
+    def parent(path):
+        return ember.get(child.remote(path))
+
+    ref = parent.remote(str(child_started))
+    wait_for(child_started.exists, message="the child task to start")
+    ember.cancel(ref, recursive=True)
+    with pytest.raises(TaskCancelledError):
+        ember.get(ref, timeout=30)
+    # The child was cancelled too: its CPU comes back.
+    wait_for(lambda: ember.available_resources().get("CPU") == 4, message="all CPUs to be free again")
+
+
+def test_kill_with_restart(cluster):
+    @ember.remote(max_restarts=1)
+    class Restartable:
+        def pid(self):
+            return os.getpid()
+
+    actor = Restartable.remote()
+    first = ember.get(actor.pid.remote())
+    ember.kill(actor, no_restart=False)
+    second = wait_for(lambda: _try_pid(actor), timeout=30, message="the actor to come back")
+    assert second != first
+
+
+def _try_pid(actor):
+    try:
+        return ember.get(actor.pid.remote(), timeout=10)
+    except ActorDiedError:
+        return None
