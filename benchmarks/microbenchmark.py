@@ -357,6 +357,10 @@ def run_probes(backend, repeats, timeout):
     return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 class RowTimeout(Exception):
     pass
 
@@ -380,21 +384,43 @@ def reap_leftovers(grace=5.0):
             p.kill()
 
 
-def run_rows(args, rows, record):
-    """Start one cluster and run the in-process rows; errors become results."""
+def start_cluster(args):
+    """init() plus one warm-up task, under the row alarm."""
     signal.alarm(args.row_timeout)
     try:
-        bind(args.backend)
         ray.init(num_cpus=NUM_CPUS, **INIT_KWARGS.get(args.backend, {}))
-        ray.get(small_value.remote())  # warm-up
+        ray.get(small_value.remote())
+    finally:
+        signal.alarm(0)
+
+
+def run_rows(args, rows, record):
+    """Run the in-process rows on one cluster; errors become results.
+
+    After a row times out the cluster may be wedged, so it is restarted."""
+    try:
+        bind(args.backend)
+        start_cluster(args)
     except Exception as e:
         for name, unit, _ in rows:
             record(name, unit, error="init failed: %s: %s" % (type(e).__name__, e))
         return
-    for name, unit, fn in rows:
+    for i, (name, unit, fn) in enumerate(rows):
         signal.alarm(args.row_timeout)
         try:
             record(name, unit, fn(args.duration))
+        except RowTimeout:
+            record(name, unit, error="timed out after %ss" % args.row_timeout)
+            _actors.clear()
+            try:
+                ray.shutdown()
+                reap_leftovers()
+                start_cluster(args)
+            except Exception as e:
+                for name, unit, _ in rows[i + 1:]:
+                    record(name, unit, error="skipped: cluster restart failed: "
+                                             "%s: %s" % (type(e).__name__, e))
+                return
         except Exception as e:
             record(name, unit, error="%s: %s" % (type(e).__name__, e))
         finally:
@@ -513,7 +539,16 @@ def run_child(python, backend, args, json_path):
            "--duration", str(args.duration), "--rows", args.rows,
            "--init-repeats", str(args.init_repeats), "--row-timeout", str(args.row_timeout)]
     print("$ " + " ".join(cmd), flush=True)
-    rc = subprocess.run(cmd, timeout=3600).returncode
+    proc = subprocess.Popen(cmd)
+    try:
+        rc = proc.wait()
+    except BaseException:  # let the child shut its cluster down first
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
     try:
         with open(json_path) as f:
             return json.load(f)
@@ -538,10 +573,11 @@ def main():
     p.add_argument("--duration", type=float, default=2.0, help="seconds per row")
     p.add_argument("--init-repeats", type=int, default=3,
                    help="fresh-process probes for init time and idle memory")
-    p.add_argument("--row-timeout", type=int, default=180, help="seconds before a row "
+    p.add_argument("--row-timeout", type=int, default=60, help="seconds before a row "
                                                                "is abandoned")
     p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, _terminated)  # so that shutdown() still runs
 
     if args.probe:
         return probe(args.backend)

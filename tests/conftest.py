@@ -21,13 +21,23 @@ from ember import api
 
 SHARED_RESOURCES = {"custom": 4}
 
+# Every process this test run starts inherits this tag, so the leak check ignores Ember processes
+# that belong to anything else running on the machine (another checkout's tests, say).
+RUN_TAG = f"{os.getpid()}-{time.time_ns()}"
+os.environ["EMBER_TEST_RUN"] = RUN_TAG
+
 
 def ember_processes() -> list:
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
-        if "ember.runtime." in cmdline and process.pid != os.getpid():
-            found.append(process)
+        if "ember.runtime." not in cmdline or process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get("EMBER_TEST_RUN") == RUN_TAG:
+                found.append(process)
+        except psutil.Error:
+            pass
     return found
 
 
@@ -53,21 +63,33 @@ def wait_for(condition, timeout: float = 20.0, interval: float = 0.05, message: 
         time.sleep(interval)
 
 
-def leaks() -> list:
-    ours = shared_cluster_pids()
+def shm_files(since: float = 0.0) -> list:
+    """Ember's shared-memory files, other than the shared cluster's, created after ``since``."""
     prefix = getattr(api._cluster_process, "store_prefix", None)
+    found = []
+    for path in glob.glob("/dev/shm/ember-*"):
+        try:
+            if os.stat(path).st_mtime >= since and not (prefix and os.path.basename(path).startswith(prefix)):
+                found.append(path)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def leaks(since: float) -> list:
+    ours = shared_cluster_pids()
     processes = [p for p in ember_processes() if p.pid not in ours]
-    files = [f for f in glob.glob("/dev/shm/ember-*") if not (prefix and os.path.basename(f).startswith(prefix))]
-    return [f"process {p.pid}: {' '.join(p.cmdline())[:100]}" for p in processes if p.is_running()] + files
+    return [f"process {p.pid}: {' '.join(p.cmdline())[:100]}" for p in processes if p.is_running()] + shm_files(since)
 
 
 @pytest.fixture(autouse=True)
 def no_leaks():
+    started = time.time() - 1
     yield
     remaining = []
 
     def clean():
-        remaining[:] = leaks()
+        remaining[:] = leaks(started)
         return not remaining
 
     try:
@@ -85,8 +107,9 @@ def cluster():
     context = ember.init(num_cpus=4, num_gpus=2, resources=SHARED_RESOURCES, object_store_memory=2 * 2**30,
                          log_to_driver=True)
     yield context
+    prefix = api._cluster_process.store_prefix
     ember.shutdown()
-    wait_for(lambda: not ember_processes() and not glob.glob("/dev/shm/ember-*"), timeout=15,
+    wait_for(lambda: not ember_processes() and not glob.glob(f"/dev/shm/{prefix}-*"), timeout=15,
              message="the shared cluster to leave nothing behind")
 
 

@@ -250,3 +250,16 @@ def test_dropping_the_only_handle_stops_the_actor(cluster):
     from conftest import wait_for
 
     wait_for(lambda: not psutil.pid_exists(pid), message="the unreferenced actor's process to exit")
+
+
+def test_async_actor_streaming_method(cluster):
+    @ember.remote
+    class AsyncProducer:
+        @ember.method(num_returns="streaming")
+        async def produce(self, n):
+            for i in range(n):
+                await asyncio.sleep(0)
+                yield i * 10
+
+    producer = AsyncProducer.remote()
+    assert [ember.get(r) for r in producer.produce.remote(3)] == [0, 10, 20]

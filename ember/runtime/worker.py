@@ -95,7 +95,6 @@ class Worker:
         self.cancel_requested: set = set()
         self.retiring = False
         self.exit_after_reply = False
-        self._current_identity = None
         signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
@@ -155,11 +154,11 @@ class Worker:
         os._exit(0)
 
     def handle(self, frames: list) -> None:
-        identity = self._current_identity = frames[0]
+        identity = frames[0]
         header, payload = protocol.decode(frames[1:])
         op = header["op"]
         if op == protocol.EXECUTE_TASK:
-            reply = self.execute_task(header, payload)
+            reply = self.execute_task(identity, header, payload)
         elif op == protocol.ACTOR_CALL:
             reply = self.actor_call(identity, header, payload)
         elif op == protocol.CREATE_ACTOR_INSTANCE:
@@ -245,7 +244,7 @@ class Worker:
                            actor_id=actor_id, assigned=assigned, gpu_ids=header.get("gpus") or [],
                            holds_cpu=assigned.get("CPU", 0) > 0, borrowed=[])
 
-    def execute_task(self, header: dict, frames: list) -> list:
+    def execute_task(self, identity: bytes, header: dict, frames: list) -> list:
         task_id = header["rid"]
         if self.retiring:
             return protocol.encode({"op": protocol.TASK_RESULT, "rid": task_id, "rejected": True})
@@ -261,7 +260,7 @@ class Worker:
             args, kwargs = self.resolve_args(header, frames)
             result = function(*args, **kwargs)
             if header["nret"] == "streaming":
-                reply = self.stream(header, result)
+                reply = self.stream(identity, header, result)
             else:
                 reply = self.pack_returns(header, result)
         except BaseException as error:  # noqa: B902 - the task's failure is the caller's to see
@@ -282,16 +281,32 @@ class Worker:
                 self.exit_after_reply = True
         return reply
 
-    def stream(self, header: dict, generator) -> list:
-        task_id = header["rid"]
-        identity_reply = self._current_identity
+    def stream(self, identity: bytes, header: dict, generator) -> list:
+        """Send each value the generator yields as it comes; the final reply says how many there were."""
         count = 0
         for count, value in enumerate(generator, start=1):
-            ret, frames = self.pack_value(task_id, count, value, header["owner_id"])
-            message = protocol.encode({"op": protocol.STREAM_ITEM, "rid": task_id, "idx": count - 1, "ret": ret},
-                                      frames)
-            self.socket.send_multipart([identity_reply, *message], copy=False)
-        return protocol.encode({"op": protocol.TASK_RESULT, "rid": task_id, "rets": [], "stream_end": count})
+            self._send_stream_item(identity, header, count, value)
+        return self._stream_end(header, count)
+
+    async def stream_async(self, identity: bytes, header: dict, generator) -> list:
+        count = 0
+        async for value in generator:
+            count += 1
+            self._send_stream_item(identity, header, count, value)
+        return self._stream_end(header, count)
+
+    def _send_stream_item(self, identity: bytes, header: dict, index: int, value) -> None:
+        ret, frames = self.pack_value(header["rid"], index, value, header["owner_id"])
+        message = protocol.encode({"op": protocol.STREAM_ITEM, "rid": header["rid"], "idx": index - 1, "ret": ret},
+                                  frames)
+        if threading.current_thread() is threading.main_thread():
+            self.socket.send_multipart([identity, *message], copy=False)
+        else:
+            self.send_later(identity, message)
+
+    @staticmethod
+    def _stream_end(header: dict, count: int) -> list:
+        return protocol.encode({"op": protocol.TASK_RESULT, "rid": header["rid"], "rets": [], "stream_end": count})
 
     @staticmethod
     def _apply_env(env_vars, gpu_ids):
@@ -346,9 +361,9 @@ class Worker:
                 self._run_async_call(identity, header, frames), self.loop)
             return None
         if self.executor is not None:
-            self.executor.submit(lambda: self.send_later(identity, self._run_call(header, frames)))
+            self.executor.submit(lambda: self.send_later(identity, self._run_call(identity, header, frames)))
             return None
-        return self._run_call(header, frames)
+        return self._run_call(identity, header, frames)
 
     def _method(self, header: dict):
         method_name = header["method"]
@@ -367,7 +382,7 @@ class Worker:
         context.holds_cpu = False
         return context
 
-    def _run_call(self, header: dict, frames: list) -> list:
+    def _run_call(self, identity: bytes, header: dict, frames: list) -> list:
         task_id = header["rid"]
         context = self._call_context(header)
         token = current_task.set(context)
@@ -380,7 +395,7 @@ class Worker:
             args, kwargs = self.resolve_args(header, frames)
             result = self._method(header)(*args, **kwargs)
             if header["nret"] == "streaming":
-                reply = self.stream(header, result)
+                reply = self.stream(identity, header, result)
             else:
                 reply = self.pack_returns(header, result)
         except BaseException as error:
@@ -401,9 +416,13 @@ class Worker:
                 args, kwargs = await asyncio.get_running_loop().run_in_executor(
                     None, self.resolve_args, header, frames) if header.get("refs") else self.resolve_args(header, frames)
                 result = self._method(header)(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                reply = self.pack_returns(header, result)
+                if header["nret"] == "streaming":
+                    reply = (await self.stream_async(identity, header, result) if hasattr(result, "__aiter__")
+                             else self.stream(identity, header, result))
+                else:
+                    if inspect.isawaitable(result):
+                        result = await result
+                    reply = self.pack_returns(header, result)
         except BaseException as error:
             reply = self.error_reply(header, error, f"{self.actor_name}.{header['method']}")
         finally:
