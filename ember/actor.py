@@ -13,7 +13,9 @@ from ember.runtime.serialization import dumps_function
 def method(*, num_returns=None, concurrency_group=None, **unknown):
     """Decorate an actor method to set its defaults, e.g. ``@ember.method(num_returns=2)``."""
     if unknown:
-        raise ValueError(f"Invalid option(s) {sorted(unknown)} for ember.method; valid: num_returns, concurrency_group.")
+        raise ValueError(
+            f"Invalid option(s) {sorted(unknown)} for ember.method; valid: num_returns, concurrency_group."
+        )
     if num_returns is not None:
         opts.validate({"num_returns": num_returns}, opts.METHOD_OPTIONS, "actor methods")
 
@@ -46,8 +48,9 @@ class ActorClass:
         self.__module__ = cls.__module__
 
     def __call__(self, *args, **kwargs):
-        raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self._name}()', "
-                        f"use '{self._name}.remote()'.")
+        raise TypeError(
+            f"Actors cannot be instantiated directly. Instead of '{self._name}()', use '{self._name}.remote()'."
+        )
 
     def remote(self, *args, **kwargs) -> "ActorHandle":
         """Create the actor; returns its handle at once (calls queue until it is ready)."""
@@ -81,11 +84,18 @@ class ActorClass:
         max_task_retries = options.get("max_task_retries", 0)
         actor_id = new_id(16)
         spec = {
-            "class_name": self._name, "name": name, "namespace": namespace,
-            "detached": options.get("lifetime") == "detached", "get_if_exists": bool(options.get("get_if_exists")),
-            "max_restarts": options.get("max_restarts", 0), "max_task_retries": max_task_retries,
-            "max_concurrency": options.get("max_concurrency"), "resources": placement, "running": running,
-            "env": opts.env_vars_of(options), "meta": meta,
+            "class_name": self._name,
+            "name": name,
+            "namespace": namespace,
+            "detached": options.get("lifetime") == "detached",
+            "get_if_exists": bool(options.get("get_if_exists")),
+            "max_restarts": options.get("max_restarts", 0),
+            "max_task_retries": max_task_retries,
+            "max_concurrency": options.get("max_concurrency"),
+            "resources": placement,
+            "running": running,
+            "env": opts.env_vars_of(options),
+            "meta": meta,
         }
         existing = client.submitter.create_actor(actor_id, key, args, kwargs, spec)
         if existing is not None:
@@ -97,8 +107,7 @@ class ActorHandle:
     """A handle to an actor: ``handle.method.remote(*args)`` calls a method; handles can be passed
     to tasks and other actors and keep working there."""
 
-    def __init__(self, actor_id: bytes, class_name: str, meta: dict, max_task_retries: int = 0,
-                 original: bool = False):
+    def __init__(self, actor_id: bytes, class_name: str, meta: dict, max_task_retries: int = 0, original: bool = False):
         self._actor_id = actor_id
         self._class_name = class_name
         self._meta = meta or {}
@@ -148,8 +157,10 @@ class ActorMethod:
         self._options = options or {}
 
     def __call__(self, *args, **kwargs):
-        raise TypeError(f"Actor methods cannot be called directly. Instead of running 'actor.{self._name}()', "
-                        f"try 'actor.{self._name}.remote()'.")
+        raise TypeError(
+            f"Actor methods cannot be called directly. Instead of running 'actor.{self._name}()', "
+            f"try 'actor.{self._name}.remote()'."
+        )
 
     def remote(self, *args, **kwargs):
         """Call the method on the actor; returns ObjectRef(s) of its result."""
@@ -157,7 +168,11 @@ class ActorMethod:
         num_returns = options.get("num_returns", self._num_returns)
         handle = self._handle
         refs = current_client().submitter.submit_actor_task(
-            handle._actor_id, self._name, args, kwargs, num_returns=num_returns,
+            handle._actor_id,
+            self._name,
+            args,
+            kwargs,
+            num_returns=num_returns,
             max_task_retries=options.get("max_task_retries", handle._max_task_retries),
             name=options.get("name") or f"{handle._class_name}.{self._name}",
         )
@@ -179,5 +194,6 @@ def handle_from_info(info: dict) -> ActorHandle:
 def kill(handle: ActorHandle, no_restart: bool = True) -> None:
     if not isinstance(handle, ActorHandle):
         raise TypeError(f"ember.kill() expects an actor handle, got {type(handle).__name__}.")
-    current_client().request("head", {"op": protocol.KILL_ACTOR, "actor_id": handle._actor_id,
-                                      "no_restart": no_restart})
+    current_client().request(
+        "head", {"op": protocol.KILL_ACTOR, "actor_id": handle._actor_id, "no_restart": no_restart}
+    )

@@ -58,11 +58,15 @@ class EmberContext:
 
     def _repr_html_(self):
         info = self._summary()
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(k, v))}</td></tr>"
-                       for k, v in sorted(info["resources"].items()))
-        return (f"<div class='ember-context'><b>Ember cluster</b>"
-                f"<table><tr><td>Address</td><td><code>{html.escape(info['address'])}</code></td></tr>"
-                f"<tr><td>Nodes</td><td>{info['nodes']}</td></tr>{rows}</table></div>")
+        rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(k, v))}</td></tr>"
+            for k, v in sorted(info["resources"].items())
+        )
+        return (
+            f"<div class='ember-context'><b>Ember cluster</b>"
+            f"<table><tr><td>Address</td><td><code>{html.escape(info['address'])}</code></td></tr>"
+            f"<tr><td>Nodes</td><td>{info['nodes']}</td></tr>{rows}</table></div>"
+        )
 
     def __enter__(self):
         return self
@@ -85,11 +89,23 @@ def is_initialized() -> bool:
     return core_client.current_client(required=False) is not None
 
 
-def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
-         resources: dict | None = None, object_store_memory: int | None = None, namespace: str | None = None,
-         runtime_env: dict | None = None, ignore_reinit_error: bool = False, log_to_driver: bool = True,
-         include_dashboard=None, configure_logging: bool = True, logging_level=None, _node_ip_address=None,
-         **unsupported) -> EmberContext:
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict | None = None,
+    object_store_memory: int | None = None,
+    namespace: str | None = None,
+    runtime_env: dict | None = None,
+    ignore_reinit_error: bool = False,
+    log_to_driver: bool = True,
+    include_dashboard=None,
+    configure_logging: bool = True,
+    logging_level=None,
+    _node_ip_address=None,
+    **unsupported,
+) -> EmberContext:
     """Connect to a cluster, starting a local one in the background when there is none.
 
     ``address``: None or "local" starts a new local cluster (unless EMBER_ADDRESS is set); "auto"
@@ -102,9 +118,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         if is_initialized():
             if ignore_reinit_error:
                 return _context
-            raise RuntimeError("Maybe you called ember.init twice by accident? Ember is already initialized "
-                               "in this process. Pass ignore_reinit_error=True to ignore this, or call "
-                               "ember.shutdown() first.")
+            raise RuntimeError(
+                "Maybe you called ember.init twice by accident? Ember is already initialized "
+                "in this process. Pass ignore_reinit_error=True to ignore this, or call "
+                "ember.shutdown() first."
+            )
         if runtime_env is not None:
             check_runtime_env(runtime_env)
         env_vars = (runtime_env or {}).get("env_vars") or {}
@@ -113,19 +131,22 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         if address == "auto":
             address = os.environ.get("EMBER_ADDRESS") or _read_cluster_file()
         if address and address.startswith("ember://"):
-            address = address[len("ember://"):]
+            address = address[len("ember://") :]
         if address and address != "local":
             if num_cpus is not None or num_gpus is not None or resources or object_store_memory:
-                raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus, resources and "
-                                 "object_store_memory must not be given: they are set when the cluster starts.")
+                raise ValueError(
+                    "When connecting to an existing cluster, num_cpus, num_gpus, resources and "
+                    "object_store_memory must not be given: they are set when the cluster starts."
+                )
             head_address = address
             node_manager_address = _local_node_manager(head_address)
             started = None
         else:
             info, started = _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars)
             head_address, node_manager_address = info["head"], info["node_manager"]
-        client = CoreClient(head_address, node_manager_address, kind="driver", namespace=namespace,
-                            log_to_driver=log_to_driver)
+        client = CoreClient(
+            head_address, node_manager_address, kind="driver", namespace=namespace, log_to_driver=log_to_driver
+        )
         try:
             client.connect()
         except BaseException:
@@ -136,9 +157,16 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         client.env_vars = env_vars
         _cluster_process = started
         set_current_client(client)
-        _context = EmberContext({"address": head_address, "node_manager": node_manager_address,
-                                 "node_id": client.node_id.hex(), "session_dir": getattr(started, "session_dir", None),
-                                 "namespace": client.namespace, "job_id": client.job_id.hex()})
+        _context = EmberContext(
+            {
+                "address": head_address,
+                "node_manager": node_manager_address,
+                "node_id": client.node_id.hex(),
+                "session_dir": getattr(started, "session_dir", None),
+                "namespace": client.namespace,
+                "job_id": client.job_id.hex(),
+            }
+        )
         if started is not None:
             _write_cluster_file(started.pid, head_address)
         return _context
@@ -160,8 +188,10 @@ def _read_cluster_file() -> str:
             except OSError:
                 pass
     if not candidates:
-        raise ConnectionError("address='auto' but no Ember cluster was found on this machine: start one with "
-                              "`ember start --head` or set EMBER_ADDRESS.")
+        raise ConnectionError(
+            "address='auto' but no Ember cluster was found on this machine: start one with "
+            "`ember start --head` or set EMBER_ADDRESS."
+        )
     with open(max(candidates)[1]) as f:
         return f.read().strip()
 
@@ -223,14 +253,31 @@ def _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env
     store_memory = object_store_memory or _default_store_memory()
     node_resources["memory"] = float(int(psutil.virtual_memory().available * 0.7))
     node_resources["object_store_memory"] = float(store_memory)
-    session_dir = f"/tmp/ember-runtime/session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}_{time.time_ns() % 10**6}"
+    session_dir = (
+        f"/tmp/ember-runtime/session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}_{time.time_ns() % 10**6}"
+    )
     os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
     with open(os.path.join(session_dir, "logs", "cluster-startup.log"), "ab") as startup_log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ember.runtime.cluster", "--head", "--watch-stdin",
-             "--resources", json.dumps(node_resources), "--object-store-memory", str(store_memory),
-             "--session-dir", session_dir, "--env", json.dumps(env_vars)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=startup_log, close_fds=True,
+            [
+                sys.executable,
+                "-m",
+                "ember.runtime.cluster",
+                "--head",
+                "--watch-stdin",
+                "--resources",
+                json.dumps(node_resources),
+                "--object-store-memory",
+                str(store_memory),
+                "--session-dir",
+                session_dir,
+                "--env",
+                json.dumps(env_vars),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=startup_log,
+            close_fds=True,
         )
     process.session_dir = session_dir
     ready, _, _ = select.select([process.stdout], [], [], 30)
@@ -323,8 +370,9 @@ def _check_refs(object_refs, what: str) -> list:
             if not isinstance(ref, ObjectRef):
                 raise TypeError(f"{what} expects ObjectRefs, but the list contains a {type(ref).__name__}: {ref!r}.")
         return list(object_refs)
-    raise TypeError(f"{what} expects an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}: "
-                    f"{object_refs!r}.")
+    raise TypeError(
+        f"{what} expects an ObjectRef or a list of ObjectRefs, got {type(object_refs).__name__}: {object_refs!r}."
+    )
 
 
 def get(object_refs, *, timeout: float | None = None):
@@ -383,11 +431,14 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     if not isinstance(name, str) or not name:
         raise ValueError(f"get_actor() expects a non-empty actor name, got {name!r}.")
     client = current_client()
-    reply, _ = client.request("head", {"op": protocol.GET_NAMED_ACTOR, "name": name,
-                                       "namespace": namespace or client.namespace})
+    reply, _ = client.request(
+        "head", {"op": protocol.GET_NAMED_ACTOR, "name": name, "namespace": namespace or client.namespace}
+    )
     if reply["actor"] is None:
-        raise ValueError(f"Failed to look up actor {name!r} in namespace {namespace or client.namespace!r}: "
-                         "no live actor has that name there.")
+        raise ValueError(
+            f"Failed to look up actor {name!r} in namespace {namespace or client.namespace!r}: "
+            "no live actor has that name there."
+        )
     return handle_from_info(reply["actor"])
 
 
@@ -401,13 +452,19 @@ def nodes() -> list:
     result = []
     for node in _nodes_raw():
         host, port = node["address"].rsplit(":", 1)
-        result.append({
-            "NodeID": node["node_id"].hex(), "Alive": node["alive"], "alive": node["alive"],
-            "NodeManagerAddress": node["host"] or host, "NodeManagerPort": int(port),
-            "NodeManagerHostname": os.uname().nodename, "Resources": node["resources"],
-            "ObjectStoreSocketName": f"/dev/shm/{store_prefix(node['node_id'])}",
-            "ObjectStore": node.get("store", {}),
-        })
+        result.append(
+            {
+                "NodeID": node["node_id"].hex(),
+                "Alive": node["alive"],
+                "alive": node["alive"],
+                "NodeManagerAddress": node["host"] or host,
+                "NodeManagerPort": int(port),
+                "NodeManagerHostname": os.uname().nodename,
+                "Resources": node["resources"],
+                "ObjectStoreSocketName": f"/dev/shm/{store_prefix(node['node_id'])}",
+                "ObjectStore": node.get("store", {}),
+            }
+        )
     return result
 
 
@@ -433,4 +490,3 @@ def available_resources() -> dict:
 def free(object_refs) -> None:
     """Release the values of owned objects now (``ray.internal.free``)."""
     current_client().free(_check_refs(object_refs, "free()"))
-

@@ -7,20 +7,42 @@ CPU or GPU (those have their own keywords).
 
 import numbers
 
-COMMON = {"num_cpus", "num_gpus", "resources", "memory", "runtime_env", "name", "scheduling_strategy",
-          "accelerator_type", "placement_group", "placement_group_bundle_index",
-          "placement_group_capture_child_tasks", "label_selector", "_metadata"}
+COMMON = {
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "memory",
+    "runtime_env",
+    "name",
+    "scheduling_strategy",
+    "accelerator_type",
+    "placement_group",
+    "placement_group_bundle_index",
+    "placement_group_capture_child_tasks",
+    "label_selector",
+    "_metadata",
+}
 TASK_OPTIONS = COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls"}
-ACTOR_OPTIONS = COMMON | {"namespace", "lifetime", "get_if_exists", "max_restarts", "max_task_retries",
-                          "max_concurrency", "max_pending_calls", "concurrency_groups"}
+ACTOR_OPTIONS = COMMON | {
+    "namespace",
+    "lifetime",
+    "get_if_exists",
+    "max_restarts",
+    "max_task_retries",
+    "max_concurrency",
+    "max_pending_calls",
+    "concurrency_groups",
+}
 METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
 
 
 def validate(options: dict, allowed: set, what: str) -> dict:
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise ValueError(f"Invalid option(s) {', '.join(map(repr, unknown))} for {what}. "
-                         f"Valid options are: {', '.join(sorted(k for k in allowed if not k.startswith('_')))}.")
+        raise ValueError(
+            f"Invalid option(s) {', '.join(map(repr, unknown))} for {what}. "
+            f"Valid options are: {', '.join(sorted(k for k in allowed if not k.startswith('_')))}."
+        )
     for key in ("num_cpus", "num_gpus", "memory"):
         value = options.get(key)
         if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool) or value < 0):
@@ -40,8 +62,11 @@ def validate(options: dict, allowed: set, what: str) -> dict:
             if amount > 1 and amount != int(amount):
                 raise ValueError(f"Resource {name!r}: amounts above 1 must be whole numbers, got {amount}.")
     num_returns = options.get("num_returns")
-    if num_returns is not None and num_returns != "streaming" and (
-            not isinstance(num_returns, int) or isinstance(num_returns, bool) or num_returns < 0):
+    if (
+        num_returns is not None
+        and num_returns != "streaming"
+        and (not isinstance(num_returns, int) or isinstance(num_returns, bool) or num_returns < 0)
+    ):
         raise ValueError(f"num_returns must be a non-negative int or 'streaming', got {num_returns!r}.")
     for key in ("max_retries", "max_restarts", "max_task_retries"):
         value = options.get(key)
@@ -67,7 +92,9 @@ def check_runtime_env(runtime_env) -> None:
     if unsupported:
         raise ValueError(f"runtime_env fields {unsupported} are not supported yet; only 'env_vars' is.")
     env_vars = runtime_env.get("env_vars", {})
-    if not isinstance(env_vars, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+    if not isinstance(env_vars, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
+    ):
         raise TypeError("runtime_env['env_vars'] must be a dict of str to str.")
 
 

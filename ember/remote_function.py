@@ -19,8 +19,10 @@ class RemoteFunction:
         functools.update_wrapper(self, function)
 
     def __call__(self, *args, **kwargs):
-        raise TypeError(f"Remote functions cannot be called directly. Instead of running '{self._name}()', "
-                        f"try '{self._name}.remote()'.")
+        raise TypeError(
+            f"Remote functions cannot be called directly. Instead of running '{self._name}()', "
+            f"try '{self._name}.remote()'."
+        )
 
     def remote(self, *args, **kwargs):
         """Run the function as a task; returns an ObjectRef (a list for num_returns > 1)."""
@@ -50,7 +52,10 @@ class RemoteFunction:
         key = self._export(client)
         num_returns = options.get("num_returns", 1)
         refs = client.submitter.submit_task(
-            key, options.get("name") or self._name, args, kwargs,
+            key,
+            options.get("name") or self._name,
+            args,
+            kwargs,
             num_returns=num_returns,
             resources=opts.resources_of(options, 1),
             max_retries=options.get("max_retries", 3),

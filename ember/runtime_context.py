@@ -66,8 +66,13 @@ class RuntimeContext:
         return self._client.head_address
 
     def get(self) -> dict:
-        return {"job_id": self.get_job_id(), "node_id": self.get_node_id(), "task_id": self.get_task_id(),
-                "actor_id": self.get_actor_id(), "namespace": self.namespace}
+        return {
+            "job_id": self.get_job_id(),
+            "node_id": self.get_node_id(),
+            "task_id": self.get_task_id(),
+            "actor_id": self.get_actor_id(),
+            "namespace": self.namespace,
+        }
 
 
 def get_runtime_context() -> RuntimeContext:

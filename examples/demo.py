@@ -51,8 +51,11 @@ def main() -> None:
     view = ember.get(ref)
     get_seconds = time.perf_counter() - t
     means = ember.get(column_means.remote(ref))
-    print(f"store: put {matrix.nbytes / 2**20:.0f} MiB in {put_seconds:.3f} s, got it back in {get_seconds * 1000:.1f} ms "
-          f"as a zero-copy view (owns its data: {view.flags.owndata}, writeable: {view.flags.writeable})")
+    print(
+        f"store: put {matrix.nbytes / 2**20:.0f} MiB in {put_seconds:.3f} s, "
+        f"got it back in {get_seconds * 1000:.1f} ms "
+        f"as a zero-copy view (owns its data: {view.flags.owndata}, writeable: {view.flags.writeable})"
+    )
     print(f"task on the stored matrix: column means match numpy: {np.allclose(means, matrix.mean(axis=0))}")
 
     ember.shutdown()

@@ -104,22 +104,31 @@ def no_leaks():
 @pytest.fixture(scope="session")
 def cluster():
     """The shared embedded cluster: 4 logical CPUs, 2 declared GPUs, a custom resource."""
-    context = ember.init(num_cpus=4, num_gpus=2, resources=SHARED_RESOURCES, object_store_memory=2 * 2**30,
-                         log_to_driver=True)
+    context = ember.init(
+        num_cpus=4, num_gpus=2, resources=SHARED_RESOURCES, object_store_memory=2 * 2**30, log_to_driver=True
+    )
     yield context
     prefix = api._cluster_process.store_prefix
     ember.shutdown()
-    wait_for(lambda: not ember_processes() and not glob.glob(f"/dev/shm/{prefix}-*"), timeout=15,
-             message="the shared cluster to leave nothing behind")
+    wait_for(
+        lambda: not ember_processes() and not glob.glob(f"/dev/shm/{prefix}-*"),
+        timeout=15,
+        message="the shared cluster to leave nothing behind",
+    )
 
 
-def run_driver(code: str, timeout: float = 60, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run_driver(
+    code: str, timeout: float = 60, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run ``code`` as a separate driver process; returns the completed process (stdout, stderr)."""
     full_env = dict(os.environ)
     full_env.pop("EMBER_ADDRESS", None)
     full_env.update(env or {})
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                            timeout=timeout, env=full_env)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=full_env
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"driver failed ({result.returncode}):\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        raise AssertionError(
+            f"driver failed ({result.returncode}):\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
     return result

@@ -1,7 +1,7 @@
 """Actors: ordering, concurrency, names, lifetimes, handles, kill."""
 
-import os
 import asyncio
+import os
 import threading
 
 import pytest

@@ -162,8 +162,11 @@ def test_infeasible_request_warns_and_stays_pending(cluster, capfd):
     from conftest import wait_for
 
     seen = []
-    wait_for(lambda: seen.append(capfd.readouterr().err) or "no node" in "".join(seen), timeout=10,
-             message="the infeasible warning")
+    wait_for(
+        lambda: seen.append(capfd.readouterr().err) or "no node" in "".join(seen),
+        timeout=10,
+        message="the infeasible warning",
+    )
     assert "custom" in "".join(seen)
     ember.cancel(ref)
     with pytest.raises(ember.exceptions.TaskCancelledError):

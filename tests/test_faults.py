@@ -6,10 +6,10 @@ import time
 
 import pytest
 import zmq
+from conftest import wait_for
 
 import ember
 import ember.runtime.core_client
-from conftest import wait_for
 from ember import api
 from ember.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
 
@@ -179,8 +179,13 @@ def test_garbage_on_sockets_does_not_kill_services(cluster):
     client = ember.runtime.core_client.current_client()
     state = client.submitter.actors[actor._actor_id]
     # The head, the node manager, the actor's worker (its task socket) and the driver's own server.
-    targets = [api._context.address_info["address"], api._context.address_info["node_manager"],
-               state.address, state.client_address, client.address]
+    targets = [
+        api._context.address_info["address"],
+        api._context.address_info["node_manager"],
+        state.address,
+        state.client_address,
+        client.address,
+    ]
     for address in targets:
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)

@@ -6,10 +6,10 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
+from conftest import ember_processes, run_driver, shared_cluster_pids, wait_for
 
 import ember
-from conftest import ember_processes, run_driver, shared_cluster_pids, wait_for
+
 
 def _own_leftovers(prefix):
     import glob
@@ -130,11 +130,14 @@ def test_address_auto_and_env(cluster):
         print(ember.get(f.remote()))
     """)
     assert result.stdout.strip() == "via auto"
-    result = run_driver("""
+    result = run_driver(
+        """
         import ember
         ember.init()
         print(ember.cluster_resources()["CPU"])
-    """, env={"EMBER_ADDRESS": cluster.address_info["address"]})
+    """,
+        env={"EMBER_ADDRESS": cluster.address_info["address"]},
+    )
     assert result.stdout.strip() == "4.0"
 
 
@@ -159,7 +162,9 @@ def test_worker_output_reaches_the_driver():
         t = Talker.remote()
         ember.get(t.say.remote())
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not ("hello from an actor" in sys.stdout.text and "to stderr" in sys.stderr.text):
+        def arrived():
+            return "hello from an actor" in sys.stdout.text and "to stderr" in sys.stderr.text
+        while time.monotonic() < deadline and not arrived():
             time.sleep(0.02)
         ember.shutdown()
     """)
@@ -186,11 +191,14 @@ def test_log_to_driver_false():
 
 
 def test_connect_to_missing_cluster():
-    result = run_driver("""
+    result = run_driver(
+        """
         import ember
         try:
             ember.init(address="127.0.0.1:1")
         except ConnectionError as error:
             print("ConnectionError", error)
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
     assert result.stdout.startswith("ConnectionError")

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import run_driver, wait_for
 
 import ember
-from conftest import run_driver, wait_for
 from ember import api
 
 
@@ -106,7 +106,8 @@ def test_put_value_is_a_snapshot(cluster):
 
 def test_spilling_and_restore():
     # A separate driver with a 64 MiB store: 5 objects of 20 MiB must spill and come back.
-    result = run_driver("""
+    result = run_driver(
+        """
         import glob, numpy as np, ember
         ember.init(num_cpus=1, object_store_memory=64 * 2**20)
         refs = [ember.put(np.full(20 * 2**20 // 8, i, dtype=np.int64)) for i in range(5)]
@@ -123,7 +124,9 @@ def test_spilling_and_restore():
         print("values", values)
         print("full", "cannot fit" in full)
         ember.shutdown()
-    """, timeout=120)
+    """,
+        timeout=120,
+    )
     lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
     assert int(lines["spilled"]) >= 2
     assert lines["values"] == "[0, 1, 2, 3, 4]"

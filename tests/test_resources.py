@@ -89,9 +89,28 @@ def test_runtime_context(cluster):
 def test_public_api_names():
     # ember/__init__.py re-exports the public API and nothing else.
     expected = {
-        "ActorClass", "ActorHandle", "ObjectRef", "ObjectRefGenerator", "RemoteFunction", "available_resources",
-        "cancel", "cluster_resources", "exceptions", "get", "get_actor", "get_gpu_ids", "get_runtime_context",
-        "init", "is_initialized", "kill", "method", "nodes", "put", "remote", "shutdown", "wait",
+        "ActorClass",
+        "ActorHandle",
+        "ObjectRef",
+        "ObjectRefGenerator",
+        "RemoteFunction",
+        "available_resources",
+        "cancel",
+        "cluster_resources",
+        "exceptions",
+        "get",
+        "get_actor",
+        "get_gpu_ids",
+        "get_runtime_context",
+        "init",
+        "is_initialized",
+        "kill",
+        "method",
+        "nodes",
+        "put",
+        "remote",
+        "shutdown",
+        "wait",
     }
     assert set(ember.__all__) == expected
     public = {name for name in vars(ember) if not name.startswith("_")}

@@ -8,8 +8,9 @@ from ember.runtime.scheduler import UNIT, LeaseRequest, LeaseScheduler, to_fixed
 
 
 def request(rid, resources, running=None, actor=False):
-    return LeaseRequest(rid, b"client", to_fixed(resources), to_fixed(resources if running is None else running),
-                        for_actor=actor)
+    return LeaseRequest(
+        rid, b"client", to_fixed(resources), to_fixed(resources if running is None else running), for_actor=actor
+    )
 
 
 def kinds(actions):

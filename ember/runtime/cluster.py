@@ -45,15 +45,29 @@ def main(argv=None) -> None:
         head_address = head.address
     else:
         head_address = args.address
-    node_manager = NodeManager(head_address, json.loads(args.resources), args.object_store_memory,
-                               args.session_dir, host=args.host, env=json.loads(args.env))
+    node_manager = NodeManager(
+        head_address,
+        json.loads(args.resources),
+        args.object_store_memory,
+        args.session_dir,
+        host=args.host,
+        env=json.loads(args.env),
+    )
     loop.add_service(node_manager)
     loop.add_socket(node_manager.head, lambda frames: None)
 
-    print(json.dumps({
-        "head": head_address, "node_manager": node_manager.address, "node_id": node_manager.node_id.hex(),
-        "store_prefix": node_manager.store_prefix, "pid": os.getpid(),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "head": head_address,
+                "node_manager": node_manager.address,
+                "node_id": node_manager.node_id.hex(),
+                "store_prefix": node_manager.store_prefix,
+                "pid": os.getpid(),
+            }
+        ),
+        flush=True,
+    )
     log_path = os.path.join(args.session_dir, "logs", f"cluster-{os.getpid()}.log")
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 1)

@@ -53,12 +53,20 @@ def set_current_client(client) -> None:
     _client = client
 
 
-
-
 class CoreClient(Ownership):
-    def __init__(self, head_address: str, node_manager_address: str, *, kind: str, client_id: bytes | None = None,
-                 job_id: bytes | None = None, namespace: str | None = None, log_to_driver: bool = False,
-                 watch_stdin: bool = False, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        head_address: str,
+        node_manager_address: str,
+        *,
+        kind: str,
+        client_id: bytes | None = None,
+        job_id: bytes | None = None,
+        namespace: str | None = None,
+        log_to_driver: bool = False,
+        watch_stdin: bool = False,
+        host: str = "127.0.0.1",
+    ):
         self.kind = kind
         self.client_id = client_id or new_id(16)
         self.head_address = head_address
@@ -211,7 +219,9 @@ class CoreClient(Ownership):
     def _tick(self, now: float) -> None:
         self._drain_releases()
         if self._store_deletes:
-            self._node_manager.send_multipart(protocol.encode({"op": protocol.STORE_DELETE, "oids": self._store_deletes}))
+            self._node_manager.send_multipart(
+                protocol.encode({"op": protocol.STORE_DELETE, "oids": self._store_deletes})
+            )
             self._store_deletes = []
         if self._touches:
             self._node_manager.send_multipart(protocol.encode({"op": protocol.STORE_TOUCH, "oids": self._touches}))
@@ -286,20 +296,34 @@ class CoreClient(Ownership):
     def connect(self, pid: int | None = None) -> None:
         """Register with the node manager (and, for a driver, with the head as a new job)."""
         if self.kind == "driver":
-            reply, _ = self.request("head", {"op": protocol.REGISTER_JOB, "pid": os.getpid(),
-                                             "namespace": self.namespace, "entrypoint": " ".join(sys.argv)})
+            reply, _ = self.request(
+                "head",
+                {
+                    "op": protocol.REGISTER_JOB,
+                    "pid": os.getpid(),
+                    "namespace": self.namespace,
+                    "entrypoint": " ".join(sys.argv),
+                },
+            )
             self.job_id = reply["job_id"]
             self.namespace = reply["namespace"]
             # Workers import the driver's own modules (functions pickled by reference) from these.
             import msgpack
 
             paths = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
-            self.request("head", {"op": protocol.KV_PUT, "key": b"job_sys_path:" + self.job_id},
-                         [msgpack.packb(paths)])
+            self.request("head", {"op": protocol.KV_PUT, "key": b"job_sys_path:" + self.job_id}, [msgpack.packb(paths)])
             if self.log_to_driver:
                 self.call_soon(self._subscribe_logs, reply["publisher"])
-        reply, _ = self.request("node_manager", {"op": protocol.REGISTER_CLIENT, "client_id": self.client_id,
-                                                 "pid": pid or os.getpid(), "kind": self.kind, "job": self.job_id})
+        reply, _ = self.request(
+            "node_manager",
+            {
+                "op": protocol.REGISTER_CLIENT,
+                "client_id": self.client_id,
+                "pid": pid or os.getpid(),
+                "kind": self.kind,
+                "job": self.job_id,
+            },
+        )
         self.node_id = reply["node_id"]
         self.resources = reply.get("resources", {})
 

@@ -118,7 +118,9 @@ class Head(Service):
 
     # --- nodes and jobs -------------------------------------------------------------------------
     def on_register_node(self, identity, header, frames):
-        node = NodeInfo(header["node_id"], header["address"], header["resources"], identity, host=header.get("host", ""))
+        node = NodeInfo(
+            header["node_id"], header["address"], header["resources"], identity, host=header.get("host", "")
+        )
         node.available = dict(node.resources)
         node.last_seen = time.monotonic()
         self.nodes[node.node_id] = node
@@ -322,7 +324,9 @@ class Head(Service):
     def on_list_named_actors(self, identity, header, frames):
         names = []
         for (namespace, name), actor_id in self.named.items():
-            if self.actors[actor_id].state != DEAD and (header.get("all_namespaces") or namespace == header.get("namespace")):
+            if self.actors[actor_id].state != DEAD and (
+                header.get("all_namespaces") or namespace == header.get("namespace")
+            ):
                 names.append({"name": name, "namespace": namespace} if header.get("all_namespaces") else name)
         return {"names": names}
 
@@ -370,7 +374,9 @@ class Head(Service):
             self._notify(actor)
             self._place(actor)
         else:
-            self._set_dead(actor, actor.death_cause or f"The actor's worker process (pid={actor.pid}) died unexpectedly.")
+            self._set_dead(
+                actor, actor.death_cause or f"The actor's worker process (pid={actor.pid}) died unexpectedly."
+            )
 
     def _set_dead(self, actor: ActorInfo, cause: str) -> None:
         actor.state = DEAD
@@ -384,7 +390,15 @@ class Head(Service):
         update = {"op": protocol.ACTOR_UPDATE, "actor": actor.public()}
         for identity in actor.subscribers:
             self.send(identity, update)
-        self.publish(b"event:actor", {"actor_id": actor.actor_id, "state": actor.state, "name": actor.spec.get("name"), "class_name": actor.spec.get("class_name")})
+        self.publish(
+            b"event:actor",
+            {
+                "actor_id": actor.actor_id,
+                "state": actor.state,
+                "name": actor.spec.get("name"),
+                "class_name": actor.spec.get("class_name"),
+            },
+        )
 
     # --- logs and events ------------------------------------------------------------------------
     def on_logs(self, identity, header, frames):

@@ -63,8 +63,16 @@ class NodeManager(Service):
         protocol.RESOURCES: "on_resources",
     }
 
-    def __init__(self, head_address: str, resources: dict, object_store_memory: int, session_dir: str,
-                 host: str = "127.0.0.1", env: dict | None = None, prestart: int | None = None):
+    def __init__(
+        self,
+        head_address: str,
+        resources: dict,
+        object_store_memory: int,
+        session_dir: str,
+        host: str = "127.0.0.1",
+        env: dict | None = None,
+        prestart: int | None = None,
+    ):
         super().__init__(host, 0)
         self.node_id = new_id(16)
         self.host = host
@@ -91,10 +99,18 @@ class NodeManager(Service):
         self.stats_dirty = True
         self.last_stats = 0.0
         self.last_client_check = 0.0
-        self.head.send_multipart(protocol.encode({
-            "op": protocol.REGISTER_NODE, "rid": b"reg", "node_id": self.node_id, "address": self.address,
-            "resources": resources, "host": host,
-        }))
+        self.head.send_multipart(
+            protocol.encode(
+                {
+                    "op": protocol.REGISTER_NODE,
+                    "rid": b"reg",
+                    "node_id": self.node_id,
+                    "address": self.address,
+                    "resources": resources,
+                    "host": host,
+                }
+            )
+        )
         for _ in range(int(num_cpus) if prestart is None else prestart):
             self.start_worker()
         self.scheduler.starting = len(self.processes)
@@ -113,7 +129,11 @@ class NodeManager(Service):
         log = open(os.path.join(self.log_dir, f"worker-{len(self.processes)}-{time.time_ns()}.log"), "ab")
         popen = subprocess.Popen(
             [sys.executable, "-m", "ember.runtime.worker"],
-            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env, close_fds=True,
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            close_fds=True,
         )
         log.close()
         self.processes.append(WorkerProcess(popen))
@@ -154,8 +174,12 @@ class NodeManager(Service):
 
     # --- clients (drivers and workers that own objects or hold leases) -----------------------------
     def on_register_client(self, identity, header, frames):
-        self.clients[header["client_id"]] = {"pid": header["pid"], "kind": header["kind"], "identity": identity,
-                                             "job": header.get("job")}
+        self.clients[header["client_id"]] = {
+            "pid": header["pid"],
+            "kind": header["kind"],
+            "identity": identity,
+            "job": header.get("job"),
+        }
         return {"prefix": self.store_prefix, "node_id": self.node_id, "resources": self.resources}
 
     def check_clients(self) -> None:
@@ -183,8 +207,13 @@ class NodeManager(Service):
         for amount in [*header["res"].values(), *header["run"].values()]:
             if amount < 0:
                 raise ValueError("resource amounts must be non-negative")
-        request = LeaseRequest(header["rid"], identity, to_fixed(header["res"]), to_fixed(header["run"]),
-                               for_actor=header.get("actor", False))
+        request = LeaseRequest(
+            header["rid"],
+            identity,
+            to_fixed(header["res"]),
+            to_fixed(header["run"]),
+            for_actor=header.get("actor", False),
+        )
         self.requests[request.request_id] = request
         self.carry_out(self.scheduler.request(request))
 
@@ -214,11 +243,20 @@ class NodeManager(Service):
                 process = self.workers[worker.worker_id]
                 if not request.for_actor:
                     self.client_leases.setdefault(request.client, set()).add(worker.worker_id)
-                self.send(request.client, {
-                    "op": protocol.LEASE_GRANTED, "rid": request.request_id, "wid": worker.worker_id,
-                    "addr": process.address, "caddr": process.client_address, "pid": process.popen.pid,
-                    "gpus": worker.gpu_ids, "res": from_fixed(worker.held), "node_id": self.node_id,
-                })
+                self.send(
+                    request.client,
+                    {
+                        "op": protocol.LEASE_GRANTED,
+                        "rid": request.request_id,
+                        "wid": worker.worker_id,
+                        "addr": process.address,
+                        "caddr": process.client_address,
+                        "pid": process.popen.pid,
+                        "gpus": worker.gpu_ids,
+                        "res": from_fixed(worker.held),
+                        "node_id": self.node_id,
+                    },
+                )
             elif kind == "start_worker":
                 self.start_worker()
             elif kind == "stop_worker":
@@ -229,10 +267,15 @@ class NodeManager(Service):
                     self.clients.pop(action[1], None)
             elif kind == "infeasible":
                 request = action[1]
-                self.send(request.client, {
-                    "op": protocol.LEASE_INFEASIBLE, "rid": request.request_id,
-                    "res": from_fixed(request.resources), "total": self.resources,
-                })
+                self.send(
+                    request.client,
+                    {
+                        "op": protocol.LEASE_INFEASIBLE,
+                        "rid": request.request_id,
+                        "res": from_fixed(request.resources),
+                        "total": self.resources,
+                    },
+                )
             elif kind == "lease_lost":
                 _, request, worker_id = action
                 self.client_leases.get(request.client, set()).discard(worker_id)
@@ -287,7 +330,9 @@ class NodeManager(Service):
         for oid in oids:
             self.store_owner.pop(oid, None)
             where = self.store.delete(oid)
-            path = object_path(self.store_prefix, oid) if where != "spilled" else os.path.join(self.spill_dir, oid.hex())
+            path = (
+                object_path(self.store_prefix, oid) if where != "spilled" else os.path.join(self.spill_dir, oid.hex())
+            )
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -319,11 +364,17 @@ class NodeManager(Service):
         if self.stats_dirty and now - self.last_stats > 0.1:
             self.stats_dirty = False
             self.last_stats = now
-            self.head.send_multipart(protocol.encode({
-                "op": protocol.NODE_STATS, "node_id": self.node_id,
-                "available": from_fixed(self.scheduler.available), "store": self.store.stats(),
-                "demand": self.scheduler.demand(),
-            }))
+            self.head.send_multipart(
+                protocol.encode(
+                    {
+                        "op": protocol.NODE_STATS,
+                        "node_id": self.node_id,
+                        "available": from_fixed(self.scheduler.available),
+                        "store": self.store.stats(),
+                        "demand": self.scheduler.demand(),
+                    }
+                )
+            )
 
     def close(self) -> None:
         for process in self.processes:

@@ -40,8 +40,7 @@ def store_prefix(node_id: bytes) -> str:
 class ObjectEntry:
     """An object this process owns."""
 
-    __slots__ = ("state", "inline", "node_id", "size", "error", "borrowers", "contained", "free_when_ready",
-                 "futures")
+    __slots__ = ("state", "inline", "node_id", "size", "error", "borrowers", "contained", "free_when_ready", "futures")
 
     def __init__(self, state=PENDING):
         self.state = state
@@ -219,11 +218,17 @@ class Ownership:
         try:
             write_object(object_path(store_prefix(self.node_id), oid), data, buffers, header, size)
         except BaseException:
-            self.call_soon(self._node_manager.send_multipart, protocol.encode(
-                {"op": protocol.STORE_SEALED, "oid": oid, "size": 0, "reserved": size, "owner": owner_id}))
+            self.call_soon(
+                self._node_manager.send_multipart,
+                protocol.encode(
+                    {"op": protocol.STORE_SEALED, "oid": oid, "size": 0, "reserved": size, "owner": owner_id}
+                ),
+            )
             raise
-        self.call_soon(self._node_manager.send_multipart, protocol.encode(
-            {"op": protocol.STORE_SEALED, "oid": oid, "size": size, "owner": owner_id}))
+        self.call_soon(
+            self._node_manager.send_multipart,
+            protocol.encode({"op": protocol.STORE_SEALED, "oid": oid, "size": size, "owner": owner_id}),
+        )
         return self.node_id
 
     def read_stored(self, oid: bytes, node_id: bytes):
@@ -281,7 +286,7 @@ class Ownership:
     def _unpack_location(holder, location, frames) -> None:
         kind = location[0]
         if kind == "v":
-            holder.inline = (frames[0], frames[1:1 + location[1]])
+            holder.inline = (frames[0], frames[1 : 1 + location[1]])
         elif kind == "s":
             holder.node_id = location[1]
         else:
@@ -293,8 +298,10 @@ class Ownership:
         with self._lock:
             entry = self._objects.get(oid)
             if entry is None:
-                self._reply(identity, {"op": protocol.ERROR, "rid": rid,
-                                       "error": "The object was freed or its owner does not know it."})
+                self._reply(
+                    identity,
+                    {"op": protocol.ERROR, "rid": rid, "error": "The object was freed or its owner does not know it."},
+                )
                 return
             if entry.state == PENDING:
                 entry.futures.append(("serve", identity, rid))
@@ -370,8 +377,7 @@ class Ownership:
                         blocked = self._notify_blocked(True)
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
-                        raise exceptions.GetTimeoutError(
-                            f"Get timed out: some object(s) not ready after {timeout} s.")
+                        raise exceptions.GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} s.")
                     self._cond.wait(remaining if remaining is not None else 1.0)
         finally:
             if blocked:
@@ -411,4 +417,3 @@ class Ownership:
                 entry = self._objects.pop(ref._id, None)
                 if entry is not None and entry.node_id is not None:
                     self._store_deletes.append(ref._id)
-

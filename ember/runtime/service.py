@@ -45,8 +45,9 @@ class Service:
         except Exception as error:
             logger.exception("handler for %s failed", header["op"])
             if rid is not None:
-                self.send(identity, {"op": protocol.ERROR, "rid": rid, "error": str(error),
-                                     "etype": type(error).__name__})
+                self.send(
+                    identity, {"op": protocol.ERROR, "rid": rid, "error": str(error), "etype": type(error).__name__}
+                )
             return
         if result is not None and rid is not None:
             body, reply_frames = result if isinstance(result, tuple) else (result, ())

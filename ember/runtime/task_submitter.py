@@ -53,9 +53,26 @@ class Arg:
 
 
 class TaskSpec:
-    __slots__ = ("task_id", "header", "frames", "refs", "keepalive", "return_ids", "key", "resources", "running",
-                 "retries_left", "retry_exceptions", "pending", "lease", "actor", "stream", "cancelled", "name",
-                 "parent")
+    __slots__ = (
+        "task_id",
+        "header",
+        "frames",
+        "refs",
+        "keepalive",
+        "return_ids",
+        "key",
+        "resources",
+        "running",
+        "retries_left",
+        "retry_exceptions",
+        "pending",
+        "lease",
+        "actor",
+        "stream",
+        "cancelled",
+        "name",
+        "parent",
+    )
 
     def __init__(self):
         self.pending = 0
@@ -66,8 +83,17 @@ class TaskSpec:
 
 
 class Lease:
-    __slots__ = ("worker_id", "address", "client_address", "key", "inflight", "idle_since", "gpus", "assigned",
-                 "retiring")
+    __slots__ = (
+        "worker_id",
+        "address",
+        "client_address",
+        "key",
+        "inflight",
+        "idle_since",
+        "gpus",
+        "assigned",
+        "retiring",
+    )
 
     def __init__(self, header, key):
         self.worker_id = header["wid"]
@@ -160,8 +186,9 @@ class TaskSubmitter:
         spec.name = name
         context = current_task.get()
         spec.parent = context.task_id if context else None
-        header.update(rid=task_id, tname=name, job=self.client.job_id, owner=self.client.address,
-                      owner_id=self.client.client_id)
+        header.update(
+            rid=task_id, tname=name, job=self.client.job_id, owner=self.client.address, owner_id=self.client.client_id
+        )
         spec.header = header
         self._prepare(spec, args, kwargs, f"the arguments of {name}")
         if num_returns == "streaming":
@@ -181,10 +208,27 @@ class TaskSubmitter:
             return ObjectRefGenerator(spec.stream, self)
         return refs
 
-    def submit_task(self, function_key: bytes, name: str, args, kwargs, *, num_returns, resources: dict,
-                    max_retries: int, retry_exceptions, env_vars=None, max_calls: int = 0):
-        header = {"op": protocol.EXECUTE_TASK, "fid": function_key, "nret": num_returns, "env": env_vars,
-                  "max_calls": max_calls}
+    def submit_task(
+        self,
+        function_key: bytes,
+        name: str,
+        args,
+        kwargs,
+        *,
+        num_returns,
+        resources: dict,
+        max_retries: int,
+        retry_exceptions,
+        env_vars=None,
+        max_calls: int = 0,
+    ):
+        header = {
+            "op": protocol.EXECUTE_TASK,
+            "fid": function_key,
+            "nret": num_returns,
+            "env": env_vars,
+            "max_calls": max_calls,
+        }
         spec = self._new_spec(name, num_returns, args, kwargs, header)
         spec.resources = spec.running = resources
         spec.key = tuple(sorted(resources.items()))
@@ -205,12 +249,16 @@ class TaskSubmitter:
         state.subscribed = True
         state.keepalive = spec.keepalive
         self.client.call_soon(self.actors.setdefault, actor_id, state)
-        reply, _ = self.client.request("head", {"op": protocol.CREATE_ACTOR, "actor_id": actor_id,
-                                                "job_id": self.client.job_id, "spec": header}, spec.frames)
+        reply, _ = self.client.request(
+            "head",
+            {"op": protocol.CREATE_ACTOR, "actor_id": actor_id, "job_id": self.client.job_id, "spec": header},
+            spec.frames,
+        )
         return reply.get("existing")
 
-    def submit_actor_task(self, actor_id: bytes, method: str, args, kwargs, *, num_returns, max_task_retries: int,
-                          name: str):
+    def submit_actor_task(
+        self, actor_id: bytes, method: str, args, kwargs, *, num_returns, max_task_retries: int, name: str
+    ):
         header = {"op": protocol.ACTOR_CALL, "method": method, "nret": num_returns}
         spec = self._new_spec(name, num_returns, args, kwargs, header)
         spec.actor = actor_id
@@ -237,8 +285,11 @@ class TaskSubmitter:
                 state = self.actors[spec.actor] = ActorState(spec.actor)
             if not state.subscribed:
                 state.subscribed = True
-                self.client.send("head", {"op": protocol.SUBSCRIBE_ACTOR, "actor_id": spec.actor},
-                                 callback=lambda header, _: self.on_actor_update(header))
+                self.client.send(
+                    "head",
+                    {"op": protocol.SUBSCRIBE_ACTOR, "actor_id": spec.actor},
+                    callback=lambda header, _: self.on_actor_update(header),
+                )
             state.queue.append(spec)
             self._pump_actor(state)
         elif spec.pending == 0:
@@ -291,8 +342,11 @@ class TaskSubmitter:
     def _pump(self, key) -> None:
         shape = self.shapes[key]
         while shape.queue:
-            lease = min((lease for lease in shape.leases.values() if not lease.retiring),
-                        key=lambda lease: len(lease.inflight), default=None)
+            lease = min(
+                (lease for lease in shape.leases.values() if not lease.retiring),
+                key=lambda lease: len(lease.inflight),
+                default=None,
+            )
             if lease is None or len(lease.inflight) >= PIPELINE:
                 break
             self._dispatch(shape.queue.popleft(), lease)
@@ -300,9 +354,17 @@ class TaskSubmitter:
         for _ in range(wanted):
             rid = new_id(8)
             shape.requests.add(rid)
-            self.client.send("node_manager", {"op": protocol.REQUEST_LEASE, "rid": rid, "res": shape.resources,
-                                              "run": shape.running, "actor": False},
-                             callback=partial(self._on_lease, key, rid))
+            self.client.send(
+                "node_manager",
+                {
+                    "op": protocol.REQUEST_LEASE,
+                    "rid": rid,
+                    "res": shape.resources,
+                    "run": shape.running,
+                    "actor": False,
+                },
+                callback=partial(self._on_lease, key, rid),
+            )
         if not shape.queue and shape.requests:
             for rid in shape.requests:
                 self.client.send("node_manager", {"op": protocol.CANCEL_LEASE_REQUEST, "rid": rid})
@@ -388,8 +450,7 @@ class TaskSubmitter:
             for oid, ret in zip(spec.return_ids, header["rets"]):
                 if ret[0] == "v":
                     count = ret[1]
-                    complete(oid, inline=(frames[position], frames[position + 1:position + 1 + count]),
-                             size=ret[2])
+                    complete(oid, inline=(frames[position], frames[position + 1 : position + 1 + count]), size=ret[2])
                     position += 1 + count
                 else:
                     complete(oid, node_id=ret[2], size=ret[1])
@@ -432,15 +493,22 @@ class TaskSubmitter:
                 spec.retries_left -= 1 if spec.retries_left > 0 else 0
                 self._enqueue(spec, front=True)
             else:
-                self._fail(spec, exceptions.WorkerCrashedError(
-                    f"The worker running task {spec.name} died unexpectedly (SIGKILL, out of memory, or "
-                    "os._exit) and the task has no retries left (max_retries)."))
+                self._fail(
+                    spec,
+                    exceptions.WorkerCrashedError(
+                        f"The worker running task {spec.name} died unexpectedly (SIGKILL, out of memory, or "
+                        "os._exit) and the task has no retries left (max_retries)."
+                    ),
+                )
         self._pump(lease.key)
 
     def on_infeasible(self, header, frames) -> None:
-        print(f"Warning: a task or actor needs {header['res']}, but no node in the cluster has that much "
-              f"(this node has {header['total']}). It stays pending until a node that can run it joins.",
-              file=sys.stderr, flush=True)
+        print(
+            f"Warning: a task or actor needs {header['res']}, but no node in the cluster has that much "
+            f"(this node has {header['total']}). It stays pending until a node that can run it joins.",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def tick(self, now: float) -> None:
         for shape in self.shapes.values():
@@ -464,7 +532,7 @@ class TaskSubmitter:
         oid = return_object_id(spec.task_id, index + 1)
         self.client.new_owned(oid)
         if ret[0] == "v":
-            self.client.complete(oid, inline=(frames[0], frames[1:1 + ret[1]]), size=ret[2])
+            self.client.complete(oid, inline=(frames[0], frames[1 : 1 + ret[1]]), size=ret[2])
         elif ret[0] == "s":
             self.client.complete(oid, node_id=ret[2], size=ret[1])
         else:
@@ -487,8 +555,9 @@ class TaskSubmitter:
         if state.state == DEAD:
             while state.queue:
                 spec = state.queue.popleft()
-                self._fail(spec, exceptions.ActorDiedError(state.death_cause or "The actor is dead.",
-                                                           state.actor_id.hex()))
+                self._fail(
+                    spec, exceptions.ActorDiedError(state.death_cause or "The actor is dead.", state.actor_id.hex())
+                )
             return
         if state.state != ALIVE:
             return
@@ -541,9 +610,15 @@ class TaskSubmitter:
                     spec.retries_left -= 1 if spec.retries_left > 0 else 0
                     retry.append(spec)
                 else:
-                    self._fail(spec, exceptions.ActorDiedError(
-                        info.get("death_cause") or "The actor died while running this call "
-                        "(it is being restarted; set max_task_retries to retry calls).", state.actor_id.hex()))
+                    self._fail(
+                        spec,
+                        exceptions.ActorDiedError(
+                            info.get("death_cause")
+                            or "The actor died while running this call "
+                            "(it is being restarted; set max_task_retries to retry calls).",
+                            state.actor_id.hex(),
+                        ),
+                    )
             state.inflight.clear()
             state.queue.extendleft(reversed(retry))
             state.address = state.client_address = None
@@ -569,8 +644,9 @@ class TaskSubmitter:
                 state.queue.remove(spec)
                 self._fail(spec, error)
             elif state is not None and state.client_address:
-                self.client.send(state.client_address, {"op": protocol.CANCEL_TASK, "task_id": task_id,
-                                                        "recursive": recursive})
+                self.client.send(
+                    state.client_address, {"op": protocol.CANCEL_TASK, "task_id": task_id, "recursive": recursive}
+                )
             return
         if spec.lease is None:
             shape = self.shapes.get(spec.key)
@@ -581,8 +657,9 @@ class TaskSubmitter:
         if force:
             self.client.send("node_manager", {"op": protocol.KILL_WORKER, "wid": spec.lease.worker_id})
         else:
-            self.client.send(spec.lease.client_address, {"op": protocol.CANCEL_TASK, "task_id": task_id,
-                                                         "recursive": recursive})
+            self.client.send(
+                spec.lease.client_address, {"op": protocol.CANCEL_TASK, "task_id": task_id, "recursive": recursive}
+            )
 
     def cancel_children(self, parent: bytes) -> None:
         for spec in [s for s in self.specs.values() if s.parent == parent]:

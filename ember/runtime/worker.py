@@ -75,8 +75,9 @@ class LogStream:
 class Worker:
     def __init__(self):
         set_current_client(None)
-        self.client = CoreClient(os.environ["EMBER_HEAD"], os.environ["EMBER_NODE_MANAGER"], kind="worker",
-                                 watch_stdin=True)
+        self.client = CoreClient(
+            os.environ["EMBER_HEAD"], os.environ["EMBER_NODE_MANAGER"], kind="worker", watch_stdin=True
+        )
         set_current_client(self.client)
         self.client.cancel_handler = self.cancel
         self.socket, self.address = transport.bind_router()
@@ -118,10 +119,16 @@ class Worker:
     # --- main loop ----------------------------------------------------------------------------------
     def run(self) -> None:
         self.client.connect()
-        reply, _ = self.client.request("node_manager", {
-            "op": protocol.WORKER_READY, "wid": self.client.client_id, "pid": os.getpid(),
-            "addr": self.address, "caddr": self.client.address,
-        })
+        reply, _ = self.client.request(
+            "node_manager",
+            {
+                "op": protocol.WORKER_READY,
+                "wid": self.client.client_id,
+                "pid": os.getpid(),
+                "addr": self.address,
+                "caddr": self.client.address,
+            },
+        )
         sys.stdout = LogStream("stdout", self.client, sys.__stdout__)
         sys.stderr = LogStream("stderr", self.client, sys.__stderr__)
         poller = zmq.Poller()
@@ -180,7 +187,7 @@ class Worker:
             args, kwargs = self.client.read_stored(oid, node_id)
         else:
             nbuf = header.get("nbuf", 0)
-            args, kwargs = deserialize(frames[0], frames[1:1 + nbuf])
+            args, kwargs = deserialize(frames[0], frames[1 : 1 + nbuf])
         refs = header.get("refs")
         if not refs:
             return args, kwargs
@@ -191,7 +198,7 @@ class Worker:
             key, kind = entry[0], entry[1]
             if kind == "v":
                 start, count = entry[2], entry[3]
-                values[key] = deserialize(frames[start], frames[start + 1:start + 1 + count])
+                values[key] = deserialize(frames[start], frames[start + 1 : start + 1 + count])
             elif kind == "s":
                 values[key] = self.client.read_stored(entry[2], entry[3])
             else:
@@ -221,8 +228,10 @@ class Worker:
         else:
             values = list(result) if isinstance(result, (tuple, list)) else None
             if values is None or len(values) != num_returns:
-                raise ValueError(f"{header['tname']} declared num_returns={num_returns} but returned "
-                                 f"{type(result).__name__} {'of length ' + str(len(values)) if values else ''}".rstrip())
+                raise ValueError(
+                    f"{header['tname']} declared num_returns={num_returns} but returned "
+                    f"{type(result).__name__} {'of length ' + str(len(values)) if values else ''}".rstrip()
+                )
         rets, frames = [], []
         for index, value in enumerate(values, start=1):
             ret, value_frames = self.pack_value(task_id, index, value, header["owner_id"])
@@ -240,9 +249,16 @@ class Worker:
     # --- normal tasks -----------------------------------------------------------------------------
     def _context(self, header: dict, actor_id=None) -> TaskContext:
         assigned = header.get("res") or {}
-        return TaskContext(task_id=header["rid"], name=header.get("tname", ""), job_id=header.get("job"),
-                           actor_id=actor_id, assigned=assigned, gpu_ids=header.get("gpus") or [],
-                           holds_cpu=assigned.get("CPU", 0) > 0, borrowed=[])
+        return TaskContext(
+            task_id=header["rid"],
+            name=header.get("tname", ""),
+            job_id=header.get("job"),
+            actor_id=actor_id,
+            assigned=assigned,
+            gpu_ids=header.get("gpus") or [],
+            holds_cpu=assigned.get("CPU", 0) > 0,
+            borrowed=[],
+        )
 
     def execute_task(self, identity: bytes, header: dict, frames: list) -> list:
         task_id = header["rid"]
@@ -297,8 +313,9 @@ class Worker:
 
     def _send_stream_item(self, identity: bytes, header: dict, index: int, value) -> None:
         ret, frames = self.pack_value(header["rid"], index, value, header["owner_id"])
-        message = protocol.encode({"op": protocol.STREAM_ITEM, "rid": header["rid"], "idx": index - 1, "ret": ret},
-                                  frames)
+        message = protocol.encode(
+            {"op": protocol.STREAM_ITEM, "rid": header["rid"], "idx": index - 1, "ret": ret}, frames
+        )
         if threading.current_thread() is threading.main_thread():
             self.socket.send_multipart([identity, *message], copy=False)
         else:
@@ -340,8 +357,10 @@ class Worker:
         try:
             cls = self.client.load_function(header["cid"], header.get("job"))
             args, kwargs = self.resolve_args(header, frames)
-            is_async = any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
-                           for _, m in inspect.getmembers(cls, inspect.isfunction))
+            is_async = any(
+                inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+                for _, m in inspect.getmembers(cls, inspect.isfunction)
+            )
             max_concurrency = header.get("max_concurrency") or (1000 if is_async else 1)
             if is_async:
                 self.loop = asyncio.new_event_loop()
@@ -358,7 +377,8 @@ class Worker:
     def actor_call(self, identity: bytes, header: dict, frames: list):
         if self.loop is not None:
             self.async_tasks[header["rid"]] = asyncio.run_coroutine_threadsafe(
-                self._run_async_call(identity, header, frames), self.loop)
+                self._run_async_call(identity, header, frames), self.loop
+            )
             return None
         if self.executor is not None:
             self.executor.submit(lambda: self.send_later(identity, self._run_call(identity, header, frames)))
@@ -413,12 +433,18 @@ class Worker:
         current_task.set(context)
         try:
             async with self.semaphore:
-                args, kwargs = await asyncio.get_running_loop().run_in_executor(
-                    None, self.resolve_args, header, frames) if header.get("refs") else self.resolve_args(header, frames)
+                args, kwargs = (
+                    await asyncio.get_running_loop().run_in_executor(None, self.resolve_args, header, frames)
+                    if header.get("refs")
+                    else self.resolve_args(header, frames)
+                )
                 result = self._method(header)(*args, **kwargs)
                 if header["nret"] == "streaming":
-                    reply = (await self.stream_async(identity, header, result) if hasattr(result, "__aiter__")
-                             else self.stream(identity, header, result))
+                    reply = (
+                        await self.stream_async(identity, header, result)
+                        if hasattr(result, "__aiter__")
+                        else self.stream(identity, header, result)
+                    )
                 else:
                     if inspect.isawaitable(result):
                         result = await result
