@@ -43,8 +43,26 @@ def record_contained_ref(ref) -> None:
         contained.append(ref)
 
 
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _plain(value, depth: int = 3) -> bool:
+    """Whether ``value`` is builtin scalars in small builtin containers: C pickle handles it alone."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if not depth or kind not in (tuple, list, dict) or len(value) > 16:
+        return False
+    if kind is dict:
+        return all(type(k) in _SCALARS and _plain(v, depth - 1) for k, v in value.items())
+    return all(_plain(v, depth - 1) for v in value)
+
+
 def serialize(value, what: str = "value") -> tuple[bytes, list, list]:
     """Pickle ``value``; returns (pickle bytes, out-of-band buffers, contained ObjectRefs)."""
+    if _plain(value):
+        # The common case of small arguments and results: skip building a cloudpickle Pickler.
+        return pickle.dumps(value, protocol=5), [], []
     buffers: list = []
 
     def buffer_callback(buffer: pickle.PickleBuffer):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import ember
 
@@ -54,7 +55,7 @@ class ActorPool:
                 f"ActorPool requires an iterable of actor handles, got {type(actors).__name__}"
             ) from e
         # Actors that are free to take work.
-        self._idle_actors: List[Any] = actor_list
+        self._idle_actors: list[Any] = actor_list
         # future key -> (submission index, actor running it)
         self._future_to_actor: dict = {}
         # submission index -> future, used by the ordered getters.
@@ -64,7 +65,7 @@ class ActorPool:
         # Index of the next result the ordered getter returns.
         self._next_return_index = 0
         # (fn, value) pairs waiting for an actor to become idle.
-        self._pending_submits: List[tuple] = []
+        self._pending_submits: list[tuple] = []
 
     # ------------------------------------------------------------------ map
     def map(self, fn: Callable[[Any, Any], Any], values: Iterable[Any]) -> Iterator[Any]:
@@ -153,7 +154,7 @@ class ActorPool:
         """Return whether there are any pending results to get."""
         return bool(self._future_to_actor)
 
-    def get_next(self, timeout: Optional[float] = None, ignore_if_timedout: bool = False) -> Any:
+    def get_next(self, timeout: float | None = None, ignore_if_timedout: bool = False) -> Any:
         """Return the next result in submission order, blocking until it is ready.
 
         The "next" result is that of the oldest submission whose result has
@@ -197,7 +198,7 @@ class ActorPool:
         return ember.get(future)
 
     def get_next_unordered(
-        self, timeout: Optional[float] = None, ignore_if_timedout: bool = False
+        self, timeout: float | None = None, ignore_if_timedout: bool = False
     ) -> Any:
         """Return any of the next results, whichever finishes first.
 
@@ -239,7 +240,7 @@ class ActorPool:
         """Return whether an actor is idle and no submissions are queued."""
         return bool(self._idle_actors) and not self._pending_submits
 
-    def pop_idle(self) -> Optional[Any]:
+    def pop_idle(self) -> Any | None:
         """Remove an idle actor from the pool and return it, or None if none is free."""
         if self.has_free():
             return self._idle_actors.pop()
@@ -261,7 +262,7 @@ def _as_list(future: Any) -> list:
     return list(future) if isinstance(future, (list, tuple)) else [future]
 
 
-def _check_timeout(timeout: Optional[float]) -> None:
+def _check_timeout(timeout: float | None) -> None:
     if timeout is None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):

@@ -15,7 +15,7 @@ The backend starts an :class:`ember.util.multiprocessing.Pool` with
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 from joblib import register_parallel_backend
 from joblib._parallel_backends import (
@@ -54,9 +54,9 @@ class EmberBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
 
     def __init__(
         self,
-        nesting_level: Optional[int] = None,
-        inner_max_num_threads: Optional[int] = None,
-        ray_remote_args: Optional[Dict[str, Any]] = None,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        ray_remote_args: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         if ray_remote_args is not None and not isinstance(ray_remote_args, dict):
@@ -68,7 +68,7 @@ class EmberBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
             nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **kwargs
         )
 
-    def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
         """Return how many actors a ``Parallel`` call with ``n_jobs`` uses."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
@@ -88,8 +88,8 @@ class EmberBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
         self,
         n_jobs: int = 1,
         parallel: Any = None,
-        prefer: Optional[str] = None,
-        require: Optional[str] = None,
+        prefer: str | None = None,
+        require: str | None = None,
         **backend_kwargs: Any,
     ) -> int:
         """Start the actor pool for a ``Parallel`` call and return its size."""

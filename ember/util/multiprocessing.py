@@ -19,7 +19,8 @@ import sys
 import threading
 import traceback
 import types
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import ember
 
@@ -98,10 +99,10 @@ _CALL_ARGS_KWARGS = 2  # func(*item[0], **item[1])
 class _PoolActor:
     """One pool process: runs the initializer once, then batches of calls."""
 
-    def __init__(self, initializer: Optional[Callable], initargs: tuple):
+    def __init__(self, initializer: Callable | None, initargs: tuple):
         # module name -> {global name: value} assigned by code run in this actor,
         # for functions that arrived pickled by value (see _run_with_globals).
-        self._worker_globals: Dict[str, Dict[str, Any]] = {}
+        self._worker_globals: dict[str, dict[str, Any]] = {}
         if initializer is not None:
             self._run_with_globals(initializer, lambda: initializer(*initargs))
 
@@ -133,8 +134,8 @@ class _PoolActor:
                 if name not in before or before[name] is not value:
                     saved[name] = value
 
-    def run_batch(self, func: Callable, batch: List[Any], mode: int) -> List[Tuple[bool, Any]]:
-        results: List[Tuple[bool, Any]] = []
+    def run_batch(self, func: Callable, batch: list[Any], mode: int) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
 
         def body() -> None:
             for item in batch:
@@ -175,13 +176,13 @@ class AsyncResult:
     result is known, before :meth:`ready` turns True.
     """
 
-    def __init__(self, callback: Optional[Callable] = None, error_callback: Optional[Callable] = None):
+    def __init__(self, callback: Callable | None = None, error_callback: Callable | None = None):
         _check_callback(callback, "callback")
         _check_callback(error_callback, "error_callback")
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
-        self._success: Optional[bool] = None
+        self._success: bool | None = None
         self._value: Any = None
 
     def _set(self, success: bool, value: Any) -> None:
@@ -220,12 +221,12 @@ class AsyncResult:
             raise ValueError(f"{self!r} not ready")
         return bool(self._success)
 
-    def wait(self, timeout: Optional[float] = None) -> None:
+    def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is available or ``timeout`` seconds pass."""
         _check_timeout(timeout)
         self._event.wait(timeout)
 
-    def get(self, timeout: Optional[float] = None) -> Any:
+    def get(self, timeout: float | None = None) -> Any:
         """Return the result when it arrives, re-raising the call's exception if it failed.
 
         Raises:
@@ -249,8 +250,8 @@ class MapResult(AsyncResult):
 
     def __init__(self, length: int, callback=None, error_callback=None):
         super().__init__(callback, error_callback)
-        self._items: List[Any] = [None] * length
-        self._error: Optional[BaseException] = None
+        self._items: list[Any] = [None] * length
+        self._error: BaseException | None = None
         self._chunks_left = 0
         self._lock = threading.Lock()
 
@@ -285,9 +286,9 @@ class IMapIterator:
 
     def __init__(self):
         self._cond = threading.Condition(threading.Lock())
-        self._results: Dict[int, Tuple[bool, Any]] = {}
+        self._results: dict[int, tuple[bool, Any]] = {}
         self._next_index = 0
-        self._length: Optional[int] = None
+        self._length: int | None = None
 
     def _set_length(self, length: int) -> None:
         with self._cond:
@@ -303,15 +304,15 @@ class IMapIterator:
     def _ready_locked(self) -> bool:
         return self._next_index in self._results
 
-    def _take_locked(self) -> Tuple[bool, Any]:
+    def _take_locked(self) -> tuple[bool, Any]:
         item = self._results.pop(self._next_index)
         self._next_index += 1
         return item
 
-    def __iter__(self) -> "IMapIterator":
+    def __iter__(self) -> IMapIterator:
         return self
 
-    def next(self, timeout: Optional[float] = None) -> Any:
+    def next(self, timeout: float | None = None) -> Any:
         """Return the next result, waiting at most ``timeout`` seconds (None: forever)."""
         _check_timeout(timeout)
         with self._cond:
@@ -343,12 +344,12 @@ class IMapUnorderedIterator(IMapIterator):
     def _ready_locked(self) -> bool:
         return bool(self._arrived)
 
-    def _take_locked(self) -> Tuple[bool, Any]:
+    def _take_locked(self) -> tuple[bool, Any]:
         self._next_index += 1
         return self._arrived.popleft()
 
 
-def _chunk_items(size: int, ok: bool, value: Any) -> List[Tuple[bool, Any]]:
+def _chunk_items(size: int, ok: bool, value: Any) -> list[tuple[bool, Any]]:
     """Per-item (ok, value) pairs of a finished chunk; a failed chunk fails every item."""
     if ok:
         return list(value)
@@ -413,13 +414,13 @@ class Pool:
 
     def __init__(
         self,
-        processes: Optional[int] = None,
-        initializer: Optional[Callable] = None,
+        processes: int | None = None,
+        initializer: Callable | None = None,
         initargs: Iterable[Any] = (),
-        maxtasksperchild: Optional[int] = None,
+        maxtasksperchild: int | None = None,
         context: Any = None,
-        ray_address: Optional[str] = None,
-        ray_remote_args: Optional[Dict[str, Any]] = None,
+        ray_address: str | None = None,
+        ray_remote_args: dict[str, Any] | None = None,
     ):
         if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)):
             raise TypeError(f"processes must be an int or None, got {type(processes).__name__}")
@@ -444,9 +445,9 @@ class Pool:
         self._cond = threading.Condition(self._lock)
         self._state = _RUN
         # ref -> (worker, on_done(ok, value), on_abandon(exc))
-        self._pending: Dict[Any, Tuple[_Worker, Callable, Callable]] = {}
-        self._workers: List[_Worker] = []
-        self._retired: List[_Worker] = []
+        self._pending: dict[Any, tuple[_Worker, Callable, Callable]] = {}
+        self._workers: list[_Worker] = []
+        self._retired: list[_Worker] = []
         self._rr = itertools.count()
 
         if not ember.is_initialized():
@@ -490,7 +491,7 @@ class Pool:
             raise ValueError("Pool not running")
 
     def _submit_chunk(
-        self, func: Any, batch: List[Any], mode: int, on_done: Callable, on_abandon: Callable
+        self, func: Any, batch: list[Any], mode: int, on_done: Callable, on_abandon: Callable
     ) -> None:
         with self._cond:
             self._check_running()
@@ -558,14 +559,14 @@ class Pool:
         self._kill_all(workers)
 
     @staticmethod
-    def _kill_all(workers: List[_Worker]) -> None:
+    def _kill_all(workers: list[_Worker]) -> None:
         for w in workers:
             try:
                 ember.kill(w.actor)
             except Exception:
                 pass
 
-    def _chunks(self, iterable: Iterable[Any], chunksize: int) -> Iterator[Tuple[int, List[Any]]]:
+    def _chunks(self, iterable: Iterable[Any], chunksize: int) -> Iterator[tuple[int, list[Any]]]:
         it = iter(iterable)
         start = 0
         while True:
@@ -619,7 +620,7 @@ class Pool:
         return iterator
 
     # ------------------------------------------------------------------ API
-    def apply(self, func: Callable, args: Iterable[Any] = (), kwds: Optional[Dict[str, Any]] = None) -> Any:
+    def apply(self, func: Callable, args: Iterable[Any] = (), kwds: dict[str, Any] | None = None) -> Any:
         """Call ``func(*args, **kwds)`` in a pool actor and return its result (blocking)."""
         return self.apply_async(func, args, kwds).get()
 
@@ -627,9 +628,9 @@ class Pool:
         self,
         func: Callable,
         args: Iterable[Any] = (),
-        kwds: Optional[Dict[str, Any]] = None,
-        callback: Optional[Callable[[Any], None]] = None,
-        error_callback: Optional[Callable[[BaseException], None]] = None,
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[Any], None] | None = None,
+        error_callback: Callable[[BaseException], None] | None = None,
     ) -> AsyncResult:
         """Call ``func(*args, **kwds)`` in a pool actor without waiting.
 
@@ -658,7 +659,7 @@ class Pool:
         self._submit_chunk(func, [(tuple(args), kwds)], _CALL_ARGS_KWARGS, on_done, result._abandon)
         return result
 
-    def map(self, func: Callable, iterable: Iterable[Any], chunksize: Optional[int] = None) -> List[Any]:
+    def map(self, func: Callable, iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
         """Apply ``func`` to each element of ``iterable`` in parallel; return the results in order.
 
         Arguments:
@@ -676,14 +677,14 @@ class Pool:
         self,
         func: Callable,
         iterable: Iterable[Any],
-        chunksize: Optional[int] = None,
-        callback: Optional[Callable[[List[Any]], None]] = None,
-        error_callback: Optional[Callable[[BaseException], None]] = None,
+        chunksize: int | None = None,
+        callback: Callable[[list[Any]], None] | None = None,
+        error_callback: Callable[[BaseException], None] | None = None,
     ) -> AsyncResult:
         """Non-blocking :meth:`map`; returns an :class:`AsyncResult` whose value is the list."""
         return self._map_async(func, iterable, _CALL_ONE, chunksize, callback, error_callback)
 
-    def starmap(self, func: Callable, iterable: Iterable[Iterable[Any]], chunksize: Optional[int] = None) -> List[Any]:
+    def starmap(self, func: Callable, iterable: Iterable[Iterable[Any]], chunksize: int | None = None) -> list[Any]:
         """Like :meth:`map`, but each element is unpacked: ``func(*element)``."""
         return self._map_async(func, iterable, _CALL_STAR, chunksize, None, None).get()
 
@@ -691,9 +692,9 @@ class Pool:
         self,
         func: Callable,
         iterable: Iterable[Iterable[Any]],
-        chunksize: Optional[int] = None,
-        callback: Optional[Callable[[List[Any]], None]] = None,
-        error_callback: Optional[Callable[[BaseException], None]] = None,
+        chunksize: int | None = None,
+        callback: Callable[[list[Any]], None] | None = None,
+        error_callback: Callable[[BaseException], None] | None = None,
     ) -> AsyncResult:
         """Non-blocking :meth:`starmap`."""
         return self._map_async(func, iterable, _CALL_STAR, chunksize, callback, error_callback)
@@ -745,7 +746,7 @@ class Pool:
         if handler is not None and handler is not threading.current_thread():
             handler.join()
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         self._check_running()
         return self
 
@@ -761,7 +762,7 @@ class Pool:
         return f"<{type(self).__name__} state={self._state} processes={self._processes}>"
 
 
-def _cluster_cpus() -> Optional[float]:
+def _cluster_cpus() -> float | None:
     fn = getattr(ember, "cluster_resources", None)
     if fn is None:
         return None

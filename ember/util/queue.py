@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import queue as _stdlib_queue
-from typing import Any, Dict, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import ember
 
@@ -51,14 +52,14 @@ class _QueueActor:
     async def full(self) -> bool:
         return self.queue.full()
 
-    async def put(self, item: Any, timeout: Optional[float] = None):
+    async def put(self, item: Any, timeout: float | None = None):
         try:
             await asyncio.wait_for(self.queue.put(item), timeout)
         except asyncio.TimeoutError:
             return (_FULL, None)
         return (_OK, None)
 
-    async def get(self, timeout: Optional[float] = None):
+    async def get(self, timeout: float | None = None):
         try:
             item = await asyncio.wait_for(self.queue.get(), timeout)
         except asyncio.TimeoutError:
@@ -72,7 +73,7 @@ class _QueueActor:
             return (_FULL, None)
         return (_OK, None)
 
-    async def put_nowait_batch(self, items: List[Any]):
+    async def put_nowait_batch(self, items: list[Any]):
         if self.maxsize > 0 and len(items) + self.queue.qsize() > self.maxsize:
             return (
                 _FULL,
@@ -109,7 +110,7 @@ def _queue_actor_class():
     return _actor_class
 
 
-def _validate_timeout(timeout: Optional[float]) -> None:
+def _validate_timeout(timeout: float | None) -> None:
     if timeout is None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
@@ -162,7 +163,7 @@ class Queue:
                 print("drained")
     """
 
-    def __init__(self, maxsize: int = 0, actor_options: Optional[Dict[str, Any]] = None):
+    def __init__(self, maxsize: int = 0, actor_options: dict[str, Any] | None = None):
         if isinstance(maxsize, bool) or not isinstance(maxsize, int):
             raise TypeError(f"maxsize must be an int, got {type(maxsize).__name__}")
         if actor_options is not None and not isinstance(actor_options, dict):
@@ -200,7 +201,7 @@ class Queue:
         return ember.get(self._handle().full.remote())
 
     # ----------------------------------------------------------------- put
-    def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Add an item to the queue.
 
         Arguments:
@@ -224,7 +225,7 @@ class Queue:
         return None
 
     async def put_async(
-        self, item: Any, block: bool = True, timeout: Optional[float] = None
+        self, item: Any, block: bool = True, timeout: float | None = None
     ) -> None:
         """Coroutine version of :meth:`put`, for use inside async code and async actors."""
         if not block:
@@ -264,7 +265,7 @@ class Queue:
             raise Full(message)
 
     # ----------------------------------------------------------------- get
-    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return an item from the queue.
 
         Arguments:
@@ -286,7 +287,7 @@ class Queue:
             raise Empty
         return item
 
-    async def get_async(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+    async def get_async(self, block: bool = True, timeout: float | None = None) -> Any:
         """Coroutine version of :meth:`get`, for use inside async code and async actors."""
         if not block:
             status, item = await _await_ref(self._handle().get_nowait.remote())
@@ -305,7 +306,7 @@ class Queue:
         """
         return self.get(block=False)
 
-    def get_nowait_batch(self, num_items: int) -> List[Any]:
+    def get_nowait_batch(self, num_items: int) -> list[Any]:
         """Remove and return ``num_items`` items at once, without waiting.
 
         Either all requested items are returned or, if fewer are queued,
