@@ -1,5 +1,6 @@
 """Starting, connecting and stopping: nothing may be left behind, whatever way a driver ends."""
 
+import glob
 import os
 import signal
 import subprocess
@@ -202,3 +203,19 @@ def test_connect_to_missing_cluster():
         timeout=60,
     )
     assert result.stdout.startswith("ConnectionError")
+
+
+def test_connected_driver_frees_its_objects_on_shutdown(cluster):
+    from ember import api
+
+    prefix = api._cluster_process.store_prefix
+    before = set(glob.glob(f"/dev/shm/{prefix}-*"))
+    result = run_driver(f"""
+        import glob, numpy as np, ember
+        ember.init(address="{cluster.address_info["address"]}")
+        ref = ember.put(np.zeros(1_000_000))
+        print(len(set(glob.glob("/dev/shm/{prefix}-*")) - {sorted(before)!r}))
+        ember.shutdown()
+    """)
+    assert result.stdout.strip() == "1"
+    wait_for(lambda: set(glob.glob(f"/dev/shm/{prefix}-*")) <= before, message="the driver's objects to be freed")

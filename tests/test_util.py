@@ -16,15 +16,14 @@ from ember.util.queue import Empty, Full
 from ember.util.queue import Queue as QueueFromSubmodule
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    started = False
-    if not ember.is_initialized():
-        ember.init(num_cpus=2)
-        started = True
-    yield
-    if started:
-        ember.shutdown()
+@pytest.fixture(autouse=True)
+def _shared_cluster(cluster):
+    """Every test here runs on the session's shared cluster (tests/conftest.py)."""
+    yield cluster
+
+
+def _cluster_cpus():
+    return int(ember.cluster_resources()["CPU"])
 
 
 # ---------------------------------------------------------------------------
@@ -90,9 +89,7 @@ def test_actor_pool_map_unordered():
     out = list(pool.map_unordered(lambda a, v: a.work.remote(v), [0, 3]))
     # 3 sleeps 0.05 s, 0 sleeps 0.2 s: the faster one comes first.
     assert out == [30, 0]
-    assert sorted(pool.map_unordered(lambda a, v: a.work.remote(v), range(6))) == [
-        v * 10 for v in range(6)
-    ]
+    assert sorted(pool.map_unordered(lambda a, v: a.work.remote(v), range(6))) == [v * 10 for v in range(6)]
 
 
 def test_actor_pool_submit_and_queueing():
@@ -284,7 +281,7 @@ def test_queue_async_api():
 # multiprocessing.Pool
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def pool():
+def pool(cluster):
     with Pool(processes=2) as p:
         yield p
 
@@ -413,6 +410,11 @@ def test_pool_argument_validation():
         Pool(processes=1, initializer=5)
     with pytest.raises(ValueError):
         Pool(processes=1, maxtasksperchild=0)
+    with pytest.raises(ValueError):
+        Pool(processes=1000)  # more than the cluster's CPUs
+    cpus = _cluster_cpus()
+    with Pool() as p:  # defaults to one actor per cluster CPU
+        assert len(set(p.map(_pid, range(2 * cpus), chunksize=1))) == cpus
 
 
 # ---------------------------------------------------------------------------
@@ -450,9 +452,7 @@ def test_sklearn_under_ember_backend():
 
     register_ember()
     X, y = load_iris(return_X_y=True)
-    search = GridSearchCV(
-        LogisticRegression(max_iter=200), {"C": [0.1, 1.0]}, cv=3, n_jobs=2
-    )
+    search = GridSearchCV(LogisticRegression(max_iter=200), {"C": [0.1, 1.0]}, cv=3, n_jobs=2)
     with joblib.parallel_backend("ember"):
         search.fit(X, y)
     assert search.best_score_ > 0.9

@@ -334,21 +334,22 @@ class CoreClient(Ownership):
     def shutdown(self) -> None:
         if self._closed:
             return
-        if self.kind == "driver" and self.job_id is not None:
-            try:
-                self.request("head", {"op": protocol.JOB_FINISHED, "job_id": self.job_id}, timeout=5)
-            except Exception:
-                pass
         done = threading.Event()
 
         def flush():
             self._drain_releases()
             self._tick(time.monotonic())
-            self.submitter.close()
+            self.submitter.close()  # return leases before the node manager hears we are gone
             done.set()
 
         self.call_soon(flush)
         done.wait(5)
+        if self.kind == "driver" and self.job_id is not None:
+            try:
+                self.request("head", {"op": protocol.JOB_FINISHED, "job_id": self.job_id}, timeout=5)
+                self.request("node_manager", {"op": protocol.UNREGISTER_CLIENT, "client_id": self.client_id}, timeout=5)
+            except Exception:
+                pass  # the cluster is already gone
         self._closed = True
         self.call_soon(lambda: None)
         self._thread.join(5)

@@ -47,6 +47,7 @@ class WorkerProcess:
 class NodeManager(Service):
     handlers = {
         protocol.REGISTER_CLIENT: "on_register_client",
+        protocol.UNREGISTER_CLIENT: "on_unregister_client",
         protocol.REQUEST_LEASE: "on_request_lease",
         protocol.CANCEL_LEASE_REQUEST: "on_cancel_lease_request",
         protocol.RETURN_LEASE: "on_return_lease",
@@ -181,6 +182,10 @@ class NodeManager(Service):
             "job": header.get("job"),
         }
         return {"prefix": self.store_prefix, "node_id": self.node_id, "resources": self.resources}
+
+    def on_unregister_client(self, identity, header, frames):
+        self.client_died(header["client_id"])
+        return {}
 
     def check_clients(self) -> None:
         for client_id, client in list(self.clients.items()):

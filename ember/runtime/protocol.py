@@ -36,6 +36,7 @@ SHUTDOWN = "shutdown"
 
 # --- node manager ---------------------------------------------------------------------------
 REGISTER_CLIENT = "register_client"
+UNREGISTER_CLIENT = "unregister_client"  # a driver shut down: free what it owned
 REQUEST_LEASE = "request_lease"
 LEASE_GRANTED = "lease_granted"  # reply to REQUEST_LEASE
 LEASE_INFEASIBLE = "lease_infeasible"  # push while a request stays queued

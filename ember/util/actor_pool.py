@@ -51,9 +51,7 @@ class ActorPool:
         try:
             actor_list = list(actors)
         except TypeError as e:
-            raise TypeError(
-                f"ActorPool requires an iterable of actor handles, got {type(actors).__name__}"
-            ) from e
+            raise TypeError(f"ActorPool requires an iterable of actor handles, got {type(actors).__name__}") from e
         # Actors that are free to take work.
         self._idle_actors: list[Any] = actor_list
         # future key -> (submission index, actor running it)
@@ -62,8 +60,6 @@ class ActorPool:
         self._index_to_future: dict = {}
         # Index given to the next submitted task.
         self._next_task_index = 0
-        # Index of the next result the ordered getter returns.
-        self._next_return_index = 0
         # (fn, value) pairs waiting for an actor to become idle.
         self._pending_submits: list[tuple] = []
 
@@ -190,16 +186,13 @@ class ActorPool:
                     raise TimeoutError("Timed out waiting for result")
                 timed_out = True
         del self._index_to_future[index]
-        self._next_return_index = index + 1
         _, actor = self._future_to_actor.pop(_ref_key(future))
         self._return_actor(actor)
         if timed_out:
             raise TimeoutError(f"Timed out waiting for result; the task {future} has been ignored.")
         return ember.get(future)
 
-    def get_next_unordered(
-        self, timeout: float | None = None, ignore_if_timedout: bool = False
-    ) -> Any:
+    def get_next_unordered(self, timeout: float | None = None, ignore_if_timedout: bool = False) -> Any:
         """Return any of the next results, whichever finishes first.
 
         Arguments:

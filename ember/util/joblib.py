@@ -60,13 +60,9 @@ class EmberBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
         **kwargs: Any,
     ):
         if ray_remote_args is not None and not isinstance(ray_remote_args, dict):
-            raise TypeError(
-                f"ray_remote_args must be a dict or None, got {type(ray_remote_args).__name__}"
-            )
+            raise TypeError(f"ray_remote_args must be a dict or None, got {type(ray_remote_args).__name__}")
         self.ray_remote_args = ray_remote_args
-        super().__init__(
-            nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **kwargs
-        )
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **kwargs)
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """Return how many actors a ``Parallel`` call with ``n_jobs`` uses."""

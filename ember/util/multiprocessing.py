@@ -429,15 +429,11 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if maxtasksperchild is not None and (
-            isinstance(maxtasksperchild, bool)
-            or not isinstance(maxtasksperchild, int)
-            or maxtasksperchild < 1
+            isinstance(maxtasksperchild, bool) or not isinstance(maxtasksperchild, int) or maxtasksperchild < 1
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
         if ray_remote_args is not None and not isinstance(ray_remote_args, dict):
-            raise TypeError(
-                f"ray_remote_args must be a dict or None, got {type(ray_remote_args).__name__}"
-            )
+            raise TypeError(f"ray_remote_args must be a dict or None, got {type(ray_remote_args).__name__}")
         self._initializer = initializer
         self._initargs = tuple(initargs) if initargs is not None else ()
         self._maxtasksperchild = maxtasksperchild
@@ -462,8 +458,7 @@ class Pool:
             processes = max(1, int(cluster_cpus or os.cpu_count() or 1))
         elif cluster_cpus is not None and processes > cluster_cpus:
             raise ValueError(
-                f"Tried to start a pool with {processes} processes on a cluster "
-                f"with only {int(cluster_cpus)} CPUs."
+                f"Tried to start a pool with {processes} processes on a cluster with only {int(cluster_cpus)} CPUs."
             )
         self._processes = processes
         options = {"num_cpus": 0}
@@ -477,9 +472,7 @@ class Pool:
             self._kill_all(self._workers)
             self._state = _TERMINATE
             raise
-        self._handler = threading.Thread(
-            target=self._handle_results, name="ember-pool-results", daemon=True
-        )
+        self._handler = threading.Thread(target=self._handle_results, name="ember-pool-results", daemon=True)
         self._handler.start()
 
     # ------------------------------------------------------------ internals
@@ -490,9 +483,7 @@ class Pool:
         if self._state != _RUN:
             raise ValueError("Pool not running")
 
-    def _submit_chunk(
-        self, func: Any, batch: list[Any], mode: int, on_done: Callable, on_abandon: Callable
-    ) -> None:
+    def _submit_chunk(self, func: Any, batch: list[Any], mode: int, on_done: Callable, on_abandon: Callable) -> None:
         with self._cond:
             self._check_running()
             n = len(self._workers)
@@ -595,7 +586,9 @@ class Pool:
         fn = ember.put(func) if len(chunks) > 1 else func
         for start, batch in chunks:
             self._submit_chunk(
-                fn, batch, mode,
+                fn,
+                batch,
+                mode,
                 lambda ok, v, s=start, n=len(batch): result._set_chunk(s, n, ok, v),
                 result._abandon,
             )
@@ -611,7 +604,9 @@ class Pool:
             if fn is None:
                 fn = ember.put(func)
             self._submit_chunk(
-                fn, batch, mode,
+                fn,
+                batch,
+                mode,
                 lambda ok, v, s=start, n=len(batch): iterator._set_chunk(s, n, ok, v),
                 lambda e, s=start, n=len(batch): iterator._set_chunk(s, n, False, e),
             )
@@ -653,7 +648,7 @@ class Pool:
         result = AsyncResult(callback, error_callback)
 
         def on_done(ok: bool, value: Any) -> None:
-            (item_ok, item), = _chunk_items(1, ok, value)
+            ((item_ok, item),) = _chunk_items(1, ok, value)
             result._set(item_ok, item)
 
         self._submit_chunk(func, [(tuple(args), kwds)], _CALL_ARGS_KWARGS, on_done, result._abandon)
@@ -754,9 +749,7 @@ class Pool:
         self.terminate()
 
     def __reduce__(self):
-        raise NotImplementedError(
-            "pool objects cannot be passed between processes or pickled"
-        )
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} state={self._state} processes={self._processes}>"

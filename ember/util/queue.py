@@ -77,8 +77,7 @@ class _QueueActor:
         if self.maxsize > 0 and len(items) + self.queue.qsize() > self.maxsize:
             return (
                 _FULL,
-                f"Cannot add {len(items)} items to queue of size "
-                f"{self.queue.qsize()} and maxsize {self.maxsize}.",
+                f"Cannot add {len(items)} items to queue of size {self.queue.qsize()} and maxsize {self.maxsize}.",
             )
         for item in items:
             self.queue.put_nowait(item)
@@ -167,9 +166,7 @@ class Queue:
         if isinstance(maxsize, bool) or not isinstance(maxsize, int):
             raise TypeError(f"maxsize must be an int, got {type(maxsize).__name__}")
         if actor_options is not None and not isinstance(actor_options, dict):
-            raise TypeError(
-                f"actor_options must be a dict or None, got {type(actor_options).__name__}"
-            )
+            raise TypeError(f"actor_options must be a dict or None, got {type(actor_options).__name__}")
         self.maxsize = maxsize
         options = {"num_cpus": 0}
         options.update(actor_options or {})
@@ -224,9 +221,7 @@ class Queue:
             raise Full
         return None
 
-    async def put_async(
-        self, item: Any, block: bool = True, timeout: float | None = None
-    ) -> None:
+    async def put_async(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Coroutine version of :meth:`put`, for use inside async code and async actors."""
         if not block:
             status, _ = await _await_ref(self._handle().put_nowait.remote(item))
@@ -257,9 +252,7 @@ class Queue:
         try:
             batch = list(items)
         except TypeError as e:
-            raise TypeError(
-                f"put_nowait_batch expects an iterable, got {type(items).__name__}"
-            ) from e
+            raise TypeError(f"put_nowait_batch expects an iterable, got {type(items).__name__}") from e
         status, message = ember.get(self._handle().put_nowait_batch.remote(batch))
         if status == _FULL:
             raise Full(message)
