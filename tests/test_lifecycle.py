@@ -214,7 +214,7 @@ def test_connected_driver_frees_its_objects_on_shutdown(cluster):
         import glob, numpy as np, ember
         ember.init(address="{cluster.address_info["address"]}")
         ref = ember.put(np.zeros(1_000_000))
-        print(len(set(glob.glob("/dev/shm/{prefix}-*")) - {sorted(before)!r}))
+        print(len(set(glob.glob("/dev/shm/{prefix}-*")) - set({sorted(before)!r})))
         ember.shutdown()
     """)
     assert result.stdout.strip() == "1"
