@@ -3,7 +3,7 @@
 ``import ember as ray`` runs ordinary Ray core programs. This module only re-exports the public API.
 """
 
-from ember import exceptions
+from ember import exceptions, util
 from ember.actor import ActorClass, ActorHandle, method
 from ember.api import (
     available_resources,
@@ -48,5 +48,6 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "util",
     "wait",
 ]

@@ -153,3 +153,17 @@ def test_refs_returned_from_tasks_inside_values(cluster):
     refs = ember.get(make_many.remote(3))
     assert [int(ember.get(r)[0]) for r in refs] == [0, 1, 2]
     assert os.path.exists("/dev/shm")
+
+
+def test_get_of_object_whose_owner_died_raises(cluster):
+    # The inner object is owned by the worker that put it; that worker exits (max_calls=1).
+    @ember.remote(max_calls=1)
+    def owner_then_exit():
+        return [ember.put(np.zeros(200_000)), os.getpid()]
+
+    inner, pid = ember.get(owner_then_exit.remote())
+    import psutil
+
+    wait_for(lambda: not psutil.pid_exists(pid), message="the owning worker to exit")
+    with pytest.raises(ember.exceptions.OwnerDiedError):
+        ember.get(inner, timeout=30)

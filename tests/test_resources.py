@@ -114,7 +114,7 @@ def test_public_api_names():
     }
     assert set(ember.__all__) == expected
     public = {name for name in vars(ember) if not name.startswith("_")}
-    submodules = {"actor", "api", "options", "remote_function", "runtime", "runtime_context", "util"}
+    submodules = {"actor", "api", "options", "remote_function", "runtime", "runtime_context"}
     assert public - submodules == expected
 
 

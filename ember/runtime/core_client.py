@@ -133,6 +133,7 @@ class CoreClient(Ownership):
         from ember.runtime.task_submitter import PUSH_HANDLERS
 
         push_handlers = {op: getattr(self.submitter, name) for op, name in PUSH_HANDLERS.items()}
+        push_handlers[protocol.OWNER_DIED] = self.on_owner_died
         server_table = {
             protocol.GET_OBJECT: self._serve_get_object,
             protocol.ADD_BORROWER: self._serve_add_borrower,
@@ -318,6 +319,7 @@ class CoreClient(Ownership):
             "node_manager",
             {
                 "op": protocol.REGISTER_CLIENT,
+                "addr": self.address,
                 "client_id": self.client_id,
                 "pid": pid or os.getpid(),
                 "kind": self.kind,

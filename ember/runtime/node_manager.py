@@ -148,7 +148,12 @@ class NodeManager(Service):
         process.address = header["addr"]
         process.client_address = header["caddr"]
         self.workers[process.worker_id] = process
-        self.clients[header["wid"]] = {"pid": header["pid"], "kind": "worker", "identity": identity}
+        self.clients[header["wid"]] = {
+            "pid": header["pid"],
+            "kind": "worker",
+            "identity": identity,
+            "address": header["caddr"],
+        }
         self.carry_out(self.scheduler.worker_started(process.worker_id))
         return {"prefix": self.store_prefix, "node_id": self.node_id}
 
@@ -180,6 +185,7 @@ class NodeManager(Service):
             "kind": header["kind"],
             "identity": identity,
             "job": header.get("job"),
+            "address": header.get("addr"),
         }
         return {"prefix": self.store_prefix, "node_id": self.node_id, "resources": self.resources}
 
@@ -201,6 +207,10 @@ class NodeManager(Service):
         self.delete_objects(owned)
         if client is None:
             return
+        if client.get("address"):
+            # Whoever borrowed its objects must stop waiting for them.
+            for other in self.clients.values():
+                self.send(other["identity"], {"op": protocol.OWNER_DIED, "addr": client["address"]})
         for request in [r for r in self.requests.values() if r.client == client["identity"]]:
             self.requests.pop(request.request_id, None)
             self.scheduler.cancel(request.request_id)

@@ -57,9 +57,10 @@ class ObjectEntry:
 class BorrowedValue:
     """A fetched copy of an object owned elsewhere, cached while this process holds refs to it."""
 
-    __slots__ = ("state", "inline", "node_id", "error", "futures")
+    __slots__ = ("state", "inline", "node_id", "error", "futures", "owner")
 
-    def __init__(self):
+    def __init__(self, owner: str | None = None):
+        self.owner = owner
         self.state = PENDING
         self.inline = self.node_id = self.error = None
         self.futures: list = []
@@ -73,6 +74,7 @@ class Ownership:
         self._owners: dict[bytes, str] = {}  # borrowed object id -> owner address
         self._registered_borrows: set = set()
         self._releases: collections.deque = collections.deque()
+        self._dead_owners: set = set()
 
     def add_local_reference(self, ref: ObjectRef) -> None:
         oid = ref._id
@@ -260,9 +262,32 @@ class Ownership:
             return FAILED, lost
         borrowed = self._borrowed.get(oid)
         if borrowed is None:
-            borrowed = self._borrowed[oid] = BorrowedValue()
-            self.call_soon(self._fetch, oid, ref._owner)
+            borrowed = self._borrowed[oid] = BorrowedValue(ref._owner)
+            if ref._owner in self._dead_owners:
+                self._fail_borrowed(oid, borrowed)
+            else:
+                self.call_soon(self._fetch, oid, ref._owner)
         return borrowed.state, borrowed
+
+    def on_owner_died(self, header, frames=None) -> None:
+        """On the I/O thread: a process that owned objects died; nothing it owned can be read now."""
+        address = header["addr"]
+        self._dead_owners.add(address)
+        self.close_peer(address)
+        with self._cond:
+            for oid, borrowed in list(self._borrowed.items()):
+                if borrowed.state == PENDING and borrowed.owner == address:
+                    self._fail_borrowed(oid, borrowed)
+
+    def _fail_borrowed(self, oid: bytes, borrowed) -> None:
+        borrowed.error = exceptions.OwnerDiedError(
+            oid.hex(), f"Its owner (the process at {borrowed.owner} that created it) died."
+        )
+        borrowed.state = FAILED
+        self.changed = True
+        futures, borrowed.futures = borrowed.futures, []
+        for future in futures:
+            self._settle_future(future, oid)
 
     def _fetch(self, oid: bytes, owner: str) -> None:
         def on_reply(header, frames):

@@ -43,6 +43,7 @@ LEASE_INFEASIBLE = "lease_infeasible"  # push while a request stays queued
 RETURN_LEASE = "return_lease"
 CANCEL_LEASE_REQUEST = "cancel_lease_request"
 LEASED_WORKER_DIED = "leased_worker_died"  # push: node manager -> lessee
+OWNER_DIED = "owner_died"  # push: node manager -> every local client, when a client process dies
 WORKER_READY = "worker_ready"  # worker -> node manager
 WORKER_BLOCKED = "worker_blocked"
 WORKER_UNBLOCKED = "worker_unblocked"
