@@ -110,6 +110,7 @@ def test_public_api_names():
         "put",
         "remote",
         "shutdown",
+        "util",
         "wait",
     }
     assert set(ember.__all__) == expected
