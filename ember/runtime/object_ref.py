@@ -1,6 +1,5 @@
 """ObjectRef and ObjectRefGenerator: handles to values that exist, or will exist, in the cluster."""
 
-import asyncio
 import concurrent.futures
 
 from ember.runtime import serialization
@@ -64,6 +63,8 @@ class ObjectRef:
         return self._client.future_for(self)
 
     def __await__(self):
+        import asyncio  # not at module level: it costs 30 ms of every process's start-up
+
         return asyncio.wrap_future(self.future()).__await__()
 
 
@@ -94,6 +95,8 @@ class ObjectRefGenerator:
         return self
 
     async def __anext__(self) -> ObjectRef:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         ref = await loop.run_in_executor(None, self._client.next_stream_item, self._stream, self._next, None)
         if ref is None:

@@ -14,7 +14,6 @@ Normal tasks and the calls of a plain actor run on the main thread, one at a tim
 event loop thread. Replies from those threads reach the socket through an outbox and a wake pipe.
 """
 
-import asyncio
 import collections
 import inspect
 import os
@@ -240,7 +239,9 @@ class Worker:
         return protocol.encode({"op": protocol.TASK_RESULT, "rid": task_id, "rets": rets}, frames)
 
     def error_reply(self, header: dict, error: BaseException, name: str) -> list:
-        if isinstance(error, (_Cancelled, KeyboardInterrupt, asyncio.CancelledError)):
+        asyncio = sys.modules.get("asyncio")  # imported only by async actors (start-up time)
+        cancelled = (_Cancelled, KeyboardInterrupt) + ((asyncio.CancelledError,) if asyncio else ())
+        if isinstance(error, cancelled):
             error = exceptions.TaskCancelledError(f"Task {name} was cancelled.")
             error.__traceback__ = None
         frames = [serialize_error(error, name, os.getpid())]
@@ -363,6 +364,8 @@ class Worker:
             )
             max_concurrency = header.get("max_concurrency") or (1000 if is_async else 1)
             if is_async:
+                import asyncio
+
                 self.loop = asyncio.new_event_loop()
                 self.semaphore = asyncio.Semaphore(max_concurrency)
                 threading.Thread(target=self.loop.run_forever, name="ember-actor-loop", daemon=True).start()
@@ -376,6 +379,8 @@ class Worker:
 
     def actor_call(self, identity: bytes, header: dict, frames: list):
         if self.loop is not None:
+            import asyncio
+
             self.async_tasks[header["rid"]] = asyncio.run_coroutine_threadsafe(
                 self._run_async_call(identity, header, frames), self.loop
             )
@@ -429,6 +434,8 @@ class Worker:
         return reply
 
     async def _run_async_call(self, identity: bytes, header: dict, frames: list) -> None:
+        import asyncio
+
         context = self._call_context(header)
         current_task.set(context)
         try:

@@ -13,7 +13,6 @@ only imported when it is asked for.
 import importlib
 
 from .actor_pool import ActorPool
-from .queue import Queue
 
 __all__ = ["ActorPool", "Queue"]
 
@@ -21,6 +20,11 @@ _LAZY_SUBMODULES = ("actor_pool", "queue", "multiprocessing", "joblib")
 
 
 def __getattr__(name):
+    if name == "Queue":  # its module imports asyncio, which every worker would pay for at start-up
+        from .queue import Queue
+
+        globals()["Queue"] = Queue
+        return Queue
     if name in _LAZY_SUBMODULES:
         module = importlib.import_module(f"{__name__}.{name}")
         globals()[name] = module

@@ -1,364 +1,33 @@
-"""A drop-in replacement for :class:`multiprocessing.Pool` backed by Ember actors.
+"""The :class:`Pool` itself: a :class:`multiprocessing.Pool` whose processes are Ember actors.
 
-``from ember.util.multiprocessing import Pool`` in place of
-``from multiprocessing import Pool`` runs the same code on an Ember cluster:
-each pool "process" is an actor, so work can spread over every node, and an
-``initializer`` runs once in each actor, with the state it sets up kept for
-the tasks that actor runs later, as with worker processes.
+This module holds :class:`Pool` with its bookkeeping of worker actors
+(:class:`_Worker`), the result thread that delivers finished chunks to their
+results, the lookup of the cluster's CPU count, and the checks on the
+function and chunksize arguments.
 """
 
 from __future__ import annotations
 
-import builtins
-import collections
 import itertools
 import logging
-import multiprocessing as _mp
 import os
-import sys
 import threading
-import traceback
-import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import ember
 
-__all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "TimeoutError"]
+from .pool_actor import _CALL_ARGS_KWARGS, _CALL_ONE, _CALL_STAR, _pool_actor_class
+from .results import (
+    AsyncResult,
+    IMapIterator,
+    IMapUnorderedIterator,
+    MapResult,
+    _chunk_items,
+)
 
 logger = logging.getLogger(__name__)
 
-
-class TimeoutError(_mp.TimeoutError, builtins.TimeoutError):
-    """Raised when a result is not ready within the timeout.
-
-    It is both a :class:`multiprocessing.TimeoutError` (what code written for
-    ``multiprocessing`` catches) and a builtin :class:`TimeoutError`.
-    """
-
-
-# --------------------------------------------------------------------------
-# Exceptions travelling back from the actors
-# --------------------------------------------------------------------------
-class RemoteTraceback(Exception):
-    """Carries the formatted traceback of an exception raised inside a pool worker.
-
-    It is attached as ``__cause__`` of the re-raised exception, as
-    :mod:`multiprocessing` does.
-    """
-
-    def __init__(self, tb: str):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
-def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
-
-
-class _ExceptionWithTraceback:
-    """Pickles as the original exception with its remote traceback attached as the cause."""
-
-    def __init__(self, exc: BaseException):
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.tb = f'\n"""\n{text}"""'
-        self.exc = exc
-
-    def __reduce__(self):
-        return _rebuild_exception, (self.exc, self.tb)
-
-
-def _encode_exception(exc: BaseException) -> Any:
-    """Make an exception safe to send back: keep it if it pickles, else describe it."""
-    wrapped = _ExceptionWithTraceback(exc)
-    try:
-        import cloudpickle
-
-        cloudpickle.loads(cloudpickle.dumps(wrapped))
-    except Exception:
-        try:
-            text = repr(exc)
-        except Exception:
-            text = type(exc).__name__
-        return _ExceptionWithTraceback(RuntimeError(f"Error sending result: {text}"))
-    return wrapped
-
-
-# --------------------------------------------------------------------------
-# The actor behind each pool process
-# --------------------------------------------------------------------------
-_CALL_ONE = 0  # func(item)
-_CALL_STAR = 1  # func(*item)
-_CALL_ARGS_KWARGS = 2  # func(*item[0], **item[1])
-
-
-class _PoolActor:
-    """One pool process: runs the initializer once, then batches of calls."""
-
-    def __init__(self, initializer: Callable | None, initargs: tuple):
-        # module name -> {global name: value} assigned by code run in this actor,
-        # for functions that arrived pickled by value (see _run_with_globals).
-        self._worker_globals: dict[str, dict[str, Any]] = {}
-        if initializer is not None:
-            self._run_with_globals(initializer, lambda: initializer(*initargs))
-
-    def ping(self) -> int:
-        return os.getpid()
-
-    def _run_with_globals(self, fn: Any, body: Callable[[], Any]) -> Any:
-        """Run ``body`` so globals that ``fn`` and earlier functions set persist in this actor.
-
-        A function whose module cannot be imported here arrives with a private
-        copy of the globals it uses, so an initializer doing ``global STATE;
-        STATE = ...`` would otherwise be invisible to the functions run later.
-        Values assigned to such globals are recorded per module and copied
-        into the globals of every later function of that module.
-        """
-        if not isinstance(fn, types.FunctionType):
-            return body()
-        module = sys.modules.get(fn.__module__)
-        if module is not None and getattr(module, "__dict__", None) is fn.__globals__:
-            return body()  # a real module: its globals are already shared
-        g = fn.__globals__
-        saved = self._worker_globals.setdefault(fn.__module__, {})
-        g.update(saved)
-        before = dict(g)
-        try:
-            return body()
-        finally:
-            for name, value in g.items():
-                if name not in before or before[name] is not value:
-                    saved[name] = value
-
-    def run_batch(self, func: Callable, batch: list[Any], mode: int) -> list[tuple[bool, Any]]:
-        results: list[tuple[bool, Any]] = []
-
-        def body() -> None:
-            for item in batch:
-                try:
-                    if mode == _CALL_ONE:
-                        value = func(item)
-                    elif mode == _CALL_STAR:
-                        value = func(*item)
-                    else:
-                        args, kwargs = item
-                        value = func(*args, **kwargs)
-                    results.append((True, value))
-                except Exception as e:  # reported to the caller, like multiprocessing
-                    results.append((False, _encode_exception(e)))
-
-        self._run_with_globals(func, body)
-        return results
-
-
-_actor_class = None
-
-
-def _pool_actor_class():
-    """Build the remote actor class on first use."""
-    global _actor_class
-    if _actor_class is None:
-        _actor_class = ember.remote(_PoolActor)
-    return _actor_class
-
-
-# --------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------
-class AsyncResult:
-    """The result of :meth:`Pool.apply_async` / :meth:`Pool.map_async`, as in multiprocessing.
-
-    Callbacks given at submission run in the pool's result thread once the
-    result is known, before :meth:`ready` turns True.
-    """
-
-    def __init__(self, callback: Callable | None = None, error_callback: Callable | None = None):
-        _check_callback(callback, "callback")
-        _check_callback(error_callback, "error_callback")
-        self._event = threading.Event()
-        self._callback = callback
-        self._error_callback = error_callback
-        self._success: bool | None = None
-        self._value: Any = None
-
-    def _set(self, success: bool, value: Any) -> None:
-        if self._event.is_set():
-            return
-        self._success = success
-        self._value = value
-        try:
-            if success and self._callback is not None:
-                self._callback(value)
-            elif not success and self._error_callback is not None:
-                self._error_callback(value)
-        except Exception:
-            logger.exception("Exception in a Pool result callback")
-        finally:
-            self._event.set()
-
-    def _abandon(self, exc: BaseException) -> None:
-        """Fail the result without running callbacks (the pool was terminated)."""
-        if not self._event.is_set():
-            self._success = False
-            self._value = exc
-            self._event.set()
-
-    def ready(self) -> bool:
-        """Return whether the call has completed."""
-        return self._event.is_set()
-
-    def successful(self) -> bool:
-        """Return whether the call completed without raising.
-
-        Raises:
-            ValueError: If the result is not ready yet.
-        """
-        if not self.ready():
-            raise ValueError(f"{self!r} not ready")
-        return bool(self._success)
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Wait until the result is available or ``timeout`` seconds pass."""
-        _check_timeout(timeout)
-        self._event.wait(timeout)
-
-    def get(self, timeout: float | None = None) -> Any:
-        """Return the result when it arrives, re-raising the call's exception if it failed.
-
-        Raises:
-            TimeoutError: If the result is not ready within ``timeout`` seconds
-                (an instance of both :class:`multiprocessing.TimeoutError` and
-                the builtin :class:`TimeoutError`).
-        """
-        self.wait(timeout)
-        if not self.ready():
-            raise TimeoutError("Timed out waiting for the result")
-        if self._success:
-            return self._value
-        raise self._value
-
-
-ApplyResult = AsyncResult
-
-
-class MapResult(AsyncResult):
-    """The result of :meth:`Pool.map_async` / :meth:`Pool.starmap_async`: a list once ready."""
-
-    def __init__(self, length: int, callback=None, error_callback=None):
-        super().__init__(callback, error_callback)
-        self._items: list[Any] = [None] * length
-        self._error: BaseException | None = None
-        self._chunks_left = 0
-        self._lock = threading.Lock()
-
-    def _expect_chunks(self, n: int) -> None:
-        self._chunks_left = n
-        if n == 0:
-            self._set(True, [])
-
-    def _set_chunk(self, start: int, size: int, ok: bool, value: Any) -> None:
-        with self._lock:
-            for i, (item_ok, item) in enumerate(_chunk_items(size, ok, value)):
-                if item_ok:
-                    self._items[start + i] = item
-                elif self._error is None:
-                    self._error = item
-            self._chunks_left -= 1
-            done = self._chunks_left == 0
-        if done:
-            if self._error is None:
-                self._set(True, self._items)
-            else:
-                self._set(False, self._error)
-
-
-class IMapIterator:
-    """Iterator returned by :meth:`Pool.imap`: yields results in input order.
-
-    ``next(timeout)`` raises :class:`TimeoutError` if the next result is not
-    ready in time; a failed call re-raises its exception at its position and
-    iteration can continue past it.
-    """
-
-    def __init__(self):
-        self._cond = threading.Condition(threading.Lock())
-        self._results: dict[int, tuple[bool, Any]] = {}
-        self._next_index = 0
-        self._length: int | None = None
-
-    def _set_length(self, length: int) -> None:
-        with self._cond:
-            self._length = length
-            self._cond.notify_all()
-
-    def _set_chunk(self, start: int, size: int, ok: bool, value: Any) -> None:
-        with self._cond:
-            for i, item in enumerate(_chunk_items(size, ok, value)):
-                self._results[start + i] = item
-            self._cond.notify_all()
-
-    def _ready_locked(self) -> bool:
-        return self._next_index in self._results
-
-    def _take_locked(self) -> tuple[bool, Any]:
-        item = self._results.pop(self._next_index)
-        self._next_index += 1
-        return item
-
-    def __iter__(self) -> IMapIterator:
-        return self
-
-    def next(self, timeout: float | None = None) -> Any:
-        """Return the next result, waiting at most ``timeout`` seconds (None: forever)."""
-        _check_timeout(timeout)
-        with self._cond:
-            if self._length is not None and self._next_index >= self._length:
-                raise StopIteration
-            if not self._cond.wait_for(self._ready_locked, timeout):
-                raise TimeoutError("Timed out waiting for the next result")
-            ok, value = self._take_locked()
-        if ok:
-            return value
-        raise value
-
-    def __next__(self) -> Any:
-        return self.next()
-
-
-class IMapUnorderedIterator(IMapIterator):
-    """Iterator returned by :meth:`Pool.imap_unordered`: yields results as they complete."""
-
-    def __init__(self):
-        super().__init__()
-        self._arrived: collections.deque = collections.deque()
-
-    def _set_chunk(self, start: int, size: int, ok: bool, value: Any) -> None:
-        with self._cond:
-            self._arrived.extend(_chunk_items(size, ok, value))
-            self._cond.notify_all()
-
-    def _ready_locked(self) -> bool:
-        return bool(self._arrived)
-
-    def _take_locked(self) -> tuple[bool, Any]:
-        self._next_index += 1
-        return self._arrived.popleft()
-
-
-def _chunk_items(size: int, ok: bool, value: Any) -> list[tuple[bool, Any]]:
-    """Per-item (ok, value) pairs of a finished chunk; a failed chunk fails every item."""
-    if ok:
-        return list(value)
-    return [(False, value)] * size
-
-
-# --------------------------------------------------------------------------
-# The pool
-# --------------------------------------------------------------------------
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 # How often the result thread looks for newly submitted work while it waits.
 _POLL_S = 0.02
@@ -771,20 +440,8 @@ def _check_func(func: Any) -> None:
         raise TypeError(f"func must be callable, got {type(func).__name__}")
 
 
-def _check_callback(cb: Any, name: str) -> None:
-    if cb is not None and not callable(cb):
-        raise TypeError(f"{name} must be callable or None, got {type(cb).__name__}")
-
-
 def _check_chunksize(chunksize: Any) -> None:
     if isinstance(chunksize, bool) or not isinstance(chunksize, int):
         raise TypeError(f"chunksize must be an int, got {type(chunksize).__name__}")
     if chunksize < 1:
         raise ValueError(f"Chunksize must be 1+, not {chunksize}")
-
-
-def _check_timeout(timeout: Any) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, got {type(timeout).__name__}")
