@@ -17,9 +17,6 @@ import glob
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import psutil
@@ -30,18 +27,9 @@ from ember.runtime.ids import new_id
 from ember.runtime.object_store import SHM_DIR, StoreState, object_path
 from ember.runtime.scheduler import LeaseRequest, LeaseScheduler, from_fixed, to_fixed
 from ember.runtime.service import Service
+from ember.runtime.worker_process import WorkerProcess, spawn_worker
 
 logger = logging.getLogger(__name__)
-
-
-class WorkerProcess:
-    def __init__(self, popen: subprocess.Popen):
-        self.popen = popen
-        self.worker_id: bytes | None = None
-        self.identity: bytes | None = None
-        self.address = None
-        self.client_address = None
-        self.started = time.monotonic()
 
 
 class NodeManager(Service):
@@ -118,29 +106,18 @@ class NodeManager(Service):
 
     # --- worker pool ----------------------------------------------------------------------------
     def start_worker(self) -> None:
-        env = dict(os.environ)
-        env.update(self.env)
+        env = dict(self.env)
         env.update(
             EMBER_NODE_MANAGER=self.address,
             EMBER_HEAD=self.head_address,
             EMBER_NODE_ID=self.node_id.hex(),
-            EMBER_STORE_PREFIX=self.store_prefix,
             EMBER_SESSION_DIR=self.session_dir,
         )
-        log = open(os.path.join(self.log_dir, f"worker-{len(self.processes)}-{time.time_ns()}.log"), "ab")
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "ember.runtime.worker"],
-            stdin=subprocess.PIPE,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            close_fds=True,
-        )
-        log.close()
-        self.processes.append(WorkerProcess(popen))
+        log_path = os.path.join(self.log_dir, f"worker-{time.time_ns()}.log")
+        self.processes.append(spawn_worker(env, log_path))
 
     def on_worker_ready(self, identity, header, frames):
-        process = next((p for p in self.processes if p.popen.pid == header["pid"]), None)
+        process = next((p for p in self.processes if p.pid == header["pid"]), None)
         if process is None:
             return {}
         process.worker_id = header["wid"]
@@ -159,7 +136,7 @@ class NodeManager(Service):
 
     def check_workers(self) -> None:
         for process in list(self.processes):
-            if process.popen.poll() is None:
+            if process.poll() is None:
                 continue
             self.processes.remove(process)
             if process.worker_id is None:
@@ -173,10 +150,7 @@ class NodeManager(Service):
     def on_kill_worker(self, identity, header, frames):
         process = self.workers.get(header["wid"])
         if process is not None:
-            try:
-                process.popen.send_signal(signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            process.kill()
 
     # --- clients (drivers and workers that own objects or hold leases) -----------------------------
     def on_register_client(self, identity, header, frames):
@@ -266,7 +240,7 @@ class NodeManager(Service):
                         "wid": worker.worker_id,
                         "addr": process.address,
                         "caddr": process.client_address,
-                        "pid": process.popen.pid,
+                        "pid": process.pid,
                         "gpus": worker.gpu_ids,
                         "res": from_fixed(worker.held),
                         "node_id": self.node_id,
@@ -278,7 +252,7 @@ class NodeManager(Service):
                 process = self.workers.pop(action[1], None)
                 if process is not None:
                     self.processes.remove(process)
-                    process.popen.stdin.close()  # the worker exits when its stdin closes
+                    process.close_life_pipe()  # the worker exits when its stdin closes
                     self.clients.pop(action[1], None)
             elif kind == "infeasible":
                 request = action[1]
@@ -393,17 +367,10 @@ class NodeManager(Service):
 
     def close(self) -> None:
         for process in self.processes:
-            try:
-                process.popen.kill()
-            except ProcessLookupError:
-                pass
-        for process in self.processes:
-            try:
-                process.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-            if process.popen.stdin:
-                process.popen.stdin.close()
+            process.kill()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.processes):
+            time.sleep(0.01)
         for path in glob.glob(f"{SHM_DIR}/{self.store_prefix}-*"):
             try:
                 os.unlink(path)

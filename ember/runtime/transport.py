@@ -23,6 +23,17 @@ def context() -> zmq.Context:
         return _context
 
 
+_forgotten: list = []
+
+
+def forget_context() -> None:
+    """In a forked child: drop the parent's context without terminating it (see worker_process)."""
+    global _context
+    if _context is not None:
+        _forgotten.append(_context)
+    _context = None
+
+
 def _configure(sock: zmq.Socket) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, 0)
     # Control traffic must not be dropped silently under load: block senders rather than drop.
