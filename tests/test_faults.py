@@ -235,8 +235,8 @@ def test_kill_with_restart(cluster):
     actor = Restartable.remote()
     first = ember.get(actor.pid.remote())
     ember.kill(actor, no_restart=False)
-    second = wait_for(lambda: _try_pid(actor), timeout=30, message="the actor to come back")
-    assert second != first
+    # kill() is asynchronous, as in Ray: calls may still reach the old process for a moment.
+    wait_for(lambda: _try_pid(actor) not in (None, first), timeout=30, message="a new process for the actor")
 
 
 def _try_pid(actor):

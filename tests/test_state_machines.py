@@ -110,3 +110,14 @@ def test_store_delete_from_memory_and_disk():
     assert store.delete(b"a") == "spilled"
     assert store.delete(b"b") == "memory"
     assert store.delete(b"b") is None
+
+
+def test_surplus_worker_that_refuses_to_exit_is_idle_again():
+    scheduler = LeaseScheduler({"CPU": 1}, max_idle_workers=1)
+    scheduler.worker_started(b"w1")
+    scheduler.worker_started(b"w2")
+    grant = scheduler.request(request(b"a", {"CPU": 1}))[0]
+    assert kinds(scheduler.lease_returned(grant[2].worker_id)) == ["stop_worker"]
+    assert grant[2].worker_id not in scheduler.workers
+    assert kinds(scheduler.worker_kept(grant[2].worker_id)) == []
+    assert kinds(scheduler.request(request(b"b", {"CPU": 1}))) == ["grant"]

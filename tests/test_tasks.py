@@ -85,6 +85,10 @@ def test_nested_tasks_do_not_deadlock(cluster):
         return sum(ember.get([fib.remote(n - 1), fib.remote(n - 2)]))
 
     assert ember.get(fib.remote(8), timeout=120) == 21
+    # Every lease taken by the nested owners comes back, and every lent CPU is returned.
+    from conftest import wait_for
+
+    wait_for(lambda: ember.available_resources().get("CPU") == 4, message="all CPUs to be free again")
 
 
 def test_large_arguments_and_results(cluster):

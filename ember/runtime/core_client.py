@@ -134,6 +134,7 @@ class CoreClient(Ownership):
 
         push_handlers = {op: getattr(self.submitter, name) for op, name in PUSH_HANDLERS.items()}
         push_handlers[protocol.OWNER_DIED] = self.on_owner_died
+        push_handlers[protocol.EXIT_IF_IDLE] = self._on_exit_if_idle
         server_table = {
             protocol.GET_OBJECT: self._serve_get_object,
             protocol.ADD_BORROWER: self._serve_add_borrower,
@@ -216,6 +217,15 @@ class CoreClient(Ownership):
         callback = self._waiting.pop(header.get("rid"), None)
         if callback is not None:
             callback(header, payload)
+
+    def _on_exit_if_idle(self, header, frames) -> None:
+        """The node manager has more idle workers than it wants: exit, unless something would be lost."""
+        self._drain_releases()
+        if self.submitter.idle() and not self._objects and self.exit_allowed():
+            os._exit(0)
+        self.send("node_manager", {"op": protocol.EXIT_REFUSED, "wid": self.client_id})
+
+    exit_allowed = staticmethod(lambda: False)  # the worker sets this: True when no task runs
 
     def _tick(self, now: float) -> None:
         self._drain_releases()

@@ -43,6 +43,7 @@ class NodeManager(Service):
         protocol.WORKER_BLOCKED: "on_worker_blocked",
         protocol.WORKER_UNBLOCKED: "on_worker_unblocked",
         protocol.KILL_WORKER: "on_kill_worker",
+        protocol.EXIT_REFUSED: "on_exit_refused",
         protocol.STORE_CREATE: "on_store_create",
         protocol.STORE_SEALED: "on_store_sealed",
         protocol.STORE_RESTORE: "on_store_restore",
@@ -144,8 +145,15 @@ class NodeManager(Service):
                 continue
             self.workers.pop(process.worker_id, None)
             self.client_died(process.worker_id)
-            self.head.send_multipart(protocol.encode({"op": protocol.WORKER_DIED, "wid": process.worker_id}))
+            if not process.retiring:
+                self.head.send_multipart(protocol.encode({"op": protocol.WORKER_DIED, "wid": process.worker_id}))
             self.carry_out(self.scheduler.worker_died(process.worker_id))
+
+    def on_exit_refused(self, identity, header, frames):
+        process = self.workers.get(header["wid"])
+        if process is not None and process.retiring:
+            process.retiring = False
+            self.carry_out(self.scheduler.worker_kept(process.worker_id))
 
     def on_kill_worker(self, identity, header, frames):
         process = self.workers.get(header["wid"])
@@ -207,8 +215,11 @@ class NodeManager(Service):
         self.carry_out(self.scheduler.request(request))
 
     def on_cancel_lease_request(self, identity, header, frames):
-        self.requests.pop(header["rid"], None)
-        self.carry_out(self.scheduler.cancel(header["rid"]))
+        # A request already granted is not cancelled: its grant is on the way and the owner
+        # returns that lease. One still queued is dropped, and the owner told so.
+        if self.requests.pop(header["rid"], None) is not None:
+            self.carry_out(self.scheduler.cancel(header["rid"]))
+            self.send(identity, {"op": protocol.REPLY, "rid": header["rid"], "cancelled": True})
 
     def on_return_lease(self, identity, header, frames):
         self.client_leases.get(identity, set()).discard(header["wid"])
@@ -249,11 +260,12 @@ class NodeManager(Service):
             elif kind == "start_worker":
                 self.start_worker()
             elif kind == "stop_worker":
-                process = self.workers.pop(action[1], None)
+                # Ask, don't tell: a worker idle as a worker may still own objects or hold leases
+                # as an owner (of tasks it submitted); it exits only if it has none (see worker).
+                process = self.workers.get(action[1])
                 if process is not None:
-                    self.processes.remove(process)
-                    process.close_life_pipe()  # the worker exits when its stdin closes
-                    self.clients.pop(action[1], None)
+                    process.retiring = True
+                    self.send(process.identity, {"op": protocol.EXIT_IF_IDLE})
             elif kind == "infeasible":
                 request = action[1]
                 self.send(

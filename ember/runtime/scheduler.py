@@ -72,6 +72,11 @@ class LeaseScheduler:
         self.workers[worker_id] = Worker(worker_id)
         return self.schedule()
 
+    def worker_kept(self, worker_id: bytes) -> list:
+        """A surplus worker asked to exit refused (it still owns something): it is idle in the pool again."""
+        self.workers[worker_id] = Worker(worker_id)
+        return self.schedule()
+
     def worker_start_failed(self) -> list:
         self.starting = max(0, self.starting - 1)
         return self.schedule()

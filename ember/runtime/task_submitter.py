@@ -366,14 +366,17 @@ class TaskSubmitter:
                 callback=partial(self._on_lease, key, rid),
             )
         if not shape.queue and shape.requests:
+            # The answer to each request (a grant that crossed the cancel, or "cancelled") still
+            # comes to _on_lease, which returns a lease nobody needs.
             for rid in shape.requests:
                 self.client.send("node_manager", {"op": protocol.CANCEL_LEASE_REQUEST, "rid": rid})
-                self.client._waiting.pop(rid, None)
             shape.requests.clear()
 
     def _on_lease(self, key, rid, header, frames) -> None:
         shape = self.shapes[key]
         shape.requests.discard(rid)
+        if header.get("cancelled"):
+            return
         if header["op"] == protocol.ERROR:
             while shape.queue:
                 self._fail(shape.queue.popleft(), ValueError(header.get("error")))
@@ -521,6 +524,10 @@ class TaskSubmitter:
     def close(self) -> None:
         for lease in list(self.leases.values()):
             self._return_lease(lease)
+
+    def idle(self) -> bool:
+        """No task of ours is unfinished and we hold no lease."""
+        return not self.specs and not self.leases and not any(shape.requests for shape in self.shapes.values())
 
     # --- streaming generators -----------------------------------------------------------------------
     def on_stream_item(self, header, frames) -> None:

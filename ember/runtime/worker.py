@@ -79,6 +79,7 @@ class Worker:
         )
         set_current_client(self.client)
         self.client.cancel_handler = self.cancel
+        self.client.exit_allowed = lambda: self.running_task is None and self.actor is None
         self.socket, self.address = transport.bind_router()
         self.outbox: collections.deque = collections.deque()
         self.wake_r, self.wake_w = os.pipe()

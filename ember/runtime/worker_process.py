@@ -30,6 +30,7 @@ class WorkerProcess:
         self.identity: bytes | None = None
         self.address: str | None = None
         self.client_address: str | None = None
+        self.retiring = False  # asked to exit because the pool has too many idle workers
 
     def poll(self) -> int | None:
         """The exit code if the process has exited (reaping it), else None."""
