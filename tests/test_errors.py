@@ -171,3 +171,25 @@ def test_infeasible_request_warns_and_stays_pending(cluster, capfd):
     ember.cancel(ref)
     with pytest.raises(ember.exceptions.TaskCancelledError):
         ember.get(ref, timeout=10)
+
+
+def test_infeasible_actor_warns_and_stays_pending(cluster, capfd):
+    @ember.remote(resources={"custom": 100})
+    class TooBig:
+        def ping(self):
+            return 1
+
+    actor = TooBig.remote()
+    ref = actor.ping.remote()
+    assert ember.wait([ref], timeout=0.5)[0] == []
+    from conftest import wait_for
+
+    seen = []
+    wait_for(
+        lambda: seen.append(capfd.readouterr().err) or "no node" in "".join(seen),
+        timeout=10,
+        message="the infeasible warning",
+    )
+    ember.kill(actor)
+    with pytest.raises(ember.exceptions.ActorDiedError):
+        ember.get(ref, timeout=10)

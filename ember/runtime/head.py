@@ -252,10 +252,15 @@ class Head(Service):
         actor = self.actors.get(actor_id)
         if header["op"] == protocol.LEASE_INFEASIBLE:
             self.pending_requests[header["rid"]] = (kind, actor_id)
+            if actor is not None:  # the creator warns its user, as for a task
+                for identity in actor.subscribers:
+                    self.send(identity, header)
             return
         if kind != "lease" or actor is None:
             return
         actor.lease_rid = None
+        if header.get("cancelled"):
+            return
         if header["op"] == protocol.ERROR:
             self._set_dead(actor, header.get("error", "lease failed"))
             return
@@ -352,6 +357,12 @@ class Head(Service):
             if actor.no_restart:
                 self._set_dead(actor, cause)
         elif actor.no_restart:
+            if actor.lease_rid is not None and actor.node_id in self.node_sockets:
+                # Still waiting for a worker: withdraw the request (if it was granted meanwhile,
+                # on_node_reply stops that worker).
+                self.node_sockets[actor.node_id].send_multipart(
+                    protocol.encode({"op": protocol.CANCEL_LEASE_REQUEST, "rid": actor.lease_rid})
+                )
             self._set_dead(actor, cause)
 
     def _kill_worker(self, node_id, worker_id) -> None:
