@@ -167,3 +167,20 @@ def test_get_of_object_whose_owner_died_raises(cluster):
     wait_for(lambda: not psutil.pid_exists(pid), message="the owning worker to exit")
     with pytest.raises(ember.exceptions.OwnerDiedError):
         ember.get(inner, timeout=30)
+
+
+def test_refs_made_in_a_task_and_returned_inside_a_value_are_freed(cluster):
+    # The inner object is owned by the worker; the caller borrows it for as long as it holds it.
+    @ember.remote
+    def make():
+        return [ember.put(np.zeros(1_000_000))]
+
+    before = store_files()
+    outer = make.remote()
+    inner = ember.get(outer)[0]
+    assert ember.get(inner).shape == (1_000_000,)
+    created = store_files() - before
+    assert len(created) == 1
+    del inner, outer
+    gc.collect()
+    wait_for(lambda: not (store_files() & created), message="the worker-owned object to be freed")

@@ -96,7 +96,6 @@ class CoreClient(Ownership):
         self._store_deletes: list = []
         self._touches: list = []
         self._logs: dict[bytes, list] = {}
-        self.escaped: list = []  # refs this worker returned inside values: kept for its lifetime
         self.changed = False  # set on the I/O thread when waiters in get/wait should look again
         self._closed = False
         self._started = threading.Event()

@@ -75,6 +75,21 @@ class Ownership:
         self._registered_borrows: set = set()
         self._releases: collections.deque = collections.deque()
         self._dead_owners: set = set()
+        # Refs returned inside a task's value, held until the caller registers as their borrower.
+        self._escaped: dict[tuple, list] = {}  # (object id, caller address) -> ObjectRefs
+
+    def pin_returned_refs(self, refs: list, caller: str) -> list:
+        """A task returns a value containing ``refs``: hold them until ``caller`` (which receives
+        their ids with the reply) says it borrows them; returns the [id, owner] pairs to send."""
+        with self._lock:
+            for ref in refs:
+                self._escaped.setdefault((ref._id, caller), []).append(ref)
+        return [[ref._id, ref._owner] for ref in refs]
+
+    def adopt_returned_refs(self, pairs: list) -> list:
+        """On the caller, for the refs listed in a reply: ObjectRefs that register this process as a
+        borrower; the returned value's entry keeps them as long as it lives."""
+        return [ObjectRef(oid, owner, self) for oid, owner in pairs]
 
     def add_local_reference(self, ref: ObjectRef) -> None:
         oid = ref._id
@@ -155,6 +170,8 @@ class Ownership:
             entry = self._objects.get(header["oid"])
             if entry is not None:
                 entry.borrowers.add(header["addr"])
+            # The caller we returned this ref to now holds it: our own hold can go.
+            self._escaped.pop((header["oid"], header["addr"]), None)
         if header.get("rid") is not None:
             self._reply(identity, {"op": protocol.REPLY, "rid": header["rid"]})
 
@@ -174,14 +191,18 @@ class Ownership:
     def ref(self, oid: bytes) -> ObjectRef:
         return ObjectRef(oid, self.address, self)
 
-    def complete(self, oid: bytes, inline=None, node_id=None, size=0, error=None) -> None:
-        """On the I/O thread: an owned object's value (or error) is known."""
+    def complete(self, oid: bytes, inline=None, node_id=None, size=0, error=None, contained=()) -> None:
+        """On the I/O thread: an owned object's value (or error) is known. ``contained`` are the
+        [id, owner] pairs of refs inside the value (the worker that made it holds them until we
+        register as their borrower, which creating the ObjectRefs here does)."""
+        contained_refs = self.adopt_returned_refs(contained) if contained else []
         with self._cond:
             entry = self._objects.get(oid)
             if entry is None or entry.state != PENDING:
                 if entry is None and node_id is not None:
                     self._store_deletes.append(oid)  # nobody wants it any more
                 return
+            entry.contained = contained_refs
             entry.inline = inline
             entry.node_id = node_id
             entry.size = size

@@ -452,11 +452,11 @@ class TaskSubmitter:
             position = 0
             for oid, ret in zip(spec.return_ids, header["rets"]):
                 if ret[0] == "v":
-                    count = ret[1]
-                    complete(oid, inline=(frames[position], frames[position + 1 : position + 1 + count]), size=ret[2])
-                    position += 1 + count
+                    value_frames = frames[position : position + 1 + ret[1]]
+                    complete(oid, inline=(value_frames[0], value_frames[1:]), size=ret[2], contained=ret[3])
+                    position += 1 + ret[1]
                 else:
-                    complete(oid, node_id=ret[2], size=ret[1])
+                    complete(oid, node_id=ret[2], size=ret[1], contained=ret[3])
         self._finish(spec)
 
     def _finish(self, spec: TaskSpec) -> None:
@@ -539,9 +539,9 @@ class TaskSubmitter:
         oid = return_object_id(spec.task_id, index + 1)
         self.client.new_owned(oid)
         if ret[0] == "v":
-            self.client.complete(oid, inline=(frames[0], frames[1 : 1 + ret[1]]), size=ret[2])
+            self.client.complete(oid, inline=(frames[0], frames[1 : 1 + ret[1]]), size=ret[2], contained=ret[3])
         elif ret[0] == "s":
-            self.client.complete(oid, node_id=ret[2], size=ret[1])
+            self.client.complete(oid, node_id=ret[2], size=ret[1], contained=ret[3])
         else:
             self.client.complete(oid, error=bytes(frames[0]))
         with self.client._cond:

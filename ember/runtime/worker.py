@@ -208,15 +208,15 @@ class Worker:
             kwargs = {k: values[v.key] if type(v) is Arg else v for k, v in kwargs.items()}
         return args, kwargs
 
-    def pack_value(self, task_id: bytes, index: int, value, owner_id: bytes) -> tuple[list, list]:
+    def pack_value(self, header: dict, index: int, value) -> tuple[list, list]:
+        """(descriptor, frames) of one return value: inline frames, or a location in the store."""
         data, buffers, contained = serialize(value, f"return value {index - 1}")
-        if contained:
-            self.client.escaped.extend(contained)  # refs returned inside values stay owned here
+        pairs = self.client.pin_returned_refs(contained, header["owner"]) if contained else []
         size = len(data) + sum(b.nbytes for b in buffers)
         if size <= INLINE_LIMIT:
-            return ["v", len(buffers), size], [data, *buffers]
-        node_id = self.client.store_put(return_object_id(task_id, index), data, buffers, owner_id)
-        return ["s", size, node_id], []
+            return ["v", len(buffers), size, pairs], [data, *buffers]
+        node_id = self.client.store_put(return_object_id(header["rid"], index), data, buffers, header["owner_id"])
+        return ["s", size, node_id, pairs], []
 
     def pack_returns(self, header: dict, result) -> list:
         task_id = header["rid"]
@@ -234,7 +234,7 @@ class Worker:
                 )
         rets, frames = [], []
         for index, value in enumerate(values, start=1):
-            ret, value_frames = self.pack_value(task_id, index, value, header["owner_id"])
+            ret, value_frames = self.pack_value(header, index, value)
             rets.append(ret)
             frames += value_frames
         return protocol.encode({"op": protocol.TASK_RESULT, "rid": task_id, "rets": rets}, frames)
@@ -314,7 +314,7 @@ class Worker:
         return self._stream_end(header, count)
 
     def _send_stream_item(self, identity: bytes, header: dict, index: int, value) -> None:
-        ret, frames = self.pack_value(header["rid"], index, value, header["owner_id"])
+        ret, frames = self.pack_value(header, index, value)
         message = protocol.encode(
             {"op": protocol.STREAM_ITEM, "rid": header["rid"], "idx": index - 1, "ret": ret}, frames
         )
