@@ -183,15 +183,19 @@ class ActorMethod:
         return refs
 
     def options(self, **method_options):
+        """This method with some options (``num_returns``, ``name``, ``max_task_retries``) overridden."""
         opts.validate(method_options, opts.METHOD_OPTIONS, "actor methods")
         return ActorMethod(self._handle, self._name, self._num_returns, {**self._options, **method_options})
 
 
 def handle_from_info(info: dict) -> ActorHandle:
+    """A handle built from the head's description of an actor (``get_actor``)."""
     return ActorHandle(info["actor_id"], info.get("class_name") or "Actor", info.get("meta") or {})
 
 
 def kill(handle: ActorHandle, no_restart: bool = True) -> None:
+    """Kill an actor at once (its process gets SIGKILL): pending and future calls raise
+    ActorDiedError. With ``no_restart=False`` an actor with restarts left is restarted instead."""
     if not isinstance(handle, ActorHandle):
         raise TypeError(f"ember.kill() expects an actor handle, got {type(handle).__name__}.")
     current_client().request(

@@ -38,6 +38,7 @@ class EmberContext:
 
     @property
     def address(self) -> str:
+        """The head's address, ``host:port``: what ``init(address=...)`` takes."""
         return self.address_info["address"]
 
     def __getitem__(self, key):
@@ -75,6 +76,7 @@ class EmberContext:
         shutdown()
 
     def disconnect(self):
+        """Same as ``ember.shutdown()``."""
         shutdown()
 
 

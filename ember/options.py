@@ -37,6 +37,7 @@ METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions",
 
 
 def validate(options: dict, allowed: set, what: str) -> dict:
+    """Check option names and values; raise ValueError/TypeError naming the bad one."""
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(
@@ -86,6 +87,7 @@ def validate(options: dict, allowed: set, what: str) -> dict:
 
 
 def check_runtime_env(runtime_env) -> None:
+    """Accept a runtime_env Ember supports (``env_vars``), or say which fields it does not."""
     if not isinstance(runtime_env, dict):
         raise TypeError(f"runtime_env must be a dict, got {type(runtime_env).__name__}.")
     unsupported = sorted(set(runtime_env) - {"env_vars"})
@@ -99,6 +101,7 @@ def check_runtime_env(runtime_env) -> None:
 
 
 def resources_of(options: dict, default_cpus: float) -> dict:
+    """The resource request of a task or actor, e.g. ``{"CPU": 1, "GPU": 0.5, "custom": 2}``."""
     resources = {"CPU": options.get("num_cpus", default_cpus)}
     if options.get("num_gpus"):
         resources["GPU"] = options["num_gpus"]
@@ -111,5 +114,6 @@ def resources_of(options: dict, default_cpus: float) -> dict:
 
 
 def env_vars_of(options: dict) -> dict | None:
+    """The ``runtime_env`` environment variables to set for a task or actor, if any."""
     runtime_env = options.get("runtime_env") or {}
     return runtime_env.get("env_vars") or None

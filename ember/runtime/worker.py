@@ -72,7 +72,14 @@ class LogStream:
 
 
 class Worker:
+    handlers = {
+        protocol.EXECUTE_TASK: "execute_task",
+        protocol.ACTOR_CALL: "actor_call",
+        protocol.CREATE_ACTOR_INSTANCE: "create_actor",
+    }
+
     def __init__(self):
+        self.table = {op: getattr(self, name) for op, name in self.handlers.items()}
         set_current_client(None)
         self.client = CoreClient(
             os.environ["EMBER_HEAD"], os.environ["EMBER_NODE_MANAGER"], kind="worker", watch_stdin=True
@@ -163,15 +170,10 @@ class Worker:
     def handle(self, frames: list) -> None:
         identity = frames[0]
         header, payload = protocol.decode(frames[1:])
-        op = header["op"]
-        if op == protocol.EXECUTE_TASK:
-            reply = self.execute_task(identity, header, payload)
-        elif op == protocol.ACTOR_CALL:
-            reply = self.actor_call(identity, header, payload)
-        elif op == protocol.CREATE_ACTOR_INSTANCE:
-            reply = self.create_actor(header, payload)
-        else:
-            return
+        handler = self.table.get(header.get("op"))
+        if handler is None:
+            raise ValueError(f"unknown op {header.get('op')!r}")
+        reply = handler(identity, header, payload)
         if reply is not None:
             self.socket.send_multipart([identity, *reply], copy=False)
 
@@ -347,7 +349,7 @@ class Worker:
         return restore
 
     # --- actors -------------------------------------------------------------------------------------
-    def create_actor(self, header: dict, frames: list) -> list:
+    def create_actor(self, identity: bytes, header: dict, frames: list) -> list:
         name = header.get("class_name", "Actor")
         self.actor_name = name
         context = self._context(header, actor_id=header["actor_id"])
