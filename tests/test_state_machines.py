@@ -121,3 +121,86 @@ def test_surplus_worker_that_refuses_to_exit_is_idle_again():
     assert grant[2].worker_id not in scheduler.workers
     assert kinds(scheduler.worker_kept(grant[2].worker_id)) == []
     assert kinds(scheduler.request(request(b"b", {"CPU": 1}))) == ["grant"]
+
+
+# --- reference counting ------------------------------------------------------------------------------
+from ember.runtime.reference_table import ReferenceTable  # noqa: E402
+
+ME, OTHER, CALLER = "me:1", "other:2", "caller:3"
+
+
+def table():
+    t = ReferenceTable()
+    t.address = ME
+    return t
+
+
+def test_owned_object_is_freed_when_the_last_local_ref_goes():
+    t = table()
+    assert t.own(b"x", ready=True) == []
+    t.add_local(b"x", ME)
+    t.add_local(b"x", ME)
+    assert t.remove_local(b"x") == []
+    assert t.remove_local(b"x") == [("free", b"x")]
+    assert not t.holds_anything()
+
+
+def test_pending_object_is_freed_when_its_value_arrives():
+    t = table()
+    t.own(b"x", ready=False)
+    t.add_local(b"x", ME)
+    assert t.remove_local(b"x") == []  # the task still runs
+    assert t.ready(b"x") == [("free", b"x")]
+
+
+def test_borrowers_keep_an_object():
+    t = table()
+    t.own(b"x", ready=True)
+    t.add_local(b"x", ME)
+    t.add_borrower(b"x", OTHER)
+    assert t.remove_local(b"x") == []
+    assert t.remove_borrower(b"x", OTHER) == [("free", b"x")]
+
+
+def test_contained_refs_live_as_long_as_the_containing_object():
+    t = table()
+    t.own(b"inner", ready=True)
+    t.add_local(b"inner", ME)
+    assert t.own(b"outer", ready=True, contained=[(b"inner", ME), (b"far", OTHER)]) == [("borrow", b"far", OTHER)]
+    t.add_local(b"outer", ME)
+    assert t.remove_local(b"inner") == []
+    assert t.remove_local(b"outer") == [("free", b"outer"), ("free", b"inner"), ("unborrow", b"far", OTHER)]
+
+
+def test_foreign_refs_register_once_and_unregister_at_zero():
+    t = table()
+    assert t.add_local(b"f", OTHER) == [("borrow", b"f", OTHER)]
+    assert t.add_local(b"f", OTHER) == []
+    assert t.remove_local(b"f") == []
+    assert t.remove_local(b"f") == [("unborrow", b"f", OTHER)]
+
+
+def test_refs_received_in_a_task_register_at_its_end():
+    t = table()
+    assert t.add_local(b"kept", OTHER, in_task=True) == [("defer_borrow", b"kept")]
+    assert t.add_local(b"dropped", OTHER, in_task=True) == [("defer_borrow", b"dropped")]
+    assert t.remove_local(b"dropped") == [("unborrow", b"dropped", None)]  # the owner never heard of us
+    assert t.take_deferred([b"kept", b"dropped"]) == [(b"kept", OTHER)]
+    assert t.remove_local(b"kept") == [("unborrow", b"kept", OTHER)]
+
+
+def test_returned_refs_are_held_until_the_caller_borrows_them():
+    t = table()
+    t.own(b"x", ready=True)
+    t.add_local(b"x", ME)
+    t.returned_inside_value(b"x", ME, CALLER)
+    assert t.remove_local(b"x") == []  # the reply is on its way to the caller
+    t.add_borrower(b"x", CALLER)  # the caller holds it now; our hold for it ends
+    assert t.remove_borrower(b"x", CALLER) == [("free", b"x")]
+
+
+def test_forget_frees_at_once():
+    t = table()
+    t.own(b"x", ready=True, contained=[(b"far", OTHER)])
+    t.add_local(b"x", ME)
+    assert t.forget(b"x") == [("free", b"x"), ("unborrow", b"far", OTHER)]

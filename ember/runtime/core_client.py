@@ -115,6 +115,7 @@ class CoreClient(Ownership):
         try:
             self._poller = zmq.Poller()
             self._server, self.address = transport.bind_router(self.host)
+            self.references.address = self.address
             self._head = transport.connect_dealer(self.head_address)
             self._node_manager = transport.connect_dealer(self.node_manager_address)
             for sock in (self._server, self._head, self._node_manager):

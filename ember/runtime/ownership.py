@@ -1,12 +1,10 @@
 """Ownership: the objects a process owns, the ones it borrows, and reading values wherever they are.
 
 The process that creates an object (a ``put``, or the submitter of the task that returns it) owns it:
-it holds a small value inline, knows which node stores a large one, and counts references to it:
-ObjectRefs alive in this process, task arguments in flight (held by the task spec), values that
-contain it, and borrowers (other processes that hold a ref and said so). At zero it frees the value
-everywhere. A borrower registers with the owner when it first holds a ref (at the end of the task
-that received it, so the owner hears before the task's reply releases its own hold) and
-unregisters when its last ref goes.
+it holds a small value inline and knows which node stores a large one. Whether an object is still
+needed is decided by :class:`~ember.runtime.reference_table.ReferenceTable`, a plain state
+machine; this module feeds it events (ObjectRefs made and dropped, borrowers coming and going,
+values arriving) and carries out what it answers (free a value, tell an owner we borrow or let go).
 
 Mixed into :class:`~ember.runtime.core_client.CoreClient`, whose I/O thread runs every method here
 that sends; ``get``, ``wait``, ``put`` and ``future_for`` are called from user threads.
@@ -24,6 +22,7 @@ from ember.runtime import protocol
 from ember.runtime.ids import put_object_id
 from ember.runtime.object_ref import ObjectRef
 from ember.runtime.object_store import layout, object_path, read_object, write_object
+from ember.runtime.reference_table import ReferenceTable
 from ember.runtime.serialization import deserialize, serialize
 from ember.runtime.task_context import current_task
 
@@ -40,7 +39,7 @@ def store_prefix(node_id: bytes) -> str:
 class ObjectEntry:
     """An object this process owns."""
 
-    __slots__ = ("state", "inline", "node_id", "size", "error", "borrowers", "contained", "free_when_ready", "futures")
+    __slots__ = ("state", "inline", "node_id", "size", "error", "futures")
 
     def __init__(self, state=PENDING):
         self.state = state
@@ -48,9 +47,6 @@ class ObjectEntry:
         self.node_id = None  # the node whose store holds a large value
         self.size = 0
         self.error = None  # an exception, or the pickled TaskError
-        self.borrowers: set = set()
-        self.contained: list = []  # ObjectRefs inside the value, kept alive as long as it is
-        self.free_when_ready = False
         self.futures: list = []
 
 
@@ -68,42 +64,19 @@ class BorrowedValue:
 
 class Ownership:
     def _init_ownership(self) -> None:
-        self._objects: dict[bytes, ObjectEntry] = {}
-        self._borrowed: dict[bytes, BorrowedValue] = {}
-        self._counts: dict[bytes, int] = {}
-        self._owners: dict[bytes, str] = {}  # borrowed object id -> owner address
-        self._registered_borrows: set = set()
+        self._objects: dict[bytes, ObjectEntry] = {}  # owned objects' states and values
+        self._borrowed: dict[bytes, BorrowedValue] = {}  # fetched copies of foreign objects
+        self.references = ReferenceTable()  # who still needs what: all freeing decisions
         self._releases: collections.deque = collections.deque()
         self._dead_owners: set = set()
-        # Refs returned inside a task's value, held until the caller registers as their borrower.
-        self._escaped: dict[tuple, list] = {}  # (object id, caller address) -> ObjectRefs
 
-    def pin_returned_refs(self, refs: list, caller: str) -> list:
-        """A task returns a value containing ``refs``: hold them until ``caller`` (which receives
-        their ids with the reply) says it borrows them; returns the [id, owner] pairs to send."""
-        with self._lock:
-            for ref in refs:
-                self._escaped.setdefault((ref._id, caller), []).append(ref)
-        return [[ref._id, ref._owner] for ref in refs]
-
-    def adopt_returned_refs(self, pairs: list) -> list:
-        """On the caller, for the refs listed in a reply: ObjectRefs that register this process as a
-        borrower; the returned value's entry keeps them as long as it lives."""
-        return [ObjectRef(oid, owner, self) for oid, owner in pairs]
-
+    # --- reference counting: events go to the table, its actions are carried out here ----------------
     def add_local_reference(self, ref: ObjectRef) -> None:
-        oid = ref._id
+        context = current_task.get()
         with self._lock:
-            count = self._counts.get(oid, 0)
-            self._counts[oid] = count + 1
-            if count == 0 and oid not in self._objects and ref._owner != self.address:
-                self._owners[oid] = ref._owner
-                context = current_task.get()
-                if context is not None and context.borrowed is not None:
-                    context.borrowed.append(oid)  # registered when the task ends (see flush_borrows)
-                elif oid not in self._registered_borrows:
-                    self._registered_borrows.add(oid)
-                    self.call_soon(self._send_borrow, oid, ref._owner, True)
+            actions = self.references.add_local(ref._id, ref._owner, in_task=context is not None)
+            if actions:
+                self._carry_out(actions, context)
 
     def remove_local_reference(self, oid: bytes) -> None:
         # Runs from __del__, perhaps inside the garbage collector on any thread: no locks here.
@@ -114,35 +87,26 @@ class Ownership:
             return
         with self._lock:
             while self._releases:
-                oid = self._releases.popleft()
-                count = self._counts.get(oid, 0) - 1
-                if count > 0:
-                    self._counts[oid] = count
-                    continue
-                self._counts.pop(oid, None)
-                self._maybe_free(oid)
+                actions = self.references.remove_local(self._releases.popleft())
+                if actions:
+                    self._carry_out(actions)
 
-    def _maybe_free(self, oid: bytes) -> None:
-        if self._counts.get(oid):
-            return
-        entry = self._objects.get(oid)
-        if entry is None:
-            self._borrowed.pop(oid, None)
-            owner = self._owners.pop(oid, None)
-            if oid in self._registered_borrows:
-                self._registered_borrows.discard(oid)
-                if owner is not None:
-                    self._send_borrow(oid, owner, False)
-            return
-        if entry.borrowers:
-            return
-        if entry.state == PENDING:
-            entry.free_when_ready = True
-            return
-        del self._objects[oid]
-        if entry.node_id is not None:
-            self._store_deletes.append(oid)
-        entry.contained = []
+    def _carry_out(self, actions: list, context=None) -> None:
+        """Carry out the reference table's actions (called with the lock held, on any thread)."""
+        for action in actions:
+            kind, oid = action[0], action[1]
+            if kind == "free":
+                entry = self._objects.pop(oid, None)
+                if entry is not None and entry.node_id is not None:
+                    self._store_deletes.append(oid)
+            elif kind == "borrow":
+                self.call_soon(self._send_borrow, oid, action[2], True)
+            elif kind == "unborrow":
+                self._borrowed.pop(oid, None)
+                if action[2] is not None:
+                    self.call_soon(self._send_borrow, oid, action[2], False)
+            elif kind == "defer_borrow":
+                context.borrowed.append(oid)  # registered when the task ends: flush_borrows
 
     def _send_borrow(self, oid: bytes, owner: str, add: bool, callback=None) -> None:
         op = protocol.ADD_BORROWER if add else protocol.REMOVE_BORROWER
@@ -155,54 +119,55 @@ class Ownership:
         """At the end of a task: tell owners about refs this worker still holds, and wait for their
         acknowledgement, so no owner frees an object between the task's reply and our registration."""
         with self._lock:
-            pending = [oid for oid in borrowed if self._counts.get(oid) and oid not in self._registered_borrows]
-            self._registered_borrows.update(pending)
-        if not pending:
+            pairs = self.references.take_deferred(borrowed)
+        if not pairs:
             return
         done = threading.Semaphore(0)
-        for oid in pending:
-            self.call_soon(self._send_borrow, oid, self._owners[oid], True, lambda *_: done.release())
-        for _ in pending:
+        for oid, owner in pairs:
+            self.call_soon(self._send_borrow, oid, owner, True, lambda *_: done.release())
+        for _ in pairs:
             done.acquire(timeout=10)
+
+    def pin_returned_refs(self, refs: list, caller: str) -> list:
+        """A task returns a value containing ``refs`` to ``caller``: keep them until the caller (which
+        gets their [id, owner] pairs, returned here, with the reply) registers as their borrower."""
+        with self._lock:
+            for ref in refs:
+                self._carry_out(self.references.returned_inside_value(ref._id, ref._owner, caller))
+        return [[ref._id, ref._owner] for ref in refs]
 
     def _serve_add_borrower(self, identity, header, frames) -> None:
         with self._lock:
-            entry = self._objects.get(header["oid"])
-            if entry is not None:
-                entry.borrowers.add(header["addr"])
-            # The caller we returned this ref to now holds it: our own hold can go.
-            self._escaped.pop((header["oid"], header["addr"]), None)
+            self.references.add_borrower(header["oid"], header["addr"])
         if header.get("rid") is not None:
             self._reply(identity, {"op": protocol.REPLY, "rid": header["rid"]})
 
     def _serve_remove_borrower(self, identity, header, frames) -> None:
         with self._lock:
-            entry = self._objects.get(header["oid"])
-            if entry is not None:
-                entry.borrowers.discard(header["addr"])
-                self._maybe_free(header["oid"])
+            self._carry_out(self.references.remove_borrower(header["oid"], header["addr"]))
 
-    def new_owned(self, oid: bytes, state=PENDING) -> ObjectEntry:
-        entry = ObjectEntry(state)
+    # --- owned objects ------------------------------------------------------------------------------
+    def new_owned(self, oid: bytes) -> ObjectEntry:
+        """A task's return value, pending until the task replies."""
+        entry = ObjectEntry(PENDING)
         with self._lock:
             self._objects[oid] = entry
+            self.references.own(oid, ready=False)
         return entry
 
     def ref(self, oid: bytes) -> ObjectRef:
         return ObjectRef(oid, self.address, self)
 
     def complete(self, oid: bytes, inline=None, node_id=None, size=0, error=None, contained=()) -> None:
-        """On the I/O thread: an owned object's value (or error) is known. ``contained`` are the
-        [id, owner] pairs of refs inside the value (the worker that made it holds them until we
-        register as their borrower, which creating the ObjectRefs here does)."""
-        contained_refs = self.adopt_returned_refs(contained) if contained else []
+        """On the I/O thread: an owned object's value (or error) is known. ``contained``: the
+        (id, owner) pairs of refs inside the value, held as long as it is (the worker that made
+        them holds them until we register as their borrower, which holding them here does)."""
         with self._cond:
             entry = self._objects.get(oid)
             if entry is None or entry.state != PENDING:
                 if entry is None and node_id is not None:
                     self._store_deletes.append(oid)  # nobody wants it any more
                 return
-            entry.contained = contained_refs
             entry.inline = inline
             entry.node_id = node_id
             entry.size = size
@@ -210,18 +175,20 @@ class Ownership:
             entry.state = FAILED if error is not None else READY
             futures, entry.futures = entry.futures, []
             self.changed = True
-            if entry.free_when_ready:
-                entry.free_when_ready = False
-                self._maybe_free(oid)
+            self._carry_out(self.references.ready(oid, contained))
         for future in futures:
             self._settle_future(future, oid)
         self.submitter.object_ready(oid)
 
-    def put(self, value, owner_address: str | None = None) -> ObjectRef:
+    def put(self, value) -> ObjectRef:
         data, buffers, contained = serialize(value, "the value passed to put()")
+        return self.put_serialized(data, buffers, contained)
+
+    def put_serialized(self, data, buffers, contained=()) -> ObjectRef:
+        """Own a new object holding an already pickled value; small ones stay here, large ones go
+        to the store."""
         oid = put_object_id()
         entry = ObjectEntry(READY)
-        entry.contained = contained
         size = len(data) + sum(b.nbytes for b in buffers)
         if size <= INLINE_LIMIT:
             entry.inline = (data, [bytes(b) for b in buffers])
@@ -230,6 +197,7 @@ class Ownership:
         entry.size = size
         with self._lock:
             self._objects[oid] = entry
+            self._carry_out(self.references.own(oid, ready=True, contained=[(r._id, r._owner) for r in contained]))
             return ObjectRef(oid, self.address, self)
 
     def store_put(self, oid: bytes, data, buffers, owner_id: bytes) -> bytes:
@@ -460,6 +428,4 @@ class Ownership:
         """Drop the values of owned objects now, whatever references remain (``ember.internal.free``)."""
         with self._cond:
             for ref in refs:
-                entry = self._objects.pop(ref._id, None)
-                if entry is not None and entry.node_id is not None:
-                    self._store_deletes.append(ref._id)
+                self._carry_out(self.references.forget(ref._id))

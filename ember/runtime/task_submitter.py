@@ -20,7 +20,7 @@ from functools import partial
 
 from ember import exceptions
 from ember.runtime import protocol
-from ember.runtime.ids import new_id, new_task_id, put_object_id, return_object_id
+from ember.runtime.ids import new_id, new_task_id, return_object_id
 from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
 from ember.runtime.ownership import FAILED, INLINE_LIMIT, PENDING
 from ember.runtime.serialization import deserialize, serialize
@@ -162,12 +162,9 @@ class TaskSubmitter:
         size = len(data) + sum(b.nbytes for b in buffers)
         if size > INLINE_LIMIT:
             # Large arguments go through the store once, as Ray's implicit put does.
-            oid = put_object_id()
-            node_id = client.store_put(oid, data, buffers, client.client_id)
-            entry = client.new_owned(oid, state=1)
-            entry.node_id, entry.size = node_id, size
-            spec.keepalive.append(client.ref(oid))
-            spec.header["argobj"] = [oid, node_id]
+            ref = client.put_serialized(data, buffers)
+            spec.keepalive.append(ref)
+            spec.header["argobj"] = [ref._id, client._objects[ref._id].node_id]
             spec.frames = []
         else:
             spec.header["nbuf"] = len(buffers)
@@ -469,10 +466,8 @@ class TaskSubmitter:
 
     def _finish_with_error(self, spec: TaskSpec, error) -> None:
         if spec.stream is not None:
-            oid = return_object_id(spec.task_id, len(spec.stream.items) + 1)
-            self.client.new_owned(oid)
+            oid = self._new_stream_item(spec, len(spec.stream.items))
             self.client.complete(oid, error=error)
-            spec.stream.items.append(oid)
         for oid in spec.return_ids:
             self.client.complete(oid, error=error)
         self._finish(spec)
@@ -535,18 +530,24 @@ class TaskSubmitter:
         if spec is not None and spec.stream is not None:
             self._stream_item(spec, header["idx"], header["ret"], frames)
 
-    def _stream_item(self, spec, index, ret, frames) -> None:
+    def _new_stream_item(self, spec, index: int) -> bytes:
+        """An owned object for the generator's value number ``index``, held by the stream (so it
+        lives until the consumer takes it, or the generator is dropped)."""
         oid = return_object_id(spec.task_id, index + 1)
         self.client.new_owned(oid)
+        with self.client._cond:
+            spec.stream.items.append(self.client.ref(oid))
+        self.client.changed = True
+        return oid
+
+    def _stream_item(self, spec, index, ret, frames) -> None:
+        oid = self._new_stream_item(spec, index)
         if ret[0] == "v":
             self.client.complete(oid, inline=(frames[0], frames[1 : 1 + ret[1]]), size=ret[2], contained=ret[3])
         elif ret[0] == "s":
             self.client.complete(oid, node_id=ret[2], size=ret[1], contained=ret[3])
         else:
             self.client.complete(oid, error=bytes(frames[0]))
-        with self.client._cond:
-            spec.stream.items.append(oid)
-        self.client.changed = True
 
     def next_stream_item(self, stream: Stream, index: int, timeout=None):
         client = self.client
@@ -554,7 +555,7 @@ class TaskSubmitter:
             while len(stream.items) <= index and not stream.done:
                 client._cond.wait(1.0)
             if len(stream.items) > index:
-                return client.ref(stream.items[index])
+                return stream.items[index]
             return None
 
     # --- actors -------------------------------------------------------------------------------------
