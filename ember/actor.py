@@ -8,6 +8,7 @@ from ember.runtime import protocol
 from ember.runtime.core_client import current_client
 from ember.runtime.ids import new_id
 from ember.runtime.serialization import dumps_function
+from ember.runtime.task_context import ActorExit, current_task
 
 
 def method(*, num_returns=None, concurrency_group=None, **unknown):
@@ -80,7 +81,7 @@ class ActorClass:
         name = options.get("name")
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"An actor's name must be a non-empty string, got {name!r}.")
-        namespace = options.get("namespace") or client.namespace
+        namespace = options.get("namespace") or client.current_namespace()
         max_task_retries = options.get("max_task_retries", 0)
         actor_id = new_id(16)
         spec = {
@@ -186,6 +187,15 @@ class ActorMethod:
         """This method with some options (``num_returns``, ``name``, ``max_task_retries``) overridden."""
         opts.validate(method_options, opts.METHOD_OPTIONS, "actor methods")
         return ActorMethod(self._handle, self._name, self._num_returns, {**self._options, **method_options})
+
+
+def exit_actor() -> None:
+    """Stop the current actor for good, from inside one of its methods: that call and every later
+    one fail with ActorDiedError, and the actor is not restarted (as Ray's ``exit_actor``)."""
+    context = current_task.get()
+    if context is None or context.actor_id is None:
+        raise TypeError("exit_actor() can only be called inside an actor method.")
+    raise ActorExit()
 
 
 def handle_from_info(info: dict) -> ActorHandle:

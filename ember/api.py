@@ -149,6 +149,7 @@ def init(
         client = CoreClient(
             head_address, node_manager_address, kind="driver", namespace=namespace, log_to_driver=log_to_driver
         )
+        client.job_env_vars = env_vars
         try:
             client.connect()
         except BaseException:
@@ -156,7 +157,6 @@ def init(
             if started is not None:
                 _stop_cluster(started)
             raise
-        client.env_vars = env_vars
         _cluster_process = started
         set_current_client(client)
         _context = EmberContext(
@@ -433,12 +433,13 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     if not isinstance(name, str) or not name:
         raise ValueError(f"get_actor() expects a non-empty actor name, got {name!r}.")
     client = current_client()
+    namespace = namespace or client.current_namespace()
     reply, _ = client.request(
-        "head", {"op": protocol.GET_NAMED_ACTOR, "name": name, "namespace": namespace or client.namespace}
+        "head", {"op": protocol.GET_NAMED_ACTOR, "name": name, "namespace": namespace}
     )
     if reply["actor"] is None:
         raise ValueError(
-            f"Failed to look up actor {name!r} in namespace {namespace or client.namespace!r}: "
+            f"Failed to look up actor {name!r} in namespace {namespace!r}: "
             "no live actor has that name there."
         )
     return handle_from_info(reply["actor"])

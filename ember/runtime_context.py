@@ -38,8 +38,17 @@ class RuntimeContext:
         return {"GPU": [str(i) for i in (self._task.gpu_ids if self._task else [])]}
 
     @property
+    def current_actor(self):
+        """A handle to the actor this code runs in (inside an actor method or constructor)."""
+        if self._task is None or self._task.actor_info is None:
+            raise RuntimeError("current_actor is only available inside an actor.")
+        from ember.actor import ActorHandle
+
+        return ActorHandle(*self._task.actor_info)
+
+    @property
     def namespace(self) -> str:
-        return self._client.namespace
+        return self._client.current_namespace()
 
     @property
     def job_id(self) -> str:

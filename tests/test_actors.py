@@ -263,3 +263,42 @@ def test_async_actor_streaming_method(cluster):
 
     producer = AsyncProducer.remote()
     assert [ember.get(r) for r in producer.produce.remote(3)] == [0, 10, 20]
+
+
+def test_exit_actor_and_current_actor(cluster):
+    from ember.actor import exit_actor
+
+    @ember.remote(max_restarts=3)
+    class Quitter:
+        def me(self):
+            return ember.get_runtime_context().current_actor
+
+        def quit(self):
+            exit_actor()
+
+    quitter = Quitter.remote()
+    assert ember.get(quitter.me.remote()) == quitter
+    with pytest.raises(ActorDiedError, match="exit_actor"):
+        ember.get(quitter.quit.remote(), timeout=30)
+    with pytest.raises(ActorDiedError):  # not restarted, although max_restarts allows it
+        ember.get(quitter.me.remote(), timeout=30)
+    with pytest.raises(TypeError):
+        exit_actor()
+
+
+def test_tasks_create_and_find_named_actors_in_the_jobs_namespace(cluster):
+    @ember.remote
+    def create():
+        Counter.options(name="made-in-a-task").remote(7)
+        return ember.get_runtime_context().namespace
+
+    namespace = ember.get(create.remote())
+    assert namespace == ember.get_runtime_context().namespace
+    handle = ember.get_actor("made-in-a-task")  # found from the driver, in the same namespace
+
+    @ember.remote
+    def find():
+        return ember.get(ember.get_actor("made-in-a-task").get.remote())
+
+    assert ember.get(find.remote()) == 7
+    ember.kill(handle)

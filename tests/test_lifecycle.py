@@ -219,3 +219,30 @@ def test_connected_driver_frees_its_objects_on_shutdown(cluster):
     """)
     assert result.stdout.strip() == "1"
     wait_for(lambda: set(glob.glob(f"/dev/shm/{prefix}-*")) <= before, message="the driver's objects to be freed")
+
+
+def test_job_runtime_env_applies_to_all_its_tasks(cluster):
+    # On a cluster the driver did not start, the job's env_vars still reach its tasks and actors.
+    result = run_driver(f"""
+        import os, ember
+        ember.init(address="{cluster.address_info["address"]}", runtime_env={{"env_vars": {{"JOB_VAR": "job"}}}})
+        @ember.remote
+        def read(name):
+            return os.environ.get(name)
+        @ember.remote
+        def nested():
+            return ember.get(read.remote("JOB_VAR"))
+        @ember.remote
+        class Reader:
+            def read(self):
+                return os.environ.get("JOB_VAR")
+        print(ember.get(read.remote("JOB_VAR")), ember.get(nested.remote()), ember.get(Reader.remote().read.remote()),
+              ember.get(read.options(runtime_env={{"env_vars": {{"JOB_VAR": "task"}}}}).remote("JOB_VAR")))
+    """)
+    assert result.stdout.split() == ["job", "job", "job", "task"]
+
+    @ember.remote
+    def read_here():
+        return os.environ.get("JOB_VAR")
+
+    assert ember.get(read_here.remote()) is None  # another job's variables never leak into ours

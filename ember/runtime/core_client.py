@@ -75,6 +75,7 @@ class CoreClient(Ownership):
         self.namespace = namespace
         self.host = host
         self.log_to_driver = log_to_driver
+        self.job_env_vars: dict = {}  # a driver's runtime_env env_vars, applied to all its tasks
         self.watch_stdin = watch_stdin
         self.node_id: bytes | None = None
         self.resources: dict = {}
@@ -92,7 +93,7 @@ class CoreClient(Ownership):
         self._peer_handlers: dict = {}
         self._exported: set = set()
         self._functions: dict = {}
-        self._job_paths: set = set()
+        self._jobs: dict = {}  # job id -> its configuration (see job_config)
         self._store_deletes: list = []
         self._touches: list = []
         self._logs: dict[bytes, list] = {}
@@ -318,11 +319,16 @@ class CoreClient(Ownership):
             )
             self.job_id = reply["job_id"]
             self.namespace = reply["namespace"]
-            # Workers import the driver's own modules (functions pickled by reference) from these.
+            # What every worker running this job's tasks needs: the driver's import path (functions
+            # pickled by reference live in the driver's own modules) and the job's runtime_env.
             import msgpack
 
-            paths = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
-            self.request("head", {"op": protocol.KV_PUT, "key": b"job_sys_path:" + self.job_id}, [msgpack.packb(paths)])
+            job = {
+                "sys_path": [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)],
+                "env_vars": self.job_env_vars,
+                "namespace": self.namespace,
+            }
+            self.request("head", {"op": protocol.KV_PUT, "key": b"job:" + self.job_id}, [msgpack.packb(job)])
             if self.log_to_driver:
                 self.call_soon(self._subscribe_logs, reply["publisher"])
         reply, _ = self.request(
@@ -401,23 +407,34 @@ class CoreClient(Ownership):
     def load_function(self, key: bytes, job_id: bytes | None = None):
         function = self._functions.get(key)
         if function is None:
-            if job_id is not None and job_id not in self._job_paths:
-                self._add_job_paths(job_id)
+            if job_id is not None:
+                self.job_config(job_id)  # puts the driver's import path on ours first
             reply, frames = self.request("head", {"op": protocol.KV_GET, "key": key})
             if not reply["found"]:
                 raise RuntimeError(f"function {key.hex()} was not exported to the cluster")
             function = self._functions[key] = deserialize(frames[0])
         return function
 
-    def _add_job_paths(self, job_id: bytes) -> None:
-        import msgpack
+    def current_namespace(self) -> str | None:
+        """The namespace of the job we work for: the driver's, or that of the task running here."""
+        context = current_task.get()
+        if context is not None and context.job_id and self.kind == "worker":
+            return self.job_config(context.job_id).get("namespace")
+        return self.namespace
 
-        reply, frames = self.request("head", {"op": protocol.KV_GET, "key": b"job_sys_path:" + job_id})
-        self._job_paths.add(job_id)
-        if reply["found"]:
-            for path in msgpack.unpackb(frames[0]):
+    def job_config(self, job_id: bytes) -> dict:
+        """The job's ``sys_path`` and ``env_vars`` (fetched from the head once per job)."""
+        config = self._jobs.get(job_id)
+        if config is None:
+            import msgpack
+
+            reply, frames = self.request("head", {"op": protocol.KV_GET, "key": b"job:" + job_id})
+            config = msgpack.unpackb(frames[0]) if reply["found"] else {"sys_path": [], "env_vars": {}, "namespace": None}
+            for path in config["sys_path"]:
                 if path not in sys.path:
                     sys.path.append(path)
+            self._jobs[job_id] = config
+        return config
 
     def _notify_blocked(self, blocked: bool) -> bool:
         """A worker that waits inside a task lends its CPU to others meanwhile (nested tasks)."""

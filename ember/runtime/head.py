@@ -339,7 +339,8 @@ class Head(Service):
         actor = self.actors.get(header["actor_id"])
         if actor is None:
             raise ValueError("no such actor")
-        self._kill(actor, "The actor was killed by ember.kill().", no_restart=header.get("no_restart", True))
+        cause = header.get("cause") or "The actor was killed by ember.kill()."
+        self._kill(actor, cause, no_restart=header.get("no_restart", True))
         return {}
 
     def on_actor_handle_released(self, identity, header, frames):

@@ -20,6 +20,11 @@ class TaskContext:
     gpu_ids: list = field(default_factory=list)
     holds_cpu: bool = False
     borrowed: list | None = None
+    actor_info: tuple | None = None  # (actor id, class name, method metadata) inside an actor
+
+
+class ActorExit(BaseException):
+    """Raised by ``ember.actor.exit_actor()``; a BaseException so user code does not swallow it."""
 
 
 current_task: contextvars.ContextVar = contextvars.ContextVar("ember_current_task", default=None)

@@ -183,9 +183,9 @@ class TaskSubmitter:
         spec.name = name
         context = current_task.get()
         spec.parent = context.task_id if context else None
-        header.update(
-            rid=task_id, tname=name, job=self.client.job_id, owner=self.client.address, owner_id=self.client.client_id
-        )
+        # A task submitted by a task belongs to the same job (its logs, runtime_env and actors).
+        job = context.job_id if context is not None and context.job_id else self.client.job_id
+        header.update(rid=task_id, tname=name, job=job, owner=self.client.address, owner_id=self.client.client_id)
         spec.header = header
         self._prepare(spec, args, kwargs, f"the arguments of {name}")
         if num_returns == "streaming":
@@ -248,7 +248,7 @@ class TaskSubmitter:
         self.client.call_soon(self.actors.setdefault, actor_id, state)
         reply, _ = self.client.request(
             "head",
-            {"op": protocol.CREATE_ACTOR, "actor_id": actor_id, "job_id": self.client.job_id, "spec": header},
+            {"op": protocol.CREATE_ACTOR, "actor_id": actor_id, "job_id": header["job"], "spec": header},
             spec.frames,
         )
         return reply.get("existing")

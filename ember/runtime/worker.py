@@ -31,7 +31,7 @@ from ember.runtime.ids import return_object_id
 from ember.runtime.ownership import INLINE_LIMIT
 from ember.runtime.serialization import deserialize, serialize, serialize_error
 from ember.runtime.service import read_eof, unwrap
-from ember.runtime.task_context import TaskContext, current_task
+from ember.runtime.task_context import ActorExit, TaskContext, current_task
 from ember.runtime.task_submitter import Arg
 
 
@@ -242,6 +242,21 @@ class Worker:
         return protocol.encode({"op": protocol.TASK_RESULT, "rid": task_id, "rets": rets}, frames)
 
     def error_reply(self, header: dict, error: BaseException, name: str) -> list:
+        if isinstance(error, ActorExit):
+            # exit_actor(): this call fails like every later one, and the head stops us for good.
+            cause = "The actor exited by calling exit_actor()."
+            error = exceptions.ActorDiedError(cause, self.actor_context.actor_id.hex())
+            error.__traceback__ = None
+            self.client.call_soon(
+                self.client.send,
+                "head",
+                {
+                    "op": protocol.KILL_ACTOR,
+                    "actor_id": self.actor_context.actor_id,
+                    "no_restart": True,
+                    "cause": cause,
+                },
+            )
         asyncio = sys.modules.get("asyncio")  # imported only by async actors (start-up time)
         cancelled = (_Cancelled, KeyboardInterrupt) + ((asyncio.CancelledError,) if asyncio else ())
         if isinstance(error, cancelled):
@@ -271,11 +286,12 @@ class Worker:
         name = header.get("tname", "task")
         context = self._context(header)
         token = current_task.set(context)
-        restore = self._apply_env(header.get("env"), context.gpu_ids)
+        restore = _nothing
         self.running_task = task_id
         try:
             if task_id in self.cancel_requested:
                 raise _Cancelled()
+            restore = self._apply_env(self._env_of(header), context.gpu_ids)
             function = self.client.load_function(header["fid"], header.get("job"))
             args, kwargs = self.resolve_args(header, frames)
             result = function(*args, **kwargs)
@@ -329,13 +345,19 @@ class Worker:
     def _stream_end(header: dict, count: int) -> list:
         return protocol.encode({"op": protocol.TASK_RESULT, "rid": header["rid"], "rets": [], "stream_end": count})
 
+    def _env_of(self, header: dict) -> dict:
+        """The job's runtime_env variables, overridden by the task's or actor's own."""
+        env = dict(self.client.job_config(header["job"])["env_vars"]) if header.get("job") else {}
+        env.update(header.get("env") or {})
+        return env
+
     @staticmethod
     def _apply_env(env_vars, gpu_ids):
         changes = dict(env_vars or {})
         if gpu_ids:
             changes["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
         if not changes:
-            return lambda: None
+            return _nothing
         saved = {name: os.environ.get(name) for name in changes}
         os.environ.update({k: str(v) for k, v in changes.items()})
 
@@ -356,9 +378,10 @@ class Worker:
         context.name = name
         context.holds_cpu = False
         self.actor_context = context
+        context.actor_info = (header["actor_id"], name, header.get("meta") or {})
         current_task.set(context)
-        self._apply_env(header.get("env"), context.gpu_ids)  # for the actor's whole life
         try:
+            self._apply_env(self._env_of(header), context.gpu_ids)  # for the actor's whole life
             cls = self.client.load_function(header["cid"], header.get("job"))
             args, kwargs = self.resolve_args(header, frames)
             is_async = any(
@@ -407,6 +430,7 @@ class Worker:
         context.name = self.actor_name
         context.assigned = self.actor_context.assigned
         context.gpu_ids = self.actor_context.gpu_ids
+        context.actor_info = self.actor_context.actor_info
         context.holds_cpu = False
         return context
 
@@ -468,6 +492,10 @@ class Worker:
         self.send_later(identity, reply)
         if self.exit_after_reply:
             os.write(self.wake_w, b"x")
+
+
+def _nothing() -> None:
+    pass
 
 
 def _with(reply: list, **fields) -> list:
