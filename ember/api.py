@@ -434,13 +434,10 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
         raise ValueError(f"get_actor() expects a non-empty actor name, got {name!r}.")
     client = current_client()
     namespace = namespace or client.current_namespace()
-    reply, _ = client.request(
-        "head", {"op": protocol.GET_NAMED_ACTOR, "name": name, "namespace": namespace}
-    )
+    reply, _ = client.request("head", {"op": protocol.GET_NAMED_ACTOR, "name": name, "namespace": namespace})
     if reply["actor"] is None:
         raise ValueError(
-            f"Failed to look up actor {name!r} in namespace {namespace!r}: "
-            "no live actor has that name there."
+            f"Failed to look up actor {name!r} in namespace {namespace!r}: no live actor has that name there."
         )
     return handle_from_info(reply["actor"])
 

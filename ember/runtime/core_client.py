@@ -429,7 +429,9 @@ class CoreClient(Ownership):
             import msgpack
 
             reply, frames = self.request("head", {"op": protocol.KV_GET, "key": b"job:" + job_id})
-            config = msgpack.unpackb(frames[0]) if reply["found"] else {"sys_path": [], "env_vars": {}, "namespace": None}
+            config = (
+                msgpack.unpackb(frames[0]) if reply["found"] else {"sys_path": [], "env_vars": {}, "namespace": None}
+            )
             for path in config["sys_path"]:
                 if path not in sys.path:
                     sys.path.append(path)
