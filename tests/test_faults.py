@@ -189,7 +189,7 @@ def test_garbage_on_sockets_does_not_kill_services(cluster):
     for address in targets:
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(f"tcp://{address}")
+        sock.connect(f"tcp://{address.split('#')[0]}")  # a client's address also names its process
         for junk in ([b"\xff\x00garbage"], [b"\x81\xa2op\xa4nope"], [b"\x92\x01\x02", b"x" * 1000], [b""]):
             sock.send_multipart(junk)
         sock.close()

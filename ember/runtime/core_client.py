@@ -115,7 +115,10 @@ class CoreClient(Ownership):
     def _run(self) -> None:
         try:
             self._poller = zmq.Poller()
-            self._server, self.address = transport.bind_router(self.host)
+            self._server, endpoint = transport.bind_router(self.host)
+            # Owner addresses name a process, not just a port: a port can be reused by a new
+            # process after this one dies, and borrowers must not mistake one for the other.
+            self.address = f"{endpoint}#{self.client_id.hex()[:12]}"
             self.references.address = self.address
             self._head = transport.connect_dealer(self.head_address)
             self._node_manager = transport.connect_dealer(self.node_manager_address)
@@ -252,7 +255,7 @@ class CoreClient(Ownership):
             return self._node_manager
         sock = self._peers.get(target)
         if sock is None:
-            sock = self._peers[target] = transport.connect_dealer(target)
+            sock = self._peers[target] = transport.connect_dealer(target.split("#", 1)[0])
             self._poller.register(sock, zmq.POLLIN)
         return sock
 
