@@ -244,3 +244,31 @@ def _try_pid(actor):
         return ember.get(actor.pid.remote(), timeout=10)
     except ActorDiedError:
         return None
+
+
+def test_misdirected_requests_are_answered_not_dropped(cluster):
+    # A request that reaches the wrong socket (say, a port reused by a new process) must get an
+    # error back, or its sender would wait forever.
+    from ember.runtime import protocol
+
+    @ember.remote
+    class Target:
+        def ping(self):
+            return "pong"
+
+    actor = Target.remote()
+    ember.get(actor.ping.remote())
+    client = ember.runtime.core_client.current_client()
+    state = client.submitter.actors[actor._actor_id]
+    context = zmq.Context.instance()
+    for address, expected in ((state.address, "task socket"), (state.client_address, "died")):
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://{address.split('#')[0]}")
+        request = {"op": protocol.GET_OBJECT, "rid": b"r1", "oid": b"\x00" * 16, "to": "127.0.0.1:1#gone"}
+        sock.send_multipart(protocol.encode(request))
+        assert sock.poll(10_000), f"no answer from {address}"
+        header, _ = protocol.decode(sock.recv_multipart())
+        sock.close()
+        assert header["op"] == protocol.ERROR and header["rid"] == b"r1" and expected in header["error"]
+    assert ember.get(actor.ping.remote(), timeout=30) == "pong"

@@ -145,53 +145,58 @@ class CoreClient(Ownership):
             protocol.REMOVE_BORROWER: self._serve_remove_borrower,
             protocol.CANCEL_TASK: self._serve_cancel,
         }
-        next_tick = 0.0
+        self._push_handlers, self._server_table = push_handlers, server_table
+        self._next_tick = 0.0
         while not self._closed:
             try:
-                events = dict(self._poller.poll(max(0.0, next_tick - time.monotonic()) * 1000))
-            except zmq.ZMQError:
+                self._poll_once()
+            except Exception:
+                # Nothing may stop this thread: every request of this process would wait forever.
                 if self._closed:
                     break
-                raise
-            for sock in events:
-                if sock == self._wake_r:
-                    self._woken = False
-                    read_eof(self._wake_r)
-                    continue
-                if sock == 0:
-                    if read_eof(0):
-                        os._exit(0)  # our node manager died: nothing left to work for
-                    continue
-                for _ in range(1000):
-                    try:
-                        frames = unwrap(sock.recv_multipart(zmq.NOBLOCK, copy=False))
-                    except zmq.Again:
-                        break
-                    try:
-                        if sock is self._server:
-                            self._serve(frames, server_table)
-                        elif sock is self._subscriber:
-                            self._on_logs(frames)
-                        else:
-                            self._on_message(frames, push_handlers)
-                    except Exception:
-                        logger.exception("error while handling a message")
-                    if sock.closed:
-                        break  # a handler closed it (a peer that died)
-            self._run_calls()
-            if self.changed:
-                # One wake-up for all the objects completed in this round, not one per object.
-                with self._cond:
-                    self.changed = False
-                    self._cond.notify_all()
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + 0.02
-                try:
-                    self._tick(now)
-                except Exception:
-                    logger.exception("client tick failed")
+                logger.exception("error in the client's I/O loop")
         self._close_sockets()
+
+    def _poll_once(self) -> None:
+        timeout = max(0.0, self._next_tick - time.monotonic()) * 1000
+        for sock, _ in self._poller.poll(timeout):
+            if sock == self._wake_r:
+                self._woken = False
+                read_eof(self._wake_r)
+            elif sock == 0:
+                if read_eof(0):
+                    os._exit(0)  # our node manager died: nothing left to work for
+            else:
+                self._drain(sock)
+        self._run_calls()
+        if self.changed:
+            # One wake-up for all the objects completed in this round, not one per object.
+            with self._cond:
+                self.changed = False
+                self._cond.notify_all()
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + 0.02
+            self._tick(now)
+
+    def _drain(self, sock) -> None:
+        """Handle what is queued on ``sock``, without blocking, so a burst costs one poll."""
+        for _ in range(1000):
+            if sock.closed:
+                return  # a handler closed it (a peer that died), maybe earlier in this round
+            try:
+                frames = unwrap(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                return
+            try:
+                if sock is self._server:
+                    self._serve(frames, self._server_table)
+                elif sock is self._subscriber:
+                    self._on_logs(frames)
+                else:
+                    self._on_message(frames, self._push_handlers)
+            except Exception:
+                logger.exception("error while handling a message")
 
     def _run_calls(self) -> None:
         while self._calls:
@@ -295,9 +300,9 @@ class CoreClient(Ownership):
         identity = frames[0]
         header, payload = protocol.decode(frames[1:])
         handler = table.get(header.get("op"))
-        if handler is None:
-            return
         try:
+            if handler is None:
+                raise ValueError(f"unknown op {header.get('op')!r}")
             handler(identity, header, payload)
         except Exception as error:
             logger.exception("owner service failed on %s", header.get("op"))

@@ -284,7 +284,9 @@ class Ownership:
                 borrowed = self._borrowed.get(oid)
                 if borrowed is None:
                     return
-                if header["op"] == protocol.ERROR:
+                if header["op"] == protocol.ERROR and header.get("etype") == "OwnerDiedError":
+                    borrowed.error = exceptions.OwnerDiedError(oid.hex(), header.get("error", ""))
+                elif header["op"] == protocol.ERROR:
                     borrowed.error = exceptions.ObjectLostError(oid.hex(), header.get("error", ""))
                 else:
                     self._unpack_location(borrowed, header["loc"], frames)
@@ -294,7 +296,7 @@ class Ownership:
             for future in futures:
                 self._settle_future(future, oid)
 
-        self.send(owner, {"op": protocol.GET_OBJECT, "oid": oid}, callback=on_reply)
+        self.send(owner, {"op": protocol.GET_OBJECT, "oid": oid, "to": owner}, callback=on_reply)
 
     @staticmethod
     def _unpack_location(holder, location, frames) -> None:
@@ -309,6 +311,11 @@ class Ownership:
     def _serve_get_object(self, identity, header, frames) -> None:
         oid = header["oid"]
         rid = header["rid"]
+        if header.get("to", self.address) != self.address:
+            # Meant for a process that had our port before us: that owner is gone.
+            error = f"Its owner {header['to']} died (another process now has its port)."
+            self._reply(identity, {"op": protocol.ERROR, "rid": rid, "error": error, "etype": "OwnerDiedError"})
+            return
         with self._lock:
             entry = self._objects.get(oid)
             if entry is None:

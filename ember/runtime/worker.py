@@ -172,6 +172,14 @@ class Worker:
         header, payload = protocol.decode(frames[1:])
         handler = self.table.get(header.get("op"))
         if handler is None:
+            # Perhaps meant for a process that had our port before us: answer rather than drop.
+            if header.get("rid") is not None:
+                error = {
+                    "op": protocol.ERROR,
+                    "rid": header["rid"],
+                    "error": f"a worker's task socket got {header.get('op')!r}",
+                }
+                self.socket.send_multipart([identity, *protocol.encode(error)])
             raise ValueError(f"unknown op {header.get('op')!r}")
         reply = handler(identity, header, payload)
         if reply is not None:
