@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 _client = None
 
+TIMER_PERIOD = 0.02  # how often idle leases are checked for return, while we hold any
+IDLE_POLL = 1.0  # the longest the I/O thread sleeps with nothing to do
+
 # Errors a service may answer with that the caller should see as their own type.
 _REMOTE_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError}
 
@@ -158,17 +161,23 @@ class CoreClient(Ownership):
         self._close_sockets()
 
     def _poll_once(self) -> None:
-        timeout = max(0.0, self._next_tick - time.monotonic()) * 1000
-        for sock, _ in self._poller.poll(timeout):
+        # Wake up for timers only while there are leases to return; idle, sleep until a message.
+        busy = self.submitter.leases or self._releases
+        timeout = max(0.0, self._next_tick - time.monotonic()) if busy else IDLE_POLL
+        for sock, _ in self._poller.poll(timeout * 1000):
             if sock == self._wake_r:
-                self._woken = False
+                # Drain first, then clear: a wake-up between the two is covered by the calls we run
+                # next; clearing first could leave the flag set with the pipe empty, and every later
+                # wake-up skipped until the poll timed out.
                 read_eof(self._wake_r)
+                self._woken = False
             elif sock == 0:
                 if read_eof(0):
                     os._exit(0)  # our node manager died: nothing left to work for
             else:
                 self._drain(sock)
         self._run_calls()
+        self._flush()
         if self.changed:
             # One wake-up for all the objects completed in this round, not one per object.
             with self._cond:
@@ -176,8 +185,8 @@ class CoreClient(Ownership):
                 self._cond.notify_all()
         now = time.monotonic()
         if now >= self._next_tick:
-            self._next_tick = now + 0.02
-            self._tick(now)
+            self._next_tick = now + TIMER_PERIOD
+            self.submitter.tick(now)
 
     def _drain(self, sock) -> None:
         """Handle what is queued on ``sock``, without blocking, so a burst costs one poll."""
@@ -199,17 +208,24 @@ class CoreClient(Ownership):
                 logger.exception("error while handling a message")
 
     def _run_calls(self) -> None:
-        while self._calls:
-            fn, args = self._calls.popleft()
-            try:
-                fn(*args)
-            except Exception:
-                logger.exception("error in %s", getattr(fn, "__name__", fn))
-        self._drain_releases()
+        # Until nothing is left: a call or a release may queue more calls (say, a borrower message
+        # when a freed object held refs), and what is queued now must not wait for the next round.
+        while self._calls or self._releases:
+            while self._calls:
+                fn, args = self._calls.popleft()
+                try:
+                    fn(*args)
+                except Exception:
+                    logger.exception("error in %s", getattr(fn, "__name__", fn))
+            self._drain_releases()
 
     def call_soon(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the I/O thread."""
         self._calls.append((fn, args))
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the I/O thread run a round now (from another thread)."""
         if not self._woken and threading.current_thread() is not self._thread:
             self._woken = True
             try:
@@ -236,8 +252,8 @@ class CoreClient(Ownership):
 
     exit_allowed = staticmethod(lambda: False)  # the worker sets this: True when no task runs
 
-    def _tick(self, now: float) -> None:
-        self._drain_releases()
+    def _flush(self) -> None:
+        """Send what accumulated since the last round: frees, store accesses, log lines."""
         if self._store_deletes:
             self._node_manager.send_multipart(
                 protocol.encode({"op": protocol.STORE_DELETE, "oids": self._store_deletes})
@@ -250,7 +266,6 @@ class CoreClient(Ownership):
             with self._lock:
                 logs, self._logs = self._logs, {}
             self._node_manager.send_multipart(protocol.encode({"op": protocol.WORKER_LOGS, "batches": logs}))
-        self.submitter.tick(now)
 
     # --- requests ---------------------------------------------------------------------------------
     def socket_for(self, target):
@@ -364,7 +379,7 @@ class CoreClient(Ownership):
 
         def flush():
             self._drain_releases()
-            self._tick(time.monotonic())
+            self._flush()
             self.submitter.close()  # return leases before the node manager hears we are gone
             done.set()
 
@@ -394,7 +409,10 @@ class CoreClient(Ownership):
         job = (context.job_id if context else None) or self.job_id or b""
         name = context.name if context else "worker"
         with self._lock:
+            first = not self._logs
             self._logs.setdefault(job, []).append([stream, name, os.getpid(), text])
+        if first:
+            self.wake()
 
     def _on_logs(self, frames: list) -> None:
         import msgpack

@@ -79,8 +79,10 @@ class Ownership:
                 self._carry_out(actions, context)
 
     def remove_local_reference(self, oid: bytes) -> None:
-        # Runs from __del__, perhaps inside the garbage collector on any thread: no locks here.
+        # Runs from __del__, perhaps inside the garbage collector on any thread: no locks here
+        # (waking is a flag test and a pipe write).
         self._releases.append(oid)
+        self.wake()
 
     def _drain_releases(self) -> None:
         if not self._releases:

@@ -75,7 +75,7 @@ class Service:
 class EventLoop:
     """Polls the sockets of one or more services (and raw file descriptors) until stopped."""
 
-    TICK = 0.05
+    TICK = 0.1
 
     def __init__(self):
         self.poller = zmq.Poller()
