@@ -166,18 +166,23 @@ def test_actor_without_restarts_dies(cluster):
         ember.get(actor.pid.remote(), timeout=60)
 
 
-def test_garbage_on_sockets_does_not_kill_services(cluster):
-    context = zmq.Context.instance()
+@ember.remote
+class Target:
+    def ping(self):
+        return "pong"
 
-    @ember.remote
-    class Target:
-        def ping(self):
-            return "pong"
 
+def live_target():
+    """A running actor, and what this driver knows of it (its worker's two addresses)."""
     actor = Target.remote()
     ember.get(actor.ping.remote())
     client = ember.runtime.core_client.current_client()
-    state = client.submitter.actors[actor._actor_id]
+    return actor, client, client.submitter.actors[actor._actor_id]
+
+
+def test_garbage_on_sockets_does_not_kill_services(cluster):
+    context = zmq.Context.instance()
+    actor, client, state = live_target()
     # The head, the node manager, the actor's worker (its task socket) and the driver's own server.
     targets = [
         api._context.address_info["address"],
@@ -251,15 +256,7 @@ def test_misdirected_requests_are_answered_not_dropped(cluster):
     # error back, or its sender would wait forever.
     from ember.runtime import protocol
 
-    @ember.remote
-    class Target:
-        def ping(self):
-            return "pong"
-
-    actor = Target.remote()
-    ember.get(actor.ping.remote())
-    client = ember.runtime.core_client.current_client()
-    state = client.submitter.actors[actor._actor_id]
+    actor, _, state = live_target()
     context = zmq.Context.instance()
     for address, expected in ((state.address, "task socket"), (state.client_address, "died")):
         sock = context.socket(zmq.DEALER)

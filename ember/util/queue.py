@@ -98,15 +98,7 @@ class _QueueActor:
         return (_OK, [self.queue.get_nowait() for _ in range(num_items)])
 
 
-_actor_class = None
-
-
-def _queue_actor_class():
-    """Build the remote actor class on first use (keeps import of this module side-effect free)."""
-    global _actor_class
-    if _actor_class is None:
-        _actor_class = ember.remote(_QueueActor)
-    return _actor_class
+QueueActor = ember.remote(_QueueActor)
 
 
 def _validate_timeout(timeout: float | None) -> None:
@@ -170,7 +162,7 @@ class Queue:
         self.maxsize = maxsize
         options = {"num_cpus": 0}
         options.update(actor_options or {})
-        self.actor = _queue_actor_class().options(**options).remote(self.maxsize)
+        self.actor = QueueActor.options(**options).remote(self.maxsize)
 
     # ------------------------------------------------------------- helpers
     def _handle(self):

@@ -17,7 +17,7 @@ from typing import Any
 
 import ember
 
-from .pool_actor import _CALL_ARGS_KWARGS, _CALL_ONE, _CALL_STAR, _pool_actor_class
+from .pool_actor import _CALL_ARGS_KWARGS, _CALL_ONE, _CALL_STAR, PoolActor
 from .results import (
     AsyncResult,
     IMapIterator,
@@ -132,7 +132,7 @@ class Pool:
         self._processes = processes
         options = {"num_cpus": 0}
         options.update(ray_remote_args or {})
-        self._actor_cls = _pool_actor_class().options(**options)
+        self._actor_cls = PoolActor.options(**options)
         self._workers = [self._new_worker() for _ in range(processes)]
         try:
             # Surfaces initializer failures here instead of on first use.

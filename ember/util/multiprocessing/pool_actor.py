@@ -3,7 +3,7 @@
 :class:`_PoolActor` runs the pool's initializer once when it starts and then
 the batches of calls the pool sends it, keeping globals set by functions that
 arrived pickled by value; ``_CALL_*`` say how each item of a batch is passed
-to the function, and :func:`_pool_actor_class` builds the remote actor class
+to the function, and :data:`PoolActor` is the remote actor class
 on first use.
 """
 
@@ -83,12 +83,4 @@ class _PoolActor:
         return results
 
 
-_actor_class = None
-
-
-def _pool_actor_class():
-    """Build the remote actor class on first use."""
-    global _actor_class
-    if _actor_class is None:
-        _actor_class = ember.remote(_PoolActor)
-    return _actor_class
+PoolActor = ember.remote(_PoolActor)
