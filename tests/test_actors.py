@@ -302,3 +302,32 @@ def test_tasks_create_and_find_named_actors_in_the_jobs_namespace(cluster):
 
     assert ember.get(find.remote()) == 7
     ember.kill(handle)
+
+
+def test_actor_is_stopped_when_its_last_queued_call_fails_before_sending(cluster):
+    import psutil
+
+    @ember.remote
+    def bad():
+        raise ValueError("bad argument")
+
+    @ember.remote
+    class User:
+        def pid(self):
+            return os.getpid()
+
+        def use(self, value):
+            return value
+
+    handle = User.remote()
+    pid = ember.get(handle.pid.remote())
+    ref = handle.use.remote(bad.remote())  # fails with its argument's error, never sent
+    del handle
+    import gc
+
+    gc.collect()
+    with pytest.raises(ValueError):
+        ember.get(ref, timeout=30)
+    from conftest import wait_for
+
+    wait_for(lambda: not psutil.pid_exists(pid), message="the unreferenced actor's process to exit")

@@ -269,3 +269,25 @@ def test_misdirected_requests_are_answered_not_dropped(cluster):
         sock.close()
         assert header["op"] == protocol.ERROR and header["rid"] == b"r1" and expected in header["error"]
     assert ember.get(actor.ping.remote(), timeout=30) == "pong"
+
+
+def test_force_cancel_of_a_task_waiting_behind_another_spares_the_running_one(cluster, tmp_path):
+    started = tmp_path / "started"
+
+    @ember.remote(max_retries=0, resources={"custom": 4})
+    def first(path):
+        open(path, "w").close()
+        time.sleep(1)
+        return "first"
+
+    @ember.remote(max_retries=0, resources={"custom": 4})
+    def second():
+        return "second"
+
+    a = first.remote(str(started))
+    b = second.remote()  # sent ahead to the same worker (two in flight per worker)
+    wait_for(started.exists, message="the first task to start")
+    ember.cancel(b, force=True)
+    assert ember.get(a, timeout=30) == "first"  # not killed along with b
+    with pytest.raises(TaskCancelledError):
+        ember.get(b, timeout=30)

@@ -184,3 +184,59 @@ def test_refs_made_in_a_task_and_returned_inside_a_value_are_freed(cluster):
     del inner, outer
     gc.collect()
     wait_for(lambda: not (store_files() & created), message="the worker-owned object to be freed")
+
+
+def test_object_borrowed_by_a_dead_actor_is_freed(cluster):
+    @ember.remote
+    class Keeper:
+        def keep(self, box):
+            self.box = box
+
+    keeper = Keeper.remote()
+    before = store_files()
+    ref = ember.put(np.zeros(1_000_000))
+    created = store_files() - before
+    ember.get(keeper.keep.remote([ref]))  # the actor registers as a borrower
+    ember.kill(keeper)  # ... and dies without unregistering
+    del ref
+    gc.collect()
+    wait_for(lambda: not (store_files() & created), message="the object a dead borrower held to be freed")
+
+
+def test_ref_returned_twice_to_the_same_caller_is_still_freed(cluster):
+    @ember.remote
+    class Maker:
+        def make(self):
+            self.ref = ember.put(np.zeros(1_000_000))
+            return [self.ref]
+
+        def again(self):
+            return [self.ref]
+
+        def drop(self):
+            del self.ref
+
+    maker = Maker.remote()
+    before = store_files()
+    first = ember.get(maker.make.remote())
+    second = ember.get(maker.again.remote())  # the same ref again, while we still hold it
+    created = store_files() - before
+    ember.get(maker.drop.remote())
+    del first, second
+    gc.collect()
+    wait_for(lambda: not (store_files() & created), message="the twice-returned object to be freed")
+
+
+def test_free_of_a_pending_object_answers_its_waiters(cluster):
+    @ember.remote
+    def slow():
+        import time
+
+        time.sleep(1)
+        return 1
+
+    ref = slow.remote()
+    future = ref.future()
+    api.free([ref])
+    with pytest.raises(ember.exceptions.ObjectFreedError):
+        future.result(timeout=20)

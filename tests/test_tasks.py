@@ -200,3 +200,25 @@ def test_get_timeout(cluster):
         ember.get(ref, timeout=0.2)
     assert isinstance(info.value, TimeoutError)
     ember.cancel(ref, force=True)
+
+
+def test_streaming_generator_is_not_rerun_after_it_yielded(cluster, tmp_path):
+    marker = tmp_path / "ran"
+
+    @ember.remote(num_returns="streaming", max_retries=2, retry_exceptions=True)
+    def flaky(path):
+        first_time = not os.path.exists(path)
+        open(path, "a").close()
+        yield 1
+        yield 2
+        if first_time:
+            raise ValueError("first run fails")
+        yield 3
+
+    values = []
+    for ref in flaky.remote(str(marker)):
+        try:
+            values.append(ember.get(ref))
+        except ValueError:
+            values.append("error")
+    assert values == [1, 2, "error"]  # never [1, 2, 1, 2, 3]: the consumer already had 1 and 2

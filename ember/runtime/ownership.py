@@ -101,6 +101,8 @@ class Ownership:
                 entry = self._objects.pop(oid, None)
                 if entry is not None and entry.node_id is not None:
                     self._store_deletes.append(oid)
+                if entry is not None and entry.futures:  # free() of a pending object: nobody may wait on
+                    self.call_soon(self._settle_freed, oid, entry.futures)
             elif kind == "borrow":
                 self.call_soon(self._send_borrow, oid, action[2], True)
             elif kind == "unborrow":
@@ -109,6 +111,14 @@ class Ownership:
                     self.call_soon(self._send_borrow, oid, action[2], False)
             elif kind == "defer_borrow":
                 context.borrowed.append(oid)  # registered when the task ends: flush_borrows
+
+    def _settle_freed(self, oid: bytes, futures: list) -> None:
+        error = exceptions.ObjectFreedError(oid.hex(), "It was freed with free() before its value arrived.")
+        for future in futures:
+            if isinstance(future, tuple):  # a peer waiting in _serve_get_object
+                self._reply(future[1], {"op": protocol.ERROR, "rid": future[2], "error": str(error)})
+            elif not future.done():
+                future.set_exception(error)
 
     def _send_borrow(self, oid: bytes, owner: str, add: bool, callback=None) -> None:
         op = protocol.ADD_BORROWER if add else protocol.REMOVE_BORROWER
@@ -266,6 +276,7 @@ class Ownership:
         self._dead_owners.add(address)
         self.close_peer(address)
         with self._cond:
+            self._carry_out(self.references.borrower_died(address))
             for oid, borrowed in list(self._borrowed.items()):
                 if borrowed.state == PENDING and borrowed.owner == address:
                     self._fail_borrowed(oid, borrowed)

@@ -83,18 +83,24 @@ class ReferenceTable:
         return self._hold_contained(oid, contained)
 
     def ready(self, oid: bytes, contained=()) -> list:
-        """An owned object's value arrived (with the refs inside it)."""
+        """An owned object's value arrived from a task, with the refs inside it."""
         entry = self.owned.get(oid)
         if entry is None or entry.ready:
             return []
         entry.ready = True
-        return self._hold_contained(oid, contained) + self._maybe_free(oid)
+        return self._hold_contained(oid, contained, from_task=True) + self._maybe_free(oid)
 
-    def _hold_contained(self, oid: bytes, contained) -> list:
+    def _hold_contained(self, oid: bytes, contained, from_task: bool = False) -> list:
         actions = []
         for inner, owner in contained:
             self.owned[oid].contained.append((inner, owner))
-            actions += self.add_local(inner, owner)
+            added = self.add_local(inner, owner)
+            if from_task and owner != self.address and not added:
+                # The worker that returned it holds it until we say we borrow it, even if we
+                # already did (it may be the second time it returns the same ref to us).
+                self.registered.add(inner)
+                added = [("borrow", inner, owner)]
+            actions += added
         return actions
 
     def add_borrower(self, oid: bytes, borrower: str) -> list:
@@ -110,6 +116,16 @@ class ReferenceTable:
             return []
         entry.borrowers.discard(borrower)
         return self._maybe_free(oid)
+
+    def borrower_died(self, borrower: str) -> list:
+        """A process that borrowed (or was being returned) our objects died: it holds nothing now."""
+        actions = []
+        for oid, entry in list(self.owned.items()):
+            if borrower in entry.borrowers or borrower in entry.escaped:
+                entry.borrowers.discard(borrower)
+                entry.escaped.pop(borrower, None)
+                actions += self._maybe_free(oid)
+        return actions
 
     def returned_inside_value(self, oid: bytes, owner: str, caller: str) -> list:
         """A task of ours returns this ref inside its value to ``caller``."""

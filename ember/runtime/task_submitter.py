@@ -429,6 +429,8 @@ class TaskSubmitter:
     def _should_retry(self, spec: TaskSpec, error_bytes) -> bool:
         if spec.cancelled or spec.retries_left == 0 or not spec.retry_exceptions:
             return False
+        if spec.stream is not None and spec.stream.items:
+            return False  # its consumer already has the first values: a rerun would repeat them
         if spec.retry_exceptions is True:
             return True
         try:
@@ -560,6 +562,10 @@ class TaskSubmitter:
 
     # --- actors -------------------------------------------------------------------------------------
     def _pump_actor(self, state: ActorState) -> None:
+        self._send_actor_calls(state)
+        self._maybe_release(state)  # calls that failed before being sent also drain the queue
+
+    def _send_actor_calls(self, state: ActorState) -> None:
         if state.state == DEAD:
             while state.queue:
                 spec = state.queue.popleft()
@@ -651,6 +657,7 @@ class TaskSubmitter:
             if state is not None and spec in state.queue:
                 state.queue.remove(spec)
                 self._fail(spec, error)
+                self._maybe_release(state)
             elif state is not None and state.client_address:
                 self.client.send(
                     state.client_address, {"op": protocol.CANCEL_TASK, "task_id": task_id, "recursive": recursive}
@@ -662,9 +669,13 @@ class TaskSubmitter:
                 shape.queue.remove(spec)
             self._fail(spec, error)
             return
-        if force:
+        running = next(iter(spec.lease.inflight)) == task_id  # a worker runs its tasks in order
+        if force and running:
+            # The other task sent ahead to this worker did nothing wrong: it goes back to the queue
+            # without using a retry, as when a worker retires.
+            spec.lease.retiring = True
             self.client.send("node_manager", {"op": protocol.KILL_WORKER, "wid": spec.lease.worker_id})
-        else:
+        else:  # a task still waiting on the worker is refused there when its turn comes
             self.client.send(
                 spec.lease.client_address, {"op": protocol.CANCEL_TASK, "task_id": task_id, "recursive": recursive}
             )

@@ -157,7 +157,7 @@ class Worker:
                         break
                     try:
                         self.handle(frames)
-                    except Exception as error:  # a malformed message must not kill the worker
+                    except (Exception, _Cancelled) as error:  # a bad message must not kill the worker
                         print(f"ember worker: dropped a bad message: {error!r}", file=sys.__stderr__)
                     if self.exit_after_reply:
                         self._exit()
@@ -295,14 +295,11 @@ class Worker:
         context = self._context(header)
         token = current_task.set(context)
         restore = _nothing
-        self.running_task = task_id
         try:
-            if task_id in self.cancel_requested:
-                raise _Cancelled()
             restore = self._apply_env(self._env_of(header), context.gpu_ids)
             function = self.client.load_function(header["fid"], header.get("job"))
             args, kwargs = self.resolve_args(header, frames)
-            result = function(*args, **kwargs)
+            result = self.run_user_code(task_id, function, *args, **kwargs)
             if header["nret"] == "streaming":
                 reply = self.stream(identity, header, result)
             else:
@@ -310,7 +307,6 @@ class Worker:
         except BaseException as error:  # noqa: B902 - the task's failure is the caller's to see
             reply = self.error_reply(header, error, name)
         finally:
-            self.running_task = None
             self.cancel_requested.discard(task_id)
             restore()
             current_task.reset(token)
@@ -325,10 +321,29 @@ class Worker:
                 self.exit_after_reply = True
         return reply
 
+    def run_user_code(self, task_id: bytes, function, *args, **kwargs):
+        """Call user code where ember.cancel may interrupt it (its SIGINT reaches the main thread
+        only while this runs, never while a reply is being built or sent)."""
+        if threading.current_thread() is not threading.main_thread():
+            return function(*args, **kwargs)
+        self.running_task = task_id
+        try:
+            if task_id in self.cancel_requested:  # cancelled before it started
+                raise _Cancelled()
+            return function(*args, **kwargs)
+        finally:
+            self.running_task = None
+
     def stream(self, identity: bytes, header: dict, generator) -> list:
         """Send each value the generator yields as it comes; the final reply says how many there were."""
         count = 0
-        for count, value in enumerate(generator, start=1):
+        iterator = iter(generator)
+        while True:
+            try:
+                value = self.run_user_code(header["rid"], next, iterator)
+            except StopIteration:
+                break
+            count += 1
             self._send_stream_item(identity, header, count, value)
         return self._stream_end(header, count)
 
@@ -446,14 +461,9 @@ class Worker:
         task_id = header["rid"]
         context = self._call_context(header)
         token = current_task.set(context)
-        main = threading.current_thread() is threading.main_thread()
-        if main:
-            self.running_task = task_id
         try:
-            if task_id in self.cancel_requested:
-                raise _Cancelled()
             args, kwargs = self.resolve_args(header, frames)
-            result = self._method(header)(*args, **kwargs)
+            result = self.run_user_code(task_id, self._method(header), *args, **kwargs)
             if header["nret"] == "streaming":
                 reply = self.stream(identity, header, result)
             else:
@@ -461,8 +471,6 @@ class Worker:
         except BaseException as error:
             reply = self.error_reply(header, error, f"{self.actor_name}.{header['method']}")
         finally:
-            if main:
-                self.running_task = None
             self.cancel_requested.discard(task_id)
             current_task.reset(token)
         self.client.flush_borrows(context.borrowed)
