@@ -96,6 +96,7 @@ class ActorClass:
             "resources": placement,
             "running": running,
             "env": opts.env_vars_of(options),
+            "owner_actor": getattr(current_task.get(), "actor_id", None),  # its fate follows that actor's
             "meta": meta,
         }
         existing = client.submitter.create_actor(actor_id, key, args, kwargs, spec)

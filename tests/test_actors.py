@@ -331,3 +331,44 @@ def test_actor_is_stopped_when_its_last_queued_call_fails_before_sending(cluster
     from conftest import wait_for
 
     wait_for(lambda: not psutil.pid_exists(pid), message="the unreferenced actor's process to exit")
+
+
+def test_ray_terminate_is_not_restarted(cluster):
+    @ember.remote(max_restarts=2)
+    class Graceful:
+        def pid(self):
+            return os.getpid()
+
+    actor = Graceful.remote()
+    ember.get(actor.pid.remote())
+    actor.__ray_terminate__.remote()
+    with pytest.raises(ActorDiedError, match="__ray_terminate__"):
+        ember.get(actor.pid.remote(), timeout=30)
+
+
+def test_actors_created_by_a_detached_actor_outlive_the_job(cluster):
+    from conftest import run_driver
+
+    run_driver(f"""
+        import ember
+        ember.init(address="{cluster.address_info["address"]}", namespace="fate")
+
+        @ember.remote
+        class Child:
+            def ping(self):
+                return "child alive"
+
+        @ember.remote
+        class Parent:
+            def __init__(self):
+                self.child = Child.remote()
+
+            def ping_child(self):
+                return ember.get(self.child.ping.remote())
+
+        parent = Parent.options(name="parent", lifetime="detached").remote()
+        assert ember.get(parent.ping_child.remote()) == "child alive"
+    """)
+    parent = ember.get_actor("parent", namespace="fate")
+    assert ember.get(parent.ping_child.remote(), timeout=30) == "child alive"  # its child shares its fate
+    ember.kill(parent)

@@ -240,3 +240,57 @@ def test_free_of_a_pending_object_answers_its_waiters(cluster):
     api.free([ref])
     with pytest.raises(ember.exceptions.ObjectFreedError):
         future.result(timeout=20)
+
+
+def test_writer_killed_between_reserve_and_seal_gives_its_space_back(tmp_path):
+    # A separate driver with a 100 MiB store: the worker writing an 80 MiB result is SIGKILLed
+    # mid-write; afterwards the whole store must be usable again.
+    result = run_driver(
+        f"""
+        import os, signal, time, numpy as np, ember
+        ember.init(num_cpus=1, object_store_memory=100 * 2**20)
+        pid_file = {str(tmp_path / "pid")!r}
+
+        @ember.remote(max_retries=0)
+        def big():
+            import ember.runtime.ownership as ownership
+            write = ownership.write_object
+            def slow_write(*args, **kwargs):  # widen the window between reserving and sealing
+                open(pid_file, "w").write(str(os.getpid()))
+                time.sleep(30)
+                return write(*args, **kwargs)
+            ownership.write_object = slow_write
+            return np.ones(80 * 2**20, dtype=np.uint8)
+
+        ref = big.remote()
+        while not os.path.exists(pid_file):
+            time.sleep(0.01)
+        os.kill(int(open(pid_file).read()), signal.SIGKILL)
+        try:
+            ember.get(ref)
+        except ember.exceptions.WorkerCrashedError:
+            print("crashed")
+        print(int(ember.get(ember.put(np.ones(90 * 2**20, dtype=np.uint8)))[0]))
+        ember.shutdown()
+    """,
+        timeout=120,
+    )
+    assert result.stdout.split() == ["crashed", "1"]
+
+
+def test_retried_task_rewrites_a_return_an_earlier_attempt_stored(cluster, tmp_path):
+    marker = str(tmp_path / "died")
+
+    class DieOnce:  # the worker dies while packing the second return, after storing the first
+        def __reduce__(self):
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), 9)
+            return (int, (7,))
+
+    @ember.remote(num_returns=2, max_retries=3)
+    def two():
+        return np.ones(2**21, dtype=np.uint8), DieOnce()
+
+    first, second = two.remote()
+    assert int(ember.get(first).sum()) == 2**21 and ember.get(second) == 7

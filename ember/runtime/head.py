@@ -159,9 +159,20 @@ class Head(Service):
         job["alive"] = False
         job["end_time"] = time.time()
         for actor in list(self.actors.values()):
-            if actor.job_id == header["job_id"] and not actor.spec.get("detached") and actor.state != DEAD:
+            if actor.job_id == header["job_id"] and actor.state != DEAD and not self._outlives_job(actor):
                 self._kill(actor, "the job that created the actor finished")
         return {}
+
+    def _outlives_job(self, actor: ActorInfo) -> bool:
+        """Detached actors outlive their job, and so do the actors they created: an actor shares the
+        fate of the actor that created it (its owner), as in Ray."""
+        while actor is not None:
+            if actor.spec.get("detached"):
+                return True
+            actor = self.actors.get(actor.spec.get("owner_actor") or b"")
+            if actor is not None and actor.state == DEAD:
+                return False
+        return False
 
     def on_get_nodes(self, identity, header, frames):
         return {
@@ -394,6 +405,9 @@ class Head(Service):
         actor.state = DEAD
         actor.death_cause = cause
         self._notify(actor)
+        for child in list(self.actors.values()):  # the actors it created share its fate
+            if child.spec.get("owner_actor") == actor.actor_id and not child.spec.get("detached"):
+                self._kill(child, "The actor that created this actor died.")
         name = actor.spec.get("name")
         if name and self.named.get((actor.spec.get("namespace"), name)) == actor.actor_id:
             del self.named[(actor.spec.get("namespace"), name)]

@@ -79,6 +79,7 @@ class NodeManager(Service):
         self.scheduler = LeaseScheduler(resources, max_idle_workers=max(1, int(num_cpus)))
         self.store = StoreState(object_store_memory)
         self.store_owner: dict[bytes, bytes] = {}  # object id -> owner client id
+        self.reservations: dict[bytes, tuple] = {}  # object id -> (writer identity, size), until sealed
         self.processes: list[WorkerProcess] = []
         self.workers: dict[bytes, WorkerProcess] = {}
         self.requests: dict[bytes, LeaseRequest] = {}
@@ -189,6 +190,8 @@ class NodeManager(Service):
         self.delete_objects(owned)
         if client is None:
             return
+        # Objects it was writing when it died: their space is free again, their files removed.
+        self.delete_objects([oid for oid, (writer, _) in self.reservations.items() if writer == client["identity"]])
         if client.get("address"):
             # Whoever borrowed its objects must stop waiting for them.
             for other in self.clients.values():
@@ -286,16 +289,27 @@ class NodeManager(Service):
 
     # --- object store ---------------------------------------------------------------------------
     def on_store_create(self, identity, header, frames):
+        oid = header["oid"]
+        # A retried task writes the same return id again: whatever an earlier attempt left (sealed,
+        # or half written by a writer that died) gives way to the new one.
+        self.delete_objects([oid])
         try:
-            to_spill = self.store.create(header["oid"], header["size"])
+            to_spill = self.store.create(oid, header["size"])
         except ObjectStoreFullError as error:
             return {"full": str(error)}
+        self.reservations[oid] = (identity, header["size"])
         self.spill(to_spill)
         self.stats_dirty = True
         return {"prefix": self.store_prefix}
 
     def on_store_sealed(self, identity, header, frames):
-        self.store.sealed(header["oid"], header["size"], header.get("reserved"))
+        if header["oid"] not in self.reservations:
+            return  # its reservation was given back already (its writer was presumed dead)
+        if header.get("failed"):  # the writer could not finish: nothing to keep
+            self.delete_objects([header["oid"]])
+            return
+        self.reservations.pop(header["oid"])
+        self.store.sealed(header["oid"], header["size"])
         owner = header.get("owner")
         if owner is not None and owner not in self.clients:
             self.delete_objects([header["oid"]], owner_known=False)  # the owner died meanwhile
@@ -330,6 +344,9 @@ class NodeManager(Service):
     def delete_objects(self, oids, owner_known: bool = True) -> None:
         for oid in oids:
             self.store_owner.pop(oid, None)
+            reservation = self.reservations.pop(oid, None)
+            if reservation is not None:
+                self.store.abandoned(reservation[1])
             where = self.store.delete(oid)
             path = (
                 object_path(self.store_prefix, oid) if where != "spilled" else os.path.join(self.spill_dir, oid.hex())

@@ -142,12 +142,16 @@ class StoreState:
         self.reserved += size
         return to_spill
 
-    def sealed(self, oid: bytes, size: int, reserved: int | None = None) -> None:
-        self.reserved -= size if reserved is None else reserved
+    def sealed(self, oid: bytes, size: int) -> None:
+        self.reserved -= size
         if oid in self.in_memory or oid in self.spilled:
             return
         self.in_memory[oid] = size
         self.used += size
+
+    def abandoned(self, size: int) -> None:
+        """A writer died between create and seal: give back what it had reserved."""
+        self.reserved -= size
 
     def access(self, oid: bytes) -> None:
         if oid in self.in_memory:
@@ -185,4 +189,5 @@ class StoreState:
             "num_objects": len(self.in_memory),
             "spilled": self.spilled_bytes,
             "num_spilled": len(self.spilled),
+            "reserved": self.reserved,
         }

@@ -224,7 +224,7 @@ class Ownership:
             self.call_soon(
                 self._node_manager.send_multipart,
                 protocol.encode(
-                    {"op": protocol.STORE_SEALED, "oid": oid, "size": 0, "reserved": size, "owner": owner_id}
+                    {"op": protocol.STORE_SEALED, "oid": oid, "size": 0, "failed": True, "owner": owner_id}
                 ),
             )
             raise

@@ -163,7 +163,23 @@ class Worker:
                         self._exit()
 
     def _exit(self) -> None:
+        """Leave after the last reply went out (max_calls, or an actor's __ray_terminate__)."""
         sys.stdout.flush()
+        if self.actor_context is not None:
+            # A graceful exit, not a crash: the head must not restart the actor.
+            try:
+                self.client.request(
+                    "head",
+                    {
+                        "op": protocol.KILL_ACTOR,
+                        "actor_id": self.actor_context.actor_id,
+                        "no_restart": True,
+                        "cause": "The actor was terminated by __ray_terminate__.",
+                    },
+                    timeout=5,
+                )
+            except Exception:
+                pass  # the head is gone: nothing would restart us anyway
         self.client.shutdown()
         os._exit(0)
 
@@ -444,7 +460,7 @@ class Worker:
         if method_name == "__ray_ready__":
             return lambda: True
         if method_name == "__ray_terminate__":
-            self.exit_after_reply = True
+            self.exit_after_reply = True  # see _exit: the head is told first, so it does not restart us
             return lambda: None
         return getattr(self.actor, method_name)
 
