@@ -29,9 +29,11 @@ def method(*, num_returns=None, concurrency_group=None, **unknown):
 
 
 def _method_meta(cls) -> dict:
+    """Each method's default num_returns: what @ember.method set, "streaming" for generators, else 1."""
     meta = {}
-    for name, member in inspect.getmembers(cls, inspect.isfunction):
-        meta[name] = getattr(member, "__ember_num_returns__", 1)
+    for name, member in inspect.getmembers(cls, lambda m: inspect.isfunction(m) or inspect.ismethod(m)):
+        default = "streaming" if inspect.isgeneratorfunction(member) or inspect.isasyncgenfunction(member) else 1
+        meta[name] = getattr(member, "__ember_num_returns__", default)
     return meta
 
 
@@ -74,6 +76,12 @@ class ActorClass:
             payload = dumps_function(self._cls)
             self._pickled = (b"cls:" + hashlib.sha1(payload).digest(), payload)
         key, payload = self._pickled
+        try:
+            inspect.signature(self._cls).bind(*args, **kwargs)  # wrong arguments fail here, as in Ray
+        except TypeError as error:
+            raise TypeError(f"{self._name}.remote(): {error}") from None
+        except ValueError:
+            pass  # no signature to check against
         client.export(key, payload)
         placement = opts.resources_of(options, 1)
         running = opts.resources_of(options, 0) if "num_cpus" not in options else placement

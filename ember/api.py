@@ -403,6 +403,8 @@ def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fet
     if isinstance(object_refs, ObjectRef):
         raise TypeError("wait() expects a list of ObjectRefs, not a single ObjectRef.")
     refs = _check_refs(object_refs, "ember.wait()")
+    if not refs:
+        return [], []
     if len({ref.binary() for ref in refs}) != len(refs):
         raise ValueError("wait() got the same ObjectRef more than once.")
     if not isinstance(num_returns, int) or num_returns < 0:

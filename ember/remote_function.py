@@ -2,6 +2,7 @@
 
 import functools
 import hashlib
+import inspect
 
 from ember import options as opts
 from ember.runtime.core_client import current_client
@@ -13,7 +14,14 @@ class RemoteFunction:
 
     def __init__(self, function, options: dict):
         self._function = function
-        self._options = opts.validate(dict(options), opts.TASK_OPTIONS, "remote functions")
+        options = dict(options)
+        if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+            options.setdefault("num_returns", "streaming")  # a generator task, as in Ray
+        self._options = opts.validate(options, opts.TASK_OPTIONS, "remote functions")
+        try:
+            self._signature = inspect.signature(function)
+        except (TypeError, ValueError):
+            self._signature = None
         self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
         self._pickled = None
         functools.update_wrapper(self, function)
@@ -48,6 +56,11 @@ class RemoteFunction:
         return key
 
     def _remote(self, args, kwargs, options: dict):
+        if self._signature is not None:
+            try:
+                self._signature.bind(*args, **kwargs)  # wrong arguments fail here, as in Ray, not at get()
+            except TypeError as error:
+                raise TypeError(f"{self._name}.remote(): {error}") from None
         client = current_client()
         key = self._export(client)
         num_returns = options.get("num_returns", 1)

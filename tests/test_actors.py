@@ -372,3 +372,18 @@ def test_actors_created_by_a_detached_actor_outlive_the_job(cluster):
     parent = ember.get_actor("parent", namespace="fate")
     assert ember.get(parent.ping_child.remote(), timeout=30) == "child alive"  # its child shares its fate
     ember.kill(parent)
+
+
+def test_classmethods_and_generator_methods_through_a_handle(cluster):
+    @ember.remote
+    class Kinds:
+        @classmethod
+        def kind(cls):
+            return cls.__name__
+
+        def numbers(self, n):
+            yield from range(n)
+
+    kinds = Kinds.remote()
+    assert ember.get(kinds.kind.remote()) == "Kinds"
+    assert [ember.get(r) for r in kinds.numbers.remote(3)] == [0, 1, 2]

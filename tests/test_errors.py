@@ -193,3 +193,18 @@ def test_infeasible_actor_warns_and_stays_pending(cluster, capfd):
     ember.kill(actor)
     with pytest.raises(ember.exceptions.ActorDiedError):
         ember.get(ref, timeout=10)
+
+
+class TwoArgumentError(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a}-{b}")
+
+
+def test_exception_that_cannot_be_rebuilt_still_reports_the_error(cluster):
+    @ember.remote
+    def fails():
+        raise TwoArgumentError(1, 2)
+
+    with pytest.raises(TaskError) as info:
+        ember.get(fails.remote())
+    assert "TwoArgumentError: 1-2" in str(info.value) and "Traceback" in str(info.value)

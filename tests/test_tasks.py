@@ -222,3 +222,52 @@ def test_streaming_generator_is_not_rerun_after_it_yielded(cluster, tmp_path):
         except ValueError:
             values.append("error")
     assert values == [1, 2, "error"]  # never [1, 2, 1, 2, 3]: the consumer already had 1 and 2
+
+
+def test_tasks_that_can_run_in_parallel_do(cluster, tmp_path):
+    # Four tasks on four CPUs meet at a barrier: run one after another, they would never all arrive.
+    @ember.remote
+    def meet(directory, me):
+        import pathlib
+        import time
+
+        pathlib.Path(directory, str(me)).touch()
+        deadline = time.monotonic() + 20
+        while len(list(pathlib.Path(directory).iterdir())) < 4:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the other tasks did not run at the same time")
+            time.sleep(0.01)
+        return me
+
+    ember.get(double.remote(0))  # a lingering lease must not make the next tasks queue behind one another
+    assert ember.get([meet.remote(str(tmp_path), i) for i in range(4)], timeout=60) == [0, 1, 2, 3]
+
+
+def test_generator_functions_are_generator_tasks(cluster):
+    @ember.remote
+    def count(n):
+        yield from range(n)
+
+    @ember.remote(num_returns=3)
+    def three():
+        yield from (1, 2, 3)
+
+    assert [ember.get(r) for r in count.remote(3)] == [0, 1, 2]
+    assert ember.get(three.remote()) == [1, 2, 3]
+
+
+def test_wrong_arguments_fail_at_remote(cluster):
+    with pytest.raises(TypeError, match="add.remote"):
+        add.remote(1, 2, 3)
+
+    @ember.remote
+    class Needs:
+        def __init__(self, value):
+            self.value = value
+
+    with pytest.raises(TypeError, match="Needs.remote"):
+        Needs.remote()
+
+
+def test_wait_on_no_refs(cluster):
+    assert ember.wait([]) == ([], [])

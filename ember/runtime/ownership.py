@@ -386,7 +386,10 @@ class Ownership:
         if holder.state == FAILED:
             error = holder.error
             if isinstance(error, (bytes, bytearray, memoryview)):
-                error = deserialize(error)
+                try:
+                    error = deserialize(error)
+                except Exception as failure:  # e.g. its class cannot be imported here
+                    error = exceptions.TaskError("task", f"The task's error could not be rebuilt here: {failure!r}")
             if isinstance(error, exceptions.TaskError):
                 raise error.as_instanceof_cause()
             raise error

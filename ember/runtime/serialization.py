@@ -100,9 +100,11 @@ def serialize_error(error: BaseException, function_name: str, pid: int, node: st
     else:
         task_error = exceptions.TaskError(function_name, tb, error, pid, node)
     try:
-        return cloudpickle.dumps(task_error)
+        payload = cloudpickle.dumps(task_error)
+        cloudpickle.loads(payload)  # an exception whose __init__ takes other arguments pickles, then fails here
+        return payload
     except Exception:
-        # The user's exception is not picklable: keep its type name and message in the text.
+        # The user's exception cannot travel: keep its type name and message in the text.
         fallback = exceptions.TaskError(function_name, tb, RuntimeError(f"{type(error).__name__}: {error}"), pid, node)
         return cloudpickle.dumps(fallback)
 

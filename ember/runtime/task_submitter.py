@@ -338,15 +338,12 @@ class TaskSubmitter:
 
     def _pump(self, key) -> None:
         shape = self.shapes[key]
-        while shape.queue:
-            lease = min(
-                (lease for lease in shape.leases.values() if not lease.retiring),
-                key=lambda lease: len(lease.inflight),
-                default=None,
-            )
-            if lease is None or len(lease.inflight) >= PIPELINE:
-                break
-            self._dispatch(shape.queue.popleft(), lease)
+        leases = [lease for lease in shape.leases.values() if not lease.retiring]
+        # 1. Every idle leased worker gets a task.
+        for lease in leases:
+            if shape.queue and not lease.inflight:
+                self._dispatch(shape.queue.popleft(), lease)
+        # 2. Ask for more workers for what is left.
         wanted = min(len(shape.queue), MAX_LEASE_REQUESTS) - len(shape.requests)
         for _ in range(wanted):
             rid = new_id(8)
@@ -362,6 +359,13 @@ class TaskSubmitter:
                 },
                 callback=partial(self._on_lease, key, rid),
             )
+        # 3. Send a task ahead to a busy worker only when the workers on their way could not take
+        # them all: tasks that can run in parallel must not queue behind one another.
+        while len(shape.queue) > len(shape.requests):
+            lease = min(leases, key=lambda lease: len(lease.inflight), default=None)
+            if lease is None or len(lease.inflight) >= PIPELINE:
+                break
+            self._dispatch(shape.queue.popleft(), lease)
         if not shape.queue and shape.requests:
             # The answer to each request (a grant that crossed the cancel, or "cancelled") still
             # comes to _on_lease, which returns a lease nobody needs.

@@ -252,7 +252,7 @@ class Worker:
         elif num_returns == 0:
             values = []
         else:
-            values = list(result) if isinstance(result, (tuple, list)) else None
+            values = list(result) if isinstance(result, (tuple, list)) or inspect.isgenerator(result) else None
             if values is None or len(values) != num_returns:
                 raise ValueError(
                     f"{header['tname']} declared num_returns={num_returns} but returned "
