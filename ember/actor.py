@@ -152,10 +152,6 @@ class ActorHandle:
     def __hash__(self):
         return hash(self._actor_id)
 
-    @property
-    def _ember_actor_id(self) -> bytes:
-        return self._actor_id
-
 
 class ActorMethod:
     """A method of an actor; call it with ``.remote()``."""

@@ -63,15 +63,16 @@ def test_worker_killed_from_outside(cluster, tmp_path):
     assert ember.get(ref, timeout=60) == "second attempt"
 
 
+@ember.remote
+def spin(path):
+    """Say it started (by creating ``path``), then run until cancelled."""
+    open(path, "w").close()
+    while True:
+        time.sleep(0.01)
+
+
 def test_cancel_running_task(cluster, tmp_path):
     started = tmp_path / "started"
-
-    @ember.remote
-    def spin(path):
-        open(path, "w").close()
-        while True:
-            time.sleep(0.01)
-
     ref = spin.remote(str(started))
     wait_for(started.exists, message="the task to start")
     ember.cancel(ref)
@@ -213,14 +214,8 @@ def test_recursive_cancel_reaches_child_tasks(cluster, tmp_path):
     child_started = tmp_path / "child"
 
     @ember.remote
-    def child(path):
-        open(path, "w").close()
-        while True:
-            time.sleep(0.01)
-
-    @ember.remote
     def parent(path):
-        return ember.get(child.remote(path))
+        return ember.get(spin.remote(path))
 
     ref = parent.remote(str(child_started))
     wait_for(child_started.exists, message="the child task to start")

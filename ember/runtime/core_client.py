@@ -93,7 +93,6 @@ class CoreClient(Ownership):
         self._woken = False
         self._waiting: dict = {}  # request id -> callback(header, frames)
         self._peers: dict[str, zmq.Socket] = {}
-        self._peer_handlers: dict = {}
         self._exported: set = set()
         self._functions: dict = {}
         self._jobs: dict = {}  # job id -> its configuration (see job_config)
@@ -246,7 +245,7 @@ class CoreClient(Ownership):
     def _on_exit_if_idle(self, header, frames) -> None:
         """The node manager has more idle workers than it wants: exit, unless something would be lost."""
         self._drain_releases()
-        if self.submitter.idle() and not self._objects and self.exit_allowed():
+        if self.submitter.idle() and not self.references.holds_anything() and self.exit_allowed():
             os._exit(0)
         self.send("node_manager", {"op": protocol.EXIT_REFUSED, "wid": self.client_id})
 

@@ -40,7 +40,6 @@ class NodeInfo:
     store: dict = field(default_factory=dict)
     demand: list = field(default_factory=list)
     host: str = "127.0.0.1"
-    last_seen: float = 0.0
 
 
 @dataclass
@@ -122,7 +121,6 @@ class Head(Service):
             header["node_id"], header["address"], header["resources"], identity, host=header.get("host", "")
         )
         node.available = dict(node.resources)
-        node.last_seen = time.monotonic()
         self.nodes[node.node_id] = node
         sock = transport.connect_dealer(node.address)
         self.node_sockets[node.node_id] = sock
@@ -136,7 +134,6 @@ class Head(Service):
             node.available = header["available"]
             node.store = header["store"]
             node.demand = header.get("demand", [])
-            node.last_seen = time.monotonic()
             self.publish(b"event:node", {"node_id": node.node_id, "available": node.available, "store": node.store})
 
     def on_register_job(self, identity, header, frames):

@@ -50,7 +50,6 @@ class NodeManager(Service):
         protocol.STORE_DELETE: "on_store_delete",
         protocol.STORE_TOUCH: "on_store_touch",
         protocol.WORKER_LOGS: "on_worker_logs",
-        protocol.RESOURCES: "on_resources",
     }
 
     def __init__(
@@ -312,7 +311,7 @@ class NodeManager(Service):
         self.store.sealed(header["oid"], header["size"])
         owner = header.get("owner")
         if owner is not None and owner not in self.clients:
-            self.delete_objects([header["oid"]], owner_known=False)  # the owner died meanwhile
+            self.delete_objects([header["oid"]])  # the owner died meanwhile
             return
         self.store_owner[header["oid"]] = owner
         self.stats_dirty = True
@@ -341,7 +340,7 @@ class NodeManager(Service):
     def on_store_delete(self, identity, header, frames):
         self.delete_objects(header["oids"])
 
-    def delete_objects(self, oids, owner_known: bool = True) -> None:
+    def delete_objects(self, oids) -> None:
         for oid in oids:
             self.store_owner.pop(oid, None)
             reservation = self.reservations.pop(oid, None)
@@ -367,9 +366,6 @@ class NodeManager(Service):
     def on_worker_logs(self, identity, header, frames):
         for job_id, lines in header["batches"].items():
             self.logs.setdefault(job_id, []).extend(lines)
-
-    def on_resources(self, identity, header, frames):
-        return {"total": self.resources, "available": from_fixed(self.scheduler.available)}
 
     def tick(self, now: float) -> None:
         self.check_workers()

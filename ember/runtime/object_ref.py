@@ -3,6 +3,7 @@
 import concurrent.futures
 
 from ember.runtime import serialization
+from ember.runtime.ids import task_id_of
 
 
 def _client():
@@ -44,7 +45,8 @@ class ObjectRef:
         return self._id.hex()
 
     def task_id(self) -> bytes:
-        return self._id[:14]
+        """The id of the task that makes this object (a put is a task of its own)."""
+        return task_id_of(self._id)
 
     def owner_address(self) -> str:
         return self._owner

@@ -56,7 +56,6 @@ STORE_RESTORE = "store_restore"
 STORE_DELETE = "store_delete"
 STORE_TOUCH = "store_touch"
 WORKER_LOGS = "worker_logs"
-RESOURCES = "resources"
 
 # --- worker task socket ---------------------------------------------------------------------
 EXECUTE_TASK = "execute_task"

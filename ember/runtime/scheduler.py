@@ -40,7 +40,6 @@ class Worker:
     lease: LeaseRequest | None = None
     held: dict = field(default_factory=dict)
     gpu_ids: list = field(default_factory=list)
-    gpu_share: float = 0.0
     blocked: bool = False
     dedicated: bool = False  # runs an actor for the rest of its life
 
@@ -131,9 +130,6 @@ class LeaseScheduler:
     def total_gpus(self) -> list:
         return [UNIT] * len(self.gpu_free)
 
-    def _fits(self, resources: dict) -> bool:
-        return all(self.available.get(name, 0) >= amount for name, amount in resources.items())
-
     @staticmethod
     def _gpu_fit(amount: int, free: list) -> list | None:
         """Device ids for ``amount`` GPUs: whole devices, or the fullest device a fraction fits on."""
@@ -195,7 +191,6 @@ class LeaseScheduler:
         share = min(gpu, UNIT) if gpu_ids else 0
         for i in gpu_ids:
             self.gpu_free[i] -= share if gpu < UNIT else UNIT
-        worker.gpu_share = gpu / UNIT
 
     def _release(self, worker: Worker) -> None:
         for name, amount in worker.held.items():

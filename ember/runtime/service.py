@@ -100,10 +100,6 @@ class EventLoop:
         self.fd_handlers[fd] = on_readable
         self.poller.register(fd, zmq.POLLIN)
 
-    def remove_fd(self, fd: int) -> None:
-        if self.fd_handlers.pop(fd, None) is not None:
-            self.poller.unregister(fd)
-
     def run(self) -> None:
         next_tick = 0.0
         while self.running:
