@@ -17,6 +17,12 @@ def store_files() -> set:
     return set(glob.glob(f"/dev/shm/{api._cluster_process.store_prefix}-*"))
 
 
+def wait_freed(created: set, what: str) -> None:
+    """Wait until the store files in ``created`` are gone (after the test dropped its refs)."""
+    gc.collect()
+    wait_for(lambda: not (store_files() & created), message=f"{what} to be freed")
+
+
 def shared_mapping_of(address: int) -> str | None:
     """The file mapped at ``address`` in this process, from /proc/self/maps."""
     with open("/proc/self/maps") as maps:
@@ -69,8 +75,7 @@ def test_objects_are_freed_when_unreferenced(cluster):
     created = store_files() - before
     assert len(created) == 1
     del ref
-    gc.collect()
-    wait_for(lambda: not (store_files() & created), message="the object's shared memory to be freed")
+    wait_freed(created, "the object's shared memory")
 
 
 def test_task_results_are_freed_when_unreferenced(cluster):
@@ -84,8 +89,7 @@ def test_task_results_are_freed_when_unreferenced(cluster):
     created = store_files() - before
     assert len(created) == 1
     del ref
-    gc.collect()
-    wait_for(lambda: not (store_files() & created), message="the task result to be freed")
+    wait_freed(created, "the task result")
 
 
 def test_nested_refs_keep_inner_objects_alive(cluster):
@@ -182,8 +186,7 @@ def test_refs_made_in_a_task_and_returned_inside_a_value_are_freed(cluster):
     created = store_files() - before
     assert len(created) == 1
     del inner, outer
-    gc.collect()
-    wait_for(lambda: not (store_files() & created), message="the worker-owned object to be freed")
+    wait_freed(created, "the worker-owned object")
 
 
 def test_object_borrowed_by_a_dead_actor_is_freed(cluster):
@@ -199,8 +202,7 @@ def test_object_borrowed_by_a_dead_actor_is_freed(cluster):
     ember.get(keeper.keep.remote([ref]))  # the actor registers as a borrower
     ember.kill(keeper)  # ... and dies without unregistering
     del ref
-    gc.collect()
-    wait_for(lambda: not (store_files() & created), message="the object a dead borrower held to be freed")
+    wait_freed(created, "the object a dead borrower held")
 
 
 def test_ref_returned_twice_to_the_same_caller_is_still_freed(cluster):
@@ -223,8 +225,7 @@ def test_ref_returned_twice_to_the_same_caller_is_still_freed(cluster):
     created = store_files() - before
     ember.get(maker.drop.remote())
     del first, second
-    gc.collect()
-    wait_for(lambda: not (store_files() & created), message="the twice-returned object to be freed")
+    wait_freed(created, "the twice-returned object")
 
 
 def test_free_of_a_pending_object_answers_its_waiters(cluster):
