@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 
+import msgpack
 import zmq
 
 from ember.runtime import protocol, transport
@@ -37,6 +38,7 @@ _client = None
 
 TIMER_PERIOD = 0.02  # how often idle leases are checked for return, while we hold any
 IDLE_POLL = 1.0  # the longest the I/O thread sleeps with nothing to do
+EVENT_PERIOD = 0.1  # task events are batched for at most this long
 
 # Errors a service may answer with that the caller should see as their own type.
 _REMOTE_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError}
@@ -83,6 +85,7 @@ class CoreClient(Ownership):
         self.node_id: bytes | None = None
         self.resources: dict = {}
         self.address: str | None = None
+        self.publisher_address: str | None = None
 
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -99,6 +102,7 @@ class CoreClient(Ownership):
         self._store_deletes: list = []
         self._touches: list = []
         self._logs: dict[bytes, list] = {}
+        self._task_events: list = []
         self.changed = False  # set on the I/O thread when waiters in get/wait should look again
         self._closed = False
         self._started = threading.Event()
@@ -161,7 +165,7 @@ class CoreClient(Ownership):
 
     def _poll_once(self) -> None:
         # Wake up for timers only while there are leases to return; idle, sleep until a message.
-        busy = self.submitter.leases or self._releases
+        busy = self.submitter.leases or self._releases or self._task_events
         timeout = max(0.0, self._next_tick - time.monotonic()) if busy else IDLE_POLL
         for sock, _ in self._poller.poll(timeout * 1000):
             if sock == self._wake_r:
@@ -265,6 +269,20 @@ class CoreClient(Ownership):
             with self._lock:
                 logs, self._logs = self._logs, {}
             self._node_manager.send_multipart(protocol.encode({"op": protocol.WORKER_LOGS, "batches": logs}))
+        if self._task_events and (len(self._task_events) >= 1000 or time.monotonic() >= self._events_due):
+            events, self._task_events = self._task_events, []
+            self._head.send_multipart(protocol.encode({"op": protocol.TASK_EVENTS}, [msgpack.packb(events)]))
+
+    def task_event(self, kind: str, task_id: bytes, **fields) -> None:
+        """On the I/O thread: note a state change of a task we own, for the head's event hub.
+
+        Events go out in batches (at most every EVENT_PERIOD seconds) and never wait for anyone, so
+        the widgets that subscribe to them cost the hot path one list append per change.
+        """
+        if not self._task_events:
+            self._events_due = time.monotonic() + EVENT_PERIOD
+        fields["job"] = self.job_id
+        self._task_events.append([kind, task_id, time.time(), fields])
 
     # --- requests ---------------------------------------------------------------------------------
     def socket_for(self, target):
@@ -341,10 +359,9 @@ class CoreClient(Ownership):
             )
             self.job_id = reply["job_id"]
             self.namespace = reply["namespace"]
+            self.publisher_address = reply["publisher"]  # the head's event hub (widgets subscribe)
             # What every worker running this job's tasks needs: the driver's import path (functions
             # pickled by reference live in the driver's own modules) and the job's runtime_env.
-            import msgpack
-
             job = {
                 "sys_path": [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)],
                 "env_vars": self.job_env_vars,
@@ -407,19 +424,27 @@ class CoreClient(Ownership):
         context = current_task.get()
         job = (context.job_id if context else None) or self.job_id or b""
         name = context.name if context else "worker"
+        tag = context.output_tag if context else None
         with self._lock:
             first = not self._logs
-            self._logs.setdefault(job, []).append([stream, name, os.getpid(), text])
+            self._logs.setdefault(job, []).append([stream, name, os.getpid(), text, tag])
         if first:
             self.wake()
 
     def _on_logs(self, frames: list) -> None:
-        import msgpack
-
-        for stream, name, pid, text in msgpack.unpackb(frames[1]):
-            out = sys.stderr if stream == "stderr" else sys.stdout
-            out.write(f"({name} pid={pid}) {text}\n")
+        for stream, name, pid, text, tag in msgpack.unpackb(frames[1]):
+            self.log_handler(stream, name, pid, text, tag)
         sys.stdout.flush()
+
+    @staticmethod
+    def print_log_line(stream: str, name: str, pid: int, text: str, tag) -> None:
+        """The default ``log_handler``: print a worker's line as Ray does, ``(name pid=N) text``."""
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        out.write(f"({name} pid={pid}) {text}\n")
+
+    # Called on the I/O thread for each worker log line of our job; the notebook extension replaces
+    # it to show a line under the cell whose ``output_tag`` the line carries.
+    log_handler = print_log_line
 
     # --- functions ----------------------------------------------------------------------------------
     def export(self, key: bytes, payload: bytes) -> None:

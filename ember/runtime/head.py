@@ -96,6 +96,7 @@ class Head(Service):
         protocol.ACTOR_HANDLE_RELEASED: "on_actor_handle_released",
         protocol.WORKER_DIED: "on_worker_died",
         protocol.LOGS: "on_logs",
+        protocol.TASK_EVENTS: "on_task_events",
         protocol.SHUTDOWN: "on_shutdown",
     }
 
@@ -427,6 +428,10 @@ class Head(Service):
     def on_logs(self, identity, header, frames):
         for job_id, batch in header["batches"].items():
             self.publisher.send_multipart([b"logs:" + job_id, msgpack.packb(batch)])
+
+    def on_task_events(self, identity, header, frames):
+        # Republished as they came: the head never unpacks a task event.
+        self.publisher.send_multipart([b"event:task", frames[0]])
 
     def publish(self, topic: bytes, body: dict) -> None:
         self.publisher.send_multipart([topic, msgpack.packb(body)])

@@ -32,6 +32,7 @@ ACTOR_HANDLE_RELEASED = "actor_handle_released"
 WORKER_DIED = "worker_died"  # node manager -> head
 NODE_STATS = "node_stats"  # node manager -> head (resources, store usage)
 LOGS = "logs"  # node manager -> head, republished on the event hub
+TASK_EVENTS = "task_events"  # owner -> head: a msgpack list of task state changes, republished
 SHUTDOWN = "shutdown"
 
 # --- node manager ---------------------------------------------------------------------------

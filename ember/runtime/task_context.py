@@ -21,6 +21,7 @@ class TaskContext:
     holds_cpu: bool = False
     borrowed: list | None = None
     actor_info: tuple | None = None  # (actor id, class name, method metadata) inside an actor
+    output_tag: object = None  # where the driver shows this task's prints (see ``output_tag``)
 
 
 class ActorExit(BaseException):
@@ -28,3 +29,7 @@ class ActorExit(BaseException):
 
 
 current_task: contextvars.ContextVar = contextvars.ContextVar("ember_current_task", default=None)
+
+# Set by the driver (the notebook extension sets it per cell): tasks submitted while it is set, and the
+# tasks and actor calls they submit in turn, carry it, and their log lines come back tagged with it.
+output_tag: contextvars.ContextVar = contextvars.ContextVar("ember_output_tag", default=None)

@@ -24,7 +24,7 @@ from ember.runtime.ids import new_id, new_task_id, return_object_id
 from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
 from ember.runtime.ownership import FAILED, INLINE_LIMIT, PENDING
 from ember.runtime.serialization import deserialize, serialize
-from ember.runtime.task_context import current_task
+from ember.runtime.task_context import current_task, output_tag
 
 PIPELINE = 2  # tasks sent ahead to one leased worker
 MAX_LEASE_REQUESTS = 8  # outstanding lease requests per resource shape
@@ -93,6 +93,8 @@ class Lease:
         "gpus",
         "assigned",
         "retiring",
+        "node_id",
+        "pid",
     )
 
     def __init__(self, header, key):
@@ -101,6 +103,8 @@ class Lease:
         self.client_address = header["caddr"]
         self.gpus = header.get("gpus", [])
         self.assigned = header.get("res", {})
+        self.node_id = header.get("node_id")
+        self.pid = header.get("pid")
         self.key = key
         self.inflight: dict = {}
         self.idle_since = time.monotonic()
@@ -123,6 +127,8 @@ class ActorState:
         self.state = "PENDING_CREATION"
         self.address = None
         self.client_address = None
+        self.node_id = None
+        self.pid = None
         self.queue: collections.deque = collections.deque()
         self.inflight: dict = {}
         self.death_cause = ""
@@ -136,6 +142,17 @@ class Stream:
         self.task_id = task_id
         self.items: list = []
         self.done = False
+
+
+def _describe(error) -> str:
+    """One line naming a task's error, for task events (the widgets' hover text)."""
+    if isinstance(error, (bytes, bytearray, memoryview)):
+        try:
+            error = deserialize(error)
+            error = getattr(error, "cause", None) or error
+        except Exception:
+            return "the task raised an exception"
+    return f"{type(error).__name__}: {error}".splitlines()[0][:300]
 
 
 class TaskSubmitter:
@@ -186,6 +203,9 @@ class TaskSubmitter:
         # A task submitted by a task belongs to the same job (its logs, runtime_env and actors).
         job = context.job_id if context is not None and context.job_id else self.client.job_id
         header.update(rid=task_id, tname=name, job=job, owner=self.client.address, owner_id=self.client.client_id)
+        tag = context.output_tag if context is not None else output_tag.get()
+        if tag is not None:
+            header["tag"] = tag
         spec.header = header
         self._prepare(spec, args, kwargs, f"the arguments of {name}")
         if num_returns == "streaming":
@@ -268,6 +288,15 @@ class TaskSubmitter:
     # --- dependencies -------------------------------------------------------------------------------
     def _submit(self, spec: TaskSpec) -> None:
         self.specs[spec.task_id] = spec
+        self.client.task_event(
+            "submitted",
+            spec.task_id,
+            name=spec.name,
+            parent=spec.parent,
+            deps=[ref._id for _, ref in spec.refs],
+            actor=spec.actor,
+            tag=spec.header.get("tag"),
+        )
         if spec.stream is not None:
             self.streams[spec.task_id] = spec.stream
         objects = self.client._objects
@@ -406,6 +435,7 @@ class TaskSubmitter:
         spec.lease = lease
         lease.inflight[spec.task_id] = spec
         self.client.send(lease.address, header, frames)
+        self.client.task_event("running", spec.task_id, node=lease.node_id, worker=lease.worker_id, pid=lease.pid)
         self.client._waiting[spec.task_id] = partial(self._on_result, spec)
 
     def _on_result(self, spec: TaskSpec, header, frames) -> None:
@@ -451,6 +481,8 @@ class TaskSubmitter:
                 self._stream_item(spec, len(spec.stream.items), ["e"], frames)
             for oid in spec.return_ids:
                 complete(oid, error=error)
+            self._finish(spec, error=_describe(error))
+            return
         elif spec.stream is None:
             position = 0
             for oid, ret in zip(spec.return_ids, header["rets"]):
@@ -462,8 +494,12 @@ class TaskSubmitter:
                     complete(oid, node_id=ret[2], size=ret[1], contained=ret[3])
         self._finish(spec)
 
-    def _finish(self, spec: TaskSpec) -> None:
+    def _finish(self, spec: TaskSpec, error=None) -> None:
         self.specs.pop(spec.task_id, None)
+        if error is None:
+            self.client.task_event("finished", spec.task_id)
+        else:
+            self.client.task_event("failed", spec.task_id, error=error)
         if spec.stream is not None:
             spec.stream.done = True
             self.streams.pop(spec.task_id, None)
@@ -476,7 +512,7 @@ class TaskSubmitter:
             self.client.complete(oid, error=error)
         for oid in spec.return_ids:
             self.client.complete(oid, error=error)
-        self._finish(spec)
+        self._finish(spec, error=_describe(error))
 
     _fail = _finish_with_error
 
@@ -589,6 +625,7 @@ class TaskSubmitter:
                 continue
             state.inflight[spec.task_id] = spec
             self.client.send(state.address, spec.header, frames)
+            self.client.task_event("running", spec.task_id, node=state.node_id, pid=state.pid)
             self.client._waiting[spec.task_id] = partial(self._on_actor_result, state, spec)
 
     def _on_actor_result(self, state: ActorState, spec: TaskSpec, header, frames) -> None:
@@ -645,6 +682,8 @@ class TaskSubmitter:
         if new_state == ALIVE:
             state.address = info["address"]
             state.client_address = info["client_address"]
+            state.node_id = info.get("node_id")
+            state.pid = info.get("pid")
         if new_state == DEAD:
             state.keepalive = None
         self._pump_actor(state)

@@ -301,6 +301,7 @@ class Worker:
             gpu_ids=header.get("gpus") or [],
             holds_cpu=assigned.get("CPU", 0) > 0,
             borrowed=[],
+            output_tag=header.get("tag"),
         )
 
     def execute_task(self, identity: bytes, header: dict, frames: list) -> list:
