@@ -1,0 +1,241 @@
+"""Starting and stopping ``python -m ember.runtime.cluster`` processes.
+
+``ember start`` (detached, recorded so ``ember stop`` finds it) and the autoscaler's monitor (a
+child watched through its stdin) both start cluster processes; ``ember.init()`` could share this too.
+
+Data flow::
+
+    caller --argv--> python -m ember.runtime.cluster --stdout: one JSON line--> caller
+                                 stderr --> <session>/logs/cluster-startup.log (why it failed to start)
+"""
+
+import glob
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+RUNTIME_DIR = "/tmp/ember-runtime"
+# One JSON file per process `ember start` started, named after its pid: `ember stop` stops exactly these.
+STARTED_DIR = os.path.join(RUNTIME_DIR, "started")
+
+
+def default_store_memory() -> int:
+    """Ray's default object store size: 30% of memory, bounded by the free space in /dev/shm."""
+    total = psutil.virtual_memory().total
+    try:
+        shm = os.statvfs("/dev/shm")
+        shm_free = shm.f_bavail * shm.f_frsize
+    except OSError:
+        shm_free = total
+    return int(max(75 * 2**20, min(0.3 * total, 0.9 * shm_free)))
+
+
+def node_resources(
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict | None = None,
+    object_store_memory: int | None = None,
+) -> dict:
+    """A node's resource map as a node manager takes it: CPU, GPU, custom resources, memory and
+    object_store_memory (Ray's logical resources). Raises ValueError for invalid amounts."""
+    if object_store_memory is not None and (
+        isinstance(object_store_memory, bool) or not isinstance(object_store_memory, int) or object_store_memory <= 0
+    ):
+        raise ValueError(f"object_store_memory must be a positive number of bytes, got {object_store_memory!r}.")
+    cpus = float(os.cpu_count() if num_cpus is None else num_cpus)
+    if cpus < 0 or (num_gpus or 0) < 0:
+        raise ValueError("num_cpus and num_gpus must be non-negative.")
+    result = {"CPU": cpus}
+    if num_gpus:
+        result["GPU"] = float(num_gpus)
+    for name, amount in (resources or {}).items():
+        if name in ("CPU", "GPU"):
+            raise ValueError(f"Use num_cpus/num_gpus instead of resources={{'{name}': ...}}.")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ValueError(f"Resource {name!r} must be a non-negative number, got {amount!r}.")
+        result[name] = float(amount)
+    result["memory"] = float(int(psutil.virtual_memory().available * 0.7))
+    result["object_store_memory"] = float(object_store_memory or default_store_memory())
+    return result
+
+
+def new_session_dir(tag: str = "") -> str:
+    """A fresh session directory under /tmp/ember-runtime (with its logs/ subdirectory)."""
+    name = f"session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}_{time.time_ns() % 10**6}{tag}"
+    path = os.path.join(RUNTIME_DIR, name)
+    os.makedirs(os.path.join(path, "logs"), exist_ok=True)
+    return path
+
+
+def start_cluster_process(
+    resources: dict,
+    session_dir: str,
+    *,
+    head: bool = False,
+    address: str | None = None,
+    host: str | None = None,
+    port: int = 0,
+    env_vars: dict | None = None,
+    watch_stdin: bool = False,
+    detach: bool = False,
+    timeout: float = 30.0,
+) -> tuple[dict, subprocess.Popen]:
+    """Start ``python -m ember.runtime.cluster`` and wait for its JSON line.
+
+    ``head`` runs a head (and a node manager); otherwise ``address`` names the head to join.
+    ``watch_stdin`` keeps a pipe to the process's stdin: closing it (or this process dying) stops it.
+    ``detach`` puts it in its own session, so it outlives the terminal that started it.
+    Returns (info, process): info has head, node_manager, node_id, store_prefix and pid.
+    Raises RuntimeError with the end of the process's startup log when it fails to start.
+    """
+    if not head and not address:
+        raise ValueError("A node that is not a head needs the address of the head to join.")
+    argv = [sys.executable, "-m", "ember.runtime.cluster"]
+    argv += ["--head"] if head else ["--address", address]
+    if host:
+        argv += ["--host", host]
+    if port:
+        argv += ["--port", str(int(port))]
+    argv += [
+        "--resources",
+        json.dumps(resources),
+        "--object-store-memory",
+        str(int(resources.get("object_store_memory") or default_store_memory())),
+        "--session-dir",
+        session_dir,
+        "--env",
+        json.dumps(env_vars or {}),
+    ]
+    if watch_stdin:
+        argv.append("--watch-stdin")
+    info, process = start_process(
+        argv,
+        os.path.join(session_dir, "logs", "cluster-startup.log"),
+        watch_stdin=watch_stdin,
+        detach=detach,
+        timeout=timeout,
+    )
+    info["session_dir"] = session_dir
+    process.session_dir = session_dir
+    process.store_prefix = info["store_prefix"]
+    return info, process
+
+
+def start_process(
+    argv: list, startup_log_path: str, *, watch_stdin: bool = False, detach: bool = False, timeout: float = 30.0
+) -> tuple[dict, subprocess.Popen]:
+    """Start a process that prints one JSON line on stdout when it is ready; return (that line
+    parsed, the process). Its stderr goes to ``startup_log_path``, whose end is in the RuntimeError
+    raised when the process exits or stays silent for ``timeout`` s."""
+    os.makedirs(os.path.dirname(startup_log_path), exist_ok=True)
+    with open(startup_log_path, "ab") as startup_log:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if watch_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=startup_log,
+            close_fds=True,
+            start_new_session=detach,
+        )
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline() if ready else b""
+    process.stdout.close()
+    try:
+        info = json.loads(line) if line else None
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        process.kill()
+        process.wait()
+        with open(startup_log_path, "rb") as f:
+            detail = f.read().decode(errors="replace")[-2000:]
+        raise RuntimeError(f"{' '.join(argv[1:3])} failed to start.\n{line.decode(errors='replace')}{detail}")
+    return info, process
+
+
+def remove_store_files(prefix: str) -> None:
+    """Remove a node's leftover shared-memory files (a backstop for a node that could not clean up)."""
+    if not prefix:
+        return
+    for path in glob.glob(f"/dev/shm/{prefix}-*"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def terminate(pid: int, create_time: float | None = None, timeout: float = 10.0) -> bool:
+    """SIGTERM a process, wait up to ``timeout`` s, then SIGKILL it. ``create_time`` guards against
+    a recycled pid: a different process with the same pid is left alone. Returns whether it was ours."""
+    try:
+        process = psutil.Process(pid)
+        if create_time is not None and abs(process.create_time() - create_time) > 0.01:
+            return False
+        process.send_signal(signal.SIGTERM)
+    except psutil.Error:
+        return False
+    try:
+        process.wait(timeout)
+    except psutil.TimeoutExpired:
+        try:
+            process.kill()
+            process.wait(5)
+        except psutil.Error:
+            pass
+    except psutil.Error:
+        pass
+    return True
+
+
+# --- the record of what `ember start` started ---------------------------------------------------------
+def record_started(pid: int, kind: str, **fields) -> None:
+    """Remember a process `ember start` started (kind: head, node or autoscaler) for `ember stop`."""
+    os.makedirs(STARTED_DIR, exist_ok=True)
+    try:
+        create_time = psutil.Process(pid).create_time()
+    except psutil.Error:
+        create_time = None
+    entry = {"pid": pid, "kind": kind, "create_time": create_time, **fields}
+    tmp = os.path.join(STARTED_DIR, f".{pid}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(entry, f)
+    os.replace(tmp, os.path.join(STARTED_DIR, str(pid)))
+
+
+def forget_started(pid: int) -> None:
+    try:
+        os.unlink(os.path.join(STARTED_DIR, str(pid)))
+    except FileNotFoundError:
+        pass
+
+
+def list_started() -> list:
+    """The recorded processes, each a dict (pid, kind, create_time, alive, ...)."""
+    entries = []
+    for name in os.listdir(STARTED_DIR) if os.path.isdir(STARTED_DIR) else []:
+        if not name.isdigit():
+            continue
+        try:
+            with open(os.path.join(STARTED_DIR, name)) as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            continue
+        entry["alive"] = is_same_process(entry["pid"], entry.get("create_time"))
+        entries.append(entry)
+    return entries
+
+
+def is_same_process(pid: int, create_time: float | None) -> bool:
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(process.create_time() - create_time) <= 0.01
+    except psutil.Error:
+        return False
