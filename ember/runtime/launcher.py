@@ -25,6 +25,12 @@ RUNTIME_DIR = "/tmp/ember-runtime"
 STARTED_DIR = os.path.join(RUNTIME_DIR, "started")
 
 
+def started_dir() -> str:
+    """Where `ember start` records its processes; EMBER_STARTED_DIR moves it (so a test run's
+    `ember stop` cannot stop clusters that another run, or a user, started on the same machine)."""
+    return os.environ.get("EMBER_STARTED_DIR") or STARTED_DIR
+
+
 def default_store_memory() -> int:
     """Ray's default object store size: 30% of memory, bounded by the free space in /dev/shm."""
     total = psutil.virtual_memory().total
@@ -196,21 +202,22 @@ def terminate(pid: int, create_time: float | None = None, timeout: float = 10.0)
 # --- the record of what `ember start` started ---------------------------------------------------------
 def record_started(pid: int, kind: str, **fields) -> None:
     """Remember a process `ember start` started (kind: head, node or autoscaler) for `ember stop`."""
-    os.makedirs(STARTED_DIR, exist_ok=True)
+    directory = started_dir()
+    os.makedirs(directory, exist_ok=True)
     try:
         create_time = psutil.Process(pid).create_time()
     except psutil.Error:
         create_time = None
     entry = {"pid": pid, "kind": kind, "create_time": create_time, **fields}
-    tmp = os.path.join(STARTED_DIR, f".{pid}.tmp")
+    tmp = os.path.join(directory, f".{pid}.tmp")
     with open(tmp, "w") as f:
         json.dump(entry, f)
-    os.replace(tmp, os.path.join(STARTED_DIR, str(pid)))
+    os.replace(tmp, os.path.join(directory, str(pid)))
 
 
 def forget_started(pid: int) -> None:
     try:
-        os.unlink(os.path.join(STARTED_DIR, str(pid)))
+        os.unlink(os.path.join(started_dir(), str(pid)))
     except FileNotFoundError:
         pass
 
@@ -218,11 +225,12 @@ def forget_started(pid: int) -> None:
 def list_started() -> list:
     """The recorded processes, each a dict (pid, kind, create_time, alive, ...)."""
     entries = []
-    for name in os.listdir(STARTED_DIR) if os.path.isdir(STARTED_DIR) else []:
+    directory = started_dir()
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
         if not name.isdigit():
             continue
         try:
-            with open(os.path.join(STARTED_DIR, name)) as f:
+            with open(os.path.join(directory, name)) as f:
                 entry = json.load(f)
         except (OSError, ValueError):
             continue
