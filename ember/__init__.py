@@ -20,6 +20,7 @@ from ember.api import (
     shutdown,
     wait,
 )
+from ember.kernel_ext import load_ipython_extension, unload_ipython_extension
 from ember.remote_function import RemoteFunction
 from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
 from ember.runtime_context import get_gpu_ids, get_runtime_context
@@ -43,11 +44,13 @@ __all__ = [
     "init",
     "is_initialized",
     "kill",
+    "load_ipython_extension",
     "method",
     "nodes",
     "put",
     "remote",
     "shutdown",
+    "unload_ipython_extension",
     "util",
     "wait",
 ]

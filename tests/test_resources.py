@@ -105,17 +105,19 @@ def test_public_api_names():
         "init",
         "is_initialized",
         "kill",
+        "load_ipython_extension",
         "method",
         "nodes",
         "put",
         "remote",
         "shutdown",
+        "unload_ipython_extension",
         "util",
         "wait",
     }
     assert set(ember.__all__) == expected
     public = {name for name in vars(ember) if not name.startswith("_")}
-    submodules = {"actor", "api", "options", "remote_function", "runtime", "runtime_context"}
+    submodules = {"actor", "api", "kernel_ext", "options", "remote_function", "runtime", "runtime_context", "widgets"}
     assert public - submodules == expected
 
 

@@ -14,6 +14,7 @@ creations, accesses and deletions and answers with the spills and restores to ca
 I/O, so its policy (capacity, least-recently-used spilling) is tested without processes.
 """
 
+import heapq
 import mmap
 import os
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from ember.exceptions import ObjectStoreFullError
 
 SHM_DIR = "/dev/shm"
 ALIGN = 64
+LARGEST_REPORTED = 8  # objects listed per node in store stats (the object store widget shows them)
 
 
 def _align(n: int) -> int:
@@ -190,4 +192,12 @@ class StoreState:
             "spilled": self.spilled_bytes,
             "num_spilled": len(self.spilled),
             "reserved": self.reserved,
+            # For the object store widget: the few largest objects held in memory (id, bytes).
+            "largest": [
+                [oid, size] for oid, size in heapq.nlargest(LARGEST_REPORTED, self.in_memory.items(), key=_size)
+            ],
         }
+
+
+def _size(item: tuple) -> int:
+    return item[1]

@@ -1,0 +1,159 @@
+"""The event subscription every widget shares: one thread, one socket, one ``ClusterState``.
+
+The thread subscribes to the head's event hub (``event:task``, ``event:node``, ``event:actor``),
+applies every message to the shared ``ClusterState`` and calls the widgets' listeners at most
+``rate`` times a second (``Throttle``), after a burst has been applied, never once per event.
+It sleeps in ``poll`` between messages, so an idle cluster with widgets shown stays idle, and
+nothing on the cluster's side ever waits for it (the hub is a PUB socket: a slow subscriber drops
+messages rather than slowing the cluster).
+"""
+
+import logging
+import os
+import threading
+
+import msgpack
+import zmq
+
+from ember.runtime import core_client, transport
+from ember.widgets.state import ClusterState
+from ember.widgets.throttle import Throttle
+
+logger = logging.getLogger(__name__)
+
+TOPICS = (b"event:task", b"event:node", b"event:actor")
+RATE = 10  # widget updates per second, at most
+
+
+class EventFeed:
+    """A background subscription to the event hub at ``address`` feeding ``state`` and listeners."""
+
+    def __init__(self, address: str, rate: float = RATE, state: ClusterState | None = None):
+        self.address = address
+        self.state = state or ClusterState()
+        self.throttle = Throttle(1.0 / rate)
+        self.lock = threading.Lock()  # held while the state changes and while listeners read it
+        self.listeners: list = []
+        self.updates = 0  # listener rounds so far (tests check the throttle with it)
+        self._stop = False
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="ember-widget-events", daemon=True)
+
+    def start(self) -> "EventFeed":
+        try:
+            nodes = core_client.current_client() and _nodes_snapshot()
+            self.state.load_snapshot(nodes or [])
+        except Exception:
+            logger.debug("no node snapshot", exc_info=True)
+        self._thread.start()
+        return self
+
+    def add_listener(self, listener) -> None:
+        """Call ``listener(state)`` on the feed's thread after changes (at most ``rate`` times a second)."""
+        with self.lock:
+            self.listeners.append(listener)
+        self.poke()
+
+    def remove_listener(self, listener) -> None:
+        with self.lock:
+            if listener in self.listeners:
+                self.listeners.remove(listener)
+
+    def poke(self) -> None:
+        """Ask for a listener round soon even without a new event (a new widget draws at once)."""
+        with self.lock:
+            self.throttle.note()
+        self._wake()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # stopped
+
+    def _run(self) -> None:
+        socket = transport.connect_subscriber(self.address, TOPICS)
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while not self._stop:
+                due = self.throttle.due()
+                timeout = None if due is None else max(1, int(due * 1000))
+                ready = dict(poller.poll(timeout))
+                if self._wake_r in ready:
+                    os.read(self._wake_r, 4096)
+                if socket in ready:
+                    self._drain(socket)
+                if self.throttle.take():
+                    self._notify()
+        except Exception:
+            logger.exception("the widgets' event feed stopped")
+        finally:
+            socket.close(0)
+
+    def _drain(self, socket) -> None:
+        with self.lock:
+            while True:
+                try:
+                    topic, body = socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    self.state.apply(topic, msgpack.unpackb(body))
+                except Exception:
+                    logger.debug("malformed event dropped", exc_info=True)
+            self.throttle.note()
+
+    def _notify(self) -> None:
+        with self.lock:
+            listeners = list(self.listeners)
+            self.updates += 1
+            for listener in listeners:
+                try:
+                    listener(self.state)
+                except Exception:
+                    logger.exception("a widget failed to update")
+
+
+def _nodes_snapshot() -> list:
+    import ember
+
+    return ember.nodes()
+
+
+_feed: EventFeed | None = None
+_feed_lock = threading.Lock()
+
+
+def feed() -> EventFeed:
+    """The process's shared feed for the connected cluster (started on first use)."""
+    global _feed
+    client = core_client.current_client()  # initialises Ember implicitly, as any API call does
+    with _feed_lock:
+        if _feed is not None and _feed.address != client.publisher_address:
+            _feed.stop()
+            _feed = None
+        if _feed is None:
+            _feed = EventFeed(client.publisher_address).start()
+        return _feed
+
+
+def stop_feed() -> None:
+    """Stop the shared feed (``%unload_ext ember`` and ``%ember shutdown`` call this)."""
+    global _feed
+    with _feed_lock:
+        if _feed is not None:
+            _feed.stop()
+            _feed = None

@@ -1,0 +1,172 @@
+"""The cluster as the event stream tells it: tasks, nodes, actors. A plain class, no I/O.
+
+``ClusterState.apply(topic, body)`` takes one decoded message of the head's event hub
+(``event:task`` batches, ``event:node``, ``event:actor``); the widgets read the result. Kept apart
+from the socket and from ipywidgets so that aggregation is unit-tested with hand-made events.
+"""
+
+from collections import Counter, OrderedDict
+
+from ember.runtime.ids import TASK_ID_SIZE
+
+PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
+STATES = (PENDING, RUNNING, FINISHED, FAILED)
+MAX_TASKS = 50_000  # records kept; the oldest ended ones are forgotten first (counts stay exact)
+
+
+class TaskRecord:
+    """One task as the events describe it."""
+
+    __slots__ = (
+        "task_id",
+        "name",
+        "state",
+        "parent",
+        "deps",
+        "actor",
+        "tag",
+        "job",
+        "node",
+        "pid",
+        "submitted",
+        "started",
+        "ended",
+        "error",
+    )
+
+    def __init__(self, task_id: bytes, name: str = "?"):
+        self.task_id = task_id
+        self.name = name
+        self.state = PENDING
+        self.parent = self.actor = self.tag = self.job = self.node = self.pid = None
+        self.deps: list = []
+        self.submitted = self.started = self.ended = None
+        self.error = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from running to ended (or None while it has not ended)."""
+        if self.started is None or self.ended is None:
+            return None
+        return max(0.0, self.ended - self.started)
+
+
+class ClusterState:
+    """Aggregates the event stream. ``version`` grows with every change (the widgets redraw on it)."""
+
+    def __init__(self, max_tasks: int = MAX_TASKS):
+        self.max_tasks = max_tasks
+        self.tasks: OrderedDict = OrderedDict()
+        self.counts: Counter = Counter()  # tasks per state, over everything seen
+        self.by_name: dict = {}  # function name -> Counter of states
+        self.nodes: dict = {}  # node id (hex) -> latest node event (+ "resources" from snapshots)
+        self.actors: dict = {}  # actor id (hex) -> {"state", "name", "class_name"}
+        self.version = 0
+
+    # --- input ----------------------------------------------------------------------------------------
+    def apply(self, topic: bytes, body) -> None:
+        """Apply one decoded event-hub message."""
+        if topic == b"event:task":
+            for kind, task_id, when, fields in body:
+                self.apply_task(kind, task_id, when, fields or {})
+        elif topic == b"event:node":
+            self.apply_node(body)
+        elif topic == b"event:actor":
+            actor_id = _hex(body.get("actor_id"))
+            self.actors[actor_id] = {k: body.get(k) for k in ("state", "name", "class_name")}
+        else:
+            return
+        self.version += 1
+
+    def apply_task(self, kind: str, task_id: bytes, when: float, fields: dict) -> None:
+        record = self.tasks.get(task_id)
+        if record is None:
+            record = TaskRecord(task_id, fields.get("name") or "?")
+            self.tasks[task_id] = record
+            self._count(record, +1)
+            self._forget_old()
+        if kind == "submitted":
+            record.name = fields.get("name") or record.name
+            record.parent = fields.get("parent")
+            record.deps = [oid[:TASK_ID_SIZE] for oid in fields.get("deps") or ()]
+            record.actor, record.tag, record.job = fields.get("actor"), fields.get("tag"), fields.get("job")
+            record.submitted = when
+            return
+        if kind == "running":
+            new_state = RUNNING
+            record.node, record.pid = _hex(fields.get("node")), fields.get("pid")
+            record.started, record.ended, record.error = when, None, None  # a retry runs again
+        elif kind == "finished":
+            new_state, record.ended = FINISHED, when
+        elif kind == "failed":
+            new_state, record.ended, record.error = FAILED, when, fields.get("error")
+        else:
+            return
+        if record.state != new_state:
+            self._count(record, -1)
+            record.state = new_state
+            self._count(record, +1)
+
+    def apply_node(self, body: dict) -> None:
+        node_id = _hex(body.get("node_id"))
+        node = self.nodes.setdefault(node_id, {"node_id": node_id, "alive": True})
+        for key, value in body.items():
+            if key != "node_id":
+                node[key] = value
+
+    def load_snapshot(self, nodes: list) -> None:
+        """Seed nodes from ``ember.nodes()`` (the stream only says what changes)."""
+        for entry in nodes:
+            node = self.nodes.setdefault(entry["NodeID"], {"node_id": entry["NodeID"]})
+            node["alive"] = entry["Alive"]
+            node["resources"] = entry["Resources"]
+            node.setdefault("store", entry.get("ObjectStore") or {})
+            node.setdefault("available", dict(entry["Resources"]))
+        self.version += 1
+
+    def clear_tasks(self) -> None:
+        self.tasks.clear()
+        self.counts.clear()
+        self.by_name.clear()
+        self.version += 1
+
+    # --- bookkeeping ----------------------------------------------------------------------------------
+    def _count(self, record: TaskRecord, delta: int) -> None:
+        self.counts[record.state] += delta
+        self.by_name.setdefault(record.name, Counter())[record.state] += delta
+
+    def _forget_old(self) -> None:
+        # Forget ended tasks first, oldest first; counts keep them (the totals stay true).
+        while len(self.tasks) > self.max_tasks:
+            for task_id, record in self.tasks.items():
+                if record.state in (FINISHED, FAILED):
+                    del self.tasks[task_id]
+                    break
+            else:
+                self.tasks.popitem(last=False)
+
+    # --- views ----------------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Tasks per state: ``{"pending": n, "running": n, "finished": n, "failed": n}``."""
+        return {state: self.counts[state] for state in STATES}
+
+    def workers(self) -> dict:
+        """Per node: the distinct worker processes seen running tasks."""
+        seen: dict = {}
+        for record in self.tasks.values():
+            if record.node is not None and record.pid is not None:
+                seen.setdefault(record.node, set()).add(record.pid)
+        return {node: len(pids) for node, pids in seen.items()}
+
+    def creator_of(self, object_id: bytes) -> str:
+        """What made an object: ``task name`` (a task's return) or ``put``."""
+        record = self.tasks.get(object_id[:TASK_ID_SIZE])
+        if record is not None:
+            return record.name
+        return "put" if object_id[TASK_ID_SIZE:] == b"\xff\xff" else "?"
+
+
+def _hex(value) -> str | None:
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
