@@ -4,6 +4,9 @@
 - :class:`Queue` (also ``ember.util.queue.Queue``): a queue shared by tasks and actors.
 - ``ember.util.multiprocessing.Pool``: a ``multiprocessing.Pool`` backed by actors.
 - ``ember.util.joblib.register_ember``: a joblib backend (needs joblib installed).
+- Placement groups: :func:`placement_group`, :func:`remove_placement_group`,
+  :func:`placement_group_table`, :func:`get_placement_group`, :func:`get_current_placement_group`;
+  strategies in ``ember.util.scheduling_strategies``.
 
 The submodules ``queue``, ``multiprocessing``, ``joblib`` and ``actor_pool``
 are importable as attributes (``ember.util.multiprocessing``); ``joblib`` is
@@ -14,9 +17,29 @@ import importlib
 
 from .actor_pool import ActorPool
 
-__all__ = ["ActorPool", "Queue"]
+# Imported eagerly, as Ray does: ``placement_group`` is both a submodule and a function, and the
+# function must win as the package's attribute whichever is imported first.
+from .placement_group import (
+    PlacementGroup,
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
-_LAZY_SUBMODULES = ("actor_pool", "queue", "multiprocessing", "joblib")
+__all__ = [
+    "ActorPool",
+    "Queue",
+    "PlacementGroup",
+    "placement_group",
+    "remove_placement_group",
+    "placement_group_table",
+    "get_placement_group",
+    "get_current_placement_group",
+]
+
+_LAZY_SUBMODULES = ("actor_pool", "queue", "multiprocessing", "joblib", "scheduling_strategies")
 
 
 def __getattr__(name):
