@@ -253,6 +253,14 @@ def _query_nodes(address: str, timeout: float = 10.0) -> dict:
 
     from ember.runtime import protocol, transport
 
+    # ZeroMQ retries a refused connection silently; a plain TCP connect tells at once that nothing listens.
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=min(timeout, 5.0)).close()
+    except ValueError:
+        raise ConnectionError(f"{address!r} is not a HOST:PORT address.") from None
+    except OSError as error:
+        raise ConnectionError(f"No Ember head is listening at {address}: {error}") from None
     sock = transport.connect_dealer(address)
     try:
         sock.send_multipart(protocol.encode({"op": protocol.GET_NODES, "rid": b"status"}))

@@ -186,17 +186,28 @@ def terminate(pid: int, create_time: float | None = None, timeout: float = 10.0)
         process.send_signal(signal.SIGTERM)
     except psutil.Error:
         return False
-    try:
-        process.wait(timeout)
-    except psutil.TimeoutExpired:
+    if not _wait_exit(process, timeout):
         try:
             process.kill()
-            process.wait(5)
         except psutil.Error:
             pass
-    except psutil.Error:
-        pass
+        _wait_exit(process, 5.0)
     return True
+
+
+def _wait_exit(process: psutil.Process, timeout: float) -> bool:
+    # A detached process is not our child, so it stays a zombie until init reaps it (which can take
+    # seconds in a container): a zombie has exited, and that is all we wait for.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
 
 
 # --- the record of what `ember start` started ---------------------------------------------------------
