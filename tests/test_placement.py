@@ -166,6 +166,15 @@ def test_remove_cancels_bundles_frees_the_name_and_answers_waiters():
     assert manager.wait(b"x" * 18, "w") == [("reply", "w", None)]
 
 
+def test_removed_bundles_are_free_again_without_a_new_report():
+    # Made and removed between two reports of the node: the next group must not wait for a report.
+    manager = manager_with(node(A, 2))
+    manager.create(PG, [{"CPU": 2}], "PACK")
+    manager.prepared(PG, A, True)
+    manager.remove(PG)
+    assert kinds(manager.create(b"q" * 18, [{"CPU": 2}], "PACK")) == ["prepare"]
+
+
 def test_remove_while_preparing_cancels_what_is_in_flight():
     manager = manager_with(node(A, 4))
     manager.create(PG, [{"CPU": 1}], "PACK")

@@ -155,6 +155,7 @@ class PlacementGroupManager:
         for node_id, indexes in holding.items():
             if self._alive(node_id):
                 actions.append(("cancel", node_id, pg_id, sorted(set(indexes))))
+                self._give_back(group, node_id, set(indexes))
         group.state = REMOVED
         group.done_at = group.done_at or self.clock()
         group.attempt, group.answers = {}, {}
@@ -284,6 +285,16 @@ class PlacementGroupManager:
             for node_id, indexes in group.attempt.items()
         ]
 
+    def _give_back(self, group: Group, node_id: bytes, indexes) -> None:
+        """Bundles a node no longer holds are free again in our view of it. Reports only come when
+        a node's availability changed since its last one, so a group made and removed between
+        two reports would otherwise leave its resources taken in our view for good."""
+        view = self.views.get(node_id)
+        if view is not None:
+            for i in indexes:
+                for name, amount in group.bundles[i].items():
+                    view.available[name] = view.available.get(name, 0) + amount
+
     def _finish_attempt(self, group: Group) -> list:
         if len(group.answers) < len(group.attempt):
             return []
@@ -306,6 +317,8 @@ class PlacementGroupManager:
             return actions
         # Someone said no: nothing of this attempt may stay reserved.
         actions = [("cancel", node_id, group.pg_id, attempt[node_id]) for node_id in live if answers[node_id]]
+        for node_id in live:
+            self._give_back(group, node_id, attempt[node_id])
         group.state = RESCHEDULING if group.rescheduling else PENDING
         self.needs_retry = True
         # A node that died is no reason to wait: the others may take its bundles now.
