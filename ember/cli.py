@@ -203,7 +203,14 @@ def _print_started(info: dict, kind: str, resources: dict, session_dir: str, aut
 
 
 def _block(processes: list) -> int:
-    """Stay in the foreground until a process exits or Ctrl-C; then stop them all."""
+    """Stay in the foreground until a process exits, Ctrl-C or SIGTERM; then stop them all."""
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    # A shell starts background jobs with SIGINT ignored; `--block` means stoppable either way.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         while all(p.poll() is None for p in processes):
             time.sleep(0.2)
