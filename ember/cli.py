@@ -274,6 +274,7 @@ def _query_nodes(address: str, timeout: float = 10.0) -> dict:
         if not sock.poll(int(timeout * 1000)):
             raise ConnectionError(f"No Ember head answered at {address} within {timeout:g} s.")
         header, _ = protocol.decode(sock.recv_multipart())
+        header["autoscaler"] = _autoscaler_status(sock, timeout)
     except zmq.ZMQError as error:
         raise ConnectionError(f"Could not reach an Ember head at {address}: {error}") from None
     finally:
@@ -281,6 +282,30 @@ def _query_nodes(address: str, timeout: float = 10.0) -> dict:
     if header.get("op") == protocol.ERROR:
         raise ConnectionError(f"The head at {address} answered with an error: {header.get('error')}")
     return header
+
+
+def _autoscaler_status(sock, timeout: float) -> dict | None:
+    """What the autoscaler's monitor last published in the head's KV (None without an autoscaler)."""
+    import msgpack
+
+    from ember.autoscaler import STATUS_KEY
+    from ember.runtime import protocol
+
+    sock.send_multipart(protocol.encode({"op": protocol.KV_GET, "key": STATUS_KEY, "rid": b"autoscaler"}))
+    if not sock.poll(int(timeout * 1000)):
+        return None
+    header, frames = protocol.decode(sock.recv_multipart())
+    if not header.get("found") or not frames:
+        return None
+    try:
+        status = msgpack.unpackb(bytes(frames[0]), raw=False)
+    except ValueError:
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def _logical(resources: dict) -> dict:
+    return {k: v for k, v in resources.items() if k not in ("memory", "object_store_memory")}
 
 
 def _fmt_amount(name: str, value: float) -> str:
@@ -356,6 +381,18 @@ def format_status(address: str, reply: dict) -> str:
             gpu_rows.append(f"  {node_id[:12]}  GPU {gpu.get('gpu_id')}  {holder}  share {gpu.get('share', 0):g}")
     if gpu_rows:
         lines += ["", "GPUs (node, GPU id, holder, share):", *gpu_rows]
+    autoscaler = reply.get("autoscaler")
+    if autoscaler:
+        launched = autoscaler.get("launched") or []
+        shape = json.dumps(_logical(autoscaler.get("worker_shape", {})))
+        lines += [
+            "",
+            f"Autoscaler: {len(launched)} of at most {autoscaler.get('max_workers')} worker nodes "
+            f"of {shape}, idle timeout {autoscaler.get('idle_timeout_s')} s",
+        ]
+        lines += [f"  {node_id}  {state}" for node_id, state in launched]
+        for request in autoscaler.get("infeasible") or []:
+            lines.append(f"  infeasible (fits no node and no worker node): {json.dumps(request)}")
     return "\n".join(lines)
 
 

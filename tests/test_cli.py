@@ -147,6 +147,13 @@ def test_format_status_shows_demand_and_gpus():
             {"node_id": bytes.fromhex("cd" * 16), "address": "127.0.0.1:5678", "alive": False, "resources": {}},
         ],
         "pending_bundles": [{"GPU": 1.0}],
+        "autoscaler": {
+            "max_workers": 2,
+            "idle_timeout_s": 5.0,
+            "worker_shape": {"CPU": 1.0, "memory": 2.0**30},
+            "launched": [["ef" * 16, "launching"]],
+            "infeasible": [{"GPU": 4.0}],
+        },
     }
     text = cli.format_status("127.0.0.1:6379", reply)
     assert "Nodes (1 alive, 1 dead)" in text
@@ -154,3 +161,5 @@ def test_format_status_shows_demand_and_gpus():
     assert '{"CPU": 1.0}: 2 pending' in text and "(placement group)" in text
     assert "1.00 MiB / 1.00 GiB in 3 objects" in text
     assert "GPU 0  task f  share 0.5" in text
+    assert 'Autoscaler: 1 of at most 2 worker nodes of {"CPU": 1.0}' in text
+    assert f"{'ef' * 16}  launching" in text and 'infeasible (fits no node and no worker node): {"GPU": 4.0}' in text

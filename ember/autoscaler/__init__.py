@@ -9,6 +9,8 @@ import msgpack
 
 # The head's KV key holding the standing request_resources() request, a msgpack map {"bundles": [...]}.
 REQUEST_KEY = b"autoscaler:request"
+# What the monitor last decided, for `ember status`: msgpack {"max_workers", "worker_shape", "launched", "infeasible"}.
+STATUS_KEY = b"autoscaler:status"
 
 
 def _check_bundle(bundle) -> dict:
@@ -58,4 +60,4 @@ def decode_request(value: bytes | None) -> list:
     return [b for b in bundles if isinstance(b, dict)]
 
 
-__all__ = ["request_resources", "REQUEST_KEY"]
+__all__ = ["request_resources", "REQUEST_KEY", "STATUS_KEY"]

@@ -6,6 +6,7 @@ Data flow::
     monitor: AutoscalerPolicy.update(...) -> launch / terminate
     monitor --spawn, stdin pipe--> python -m ember.runtime.cluster --address HEAD (one per worker node)
     monitor --SIGTERM--> a node it launched that stayed idle for idle_timeout_s
+    monitor --kv_put autoscaler:status (launched nodes, infeasible demand), when it changes--> head
     stdout: one JSON line ({"pid": ...}) when it is running, then stdout/stderr go to its log file
 
 Each launched node watches the monitor through its stdin, so a monitor that dies (even by SIGKILL)
@@ -20,9 +21,10 @@ import signal
 import sys
 import time
 
+import msgpack
 import zmq
 
-from ember.autoscaler import REQUEST_KEY, decode_request
+from ember.autoscaler import REQUEST_KEY, STATUS_KEY, decode_request
 from ember.autoscaler.policy import AutoscalerPolicy
 from ember.runtime import launcher, protocol, transport
 
@@ -41,10 +43,10 @@ class HeadClient:
         self.sock = transport.connect_dealer(address)
         self.next_rid = 0
 
-    def request(self, header: dict, timeout: float) -> tuple[dict, list] | None:
+    def request(self, header: dict, timeout: float, frames=()) -> tuple[dict, list] | None:
         self.next_rid += 1
         rid = self.next_rid.to_bytes(8, "little")
-        self.sock.send_multipart(protocol.encode({**header, "rid": rid}))
+        self.sock.send_multipart(protocol.encode({**header, "rid": rid}, frames))
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -76,6 +78,7 @@ class Monitor:
         self.launch_count = 0
         self.stopping = False
         self.last_infeasible: list = []
+        self.last_status = None
 
     def poll_head(self) -> tuple[list, list, list] | None:
         reply = self.head.request({"op": protocol.GET_NODES}, POLL_INTERVAL_S * 4)
@@ -156,7 +159,24 @@ class Monitor:
                 self.last_infeasible = list(self.policy.infeasible)
                 if self.last_infeasible:
                     logger.warning("infeasible demand (fits no node and no worker node): %s", self.last_infeasible)
+            self.publish_status()
             time.sleep(max(0.0, POLL_INTERVAL_S - (time.monotonic() - started)))
+
+    def publish_status(self) -> None:
+        status = {
+            "max_workers": self.policy.max_workers,
+            "idle_timeout_s": self.policy.idle_timeout_s,
+            "worker_shape": self.policy.worker_shape,
+            "launched": sorted(
+                [n.node_id, "running" if n.joined else "launching"] for n in self.policy.launched.values()
+            ),
+            "infeasible": self.policy.infeasible,
+        }
+        if status != self.last_status:
+            payload = msgpack.packb(status, use_bin_type=True)
+            header = {"op": protocol.KV_PUT, "key": STATUS_KEY, "overwrite": True}
+            if self.head.request(header, POLL_INTERVAL_S * 4, [payload]) is not None:
+                self.last_status = status
 
     def close(self) -> None:
         for node_id in list(self.processes):
