@@ -229,7 +229,7 @@ def record_started(pid: int, kind: str, **fields) -> None:
 def forget_started(pid: int) -> None:
     try:
         os.unlink(os.path.join(started_dir(), str(pid)))
-    except FileNotFoundError:
+    except OSError:
         pass
 
 
@@ -238,10 +238,12 @@ def list_started() -> list:
     entries = []
     directory = started_dir()
     for name in os.listdir(directory) if os.path.isdir(directory) else []:
-        if not name.isdigit():
-            continue
+        path = os.path.join(directory, name)
         try:
-            with open(os.path.join(directory, name)) as f:
+            # /tmp is shared: another user's clusters are theirs to stop.
+            if not name.isdigit() or os.stat(path).st_uid != os.getuid():
+                continue
+            with open(path) as f:
                 entry = json.load(f)
         except (OSError, ValueError):
             continue
