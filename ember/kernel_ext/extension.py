@@ -23,6 +23,7 @@ class EmberExtension:
         self.router = OutputRouter(self._send)
         self.owns_connection = False  # True when the extension called ember.init (so it shuts it down)
         self.address = None
+        self._kernel_shutdown = None  # ipykernel's own do_shutdown, wrapped while the extension is loaded
 
     # --- the cluster ----------------------------------------------------------------------------------
     def connect(self, address: str | None = None, **init_options) -> None:
@@ -56,12 +57,29 @@ class EmberExtension:
     # --- cells ----------------------------------------------------------------------------------------
     def register(self) -> None:
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
+        kernel = getattr(self.shell, "kernel", None)
+        if kernel is not None and self._kernel_shutdown is None:
+            # ipykernel answers a shutdown (or restart) by signalling its child processes and waiting
+            # until none is left; the cluster we started is such a child, and psutil still lists it
+            # as a zombie until we reap it, so the kernel would wait ~30 s. Stopping it first (which
+            # reaps it) makes shutdown and restart immediate and clean.
+            self._kernel_shutdown = kernel.do_shutdown
+
+            def do_shutdown(restart):
+                self.disconnect()
+                return self._kernel_shutdown(restart)
+
+            kernel.do_shutdown = do_shutdown
 
     def unregister(self) -> None:
         try:
             self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
         except ValueError:
             pass
+        kernel = getattr(self.shell, "kernel", None)
+        if kernel is not None and self._kernel_shutdown is not None:
+            kernel.do_shutdown = self._kernel_shutdown
+            self._kernel_shutdown = None
 
     def pre_run_cell(self, info=None) -> None:
         """Tag the cell about to run: the tag is its execute request's msg_id."""

@@ -4,7 +4,7 @@ import json
 import shlex
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
 import ember
@@ -83,7 +83,8 @@ class EmberMagics(Magics):
         The notebook variables it reads travel with it; its prints stream into this cell; the value
         of its last expression is the cell's result; the names it assigns come back into the notebook.
         """
-        args = parse_argstring(self.remote, line)
+        # shlex, not IPython's splitter: it keeps quotes, and --resources '{"custom": 1}' needs them gone.
+        args = self.remote.parser.parse_args(shlex.split(line))
         self._require_connection()
         options = {}
         if args.num_cpus is not None:
