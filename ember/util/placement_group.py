@@ -163,9 +163,12 @@ def placement_group(
         },
     )
     if reply.get("infeasible"):
+        # Only the resources the bundles ask for: a node's full list (with every group's) says little.
+        asked = {resource for bundle in bundles for resource in bundle}
+        nodes = [{k: v for k, v in total.items() if k in asked} for total in reply.get("total", [])]
         print(
             f"Warning: placement group {name or pg_id.hex()} with bundles {bundles} and strategy {strategy} "
-            f"cannot be placed on any set of nodes in the cluster (node resources: {reply.get('total')}). "
+            f"cannot be placed on any set of nodes in the cluster (nodes have {nodes}). "
             "It stays pending until nodes that can hold it join.",
             file=sys.stderr,
             flush=True,
