@@ -5,6 +5,7 @@
 from the socket and from ipywidgets so that aggregation is unit-tested with hand-made events.
 """
 
+import time
 from collections import Counter, OrderedDict
 
 from ember.runtime.ids import TASK_ID_SIZE
@@ -62,6 +63,7 @@ class ClusterState:
         self.nodes: dict = {}  # node id (hex) -> latest node event (+ "resources" from snapshots)
         self.actors: dict = {}  # actor id (hex) -> {"state", "name", "class_name"}
         self.version = 0
+        self.cleared_at = 0.0
 
     # --- input ----------------------------------------------------------------------------------------
     def apply(self, topic: bytes, body) -> None:
@@ -80,6 +82,8 @@ class ClusterState:
 
     def apply_task(self, kind: str, task_id: bytes, when: float, fields: dict) -> None:
         record = self.tasks.get(task_id)
+        if record is None and when < self.cleared_at:
+            return
         if record is None:
             record = TaskRecord(task_id, fields.get("name") or "?")
             self.tasks[task_id] = record
@@ -124,7 +128,10 @@ class ClusterState:
             node.setdefault("available", dict(entry["Resources"]))
         self.version += 1
 
-    def clear_tasks(self) -> None:
+    def clear_tasks(self, now: float | None = None) -> None:
+        """Forget every task; events stamped before ``now`` (default: this moment) are ignored from
+        here on, so a batch still in flight cannot bring back a task that ended before the clear."""
+        self.cleared_at = time.time() if now is None else now
         self.tasks.clear()
         self.counts.clear()
         self.by_name.clear()
@@ -146,9 +153,13 @@ class ClusterState:
                 self.tasks.popitem(last=False)
 
     # --- views ----------------------------------------------------------------------------------------
-    def summary(self) -> dict:
-        """Tasks per state: ``{"pending": n, "running": n, "finished": n, "failed": n}``."""
-        return {state: self.counts[state] for state in STATES}
+    def summary(self, tag=None) -> dict:
+        """Tasks per state: ``{"pending": n, "running": n, "finished": n, "failed": n}``; with ``tag``,
+        only the tasks submitted under that output tag (one notebook cell's, say) still remembered."""
+        if tag is None:
+            return {state: self.counts[state] for state in STATES}
+        counts = Counter(record.state for record in self.tasks.values() if record.tag == tag)
+        return {state: counts[state] for state in STATES}
 
     def workers(self) -> dict:
         """Per node: the distinct worker processes seen running tasks."""
