@@ -5,6 +5,7 @@ then run inside a bundle with ``PlacementGroupSchedulingStrategy``. The head kee
 (:mod:`ember.runtime.placement_groups`); this module is the client's side of it.
 """
 
+import concurrent.futures
 import sys
 
 from ember.runtime import protocol
@@ -105,13 +106,19 @@ class PlacementGroup:
     def wait(self, timeout_seconds: float = 30) -> bool:
         """Block until the group is created; False if it is not within ``timeout_seconds``."""
         client = current_client()
+        answer = concurrent.futures.Future()
+        rid = new_id(8)
+        request = {"op": protocol.WAIT_PLACEMENT_GROUP, "rid": rid, "pg_id": self.id.binary()}
+        client.call_soon(client.send, "head", request, (), lambda header, _: answer.set_result(header))
         try:
-            reply, _ = client.request(
-                "head", {"op": protocol.WAIT_PLACEMENT_GROUP, "pg_id": self.id.binary()}, timeout=timeout_seconds
-            )
-        except TimeoutError:
+            header = answer.result(timeout_seconds)
+        except concurrent.futures.TimeoutError:
+            # Stop listening: a late answer is then dropped instead of kept for nobody.
+            client.call_soon(client._waiting.pop, rid, None)
             return False
-        return reply.get("state") == "CREATED"
+        if header.get("op") == protocol.ERROR:
+            raise ValueError(f"Placement group {self.id.hex()} does not exist.")
+        return header.get("state") == "CREATED"
 
     def __eq__(self, other):
         return isinstance(other, PlacementGroup) and other.id == self.id
