@@ -85,6 +85,7 @@ class ActorClass:
         client.export(key, payload)
         placement = opts.resources_of(options, 1)
         running = opts.resources_of(options, 0) if "num_cpus" not in options else placement
+        placement, running, strategy, placement_group = opts.scheduling_of(options, placement, running)
         meta = _method_meta(self._cls)
         name = options.get("name")
         if name is not None and (not isinstance(name, str) or not name):
@@ -103,6 +104,8 @@ class ActorClass:
             "max_concurrency": options.get("max_concurrency"),
             "resources": placement,
             "running": running,
+            "strategy": strategy,
+            "pg": placement_group,
             "env": opts.env_vars_of(options),
             "owner_actor": getattr(current_task.get(), "actor_id", None),  # its fate follows that actor's
             "meta": meta,

@@ -465,6 +465,8 @@ def nodes() -> list:
                 "Resources": node["resources"],
                 "ObjectStoreSocketName": f"/dev/shm/{store_prefix(node['node_id'])}",
                 "ObjectStore": node.get("store", {}),
+                # Ember's own: who holds which GPU (gpu_id, holder, share), as the head's GPU table has it.
+                "GPUs": node.get("gpus", []),
             }
         )
     return result

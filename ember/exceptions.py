@@ -128,6 +128,10 @@ class TaskCancelledError(EmberError):
     """The task was cancelled with ``ember.cancel``."""
 
 
+class TaskUnschedulableError(EmberError):
+    """The task cannot be scheduled: e.g. a hard node affinity to a node that is dead."""
+
+
 class ObjectStoreFullError(EmberError, MemoryError):
     """The object cannot fit in the object store even after spilling everything else."""
 

@@ -117,3 +117,68 @@ def env_vars_of(options: dict) -> dict | None:
     """The ``runtime_env`` environment variables to set for a task or actor, if any."""
     runtime_env = options.get("runtime_env") or {}
     return runtime_env.get("env_vars") or None
+
+
+def scheduling_of(options: dict, resources: dict, running: dict | None = None):
+    """Ray's scheduling options as (resources, running, strategy, placement group).
+
+    ``strategy`` goes to the node managers (see ``runtime/cluster_scheduler.py``): None, "SPREAD",
+    or a node affinity ``{"node", "soft", "spill"}``. A placement group needs no strategy: its
+    bundles' resources (``CPU_group_<i>_<pg>``, ...) exist only on the nodes that hold them, so the
+    request is rewritten to ask for those. ``placement group`` is ``[pg hex, bundle index, capture]``
+    for tasks that run inside one, so the tasks they submit can join it (capture_child_tasks).
+    """
+    from ember.runtime.task_context import current_task
+
+    strategy = options.get("scheduling_strategy")
+    group = options.get("placement_group", "default")
+    index = options.get("placement_group_bundle_index", -1)
+    capture = options.get("placement_group_capture_child_tasks")
+    if strategy is not None and hasattr(strategy, "placement_group"):
+        group = strategy.placement_group
+        index = strategy.placement_group_bundle_index
+        capture = strategy.placement_group_capture_child_tasks
+        strategy = None
+    elif strategy is not None and hasattr(strategy, "node_id") and hasattr(strategy, "soft"):
+        node = strategy.node_id
+        if not isinstance(node, str):
+            raise TypeError(f"NodeAffinitySchedulingStrategy.node_id must be a hex string, got {node!r}.")
+        spill = bool(getattr(strategy, "_spill_on_unavailable", False))
+        affinity = {"node": node, "soft": bool(strategy.soft), "spill": spill}
+        return resources, running, affinity, None
+    elif strategy == "SPREAD":
+        return resources, running, "SPREAD", None
+    elif strategy not in (None, "DEFAULT"):
+        raise ValueError(
+            f"scheduling_strategy must be 'DEFAULT', 'SPREAD', a PlacementGroupSchedulingStrategy or a "
+            f"NodeAffinitySchedulingStrategy, got {strategy!r}."
+        )
+    if group == "default" or group is None:
+        context = current_task.get()
+        inherited = getattr(context, "placement_group", None)
+        if strategy is None and "placement_group" not in options and inherited and inherited[2]:
+            group_hex, index, capture = inherited[0], -1, True
+        else:
+            return resources, running, None, None
+    else:
+        group_hex = group.id.hex()
+        count = getattr(group, "bundle_count", None)
+        if not isinstance(index, int) or index < -1 or (count is not None and index >= count):
+            raise ValueError(f"placement_group_bundle_index must be -1 or a bundle index below {count}, got {index!r}.")
+    placement = [group_hex, index, bool(capture)]
+    return _in_bundle(resources, group_hex, index), _in_bundle(running, group_hex, index), None, placement
+
+
+def _in_bundle(resources: dict | None, group_hex: str, index: int) -> dict | None:
+    if resources is None:
+        return None
+    # The wildcard names count against the group as a whole, the indexed ones against one bundle;
+    # the tiny bundle_group amount places even a task that asks for nothing inside the group.
+    wanted = {f"bundle_group_{group_hex}": 0.001}
+    for name, amount in resources.items():
+        wanted[f"{name}_group_{group_hex}"] = amount
+    if index >= 0:
+        wanted[f"bundle_group_{index}_{group_hex}"] = 0.001
+        for name, amount in resources.items():
+            wanted[f"{name}_group_{index}_{group_hex}"] = amount
+    return wanted

@@ -64,17 +64,20 @@ class RemoteFunction:
         client = current_client()
         key = self._export(client)
         num_returns = options.get("num_returns", 1)
+        resources, _, strategy, placement_group = opts.scheduling_of(options, opts.resources_of(options, 1))
         refs = client.submitter.submit_task(
             key,
             options.get("name") or self._name,
             args,
             kwargs,
             num_returns=num_returns,
-            resources=opts.resources_of(options, 1),
+            resources=resources,
             max_retries=options.get("max_retries", 3),
             retry_exceptions=options.get("retry_exceptions", False),
             env_vars=opts.env_vars_of(options),
             max_calls=options.get("max_calls", 0),
+            strategy=strategy,
+            placement_group=placement_group,
         )
         if num_returns == 1:
             return refs[0]

@@ -41,14 +41,24 @@ def ember_processes() -> list:
     return found
 
 
+# Clusters that a module-scoped fixture keeps up across tests (tests/multinode.py) register their
+# processes and store prefixes here while they run, so the leak check does not count them.
+SHARED_ROOTS: set = set()
+SHARED_PREFIXES: set = set()
+
+
 def shared_cluster_pids() -> set:
-    if api._cluster_process is None:
-        return set()
-    try:
-        root = psutil.Process(api._cluster_process.pid)
-        return {root.pid} | {child.pid for child in root.children(recursive=True)}
-    except psutil.NoSuchProcess:
-        return set()
+    roots = set(SHARED_ROOTS)
+    if api._cluster_process is not None:
+        roots.add(api._cluster_process.pid)
+    pids = set()
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+            pids |= {root.pid} | {child.pid for child in root.children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+    return pids
 
 
 def wait_for(condition, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
@@ -69,7 +79,9 @@ def shm_files(since: float = 0.0) -> list:
     found = []
     for path in glob.glob("/dev/shm/ember-*"):
         try:
-            if os.stat(path).st_mtime >= since and not (prefix and os.path.basename(path).startswith(prefix)):
+            name = os.path.basename(path)
+            shared = (prefix and name.startswith(prefix)) or any(name.startswith(p) for p in SHARED_PREFIXES)
+            if os.stat(path).st_mtime >= since and not shared:
                 found.append(path)
         except FileNotFoundError:
             pass

@@ -54,7 +54,9 @@ def main(argv=None) -> None:
         env=json.loads(args.env),
     )
     loop.add_service(node_manager)
-    loop.add_socket(node_manager.head, lambda frames: None)
+    node_manager.loop = loop
+    node_manager.on_declared_dead = loop.stop
+    loop.add_socket(node_manager.head, node_manager.on_head_message)
 
     print(
         json.dumps(

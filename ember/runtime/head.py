@@ -15,18 +15,25 @@ path: tasks and actor calls go straight from caller to worker.
 """
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
 import msgpack
 
 from ember.runtime import protocol, transport
+from ember.runtime.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView
 from ember.runtime.ids import new_id
+from ember.runtime.placement import NodeView as PlacementNodeView
+from ember.runtime.placement_groups import PlacementGroupManager
+from ember.runtime.scheduler import to_fixed
 from ember.runtime.service import Service
 
 logger = logging.getLogger(__name__)
 
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
+NODE_TIMEOUT = 5.0  # seconds without a heartbeat before a node is declared dead (EMBER_NODE_TIMEOUT_S)
+VIEW_PERIOD = 0.1  # the cluster view goes to node managers at most this often
 
 
 @dataclass
@@ -40,6 +47,8 @@ class NodeInfo:
     store: dict = field(default_factory=dict)
     demand: list = field(default_factory=list)
     host: str = "127.0.0.1"
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    gpus: list = field(default_factory=list)  # GPU assignments: {gpu_id, holder, share}
 
 
 @dataclass
@@ -59,6 +68,7 @@ class ActorInfo:
     subscribers: set = field(default_factory=set)
     lease_rid: bytes | None = None
     pid: int | None = None
+    waiting_for_node: bool = False
 
     def public(self) -> dict:
         return {
@@ -75,6 +85,14 @@ class ActorInfo:
             "class_name": self.spec.get("class_name"),
             "meta": self.spec.get("meta"),
         }
+
+
+def _wire_entry(entry: dict) -> dict:
+    """A table entry as msgpack carries it: map keys must be strings (clients turn them back)."""
+    entry = dict(entry)
+    entry["bundles"] = {str(i): b for i, b in entry["bundles"].items()}
+    entry["bundles_to_node_id"] = {str(i): n for i, n in entry["bundles_to_node_id"].items()}
+    return entry
 
 
 class Head(Service):
@@ -98,6 +116,10 @@ class Head(Service):
         protocol.LOGS: "on_logs",
         protocol.TASK_EVENTS: "on_task_events",
         protocol.SHUTDOWN: "on_shutdown",
+        protocol.CREATE_PLACEMENT_GROUP: "on_create_placement_group",
+        protocol.REMOVE_PLACEMENT_GROUP: "on_remove_placement_group",
+        protocol.WAIT_PLACEMENT_GROUP: "on_wait_placement_group",
+        protocol.PLACEMENT_GROUP_TABLE: "on_placement_group_table",
     }
 
     def __init__(self, loop, host: str = "127.0.0.1", port: int = 0):
@@ -115,6 +137,11 @@ class Head(Service):
         self.worker_sockets: dict[bytes, object] = {}
         self.next_job = 1
         self.on_stop = None
+        self.node_timeout = float(os.environ.get("EMBER_NODE_TIMEOUT_S", NODE_TIMEOUT))
+        self.view_dirty = False
+        self.last_view = 0.0
+        self.actor_policy = ClusterPolicy(b"")  # actors have no "local" node: least used first
+        self.placement_groups = PlacementGroupManager()
 
     # --- nodes and jobs -------------------------------------------------------------------------
     def on_register_node(self, identity, header, frames):
@@ -126,16 +153,86 @@ class Head(Service):
         sock = transport.connect_dealer(node.address)
         self.node_sockets[node.node_id] = sock
         self.loop.add_socket(sock, self.on_node_reply)
+        self.view_dirty = True
+        self.publish(b"event:node", {"node_id": node.node_id, "alive": True, "address": node.address})
         self._schedule_pending_actors()
+        self._placement_nodes_changed()
         return {"publisher": self.publisher_address}
 
     def on_node_stats(self, identity, header, frames):
+        """A node's heartbeat, with its resources, store usage and queued demand when they changed."""
         node = self.nodes.get(header["node_id"])
-        if node is not None:
-            node.available = header["available"]
-            node.store = header["store"]
-            node.demand = header.get("demand", [])
-            self.publish(b"event:node", {"node_id": node.node_id, "available": node.available, "store": node.store})
+        if node is None:
+            return
+        if not node.alive:
+            # Declared dead while it was cut off: its work has been redone elsewhere, so it must not
+            # come back half-alive. It stops, as Ray's raylets do.
+            self.send(identity, {"op": protocol.NODE_DEAD, "node_id": node.node_id})
+            return
+        node.last_heartbeat = time.monotonic()
+        if "available" not in header:
+            return  # a bare heartbeat: nothing changed
+        changed = node.available != header["available"] or node.resources != header.get("total", node.resources)
+        node.available = header["available"]
+        node.resources = header.get("total", node.resources)
+        node.store = header["store"]
+        node.demand = header.get("demand", [])
+        node.gpus = header.get("gpus", [])
+        if changed:
+            self.view_dirty = True
+            self._schedule_pending_actors()
+        if changed or self.placement_groups.needs_retry:
+            self._placement_nodes_changed()
+        self.publish(
+            b"event:node",
+            {
+                "node_id": node.node_id,
+                "alive": True,
+                "available": node.available,
+                "total": node.resources,
+                "store": node.store,
+                "gpus": node.gpus,
+            },
+        )
+
+    def tick(self, now: float) -> None:
+        for node in self.nodes.values():
+            if node.alive and now - node.last_heartbeat > self.node_timeout:
+                self.node_died(node, f"no heartbeat for {self.node_timeout:g} s")
+        if self.view_dirty and now - self.last_view >= VIEW_PERIOD:
+            self.view_dirty = False
+            self.last_view = now
+            view = {
+                "op": protocol.CLUSTER_VIEW,
+                "nodes": [[n.node_id, n.address, n.resources, n.available, n.alive] for n in self.nodes.values()],
+            }
+            for node_id, sock in self.node_sockets.items():
+                if self.nodes[node_id].alive:
+                    sock.send_multipart(protocol.encode(view))
+
+    def node_died(self, node: NodeInfo, why: str) -> None:
+        """Mark a node dead: its actors restart elsewhere (or die); owners hear it from their node
+        managers (through the next cluster view) and retry its tasks and rebuild its objects."""
+        logger.warning("node %s (%s) is dead: %s", node.node_id.hex()[:12], node.address, why)
+        node.alive = False
+        node.available = {}
+        self.view_dirty = True
+        sock = self.node_sockets.pop(node.node_id, None)
+        if sock is not None:
+            sock.send_multipart(protocol.encode({"op": protocol.NODE_DEAD, "node_id": node.node_id}))
+            self.loop.remove_socket(sock)
+            sock.close(0)
+        for actor in list(self.actors.values()):
+            if actor.node_id != node.node_id or actor.state == DEAD:
+                continue
+            if actor.worker_id is not None:
+                self.on_worker_died(None, {"wid": actor.worker_id}, [])
+            elif actor.lease_rid is not None:  # its worker was still being leased there
+                self.pending_requests.pop(actor.lease_rid, None)
+                actor.lease_rid = None
+        self.publish(b"event:node", {"node_id": node.node_id, "alive": False, "address": node.address})
+        self._schedule_pending_actors()
+        self.placement_node_died(node.node_id)
 
     def on_register_job(self, identity, header, frames):
         job_id = self.next_job.to_bytes(4, "little")
@@ -159,6 +256,7 @@ class Head(Service):
         for actor in list(self.actors.values()):
             if actor.job_id == header["job_id"] and actor.state != DEAD and not self._outlives_job(actor):
                 self._kill(actor, "the job that created the actor finished")
+        self._placement_actions(self.placement_groups.job_finished(header["job_id"]))
         return {}
 
     def _outlives_job(self, actor: ActorInfo) -> bool:
@@ -184,9 +282,11 @@ class Head(Service):
                     "available": n.available,
                     "store": n.store,
                     "demand": n.demand,
+                    "gpus": n.gpus,
                 }
                 for n in self.nodes.values()
-            ]
+            ],
+            "pending_bundles": self.placement_groups.pending_bundles(),
         }
 
     # --- internal key-value store ---------------------------------------------------------------
@@ -229,18 +329,47 @@ class Head(Service):
 
     def _schedule_pending_actors(self):
         for actor in self.actors.values():
-            if actor.state in (PENDING, RESTARTING) and actor.lease_rid is None:
+            if actor.state not in (PENDING, RESTARTING) or actor.worker_id is not None:
+                continue  # placed already, or its worker is running the constructor
+            if actor.lease_rid is None:
                 self._place(actor)
+            elif actor.waiting_for_node and actor.node_id in self.node_sockets and self._placeable(actor):
+                # It queues on a node that cannot run it, and one that can has joined: move it.
+                actor.waiting_for_node = False
+                self.node_sockets[actor.node_id].send_multipart(
+                    protocol.encode({"op": protocol.CANCEL_LEASE_REQUEST, "rid": actor.lease_rid})
+                )
+
+    def _placeable(self, actor: ActorInfo) -> bool:
+        views = {
+            n.node_id: NodeView(n.node_id, n.address, to_fixed(n.resources), to_fixed(n.available))
+            for n in self.nodes.values()
+            if n.alive
+        }
+        where, _ = self.actor_policy.choose_node(to_fixed(actor.spec["resources"]), actor.spec.get("strategy"), views)
+        return where not in (LOCAL, INFEASIBLE, "error")
 
     def _place(self, actor: ActorInfo) -> None:
         nodes = [n for n in self.nodes.values() if n.alive]
         if not nodes:
             return
         wanted = actor.spec["resources"]
-        feasible = [n for n in nodes if all(n.resources.get(k, 0) >= v for k, v in wanted.items())]
-        # Prefer a node with the resources free now; any feasible node otherwise (it queues there).
-        free = [n for n in feasible if all(n.available.get(k, 0) >= v for k, v in wanted.items())]
-        node = (free or feasible or nodes)[0]
+        views = {n.node_id: NodeView(n.node_id, n.address, to_fixed(n.resources), to_fixed(n.available)) for n in nodes}
+        where, message = self.actor_policy.choose_node(to_fixed(wanted), actor.spec.get("strategy"), views)
+        if where == "error":
+            self._set_dead(actor, message)
+            return
+        if where in (LOCAL, INFEASIBLE):
+            # Nowhere can run it yet: queue it on the node with the most of what it needs; the node
+            # manager warns its creator, and a node that joins later gets it (see on_register_node).
+            node = max(nodes, key=lambda n: sum(min(n.resources.get(k, 0), v) for k, v in wanted.items()))
+            if where == INFEASIBLE and not actor.waiting_for_node:
+                actor.waiting_for_node = True
+        else:
+            node = self.nodes[where]
+            actor.waiting_for_node = False
+            for name, amount in wanted.items():  # until its next heartbeat says better
+                node.available[name] = node.available.get(name, 0) - amount
         rid = new_id(8)
         actor.lease_rid = rid
         actor.node_id = node.node_id
@@ -250,6 +379,7 @@ class Head(Service):
             "rid": rid,
             "res": wanted,
             "run": actor.spec["running"],
+            "what": actor.spec.get("class_name", ""),
             "actor": True,
             "job": actor.job_id,
         }
@@ -258,6 +388,9 @@ class Head(Service):
     def on_node_reply(self, frames):
         header, payload = protocol.decode(frames)
         kind, actor_id = self.pending_requests.pop(header.get("rid"), (None, None))
+        if kind == "bundles":
+            self._on_bundles_reply(actor_id, header)
+            return
         actor = self.actors.get(actor_id)
         if header["op"] == protocol.LEASE_INFEASIBLE:
             self.pending_requests[header["rid"]] = (kind, actor_id)
@@ -269,6 +402,8 @@ class Head(Service):
             return
         actor.lease_rid = None
         if header.get("cancelled"):
+            if actor.state in (PENDING, RESTARTING):
+                self._place(actor)  # withdrawn to be placed on a node that joined since
             return
         if header["op"] == protocol.ERROR:
             self._set_dead(actor, header.get("error", "lease failed"))
@@ -423,6 +558,94 @@ class Head(Service):
                 "class_name": actor.spec.get("class_name"),
             },
         )
+
+    # --- placement groups -----------------------------------------------------------------------
+    # The table and its decisions live in PlacementGroupManager (a state machine); here its events
+    # come from sockets and its actions go out as messages to node managers and waiting clients.
+    def on_create_placement_group(self, identity, header, frames):
+        actions = self.placement_groups.create(
+            header["pg_id"],
+            header["bundles"],
+            header["strategy"],
+            name=header.get("name") or "",
+            namespace=header.get("namespace"),
+            job_id=header.get("job_id"),
+            detached=bool(header.get("detached")),
+            requester=identity,
+            soft_target=header.get("soft_target"),
+        )
+        infeasible = any(a[0] == "infeasible" and a[1] == identity for a in actions)
+        self._placement_actions([a for a in actions if not (a[0] == "infeasible" and a[1] == identity)])
+        # The creator warns its user at once, as Ray's driver does for a group no node can hold.
+        return {"infeasible": infeasible, "total": self._alive_totals() if infeasible else []}
+
+    def on_remove_placement_group(self, identity, header, frames):
+        self._placement_actions(self.placement_groups.remove(header["pg_id"]))
+        return {}
+
+    def on_wait_placement_group(self, identity, header, frames):
+        # Answered when the group is created or removed, maybe much later: a delayed reply.
+        self._placement_actions(self.placement_groups.wait(header["pg_id"], (identity, header.get("rid"))))
+
+    def on_placement_group_table(self, identity, header, frames):
+        pg_id = header.get("pg_id")
+        if header.get("name"):
+            pg_id = self.placement_groups.lookup(header["name"], header.get("namespace"))
+            if pg_id is None:
+                raise ValueError(
+                    f"Failed to look up placement group with name: {header['name']} "
+                    f"(namespace {header.get('namespace')!r})."
+                )
+        if pg_id is None:
+            table = self.placement_groups.table()
+            return {"table": {key: _wire_entry(entry) for key, entry in table.items()}}
+        entry = self.placement_groups.table(pg_id)
+        return {"entry": None if entry is None else _wire_entry(entry)}
+
+    def placement_node_died(self, node_id: bytes) -> None:
+        """A node is dead: the placement groups re-place the bundles it held."""
+        self._placement_actions(self.placement_groups.node_died(node_id))
+
+    def _placement_nodes_changed(self) -> None:
+        views = [PlacementNodeView(n.node_id, n.resources, n.available, n.alive) for n in self.nodes.values()]
+        self._placement_actions(self.placement_groups.nodes_changed(views))
+
+    def _alive_totals(self) -> list:
+        return [n.resources for n in self.nodes.values() if n.alive]
+
+    def _placement_actions(self, actions: list) -> None:
+        for action in actions:
+            kind = action[0]
+            if kind == "reply":
+                _, (identity, rid), state = action
+                if state is None:
+                    self.send(identity, {"op": protocol.ERROR, "rid": rid, "error": "no such placement group"})
+                else:
+                    self.send(identity, {"op": protocol.REPLY, "rid": rid, "state": state})
+            elif kind == "infeasible":
+                _, requester, pg_id, bundles = action
+                logger.warning("placement group %s is infeasible: %s", pg_id.hex(), bundles)
+                self.publish(b"event:placement_group", {"pg_id": pg_id, "infeasible": bundles})
+            else:
+                _, node_id, pg_id, items = action
+                sock = self.node_sockets.get(node_id)
+                if sock is None:
+                    if kind == "prepare":  # the node is gone: as good as a no
+                        self._placement_actions(self.placement_groups.prepared(pg_id, node_id, False))
+                    continue
+                header = {"op": getattr(protocol, f"{kind.upper()}_BUNDLES"), "pg_id": pg_id}
+                if kind == "prepare":
+                    header["bundles"] = items
+                    header["rid"] = rid = new_id(8)
+                    self.pending_requests[rid] = ("bundles", (pg_id, node_id))
+                else:
+                    header["indexes"] = items
+                sock.send_multipart(protocol.encode(header))
+
+    def _on_bundles_reply(self, request, header) -> None:
+        pg_id, node_id = request
+        ok = header.get("op") == protocol.REPLY and bool(header.get("ok"))
+        self._placement_actions(self.placement_groups.prepared(pg_id, node_id, ok))
 
     # --- logs and events ------------------------------------------------------------------------
     def on_logs(self, identity, header, frames):

@@ -15,6 +15,7 @@ events from the socket and carries out the actions they return.
 
 import glob
 import logging
+import mmap
 import os
 import shutil
 import time
@@ -23,13 +24,17 @@ import psutil
 
 from ember.exceptions import ObjectStoreFullError
 from ember.runtime import protocol, transport
+from ember.runtime.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView, fits
 from ember.runtime.ids import new_id
-from ember.runtime.object_store import SHM_DIR, StoreState, object_path
-from ember.runtime.scheduler import LeaseRequest, LeaseScheduler, from_fixed, to_fixed
+from ember.runtime.object_store import SHM_DIR, StoreState, _pwrite_all, object_path
+from ember.runtime.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, gpu_amount, to_fixed
 from ember.runtime.service import Service
 from ember.runtime.worker_process import WorkerProcess, spawn_worker
 
 logger = logging.getLogger(__name__)
+
+HEARTBEAT_PERIOD = 0.5  # seconds between heartbeats to the head (stats go sooner when they change)
+CHUNK = 8 * 2**20  # objects travel between nodes in chunks of this many bytes
 
 
 class NodeManager(Service):
@@ -50,6 +55,13 @@ class NodeManager(Service):
         protocol.STORE_DELETE: "on_store_delete",
         protocol.STORE_TOUCH: "on_store_touch",
         protocol.WORKER_LOGS: "on_worker_logs",
+        protocol.CLUSTER_VIEW: "on_cluster_view",
+        protocol.NODE_DEAD: "on_node_dead",
+        protocol.STORE_PULL: "on_store_pull",
+        protocol.PULL_OBJECT: "on_pull_object",
+        protocol.PREPARE_BUNDLES: "on_prepare_bundles",
+        protocol.COMMIT_BUNDLES: "on_commit_bundles",
+        protocol.CANCEL_BUNDLES: "on_cancel_bundles",
     }
 
     def __init__(
@@ -88,7 +100,19 @@ class NodeManager(Service):
         self.logs: dict[bytes, list] = {}
         self.stats_dirty = True
         self.last_stats = 0.0
+        self.last_heartbeat = 0.0
         self.last_client_check = 0.0
+        self.loop = None  # set by whoever runs us: sockets to other node managers join its poll
+        self.policy = ClusterPolicy(self.node_id)
+        self.view: dict[bytes, NodeView] = {
+            self.node_id: NodeView(self.node_id, self.address, to_fixed(resources), to_fixed(resources))
+        }
+        self.peers: dict[str, object] = {}  # node manager address -> DEALER (object transfer)
+        self.pulls: dict[bytes, list] = {}  # object id -> [(client identity, rid)] waiting for its copy
+        self.incoming: dict[bytes, list] = {}  # object id -> [fd, bytes received, source, size] while it arrives
+        self.pull_source: dict[bytes, str] = {}  # object id -> address of the node it is pulled from
+        self.sealing: dict[bytes, list] = {}  # object id -> nodes that pulled it before its writer sealed it
+        self.on_declared_dead = None
         self.head.send_multipart(
             protocol.encode(
                 {
@@ -212,9 +236,72 @@ class NodeManager(Service):
             to_fixed(header["res"]),
             to_fixed(header["run"]),
             for_actor=header.get("actor", False),
+            strategy=header.get("strategy"),
+            # The head picked the node of an actor already; a spilled request was sent here by a node
+            # that judged this one best: both run here, so no request goes round in circles.
+            spilled=header.get("spilled", False) or header.get("actor", False),
+            what=header.get("what", ""),
         )
+        if not request.spilled:
+            where, message = self.policy.choose_node(request.resources, request.strategy, self.current_view())
+            if where == "error":
+                raise ValueError(message)
+            if where not in (LOCAL, INFEASIBLE):
+                self.spill_back(request, where)
+                return
         self.requests[request.request_id] = request
         self.carry_out(self.scheduler.request(request))
+
+    def spill_back(self, request: LeaseRequest, node_id: bytes) -> None:
+        """Tell the requester to ask ``node_id`` instead (Ray's spillback)."""
+        node = self.view[node_id]
+        self.policy.charge(node, request.resources)
+        self.send(
+            request.client,
+            {"op": protocol.REPLY, "rid": request.request_id, "spillback": node_id, "address": node.address},
+        )
+
+    def current_view(self) -> dict:
+        """The cluster as the head last described it, with this node's own entry exact."""
+        local = self.view[self.node_id]
+        local.total = self.scheduler.total
+        local.available = self.scheduler.available
+        return self.view
+
+    def on_cluster_view(self, identity, header, frames):
+        died = []
+        for node_id, address, total, available, alive in header["nodes"]:
+            if node_id == self.node_id:
+                continue
+            old = self.view.get(node_id)
+            if old is not None and old.alive and not alive:
+                died.append((node_id, address))
+            self.view[node_id] = NodeView(node_id, address, to_fixed(total), to_fixed(available), alive)
+        for node_id, address in died:
+            self.close_peer(address)
+            self.client_died(node_id)  # objects owned by processes on that node: no one can free them now
+            for client in self.clients.values():  # owners retry its tasks and rebuild its objects
+                self.send(client["identity"], {"op": protocol.NODE_DEAD, "node_id": node_id, "address": address})
+        self.respill()
+
+    def respill(self) -> None:
+        """Requests queued here that another node could run now go there (a node joined or freed up)."""
+        view = self.current_view()
+        for request in list(self.scheduler.queue):
+            if request.for_actor or (request.spilled and self.scheduler.feasible(request.resources)):
+                continue
+            where, _ = self.policy.choose_node(request.resources, request.strategy, view)
+            if where in (LOCAL, INFEASIBLE, "error") or not fits(request.resources, view[where].available):
+                continue
+            self.requests.pop(request.request_id, None)
+            self.scheduler.cancel(request.request_id)
+            self.spill_back(request, where)
+
+    def on_node_dead(self, identity, header, frames):
+        if header["node_id"] == self.node_id:
+            logger.error("the head declared this node dead (it missed heartbeats): stopping")
+            if self.on_declared_dead is not None:
+                self.on_declared_dead()
 
     def on_cancel_lease_request(self, identity, header, frames):
         # A request already granted is not cancelled: its grant is on the way and the owner
@@ -310,11 +397,21 @@ class NodeManager(Service):
         self.reservations.pop(header["oid"])
         self.store.sealed(header["oid"], header["size"])
         owner = header.get("owner")
-        if owner is not None and owner not in self.clients:
-            self.delete_objects([header["oid"]])  # the owner died meanwhile
-            return
+        owner_node = header.get("owner_node", self.node_id)
+        if owner_node == self.node_id:
+            if owner is not None and owner not in self.clients:
+                self.delete_objects([header["oid"]])  # the owner died meanwhile
+                return
+        else:
+            node = self.view.get(owner_node)
+            if node is not None and not node.alive:
+                self.delete_objects([header["oid"]])  # its owner's node died meanwhile
+                return
+            owner = owner_node  # a remote owner: freed with its node (see on_cluster_view)
         self.store_owner[header["oid"]] = owner
         self.stats_dirty = True
+        for peer in self.sealing.pop(header["oid"], ()):
+            self.on_pull_object(peer, {"oid": header["oid"]}, [])
 
     def on_store_restore(self, identity, header, frames):
         oid = header["oid"]
@@ -343,6 +440,8 @@ class NodeManager(Service):
     def delete_objects(self, oids) -> None:
         for oid in oids:
             self.store_owner.pop(oid, None)
+            for peer in self.sealing.pop(oid, ()):  # its writer failed or died: it will never come
+                self.send(peer, {"op": protocol.OBJECT_CHUNK, "oid": oid, "missing": True})
             reservation = self.reservations.pop(oid, None)
             if reservation is not None:
                 self.store.abandoned(reservation[1])
@@ -355,6 +454,131 @@ class NodeManager(Service):
             except FileNotFoundError:
                 pass
         self.stats_dirty = True
+
+    # --- placement-group bundles ----------------------------------------------------------------
+    # The head reserves a group's bundles in two phases (prepare on every chosen node, then commit);
+    # the scheduler keeps the books, we only answer and stop what a cancelled bundle ran.
+    def on_prepare_bundles(self, identity, header, frames):
+        ok = self.scheduler.prepare_bundles(header["pg_id"], header["bundles"])
+        self.stats_dirty = True
+        return {"ok": ok}
+
+    def on_commit_bundles(self, identity, header, frames):
+        self.carry_out(self.scheduler.commit_bundles(header["pg_id"], header["indexes"]))
+        return {}
+
+    def on_cancel_bundles(self, identity, header, frames):
+        actions = self.scheduler.cancel_bundles(header["pg_id"], header["indexes"])
+        for action in actions:
+            if action[0] == "stop_leased_worker":
+                self.on_kill_worker(identity, {"wid": action[1]}, [])
+        self.carry_out([action for action in actions if action[0] != "stop_leased_worker"])
+        return {}
+
+    # --- object transfer between nodes ----------------------------------------------------------
+    def on_store_pull(self, identity, header, frames):
+        """A local reader needs an object that another node holds: fetch a copy into our store."""
+        oid = header["oid"]
+        if oid in self.store.in_memory or oid in self.store.spilled:
+            return {"found": True}
+        waiting = self.pulls.get(oid)
+        if waiting is not None:  # already on its way: one transfer serves every reader
+            waiting.append((identity, header["rid"]))
+            return None
+        source = self.view.get(header["from"])
+        if source is None or not source.alive:
+            return {"lost": f"the node that held it ({header['from'].hex()[:12]}) is dead"}
+        self.pulls[oid] = [(identity, header["rid"])]
+        self.pull_source[oid] = source.address
+        self.peer(source.address).send_multipart(protocol.encode({"op": protocol.PULL_OBJECT, "oid": oid}))
+        return None
+
+    def on_pull_object(self, identity, header, frames):
+        """Another node pulls an object from us: send it in chunks straight from its mapping."""
+        oid = header["oid"]
+        if oid in self.store.spilled:
+            self.on_store_restore(identity, {"oid": oid}, [])
+        if oid in self.reservations:
+            # Its writer told the owner before telling us that it sealed it: serve it once sealed.
+            self.sealing.setdefault(oid, []).append(identity)
+            return
+        if oid not in self.store.in_memory:
+            self.send(identity, {"op": protocol.OBJECT_CHUNK, "oid": oid, "missing": True})
+            return
+        with open(object_path(self.store_prefix, oid), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            mapping = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) if size else b""
+        view = memoryview(mapping)
+        # Zero-copy sends: each frame keeps the mapping alive until ZeroMQ has written it, so the
+        # object may even be deleted or spilled meanwhile.
+        for offset in range(0, max(size, 1), CHUNK):
+            chunk = view[offset : offset + CHUNK]
+            self.send(identity, {"op": protocol.OBJECT_CHUNK, "oid": oid, "offset": offset, "size": size}, [chunk])
+
+    def peer(self, address: str):
+        sock = self.peers.get(address)
+        if sock is None:
+            sock = self.peers[address] = transport.connect_dealer(address)
+            self.loop.add_socket(sock, self.on_peer_message)
+        return sock
+
+    def close_peer(self, address: str) -> None:
+        sock = self.peers.pop(address, None)
+        if sock is not None:
+            self.loop.remove_socket(sock)
+            sock.close(0)
+        for node in self.view.values():  # transfers from it will never finish
+            if node.address == address:
+                for oid in [oid for oid, state in self.incoming.items() if state[2] == address]:
+                    self.abort_incoming(oid, "the node sending it died")
+                for oid in list(self.pulls):
+                    if oid not in self.incoming and self.pull_source.get(oid) == address:
+                        self.finish_pull(oid, {"lost": "the node that held it died"})
+
+    def on_peer_message(self, frames) -> None:
+        header, payload = protocol.decode(frames)
+        if header.get("op") != protocol.OBJECT_CHUNK:
+            return
+        oid = header["oid"]
+        if header.get("missing"):
+            self.finish_pull(oid, {"lost": "the node that should hold it does not have it"})
+            return
+        state = self.incoming.get(oid)
+        if state is None:
+            if oid not in self.pulls:
+                return  # a transfer nobody waits for any more
+            size = header["size"]
+            try:
+                to_spill = self.store.create(oid, size)
+            except ObjectStoreFullError as error:
+                self.finish_pull(oid, {"full": str(error)})
+                return
+            self.spill(to_spill)
+            fd = os.open(object_path(self.store_prefix, oid), os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
+            os.ftruncate(fd, size)
+            state = self.incoming[oid] = [fd, 0, self.pull_source.get(oid), size]
+        chunk = payload[0] if payload else b""
+        _pwrite_all(state[0], chunk, header["offset"])
+        state[1] += memoryview(chunk).nbytes
+        if state[1] >= state[3]:
+            os.close(state[0])
+            del self.incoming[oid]
+            self.store.sealed(oid, state[3])
+            self.stats_dirty = True
+            self.finish_pull(oid, {"found": True})
+
+    def abort_incoming(self, oid: bytes, why: str) -> None:
+        state = self.incoming.pop(oid, None)
+        if state is not None:
+            os.close(state[0])
+            self.store.abandoned(state[3])
+            self.delete_objects([oid])
+        self.finish_pull(oid, {"lost": why})
+
+    def finish_pull(self, oid: bytes, body: dict) -> None:
+        self.pull_source.pop(oid, None)
+        for identity, rid in self.pulls.pop(oid, ()):
+            self.reply(identity, rid, body)
 
     def spill(self, oids) -> None:
         for oid in oids:
@@ -377,18 +601,47 @@ class NodeManager(Service):
             self.logs = {}
         if self.stats_dirty and now - self.last_stats > 0.1:
             self.stats_dirty = False
-            self.last_stats = now
+            self.last_stats = self.last_heartbeat = now
             self.head.send_multipart(
                 protocol.encode(
                     {
                         "op": protocol.NODE_STATS,
                         "node_id": self.node_id,
                         "available": from_fixed(self.scheduler.available),
+                        "total": from_fixed(self.scheduler.total),
                         "store": self.store.stats(),
                         "demand": self.scheduler.demand(),
+                        "gpus": self.gpu_table(),
                     }
                 )
             )
+        elif now - self.last_heartbeat > HEARTBEAT_PERIOD:
+            self.last_heartbeat = now
+            self.head.send_multipart(protocol.encode({"op": protocol.NODE_STATS, "node_id": self.node_id}))
+
+    def gpu_table(self) -> list:
+        """Who holds which GPU: one row per (device, worker), for ``ember status`` and the widgets."""
+        rows = []
+        for worker in self.scheduler.workers.values():
+            amount = gpu_amount(worker.held)
+            for gpu_id in worker.gpu_ids:
+                process = self.workers.get(worker.worker_id)
+                what = worker.lease.what if worker.lease else ""
+                rows.append(
+                    {
+                        "gpu_id": gpu_id,
+                        "holder": f"{what} (pid {process.pid if process else '?'})",
+                        "share": min(amount, UNIT) / UNIT,
+                        "actor": bool(worker.dedicated),
+                    }
+                )
+        return rows
+
+    def on_head_message(self, frames) -> None:
+        """Replies and pushes the head sends on our connection to it (NODE_DEAD, mostly)."""
+        header, payload = protocol.decode(frames)
+        if header.get("op") == protocol.NODE_DEAD:
+            self.on_node_dead(None, header, payload)
 
     def close(self) -> None:
         for process in self.processes:
@@ -402,5 +655,7 @@ class NodeManager(Service):
             except FileNotFoundError:
                 pass
         shutil.rmtree(self.spill_dir, ignore_errors=True)
+        for sock in self.peers.values():
+            sock.close(0)
         self.head.close(0)
         super().close()

@@ -39,12 +39,13 @@ def store_prefix(node_id: bytes) -> str:
 class ObjectEntry:
     """An object this process owns."""
 
-    __slots__ = ("state", "inline", "node_id", "size", "error", "futures")
+    __slots__ = ("state", "inline", "node_id", "size", "error", "futures", "copies")
 
     def __init__(self, state=PENDING):
         self.state = state
         self.inline = None  # (data, buffers) for small values
         self.node_id = None  # the node whose store holds a large value
+        self.copies = None  # other nodes that pulled a copy (freed with it; used if its node dies)
         self.size = 0
         self.error = None  # an exception, or the pickled TaskError
         self.futures: list = []
@@ -53,10 +54,11 @@ class ObjectEntry:
 class BorrowedValue:
     """A fetched copy of an object owned elsewhere, cached while this process holds refs to it."""
 
-    __slots__ = ("state", "inline", "node_id", "error", "futures", "owner")
+    __slots__ = ("state", "inline", "node_id", "error", "futures", "owner", "refetches")
 
     def __init__(self, owner: str | None = None):
         self.owner = owner
+        self.refetches = 0
         self.state = PENDING
         self.inline = self.node_id = self.error = None
         self.futures: list = []
@@ -100,7 +102,10 @@ class Ownership:
             if kind == "free":
                 entry = self._objects.pop(oid, None)
                 if entry is not None and entry.node_id is not None:
-                    self._store_deletes.append(oid)
+                    self._store_deletes.append((oid, entry.node_id))
+                    for node_id in entry.copies or ():
+                        self._store_deletes.append((oid, node_id))
+                self.submitter.forget_lineage(oid)
                 if entry is not None and entry.futures:  # free() of a pending object: nobody may wait on
                     self.call_soon(self._settle_freed, oid, entry.futures)
             elif kind == "borrow":
@@ -178,10 +183,11 @@ class Ownership:
             entry = self._objects.get(oid)
             if entry is None or entry.state != PENDING:
                 if entry is None and node_id is not None:
-                    self._store_deletes.append(oid)  # nobody wants it any more
+                    self._store_deletes.append((oid, node_id))  # nobody wants it any more
                 return
             entry.inline = inline
             entry.node_id = node_id
+            entry.copies = None
             entry.size = size
             entry.error = error
             entry.state = FAILED if error is not None else READY
@@ -212,7 +218,7 @@ class Ownership:
             self._carry_out(self.references.own(oid, ready=True, contained=[(r._id, r._owner) for r in contained]))
             return ObjectRef(oid, self.address, self)
 
-    def store_put(self, oid: bytes, data, buffers, owner_id: bytes) -> bytes:
+    def store_put(self, oid: bytes, data, buffers, owner_id: bytes, owner_node: bytes | None = None) -> bytes:
         """Write a value into this node's shared-memory store; returns the node id."""
         header, size = layout(data, buffers)
         reply, _ = self.request("node_manager", {"op": protocol.STORE_CREATE, "oid": oid, "size": size})
@@ -230,12 +236,33 @@ class Ownership:
             raise
         self.call_soon(
             self._node_manager.send_multipart,
-            protocol.encode({"op": protocol.STORE_SEALED, "oid": oid, "size": size, "owner": owner_id}),
+            protocol.encode(
+                {
+                    "op": protocol.STORE_SEALED,
+                    "oid": oid,
+                    "size": size,
+                    "owner": owner_id,
+                    "owner_node": owner_node or self.node_id,
+                }
+            ),
         )
         return self.node_id
 
     def read_stored(self, oid: bytes, node_id: bytes):
-        """Map a stored object and rebuild its value around the shared memory (no copy)."""
+        """Map a stored object and rebuild its value around the shared memory (no copy). An object
+        held by another node is first copied into this node's store, in chunks, by the node managers."""
+        if node_id != self.node_id:
+            reply, _ = self.request(
+                "node_manager", {"op": protocol.STORE_PULL, "oid": oid, "from": node_id}, timeout=None
+            )
+            if reply.get("full"):
+                raise exceptions.ObjectStoreFullError(reply["full"])
+            if not reply.get("found"):
+                raise exceptions.ObjectLostError(oid.hex(), f"It could not be fetched: {reply.get('lost')}.")
+            entry = self._objects.get(oid)
+            if entry is not None:  # we own it: our copy must be freed with it
+                self.call_soon(self._add_copy, oid, self.node_id)
+            node_id = self.node_id
         path = object_path(store_prefix(node_id), oid)
         try:
             data, buffers = read_object(path)
@@ -249,6 +276,42 @@ class Ownership:
         else:
             self._touches.append(oid)
         return deserialize(data, buffers)
+
+    def _add_copy(self, oid: bytes, node_id: bytes) -> None:
+        entry = self._objects.get(oid)
+        if entry is not None and entry.node_id is not None and node_id != entry.node_id:
+            if entry.copies is None:
+                entry.copies = set()
+            entry.copies.add(node_id)
+
+    def on_node_dead(self, header, frames=None) -> None:
+        """On the I/O thread: a node died. Its leases' tasks are retried; owned objects it alone held
+        are rebuilt by re-running their tasks (lineage) when possible, else fail with ObjectLostError."""
+        node_id = header["node_id"]
+        self.forget_node(node_id)
+        self.submitter.on_node_dead(node_id, header.get("address"))
+        rebuild = []
+        with self._cond:
+            for oid, entry in self._objects.items():
+                if entry.state != READY or entry.node_id != node_id:
+                    continue
+                survivors = (entry.copies or set()) - {node_id}
+                if survivors:
+                    entry.node_id = survivors.pop()
+                    entry.copies = survivors
+                elif self.submitter.can_rebuild(oid):
+                    entry.state = PENDING
+                    entry.node_id = None
+                    rebuild.append(oid)
+                else:
+                    entry.state = FAILED
+                    entry.error = exceptions.ObjectLostError(
+                        oid.hex(),
+                        f"It was stored only on node {node_id.hex()}, which died, and it cannot be rebuilt "
+                        "(it came from put(), an actor call, or a task with no retries left).",
+                    )
+            self.changed = True
+        self.submitter.rebuild(rebuild)
 
     def _state_of(self, ref: ObjectRef):
         """(state, holder) where holder is an ObjectEntry or BorrowedValue; starts fetches."""
@@ -309,7 +372,8 @@ class Ownership:
             for future in futures:
                 self._settle_future(future, oid)
 
-        self.send(owner, {"op": protocol.GET_OBJECT, "oid": oid, "to": owner}, callback=on_reply)
+        request = {"op": protocol.GET_OBJECT, "oid": oid, "to": owner, "node": self.node_id}
+        self.send(owner, request, callback=on_reply)
 
     @staticmethod
     def _unpack_location(holder, location, frames) -> None:
@@ -338,11 +402,11 @@ class Ownership:
                 )
                 return
             if entry.state == PENDING:
-                entry.futures.append(("serve", identity, rid))
+                entry.futures.append(("serve", identity, rid, header.get("node")))
                 return
-        self._reply_object(identity, rid, entry)
+        self._reply_object(identity, rid, entry, oid, header.get("node"))
 
-    def _reply_object(self, identity, rid, entry) -> None:
+    def _reply_object(self, identity, rid, entry, oid=None, node=None) -> None:
         if entry.state == FAILED:
             error = entry.error if isinstance(entry.error, bytes) else serialize(entry.error)[0]
             self._reply(identity, {"op": protocol.REPLY, "rid": rid, "loc": ["e"]}, [error])
@@ -351,13 +415,15 @@ class Ownership:
             self._reply(identity, {"op": protocol.REPLY, "rid": rid, "loc": ["v", len(buffers)]}, [data, *buffers])
         else:
             self._reply(identity, {"op": protocol.REPLY, "rid": rid, "loc": ["s", entry.node_id]})
+            if node is not None:
+                self._add_copy(oid, node)
 
     def _settle_future(self, future, oid: bytes) -> None:
         if isinstance(future, tuple):  # a peer waiting in _serve_get_object
-            _, identity, rid = future
+            _, identity, rid, node = future
             entry = self._objects.get(oid)
             if entry is not None:
-                self._reply_object(identity, rid, entry)
+                self._reply_object(identity, rid, entry, oid, node)
             return
         if future.done():
             return
@@ -396,7 +462,32 @@ class Ownership:
         if holder.inline is not None:
             data, buffers = holder.inline
             return deserialize(data, buffers)
-        return self.read_stored(oid, holder.node_id)
+        lost_from = holder.node_id
+        try:
+            return self.read_stored(oid, lost_from)
+        except exceptions.ObjectLostError:
+            rebuilt = self._await_rebuilt(oid, holder, lost_from)
+            if rebuilt is None:
+                raise
+        return self._value_of(oid, rebuilt)
+
+    def _await_rebuilt(self, oid: bytes, holder, lost_from: bytes):
+        """The node holding an object died under our read. The owner learns it and rebuilds the
+        object (or fails it); wait for that and return the new holder, or None to give up."""
+        with self._cond:
+            if isinstance(holder, BorrowedValue):
+                if holder.refetches >= 3:
+                    return None
+                holder.refetches += 1
+                holder.state, holder.node_id = PENDING, None
+                self.call_soon(self._fetch, oid, holder.owner)
+            deadline = time.monotonic() + 60
+            while holder.state == PENDING or (holder.state == READY and holder.node_id == lost_from):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (holder.state == READY and not isinstance(holder, BorrowedValue)):
+                    return None  # the owner (us) knows of no death: it is lost for good
+                self._cond.wait(min(remaining, 1.0))
+            return holder
 
     def get(self, refs: list, timeout: float | None = None) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout

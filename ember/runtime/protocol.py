@@ -34,6 +34,12 @@ NODE_STATS = "node_stats"  # node manager -> head (resources, store usage)
 LOGS = "logs"  # node manager -> head, republished on the event hub
 TASK_EVENTS = "task_events"  # owner -> head: a msgpack list of task state changes, republished
 SHUTDOWN = "shutdown"
+CLUSTER_VIEW = "cluster_view"  # push: head -> node managers (every node's resources, availability, liveness)
+NODE_DEAD = "node_dead"  # push: head -> a node manager it declared dead (it stops), node manager -> its clients
+CREATE_PLACEMENT_GROUP = "create_placement_group"
+REMOVE_PLACEMENT_GROUP = "remove_placement_group"
+WAIT_PLACEMENT_GROUP = "wait_placement_group"  # replied when the group is created or removed
+PLACEMENT_GROUP_TABLE = "placement_group_table"
 
 # --- node manager ---------------------------------------------------------------------------
 REGISTER_CLIENT = "register_client"
@@ -57,6 +63,12 @@ STORE_RESTORE = "store_restore"
 STORE_DELETE = "store_delete"
 STORE_TOUCH = "store_touch"
 WORKER_LOGS = "worker_logs"
+PREPARE_BUNDLES = "prepare_bundles"  # head -> node manager: reserve a placement group's bundles (phase 1)
+COMMIT_BUNDLES = "commit_bundles"  # phase 2: the bundles' resources become usable
+CANCEL_BUNDLES = "cancel_bundles"  # give reserved or committed bundles back (and stop what uses them)
+PULL_OBJECT = "pull_object"  # node manager -> node manager: send me this object, in chunks
+OBJECT_CHUNK = "object_chunk"  # reply to PULL_OBJECT, one per chunk
+STORE_PULL = "store_pull"  # client -> its node manager: make a copy of an object held on another node
 
 # --- worker task socket ---------------------------------------------------------------------
 EXECUTE_TASK = "execute_task"

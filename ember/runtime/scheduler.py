@@ -23,6 +23,14 @@ def from_fixed(resources: dict) -> dict:
     return {name: amount / UNIT for name, amount in resources.items()}
 
 
+def gpu_amount(resources: dict) -> int:
+    """The GPUs a request holds: ``GPU``, or inside a placement group the bundle's ``GPU_group_*``."""
+    amount = resources.get("GPU", 0)
+    if not amount:
+        amount = max((v for k, v in resources.items() if k.startswith("GPU_group_")), default=0)
+    return amount
+
+
 @dataclass
 class LeaseRequest:
     request_id: bytes
@@ -31,6 +39,9 @@ class LeaseRequest:
     running: dict  # fixed point, what it holds once granted (actors hold less than they need to place)
     for_actor: bool = False
     warned: bool = False
+    strategy: object = None  # the cluster-level policy (see cluster_scheduler); None is the default
+    spilled: bool = False  # sent here by another node: run it here, do not pass it on again
+    what: str = ""  # the task's or actor's name, for the GPU table
 
 
 @dataclass
@@ -42,6 +53,14 @@ class Worker:
     gpu_ids: list = field(default_factory=list)
     blocked: bool = False
     dedicated: bool = False  # runs an actor for the rest of its life
+
+
+@dataclass
+class Bundle:
+    """A placement group's bundle reserved on this node (fixed point)."""
+
+    resources: dict
+    committed: bool = False
 
 
 class LeaseScheduler:
@@ -56,6 +75,7 @@ class LeaseScheduler:
         self.workers: dict[bytes, Worker] = {}
         self.starting = 0
         self.max_idle_workers = max_idle_workers
+        self.bundles: dict[tuple, Bundle] = {}  # (placement group id, index) -> Bundle, see its section
 
     # --- events -------------------------------------------------------------------------------
     def request(self, request: LeaseRequest) -> list:
@@ -125,7 +145,7 @@ class LeaseScheduler:
     def feasible(self, resources: dict) -> bool:
         if any(self.total.get(name, 0) < amount for name, amount in resources.items()):
             return False
-        return self._gpu_fit(resources.get("GPU", 0), self.total_gpus()) is not None
+        return self._gpu_fit(gpu_amount(resources), self.total_gpus()) is not None
 
     def total_gpus(self) -> list:
         return [UNIT] * len(self.gpu_free)
@@ -159,7 +179,7 @@ class LeaseScheduler:
                 continue
             if not all(unclaimed.get(name, 0) >= amount for name, amount in request.resources.items()):
                 continue
-            gpu_ids = self._gpu_fit(request.running.get("GPU", 0), self.gpu_free)
+            gpu_ids = self._gpu_fit(gpu_amount(request.running), self.gpu_free)
             if gpu_ids is None:
                 continue
             if not idle:
@@ -186,7 +206,7 @@ class LeaseScheduler:
         worker.held = dict(request.running)
         for name, amount in worker.held.items():
             self.available[name] = self.available.get(name, 0) - amount
-        gpu = worker.held.get("GPU", 0)
+        gpu = gpu_amount(worker.held)
         worker.gpu_ids = gpu_ids
         share = min(gpu, UNIT) if gpu_ids else 0
         for i in gpu_ids:
@@ -198,7 +218,7 @@ class LeaseScheduler:
         if worker.blocked:
             self.available["CPU"] -= worker.held.get("CPU", 0)
             worker.blocked = False
-        gpu = worker.held.get("GPU", 0)
+        gpu = gpu_amount(worker.held)
         for i in worker.gpu_ids:
             self.gpu_free[i] += gpu if gpu < UNIT else UNIT
         worker.held = {}
@@ -206,3 +226,74 @@ class LeaseScheduler:
 
     def demand(self) -> list:
         return [from_fixed(r.resources) for r in self.queue]
+
+    # --- placement-group bundles ----------------------------------------------------------------
+    # A prepared bundle holds its resources out of ``available``; a committed one also adds Ray's
+    # group resources (``CPU_group_0_<pg>``, ``CPU_group_<pg>``, ``bundle_group_0_<pg>``, ...), which
+    # tasks and actors of the group request instead of ``CPU``. GPUs of a bundle come off the
+    # ``GPU`` count only: devices are picked when a task of the group is granted.
+    def prepare_bundles(self, pg_id: bytes, bundles: list) -> bool:
+        """Phase 1: reserve ``[[index, resources], ...]`` if all fit now, else nothing."""
+        fresh = [(index, to_fixed(res)) for index, res in bundles if (pg_id, index) not in self.bundles]
+        need: dict = {}
+        for _, res in fresh:
+            for name, amount in res.items():
+                need[name] = need.get(name, 0) + amount
+        if not all(self.available.get(name, 0) >= amount for name, amount in need.items()):
+            return False
+        for index, res in fresh:
+            self.bundles[(pg_id, index)] = Bundle(res)
+            for name, amount in res.items():
+                self.available[name] -= amount
+        return True
+
+    def commit_bundles(self, pg_id: bytes, indexes: list) -> list:
+        """Phase 2: the bundles' group resources appear; queued work of the group may run."""
+        for index in indexes:
+            bundle = self.bundles.get((pg_id, index))
+            if bundle is not None:
+                bundle.committed = True
+        self._rebuild_group(pg_id)
+        return self.schedule()
+
+    def cancel_bundles(self, pg_id: bytes, indexes: list) -> list:
+        """Give bundles back (prepared or committed). Workers leased with their resources are
+        stopped, as Ray kills a removed group's tasks and actors: ``("stop_leased_worker", id)``."""
+        group = pg_id.hex()
+        gone = [index for index in indexes if (pg_id, index) in self.bundles]
+        for index in gone:
+            for name, amount in self.bundles.pop((pg_id, index)).resources.items():
+                self.available[name] = self.available.get(name, 0) + amount
+        suffixes = tuple(f"_group_{index}_{group}" for index in gone)
+        if not any(p == pg_id and b.committed for (p, _), b in self.bundles.items()):
+            suffixes += (f"_group_{group}",)  # the group's wildcard resources go with its last bundle here
+        actions = []
+        for worker in self.workers.values():
+            uses = [*worker.held, *(worker.lease.resources if worker.lease else ())]
+            if any(name.endswith(suffixes) for name in uses):
+                # Its resources are released now (they no longer exist); its death releases nothing twice.
+                self._release(worker)
+                worker.dedicated = True  # never lent again, even if its lease is returned before it dies
+                actions.append(("stop_leased_worker", worker.worker_id))
+        self._rebuild_group(pg_id)
+        return actions + self.schedule()
+
+    def _rebuild_group(self, pg_id: bytes) -> None:
+        """Recompute a group's resources on this node from its committed bundles and what leased
+        workers hold of them."""
+        group = pg_id.hex()
+        for name in [n for n in self.total if n.endswith(f"_{group}") and "_group_" in n]:
+            del self.total[name]
+            self.available.pop(name, None)
+        for (p, index), bundle in self.bundles.items():
+            if p != pg_id or not bundle.committed:
+                continue
+            amounts = dict(bundle.resources, bundle=1000 * UNIT)
+            for resource, amount in amounts.items():
+                for name in (f"{resource}_group_{index}_{group}", f"{resource}_group_{group}"):
+                    self.total[name] = self.total.get(name, 0) + amount
+                    self.available[name] = self.available.get(name, 0) + amount
+        for worker in self.workers.values():
+            for name, amount in worker.held.items():
+                if name in self.total and name.endswith(f"_{group}"):
+                    self.available[name] -= amount

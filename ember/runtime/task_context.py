@@ -21,6 +21,7 @@ class TaskContext:
     holds_cpu: bool = False
     borrowed: list | None = None
     actor_info: tuple | None = None  # (actor id, class name, method metadata) inside an actor
+    placement_group: list | None = None  # [pg hex, bundle index, capture child tasks] inside a group
     output_tag: object = None  # where the driver shows this task's prints (see ``output_tag``)
 
 

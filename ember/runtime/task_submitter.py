@@ -20,7 +20,7 @@ from functools import partial
 
 from ember import exceptions
 from ember.runtime import protocol
-from ember.runtime.ids import new_id, new_task_id, return_object_id
+from ember.runtime.ids import new_id, new_task_id, return_object_id, task_id_of
 from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
 from ember.runtime.ownership import FAILED, INLINE_LIMIT, PENDING
 from ember.runtime.serialization import deserialize, serialize
@@ -28,6 +28,7 @@ from ember.runtime.task_context import current_task, output_tag
 
 PIPELINE = 2  # tasks sent ahead to one leased worker
 MAX_LEASE_REQUESTS = 8  # outstanding lease requests per resource shape
+LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this are cheaper to move than to chase
 LEASE_LINGER = 0.05  # seconds an idle lease is kept for the next task of its shape
 
 PUSH_HANDLERS = {
@@ -72,6 +73,7 @@ class TaskSpec:
         "cancelled",
         "name",
         "parent",
+        "strategy",
     )
 
     def __init__(self):
@@ -80,6 +82,7 @@ class TaskSpec:
         self.actor = None
         self.stream = None
         self.cancelled = False
+        self.strategy = None
 
 
 class Lease:
@@ -95,9 +98,10 @@ class Lease:
         "retiring",
         "node_id",
         "pid",
+        "manager",
     )
 
-    def __init__(self, header, key):
+    def __init__(self, header, key, manager):
         self.worker_id = header["wid"]
         self.address = header["addr"]
         self.client_address = header["caddr"]
@@ -105,6 +109,7 @@ class Lease:
         self.assigned = header.get("res", {})
         self.node_id = header.get("node_id")
         self.pid = header.get("pid")
+        self.manager = manager  # the node manager that granted it: "node_manager" (ours) or an address
         self.key = key
         self.inflight: dict = {}
         self.idle_since = time.monotonic()
@@ -112,13 +117,17 @@ class Lease:
 
 
 class ShapeQueue:
-    def __init__(self, resources, running):
+    """Tasks that need the same resources, scheduling strategy and first node to ask."""
+
+    def __init__(self, resources, running, strategy, target, what):
         self.queue: collections.deque = collections.deque()
         self.leases: dict = {}
-        self.requests: set = set()
+        self.requests: dict = {}  # lease request id -> the node manager asked
         self.resources = resources
         self.running = running
-        self.warned = False
+        self.strategy = strategy
+        self.target = target  # "node_manager" (ours), or the node manager of the node with the arguments
+        self.what = what
 
 
 class ActorState:
@@ -164,6 +173,7 @@ class TaskSubmitter:
         self.dep_waiters: dict = collections.defaultdict(list)
         self.actors: dict = {}
         self.streams: dict = {}
+        self.lineage: dict = {}  # task id -> TaskSpec of finished tasks whose stored returns may need rebuilding
 
     # --- building tasks (caller's thread) -----------------------------------------------------------
     def _prepare(self, spec: TaskSpec, args, kwargs, what: str) -> None:
@@ -203,6 +213,7 @@ class TaskSubmitter:
         # A task submitted by a task belongs to the same job (its logs, runtime_env and actors).
         job = context.job_id if context is not None and context.job_id else self.client.job_id
         header.update(rid=task_id, tname=name, job=job, owner=self.client.address, owner_id=self.client.client_id)
+        header["owner_node"] = self.client.node_id
         tag = context.output_tag if context is not None else output_tag.get()
         if tag is not None:
             header["tag"] = tag
@@ -238,6 +249,8 @@ class TaskSubmitter:
         retry_exceptions,
         env_vars=None,
         max_calls: int = 0,
+        strategy=None,
+        placement_group=None,
     ):
         header = {
             "op": protocol.EXECUTE_TASK,
@@ -246,9 +259,12 @@ class TaskSubmitter:
             "env": env_vars,
             "max_calls": max_calls,
         }
+        if placement_group is not None:
+            header["pg"] = placement_group
         spec = self._new_spec(name, num_returns, args, kwargs, header)
         spec.resources = spec.running = resources
-        spec.key = tuple(sorted(resources.items()))
+        spec.strategy = strategy
+        spec.key = (tuple(sorted(resources.items())), repr(strategy))
         spec.retries_left = max_retries
         spec.retry_exceptions = retry_exceptions
         outputs = self._outputs(spec)
@@ -331,11 +347,15 @@ class TaskSubmitter:
             elif not spec.cancelled:
                 self._enqueue(spec)
 
-    def _resolve(self, spec: TaskSpec):
-        """Fill in the arguments' values; returns (frames, None) or (None, error of a failed argument)."""
+    def _resolve(self, spec: TaskSpec, node: bytes | None):
+        """Fill in the arguments' values; returns (frames, None) or (None, error of a failed argument).
+        ``node`` is where the task will run: a stored argument it pulls there is a copy we must free."""
         objects = self.client._objects
         frames = list(spec.frames)
         entries = []
+        argobj = spec.header.get("argobj")
+        if argobj is not None and node is not None and node != argobj[1]:
+            self.client._add_copy(argobj[0], node)
         for key, ref in spec.refs:
             if ref._owner != self.client.address:
                 entries.append([key, "r", ref._id, ref._owner])
@@ -351,19 +371,41 @@ class TaskSubmitter:
                 frames += [data, *buffers]
             else:
                 entries.append([key, "s", ref._id, entry.node_id])
+                if node is not None and node != entry.node_id:
+                    self.client._add_copy(ref._id, node)
         spec.header["refs"] = entries
         return frames, None
 
     # --- normal tasks -------------------------------------------------------------------------------
     def _enqueue(self, spec: TaskSpec, front: bool = False) -> None:
-        shape = self.shapes.get(spec.key)
+        target = self._locality_target(spec) if spec.strategy is None else "node_manager"
+        key = spec.key if target == "node_manager" else (*spec.key[:2], target)
+        shape = self.shapes.get(key)
         if shape is None:
-            shape = self.shapes[spec.key] = ShapeQueue(spec.resources, spec.running)
+            shape = self.shapes[key] = ShapeQueue(spec.resources, spec.running, spec.strategy, target, spec.name)
         if front:
             shape.queue.appendleft(spec)
         else:
             shape.queue.append(spec)
-        self._pump(spec.key)
+        self._pump(key)
+
+    def _locality_target(self, spec: TaskSpec) -> str:
+        """Data locality: a task whose stored arguments are mostly on another node asks that node's
+        manager first (as Ray's owners do), so the arguments need not travel."""
+        if not spec.refs:
+            return "node_manager"
+        client = self.client
+        weight: dict = {}
+        for _, ref in spec.refs:
+            entry = client._objects.get(ref._id)
+            if entry is not None and entry.node_id is not None:
+                weight[entry.node_id] = weight.get(entry.node_id, 0) + entry.size
+        if not weight:
+            return "node_manager"
+        node_id = max(weight, key=weight.get)
+        if node_id == client.node_id or weight[node_id] < LOCALITY_MIN_BYTES:
+            return "node_manager"
+        return client.node_addresses.get(node_id, "node_manager")
 
     def _pump(self, key) -> None:
         shape = self.shapes[key]
@@ -375,19 +417,7 @@ class TaskSubmitter:
         # 2. Ask for more workers for what is left.
         wanted = min(len(shape.queue), MAX_LEASE_REQUESTS) - len(shape.requests)
         for _ in range(wanted):
-            rid = new_id(8)
-            shape.requests.add(rid)
-            self.client.send(
-                "node_manager",
-                {
-                    "op": protocol.REQUEST_LEASE,
-                    "rid": rid,
-                    "res": shape.resources,
-                    "run": shape.running,
-                    "actor": False,
-                },
-                callback=partial(self._on_lease, key, rid),
-            )
+            self._request_lease(key, shape, shape.target)
         # 3. Send a task ahead to a busy worker only when the workers on their way could not take
         # them all: tasks that can run in parallel must not queue behind one another.
         while len(shape.queue) > len(shape.requests):
@@ -398,20 +428,44 @@ class TaskSubmitter:
         if not shape.queue and shape.requests:
             # The answer to each request (a grant that crossed the cancel, or "cancelled") still
             # comes to _on_lease, which returns a lease nobody needs.
-            for rid in shape.requests:
-                self.client.send("node_manager", {"op": protocol.CANCEL_LEASE_REQUEST, "rid": rid})
+            for rid, manager in shape.requests.items():
+                self.client.send(manager, {"op": protocol.CANCEL_LEASE_REQUEST, "rid": rid})
             shape.requests.clear()
+
+    def _request_lease(self, key, shape: ShapeQueue, manager: str, spilled: bool = False) -> None:
+        rid = new_id(8)
+        shape.requests[rid] = manager
+        header = {
+            "op": protocol.REQUEST_LEASE,
+            "rid": rid,
+            "res": shape.resources,
+            "run": shape.running,
+            "actor": False,
+            "what": shape.what,
+        }
+        if shape.strategy is not None:
+            header["strategy"] = shape.strategy
+        if spilled:
+            header["spilled"] = True
+        self.client.send(manager, header, callback=partial(self._on_lease, key, rid))
 
     def _on_lease(self, key, rid, header, frames) -> None:
         shape = self.shapes[key]
-        shape.requests.discard(rid)
-        if header.get("cancelled"):
+        manager = shape.requests.pop(rid, None)
+        if header.get("cancelled") or manager is None:
             return
         if header["op"] == protocol.ERROR:
+            error = exceptions.TaskUnschedulableError(header.get("error", "the task cannot be scheduled"))
             while shape.queue:
-                self._fail(shape.queue.popleft(), ValueError(header.get("error")))
+                self._fail(shape.queue.popleft(), error)
             return
-        lease = Lease(header, key)
+        if header.get("spillback"):
+            # Another node should run it: ask that node's manager, which grants it there.
+            self.client.node_addresses.setdefault(header["spillback"], header["address"])
+            if shape.queue:
+                self._request_lease(key, shape, header["address"], spilled=True)
+            return
+        lease = Lease(header, key, manager)
         shape.leases[lease.worker_id] = lease
         self.leases[lease.worker_id] = lease
         if not shape.queue:
@@ -422,10 +476,10 @@ class TaskSubmitter:
     def _return_lease(self, lease: Lease) -> None:
         self.shapes[lease.key].leases.pop(lease.worker_id, None)
         self.leases.pop(lease.worker_id, None)
-        self.client.send("node_manager", {"op": protocol.RETURN_LEASE, "wid": lease.worker_id})
+        self.client.send(lease.manager, {"op": protocol.RETURN_LEASE, "wid": lease.worker_id})
 
     def _dispatch(self, spec: TaskSpec, lease: Lease) -> None:
-        frames, error = self._resolve(spec)
+        frames, error = self._resolve(spec, lease.node_id)
         if error is not None:
             self._finish_with_error(spec, error)
             return
@@ -485,6 +539,7 @@ class TaskSubmitter:
             return
         elif spec.stream is None:
             position = 0
+            stored = False
             for oid, ret in zip(spec.return_ids, header["rets"]):
                 if ret[0] == "v":
                     value_frames = frames[position : position + 1 + ret[1]]
@@ -492,9 +547,16 @@ class TaskSubmitter:
                     position += 1 + ret[1]
                 else:
                     complete(oid, node_id=ret[2], size=ret[1], contained=ret[3])
+                    stored = True
+            if stored and spec.actor is None and spec.retries_left != 0:
+                # Lineage: a stored return dies with its node; re-running the task rebuilds it, so
+                # the task (and its arguments) stays known while any of its returns is referenced.
+                self.lineage[spec.task_id] = spec
+                self._finish(spec, keep_arguments=True)
+                return
         self._finish(spec)
 
-    def _finish(self, spec: TaskSpec, error=None) -> None:
+    def _finish(self, spec: TaskSpec, error=None, keep_arguments: bool = False) -> None:
         self.specs.pop(spec.task_id, None)
         if error is None:
             self.client.task_event("finished", spec.task_id)
@@ -504,7 +566,8 @@ class TaskSubmitter:
             spec.stream.done = True
             self.streams.pop(spec.task_id, None)
             self.client.changed = True
-        spec.keepalive = None
+        if not keep_arguments:
+            spec.keepalive = None
 
     def _finish_with_error(self, spec: TaskSpec, error) -> None:
         if spec.stream is not None:
@@ -541,6 +604,47 @@ class TaskSubmitter:
                     ),
                 )
         self._pump(lease.key)
+
+    # --- node failure ---------------------------------------------------------------------------
+    def on_node_dead(self, node_id: bytes, address: str | None) -> None:
+        """Leases on a dead node are lost like dead workers (their tasks retried); lease requests
+        waiting there are asked again elsewhere."""
+        for lease in [lease for lease in self.leases.values() if lease.node_id == node_id]:
+            self.on_leased_worker_died({"wid": lease.worker_id}, [])
+        for key, shape in list(self.shapes.items()):
+            lost = [rid for rid, manager in shape.requests.items() if manager == address]
+            for rid in lost:
+                del shape.requests[rid]
+                self.client._waiting.pop(rid, None)
+            if shape.target == address:
+                shape.target = "node_manager"
+            if lost:
+                self._pump(key)
+
+    def can_rebuild(self, oid: bytes) -> bool:
+        spec = self.lineage.get(task_id_of(oid))
+        return spec is not None and spec.retries_left != 0
+
+    def rebuild(self, oids: list) -> None:
+        """Re-run the tasks that made these lost objects (each task once, whatever it returned)."""
+        for task_id in dict.fromkeys(task_id_of(oid) for oid in oids):
+            spec = self.lineage.pop(task_id, None)
+            if spec is None:
+                continue
+            spec.retries_left -= 1 if spec.retries_left > 0 else 0
+            spec.lease, spec.pending, spec.cancelled = None, 0, False
+            self._submit(spec)
+
+    def forget_lineage(self, oid: bytes) -> None:
+        """An owned object was freed (called with the client's lock held, on any thread)."""
+        if self.lineage:
+            self.client.call_soon(self._forget_lineage, task_id_of(oid))
+
+    def _forget_lineage(self, task_id: bytes) -> None:
+        spec = self.lineage.get(task_id)
+        if spec is not None and not any(oid in self.client._objects for oid in spec.return_ids):
+            del self.lineage[task_id]
+            spec.keepalive = None
 
     def on_infeasible(self, header, frames) -> None:
         print(
@@ -619,7 +723,7 @@ class TaskSubmitter:
             spec = state.queue.popleft()
             if spec.cancelled:
                 continue
-            frames, error = self._resolve(spec)
+            frames, error = self._resolve(spec, state.node_id)
             if error is not None:
                 self._finish_with_error(spec, error)
                 continue
@@ -707,9 +811,9 @@ class TaskSubmitter:
                 )
             return
         if spec.lease is None:
-            shape = self.shapes.get(spec.key)
-            if shape is not None and spec in shape.queue:
-                shape.queue.remove(spec)
+            for shape in self.shapes.values():  # the shape it queues in may be keyed by locality too
+                if spec in shape.queue:
+                    shape.queue.remove(spec)
             self._fail(spec, error)
             return
         running = next(iter(spec.lease.inflight)) == task_id  # a worker runs its tasks in order
@@ -717,7 +821,7 @@ class TaskSubmitter:
             # The other task sent ahead to this worker did nothing wrong: it goes back to the queue
             # without using a retry, as when a worker retires.
             spec.lease.retiring = True
-            self.client.send("node_manager", {"op": protocol.KILL_WORKER, "wid": spec.lease.worker_id})
+            self.client.send(spec.lease.manager, {"op": protocol.KILL_WORKER, "wid": spec.lease.worker_id})
         else:  # a task still waiting on the worker is refused there when its turn comes
             self.client.send(
                 spec.lease.client_address, {"op": protocol.CANCEL_TASK, "task_id": task_id, "recursive": recursive}

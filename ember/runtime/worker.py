@@ -241,7 +241,9 @@ class Worker:
         size = len(data) + sum(b.nbytes for b in buffers)
         if size <= INLINE_LIMIT:
             return ["v", len(buffers), size, pairs], [data, *buffers]
-        node_id = self.client.store_put(return_object_id(header["rid"], index), data, buffers, header["owner_id"])
+        node_id = self.client.store_put(
+            return_object_id(header["rid"], index), data, buffers, header["owner_id"], header.get("owner_node")
+        )
         return ["s", size, node_id, pairs], []
 
     def pack_returns(self, header: dict, result) -> list:
@@ -302,6 +304,7 @@ class Worker:
             holds_cpu=assigned.get("CPU", 0) > 0,
             borrowed=[],
             output_tag=header.get("tag"),
+            placement_group=header.get("pg"),
         )
 
     def execute_task(self, identity: bytes, header: dict, frames: list) -> list:
@@ -471,6 +474,7 @@ class Worker:
         context.assigned = self.actor_context.assigned
         context.gpu_ids = self.actor_context.gpu_ids
         context.actor_info = self.actor_context.actor_info
+        context.placement_group = self.actor_context.placement_group  # its calls' tasks may join its group
         context.holds_cpu = False
         return context
 

@@ -1,0 +1,113 @@
+"""Which node should run a lease request: the cluster-level scheduling policy, as plain functions.
+
+A node manager asks :func:`choose_node` for every lease request it gets. The answer is this node
+(queue it here), another node (spill the request back to its owner, naming that node), or a refusal
+(infeasible everywhere, or a hard node affinity to a node that cannot run it). The inputs are the
+node manager's view of the cluster (what the head last pushed, corrected by what this node
+spilled since) and, for its own node, the exact state of its local scheduler.
+
+Policies follow Ray's:
+
+- ``None`` (hybrid, the default): pack onto the local node while its critical resource use stays
+  under ``SPREAD_THRESHOLD``; then prefer the least used node that can run the request now; when
+  none can, queue where it is feasible (locally first).
+- ``"SPREAD"``: round-robin over the nodes that can run it now (over feasible nodes when none can).
+- ``{"node": hex id, "soft": bool, "spill": bool}``: node affinity. Soft affinity falls back to the
+  hybrid policy when the node is dead or can never run it (``spill``: also when it is busy).
+- Placement groups need no policy of their own: a bundle's resources exist only on its node.
+
+Amounts are fixed point (see :mod:`ember.runtime.scheduler`).
+"""
+
+from dataclasses import dataclass, field
+
+SPREAD_THRESHOLD = 0.5
+
+LOCAL = "local"
+INFEASIBLE = "infeasible"
+
+
+@dataclass
+class NodeView:
+    node_id: bytes
+    address: str
+    total: dict
+    available: dict
+    alive: bool = True
+    labels: dict = field(default_factory=dict)
+
+
+def fits(request: dict, resources: dict) -> bool:
+    return all(resources.get(name, 0) >= amount for name, amount in request.items())
+
+
+def utilization(node: NodeView, request: dict) -> float:
+    """The node's critical resource use: the highest used share among the resources asked for."""
+    shares = [
+        1 - node.available.get(name, 0) / node.total[name]
+        for name in (request.keys() | {"CPU"})
+        if node.total.get(name, 0) > 0
+    ]
+    return max(shares, default=0.0)
+
+
+class ClusterPolicy:
+    """The node choice for one node manager; it keeps the round-robin position of SPREAD."""
+
+    def __init__(self, local_node_id: bytes):
+        self.local_node_id = local_node_id
+        self.spread_next = 0
+
+    def choose_node(self, request: dict, strategy, nodes: dict) -> tuple:
+        """Returns (LOCAL, None), (node_id, None) to spill to, or (INFEASIBLE | "error", message)."""
+        alive = [n for n in nodes.values() if n.alive]
+        # The local node first, then a stable order: ties go to the node that keeps data local.
+        alive.sort(key=lambda n: (n.node_id != self.local_node_id, n.node_id))
+        feasible = [n for n in alive if fits(request, n.total)]
+        if isinstance(strategy, dict) and "node" in strategy:
+            return self._affinity(request, strategy, nodes, feasible)
+        if not feasible:
+            return INFEASIBLE, None
+        available = [n for n in feasible if fits(request, n.available)]
+        if strategy == "SPREAD":
+            pool = available or feasible
+            node = pool[self.spread_next % len(pool)]
+            self.spread_next += 1
+            return self._answer(node)
+        return self._answer(self._hybrid(request, feasible, available))
+
+    def _hybrid(self, request: dict, feasible: list, available: list) -> NodeView:
+        if available:
+            local = available[0] if available[0].node_id == self.local_node_id else None
+            if local is not None and utilization(local, request) < SPREAD_THRESHOLD:
+                return local
+            return min(available, key=lambda n: utilization(n, request))
+        if feasible[0].node_id == self.local_node_id:
+            return feasible[0]
+        return min(feasible, key=lambda n: utilization(n, request))
+
+    def _affinity(self, request: dict, strategy: dict, nodes: dict, feasible: list) -> tuple:
+        target = nodes.get(bytes.fromhex(strategy["node"]))
+        usable = target is not None and target.alive and fits(request, target.total)
+        if usable and not (strategy.get("spill") and not fits(request, target.available)):
+            return self._answer(target)
+        if strategy.get("soft"):
+            if not feasible:
+                return INFEASIBLE, None
+            available = [n for n in feasible if fits(request, n.available)]
+            return self._answer(self._hybrid(request, feasible, available))
+        why = "is not alive" if target is None or not target.alive else "does not have the resources it needs"
+        return "error", (
+            f"The task or actor has a hard NodeAffinitySchedulingStrategy to node {strategy['node']}, "
+            f"which {why}. Use soft=True to let it run elsewhere."
+        )
+
+    def _answer(self, node: NodeView) -> tuple:
+        return (LOCAL, None) if node.node_id == self.local_node_id else (node.node_id, None)
+
+    @staticmethod
+    def charge(node: NodeView, request: dict) -> None:
+        """Count a request we sent to ``node`` against its view until the head tells us better, so a
+        burst of requests does not all go to the node that looked freest."""
+        for name, amount in request.items():
+            node.available[name] = node.available.get(name, 0) - amount

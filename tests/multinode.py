@@ -1,0 +1,92 @@
+"""Several node managers against one head on this machine, as real processes: what the
+multi-node tests use to stand in for a cluster of machines."""
+
+import glob
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+
+import conftest
+
+STORE = 512 * 2**20
+
+
+class LocalCluster:
+    """A head (with its own node manager) plus extra node managers joined with ``--address``.
+
+    Every process reads a pipe from the test process on stdin and exits when it closes, so a
+    test that fails midway leaves nothing behind.
+    """
+
+    def __init__(self, head_resources: dict, node_timeout_s: float = 2.0, shared: bool = False):
+        self.shared = shared  # kept up across tests by a module fixture: not a leak between them
+        self.session_dir = tempfile.mkdtemp(prefix="ember-multinode-", dir="/tmp/ember-runtime")
+        self.env = dict(os.environ, EMBER_NODE_TIMEOUT_S=str(node_timeout_s))
+        self.processes: list = []
+        self.nodes: list = []  # the JSON line each process printed: head, node_manager, node_id, pid
+        head = self._start(["--head"], head_resources)
+        self.address = head["head"]
+
+    def add_node(self, resources: dict) -> dict:
+        """Start a node manager that joins the head; returns its info (``node_id`` is hex)."""
+        return self._start(["--address", self.address], resources)
+
+    def _start(self, role: list, resources: dict) -> dict:
+        resources = {"CPU": 1.0, "object_store_memory": float(STORE), **resources}
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ember.runtime.cluster",
+                *role,
+                "--watch-stdin",
+                "--resources",
+                json.dumps(resources),
+                "--object-store-memory",
+                str(STORE),
+                "--session-dir",
+                self.session_dir,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=self.env,
+        )
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        line = process.stdout.readline() if ready else b""
+        if not line:
+            process.kill()
+            raise RuntimeError("a node manager did not start")
+        info = json.loads(line)
+        if self.shared:
+            conftest.SHARED_ROOTS.add(process.pid)
+            conftest.SHARED_PREFIXES.add(info["store_prefix"])
+        self.processes.append(process)
+        self.nodes.append(info)
+        return info
+
+    def kill_node(self, info: dict) -> None:
+        """SIGKILL a node manager (its workers follow it: they watch its pipe)."""
+        os.kill(info["pid"], signal.SIGKILL)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for process, info in zip(self.processes, self.nodes):
+            # A node manager killed with SIGKILL could not remove its files: as `ember stop` does.
+            for path in glob.glob(f"/dev/shm/{info['store_prefix']}-*"):
+                os.unlink(path)
+            conftest.SHARED_ROOTS.discard(process.pid)
+            conftest.SHARED_PREFIXES.discard(info["store_prefix"])
