@@ -117,7 +117,18 @@ def test_public_api_names():
     }
     assert set(ember.__all__) == expected
     public = {name for name in vars(ember) if not name.startswith("_")}
-    submodules = {"actor", "api", "kernel_ext", "options", "remote_function", "runtime", "runtime_context", "widgets"}
+    submodules = {
+        "actor",
+        "api",
+        "autoscaler",
+        "cli",
+        "kernel_ext",
+        "options",
+        "remote_function",
+        "runtime",
+        "runtime_context",
+        "widgets",
+    }
     assert public - submodules == expected
 
 

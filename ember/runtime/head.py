@@ -140,6 +140,7 @@ class Head(Service):
         self.node_timeout = float(os.environ.get("EMBER_NODE_TIMEOUT_S", NODE_TIMEOUT))
         self.view_dirty = False
         self.last_view = 0.0
+        self.last_tick = time.monotonic()
         self.actor_policy = ClusterPolicy(b"")  # actors have no "local" node: least used first
         self.placement_groups = PlacementGroupManager()
 
@@ -196,6 +197,13 @@ class Head(Service):
         )
 
     def tick(self, now: float) -> None:
+        stalled = now - self.last_tick
+        self.last_tick = now
+        if stalled > 1.0:
+            # We did not run for a while (the machine was overloaded, or we were stopped): the
+            # heartbeats that queued meanwhile are not late, so nobody is judged on that gap.
+            for node in self.nodes.values():
+                node.last_heartbeat += stalled
         for node in self.nodes.values():
             if node.alive and now - node.last_heartbeat > self.node_timeout:
                 self.node_died(node, f"no heartbeat for {self.node_timeout:g} s")
