@@ -1,5 +1,6 @@
 """The autoscaler: its policy as a state machine, and one run with real processes."""
 
+import os
 import subprocess
 import sys
 
@@ -276,9 +277,12 @@ def test_monitor_exits_with_its_nodes_when_the_head_dies(tmp_path, monkeypatch):
                 time.sleep(0.1)
             """
         )
-        (monitor,) = _autoscaler_processes()
+        entry = next(e for e in launcher.list_started() if e["kind"] == "autoscaler")
+        log = os.path.join(entry["session_dir"], "logs", "autoscaler.log")
+        assert entry["alive"], open(log).read()
+        monitor = psutil.Process(entry["pid"])
         launched = [p for p in monitor.children() if "ember.runtime.cluster" in " ".join(p.cmdline())]
-        assert len(launched) == 1
+        assert len(launched) == 1, open(log).read()
         psutil.Process(head["pid"]).kill()
         gone, alive = psutil.wait_procs([monitor, *launched], timeout=30)
         assert alive == []
