@@ -22,10 +22,12 @@ class LocalCluster:
     test that fails midway leaves nothing behind.
     """
 
-    def __init__(self, head_resources: dict, node_timeout_s: float = 2.0, shared: bool = False):
+    def __init__(self, head_resources: dict, node_timeout_s: float = 2.0, shared: bool = False, token=None):
         self.shared = shared  # kept up across tests by a module fixture: not a leak between them
         self.session_dir = tempfile.mkdtemp(prefix="ember-multinode-", dir="/tmp/ember-runtime")
         self.env = dict(os.environ, EMBER_NODE_TIMEOUT_S=str(node_timeout_s))
+        if token is not None:
+            self.env["EMBER_CLUSTER_TOKEN"] = token
         self.processes: list = []
         self.nodes: list = []  # the JSON line each process printed: head, node_manager, node_id, pid
         head = self._start(["--head"], head_resources)

@@ -238,3 +238,43 @@ print(json.dumps(out))
     assert out["kept"] == 14_000_000.0  # rebuilt from lineage
     assert "died" in out["lost"] and "cannot be rebuilt" in out["lost"]  # an actor call's result
     assert out["alive"] == survivors
+
+
+def test_a_token_cluster_encrypts_and_refuses_strangers():
+    import zmq
+
+    from ember.runtime import protocol, transport
+
+    cluster = LocalCluster({"CPU": 1.0}, token="s3cret")
+    try:
+        cluster.add_node({"CPU": 1.0, "node_a": 1.0})
+        out = driver(
+            cluster,
+            """
+wait_nodes(2)
+print(json.dumps({"node": ember.get(where.options(resources={"node_a": 1}).remote()),
+                  "value": float(ember.get(ember.put(np.ones(1_000_000))).sum())}))
+""",
+            env={"EMBER_CLUSTER_TOKEN": "s3cret"},
+        )
+        assert out == {"node": cluster.nodes[1]["node_id"], "value": 1_000_000.0}
+        # Without the token (or with a wrong one) the handshake never completes: no reply.
+        for token in (None, "guess"):
+            if token is None:
+                os.environ.pop("EMBER_CLUSTER_TOKEN", None)
+            else:
+                os.environ["EMBER_CLUSTER_TOKEN"] = token
+            sock = transport.connect_dealer(cluster.address)
+            sock.send_multipart(protocol.encode({"op": protocol.GET_NODES, "rid": b"1"}))
+            assert sock.poll(1000, zmq.POLLIN) == 0
+            sock.close(0)
+    finally:
+        os.environ.pop("EMBER_CLUSTER_TOKEN", None)
+        cluster.stop()
+
+
+def test_listening_on_a_network_needs_a_token():
+    from ember.runtime import transport
+
+    with pytest.raises(ValueError, match="without a cluster token"):
+        transport.bind_router("0.0.0.0")
