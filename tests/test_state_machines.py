@@ -204,3 +204,59 @@ def test_forget_frees_at_once():
     t.own(b"x", ready=True, contained=[(b"far", OTHER)])
     t.add_local(b"x", ME)
     assert t.forget(b"x") == [("free", b"x"), ("unborrow", b"far", OTHER)]
+
+
+def test_blocked_worker_in_a_placement_group_lends_its_bundle_cpu():
+    group = {"CPU_group_ab": 1, "bundle_group_ab": 0.001}
+    scheduler = LeaseScheduler({"CPU": 1, "CPU_group_ab": 1, "bundle_group_ab": 1000}, max_idle_workers=2)
+    scheduler.worker_started(b"w1")
+    scheduler.request(request(b"a", group))
+    assert kinds(scheduler.request(request(b"b", group))) == []
+    assert kinds(scheduler.blocked(b"w1")) == ["start_worker"]  # the child task can run meanwhile
+    assert kinds(scheduler.worker_started(b"w2")) == ["grant"]
+
+
+# --- the cluster-level policy (which node runs a request) ----------------------------------------
+from ember.runtime.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView  # noqa: E402
+
+
+def views(*nodes):
+    return {
+        bytes([i]): NodeView(bytes([i]), f"node{i}", to_fixed(total), to_fixed(available))
+        for i, (total, available) in enumerate(nodes)
+    }
+
+
+def test_hybrid_packs_locally_below_half_then_spreads_to_the_least_used():
+    policy = ClusterPolicy(bytes([0]))
+    cpu = to_fixed({"CPU": 1})
+    nodes = views(({"CPU": 4}, {"CPU": 3}), ({"CPU": 4}, {"CPU": 1}), ({"CPU": 4}, {"CPU": 4}))
+    assert policy.choose_node(cpu, None, nodes) == (LOCAL, None)  # 25% used: pack here
+    nodes[bytes([0])].available = to_fixed({"CPU": 2})  # 50% used: spread to the least used node
+    assert policy.choose_node(cpu, None, nodes) == (bytes([2]), None)
+    for view in nodes.values():
+        view.available = {}
+    assert policy.choose_node(cpu, None, nodes) == (LOCAL, None)  # all busy: queue here
+    assert policy.choose_node(to_fixed({"CPU": 8}), None, nodes)[0] == INFEASIBLE
+
+
+def test_spread_round_robins_and_spillback_is_charged():
+    policy = ClusterPolicy(bytes([0]))
+    nodes = views(*[({"CPU": 2}, {"CPU": 2})] * 3)
+    chosen = [policy.choose_node(to_fixed({"CPU": 1}), "SPREAD", nodes)[0] for _ in range(3)]
+    assert chosen == [LOCAL, bytes([1]), bytes([2])]
+    ClusterPolicy.charge(nodes[bytes([1])], to_fixed({"CPU": 2}))
+    assert nodes[bytes([1])].available["CPU"] == 0
+
+
+def test_node_affinity_hard_soft_and_spill():
+    policy = ClusterPolicy(bytes([0]))
+    nodes = views(({"CPU": 2}, {"CPU": 2}), ({"CPU": 2}, {}))
+    target = bytes([1]).hex()
+    cpu = to_fixed({"CPU": 1})
+    assert policy.choose_node(cpu, {"node": target, "soft": False}, nodes) == (bytes([1]), None)  # queues there
+    assert policy.choose_node(cpu, {"node": target, "soft": True, "spill": True}, nodes) == (LOCAL, None)
+    nodes[bytes([1])].alive = False
+    assert policy.choose_node(cpu, {"node": target, "soft": True}, nodes) == (LOCAL, None)
+    kind, message = policy.choose_node(cpu, {"node": target, "soft": False}, nodes)
+    assert kind == "error" and target in message

@@ -128,9 +128,14 @@ class LeaseScheduler:
         if worker is None or worker.lease is None or worker.blocked:
             return []
         worker.blocked = True
-        cpu = worker.held.get("CPU", 0)
-        self.available["CPU"] = self.available.get("CPU", 0) + cpu
+        self._lend(worker, +1)
         return self.schedule()
+
+    def _lend(self, worker: Worker, sign: int) -> None:
+        # Inside a placement group a task holds its bundle's CPUs (CPU_group_*), not plain CPU.
+        for name, amount in worker.held.items():
+            if name == "CPU" or name.startswith("CPU_group_"):
+                self.available[name] = self.available.get(name, 0) + sign * amount
 
     def unblocked(self, worker_id: bytes) -> list:
         worker = self.workers.get(worker_id)
@@ -138,7 +143,7 @@ class LeaseScheduler:
             return []
         worker.blocked = False
         # Take the CPUs back even if that oversubscribes for a moment, as Ray does.
-        self.available["CPU"] = self.available.get("CPU", 0) - worker.held.get("CPU", 0)
+        self._lend(worker, -1)
         return []
 
     # --- policy -------------------------------------------------------------------------------
@@ -216,7 +221,7 @@ class LeaseScheduler:
         for name, amount in worker.held.items():
             self.available[name] = self.available.get(name, 0) + amount
         if worker.blocked:
-            self.available["CPU"] -= worker.held.get("CPU", 0)
+            self._lend(worker, -1)
             worker.blocked = False
         gpu = gpu_amount(worker.held)
         for i in worker.gpu_ids:
