@@ -1,8 +1,11 @@
 """``ember.widgets.progress(refs)``: a bar that fills as refs finish, with failures marked."""
 
+import threading
+
 import ipywidgets as w
 
 import ember
+from ember.exceptions import GetTimeoutError
 from ember.runtime.ids import TASK_ID_SIZE
 from ember.widgets.state import FAILED, FINISHED
 from ember.widgets.views import LiveWidget
@@ -60,11 +63,27 @@ class Progress(LiveWidget):
         self.progress = ProgressModel([ref._id for ref in refs])
         ready, _ = ember.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
         self.progress.mark_ready([ref._id for ref in ready])
+        self._done = threading.Condition()
         self.bar = w.IntProgress(value=0, min=0, max=max(1, len(refs)), description=description)
         self.label = w.Label()
         super().__init__(feed=feed, children=[w.HBox([self.bar, self.label])], **kwargs)
 
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the bar shows every ref done (finished or failed); returns its text.
+
+        Raises ``ember.exceptions.GetTimeoutError`` after ``timeout`` seconds.
+        """
+        with self._done:
+            if not self._done.wait_for(lambda: self.progress.done >= self.progress.total, timeout):
+                raise GetTimeoutError(f"progress: {self.progress.text()} after {timeout} s")
+        return self.label.value
+
     def update(self, state) -> None:
+        with self._done:
+            self._update(state)
+            self._done.notify_all()
+
+    def _update(self, state) -> None:
         self.progress.update(state)
         self.bar.value = self.progress.done
         self.label.value = self.progress.text()
