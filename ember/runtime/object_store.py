@@ -50,11 +50,11 @@ def write_object(path: str, data: bytes, buffers: list, header: bytes | None = N
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, size)
-        _pwrite_all(fd, len(header).to_bytes(8, "little") + header, 0)
+        pwrite_all(fd, len(header).to_bytes(8, "little") + header, 0)
         offset = _align(8 + len(header))
         for chunk in (data, *buffers):
             view = memoryview(chunk).cast("B")
-            _pwrite_all(fd, view, offset)
+            pwrite_all(fd, view, offset)
             offset += _align(view.nbytes)
     except BaseException:
         os.close(fd)
@@ -64,7 +64,7 @@ def write_object(path: str, data: bytes, buffers: list, header: bytes | None = N
     return size
 
 
-def _pwrite_all(fd: int, view, offset: int) -> None:
+def pwrite_all(fd: int, view, offset: int) -> None:
     view = memoryview(view).cast("B")
     while view.nbytes:
         written = os.pwrite(fd, view, offset)
