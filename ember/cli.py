@@ -15,8 +15,10 @@ Without ``--block`` the processes run in their own session and outlive the termi
 """
 
 import argparse
+import ipaddress
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -25,6 +27,16 @@ import time
 from ember.runtime import launcher
 
 DEFAULT_PORT = 6379  # Ray's default head port
+TOKEN_VARIABLE = "EMBER_CLUSTER_TOKEN"  # as ember.runtime.transport reads it
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_autoscale(text: str) -> dict:
@@ -101,6 +113,18 @@ def cmd_start(args) -> int:
         print(f"ember start: {error}", file=sys.stderr)
         return 2
     host = args.node_ip_address or (_local_ip_towards(address) if address else "127.0.0.1")
+    token_made = False
+    if not _is_loopback(host) and not os.environ.get(TOKEN_VARIABLE):
+        if not args.head:
+            print(
+                f"ember start: joining over a network needs the cluster's token: set {TOKEN_VARIABLE} to the "
+                "value `ember start --head` printed.",
+                file=sys.stderr,
+            )
+            return 2
+        # Unpickling is code execution: a head open to a network only talks to holders of its token.
+        os.environ[TOKEN_VARIABLE] = secrets.token_hex(16)
+        token_made = True
     session_dir = launcher.new_session_dir()
     detach = not args.block
     try:
@@ -142,6 +166,9 @@ def cmd_start(args) -> int:
                 _stop_entries([e for e in launcher.list_started() if e["pid"] == process.pid])
                 return 1
     _print_started(info, kind, resources, session_dir, bool(args.autoscale))
+    if token_made:
+        print(f"The cluster listens on {host}: every node and driver needs its token in the environment:")
+        print(f"    export {TOKEN_VARIABLE}={os.environ[TOKEN_VARIABLE]}")
     if args.block:
         return _block(started)
     return 0
