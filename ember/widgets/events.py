@@ -11,6 +11,7 @@ messages rather than slowing the cluster).
 import logging
 import os
 import threading
+import time
 
 import msgpack
 import zmq
@@ -35,6 +36,7 @@ class EventFeed:
         self.lock = threading.Lock()  # held while the state changes and while listeners read it
         self.listeners: list = []
         self.updates = 0  # listener rounds so far (tests check the throttle with it)
+        self.busy = 0.0  # CPU seconds this feed's thread spent applying events and updating widgets
         self._stop = False
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="ember-widget-events", daemon=True)
@@ -92,12 +94,14 @@ class EventFeed:
                 due = self.throttle.due()
                 timeout = None if due is None else max(1, int(due * 1000))
                 ready = dict(poller.poll(timeout))
+                started = time.thread_time()
                 if self._wake_r in ready:
                     os.read(self._wake_r, 4096)
                 if socket in ready:
                     self._drain(socket)
                 if self.throttle.take():
                     self._notify()
+                self.busy += time.thread_time() - started
         except Exception:
             logger.exception("the widgets' event feed stopped")
         finally:

@@ -9,7 +9,6 @@ thousand tasks therefore draws a handful of nodes. ``to_svg`` turns the result i
 """
 
 import html
-from collections import Counter
 from dataclasses import dataclass, field
 
 from ember.widgets.state import FAILED, FINISHED, PENDING, RUNNING, STATES
@@ -62,24 +61,16 @@ class TaskGraphModel:
         return graph
 
     def _collapsed(self, state) -> Graph:
+        # From the state's running aggregates only: a redraw never walks the tasks.
         groups: dict = {}
         for name, counts in state.by_name.items():
             live = {s: counts[s] for s in STATES if counts[s] > 0}
             if live:
                 groups[name] = GraphNode(name, name, _group_state(live), _group_hover(name, live), counts=live)
-        durations: dict = {}
-        edge_counts: Counter = Counter()
-        for record in state.tasks.values():
-            if record.duration is not None:
-                durations.setdefault(record.name, []).append(record.duration)
-            for dep in record.deps:
-                source = state.tasks.get(dep)
-                if source is not None and source.name in groups and record.name in groups:
-                    edge_counts[(source.name, record.name)] += 1
-        for name, values in durations.items():
-            if name in groups:
-                groups[name].hover += f"\nmean duration {_seconds(sum(values) / len(values))}"
-        edges = [(a, b, n) for (a, b), n in edge_counts.items()]
+        for name, (total, count) in state.durations.items():
+            if name in groups and count:
+                groups[name].hover += f"\nmean duration {_seconds(total / count)}"
+        edges = [(a, b, n) for (a, b), n in state.name_edges.items() if a in groups and b in groups]
         graph = Graph(list(groups.values()), edges, collapsed=True, total=sum(state.counts.values()))
         _layout(graph)
         return graph

@@ -58,8 +58,12 @@ class ClusterState:
     def __init__(self, max_tasks: int = MAX_TASKS):
         self.max_tasks = max_tasks
         self.tasks: OrderedDict = OrderedDict()
-        self.counts: Counter = Counter()  # tasks per state, over everything seen
-        self.by_name: dict = {}  # function name -> Counter of states
+        self.counts: dict = dict.fromkeys(STATES, 0)  # tasks per state, over everything seen
+        self.by_name: dict = {}  # function name -> {state: count}
+        # Kept up to date event by event, so that a widget's redraw costs O(functions), not O(tasks):
+        self.node_pids: dict = {}  # node id -> worker pids seen running tasks there
+        self.durations: dict = {}  # function name -> [total seconds, count] of ended tasks
+        self.name_edges: Counter = Counter()  # (producer name, consumer name) -> dependencies
         self.nodes: dict = {}  # node id (hex) -> latest node event (+ "resources" from snapshots)
         self.actors: dict = {}  # actor id (hex) -> {"state", "name", "class_name"}
         self.version = 0
@@ -81,35 +85,72 @@ class ClusterState:
         self.version += 1
 
     def apply_task(self, kind: str, task_id: bytes, when: float, fields: dict) -> None:
+        # The hot path of the widgets (three events per task): plain dict operations, no helpers.
         record = self.tasks.get(task_id)
-        if record is None and when < self.cleared_at:
-            return
         if record is None:
+            if when < self.cleared_at:
+                return
             record = TaskRecord(task_id, fields.get("name") or "?")
             self.tasks[task_id] = record
-            self._count(record, +1)
-            self._forget_old()
+            self.counts[PENDING] += 1
+            self._named(record.name)[PENDING] += 1
+            if len(self.tasks) > self.max_tasks:
+                self._forget_old()
         if kind == "submitted":
-            record.name = fields.get("name") or record.name
+            name = fields.get("name") or record.name
+            if name != record.name:
+                self._named(record.name)[record.state] -= 1
+                self._named(name)[record.state] += 1
+                record.name = name
             record.parent = fields.get("parent")
-            record.deps = [oid[:TASK_ID_SIZE] for oid in fields.get("deps") or ()]
+            deps = fields.get("deps")
+            if deps:
+                record.deps = [oid[:TASK_ID_SIZE] for oid in deps]
+                for dep in record.deps:
+                    source = self.tasks.get(dep)
+                    if source is not None:
+                        self.name_edges[(source.name, name)] += 1
             record.actor, record.tag, record.job = fields.get("actor"), fields.get("tag"), fields.get("job")
             record.submitted = when
             return
         if kind == "running":
             new_state = RUNNING
-            record.node, record.pid = _hex(fields.get("node")), fields.get("pid")
+            node = fields.get("node")
+            record.node = node.hex() if isinstance(node, bytes) else node
+            record.pid = fields.get("pid")
             record.started, record.ended, record.error = when, None, None  # a retry runs again
-        elif kind == "finished":
-            new_state, record.ended = FINISHED, when
-        elif kind == "failed":
-            new_state, record.ended, record.error = FAILED, when, fields.get("error")
+            if record.node is not None:
+                pids = self.node_pids.get(record.node)
+                if pids is None:
+                    pids = self.node_pids[record.node] = set()
+                pids.add(record.pid)
+        elif kind == "finished" or kind == "failed":
+            new_state, record.ended = (FINISHED, when) if kind == "finished" else (FAILED, when)
+            if kind == "failed":
+                record.error = fields.get("error")
+            if record.started is not None:
+                total = self.durations.get(record.name)
+                if total is None:
+                    total = self.durations[record.name] = [0.0, 0]
+                total[0] += max(0.0, when - record.started)
+                total[1] += 1
         else:
             return
-        if record.state != new_state:
-            self._count(record, -1)
+        old = record.state
+        if old != new_state:
             record.state = new_state
-            self._count(record, +1)
+            counts = self.counts
+            counts[old] -= 1
+            counts[new_state] += 1
+            named = self._named(record.name)
+            named[old] -= 1
+            named[new_state] += 1
+
+    def _named(self, name: str) -> dict:
+        named = self.by_name.get(name)
+        if named is None:
+            named = self.by_name[name] = dict.fromkeys(STATES, 0)
+        return named
 
     def apply_node(self, body: dict) -> None:
         node_id = _hex(body.get("node_id"))
@@ -133,15 +174,13 @@ class ClusterState:
         here on, so a batch still in flight cannot bring back a task that ended before the clear."""
         self.cleared_at = time.time() if now is None else now
         self.tasks.clear()
-        self.counts.clear()
+        self.counts = dict.fromkeys(STATES, 0)
         self.by_name.clear()
+        self.durations.clear()
+        self.name_edges.clear()
         self.version += 1
 
     # --- bookkeeping ----------------------------------------------------------------------------------
-    def _count(self, record: TaskRecord, delta: int) -> None:
-        self.counts[record.state] += delta
-        self.by_name.setdefault(record.name, Counter())[record.state] += delta
-
     def _forget_old(self) -> None:
         # Forget ended tasks first, oldest first; counts keep them (the totals stay true).
         while len(self.tasks) > self.max_tasks:
@@ -163,11 +202,7 @@ class ClusterState:
 
     def workers(self) -> dict:
         """Per node: the distinct worker processes seen running tasks."""
-        seen: dict = {}
-        for record in self.tasks.values():
-            if record.node is not None and record.pid is not None:
-                seen.setdefault(record.node, set()).add(record.pid)
-        return {node: len(pids) for node, pids in seen.items()}
+        return {node: len(pids) for node, pids in self.node_pids.items()}
 
     def creator_of(self, object_id: bytes) -> str:
         """What made an object: ``task name`` (a task's return) or ``put``."""
