@@ -70,6 +70,23 @@ class LocalCluster:
         self.nodes.append(info)
         return info
 
+    def stop_node(self, info: dict) -> None:
+        """Stop a node manager cleanly (its stdin closes, as when its parent goes)."""
+        self.processes[self.nodes.index(info)].stdin.close()
+
+    def node_table(self) -> list:
+        """The head's node table (GET_NODES), asked from this process without connecting a driver."""
+        from ember.runtime import protocol, transport
+
+        sock = transport.connect_dealer(self.address)
+        try:
+            sock.send_multipart(protocol.encode({"op": protocol.GET_NODES, "rid": b"t"}))
+            if not sock.poll(10_000):
+                raise RuntimeError("the head did not answer")
+            return protocol.decode(sock.recv_multipart())[0]["nodes"]
+        finally:
+            sock.close(0)
+
     def kill_node(self, info: dict) -> None:
         """SIGKILL a node manager (its workers follow it: they watch its pipe)."""
         os.kill(info["pid"], signal.SIGKILL)

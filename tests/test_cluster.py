@@ -12,7 +12,7 @@ import tempfile
 import textwrap
 
 import pytest
-from conftest import run_driver
+from conftest import run_driver, wait_for
 from multinode import LocalCluster
 
 
@@ -278,3 +278,17 @@ def test_listening_on_a_network_needs_a_token():
 
     with pytest.raises(ValueError, match="without a cluster token"):
         transport.bind_router("0.0.0.0")
+
+
+def test_a_node_that_stops_cleanly_is_dead_at_once():
+    cluster = LocalCluster({"CPU": 1.0}, node_timeout_s=300)  # far longer than this test may wait
+    try:
+        leaving = cluster.add_node({"CPU": 1.0})
+        wait_for(lambda: len(cluster.node_table()) == 2, message="the node to join")
+        cluster.stop_node(leaving)
+        wait_for(
+            lambda: [n["alive"] for n in cluster.node_table()] == [True, False],
+            message="the head to mark the stopped node dead",
+        )
+    finally:
+        cluster.stop()

@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     try:
         loop.run()
     finally:
-        node_manager.close()
+        node_manager.close(announce=head is None)
         if head is not None:
             head.close()
 

@@ -61,6 +61,7 @@ def _wire_entry(entry: dict) -> dict:
 class Head(ActorDirectory, Service):
     handlers = {
         protocol.REGISTER_NODE: "on_register_node",
+        protocol.UNREGISTER_NODE: "on_unregister_node",
         protocol.NODE_STATS: "on_node_stats",
         protocol.REGISTER_JOB: "on_register_job",
         protocol.JOB_FINISHED: "on_job_finished",
@@ -158,6 +159,12 @@ class Head(ActorDirectory, Service):
                 "gpus": node.gpus,
             },
         )
+
+    def on_unregister_node(self, identity, header, frames):
+        node = self.nodes.get(header["node_id"])
+        if node is not None and node.alive:
+            self.node_died(node, "it stopped")
+        return {}
 
     def tick(self, now: float) -> None:
         stalled = now - self.last_tick

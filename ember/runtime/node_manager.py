@@ -533,7 +533,12 @@ class NodeManager(ObjectTransfer, Service):
         if header.get("op") == protocol.NODE_DEAD:
             self.on_node_dead(None, header, payload)
 
-    def close(self) -> None:
+    def close(self, announce: bool = False) -> None:
+        if announce:  # tell the head we are going, so it need not wait for missed heartbeats
+            self.head.send_multipart(
+                protocol.encode({"op": protocol.UNREGISTER_NODE, "rid": b"bye", "node_id": self.node_id})
+            )
+            self.head.poll(1000)
         for process in self.processes:
             process.kill()
         deadline = time.monotonic() + 5

@@ -15,6 +15,7 @@ import msgpack
 
 # --- head -----------------------------------------------------------------------------------
 REGISTER_NODE = "register_node"
+UNREGISTER_NODE = "unregister_node"  # a node manager stopping cleanly: dead now, not after missed heartbeats
 REGISTER_JOB = "register_job"
 JOB_FINISHED = "job_finished"
 KV_PUT = "kv_put"

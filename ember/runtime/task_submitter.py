@@ -20,6 +20,7 @@ from functools import partial
 
 from ember import exceptions
 from ember.runtime import protocol
+from ember.runtime.actor_calls import ActorCalls, ActorState
 from ember.runtime.ids import new_id, new_task_id, return_object_id, task_id_of
 from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
 from ember.runtime.ownership import FAILED, INLINE_LIMIT, PENDING
@@ -37,8 +38,6 @@ PUSH_HANDLERS = {
     protocol.ACTOR_UPDATE: "on_actor_update",
     protocol.STREAM_ITEM: "on_stream_item",
 }
-
-ALIVE, RESTARTING, DEAD = "ALIVE", "RESTARTING", "DEAD"
 
 
 class Arg:
@@ -130,22 +129,6 @@ class ShapeQueue:
         self.what = what
 
 
-class ActorState:
-    def __init__(self, actor_id):
-        self.actor_id = actor_id
-        self.state = "PENDING_CREATION"
-        self.address = None
-        self.client_address = None
-        self.node_id = None
-        self.pid = None
-        self.queue: collections.deque = collections.deque()
-        self.inflight: dict = {}
-        self.death_cause = ""
-        self.subscribed = False
-        self.keepalive = None
-        self.released = False  # the creator dropped its handle: kill the actor once calls drain
-
-
 class Stream:
     def __init__(self, task_id):
         self.task_id = task_id
@@ -164,7 +147,7 @@ def _describe(error) -> str:
     return f"{type(error).__name__}: {error}".splitlines()[0][:300]
 
 
-class TaskSubmitter:
+class TaskSubmitter(ActorCalls):
     def __init__(self, client):
         self.client = client
         self.shapes: dict = {}
@@ -267,36 +250,6 @@ class TaskSubmitter:
         spec.key = (tuple(sorted(resources.items())), repr(strategy))
         spec.retries_left = max_retries
         spec.retry_exceptions = retry_exceptions
-        outputs = self._outputs(spec)
-        self.client.call_soon(self._submit, spec)
-        return outputs
-
-    def create_actor(self, actor_id: bytes, class_key: bytes, args, kwargs, spec_fields: dict):
-        """Register a new actor with the head; returns the existing actor's info for get_if_exists."""
-        spec = self._new_spec(spec_fields["class_name"], 1, args, kwargs, {"cid": class_key})
-        header = dict(spec_fields)
-        header.update(spec.header)
-        header["refs"] = [[key, "r", ref._id, ref._owner] for key, ref in spec.refs]
-        header.pop("op", None)
-        state = ActorState(actor_id)
-        state.subscribed = True
-        state.keepalive = spec.keepalive
-        self.client.call_soon(self.actors.setdefault, actor_id, state)
-        reply, _ = self.client.request(
-            "head",
-            {"op": protocol.CREATE_ACTOR, "actor_id": actor_id, "job_id": header["job"], "spec": header},
-            spec.frames,
-        )
-        return reply.get("existing")
-
-    def submit_actor_task(
-        self, actor_id: bytes, method: str, args, kwargs, *, num_returns, max_task_retries: int, name: str
-    ):
-        header = {"op": protocol.ACTOR_CALL, "method": method, "nret": num_returns}
-        spec = self._new_spec(name, num_returns, args, kwargs, header)
-        spec.actor = actor_id
-        spec.retries_left = max_task_retries
-        spec.retry_exceptions = False
         outputs = self._outputs(spec)
         self.client.call_soon(self._submit, spec)
         return outputs
@@ -703,94 +656,6 @@ class TaskSubmitter:
             if len(stream.items) > index:
                 return stream.items[index]
             return None
-
-    # --- actors -------------------------------------------------------------------------------------
-    def _pump_actor(self, state: ActorState) -> None:
-        self._send_actor_calls(state)
-        self._maybe_release(state)  # calls that failed before being sent also drain the queue
-
-    def _send_actor_calls(self, state: ActorState) -> None:
-        if state.state == DEAD:
-            while state.queue:
-                spec = state.queue.popleft()
-                self._fail(
-                    spec, exceptions.ActorDiedError(state.death_cause or "The actor is dead.", state.actor_id.hex())
-                )
-            return
-        if state.state != ALIVE:
-            return
-        while state.queue and state.queue[0].pending == 0:
-            spec = state.queue.popleft()
-            if spec.cancelled:
-                continue
-            frames, error = self._resolve(spec, state.node_id)
-            if error is not None:
-                self._finish_with_error(spec, error)
-                continue
-            state.inflight[spec.task_id] = spec
-            self.client.send(state.address, spec.header, frames)
-            self.client.task_event("running", spec.task_id, node=state.node_id, pid=state.pid)
-            self.client._waiting[spec.task_id] = partial(self._on_actor_result, state, spec)
-
-    def _on_actor_result(self, state: ActorState, spec: TaskSpec, header, frames) -> None:
-        state.inflight.pop(spec.task_id, None)
-        self._record(spec, header, frames)
-        self._maybe_release(state)
-
-    def release_actor(self, actor_id: bytes) -> None:
-        """From ActorHandle.__del__ (any thread, maybe inside the garbage collector)."""
-        self.client.call_soon(self._release_actor, actor_id)
-
-    def _release_actor(self, actor_id: bytes) -> None:
-        state = self.actors.get(actor_id)
-        if state is not None:
-            state.released = True
-            self._maybe_release(state)
-
-    def _maybe_release(self, state: ActorState) -> None:
-        if state.released and not state.queue and not state.inflight and state.state != DEAD:
-            state.released = False
-            self.client.send("head", {"op": protocol.ACTOR_HANDLE_RELEASED, "actor_id": state.actor_id})
-
-    def on_actor_update(self, header, frames=None) -> None:
-        info = header.get("actor")
-        if info is None:
-            return
-        state = self.actors.get(info["actor_id"])
-        if state is None:
-            return
-        new_state = info["state"]
-        if new_state in (RESTARTING, DEAD) and state.address is not None:
-            self.client.close_peer(state.address)
-            retry = []
-            for spec in state.inflight.values():
-                self.client._waiting.pop(spec.task_id, None)
-                if new_state == RESTARTING and spec.retries_left != 0 and not spec.cancelled:
-                    spec.retries_left -= 1 if spec.retries_left > 0 else 0
-                    retry.append(spec)
-                else:
-                    self._fail(
-                        spec,
-                        exceptions.ActorDiedError(
-                            info.get("death_cause")
-                            or "The actor died while running this call "
-                            "(it is being restarted; set max_task_retries to retry calls).",
-                            state.actor_id.hex(),
-                        ),
-                    )
-            state.inflight.clear()
-            state.queue.extendleft(reversed(retry))
-            state.address = state.client_address = None
-        state.state = new_state
-        state.death_cause = info.get("death_cause", "")
-        if new_state == ALIVE:
-            state.address = info["address"]
-            state.client_address = info["client_address"]
-            state.node_id = info.get("node_id")
-            state.pid = info.get("pid")
-        if new_state == DEAD:
-            state.keepalive = None
-        self._pump_actor(state)
 
     # --- cancellation -------------------------------------------------------------------------------
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:

@@ -103,6 +103,7 @@ class Worker:
         self.cancel_requested: set = set()
         self.retiring = False
         self.exit_after_reply = False
+        self.exited = ""  # why the actor left by exit_actor(): later calls fail with it
         signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
@@ -273,6 +274,9 @@ class Worker:
             cause = "The actor exited by calling exit_actor()."
             error = exceptions.ActorDiedError(cause, self.actor_context.actor_id.hex())
             error.__traceback__ = None
+            already, self.exited = self.exited, cause
+            if already:
+                return self.exited_reply(header)
             self.client.call_soon(
                 self.client.send,
                 "head",
@@ -446,7 +450,15 @@ class Worker:
             return self.error_reply(header, error, f"{name}.__init__")
         return protocol.encode({"op": protocol.TASK_RESULT, "rid": header["rid"], "rets": []})
 
+    def exited_reply(self, header: dict) -> list:
+        """A call that reached us after exit_actor(), before the head stopped this process."""
+        error = exceptions.ActorDiedError(self.exited, self.actor_context.actor_id.hex())
+        frames = [serialize_error(error, header.get("method", "call"), os.getpid())]
+        return protocol.encode({"op": protocol.TASK_RESULT, "rid": header["rid"], "err": True}, frames)
+
     def actor_call(self, identity: bytes, header: dict, frames: list):
+        if self.exited:
+            return self.exited_reply(header)
         if self.loop is not None:
             import asyncio
 
