@@ -103,6 +103,9 @@ class CoreClient(Ownership):
         self._touches: list = []
         self._logs: dict[bytes, list] = {}
         self._task_events: list = []
+        self.node_addresses: dict[bytes, str] = {}  # node id -> its node manager's address
+        self._dead_nodes: set = set()
+        self._refreshing_nodes = False
         self.changed = False  # set on the I/O thread when waiters in get/wait should look again
         self._closed = False
         self._started = threading.Event()
@@ -144,6 +147,7 @@ class CoreClient(Ownership):
 
         push_handlers = {op: getattr(self.submitter, name) for op, name in PUSH_HANDLERS.items()}
         push_handlers[protocol.OWNER_DIED] = self.on_owner_died
+        push_handlers[protocol.NODE_DEAD] = self.on_node_dead
         push_handlers[protocol.EXIT_IF_IDLE] = self._on_exit_if_idle
         server_table = {
             protocol.GET_OBJECT: self._serve_get_object,
@@ -258,10 +262,18 @@ class CoreClient(Ownership):
     def _flush(self) -> None:
         """Send what accumulated since the last round: frees, store accesses, log lines."""
         if self._store_deletes:
-            self._node_manager.send_multipart(
-                protocol.encode({"op": protocol.STORE_DELETE, "oids": self._store_deletes})
-            )
+            by_node: dict = {}
+            for oid, node_id in self._store_deletes:
+                by_node.setdefault(node_id, []).append(oid)
             self._store_deletes = []
+            for node_id, oids in by_node.items():
+                target = "node_manager" if node_id == self.node_id else self.node_addresses.get(node_id)
+                if target is None:
+                    if node_id not in self._dead_nodes:  # a node we have not heard of yet: ask, then retry
+                        self._store_deletes += [(oid, node_id) for oid in oids]
+                        self.refresh_nodes()
+                    continue
+                self.send(target, {"op": protocol.STORE_DELETE, "oids": oids})
         if self._touches:
             self._node_manager.send_multipart(protocol.encode({"op": protocol.STORE_TOUCH, "oids": self._touches}))
             self._touches = []
@@ -272,6 +284,29 @@ class CoreClient(Ownership):
         if self._task_events and (len(self._task_events) >= 1000 or time.monotonic() >= self._events_due):
             events, self._task_events = self._task_events, []
             self._head.send_multipart(protocol.encode({"op": protocol.TASK_EVENTS}, [msgpack.packb(events)]))
+
+    def refresh_nodes(self) -> None:
+        """On the I/O thread: learn the node managers' addresses from the head (once at a time)."""
+        if self._refreshing_nodes:
+            return
+        self._refreshing_nodes = True
+
+        def on_reply(header, frames):
+            self._refreshing_nodes = False
+            for node in header.get("nodes", ()):
+                if node["alive"]:
+                    self.node_addresses[node["node_id"]] = node["address"]
+                else:
+                    self.forget_node(node["node_id"])
+
+        self.send("head", {"op": protocol.GET_NODES}, callback=on_reply)
+
+    def forget_node(self, node_id: bytes) -> None:
+        address = self.node_addresses.pop(node_id, None)
+        self._dead_nodes.add(node_id)
+        self._store_deletes = [(oid, node) for oid, node in self._store_deletes if node != node_id]
+        if address is not None:
+            self.close_peer(address)
 
     def task_event(self, kind: str, task_id: bytes, **fields) -> None:
         """On the I/O thread: note a state change of a task we own, for the head's event hub.
@@ -382,6 +417,7 @@ class CoreClient(Ownership):
             },
         )
         self.node_id = reply["node_id"]
+        self.call_soon(self.refresh_nodes)
         self.resources = reply.get("resources", {})
 
     def _subscribe_logs(self, publisher: str) -> None:
