@@ -2,20 +2,16 @@
 
 import atexit
 import html
-import json
 import os
-import select
 import subprocess
-import sys
 import threading
-import time
 
 import psutil
 
 from ember.actor import ActorClass, ActorHandle, handle_from_info, kill  # noqa: F401 - re-exported
 from ember.options import check_runtime_env
 from ember.remote_function import RemoteFunction
-from ember.runtime import core_client, protocol, transport
+from ember.runtime import accelerators, core_client, launcher, protocol, transport
 from ember.runtime.core_client import CoreClient, current_client, set_current_client
 from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
 from ember.runtime.ownership import store_prefix
@@ -228,72 +224,16 @@ def _local_node_manager(head_address: str) -> str:
     return alive[0]["address"]
 
 
-def _default_store_memory() -> int:
-    total = psutil.virtual_memory().total
-    try:
-        shm = os.statvfs("/dev/shm")
-        shm_free = shm.f_bavail * shm.f_frsize
-    except OSError:
-        shm_free = total
-    return int(max(75 * 2**20, min(0.3 * total, 0.9 * shm_free)))
-
-
 def _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars):
-    if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
-        raise ValueError(f"object_store_memory must be a positive number of bytes, got {object_store_memory!r}.")
-    node_resources = {"CPU": float(os.cpu_count() if num_cpus is None else num_cpus)}
-    if num_gpus:
-        node_resources["GPU"] = float(num_gpus)
-    for name, amount in (resources or {}).items():
-        if name in ("CPU", "GPU"):
-            raise ValueError(f"Use num_cpus/num_gpus instead of resources={{'{name}': ...}}.")
-        if not isinstance(amount, (int, float)) or amount < 0:
-            raise ValueError(f"Resource {name!r} must be a non-negative number, got {amount!r}.")
-        node_resources[name] = float(amount)
-    if node_resources["CPU"] < 0 or node_resources.get("GPU", 0) < 0:
-        raise ValueError("num_cpus and num_gpus must be non-negative.")
-    store_memory = object_store_memory or _default_store_memory()
-    node_resources["memory"] = float(int(psutil.virtual_memory().available * 0.7))
-    node_resources["object_store_memory"] = float(store_memory)
-    session_dir = (
-        f"/tmp/ember-runtime/session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}_{time.time_ns() % 10**6}"
-    )
-    os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
-    with open(os.path.join(session_dir, "logs", "cluster-startup.log"), "ab") as startup_log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ember.runtime.cluster",
-                "--head",
-                "--watch-stdin",
-                "--resources",
-                json.dumps(node_resources),
-                "--object-store-memory",
-                str(store_memory),
-                "--session-dir",
-                session_dir,
-                "--env",
-                json.dumps(env_vars),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=startup_log,
-            close_fds=True,
-        )
-    process.session_dir = session_dir
-    ready, _, _ = select.select([process.stdout], [], [], 30)
-    line = process.stdout.readline() if ready else b""
-    process.stdout.close()
-    if not line:
-        process.kill()
-        process.wait()
-        with open(os.path.join(session_dir, "logs", "cluster-startup.log"), "rb") as f:
-            detail = f.read().decode(errors="replace")[-2000:]
-        raise RuntimeError(f"The local Ember cluster failed to start.\n{detail}")
-    info = json.loads(line)
-    process.store_prefix = info["store_prefix"]
-    return info, process
+    node = launcher.node_resources(num_cpus, num_gpus, resources, object_store_memory)
+    if num_gpus is None:  # as Ray does: the GPUs this machine has (NVML), with their accelerator type
+        for name, amount in accelerators.gpu_resources().items():
+            node.setdefault(name, amount)
+    try:
+        session_dir = launcher.new_session_dir()
+        return launcher.start_cluster_process(node, session_dir, head=True, env_vars=env_vars, watch_stdin=True)
+    except RuntimeError as error:
+        raise RuntimeError(f"The local Ember cluster failed to start: {error}") from None
 
 
 def _stop_cluster(process: subprocess.Popen) -> None:
@@ -307,15 +247,7 @@ def _stop_cluster(process: subprocess.Popen) -> None:
         process.kill()
         process.wait()
     # A backstop for a cluster that could not clean up after itself.
-    prefix = getattr(process, "store_prefix", None)
-    if prefix:
-        import glob
-
-        for path in glob.glob(f"/dev/shm/{prefix}-*"):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+    launcher.remove_store_files(getattr(process, "store_prefix", None))
 
 
 def shutdown() -> None:
