@@ -191,13 +191,19 @@ def _read_cluster_file() -> str:
             "`ember start --head` or set EMBER_ADDRESS."
         )
     with open(max(candidates)[1]) as f:
-        return f.read().strip()
+        address, _, token = f.read().strip().partition("\n")
+    if token:
+        os.environ.setdefault(transport.TOKEN_VARIABLE, token)
+    return address
 
 
-def _write_cluster_file(pid: int, address: str) -> None:
+def _write_cluster_file(pid: int, address: str, token: str | None = None) -> None:
+    """Record a cluster started on this machine for address="auto"; with its token, readable by its
+    user only (drivers of that user on this machine may connect without being told the token)."""
     os.makedirs(CLUSTER_DIR, exist_ok=True)
-    with open(os.path.join(CLUSTER_DIR, str(pid)), "w") as f:
-        f.write(address)
+    path = os.path.join(CLUSTER_DIR, str(pid))
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(address + (f"\n{token}" if token else ""))
 
 
 def _local_node_manager(head_address: str) -> str:

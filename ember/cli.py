@@ -155,7 +155,7 @@ def cmd_start(args) -> int:
     if args.head:
         from ember.api import _write_cluster_file
 
-        _write_cluster_file(process.pid, info["head"])
+        _write_cluster_file(process.pid, info["head"], os.environ.get(TOKEN_VARIABLE))
         if args.autoscale:
             try:
                 started.append(

@@ -163,3 +163,40 @@ def test_format_status_shows_demand_and_gpus():
     assert "GPU 0  task f  share 0.5" in text
     assert 'Autoscaler: 1 of at most 2 worker nodes of {"CPU": 1.0}' in text
     assert f"{'ef' * 16}  launching" in text and 'infeasible (fits no node and no worker node): {"GPU": 4.0}' in text
+
+
+def _network_address():
+    """A non-loopback IPv4 address of this machine, if it has one."""
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == 2 and not address.address.startswith("127."):
+                return address.address
+    return None
+
+
+@pytest.mark.skipif(_network_address() is None, reason="this machine has no network address")
+def test_a_head_on_a_network_address_needs_its_token(started_dir, monkeypatch):
+    monkeypatch.delenv("EMBER_CLUSTER_TOKEN", raising=False)
+    host = _network_address()
+    head = ember_cli("start", "--head", "--port", "0", "--num-cpus", "1", "--node-ip-address", host)
+    token = head.stdout.split("EMBER_CLUSTER_TOKEN=")[1].split()[0]
+    address = recorded()[0]["head"]
+    assert address.startswith(host)
+    # Another machine's node joins with the token; without it `ember start --address` refuses.
+    refused = ember_cli("start", "--address", address, "--node-ip-address", host, check=False)
+    assert refused.returncode != 0 and "EMBER_CLUSTER_TOKEN" in refused.stderr
+    monkeypatch.setenv("EMBER_CLUSTER_TOKEN", token)
+    ember_cli("start", "--address", address, "--node-ip-address", host, "--num-cpus", "1", "--resources", '{"b": 1}')
+    monkeypatch.delenv("EMBER_CLUSTER_TOKEN")
+    # A driver on this machine finds the cluster and its token through address="auto".
+    driver = """
+        import ember
+        ember.init(address="auto")
+
+        @ember.remote(resources={"b": 1})
+        def where():
+            return ember.get_runtime_context().get_node_id()
+
+        print(len(ember.nodes()), ember.get(where.remote(), timeout=30) == ember.nodes()[1]["NodeID"])
+    """
+    assert run_driver(driver, env={"EMBER_ADDRESS": ""}).stdout.split() == ["2", "True"]
