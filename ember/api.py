@@ -137,13 +137,21 @@ def init(
                     "object_store_memory must not be given: they are set when the cluster starts."
                 )
             head_address = address
-            node_manager_address = _local_node_manager(head_address)
+            node_manager_address, node_id = _local_node_manager(head_address)
             started = None
         else:
             info, started = _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars)
             head_address, node_manager_address = info["head"], info["node_manager"]
+            node_id = bytes.fromhex(info["node_id"])
         client = CoreClient(
-            head_address, node_manager_address, kind="driver", namespace=namespace, log_to_driver=log_to_driver
+            head_address,
+            node_manager_address,
+            kind="driver",
+            namespace=namespace,
+            log_to_driver=log_to_driver,
+            # Listen where the node manager does, so workers on other machines can fetch our objects.
+            host=node_manager_address.rsplit(":", 1)[0],
+            node_id=node_id,
         )
         client.job_env_vars = env_vars
         try:
@@ -226,8 +234,8 @@ def _local_node_manager(head_address: str) -> str:
     local = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
     for node in alive:
         if node["host"] in local:
-            return node["address"]
-    return alive[0]["address"]
+            return node["address"], node["node_id"]
+    return alive[0]["address"], alive[0]["node_id"]
 
 
 def _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars):

@@ -196,8 +196,13 @@ class Counter:
 def big_array():
     return np.full(2_000_000, 7.0)
 
+@ember.remote(scheduling_strategy=NodeAffinitySchedulingStrategy(doomed, soft=False))
+def owned_there():
+    return [ember.put(np.ones(1_000_000))]  # owned by a worker of the doomed node
+
 counter = Counter.remote()
 out = {{"actor_before": ember.get(counter.node.remote())}}
+orphan = ember.get(owned_there.remote())[0]
 lost = counter.big.remote()
 kept = big_array.remote()
 ember.wait([lost, kept], num_returns=2)
@@ -214,6 +219,10 @@ try:
 except ember.exceptions.ObjectLostError as error:
     out["lost"] = str(error)
 out["actor_after"] = ember.get(counter.node.remote(), timeout=60)
+try:
+    ember.get(orphan, timeout=60)
+except ember.exceptions.OwnerDiedError as error:
+    out["orphan"] = str(error)
 out["alive"] = sorted(n["NodeID"] for n in ember.nodes() if n["Alive"])
 print(json.dumps(out))
 """
@@ -238,6 +247,7 @@ print(json.dumps(out))
     assert out["kept"] == 14_000_000.0  # rebuilt from lineage
     assert "died" in out["lost"] and "cannot be rebuilt" in out["lost"]  # an actor call's result
     assert out["alive"] == survivors
+    assert "died" in out["orphan"]  # its owner died with the node: an error, not a hang
 
 
 def test_a_token_cluster_encrypts_and_refuses_strangers():

@@ -27,7 +27,7 @@ import zmq
 
 from ember.runtime import protocol, transport
 from ember.runtime.ids import new_id
-from ember.runtime.ownership import Ownership
+from ember.runtime.ownership import Ownership, node_suffix
 from ember.runtime.serialization import deserialize
 from ember.runtime.service import read_eof, unwrap
 from ember.runtime.task_context import current_task
@@ -71,6 +71,7 @@ class CoreClient(Ownership):
         log_to_driver: bool = False,
         watch_stdin: bool = False,
         host: str = "127.0.0.1",
+        node_id: bytes | None = None,
     ):
         self.kind = kind
         self.client_id = client_id or new_id(16)
@@ -82,7 +83,7 @@ class CoreClient(Ownership):
         self.log_to_driver = log_to_driver
         self.job_env_vars: dict = {}  # a driver's runtime_env env_vars, applied to all its tasks
         self.watch_stdin = watch_stdin
-        self.node_id: bytes | None = None
+        self.node_id: bytes | None = node_id
         self.resources: dict = {}
         self.address: str | None = None
         self.publisher_address: str | None = None
@@ -127,7 +128,8 @@ class CoreClient(Ownership):
             self._server, endpoint = transport.bind_router(self.host)
             # Owner addresses name a process, not just a port: a port can be reused by a new
             # process after this one dies, and borrowers must not mistake one for the other.
-            self.address = f"{endpoint}#{self.client_id.hex()[:12]}"
+            # It also names our node: when a node dies, whoever borrowed from us learns we are gone.
+            self.address = f"{endpoint}#{self.client_id.hex()[:12]}{node_suffix(self.node_id)}"
             self.references.address = self.address
             self._head = transport.connect_dealer(self.head_address)
             self._node_manager = transport.connect_dealer(self.node_manager_address)

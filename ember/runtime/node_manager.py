@@ -131,6 +131,7 @@ class NodeManager(ObjectTransfer, Service):
             EMBER_NODE_MANAGER=self.address,
             EMBER_HEAD=self.head_address,
             EMBER_NODE_ID=self.node_id.hex(),
+            EMBER_NODE_HOST=self.host,  # workers listen where owners on other machines can reach them
             EMBER_SESSION_DIR=self.session_dir,
         )
         log_path = os.path.join(self.log_dir, f"worker-{time.time_ns()}.log")

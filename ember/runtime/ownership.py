@@ -36,6 +36,11 @@ def store_prefix(node_id: bytes) -> str:
     return f"ember-{node_id.hex()[:12]}"
 
 
+def node_suffix(node_id: bytes | None) -> str:
+    """The end of the owner address of a process on ``node_id`` (see ``CoreClient.address``)."""
+    return f".{node_id.hex()[:12]}" if node_id else ""
+
+
 class ObjectEntry:
     """An object this process owns."""
 
@@ -71,6 +76,7 @@ class Ownership:
         self.references = ReferenceTable()  # who still needs what: all freeing decisions
         self._releases: collections.deque = collections.deque()
         self._dead_owners: set = set()
+        self._dead_suffixes: set = set()  # node_suffix() of dead nodes: owners there are gone too
 
     # --- reference counting: events go to the table, its actions are carried out here ----------------
     def add_local_reference(self, ref: ObjectRef) -> None:
@@ -290,6 +296,14 @@ class Ownership:
         node_id = header["node_id"]
         self.forget_node(node_id)
         self.submitter.on_node_dead(node_id, header.get("address"))
+        # Processes on that node died with it: the objects they owned are lost to their borrowers
+        # here, and what they borrowed from us is no longer borrowed.
+        suffix = node_suffix(node_id)
+        self._dead_suffixes.add(suffix)
+        gone = {b.owner for b in self._borrowed.values() if b.owner and b.owner.endswith(suffix)}
+        gone |= self.references.borrowers_matching(suffix)
+        for address in gone:
+            self.on_owner_died({"addr": address})
         rebuild = []
         with self._cond:
             for oid, entry in self._objects.items():
@@ -327,7 +341,7 @@ class Ownership:
         borrowed = self._borrowed.get(oid)
         if borrowed is None:
             borrowed = self._borrowed[oid] = BorrowedValue(ref._owner)
-            if ref._owner in self._dead_owners:
+            if ref._owner in self._dead_owners or ref._owner[-13:] in self._dead_suffixes:
                 self._fail_borrowed(oid, borrowed)
             else:
                 self.call_soon(self._fetch, oid, ref._owner)

@@ -117,6 +117,13 @@ class ReferenceTable:
         entry.borrowers.discard(borrower)
         return self._maybe_free(oid)
 
+    def borrowers_matching(self, suffix: str) -> set:
+        """Every borrower address that ends with ``suffix`` (the processes of one node)."""
+        found = set()
+        for entry in self.owned.values():
+            found |= {b for b in [*entry.borrowers, *entry.escaped] if b.endswith(suffix)}
+        return found
+
     def borrower_died(self, borrower: str) -> list:
         """A process that borrowed (or was being returned) our objects died: it holds nothing now."""
         actions = []

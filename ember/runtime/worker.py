@@ -81,13 +81,19 @@ class Worker:
     def __init__(self):
         self.table = {op: getattr(self, name) for op, name in self.handlers.items()}
         set_current_client(None)
+        host = os.environ.get("EMBER_NODE_HOST", "127.0.0.1")
         self.client = CoreClient(
-            os.environ["EMBER_HEAD"], os.environ["EMBER_NODE_MANAGER"], kind="worker", watch_stdin=True
+            os.environ["EMBER_HEAD"],
+            os.environ["EMBER_NODE_MANAGER"],
+            kind="worker",
+            watch_stdin=True,
+            host=host,
+            node_id=bytes.fromhex(os.environ["EMBER_NODE_ID"]),
         )
         set_current_client(self.client)
         self.client.cancel_handler = self.cancel
         self.client.exit_allowed = lambda: self.running_task is None and self.actor is None
-        self.socket, self.address = transport.bind_router()
+        self.socket, self.address = transport.bind_router(host)
         self.outbox: collections.deque = collections.deque()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
