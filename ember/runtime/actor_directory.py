@@ -103,7 +103,7 @@ class ActorDirectory:
 
     def _placeable(self, actor: ActorInfo) -> bool:
         views = {
-            n.node_id: NodeView(n.node_id, n.address, to_fixed(n.resources), to_fixed(n.available))
+            n.node_id: NodeView(n.node_id, n.address, to_fixed(n.resources), to_fixed(n.unclaimed()))
             for n in self.nodes.values()
             if n.alive
         }
@@ -115,7 +115,9 @@ class ActorDirectory:
         if not nodes:
             return
         wanted = actor.spec["resources"]
-        views = {n.node_id: NodeView(n.node_id, n.address, to_fixed(n.resources), to_fixed(n.available)) for n in nodes}
+        views = {
+            n.node_id: NodeView(n.node_id, n.address, to_fixed(n.resources), to_fixed(n.unclaimed())) for n in nodes
+        }
         where, message = self.actor_policy.choose_node(to_fixed(wanted), actor.spec.get("strategy"), views)
         if where == "error":
             self._set_dead(actor, message)
@@ -130,7 +132,7 @@ class ActorDirectory:
             node = self.nodes[where]
             actor.waiting_for_node = False
             for name, amount in wanted.items():  # until its next heartbeat says better
-                node.available[name] = node.available.get(name, 0) - amount
+                node.claimed[name] = node.claimed.get(name, 0) + amount
         rid = new_id(8)
         actor.lease_rid = rid
         actor.node_id = node.node_id

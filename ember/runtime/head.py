@@ -48,6 +48,12 @@ class NodeInfo:
     host: str = "127.0.0.1"
     last_heartbeat: float = field(default_factory=time.monotonic)
     gpus: list = field(default_factory=list)  # GPU assignments: {gpu_id, holder, share}
+    # What the head placed there since the node last reported: counted against it when placing,
+    # so a burst of actors spreads, but never shown as used (the node's own report says that).
+    claimed: dict = field(default_factory=dict)
+
+    def unclaimed(self) -> dict:
+        return {name: amount - self.claimed.get(name, 0) for name, amount in self.available.items()}
 
 
 def _wire_entry(entry: dict) -> dict:
@@ -139,6 +145,7 @@ class Head(ActorDirectory, Service):
             return  # a bare heartbeat: nothing changed
         changed = node.available != header["available"] or node.resources != header.get("total", node.resources)
         node.available = header["available"]
+        node.claimed = {}
         node.resources = header.get("total", node.resources)
         node.store = header["store"]
         node.demand = header.get("demand", [])
