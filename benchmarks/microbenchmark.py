@@ -538,14 +538,23 @@ def run_child(python, backend, args, json_path):
     cmd = [python, os.path.abspath(__file__), "--backend", backend, "--json", json_path,
            "--duration", str(args.duration), "--rows", args.rows,
            "--init-repeats", str(args.init_repeats), "--row-timeout", str(args.row_timeout)]
+    failed = {"meta": {"backend": backend, "version": "?", "cpus": os.cpu_count(), "duration_s": args.duration},
+              "rows": {}}
+    return run_script(cmd, json_path, failed, grace=30)
+
+
+def run_script(cmd, json_path, failed, grace):
+    """Run one backend's side in its own process; its results as it saved them in ``json_path``,
+    or ``failed`` when it saved none. Interrupted, the child gets ``grace`` seconds to stop its
+    clusters before it is killed."""
     print("$ " + " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd)
     try:
         rc = proc.wait()
-    except BaseException:  # let the child shut its cluster down first
+    except BaseException:
         proc.terminate()
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
@@ -553,9 +562,8 @@ def run_child(python, backend, args, json_path):
         with open(json_path) as f:
             return json.load(f)
     except OSError:
-        print("%s run failed (exit status %s)" % (backend, rc))
-        return {"meta": {"backend": backend, "version": "?", "cpus": os.cpu_count(),
-                         "duration_s": args.duration}, "rows": {}}
+        print("%s run failed (exit status %s)" % (failed["meta"]["backend"], rc))
+        return failed
 
 
 def main():

@@ -585,23 +585,9 @@ def run_child(python, backend, args, json_path):
     cmd = [python, os.path.abspath(__file__), "--backend", backend, "--json", json_path]
     cmd += ["--duration", str(args.duration), "--repeats", str(args.repeats), "--rows", args.rows]
     cmd += ["--row-timeout", str(args.row_timeout), "--kill-timeout", str(args.kill_timeout)]
-    print("$ " + " ".join(cmd), flush=True)
-    proc = subprocess.Popen(cmd)
-    try:
-        rc = proc.wait()
-    except BaseException:  # let the child shut its clusters down first
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        raise
-    try:
-        with open(json_path) as f:
-            return json.load(f)
-    except OSError:
-        print(f"{backend} run failed (exit status {rc})")
-        return {"meta": {"backend": backend, "version": "?"}, "rows": {}}
+    from microbenchmark import run_script  # this folder is first on sys.path when run as a script
+
+    return run_script(cmd, json_path, {"meta": {"backend": backend, "version": "?"}, "rows": {}}, grace=60)
 
 
 def main():
