@@ -302,3 +302,17 @@ def test_a_node_that_stops_cleanly_is_dead_at_once():
         )
     finally:
         cluster.stop()
+
+
+def test_a_killed_node_is_dead_before_its_heartbeats_time_out():
+    cluster = LocalCluster({"CPU": 1.0}, node_timeout_s=300)  # only the dropped connection can tell
+    try:
+        doomed = cluster.add_node({"CPU": 1.0})
+        wait_for(lambda: len(cluster.node_table()) == 2, message="the node to join")
+        cluster.kill_node(doomed)
+        wait_for(
+            lambda: [n["alive"] for n in cluster.node_table()] == [True, False],
+            message="the head to mark the killed node dead",
+        )
+    finally:
+        cluster.stop()

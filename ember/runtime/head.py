@@ -32,6 +32,7 @@ from ember.runtime.service import Service
 logger = logging.getLogger(__name__)
 
 NODE_TIMEOUT = 5.0  # seconds without a heartbeat before a node is declared dead (EMBER_NODE_TIMEOUT_S)
+SUSPECT_GRACE = 1.5  # a node whose connection dropped is dead if it sends no heartbeat for this long
 VIEW_PERIOD = 0.1  # the cluster view goes to node managers at most this often
 
 
@@ -51,6 +52,7 @@ class NodeInfo:
     # What the head placed there since the node last reported: counted against it when placing,
     # so a burst of actors spreads, but never shown as used (the node's own report says that).
     claimed: dict = field(default_factory=dict)
+    suspect_since: float | None = None  # when its connection dropped (see on_node_disconnected)
 
     def unclaimed(self) -> dict:
         return {name: amount - self.claimed.get(name, 0) for name, amount in self.available.items()}
@@ -98,6 +100,7 @@ class Head(ActorDirectory, Service):
         self.publisher, self.publisher_address = transport.bind_publisher(host)
         self.nodes: dict[bytes, NodeInfo] = {}
         self.node_sockets: dict[bytes, object] = {}
+        self.node_monitors: dict[bytes, object] = {}
         self.kv: dict[bytes, bytes] = {}
         self.jobs: dict[bytes, dict] = {}
         self.actors: dict[bytes, ActorInfo] = {}
@@ -124,6 +127,11 @@ class Head(ActorDirectory, Service):
         sock = transport.connect_dealer(node.address)
         self.node_sockets[node.node_id] = sock
         self.loop.add_socket(sock, self.on_node_reply)
+        # A node manager process that dies drops its connections at once: hearing that, we need not
+        # wait out the whole heartbeat timeout (a live one that merely lost its connection still
+        # heartbeats within SUSPECT_GRACE and is left alone).
+        monitor = self.node_monitors[node.node_id] = transport.watch_disconnects(sock)
+        self.loop.add_socket(monitor, lambda frames, n=node: self.on_node_disconnected(n))
         self.view_dirty = True
         self.publish(b"event:node", {"node_id": node.node_id, "alive": True, "address": node.address})
         self._schedule_pending_actors()
@@ -184,6 +192,11 @@ class Head(ActorDirectory, Service):
         for node in self.nodes.values():
             if node.alive and now - node.last_heartbeat > self.node_timeout:
                 self.node_died(node, f"no heartbeat for {self.node_timeout:g} s")
+            elif node.alive and node.suspect_since is not None:
+                if node.last_heartbeat > node.suspect_since:
+                    node.suspect_since = None  # it reconnected and lives
+                elif now - node.suspect_since > SUSPECT_GRACE:
+                    self.node_died(node, "its connection dropped and it stopped heartbeating")
         if self.view_dirty and now - self.last_view >= VIEW_PERIOD:
             self.view_dirty = False
             self.last_view = now
@@ -195,6 +208,17 @@ class Head(ActorDirectory, Service):
                 if self.nodes[node_id].alive:
                     sock.send_multipart(protocol.encode(view))
 
+    def on_node_disconnected(self, node: NodeInfo) -> None:
+        if node.alive and node.suspect_since is None:
+            node.suspect_since = time.monotonic()
+
+    def _close_monitor(self, node_id: bytes) -> None:
+        monitor = self.node_monitors.pop(node_id, None)
+        if monitor is not None:
+            self.loop.remove_socket(monitor)
+            self.node_sockets[node_id].disable_monitor()
+            monitor.close(0)
+
     def node_died(self, node: NodeInfo, why: str) -> None:
         """Mark a node dead: its actors restart elsewhere (or die); owners hear it from their node
         managers (through the next cluster view) and retry its tasks and rebuild its objects."""
@@ -202,6 +226,7 @@ class Head(ActorDirectory, Service):
         node.alive = False
         node.available = {}
         self.view_dirty = True
+        self._close_monitor(node.node_id)
         sock = self.node_sockets.pop(node.node_id, None)
         if sock is not None:
             sock.send_multipart(protocol.encode({"op": protocol.NODE_DEAD, "node_id": node.node_id}))
@@ -396,6 +421,8 @@ class Head(ActorDirectory, Service):
         return {}
 
     def close(self) -> None:
+        for monitor in self.node_monitors.values():
+            monitor.close(0)
         for sock in [*self.node_sockets.values(), *self.worker_sockets.values()]:
             sock.close(0)
         self.publisher.close(0)

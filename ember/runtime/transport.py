@@ -123,3 +123,8 @@ def connect_subscriber(address: str, topics=(b"",)) -> zmq.Socket:
         sock.setsockopt(zmq.SUBSCRIBE, topic)
     sock.connect(f"tcp://{address}")
     return sock
+
+
+def watch_disconnects(sock: zmq.Socket) -> zmq.Socket:
+    """A socket that receives one message each time ``sock`` loses a connection."""
+    return sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
