@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 import pytest
+from conftest import run_driver, wait_for
 
 import ember
 from ember.runtime import protocol
@@ -23,7 +24,6 @@ from ember.util import (
 )
 from ember.util.placement_group import PlacementGroupID
 from ember.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from tests.conftest import run_driver, wait_for
 
 
 def group_resources(pg) -> dict:
@@ -124,6 +124,9 @@ def test_tasks_and_actors_run_in_their_bundle(groups):
     remove_placement_group(pg)  # as in Ray, what runs in a removed group is killed
     with pytest.raises(ember.exceptions.ActorDiedError):
         ember.get(holder.ping.remote(), timeout=20)
+    # Work that needs a removed group's bundles fails instead of waiting forever.
+    with pytest.raises(ember.exceptions.TaskUnschedulableError, match="was removed"):
+        ember.get(where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg)).remote(pg), timeout=20)
 
 
 def test_infeasible_group_is_reported_and_stays_pending(groups, capsys):

@@ -37,6 +37,11 @@ class NodeView:
     labels: dict = field(default_factory=dict)
 
 
+def groups_of(request: dict) -> set:
+    """The placement groups (hex ids) whose bundles a request asks for."""
+    return {name.rsplit("_", 1)[1] for name in request if name.startswith("bundle_group_")}
+
+
 def fits(request: dict, resources: dict) -> bool:
     return all(resources.get(name, 0) >= amount for name, amount in request.items())
 

@@ -203,6 +203,8 @@ class Head(ActorDirectory, Service):
             view = {
                 "op": protocol.CLUSTER_VIEW,
                 "nodes": [[n.node_id, n.address, n.resources, n.available, n.alive] for n in self.nodes.values()],
+                # Work that needs a removed group's bundles can never run: node managers fail it.
+                "removed_groups": self.placement_groups.removed_ids(),
             }
             for node_id, sock in self.node_sockets.items():
                 if self.nodes[node_id].alive:
@@ -337,6 +339,7 @@ class Head(ActorDirectory, Service):
 
     def on_remove_placement_group(self, identity, header, frames):
         self._placement_actions(self.placement_groups.remove(header["pg_id"]))
+        self.view_dirty = True
         return {}
 
     def on_wait_placement_group(self, identity, header, frames):

@@ -23,7 +23,7 @@ import psutil
 
 from ember.exceptions import ObjectStoreFullError
 from ember.runtime import protocol, transport
-from ember.runtime.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView, fits
+from ember.runtime.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView, fits, groups_of
 from ember.runtime.ids import new_id
 from ember.runtime.object_store import SHM_DIR, StoreState, object_path
 from ember.runtime.object_transfer import ObjectTransfer
@@ -107,6 +107,7 @@ class NodeManager(ObjectTransfer, Service):
             self.node_id: NodeView(self.node_id, self.address, to_fixed(resources), to_fixed(resources))
         }
         self._init_transfer()
+        self.removed_groups: set = set()  # hex ids of removed placement groups (from the cluster view)
         self.on_declared_dead = None
         self.head.send_multipart(
             protocol.encode(
@@ -238,6 +239,7 @@ class NodeManager(ObjectTransfer, Service):
             spilled=header.get("spilled", False) or header.get("actor", False),
             what=header.get("what", ""),
         )
+        self.check_groups(request)
         if not request.spilled:
             where, message = self.policy.choose_node(request.resources, request.strategy, self.current_view())
             if where == "error":
@@ -247,6 +249,14 @@ class NodeManager(ObjectTransfer, Service):
                 return
         self.requests[request.request_id] = request
         self.carry_out(self.scheduler.request(request))
+
+    def check_groups(self, request: LeaseRequest) -> None:
+        removed = groups_of(request.resources) & self.removed_groups
+        if removed:
+            raise ValueError(
+                f"The placement group {removed.pop()} was removed: the task or actor that needs its bundles "
+                "cannot be scheduled."
+            )
 
     def spill_back(self, request: LeaseRequest, node_id: bytes) -> None:
         """Tell the requester to ask ``node_id`` instead (Ray's spillback)."""
@@ -265,6 +275,17 @@ class NodeManager(ObjectTransfer, Service):
         return self.view
 
     def on_cluster_view(self, identity, header, frames):
+        self.removed_groups = set(header.get("removed_groups", ()))
+        for request in [r for r in self.scheduler.queue if groups_of(r.resources) & self.removed_groups]:
+            self.requests.pop(request.request_id, None)
+            self.scheduler.cancel(request.request_id)
+            try:
+                self.check_groups(request)
+            except ValueError as error:
+                self.send(
+                    request.client,
+                    {"op": protocol.ERROR, "rid": request.request_id, "error": str(error), "etype": "ValueError"},
+                )
         died = []
         for node_id, address, total, available, alive in header["nodes"]:
             if node_id == self.node_id:

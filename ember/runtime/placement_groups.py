@@ -222,6 +222,10 @@ class PlacementGroupManager:
             for i in group.missing()
         ]
 
+    def removed_ids(self) -> list:
+        """Hex ids of the removed groups (the work that asks for their bundles must fail)."""
+        return [pg_id.hex() for pg_id, group in self.groups.items() if group.state == REMOVED]
+
     def table(self, pg_id: bytes | None = None):
         """Ray's ``placement_group_table()``: one group's entry, or {id hex: entry} for all."""
         if pg_id is not None:
