@@ -54,7 +54,6 @@ class KernelSession:
                 self.changed.notify_all()
 
     def execute(self, code: str, timeout: float = 90, allow_error: bool = False) -> "Cell":
-        started = time.monotonic()
         msg_id = self.client.execute(code)
         reply = self.client.get_shell_msg(timeout=timeout)
         while reply["parent_header"].get("msg_id") != msg_id:
@@ -63,8 +62,6 @@ class KernelSession:
             self.changed.wait_for(lambda: msg_id in self.idle, timeout)
             reply_index = self.arrivals
         cell = Cell(self, msg_id, reply, reply_index)
-        if os.environ.get("EMBER_TIME_CELLS"):
-            print(f"{time.monotonic() - started:.2f}s {code[:40]!r}", file=sys.stderr)
         if reply["content"]["status"] != "ok" and not allow_error:
             raise AssertionError(f"cell failed:\n{code}\n{cell.error_text()}")
         return cell

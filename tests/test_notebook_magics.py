@@ -275,8 +275,13 @@ def test_kernel_restart_leaves_nothing_behind(tmp_path):
     started = time.time() - 1
     kernel = KernelSession(cwd=str(tmp_path))
     try:
-        kernel.execute("%load_ext ember\nimport ember\nref = ember.put(bytes(10**6))")
-        assert wait_for(lambda: [p for p in ember_processes() if p.pid not in shared_cluster_pids()])
+        started_cell = kernel.execute(
+            "%load_ext ember\nimport ember, os\nref = ember.put(bytes(10**6))\nprint(os.environ.get('EMBER_TEST_RUN'))"
+        )
+        assert wait_for(
+            lambda: [p for p in ember_processes() if p.pid not in shared_cluster_pids()],
+            message=f"the kernel's cluster to be seen (kernel said {started_cell.stdout()!r})",
+        )
         kernel.manager.restart_kernel(now=False)
         kernel.client.wait_for_ready(timeout=60)
         wait_for(lambda: not leaks(started), timeout=20, message="the restarted kernel's old cluster to go away")
