@@ -162,6 +162,10 @@ def init(
                 _stop_cluster(started)
             raise
         _cluster_process = started
+        if started is not None:
+            # Reap it the moment it exits, whoever stops it: a kernel (ipykernel) that signals its
+            # children at shutdown waits while one is an unreaped zombie (about 30 s).
+            threading.Thread(target=started.wait, name="ember-reaper", daemon=True).start()
         set_current_client(client)
         _context = EmberContext(
             {
