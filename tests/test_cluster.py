@@ -316,3 +316,33 @@ def test_a_killed_node_is_dead_before_its_heartbeats_time_out():
         )
     finally:
         cluster.stop()
+
+
+def test_remote_cells_on_every_node_of_a_cluster(tmp_path):
+    """The notebook's %%remote --all-nodes and --node, against a cluster of three node managers."""
+    pytest.importorskip("ipykernel")
+    from kernel_session import KernelSession
+
+    cluster = LocalCluster({"CPU": 1.0})
+    kernel = None
+    try:
+        for name in ("a", "b"):
+            cluster.add_node({"CPU": 1.0, name: 1.0})
+        wait_for(lambda: len(cluster.node_table()) == 3, message="the nodes to join")
+        kernel = KernelSession(cwd=str(tmp_path), env={"EMBER_ADDRESS": cluster.address})
+        kernel.execute("%load_ext ember")
+        every = kernel.execute(
+            "%%remote --all-nodes\nimport ember\nprint('on', ember.get_runtime_context().get_node_id())\n1"
+        )
+        node_b = cluster.nodes[2]["node_id"]
+        pinned = kernel.execute(f"%%remote --node {node_b}\nimport ember\nember.get_runtime_context().get_node_id()")
+        text = every.stdout()
+        for index, node in enumerate(cluster.nodes):
+            # One block per node, headed by the node, holding that node's own line.
+            assert f"[stdout:node{index} {node['node_id'][:8]}]\non {node['node_id']}\n" in text, text
+        assert pinned.result()["text/plain"] == repr(node_b)
+        kernel.execute("%unload_ext ember")
+    finally:
+        if kernel is not None:
+            kernel.shutdown()
+        cluster.stop()
