@@ -122,6 +122,9 @@ class ShapeQueue:
         self.queue: collections.deque = collections.deque()
         self.leases: dict = {}
         self.requests: dict = {}  # lease request id -> the node manager asked
+        # Requests we withdrew: the answer may still be a grant that crossed our cancel, and that
+        # lease must go back to the node manager that granted it.
+        self.withdrawn: dict = {}
         self.resources = resources
         self.running = running
         self.strategy = strategy
@@ -383,6 +386,7 @@ class TaskSubmitter(ActorCalls):
             # comes to _on_lease, which returns a lease nobody needs.
             for rid, manager in shape.requests.items():
                 self.client.send(manager, {"op": protocol.CANCEL_LEASE_REQUEST, "rid": rid})
+            shape.withdrawn.update(shape.requests)
             shape.requests.clear()
 
     def _request_lease(self, key, shape: ShapeQueue, manager: str, spilled: bool = False) -> None:
@@ -404,7 +408,7 @@ class TaskSubmitter(ActorCalls):
 
     def _on_lease(self, key, rid, header, frames) -> None:
         shape = self.shapes[key]
-        manager = shape.requests.pop(rid, None)
+        manager = shape.requests.pop(rid, None) or shape.withdrawn.pop(rid, None)
         if header.get("cancelled") or manager is None:
             return
         if header["op"] == protocol.ERROR:
@@ -568,6 +572,9 @@ class TaskSubmitter(ActorCalls):
             lost = [rid for rid, manager in shape.requests.items() if manager == address]
             for rid in lost:
                 del shape.requests[rid]
+                self.client._waiting.pop(rid, None)
+            for rid in [rid for rid, manager in shape.withdrawn.items() if manager == address]:
+                del shape.withdrawn[rid]  # no answer will come
                 self.client._waiting.pop(rid, None)
             if shape.target == address:
                 shape.target = "node_manager"
