@@ -71,6 +71,17 @@ class KernelSession:
             if not self.changed.wait_for(lambda: text in cell.stdout() + cell.stderr(), timeout):
                 raise AssertionError(f"{text!r} never appeared under the cell; it has {cell.outputs()}")
 
+    def restart(self) -> None:
+        """Restart the kernel. The reader thread stops meanwhile: ``wait_for_ready`` reads the iopub
+        channel too, and two threads reading one socket tear its messages apart."""
+        self._stop = True
+        self._reader.join()
+        self.manager.restart_kernel(now=False)
+        self.client.wait_for_ready(timeout=60)
+        self._stop = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
     def shutdown(self) -> None:
         try:
             self.client.shutdown()

@@ -282,8 +282,7 @@ def test_kernel_restart_leaves_nothing_behind(tmp_path):
             lambda: [p for p in ember_processes() if p.pid not in shared_cluster_pids()],
             message=f"the kernel's cluster to be seen (kernel said {started_cell.stdout()!r})",
         )
-        kernel.manager.restart_kernel(now=False)
-        kernel.client.wait_for_ready(timeout=60)
+        kernel.restart()
         wait_for(lambda: not leaks(started), timeout=20, message="the restarted kernel's old cluster to go away")
         assert kernel.execute("1 + 1").result()["text/plain"] == "2"
     finally:
