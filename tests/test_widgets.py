@@ -98,6 +98,11 @@ def test_dashboard_has_every_widget_in_tabs(feed):
     assert len(feed.listeners) == 5
     actor = ember.remote(type("Probe", (), {"ping": lambda self: 1})).remote()
     ember.get(actor.ping.remote())
+    # Only the tab shown is redrawn; another is brought up to date when it is selected.
+    assert [view.hidden for view in dashboard.views] == [False, True, True, True, True]
+    wait_for(lambda: feed.state.actors, timeout=20, message="the actor's event")
+    dashboard.selected_index = 4
+    assert not dashboard.views[4].hidden and dashboard.views[0].hidden
     wait_for(lambda: "ALIVE" in dashboard.views[4].html.value, timeout=20, message="the actor to show")
     dashboard.close()
     assert not feed.listeners

@@ -38,7 +38,8 @@ _client = None
 
 TIMER_PERIOD = 0.02  # how often idle leases are checked for return, while we hold any
 IDLE_POLL = 1.0  # the longest the I/O thread sleeps with nothing to do
-EVENT_PERIOD = 0.1  # task events are batched for at most this long
+EVENT_PERIOD = 0.1  # a task's events are held this long (a short task's go out as one record)
+MAX_HELD_EVENTS = 20_000  # past this many held records, they all go out at once
 
 # Errors a service may answer with that the caller should see as their own type.
 _REMOTE_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError}
@@ -104,6 +105,7 @@ class CoreClient(Ownership):
         self._touches: list = []
         self._logs: dict[bytes, list] = {}
         self._task_events: list = []
+        self._event_records: dict = {}  # task id -> its record in the batch being built
         self.node_addresses: dict[bytes, str] = {}  # node id -> its node manager's address
         self._dead_nodes: set = set()
         self._refreshing_nodes = False
@@ -283,9 +285,8 @@ class CoreClient(Ownership):
             with self._lock:
                 logs, self._logs = self._logs, {}
             self._node_manager.send_multipart(protocol.encode({"op": protocol.WORKER_LOGS, "batches": logs}))
-        if self._task_events and (len(self._task_events) >= 1000 or time.monotonic() >= self._events_due):
-            events, self._task_events = self._task_events, []
-            self._head.send_multipart(protocol.encode({"op": protocol.TASK_EVENTS}, [msgpack.packb(events)]))
+        if self._task_events and time.monotonic() >= self._events_due:
+            self._flush_task_events()
 
     def refresh_nodes(self) -> None:
         """On the I/O thread: learn the node managers' addresses from the head (once at a time)."""
@@ -310,16 +311,49 @@ class CoreClient(Ownership):
         if address is not None:
             self.close_peer(address)
 
+    def _flush_task_events(self) -> None:
+        """Send the records first seen at least EVENT_PERIOD ago; younger ones wait for the next
+        round, as their tasks may finish meanwhile and go out as one record instead of three."""
+        events = self._task_events
+        cutoff = time.monotonic() - EVENT_PERIOD
+        if len(events) >= MAX_HELD_EVENTS:
+            cutoff = float("inf")
+        split = 0
+        while split < len(events) and events[split][4] <= cutoff:  # in first-seen order
+            split += 1
+        send, self._task_events = events[:split], events[split:]
+        for record in send:
+            del self._event_records[record[1]]
+        if self._task_events:
+            self._events_due = self._task_events[0][4] + EVENT_PERIOD
+        if send:
+            payload = msgpack.packb([record[:4] for record in send])
+            self._head.send_multipart(protocol.encode({"op": protocol.TASK_EVENTS}, [payload]))
+
     def task_event(self, kind: str, task_id: bytes, **fields) -> None:
         """On the I/O thread: note a state change of a task we own, for the head's event hub.
 
         Events go out in batches (at most every EVENT_PERIOD seconds) and never wait for anyone, so
         the widgets that subscribe to them cost the hot path one list append per change.
         """
-        if not self._task_events:
-            self._events_due = time.monotonic() + EVENT_PERIOD
-        fields["job"] = self.job_id
-        self._task_events.append([kind, task_id, time.time(), fields])
+        record = self._event_records.get(task_id)
+        if record is None:
+            if kind == "submitted":
+                fields["job"] = self.job_id
+            now = time.monotonic()
+            if not self._task_events:
+                self._events_due = now + EVENT_PERIOD
+            record = self._event_records[task_id] = [kind, task_id, time.time(), fields, now]
+            self._task_events.append(record)
+            if len(self._task_events) >= MAX_HELD_EVENTS:
+                self._events_due = now  # a long burst: send what we have at the next round
+            return
+        # A later state of a task already in this batch (most tasks, when they are short): one
+        # record in its latest state, with the times of the earlier ones, costs a subscriber a third.
+        merged = record[3]
+        merged.setdefault("times", {})[record[0]] = record[2]
+        merged.update(fields)
+        record[0], record[2] = kind, time.time()
 
     # --- requests ---------------------------------------------------------------------------------
     def socket_for(self, target):

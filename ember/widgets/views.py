@@ -17,6 +17,8 @@ class LiveWidget(w.VBox):
 
     def __init__(self, feed: events.EventFeed | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.hidden = False  # in a tab that is not shown: redrawn when it is, not before
+        self.stale = False
         self.feed = feed or events.feed()
         with self.feed.lock:
             self.update(self.feed.state)  # draw at once with what is known
@@ -26,7 +28,18 @@ class LiveWidget(w.VBox):
         if self.comm is None:  # closed: stop listening
             self.feed.remove_listener(self._listen)
             return
+        if self.hidden:
+            self.stale = True
+            return
         self.update(state)
+
+    def set_shown(self, shown: bool) -> None:
+        """Pause redraws while hidden (a dashboard's other tabs): they cost the kernel's CPU."""
+        self.hidden = not shown
+        if shown and self.stale:
+            self.stale = False
+            with self.feed.lock:
+                self.update(self.feed.state)
 
     def update(self, state) -> None:
         raise NotImplementedError
@@ -123,6 +136,12 @@ class Dashboard(w.Tab):
             Actors(feed=feed),
         ]
         super().__init__(children=self.views, titles=self.TITLES, **kwargs)
+        self.observe(self._on_selected, names="selected_index")
+        self._on_selected()
+
+    def _on_selected(self, change=None) -> None:
+        for index, view in enumerate(self.views):
+            view.set_shown(index == (self.selected_index or 0))
 
     def close(self) -> None:
         for view in self.views:
