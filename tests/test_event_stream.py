@@ -84,6 +84,36 @@ def test_state_counts_states_and_keeps_dependencies():
     assert state.by_name["load"]["finished"] == 1 and state.by_name["train"]["pending"] == 1
 
 
+def test_state_takes_a_tasks_states_folded_into_one_event():
+    # What an owner sends for tasks that went through several states within one batch.
+    folded, separate = ClusterState(), ClusterState()
+    merged = {"name": "train", "deps": [return_object_id(task(1), 0)], "node": b"\x01" * 4, "pid": 7}
+    for state in (folded, separate):
+        state.apply(b"event:task", [submitted(1, "load")])
+    folded.apply(
+        b"event:task",
+        [
+            ["failed", task(2), 3.0, dict(merged, error="E: x", times={"submitted": 1.0, "running": 2.0})],
+            ["running", task(3), 2.0, dict(merged, times={"submitted": 1.0})],
+        ],
+    )
+    separate.apply(
+        b"event:task",
+        [
+            submitted(2, "train", deps=(1,)),
+            ["running", task(2), 2.0, {"node": b"\x01" * 4, "pid": 7}],
+            ["failed", task(2), 3.0, {"error": "E: x"}],
+            submitted(3, "train", deps=(1,)),
+            ["running", task(3), 2.0, {"node": b"\x01" * 4, "pid": 7}],
+        ],
+    )
+    for state in (folded, separate):
+        assert state.summary() == {"pending": 1, "running": 1, "finished": 0, "failed": 1}
+        record = state.tasks[task(2)]
+        assert (record.deps, record.error, record.duration, record.node) == ([task(1)], "E: x", 1.0, "01010101")
+        assert state.name_edges[("load", "train")] == 2 and state.durations["train"] == [1.0, 1]
+
+
 def test_state_retry_runs_again_and_late_submitted_event():
     state = ClusterState()
     state.apply(b"event:task", [["running", task(1), 1.0, {"node": b"n", "pid": 1}]])  # submitted missed
