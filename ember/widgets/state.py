@@ -112,14 +112,8 @@ class ClusterState:
         )
         deps = fields.get("deps")
         if deps:
-            record.deps = [oid[:TASK_ID_SIZE] for oid in deps]
-            for dep in record.deps:
-                source = self.tasks.get(dep)
-                if source is not None:
-                    self.name_edges[(source.name, name)] += 1
-        node = fields.get("node")
-        record.node = node.hex() if isinstance(node, bytes) else node
-        record.pid = fields.get("pid")
+            self._link(record, deps, name)
+        self._ran_on(record, fields)
         record.submitted, record.started, record.ended = times["submitted"], times["running"], when
         state = FINISHED if kind == "finished" else FAILED
         if state is FAILED:
@@ -128,21 +122,12 @@ class ClusterState:
         self.tasks[task_id] = record
         self.counts[state] += 1
         self._named(name)[state] += 1
-        if record.node is not None:
-            pids = self.node_pids.get(record.node)
-            if pids is None:
-                pids = self.node_pids[record.node] = set()
-            pids.add(record.pid)
-        total = self.durations.get(name)
-        if total is None:
-            total = self.durations[name] = [0.0, 0]
-        total[0] += max(0.0, when - record.started)
-        total[1] += 1
+        self._ended(record)
         if len(self.tasks) > self.max_tasks:
             self._forget_old()
 
     def _apply_one(self, kind: str, task_id: bytes, when: float, fields: dict) -> None:
-        # The hot path of the widgets: plain dict operations, no helpers.
+        # The hot path of the widgets: plain dict operations.
         record = self.tasks.get(task_id)
         if record is None:
             if when < self.cleared_at:
@@ -162,35 +147,19 @@ class ClusterState:
             record.parent = fields.get("parent")
             deps = fields.get("deps")
             if deps:
-                record.deps = [oid[:TASK_ID_SIZE] for oid in deps]
-                for dep in record.deps:
-                    source = self.tasks.get(dep)
-                    if source is not None:
-                        self.name_edges[(source.name, name)] += 1
+                self._link(record, deps, name)
             record.actor, record.tag, record.job = fields.get("actor"), fields.get("tag"), fields.get("job")
             record.submitted = when
             return
         if kind == "running":
             new_state = RUNNING
-            node = fields.get("node")
-            record.node = node.hex() if isinstance(node, bytes) else node
-            record.pid = fields.get("pid")
+            self._ran_on(record, fields)
             record.started, record.ended, record.error = when, None, None  # a retry runs again
-            if record.node is not None:
-                pids = self.node_pids.get(record.node)
-                if pids is None:
-                    pids = self.node_pids[record.node] = set()
-                pids.add(record.pid)
         elif kind == "finished" or kind == "failed":
             new_state, record.ended = (FINISHED, when) if kind == "finished" else (FAILED, when)
             if kind == "failed":
                 record.error = fields.get("error")
-            if record.started is not None:
-                total = self.durations.get(record.name)
-                if total is None:
-                    total = self.durations[record.name] = [0.0, 0]
-                total[0] += max(0.0, when - record.started)
-                total[1] += 1
+            self._ended(record)
         else:
             return
         old = record.state
@@ -202,6 +171,32 @@ class ClusterState:
             named = self._named(record.name)
             named[old] -= 1
             named[new_state] += 1
+
+    def _link(self, record: TaskRecord, deps: list, name: str) -> None:
+        """A task's ObjectRef arguments: its dependencies, and edges between functions."""
+        record.deps = [oid[:TASK_ID_SIZE] for oid in deps]
+        for dep in record.deps:
+            source = self.tasks.get(dep)
+            if source is not None:
+                self.name_edges[(source.name, name)] += 1
+
+    def _ran_on(self, record: TaskRecord, fields: dict) -> None:
+        node = fields.get("node")
+        record.node = node.hex() if isinstance(node, bytes) else node
+        record.pid = fields.get("pid")
+        if record.node is not None:
+            pids = self.node_pids.get(record.node)
+            if pids is None:
+                pids = self.node_pids[record.node] = set()
+            pids.add(record.pid)
+
+    def _ended(self, record: TaskRecord) -> None:
+        if record.started is not None:
+            total = self.durations.get(record.name)
+            if total is None:
+                total = self.durations[record.name] = [0.0, 0]
+            total[0] += max(0.0, record.ended - record.started)
+            total[1] += 1
 
     def _named(self, name: str) -> dict:
         named = self.by_name.get(name)
