@@ -29,12 +29,10 @@ Usage::
 
 import argparse
 import collections
-import glob
 import importlib
 import json
 import os
 import platform
-import select
 import signal
 import statistics
 import subprocess
@@ -44,6 +42,7 @@ import time
 
 import numpy as np
 import psutil
+from microbenchmark import run_script, timeit  # this folder is first on sys.path when run as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_JSON = os.path.join(ROOT, "benchmarks", "results", "multinode.json")
@@ -106,23 +105,25 @@ class EmberCluster:
         self.env = dict(os.environ, **(env or {}))
         self.store = store
         self.processes, self.infos = [], []
-        self._start(["--head"], specs[0])
+        self._start(None, specs[0])
         self.address = self.infos[0]["head"]
         for spec in specs[1:]:
-            self._start(["--address", self.address], spec)
+            self._start(self.address, spec)
 
-    def _start(self, role, spec):
+    def _start(self, head_address, spec):
+        from ember.runtime import launcher
+
         resources = {"object_store_memory": float(self.store), **spec}
-        cmd = [sys.executable, "-m", "ember.runtime.cluster", *role, "--watch-stdin"]
-        cmd += ["--resources", json.dumps(resources), "--object-store-memory", str(self.store)]
-        cmd += ["--session-dir", self.session_dir]
-        process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env)
+        info, process = launcher.start_cluster_process(
+            resources,
+            self.session_dir,
+            head=head_address is None,
+            address=head_address,
+            watch_stdin=True,
+            process_env=self.env,
+        )
         self.processes.append(process)
-        ready, _, _ = select.select([process.stdout], [], [], 30)
-        line = process.stdout.readline() if ready else b""
-        if not line:
-            raise RuntimeError("an Ember node manager did not start")
-        self.infos.append(json.loads(line))
+        self.infos.append(info)
 
     def node_ids(self):
         return [info["node_id"] for info in self.infos]
@@ -147,9 +148,10 @@ class EmberCluster:
                 print(f"WARNING: Ember node process {process.pid} did not exit; killing it")
                 process.kill()
                 process.wait()
+        from ember.runtime import launcher
+
         for info in self.infos:  # a node killed with SIGKILL could not remove its store files
-            for path in glob.glob("/dev/shm/{}-*".format(info["store_prefix"])):
-                os.unlink(path)
+            launcher.remove_store_files(info["store_prefix"])
 
 
 class RayCluster:
@@ -246,21 +248,6 @@ class Session:
                 p.kill()
             psutil.wait_procs(alive, timeout=5)
         return False
-
-
-def timeit(fn, duration, multiplier=1):
-    """Call fn for ``duration`` seconds after a short warm-up; return calls/s."""
-    fn()
-    warm_until = time.perf_counter() + max(0.2, duration / 4)
-    while time.perf_counter() < warm_until:
-        fn()
-    count, start = 0, time.perf_counter()
-    while True:
-        fn()
-        count += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= duration:
-            return multiplier * count / elapsed
 
 
 # --- Row groups: each starts one cluster and records one or more rows. ---
@@ -585,8 +572,6 @@ def run_child(python, backend, args, json_path):
     cmd = [python, os.path.abspath(__file__), "--backend", backend, "--json", json_path]
     cmd += ["--duration", str(args.duration), "--repeats", str(args.repeats), "--rows", args.rows]
     cmd += ["--row-timeout", str(args.row_timeout), "--kill-timeout", str(args.kill_timeout)]
-    from microbenchmark import run_script  # this folder is first on sys.path when run as a script
-
     return run_script(cmd, json_path, {"meta": {"backend": backend, "version": "?"}, "rows": {}}, grace=60)
 
 

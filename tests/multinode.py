@@ -1,16 +1,14 @@
 """Several node managers against one head on this machine, as real processes: what the
 multi-node tests use to stand in for a cluster of machines."""
 
-import glob
-import json
 import os
-import select
 import signal
 import subprocess
-import sys
 import tempfile
 
 import conftest
+
+from ember.runtime import launcher
 
 STORE = 512 * 2**20
 
@@ -30,39 +28,23 @@ class LocalCluster:
             self.env["EMBER_CLUSTER_TOKEN"] = token
         self.processes: list = []
         self.nodes: list = []  # the JSON line each process printed: head, node_manager, node_id, pid
-        head = self._start(["--head"], head_resources)
+        head = self._start(None, head_resources)
         self.address = head["head"]
 
     def add_node(self, resources: dict) -> dict:
         """Start a node manager that joins the head; returns its info (``node_id`` is hex)."""
-        return self._start(["--address", self.address], resources)
+        return self._start(self.address, resources)
 
-    def _start(self, role: list, resources: dict) -> dict:
+    def _start(self, head_address, resources: dict) -> dict:
         resources = {"CPU": 1.0, "object_store_memory": float(STORE), **resources}
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ember.runtime.cluster",
-                *role,
-                "--watch-stdin",
-                "--resources",
-                json.dumps(resources),
-                "--object-store-memory",
-                str(STORE),
-                "--session-dir",
-                self.session_dir,
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=self.env,
+        info, process = launcher.start_cluster_process(
+            resources,
+            self.session_dir,
+            head=head_address is None,
+            address=head_address,
+            watch_stdin=True,
+            process_env=self.env,
         )
-        ready, _, _ = select.select([process.stdout], [], [], 30)
-        line = process.stdout.readline() if ready else b""
-        if not line:
-            process.kill()
-            raise RuntimeError("a node manager did not start")
-        info = json.loads(line)
         if self.shared:
             conftest.SHARED_ROOTS.add(process.pid)
             conftest.SHARED_PREFIXES.add(info["store_prefix"])
@@ -105,7 +87,6 @@ class LocalCluster:
                 process.wait()
         for process, info in zip(self.processes, self.nodes):
             # A node manager killed with SIGKILL could not remove its files: as `ember stop` does.
-            for path in glob.glob(f"/dev/shm/{info['store_prefix']}-*"):
-                os.unlink(path)
+            launcher.remove_store_files(info["store_prefix"])
             conftest.SHARED_ROOTS.discard(process.pid)
             conftest.SHARED_PREFIXES.discard(info["store_prefix"])

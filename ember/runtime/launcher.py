@@ -91,6 +91,7 @@ def start_cluster_process(
     watch_stdin: bool = False,
     detach: bool = False,
     timeout: float = 30.0,
+    process_env: dict | None = None,
 ) -> tuple[dict, subprocess.Popen]:
     """Start ``python -m ember.runtime.cluster`` and wait for its JSON line.
 
@@ -126,6 +127,7 @@ def start_cluster_process(
         watch_stdin=watch_stdin,
         detach=detach,
         timeout=timeout,
+        env=process_env,
     )
     info["session_dir"] = session_dir
     process.session_dir = session_dir
@@ -134,11 +136,18 @@ def start_cluster_process(
 
 
 def start_process(
-    argv: list, startup_log_path: str, *, watch_stdin: bool = False, detach: bool = False, timeout: float = 30.0
+    argv: list,
+    startup_log_path: str,
+    *,
+    watch_stdin: bool = False,
+    detach: bool = False,
+    timeout: float = 30.0,
+    env: dict | None = None,
 ) -> tuple[dict, subprocess.Popen]:
     """Start a process that prints one JSON line on stdout when it is ready; return (that line
     parsed, the process). Its stderr goes to ``startup_log_path``, whose end is in the RuntimeError
-    raised when the process exits or stays silent for ``timeout`` s."""
+    raised when the process exits or stays silent for ``timeout`` s. ``env``: its environment
+    (default: ours)."""
     os.makedirs(os.path.dirname(startup_log_path), exist_ok=True)
     with open(startup_log_path, "ab") as startup_log:
         process = subprocess.Popen(
@@ -148,6 +157,7 @@ def start_process(
             stderr=startup_log,
             close_fds=True,
             start_new_session=detach,
+            env=env,
         )
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     line = process.stdout.readline() if ready else b""
