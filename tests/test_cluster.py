@@ -290,29 +290,17 @@ def test_listening_on_a_network_needs_a_token():
         transport.bind_router("0.0.0.0")
 
 
-def test_a_node_that_stops_cleanly_is_dead_at_once():
+@pytest.mark.parametrize("end", ["stop_node", "kill_node"])
+def test_a_node_that_stops_or_is_killed_is_dead_before_its_heartbeats_time_out(end):
+    # A clean stop says so; a SIGKILL drops the connection. Neither waits out the heartbeat timeout.
     cluster = LocalCluster({"CPU": 1.0}, node_timeout_s=300)  # far longer than this test may wait
     try:
         leaving = cluster.add_node({"CPU": 1.0})
         wait_for(lambda: len(cluster.node_table()) == 2, message="the node to join")
-        cluster.stop_node(leaving)
+        getattr(cluster, end)(leaving)
         wait_for(
             lambda: [n["alive"] for n in cluster.node_table()] == [True, False],
-            message="the head to mark the stopped node dead",
-        )
-    finally:
-        cluster.stop()
-
-
-def test_a_killed_node_is_dead_before_its_heartbeats_time_out():
-    cluster = LocalCluster({"CPU": 1.0}, node_timeout_s=300)  # only the dropped connection can tell
-    try:
-        doomed = cluster.add_node({"CPU": 1.0})
-        wait_for(lambda: len(cluster.node_table()) == 2, message="the node to join")
-        cluster.kill_node(doomed)
-        wait_for(
-            lambda: [n["alive"] for n in cluster.node_table()] == [True, False],
-            message="the head to mark the killed node dead",
+            message=f"the head to mark the node dead after {end}",
         )
     finally:
         cluster.stop()

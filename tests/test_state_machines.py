@@ -222,7 +222,7 @@ from ember.runtime.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, No
 
 def views(*nodes):
     return {
-        bytes([i]): NodeView(bytes([i]), f"node{i}", to_fixed(total), to_fixed(available))
+        bytes([i]): NodeView(bytes([i]), to_fixed(total), to_fixed(available), address=f"node{i}")
         for i, (total, available) in enumerate(nodes)
     }
 

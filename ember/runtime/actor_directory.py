@@ -15,7 +15,7 @@ node for an actor is picked by the same policy as for tasks (``cluster_scheduler
 from dataclasses import dataclass, field
 
 from ember.runtime import protocol, transport
-from ember.runtime.cluster_scheduler import INFEASIBLE, LOCAL, NodeView
+from ember.runtime.cluster_scheduler import INFEASIBLE, NodeView
 from ember.runtime.ids import new_id
 from ember.runtime.scheduler import to_fixed
 
@@ -101,36 +101,34 @@ class ActorDirectory:
                     protocol.encode({"op": protocol.CANCEL_LEASE_REQUEST, "rid": actor.lease_rid})
                 )
 
-    def _placeable(self, actor: ActorInfo) -> bool:
+    def _choose_node(self, actor: ActorInfo) -> tuple:
+        """The policy's answer for an actor (the head has no "local" node: never LOCAL)."""
         views = {
-            n.node_id: NodeView(n.node_id, n.address, to_fixed(n.resources), to_fixed(n.unclaimed()))
+            n.node_id: NodeView(n.node_id, to_fixed(n.resources), to_fixed(n.unclaimed()), address=n.address)
             for n in self.nodes.values()
             if n.alive
         }
-        where, _ = self.actor_policy.choose_node(to_fixed(actor.spec["resources"]), actor.spec.get("strategy"), views)
-        return where not in (LOCAL, INFEASIBLE, "error")
+        return self.actor_policy.choose_node(to_fixed(actor.spec["resources"]), actor.spec.get("strategy"), views)
+
+    def _placeable(self, actor: ActorInfo) -> bool:
+        return self._choose_node(actor)[0] not in (INFEASIBLE, "error")
 
     def _place(self, actor: ActorInfo) -> None:
         nodes = [n for n in self.nodes.values() if n.alive]
         if not nodes:
             return
         wanted = actor.spec["resources"]
-        views = {
-            n.node_id: NodeView(n.node_id, n.address, to_fixed(n.resources), to_fixed(n.unclaimed())) for n in nodes
-        }
-        where, message = self.actor_policy.choose_node(to_fixed(wanted), actor.spec.get("strategy"), views)
+        where, message = self._choose_node(actor)
         if where == "error":
             self._set_dead(actor, message)
             return
-        if where in (LOCAL, INFEASIBLE):
+        actor.waiting_for_node = where == INFEASIBLE
+        if actor.waiting_for_node:
             # Nowhere can run it yet: queue it on the node with the most of what it needs; the node
             # manager warns its creator, and a node that joins later gets it (see on_register_node).
             node = max(nodes, key=lambda n: sum(min(n.resources.get(k, 0), v) for k, v in wanted.items()))
-            if where == INFEASIBLE and not actor.waiting_for_node:
-                actor.waiting_for_node = True
         else:
             node = self.nodes[where]
-            actor.waiting_for_node = False
             for name, amount in wanted.items():  # until its next heartbeat says better
                 node.claimed[name] = node.claimed.get(name, 0) + amount
         rid = new_id(8)

@@ -29,12 +29,13 @@ INFEASIBLE = "infeasible"
 
 @dataclass
 class NodeView:
+    """A node as a scheduling policy sees it (this one's, and the placement groups' in ``placement``)."""
+
     node_id: bytes
-    address: str
     total: dict
-    available: dict
+    available: dict = field(default_factory=dict)
     alive: bool = True
-    labels: dict = field(default_factory=dict)
+    address: str = ""
 
 
 def groups_of(request: dict) -> set:

@@ -23,9 +23,8 @@ import msgpack
 
 from ember.runtime import protocol, transport
 from ember.runtime.actor_directory import DEAD, ActorDirectory, ActorInfo
-from ember.runtime.cluster_scheduler import ClusterPolicy
+from ember.runtime.cluster_scheduler import ClusterPolicy, NodeView
 from ember.runtime.ids import new_id
-from ember.runtime.placement import NodeView as PlacementNodeView
 from ember.runtime.placement_groups import PlacementGroupManager
 from ember.runtime.service import Service
 
@@ -366,7 +365,7 @@ class Head(ActorDirectory, Service):
         self._placement_actions(self.placement_groups.node_died(node_id))
 
     def _placement_nodes_changed(self) -> None:
-        views = [PlacementNodeView(n.node_id, n.resources, n.available, n.alive) for n in self.nodes.values()]
+        views = [NodeView(n.node_id, n.resources, n.available, n.alive) for n in self.nodes.values()]
         self._placement_actions(self.placement_groups.nodes_changed(views))
 
     def _alive_totals(self) -> list:
@@ -378,9 +377,9 @@ class Head(ActorDirectory, Service):
             if kind == "reply":
                 _, (identity, rid), state = action
                 if state is None:
-                    self.send(identity, {"op": protocol.ERROR, "rid": rid, "error": "no such placement group"})
+                    self.reply_error(identity, rid, ValueError("no such placement group"))
                 else:
-                    self.send(identity, {"op": protocol.REPLY, "rid": rid, "state": state})
+                    self.reply(identity, rid, {"state": state})
             elif kind == "infeasible":
                 _, requester, pg_id, bundles = action
                 logger.warning("placement group %s is infeasible: %s", pg_id.hex(), bundles)

@@ -104,7 +104,7 @@ class NodeManager(ObjectTransfer, Service):
         self.loop = None  # set by whoever runs us: sockets to other node managers join its poll
         self.policy = ClusterPolicy(self.node_id)
         self.view: dict[bytes, NodeView] = {
-            self.node_id: NodeView(self.node_id, self.address, to_fixed(resources), to_fixed(resources))
+            self.node_id: NodeView(self.node_id, to_fixed(resources), to_fixed(resources), address=self.address)
         }
         self._init_transfer()
         self.removed_groups: set = set()  # hex ids of removed placement groups (from the cluster view)
@@ -217,8 +217,7 @@ class NodeManager(ObjectTransfer, Service):
             for other in self.clients.values():
                 self.send(other["identity"], {"op": protocol.OWNER_DIED, "addr": client["address"]})
         for request in [r for r in self.requests.values() if r.client == client["identity"]]:
-            self.requests.pop(request.request_id, None)
-            self.scheduler.cancel(request.request_id)
+            self.withdraw(request)
         for worker_id in self.client_leases.pop(client["identity"], set()):
             self.on_kill_worker(None, {"wid": worker_id}, [])
 
@@ -239,7 +238,9 @@ class NodeManager(ObjectTransfer, Service):
             spilled=header.get("spilled", False) or header.get("actor", False),
             what=header.get("what", ""),
         )
-        self.check_groups(request)
+        error = self.removed_group_error(request)
+        if error is not None:
+            raise error
         if not request.spilled:
             where, message = self.policy.choose_node(request.resources, request.strategy, self.current_view())
             if where == "error":
@@ -250,13 +251,20 @@ class NodeManager(ObjectTransfer, Service):
         self.requests[request.request_id] = request
         self.carry_out(self.scheduler.request(request))
 
-    def check_groups(self, request: LeaseRequest) -> None:
+    def removed_group_error(self, request: LeaseRequest) -> ValueError | None:
+        """The error for a request that needs the bundles of a removed placement group, if it does."""
         removed = groups_of(request.resources) & self.removed_groups
-        if removed:
-            raise ValueError(
-                f"The placement group {removed.pop()} was removed: the task or actor that needs its bundles "
-                "cannot be scheduled."
-            )
+        if not removed:
+            return None
+        return ValueError(
+            f"The placement group {removed.pop()} was removed: the task or actor that needs its bundles "
+            "cannot be scheduled."
+        )
+
+    def withdraw(self, request: LeaseRequest) -> None:
+        """Take a queued request off this node (it was answered some other way)."""
+        self.requests.pop(request.request_id, None)
+        self.scheduler.cancel(request.request_id)
 
     def spill_back(self, request: LeaseRequest, node_id: bytes) -> None:
         """Tell the requester to ask ``node_id`` instead (Ray's spillback)."""
@@ -276,16 +284,11 @@ class NodeManager(ObjectTransfer, Service):
 
     def on_cluster_view(self, identity, header, frames):
         self.removed_groups = set(header.get("removed_groups", ()))
-        for request in [r for r in self.scheduler.queue if groups_of(r.resources) & self.removed_groups]:
-            self.requests.pop(request.request_id, None)
-            self.scheduler.cancel(request.request_id)
-            try:
-                self.check_groups(request)
-            except ValueError as error:
-                self.send(
-                    request.client,
-                    {"op": protocol.ERROR, "rid": request.request_id, "error": str(error), "etype": "ValueError"},
-                )
+        for request in list(self.scheduler.queue):
+            error = self.removed_group_error(request)
+            if error is not None:
+                self.withdraw(request)
+                self.reply_error(request.client, request.request_id, error)
         died = []
         for node_id, address, total, available, alive in header["nodes"]:
             if node_id == self.node_id:
@@ -293,7 +296,7 @@ class NodeManager(ObjectTransfer, Service):
             old = self.view.get(node_id)
             if old is not None and old.alive and not alive:
                 died.append((node_id, address))
-            self.view[node_id] = NodeView(node_id, address, to_fixed(total), to_fixed(available), alive)
+            self.view[node_id] = NodeView(node_id, to_fixed(total), to_fixed(available), alive, address)
         for node_id, address in died:
             self.close_peer(address)
             self.client_died(node_id)  # objects owned by processes on that node: no one can free them now
@@ -304,14 +307,15 @@ class NodeManager(ObjectTransfer, Service):
     def respill(self) -> None:
         """Requests queued here that another node could run now go there (a node joined or freed up)."""
         view = self.current_view()
+        if sum(node.alive for node in view.values()) < 2:
+            return  # nowhere else to go
         for request in list(self.scheduler.queue):
             if request.for_actor or (request.spilled and self.scheduler.feasible(request.resources)):
                 continue
             where, _ = self.policy.choose_node(request.resources, request.strategy, view)
             if where in (LOCAL, INFEASIBLE, "error") or not fits(request.resources, view[where].available):
                 continue
-            self.requests.pop(request.request_id, None)
-            self.scheduler.cancel(request.request_id)
+            self.withdraw(request)
             self.spill_back(request, where)
 
     def on_node_dead(self, identity, header, frames):

@@ -26,7 +26,7 @@ class ObjectTransfer:
     def _init_transfer(self) -> None:
         self.peers: dict[str, object] = {}  # node manager address -> DEALER
         self.pulls: dict[bytes, list] = {}  # object id -> [(client identity, rid)] waiting for its copy
-        self.incoming: dict[bytes, list] = {}  # object id -> [fd, bytes received, source, size] while it arrives
+        self.incoming: dict[bytes, list] = {}  # object id -> [fd, bytes received, size] while it arrives
         self.pull_source: dict[bytes, str] = {}  # object id -> address of the node it is pulled from
         self.sealing: dict[bytes, list] = {}  # object id -> nodes that pulled it before its writer sealed it
 
@@ -81,13 +81,12 @@ class ObjectTransfer:
         if sock is not None:
             self.loop.remove_socket(sock)
             sock.close(0)
-        for node in self.view.values():  # transfers from it will never finish
-            if node.address == address:
-                for oid in [oid for oid, state in self.incoming.items() if state[2] == address]:
-                    self.abort_incoming(oid, "the node sending it died")
-                for oid in list(self.pulls):
-                    if oid not in self.incoming and self.pull_source.get(oid) == address:
-                        self.finish_pull(oid, {"lost": "the node that held it died"})
+        for oid in [oid for oid, source in self.pull_source.items() if source == address]:
+            # Transfers from it will never finish.
+            if oid in self.incoming:
+                self.abort_incoming(oid, "the node sending it died")
+            else:
+                self.finish_pull(oid, {"lost": "the node that held it died"})
 
     def on_peer_message(self, frames) -> None:
         header, payload = protocol.decode(frames)
@@ -110,14 +109,14 @@ class ObjectTransfer:
             self.spill(to_spill)
             fd = os.open(object_path(self.store_prefix, oid), os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
             os.ftruncate(fd, size)
-            state = self.incoming[oid] = [fd, 0, self.pull_source.get(oid), size]
+            state = self.incoming[oid] = [fd, 0, size]
         chunk = payload[0] if payload else b""
         pwrite_all(state[0], chunk, header["offset"])
         state[1] += memoryview(chunk).nbytes
-        if state[1] >= state[3]:
+        if state[1] >= state[2]:
             os.close(state[0])
             del self.incoming[oid]
-            self.store.sealed(oid, state[3])
+            self.store.sealed(oid, state[2])
             self.stats_dirty = True
             self.finish_pull(oid, {"found": True})
 
@@ -125,7 +124,7 @@ class ObjectTransfer:
         state = self.incoming.pop(oid, None)
         if state is not None:
             os.close(state[0])
-            self.store.abandoned(state[3])
+            self.store.abandoned(state[2])
             self.delete_objects([oid])
         self.finish_pull(oid, {"lost": why})
 

@@ -36,9 +36,12 @@ def store_prefix(node_id: bytes) -> str:
     return f"ember-{node_id.hex()[:12]}"
 
 
+NODE_SUFFIX_LENGTH = 13
+
+
 def node_suffix(node_id: bytes | None) -> str:
     """The end of the owner address of a process on ``node_id`` (see ``CoreClient.address``)."""
-    return f".{node_id.hex()[:12]}" if node_id else ""
+    return f".{node_id.hex()[: NODE_SUFFIX_LENGTH - 1]}" if node_id else ""
 
 
 class ObjectEntry:
@@ -341,7 +344,7 @@ class Ownership:
         borrowed = self._borrowed.get(oid)
         if borrowed is None:
             borrowed = self._borrowed[oid] = BorrowedValue(ref._owner)
-            if ref._owner in self._dead_owners or ref._owner[-13:] in self._dead_suffixes:
+            if ref._owner in self._dead_owners or ref._owner[-NODE_SUFFIX_LENGTH:] in self._dead_suffixes:
                 self._fail_borrowed(oid, borrowed)
             else:
                 self.call_soon(self._fetch, oid, ref._owner)

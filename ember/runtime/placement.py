@@ -12,23 +12,13 @@ here answers with one node per bundle or ``None``. ``occupied`` names the nodes 
 other bundles of the same group, for re-placing the bundles a dead node lost.
 """
 
-from dataclasses import dataclass, field
+from ember.runtime.cluster_scheduler import NodeView
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 # Amounts come from float arithmetic on both sides (reported availability, requested bundles):
 # compare with a tolerance finer than the node manager's fixed point (1/10000).
 _EPSILON = 1e-6
-
-
-@dataclass
-class NodeView:
-    """What the policy needs to know of a node."""
-
-    node_id: bytes
-    total: dict
-    available: dict = field(default_factory=dict)
-    alive: bool = True
 
 
 def fits(need: dict, free: dict) -> bool:

@@ -45,9 +45,7 @@ class Service:
         except Exception as error:
             logger.exception("handler for %s failed", header["op"])
             if rid is not None:
-                self.send(
-                    identity, {"op": protocol.ERROR, "rid": rid, "error": str(error), "etype": type(error).__name__}
-                )
+                self.reply_error(identity, rid, error)
             return
         if result is not None and rid is not None:
             body, reply_frames = result if isinstance(result, tuple) else (result, ())
@@ -58,6 +56,10 @@ class Service:
         if body:
             header.update(body)
         self.send(identity, header, frames)
+
+    def reply_error(self, identity: bytes, rid, error: Exception) -> None:
+        """Answer request ``rid`` with an error; the caller raises it as its type when it knows it."""
+        self.send(identity, {"op": protocol.ERROR, "rid": rid, "error": str(error), "etype": type(error).__name__})
 
     def send(self, identity: bytes, header: dict, frames=()) -> None:
         try:
