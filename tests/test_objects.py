@@ -257,7 +257,9 @@ def test_writer_killed_between_reserve_and_seal_gives_its_space_back(tmp_path):
             import ember.runtime.ownership as ownership
             write = ownership.write_object
             def slow_write(*args, **kwargs):  # widen the window between reserving and sealing
-                open(pid_file, "w").write(str(os.getpid()))
+                with open(pid_file + ".tmp", "w") as f:  # renamed whole: never read half-written
+                    f.write(str(os.getpid()))
+                os.rename(pid_file + ".tmp", pid_file)
                 time.sleep(30)
                 return write(*args, **kwargs)
             ownership.write_object = slow_write

@@ -7,8 +7,16 @@ Data flow::
                                                      ROUTER <-- get_object / add_borrower / cancel from peers
                                                      SUB    <-- worker logs from the head's event hub
 
-Only the I/O thread touches sockets. User threads build task messages, then hand a closure to the
-I/O thread; results come back through a Condition (``get``/``wait``) or Futures (``ref.future()``).
+Only the thread that holds the loop lock touches sockets: the I/O thread, or a user thread that
+leads the loop while it waits in ``get``/``wait``. User threads build task messages, then hand a
+closure to whoever runs the loop; results come back through a Condition (``get``/``wait``) or
+Futures (``ref.future()``).
+
+Why a user thread may lead: a synchronous call (``get(f.remote())``) otherwise costs two thread
+hand-offs on top of the transport (user -> I/O thread to send, I/O thread -> user to deliver),
+each a wake-up that costs tens of microseconds on small machines. A thread waiting in ``get``
+runs the loop itself when it is free, and the I/O thread stays out of its way for
+``LEAD_GRACE`` seconds after, so a loop of sync calls runs with no hand-off at all.
 
 What the client owns and borrows, and how values are read, is in :mod:`ember.runtime.ownership`;
 how tasks and actor calls reach workers is in :mod:`ember.runtime.task_submitter`.
@@ -18,6 +26,7 @@ import collections
 import concurrent.futures
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -38,6 +47,7 @@ _client = None
 
 TIMER_PERIOD = 0.02  # how often idle leases are checked for return, while we hold any
 IDLE_POLL = 1.0  # the longest the I/O thread sleeps with nothing to do
+LEAD_GRACE = 0.002  # how long the I/O thread stays aside after a user thread led the loop
 EVENT_PERIOD = 0.1  # a task's events are held this long (a short task's go out as one record)
 MAX_HELD_EVENTS = 20_000  # past this many held records, they all go out at once
 
@@ -96,6 +106,11 @@ class CoreClient(Ownership):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._woken = False
+        self._loop_lock = threading.Lock()  # held by whoever runs the loop (touches the sockets)
+        self._loop_owner: int | None = None  # that thread's ident
+        self._lead_until = 0.0  # the I/O thread stays aside until then (see lead_once)
+        self._resume = threading.Event()  # wakes the I/O thread early when it stands aside
+        self._held_interrupts = None  # (SIGINT handler, signals held) while the main thread leads
         self._waiting: dict = {}  # request id -> callback(header, frames)
         self._peers: dict[str, zmq.Socket] = {}
         self._exported: set = set()
@@ -162,20 +177,101 @@ class CoreClient(Ownership):
         self._push_handlers, self._server_table = push_handlers, server_table
         self._next_tick = 0.0
         while not self._closed:
-            try:
-                self._poll_once()
-            except Exception:
-                # Nothing may stop this thread: every request of this process would wait forever.
-                if self._closed:
-                    break
-                logger.exception("error in the client's I/O loop")
-        self._close_sockets()
+            with self._loop_lock:
+                self._loop_owner = threading.get_ident()
+                try:
+                    self._poll_once()
+                except Exception:
+                    # Nothing may stop the loop: every request of this process would wait forever.
+                    if not self._closed:
+                        logger.exception("error in the client's I/O loop")
+                finally:
+                    self._loop_owner = None
+            self._stand_aside()
+        with self._loop_lock:
+            self._close_sockets()
 
-    def _poll_once(self) -> None:
+    def _stand_aside(self) -> None:
+        """On the I/O thread: while a user thread leads the loop, keep out of its way."""
+        if time.monotonic() >= self._lead_until:
+            return
+        with self._cond:
+            self._cond.notify_all()  # a thread that asked to lead may now
+        while not self._closed and (remaining := self._lead_until - time.monotonic()) > 0:
+            self._resume.wait(min(remaining, IDLE_POLL))
+            self._resume.clear()
+
+    def lead_once(self, timeout: float | None) -> None:
+        """From a user thread holding ``_cond`` (once), whose objects are pending: run one round of
+        the loop here if it is free, else wait on ``_cond`` for whoever runs it. Returns after a
+        round or a notification; the caller checks its objects again, and calls ``stop_leading``
+        when it is done waiting."""
+        limit = IDLE_POLL if timeout is None else max(0.0, min(timeout, IDLE_POLL))
+        if self._closed or threading.current_thread() is self._thread:
+            self._cond.wait(limit)
+            return
+        if not self._loop_lock.acquire(blocking=False):
+            # The I/O thread is polling: ask it to stand aside (it notifies us), or wait for a result.
+            self._lead_until = time.monotonic() + LEAD_GRACE
+            self.wake()
+            self._cond.wait(limit)
+            return
+        self._lock.release()
+        try:
+            if self._held_interrupts is None and threading.current_thread() is threading.main_thread():
+                self._held_interrupts = self._hold_interrupts()
+            self._loop_owner = threading.get_ident()
+            self._lead_until = float("inf")
+            if not self._closed:
+                self._poll_once(limit)
+        finally:
+            self._lead_until = time.monotonic() + LEAD_GRACE
+            self._loop_owner = None
+            self._loop_lock.release()
+            self._lock.acquire()
+        if self._held_interrupts and self._held_interrupts[1] and threading.current_thread() is threading.main_thread():
+            self._release_interrupts()
+
+    def stop_leading(self) -> None:
+        """After ``lead_once``: threads still waiting may lead the loop now; a held SIGINT runs."""
+        with self._cond:
+            self._cond.notify_all()
+        if self._held_interrupts is not None and threading.current_thread() is threading.main_thread():
+            self._release_interrupts()
+
+    def _hold_interrupts(self):
+        """On the main thread, hold back SIGINT's handler (KeyboardInterrupt, a task's cancellation)
+        while this thread leads the loop: raised in the middle of handling a message, it would lose
+        the message. The signal ends the poll; its handler runs between rounds (_release_interrupts).
+        Returns (previous handler, signals held), or False when there is no Python handler."""
+        previous = signal.getsignal(signal.SIGINT)
+        if not callable(previous):
+            return False
+        held: list = []
+
+        def hold(signum, frame):
+            held.append((signum, frame))
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+        signal.signal(signal.SIGINT, hold)
+        return previous, held
+
+    def _release_interrupts(self) -> None:
+        guard, self._held_interrupts = self._held_interrupts, None
+        if guard:
+            previous, held = guard
+            signal.signal(signal.SIGINT, previous)
+            if held:
+                previous(*held[0])  # KeyboardInterrupt (or a task's cancellation) raises here, safely
+
+    def _poll_once(self, limit: float = IDLE_POLL) -> None:
         # Wake up for timers only while there are leases to return; idle, sleep until a message.
         busy = self.submitter.leases or self._releases or self._task_events
         timeout = max(0.0, self._next_tick - time.monotonic()) if busy else IDLE_POLL
-        for sock, _ in self._poller.poll(timeout * 1000):
+        for sock, _ in self._poller.poll(min(timeout, limit) * 1000):
             if sock == self._wake_r:
                 # Drain first, then clear: a wake-up between the two is covered by the calls we run
                 # next; clearing first could leave the flag set with the pipe empty, and every later
@@ -237,7 +333,7 @@ class CoreClient(Ownership):
 
     def wake(self) -> None:
         """Make the I/O thread run a round now (from another thread)."""
-        if not self._woken and threading.current_thread() is not self._thread:
+        if not self._woken and self._loop_owner != threading.get_ident():
             self._woken = True
             try:
                 os.write(self._wake_w, b"x")
@@ -480,6 +576,7 @@ class CoreClient(Ownership):
             except Exception:
                 pass  # the cluster is already gone
         self._closed = True
+        self._resume.set()
         self.call_soon(lambda: None)
         self._thread.join(5)
         os.close(self._wake_r)

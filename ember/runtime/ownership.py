@@ -499,16 +499,19 @@ class Ownership:
                 holder.state, holder.node_id = PENDING, None
                 self.call_soon(self._fetch, oid, holder.owner)
             deadline = time.monotonic() + 60
-            while holder.state == PENDING or (holder.state == READY and holder.node_id == lost_from):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (holder.state == READY and not isinstance(holder, BorrowedValue)):
-                    return None  # the owner (us) knows of no death: it is lost for good
-                self._cond.wait(min(remaining, 1.0))
+            try:
+                while holder.state == PENDING or (holder.state == READY and holder.node_id == lost_from):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or (holder.state == READY and not isinstance(holder, BorrowedValue)):
+                        return None  # the owner (us) knows of no death: it is lost for good
+                    self.lead_once(remaining)
+            finally:
+                self.stop_leading()
             return holder
 
     def get(self, refs: list, timeout: float | None = None) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout
-        blocked = False
+        blocked = led = False
         holders = []
         try:
             with self._cond:
@@ -523,15 +526,18 @@ class Ownership:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise exceptions.GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} s.")
-                    self._cond.wait(remaining if remaining is not None else 1.0)
+                    self.lead_once(remaining)
+                    led = True
         finally:
+            if led:
+                self.stop_leading()
             if blocked:
                 self._notify_blocked(False)
         return [self._value_of(ref._id, holder) for ref, holder in zip(refs, holders)]
 
     def wait(self, refs: list, num_returns: int, timeout: float | None, fetch_local: bool = True):
         deadline = None if timeout is None else time.monotonic() + timeout
-        blocked = False
+        blocked = led = False
         ready: list = []
         pending = list(refs)
         try:
@@ -548,8 +554,11 @@ class Ownership:
                         break
                     if not blocked:
                         blocked = self._notify_blocked(True)
-                    self._cond.wait(remaining if remaining is not None else 1.0)
+                    self.lead_once(remaining)
+                    led = True
         finally:
+            if led:
+                self.stop_leading()
             if blocked:
                 self._notify_blocked(False)
         ready_ids = {ref._id for ref in ready[:num_returns]}

@@ -657,12 +657,18 @@ class TaskSubmitter(ActorCalls):
 
     def next_stream_item(self, stream: Stream, index: int, timeout=None):
         client = self.client
-        with client._cond:
-            while len(stream.items) <= index and not stream.done:
-                client._cond.wait(1.0)
-            if len(stream.items) > index:
-                return stream.items[index]
-            return None
+        led = False
+        try:
+            with client._cond:
+                while len(stream.items) <= index and not stream.done:
+                    client.lead_once(None)
+                    led = True
+                if len(stream.items) > index:
+                    return stream.items[index]
+                return None
+        finally:
+            if led:
+                client.stop_leading()
 
     # --- cancellation -------------------------------------------------------------------------------
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
