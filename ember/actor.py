@@ -2,6 +2,7 @@
 
 import hashlib
 import inspect
+import pickle
 
 from ember import options as opts
 from ember.runtime import protocol
@@ -11,29 +12,43 @@ from ember.runtime.serialization import dumps_function
 from ember.runtime.task_context import ActorExit, current_task
 
 
-def method(*, num_returns=None, concurrency_group=None, **unknown):
-    """Decorate an actor method to set its defaults, e.g. ``@ember.method(num_returns=2)``."""
-    if unknown:
-        raise ValueError(
-            f"Invalid option(s) {sorted(unknown)} for ember.method; valid: num_returns, concurrency_group."
-        )
-    if num_returns is not None:
-        opts.validate({"num_returns": num_returns}, opts.METHOD_OPTIONS, "actor methods")
+def method(**method_options):
+    """Decorate an actor method to set its defaults, as Ray's ``@ray.method``.
+
+    Options: ``num_returns`` (an int, ``"streaming"`` or ``"dynamic"``), ``concurrency_group`` (one of
+    the groups given by ``@ember.remote(concurrency_groups=...)`` on the class), ``max_task_retries``
+    and ``retry_exceptions`` (retry the call when the actor dies, or when it raises one of these
+    exceptions), ``enable_task_events`` (False: the calls are left out of the task events, so of the
+    widgets, ``ember.util.state`` and ``ember.timeline``), ``name``, and ``tensor_transport``, accepted
+    for compatibility: only ``"object_store"`` (the default), as Ember has no GPU tensor transport.
+    ``.options(...)`` on a call overrides the same names.
+    """
+    opts.validate(dict(method_options), opts.METHOD_OPTIONS, "ember.method")
 
     def decorate(function):
-        if num_returns is not None:
-            function.__ember_num_returns__ = num_returns
+        function.__ember_method_options__ = dict(method_options)
         return function
 
     return decorate
 
 
 def _method_meta(cls) -> dict:
-    """Each method's default num_returns: what @ember.method set, "streaming" for generators, else 1."""
+    """Each method's defaults: its num_returns ("streaming" for generators, else 1), or a dict of the
+    options @ember.method set (num_returns among them) when there are others."""
     meta = {}
     for name, member in inspect.getmembers(cls, lambda m: inspect.isfunction(m) or inspect.ismethod(m)):
         default = "streaming" if inspect.isgeneratorfunction(member) or inspect.isasyncgenfunction(member) else 1
-        meta[name] = getattr(member, "__ember_num_returns__", default)
+        options = getattr(member, "__ember_method_options__", {})
+        num_returns = options.get("num_returns", default)
+        extra = {k: v for k, v in options.items() if k not in ("num_returns", "tensor_transport")}
+        if extra:
+            # Exception classes cannot cross msgpack (the head keeps meta): they are the caller's to
+            # apply, so they go as pickled bytes, decoded by ActorHandle.
+            if isinstance(extra.get("retry_exceptions"), (list, tuple)):
+                extra["retry_exceptions"] = dumps_function(list(extra["retry_exceptions"]))
+            meta[name] = {"num_returns": num_returns, **extra}
+        else:
+            meta[name] = num_returns
     return meta
 
 
@@ -102,6 +117,7 @@ class ActorClass:
             "max_restarts": options.get("max_restarts", 0),
             "max_task_retries": max_task_retries,
             "max_concurrency": options.get("max_concurrency"),
+            "concurrency_groups": options.get("concurrency_groups"),
             "resources": placement,
             "running": running,
             "strategy": strategy,
@@ -133,7 +149,14 @@ class ActorHandle:
             raise AttributeError(name)
         if self._meta and name not in self._meta and name not in ("__ray_ready__", "__ray_terminate__"):
             raise AttributeError(f"'{self._class_name}' actor has no method '{name}'")
-        return ActorMethod(self, name, self._meta.get(name, 1))
+        entry = self._meta.get(name, 1)
+        if isinstance(entry, dict):
+            defaults = dict(entry)
+            num_returns = defaults.pop("num_returns", 1)
+            if isinstance(defaults.get("retry_exceptions"), bytes):
+                defaults["retry_exceptions"] = pickle.loads(defaults["retry_exceptions"])
+            return ActorMethod(self, name, num_returns, defaults)
+        return ActorMethod(self, name, entry)
 
     def __reduce__(self):
         self._escaped = True  # another process may hold it now: only the job's end kills the actor
@@ -184,15 +207,20 @@ class ActorMethod:
             num_returns=num_returns,
             max_task_retries=options.get("max_task_retries", handle._max_task_retries),
             name=options.get("name") or f"{handle._class_name}.{self._name}",
+            retry_exceptions=options.get("retry_exceptions", False),
+            concurrency_group=options.get("concurrency_group"),
+            task_events=options.get("enable_task_events", True),
         )
-        if num_returns == 1:
+        if num_returns == 1 or num_returns == "dynamic":
             return refs[0]
         if num_returns == 0:
             return None
         return refs
 
     def options(self, **method_options):
-        """This method with some options (``num_returns``, ``name``, ``max_task_retries``) overridden."""
+        """This method with some options overridden for one call: the names ``@ember.method`` takes
+        (``num_returns``, ``concurrency_group``, ``max_task_retries``, ``retry_exceptions``,
+        ``enable_task_events``, ``name``, ``tensor_transport``)."""
         opts.validate(method_options, opts.METHOD_OPTIONS, "actor methods")
         return ActorMethod(self._handle, self._name, self._num_returns, {**self._options, **method_options})
 

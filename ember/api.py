@@ -331,6 +331,8 @@ def get(object_refs, *, timeout: float | None = None):
     """Block until the object(s) are ready and return their values.
 
     A task's error is raised here as a TaskError that is also an instance of the task's own exception.
+    An ObjectRefGenerator (Ray does not allow one here) is drained: the values of all the refs it
+    yields, in order, once its task has ended.
     """
     if isinstance(object_refs, ObjectRefGenerator):
         object_refs = list(object_refs)
@@ -349,14 +351,22 @@ def put(value, *, _owner=None) -> ObjectRef:
 
 
 def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
-    """Return ``(ready, not_ready)`` once ``num_returns`` of the refs are ready or ``timeout`` passes."""
-    if isinstance(object_refs, ObjectRef):
+    """Return ``(ready, not_ready)`` once ``num_returns`` of the refs are ready or ``timeout`` passes.
+
+    The list may hold ObjectRefGenerators too: one is ready when ``next()`` on it would not block
+    (its next value is ready, or its task ended with nothing left to yield).
+    """
+    if isinstance(object_refs, (ObjectRef, ObjectRefGenerator)):
         raise TypeError("wait() expects a list of ObjectRefs, not a single ObjectRef.")
-    refs = _check_refs(object_refs, "ember.wait()")
+    if not isinstance(object_refs, (list, tuple)):
+        _check_refs(object_refs, "ember.wait()")  # raises the usual TypeError
+    generators = [ref for ref in object_refs if isinstance(ref, ObjectRefGenerator)]
+    refs = _check_refs([ref for ref in object_refs if not isinstance(ref, ObjectRefGenerator)], "ember.wait()")
+    if len({ref.binary() for ref in refs}) != len(refs) or len({id(g) for g in generators}) != len(generators):
+        raise ValueError("wait() got the same ObjectRef more than once.")
+    refs = list(object_refs)
     if not refs:
         return [], []
-    if len({ref.binary() for ref in refs}) != len(refs):
-        raise ValueError("wait() got the same ObjectRef more than once.")
     if not isinstance(num_returns, int) or num_returns < 0:
         raise ValueError(f"num_returns must be a non-negative int, got {num_returns!r}.")
     if num_returns > len(refs):
@@ -368,16 +378,24 @@ def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fet
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that makes ``object_ref``: a queued task never runs; a running one gets
-    TaskCancelledError raised inside it (``force=True`` kills its worker instead)."""
-    if not isinstance(object_ref, ObjectRef):
-        raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}.")
+    TaskCancelledError raised inside it (``force=True`` kills its worker instead).
+
+    An ObjectRefGenerator cancels its generator task: the values it yielded stay readable, and the
+    next ref it yields holds the TaskCancelledError.
+    """
     client = current_client()
-    if object_ref.owner_address() != client.address:
-        raise ValueError("Only the process that submitted a task (its owner) can cancel it.")
-    spec = client.submitter.specs.get(object_ref.task_id())
+    if isinstance(object_ref, ObjectRefGenerator):
+        task_id = object_ref._task_id()  # a generator never leaves the process that submitted it
+    elif isinstance(object_ref, ObjectRef):
+        if object_ref.owner_address() != client.address:
+            raise ValueError("Only the process that submitted a task (its owner) can cancel it.")
+        task_id = object_ref.task_id()
+    else:
+        raise TypeError(f"cancel() expects an ObjectRef or an ObjectRefGenerator, got {type(object_ref).__name__}.")
+    spec = client.submitter.specs.get(task_id)
     if force and spec is not None and spec.actor is not None:
         raise ValueError("force=True is not supported for actor tasks; use ember.kill() on the actor.")
-    client.call_soon(client.submitter.cancel, object_ref.task_id(), force, recursive)
+    client.call_soon(client.submitter.cancel, task_id, force, recursive)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

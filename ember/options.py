@@ -33,7 +33,18 @@ ACTOR_OPTIONS = COMMON | {
     "max_pending_calls",
     "concurrency_groups",
 }
-METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group"}
+METHOD_OPTIONS = {
+    "num_returns",
+    "name",
+    "max_task_retries",
+    "retry_exceptions",
+    "concurrency_group",
+    "enable_task_events",
+    "tensor_transport",
+}
+# Where tensors returned by a method travel. Ember moves every value through its object store; Ray's
+# GPU-to-GPU transports (NCCL, Gloo collectives) have no counterpart here.
+TENSOR_TRANSPORTS = ("object_store",)
 
 
 def validate(options: dict, allowed: set, what: str) -> dict:
@@ -65,10 +76,10 @@ def validate(options: dict, allowed: set, what: str) -> dict:
     num_returns = options.get("num_returns")
     if (
         num_returns is not None
-        and num_returns != "streaming"
+        and num_returns not in ("streaming", "dynamic")
         and (not isinstance(num_returns, int) or isinstance(num_returns, bool) or num_returns < 0)
     ):
-        raise ValueError(f"num_returns must be a non-negative int or 'streaming', got {num_returns!r}.")
+        raise ValueError(f"num_returns must be a non-negative int, 'streaming' or 'dynamic', got {num_returns!r}.")
     for key in ("max_retries", "max_restarts", "max_task_retries"):
         value = options.get(key)
         if value is not None and (not isinstance(value, int) or value < -1):
@@ -77,6 +88,7 @@ def validate(options: dict, allowed: set, what: str) -> dict:
         value = options.get(key)
         if value is not None and (not isinstance(value, int) or value < (1 if key == "max_concurrency" else 0)):
             raise ValueError(f"{key} must be a positive int, got {value!r}.")
+    _check_method_options(options)
     lifetime = options.get("lifetime")
     if lifetime not in (None, "detached", "non_detached"):
         raise ValueError(f"lifetime must be 'detached' or 'non_detached', got {lifetime!r}.")
@@ -84,6 +96,35 @@ def validate(options: dict, allowed: set, what: str) -> dict:
     if runtime_env is not None:
         check_runtime_env(runtime_env)
     return options
+
+
+def _check_method_options(options: dict) -> None:
+    group = options.get("concurrency_group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise ValueError(f"concurrency_group must be a non-empty string, got {group!r}.")
+    groups = options.get("concurrency_groups")
+    if groups is not None:
+        if not isinstance(groups, dict):
+            raise TypeError(f"concurrency_groups must be a dict of group name to max concurrency, got {groups!r}.")
+        for name, limit in groups.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"A concurrency group's name must be a non-empty string, got {name!r}.")
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise ValueError(f"Concurrency group {name!r}: max concurrency must be a positive int, got {limit!r}.")
+    if "enable_task_events" in options and not isinstance(options["enable_task_events"], bool):
+        raise TypeError(f"enable_task_events must be True or False, got {options['enable_task_events']!r}.")
+    retry = options.get("retry_exceptions")
+    if retry is not None and not isinstance(retry, bool):
+        if not isinstance(retry, (list, tuple)) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in retry
+        ):
+            raise TypeError(f"retry_exceptions must be a bool or a list of exception types, got {retry!r}.")
+    transport = options.get("tensor_transport")
+    if transport is not None and (not isinstance(transport, str) or transport.lower() not in TENSOR_TRANSPORTS):
+        raise ValueError(
+            f"tensor_transport={transport!r} is not available: Ember has no GPU tensor transport (NCCL, Gloo); "
+            "every value travels through the object store, so only tensor_transport='object_store' is accepted."
+        )
 
 
 def check_runtime_env(runtime_env) -> None:

@@ -79,7 +79,7 @@ class RemoteFunction:
             strategy=strategy,
             placement_group=placement_group,
         )
-        if num_returns == 1:
+        if num_returns == 1 or num_returns == "dynamic":
             return refs[0]
         if num_returns == 0:
             return None

@@ -55,13 +55,27 @@ class ActorCalls:
         return reply.get("existing")
 
     def submit_actor_task(
-        self, actor_id: bytes, method: str, args, kwargs, *, num_returns, max_task_retries: int, name: str
+        self,
+        actor_id: bytes,
+        method: str,
+        args,
+        kwargs,
+        *,
+        num_returns,
+        max_task_retries: int,
+        name: str,
+        retry_exceptions=False,
+        concurrency_group=None,
+        task_events: bool = True,
     ):
         header = {"op": protocol.ACTOR_CALL, "method": method, "nret": num_returns}
+        if concurrency_group is not None:
+            header["cgroup"] = concurrency_group
         spec = self._new_spec(name, num_returns, args, kwargs, header)
         spec.actor = actor_id
         spec.retries_left = max_task_retries
-        spec.retry_exceptions = False
+        spec.retry_exceptions = retry_exceptions
+        spec.events = task_events
         outputs = self._outputs(spec)
         self.client.call_soon(self._submit, spec)
         return outputs
@@ -90,11 +104,18 @@ class ActorCalls:
                 continue
             state.inflight[spec.task_id] = spec
             self.client.send(state.address, spec.header, frames)
-            self.client.task_event("running", spec.task_id, node=state.node_id, pid=state.pid)
+            if spec.events:
+                self.client.task_event("running", spec.task_id, node=state.node_id, pid=state.pid)
             self.client._waiting[spec.task_id] = partial(self._on_actor_result, state, spec)
 
     def _on_actor_result(self, state: ActorState, spec, header, frames) -> None:
         state.inflight.pop(spec.task_id, None)
+        if header.get("err") and self._should_retry(spec, frames[0]):
+            # retry_exceptions: the call goes again, ahead of the calls queued after it.
+            spec.retries_left -= 1 if spec.retries_left > 0 else 0
+            state.queue.appendleft(spec)
+            self._pump_actor(state)
+            return
         self._record(spec, header, frames)
         self._maybe_release(state)
 

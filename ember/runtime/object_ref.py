@@ -108,3 +108,37 @@ class ObjectRefGenerator:
 
     def __repr__(self):
         return f"ObjectRefGenerator(task={self._stream.task_id.hex()})"
+
+    def _task_id(self) -> bytes:
+        return self._stream.task_id
+
+    def _is_ready(self, client) -> bool:
+        """For ``ember.wait``: ``next()`` would not block (its next value is ready, or it has ended)."""
+        from ember.runtime.ownership import PENDING
+
+        items = self._stream.items
+        if len(items) > self._next:
+            return client._state_of(items[self._next])[0] != PENDING
+        return self._stream.done
+
+    def is_finished(self) -> bool:
+        """Whether the task ended and every ref it yielded has been taken by ``next()``."""
+        return self._stream.done and len(self._stream.items) <= self._next
+
+
+class DynamicObjectRefGenerator:
+    """The value of a ``num_returns="dynamic"`` task: iterate it for one ObjectRef per value the task
+    yielded. The refs are nested in the task's return object, so they stay valid while it (or this
+    generator, or any of the refs) is held, and are freed with it."""
+
+    def __init__(self, refs):
+        self._refs = list(refs)
+
+    def __iter__(self):
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self):
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"

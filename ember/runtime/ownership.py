@@ -545,7 +545,9 @@ class Ownership:
                 while True:
                     still = []
                     for ref in pending:
-                        (ready if self._state_of(ref)[0] != PENDING else still).append(ref)
+                        # An ObjectRefGenerator is ready when its next() would not block.
+                        is_ready = self._state_of(ref)[0] != PENDING if type(ref) is ObjectRef else ref._is_ready(self)
+                        (ready if is_ready else still).append(ref)
                     pending = still
                     if len(ready) >= num_returns:
                         break
@@ -561,8 +563,8 @@ class Ownership:
                 self.stop_leading()
             if blocked:
                 self._notify_blocked(False)
-        ready_ids = {ref._id for ref in ready[:num_returns]}
-        return [ref for ref in refs if ref._id in ready_ids], [ref for ref in refs if ref._id not in ready_ids]
+        ready_ids = {id(ref) for ref in ready[:num_returns]}
+        return [ref for ref in refs if id(ref) in ready_ids], [ref for ref in refs if id(ref) not in ready_ids]
 
     def free(self, refs: list) -> None:
         """Drop the values of owned objects now, whatever references remain (``ember.internal.free``)."""

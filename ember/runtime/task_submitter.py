@@ -22,7 +22,7 @@ from ember import exceptions
 from ember.runtime import protocol
 from ember.runtime.actor_calls import ActorCalls, ActorState
 from ember.runtime.ids import new_id, new_task_id, return_object_id, task_id_of
-from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
+from ember.runtime.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from ember.runtime.ownership import FAILED, INLINE_LIMIT, PENDING
 from ember.runtime.serialization import deserialize, serialize
 from ember.runtime.task_context import current_task, output_tag
@@ -73,9 +73,11 @@ class TaskSpec:
         "name",
         "parent",
         "strategy",
+        "events",
     )
 
     def __init__(self):
+        self.events = True  # False: enable_task_events=False, the task sends no task events
         self.pending = 0
         self.lease = None
         self.actor = None
@@ -133,10 +135,18 @@ class ShapeQueue:
 
 
 class Stream:
-    def __init__(self, task_id):
+    """The values a generator task has yielded so far, as ObjectRefs we own.
+
+    A "dynamic" task's stream has no consumer while it runs: when the task ends, its refs become the
+    value of the task's one return object (a DynamicObjectRefGenerator), which holds them from then on.
+    """
+
+    def __init__(self, task_id, dynamic: bool = False):
         self.task_id = task_id
         self.items: list = []
         self.done = False
+        self.dynamic = dynamic
+        self.offset = 2 if dynamic else 1  # value i is return object i + offset (1 is the dynamic's own)
 
 
 def _describe(error) -> str:
@@ -208,6 +218,9 @@ class TaskSubmitter(ActorCalls):
         if num_returns == "streaming":
             spec.stream = Stream(task_id)
             spec.return_ids = []
+        elif num_returns == "dynamic":
+            spec.stream = Stream(task_id, dynamic=True)
+            spec.return_ids = [return_object_id(task_id, 1)]
         else:
             spec.return_ids = [return_object_id(task_id, i + 1) for i in range(num_returns)]
         return spec
@@ -218,7 +231,7 @@ class TaskSubmitter(ActorCalls):
             for oid in spec.return_ids:
                 client.new_owned(oid)
             refs = [client.ref(oid) for oid in spec.return_ids]
-        if spec.stream is not None:
+        if spec.stream is not None and not spec.stream.dynamic:
             return ObjectRefGenerator(spec.stream, self)
         return refs
 
@@ -260,15 +273,16 @@ class TaskSubmitter(ActorCalls):
     # --- dependencies -------------------------------------------------------------------------------
     def _submit(self, spec: TaskSpec) -> None:
         self.specs[spec.task_id] = spec
-        self.client.task_event(
-            "submitted",
-            spec.task_id,
-            name=spec.name,
-            parent=spec.parent,
-            deps=[ref._id for _, ref in spec.refs],
-            actor=spec.actor,
-            tag=spec.header.get("tag"),
-        )
+        if spec.events:
+            self.client.task_event(
+                "submitted",
+                spec.task_id,
+                name=spec.name,
+                parent=spec.parent,
+                deps=[ref._id for _, ref in spec.refs],
+                actor=spec.actor,
+                tag=spec.header.get("tag"),
+            )
         if spec.stream is not None:
             self.streams[spec.task_id] = spec.stream
         objects = self.client._objects
@@ -446,7 +460,8 @@ class TaskSubmitter(ActorCalls):
         spec.lease = lease
         lease.inflight[spec.task_id] = spec
         self.client.send(lease.address, header, frames)
-        self.client.task_event("running", spec.task_id, node=lease.node_id, worker=lease.worker_id, pid=lease.pid)
+        if spec.events:
+            self.client.task_event("running", spec.task_id, node=lease.node_id, worker=lease.worker_id, pid=lease.pid)
         self.client._waiting[spec.task_id] = partial(self._on_result, spec)
 
     def _on_result(self, spec: TaskSpec, header, frames) -> None:
@@ -490,10 +505,15 @@ class TaskSubmitter(ActorCalls):
             error = bytes(frames[0])
             if spec.stream is not None:
                 self._stream_item(spec, len(spec.stream.items), ["e"], frames)
+            if spec.stream is not None and spec.stream.dynamic:
+                # As in Ray, the values yielded before the error stay readable; the error is the last one.
+                self._complete_dynamic(spec)
             for oid in spec.return_ids:
                 complete(oid, error=error)
             self._finish(spec, error=_describe(error))
             return
+        elif spec.stream is not None and spec.stream.dynamic:
+            self._complete_dynamic(spec)
         elif spec.stream is None:
             position = 0
             stored = False
@@ -515,19 +535,21 @@ class TaskSubmitter(ActorCalls):
 
     def _finish(self, spec: TaskSpec, error=None, keep_arguments: bool = False) -> None:
         self.specs.pop(spec.task_id, None)
-        if error is None:
+        if spec.events and error is None:
             self.client.task_event("finished", spec.task_id)
-        else:
+        elif spec.events:
             self.client.task_event("failed", spec.task_id, error=error)
         if spec.stream is not None:
             spec.stream.done = True
             self.streams.pop(spec.task_id, None)
             self.client.changed = True
+            if spec.stream.dynamic:
+                spec.stream.items = []  # values of a task that failed before the end: nobody can read them
         if not keep_arguments:
             spec.keepalive = None
 
     def _finish_with_error(self, spec: TaskSpec, error) -> None:
-        if spec.stream is not None:
+        if spec.stream is not None and not spec.stream.dynamic:
             oid = self._new_stream_item(spec, len(spec.stream.items))
             self.client.complete(oid, error=error)
         for oid in spec.return_ids:
@@ -639,7 +661,7 @@ class TaskSubmitter(ActorCalls):
     def _new_stream_item(self, spec, index: int) -> bytes:
         """An owned object for the generator's value number ``index``, held by the stream (so it
         lives until the consumer takes it, or the generator is dropped)."""
-        oid = return_object_id(spec.task_id, index + 1)
+        oid = return_object_id(spec.task_id, index + spec.stream.offset)
         self.client.new_owned(oid)
         with self.client._cond:
             spec.stream.items.append(self.client.ref(oid))
@@ -654,6 +676,19 @@ class TaskSubmitter(ActorCalls):
             self.client.complete(oid, node_id=ret[2], size=ret[1], contained=ret[3])
         else:
             self.client.complete(oid, error=bytes(frames[0]))
+
+    def _complete_dynamic(self, spec) -> None:
+        """A dynamic generator task ended: its return value is a DynamicObjectRefGenerator of the refs
+        to what it yielded. Those refs are nested in that value, so they live as long as it does."""
+        refs, spec.stream.items = spec.stream.items, []
+        data, buffers, contained = serialize(DynamicObjectRefGenerator(refs), "a dynamic generator")
+        size = len(data) + sum(b.nbytes for b in buffers)
+        self.client.complete(
+            spec.return_ids[0],
+            inline=(data, [bytes(b) for b in buffers]),
+            size=size,
+            contained=[(ref._id, ref._owner) for ref in contained],
+        )
 
     def next_stream_item(self, stream: Stream, index: int, timeout=None):
         client = self.client

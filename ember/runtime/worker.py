@@ -12,6 +12,8 @@ Normal tasks and the calls of a plain actor run on the main thread, one at a tim
 (one connection per caller keeps each caller's calls in submission order). Threaded actors
 (``max_concurrency > 1``) run calls on a thread pool; async actors run them as coroutines on an
 event loop thread. Replies from those threads reach the socket through an outbox and a wake pipe.
+Concurrency groups (``concurrency_groups={"io": 2}``) give each group its own pool of threads (its own
+semaphore for an async actor); calls that name no group use the default one, of ``max_concurrency``.
 """
 
 import collections
@@ -33,6 +35,12 @@ from ember.runtime.serialization import deserialize, serialize, serialize_error
 from ember.runtime.service import read_eof, unwrap
 from ember.runtime.task_context import ActorExit, TaskContext, current_task
 from ember.runtime.task_submitter import Arg
+
+
+# Generator tasks whose values go back one by one as they are yielded. A "dynamic" task's owner
+# gathers them into one DynamicObjectRefGenerator when the task ends; its own return is object 1,
+# so its values are numbered from 2.
+STREAMED = ("streaming", "dynamic")
 
 
 class _Cancelled(BaseException):
@@ -103,6 +111,8 @@ class Worker:
         self.executor = None
         self.loop = None
         self.semaphore = None
+        self.group_executors: dict = {}  # concurrency group -> its thread pool (threaded actors)
+        self.group_semaphores: dict = {}  # concurrency group -> its semaphore (async actors)
         self.async_tasks: dict = {}
         self.calls_by_function: collections.Counter = collections.Counter()
         self.running_task: bytes | None = None
@@ -330,7 +340,7 @@ class Worker:
             function = self.client.load_function(header["fid"], header.get("job"))
             args, kwargs = self.resolve_args(header, frames)
             result = self.run_user_code(task_id, function, *args, **kwargs)
-            if header["nret"] == "streaming":
+            if header["nret"] in STREAMED:
                 reply = self.stream(identity, header, result)
             else:
                 reply = self.pack_returns(header, result)
@@ -385,7 +395,7 @@ class Worker:
         return self._stream_end(header, count)
 
     def _send_stream_item(self, identity: bytes, header: dict, index: int, value) -> None:
-        ret, frames = self.pack_value(header, index, value)
+        ret, frames = self.pack_value(header, index + (header["nret"] == "dynamic"), value)
         message = protocol.encode(
             {"op": protocol.STREAM_ITEM, "rid": header["rid"], "idx": index - 1, "ret": ret}, frames
         )
@@ -442,14 +452,22 @@ class Worker:
                 for _, m in inspect.getmembers(cls, inspect.isfunction)
             )
             max_concurrency = header.get("max_concurrency") or (1000 if is_async else 1)
+            groups = header.get("concurrency_groups") or {}
             if is_async:
                 import asyncio
 
                 self.loop = asyncio.new_event_loop()
                 self.semaphore = asyncio.Semaphore(max_concurrency)
+                self.group_semaphores = {group: asyncio.Semaphore(limit) for group, limit in groups.items()}
                 threading.Thread(target=self.loop.run_forever, name="ember-actor-loop", daemon=True).start()
-            elif max_concurrency > 1:
+            elif max_concurrency > 1 or groups:
+                # With groups, even a default group of one runs on its own thread: a call waiting
+                # in one group must not hold up the others.
                 self.executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="ember-actor")
+                self.group_executors = {
+                    group: ThreadPoolExecutor(limit, thread_name_prefix=f"ember-actor-{group}")
+                    for group, limit in groups.items()
+                }
             self.actor = cls.__new__(cls)
             self.actor.__init__(*args, **kwargs)
         except BaseException as error:
@@ -465,6 +483,10 @@ class Worker:
     def actor_call(self, identity: bytes, header: dict, frames: list):
         if self.exited:
             return self.exited_reply(header)
+        group = header.get("cgroup")
+        if group is not None and group not in self.group_executors and group not in self.group_semaphores:
+            error = ValueError(f"The actor {self.actor_name} has no concurrency group {group!r}.")
+            return self.error_reply(header, error, f"{self.actor_name}.{header['method']}")
         if self.loop is not None:
             import asyncio
 
@@ -473,7 +495,8 @@ class Worker:
             )
             return None
         if self.executor is not None:
-            self.executor.submit(lambda: self.send_later(identity, self._run_call(identity, header, frames)))
+            executor = self.group_executors.get(group, self.executor)
+            executor.submit(lambda: self.send_later(identity, self._run_call(identity, header, frames)))
             return None
         return self._run_call(identity, header, frames)
 
@@ -503,7 +526,7 @@ class Worker:
         try:
             args, kwargs = self.resolve_args(header, frames)
             result = self.run_user_code(task_id, self._method(header), *args, **kwargs)
-            if header["nret"] == "streaming":
+            if header["nret"] in STREAMED:
                 reply = self.stream(identity, header, result)
             else:
                 reply = self.pack_returns(header, result)
@@ -521,14 +544,14 @@ class Worker:
         context = self._call_context(header)
         current_task.set(context)
         try:
-            async with self.semaphore:
+            async with self.group_semaphores.get(header.get("cgroup"), self.semaphore):
                 args, kwargs = (
                     await asyncio.get_running_loop().run_in_executor(None, self.resolve_args, header, frames)
                     if header.get("refs")
                     else self.resolve_args(header, frames)
                 )
                 result = self._method(header)(*args, **kwargs)
-                if header["nret"] == "streaming":
+                if header["nret"] in STREAMED:
                     reply = (
                         await self.stream_async(identity, header, result)
                         if hasattr(result, "__aiter__")
