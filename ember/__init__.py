@@ -22,14 +22,16 @@ from ember.api import (
 )
 from ember.kernel_ext import load_ipython_extension, unload_ipython_extension
 from ember.remote_function import RemoteFunction
-from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
+from ember.runtime.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from ember.runtime_context import get_gpu_ids, get_runtime_context
+from ember.util.state import timeline
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "DynamicObjectRefGenerator",
     "ObjectRef",
     "ObjectRefGenerator",
     "RemoteFunction",
@@ -50,6 +52,7 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "timeline",
     "unload_ipython_extension",
     "util",
     "wait",

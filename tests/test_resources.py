@@ -91,6 +91,7 @@ def test_public_api_names():
     expected = {
         "ActorClass",
         "ActorHandle",
+        "DynamicObjectRefGenerator",
         "ObjectRef",
         "ObjectRefGenerator",
         "RemoteFunction",
@@ -111,6 +112,7 @@ def test_public_api_names():
         "put",
         "remote",
         "shutdown",
+        "timeline",
         "unload_ipython_extension",
         "util",
         "wait",

@@ -27,6 +27,7 @@ from ember.runtime.cluster_scheduler import ClusterPolicy, NodeView
 from ember.runtime.ids import new_id
 from ember.runtime.placement_groups import PlacementGroupManager
 from ember.runtime.service import Service
+from ember.runtime.state_table import StateQueries, TaskTable
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def _wire_entry(entry: dict) -> dict:
     return entry
 
 
-class Head(ActorDirectory, Service):
+class Head(ActorDirectory, StateQueries, Service):
     handlers = {
         protocol.REGISTER_NODE: "on_register_node",
         protocol.UNREGISTER_NODE: "on_unregister_node",
@@ -91,6 +92,7 @@ class Head(ActorDirectory, Service):
         protocol.REMOVE_PLACEMENT_GROUP: "on_remove_placement_group",
         protocol.WAIT_PLACEMENT_GROUP: "on_wait_placement_group",
         protocol.PLACEMENT_GROUP_TABLE: "on_placement_group_table",
+        protocol.STATE_QUERY: "on_state_query",
     }
 
     def __init__(self, loop, host: str = "127.0.0.1", port: int = 0):
@@ -115,6 +117,7 @@ class Head(ActorDirectory, Service):
         self.last_tick = time.monotonic()
         self.actor_policy = ClusterPolicy(b"")  # actors have no "local" node: least used first
         self.placement_groups = PlacementGroupManager()
+        self.task_table = TaskTable()  # the recent tasks, for the state API (bounded)
 
     # --- nodes and jobs -------------------------------------------------------------------------
     def on_register_node(self, identity, header, frames):
@@ -411,8 +414,9 @@ class Head(ActorDirectory, Service):
             self.publisher.send_multipart([b"logs:" + job_id, msgpack.packb(batch)])
 
     def on_task_events(self, identity, header, frames):
-        # Republished as they came: the head never unpacks a task event.
+        # Republished as they came; the head's own copy feeds the state API's bounded task table.
         self.publisher.send_multipart([b"event:task", frames[0]])
+        self.task_table.apply_batch(frames[0])
 
     def publish(self, topic: bytes, body: dict) -> None:
         self.publisher.send_multipart([topic, msgpack.packb(body)])

@@ -4,11 +4,13 @@
 - :class:`Queue` (also ``ember.util.queue.Queue``): a queue shared by tasks and actors.
 - ``ember.util.multiprocessing.Pool``: a ``multiprocessing.Pool`` backed by actors.
 - ``ember.util.joblib.register_ember``: a joblib backend (needs joblib installed).
+- ``ember.util.state``: the state API (``list_tasks``, ``list_actors``, ``list_objects``, ``list_nodes``,
+  ``list_jobs``, ``list_placement_groups``, ``get_*``), as ``ray.util.state``.
 - Placement groups: :func:`placement_group`, :func:`remove_placement_group`,
   :func:`placement_group_table`, :func:`get_placement_group`, :func:`get_current_placement_group`;
   strategies in ``ember.util.scheduling_strategies``.
 
-The submodules ``queue``, ``multiprocessing``, ``joblib`` and ``actor_pool``
+The submodules ``queue``, ``multiprocessing``, ``joblib``, ``actor_pool`` and ``state``
 are importable as attributes (``ember.util.multiprocessing``); ``joblib`` is
 only imported when it is asked for.
 """
@@ -39,7 +41,7 @@ __all__ = [
     "get_current_placement_group",
 ]
 
-_LAZY_SUBMODULES = ("actor_pool", "queue", "multiprocessing", "joblib", "scheduling_strategies")
+_LAZY_SUBMODULES = ("actor_pool", "queue", "multiprocessing", "joblib", "scheduling_strategies", "state")
 
 
 def __getattr__(name):

@@ -1,0 +1,406 @@
+"""The state API, as Ray's ``ray.util.state``: list the cluster's tasks, actors, objects, nodes,
+jobs and placement groups, and ``ember.timeline()`` for a Chrome trace of the tasks.
+
+Each ``list_*`` returns dataclasses with Ray's field names (``TaskState``, ``ActorState``, ...);
+``filters=[("state", "=", "RUNNING")]`` keeps the items whose field equals (``"="``) or differs from
+(``"!="``) the value, compared as strings regardless of case; ``limit`` (100 by default) caps the
+count; ``detail=False`` leaves the detail-only fields None, as Ray's basic columns do.
+
+Where the data comes from, and its limits:
+
+- tasks: the head's table of the most recent tasks (10,000 by default, ``EMBER_TASK_TABLE_SIZE`` on
+  the head), fed by the owners' task events, which reach it within about a second. Older tasks, and
+  calls made with ``enable_task_events=False``, are not listed.
+- objects: in Ember (as in Ray) only an object's owner knows it. ``list_objects`` lists the objects
+  the calling process owns; the stores' totals per node are in ``list_nodes(detail=True)``.
+- actors, jobs, nodes, placement groups: the head's tables.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ember.runtime import protocol
+from ember.runtime.core_client import current_client
+
+DEFAULT_LIMIT = 100
+_PREDICATES = ("=", "!=")
+
+
+def _detail(default=None):
+    return field(default=default, metadata={"detail": True})
+
+
+@dataclass
+class TaskState:
+    task_id: str
+    name: str
+    state: str
+    job_id: str | None = None
+    actor_id: str | None = None
+    type: str = "NORMAL_TASK"
+    func_or_class_name: str | None = None
+    parent_task_id: str | None = None
+    node_id: str | None = None
+    worker_id: str | None = None
+    worker_pid: int | None = None
+    error_type: str | None = None
+    attempt_number: int = 0
+    language: str = _detail("PYTHON")
+    error_message: str | None = _detail()
+    creation_time_ms: int | None = _detail()
+    start_time_ms: int | None = _detail()
+    end_time_ms: int | None = _detail()
+
+
+@dataclass
+class ActorState:
+    actor_id: str
+    class_name: str
+    state: str
+    job_id: str
+    name: str
+    node_id: str | None = None
+    pid: int | None = None
+    ray_namespace: str | None = None
+    num_restarts: int = 0
+    death_cause: str | None = _detail()
+    is_detached: bool | None = _detail()
+    placement_group_id: str | None = _detail()
+    required_resources: dict | None = _detail()
+    repr_name: str | None = _detail()
+
+
+@dataclass
+class ObjectState:
+    object_id: str
+    object_size: int
+    task_status: str
+    reference_type: str
+    type: str
+    pid: int
+    ip: str
+    node_id: str | None = _detail()
+    call_site: str = _detail("disabled")
+
+
+@dataclass
+class NodeState:
+    node_id: str
+    node_ip: str
+    is_head_node: bool
+    state: str
+    node_name: str
+    resources_total: dict
+    labels: dict = field(default_factory=dict)
+    state_message: str | None = None
+    resources_available: dict | None = _detail()
+    object_store: dict | None = _detail()
+
+
+@dataclass
+class JobState:
+    job_id: str
+    type: str
+    status: str
+    entrypoint: str
+    submission_id: str | None = None
+    start_time: int | None = None
+    end_time: int | None = None
+    driver_info: dict | None = _detail()
+    namespace: str | None = _detail()
+
+
+@dataclass
+class PlacementGroupState:
+    placement_group_id: str
+    name: str
+    state: str
+    bundles: list = _detail()
+    strategy: str | None = _detail()
+    stats: dict | None = _detail()
+
+
+# --- the queries ---------------------------------------------------------------------------------
+def _query(kind: str) -> dict:
+    reply, _ = current_client().request("head", {"op": protocol.STATE_QUERY, "kind": kind})
+    return reply
+
+
+def _hex(value):
+    return value.hex() if isinstance(value, (bytes, bytearray)) else value
+
+
+def _ms(seconds):
+    return None if seconds is None else int(seconds * 1000)
+
+
+def _task_state(row: dict) -> TaskState:
+    error = row.get("error")
+    return TaskState(
+        task_id=_hex(row["task_id"]),
+        name=row.get("name") or "",
+        state=row["state"],
+        job_id=_hex(row.get("job")),
+        actor_id=_hex(row.get("actor")),
+        type="ACTOR_TASK" if row.get("actor") else "NORMAL_TASK",
+        func_or_class_name=row.get("name") or None,
+        parent_task_id=_hex(row.get("parent")),
+        node_id=_hex(row.get("node")),
+        worker_id=_hex(row.get("worker")),
+        worker_pid=row.get("pid"),
+        error_type=error.split(":", 1)[0] if error else None,
+        error_message=error,
+        creation_time_ms=_ms(row.get("submitted")),
+        start_time_ms=_ms(row.get("running")),
+        end_time_ms=_ms(row.get("finished", row.get("failed"))),
+    )
+
+
+def _actor_state(row: dict) -> ActorState:
+    return ActorState(
+        actor_id=_hex(row["actor_id"]),
+        class_name=row.get("class_name") or "",
+        state=row["state"],
+        job_id=_hex(row.get("job_id")),
+        name=row.get("name") or "",
+        node_id=_hex(row.get("node_id")),
+        pid=row.get("pid"),
+        ray_namespace=row.get("namespace"),
+        num_restarts=row.get("num_restarts", 0),
+        death_cause=row.get("death_cause") or None,
+        is_detached=row.get("is_detached"),
+        placement_group_id=_hex(row.get("placement_group_id")),
+        required_resources=row.get("required_resources"),
+        repr_name=row.get("class_name") or "",
+    )
+
+
+def _job_state(row: dict) -> JobState:
+    return JobState(
+        job_id=_hex(row["job_id"]),
+        type="DRIVER",
+        status="RUNNING" if row.get("alive") else "SUCCEEDED",
+        entrypoint=row.get("entrypoint") or "",
+        start_time=_ms(row.get("start_time")),
+        end_time=_ms(row.get("end_time")),
+        driver_info={"pid": row.get("driver_pid")},
+        namespace=row.get("namespace"),
+    )
+
+
+def _node_states() -> list:
+    from ember.api import _nodes_raw
+
+    states = []
+    for index, node in enumerate(_nodes_raw()):
+        host = node["host"] or node["address"].rsplit(":", 1)[0]
+        states.append(
+            NodeState(
+                node_id=node["node_id"].hex(),
+                node_ip=host,
+                # The head registers no node of its own; the first node to join is the one that
+                # `ember start --head` (or ember.init) started beside it.
+                is_head_node=index == 0,
+                state="ALIVE" if node["alive"] else "DEAD",
+                node_name=host,
+                resources_total=node["resources"],
+                resources_available=node["available"],
+                object_store=node.get("store", {}),
+            )
+        )
+    return states
+
+
+def _object_states() -> list:
+    import os
+
+    from ember.runtime.ownership import FAILED, PENDING
+
+    client = current_client()
+    ip = client.address.split("//")[-1].rsplit(":", 1)[0] if client.address else ""
+    kind = "DRIVER" if client.kind == "driver" else "WORKER"
+    with client._lock:
+        entries = list(client._objects.items())
+        local = dict(client.references.local)
+        owned = dict(client.references.owned)
+    states = []
+    for oid, entry in entries:
+        status = {PENDING: "PENDING_NODE_ASSIGNMENT", FAILED: "FAILED"}.get(entry.state, "FINISHED")
+        held = owned.get(oid)
+        if local.get(oid):
+            reference_type = "LOCAL_REFERENCE"
+        elif held is not None and held.borrowers:
+            reference_type = "BORROWER"
+        else:
+            reference_type = "CAPTURED_IN_OBJECT"  # held only inside another object's value
+        states.append(
+            ObjectState(
+                object_id=oid.hex(),
+                object_size=entry.size,
+                task_status=status,
+                reference_type=reference_type,
+                type=kind,
+                pid=os.getpid(),
+                ip=ip,
+                node_id=_hex(entry.node_id),
+            )
+        )
+    return states
+
+
+def _placement_group_states() -> list:
+    from ember.util.placement_group import placement_group_table
+
+    states = []
+    for entry in placement_group_table().values():
+        bundles = [
+            {
+                "bundle_id": index,
+                "unit_resources": entry["bundles"][index],
+                "node_id": entry["bundles_to_node_id"].get(index),
+            }
+            for index in sorted(entry["bundles"])
+        ]
+        states.append(
+            PlacementGroupState(
+                placement_group_id=entry["placement_group_id"],
+                name=entry.get("name") or "",
+                state=entry["state"],
+                bundles=bundles,
+                strategy=entry.get("strategy"),
+                stats=entry.get("stats"),
+            )
+        )
+    return states
+
+
+def _select(items: list, filters, limit, detail: bool, what: str) -> list:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise ValueError(f"limit must be a non-negative int, got {limit!r}.")
+    checks = []
+    names = None
+    for condition in filters or ():
+        if not isinstance(condition, (tuple, list)) or len(condition) != 3:
+            raise ValueError(f"A filter is a (key, predicate, value) tuple, got {condition!r}.")
+        key, predicate, value = condition
+        if predicate not in _PREDICATES:
+            raise ValueError(f"Unsupported filter predicate {predicate!r}: use '=' or '!='.")
+        if names is None and items:
+            names = {f.name for f in dataclasses.fields(items[0])}
+        if names is not None and key not in names:
+            raise ValueError(f"Cannot filter {what} on {key!r}; valid keys: {', '.join(sorted(names))}.")
+        checks.append((key, predicate == "=", str(value).lower()))
+    selected = []
+    for item in items:
+        if all((str(getattr(item, key)).lower() == value) == equal for key, equal, value in checks):
+            selected.append(item if detail else _basic(item))
+            if limit is not None and len(selected) >= limit:
+                break
+    return selected
+
+
+def _basic(item):
+    cleared = {f.name: None for f in dataclasses.fields(item) if f.metadata.get("detail")}
+    return dataclasses.replace(item, **cleared)
+
+
+def list_tasks(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout=None, detail: bool = False, **_):
+    """The cluster's recent tasks and actor calls, oldest first, as TaskState (see the module's notes)."""
+    rows = _query("tasks")["rows"]
+    return _select([_task_state(row) for row in rows], filters, limit, detail, "tasks")
+
+
+def list_actors(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout=None, detail: bool = False, **_):
+    """Every actor the head knows, dead ones included, as ActorState."""
+    rows = _query("actors")["rows"]
+    return _select([_actor_state(row) for row in rows], filters, limit, detail, "actors")
+
+
+def list_objects(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout=None, detail: bool = False, **_):
+    """The objects this process owns, as ObjectState (only an object's owner knows it)."""
+    return _select(_object_states(), filters, limit, detail, "objects")
+
+
+def list_nodes(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout=None, detail: bool = False, **_):
+    """The cluster's nodes, dead ones included, as NodeState."""
+    return _select(_node_states(), filters, limit, detail, "nodes")
+
+
+def list_jobs(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout=None, detail: bool = False, **_):
+    """The jobs (drivers) the cluster has had, as JobState."""
+    rows = _query("jobs")["rows"]
+    return _select([_job_state(row) for row in rows], filters, limit, detail, "jobs")
+
+
+def list_placement_groups(
+    address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout=None, detail: bool = False, **_
+):
+    """The cluster's placement groups, removed ones included, as PlacementGroupState."""
+    return _select(_placement_group_states(), filters, limit, detail, "placement groups")
+
+
+def _get(items: list, key: str, wanted) -> object | None:
+    wanted = _hex(wanted)
+    for item in items:
+        if getattr(item, key) == wanted:
+            return item
+    return None
+
+
+def get_task(id, address=None, timeout=None, **_) -> TaskState | None:
+    """The task with this id (hex or bytes), or None when the head's task table does not hold it."""
+    return _get(list_tasks(limit=None, detail=True), "task_id", id)
+
+
+def get_actor(id, address=None, timeout=None, **_) -> ActorState | None:
+    """The actor with this id (hex or bytes), or None."""
+    return _get(list_actors(limit=None, detail=True), "actor_id", id)
+
+
+def get_node(id, address=None, timeout=None, **_) -> NodeState | None:
+    """The node with this id (hex or bytes), or None."""
+    return _get(list_nodes(limit=None, detail=True), "node_id", id)
+
+
+def get_placement_group(id, address=None, timeout=None, **_) -> PlacementGroupState | None:
+    """The placement group with this id (hex or bytes), or None."""
+    return _get(list_placement_groups(limit=None, detail=True), "placement_group_id", id)
+
+
+# --- timeline ------------------------------------------------------------------------------------
+def timeline(filename: str | None = None):
+    """The tasks that ran, as Chrome trace events (``chrome://tracing``, Perfetto): one complete
+    event (``"ph": "X"``) per task that started and ended, ``ts`` and ``dur`` in microseconds,
+    ``pid`` the node, ``tid`` the worker process. Writes them as JSON to ``filename`` if given (and
+    returns None), else returns the list. Covers the tasks in the head's recent-task table."""
+    events = []
+    for row in _query("tasks")["rows"]:
+        start, end = row.get("running"), row.get("finished", row.get("failed"))
+        if start is None or end is None:
+            continue
+        node = _hex(row.get("node")) or "unknown"
+        events.append(
+            {
+                "cat": "actor_task" if row.get("actor") else "task",
+                "name": row.get("name") or "task",
+                "pid": f"Node {node[:12]}",
+                "tid": f"Worker {row.get('pid')}",
+                "ph": "X",
+                "ts": start * 1e6,
+                "dur": max(0.0, end - start) * 1e6,
+                "args": {
+                    "task_id": _hex(row["task_id"]),
+                    "job_id": _hex(row.get("job")),
+                    "actor_id": _hex(row.get("actor")),
+                    "state": row["state"],
+                    "error": row.get("error"),
+                },
+            }
+        )
+    if filename is None:
+        return events
+    import json
+
+    with open(filename, "w") as f:
+        json.dump(events, f)
+    return None
