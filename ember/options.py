@@ -22,7 +22,7 @@ COMMON = {
     "label_selector",
     "_metadata",
 }
-TASK_OPTIONS = COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls"}
+TASK_OPTIONS = COMMON | {"num_returns", "max_retries", "retry_exceptions", "max_calls", "enable_task_events"}
 ACTOR_OPTIONS = COMMON | {
     "namespace",
     "lifetime",

@@ -78,6 +78,7 @@ class RemoteFunction:
             max_calls=options.get("max_calls", 0),
             strategy=strategy,
             placement_group=placement_group,
+            task_events=options.get("enable_task_events", True),
         )
         if num_returns == 1 or num_returns == "dynamic":
             return refs[0]

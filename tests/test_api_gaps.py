@@ -393,3 +393,32 @@ def test_timeline_writes_one_complete_event_per_finished_task(cluster, tmp_path)
         assert event["dur"] >= 0 and event["ts"] > 0
         assert event["pid"].startswith("Node ") and event["tid"].startswith("Worker ")
     assert len([e for e in ember.timeline() if e["name"] == f"step-{tag}"]) == 6
+
+
+def test_dynamic_generator_passed_to_a_task(cluster):
+    @ember.remote(num_returns="dynamic")
+    def parts():
+        yield "a"
+        yield np.ones(200_000)
+
+    @ember.remote
+    def consume(generator):
+        values = ember.get(list(generator))
+        return values[0], float(values[1].sum())
+
+    outer = parts.remote()
+    assert ember.get(consume.remote(outer)) == ("a", 200_000.0)  # the ref, resolved to its generator
+    assert ember.get(consume.remote(ember.get(outer))) == ("a", 200_000.0)  # the generator itself
+
+
+def test_enable_task_events_false_on_a_task(cluster):
+    tag = uuid.uuid4().hex[:8]
+
+    @ember.remote
+    def noop():
+        return None
+
+    ember.get(noop.options(name=f"hidden-{tag}", enable_task_events=False).remote())
+    ember.get(noop.options(name=f"shown-{tag}").remote())
+    wait_for(lambda: state.list_tasks(filters=[("name", "=", f"shown-{tag}")]), message="the shown task's events")
+    assert state.list_tasks(filters=[("name", "=", f"hidden-{tag}")]) == []

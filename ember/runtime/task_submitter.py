@@ -250,6 +250,7 @@ class TaskSubmitter(ActorCalls):
         max_calls: int = 0,
         strategy=None,
         placement_group=None,
+        task_events: bool = True,
     ):
         header = {
             "op": protocol.EXECUTE_TASK,
@@ -266,6 +267,7 @@ class TaskSubmitter(ActorCalls):
         spec.key = (tuple(sorted(resources.items())), repr(strategy))
         spec.retries_left = max_retries
         spec.retry_exceptions = retry_exceptions
+        spec.events = task_events
         outputs = self._outputs(spec)
         self.client.call_soon(self._submit, spec)
         return outputs
