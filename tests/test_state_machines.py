@@ -4,6 +4,7 @@ import pytest
 
 from ember.exceptions import ObjectStoreFullError
 from ember.runtime.object_store import StoreState
+from ember.runtime.object_transfer import CHUNK, ChunkWindow
 from ember.runtime.scheduler import UNIT, LeaseRequest, LeaseScheduler, to_fixed
 
 
@@ -80,16 +81,31 @@ def test_worker_death_releases_and_reports_lease():
     assert scheduler.available["CPU"] == UNIT
 
 
-def test_store_spills_least_recently_used():
-    store = StoreState(100)
-    for oid in (b"a", b"b", b"c"):
-        assert store.create(oid, 30) == []
-        store.sealed(oid, 30)
+def sealed_store(capacity: int, objects: dict) -> StoreState:
+    store = StoreState(capacity)
+    for oid, size in objects.items():
+        assert store.create(oid, size) == (True, [])
+        store.sealed(oid, size)
+    return store
+
+
+def test_store_spills_least_recently_used_and_waits_for_the_copies():
+    store = sealed_store(100, {b"a": 30, b"b": 30, b"c": 30})
     store.access(b"a")  # b is now the oldest
-    assert store.create(b"d", 30) == [b"b"]
+    assert store.create(b"d", 30) == (False, [b"b"])  # room once b is on disk: ask again then
+    assert store.create(b"d", 30) == (False, [])  # b's copy is still running: nothing more to spill
+    assert store.restore(b"b") == ("wait", [])  # a restore of an object being spilled waits for it
+    assert store.spill_done(b"b")
+    assert store.create(b"d", 30) == (True, [])
     store.sealed(b"d", 30)
-    assert store.restore(b"b") == [b"c"]
-    assert store.stats()["used"] == 90
+    assert store.restore(b"b") == ("wait", [b"c"])
+    assert store.spill_done(b"c")
+    assert store.restore(b"b") == ("start", [])
+    assert store.restore(b"b") == ("restoring", [])  # a second reader waits for the same copy
+    assert store.stats()["used"] == 90 and store.stats()["restoring"] == 1
+    assert store.restore_done(b"b")
+    assert store.restore(b"b") == ("memory", [])
+    assert store.stats()["used"] == 90 and store.stats()["spilled"] == 30
 
 
 def test_store_full_errors():
@@ -99,17 +115,76 @@ def test_store_full_errors():
     store.create(b"y", 80)  # reserved, not yet sealed: cannot be spilled
     with pytest.raises(ObjectStoreFullError, match="full"):
         store.create(b"z", 50)
+    with pytest.raises(ValueError):
+        StoreState(0)
+
+
+def test_store_never_spills_pinned_objects():
+    store = sealed_store(100, {b"a": 40, b"b": 40})
+    assert store.pin(b"a") and store.pin(b"a")
+    assert not store.pin(b"zz")  # not in memory: nothing to pin
+    assert store.create(b"c", 40) == (False, [b"b"])  # a is the oldest, but mapped by readers
+    assert store.spill_done(b"b")
+    assert store.create(b"c", 40) == (True, [])
+    store.sealed(b"c", 40)
+    store.pin(b"c")
+    with pytest.raises(ObjectStoreFullError, match="pinned"):
+        store.create(b"d", 40)
+    store.unpin(b"a")
+    with pytest.raises(ObjectStoreFullError):
+        store.create(b"d", 40)  # one reader still maps a
+    store.unpin(b"a")
+    assert store.create(b"d", 40) == (False, [b"a"])
+
+
+def test_store_copies_that_fail_or_outlive_their_object():
+    store = sealed_store(100, {b"a": 60})
+    assert store.create(b"b", 60) == (False, [b"a"])
+    assert store.spill_done(b"a", ok=False)  # a full disk: a stays in memory
+    assert b"a" in store.in_memory and store.stats()["used"] == 60
+    assert store.create(b"b", 60) == (False, [b"a"])
+    assert store.delete(b"a") == "spilling"  # freed while its copy runs
+    assert not store.spill_done(b"a")  # the copy on disk is garbage
+    assert store.create(b"b", 60) == (True, [])
+    store.sealed(b"b", 60)
+    assert store.create(b"c", 60, can_wait=False) == (True, [b"b"])  # a transfer overdraws meanwhile
+    assert store.free < 0
+    assert store.spill_done(b"b")
+    store.sealed(b"c", 60)
+    assert store.restore(b"b") == ("wait", [b"c"])
+    assert store.spill_done(b"c")
+    assert store.restore(b"b") == ("start", [])
+    assert store.delete(b"b") == "restoring"
+    assert not store.restore_done(b"b")
+    assert store.stats()["used"] == 0 and store.free == 100
 
 
 def test_store_delete_from_memory_and_disk():
-    store = StoreState(100)
-    store.create(b"a", 60)
-    store.sealed(b"a", 60)
+    store = sealed_store(100, {b"a": 60})
+    assert store.create(b"b", 60) == (False, [b"a"])
+    store.spill_done(b"a")
     store.create(b"b", 60)
     store.sealed(b"b", 60)
     assert store.delete(b"a") == "spilled"
     assert store.delete(b"b") == "memory"
     assert store.delete(b"b") is None
+
+
+def test_chunk_window_asks_for_a_window_and_gives_up_after_retries():
+    window = ChunkWindow(window=3, timeout=1.0, retries=1)
+    assert window.start(0.0) == [0, 1, 2]
+    window.sized(4 * CHUNK + 1)  # five chunks
+    assert window.arrived(1, 0.5) == [3]
+    assert window.arrived(1, 0.5) is None  # a duplicate
+    assert window.expired(0.9) == []
+    assert window.expired(1.0) == [0, 2]  # late: asked for again, once
+    assert window.arrived(0, 1.2) == [4]
+    assert window.expired(2.0) is None  # chunk 2 is late again: the holder is gone
+    small = ChunkWindow(window=4)
+    assert small.start(0.0) == [0, 1, 2, 3]
+    small.sized(10)
+    assert small.arrived(0, 0.0) == [] and small.done()
+    assert small.arrived(2, 0.0) is None  # past the end
 
 
 def test_surplus_worker_that_refuses_to_exit_is_idle_again():

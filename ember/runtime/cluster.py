@@ -53,10 +53,8 @@ def main(argv=None) -> None:
         host=args.host,
         env=json.loads(args.env),
     )
-    loop.add_service(node_manager)
-    node_manager.loop = loop
+    node_manager.attach(loop)
     node_manager.on_declared_dead = loop.stop
-    loop.add_socket(node_manager.head, node_manager.on_head_message)
 
     print(
         json.dumps(

@@ -117,7 +117,7 @@ class CoreClient(Ownership):
         self._functions: dict = {}
         self._jobs: dict = {}  # job id -> its configuration (see job_config)
         self._store_deletes: list = []
-        self._touches: list = []
+        self._pins: collections.deque = collections.deque()  # (oid, True: mapped | False: let go), in order
         self._logs: dict[bytes, list] = {}
         self._task_events: list = []
         self._event_records: dict = {}  # task id -> its record in the batch being built
@@ -374,9 +374,13 @@ class CoreClient(Ownership):
                         self.refresh_nodes()
                     continue
                 self.send(target, {"op": protocol.STORE_DELETE, "oids": oids})
-        if self._touches:
-            self._node_manager.send_multipart(protocol.encode({"op": protocol.STORE_TOUCH, "oids": self._touches}))
-            self._touches = []
+        if self._pins:
+            pins, unpins = [], []
+            while self._pins:
+                oid, mapped = self._pins.popleft()
+                (pins if mapped else unpins).append(oid)
+            # Pins before unpins: a mapping made and dropped within one round is pinned, then let go.
+            self._node_manager.send_multipart(protocol.encode({"op": protocol.STORE_TOUCH, "oids": pins, "unpin": unpins}))
         if self._logs:
             with self._lock:
                 logs, self._logs = self._logs, {}

@@ -21,14 +21,15 @@ import time
 
 import psutil
 
-from ember.exceptions import ObjectStoreFullError
 from ember.runtime import protocol, transport
 from ember.runtime.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView, fits, groups_of
 from ember.runtime.ids import new_id
-from ember.runtime.object_store import SHM_DIR, StoreState, object_path
+from ember.runtime.launcher import remove_store_files
+from ember.runtime.object_store import SHM_DIR, StoreState
 from ember.runtime.object_transfer import ObjectTransfer
 from ember.runtime.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, gpu_amount, to_fixed
 from ember.runtime.service import Service
+from ember.runtime.store_io import StoreIO
 from ember.runtime.worker_process import WorkerProcess, spawn_worker
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_PERIOD = 0.5  # seconds between heartbeats to the head (stats go sooner when they change)
 
 
-class NodeManager(ObjectTransfer, Service):
+class NodeManager(StoreIO, ObjectTransfer, Service):
     handlers = {
         protocol.REGISTER_CLIENT: "on_register_client",
         protocol.UNREGISTER_CLIENT: "on_unregister_client",
@@ -101,12 +102,13 @@ class NodeManager(ObjectTransfer, Service):
         self.last_stats = 0.0
         self.last_heartbeat = 0.0
         self.last_client_check = 0.0
-        self.loop = None  # set by whoever runs us: sockets to other node managers join its poll
+        self.loop = None  # set by attach(): sockets to other node managers join its poll
         self.policy = ClusterPolicy(self.node_id)
         self.view: dict[bytes, NodeView] = {
             self.node_id: NodeView(self.node_id, to_fixed(resources), to_fixed(resources), address=self.address)
         }
         self._init_transfer()
+        self._init_store_io()
         self.removed_groups: set = set()  # hex ids of removed placement groups (from the cluster view)
         self.on_declared_dead = None
         self.head.send_multipart(
@@ -124,6 +126,13 @@ class NodeManager(ObjectTransfer, Service):
         for _ in range(int(num_cpus) if prestart is None else prestart):
             self.start_worker()
         self.scheduler.starting = len(self.processes)
+
+    def attach(self, loop) -> None:
+        """Join ``loop``: our connection to the head and the store's copy threads report on it."""
+        self.loop = loop
+        loop.add_service(self)
+        loop.add_socket(self.head, self.on_head_message)
+        self.attach_store_io(loop)
 
     # --- worker pool ----------------------------------------------------------------------------
     def start_worker(self) -> None:
@@ -212,6 +221,7 @@ class NodeManager(ObjectTransfer, Service):
             return
         # Objects it was writing when it died: their space is free again, their files removed.
         self.delete_objects([oid for oid, (writer, _) in self.reservations.items() if writer == client["identity"]])
+        self.release_client_io(client["identity"])
         if client.get("address"):
             # Whoever borrowed its objects must stop waiting for them.
             for other in self.clients.values():
@@ -298,10 +308,13 @@ class NodeManager(ObjectTransfer, Service):
                 died.append((node_id, address))
             self.view[node_id] = NodeView(node_id, to_fixed(total), to_fixed(available), alive, address)
         for node_id, address in died:
-            self.close_peer(address)
-            self.client_died(node_id)  # objects owned by processes on that node: no one can free them now
+            # Owners hear of the death (and start rebuilding its objects) before the readers whose
+            # pulls from it fail: a reader whose pull failed then waits for the rebuilt object.
             for client in self.clients.values():  # owners retry its tasks and rebuild its objects
                 self.send(client["identity"], {"op": protocol.NODE_DEAD, "node_id": node_id, "address": address})
+            self.close_peer(address)
+            self.client_died(node_id)  # objects owned by processes on that node: no one can free them now
+            self.remove_dead_node_files(node_id)
         self.respill()
 
     def respill(self) -> None:
@@ -323,6 +336,14 @@ class NodeManager(ObjectTransfer, Service):
             logger.error("the head declared this node dead (it missed heartbeats): stopping")
             if self.on_declared_dead is not None:
                 self.on_declared_dead()
+
+    def remove_dead_node_files(self, node_id: bytes) -> None:
+        """A node died without cleaning up: if it ran on this machine, its store files and spill
+        directory are ours to remove (a reader that mapped one keeps its mapping). Off the loop."""
+        prefix = f"ember-{node_id.hex()[:12]}"
+        spill_dir = os.path.join(self.session_dir, "spill", node_id.hex()[:12])
+        self.io_pool.submit(remove_store_files, prefix)
+        self.io_pool.submit(shutil.rmtree, spill_dir, True)
 
     def on_cancel_lease_request(self, identity, header, frames):
         # A request already granted is not cancelled: its grant is on the way and the owner
@@ -394,88 +415,6 @@ class NodeManager(ObjectTransfer, Service):
                     self.send(request.client, {"op": protocol.LEASED_WORKER_DIED, "wid": worker_id})
         self.stats_dirty = True
 
-    # --- object store ---------------------------------------------------------------------------
-    def on_store_create(self, identity, header, frames):
-        oid = header["oid"]
-        # A retried task writes the same return id again: whatever an earlier attempt left (sealed,
-        # or half written by a writer that died) gives way to the new one.
-        self.delete_objects([oid])
-        try:
-            to_spill = self.store.create(oid, header["size"])
-        except ObjectStoreFullError as error:
-            return {"full": str(error)}
-        self.reservations[oid] = (identity, header["size"])
-        self.spill(to_spill)
-        self.stats_dirty = True
-        return {"prefix": self.store_prefix}
-
-    def on_store_sealed(self, identity, header, frames):
-        if header["oid"] not in self.reservations:
-            return  # its reservation was given back already (its writer was presumed dead)
-        if header.get("failed"):  # the writer could not finish: nothing to keep
-            self.delete_objects([header["oid"]])
-            return
-        self.reservations.pop(header["oid"])
-        self.store.sealed(header["oid"], header["size"])
-        owner = header.get("owner")
-        owner_node = header.get("owner_node", self.node_id)
-        if owner_node == self.node_id:
-            if owner is not None and owner not in self.clients:
-                self.delete_objects([header["oid"]])  # the owner died meanwhile
-                return
-        else:
-            node = self.view.get(owner_node)
-            if node is not None and not node.alive:
-                self.delete_objects([header["oid"]])  # its owner's node died meanwhile
-                return
-            owner = owner_node  # a remote owner: freed with its node (see on_cluster_view)
-        self.store_owner[header["oid"]] = owner
-        self.stats_dirty = True
-        for peer in self.sealing.pop(header["oid"], ()):
-            self.on_pull_object(peer, {"oid": header["oid"]}, [])
-
-    def on_store_restore(self, identity, header, frames):
-        oid = header["oid"]
-        if oid not in self.store.spilled:
-            found = oid in self.store.in_memory
-            self.store.access(oid)
-            return {"found": found}
-        try:
-            to_spill = self.store.restore(oid)
-        except ObjectStoreFullError as error:
-            return {"full": str(error)}
-        self.spill(to_spill)
-        spilled = os.path.join(self.spill_dir, oid.hex())
-        shutil.copyfile(spilled, object_path(self.store_prefix, oid))
-        os.unlink(spilled)
-        self.stats_dirty = True
-        return {"found": True}
-
-    def on_store_touch(self, identity, header, frames):
-        for oid in header["oids"]:
-            self.store.access(oid)
-
-    def on_store_delete(self, identity, header, frames):
-        self.delete_objects(header["oids"])
-
-    def delete_objects(self, oids) -> None:
-        for oid in oids:
-            self.store_owner.pop(oid, None)
-            for peer in self.sealing.pop(oid, ()):  # its writer failed or died: it will never come
-                self.send(peer, {"op": protocol.OBJECT_CHUNK, "oid": oid, "missing": True})
-            reservation = self.reservations.pop(oid, None)
-            if reservation is not None:
-                self.store.abandoned(reservation[1])
-            where = self.store.delete(oid)
-            path = (
-                object_path(self.store_prefix, oid) if where != "spilled" else os.path.join(self.spill_dir, oid.hex())
-            )
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        self.stats_dirty = True
-
     # --- placement-group bundles ----------------------------------------------------------------
     # The head reserves a group's bundles in two phases (prepare on every chosen node, then commit);
     # the scheduler keeps the books, we only answer and stop what a cancelled bundle ran.
@@ -496,12 +435,6 @@ class NodeManager(ObjectTransfer, Service):
         self.carry_out([action for action in actions if action[0] != "stop_leased_worker"])
         return {}
 
-    def spill(self, oids) -> None:
-        for oid in oids:
-            path = object_path(self.store_prefix, oid)
-            shutil.copyfile(path, os.path.join(self.spill_dir, oid.hex()))
-            os.unlink(path)  # readers that mapped it keep their mapping
-
     # --- logs and stats -------------------------------------------------------------------------
     def on_worker_logs(self, identity, header, frames):
         for job_id, lines in header["batches"].items():
@@ -509,6 +442,7 @@ class NodeManager(ObjectTransfer, Service):
 
     def tick(self, now: float) -> None:
         self.check_workers()
+        self.check_transfers(now)
         if now - self.last_client_check > 0.5:
             self.last_client_check = now
             self.check_clients()
@@ -575,6 +509,7 @@ class NodeManager(ObjectTransfer, Service):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        self.close_store_io()
         shutil.rmtree(self.spill_dir, ignore_errors=True)
         for sock in self.peers.values():
             sock.close(0)

@@ -2,10 +2,16 @@
 
 Data flow::
 
-    reader --store_pull(oid, from node)--> its node manager --pull_object--> holder's node manager
+    reader --store_pull(oid, from node)--> its node manager --pull_object(chunks 0..3)--> holder's node manager
     reader <--reply {found | lost | full}--      (one pull per object, however many readers wait)
-                                          <--object_chunk x N (8 MiB, zero-copy from the mapping)--
+                                          <--object_chunk x 4 (8 MiB, zero-copy from the mapping)--
+                                          --pull_object(chunk 4)--> ...   (one more per chunk received)
                                           writes each chunk into its own store with pwrite, seals it
+
+The puller keeps a window of chunks in flight (:class:`ChunkWindow`, a plain state machine), so a
+large object never queues gigabytes in the sockets. A chunk not received in time is asked for again,
+a bounded number of times; then the pull fails, and so does no reader wait forever on a lost reply.
+The holder keeps no state per pull: each request names the chunks it wants.
 
 The copy is an ordinary object of the receiving node's store (it can spill like any other); the
 owner records it and frees it with the original. This is a mixin of
@@ -14,26 +20,101 @@ owner records it and frees it with the original. This is a mixin of
 
 import mmap
 import os
+import time
 
 from ember.exceptions import ObjectStoreFullError
 from ember.runtime import protocol, transport
 from ember.runtime.object_store import object_path, pwrite_all
 
 CHUNK = 8 * 2**20  # objects travel between nodes in chunks of this many bytes
+WINDOW = 4  # chunks in flight per pull
+CHUNK_TIMEOUT = 10.0  # seconds before a chunk is asked for again (the holder may first restore it from disk)
+CHUNK_RETRIES = 3  # times the late chunks of one pull are asked for again before it fails
+
+
+class ChunkWindow:
+    """Which chunks of one pull to ask for next, and when to give up on the holder.
+
+    ``start`` names the first chunks (the object's size is not known yet: the holder ignores
+    chunks past its end); ``arrived`` records one and names the next; ``expired`` names the chunks
+    to ask for again, or returns None once the retries are spent.
+    """
+
+    def __init__(self, window: int = WINDOW, timeout: float = CHUNK_TIMEOUT, retries: int = CHUNK_RETRIES):
+        if window < 1 or timeout <= 0 or retries < 0:
+            raise ValueError("a chunk window needs window >= 1, timeout > 0 and retries >= 0")
+        self.window = window
+        self.timeout = timeout
+        self.retries_left = retries
+        self.total: int | None = None  # chunks in the object, once its size is known
+        self.next = 0
+        self.outstanding: dict[int, float] = {}  # chunk index -> deadline
+        self.received: set = set()
+
+    def start(self, now: float) -> list:
+        return self._fill(now)
+
+    def sized(self, size: int) -> None:
+        self.total = max(1, -(-size // CHUNK))
+        self.outstanding = {i: deadline for i, deadline in self.outstanding.items() if i < self.total}
+        self.next = min(self.next, self.total)
+
+    def arrived(self, index: int, now: float) -> list | None:
+        """A chunk came: the chunks to ask for now, or None if it came already (a duplicate)."""
+        if index in self.received or (self.total is not None and index >= self.total):
+            return None
+        self.received.add(index)
+        self.outstanding.pop(index, None)
+        return self._fill(now)
+
+    def done(self) -> bool:
+        return self.total is not None and len(self.received) == self.total
+
+    def expired(self, now: float) -> list | None:
+        """Chunks late at ``now``, to ask for again ([] if none); None: out of retries, give up."""
+        late = [i for i, deadline in self.outstanding.items() if deadline <= now]
+        if not late:
+            return []
+        if self.retries_left == 0:
+            return None
+        self.retries_left -= 1
+        for i in late:
+            self.outstanding[i] = now + self.timeout
+        return late
+
+    def _fill(self, now: float) -> list:
+        asked = []
+        while len(self.outstanding) < self.window and (self.total is None or self.next < self.total):
+            if self.next not in self.received:
+                self.outstanding[self.next] = now + self.timeout
+                asked.append(self.next)
+            self.next += 1
+        return asked
+
+
+class Transfer:
+    """One pull in progress on the receiving side."""
+
+    __slots__ = ("source", "window", "fd", "size")
+
+    def __init__(self, source: str):
+        self.source = source  # the holder's node manager address
+        self.window = ChunkWindow()
+        self.fd = None  # the store file being filled, once the first chunk told its size
+        self.size = 0
 
 
 class ObjectTransfer:
     def _init_transfer(self) -> None:
         self.peers: dict[str, object] = {}  # node manager address -> DEALER
         self.pulls: dict[bytes, list] = {}  # object id -> [(client identity, rid)] waiting for its copy
-        self.incoming: dict[bytes, list] = {}  # object id -> [fd, bytes received, size] while it arrives
-        self.pull_source: dict[bytes, str] = {}  # object id -> address of the node it is pulled from
-        self.sealing: dict[bytes, list] = {}  # object id -> nodes that pulled it before its writer sealed it
+        self.transfers: dict[bytes, Transfer] = {}  # object id -> its pull in progress
+        self.sealing: dict[bytes, list] = {}  # object id -> (peer, request) that came before its writer sealed it
 
     def on_store_pull(self, identity, header, frames):
         """A local reader needs an object that another node holds: fetch a copy into our store."""
         oid = header["oid"]
-        if oid in self.store.in_memory or oid in self.store.spilled:
+        if self.store.holds(oid):
             return {"found": True}
         waiting = self.pulls.get(oid)
         if waiting is not None:  # already on its way: one transfer serves every reader
@@ -41,23 +122,42 @@ class ObjectTransfer:
             return None
         source = self.view.get(header["from"])
         if source is None or not source.alive:
-            return {"lost": f"the node that held it ({header['from'].hex()[:12]}) is dead"}
+            return {"lost": f"the node that held it ({header['from'].hex()[:12]}) is dead", "dead": True}
         self.pulls[oid] = [(identity, header["rid"])]
-        self.pull_source[oid] = source.address
-        self.peer(source.address).send_multipart(protocol.encode({"op": protocol.PULL_OBJECT, "oid": oid}))
+        transfer = self.transfers[oid] = Transfer(source.address)
+        self.ask_chunks(oid, transfer, transfer.window.start(time.monotonic()))
         return None
 
+    def ask_chunks(self, oid: bytes, transfer: Transfer, chunks: list) -> None:
+        if chunks:
+            request = {"op": protocol.PULL_OBJECT, "oid": oid, "chunks": chunks}
+            self.peer(transfer.source).send_multipart(protocol.encode(request))
+
+    def check_transfers(self, now: float) -> None:
+        """Ask again for chunks that are late; fail the pulls whose holder stopped answering."""
+        for oid, transfer in list(self.transfers.items()):
+            late = transfer.window.expired(now)
+            if late is None:
+                self.abort_incoming(oid, "the node holding it stopped answering")
+            else:
+                self.ask_chunks(oid, transfer, late)
+
     def on_pull_object(self, identity, header, frames):
-        """Another node pulls an object from us: send it in chunks straight from its mapping."""
+        """Another node pulls chunks of an object from us: send them straight from its mapping."""
         oid = header["oid"]
-        if oid in self.store.spilled:
-            self.on_store_restore(identity, {"oid": oid}, [])
         if oid in self.reservations:
             # Its writer told the owner before telling us that it sealed it: serve it once sealed.
-            self.sealing.setdefault(oid, []).append(identity)
+            self.sealing.setdefault(oid, []).append((identity, header))
             return
         if oid not in self.store.in_memory:
-            self.send(identity, {"op": protocol.OBJECT_CHUNK, "oid": oid, "missing": True})
+
+            def then(body):
+                if body.get("found"):
+                    self.on_pull_object(identity, header, frames)
+                else:
+                    self.send(identity, {"op": protocol.OBJECT_CHUNK, "oid": oid, "missing": True})
+
+            self.when_in_memory(oid, then)  # spilled: copied back first (off the loop)
             return
         with open(object_path(self.store_prefix, oid), "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -65,9 +165,14 @@ class ObjectTransfer:
         view = memoryview(mapping)
         # Zero-copy sends: each frame keeps the mapping alive until ZeroMQ has written it, so the
         # object may even be deleted or spilled meanwhile.
-        for offset in range(0, max(size, 1), CHUNK):
+        for index in header.get("chunks", ()):
+            offset = index * CHUNK
+            if offset >= max(size, 1):
+                continue  # the puller did not know the size yet
             chunk = view[offset : offset + CHUNK]
-            self.send(identity, {"op": protocol.OBJECT_CHUNK, "oid": oid, "offset": offset, "size": size}, [chunk])
+            self.send(
+                identity, {"op": protocol.OBJECT_CHUNK, "oid": oid, "index": index, "offset": offset, "size": size}, [chunk]
+            )
 
     def peer(self, address: str):
         sock = self.peers.get(address)
@@ -81,54 +186,62 @@ class ObjectTransfer:
         if sock is not None:
             self.loop.remove_socket(sock)
             sock.close(0)
-        for oid in [oid for oid, source in self.pull_source.items() if source == address]:
+        for oid in [oid for oid, transfer in self.transfers.items() if transfer.source == address]:
             # Transfers from it will never finish.
-            if oid in self.incoming:
-                self.abort_incoming(oid, "the node sending it died")
-            else:
-                self.finish_pull(oid, {"lost": "the node that held it died"})
+            self.abort_incoming(oid, "the node that held it died", dead=True)
 
     def on_peer_message(self, frames) -> None:
         header, payload = protocol.decode(frames)
         if header.get("op") != protocol.OBJECT_CHUNK:
             return
         oid = header["oid"]
+        transfer = self.transfers.get(oid)
+        if transfer is None:
+            return  # a transfer nobody waits for any more
         if header.get("missing"):
-            self.finish_pull(oid, {"lost": "the node that should hold it does not have it"})
+            self.abort_incoming(oid, "the node that should hold it does not have it")
             return
-        state = self.incoming.get(oid)
-        if state is None:
-            if oid not in self.pulls:
-                return  # a transfer nobody waits for any more
-            size = header["size"]
+        if transfer.fd is None:
+            size = transfer.size = header["size"]
             try:
-                to_spill = self.store.create(oid, size)
+                # Chunks are on their way: the room is taken now, even if spills in flight must
+                # finish before it is free (a transfer overdraws the store by a bounded amount).
+                _, to_spill = self.store.create(oid, size, can_wait=False)
             except ObjectStoreFullError as error:
+                self.transfers.pop(oid)
                 self.finish_pull(oid, {"full": str(error)})
                 return
             self.spill(to_spill)
-            fd = os.open(object_path(self.store_prefix, oid), os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
-            os.ftruncate(fd, size)
-            state = self.incoming[oid] = [fd, 0, size]
-        chunk = payload[0] if payload else b""
-        pwrite_all(state[0], chunk, header["offset"])
-        state[1] += memoryview(chunk).nbytes
-        if state[1] >= state[2]:
-            os.close(state[0])
-            del self.incoming[oid]
-            self.store.sealed(oid, state[2])
+            transfer.fd = os.open(object_path(self.store_prefix, oid) + ".part", os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
+            os.ftruncate(transfer.fd, size)
+            transfer.window.sized(size)
+        more = transfer.window.arrived(header["index"], time.monotonic())
+        if more is None:
+            return  # a chunk asked for twice that came twice
+        pwrite_all(transfer.fd, payload[0] if payload else b"", header["offset"])
+        if transfer.window.done():
+            os.close(transfer.fd)
+            del self.transfers[oid]
+            # Readers map the final name only: never a copy half received.
+            os.rename(object_path(self.store_prefix, oid) + ".part", object_path(self.store_prefix, oid))
+            self.store.sealed(oid, transfer.size)
             self.stats_dirty = True
             self.finish_pull(oid, {"found": True})
+        else:
+            self.ask_chunks(oid, transfer, more)
 
-    def abort_incoming(self, oid: bytes, why: str) -> None:
-        state = self.incoming.pop(oid, None)
-        if state is not None:
-            os.close(state[0])
-            self.store.abandoned(state[2])
-            self.delete_objects([oid])
-        self.finish_pull(oid, {"lost": why})
+    def abort_incoming(self, oid: bytes, why: str, dead: bool = False) -> None:
+        transfer = self.transfers.pop(oid, None)
+        if transfer is not None and transfer.fd is not None:
+            os.close(transfer.fd)
+            self.store.abandoned(transfer.size)
+            try:
+                os.unlink(object_path(self.store_prefix, oid) + ".part")
+            except FileNotFoundError:
+                pass
+        # ``dead``: the holder died, so the owner heard of it and is rebuilding the object.
+        self.finish_pull(oid, {"lost": why, "dead": dead})
 
     def finish_pull(self, oid: bytes, body: dict) -> None:
-        self.pull_source.pop(oid, None)
         for identity, rid in self.pulls.pop(oid, ()):
             self.reply(identity, rid, body)

@@ -14,6 +14,7 @@ import collections
 import concurrent.futures
 import threading
 import time
+import weakref
 
 import zmq
 
@@ -259,7 +260,8 @@ class Ownership:
 
     def read_stored(self, oid: bytes, node_id: bytes):
         """Map a stored object and rebuild its value around the shared memory (no copy). An object
-        held by another node is first copied into this node's store, in chunks, by the node managers."""
+        held by another node is first copied into this node's store, in chunks, by the node managers.
+        The object stays pinned in memory (never spilled) while the mapping lives."""
         if node_id != self.node_id:
             reply, _ = self.request(
                 "node_manager", {"op": protocol.STORE_PULL, "oid": oid, "from": node_id}, timeout=None
@@ -276,15 +278,24 @@ class Ownership:
         try:
             data, buffers = read_object(path)
         except FileNotFoundError:
-            reply, _ = self.request("node_manager", {"op": protocol.STORE_RESTORE, "oid": oid})
+            # Spilled: the node manager copies it back and pins it for us before it answers.
+            reply, _ = self.request("node_manager", {"op": protocol.STORE_RESTORE, "oid": oid}, timeout=None)
             if reply.get("full"):
                 raise exceptions.ObjectStoreFullError(reply["full"]) from None
             if not reply.get("found"):
-                raise exceptions.ObjectLostError(oid.hex(), "It is no longer in the object store.") from None
+                why = reply.get("lost", "it is no longer in the object store")
+                raise exceptions.ObjectLostError(oid.hex(), f"It could not be read: {why}.") from None
             data, buffers = read_object(path)
         else:
-            self._touches.append(oid)
+            self._pins.append((oid, True))
+        unpin = weakref.finalize(data.obj, self._unpin, oid)
+        unpin.atexit = False
         return deserialize(data, buffers)
+
+    def _unpin(self, oid: bytes) -> None:
+        # Runs when the last view on a mapping goes, maybe in the garbage collector: no locks.
+        self._pins.append((oid, False))
+        self.wake()
 
     def _add_copy(self, oid: bytes, node_id: bytes) -> None:
         entry = self._objects.get(oid)
@@ -491,23 +502,30 @@ class Ownership:
     def _await_rebuilt(self, oid: bytes, holder, lost_from: bytes):
         """The node holding an object died under our read. The owner learns it and rebuilds the
         object (or fails it); wait for that and return the new holder, or None to give up."""
+        deadline = time.monotonic() + 60
         with self._cond:
-            if isinstance(holder, BorrowedValue):
-                if holder.refetches >= 3:
-                    return None
-                holder.refetches += 1
-                holder.state, holder.node_id = PENDING, None
-                self.call_soon(self._fetch, oid, holder.owner)
-            deadline = time.monotonic() + 60
             try:
-                while holder.state == PENDING or (holder.state == READY and holder.node_id == lost_from):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or (holder.state == READY and not isinstance(holder, BorrowedValue)):
+                while True:
+                    if isinstance(holder, BorrowedValue) and holder.state != PENDING and holder.node_id == lost_from:
+                        # The owner's answer names the node that failed us: ask again, giving the owner
+                        # time to hear of the death and start the rebuild.
+                        if holder.refetches >= 5:
+                            return None
+                        if holder.refetches:
+                            self._cond.wait(0.5)
+                        holder.refetches += 1
+                        holder.state, holder.node_id = PENDING, None
+                        self.call_soon(self._fetch, oid, holder.owner)
+                    if holder.state != PENDING and holder.node_id != lost_from:
+                        return holder  # rebuilt, found on another node, or failed for good
+                    if holder.state == READY and not isinstance(holder, BorrowedValue):
                         return None  # the owner (us) knows of no death: it is lost for good
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
                     self.lead_once(remaining)
             finally:
                 self.stop_leading()
-            return holder
 
     def get(self, refs: list, timeout: float | None = None) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout

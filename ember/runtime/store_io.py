@@ -1,0 +1,275 @@
+"""The node manager's object store handlers, with every file copy off its loop.
+
+Spilling and restoring copy whole objects (hundreds of MiB) between ``/dev/shm`` and the spill
+directory. Done on the loop, such a copy would stop heartbeats and every other request for its
+duration, so copies run on a small thread pool; each finished copy is queued and the loop is woken
+through a pipe, and only the loop changes state (``StoreState`` and the files' final names)::
+
+    loop: StoreState decides -> pool: copy to a ".part" file -> pipe -> loop: rename, unlink, answer
+
+Requests that need room the spills in flight will make (a writer's create, a reader's restore) are
+answered when those finish. A reader pins what it maps, so the object is not chosen for spilling
+while it is in use; a client's pins go with it when it dies. This is a mixin of
+:class:`~ember.runtime.node_manager.NodeManager`.
+"""
+
+import collections
+import concurrent.futures
+import logging
+import os
+import shutil
+
+from ember.exceptions import ObjectStoreFullError
+from ember.runtime import protocol
+from ember.runtime.object_store import object_path
+from ember.runtime.service import read_eof
+
+logger = logging.getLogger(__name__)
+
+IO_THREADS = 2  # copies at once: enough to keep a disk busy, few enough to leave the CPUs to workers
+
+
+class StoreIO:
+    def _init_store_io(self) -> None:
+        self.io_pool = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ember-store-io")
+        self.io_done: collections.deque = collections.deque()  # (kind, oid, error) from the copy threads
+        self.io_wake_r, self.io_wake_w = os.pipe()
+        os.set_blocking(self.io_wake_r, False)
+        os.set_blocking(self.io_wake_w, False)
+        self.room_waiters: list = []  # (client identity or None, retry) asked again when a spill ends
+        self.restore_waiters: dict[bytes, list] = {}  # oid -> callbacks(body) for when it is back
+        self.client_pins: dict[bytes, dict] = {}  # client identity -> {oid: pins}
+        self.discarded = 0
+
+    def attach_store_io(self, loop) -> None:
+        loop.add_fd(self.io_wake_r, self._on_io_done)
+
+    def spill_path(self, oid: bytes) -> str:
+        return os.path.join(self.spill_dir, oid.hex())
+
+    # --- copies on the pool -------------------------------------------------------------------------
+    def spill(self, oids) -> None:
+        """Start copying objects chosen by the store to disk (they are ``spilling`` meanwhile)."""
+        for oid in oids:
+            self._submit("spill", oid, object_path(self.store_prefix, oid), self.spill_path(oid) + ".part")
+        if oids:
+            self.stats_dirty = True
+
+    def _submit(self, kind: str, oid: bytes, source: str, target: str) -> None:
+        future = self.io_pool.submit(shutil.copyfile, source, target)
+        future.add_done_callback(lambda f: self._report(kind, oid, f))
+
+    def _report(self, kind: str, oid: bytes, future) -> None:
+        # On a copy thread: queue the result, wake the loop; nothing else.
+        self.io_done.append((kind, oid, None if future.cancelled() else future.exception()))
+        try:
+            os.write(self.io_wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (a wake-up is pending anyway) or closed (we are stopping)
+
+    def _on_io_done(self, fd: int) -> None:
+        read_eof(fd)
+        spill_error = None
+        while self.io_done:
+            kind, oid, error = self.io_done.popleft()
+            if kind == "spill":
+                spill_error = self._spill_finished(oid, error) or spill_error
+            elif kind == "restore":
+                self._restore_finished(oid, error)
+        self.stats_dirty = True
+        # Room may have been made: ask the waiting requests again, in arrival order. If spilling
+        # fails (a full disk), they fail too rather than choose the same objects again and again.
+        waiters, self.room_waiters = self.room_waiters, []
+        for _, retry, fail in waiters:
+            if spill_error is None:
+                retry()
+            else:
+                fail({"full": f"The object store is full and spilling to disk failed: {spill_error}"})
+
+    def _spill_finished(self, oid: bytes, error):
+        """Carry out a finished spill; returns the error if one failed (its object stays in memory)."""
+        part = self.spill_path(oid) + ".part"
+        kept = self.store.spill_done(oid, ok=error is None)
+        if not kept or error is not None:
+            _unlink(part)  # deleted meanwhile (the copy may have failed for that reason), or a failed copy
+            if kept:
+                logger.error("spilling object %s failed: %s", oid.hex(), error)
+                return error
+            return None
+        os.rename(part, self.spill_path(oid))
+        self.discard(object_path(self.store_prefix, oid))  # readers that mapped it keep their mapping
+        return None
+
+    def _restore_finished(self, oid: bytes, error) -> None:
+        part = object_path(self.store_prefix, oid) + ".part"
+        kept = self.store.restore_done(oid, ok=error is None)
+        if kept and error is not None:
+            logger.error("restoring object %s failed: %s", oid.hex(), error)
+        if kept and error is None:
+            # Readers map the final name only: they never see a file half copied back.
+            os.rename(part, object_path(self.store_prefix, oid))
+            self.discard(self.spill_path(oid))
+            body = {"found": True}
+        else:
+            _unlink(part)
+            body = {"found": False} if error is None else {"lost": f"restoring it from disk failed: {error}"}
+        for then in self.restore_waiters.pop(oid, ()):
+            then(body)
+
+    def when_in_memory(self, oid: bytes, then, client: bytes | None = None) -> None:
+        """Call ``then(body)`` once ``oid`` is in shared memory (``{"found": True}``), copying it
+        back from disk first if it was spilled; ``{"found": False}`` if this store does not hold it,
+        ``{"full": ...}`` if it cannot come back. ``client`` is whose request waits (dropped if it dies)."""
+        try:
+            status, to_spill = self.store.restore(oid)
+        except ObjectStoreFullError as error:
+            then({"full": str(error)})
+            return
+        self.spill(to_spill)
+        if status == "memory":
+            then({"found": True})
+        elif status == "unknown":
+            then({"found": False})
+        elif status == "wait":  # its own spill, or the spills making room for it, are running
+            self.room_waiters.append((client, lambda: self.when_in_memory(oid, then, client), then))
+        else:
+            self.restore_waiters.setdefault(oid, []).append(then)
+            if status == "start":
+                self._submit("restore", oid, self.spill_path(oid), object_path(self.store_prefix, oid) + ".part")
+                self.stats_dirty = True
+
+    # --- client requests ----------------------------------------------------------------------------
+    def on_store_create(self, identity, header, frames):
+        # A retried task writes the same return id again: whatever an earlier attempt left (sealed,
+        # or half written by a writer that died) gives way to the new one.
+        self.delete_objects([header["oid"]])
+        return self._create(identity, header)
+
+    def _create(self, identity, header):
+        oid, size = header["oid"], header["size"]
+        try:
+            granted, to_spill = self.store.create(oid, size)
+        except ObjectStoreFullError as error:
+            return {"full": str(error)}
+        self.spill(to_spill)
+        if not granted:  # answered once the spills in flight have made room
+            self.room_waiters.append(
+                (
+                    identity,
+                    lambda: self._answer(identity, header, self._create(identity, header)),
+                    lambda body: self._answer(identity, header, body),
+                )
+            )
+            return None
+        self.reservations[oid] = (identity, size)
+        self.stats_dirty = True
+        return {"prefix": self.store_prefix}
+
+    def _answer(self, identity, header, body) -> None:
+        if body is not None:
+            self.reply(identity, header["rid"], body)
+
+    def on_store_restore(self, identity, header, frames):
+        """A reader found an object's file gone (spilled): answered once it is back, pinned for the reader."""
+        oid, rid = header["oid"], header["rid"]
+
+        def then(body):
+            if body.get("found"):
+                self.pin(identity, oid)  # not spilled again before the reader maps it
+            self.reply(identity, rid, body)
+
+        self.when_in_memory(oid, then, identity)
+
+    def on_store_sealed(self, identity, header, frames):
+        oid = header["oid"]
+        if oid not in self.reservations:
+            return  # its reservation was given back already (its writer was presumed dead)
+        if header.get("failed"):  # the writer could not finish: nothing to keep
+            self.delete_objects([oid])
+            return
+        self.reservations.pop(oid)
+        self.store.sealed(oid, header["size"])
+        owner = header.get("owner")
+        owner_node = header.get("owner_node", self.node_id)
+        if owner_node == self.node_id:
+            if owner is not None and owner not in self.clients:
+                self.delete_objects([oid])  # the owner died meanwhile
+                return
+        else:
+            node = self.view.get(owner_node)
+            if node is not None and not node.alive:
+                self.delete_objects([oid])  # its owner's node died meanwhile
+                return
+            owner = owner_node  # a remote owner: freed with its node (see on_cluster_view)
+        self.store_owner[oid] = owner
+        self.stats_dirty = True
+        for peer, request in self.sealing.pop(oid, ()):
+            self.on_pull_object(peer, request, [])
+
+    def on_store_touch(self, identity, header, frames):
+        """A reader mapped these objects (``oids``: pin them, most recently used now) and let go of
+        those (``unpin``)."""
+        for oid in header.get("oids", ()):
+            self.pin(identity, oid)
+        for oid in header.get("unpin", ()):
+            self.unpin(identity, oid)
+
+    def pin(self, identity: bytes, oid: bytes) -> None:
+        if self.store.pin(oid):
+            pins = self.client_pins.setdefault(identity, {})
+            pins[oid] = pins.get(oid, 0) + 1
+
+    def unpin(self, identity: bytes, oid: bytes) -> None:
+        pins = self.client_pins.get(identity)
+        if not pins or oid not in pins:
+            return  # never counted (it was not in memory when the pin came)
+        pins[oid] -= 1
+        if not pins[oid]:
+            del pins[oid]
+        self.store.unpin(oid)
+
+    def release_client_io(self, identity: bytes) -> None:
+        """A client died: its pins go, and the requests it left waiting for room are dropped."""
+        for oid, count in self.client_pins.pop(identity, {}).items():
+            for _ in range(count):
+                self.store.unpin(oid)
+        self.room_waiters = [waiter for waiter in self.room_waiters if waiter[0] != identity]
+
+    def on_store_delete(self, identity, header, frames):
+        self.delete_objects(header["oids"])
+
+    def delete_objects(self, oids) -> None:
+        for oid in oids:
+            self.store_owner.pop(oid, None)
+            for peer, _ in self.sealing.pop(oid, ()):  # its writer failed or died: it will never come
+                self.send(peer, {"op": protocol.OBJECT_CHUNK, "oid": oid, "missing": True})
+            reservation = self.reservations.pop(oid, None)
+            if reservation is not None:
+                self.store.abandoned(reservation[1])
+            where = self.store.delete(oid)
+            # A copy still running finds it deleted when it ends and removes its ".part" file then.
+            self.discard(self.spill_path(oid) if where in ("spilled", "restoring") else object_path(self.store_prefix, oid))
+        self.stats_dirty = True
+
+    def discard(self, path: str) -> None:
+        """Remove a file without waiting: freeing the pages of a large one takes a while, so it is
+        renamed out of the way here (its name may be reused at once) and unlinked on the pool."""
+        self.discarded += 1
+        gone = f"{path}.gone{self.discarded}"
+        try:
+            os.rename(path, gone)
+        except FileNotFoundError:
+            return
+        self.io_pool.submit(_unlink, gone)
+
+    def close_store_io(self) -> None:
+        self.io_pool.shutdown(wait=True, cancel_futures=True)
+        os.close(self.io_wake_r)
+        os.close(self.io_wake_w)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
