@@ -380,7 +380,8 @@ class CoreClient(Ownership):
                 oid, mapped = self._pins.popleft()
                 (pins if mapped else unpins).append(oid)
             # Pins before unpins: a mapping made and dropped within one round is pinned, then let go.
-            self._node_manager.send_multipart(protocol.encode({"op": protocol.STORE_TOUCH, "oids": pins, "unpin": unpins}))
+            touch = {"op": protocol.STORE_TOUCH, "oids": pins, "unpin": unpins}
+            self._node_manager.send_multipart(protocol.encode(touch))
         if self._logs:
             with self._lock:
                 logs, self._logs = self._logs, {}

@@ -149,7 +149,7 @@ class ObjectTransfer:
             # Its writer told the owner before telling us that it sealed it: serve it once sealed.
             self.sealing.setdefault(oid, []).append((identity, header))
             return
-        if oid not in self.store.in_memory:
+        if oid not in self.store.in_memory and oid not in self.store.spilling:  # (a spilling one is still there)
 
             def then(body):
                 if body.get("found"):
@@ -170,9 +170,8 @@ class ObjectTransfer:
             if offset >= max(size, 1):
                 continue  # the puller did not know the size yet
             chunk = view[offset : offset + CHUNK]
-            self.send(
-                identity, {"op": protocol.OBJECT_CHUNK, "oid": oid, "index": index, "offset": offset, "size": size}, [chunk]
-            )
+            reply = {"op": protocol.OBJECT_CHUNK, "oid": oid, "index": index, "offset": offset, "size": size}
+            self.send(identity, reply, [chunk])
 
     def peer(self, address: str):
         sock = self.peers.get(address)
@@ -212,7 +211,8 @@ class ObjectTransfer:
                 self.finish_pull(oid, {"full": str(error)})
                 return
             self.spill(to_spill)
-            transfer.fd = os.open(object_path(self.store_prefix, oid) + ".part", os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
+            part = object_path(self.store_prefix, oid) + ".part"
+            transfer.fd = os.open(part, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
             os.ftruncate(transfer.fd, size)
             transfer.window.sized(size)
         more = transfer.window.arrived(header["index"], time.monotonic())

@@ -516,8 +516,8 @@ class Ownership:
                         holder.refetches += 1
                         holder.state, holder.node_id = PENDING, None
                         self.call_soon(self._fetch, oid, holder.owner)
-                    if holder.state != PENDING and holder.node_id != lost_from:
-                        return holder  # rebuilt, found on another node, or failed for good
+                    if holder.state == FAILED or (holder.state == READY and holder.node_id != lost_from):
+                        return holder  # failed for good (its error says why), rebuilt, or found on another node
                     if holder.state == READY and not isinstance(holder, BorrowedValue):
                         return None  # the owner (us) knows of no death: it is lost for good
                     remaining = deadline - time.monotonic()

@@ -248,7 +248,8 @@ class StoreIO:
                 self.store.abandoned(reservation[1])
             where = self.store.delete(oid)
             # A copy still running finds it deleted when it ends and removes its ".part" file then.
-            self.discard(self.spill_path(oid) if where in ("spilled", "restoring") else object_path(self.store_prefix, oid))
+            on_disk = where in ("spilled", "restoring")
+            self.discard(self.spill_path(oid) if on_disk else object_path(self.store_prefix, oid))
         self.stats_dirty = True
 
     def discard(self, path: str) -> None:
