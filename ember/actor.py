@@ -5,6 +5,7 @@ import inspect
 import pickle
 
 from ember import options as opts
+from ember.connection import connected_client
 from ember.runtime import protocol
 from ember.runtime.core_client import current_client
 from ember.runtime.ids import new_id
@@ -86,7 +87,7 @@ class ActorClass:
         return _Bound()
 
     def _remote(self, args, kwargs, options: dict) -> "ActorHandle":
-        client = current_client()
+        client = connected_client()
         if self._pickled is None:
             payload = dumps_function(self._cls)
             self._pickled = (b"cls:" + hashlib.sha1(payload).digest(), payload)
@@ -199,7 +200,7 @@ class ActorMethod:
         options = self._options
         num_returns = options.get("num_returns", self._num_returns)
         handle = self._handle
-        refs = current_client().submitter.submit_actor_task(
+        refs = connected_client().submitter.submit_actor_task(
             handle._actor_id,
             self._name,
             args,
@@ -244,6 +245,6 @@ def kill(handle: ActorHandle, no_restart: bool = True) -> None:
     ActorDiedError. With ``no_restart=False`` an actor with restarts left is restarted instead."""
     if not isinstance(handle, ActorHandle):
         raise TypeError(f"ember.kill() expects an actor handle, got {type(handle).__name__}.")
-    current_client().request(
+    connected_client().request(
         "head", {"op": protocol.KILL_ACTOR, "actor_id": handle._actor_id, "no_restart": no_restart}
     )

@@ -9,10 +9,11 @@ import threading
 import psutil
 
 from ember.actor import ActorClass, ActorHandle, handle_from_info, kill  # noqa: F401 - re-exported
+from ember.connection import connected_client
 from ember.options import check_runtime_env
 from ember.remote_function import RemoteFunction
 from ember.runtime import accelerators, core_client, launcher, protocol, transport
-from ember.runtime.core_client import CoreClient, current_client, set_current_client
+from ember.runtime.core_client import CoreClient, set_current_client
 from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
 from ember.runtime.ownership import store_prefix
 
@@ -339,7 +340,7 @@ def get(object_refs, *, timeout: float | None = None):
     refs = _check_refs(object_refs, "ember.get()")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}.")
-    values = current_client().get(refs, timeout)
+    values = connected_client().get(refs, timeout)
     return values[0] if isinstance(object_refs, ObjectRef) else values
 
 
@@ -347,7 +348,7 @@ def put(value, *, _owner=None) -> ObjectRef:
     """Store a value in the object store; returns its ObjectRef."""
     if isinstance(value, ObjectRef):
         raise TypeError("Calling put() on an ObjectRef is not allowed: it is already a reference to an object.")
-    return current_client().put(value)
+    return connected_client().put(value)
 
 
 def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
@@ -373,7 +374,7 @@ def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fet
         raise ValueError(f"num_returns ({num_returns}) cannot exceed the number of refs ({len(refs)}).")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}.")
-    return current_client().wait(refs, num_returns, timeout, fetch_local)
+    return connected_client().wait(refs, num_returns, timeout, fetch_local)
 
 
 def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
@@ -383,7 +384,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     An ObjectRefGenerator cancels its generator task: the values it yielded stay readable, and the
     next ref it yields holds the TaskCancelledError.
     """
-    client = current_client()
+    client = connected_client()
     if isinstance(object_ref, ObjectRefGenerator):
         task_id = object_ref._task_id()  # a generator never leaves the process that submitted it
     elif isinstance(object_ref, ObjectRef):
@@ -402,7 +403,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of the named actor ``name`` (in ``namespace``, by default the job's own)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"get_actor() expects a non-empty actor name, got {name!r}.")
-    client = current_client()
+    client = connected_client()
     namespace = namespace or client.current_namespace()
     reply, _ = client.request("head", {"op": protocol.GET_NAMED_ACTOR, "name": name, "namespace": namespace})
     if reply["actor"] is None:
@@ -413,7 +414,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 
 
 def _nodes_raw() -> list:
-    reply, _ = current_client().request("head", {"op": protocol.GET_NODES})
+    reply, _ = connected_client().request("head", {"op": protocol.GET_NODES})
     return reply["nodes"]
 
 
@@ -461,4 +462,4 @@ def available_resources() -> dict:
 
 def free(object_refs) -> None:
     """Release the values of owned objects now (``ray.internal.free``)."""
-    current_client().free(_check_refs(object_refs, "free()"))
+    connected_client().free(_check_refs(object_refs, "free()"))

@@ -5,7 +5,7 @@ import hashlib
 import inspect
 
 from ember import options as opts
-from ember.runtime.core_client import current_client
+from ember.connection import connected_client
 from ember.runtime.serialization import dumps_function
 
 
@@ -61,7 +61,7 @@ class RemoteFunction:
                 self._signature.bind(*args, **kwargs)  # wrong arguments fail here, as in Ray, not at get()
             except TypeError as error:
                 raise TypeError(f"{self._name}.remote(): {error}") from None
-        client = current_client()
+        client = connected_client()
         key = self._export(client)
         num_returns = options.get("num_returns", 1)
         resources, _, strategy, placement_group = opts.scheduling_of(options, opts.resources_of(options, 1))

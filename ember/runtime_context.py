@@ -1,6 +1,6 @@
 """``ember.get_runtime_context()``: who and where the caller is, as Ray's RuntimeContext."""
 
-from ember.runtime.core_client import current_client
+from ember.connection import connected_client
 from ember.runtime.task_context import current_task
 
 
@@ -86,7 +86,7 @@ class RuntimeContext:
 
 def get_runtime_context() -> RuntimeContext:
     """The runtime context of the caller (driver, task or actor)."""
-    return RuntimeContext(current_client())
+    return RuntimeContext(connected_client())
 
 
 def get_gpu_ids() -> list:

@@ -246,3 +246,23 @@ def test_job_runtime_env_applies_to_all_its_tasks(cluster):
         return os.environ.get("JOB_VAR")
 
     assert ember.get(read_here.remote()) is None  # another job's variables never leak into ours
+
+
+def test_unpickling_a_ref_without_a_client_starts_no_cluster(cluster):
+    # Only the public API starts a cluster on first use; a ref arriving in a process that is not
+    # connected is an error, not a new cluster behind the user's back.
+    import pickle
+
+    data = pickle.dumps(ember.put(1))
+    result = run_driver(
+        f"""
+        import pickle, ember
+        try:
+            pickle.loads({data!r})
+        except RuntimeError as error:
+            print("refused:", error)
+        print("initialized:", ember.is_initialized())
+        """
+    )
+    assert "refused: This process is not connected to an Ember cluster" in result.stdout
+    assert "initialized: False" in result.stdout

@@ -7,6 +7,8 @@
 
 import msgpack
 
+from ember.connection import connected_client
+
 # The head's KV key holding the standing request_resources() request, a msgpack map {"bundles": [...]}.
 REQUEST_KEY = b"autoscaler:request"
 # What the monitor last decided, for `ember status`: msgpack {"max_workers", "worker_shape", "launched", "infeasible"}.
@@ -37,7 +39,6 @@ def request_resources(num_cpus: int | None = None, bundles: list | None = None) 
     request; ``request_resources()`` with nothing clears it. It does not wait for the nodes.
     """
     from ember.runtime import protocol
-    from ember.runtime.core_client import current_client
 
     if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 0):
         raise ValueError(f"num_cpus must be a non-negative integer, got {num_cpus!r}.")
@@ -46,7 +47,7 @@ def request_resources(num_cpus: int | None = None, bundles: list | None = None) 
     request = [{"CPU": 1.0}] * (num_cpus or 0)
     request += [b for b in (_check_bundle(b) for b in bundles or []) if b]
     payload = msgpack.packb({"bundles": request}, use_bin_type=True)
-    current_client().request("head", {"op": protocol.KV_PUT, "key": REQUEST_KEY, "overwrite": True}, [payload])
+    connected_client().request("head", {"op": protocol.KV_PUT, "key": REQUEST_KEY, "overwrite": True}, [payload])
 
 
 def decode_request(value: bytes | None) -> list:

@@ -56,11 +56,10 @@ _REMOTE_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": 
 
 
 def current_client(required: bool = True):
-    """The client of this process (the driver's or the worker's)."""
+    """The client of this process (the driver's or the worker's). Never starts a cluster: only the
+    public API does that, on first use (``ember.api.connected_client``)."""
     if _client is None and required:
-        from ember import api
-
-        api.init()  # Ray initialises implicitly on first use; so do we
+        raise RuntimeError("This process is not connected to an Ember cluster: call ember.init() first.")
     return _client
 
 

@@ -36,7 +36,6 @@ from ember.runtime.service import read_eof, unwrap
 from ember.runtime.task_context import ActorExit, TaskContext, current_task
 from ember.runtime.task_submitter import Arg
 
-
 # Generator tasks whose values go back one by one as they are yielded. A "dynamic" task's owner
 # gathers them into one DynamicObjectRefGenerator when the task ends; its own return is object 1,
 # so its values are numbered from 2.

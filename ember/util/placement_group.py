@@ -8,8 +8,8 @@ then run inside a bundle with ``PlacementGroupSchedulingStrategy``. The head kee
 import concurrent.futures
 import sys
 
+from ember.connection import connected_client
 from ember.runtime import protocol
-from ember.runtime.core_client import current_client
 from ember.runtime.ids import new_id, new_task_id, return_object_id
 from ember.runtime.placement import STRATEGIES
 from ember.runtime.placement_groups import check_bundles
@@ -82,7 +82,7 @@ class PlacementGroup:
     def ready(self):
         """An ObjectRef that resolves to this placement group once it is created, for
         ``ember.get``/``ember.wait`` (a group removed first makes ``get`` raise)."""
-        client = current_client()
+        client = connected_client()
         oid = return_object_id(new_task_id(), 0)
         client.new_owned(oid)
         ref = client.ref(oid)
@@ -105,7 +105,7 @@ class PlacementGroup:
 
     def wait(self, timeout_seconds: float = 30) -> bool:
         """Block until the group is created; False if it is not within ``timeout_seconds``."""
-        client = current_client()
+        client = connected_client()
         answer = concurrent.futures.Future()
         rid = new_id(8)
         request = {"op": protocol.WAIT_PLACEMENT_GROUP, "rid": rid, "pg_id": self.id.binary()}
@@ -151,7 +151,7 @@ def placement_group(
         raise TypeError(f"Placement group `name` must be a string, got {type(name).__name__}.")
     if _soft_target_node_id is not None and strategy != "STRICT_PACK":
         raise ValueError("_soft_target_node_id currently only works with the STRICT_PACK strategy.")
-    client = current_client()
+    client = connected_client()
     context = current_task.get()
     pg_id = PlacementGroupID(new_id(PG_ID_SIZE))
     bundles = [dict(bundle) for bundle in bundles]
@@ -187,7 +187,7 @@ def remove_placement_group(placement_group: PlacementGroup) -> None:
     """Release the group's bundles; tasks and actors running in it are killed (as in Ray)."""
     if not isinstance(placement_group, PlacementGroup):
         raise TypeError(f"remove_placement_group() expects a PlacementGroup, got {type(placement_group).__name__}.")
-    current_client().request("head", {"op": protocol.REMOVE_PLACEMENT_GROUP, "pg_id": placement_group.id.binary()})
+    connected_client().request("head", {"op": protocol.REMOVE_PLACEMENT_GROUP, "pg_id": placement_group.id.binary()})
 
 
 def _from_wire(entry: dict | None) -> dict | None:
@@ -200,7 +200,7 @@ def _from_wire(entry: dict | None) -> dict | None:
 
 
 def _table_entry(pg_id: bytes) -> dict | None:
-    reply, _ = current_client().request("head", {"op": protocol.PLACEMENT_GROUP_TABLE, "pg_id": pg_id})
+    reply, _ = connected_client().request("head", {"op": protocol.PLACEMENT_GROUP_TABLE, "pg_id": pg_id})
     return _from_wire(reply["entry"])
 
 
@@ -209,7 +209,7 @@ def placement_group_table(placement_group: PlacementGroup | None = None) -> dict
     ``bundles_to_node_id``, ``strategy``, ``state``, ``stats``), or of all by id hex."""
     if placement_group is not None:
         return _table_entry(placement_group.id.binary()) or {}
-    reply, _ = current_client().request("head", {"op": protocol.PLACEMENT_GROUP_TABLE})
+    reply, _ = connected_client().request("head", {"op": protocol.PLACEMENT_GROUP_TABLE})
     return {key: _from_wire(entry) for key, entry in reply["table"].items()}
 
 
@@ -217,7 +217,7 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
     """The group named ``placement_group_name`` in the job's namespace; ValueError if none."""
     if not isinstance(placement_group_name, str) or not placement_group_name:
         raise ValueError(f"get_placement_group() expects a non-empty name, got {placement_group_name!r}.")
-    client = current_client()
+    client = connected_client()
     reply, _ = client.request(
         "head",
         {

@@ -19,8 +19,8 @@ Where the data comes from, and its limits:
 import dataclasses
 from dataclasses import dataclass, field
 
+from ember.connection import connected_client
 from ember.runtime import protocol
-from ember.runtime.core_client import current_client
 
 DEFAULT_LIMIT = 100
 _PREDICATES = ("=", "!=")
@@ -122,7 +122,7 @@ class PlacementGroupState:
 
 # --- the queries ---------------------------------------------------------------------------------
 def _query(kind: str) -> dict:
-    reply, _ = current_client().request("head", {"op": protocol.STATE_QUERY, "kind": kind})
+    reply, _ = connected_client().request("head", {"op": protocol.STATE_QUERY, "kind": kind})
     return reply
 
 
@@ -216,7 +216,7 @@ def _object_states() -> list:
 
     from ember.runtime.ownership import FAILED, PENDING
 
-    client = current_client()
+    client = connected_client()
     ip = client.address.split("//")[-1].rsplit(":", 1)[0] if client.address else ""
     kind = "DRIVER" if client.kind == "driver" else "WORKER"
     with client._lock:

@@ -16,6 +16,7 @@ import time
 import msgpack
 import zmq
 
+from ember.connection import connected_client
 from ember.runtime import core_client, transport
 from ember.widgets.state import ClusterState
 from ember.widgets.throttle import Throttle
@@ -144,7 +145,7 @@ _feed_lock = threading.Lock()
 def feed() -> EventFeed:
     """The process's shared feed for the connected cluster (started on first use)."""
     global _feed
-    client = core_client.current_client()  # initialises Ember implicitly, as any API call does
+    client = connected_client()  # a widget is public API: it starts Ember on first use, as Ray's calls do
     with _feed_lock:
         if _feed is not None and _feed.address != client.publisher_address:
             _feed.stop()
