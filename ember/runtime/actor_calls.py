@@ -83,6 +83,10 @@ class ActorCalls:
     def _pump_actor(self, state: ActorState) -> None:
         self._send_actor_calls(state)
         self._maybe_release(state)  # calls that failed before being sent also drain the queue
+        if state.state == DEAD and not state.queue and not state.inflight and self.actors.get(state.actor_id) is state:
+            # Nothing more will happen to it: a later call through a handle we still hold subscribes
+            # again and hears DEAD from the head, so a program that makes many actors stays small.
+            del self.actors[state.actor_id]
 
     def _send_actor_calls(self, state: ActorState) -> None:
         if state.state == DEAD:

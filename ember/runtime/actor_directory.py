@@ -58,6 +58,25 @@ class ActorInfo:
         }
 
 
+def forgotten_actor(actor_id: bytes) -> dict:
+    """What the head answers about an actor id it does not know: dead, as Ray's GCS answers."""
+    return {
+        "actor_id": actor_id,
+        "state": DEAD,
+        "address": None,
+        "client_address": None,
+        "node_id": None,
+        "num_restarts": 0,
+        "death_cause": "The actor is dead; the cluster no longer remembers how it died (see "
+        "EMBER_MAXIMUM_DESTROYED_ACTOR_CACHED_COUNT).",
+        "pid": None,
+        "name": None,
+        "namespace": None,
+        "class_name": None,
+        "meta": None,
+    }
+
+
 class ActorDirectory:
     def _outlives_job(self, actor: ActorInfo) -> bool:
         """Detached actors outlive their job, and so do the actors they created: an actor shares the
@@ -89,7 +108,7 @@ class ActorDirectory:
         return {"existing": None}
 
     def _schedule_pending_actors(self):
-        for actor in self.actors.values():
+        for actor in list(self.actors.values()):  # placing one may end another, and forget a third
             if actor.state not in (PENDING, RESTARTING) or actor.worker_id is not None:
                 continue  # placed already, or its worker is running the constructor
             if actor.lease_rid is None:
@@ -217,8 +236,11 @@ class ActorDirectory:
     def on_subscribe_actor(self, identity, header, frames):
         actor = self.actors.get(header["actor_id"])
         if actor is None:
-            return {"actor": None}
-        actor.subscribers.add(identity)
+            # Every actor is registered here before a handle to it exists: an id we do not know is
+            # one that died and was forgotten (past EMBER_MAXIMUM_DESTROYED_ACTOR_CACHED_COUNT).
+            return {"actor": forgotten_actor(header["actor_id"])}
+        if actor.state != DEAD:  # a dead actor sends no more updates
+            actor.subscribers.add(identity)
         return {"actor": actor.public()}
 
     def on_get_named_actor(self, identity, header, frames):
@@ -295,12 +317,25 @@ class ActorDirectory:
         actor.state = DEAD
         actor.death_cause = cause
         self._notify(actor)
+        # The constructor's arguments are only needed to restart it, and it will not restart.
+        actor.frames = []
+        actor.subscribers = set()
+        for evicted in self.dead_actors.add(actor.actor_id):
+            self._forget_actor(evicted)
         for child in list(self.actors.values()):  # the actors it created share its fate
             if child.spec.get("owner_actor") == actor.actor_id and not child.spec.get("detached"):
                 self._kill(child, "The actor that created this actor died.")
         name = actor.spec.get("name")
         if name and self.named.get((actor.spec.get("namespace"), name)) == actor.actor_id:
             del self.named[(actor.spec.get("namespace"), name)]
+
+    def _forget_actor(self, actor_id: bytes) -> None:
+        """Drop a dead actor's entry for good (the oldest past the cap of remembered dead actors)."""
+        actor = self.actors.pop(actor_id, None)
+        if actor is not None and actor.worker_id is not None:
+            if self.worker_actor.get(actor.worker_id) == actor_id:
+                del self.worker_actor[actor.worker_id]
+            self._close_worker_socket(actor.worker_id)
 
     def _notify(self, actor: ActorInfo) -> None:
         update = {"op": protocol.ACTOR_UPDATE, "actor": actor.public()}

@@ -50,6 +50,7 @@ IDLE_POLL = 1.0  # the longest the I/O thread sleeps with nothing to do
 LEAD_GRACE = 0.002  # how long the I/O thread stays aside after a user thread led the loop
 EVENT_PERIOD = 0.1  # a task's events are held this long (a short task's go out as one record)
 MAX_HELD_EVENTS = 20_000  # past this many held records, they all go out at once
+MAX_IDLE_PEERS = 64  # sockets kept open to workers whose leases went back (see release_peer)
 
 # Errors a service may answer with that the caller should see as their own type.
 _REMOTE_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError}
@@ -112,6 +113,7 @@ class CoreClient(Ownership):
         self._held_interrupts = None  # (SIGINT handler, signals held) while the main thread leads
         self._waiting: dict = {}  # request id -> callback(header, frames)
         self._peers: dict[str, zmq.Socket] = {}
+        self._idle_peers: collections.OrderedDict = collections.OrderedDict()  # see release_peer
         self._exported: set = set()
         self._functions: dict = {}
         self._jobs: dict = {}  # job id -> its configuration (see job_config)
@@ -465,13 +467,30 @@ class CoreClient(Ownership):
         if sock is None:
             sock = self._peers[target] = transport.connect_dealer(target.split("#", 1)[0])
             self._poller.register(sock, zmq.POLLIN)
+        elif self._idle_peers:
+            self._idle_peers.pop(target, None)
         return sock
 
-    def close_peer(self, address: str) -> None:
+    def close_peer(self, address: str | None) -> None:
+        """Close our socket to a peer that is gone (or that we will not talk to again)."""
+        self._idle_peers.pop(address, None)
         sock = self._peers.pop(address, None)
         if sock is not None:
             self._poller.unregister(sock)
             sock.close(0)
+
+    def release_peer(self, address: str | None) -> None:
+        """We expect no reply from this peer now: its socket may be closed to keep the number of
+        open sockets bounded. The most recently released MAX_IDLE_PEERS stay open, as a worker whose
+        lease went back is often leased again; older ones (workers that may have exited) close."""
+        if address not in self._peers:
+            return
+        self._idle_peers[address] = None
+        self._idle_peers.move_to_end(address)
+        while len(self._idle_peers) > MAX_IDLE_PEERS:
+            oldest, _ = self._idle_peers.popitem(last=False)
+            if not self.submitter.uses_peer(oldest):
+                self.close_peer(oldest)
 
     def send(self, target, header: dict, frames=(), callback=None) -> None:
         """On the I/O thread: send a message; ``callback(header, frames)`` gets the reply."""
@@ -493,10 +512,13 @@ class CoreClient(Ownership):
 
         if threading.current_thread() is self._thread:
             raise RuntimeError("request() must not be called on the I/O thread")
+        rid = header.setdefault("rid", new_id(8))
         self.call_soon(self.send, target, header, frames, on_reply)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
+            # Nobody waits for that reply any more: its entry must not stay in the table for good.
+            self.call_soon(self._waiting.pop, rid, None)
             raise TimeoutError(f"no reply to {header['op']} from {target} within {timeout} s") from None
 
     def _serve(self, frames: list, table: dict) -> None:

@@ -23,6 +23,7 @@ import msgpack
 
 from ember.runtime import protocol, transport
 from ember.runtime.actor_directory import DEAD, ActorDirectory, ActorInfo
+from ember.runtime.bounded import DEAD_JOBS, DEAD_NODES, DESTROYED_ACTORS, EndedCache, cap_from_env
 from ember.runtime.cluster_scheduler import ClusterPolicy, NodeView
 from ember.runtime.ids import new_id
 from ember.runtime.placement_groups import PlacementGroupManager
@@ -93,6 +94,7 @@ class Head(ActorDirectory, StateQueries, Service):
         protocol.WAIT_PLACEMENT_GROUP: "on_wait_placement_group",
         protocol.PLACEMENT_GROUP_TABLE: "on_placement_group_table",
         protocol.STATE_QUERY: "on_state_query",
+        protocol.TABLE_SIZES: "on_table_sizes",
     }
 
     def __init__(self, loop, host: str = "127.0.0.1", port: int = 0):
@@ -118,6 +120,11 @@ class Head(ActorDirectory, StateQueries, Service):
         self.actor_policy = ClusterPolicy(b"")  # actors have no "local" node: least used first
         self.placement_groups = PlacementGroupManager()
         self.task_table = TaskTable()  # the recent tasks, for the state API (bounded)
+        # What ended is remembered up to a cap, oldest forgotten first (see ember.runtime.bounded).
+        self.dead_actors = EndedCache(cap_from_env(DESTROYED_ACTORS))
+        self.dead_nodes = EndedCache(cap_from_env(DEAD_NODES))
+        self.dead_jobs = EndedCache(cap_from_env(DEAD_JOBS))
+        self.view_removals: dict[bytes, int] = {}  # node id -> the removal version its last view carried
 
     # --- nodes and jobs -------------------------------------------------------------------------
     def on_register_node(self, identity, header, frames):
@@ -191,7 +198,7 @@ class Head(ActorDirectory, StateQueries, Service):
             # heartbeats that queued meanwhile are not late, so nobody is judged on that gap.
             for node in self.nodes.values():
                 node.last_heartbeat += stalled
-        for node in self.nodes.values():
+        for node in list(self.nodes.values()):  # a node declared dead may push the oldest dead one out
             if node.alive and now - node.last_heartbeat > self.node_timeout:
                 self.node_died(node, f"no heartbeat for {self.node_timeout:g} s")
             elif node.alive and node.suspect_since is not None:
@@ -202,15 +209,27 @@ class Head(ActorDirectory, StateQueries, Service):
         if self.view_dirty and now - self.last_view >= VIEW_PERIOD:
             self.view_dirty = False
             self.last_view = now
-            view = {
-                "op": protocol.CLUSTER_VIEW,
-                "nodes": [[n.node_id, n.address, n.resources, n.available, n.alive] for n in self.nodes.values()],
+            self._send_views()
+
+    def _send_views(self) -> None:
+        nodes = [[n.node_id, n.address, n.resources, n.available, n.alive] for n in self.nodes.values()]
+        groups = self.placement_groups
+        encoded: dict = {}  # one encoding per distinct removal version (usually all nodes share one)
+        for node_id, sock in self.node_sockets.items():
+            if not self.nodes[node_id].alive:
+                continue
+            seen = self.view_removals.get(node_id, 0)
+            if seen not in encoded:
                 # Work that needs a removed group's bundles can never run: node managers fail it.
-                "removed_groups": self.placement_groups.removed_ids(),
-            }
-            for node_id, sock in self.node_sockets.items():
-                if self.nodes[node_id].alive:
-                    sock.send_multipart(protocol.encode(view))
+                # Each node is sent only the removals it has not seen (ZeroMQ keeps our messages to
+                # it in order), or all we remember when it is new or too far behind.
+                removed, full = groups.removals_since(seen)
+                view = {"op": protocol.CLUSTER_VIEW, "nodes": nodes, "removed_groups": removed}
+                if full:
+                    view["removed_full"] = True
+                encoded[seen] = protocol.encode(view)
+            sock.send_multipart(encoded[seen])
+            self.view_removals[node_id] = groups.removal_version
 
     def on_node_disconnected(self, node: NodeInfo) -> None:
         if node.alive and node.suspect_since is None:
@@ -244,9 +263,12 @@ class Head(ActorDirectory, StateQueries, Service):
             elif actor.lease_rid is not None:  # its worker was still being leased there
                 self.pending_requests.pop(actor.lease_rid, None)
                 actor.lease_rid = None
+        self.view_removals.pop(node.node_id, None)
         self.publish(b"event:node", {"node_id": node.node_id, "alive": False, "address": node.address})
         self._schedule_pending_actors()
         self.placement_node_died(node.node_id)
+        for evicted in self.dead_nodes.add(node.node_id):
+            self.nodes.pop(evicted, None)
 
     def on_register_job(self, identity, header, frames):
         job_id = self.next_job.to_bytes(4, "little")
@@ -267,6 +289,8 @@ class Head(ActorDirectory, StateQueries, Service):
             return {}
         job["alive"] = False
         job["end_time"] = time.time()
+        for evicted in self.dead_jobs.add(header["job_id"]):
+            self.jobs.pop(evicted, None)
         for actor in list(self.actors.values()):
             if actor.job_id == header["job_id"] and actor.state != DEAD and not self._outlives_job(actor):
                 self._kill(actor, "the job that created the actor finished")
@@ -290,6 +314,23 @@ class Head(ActorDirectory, StateQueries, Service):
                 for n in self.nodes.values()
             ],
             "pending_bundles": self.placement_groups.pending_bundles(),
+        }
+
+    def on_table_sizes(self, identity, header, frames):
+        """How many entries each of the head's tables holds (for soak tests and debugging)."""
+        return {
+            "actors": len(self.actors),
+            "dead_actors": len(self.dead_actors),
+            "named": len(self.named),
+            "worker_actor": len(self.worker_actor),
+            "worker_sockets": len(self.worker_sockets),
+            "pending_requests": len(self.pending_requests),
+            "nodes": len(self.nodes),
+            "jobs": len(self.jobs),
+            "kv": len(self.kv),
+            "placement_groups": len(self.placement_groups.groups),
+            "placement_group_names": len(self.placement_groups.names),
+            "removed_placement_groups": len(self.placement_groups.removals),
         }
 
     # --- internal key-value store ---------------------------------------------------------------

@@ -22,6 +22,7 @@ import time
 import psutil
 
 from ember.runtime import protocol, transport
+from ember.runtime.bounded import REMOVED_PLACEMENT_GROUPS, EndedCache, cap_from_env
 from ember.runtime.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView, fits, groups_of
 from ember.runtime.ids import new_id
 from ember.runtime.launcher import remove_store_files
@@ -56,6 +57,7 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
         protocol.STORE_TOUCH: "on_store_touch",
         protocol.WORKER_LOGS: "on_worker_logs",
         protocol.CLUSTER_VIEW: "on_cluster_view",
+        protocol.TABLE_SIZES: "on_table_sizes",
         protocol.NODE_DEAD: "on_node_dead",
         protocol.STORE_PULL: "on_store_pull",
         protocol.PULL_OBJECT: "on_pull_object",
@@ -109,7 +111,8 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
         }
         self._init_transfer()
         self._init_store_io()
-        self.removed_groups: set = set()  # hex ids of removed placement groups (from the cluster view)
+        # Hex ids of removed placement groups, from the cluster view's deltas; as bounded as the head's.
+        self.removed_groups = EndedCache(cap_from_env(REMOVED_PLACEMENT_GROUPS))
         self.on_declared_dead = None
         self.head.send_multipart(
             protocol.encode(
@@ -263,7 +266,7 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
 
     def removed_group_error(self, request: LeaseRequest) -> ValueError | None:
         """The error for a request that needs the bundles of a removed placement group, if it does."""
-        removed = groups_of(request.resources) & self.removed_groups
+        removed = {group for group in groups_of(request.resources) if group in self.removed_groups}
         if not removed:
             return None
         return ValueError(
@@ -293,7 +296,11 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
         return self.view
 
     def on_cluster_view(self, identity, header, frames):
-        self.removed_groups = set(header.get("removed_groups", ()))
+        # The head sends the removals we have not seen, or all it remembers ("removed_full").
+        if header.get("removed_full"):
+            self.removed_groups = EndedCache(self.removed_groups.capacity)
+        for pg_hex in header.get("removed_groups", ()):
+            self.removed_groups.add(pg_hex)
         for request in list(self.scheduler.queue):
             error = self.removed_group_error(request)
             if error is not None:
@@ -307,6 +314,9 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
             if old is not None and old.alive and not alive:
                 died.append((node_id, address))
             self.view[node_id] = NodeView(node_id, to_fixed(total), to_fixed(available), alive, address)
+        listed = {entry[0] for entry in header["nodes"]}
+        for node_id in [n for n, view in self.view.items() if not view.alive and n not in listed]:
+            del self.view[node_id]  # dead, and forgotten by the head (its cap on dead nodes)
         for node_id, address in died:
             # Owners hear of the death (and start rebuilding its objects) before the readers whose
             # pulls from it fail: a reader whose pull failed then waits for the rebuilt object.
@@ -316,6 +326,25 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
             self.client_died(node_id)  # objects owned by processes on that node: no one can free them now
             self.remove_dead_node_files(node_id)
         self.respill()
+
+    def on_table_sizes(self, identity, header, frames):
+        """How many entries each of this node manager's tables holds (for soak tests and debugging)."""
+        return {
+            "processes": len(self.processes),
+            "workers": len(self.workers),
+            "requests": len(self.requests),
+            "clients": len(self.clients),
+            "client_leases": len(self.client_leases),
+            "store_owner": len(self.store_owner),
+            "reservations": len(self.reservations),
+            "removed_groups": len(self.removed_groups),
+            "view": len(self.view),
+            "peers": len(self.peers),
+            "pulls": len(self.pulls),
+            "scheduler_queue": len(self.scheduler.queue),
+            "scheduler_workers": len(self.scheduler.workers),
+            "bundles": len(self.scheduler.bundles),
+        }
 
     def respill(self) -> None:
         """Requests queued here that another node could run now go there (a node joined or freed up)."""

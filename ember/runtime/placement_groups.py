@@ -18,9 +18,11 @@ change in the nodes. A dead node's bundles go back to pending and are placed aga
 States (Ray's names): PENDING, PREPARING, CREATED, RESCHEDULING, REMOVED.
 """
 
+import collections
 import time
 from dataclasses import dataclass, field
 
+from ember.runtime.bounded import REMOVED_PLACEMENT_GROUPS, cap_from_env
 from ember.runtime.placement import STRATEGIES, NodeView, _take, feasible_ever, place_bundles
 
 PENDING, PREPARING, CREATED, RESCHEDULING, REMOVED = "PENDING", "PREPARING", "CREATED", "RESCHEDULING", "REMOVED"
@@ -76,9 +78,17 @@ class Group:
 class PlacementGroupManager:
     """Placement groups of one cluster: where their bundles are and which state they are in."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock=time.monotonic, removed_cap: int | None = None):
         self.clock = clock
         self.groups: dict[bytes, Group] = {}  # in creation order: older groups are placed first
+        # Removed groups are remembered (for lookups and for failing work that needs them) up to
+        # a cap, oldest forgotten first; each removal gets a version so that node managers are sent
+        # only the removals they have not seen (see removals_since).
+        self.removed_cap = cap_from_env(REMOVED_PLACEMENT_GROUPS) if removed_cap is None else removed_cap
+        if self.removed_cap < 1:
+            raise ValueError(f"removed_cap must be at least 1, got {self.removed_cap}.")
+        self.removals: collections.OrderedDict = collections.OrderedDict()  # pg_id -> version, oldest first
+        self.removal_version = 0
         self.names: dict[tuple, bytes] = {}  # (namespace, name) -> id of a group not removed
         self.views: dict[bytes, NodeView] = {}
         self.needs_retry = False  # a prepare failed: try again on the next report, changed or not
@@ -164,7 +174,15 @@ class PlacementGroupManager:
             del self.names[(group.namespace, group.name)]
         actions += [("reply", waiter, REMOVED) for waiter in group.waiters]
         group.waiters = []
+        self._remember_removal(pg_id)
         return actions
+
+    def _remember_removal(self, pg_id: bytes) -> None:
+        self.removal_version += 1
+        self.removals[pg_id] = self.removal_version
+        while len(self.removals) > self.removed_cap:
+            evicted, _ = self.removals.popitem(last=False)
+            self.groups.pop(evicted, None)
 
     def node_died(self, node_id: bytes) -> list:
         """A node is gone: its bundles go back to pending and are placed elsewhere (as Ray does)."""
@@ -223,8 +241,26 @@ class PlacementGroupManager:
         ]
 
     def removed_ids(self) -> list:
-        """Hex ids of the removed groups (the work that asks for their bundles must fail)."""
-        return [pg_id.hex() for pg_id, group in self.groups.items() if group.state == REMOVED]
+        """Hex ids of the removed groups still remembered (the work that asks for their bundles must fail)."""
+        return [pg_id.hex() for pg_id in self.removals]
+
+    def removals_since(self, version: int) -> tuple:
+        """What a node manager that has seen removals up to ``version`` must learn: (hex ids, full).
+
+        ``full`` means the ids are every removal still remembered and replace what it knows: it is
+        new (version 0), or behind by more than we remember. Otherwise they are only the newer ones.
+        """
+        if version >= self.removal_version:
+            return [], False
+        oldest = next(iter(self.removals.values()), self.removal_version + 1)
+        if version == 0 or version < oldest - 1:
+            return self.removed_ids(), True
+        newer = []
+        for pg_id in reversed(self.removals):  # newest first: stop at the first one it has seen
+            if self.removals[pg_id] <= version:
+                break
+            newer.append(pg_id.hex())
+        return newer[::-1], False
 
     def table(self, pg_id: bytes | None = None):
         """Ray's ``placement_group_table()``: one group's entry, or {id hex: entry} for all."""

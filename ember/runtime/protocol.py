@@ -42,6 +42,7 @@ REMOVE_PLACEMENT_GROUP = "remove_placement_group"
 WAIT_PLACEMENT_GROUP = "wait_placement_group"  # replied when the group is created or removed
 PLACEMENT_GROUP_TABLE = "placement_group_table"
 STATE_QUERY = "state_query"  # the state API: the head's recent tasks, its actors or its jobs
+TABLE_SIZES = "table_sizes"  # head or node manager: how many entries each table holds (soak tests, debugging)
 
 # --- node manager ---------------------------------------------------------------------------
 REGISTER_CLIENT = "register_client"

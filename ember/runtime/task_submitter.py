@@ -315,7 +315,9 @@ class TaskSubmitter(ActorCalls):
             if spec.pending:
                 continue
             if spec.actor is not None:
-                self._pump_actor(self.actors[spec.actor])
+                state = self.actors.get(spec.actor)
+                if state is not None:  # else the actor died and its calls failed already
+                    self._pump_actor(state)
             elif not spec.cancelled:
                 self._enqueue(spec)
 
@@ -450,6 +452,17 @@ class TaskSubmitter(ActorCalls):
         self.shapes[lease.key].leases.pop(lease.worker_id, None)
         self.leases.pop(lease.worker_id, None)
         self.client.send(lease.manager, {"op": protocol.RETURN_LEASE, "wid": lease.worker_id})
+        # The worker may be leased to us again soon (keep the socket), or exit idle (close it later).
+        self.client.release_peer(lease.address)
+        self.client.release_peer(lease.client_address)
+
+    def uses_peer(self, address: str) -> bool:
+        """Whether a lease we hold talks to ``address``."""
+        return any(address in (lease.address, lease.client_address) for lease in self.leases.values())
+
+    def _close_worker_peers(self, lease: Lease) -> None:
+        self.client.close_peer(lease.address)
+        self.client.close_peer(lease.client_address)
 
     def _dispatch(self, spec: TaskSpec, lease: Lease) -> None:
         frames, error = self._resolve(spec, lease.node_id)
@@ -484,6 +497,7 @@ class TaskSubmitter(ActorCalls):
             if lease.retiring and not lease.inflight:
                 self.shapes[lease.key].leases.pop(lease.worker_id, None)
                 self.leases.pop(lease.worker_id, None)
+                self._close_worker_peers(lease)  # it exits now (max_calls): one socket per task otherwise
             elif not lease.inflight:
                 lease.idle_since = time.monotonic()
             self._pump(lease.key)
@@ -565,7 +579,7 @@ class TaskSubmitter(ActorCalls):
         if lease is None:
             return
         self.shapes[lease.key].leases.pop(lease.worker_id, None)
-        self.client.close_peer(lease.address)
+        self._close_worker_peers(lease)
         for spec in list(lease.inflight.values()):
             spec.lease = None
             self.client._waiting.pop(spec.task_id, None)
@@ -639,12 +653,20 @@ class TaskSubmitter(ActorCalls):
         )
 
     def tick(self, now: float) -> None:
-        for shape in self.shapes.values():
+        empty = []
+        for key, shape in self.shapes.items():
             if shape.queue:
                 continue
             for lease in [lease for lease in shape.leases.values() if not lease.inflight]:
                 if now - lease.idle_since > LEASE_LINGER:
                     self._return_lease(lease)
+            if not shape.leases and not shape.requests and not shape.withdrawn:
+                empty.append(key)
+        # A shape with nothing queued, leased or asked for is forgotten (its next task makes a new
+        # one, which costs less than a lease): shapes keyed by locality target or by placement
+        # group would otherwise pile up for good.
+        for key in empty:
+            del self.shapes[key]
 
     def close(self) -> None:
         for lease in list(self.leases.values()):
