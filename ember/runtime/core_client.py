@@ -51,6 +51,7 @@ LEAD_GRACE = 0.002  # how long the I/O thread stays aside after a user thread le
 EVENT_PERIOD = 0.1  # a task's events are held this long (a short task's go out as one record)
 MAX_HELD_EVENTS = 20_000  # past this many held records, they all go out at once
 MAX_IDLE_PEERS = 64  # sockets kept open to workers whose leases went back (see release_peer)
+PEER_IDLE_CLOSE = 5.0  # seconds such a socket stays open unused
 
 # Errors a service may answer with that the caller should see as their own type.
 _REMOTE_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError}
@@ -295,6 +296,8 @@ class CoreClient(Ownership):
         if now >= self._next_tick:
             self._next_tick = now + TIMER_PERIOD
             self.submitter.tick(now)
+            if self._idle_peers:
+                self._close_idle_peers(now)
 
     def _drain(self, sock) -> None:
         """Handle what is queued on ``sock``, without blocking, so a burst costs one poll."""
@@ -480,17 +483,28 @@ class CoreClient(Ownership):
             sock.close(0)
 
     def release_peer(self, address: str | None) -> None:
-        """We expect no reply from this peer now: its socket may be closed to keep the number of
-        open sockets bounded. The most recently released MAX_IDLE_PEERS stay open, as a worker whose
-        lease went back is often leased again; older ones (workers that may have exited) close."""
+        """We expect no reply from this peer now: its socket may be closed, so that the open sockets
+        stay bounded. A worker whose lease went back is often leased again soon, so the socket stays
+        open for PEER_IDLE_CLOSE seconds (at most MAX_IDLE_PEERS of them), then closes: the worker
+        may have exited idle since, and we would not hear of it."""
         if address not in self._peers:
             return
-        self._idle_peers[address] = None
+        self._idle_peers[address] = time.monotonic()
         self._idle_peers.move_to_end(address)
         while len(self._idle_peers) > MAX_IDLE_PEERS:
             oldest, _ = self._idle_peers.popitem(last=False)
             if not self.submitter.uses_peer(oldest):
                 self.close_peer(oldest)
+
+    def _close_idle_peers(self, now: float) -> None:
+        # Oldest first: stop at the first one released recently enough.
+        while self._idle_peers:
+            address, since = next(iter(self._idle_peers.items()))
+            if now - since < PEER_IDLE_CLOSE:
+                return
+            del self._idle_peers[address]
+            if not self.submitter.uses_peer(address):
+                self.close_peer(address)
 
     def send(self, target, header: dict, frames=(), callback=None) -> None:
         """On the I/O thread: send a message; ``callback(header, frames)`` gets the reply."""
