@@ -127,3 +127,65 @@ def test_soak_stays_bounded():
     for who in ("cluster", "driver"):
         assert last[who]["rss_mb"] <= first[who]["rss_mb"] * 1.15, (who, first[who], last[who])
         assert last[who]["fds"] <= first[who]["fds"] * 1.1 + 4, (who, first[who], last[who])
+
+
+def test_forgotten_dead_actor_answers_as_dead():
+    """Past the cap a dead actor's entry is gone; its handles and its name still behave as in Ray."""
+    code = """
+    import ember as ray
+    from ember.runtime import protocol
+    from ember.runtime.core_client import current_client
+
+    ray.init(num_cpus=1)
+
+    @ray.remote(num_cpus=0)
+    class A:
+        def ping(self):
+            return "pong"
+
+    first = A.options(name="first").remote()
+    assert ray.get(first.ping.remote()) == "pong"
+    ray.kill(first)
+    for _ in range(3):  # with a cap of 2, these push the first one out
+        other = A.remote()
+        ray.get(other.ping.remote())
+        ray.kill(other)
+    sizes, _ = current_client().request("head", {"op": protocol.TABLE_SIZES})
+    assert sizes["actors"] == 2 and sizes["dead_actors"] == 2, sizes
+    try:
+        ray.get(first.ping.remote(), timeout=30)
+    except ray.exceptions.ActorDiedError as error:
+        print("DIED", str(error).splitlines()[0])
+    try:
+        ray.get_actor("first")
+    except ValueError as error:
+        print("NOT FOUND", error)
+    ray.shutdown()
+    """
+    out = run_driver(code, env={"EMBER_MAXIMUM_DESTROYED_ACTOR_CACHED_COUNT": "2"}).stdout
+    assert "DIED" in out and "NOT FOUND" in out, out
+
+
+def test_finished_jobs_are_forgotten_past_the_cap(tmp_path):
+    """Each driver is a job; the head keeps the finished ones only up to the cap."""
+    code = """
+    import subprocess, sys, textwrap
+    import ember as ray
+    from ember.runtime import protocol
+    from ember.runtime.core_client import current_client
+
+    context = ray.init(num_cpus=1)
+    driver = textwrap.dedent('''
+        import sys
+        import ember as ray
+        ray.init(address=sys.argv[1])
+        ray.shutdown()
+    ''')
+    for _ in range(4):
+        subprocess.run([sys.executable, "-c", driver, context.address_info["address"]], check=True, timeout=60)
+    sizes, _ = current_client().request("head", {"op": protocol.TABLE_SIZES})
+    print("JOBS", sizes["jobs"])
+    ray.shutdown()
+    """
+    out = run_driver(code, timeout=120, env={"EMBER_MAXIMUM_DEAD_JOB_CACHED_COUNT": "2"}).stdout
+    assert "JOBS 3" in out, out  # this driver's live job and the last two finished ones

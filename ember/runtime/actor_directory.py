@@ -20,6 +20,7 @@ from ember.runtime.ids import new_id
 from ember.runtime.scheduler import to_fixed
 
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
+KEPT_WHEN_DEAD = ("name", "namespace", "class_name", "meta", "detached", "owner_actor")
 
 
 @dataclass
@@ -317,8 +318,10 @@ class ActorDirectory:
         actor.state = DEAD
         actor.death_cause = cause
         self._notify(actor)
-        # The constructor's arguments are only needed to restart it, and it will not restart.
+        # The constructor's arguments and the rest of its creation spec are only needed to restart
+        # it, and it will not restart: a dead actor keeps what lookups and its children's fate read.
         actor.frames = []
+        actor.spec = {key: actor.spec[key] for key in KEPT_WHEN_DEAD if key in actor.spec}
         actor.subscribers = set()
         for evicted in self.dead_actors.add(actor.actor_id):
             self._forget_actor(evicted)
