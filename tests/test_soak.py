@@ -10,10 +10,10 @@ import os
 import sys
 
 import pytest
+from conftest import run_driver
 
 from ember.runtime.bounded import DESTROYED_ACTORS, EndedCache, cap_from_env
 from ember.runtime.placement_groups import REMOVED, PlacementGroupManager
-from conftest import run_driver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
