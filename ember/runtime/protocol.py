@@ -11,6 +11,8 @@ untouched, so large arrays are never copied into the header.
 Every op is listed here once; each service maps the ops it accepts to a handler in a table.
 """
 
+import os
+
 import msgpack
 
 # --- head -----------------------------------------------------------------------------------
@@ -91,10 +93,42 @@ ERROR = "error"
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
+# A debug switch for tests: every header is checked against its op's schema (runtime/messages.py)
+# as it is sent, so a sender and the schemas cannot drift apart unnoticed. Read once, here: with it
+# off, encode is the plain function and costs nothing more.
+CHECK_MESSAGES = os.environ.get("EMBER_CHECK_MESSAGES", "") not in ("", "0")
+CHECK_LOG = os.environ.get("EMBER_CHECK_MESSAGES_LOG")  # also append each miss to this file
 
-def encode(header: dict, frames=()) -> list:
+
+def _encode(header: dict, frames=()) -> list:
     """Build the frame list for one message."""
     return [_pack(header), *frames]
+
+
+def _encode_checked(header: dict, frames=()) -> list:
+    """Build the frame list for one message, refusing a header its op's schema does not accept."""
+    packed = _pack(header)
+    try:
+        _messages.check_packed(packed)
+    except _messages.BadMessage as error:
+        if CHECK_LOG:
+            with open(CHECK_LOG, "a") as log:
+                log.write(f"{os.getpid()} {error.op}: {error.reason} | {_shorten(header)}\n")
+        raise
+    return [packed, *frames]
+
+
+def _shorten(header: dict) -> str:
+    text = repr(header)
+    return text if len(text) <= 2000 else text[:2000] + "..."
+
+
+if CHECK_MESSAGES:
+    from ember.runtime import messages as _messages
+
+    encode = _encode_checked
+else:
+    encode = _encode
 
 
 def decode(frames: list) -> tuple[dict, list]:

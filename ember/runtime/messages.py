@@ -1,0 +1,822 @@
+"""Every op's header, defined once as a typed schema.
+
+Each op listed in :mod:`ember.runtime.protocol` has one :class:`msgspec.Struct` here, tagged by its
+``op`` field. The services a process runs accept different sets of ops; each set is a tagged union
+with its own msgpack decoder, so a header is parsed and validated in one pass, straight from the
+frame's bytes, and a message that is not exactly what some sender of the real system sends is
+refused as :class:`BadMessage` before any handler sees it. Payload frames (pickles, buffers) are
+never described here: they stay raw.
+
+Unknown fields are refused (``forbid_unknown_fields``). Every process of a cluster runs the same
+Ember code, so a field that no schema names is a sender's bug or a forged message, never a newer
+peer; refusing it also makes the send-time check (``EMBER_CHECK_MESSAGES=1``, see
+:func:`check_header`) complete: a field a sender adds without declaring it here fails loudly in
+tests instead of being silently dropped once handlers read Structs. Replies are the exception:
+their bodies depend on the request they answer, so :class:`Reply` lists every body field the
+services return, all optional.
+"""
+
+import re
+from typing import Annotated, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+# --- field types ----------------------------------------------------------------------------------
+
+
+def _id(size: int, what: str):
+    return Annotated[bytes, Meta(min_length=size, max_length=size, description=what)]
+
+
+NodeId = _id(16, "a node id")
+ClientId = _id(16, "a driver's or worker's client id (a worker's id is its client id)")
+WorkerId = ClientId
+ActorId = _id(16, "an actor id")
+JobId = _id(4, "a job id (the head counts them)")
+TaskId = _id(14, "a task id")
+ObjectId = _id(16, "an object id: a task id and a 2-byte return index")
+PlacementGroupId = _id(18, "a placement group id, as Ray's")
+# Request ids are random 8 bytes from clients, a task's or actor's id for task messages, and a few
+# fixed short names (b"reg", b"bye") from processes that wait for one reply only.
+RequestId = Annotated[bytes, Meta(min_length=1, max_length=32)]
+Key = Annotated[bytes, Meta(min_length=1, max_length=1024)]
+
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_HOST = r"(?:[A-Za-z0-9_.\-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])"
+Address = Annotated[str, Meta(pattern=f"^{_HOST}:{_PORT}$", description="host:port")]
+# An owner's address names its process too (see CoreClient.address): host:port#client[.node].
+_OWNER_PATTERN = f"^{_HOST}:{_PORT}(?:#[A-Za-z0-9_.\\-]{{1,64}})?$"
+OwnerAddress = Annotated[str, Meta(pattern=_OWNER_PATTERN)]
+_OWNER_ADDRESS = re.compile(_OWNER_PATTERN)
+
+Count = Annotated[int, Meta(ge=0, le=2**62)]
+Size = Count
+Pid = Annotated[int, Meta(ge=1, le=2**31)]
+Retries = Annotated[int, Meta(ge=-1, le=2**31)]  # -1: without limit
+# Resource amounts: whole numbers stay ints (nodes() shows what the user gave); no NaN, no inf.
+Amount = Union[Annotated[int, Meta(ge=0, le=10**18)], Annotated[float, Meta(ge=0, le=1e18)]]
+Resources = dict[Annotated[str, Meta(min_length=1, max_length=512)], Amount]
+# What is free on a node: below zero while blocked workers' CPUs are lent to nested tasks and then taken back.
+Level = Union[Annotated[int, Meta(ge=-(10**18), le=10**18)], Annotated[float, Meta(ge=-1e18, le=1e18)]]
+Availability = dict[Annotated[str, Meta(min_length=1, max_length=512)], Level]
+NumReturns = Union[Count, Literal["streaming"]]
+Name = Annotated[str, Meta(max_length=4096)]
+Strategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+
+
+class _Part(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A nested part of a header (no op of its own)."""
+
+
+class NodeAffinity(_Part, kw_only=True):
+    node: Annotated[str, Meta(max_length=256)]
+    soft: bool
+    spill: bool = False
+
+
+SchedulingStrategy = Union[Literal["SPREAD"], NodeAffinity]
+
+
+class PlacementInfo(Struct, array_like=True, forbid_unknown_fields=True):
+    """``[group hex, bundle index (-1: any), capture child tasks]`` of a task run inside a group."""
+
+    group: Annotated[str, Meta(pattern="^[0-9a-f]{36}$")]
+    index: Annotated[int, Meta(ge=-1, le=2**31)]
+    capture: bool
+
+
+class ArgRef(Struct, array_like=True, forbid_unknown_fields=True):
+    """One top-level ObjectRef argument: ``[key, "v", first frame, buffer count]`` (inline, in the
+    payload), ``[key, "s", object id, node id]`` (in a node's store) or ``[key, "r", object id,
+    owner address]`` (borrowed: the worker asks its owner)."""
+
+    key: Union[Annotated[int, Meta(ge=0, le=2**31)], Name]
+    kind: Literal["v", "s", "r"]
+    where: Union[Count, ObjectId]
+    # A count, a node id or an owner address: msgspec unions cannot hold both bytes and str, so the
+    # element is checked against its kind here.
+    what: object
+
+    def __post_init__(self):
+        where, what = self.where, self.what
+        if self.kind == "v":
+            ok = isinstance(where, int) and type(what) is int and 0 <= what <= 2**31
+        elif self.kind == "s":
+            ok = isinstance(where, bytes) and isinstance(what, bytes) and len(what) == 16
+        else:
+            ok = isinstance(where, bytes) and isinstance(what, str) and _OWNER_ADDRESS.match(what) is not None
+        if not ok:
+            raise ValueError(f"a {self.kind!r} argument entry has the wrong element types")
+
+
+class Borrowed(Struct, array_like=True, forbid_unknown_fields=True):
+    """``[object id, owner address]`` of a ref inside a returned value."""
+
+    oid: ObjectId
+    owner: OwnerAddress
+
+
+class Return(Struct, array_like=True, forbid_unknown_fields=True):
+    """One return value: ``["v", buffer count, size, refs]`` (inline, in the payload frames) or
+    ``["s", size, node id, refs]`` (in that node's store)."""
+
+    kind: Literal["v", "s"]
+    first: Count
+    second: Union[Count, NodeId]
+    refs: list[Borrowed] = []
+
+    def __post_init__(self):
+        if (self.kind == "v") != isinstance(self.second, int):
+            raise ValueError(f"a {self.kind!r} return entry has the wrong element types")
+
+
+class LogLine(Struct, array_like=True, forbid_unknown_fields=True):
+    """``[stream, task name, pid, text, output tag]``."""
+
+    stream: Literal["stdout", "stderr"]
+    name: Name
+    pid: Pid
+    text: str
+    tag: Union[str, None] = None
+
+
+LogBatches = dict[bytes, list[LogLine]]  # job id (b"" when none) -> lines
+
+
+class StoreStats(_Part, kw_only=True):
+    capacity: Size
+    used: Size
+    num_objects: Count
+    spilled: Size
+    num_spilled: Count
+    reserved: Size
+    largest: list[tuple[ObjectId, Size]] = []
+
+
+class GpuRow(_Part, kw_only=True):
+    gpu_id: Count
+    holder: Name
+    share: Annotated[float, Meta(ge=0, le=1)]
+    actor: bool = False
+
+
+class ClusterNode(Struct, array_like=True, forbid_unknown_fields=True):
+    """One node in the head's cluster view: ``[node id, address, total, available, alive]``."""
+
+    node_id: NodeId
+    address: Address
+    total: Resources
+    available: Availability
+    alive: bool
+
+
+class Bundle(Struct, array_like=True, forbid_unknown_fields=True):
+    """``[index, resources]`` of a placement-group bundle to reserve."""
+
+    index: Annotated[int, Meta(ge=0, le=2**31)]
+    resources: Resources
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+
+class Message(Struct, kw_only=True, forbid_unknown_fields=True, tag_field="op"):
+    """A header; ``op`` is its tag. ``rid`` is set on requests that expect a reply."""
+
+    rid: Union[RequestId, None] = None
+
+
+# --- head -----------------------------------------------------------------------------------------
+
+
+class RegisterNode(Message, tag="register_node", kw_only=True):
+    node_id: NodeId
+    address: Address
+    resources: Resources
+    host: Annotated[str, Meta(max_length=253)] = ""
+
+
+class UnregisterNode(Message, tag="unregister_node", kw_only=True):
+    node_id: NodeId
+
+
+class NodeStats(Message, tag="node_stats", kw_only=True):
+    """A heartbeat: bare (``node_id`` only), or with the node's state when it changed."""
+
+    node_id: NodeId
+    available: Union[Availability, None] = None
+    total: Union[Resources, None] = None
+    store: Union[StoreStats, None] = None
+    demand: list[Resources] = []
+    gpus: list[GpuRow] = []
+
+
+class RegisterJob(Message, tag="register_job", kw_only=True):
+    pid: Pid
+    namespace: Union[Name, None] = None
+    entrypoint: str = ""
+
+
+class JobFinished(Message, tag="job_finished", kw_only=True):
+    job_id: JobId
+
+
+class KvPut(Message, tag="kv_put", kw_only=True):
+    """The value is the first payload frame."""
+
+    key: Key
+    overwrite: bool = True
+
+
+class KvGet(Message, tag="kv_get", kw_only=True):
+    key: Key
+
+
+class KvDel(Message, tag="kv_del", kw_only=True):
+    key: Key
+
+
+class KvKeys(Message, tag="kv_keys", kw_only=True):
+    prefix: bytes = b""
+
+
+class GetNodes(Message, tag="get_nodes", kw_only=True):
+    pass
+
+
+class _TaskFields(Message, tag=False, kw_only=True):
+    """What every task, actor call and actor constructor carries (see TaskSubmitter._new_spec)."""
+
+    tname: Name = ""
+    job: Union[JobId, None] = None
+    owner: OwnerAddress
+    owner_id: ClientId
+    owner_node: Union[NodeId, None] = None
+    tag: Union[Name, None] = None
+    nbuf: Count = 0  # out-of-band buffers after the pickled arguments in the payload
+    argobj: Union[tuple[ObjectId, NodeId], None] = None  # large arguments, put in a store instead
+    refs: list[ArgRef] = []
+
+
+class _ActorFields(_TaskFields, tag=False, kw_only=True):
+    """An actor's creation options (ember.actor.ActorClass._remote) and its constructor call."""
+
+    cid: Key  # the exported class
+    class_name: Name
+    name: Union[Name, None] = None
+    namespace: Union[Name, None] = None
+    detached: bool = False
+    get_if_exists: bool = False
+    max_restarts: Retries = 0
+    max_task_retries: Retries = 0
+    max_concurrency: Union[Annotated[int, Meta(ge=1, le=2**31)], None] = None
+    resources: Resources
+    running: Resources
+    strategy: Union[SchedulingStrategy, None] = None
+    pg: Union[PlacementInfo, None] = None
+    env: Union[dict[str, str], None] = None
+    owner_actor: Union[ActorId, None] = None
+    meta: dict[str, NumReturns] = {}  # each method's default num_returns
+
+
+class ActorSpec(_ActorFields, tag=False, kw_only=True):
+    rid: TaskId  # the constructor's task id (the head's create_actor_instance uses the actor id)
+
+
+class CreateActor(Message, tag="create_actor", kw_only=True):
+    """The constructor's arguments are the payload frames."""
+
+    actor_id: ActorId
+    job_id: Union[JobId, None] = None
+    spec: ActorSpec
+
+
+class SubscribeActor(Message, tag="subscribe_actor", kw_only=True):
+    actor_id: ActorId
+
+
+class ActorPublic(_Part, kw_only=True):
+    """The head's description of an actor (ActorInfo.public)."""
+
+    actor_id: ActorId
+    state: Literal["PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"]
+    address: Union[Address, None] = None
+    client_address: Union[OwnerAddress, None] = None
+    node_id: Union[NodeId, None] = None
+    num_restarts: Count = 0
+    death_cause: str = ""
+    pid: Union[Pid, None] = None
+    name: Union[Name, None] = None
+    namespace: Union[Name, None] = None
+    class_name: Union[Name, None] = None
+    meta: Union[dict[str, NumReturns], None] = None
+
+
+class ActorUpdate(Message, tag="actor_update", kw_only=True):
+    actor: Union[ActorPublic, None] = None
+
+
+class GetNamedActor(Message, tag="get_named_actor", kw_only=True):
+    name: Name
+    namespace: Union[Name, None] = None
+
+
+class ListNamedActors(Message, tag="list_named_actors", kw_only=True):
+    namespace: Union[Name, None] = None
+    all_namespaces: bool = False
+
+
+class KillActor(Message, tag="kill_actor", kw_only=True):
+    actor_id: ActorId
+    no_restart: bool = True
+    cause: Union[str, None] = None
+
+
+class ActorHandleReleased(Message, tag="actor_handle_released", kw_only=True):
+    actor_id: ActorId
+
+
+class WorkerDied(Message, tag="worker_died", kw_only=True):
+    wid: WorkerId
+
+
+class Logs(Message, tag="logs", kw_only=True):
+    batches: LogBatches
+
+
+class TaskEvents(Message, tag="task_events", kw_only=True):
+    """The events are a msgpack list in the first payload frame, republished unread."""
+
+
+class Shutdown(Message, tag="shutdown", kw_only=True):
+    pass
+
+
+class ClusterView(Message, tag="cluster_view", kw_only=True):
+    nodes: list[ClusterNode]
+    removed_groups: list[Annotated[str, Meta(pattern="^[0-9a-f]{36}$")]] = []
+
+
+class NodeDead(Message, tag="node_dead", kw_only=True):
+    node_id: NodeId
+    address: Union[Address, None] = None
+
+
+class CreatePlacementGroup(Message, tag="create_placement_group", kw_only=True):
+    pg_id: PlacementGroupId
+    bundles: Annotated[list[Resources], Meta(min_length=1)]
+    strategy: Strategy
+    name: Name = ""
+    namespace: Union[Name, None] = None
+    job_id: Union[JobId, None] = None
+    detached: bool = False
+    soft_target: Union[NodeId, None] = None
+
+
+class RemovePlacementGroup(Message, tag="remove_placement_group", kw_only=True):
+    pg_id: PlacementGroupId
+
+
+class WaitPlacementGroup(Message, tag="wait_placement_group", kw_only=True):
+    pg_id: PlacementGroupId
+
+
+class PlacementGroupTable(Message, tag="placement_group_table", kw_only=True):
+    pg_id: Union[PlacementGroupId, None] = None
+    name: Union[Name, None] = None
+    namespace: Union[Name, None] = None
+
+
+# --- node manager ---------------------------------------------------------------------------------
+
+
+class RegisterClient(Message, tag="register_client", kw_only=True):
+    client_id: ClientId
+    pid: Pid
+    kind: Literal["driver", "worker"]
+    addr: Union[OwnerAddress, None] = None
+    job: Union[JobId, None] = None
+
+
+class UnregisterClient(Message, tag="unregister_client", kw_only=True):
+    client_id: ClientId
+
+
+class RequestLease(Message, tag="request_lease", kw_only=True):
+    """``res`` places the request; ``run`` is what the worker holds while it runs (they differ for
+    actors, which need a CPU to be placed but hold none by default)."""
+
+    rid: RequestId
+    res: Resources
+    run: Resources
+    actor: bool = False
+    what: Name = ""
+    strategy: Union[SchedulingStrategy, None] = None
+    spilled: bool = False
+    job: Union[JobId, None] = None
+
+
+class LeaseGranted(Message, tag="lease_granted", kw_only=True):
+    rid: RequestId
+    wid: WorkerId
+    addr: Address
+    caddr: OwnerAddress
+    pid: Pid
+    gpus: list[Count] = []
+    res: Resources = {}
+    node_id: NodeId
+
+
+class LeaseInfeasible(Message, tag="lease_infeasible", kw_only=True):
+    rid: RequestId
+    res: Resources
+    total: Resources
+
+
+class ReturnLease(Message, tag="return_lease", kw_only=True):
+    wid: WorkerId
+    kill: bool = False
+
+
+class CancelLeaseRequest(Message, tag="cancel_lease_request", kw_only=True):
+    rid: RequestId  # the request to cancel
+
+
+class LeasedWorkerDied(Message, tag="leased_worker_died", kw_only=True):
+    wid: WorkerId
+
+
+class OwnerDied(Message, tag="owner_died", kw_only=True):
+    addr: OwnerAddress
+
+
+class WorkerReady(Message, tag="worker_ready", kw_only=True):
+    wid: WorkerId
+    pid: Pid
+    addr: Address  # its task socket
+    caddr: OwnerAddress  # its core client's owner service
+
+
+class WorkerBlocked(Message, tag="worker_blocked", kw_only=True):
+    wid: WorkerId
+
+
+class WorkerUnblocked(Message, tag="worker_unblocked", kw_only=True):
+    wid: WorkerId
+
+
+class KillWorker(Message, tag="kill_worker", kw_only=True):
+    wid: WorkerId
+
+
+class ExitIfIdle(Message, tag="exit_if_idle", kw_only=True):
+    pass
+
+
+class ExitRefused(Message, tag="exit_refused", kw_only=True):
+    wid: WorkerId
+
+
+class StoreCreate(Message, tag="store_create", kw_only=True):
+    oid: ObjectId
+    size: Size
+
+
+class StoreSealed(Message, tag="store_sealed", kw_only=True):
+    oid: ObjectId
+    size: Size
+    failed: bool = False
+    owner: Union[ClientId, None] = None
+    owner_node: Union[NodeId, None] = None
+
+
+class StoreRestore(Message, tag="store_restore", kw_only=True):
+    oid: ObjectId
+
+
+class StoreDelete(Message, tag="store_delete", kw_only=True):
+    oids: list[ObjectId]
+
+
+class StoreTouch(Message, tag="store_touch", kw_only=True):
+    oids: list[ObjectId]
+
+
+class WorkerLogs(Message, tag="worker_logs", kw_only=True):
+    batches: LogBatches
+
+
+class PrepareBundles(Message, tag="prepare_bundles", kw_only=True):
+    pg_id: PlacementGroupId
+    bundles: list[Bundle]
+
+
+class CommitBundles(Message, tag="commit_bundles", kw_only=True):
+    pg_id: PlacementGroupId
+    indexes: list[Annotated[int, Meta(ge=0, le=2**31)]]
+
+
+class CancelBundles(Message, tag="cancel_bundles", kw_only=True):
+    pg_id: PlacementGroupId
+    indexes: list[Annotated[int, Meta(ge=0, le=2**31)]]
+
+
+class PullObject(Message, tag="pull_object", kw_only=True):
+    oid: ObjectId
+
+
+class ObjectChunk(Message, tag="object_chunk", kw_only=True):
+    """One chunk of a pulled object (the chunk is the payload frame), or ``missing``."""
+
+    oid: ObjectId
+    missing: bool = False
+    offset: Size = 0
+    size: Size = 0
+
+
+class StorePull(Message, tag="store_pull", kw_only=True):
+    oid: ObjectId
+    from_: NodeId = field(name="from")
+
+
+# --- worker task socket ---------------------------------------------------------------------------
+
+
+class ExecuteTask(_TaskFields, tag="execute_task", tag_field="op", kw_only=True):
+    rid: TaskId
+    fid: Key  # the exported function
+    nret: NumReturns
+    env: Union[dict[str, str], None] = None
+    max_calls: Count = 0
+    pg: Union[PlacementInfo, None] = None
+    res: Resources = {}  # what the lease holds for it
+    gpus: list[Count] = []
+
+
+class ActorCall(_TaskFields, tag="actor_call", tag_field="op", kw_only=True):
+    rid: TaskId
+    method: Name
+    nret: NumReturns
+
+
+class CreateActorInstance(_ActorFields, tag="create_actor_instance", tag_field="op", kw_only=True):
+    rid: ActorId
+    actor_id: ActorId
+    gpus: list[Count] = []
+    assigned: Resources = {}
+    restarted: bool = False
+
+
+class TaskResult(Message, tag="task_result", kw_only=True):
+    """The reply to the three above: ``rets`` (values), or ``err`` (a pickled error is the payload),
+    or ``rejected`` (a retiring worker refused it: send it elsewhere)."""
+
+    rid: Annotated[bytes, Meta(min_length=14, max_length=16)]  # a task's id, or an actor's for its constructor
+    rets: list[Return] = []
+    err: bool = False
+    rejected: bool = False
+    retire: bool = False  # max_calls reached: the worker exits after this reply
+    stream_end: Union[Count, None] = None
+
+
+class StreamItem(Message, tag="stream_item", kw_only=True):
+    rid: TaskId
+    idx: Count
+    ret: Return
+
+
+# --- any client's owner service -------------------------------------------------------------------
+
+
+class GetObject(Message, tag="get_object", kw_only=True):
+    rid: RequestId
+    oid: ObjectId
+    to: Union[OwnerAddress, None] = None  # the owner meant (a port may have a new process now)
+    node: Union[NodeId, None] = None  # the reader's node: a stored value's copy will be there
+
+
+class AddBorrower(Message, tag="add_borrower", kw_only=True):
+    oid: ObjectId
+    addr: OwnerAddress
+
+
+class RemoveBorrower(Message, tag="remove_borrower", kw_only=True):
+    oid: ObjectId
+    addr: OwnerAddress
+
+
+class CancelTask(Message, tag="cancel_task", kw_only=True):
+    task_id: TaskId
+    recursive: bool = True
+
+
+# --- replies --------------------------------------------------------------------------------------
+
+class Location(Struct, array_like=True, forbid_unknown_fields=True):
+    """Where an owned object's value is (Ownership._reply_object): ``["e"]`` (the error is the
+    payload), ``["v", buffer count]`` (inline, in the payload) or ``["s", node id]``."""
+
+    kind: Literal["e", "v", "s"]
+    detail: Union[Count, NodeId, None] = None
+
+    def __post_init__(self):
+        expected = {"e": type(None), "v": int, "s": bytes}[self.kind]
+        if not isinstance(self.detail, expected):
+            raise ValueError(f"a {self.kind!r} location has the wrong element types")
+
+
+class Reply(Message, tag="reply", kw_only=True):
+    """A reply; which fields it has depends on the request it answers (named in the comments)."""
+
+    rid: Union[RequestId, None] = None
+    publisher: Union[Address, None] = None  # register_node, register_job
+    job_id: Union[JobId, None] = None  # register_job
+    namespace: Union[Name, None] = None  # register_job
+    nodes: Union[list[dict], None] = None  # get_nodes
+    pending_bundles: Union[list, None] = None  # get_nodes
+    added: Union[bool, None] = None  # kv_put
+    found: Union[bool, None] = None  # kv_get, store_restore, store_pull
+    deleted: Union[bool, None] = None  # kv_del
+    keys: Union[list[bytes], None] = None  # kv_keys
+    existing: Union[ActorPublic, None] = None  # create_actor
+    actor: Union[ActorPublic, None] = None  # subscribe_actor, get_named_actor
+    names: Union[list, None] = None  # list_named_actors
+    infeasible: Union[bool, None] = None  # create_placement_group
+    total: Union[list[Resources], None] = None  # create_placement_group
+    state: Union[Literal["PENDING", "CREATED", "REMOVED", "RESCHEDULING"], None] = None  # wait_placement_group
+    table: Union[dict[str, dict], None] = None  # placement_group_table
+    entry: Union[dict, None] = None  # placement_group_table
+    prefix: Union[Annotated[str, Meta(max_length=256)], None] = None  # register_client, worker_ready, store_create
+    node_id: Union[NodeId, None] = None  # register_client, worker_ready
+    resources: Union[Resources, None] = None  # register_client
+    spillback: Union[NodeId, None] = None  # request_lease: ask that node instead
+    address: Union[Address, None] = None  # request_lease (spillback)
+    cancelled: Union[bool, None] = None  # cancel_lease_request
+    full: Union[str, None] = None  # store_create, store_restore, store_pull
+    lost: Union[str, None] = None  # store_pull
+    ok: Union[bool, None] = None  # prepare_bundles
+    loc: Union[Location, None] = None  # get_object
+
+
+class Error(Message, tag="error", kw_only=True):
+    error: str = ""
+    etype: Union[Annotated[str, Meta(max_length=256)], None] = None
+
+
+# --- what each service accepts --------------------------------------------------------------------
+
+HEAD_REQUESTS = (
+    RegisterNode,
+    UnregisterNode,
+    NodeStats,
+    RegisterJob,
+    JobFinished,
+    KvPut,
+    KvGet,
+    KvDel,
+    KvKeys,
+    GetNodes,
+    CreateActor,
+    SubscribeActor,
+    GetNamedActor,
+    ListNamedActors,
+    KillActor,
+    ActorHandleReleased,
+    WorkerDied,
+    Logs,
+    TaskEvents,
+    Shutdown,
+    CreatePlacementGroup,
+    RemovePlacementGroup,
+    WaitPlacementGroup,
+    PlacementGroupTable,
+)
+HEAD_NODE_REPLIES = (Reply, Error, LeaseGranted, LeaseInfeasible)  # on the head's sockets to node managers
+HEAD_ACTOR_REPLIES = (TaskResult, Error)  # on the head's socket to an actor's worker (its constructor)
+NODE_MANAGER_REQUESTS = (
+    RegisterClient,
+    UnregisterClient,
+    RequestLease,
+    CancelLeaseRequest,
+    ReturnLease,
+    WorkerReady,
+    WorkerBlocked,
+    WorkerUnblocked,
+    KillWorker,
+    ExitRefused,
+    StoreCreate,
+    StoreSealed,
+    StoreRestore,
+    StoreDelete,
+    StoreTouch,
+    WorkerLogs,
+    ClusterView,
+    NodeDead,
+    StorePull,
+    PullObject,
+    PrepareBundles,
+    CommitBundles,
+    CancelBundles,
+)
+NODE_MANAGER_HEAD_MESSAGES = (NodeDead, Reply, Error)  # on a node manager's socket to the head
+NODE_MANAGER_PEER_MESSAGES = (ObjectChunk, Error)  # on a node manager's sockets to other node managers
+WORKER_REQUESTS = (ExecuteTask, ActorCall, CreateActorInstance)
+OWNER_REQUESTS = (GetObject, AddBorrower, RemoveBorrower, CancelTask)
+# What reaches a core client on its sockets to the head, its node manager, workers and other owners.
+CLIENT_PUSHES = (
+    LeaseInfeasible,
+    LeasedWorkerDied,
+    ActorUpdate,
+    StreamItem,
+    OwnerDied,
+    NodeDead,
+    ExitIfIdle,
+    LeaseGranted,
+    TaskResult,
+    Reply,
+    Error,
+)
+
+SERVICES = {
+    "head": HEAD_REQUESTS,
+    "head_node_replies": HEAD_NODE_REPLIES,
+    "head_actor_replies": HEAD_ACTOR_REPLIES,
+    "node_manager": NODE_MANAGER_REQUESTS,
+    "node_manager_head": NODE_MANAGER_HEAD_MESSAGES,
+    "node_manager_peer": NODE_MANAGER_PEER_MESSAGES,
+    "worker": WORKER_REQUESTS,
+    "owner": OWNER_REQUESTS,
+    "client": CLIENT_PUSHES,
+}
+ALL_MESSAGES = tuple({cls: None for group in SERVICES.values() for cls in group})
+BY_OP = {cls.__struct_config__.tag: cls for cls in ALL_MESSAGES}
+_ACCEPTED = {service: {cls.__struct_config__.tag for cls in group} for service, group in SERVICES.items()}
+_DECODERS = {service: msgspec.msgpack.Decoder(Union[group]) for service, group in SERVICES.items()}
+_ANY = msgspec.msgpack.Decoder(Union[ALL_MESSAGES])
+
+
+class BadMessage(ValueError):
+    """A header that is not a valid message for the service that got it: the request is refused
+    (answered with an error of this type when its ``rid`` could be read), and nothing else happens."""
+
+    def __init__(self, op, reason: str, rid: bytes | None = None):
+        self.op = op if isinstance(op, str) else None
+        self.reason = reason
+        self.rid = rid
+        super().__init__(f"bad {self.op or 'message'!s} message: {reason}")
+
+    def __reduce__(self):
+        return BadMessage, (self.op, self.reason, self.rid)
+
+
+class _Envelope(Struct):
+    op: object = None
+    rid: object = None
+
+
+_envelope = msgspec.msgpack.Decoder(_Envelope)
+
+
+def _envelope_of(frame) -> tuple:
+    """(op, rid) of a header that failed validation, where they can be read at all."""
+    try:
+        envelope = _envelope.decode(frame)
+    except Exception:  # garbage, not a map, or too deep to skip: nothing is readable
+        return None, None
+    op = envelope.op if isinstance(envelope.op, str) else None
+    rid = envelope.rid
+    if not (isinstance(rid, bytes) and 1 <= len(rid) <= 32):
+        rid = None
+    return op, rid
+
+
+def decode_header(service: str, frame) -> Message:
+    """The header in ``frame`` (msgpack bytes) as the Struct of its op, if ``service`` accepts that
+    op and every field is valid; :class:`BadMessage` otherwise (never another exception)."""
+    decoder = _DECODERS.get(service)
+    if decoder is None:
+        raise KeyError(f"no service {service!r}: one of {sorted(SERVICES)}")
+    try:
+        return decoder.decode(frame)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as error:
+        op, rid = _envelope_of(frame)
+        if op is not None and op not in _ACCEPTED[service]:
+            reason = f"the {service} service does not accept {op!r}" if op in BY_OP else f"unknown op {op!r}"
+        elif isinstance(error, RecursionError):
+            reason = "nested too deeply"
+        else:
+            reason = str(error)
+        raise BadMessage(op, reason, rid) from None
+    except TypeError:  # not a bytes-like frame at all
+        raise BadMessage(None, f"a header must be bytes, not {type(frame).__name__}") from None
+
+
+def check_packed(frame) -> Message:
+    """Validate a header about to be sent against its op's schema, whoever its receiver is (the
+    debug check that ``EMBER_CHECK_MESSAGES=1`` switches on in :func:`ember.runtime.protocol.encode`)."""
+    try:
+        return _ANY.decode(frame)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as error:
+        op, rid = _envelope_of(frame)
+        raise BadMessage(op, str(error), rid) from None
