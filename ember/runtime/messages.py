@@ -16,167 +16,45 @@ their bodies depend on the request they answer, so :class:`Reply` lists every bo
 services return, all optional.
 """
 
-import re
 from typing import Annotated, Literal, Union
 
 import msgspec
 from msgspec import Meta, Struct, field
 
-# --- field types ----------------------------------------------------------------------------------
-
-
-def _id(size: int, what: str):
-    return Annotated[bytes, Meta(min_length=size, max_length=size, description=what)]
-
-
-NodeId = _id(16, "a node id")
-ClientId = _id(16, "a driver's or worker's client id (a worker's id is its client id)")
-WorkerId = ClientId
-ActorId = _id(16, "an actor id")
-JobId = _id(4, "a job id (the head counts them)")
-TaskId = _id(14, "a task id")
-ObjectId = _id(16, "an object id: a task id and a 2-byte return index")
-PlacementGroupId = _id(18, "a placement group id, as Ray's")
-# Request ids are random 8 bytes from clients, a task's or actor's id for task messages, and a few
-# fixed short names (b"reg", b"bye") from processes that wait for one reply only.
-RequestId = Annotated[bytes, Meta(min_length=1, max_length=32)]
-Key = Annotated[bytes, Meta(min_length=1, max_length=1024)]
-
-_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-_HOST = r"(?:[A-Za-z0-9_.\-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])"
-Address = Annotated[str, Meta(pattern=f"^{_HOST}:{_PORT}$", description="host:port")]
-# An owner's address names its process too (see CoreClient.address): host:port#client[.node].
-_OWNER_PATTERN = f"^{_HOST}:{_PORT}(?:#[A-Za-z0-9_.\\-]{{1,64}})?$"
-OwnerAddress = Annotated[str, Meta(pattern=_OWNER_PATTERN)]
-_OWNER_ADDRESS = re.compile(_OWNER_PATTERN)
-
-Count = Annotated[int, Meta(ge=0, le=2**62)]
-Size = Count
-Pid = Annotated[int, Meta(ge=1, le=2**31)]
-Retries = Annotated[int, Meta(ge=-1, le=2**31)]  # -1: without limit
-# Resource amounts: whole numbers stay ints (nodes() shows what the user gave); no NaN, no inf.
-Amount = Union[Annotated[int, Meta(ge=0, le=10**18)], Annotated[float, Meta(ge=0, le=1e18)]]
-Resources = dict[Annotated[str, Meta(min_length=1, max_length=512)], Amount]
-# What is free on a node: below zero while blocked workers' CPUs are lent to nested tasks and then taken back.
-Level = Union[Annotated[int, Meta(ge=-(10**18), le=10**18)], Annotated[float, Meta(ge=-1e18, le=1e18)]]
-Availability = dict[Annotated[str, Meta(min_length=1, max_length=512)], Level]
-NumReturns = Union[Count, Literal["streaming"]]
-Name = Annotated[str, Meta(max_length=4096)]
-Strategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
-
-
-class _Part(Struct, kw_only=True, forbid_unknown_fields=True):
-    """A nested part of a header (no op of its own)."""
-
-
-class NodeAffinity(_Part, kw_only=True):
-    node: Annotated[str, Meta(max_length=256)]
-    soft: bool
-    spill: bool = False
-
-
-SchedulingStrategy = Union[Literal["SPREAD"], NodeAffinity]
-
-
-class PlacementInfo(Struct, array_like=True, forbid_unknown_fields=True):
-    """``[group hex, bundle index (-1: any), capture child tasks]`` of a task run inside a group."""
-
-    group: Annotated[str, Meta(pattern="^[0-9a-f]{36}$")]
-    index: Annotated[int, Meta(ge=-1, le=2**31)]
-    capture: bool
-
-
-class ArgRef(Struct, array_like=True, forbid_unknown_fields=True):
-    """One top-level ObjectRef argument: ``[key, "v", first frame, buffer count]`` (inline, in the
-    payload), ``[key, "s", object id, node id]`` (in a node's store) or ``[key, "r", object id,
-    owner address]`` (borrowed: the worker asks its owner)."""
-
-    key: Union[Annotated[int, Meta(ge=0, le=2**31)], Name]
-    kind: Literal["v", "s", "r"]
-    where: Union[Count, ObjectId]
-    # A count, a node id or an owner address: msgspec unions cannot hold both bytes and str, so the
-    # element is checked against its kind here.
-    what: object
-
-    def __post_init__(self):
-        where, what = self.where, self.what
-        if self.kind == "v":
-            ok = isinstance(where, int) and type(what) is int and 0 <= what <= 2**31
-        elif self.kind == "s":
-            ok = isinstance(where, bytes) and isinstance(what, bytes) and len(what) == 16
-        else:
-            ok = isinstance(where, bytes) and isinstance(what, str) and _OWNER_ADDRESS.match(what) is not None
-        if not ok:
-            raise ValueError(f"a {self.kind!r} argument entry has the wrong element types")
-
-
-class Borrowed(Struct, array_like=True, forbid_unknown_fields=True):
-    """``[object id, owner address]`` of a ref inside a returned value."""
-
-    oid: ObjectId
-    owner: OwnerAddress
-
-
-class Return(Struct, array_like=True, forbid_unknown_fields=True):
-    """One return value: ``["v", buffer count, size, refs]`` (inline, in the payload frames) or
-    ``["s", size, node id, refs]`` (in that node's store)."""
-
-    kind: Literal["v", "s"]
-    first: Count
-    second: Union[Count, NodeId]
-    refs: list[Borrowed] = []
-
-    def __post_init__(self):
-        if (self.kind == "v") != isinstance(self.second, int):
-            raise ValueError(f"a {self.kind!r} return entry has the wrong element types")
-
-
-class LogLine(Struct, array_like=True, forbid_unknown_fields=True):
-    """``[stream, task name, pid, text, output tag]``."""
-
-    stream: Literal["stdout", "stderr"]
-    name: Name
-    pid: Pid
-    text: str
-    tag: Union[str, None] = None
-
-
-LogBatches = dict[bytes, list[LogLine]]  # job id (b"" when none) -> lines
-
-
-class StoreStats(_Part, kw_only=True):
-    capacity: Size
-    used: Size
-    num_objects: Count
-    spilled: Size
-    num_spilled: Count
-    reserved: Size
-    largest: list[tuple[ObjectId, Size]] = []
-
-
-class GpuRow(_Part, kw_only=True):
-    gpu_id: Count
-    holder: Name
-    share: Annotated[float, Meta(ge=0, le=1)]
-    actor: bool = False
-
-
-class ClusterNode(Struct, array_like=True, forbid_unknown_fields=True):
-    """One node in the head's cluster view: ``[node id, address, total, available, alive]``."""
-
-    node_id: NodeId
-    address: Address
-    total: Resources
-    available: Availability
-    alive: bool
-
-
-class Bundle(Struct, array_like=True, forbid_unknown_fields=True):
-    """``[index, resources]`` of a placement-group bundle to reserve."""
-
-    index: Annotated[int, Meta(ge=0, le=2**31)]
-    resources: Resources
-
+from ember.runtime.message_fields import (  # noqa: F401 - the part types are re-exported
+    ActorId,
+    ActorPublic,
+    Address,
+    ArgRef,
+    Availability,
+    Bundle,
+    ClientId,
+    ClusterNode,
+    Count,
+    GpuRow,
+    JobId,
+    Key,
+    Location,
+    LogBatches,
+    Name,
+    NodeId,
+    NumReturns,
+    ObjectId,
+    OwnerAddress,
+    Pid,
+    PlacementGroupId,
+    PlacementInfo,
+    RequestId,
+    Resources,
+    Retries,
+    Return,
+    SchedulingStrategy,
+    Size,
+    StoreStats,
+    Strategy,
+    TaskId,
+    WorkerId,
+)
 
 # --- messages -------------------------------------------------------------------------------------
 
@@ -184,7 +62,7 @@ class Bundle(Struct, array_like=True, forbid_unknown_fields=True):
 class Message(Struct, kw_only=True, forbid_unknown_fields=True, tag_field="op"):
     """A header; ``op`` is its tag. ``rid`` is set on requests that expect a reply."""
 
-    rid: Union[RequestId, None] = None
+    rid: RequestId | None = None
 
 
 # --- head -----------------------------------------------------------------------------------------
@@ -205,16 +83,16 @@ class NodeStats(Message, tag="node_stats", kw_only=True):
     """A heartbeat: bare (``node_id`` only), or with the node's state when it changed."""
 
     node_id: NodeId
-    available: Union[Availability, None] = None
-    total: Union[Resources, None] = None
-    store: Union[StoreStats, None] = None
+    available: Availability | None = None
+    total: Resources | None = None
+    store: StoreStats | None = None
     demand: list[Resources] = []
     gpus: list[GpuRow] = []
 
 
 class RegisterJob(Message, tag="register_job", kw_only=True):
     pid: Pid
-    namespace: Union[Name, None] = None
+    namespace: Name | None = None
     entrypoint: str = ""
 
 
@@ -249,13 +127,13 @@ class _TaskFields(Message, tag=False, kw_only=True):
     """What every task, actor call and actor constructor carries (see TaskSubmitter._new_spec)."""
 
     tname: Name = ""
-    job: Union[JobId, None] = None
+    job: JobId | None = None
     owner: OwnerAddress
     owner_id: ClientId
-    owner_node: Union[NodeId, None] = None
-    tag: Union[Name, None] = None
+    owner_node: NodeId | None = None
+    tag: Name | None = None
     nbuf: Count = 0  # out-of-band buffers after the pickled arguments in the payload
-    argobj: Union[tuple[ObjectId, NodeId], None] = None  # large arguments, put in a store instead
+    argobj: tuple[ObjectId, NodeId] | None = None  # large arguments, put in a store instead
     refs: list[ArgRef] = []
 
 
@@ -264,19 +142,19 @@ class _ActorFields(_TaskFields, tag=False, kw_only=True):
 
     cid: Key  # the exported class
     class_name: Name
-    name: Union[Name, None] = None
-    namespace: Union[Name, None] = None
+    name: Name | None = None
+    namespace: Name | None = None
     detached: bool = False
     get_if_exists: bool = False
     max_restarts: Retries = 0
     max_task_retries: Retries = 0
-    max_concurrency: Union[Annotated[int, Meta(ge=1, le=2**31)], None] = None
+    max_concurrency: Annotated[int, Meta(ge=1, le=2**31)] | None = None
     resources: Resources
     running: Resources
-    strategy: Union[SchedulingStrategy, None] = None
-    pg: Union[PlacementInfo, None] = None
-    env: Union[dict[str, str], None] = None
-    owner_actor: Union[ActorId, None] = None
+    strategy: SchedulingStrategy | None = None
+    pg: PlacementInfo | None = None
+    env: dict[str, str] | None = None
+    owner_actor: ActorId | None = None
     meta: dict[str, NumReturns] = {}  # each method's default num_returns
 
 
@@ -288,7 +166,7 @@ class CreateActor(Message, tag="create_actor", kw_only=True):
     """The constructor's arguments are the payload frames."""
 
     actor_id: ActorId
-    job_id: Union[JobId, None] = None
+    job_id: JobId | None = None
     spec: ActorSpec
 
 
@@ -296,41 +174,24 @@ class SubscribeActor(Message, tag="subscribe_actor", kw_only=True):
     actor_id: ActorId
 
 
-class ActorPublic(_Part, kw_only=True):
-    """The head's description of an actor (ActorInfo.public)."""
-
-    actor_id: ActorId
-    state: Literal["PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"]
-    address: Union[Address, None] = None
-    client_address: Union[OwnerAddress, None] = None
-    node_id: Union[NodeId, None] = None
-    num_restarts: Count = 0
-    death_cause: str = ""
-    pid: Union[Pid, None] = None
-    name: Union[Name, None] = None
-    namespace: Union[Name, None] = None
-    class_name: Union[Name, None] = None
-    meta: Union[dict[str, NumReturns], None] = None
-
-
 class ActorUpdate(Message, tag="actor_update", kw_only=True):
-    actor: Union[ActorPublic, None] = None
+    actor: ActorPublic | None = None
 
 
 class GetNamedActor(Message, tag="get_named_actor", kw_only=True):
     name: Name
-    namespace: Union[Name, None] = None
+    namespace: Name | None = None
 
 
 class ListNamedActors(Message, tag="list_named_actors", kw_only=True):
-    namespace: Union[Name, None] = None
+    namespace: Name | None = None
     all_namespaces: bool = False
 
 
 class KillActor(Message, tag="kill_actor", kw_only=True):
     actor_id: ActorId
     no_restart: bool = True
-    cause: Union[str, None] = None
+    cause: str | None = None
 
 
 class ActorHandleReleased(Message, tag="actor_handle_released", kw_only=True):
@@ -360,7 +221,7 @@ class ClusterView(Message, tag="cluster_view", kw_only=True):
 
 class NodeDead(Message, tag="node_dead", kw_only=True):
     node_id: NodeId
-    address: Union[Address, None] = None
+    address: Address | None = None
 
 
 class CreatePlacementGroup(Message, tag="create_placement_group", kw_only=True):
@@ -368,10 +229,10 @@ class CreatePlacementGroup(Message, tag="create_placement_group", kw_only=True):
     bundles: Annotated[list[Resources], Meta(min_length=1)]
     strategy: Strategy
     name: Name = ""
-    namespace: Union[Name, None] = None
-    job_id: Union[JobId, None] = None
+    namespace: Name | None = None
+    job_id: JobId | None = None
     detached: bool = False
-    soft_target: Union[NodeId, None] = None
+    soft_target: NodeId | None = None
 
 
 class RemovePlacementGroup(Message, tag="remove_placement_group", kw_only=True):
@@ -383,9 +244,9 @@ class WaitPlacementGroup(Message, tag="wait_placement_group", kw_only=True):
 
 
 class PlacementGroupTable(Message, tag="placement_group_table", kw_only=True):
-    pg_id: Union[PlacementGroupId, None] = None
-    name: Union[Name, None] = None
-    namespace: Union[Name, None] = None
+    pg_id: PlacementGroupId | None = None
+    name: Name | None = None
+    namespace: Name | None = None
 
 
 # --- node manager ---------------------------------------------------------------------------------
@@ -395,8 +256,8 @@ class RegisterClient(Message, tag="register_client", kw_only=True):
     client_id: ClientId
     pid: Pid
     kind: Literal["driver", "worker"]
-    addr: Union[OwnerAddress, None] = None
-    job: Union[JobId, None] = None
+    addr: OwnerAddress | None = None
+    job: JobId | None = None
 
 
 class UnregisterClient(Message, tag="unregister_client", kw_only=True):
@@ -412,9 +273,9 @@ class RequestLease(Message, tag="request_lease", kw_only=True):
     run: Resources
     actor: bool = False
     what: Name = ""
-    strategy: Union[SchedulingStrategy, None] = None
+    strategy: SchedulingStrategy | None = None
     spilled: bool = False
-    job: Union[JobId, None] = None
+    job: JobId | None = None
 
 
 class LeaseGranted(Message, tag="lease_granted", kw_only=True):
@@ -487,8 +348,8 @@ class StoreSealed(Message, tag="store_sealed", kw_only=True):
     oid: ObjectId
     size: Size
     failed: bool = False
-    owner: Union[ClientId, None] = None
-    owner_node: Union[NodeId, None] = None
+    owner: ClientId | None = None
+    owner_node: NodeId | None = None
 
 
 class StoreRestore(Message, tag="store_restore", kw_only=True):
@@ -547,9 +408,9 @@ class ExecuteTask(_TaskFields, tag="execute_task", tag_field="op", kw_only=True)
     rid: TaskId
     fid: Key  # the exported function
     nret: NumReturns
-    env: Union[dict[str, str], None] = None
+    env: dict[str, str] | None = None
     max_calls: Count = 0
-    pg: Union[PlacementInfo, None] = None
+    pg: PlacementInfo | None = None
     res: Resources = {}  # what the lease holds for it
     gpus: list[Count] = []
 
@@ -577,7 +438,7 @@ class TaskResult(Message, tag="task_result", kw_only=True):
     err: bool = False
     rejected: bool = False
     retire: bool = False  # max_calls reached: the worker exits after this reply
-    stream_end: Union[Count, None] = None
+    stream_end: Count | None = None
 
 
 class StreamItem(Message, tag="stream_item", kw_only=True):
@@ -592,8 +453,8 @@ class StreamItem(Message, tag="stream_item", kw_only=True):
 class GetObject(Message, tag="get_object", kw_only=True):
     rid: RequestId
     oid: ObjectId
-    to: Union[OwnerAddress, None] = None  # the owner meant (a port may have a new process now)
-    node: Union[NodeId, None] = None  # the reader's node: a stored value's copy will be there
+    to: OwnerAddress | None = None  # the owner meant (a port may have a new process now)
+    node: NodeId | None = None  # the reader's node: a stored value's copy will be there
 
 
 class AddBorrower(Message, tag="add_borrower", kw_only=True):
@@ -613,55 +474,43 @@ class CancelTask(Message, tag="cancel_task", kw_only=True):
 
 # --- replies --------------------------------------------------------------------------------------
 
-class Location(Struct, array_like=True, forbid_unknown_fields=True):
-    """Where an owned object's value is (Ownership._reply_object): ``["e"]`` (the error is the
-    payload), ``["v", buffer count]`` (inline, in the payload) or ``["s", node id]``."""
-
-    kind: Literal["e", "v", "s"]
-    detail: Union[Count, NodeId, None] = None
-
-    def __post_init__(self):
-        expected = {"e": type(None), "v": int, "s": bytes}[self.kind]
-        if not isinstance(self.detail, expected):
-            raise ValueError(f"a {self.kind!r} location has the wrong element types")
-
 
 class Reply(Message, tag="reply", kw_only=True):
     """A reply; which fields it has depends on the request it answers (named in the comments)."""
 
-    rid: Union[RequestId, None] = None
-    publisher: Union[Address, None] = None  # register_node, register_job
-    job_id: Union[JobId, None] = None  # register_job
-    namespace: Union[Name, None] = None  # register_job
-    nodes: Union[list[dict], None] = None  # get_nodes
-    pending_bundles: Union[list, None] = None  # get_nodes
-    added: Union[bool, None] = None  # kv_put
-    found: Union[bool, None] = None  # kv_get, store_restore, store_pull
-    deleted: Union[bool, None] = None  # kv_del
-    keys: Union[list[bytes], None] = None  # kv_keys
-    existing: Union[ActorPublic, None] = None  # create_actor
-    actor: Union[ActorPublic, None] = None  # subscribe_actor, get_named_actor
-    names: Union[list, None] = None  # list_named_actors
-    infeasible: Union[bool, None] = None  # create_placement_group
-    total: Union[list[Resources], None] = None  # create_placement_group
-    state: Union[Literal["PENDING", "CREATED", "REMOVED", "RESCHEDULING"], None] = None  # wait_placement_group
-    table: Union[dict[str, dict], None] = None  # placement_group_table
-    entry: Union[dict, None] = None  # placement_group_table
-    prefix: Union[Annotated[str, Meta(max_length=256)], None] = None  # register_client, worker_ready, store_create
-    node_id: Union[NodeId, None] = None  # register_client, worker_ready
-    resources: Union[Resources, None] = None  # register_client
-    spillback: Union[NodeId, None] = None  # request_lease: ask that node instead
-    address: Union[Address, None] = None  # request_lease (spillback)
-    cancelled: Union[bool, None] = None  # cancel_lease_request
-    full: Union[str, None] = None  # store_create, store_restore, store_pull
-    lost: Union[str, None] = None  # store_pull
-    ok: Union[bool, None] = None  # prepare_bundles
-    loc: Union[Location, None] = None  # get_object
+    rid: RequestId | None = None
+    publisher: Address | None = None  # register_node, register_job
+    job_id: JobId | None = None  # register_job
+    namespace: Name | None = None  # register_job
+    nodes: list[dict] | None = None  # get_nodes
+    pending_bundles: list | None = None  # get_nodes
+    added: bool | None = None  # kv_put
+    found: bool | None = None  # kv_get, store_restore, store_pull
+    deleted: bool | None = None  # kv_del
+    keys: list[bytes] | None = None  # kv_keys
+    existing: ActorPublic | None = None  # create_actor
+    actor: ActorPublic | None = None  # subscribe_actor, get_named_actor
+    names: list | None = None  # list_named_actors
+    infeasible: bool | None = None  # create_placement_group
+    total: list[Resources] | None = None  # create_placement_group
+    state: Literal["PENDING", "CREATED", "REMOVED", "RESCHEDULING"] | None = None  # wait_placement_group
+    table: dict[str, dict] | None = None  # placement_group_table
+    entry: dict | None = None  # placement_group_table
+    prefix: Annotated[str, Meta(max_length=256)] | None = None  # register_client, worker_ready, store_create
+    node_id: NodeId | None = None  # register_client, worker_ready
+    resources: Resources | None = None  # register_client
+    spillback: NodeId | None = None  # request_lease: ask that node instead
+    address: Address | None = None  # request_lease (spillback)
+    cancelled: bool | None = None  # cancel_lease_request
+    full: str | None = None  # store_create, store_restore, store_pull
+    lost: str | None = None  # store_pull
+    ok: bool | None = None  # prepare_bundles
+    loc: Location | None = None  # get_object
 
 
 class Error(Message, tag="error", kw_only=True):
     error: str = ""
-    etype: Union[Annotated[str, Meta(max_length=256)], None] = None
+    etype: Annotated[str, Meta(max_length=256)] | None = None
 
 
 # --- what each service accepts --------------------------------------------------------------------
@@ -752,8 +601,9 @@ SERVICES = {
 ALL_MESSAGES = tuple({cls: None for group in SERVICES.values() for cls in group})
 BY_OP = {cls.__struct_config__.tag: cls for cls in ALL_MESSAGES}
 _ACCEPTED = {service: {cls.__struct_config__.tag for cls in group} for service, group in SERVICES.items()}
-_DECODERS = {service: msgspec.msgpack.Decoder(Union[group]) for service, group in SERVICES.items()}
-_ANY = msgspec.msgpack.Decoder(Union[ALL_MESSAGES])
+# A tuple of Structs makes a union only through Union[...]: the | operator needs them one by one.
+_DECODERS = {service: msgspec.msgpack.Decoder(Union[group]) for service, group in SERVICES.items()}  # noqa: UP007
+_ANY = msgspec.msgpack.Decoder(Union[ALL_MESSAGES])  # noqa: UP007
 
 
 class BadMessage(ValueError):
