@@ -72,6 +72,8 @@ SAMPLES = {
     "kv_del": ("head", {"rid": RID, "key": b"x"}),
     "kv_keys": ("head", {"rid": RID, "prefix": b"fn:"}),
     "get_nodes": ("head", {"rid": b"status"}),
+    "state_query": ("head", {"rid": RID, "kind": "tasks"}),
+    "table_sizes": ("node_manager", {"rid": RID}),
     "create_actor": (
         "head",
         {"rid": RID, "actor_id": ACTOR, "job_id": JOB, "spec": {**TASK_FIELDS, **ACTOR_OPTIONS, "rid": TASK}},

@@ -123,6 +123,14 @@ class GetNodes(Message, tag="get_nodes", kw_only=True):
     pass
 
 
+class StateQuery(Message, tag="state_query", kw_only=True):
+    kind: Literal["tasks", "actors", "jobs"]
+
+
+class TableSizes(Message, tag="table_sizes", kw_only=True):
+    """Head or node manager: how many entries each table holds (soak tests, debugging)."""
+
+
 class _TaskFields(Message, tag=False, kw_only=True):
     """What every task, actor call and actor constructor carries (see TaskSubmitter._new_spec)."""
 
@@ -540,6 +548,8 @@ HEAD_REQUESTS = (
     RemovePlacementGroup,
     WaitPlacementGroup,
     PlacementGroupTable,
+    StateQuery,
+    TableSizes,
 )
 HEAD_NODE_REPLIES = (Reply, Error, LeaseGranted, LeaseInfeasible)  # on the head's sockets to node managers
 HEAD_ACTOR_REPLIES = (TaskResult, Error)  # on the head's socket to an actor's worker (its constructor)
@@ -567,6 +577,7 @@ NODE_MANAGER_REQUESTS = (
     PrepareBundles,
     CommitBundles,
     CancelBundles,
+    TableSizes,
 )
 NODE_MANAGER_HEAD_MESSAGES = (NodeDead, Reply, Error)  # on a node manager's socket to the head
 NODE_MANAGER_PEER_MESSAGES = (ObjectChunk, Error)  # on a node manager's sockets to other node managers
