@@ -124,6 +124,7 @@ def test_public_api_names():
         "api",
         "autoscaler",
         "cli",
+        "connection",
         "kernel_ext",
         "options",
         "remote_function",
