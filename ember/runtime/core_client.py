@@ -54,7 +54,12 @@ MAX_IDLE_PEERS = 64  # sockets kept open to workers whose leases went back (see 
 PEER_IDLE_CLOSE = 5.0  # seconds such a socket stays open unused
 
 # Errors a service may answer with that the caller should see as their own type.
-_REMOTE_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError}
+_REMOTE_ERRORS = {
+    "ValueError": ValueError,
+    "TypeError": TypeError,
+    "KeyError": KeyError,
+    "BadMessage": ValueError,  # a request the service refused (ember.runtime.messages)
+}
 
 
 def current_client(required: bool = True):

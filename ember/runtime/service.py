@@ -1,9 +1,10 @@
-"""What the head and the node manager share: a ROUTER socket, a table from op to handler, and a
-poll loop that can run several services in one process.
+"""What every service shares: the :class:`Dispatcher` (a table from op to handler, each header
+validated where it enters, error replies), the ROUTER :class:`Service` that the head and the node
+manager are, and the poll loop that can run several services in one process.
 
 A handler receives ``(identity, header, frames)``; whatever it returns (a dict, or a (dict, frames)
-pair) is sent back as the reply to the request id. A handler that raises is logged and answered
-with an error message; it never stops the loop.
+pair) is sent back as the reply to the request id. A bad message or a handler that raises is
+logged and answered with an error message; it never stops the loop.
 """
 
 import logging
@@ -12,44 +13,61 @@ import time
 
 import zmq
 
-from ember.runtime import protocol, transport
+from ember.runtime import messages, protocol, transport
 
 logger = logging.getLogger(__name__)
 
 
-class Service:
-    """A ZeroMQ ROUTER service; subclasses fill ``handlers`` with {op: method}."""
+class Dispatcher:
+    """The one place a received request becomes a handler call, for every service of every process.
 
-    handlers: dict = {}
+    ``table`` maps each op to ``handler(identity, header, payload)``. With ``schema`` (a service name
+    of :mod:`ember.runtime.messages`) the header is validated where it enters and the handler gets
+    its op's Struct; a message that does not fit is refused with a typed error reply (``BadMessage``)
+    and never reaches a handler. Without one, the handler gets the header as a dict (services not yet
+    moved to typed messages). Whatever a handler returns (a dict, or a (dict, frames) pair) is the
+    reply; a handler that raises is logged and answered with an error. Nothing a peer sends stops
+    the loop that calls ``dispatch``.
+    """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.router, self.address = transport.bind_router(host, port)
-        self.table = {op: getattr(self, name) for op, name in self.handlers.items()}
+    def __init__(self, table: dict, send, schema: str | None = None, name: str = "service"):
+        self.table = table
+        self.send = send  # send(identity, header dict, frames)
+        self.schema = schema
+        self.name = name
 
-    def handle_frames(self, frames: list) -> None:
-        identity = frames[0]
+    def dispatch(self, identity: bytes, frames: list) -> None:
         try:
-            header, payload = protocol.decode(frames[1:])
-        except Exception as error:
-            logger.warning("dropping a malformed message from %r: %s", identity, error)
+            header, payload = self._decode(frames)
+        except messages.BadMessage as error:
+            logger.warning("%s: refused a message from %r: %s", self.name, identity, error)
+            if error.rid is not None:
+                self.reply_error(identity, error.rid, error)
             return
-        if not isinstance(header, dict) or not isinstance(header.get("op"), str):
-            logger.warning("dropping a message without an op from %r", identity)
-            return
-        rid = header.get("rid")
-        handler = self.table.get(header["op"])
+        op, rid = (header.op, header.rid) if self.schema else (header["op"], header.get("rid"))
         try:
-            if handler is None:
-                raise ValueError(f"unknown op {header['op']!r}")
-            result = handler(identity, header, payload)
+            result = self.table[op](identity, header, payload)
         except Exception as error:
-            logger.exception("handler for %s failed", header["op"])
+            logger.exception("%s: handler for %s failed", self.name, op)
             if rid is not None:
                 self.reply_error(identity, rid, error)
             return
         if result is not None and rid is not None:
             body, reply_frames = result if isinstance(result, tuple) else (result, ())
             self.reply(identity, rid, body, reply_frames)
+
+    def _decode(self, frames: list):
+        if self.schema is not None:
+            return messages.decode_header(self.schema, frames[0]), frames[1:]
+        try:
+            header, payload = protocol.decode(frames)
+        except Exception as error:
+            raise messages.BadMessage(None, f"not a msgpack header: {error}") from None
+        if not isinstance(header, dict) or not isinstance(header.get("op"), str):
+            raise messages.BadMessage(None, "a header must be a map with an op")
+        if header["op"] not in self.table:
+            raise messages.BadMessage(header["op"], f"unknown op {header['op']!r}", header.get("rid"))
+        return header, payload
 
     def reply(self, identity: bytes, rid, body: dict | None = None, frames=()) -> None:
         header = {"op": protocol.REPLY, "rid": rid}
@@ -60,6 +78,29 @@ class Service:
     def reply_error(self, identity: bytes, rid, error: Exception) -> None:
         """Answer request ``rid`` with an error; the caller raises it as its type when it knows it."""
         self.send(identity, {"op": protocol.ERROR, "rid": rid, "error": str(error), "etype": type(error).__name__})
+
+
+class Service:
+    """A ZeroMQ ROUTER service; subclasses fill ``handlers`` with {op: method name} and may name
+    the ``schema`` (a service of :mod:`ember.runtime.messages`) their requests are validated against."""
+
+    handlers: dict = {}
+    schema: str | None = None
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.router, self.address = transport.bind_router(host, port)
+        self.table = {op: getattr(self, name) for op, name in self.handlers.items()}
+        self.dispatcher = Dispatcher(self.table, self.send, self.schema, type(self).__name__)
+
+    def handle_frames(self, frames: list) -> None:
+        self.dispatcher.dispatch(frames[0], frames[1:])
+
+    def reply(self, identity: bytes, rid, body: dict | None = None, frames=()) -> None:
+        self.dispatcher.reply(identity, rid, body, frames)
+
+    def reply_error(self, identity: bytes, rid, error: Exception) -> None:
+        """Answer request ``rid`` with an error; the caller raises it as its type when it knows it."""
+        self.dispatcher.reply_error(identity, rid, error)
 
     def send(self, identity: bytes, header: dict, frames=()) -> None:
         try:
