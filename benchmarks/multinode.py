@@ -33,6 +33,7 @@ import importlib
 import json
 import os
 import platform
+import secrets
 import signal
 import statistics
 import subprocess
@@ -100,8 +101,11 @@ class EmberCluster:
     """A head (with its node manager) plus node managers joined with ``--address``."""
 
     def __init__(self, specs, store, env=None):
-        os.makedirs("/tmp/ember-runtime", exist_ok=True)
-        self.session_dir = tempfile.mkdtemp(prefix="ember-bench-multinode-", dir="/tmp/ember-runtime")
+        from ember.runtime.runtime_dir import runtime_dir
+
+        self.session_dir = tempfile.mkdtemp(prefix="ember-bench-multinode-", dir=runtime_dir())
+        # The cluster's secret; this process's driver (and anything it starts) holds it too.
+        os.environ["EMBER_CLUSTER_TOKEN"] = secrets.token_hex(16)
         self.env = dict(os.environ, **(env or {}))
         self.store = store
         self.processes, self.infos = [], []

@@ -3,6 +3,7 @@
 import atexit
 import html
 import os
+import secrets
 import subprocess
 import threading
 
@@ -12,18 +13,17 @@ from ember.actor import ActorClass, ActorHandle, handle_from_info, kill  # noqa:
 from ember.connection import connected_client
 from ember.options import check_runtime_env
 from ember.remote_function import RemoteFunction
-from ember.runtime import accelerators, core_client, launcher, protocol, transport
+from ember.runtime import accelerators, core_client, launcher, protocol, runtime_dir, transport
 from ember.runtime.core_client import CoreClient, set_current_client
 from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
 from ember.runtime.ownership import store_prefix
 
-# One file per running cluster on this machine, named after its process id, holding its address:
-# address="auto" picks the newest whose process is alive.
-CLUSTER_DIR = "/tmp/ember-runtime/clusters"
-
 _state_lock = threading.RLock()
 _cluster_process: subprocess.Popen | None = None
 _context = None
+# This process's EMBER_CLUSTER_TOKEN before init() set it (put back by shutdown()): a cluster's
+# secret belongs to the connection, not to the process for ever.
+_token_before = None
 
 
 class EmberContext:
@@ -110,7 +110,7 @@ def init(
     ``address``: None or "local" starts a new local cluster (unless EMBER_ADDRESS is set); "auto"
     connects to the cluster started on this machine; "host:port" connects to that head.
     """
-    global _cluster_process, _context
+    global _cluster_process, _context, _token_before
     if unsupported:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unsupported))}")
     with _state_lock:
@@ -125,6 +125,7 @@ def init(
         if runtime_env is not None:
             check_runtime_env(runtime_env)
         env_vars = (runtime_env or {}).get("env_vars") or {}
+        token_before = os.environ.get(transport.TOKEN_VARIABLE)
         if address is None:
             address = os.environ.get("EMBER_ADDRESS") or None
         if address == "auto":
@@ -138,10 +139,21 @@ def init(
                     "object_store_memory must not be given: they are set when the cluster starts."
                 )
             head_address = address
-            node_manager_address, node_id = _local_node_manager(head_address)
+            _find_secret(head_address)
+            try:
+                node_manager_address, node_id = _local_node_manager(head_address)
+            except BaseException:
+                _restore_token(token_before)
+                raise
             started = None
         else:
-            info, started = _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars)
+            # Every cluster gets a fresh secret; its processes and ours read it from the environment.
+            os.environ[transport.TOKEN_VARIABLE] = secrets.token_hex(32)
+            try:
+                info, started = _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars)
+            except BaseException:
+                _restore_token(token_before)
+                raise
             head_address, node_manager_address = info["head"], info["node_manager"]
             node_id = bytes.fromhex(info["node_id"])
         client = CoreClient(
@@ -161,8 +173,10 @@ def init(
             client.shutdown()
             if started is not None:
                 _stop_cluster(started)
+            _restore_token(token_before)
             raise
         _cluster_process = started
+        _token_before = token_before
         if started is not None:
             # Reap it the moment it exits, whoever stops it: a kernel (ipykernel) that signals its
             # children at shutdown waits while one is an unreaped zombie (about 30 s).
@@ -179,51 +193,48 @@ def init(
             }
         )
         if started is not None:
-            _write_cluster_file(started.pid, head_address)
+            runtime_dir.write_cluster_file(started.pid, head_address, transport.current_token())
         return _context
 
 
+def _restore_token(value: str | None) -> None:
+    if value is None:
+        os.environ.pop(transport.TOKEN_VARIABLE, None)
+    else:
+        os.environ[transport.TOKEN_VARIABLE] = value
+
+
 def _read_cluster_file() -> str:
-    candidates = []
-    for name in os.listdir(CLUSTER_DIR) if os.path.isdir(CLUSTER_DIR) else []:
-        path = os.path.join(CLUSTER_DIR, name)
-        try:
-            alive = "ember.runtime.cluster" in " ".join(psutil.Process(int(name)).cmdline())
-        except (ValueError, psutil.Error):
-            alive = False
-        if alive:
-            candidates.append((os.path.getmtime(path), path))
-        else:
-            try:
-                os.unlink(path)  # left by a cluster that was killed
-            except OSError:
-                pass
-    if not candidates:
+    """The address of this user's newest live cluster on this machine; its secret goes into our
+    environment (where transport, and our child processes, read it)."""
+    clusters = runtime_dir.live_clusters()
+    if not clusters:
         raise ConnectionError(
-            "address='auto' but no Ember cluster was found on this machine: start one with "
+            "address='auto' but no Ember cluster of this user was found on this machine: start one with "
             "`ember start --head` or set EMBER_ADDRESS."
         )
-    with open(max(candidates)[1]) as f:
-        address, _, token = f.read().strip().partition("\n")
+    address, token = clusters[0]
     if token:
-        os.environ.setdefault(transport.TOKEN_VARIABLE, token)
+        os.environ[transport.TOKEN_VARIABLE] = token
     return address
 
 
-def _write_cluster_file(pid: int, address: str, token: str | None = None) -> None:
-    """Record a cluster started on this machine for address="auto"; with its token, readable by its
-    user only (drivers of that user on this machine may connect without being told the token)."""
-    os.makedirs(CLUSTER_DIR, exist_ok=True)
-    path = os.path.join(CLUSTER_DIR, str(pid))
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        f.write(address + (f"\n{token}" if token else ""))
+def _find_secret(address: str) -> None:
+    """Without a secret in the environment, take the one of this user's cluster at ``address``."""
+    if transport.current_token() is None:
+        token = runtime_dir.secret_for(address)
+        if token:
+            os.environ[transport.TOKEN_VARIABLE] = token
 
 
 def _local_node_manager(head_address: str) -> str:
     """Ask the head for its nodes and pick the one on this machine (else the first one)."""
     import zmq
 
-    sock = transport.connect_dealer(head_address)
+    try:
+        sock = transport.connect_checked(head_address)
+    except (transport.AuthenticationError, transport.MissingSecretError):
+        raise transport.AuthenticationError(runtime_dir.missing_secret_message(head_address)) from None
     try:
         sock.send_multipart(protocol.encode({"op": protocol.GET_NODES, "rid": b"n"}))
         if not sock.poll(10_000):
@@ -271,7 +282,7 @@ def _stop_cluster(process: subprocess.Popen) -> None:
 
 def shutdown() -> None:
     """Disconnect this process; stop the local cluster if this process started it."""
-    global _cluster_process, _context
+    global _cluster_process, _context, _token_before
     with _state_lock:
         client = core_client.current_client(required=False)
         if client is None:
@@ -280,12 +291,11 @@ def shutdown() -> None:
         client.shutdown()
         if _cluster_process is not None:
             _stop_cluster(_cluster_process)
-            try:
-                os.unlink(os.path.join(CLUSTER_DIR, str(_cluster_process.pid)))
-            except FileNotFoundError:
-                pass
+            runtime_dir.remove_cluster_file(_cluster_process.pid)
+        _restore_token(_token_before)
         _cluster_process = None
         _context = None
+        _token_before = None
 
 
 atexit.register(shutdown)

@@ -5,8 +5,9 @@ Data flow::
     ember start --head ----spawn, detached----> python -m ember.runtime.cluster --head   (head + node manager)
                        ----spawn, detached----> python -m ember.autoscaler.monitor      (with --autoscale)
     ember start --address HOST:PORT --spawn--> python -m ember.runtime.cluster --address HOST:PORT
-        each prints one JSON line; `ember start` records it in /tmp/ember-runtime/started/<pid>
-        (and a head's address in /tmp/ember-runtime/clusters/<pid>, for init(address="auto"))
+        each prints one JSON line; `ember start` records it in <runtime dir>/started/<pid>
+        (and a head's address and secret in <runtime dir>/clusters/<pid>, for init(address="auto"));
+        the runtime dir is the user's 0700 directory (ember/runtime/runtime_dir.py)
     ember stop   --SIGTERM (then SIGKILL)--> exactly the recorded processes; removes their /dev/shm files
     ember status --get_nodes--> head
 
@@ -24,7 +25,7 @@ import socket
 import sys
 import time
 
-from ember.runtime import launcher
+from ember.runtime import launcher, runtime_dir
 
 DEFAULT_PORT = 6379  # Ray's default head port
 TOKEN_VARIABLE = "EMBER_CLUSTER_TOKEN"  # as ember.runtime.transport reads it
@@ -99,6 +100,29 @@ def _resources_from_args(args) -> dict:
 
 
 # --- ember start ------------------------------------------------------------------------------------
+def _check_join(address: str, host: str) -> str | None:
+    """Why a node cannot join the head at ``address`` (None: it can). Takes the secret of this user's
+    cluster at that address on this machine when the environment has none; then tries a handshake, so a
+    missing or wrong secret is told now rather than as a node that never starts."""
+    from ember.runtime import transport
+
+    if not os.environ.get(TOKEN_VARIABLE):
+        if not _is_loopback(host):
+            return (
+                f"joining over a network needs the cluster's secret: set {TOKEN_VARIABLE} to the value "
+                "`ember start --head` printed."
+            )
+        token = runtime_dir.secret_for(address)
+        if token is None:
+            return runtime_dir.missing_secret_message(address)
+        os.environ[TOKEN_VARIABLE] = token
+    try:
+        transport.connect_checked(address).close(0)
+    except transport.AuthenticationError:
+        return runtime_dir.missing_secret_message(address)
+    return None
+
+
 def cmd_start(args) -> int:
     if bool(args.head) == bool(args.address):
         print("ember start: give either --head or --address HOST:PORT.", file=sys.stderr)
@@ -114,17 +138,15 @@ def cmd_start(args) -> int:
         return 2
     host = args.node_ip_address or (_local_ip_towards(address) if address else "127.0.0.1")
     token_made = False
-    if not _is_loopback(host) and not os.environ.get(TOKEN_VARIABLE):
-        if not args.head:
-            print(
-                f"ember start: joining over a network needs the cluster's token: set {TOKEN_VARIABLE} to the "
-                "value `ember start --head` printed.",
-                file=sys.stderr,
-            )
-            return 2
-        # Unpickling is code execution: a head open to a network only talks to holders of its token.
-        os.environ[TOKEN_VARIABLE] = secrets.token_hex(16)
+    if args.head and not os.environ.get(TOKEN_VARIABLE):
+        # Unpickling is code execution: every cluster, on loopback too, only talks to holders of its secret.
+        os.environ[TOKEN_VARIABLE] = secrets.token_hex(32)
         token_made = True
+    elif not args.head:
+        problem = _check_join(address, host)
+        if problem:
+            print(f"ember start: {problem}", file=sys.stderr)
+            return 2
     session_dir = launcher.new_session_dir()
     detach = not args.block
     try:
@@ -153,9 +175,7 @@ def cmd_start(args) -> int:
         session_dir=session_dir,
     )
     if args.head:
-        from ember.api import _write_cluster_file
-
-        _write_cluster_file(process.pid, info["head"], os.environ.get(TOKEN_VARIABLE))
+        runtime_dir.write_cluster_file(process.pid, info["head"], os.environ[TOKEN_VARIABLE])
         if args.autoscale:
             try:
                 started.append(
@@ -167,7 +187,9 @@ def cmd_start(args) -> int:
                 return 1
     _print_started(info, kind, resources, session_dir, bool(args.autoscale))
     if token_made:
-        print(f"The cluster listens on {host}: every node and driver needs its token in the environment:")
+        where = "" if _is_loopback(host) else " (on other machines)"
+        print(f"Only holders of the cluster's secret get in: every node and driver{where} needs it in the environment,")
+        print(f"while this user's drivers on this machine find it in {runtime_dir.cluster_dir()}/:")
         print(f"    export {TOKEN_VARIABLE}={os.environ[TOKEN_VARIABLE]}")
     if args.block:
         return _block(started)
@@ -265,12 +287,7 @@ def _stop_entries(entries: list, timeout: float = 10.0) -> int:
         launcher.remove_store_files(entry.get("store_prefix", ""))
         launcher.forget_started(entry["pid"])
         if entry.get("kind") == "head":
-            from ember.api import CLUSTER_DIR
-
-            try:
-                os.unlink(os.path.join(CLUSTER_DIR, str(entry["pid"])))
-            except FileNotFoundError:
-                pass
+            runtime_dir.remove_cluster_file(entry["pid"])
     return stopped
 
 
@@ -295,7 +312,14 @@ def _query_nodes(address: str, timeout: float = 10.0) -> dict:
         raise ConnectionError(f"{address!r} is not a HOST:PORT address.") from None
     except OSError as error:
         raise ConnectionError(f"No Ember head is listening at {address}: {error}") from None
-    sock = transport.connect_dealer(address)
+    if not os.environ.get(TOKEN_VARIABLE):
+        token = runtime_dir.secret_for(address)
+        if token:
+            os.environ[TOKEN_VARIABLE] = token
+    try:
+        sock = transport.connect_checked(address, timeout=min(timeout, 2.0))
+    except (transport.AuthenticationError, transport.MissingSecretError):
+        raise ConnectionError(runtime_dir.missing_secret_message(address)) from None
     try:
         sock.send_multipart(protocol.encode({"op": protocol.GET_NODES, "rid": b"status"}))
         if not sock.poll(int(timeout * 1000)):

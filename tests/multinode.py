@@ -2,13 +2,14 @@
 multi-node tests use to stand in for a cluster of machines."""
 
 import os
+import secrets
 import signal
 import subprocess
 import tempfile
 
 import conftest
 
-from ember.runtime import launcher
+from ember.runtime import launcher, runtime_dir
 
 STORE = 512 * 2**20
 
@@ -22,10 +23,10 @@ class LocalCluster:
 
     def __init__(self, head_resources: dict, node_timeout_s: float = 2.0, shared: bool = False, token=None):
         self.shared = shared  # kept up across tests by a module fixture: not a leak between them
-        self.session_dir = tempfile.mkdtemp(prefix="ember-multinode-", dir="/tmp/ember-runtime")
-        self.env = dict(os.environ, EMBER_NODE_TIMEOUT_S=str(node_timeout_s))
-        if token is not None:
-            self.env["EMBER_CLUSTER_TOKEN"] = token
+        self.session_dir = tempfile.mkdtemp(prefix="ember-multinode-", dir=runtime_dir.runtime_dir())
+        # Every cluster has a secret: drivers of this one get it through driver_env().
+        self.token = token or secrets.token_hex(16)
+        self.env = dict(os.environ, EMBER_NODE_TIMEOUT_S=str(node_timeout_s), EMBER_CLUSTER_TOKEN=self.token)
         self.processes: list = []
         self.nodes: list = []  # the JSON line each process printed: head, node_manager, node_id, pid
         head = self._start(None, head_resources)
@@ -60,7 +61,7 @@ class LocalCluster:
         """The head's node table (GET_NODES), asked from this process without connecting a driver."""
         from ember.runtime import protocol, transport
 
-        sock = transport.connect_dealer(self.address)
+        sock = transport.connect_dealer(self.address, token=self.token)
         try:
             sock.send_multipart(protocol.encode({"op": protocol.GET_NODES, "rid": b"t"}))
             if not sock.poll(10_000):

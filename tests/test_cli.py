@@ -12,7 +12,7 @@ import pytest
 from conftest import run_driver
 
 from ember import cli
-from ember.runtime import launcher
+from ember.runtime import launcher, runtime_dir
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_cli_round_trip(started_dir):
     address = entries[0]["head"]
     assert f'ember.init(address="{address}")' in head.stdout
     assert f"ember start --address {address}" in head.stdout
-    assert os.path.exists(f"/tmp/ember-runtime/clusters/{entries[0]['pid']}")
+    assert os.path.exists(f"{runtime_dir.cluster_dir()}/{entries[0]['pid']}")
 
     ember_cli("start", "--address", address, "--num-cpus", "1", "--resources", '{"node_b": 1}')
     entries = {e["kind"]: e for e in recorded()}
@@ -87,7 +87,7 @@ def test_cli_round_trip(started_dir):
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
     assert not [path for prefix in prefixes for path in glob.glob(f"/dev/shm/{prefix}-*")]
     assert recorded() == []
-    assert not os.path.exists(f"/tmp/ember-runtime/clusters/{entries['head']['pid']}")
+    assert not os.path.exists(f"{runtime_dir.cluster_dir()}/{entries['head']['pid']}")
     assert "Nothing to stop" in ember_cli("stop").stdout
     # No head any more: status says so instead of hanging.
     assert ember_cli("status", "--address", address, check=False).returncode == 1

@@ -51,7 +51,7 @@ def where(delay=0.0):
 
 def driver(cluster: LocalCluster, body: str, timeout: float = 90, env=None) -> dict:
     code = PRELUDE.format(address=cluster.address) + body
-    result = run_driver(code, timeout=timeout, env=env)
+    result = run_driver(code, timeout=timeout, env={"EMBER_CLUSTER_TOKEN": cluster.token, **(env or {})})
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -229,7 +229,11 @@ print(json.dumps(out))
         flag = tempfile.mktemp(prefix="ember-killed-")
         code = PRELUDE.format(address=cluster.address) + body.format(doomed=doomed["node_id"], flag=flag)
         process = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", textwrap.dedent(code)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, EMBER_CLUSTER_TOKEN=cluster.token),
         )
         assert process.stdout.readline().strip() == "KILL"
         cluster.kill_node(doomed)
@@ -250,7 +254,7 @@ print(json.dumps(out))
     assert "died" in out["orphan"]  # its owner died with the node: an error, not a hang
 
 
-def test_a_token_cluster_encrypts_and_refuses_strangers():
+def test_a_cluster_with_a_chosen_secret_refuses_strangers():
     import zmq
 
     from ember.runtime import protocol, transport
@@ -265,29 +269,25 @@ wait_nodes(2)
 print(json.dumps({"node": ember.get(where.options(resources={"node_a": 1}).remote()),
                   "value": float(ember.get(ember.put(np.ones(1_000_000))).sum())}))
 """,
-            env={"EMBER_CLUSTER_TOKEN": "s3cret"},
         )
         assert out == {"node": cluster.nodes[1]["node_id"], "value": 1_000_000.0}
-        # Without the token (or with a wrong one) the handshake never completes: no reply.
-        for token in (None, "guess"):
-            if token is None:
-                os.environ.pop("EMBER_CLUSTER_TOKEN", None)
-            else:
-                os.environ["EMBER_CLUSTER_TOKEN"] = token
-            sock = transport.connect_dealer(cluster.address)
-            sock.send_multipart(protocol.encode({"op": protocol.GET_NODES, "rid": b"1"}))
-            assert sock.poll(1000, zmq.POLLIN) == 0
-            sock.close(0)
+        # With a wrong secret the head refuses the handshake: no reply, and connect_checked says why.
+        sock = transport.connect_dealer(cluster.address, token="guess")
+        sock.send_multipart(protocol.encode({"op": protocol.GET_NODES, "rid": b"1"}))
+        assert sock.poll(1000, zmq.POLLIN) == 0
+        sock.close(0)
+        with pytest.raises(transport.AuthenticationError):
+            transport.connect_checked(cluster.address, token="guess")
     finally:
-        os.environ.pop("EMBER_CLUSTER_TOKEN", None)
         cluster.stop()
 
 
-def test_listening_on_a_network_needs_a_token():
+def test_no_process_listens_without_a_secret(monkeypatch):
     from ember.runtime import transport
 
-    with pytest.raises(ValueError, match="without a cluster token"):
-        transport.bind_router("0.0.0.0")
+    monkeypatch.delenv("EMBER_CLUSTER_TOKEN", raising=False)
+    with pytest.raises(transport.MissingSecretError, match="EMBER_CLUSTER_TOKEN"):
+        transport.bind_router("127.0.0.1")
 
 
 @pytest.mark.parametrize("end", ["stop_node", "kill_node"])
@@ -317,7 +317,9 @@ def test_remote_cells_on_every_node_of_a_cluster(tmp_path):
         for name in ("a", "b"):
             cluster.add_node({"CPU": 1.0, name: 1.0})
         wait_for(lambda: len(cluster.node_table()) == 3, message="the nodes to join")
-        kernel = KernelSession(cwd=str(tmp_path), env={"EMBER_ADDRESS": cluster.address})
+        kernel = KernelSession(
+            cwd=str(tmp_path), env={"EMBER_ADDRESS": cluster.address, "EMBER_CLUSTER_TOKEN": cluster.token}
+        )
         kernel.execute("%load_ext ember")
         every = kernel.execute(
             "%%remote --all-nodes\nimport ember\nprint('on', ember.get_runtime_context().get_node_id())\n1"

@@ -3,6 +3,7 @@ started as real processes against one head."""
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -219,13 +220,17 @@ def test_placement_group_pickles(cluster):
 
 
 # --- several node managers ----------------------------------------------------------------------------
+SECRETS: dict = {}  # head address -> the secret of the cluster the `nodes` fixture started
+
+
 @pytest.fixture
 def nodes():
     """A head with a node manager ({"CPU": 2, "node_a": 1}) and two more joining it ({"CPU": 2,
     "node_b": 1}, {"CPU": 2, "node_c": 1}), all real processes. Yields (head address,
     {"a"|"b"|"c": node id hex}, {node id hex: process})."""
     session = tempfile.mkdtemp(prefix="ember-pg-test-")
-    env = dict(os.environ, EMBER_NODE_TIMEOUT_S="2")  # a killed node is declared dead quickly
+    # A killed node is declared dead quickly. The cluster's secret: multinode_driver hands it to drivers.
+    env = dict(os.environ, EMBER_NODE_TIMEOUT_S="2", EMBER_CLUSTER_TOKEN=secrets.token_hex(16))
     processes = {}
 
     def start(resources, address=None):
@@ -239,6 +244,7 @@ def nodes():
 
     try:
         head = start({"CPU": 2.0, "node_a": 1.0})
+        SECRETS[head["head"]] = env["EMBER_CLUSTER_TOKEN"]
         ids = {"a": head["node_id"]}
         ids["b"] = start({"CPU": 2.0, "node_b": 1.0}, head["head"])["node_id"]
         ids["c"] = start({"CPU": 2.0, "node_c": 1.0}, head["head"])["node_id"]
@@ -272,7 +278,7 @@ result = {{}}
 {body}
 print("RESULT" + json.dumps(result))
 """
-    out = run_driver(code, timeout=90).stdout
+    out = run_driver(code, timeout=90, env={"EMBER_CLUSTER_TOKEN": SECRETS[address]}).stdout
     return json.loads(out.split("RESULT", 1)[1])
 
 

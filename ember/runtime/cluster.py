@@ -19,6 +19,7 @@ import sys
 
 from ember.runtime.head import Head
 from ember.runtime.node_manager import NodeManager
+from ember.runtime.runtime_dir import open_private
 from ember.runtime.service import EventLoop, read_eof
 
 
@@ -35,7 +36,7 @@ def main(argv=None) -> None:
     parser.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
     args = parser.parse_args(argv)
 
-    os.makedirs(os.path.join(args.session_dir, "logs"), exist_ok=True)
+    os.makedirs(os.path.join(args.session_dir, "logs"), mode=0o700, exist_ok=True)
     loop = EventLoop()
     head = None
     if args.head:
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
         flush=True,
     )
     log_path = os.path.join(args.session_dir, "logs", f"cluster-{os.getpid()}.log")
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log_fd = open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -20,15 +20,14 @@ import time
 
 import psutil
 
-RUNTIME_DIR = "/tmp/ember-runtime"
-# One JSON file per process `ember start` started, named after its pid: `ember stop` stops exactly these.
-STARTED_DIR = os.path.join(RUNTIME_DIR, "started")
+from ember.runtime.runtime_dir import open_private, private_subdir
 
 
 def started_dir() -> str:
-    """Where `ember start` records its processes; EMBER_STARTED_DIR moves it (so a test run's
-    `ember stop` cannot stop clusters that another run, or a user, started on the same machine)."""
-    return os.environ.get("EMBER_STARTED_DIR") or STARTED_DIR
+    """Where `ember start` records its processes, one JSON file per pid (`ember stop` stops exactly
+    these): ``started/`` in the user's runtime directory. EMBER_STARTED_DIR moves it (so a test
+    run's `ember stop` cannot stop clusters that another run, or a user, started on the same machine)."""
+    return os.environ.get("EMBER_STARTED_DIR") or private_subdir("started")
 
 
 def default_store_memory() -> int:
@@ -72,11 +71,10 @@ def node_resources(
 
 
 def new_session_dir(tag: str = "") -> str:
-    """A fresh session directory under /tmp/ember-runtime (with its logs/ subdirectory)."""
+    """A fresh session directory in the user's runtime directory (see runtime_dir), with its logs/
+    subdirectory; both 0700."""
     name = f"session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}_{time.time_ns() % 10**6}{tag}"
-    path = os.path.join(RUNTIME_DIR, name)
-    os.makedirs(os.path.join(path, "logs"), exist_ok=True)
-    return path
+    return os.path.dirname(private_subdir(name, "logs"))
 
 
 def start_cluster_process(
@@ -148,8 +146,8 @@ def start_process(
     parsed, the process). Its stderr goes to ``startup_log_path``, whose end is in the RuntimeError
     raised when the process exits or stays silent for ``timeout`` s. ``env``: its environment
     (default: ours)."""
-    os.makedirs(os.path.dirname(startup_log_path), exist_ok=True)
-    with open(startup_log_path, "ab") as startup_log:
+    os.makedirs(os.path.dirname(startup_log_path), mode=0o700, exist_ok=True)
+    with open(open_private(startup_log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as startup_log:
         process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE if watch_stdin else subprocess.DEVNULL,
@@ -224,14 +222,14 @@ def _wait_exit(process: psutil.Process, timeout: float) -> bool:
 def record_started(pid: int, kind: str, **fields) -> None:
     """Remember a process `ember start` started (kind: head, node or autoscaler) for `ember stop`."""
     directory = started_dir()
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     try:
         create_time = psutil.Process(pid).create_time()
     except psutil.Error:
         create_time = None
     entry = {"pid": pid, "kind": kind, "create_time": create_time, **fields}
     tmp = os.path.join(directory, f".{pid}.tmp")
-    with open(tmp, "w") as f:
+    with open(open_private(tmp), "w") as f:
         json.dump(entry, f)
     os.replace(tmp, os.path.join(directory, str(pid)))
 

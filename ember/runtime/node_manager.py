@@ -85,8 +85,8 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
         self.store_prefix = f"ember-{self.node_id.hex()[:12]}"
         self.spill_dir = os.path.join(session_dir, "spill", self.node_id.hex()[:12])
         self.log_dir = os.path.join(session_dir, "logs")
-        os.makedirs(self.spill_dir, exist_ok=True)
-        os.makedirs(self.log_dir, exist_ok=True)
+        os.makedirs(self.spill_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
         self.env = env or {}
         num_cpus = resources.get("CPU", 0)
         self.scheduler = LeaseScheduler(resources, max_idle_workers=max(1, int(num_cpus)))

@@ -17,11 +17,11 @@ import collections
 import concurrent.futures
 import logging
 import os
-import shutil
 
 from ember.exceptions import ObjectStoreFullError
 from ember.runtime import protocol
 from ember.runtime.object_store import object_path
+from ember.runtime.runtime_dir import copy_private
 from ember.runtime.service import read_eof
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class StoreIO:
             self.stats_dirty = True
 
     def _submit(self, kind: str, oid: bytes, source: str, target: str) -> None:
-        future = self.io_pool.submit(shutil.copyfile, source, target)
+        future = self.io_pool.submit(copy_private, source, target)  # 0600: the bytes are the user's data
         future.add_done_callback(lambda f: self._report(kind, oid, f))
 
     def _report(self, kind: str, oid: bytes, future) -> None:

@@ -1,35 +1,138 @@
-"""Every ZeroMQ socket Ember uses is made here.
+"""Every ZeroMQ socket Ember uses is made here, so authentication switches on in one place.
 
-Keeping socket creation in one place means that authentication and encryption switch on for the
-whole runtime in one module. An embedded cluster binds loopback addresses only: unpickling a
-message is code execution, so nothing is exposed to a network unless the user asks for it.
+Unpickling a message is code execution, and a machine has other users: every cluster, the
+embedded one on loopback included, has a secret (``EMBER_CLUSTER_TOKEN``, made fresh when the
+cluster starts) and every socket speaks CurveZMQ. Both key pairs are derived from the secret:
 
-A cluster that listens on a network address must have a token (``EMBER_CLUSTER_TOKEN``; ``ember
-start`` makes one). Every socket then speaks CurveZMQ: the servers' key pair is derived from the
-token, so only a process that knows the token can complete a handshake, and all traffic is
-encrypted. Binding a non-loopback address without a token is refused.
+    server key pair = curve keys from HKDF(secret, "server")
+    client key pair = curve keys from HKDF(secret, "client")
+
+A ZAP handler in every process (one thread per ZeroMQ context, see ``_Authenticator``) admits a
+connection only when the client proved it holds the client secret key, so a peer that lacks the
+cluster secret cannot complete a handshake with any Ember socket: not by knowing the server's
+public key, not with a key pair of its own. The handshake happens once per connection; after it,
+each message costs Curve's encryption (see "Authentication" in docs/architecture.md for figures).
+
+A process without a secret cannot listen at all: binding raises ``MissingSecretError``.
 """
 
 import hashlib
+import hmac
 import os
 import threading
 
 import zmq
 from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 TOKEN_VARIABLE = "EMBER_CLUSTER_TOKEN"
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq sends its authentication requests (RFC 27)
+
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+class MissingSecretError(RuntimeError):
+    """This process has no cluster secret, so it can neither serve nor reach a cluster."""
+
+
+class AuthenticationError(ConnectionError):
+    """A server refused our handshake: this process does not hold that cluster's secret."""
+
+
+class ClusterKeys:
+    """The Curve keys derived from one cluster secret (z85 text, as libzmq takes them)."""
+
+    def __init__(self, token: str):
+        if not isinstance(token, str) or not token:
+            raise ValueError("A cluster secret must be a non-empty string.")
+        self.server_secret = z85.encode(_derive(token, b"server"))
+        self.server_public = zmq.curve_public(self.server_secret)
+        self.client_secret = z85.encode(_derive(token, b"client"))
+        self.client_public = zmq.curve_public(self.client_secret)
+        self.client_public_raw = z85.decode(self.client_public)
+
+
+def _derive(token: str, label: bytes) -> bytes:
+    # HKDF-SHA256 (RFC 5869) with one output block: 32 bytes, a Curve25519 secret key.
+    prk = hmac.new(b"ember-cluster-secret", token.encode(), hashlib.sha256).digest()
+    return hmac.new(prk, b"ember " + label + b"\x01", hashlib.sha256).digest()
+
+
 _keys: dict = {}
+# ZAP domain -> the client public key its servers admit; a process may serve with several secrets
+# (a driver of one cluster that started another), and each socket admits its own cluster only.
+_admitted: dict = {}
+
+
+def current_token() -> str | None:
+    """The cluster secret this process uses (``EMBER_CLUSTER_TOKEN``), or None."""
+    return os.environ.get(TOKEN_VARIABLE) or None
+
+
+def cluster_keys(token: str | None = None) -> ClusterKeys | None:
+    """The keys for ``token`` (default: this process's secret); None when there is no secret."""
+    token = token or current_token()
+    if not token:
+        return None
+    keys = _keys.get(token)
+    if keys is None:
+        keys = _keys[token] = ClusterKeys(token)
+    return keys
+
+
+class _Authenticator(threading.Thread):
+    """The ZAP handler of one ZeroMQ context: admits a Curve client only if its public key is the
+    one derived from this process's cluster secret.
+
+    A plain thread on a REP socket: handshakes are rare (one per connection) and answering them
+    here keeps the services' loops untouched. libzmq accepts every Curve client when no handler
+    is bound, so the handler is bound before the context makes any other socket."""
+
+    def __init__(self, ctx: zmq.Context):
+        super().__init__(name="ember-zap", daemon=True)
+        self.socket = ctx.socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(ZAP_ENDPOINT)
+
+    def run(self) -> None:
+        sock = self.socket
+        try:
+            while True:
+                request = sock.recv_multipart()
+                version, request_id = request[0], request[1]
+                sock.send_multipart([version, request_id, *self.decide(request)])
+        except zmq.ContextTerminated:
+            sock.close(0)
+        except zmq.ZMQError:
+            pass  # the context went away under us (a forked child's copy, say)
+
+    @staticmethod
+    def decide(request: list) -> list:
+        """[status code, status text, user id, metadata] for one ZAP request."""
+        domain, mechanism, credentials = request[2], request[5], request[6:]
+        admitted = _admitted.get(domain)
+        if admitted is not None and mechanism == b"CURVE" and credentials and hmac.compare_digest(
+            credentials[0], admitted
+        ):
+            return [b"200", b"OK", b"ember", b""]
+        return [b"400", b"not a holder of this cluster's secret", b"", b""]
+
 
 _context = None
 _context_lock = threading.Lock()
 
 
 def context() -> zmq.Context:
-    """The process-wide ZeroMQ context (created on first use, recreated after a fork)."""
+    """The process-wide ZeroMQ context, with its ZAP handler (created on first use, recreated after
+    a fork)."""
     global _context
     with _context_lock:
         if _context is None or _context.closed:
-            _context = zmq.Context()
+            ctx = zmq.Context()
+            _Authenticator(ctx).start()
+            _context = ctx
         return _context
 
 
@@ -44,38 +147,40 @@ def forget_context() -> None:
     _context = None
 
 
-def _cluster_keys() -> tuple | None:
-    """(server public, server secret, client public, client secret) for this process's token."""
-    token = os.environ.get(TOKEN_VARIABLE)
-    if not token:
-        return None
-    keys = _keys.get(token)
+def _require_keys(token: str | None) -> ClusterKeys:
+    keys = cluster_keys(token)
     if keys is None:
-        secret = z85.encode(hashlib.sha256(b"ember-cluster-key:" + token.encode()).digest())
-        keys = _keys[token] = (zmq.curve_public(secret), secret, *zmq.curve_keypair())
+        raise MissingSecretError(
+            f"This process has no Ember cluster secret ({TOKEN_VARIABLE}): every Ember socket admits only "
+            "holders of its cluster's secret. ember.init() and `ember start` make one; a process that joins a "
+            f"cluster takes it from {TOKEN_VARIABLE} or from the cluster file of its user's runtime directory."
+        )
     return keys
 
 
-def _secure_server(sock: zmq.Socket, host: str) -> None:
-    keys = _cluster_keys()
-    if keys is None:
-        if not (host.startswith("127.") or host in ("localhost", "::1")):
-            sock.close(0)
-            raise ValueError(
-                f"Refusing to listen on {host} without a cluster token: anyone who can reach it could run "
-                f"code here. Set {TOKEN_VARIABLE} (ember start does), or listen on 127.0.0.1."
-            )
-        return
+def _secure_server(sock: zmq.Socket, token: str | None) -> None:
+    try:
+        keys = _require_keys(token)
+    except MissingSecretError:
+        sock.close(0)
+        raise
+    # The domain names the secret (by its server key, which is no secret) so ZAP knows whom to admit.
+    domain = b"ember-" + keys.server_public[:20]
+    _admitted[domain] = keys.client_public_raw
+    sock.setsockopt(zmq.ZAP_DOMAIN, domain)
     sock.setsockopt(zmq.CURVE_SERVER, 1)
-    sock.setsockopt(zmq.CURVE_SECRETKEY, keys[1])
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.server_secret)
 
 
-def _secure_client(sock: zmq.Socket) -> None:
-    keys = _cluster_keys()
-    if keys is not None:
-        sock.setsockopt(zmq.CURVE_SERVERKEY, keys[0])
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys[2])
-        sock.setsockopt(zmq.CURVE_SECRETKEY, keys[3])
+def _secure_client(sock: zmq.Socket, token: str | None) -> None:
+    try:
+        keys = _require_keys(token)
+    except MissingSecretError:
+        sock.close(0)
+        raise
+    sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.client_public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
 
 
 def _configure(sock: zmq.Socket) -> zmq.Socket:
@@ -86,11 +191,11 @@ def _configure(sock: zmq.Socket) -> zmq.Socket:
     return sock
 
 
-def bind_router(host: str = "127.0.0.1", port: int = 0) -> tuple[zmq.Socket, str]:
+def bind_router(host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> tuple[zmq.Socket, str]:
     """A ROUTER bound on ``host`` (a random free port when ``port`` is 0); returns (socket, "host:port")."""
     sock = _configure(context().socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-    _secure_server(sock, host)
+    _secure_server(sock, token)
     if port:
         sock.bind(f"tcp://{host}:{port}")
     else:
@@ -98,30 +203,47 @@ def bind_router(host: str = "127.0.0.1", port: int = 0) -> tuple[zmq.Socket, str
     return sock, f"{host}:{port}"
 
 
-def bind_publisher(host: str = "127.0.0.1") -> tuple[zmq.Socket, str]:
+def bind_publisher(host: str = "127.0.0.1", token: str | None = None) -> tuple[zmq.Socket, str]:
     sock = context().socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
-    _secure_server(sock, host)
+    _secure_server(sock, token)
     port = sock.bind_to_random_port(f"tcp://{host}")
     return sock, f"{host}:{port}"
 
 
-def connect_dealer(address: str, identity: bytes | None = None) -> zmq.Socket:
+def connect_dealer(address: str, identity: bytes | None = None, token: str | None = None) -> zmq.Socket:
     sock = _configure(context().socket(zmq.DEALER))
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity)
-    _secure_client(sock)
+    _secure_client(sock, token)
     sock.connect(f"tcp://{address}")
     return sock
 
 
-def connect_subscriber(address: str, topics=(b"",)) -> zmq.Socket:
+def connect_subscriber(address: str, topics=(b"",), token: str | None = None) -> zmq.Socket:
     sock = context().socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
-    _secure_client(sock)
+    _secure_client(sock, token)
     for topic in topics:
         sock.setsockopt(zmq.SUBSCRIBE, topic)
     sock.connect(f"tcp://{address}")
+    return sock
+
+
+def connect_checked(address: str, timeout: float = 2.0, token: str | None = None) -> zmq.Socket:
+    """``connect_dealer``, then wait up to ``timeout`` s for the handshake. Raises AuthenticationError
+    when the server refuses it (we lack its secret, or it is not an Ember server); returns the socket
+    once the handshake succeeded, or when nothing answered in time (the caller's own wait says so)."""
+    sock = connect_dealer(address, token=token)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED)
+    try:
+        refused = monitor.poll(timeout * 1000) and recv_monitor_message(monitor)["event"] & _HANDSHAKE_FAILED
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+    if refused:
+        sock.close(0)
+        raise AuthenticationError(f"The server at {address} refused the handshake.")
     return sock
 
 

@@ -59,7 +59,7 @@ class WorkerProcess:
 def spawn_worker(env: dict, log_path: str) -> WorkerProcess:
     """Fork a worker with ``env`` added to its environment and its output going to ``log_path``."""
     read_fd, write_fd = os.pipe()
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     pid = os.fork()
     if pid == 0:  # the child: never return from here
         code = 1
