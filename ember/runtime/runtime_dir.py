@@ -32,7 +32,14 @@ def runtime_dir() -> str:
     """This user's runtime directory, created 0700 if missing; raises UnsafeRuntimeDirError when the
     path exists and is not a directory of ours that only we can enter."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    path = os.path.join(base, "ember") if base and _is_private_dir(base) else f"/tmp/ember-{os.getuid()}"
+    return ensure_private_dir(
+        os.path.join(base, "ember") if base and _is_private_dir(base) else f"/tmp/ember-{os.getuid()}"
+    )
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create ``path`` 0700 if missing; raise UnsafeRuntimeDirError unless it is a directory (not a
+    symlink) owned by this user; close it to others if it was opened up. Returns ``path``."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -58,8 +65,13 @@ def _is_private_dir(path: str) -> bool:
 
 def private_subdir(*names: str) -> str:
     """``runtime_dir()/names...``, created 0700."""
-    path = os.path.join(runtime_dir(), *names)
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    path = runtime_dir()
+    for name in names:  # each level 0700 (os.makedirs gives the mode to the last one only)
+        path = os.path.join(path, name)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
     return path
 
 
