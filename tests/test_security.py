@@ -11,7 +11,6 @@ import os
 import stat
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from conftest import run_driver, wait_for
@@ -214,7 +213,12 @@ def cluster_still_works(cluster, before_nodes: int) -> None:
 def test_a_stranger_without_the_secret_is_refused_everywhere(cluster, targets, credentials):
     addresses, marker = targets
     before_nodes = len([n for n in ember.nodes() if n["Alive"]])
-    plan = {"addresses": addresses, "marker": marker, "wait_s": 1.0, "attacks": attacks(cluster.address_info["node_id"])}
+    plan = {
+        "addresses": addresses,
+        "marker": marker,
+        "wait_s": 1.0,
+        "attacks": attacks(cluster.address_info["node_id"]),
+    }
     if credentials != "none":
         # The old weakness: a server key anyone could learn let any client key in. Now ZAP checks it.
         plan["keys"] = {"server_public": transport.cluster_keys().server_public.decode()}
