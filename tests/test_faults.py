@@ -5,7 +5,6 @@ import signal
 import time
 
 import pytest
-import zmq
 from conftest import wait_for
 
 import ember
@@ -182,7 +181,8 @@ def live_target():
 
 
 def test_garbage_on_sockets_does_not_kill_services(cluster):
-    context = zmq.Context.instance()
+    from ember.runtime import transport
+
     actor, client, state = live_target()
     # The head, the node manager, the actor's worker (its task socket) and the driver's own server.
     targets = [
@@ -193,9 +193,8 @@ def test_garbage_on_sockets_does_not_kill_services(cluster):
         client.address,
     ]
     for address in targets:
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(f"tcp://{address.split('#')[0]}")  # a client's address also names its process
+        # A peer that holds the secret (a stranger's garbage never passes the handshake: test_security).
+        sock = transport.connect_dealer(address.split("#")[0])  # a client's address also names its process
         for junk in ([b"\xff\x00garbage"], [b"\x81\xa2op\xa4nope"], [b"\x92\x01\x02", b"x" * 1000], [b""]):
             sock.send_multipart(junk)
         sock.close()
@@ -249,14 +248,11 @@ def _try_pid(actor):
 def test_misdirected_requests_are_answered_not_dropped(cluster):
     # A request that reaches the wrong socket (say, a port reused by a new process) must get an
     # error back, or its sender would wait forever.
-    from ember.runtime import protocol
+    from ember.runtime import protocol, transport
 
     actor, _, state = live_target()
-    context = zmq.Context.instance()
     for address, expected in ((state.address, "task socket"), (state.client_address, "died")):
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(f"tcp://{address.split('#')[0]}")
+        sock = transport.connect_dealer(address.split("#")[0])  # with the cluster's secret, as any peer
         request = {"op": protocol.GET_OBJECT, "rid": b"r1", "oid": b"\x00" * 16, "to": "127.0.0.1:1#gone"}
         sock.send_multipart(protocol.encode(request))
         assert sock.poll(10_000), f"no answer from {address}"
