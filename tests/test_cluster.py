@@ -254,11 +254,13 @@ print(json.dumps(out))
     assert "died" in out["orphan"]  # its owner died with the node: an error, not a hang
 
 
-def test_a_cluster_with_a_chosen_secret_refuses_strangers():
+def test_a_cluster_with_a_chosen_secret_refuses_strangers(monkeypatch):
     import zmq
 
     from ember.runtime import protocol, transport
 
+    # Curve over TCP for every connection, as between machines (no node-local ipc:// shortcut).
+    monkeypatch.setenv("EMBER_LOCAL_IPC", "0")
     cluster = LocalCluster({"CPU": 1.0}, token="s3cret")
     try:
         cluster.add_node({"CPU": 1.0, "node_a": 1.0})

@@ -368,3 +368,12 @@ def test_a_node_with_a_wrong_secret_cannot_join():
             launcher.remove_store_files(info["store_prefix"])
     finally:
         cluster.stop()
+
+
+def test_local_peers_meet_in_the_private_directory_others_over_curve(cluster):
+    keys = transport.cluster_keys()
+    path = transport._ipc_path(keys, cluster.address)
+    assert stat.S_ISSOCK(os.lstat(path).st_mode) and mode(os.path.dirname(path)) == 0o700
+    assert transport._endpoint(keys, cluster.address) == f"ipc://{path}"
+    # A wrong secret names another file, which does not exist: such a process takes TCP and Curve.
+    assert transport._endpoint(transport.cluster_keys("wrong"), cluster.address) == f"tcp://{cluster.address}"

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 
+from ember.runtime import transport
 from ember.runtime.head import Head
 from ember.runtime.node_manager import NodeManager
 from ember.runtime.runtime_dir import open_private
@@ -37,6 +38,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     os.makedirs(os.path.join(args.session_dir, "logs"), mode=0o700, exist_ok=True)
+    transport.sweep_stale_local_sockets()
     loop = EventLoop()
     head = None
     if args.head:

@@ -21,7 +21,7 @@ import stat
 
 import psutil
 
-from ember.runtime.transport import TOKEN_VARIABLE
+TOKEN_VARIABLE = "EMBER_CLUSTER_TOKEN"  # as ember.runtime.transport reads it
 
 
 class UnsafeRuntimeDirError(PermissionError):

@@ -2,23 +2,27 @@
 
 Unpickling a message is code execution, and a machine has other users: every cluster, the
 embedded one on loopback included, has a secret (``EMBER_CLUSTER_TOKEN``, made fresh when the
-cluster starts) and every socket speaks CurveZMQ. Both key pairs are derived from the secret:
+cluster starts), and every server socket admits only peers that prove they hold it or that run as
+this user on this machine:
 
-    server key pair = curve keys from HKDF(secret, "server")
-    client key pair = curve keys from HKDF(secret, "client")
+- TCP (what other machines, and other users, reach) speaks CurveZMQ. Both key pairs are derived
+  from the secret (server: HKDF(secret, "server"), client: HKDF(secret, "client")), and a ZAP
+  handler in every process (``_Authenticator``) admits a client only if it proved it holds the
+  derived client key: knowing the server's public key, or bringing a key pair of one's own, is not
+  enough. Traffic is encrypted.
+- Each server also listens on an ipc:// socket in the user's 0700 runtime directory, named after
+  its address and a hash of the secret's server key; a client of this user and this secret on this
+  machine connects there, without Curve's per-message encryption (``_bind_local``).
+  ``EMBER_LOCAL_IPC=0`` turns that off: every connection is then Curve over TCP, as between machines.
 
-A ZAP handler in every process (one thread per ZeroMQ context, see ``_Authenticator``) admits a
-connection only when the client proved it holds the client secret key, so a peer that lacks the
-cluster secret cannot complete a handshake with any Ember socket: not by knowing the server's
-public key, not with a key pair of its own. The handshake happens once per connection; after it,
-each message costs Curve's encryption (see "Authentication" in docs/architecture.md for figures).
-
-A process without a secret cannot listen at all: binding raises ``MissingSecretError``.
+A process without a secret can neither listen nor connect: ``MissingSecretError``. Figures and the
+reasons for this design: "Authentication" in docs/architecture.md.
 """
 
 import hashlib
 import hmac
 import os
+import stat
 import threading
 
 import zmq
@@ -64,6 +68,10 @@ _keys: dict = {}
 # ZAP domain -> the client public key its servers admit; a process may serve with several secrets
 # (a driver of one cluster that started another), and each socket admits its own cluster only.
 _admitted: dict = {}
+# ZAP domains of node-local ipc:// endpoints, which admit unencrypted (NULL) peers: see _bind_local.
+_local_domains: set = set()
+_ipc_dir: list = []
+LOCAL_IPC_VARIABLE = "EMBER_LOCAL_IPC"
 
 
 def current_token() -> str | None:
@@ -112,6 +120,8 @@ class _Authenticator(threading.Thread):
     def decide(request: list) -> list:
         """[status code, status text, user id, metadata] for one ZAP request."""
         domain, mechanism, credentials = request[2], request[5], request[6:]
+        if domain in _local_domains and mechanism == b"NULL":
+            return [b"200", b"OK", b"ember", b""]  # only reachable through our 0700 directory
         admitted = _admitted.get(domain)
         if admitted is not None and mechanism == b"CURVE" and credentials and hmac.compare_digest(
             credentials[0], admitted
@@ -158,7 +168,7 @@ def _require_keys(token: str | None) -> ClusterKeys:
     return keys
 
 
-def _secure_server(sock: zmq.Socket, token: str | None) -> None:
+def _secure_server(sock: zmq.Socket, token: str | None) -> ClusterKeys:
     try:
         keys = _require_keys(token)
     except MissingSecretError:
@@ -170,17 +180,98 @@ def _secure_server(sock: zmq.Socket, token: str | None) -> None:
     sock.setsockopt(zmq.ZAP_DOMAIN, domain)
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, keys.server_secret)
+    return keys
 
 
-def _secure_client(sock: zmq.Socket, token: str | None) -> None:
+def _local_ipc() -> bool:
+    return os.environ.get(LOCAL_IPC_VARIABLE, "1") != "0"
+
+
+def _ipc_path(keys: ClusterKeys, address: str) -> str:
+    """Where the server at ``address`` (host:port) of the cluster with ``keys`` also listens on this
+    machine. The name hashes the secret's server key, so a process with a wrong secret looks for a
+    name that does not exist and takes the Curve path, where it is refused."""
+    if not _ipc_dir:
+        from ember.runtime.runtime_dir import private_subdir
+
+        _ipc_dir.append(private_subdir("ipc"))
+    tag = hashlib.sha256(keys.server_public).hexdigest()[:16]
+    return os.path.join(_ipc_dir[0], f"{tag}-{address.replace(':', '-')}")
+
+
+def _bind_local(sock: zmq.Socket, keys: ClusterKeys, address: str) -> None:
+    """Also listen on an ipc:// socket in this user's 0700 runtime directory, without Curve.
+
+    Only processes of this user can reach it (the directory's permissions do the authenticating), so
+    node-local traffic pays no encryption; processes on other machines, or of other users, reach the
+    TCP endpoint, which admits only holders of the secret. libzmq copies a socket's options into each
+    endpoint when it binds, so this endpoint keeps Curve off while the TCP one keeps it on."""
+    if not _local_ipc():
+        return
+    path = _ipc_path(keys, address)
+    try:
+        os.unlink(path)  # left by a process of ours that was killed with this port
+    except FileNotFoundError:
+        pass
+    domain = b"ember-local-" + keys.server_public[:20]
+    _local_domains.add(domain)
+    sock.setsockopt(zmq.CURVE_SERVER, 0)
+    sock.setsockopt(zmq.ZAP_DOMAIN, domain)
+    sock.bind(f"ipc://{path}")
+
+
+def sweep_stale_local_sockets() -> int:
+    """Remove this user's ipc:// socket files that nothing listens on any more (their process was
+    killed, or exited without closing); returns how many. Listening sockets are in /proc/net/unix."""
+    if not _local_ipc():
+        return 0
+    _ipc_path(cluster_keys("sweep"), "0:0")  # makes sure the directory is known
+    # The directory first: a file made after the listing is not looked at, and one made before it
+    # has its socket bound (so listed in /proc/net/unix) by the time we read that.
+    names = os.listdir(_ipc_dir[0])
+    try:
+        with open("/proc/net/unix") as f:
+            bound = {fields[-1] for fields in map(str.split, f.readlines()[1:]) if len(fields) >= 8}
+    except OSError:
+        return 0  # not Linux: leave them, a new bind replaces a stale file of the same name
+    removed = 0
+    for name in names:
+        path = os.path.join(_ipc_dir[0], name)
+        if path not in bound:
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _endpoint(keys: ClusterKeys, address: str) -> str:
+    """ipc:// when the server listens on this machine for this user and this secret, else tcp://."""
+    if _local_ipc():
+        path = _ipc_path(keys, address)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                return f"ipc://{path}"
+        except FileNotFoundError:
+            pass
+    return f"tcp://{address}"
+
+
+def _secure_client(sock: zmq.Socket, token: str | None, address: str) -> str:
+    """Set ``sock`` up to reach ``address``; returns the endpoint to connect to."""
     try:
         keys = _require_keys(token)
     except MissingSecretError:
         sock.close(0)
         raise
+    endpoint = _endpoint(keys, address)
+    if endpoint.startswith("ipc://"):
+        return endpoint
     sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.client_public)
     sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
+    return endpoint
 
 
 def _configure(sock: zmq.Socket) -> zmq.Socket:
@@ -195,19 +286,21 @@ def bind_router(host: str = "127.0.0.1", port: int = 0, token: str | None = None
     """A ROUTER bound on ``host`` (a random free port when ``port`` is 0); returns (socket, "host:port")."""
     sock = _configure(context().socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-    _secure_server(sock, token)
+    keys = _secure_server(sock, token)
     if port:
         sock.bind(f"tcp://{host}:{port}")
     else:
         port = sock.bind_to_random_port(f"tcp://{host}")
+    _bind_local(sock, keys, f"{host}:{port}")
     return sock, f"{host}:{port}"
 
 
 def bind_publisher(host: str = "127.0.0.1", token: str | None = None) -> tuple[zmq.Socket, str]:
     sock = context().socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
-    _secure_server(sock, token)
+    keys = _secure_server(sock, token)
     port = sock.bind_to_random_port(f"tcp://{host}")
+    _bind_local(sock, keys, f"{host}:{port}")
     return sock, f"{host}:{port}"
 
 
@@ -215,18 +308,17 @@ def connect_dealer(address: str, identity: bytes | None = None, token: str | Non
     sock = _configure(context().socket(zmq.DEALER))
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity)
-    _secure_client(sock, token)
-    sock.connect(f"tcp://{address}")
+    sock.connect(_secure_client(sock, token, address))
     return sock
 
 
 def connect_subscriber(address: str, topics=(b"",), token: str | None = None) -> zmq.Socket:
     sock = context().socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
-    _secure_client(sock, token)
+    endpoint = _secure_client(sock, token, address)
     for topic in topics:
         sock.setsockopt(zmq.SUBSCRIBE, topic)
-    sock.connect(f"tcp://{address}")
+    sock.connect(endpoint)
     return sock
 
 
