@@ -191,12 +191,16 @@ def _ipc_path(keys: ClusterKeys, address: str) -> str:
     """Where the server at ``address`` (host:port) of the cluster with ``keys`` also listens on this
     machine. The name hashes the secret's server key, so a process with a wrong secret looks for a
     name that does not exist and takes the Curve path, where it is refused."""
+    tag = hashlib.sha256(keys.server_public).hexdigest()[:16]
+    return os.path.join(_local_dir(), f"{tag}-{address.replace(':', '-')}")
+
+
+def _local_dir() -> str:
     if not _ipc_dir:
         from ember.runtime.runtime_dir import private_subdir
 
         _ipc_dir.append(private_subdir("ipc"))
-    tag = hashlib.sha256(keys.server_public).hexdigest()[:16]
-    return os.path.join(_ipc_dir[0], f"{tag}-{address.replace(':', '-')}")
+    return _ipc_dir[0]
 
 
 def _bind_local(sock: zmq.Socket, keys: ClusterKeys, address: str) -> None:
@@ -225,10 +229,10 @@ def sweep_stale_local_sockets() -> int:
     killed, or exited without closing); returns how many. Listening sockets are in /proc/net/unix."""
     if not _local_ipc():
         return 0
-    _ipc_path(cluster_keys("sweep"), "0:0")  # makes sure the directory is known
+    directory = _local_dir()
     # The directory first: a file made after the listing is not looked at, and one made before it
     # has its socket bound (so listed in /proc/net/unix) by the time we read that.
-    names = os.listdir(_ipc_dir[0])
+    names = os.listdir(directory)
     try:
         with open("/proc/net/unix") as f:
             bound = {fields[-1] for fields in map(str.split, f.readlines()[1:]) if len(fields) >= 8}
@@ -236,7 +240,7 @@ def sweep_stale_local_sockets() -> int:
         return 0  # not Linux: leave them, a new bind replaces a stale file of the same name
     removed = 0
     for name in names:
-        path = os.path.join(_ipc_dir[0], name)
+        path = os.path.join(directory, name)
         if path not in bound:
             try:
                 os.unlink(path)
