@@ -254,16 +254,16 @@ def test_the_same_stranger_with_the_secret_gets_answers(cluster, targets):
 
 
 def test_a_driver_with_a_wrong_or_no_secret_is_told_what_to_do(cluster, tmp_path):
-    code = """
+    code = f"""
         import ember
         from ember.runtime import transport
         try:
-            ember.init(address={address!r})
+            ember.init(address={cluster.address!r})
         except transport.AuthenticationError as error:
             print("REFUSED", error)
         else:
             print("CONNECTED")
-    """.format(address=cluster.address)
+    """
     wrong = run_driver(code, env={"EMBER_CLUSTER_TOKEN": "not-the-secret"}).stdout
     # No secret at all: another runtime directory, so not even this user's cluster file is found.
     private = tmp_path / "xdg"

@@ -129,7 +129,11 @@ def kill_mid_pull(cluster: LocalCluster, retries: int) -> tuple[dict, bool]:
     reader_prefix = cluster.nodes[0]["store_prefix"]
     code = PRELUDE.format(address=cluster.address) + KILL_MID_PULL.format(doomed=doomed["node_id"], retries=retries)
     process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, EMBER_CLUSTER_TOKEN=cluster.token),
     )
     try:
         line = process.stdout.readline().split()
