@@ -25,7 +25,7 @@ import psutil
 import ember as ray
 from ember import api
 from ember.runtime import protocol
-from ember.runtime.core_client import current_client
+from ember.runtime.client.core_client import current_client
 from ember.util.placement_group import placement_group, remove_placement_group
 
 CHUNK = 2000  # tasks in flight at once

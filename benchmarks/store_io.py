@@ -18,7 +18,7 @@ import numpy as np
 
 import ember
 from ember.runtime import protocol, transport
-from ember.runtime.core_client import current_client
+from ember.runtime.client.core_client import current_client
 
 
 def probe(address: str, stop: threading.Event, worst: list) -> None:

@@ -7,7 +7,7 @@ import pickle
 from ember import options as opts
 from ember.connection import connected_client
 from ember.runtime import protocol
-from ember.runtime.core_client import current_client
+from ember.runtime.client.core_client import current_client
 from ember.runtime.ids import new_id
 from ember.runtime.serialization import dumps_function
 from ember.runtime.task_context import ActorExit, current_task

@@ -13,10 +13,11 @@ from ember.actor import ActorClass, ActorHandle, handle_from_info, kill  # noqa:
 from ember.connection import connected_client
 from ember.options import check_runtime_env
 from ember.remote_function import RemoteFunction
-from ember.runtime import accelerators, core_client, launcher, protocol, runtime_dir, transport
-from ember.runtime.core_client import CoreClient, set_current_client
-from ember.runtime.object_ref import ObjectRef, ObjectRefGenerator
-from ember.runtime.ownership import store_prefix
+from ember.runtime import accelerators, launcher, protocol, runtime_dir, transport
+from ember.runtime.client import core_client
+from ember.runtime.client.core_client import CoreClient, set_current_client
+from ember.runtime.client.object_ref import ObjectRef, ObjectRefGenerator
+from ember.runtime.client.ownership import store_prefix
 
 _state_lock = threading.RLock()
 _cluster_process: subprocess.Popen | None = None

@@ -5,7 +5,7 @@ As in Ray, the first API call in a process that is not connected starts a local 
 unpickling an ObjectRef in a process without a client is an error, not a new cluster.
 """
 
-from ember.runtime import core_client
+from ember.runtime.client import core_client
 
 
 def connected_client() -> "core_client.CoreClient":

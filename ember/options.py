@@ -163,7 +163,7 @@ def env_vars_of(options: dict) -> dict | None:
 def scheduling_of(options: dict, resources: dict, running: dict | None = None):
     """Ray's scheduling options as (resources, running, strategy, placement group).
 
-    ``strategy`` goes to the node managers (see ``runtime/cluster_scheduler.py``): None, "SPREAD",
+    ``strategy`` goes to the node managers (see ``runtime/node/cluster_scheduler.py``): None, "SPREAD",
     or a node affinity ``{"node", "soft", "spill"}``. A placement group needs no strategy: its
     bundles' resources (``CPU_group_<i>_<pg>``, ...) exist only on the nodes that hold them, so the
     request is rewritten to ask for those. ``placement group`` is ``[pg hex, bundle index, capture]``

@@ -17,8 +17,8 @@ from conftest import wait_for
 import ember
 from ember import api
 from ember.exceptions import TaskCancelledError
-from ember.runtime.core_client import current_client
-from ember.runtime.state_table import TaskTable
+from ember.runtime.client.core_client import current_client
+from ember.runtime.head.state_table import TaskTable
 from ember.util import state
 
 

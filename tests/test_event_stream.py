@@ -10,7 +10,8 @@ from conftest import wait_for
 import ember
 from ember.kernel_ext.remote_cell import CellProgram, run_cell
 from ember.kernel_ext.routing import OutputRouter
-from ember.runtime import core_client, transport
+from ember.runtime import transport
+from ember.runtime.client import core_client
 from ember.runtime.ids import return_object_id
 from ember.runtime.task_context import output_tag
 from ember.widgets.events import EventFeed

@@ -8,7 +8,7 @@ import pytest
 from conftest import wait_for
 
 import ember
-import ember.runtime.core_client
+import ember.runtime.client.core_client
 from ember import api
 from ember.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
 
@@ -176,7 +176,7 @@ def live_target():
     """A running actor, and what this driver knows of it (its worker's two addresses)."""
     actor = Target.remote()
     ember.get(actor.ping.remote())
-    client = ember.runtime.core_client.current_client()
+    client = ember.runtime.client.core_client.current_client()
     return actor, client, client.submitter.actors[actor._actor_id]
 
 

@@ -254,7 +254,7 @@ def test_writer_killed_between_reserve_and_seal_gives_its_space_back(tmp_path):
 
         @ember.remote(max_retries=0)
         def big():
-            import ember.runtime.ownership as ownership
+            import ember.runtime.client.ownership as ownership
             write = ownership.write_object
             def slow_write(*args, **kwargs):  # widen the window between reserving and sealing
                 with open(pid_file + ".tmp", "w") as f:  # renamed whole: never read half-written

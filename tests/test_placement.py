@@ -3,8 +3,8 @@ and the node scheduler's bundle bookkeeping."""
 
 import pytest
 
-from ember.runtime.placement import NodeView, feasible_ever, place_bundles
-from ember.runtime.placement_groups import (
+from ember.runtime.head.placement import NodeView, feasible_ever, place_bundles
+from ember.runtime.head.placement_groups import (
     CREATED,
     PENDING,
     PREPARING,
@@ -13,7 +13,7 @@ from ember.runtime.placement_groups import (
     PlacementGroupManager,
     check_bundles,
 )
-from ember.runtime.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, to_fixed
+from ember.runtime.node.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, to_fixed
 
 A, B, C = b"a" * 16, b"b" * 16, b"c" * 16
 PG = b"p" * 18

@@ -14,7 +14,7 @@ from conftest import run_driver, wait_for
 
 import ember
 from ember.runtime import protocol
-from ember.runtime.core_client import current_client
+from ember.runtime.client.core_client import current_client
 from ember.util import (
     PlacementGroup,
     get_current_placement_group,

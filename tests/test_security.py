@@ -19,7 +19,7 @@ from multinode import LocalCluster
 import ember
 from ember import api
 from ember.runtime import launcher, protocol, runtime_dir, transport
-from ember.runtime.core_client import current_client
+from ember.runtime.client.core_client import current_client
 
 NOBODY = 65534
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_driver
 
 from ember.runtime.bounded import DESTROYED_ACTORS, EndedCache, cap_from_env
-from ember.runtime.placement_groups import REMOVED, PlacementGroupManager
+from ember.runtime.head.placement_groups import REMOVED, PlacementGroupManager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,7 +134,7 @@ def test_forgotten_dead_actor_answers_as_dead():
     code = """
     import ember as ray
     from ember.runtime import protocol
-    from ember.runtime.core_client import current_client
+    from ember.runtime.client.core_client import current_client
 
     ray.init(num_cpus=1)
 
@@ -172,7 +172,7 @@ def test_finished_jobs_are_forgotten_past_the_cap(tmp_path):
     import subprocess, sys, textwrap
     import ember as ray
     from ember.runtime import protocol
-    from ember.runtime.core_client import current_client
+    from ember.runtime.client.core_client import current_client
 
     context = ray.init(num_cpus=1)
     driver = textwrap.dedent('''

@@ -3,9 +3,9 @@
 import pytest
 
 from ember.exceptions import ObjectStoreFullError
-from ember.runtime.object_store import StoreState
-from ember.runtime.object_transfer import CHUNK, ChunkWindow
-from ember.runtime.scheduler import UNIT, LeaseRequest, LeaseScheduler, to_fixed
+from ember.runtime.node.object_store import StoreState
+from ember.runtime.node.object_transfer import CHUNK, ChunkWindow
+from ember.runtime.node.scheduler import UNIT, LeaseRequest, LeaseScheduler, to_fixed
 
 
 def request(rid, resources, running=None, actor=False):
@@ -199,7 +199,7 @@ def test_surplus_worker_that_refuses_to_exit_is_idle_again():
 
 
 # --- reference counting ------------------------------------------------------------------------------
-from ember.runtime.reference_table import ReferenceTable  # noqa: E402
+from ember.runtime.client.reference_table import ReferenceTable  # noqa: E402
 
 ME, OTHER, CALLER = "me:1", "other:2", "caller:3"
 
@@ -292,7 +292,7 @@ def test_blocked_worker_in_a_placement_group_lends_its_bundle_cpu():
 
 
 # --- the cluster-level policy (which node runs a request) ----------------------------------------
-from ember.runtime.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView  # noqa: E402
+from ember.runtime.node.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView  # noqa: E402
 
 
 def views(*nodes):

@@ -76,9 +76,9 @@ def test_a_mapped_object_is_not_spilled_until_its_reader_lets_go():
 import gc, json, os
 import numpy as np
 import ember
-from ember.runtime.core_client import current_client
-from ember.runtime.object_store import object_path
-from ember.runtime.ownership import store_prefix
+from ember.runtime.client.core_client import current_client
+from ember.runtime.node.object_store import object_path
+from ember.runtime.client.ownership import store_prefix
 ember.init(num_cpus=1, object_store_memory=512 * 2**20)
 client = current_client()
 path = lambda ref: object_path(store_prefix(client.node_id), ref._id)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ember
-from ember.runtime.object_ref import ObjectRef
+from ember.runtime.client.object_ref import ObjectRef
 
 
 @ember.remote

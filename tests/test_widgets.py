@@ -10,7 +10,7 @@ from conftest import wait_for
 
 import ember
 from ember import widgets
-from ember.runtime import core_client
+from ember.runtime.client import core_client
 from ember.runtime.task_context import output_tag
 from ember.widgets.events import EventFeed
 

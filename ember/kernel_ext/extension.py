@@ -11,7 +11,7 @@ import sys
 
 from ember import api
 from ember.kernel_ext.routing import OutputRouter
-from ember.runtime import core_client
+from ember.runtime.client import core_client
 from ember.runtime.task_context import output_tag
 
 

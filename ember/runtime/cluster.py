@@ -18,8 +18,8 @@ import signal
 import sys
 
 from ember.runtime import transport
-from ember.runtime.head import Head
-from ember.runtime.node_manager import NodeManager
+from ember.runtime.head.head import Head
+from ember.runtime.node.node_manager import NodeManager
 from ember.runtime.runtime_dir import open_private
 from ember.runtime.service import EventLoop, read_eof
 

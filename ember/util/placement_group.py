@@ -2,7 +2,7 @@
 
 A placement group reserves bundles of resources across the cluster atomically; tasks and actors
 then run inside a bundle with ``PlacementGroupSchedulingStrategy``. The head keeps the table
-(:mod:`ember.runtime.placement_groups`); this module is the client's side of it.
+(:mod:`ember.runtime.head.placement_groups`); this module is the client's side of it.
 """
 
 import concurrent.futures
@@ -10,9 +10,9 @@ import sys
 
 from ember.connection import connected_client
 from ember.runtime import protocol
+from ember.runtime.head.placement import STRATEGIES
+from ember.runtime.head.placement_groups import check_bundles
 from ember.runtime.ids import new_id, new_task_id, return_object_id
-from ember.runtime.placement import STRATEGIES
-from ember.runtime.placement_groups import check_bundles
 from ember.runtime.task_context import current_task
 
 PG_ID_SIZE = 18  # as Ray's PlacementGroupID

@@ -214,7 +214,7 @@ def _node_states() -> list:
 def _object_states() -> list:
     import os
 
-    from ember.runtime.ownership import FAILED, PENDING
+    from ember.runtime.client.ownership import FAILED, PENDING
 
     client = connected_client()
     ip = client.address.split("//")[-1].rsplit(":", 1)[0] if client.address else ""

@@ -17,7 +17,8 @@ import msgpack
 import zmq
 
 from ember.connection import connected_client
-from ember.runtime import core_client, transport
+from ember.runtime import transport
+from ember.runtime.client import core_client
 from ember.widgets.state import ClusterState
 from ember.widgets.throttle import Throttle
 

@@ -16,7 +16,7 @@ Policies follow Ray's:
   hybrid policy when the node is dead or can never run it (``spill``: also when it is busy).
 - Placement groups need no policy of their own: a bundle's resources exist only on its node.
 
-Amounts are fixed point (see :mod:`ember.runtime.scheduler`).
+Amounts are fixed point (see :mod:`ember.runtime.node.scheduler`).
 """
 
 from dataclasses import dataclass, field

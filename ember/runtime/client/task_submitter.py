@@ -20,10 +20,10 @@ from functools import partial
 
 from ember import exceptions
 from ember.runtime import protocol
-from ember.runtime.actor_calls import ActorCalls, ActorState
+from ember.runtime.client.actor_calls import ActorCalls, ActorState
+from ember.runtime.client.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
+from ember.runtime.client.ownership import FAILED, INLINE_LIMIT, PENDING
 from ember.runtime.ids import new_id, new_task_id, return_object_id, task_id_of
-from ember.runtime.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
-from ember.runtime.ownership import FAILED, INLINE_LIMIT, PENDING
 from ember.runtime.serialization import deserialize, serialize
 from ember.runtime.task_context import current_task, output_tag
 

@@ -4,7 +4,7 @@ A worker is forked from the node manager's process, which has already imported e
 worker needs, so a new worker is ready in milliseconds instead of the ~100 ms a fresh interpreter
 takes to import Ember; forked workers also share those pages copy-on-write. The child closes every
 inherited descriptor, never touches the parent's ZeroMQ context and makes its own. Setting
-``EMBER_WORKER_EXEC=1`` makes the child exec a fresh ``python -m ember.runtime.worker`` instead.
+``EMBER_WORKER_EXEC=1`` makes the child exec a fresh ``python -m ember.runtime.worker.worker`` instead.
 
 Each worker's stdin is the read end of a pipe whose write end only the node manager holds: EOF
 tells the worker that its node manager is gone (even if it was SIGKILLed), and closing it is how
@@ -70,7 +70,7 @@ def spawn_worker(env: dict, log_path: str) -> WorkerProcess:
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             os.environ.update(env)
             if os.environ.get("EMBER_WORKER_EXEC") == "1":
-                os.execv(sys.executable, [sys.executable, "-m", "ember.runtime.worker"])
+                os.execv(sys.executable, [sys.executable, "-m", "ember.runtime.worker.worker"])
             _become_worker()
             code = 0
         except BaseException:  # noqa: B036 - report anything, then leave without running the parent's cleanup
@@ -85,7 +85,8 @@ def spawn_worker(env: dict, log_path: str) -> WorkerProcess:
 
 
 def _become_worker() -> None:
-    from ember.runtime import transport, worker
+    from ember.runtime import transport
+    from ember.runtime.worker import worker
 
     # The parent's ZeroMQ context is unusable here (its I/O threads were not forked). Keep a
     # reference so it is never garbage-collected (terminating it could hang), and start afresh.

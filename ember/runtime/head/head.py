@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 import msgpack
 
 from ember.runtime import protocol, transport
-from ember.runtime.actor_directory import DEAD, ActorDirectory, ActorInfo
 from ember.runtime.bounded import DEAD_JOBS, DEAD_NODES, DESTROYED_ACTORS, EndedCache, cap_from_env
-from ember.runtime.cluster_scheduler import ClusterPolicy, NodeView
+from ember.runtime.head.actor_directory import DEAD, ActorDirectory, ActorInfo
+from ember.runtime.head.placement_groups import PlacementGroupManager
+from ember.runtime.head.state_table import StateQueries, TaskTable
 from ember.runtime.ids import new_id
-from ember.runtime.placement_groups import PlacementGroupManager
+from ember.runtime.node.cluster_scheduler import ClusterPolicy, NodeView
 from ember.runtime.service import Service
-from ember.runtime.state_table import StateQueries, TaskTable
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ each a wake-up that costs tens of microseconds on small machines. A thread waiti
 runs the loop itself when it is free, and the I/O thread stays out of its way for
 ``LEAD_GRACE`` seconds after, so a loop of sync calls runs with no hand-off at all.
 
-What the client owns and borrows, and how values are read, is in :mod:`ember.runtime.ownership`;
-how tasks and actor calls reach workers is in :mod:`ember.runtime.task_submitter`.
+What the client owns and borrows, and how values are read, is in :mod:`ember.runtime.client.ownership`;
+how tasks and actor calls reach workers is in :mod:`ember.runtime.client.task_submitter`.
 """
 
 import collections
@@ -35,8 +35,8 @@ import msgpack
 import zmq
 
 from ember.runtime import protocol, transport
+from ember.runtime.client.ownership import Ownership, node_suffix
 from ember.runtime.ids import new_id
-from ember.runtime.ownership import Ownership, node_suffix
 from ember.runtime.serialization import deserialize
 from ember.runtime.service import read_eof, unwrap
 from ember.runtime.task_context import current_task
@@ -136,7 +136,7 @@ class CoreClient(Ownership):
         self._started = threading.Event()
         self._start_error = None
 
-        from ember.runtime.task_submitter import TaskSubmitter
+        from ember.runtime.client.task_submitter import TaskSubmitter
 
         self.submitter = TaskSubmitter(self)
         self._thread = threading.Thread(target=self._run, name="ember-io", daemon=True)
@@ -169,7 +169,7 @@ class CoreClient(Ownership):
             self._started.set()
             return
         self._started.set()
-        from ember.runtime.task_submitter import PUSH_HANDLERS
+        from ember.runtime.client.task_submitter import PUSH_HANDLERS
 
         push_handlers = {op: getattr(self.submitter, name) for op, name in PUSH_HANDLERS.items()}
         push_handlers[protocol.OWNER_DIED] = self.on_owner_died

@@ -12,7 +12,7 @@ here answers with one node per bundle or ``None``. ``occupied`` names the nodes 
 other bundles of the same group, for re-placing the bundles a dead node lost.
 """
 
-from ember.runtime.cluster_scheduler import NodeView
+from ember.runtime.node.cluster_scheduler import NodeView
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 

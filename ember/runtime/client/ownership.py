@@ -2,11 +2,11 @@
 
 The process that creates an object (a ``put``, or the submitter of the task that returns it) owns it:
 it holds a small value inline and knows which node stores a large one. Whether an object is still
-needed is decided by :class:`~ember.runtime.reference_table.ReferenceTable`, a plain state
+needed is decided by :class:`~ember.runtime.client.reference_table.ReferenceTable`, a plain state
 machine; this module feeds it events (ObjectRefs made and dropped, borrowers coming and going,
 values arriving) and carries out what it answers (free a value, tell an owner we borrow or let go).
 
-Mixed into :class:`~ember.runtime.core_client.CoreClient`, whose I/O thread runs every method here
+Mixed into :class:`~ember.runtime.client.core_client.CoreClient`, whose I/O thread runs every method here
 that sends; ``get``, ``wait``, ``put`` and ``future_for`` are called from user threads.
 """
 
@@ -20,10 +20,10 @@ import zmq
 
 from ember import exceptions
 from ember.runtime import protocol
+from ember.runtime.client.object_ref import ObjectRef
+from ember.runtime.client.reference_table import ReferenceTable
 from ember.runtime.ids import put_object_id
-from ember.runtime.object_ref import ObjectRef
-from ember.runtime.object_store import layout, object_path, read_object, write_object
-from ember.runtime.reference_table import ReferenceTable
+from ember.runtime.node.object_store import layout, object_path, read_object, write_object
 from ember.runtime.serialization import deserialize, serialize
 from ember.runtime.task_context import current_task
 

@@ -7,7 +7,7 @@ from ember.runtime.ids import task_id_of
 
 
 def _client():
-    from ember.runtime.core_client import current_client
+    from ember.runtime.client.core_client import current_client
 
     return current_client()
 
@@ -114,7 +114,7 @@ class ObjectRefGenerator:
 
     def _is_ready(self, client) -> bool:
         """For ``ember.wait``: ``next()`` would not block (its next value is ready, or it has ended)."""
-        from ember.runtime.ownership import PENDING
+        from ember.runtime.client.ownership import PENDING
 
         items = self._stream.items
         if len(items) > self._next:

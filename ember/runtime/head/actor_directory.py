@@ -8,16 +8,16 @@ Data flow::
                    <--request_lease (on the node the policy picks), kill_worker---- +-------+
     subscribed clients <--actor_update (ALIVE with its address, RESTARTING, DEAD)--
 
-A mixin of :class:`~ember.runtime.head.Head`, whose sockets, node table and event hub it uses. The
+A mixin of :class:`~ember.runtime.head.head.Head`, whose sockets, node table and event hub it uses. The
 node for an actor is picked by the same policy as for tasks (``cluster_scheduler``).
 """
 
 from dataclasses import dataclass, field
 
 from ember.runtime import protocol, transport
-from ember.runtime.cluster_scheduler import INFEASIBLE, NodeView
 from ember.runtime.ids import new_id
-from ember.runtime.scheduler import to_fixed
+from ember.runtime.node.cluster_scheduler import INFEASIBLE, NodeView
+from ember.runtime.node.scheduler import to_fixed
 
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
 KEPT_WHEN_DEAD = ("name", "namespace", "class_name", "meta", "detached", "owner_actor")

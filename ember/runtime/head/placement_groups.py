@@ -2,7 +2,7 @@
 
 Events: ``create``, ``nodes_changed`` (the head's view of the nodes), ``prepared`` (a node manager's
 answer to a prepare), ``remove``, ``node_died``, ``wait``, ``job_finished``. Actions, carried out by
-the head (:mod:`ember.runtime.head`)::
+the head (:mod:`ember.runtime.head.head`)::
 
     ("prepare", node_id, pg_id, [[index, resources], ...])   reserve these bundles (phase 1)
     ("commit", node_id, pg_id, [index, ...])                  make them usable (phase 2)
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from ember.runtime.bounded import REMOVED_PLACEMENT_GROUPS, cap_from_env
-from ember.runtime.placement import STRATEGIES, NodeView, _take, feasible_ever, place_bundles
+from ember.runtime.head.placement import STRATEGIES, NodeView, _take, feasible_ever, place_bundles
 
 PENDING, PREPARING, CREATED, RESCHEDULING, REMOVED = "PENDING", "PREPARING", "CREATED", "RESCHEDULING", "REMOVED"
 

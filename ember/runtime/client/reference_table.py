@@ -2,7 +2,7 @@
 
 Events in: an ObjectRef is created or dropped here, a borrower registers or leaves, an owned
 object's value arrives, a task returns refs inside its value. Actions out, for
-:class:`~ember.runtime.ownership.Ownership` to carry out:
+:class:`~ember.runtime.client.ownership.Ownership` to carry out:
 
 - ``("free", oid)``: an object we own is needed by nobody: drop its value everywhere;
 - ``("borrow", oid, owner)``: tell ``owner`` we hold a ref to its object;

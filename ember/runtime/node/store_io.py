@@ -10,7 +10,7 @@ through a pipe, and only the loop changes state (``StoreState`` and the files' f
 Requests that need room the spills in flight will make (a writer's create, a reader's restore) are
 answered when those finish. A reader pins what it maps, so the object is not chosen for spilling
 while it is in use; a client's pins go with it when it dies. This is a mixin of
-:class:`~ember.runtime.node_manager.NodeManager`.
+:class:`~ember.runtime.node.node_manager.NodeManager`.
 """
 
 import collections
@@ -20,7 +20,7 @@ import os
 
 from ember.exceptions import ObjectStoreFullError
 from ember.runtime import protocol
-from ember.runtime.object_store import object_path
+from ember.runtime.node.object_store import object_path
 from ember.runtime.runtime_dir import copy_private
 from ember.runtime.service import read_eof
 

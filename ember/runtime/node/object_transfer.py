@@ -15,7 +15,7 @@ The holder keeps no state per pull: each request names the chunks it wants.
 
 The copy is an ordinary object of the receiving node's store (it can spill like any other); the
 owner records it and frees it with the original. This is a mixin of
-:class:`~ember.runtime.node_manager.NodeManager`, whose store, view of the cluster and poll loop it uses.
+:class:`~ember.runtime.node.node_manager.NodeManager`, whose store, view of the cluster and poll loop it uses.
 """
 
 import mmap
@@ -24,7 +24,7 @@ import time
 
 from ember.exceptions import ObjectStoreFullError
 from ember.runtime import protocol, transport
-from ember.runtime.object_store import object_path, pwrite_all
+from ember.runtime.node.object_store import object_path, pwrite_all
 
 CHUNK = 8 * 2**20  # objects travel between nodes in chunks of this many bytes
 WINDOW = 4  # chunks in flight per pull

@@ -28,13 +28,13 @@ import zmq
 
 from ember import exceptions
 from ember.runtime import protocol, transport
-from ember.runtime.core_client import CoreClient, set_current_client
+from ember.runtime.client.core_client import CoreClient, set_current_client
+from ember.runtime.client.ownership import INLINE_LIMIT
+from ember.runtime.client.task_submitter import Arg
 from ember.runtime.ids import return_object_id
-from ember.runtime.ownership import INLINE_LIMIT
 from ember.runtime.serialization import deserialize, serialize, serialize_error
 from ember.runtime.service import read_eof, unwrap
 from ember.runtime.task_context import ActorExit, TaskContext, current_task
-from ember.runtime.task_submitter import Arg
 
 # Generator tasks whose values go back one by one as they are yielded. A "dynamic" task's owner
 # gathers them into one DynamicObjectRefGenerator when the task ends; its own return is object 1,
@@ -234,7 +234,7 @@ class Worker:
         if not refs:
             return args, kwargs
         values = {}
-        from ember.runtime.object_ref import ObjectRef
+        from ember.runtime.client.object_ref import ObjectRef
 
         for entry in refs:
             key, kind = entry[0], entry[1]

@@ -8,8 +8,8 @@ Data flow::
     clients --store_create / sealed / restore->|  store state | ---pwrite'd files in /dev/shm, spill files on disk
                                                +--------------+
 
-Decisions live in two state machines (:class:`~ember.runtime.scheduler.LeaseScheduler` for leases,
-:class:`~ember.runtime.object_store.StoreState` for capacity and spilling); this module feeds them
+Decisions live in two state machines (:class:`~ember.runtime.node.scheduler.LeaseScheduler` for leases,
+:class:`~ember.runtime.node.object_store.StoreState` for capacity and spilling); this module feeds them
 events from the socket and carries out the actions they return.
 """
 
@@ -23,15 +23,15 @@ import psutil
 
 from ember.runtime import protocol, transport
 from ember.runtime.bounded import REMOVED_PLACEMENT_GROUPS, EndedCache, cap_from_env
-from ember.runtime.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView, fits, groups_of
 from ember.runtime.ids import new_id
 from ember.runtime.launcher import remove_store_files
-from ember.runtime.object_store import SHM_DIR, StoreState
-from ember.runtime.object_transfer import ObjectTransfer
-from ember.runtime.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, gpu_amount, to_fixed
+from ember.runtime.node.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView, fits, groups_of
+from ember.runtime.node.object_store import SHM_DIR, StoreState
+from ember.runtime.node.object_transfer import ObjectTransfer
+from ember.runtime.node.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, gpu_amount, to_fixed
+from ember.runtime.node.store_io import StoreIO
+from ember.runtime.node.worker_process import WorkerProcess, spawn_worker
 from ember.runtime.service import Service
-from ember.runtime.store_io import StoreIO
-from ember.runtime.worker_process import WorkerProcess, spawn_worker
 
 logger = logging.getLogger(__name__)
 

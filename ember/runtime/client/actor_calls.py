@@ -6,7 +6,7 @@ Data flow::
     head --actor_update (ALIVE with an address, RESTARTING, DEAD)--> resend or fail what was in flight
     creator drops its only handle --actor_handle_released--> head (once queued calls have drained)
 
-A mixin of :class:`~ember.runtime.task_submitter.TaskSubmitter`: calls share its task specs,
+A mixin of :class:`~ember.runtime.client.task_submitter.TaskSubmitter`: calls share its task specs,
 argument resolution, results and cancellation.
 """
 
