@@ -58,8 +58,8 @@ def process_figures(pid: int) -> dict:
 
 def table_sizes() -> dict:
     client = current_client()
-    head, _ = client.request("head", {"op": protocol.TABLE_SIZES})
-    node, _ = client.request("node_manager", {"op": protocol.TABLE_SIZES})
+    head = client.request("head", {"op": protocol.TABLE_SIZES})[0]["sizes"]
+    node = client.request("node_manager", {"op": protocol.TABLE_SIZES})[0]["sizes"]
     submitter = client.submitter
     driver = {
         "waiting": len(client._waiting),
@@ -72,12 +72,7 @@ def table_sizes() -> dict:
         "lineage": len(submitter.lineage),
         "dep_waiters": len(submitter.dep_waiters),
     }
-    strip = ("op", "rid")
-    return {
-        "head": {k: v for k, v in head.items() if k not in strip},
-        "node_manager": {k: v for k, v in node.items() if k not in strip},
-        "driver": driver,
-    }
+    return {"head": head, "node_manager": node, "driver": driver}
 
 
 def run_tasks(count: int, retiring: int) -> float:

@@ -118,23 +118,23 @@ print(json.dumps(results))
 
 def attacks(node_id: str) -> list:
     """(name, target, header, payload frames): what a stranger sends. "EVIL" is the malicious pickle."""
-    function_key = "fn:stranger"
+    function_key = "hex:" + b"fn:stranger".hex()
     return [
-        ("kv write", "head", {"op": protocol.KV_PUT, "rid": 1, "key": function_key}, ["EVIL"]),
+        ("kv write", "head", {"op": protocol.KV_PUT, "rid": "hex:01", "key": function_key}, ["EVIL"]),
         ("actor creation from the kv", "head",
-         {"op": protocol.CREATE_ACTOR, "rid": 2, "actor_id": "hex:" + "aa" * 16, "job_id": "hex:0001",
+         {"op": protocol.CREATE_ACTOR, "rid": "hex:02", "actor_id": "hex:" + "aa" * 16, "job_id": "hex:0001",
           "spec": {"class_key": function_key, "class_name": "Evil", "resources": {}}}, ["EVIL"]),
-        ("shutdown", "head", {"op": protocol.SHUTDOWN, "rid": 3}, []),
+        ("shutdown", "head", {"op": protocol.SHUTDOWN, "rid": "hex:03"}, []),
         ("node registration", "head",
-         {"op": protocol.REGISTER_NODE, "rid": 4, "node_id": "hex:" + "bb" * 16, "address": "127.0.0.1:1",
+         {"op": protocol.REGISTER_NODE, "rid": "hex:04", "node_id": "hex:" + "bb" * 16, "address": "127.0.0.1:1",
           "resources": {"CPU": 64.0}, "host": "127.0.0.1"}, []),
         ("node dead", "node_manager", {"op": protocol.NODE_DEAD, "node_id": "hex:" + node_id}, []),
         ("lease request", "node_manager",
-         {"op": protocol.REQUEST_LEASE, "rid": 5, "resources": {"CPU": 1.0}}, []),
-        ("task", "worker", {"op": protocol.EXECUTE_TASK, "rid": 6, "function": function_key}, ["EVIL"]),
+         {"op": protocol.REQUEST_LEASE, "rid": "hex:05", "resources": {"CPU": 1.0}}, []),
+        ("task", "worker", {"op": protocol.EXECUTE_TASK, "rid": "hex:06", "function": function_key}, ["EVIL"]),
         ("actor call", "worker",
-         {"op": protocol.ACTOR_CALL, "rid": 7, "method": "ping", "seq": 0}, ["EVIL"]),
-        ("owner service", "owner", {"op": protocol.GET_OBJECT, "rid": 8, "oid": "hex:" + "cc" * 28}, ["EVIL"]),
+         {"op": protocol.ACTOR_CALL, "rid": "hex:07", "method": "ping", "seq": 0}, ["EVIL"]),
+        ("owner service", "owner", {"op": protocol.GET_OBJECT, "rid": "hex:08", "oid": "hex:" + "cc" * 28}, ["EVIL"]),
     ]
 
 
@@ -205,7 +205,7 @@ def targets(cluster, tmp_path):
 def cluster_still_works(cluster, before_nodes: int) -> None:
     assert ember.get(add.remote(1, 2)) == 3
     assert len([n for n in ember.nodes() if n["Alive"]]) == before_nodes
-    reply, _ = current_client().request("head", {"op": protocol.KV_GET, "key": "fn:stranger"})
+    reply, _ = current_client().request("head", {"op": protocol.KV_GET, "key": b"fn:stranger"})
     assert not reply.get("found")
 
 
@@ -246,7 +246,7 @@ def test_the_same_stranger_with_the_secret_gets_answers(cluster, targets):
             "client_public": keys.client_public.decode(),
             "client_secret": keys.client_secret.decode(),
         },
-        "attacks": [["nodes", "head", {"op": protocol.GET_NODES, "rid": 1}, []]],
+        "attacks": [["nodes", "head", {"op": protocol.GET_NODES, "rid": "hex:01"}, []]],
     }
     results = run_stranger(plan)
     assert results["nodes"] == {"handshake": "succeeded", "reply": True}

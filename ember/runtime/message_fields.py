@@ -46,7 +46,7 @@ Resources = dict[Annotated[str, Meta(min_length=1, max_length=512)], Amount]
 # What is free on a node: below zero while blocked workers' CPUs are lent out, then taken back.
 Level = Annotated[int, Meta(ge=-(10**18), le=10**18)] | Annotated[float, Meta(ge=-1e18, le=1e18)]
 Availability = dict[Annotated[str, Meta(min_length=1, max_length=512)], Level]
-NumReturns = Count | Literal["streaming"]
+NumReturns = Count | Literal["streaming", "dynamic"]
 Name = Annotated[str, Meta(max_length=4096)]
 Strategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
@@ -137,7 +137,21 @@ class StoreStats(_Part, kw_only=True):
     spilled: Size
     num_spilled: Count
     reserved: Size
+    spilling: Count = 0  # copies to disk in flight
+    restoring: Count = 0  # copies back in flight
+    pinned: Count = 0  # objects a reader has mapped
     largest: list[tuple[ObjectId, Size]] = []
+
+
+class MethodOptions(_Part, kw_only=True):
+    """An actor method's @ember.method options, kept in the actor's spec for its callers."""
+
+    num_returns: NumReturns = 1
+    name: Name | None = None
+    concurrency_group: Name | None = None
+    max_task_retries: Retries | None = None
+    retry_exceptions: bool | bytes | None = None  # a list of exception classes travels pickled
+    enable_task_events: bool | None = None
 
 
 class GpuRow(_Part, kw_only=True):
@@ -178,7 +192,7 @@ class ActorPublic(_Part, kw_only=True):
     name: Name | None = None
     namespace: Name | None = None
     class_name: Name | None = None
-    meta: dict[str, NumReturns] | None = None
+    meta: dict[str, NumReturns | MethodOptions] | None = None
 
 
 class Location(Struct, array_like=True, forbid_unknown_fields=True):

@@ -36,6 +36,7 @@ from ember.runtime.message_fields import (  # noqa: F401 - the part types are re
     Key,
     Location,
     LogBatches,
+    MethodOptions,
     Name,
     NodeId,
     NumReturns,
@@ -157,13 +158,15 @@ class _ActorFields(_TaskFields, tag=False, kw_only=True):
     max_restarts: Retries = 0
     max_task_retries: Retries = 0
     max_concurrency: Annotated[int, Meta(ge=1, le=2**31)] | None = None
+    concurrency_groups: dict[Name, Annotated[int, Meta(ge=1, le=2**31)]] | None = None
     resources: Resources
     running: Resources
     strategy: SchedulingStrategy | None = None
     pg: PlacementInfo | None = None
     env: dict[str, str] | None = None
     owner_actor: ActorId | None = None
-    meta: dict[str, NumReturns] = {}  # each method's default num_returns
+    # Each method's default num_returns, or its @ember.method options (num_returns among them).
+    meta: dict[str, NumReturns | MethodOptions] = {}
 
 
 class ActorSpec(_ActorFields, tag=False, kw_only=True):
@@ -224,7 +227,8 @@ class Shutdown(Message, tag="shutdown", kw_only=True):
 
 class ClusterView(Message, tag="cluster_view", kw_only=True):
     nodes: list[ClusterNode]
-    removed_groups: list[Annotated[str, Meta(pattern="^[0-9a-f]{36}$")]] = []
+    removed_groups: list[Annotated[str, Meta(pattern="^[0-9a-f]{36}$")]] = []  # removed since this node's last view
+    removed_full: bool = False  # removed_groups is everything the head remembers, not a change
 
 
 class NodeDead(Message, tag="node_dead", kw_only=True):
@@ -369,7 +373,8 @@ class StoreDelete(Message, tag="store_delete", kw_only=True):
 
 
 class StoreTouch(Message, tag="store_touch", kw_only=True):
-    oids: list[ObjectId]
+    oids: list[ObjectId] = []  # mapped by a reader: pinned, and most recently used
+    unpin: list[ObjectId] = []  # let go of by that reader
 
 
 class WorkerLogs(Message, tag="worker_logs", kw_only=True):
@@ -393,6 +398,7 @@ class CancelBundles(Message, tag="cancel_bundles", kw_only=True):
 
 class PullObject(Message, tag="pull_object", kw_only=True):
     oid: ObjectId
+    chunks: list[Count] = []  # the chunks wanted (a window of them), by index
 
 
 class ObjectChunk(Message, tag="object_chunk", kw_only=True):
@@ -400,6 +406,7 @@ class ObjectChunk(Message, tag="object_chunk", kw_only=True):
 
     oid: ObjectId
     missing: bool = False
+    index: Count = 0  # which chunk of the object (PullObject.chunks)
     offset: Size = 0
     size: Size = 0
 
@@ -427,6 +434,7 @@ class ActorCall(_TaskFields, tag="actor_call", tag_field="op", kw_only=True):
     rid: TaskId
     method: Name
     nret: NumReturns
+    cgroup: Name | None = None  # the concurrency group the call runs in
 
 
 class CreateActorInstance(_ActorFields, tag="create_actor_instance", tag_field="op", kw_only=True):
@@ -504,6 +512,10 @@ class Reply(Message, tag="reply", kw_only=True):
     state: Literal["PENDING", "CREATED", "REMOVED", "RESCHEDULING"] | None = None  # wait_placement_group
     table: dict[str, dict] | None = None  # placement_group_table
     entry: dict | None = None  # placement_group_table
+    rows: list[dict] | None = None  # state_query
+    dropped: Count | None = None  # state_query: tasks forgotten to stay within the table's capacity
+    sizes: dict[str, Count] | None = None  # table_sizes
+    dead: bool | None = None  # store_pull, with lost: the holder's node is dead (its owner may rebuild)
     prefix: Annotated[str, Meta(max_length=256)] | None = None  # register_client, worker_ready, store_create
     node_id: NodeId | None = None  # register_client, worker_ready
     resources: Resources | None = None  # register_client

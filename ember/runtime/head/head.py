@@ -318,7 +318,7 @@ class Head(ActorDirectory, StateQueries, Service):
 
     def on_table_sizes(self, identity, header, frames):
         """How many entries each of the head's tables holds (for soak tests and debugging)."""
-        return {
+        sizes = {
             "actors": len(self.actors),
             "dead_actors": len(self.dead_actors),
             "named": len(self.named),
@@ -332,6 +332,7 @@ class Head(ActorDirectory, StateQueries, Service):
             "placement_group_names": len(self.placement_groups.names),
             "removed_placement_groups": len(self.placement_groups.removals),
         }
+        return {"sizes": sizes}
 
     # --- internal key-value store ---------------------------------------------------------------
     def on_kv_put(self, identity, header, frames):

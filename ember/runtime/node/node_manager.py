@@ -329,7 +329,7 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
 
     def on_table_sizes(self, identity, header, frames):
         """How many entries each of this node manager's tables holds (for soak tests and debugging)."""
-        return {
+        sizes = {
             "processes": len(self.processes),
             "workers": len(self.workers),
             "requests": len(self.requests),
@@ -345,6 +345,7 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
             "scheduler_workers": len(self.scheduler.workers),
             "bundles": len(self.scheduler.bundles),
         }
+        return {"sizes": sizes}
 
     def respill(self) -> None:
         """Requests queued here that another node could run now go there (a node joined or freed up)."""
