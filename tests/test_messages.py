@@ -124,19 +124,23 @@ SAMPLES = {
     "store_sealed": ("node_manager", {"oid": OID, "size": 1 << 20, "owner": CLIENT, "owner_node": NODE}),
     "store_restore": ("node_manager", {"rid": RID, "oid": OID}),
     "store_delete": ("node_manager", {"oids": [OID]}),
-    "store_touch": ("node_manager", {"oids": [OID, OID]}),
+    "store_touch": ("node_manager", {"oids": [OID, OID], "unpin": [OID]}),
     "worker_logs": ("node_manager", {"batches": {b"": [["stderr", "worker", 12, "x", "cell-1"]]}}),
     "cluster_view": (
         "node_manager",
-        {"nodes": [[NODE, ADDRESS, {"CPU": 4}, {"CPU": 0.5}, True]], "removed_groups": ["ab" * 18]},
+        {
+            "nodes": [[NODE, ADDRESS, {"CPU": 4}, {"CPU": 0.5}, True]],
+            "removed_groups": ["ab" * 18],
+            "removed_full": True,
+        },
     ),
     "node_dead": ("node_manager", {"node_id": NODE}),
     "store_pull": ("node_manager", {"rid": RID, "oid": OID, "from": OTHER_NODE}),
-    "pull_object": ("node_manager", {"oid": OID}),
+    "pull_object": ("node_manager", {"oid": OID, "chunks": [0, 1, 2, 3]}),
     "prepare_bundles": ("node_manager", {"rid": RID, "pg_id": PG, "bundles": [[0, {"CPU": 1}]]}),
     "commit_bundles": ("node_manager", {"pg_id": PG, "indexes": [0, 1]}),
     "cancel_bundles": ("node_manager", {"pg_id": PG, "indexes": [1]}),
-    "object_chunk": ("node_manager_peer", {"oid": OID, "offset": 0, "size": 10}),
+    "object_chunk": ("node_manager_peer", {"oid": OID, "index": 0, "offset": 0, "size": 10}),
     "execute_task": (
         "worker",
         {

@@ -136,6 +136,9 @@ class StoreStats(_Part, kw_only=True):
     num_objects: Count
     spilled: Size
     num_spilled: Count
+    spilling: Count = 0  # objects being copied to disk now
+    restoring: Count = 0  # objects being copied back now
+    pinned: Count = 0  # objects a reader has mapped
     reserved: Size
     spilling: Count = 0  # copies to disk in flight
     restoring: Count = 0  # copies back in flight

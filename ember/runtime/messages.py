@@ -227,8 +227,8 @@ class Shutdown(Message, tag="shutdown", kw_only=True):
 
 class ClusterView(Message, tag="cluster_view", kw_only=True):
     nodes: list[ClusterNode]
-    removed_groups: list[Annotated[str, Meta(pattern="^[0-9a-f]{36}$")]] = []  # removed since this node's last view
-    removed_full: bool = False  # removed_groups is everything the head remembers, not a change
+    removed_groups: list[Annotated[str, Meta(pattern="^[0-9a-f]{36}$")]] = []
+    removed_full: bool = False  # removed_groups is all the head remembers, not only what is new
 
 
 class NodeDead(Message, tag="node_dead", kw_only=True):
@@ -267,7 +267,7 @@ class PlacementGroupTable(Message, tag="placement_group_table", kw_only=True):
 class RegisterClient(Message, tag="register_client", kw_only=True):
     client_id: ClientId
     pid: Pid
-    kind: Literal["driver", "worker"]
+    kind: Literal["driver", "worker", "peer"]  # peer: the head, or a client on another node, that leases here
     addr: OwnerAddress | None = None
     job: JobId | None = None
 
@@ -373,8 +373,8 @@ class StoreDelete(Message, tag="store_delete", kw_only=True):
 
 
 class StoreTouch(Message, tag="store_touch", kw_only=True):
-    oids: list[ObjectId] = []  # mapped by a reader: pinned, and most recently used
-    unpin: list[ObjectId] = []  # let go of by that reader
+    oids: list[ObjectId] = []  # mapped now: pinned
+    unpin: list[ObjectId] = []  # let go of
 
 
 class WorkerLogs(Message, tag="worker_logs", kw_only=True):
@@ -398,7 +398,7 @@ class CancelBundles(Message, tag="cancel_bundles", kw_only=True):
 
 class PullObject(Message, tag="pull_object", kw_only=True):
     oid: ObjectId
-    chunks: list[Count] = []  # the chunks wanted (a window of them), by index
+    chunks: Annotated[list[Annotated[int, Meta(ge=0, le=2**31)]], Meta(max_length=1024)] = []
 
 
 class ObjectChunk(Message, tag="object_chunk", kw_only=True):
@@ -406,7 +406,7 @@ class ObjectChunk(Message, tag="object_chunk", kw_only=True):
 
     oid: ObjectId
     missing: bool = False
-    index: Count = 0  # which chunk of the object (PullObject.chunks)
+    index: Annotated[int, Meta(ge=0, le=2**31)] = 0
     offset: Size = 0
     size: Size = 0
 
@@ -524,6 +524,7 @@ class Reply(Message, tag="reply", kw_only=True):
     cancelled: bool | None = None  # cancel_lease_request
     full: str | None = None  # store_create, store_restore, store_pull
     lost: str | None = None  # store_pull
+    dead: bool | None = None  # store_pull: the node that held it died
     ok: bool | None = None  # prepare_bundles
     loc: Location | None = None  # get_object
 

@@ -44,7 +44,8 @@ class Dispatcher:
             if error.rid is not None:
                 self.reply_error(identity, error.rid, error)
             return
-        op, rid = (header.op, header.rid) if self.schema else (header["op"], header.get("rid"))
+        # A Struct's op is its tag, not an attribute.
+        op, rid = (type(header).__struct_config__.tag, header.rid) if self.schema else (header["op"], header.get("rid"))
         try:
             result = self.table[op](identity, header, payload)
         except Exception as error:
@@ -131,8 +132,10 @@ class EventLoop:
         self.services.append(service)
         self.add_socket(service.router, service.handle_frames)
 
-    def add_socket(self, sock, on_frames) -> None:
-        self.sockets[sock] = on_frames
+    def add_socket(self, sock, on_frames, raw: bool = False) -> None:
+        """Call ``on_frames(frames)`` for each message on ``sock``; ``raw``: as the zmq.Frame objects
+        received (their properties, such as the connection they came from, readable), else unwrapped."""
+        self.sockets[sock] = (on_frames, raw)
         self.poller.register(sock, zmq.POLLIN)
 
     def remove_socket(self, sock) -> None:
@@ -159,9 +162,10 @@ class EventLoop:
                 if isinstance(target, int):
                     self.fd_handlers[target](target)
                     continue
-                on_frames = self.sockets.get(target)
-                if on_frames is None:
+                entry = self.sockets.get(target)
+                if entry is None:
                     continue
+                on_frames, raw = entry
                 # Drain what is queued without blocking, so a burst costs one poll.
                 for _ in range(1000):
                     try:
@@ -169,7 +173,7 @@ class EventLoop:
                     except zmq.Again:
                         break
                     try:
-                        on_frames(unwrap(frames))
+                        on_frames(frames if raw else unwrap(frames))
                     except Exception:
                         logger.exception("error while handling a message")
                     if not self.running or target not in self.sockets:

@@ -14,6 +14,7 @@ A lease is kept while tasks of its shape are queued and returned shortly after i
 """
 
 import collections
+import os
 import sys
 import time
 from functools import partial
@@ -422,6 +423,11 @@ class TaskSubmitter(ActorCalls):
             header["strategy"] = shape.strategy
         if spilled:
             header["spilled"] = True
+        if manager != "node_manager":
+            # Another node's manager leases only to registered clients; registering right before
+            # each request (on the same socket) also covers a socket that reconnected meanwhile.
+            register = {"op": protocol.REGISTER_CLIENT, "client_id": self.client.client_id, "pid": os.getpid()}
+            self.client.send(manager, {**register, "kind": "peer"})
         self.client.send(manager, header, callback=partial(self._on_lease, key, rid))
 
     def _on_lease(self, key, rid, header, frames) -> None:

@@ -12,12 +12,15 @@ A mixin of :class:`~ember.runtime.head.head.Head`, whose sockets, node table and
 node for an actor is picked by the same policy as for tasks (``cluster_scheduler``).
 """
 
+import os
 from dataclasses import dataclass, field
 
 from ember.runtime import protocol, transport
 from ember.runtime.ids import new_id
 from ember.runtime.node.cluster_scheduler import INFEASIBLE, NodeView
 from ember.runtime.node.scheduler import to_fixed
+
+HEAD_CLIENT_ID = new_id(16)  # who the head is to the node managers it leases actors' workers from
 
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
 KEPT_WHEN_DEAD = ("name", "namespace", "class_name", "meta", "detached", "owner_actor")
@@ -164,6 +167,10 @@ class ActorDirectory:
             "actor": True,
             "job": actor.job_id,
         }
+        # Node managers lease only to registered clients: the head registers as a peer right before
+        # each request, on the same socket (which also covers one that reconnected meanwhile).
+        register = {"op": protocol.REGISTER_CLIENT, "client_id": HEAD_CLIENT_ID, "pid": os.getpid(), "kind": "peer"}
+        self.node_sockets[node.node_id].send_multipart(protocol.encode(register))
         self.node_sockets[node.node_id].send_multipart(protocol.encode(header))
 
     def on_actor_lease(self, kind, actor_id, header) -> None:

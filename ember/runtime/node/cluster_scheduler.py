@@ -57,6 +57,21 @@ def utilization(node: NodeView, request: dict) -> float:
     return max(shares, default=0.0)
 
 
+def node_affinity(strategy) -> tuple | None:
+    """``(node hex, soft, spill)`` of a NodeAffinitySchedulingStrategy, as a request's ``NodeAffinity``
+    part or a plain dict (the head's actors), or None for any other strategy."""
+    if isinstance(strategy, dict):
+        return (
+            (strategy["node"], strategy.get("soft", False), strategy.get("spill", False))
+            if "node" in strategy
+            else None
+        )
+    node = getattr(strategy, "node", None)
+    if not isinstance(node, str):
+        return None
+    return node, strategy.soft, strategy.spill
+
+
 class ClusterPolicy:
     """The node choice for one node manager; it keeps the round-robin position of SPREAD."""
 
@@ -70,8 +85,9 @@ class ClusterPolicy:
         # The local node first, then a stable order: ties go to the node that keeps data local.
         alive.sort(key=lambda n: (n.node_id != self.local_node_id, n.node_id))
         feasible = [n for n in alive if fits(request, n.total)]
-        if isinstance(strategy, dict) and "node" in strategy:
-            return self._affinity(request, strategy, nodes, feasible)
+        affinity = node_affinity(strategy)
+        if affinity is not None:
+            return self._affinity(request, affinity, nodes, feasible)
         if not feasible:
             return INFEASIBLE, None
         available = [n for n in feasible if fits(request, n.available)]
@@ -92,19 +108,23 @@ class ClusterPolicy:
             return feasible[0]
         return min(feasible, key=lambda n: utilization(n, request))
 
-    def _affinity(self, request: dict, strategy: dict, nodes: dict, feasible: list) -> tuple:
-        target = nodes.get(bytes.fromhex(strategy["node"]))
+    def _affinity(self, request: dict, affinity: tuple, nodes: dict, feasible: list) -> tuple:
+        node_hex, soft, spill = affinity
+        try:
+            target = nodes.get(bytes.fromhex(node_hex))
+        except ValueError:
+            target = None  # not a node id at all: no such node
         usable = target is not None and target.alive and fits(request, target.total)
-        if usable and not (strategy.get("spill") and not fits(request, target.available)):
+        if usable and not (spill and not fits(request, target.available)):
             return self._answer(target)
-        if strategy.get("soft"):
+        if soft:
             if not feasible:
                 return INFEASIBLE, None
             available = [n for n in feasible if fits(request, n.available)]
             return self._answer(self._hybrid(request, feasible, available))
         why = "is not alive" if target is None or not target.alive else "does not have the resources it needs"
         return "error", (
-            f"The task or actor has a hard NodeAffinitySchedulingStrategy to node {strategy['node']}, "
+            f"The task or actor has a hard NodeAffinitySchedulingStrategy to node {node_hex}, "
             f"which {why}. Use soft=True to let it run elsewhere."
         )
 

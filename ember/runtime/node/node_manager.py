@@ -8,9 +8,17 @@ Data flow::
     clients --store_create / sealed / restore->|  store state | ---pwrite'd files in /dev/shm, spill files on disk
                                                +--------------+
 
-Decisions live in two state machines (:class:`~ember.runtime.node.scheduler.LeaseScheduler` for leases,
-:class:`~ember.runtime.node.object_store.StoreState` for capacity and spilling); this module feeds them
-events from the socket and carries out the actions they return.
+Decisions live in state machines (:class:`~ember.runtime.node.scheduler.LeaseScheduler` for leases,
+:class:`~ember.runtime.node.object_store.StoreState` for capacity and spilling,
+:class:`~ember.runtime.node.clients.ClientTable` for who may hold them); this module feeds them
+events from the socket and carries out the actions they return. The store's requests and the
+transfers between nodes are objects it owns (:class:`~ember.runtime.node.store_io.StoreIO`,
+:class:`~ember.runtime.node.object_transfer.ObjectTransfer`); its op table points at their methods.
+
+Every request is validated against the ``node_manager`` schema before a handler sees it (handlers
+get the op's Struct). Leases and store reservations are only for registered clients, and are
+reclaimed when the client unregisters, its process dies or its connection closes (see
+:mod:`~ember.runtime.node.clients`).
 """
 
 import glob
@@ -20,25 +28,30 @@ import shutil
 import time
 
 import psutil
+import zmq
+from zmq.utils.monitor import parse_monitor_message
 
-from ember.runtime import protocol, transport
+from ember.runtime import protocol
 from ember.runtime.bounded import REMOVED_PLACEMENT_GROUPS, EndedCache, cap_from_env
 from ember.runtime.ids import new_id
 from ember.runtime.launcher import remove_store_files
+from ember.runtime.node.clients import Client, ClientTable, UnknownClientError
 from ember.runtime.node.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView, fits, groups_of
+from ember.runtime.node.head_link import HeadLink
 from ember.runtime.node.object_store import SHM_DIR, StoreState
 from ember.runtime.node.object_transfer import ObjectTransfer
 from ember.runtime.node.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, gpu_amount, to_fixed
 from ember.runtime.node.store_io import StoreIO
 from ember.runtime.node.worker_process import WorkerProcess, spawn_worker
-from ember.runtime.service import Service
+from ember.runtime.service import Service, unwrap
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_PERIOD = 0.5  # seconds between heartbeats to the head (stats go sooner when they change)
 
+class NodeManager(Service):
+    """One machine's node manager (Ray's raylet): its workers, leases, store and transfers."""
 
-class NodeManager(StoreIO, ObjectTransfer, Service):
+    schema = "node_manager"
     handlers = {
         protocol.REGISTER_CLIENT: "on_register_client",
         protocol.UNREGISTER_CLIENT: "on_unregister_client",
@@ -50,17 +63,10 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
         protocol.WORKER_UNBLOCKED: "on_worker_unblocked",
         protocol.KILL_WORKER: "on_kill_worker",
         protocol.EXIT_REFUSED: "on_exit_refused",
-        protocol.STORE_CREATE: "on_store_create",
-        protocol.STORE_SEALED: "on_store_sealed",
-        protocol.STORE_RESTORE: "on_store_restore",
-        protocol.STORE_DELETE: "on_store_delete",
-        protocol.STORE_TOUCH: "on_store_touch",
         protocol.WORKER_LOGS: "on_worker_logs",
         protocol.CLUSTER_VIEW: "on_cluster_view",
         protocol.TABLE_SIZES: "on_table_sizes",
         protocol.NODE_DEAD: "on_node_dead",
-        protocol.STORE_PULL: "on_store_pull",
-        protocol.PULL_OBJECT: "on_pull_object",
         protocol.PREPARE_BUNDLES: "on_prepare_bundles",
         protocol.COMMIT_BUNDLES: "on_commit_bundles",
         protocol.CANCEL_BUNDLES: "on_cancel_bundles",
@@ -91,51 +97,63 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
         num_cpus = resources.get("CPU", 0)
         self.scheduler = LeaseScheduler(resources, max_idle_workers=max(1, int(num_cpus)))
         self.store = StoreState(object_store_memory)
-        self.store_owner: dict[bytes, bytes] = {}  # object id -> owner client id
-        self.reservations: dict[bytes, tuple] = {}  # object id -> (writer identity, size), until sealed
         self.processes: list[WorkerProcess] = []
         self.workers: dict[bytes, WorkerProcess] = {}
         self.requests: dict[bytes, LeaseRequest] = {}
-        self.clients: dict[bytes, dict] = {}  # client id -> {pid, identity, kind, job}
+        self.clients = ClientTable()
         self.client_leases: dict[bytes, set] = {}  # requester identity -> leased worker ids
-        self.head = transport.connect_dealer(head_address)
-        self.logs: dict[bytes, list] = {}
-        self.stats_dirty = True
-        self.last_stats = 0.0
-        self.last_heartbeat = 0.0
         self.last_client_check = 0.0
-        self.loop = None  # set by attach(): sockets to other node managers join its poll
+        self.loop = None
         self.policy = ClusterPolicy(self.node_id)
         self.view: dict[bytes, NodeView] = {
             self.node_id: NodeView(self.node_id, to_fixed(resources), to_fixed(resources), address=self.address)
         }
-        self._init_transfer()
-        self._init_store_io()
+        self.store_io = StoreIO(
+            self.store, self.store_prefix, self.spill_dir, self.reply, self.mark_dirty, self.owner_key
+        )
+        self.transfer = ObjectTransfer(self.store_io, self.view, self.send, self.reply, self.mark_dirty)
+        registered_only = self.registered_only
+        self.table.update(
+            {
+                protocol.REQUEST_LEASE: registered_only(self.on_request_lease),
+                protocol.STORE_CREATE: registered_only(self.store_io.on_store_create),
+                protocol.STORE_SEALED: self.store_io.on_store_sealed,
+                protocol.STORE_RESTORE: registered_only(self.store_io.on_store_restore),
+                protocol.STORE_DELETE: self.store_io.on_store_delete,
+                protocol.STORE_TOUCH: registered_only(self.store_io.on_store_touch),
+                protocol.STORE_PULL: registered_only(self.transfer.on_store_pull),
+                protocol.PULL_OBJECT: self.transfer.on_pull_object,
+            }
+        )
+        # Connections that close: their clients' leases and reservations are reclaimed (see clients.py).
+        self.router_monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.source_fd = -1  # the descriptor of the connection the message being handled came on
         # Hex ids of removed placement groups, from the cluster view's deltas; as bounded as the head's.
         self.removed_groups = EndedCache(cap_from_env(REMOVED_PLACEMENT_GROUPS))
         self.on_declared_dead = None
-        self.head.send_multipart(
-            protocol.encode(
-                {
-                    "op": protocol.REGISTER_NODE,
-                    "rid": b"reg",
-                    "node_id": self.node_id,
-                    "address": self.address,
-                    "resources": resources,
-                    "host": host,
-                }
-            )
-        )
+        self.head = HeadLink(head_address, self.node_id, self.address, resources, host)
+        self.head.on_node_dead = lambda msg: self.on_node_dead(None, msg, [])
         for _ in range(int(num_cpus) if prestart is None else prestart):
             self.start_worker()
         self.scheduler.starting = len(self.processes)
 
     def attach(self, loop) -> None:
-        """Join ``loop``: our connection to the head and the store's copy threads report on it."""
+        """Join ``loop``: our socket (raw frames: a registration needs its connection's descriptor),
+        its monitor, our connection to the head and the store's copy threads report on it."""
         self.loop = loop
-        loop.add_service(self)
-        loop.add_socket(self.head, self.on_head_message)
-        self.attach_store_io(loop)
+        loop.services.append(self)
+        loop.add_socket(self.router, self.on_router_frames, raw=True)
+        loop.add_socket(self.router_monitor, self.on_router_events)
+        self.head.attach(loop)
+        self.store_io.attach(loop)
+        self.transfer.attach(loop)
+
+    def on_router_frames(self, frames) -> None:
+        self.source_fd = frames[1].get(zmq.SRCFD) if len(frames) > 1 else -1
+        self.handle_frames(unwrap(frames))
+
+    def mark_dirty(self) -> None:
+        self.head.dirty = True
 
     # --- worker pool ----------------------------------------------------------------------------
     def start_worker(self) -> None:
@@ -150,21 +168,17 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
         log_path = os.path.join(self.log_dir, f"worker-{time.time_ns()}.log")
         self.processes.append(spawn_worker(env, log_path))
 
-    def on_worker_ready(self, identity, header, frames):
-        process = next((p for p in self.processes if p.pid == header["pid"]), None)
+    def on_worker_ready(self, identity, msg, frames):
+        """A worker we started is up: it is a client of this node, and its worker may be leased."""
+        process = next((p for p in self.processes if p.pid == msg.pid and p.worker_id is None), None)
         if process is None:
-            return {}
-        process.worker_id = header["wid"]
+            raise UnknownClientError(f"no worker process {msg.pid} of this node is starting")
+        self.register(Client(msg.wid, identity, "worker", msg.pid, address=msg.caddr))
+        process.worker_id = msg.wid
         process.identity = identity
-        process.address = header["addr"]
-        process.client_address = header["caddr"]
+        process.address = msg.addr
+        process.client_address = msg.caddr
         self.workers[process.worker_id] = process
-        self.clients[header["wid"]] = {
-            "pid": header["pid"],
-            "kind": "worker",
-            "identity": identity,
-            "address": header["caddr"],
-        }
         self.carry_out(self.scheduler.worker_started(process.worker_id))
         return {"prefix": self.store_prefix, "node_id": self.node_id}
 
@@ -179,78 +193,126 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
             self.workers.pop(process.worker_id, None)
             self.client_died(process.worker_id)
             if not process.retiring:
-                self.head.send_multipart(protocol.encode({"op": protocol.WORKER_DIED, "wid": process.worker_id}))
+                self.head.send({"op": protocol.WORKER_DIED, "wid": process.worker_id})
             self.carry_out(self.scheduler.worker_died(process.worker_id))
 
-    def on_exit_refused(self, identity, header, frames):
-        process = self.workers.get(header["wid"])
+    def own_worker(self, identity, worker_id: bytes) -> WorkerProcess | None:
+        """The worker ``worker_id`` if the message about it came from that worker itself."""
+        process = self.workers.get(worker_id)
+        return process if process is not None and process.identity == identity else None
+
+    def on_exit_refused(self, identity, msg, frames):
+        process = self.own_worker(identity, msg.wid)
         if process is not None and process.retiring:
             process.retiring = False
             self.carry_out(self.scheduler.worker_kept(process.worker_id))
 
-    def on_kill_worker(self, identity, header, frames):
-        process = self.workers.get(header["wid"])
+    def on_kill_worker(self, identity, msg, frames):
+        self.kill_worker(msg.wid)
+
+    def kill_worker(self, worker_id: bytes) -> None:
+        process = self.workers.get(worker_id)
         if process is not None:
             process.kill()
 
-    # --- clients (drivers and workers that own objects or hold leases) -----------------------------
-    def on_register_client(self, identity, header, frames):
-        self.clients[header["client_id"]] = {
-            "pid": header["pid"],
-            "kind": header["kind"],
-            "identity": identity,
-            "job": header.get("job"),
-            "address": header.get("addr"),
-        }
+    # --- clients (drivers and workers that own objects or hold leases; peers that lease here) ------
+    def registered_only(self, handler):
+        """``handler`` for registered clients only: anything else is refused with an error reply."""
+
+        def guarded(identity, msg, frames):
+            if self.clients.of(identity) is None:
+                op = type(msg).__struct_config__.tag
+                raise UnknownClientError(f"{op} from a connection that is not a registered client")
+            return handler(identity, msg, frames)
+
+        return guarded
+
+    def register(self, client: Client) -> None:
+        self.poll_disconnects()  # reports of closed connections come before this one is bound
+        client.fd = self.source_fd
+        replaced = self.clients.register(client)
+        if replaced is not None:
+            self.release_identity(replaced)
+
+    def on_register_client(self, identity, msg, frames):
+        self.register(Client(msg.client_id, identity, msg.kind, msg.pid, job=msg.job, address=msg.addr))
         return {"prefix": self.store_prefix, "node_id": self.node_id, "resources": self.resources}
 
-    def on_unregister_client(self, identity, header, frames):
-        self.client_died(header["client_id"])
+    def on_unregister_client(self, identity, msg, frames):
+        client = self.clients.get(msg.client_id)
+        if client is not None and client.identity != identity:
+            raise UnknownClientError("a client unregisters itself only")
+        self.client_died(msg.client_id)
         return {}
 
+    def on_router_events(self, frames) -> None:
+        self.connection_closed(parse_monitor_message(frames)["value"])
+
+    def poll_disconnects(self) -> None:
+        while True:
+            try:
+                frames = self.router_monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.connection_closed(parse_monitor_message(frames)["value"])
+
+    def connection_closed(self, fd: int) -> None:
+        for client_id in self.clients.closed(fd):
+            self.client_died(client_id)
+
     def check_clients(self) -> None:
-        for client_id, client in list(self.clients.items()):
-            if client["kind"] == "driver" and not psutil.pid_exists(client["pid"]):
-                self.client_died(client_id)
-                if client.get("job"):
-                    self.head.send_multipart(protocol.encode({"op": protocol.JOB_FINISHED, "job_id": client["job"]}))
+        for client in self.clients.values():
+            if client.kind == "driver" and not psutil.pid_exists(client.pid):
+                self.client_died(client.client_id)
+                if client.job:
+                    self.head.send({"op": protocol.JOB_FINISHED, "job_id": client.job})
+
+    def owner_key(self, owner: bytes | None, owner_node: bytes | None) -> tuple:
+        """(alive, who frees it) for an object just sealed: a local owner's client id, or the node of
+        a remote one (its objects are freed with its node, see on_cluster_view)."""
+        if owner_node is None or owner_node == self.node_id:
+            return owner is None or owner in self.clients, owner
+        node = self.view.get(owner_node)
+        return node is None or node.alive, owner_node
 
     def client_died(self, client_id: bytes) -> None:
         """Free what a dead owner owned and stop the work it leased (its results have no reader)."""
-        client = self.clients.pop(client_id, None)
-        owned = [oid for oid, owner in self.store_owner.items() if owner == client_id]
-        self.delete_objects(owned)
+        client = self.clients.remove(client_id)
+        self.store_io.release_client(None, client_id)
         if client is None:
             return
-        # Objects it was writing when it died: their space is free again, their files removed.
-        self.delete_objects([oid for oid, (writer, _) in self.reservations.items() if writer == client["identity"]])
-        self.release_client_io(client["identity"])
-        if client.get("address"):
+        if client.address and client.kind != "peer":
             # Whoever borrowed its objects must stop waiting for them.
             for other in self.clients.values():
-                self.send(other["identity"], {"op": protocol.OWNER_DIED, "addr": client["address"]})
-        for request in [r for r in self.requests.values() if r.client == client["identity"]]:
+                if other.kind != "peer":
+                    self.send(other.identity, {"op": protocol.OWNER_DIED, "addr": client.address})
+        self.release_identity(client.identity)
+
+    def release_identity(self, identity: bytes) -> None:
+        """What a connection held goes: its reservations, pins, queued requests and leased workers."""
+        self.store_io.release_client(identity, None)
+        for request in [r for r in self.requests.values() if r.client == identity]:
             self.withdraw(request)
-        for worker_id in self.client_leases.pop(client["identity"], set()):
-            self.on_kill_worker(None, {"wid": worker_id}, [])
+        for worker_id in self.client_leases.pop(identity, set()):
+            self.kill_worker(worker_id)
+        self.head.dirty = True
 
     # --- leases ---------------------------------------------------------------------------------
-    def on_request_lease(self, identity, header, frames):
-        for amount in [*header["res"].values(), *header["run"].values()]:
-            if amount < 0:
-                raise ValueError("resource amounts must be non-negative")
+    def on_request_lease(self, identity, msg, frames):
         request = LeaseRequest(
-            header["rid"],
+            msg.rid,
             identity,
-            to_fixed(header["res"]),
-            to_fixed(header["run"]),
-            for_actor=header.get("actor", False),
-            strategy=header.get("strategy"),
+            to_fixed(msg.res),
+            to_fixed(msg.run),
+            for_actor=msg.actor,
+            strategy=msg.strategy,
             # The head picked the node of an actor already; a spilled request was sent here by a node
             # that judged this one best: both run here, so no request goes round in circles.
-            spilled=header.get("spilled", False) or header.get("actor", False),
-            what=header.get("what", ""),
+            spilled=msg.spilled or msg.actor,
+            what=msg.what,
         )
+        if request.request_id in self.requests:
+            raise ValueError("a lease request with this id is queued already")
         error = self.removed_group_error(request)
         if error is not None:
             raise error
@@ -295,11 +357,11 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
         local.available = self.scheduler.available
         return self.view
 
-    def on_cluster_view(self, identity, header, frames):
+    def on_cluster_view(self, identity, msg, frames):
         # The head sends the removals we have not seen, or all it remembers ("removed_full").
-        if header.get("removed_full"):
+        if msg.removed_full:
             self.removed_groups = EndedCache(self.removed_groups.capacity)
-        for pg_hex in header.get("removed_groups", ()):
+        for pg_hex in msg.removed_groups:
             self.removed_groups.add(pg_hex)
         for request in list(self.scheduler.queue):
             error = self.removed_group_error(request)
@@ -307,27 +369,30 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
                 self.withdraw(request)
                 self.reply_error(request.client, request.request_id, error)
         died = []
-        for node_id, address, total, available, alive in header["nodes"]:
-            if node_id == self.node_id:
+        for entry in msg.nodes:
+            if entry.node_id == self.node_id:
                 continue
-            old = self.view.get(node_id)
-            if old is not None and old.alive and not alive:
-                died.append((node_id, address))
-            self.view[node_id] = NodeView(node_id, to_fixed(total), to_fixed(available), alive, address)
-        listed = {entry[0] for entry in header["nodes"]}
+            old = self.view.get(entry.node_id)
+            if old is not None and old.alive and not entry.alive:
+                died.append((entry.node_id, entry.address))
+            self.view[entry.node_id] = NodeView(
+                entry.node_id, to_fixed(entry.total), to_fixed(entry.available), entry.alive, entry.address
+            )
+        listed = {entry.node_id for entry in msg.nodes}
         for node_id in [n for n, view in self.view.items() if not view.alive and n not in listed]:
             del self.view[node_id]  # dead, and forgotten by the head (its cap on dead nodes)
         for node_id, address in died:
             # Owners hear of the death (and start rebuilding its objects) before the readers whose
             # pulls from it fail: a reader whose pull failed then waits for the rebuilt object.
             for client in self.clients.values():  # owners retry its tasks and rebuild its objects
-                self.send(client["identity"], {"op": protocol.NODE_DEAD, "node_id": node_id, "address": address})
-            self.close_peer(address)
+                if client.kind != "peer":
+                    self.send(client.identity, {"op": protocol.NODE_DEAD, "node_id": node_id, "address": address})
+            self.transfer.close_peer(address)
             self.client_died(node_id)  # objects owned by processes on that node: no one can free them now
             self.remove_dead_node_files(node_id)
         self.respill()
 
-    def on_table_sizes(self, identity, header, frames):
+    def on_table_sizes(self, identity, msg, frames):
         """How many entries each of this node manager's tables holds (for soak tests and debugging)."""
         sizes = {
             "processes": len(self.processes),
@@ -335,12 +400,15 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
             "requests": len(self.requests),
             "clients": len(self.clients),
             "client_leases": len(self.client_leases),
-            "store_owner": len(self.store_owner),
-            "reservations": len(self.reservations),
+            "store_owner": len(self.store_io.store_owner),
+            "reservations": len(self.store_io.reservations),
+            "pins": sum(len(pins) for pins in self.store_io.client_pins.values()),
+            "room_waiters": len(self.store_io.room_waiters),
             "removed_groups": len(self.removed_groups),
             "view": len(self.view),
-            "peers": len(self.peers),
-            "pulls": len(self.pulls),
+            "peers": len(self.transfer.peers),
+            "pulls": len(self.transfer.pulls),
+            "sealing": len(self.transfer.sealing),
             "scheduler_queue": len(self.scheduler.queue),
             "scheduler_workers": len(self.scheduler.workers),
             "bundles": len(self.scheduler.bundles),
@@ -361,8 +429,8 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
             self.withdraw(request)
             self.spill_back(request, where)
 
-    def on_node_dead(self, identity, header, frames):
-        if header["node_id"] == self.node_id:
+    def on_node_dead(self, identity, msg, frames):
+        if msg.node_id == self.node_id:
             logger.error("the head declared this node dead (it missed heartbeats): stopping")
             if self.on_declared_dead is not None:
                 self.on_declared_dead()
@@ -372,28 +440,37 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
         directory are ours to remove (a reader that mapped one keeps its mapping). Off the loop."""
         prefix = f"ember-{node_id.hex()[:12]}"
         spill_dir = os.path.join(self.session_dir, "spill", node_id.hex()[:12])
-        self.io_pool.submit(remove_store_files, prefix)
-        self.io_pool.submit(shutil.rmtree, spill_dir, True)
+        self.store_io.io_pool.submit(remove_store_files, prefix)
+        self.store_io.io_pool.submit(shutil.rmtree, spill_dir, True)
 
-    def on_cancel_lease_request(self, identity, header, frames):
+    def on_cancel_lease_request(self, identity, msg, frames):
         # A request already granted is not cancelled: its grant is on the way and the owner
-        # returns that lease. One still queued is dropped, and the owner told so.
-        if self.requests.pop(header["rid"], None) is not None:
-            self.carry_out(self.scheduler.cancel(header["rid"]))
-            self.send(identity, {"op": protocol.REPLY, "rid": header["rid"], "cancelled": True})
+        # returns that lease. One still queued is dropped, and the owner told so. Only its own.
+        request = self.requests.get(msg.rid)
+        if request is not None and request.client == identity:
+            del self.requests[msg.rid]
+            self.carry_out(self.scheduler.cancel(msg.rid))
+            self.send(identity, {"op": protocol.REPLY, "rid": msg.rid, "cancelled": True})
 
-    def on_return_lease(self, identity, header, frames):
-        self.client_leases.get(identity, set()).discard(header["wid"])
-        if header.get("kill"):
-            self.on_kill_worker(identity, header, frames)
+    def on_return_lease(self, identity, msg, frames):
+        leased = self.client_leases.get(identity, set())
+        if msg.wid not in leased:
+            return  # not leased to this connection (returned already, or reclaimed when it went)
+        leased.discard(msg.wid)
+        if not leased:
+            del self.client_leases[identity]
+        if msg.kill:
+            self.kill_worker(msg.wid)
             return
-        self.carry_out(self.scheduler.lease_returned(header["wid"]))
+        self.carry_out(self.scheduler.lease_returned(msg.wid))
 
-    def on_worker_blocked(self, identity, header, frames):
-        self.carry_out(self.scheduler.blocked(header["wid"]))
+    def on_worker_blocked(self, identity, msg, frames):
+        if self.own_worker(identity, msg.wid) is not None:  # only a worker lends out its own CPUs
+            self.carry_out(self.scheduler.blocked(msg.wid))
 
-    def on_worker_unblocked(self, identity, header, frames):
-        self.carry_out(self.scheduler.unblocked(header["wid"]))
+    def on_worker_unblocked(self, identity, msg, frames):
+        if self.own_worker(identity, msg.wid) is not None:
+            self.carry_out(self.scheduler.unblocked(msg.wid))
 
     def carry_out(self, actions: list) -> None:
         for action in actions:
@@ -443,61 +520,49 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
                 self.client_leases.get(request.client, set()).discard(worker_id)
                 if not request.for_actor:
                     self.send(request.client, {"op": protocol.LEASED_WORKER_DIED, "wid": worker_id})
-        self.stats_dirty = True
+        self.head.dirty = True
 
     # --- placement-group bundles ----------------------------------------------------------------
     # The head reserves a group's bundles in two phases (prepare on every chosen node, then commit);
     # the scheduler keeps the books, we only answer and stop what a cancelled bundle ran.
-    def on_prepare_bundles(self, identity, header, frames):
-        ok = self.scheduler.prepare_bundles(header["pg_id"], header["bundles"])
-        self.stats_dirty = True
+    def on_prepare_bundles(self, identity, msg, frames):
+        ok = self.scheduler.prepare_bundles(msg.pg_id, [(bundle.index, bundle.resources) for bundle in msg.bundles])
+        self.head.dirty = True
         return {"ok": ok}
 
-    def on_commit_bundles(self, identity, header, frames):
-        self.carry_out(self.scheduler.commit_bundles(header["pg_id"], header["indexes"]))
+    def on_commit_bundles(self, identity, msg, frames):
+        self.carry_out(self.scheduler.commit_bundles(msg.pg_id, msg.indexes))
         return {}
 
-    def on_cancel_bundles(self, identity, header, frames):
-        actions = self.scheduler.cancel_bundles(header["pg_id"], header["indexes"])
+    def on_cancel_bundles(self, identity, msg, frames):
+        actions = self.scheduler.cancel_bundles(msg.pg_id, msg.indexes)
         for action in actions:
             if action[0] == "stop_leased_worker":
-                self.on_kill_worker(identity, {"wid": action[1]}, [])
+                self.kill_worker(action[1])
         self.carry_out([action for action in actions if action[0] != "stop_leased_worker"])
         return {}
 
     # --- logs and stats -------------------------------------------------------------------------
-    def on_worker_logs(self, identity, header, frames):
-        for job_id, lines in header["batches"].items():
-            self.logs.setdefault(job_id, []).extend(lines)
+    def on_worker_logs(self, identity, msg, frames):
+        self.head.add_logs(msg.batches)
 
     def tick(self, now: float) -> None:
         self.check_workers()
-        self.check_transfers(now)
+        self.transfer.check(now)
         if now - self.last_client_check > 0.5:
             self.last_client_check = now
             self.check_clients()
-        if self.logs:
-            self.head.send_multipart(protocol.encode({"op": protocol.LOGS, "batches": self.logs}))
-            self.logs = {}
-        if self.stats_dirty and now - self.last_stats > 0.1:
-            self.stats_dirty = False
-            self.last_stats = self.last_heartbeat = now
-            self.head.send_multipart(
-                protocol.encode(
-                    {
-                        "op": protocol.NODE_STATS,
-                        "node_id": self.node_id,
-                        "available": from_fixed(self.scheduler.available),
-                        "total": from_fixed(self.scheduler.total),
-                        "store": self.store.stats(),
-                        "demand": self.scheduler.demand(),
-                        "gpus": self.gpu_table(),
-                    }
-                )
-            )
-        elif now - self.last_heartbeat > HEARTBEAT_PERIOD:
-            self.last_heartbeat = now
-            self.head.send_multipart(protocol.encode({"op": protocol.NODE_STATS, "node_id": self.node_id}))
+        self.head.tick(now, self.stats)
+
+    def stats(self) -> dict:
+        """This node's state, as its heartbeats carry it when it changed."""
+        return {
+            "available": from_fixed(self.scheduler.available),
+            "total": from_fixed(self.scheduler.total),
+            "store": self.store.stats(),
+            "demand": self.scheduler.demand(),
+            "gpus": self.gpu_table(),
+        }
 
     def gpu_table(self) -> list:
         """Who holds which GPU: one row per (device, worker), for ``ember status`` and the widgets."""
@@ -517,18 +582,8 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
                 )
         return rows
 
-    def on_head_message(self, frames) -> None:
-        """Replies and pushes the head sends on our connection to it (NODE_DEAD, mostly)."""
-        header, payload = protocol.decode(frames)
-        if header.get("op") == protocol.NODE_DEAD:
-            self.on_node_dead(None, header, payload)
-
     def close(self, announce: bool = False) -> None:
-        if announce:  # tell the head we are going, so it need not wait for missed heartbeats
-            self.head.send_multipart(
-                protocol.encode({"op": protocol.UNREGISTER_NODE, "rid": b"bye", "node_id": self.node_id})
-            )
-            self.head.poll(1000)
+        self.head.close(announce)  # announced: the head need not wait for missed heartbeats
         for process in self.processes:
             process.kill()
         deadline = time.monotonic() + 5
@@ -539,9 +594,9 @@ class NodeManager(StoreIO, ObjectTransfer, Service):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        self.close_store_io()
+        self.store_io.close()
         shutil.rmtree(self.spill_dir, ignore_errors=True)
-        for sock in self.peers.values():
-            sock.close(0)
-        self.head.close(0)
+        self.transfer.close()
+        self.router.disable_monitor()
+        self.router_monitor.close(0)
         super().close()

@@ -14,17 +14,23 @@ a bounded number of times; then the pull fails, and so does no reader wait forev
 The holder keeps no state per pull: each request names the chunks it wants.
 
 The copy is an ordinary object of the receiving node's store (it can spill like any other); the
-owner records it and frees it with the original. This is a mixin of
-:class:`~ember.runtime.node.node_manager.NodeManager`, whose store, view of the cluster and poll loop it uses.
+owner records it and frees it with the original. :class:`ObjectTransfer` is an object the node
+manager owns; it uses the node's :class:`~ember.runtime.node.store_io.StoreIO`, its view of the
+cluster and its poll loop, all handed to it.
 """
 
+import logging
 import mmap
 import os
 import time
+from collections.abc import Callable
 
 from ember.exceptions import ObjectStoreFullError
-from ember.runtime import protocol, transport
+from ember.runtime import messages, protocol, transport
 from ember.runtime.node.object_store import object_path, pwrite_all
+from ember.runtime.node.store_io import StoreIO
+
+logger = logging.getLogger(__name__)
 
 CHUNK = 8 * 2**20  # objects travel between nodes in chunks of this many bytes
 WINDOW = 4  # chunks in flight per pull
@@ -105,25 +111,46 @@ class Transfer:
 
 
 class ObjectTransfer:
-    def _init_transfer(self) -> None:
+    """Pulls of objects between node managers, both sides: the reader's node (``on_store_pull``,
+    ``on_peer_message``) and the holder's (``on_pull_object``).
+
+    ``view`` is the node manager's cluster view (node id -> NodeView, kept up to date by it);
+    ``send(identity, header, frames)`` and ``reply(identity, rid, body)`` answer on its socket;
+    ``changed()`` says the store's stats changed. ``attach(loop)`` must come before the first pull.
+    """
+
+    def __init__(self, store_io: StoreIO, view: dict, send: Callable, reply: Callable, changed: Callable[[], None]):
+        self.store_io = store_io
+        self.store = store_io.store
+        self.store_prefix = store_io.store_prefix
+        self.view = view
+        self.send = send
+        self.reply = reply
+        self.changed = changed
+        self.loop = None
         self.peers: dict[str, object] = {}  # node manager address -> DEALER
         self.pulls: dict[bytes, list] = {}  # object id -> [(client identity, rid)] waiting for its copy
         self.transfers: dict[bytes, Transfer] = {}  # object id -> its pull in progress
-        self.sealing: dict[bytes, list] = {}  # object id -> (peer, request) that came before its writer sealed it
+        self.sealing: dict[bytes, list] = {}  # object id -> (peer, chunks) that came before its writer sealed it
+        store_io.on_sealed = self._sealed
+        store_io.on_deleted = self._deleted
 
-    def on_store_pull(self, identity, header, frames):
+    def attach(self, loop) -> None:
+        self.loop = loop
+
+    def on_store_pull(self, identity, msg, frames):
         """A local reader needs an object that another node holds: fetch a copy into our store."""
-        oid = header["oid"]
+        oid = msg.oid
         if self.store.holds(oid):
             return {"found": True}
         waiting = self.pulls.get(oid)
         if waiting is not None:  # already on its way: one transfer serves every reader
-            waiting.append((identity, header["rid"]))
+            waiting.append((identity, msg.rid))
             return None
-        source = self.view.get(header["from"])
+        source = self.view.get(msg.from_)
         if source is None or not source.alive:
-            return {"lost": f"the node that held it ({header['from'].hex()[:12]}) is dead", "dead": True}
-        self.pulls[oid] = [(identity, header["rid"])]
+            return {"lost": f"the node that held it ({msg.from_.hex()[:12]}) is dead", "dead": True}
+        self.pulls[oid] = [(identity, msg.rid)]
         transfer = self.transfers[oid] = Transfer(source.address)
         self.ask_chunks(oid, transfer, transfer.window.start(time.monotonic()))
         return None
@@ -133,7 +160,7 @@ class ObjectTransfer:
             request = {"op": protocol.PULL_OBJECT, "oid": oid, "chunks": chunks}
             self.peer(transfer.source).send_multipart(protocol.encode(request))
 
-    def check_transfers(self, now: float) -> None:
+    def check(self, now: float) -> None:
         """Ask again for chunks that are late; fail the pulls whose holder stopped answering."""
         for oid, transfer in list(self.transfers.items()):
             late = transfer.window.expired(now)
@@ -142,22 +169,24 @@ class ObjectTransfer:
             else:
                 self.ask_chunks(oid, transfer, late)
 
-    def on_pull_object(self, identity, header, frames):
+    def on_pull_object(self, identity, msg, frames):
         """Another node pulls chunks of an object from us: send them straight from its mapping."""
-        oid = header["oid"]
-        if oid in self.reservations:
+        self._serve(identity, msg.oid, msg.chunks)
+
+    def _serve(self, identity: bytes, oid: bytes, chunks: list) -> None:
+        if oid in self.store_io.reservations:
             # Its writer told the owner before telling us that it sealed it: serve it once sealed.
-            self.sealing.setdefault(oid, []).append((identity, header))
+            self.sealing.setdefault(oid, []).append((identity, chunks))
             return
         if oid not in self.store.in_memory and oid not in self.store.spilling:  # (a spilling one is still there)
 
             def then(body):
                 if body.get("found"):
-                    self.on_pull_object(identity, header, frames)
+                    self._serve(identity, oid, chunks)
                 else:
                     self.send(identity, {"op": protocol.OBJECT_CHUNK, "oid": oid, "missing": True})
 
-            self.when_in_memory(oid, then)  # spilled: copied back first (off the loop)
+            self.store_io.when_in_memory(oid, then)  # spilled: copied back first (off the loop)
             return
         with open(object_path(self.store_prefix, oid), "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -165,13 +194,21 @@ class ObjectTransfer:
         view = memoryview(mapping)
         # Zero-copy sends: each frame keeps the mapping alive until ZeroMQ has written it, so the
         # object may even be deleted or spilled meanwhile.
-        for index in header.get("chunks", ()):
+        for index in chunks:
             offset = index * CHUNK
             if offset >= max(size, 1):
                 continue  # the puller did not know the size yet
             chunk = view[offset : offset + CHUNK]
             reply = {"op": protocol.OBJECT_CHUNK, "oid": oid, "index": index, "offset": offset, "size": size}
             self.send(identity, reply, [chunk])
+
+    def _sealed(self, oid: bytes) -> None:
+        for peer, chunks in self.sealing.pop(oid, ()):
+            self._serve(peer, oid, chunks)
+
+    def _deleted(self, oid: bytes) -> None:
+        for peer, _ in self.sealing.pop(oid, ()):  # its writer failed or died: it will never come
+            self.send(peer, {"op": protocol.OBJECT_CHUNK, "oid": oid, "missing": True})
 
     def peer(self, address: str):
         sock = self.peers.get(address)
@@ -190,18 +227,26 @@ class ObjectTransfer:
             self.abort_incoming(oid, "the node that held it died", dead=True)
 
     def on_peer_message(self, frames) -> None:
-        header, payload = protocol.decode(frames)
-        if header.get("op") != protocol.OBJECT_CHUNK:
+        """What a holder sends back on our socket to it: chunks (or ``missing``)."""
+        try:
+            msg = messages.decode_header("node_manager_peer", frames[0])
+        except messages.BadMessage as error:
+            logger.warning("refused a message from a peer node manager: %s", error)
             return
-        oid = header["oid"]
+        if not isinstance(msg, messages.ObjectChunk):
+            return  # an error answering a pull we sent: its chunks are asked for again, then it fails
+        self._on_chunk(msg, frames[1:])
+
+    def _on_chunk(self, msg, payload) -> None:
+        oid = msg.oid
         transfer = self.transfers.get(oid)
         if transfer is None:
             return  # a transfer nobody waits for any more
-        if header.get("missing"):
+        if msg.missing:
             self.abort_incoming(oid, "the node that should hold it does not have it")
             return
         if transfer.fd is None:
-            size = transfer.size = header["size"]
+            size = transfer.size = msg.size
             try:
                 # Chunks are on their way: the room is taken now, even if spills in flight must
                 # finish before it is free (a transfer overdraws the store by a bounded amount).
@@ -210,22 +255,27 @@ class ObjectTransfer:
                 self.transfers.pop(oid)
                 self.finish_pull(oid, {"full": str(error)})
                 return
-            self.spill(to_spill)
+            self.store_io.spill(to_spill)
             part = object_path(self.store_prefix, oid) + ".part"
             transfer.fd = os.open(part, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
             os.ftruncate(transfer.fd, size)
             transfer.window.sized(size)
-        more = transfer.window.arrived(header["index"], time.monotonic())
+        chunk = payload[0] if payload else b""
+        # A chunk that does not fit the size the first one gave is refused before any write.
+        expected = min(CHUNK, transfer.size - msg.offset)
+        if msg.size != transfer.size or msg.offset != msg.index * CHUNK or len(chunk) != expected:
+            return
+        more = transfer.window.arrived(msg.index, time.monotonic())
         if more is None:
             return  # a chunk asked for twice that came twice
-        pwrite_all(transfer.fd, payload[0] if payload else b"", header["offset"])
+        pwrite_all(transfer.fd, chunk, msg.offset)
         if transfer.window.done():
             os.close(transfer.fd)
             del self.transfers[oid]
             # Readers map the final name only: never a copy half received.
             os.rename(object_path(self.store_prefix, oid) + ".part", object_path(self.store_prefix, oid))
             self.store.sealed(oid, transfer.size)
-            self.stats_dirty = True
+            self.changed()
             self.finish_pull(oid, {"found": True})
         else:
             self.ask_chunks(oid, transfer, more)
@@ -245,3 +295,7 @@ class ObjectTransfer:
     def finish_pull(self, oid: bytes, body: dict) -> None:
         for identity, rid in self.pulls.pop(oid, ()):
             self.reply(identity, rid, body)
+
+    def close(self) -> None:
+        for sock in self.peers.values():
+            sock.close(0)

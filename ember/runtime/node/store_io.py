@@ -9,18 +9,20 @@ through a pipe, and only the loop changes state (``StoreState`` and the files' f
 
 Requests that need room the spills in flight will make (a writer's create, a reader's restore) are
 answered when those finish. A reader pins what it maps, so the object is not chosen for spilling
-while it is in use; a client's pins go with it when it dies. This is a mixin of
-:class:`~ember.runtime.node.node_manager.NodeManager`.
+while it is in use; a client's pins, reservations and waiting requests go with it when it goes
+(:meth:`StoreIO.release_client`). :class:`StoreIO` is an object the node manager owns: it holds
+everything it keeps per object and per client, and reaches the node manager only through the
+callables it is given.
 """
 
 import collections
 import concurrent.futures
 import logging
 import os
+from collections.abc import Callable
 
 from ember.exceptions import ObjectStoreFullError
-from ember.runtime import protocol
-from ember.runtime.node.object_store import object_path
+from ember.runtime.node.object_store import StoreState, object_path
 from ember.runtime.runtime_dir import copy_private
 from ember.runtime.service import read_eof
 
@@ -30,18 +32,45 @@ IO_THREADS = 2  # copies at once: enough to keep a disk busy, few enough to leav
 
 
 class StoreIO:
-    def _init_store_io(self) -> None:
+    """The store's requests (create, seal, restore, touch, delete) and its copies to and from disk.
+
+    ``reply(identity, rid, body)`` answers a request later; ``changed()`` says the store's stats
+    changed (the node manager reports them); ``owner_key(owner, owner_node)`` is ``(alive, key)``:
+    whether the owner of a sealed object is still there, and who frees it (a local client id, a
+    remote node id, or None). ``on_sealed(oid)`` / ``on_deleted(oid)`` let the object transfer serve
+    or fail the pulls that waited for a writer to finish.
+    """
+
+    def __init__(
+        self,
+        store: StoreState,
+        store_prefix: str,
+        spill_dir: str,
+        reply: Callable,
+        changed: Callable[[], None],
+        owner_key: Callable,
+    ):
+        self.store = store
+        self.store_prefix = store_prefix
+        self.spill_dir = spill_dir
+        self.reply = reply
+        self.changed = changed
+        self.owner_key = owner_key
+        self.on_sealed: Callable[[bytes], None] = lambda oid: None
+        self.on_deleted: Callable[[bytes], None] = lambda oid: None
+        self.store_owner: dict[bytes, bytes] = {}  # object id -> who frees it (client id or node id)
+        self.reservations: dict[bytes, tuple] = {}  # object id -> (writer identity, size), until sealed
         self.io_pool = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ember-store-io")
         self.io_done: collections.deque = collections.deque()  # (kind, oid, error) from the copy threads
         self.io_wake_r, self.io_wake_w = os.pipe()
         os.set_blocking(self.io_wake_r, False)
         os.set_blocking(self.io_wake_w, False)
-        self.room_waiters: list = []  # (client identity or None, retry) asked again when a spill ends
+        self.room_waiters: list = []  # (client identity or None, retry, fail) asked again when a spill ends
         self.restore_waiters: dict[bytes, list] = {}  # oid -> callbacks(body) for when it is back
         self.client_pins: dict[bytes, dict] = {}  # client identity -> {oid: pins}
         self.discarded = 0
 
-    def attach_store_io(self, loop) -> None:
+    def attach(self, loop) -> None:
         loop.add_fd(self.io_wake_r, self._on_io_done)
 
     def spill_path(self, oid: bytes) -> str:
@@ -53,7 +82,7 @@ class StoreIO:
         for oid in oids:
             self._submit("spill", oid, object_path(self.store_prefix, oid), self.spill_path(oid) + ".part")
         if oids:
-            self.stats_dirty = True
+            self.changed()
 
     def _submit(self, kind: str, oid: bytes, source: str, target: str) -> None:
         future = self.io_pool.submit(copy_private, source, target)  # 0600: the bytes are the user's data
@@ -76,7 +105,7 @@ class StoreIO:
                 spill_error = self._spill_finished(oid, error) or spill_error
             elif kind == "restore":
                 self._restore_finished(oid, error)
-        self.stats_dirty = True
+        self.changed()
         # Room may have been made: ask the waiting requests again, in arrival order. If spilling
         # fails (a full disk), they fail too rather than choose the same objects again and again.
         waiters, self.room_waiters = self.room_waiters, []
@@ -136,17 +165,17 @@ class StoreIO:
             self.restore_waiters.setdefault(oid, []).append(then)
             if status == "start":
                 self._submit("restore", oid, self.spill_path(oid), object_path(self.store_prefix, oid) + ".part")
-                self.stats_dirty = True
+                self.changed()
 
     # --- client requests ----------------------------------------------------------------------------
-    def on_store_create(self, identity, header, frames):
+    def on_store_create(self, identity, msg, frames):
+        """A writer reserves ``msg.size`` bytes for ``msg.oid`` (answered ``full`` if they cannot be had)."""
         # A retried task writes the same return id again: whatever an earlier attempt left (sealed,
         # or half written by a writer that died) gives way to the new one.
-        self.delete_objects([header["oid"]])
-        return self._create(identity, header)
+        self.delete_objects([msg.oid])
+        return self._create(identity, msg.rid, msg.oid, msg.size)
 
-    def _create(self, identity, header):
-        oid, size = header["oid"], header["size"]
+    def _create(self, identity, rid, oid: bytes, size: int):
         try:
             granted, to_spill = self.store.create(oid, size)
         except ObjectStoreFullError as error:
@@ -156,62 +185,55 @@ class StoreIO:
             self.room_waiters.append(
                 (
                     identity,
-                    lambda: self._answer(identity, header, self._create(identity, header)),
-                    lambda body: self._answer(identity, header, body),
+                    lambda: self._answer(identity, rid, self._create(identity, rid, oid, size)),
+                    lambda body: self._answer(identity, rid, body),
                 )
             )
             return None
         self.reservations[oid] = (identity, size)
-        self.stats_dirty = True
+        self.changed()
         return {"prefix": self.store_prefix}
 
-    def _answer(self, identity, header, body) -> None:
-        if body is not None:
-            self.reply(identity, header["rid"], body)
+    def _answer(self, identity, rid, body) -> None:
+        if body is not None and rid is not None:
+            self.reply(identity, rid, body)
 
-    def on_store_restore(self, identity, header, frames):
+    def on_store_restore(self, identity, msg, frames):
         """A reader found an object's file gone (spilled): answered once it is back, pinned for the reader."""
-        oid, rid = header["oid"], header["rid"]
+        oid, rid = msg.oid, msg.rid
 
         def then(body):
             if body.get("found"):
                 self.pin(identity, oid)  # not spilled again before the reader maps it
-            self.reply(identity, rid, body)
+            self._answer(identity, rid, body)
 
         self.when_in_memory(oid, then, identity)
 
-    def on_store_sealed(self, identity, header, frames):
-        oid = header["oid"]
-        if oid not in self.reservations:
-            return  # its reservation was given back already (its writer was presumed dead)
-        if header.get("failed"):  # the writer could not finish: nothing to keep
+    def on_store_sealed(self, identity, msg, frames):
+        """The writer of ``msg.oid`` finished (or ``failed``): the object is readable, owned by ``msg.owner``."""
+        oid = msg.oid
+        reservation = self.reservations.get(oid)
+        if reservation is None or reservation[0] != identity:
+            return  # given back already (its writer was presumed dead), or not this peer's to seal
+        if msg.failed:  # the writer could not finish: nothing to keep
             self.delete_objects([oid])
             return
         self.reservations.pop(oid)
-        self.store.sealed(oid, header["size"])
-        owner = header.get("owner")
-        owner_node = header.get("owner_node", self.node_id)
-        if owner_node == self.node_id:
-            if owner is not None and owner not in self.clients:
-                self.delete_objects([oid])  # the owner died meanwhile
-                return
-        else:
-            node = self.view.get(owner_node)
-            if node is not None and not node.alive:
-                self.delete_objects([oid])  # its owner's node died meanwhile
-                return
-            owner = owner_node  # a remote owner: freed with its node (see on_cluster_view)
+        self.store.sealed(oid, msg.size)
+        alive, owner = self.owner_key(msg.owner, msg.owner_node)
+        if not alive:
+            self.delete_objects([oid])  # its owner (or its owner's node) died meanwhile
+            return
         self.store_owner[oid] = owner
-        self.stats_dirty = True
-        for peer, request in self.sealing.pop(oid, ()):
-            self.on_pull_object(peer, request, [])
+        self.changed()
+        self.on_sealed(oid)
 
-    def on_store_touch(self, identity, header, frames):
+    def on_store_touch(self, identity, msg, frames):
         """A reader mapped these objects (``oids``: pin them, most recently used now) and let go of
         those (``unpin``)."""
-        for oid in header.get("oids", ()):
+        for oid in msg.oids:
             self.pin(identity, oid)
-        for oid in header.get("unpin", ()):
+        for oid in msg.unpin:
             self.unpin(identity, oid)
 
     def pin(self, identity: bytes, oid: bytes) -> None:
@@ -228,21 +250,27 @@ class StoreIO:
             del pins[oid]
         self.store.unpin(oid)
 
-    def release_client_io(self, identity: bytes) -> None:
-        """A client died: its pins go, and the requests it left waiting for room are dropped."""
+    def release_client(self, identity: bytes, client_id: bytes | None) -> None:
+        """A client went: the objects it owned and those it was writing are freed (their space is
+        free again, their files removed), its pins go, and the requests it left waiting are dropped."""
+        owned = [oid for oid, owner in self.store_owner.items() if owner == client_id] if client_id else []
+        writing = [oid for oid, (writer, _) in self.reservations.items() if writer == identity] if identity else []
+        self.delete_objects(owned + writing)
+        if identity is None:
+            return
         for oid, count in self.client_pins.pop(identity, {}).items():
             for _ in range(count):
                 self.store.unpin(oid)
         self.room_waiters = [waiter for waiter in self.room_waiters if waiter[0] != identity]
 
-    def on_store_delete(self, identity, header, frames):
-        self.delete_objects(header["oids"])
+    def on_store_delete(self, identity, msg, frames):
+        """The owner freed these objects."""
+        self.delete_objects(msg.oids)
 
     def delete_objects(self, oids) -> None:
         for oid in oids:
             self.store_owner.pop(oid, None)
-            for peer, _ in self.sealing.pop(oid, ()):  # its writer failed or died: it will never come
-                self.send(peer, {"op": protocol.OBJECT_CHUNK, "oid": oid, "missing": True})
+            self.on_deleted(oid)
             reservation = self.reservations.pop(oid, None)
             if reservation is not None:
                 self.store.abandoned(reservation[1])
@@ -250,7 +278,7 @@ class StoreIO:
             # A copy still running finds it deleted when it ends and removes its ".part" file then.
             on_disk = where in ("spilled", "restoring")
             self.discard(self.spill_path(oid) if on_disk else object_path(self.store_prefix, oid))
-        self.stats_dirty = True
+        self.changed()
 
     def discard(self, path: str) -> None:
         """Remove a file without waiting: freeing the pages of a large one takes a while, so it is
@@ -263,7 +291,7 @@ class StoreIO:
             return
         self.io_pool.submit(_unlink, gone)
 
-    def close_store_io(self) -> None:
+    def close(self) -> None:
         self.io_pool.shutdown(wait=True, cancel_futures=True)
         os.close(self.io_wake_r)
         os.close(self.io_wake_w)
