@@ -10,6 +10,8 @@ are validated against the ``node_manager_head`` schema.
 import logging
 from collections.abc import Callable
 
+import msgspec
+
 from ember.runtime import messages, protocol, transport
 
 logger = logging.getLogger(__name__)
@@ -48,14 +50,15 @@ class HeadLink:
         self.sock.send_multipart(protocol.encode(header))
 
     def add_logs(self, batches: dict) -> None:
+        """Queue a worker's ``{job id: [LogLine]}`` for the next LOGS message (as the plain lists it is sent as)."""
         for job_id, lines in batches.items():
-            self.logs.setdefault(job_id, []).extend(lines)
+            self.logs.setdefault(job_id, []).extend(msgspec.to_builtins(lines))
 
     def tick(self, now: float, state: Callable[[], dict]) -> None:
         """Send what is due at ``now``; ``state()`` gives the NODE_STATS fields when they are sent."""
         if self.logs:
-            self.send({"op": protocol.LOGS, "batches": self.logs})
-            self.logs = {}
+            logs, self.logs = self.logs, {}  # taken first: a batch that cannot be sent never blocks heartbeats
+            self.send({"op": protocol.LOGS, "batches": logs})
         if self.dirty and now - self.last_stats > STATS_PERIOD:
             self.dirty = False
             self.last_stats = self.last_heartbeat = now

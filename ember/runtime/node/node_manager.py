@@ -479,8 +479,8 @@ class NodeManager(Service):
                 _, request, worker = action
                 self.requests.pop(request.request_id, None)
                 process = self.workers[worker.worker_id]
-                if not request.for_actor:
-                    self.client_leases.setdefault(request.client, set()).add(worker.worker_id)
+                # An actor's worker too: the head that leased it holds it (and kills it when done with it).
+                self.client_leases.setdefault(request.client, set()).add(worker.worker_id)
                 self.send(
                     request.client,
                     {
@@ -517,7 +517,11 @@ class NodeManager(Service):
                 )
             elif kind == "lease_lost":
                 _, request, worker_id = action
-                self.client_leases.get(request.client, set()).discard(worker_id)
+                leased = self.client_leases.get(request.client)
+                if leased is not None:
+                    leased.discard(worker_id)
+                    if not leased:
+                        del self.client_leases[request.client]  # so the table shrinks as leases end
                 if not request.for_actor:
                     self.send(request.client, {"op": protocol.LEASED_WORKER_DIED, "wid": worker_id})
         self.head.dirty = True
