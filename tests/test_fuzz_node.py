@@ -49,7 +49,7 @@ def drain(sock, answers: set) -> None:
 def table_sizes() -> dict:
     sock = transport.connect_dealer(node_manager_address())
     try:
-        return call(sock, {"op": protocol.TABLE_SIZES, "rid": new_id(8)})
+        return call(sock, {"op": protocol.TABLE_SIZES, "rid": new_id(8)})["sizes"]
     finally:
         sock.close(0)
 

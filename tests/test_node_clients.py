@@ -37,7 +37,7 @@ def table(name):
     sock = transport.connect_dealer(NM)
     sizes = call(sock, {"op": protocol.TABLE_SIZES, "rid": b"t"})
     sock.close(0)
-    return sizes[name]
+    return sizes["sizes"][name]
 
 def put_fails(size):
     try:
