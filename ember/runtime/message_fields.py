@@ -48,6 +48,8 @@ Level = Annotated[int, Meta(ge=-(10**18), le=10**18)] | Annotated[float, Meta(ge
 Availability = dict[Annotated[str, Meta(min_length=1, max_length=512)], Level]
 NumReturns = Count | Literal["streaming", "dynamic"]
 Name = Annotated[str, Meta(max_length=4096)]
+GroupName = Annotated[str, Meta(min_length=1, max_length=4096)]  # an actor's concurrency group
+Concurrency = Annotated[int, Meta(ge=1, le=2**31)]
 Strategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 
@@ -136,13 +138,10 @@ class StoreStats(_Part, kw_only=True):
     num_objects: Count
     spilled: Size
     num_spilled: Count
-    spilling: Count = 0  # objects being copied to disk now
-    restoring: Count = 0  # objects being copied back now
-    pinned: Count = 0  # objects a reader has mapped
+    spilling: Count = 0  # objects being copied to disk
+    restoring: Count = 0  # objects being read back from disk
+    pinned: Count = 0  # objects some process has mapped
     reserved: Size
-    spilling: Count = 0  # copies to disk in flight
-    restoring: Count = 0  # copies back in flight
-    pinned: Count = 0  # objects a reader has mapped
     largest: list[tuple[ObjectId, Size]] = []
 
 

@@ -30,8 +30,10 @@ from ember.runtime.message_fields import (  # noqa: F401 - the part types are re
     Bundle,
     ClientId,
     ClusterNode,
+    Concurrency,
     Count,
     GpuRow,
+    GroupName,
     JobId,
     Key,
     Location,
@@ -158,7 +160,7 @@ class _ActorFields(_TaskFields, tag=False, kw_only=True):
     max_restarts: Retries = 0
     max_task_retries: Retries = 0
     max_concurrency: Annotated[int, Meta(ge=1, le=2**31)] | None = None
-    concurrency_groups: dict[Name, Annotated[int, Meta(ge=1, le=2**31)]] | None = None
+    concurrency_groups: dict[GroupName, Concurrency] | None = None
     resources: Resources
     running: Resources
     strategy: SchedulingStrategy | None = None
@@ -434,10 +436,12 @@ class ActorCall(_TaskFields, tag="actor_call", tag_field="op", kw_only=True):
     rid: TaskId
     method: Name
     nret: NumReturns
-    cgroup: Name | None = None  # the concurrency group the call runs in
+    cgroup: GroupName | None = None
 
 
-class CreateActorInstance(_ActorFields, tag="create_actor_instance", tag_field="op", kw_only=True):
+class CreateActorInstance(_ActorFields, tag="create_actor_instance", tag_field="op", kw_only=True, omit_defaults=True):
+    """Sent by the head as a Struct: fields left at their default are left out, as absent."""
+
     rid: ActorId
     actor_id: ActorId
     gpus: list[Count] = []
@@ -515,7 +519,6 @@ class Reply(Message, tag="reply", kw_only=True):
     rows: list[dict] | None = None  # state_query
     dropped: Count | None = None  # state_query: tasks forgotten to stay within the table's capacity
     sizes: dict[str, Count] | None = None  # table_sizes
-    dead: bool | None = None  # store_pull, with lost: the holder's node is dead (its owner may rebuild)
     prefix: Annotated[str, Meta(max_length=256)] | None = None  # register_client, worker_ready, store_create
     node_id: NodeId | None = None  # register_client, worker_ready
     resources: Resources | None = None  # register_client
@@ -663,6 +666,11 @@ def _envelope_of(frame) -> tuple:
     if not (isinstance(rid, bytes) and 1 <= len(rid) <= 32):
         rid = None
     return op, rid
+
+
+def op_of(message: Message) -> str:
+    """The op of a decoded header (its tag: msgspec keeps tags out of the Struct's attributes)."""
+    return message.__struct_config__.tag
 
 
 def decode_header(service: str, frame) -> Message:

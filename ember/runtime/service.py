@@ -44,8 +44,7 @@ class Dispatcher:
             if error.rid is not None:
                 self.reply_error(identity, error.rid, error)
             return
-        # A Struct's op is its tag, not an attribute.
-        op, rid = (type(header).__struct_config__.tag, header.rid) if self.schema else (header["op"], header.get("rid"))
+        op, rid = (messages.op_of(header), header.rid) if self.schema else (header["op"], header.get("rid"))
         try:
             result = self.table[op](identity, header, payload)
         except Exception as error:

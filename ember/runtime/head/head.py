@@ -20,14 +20,15 @@ import time
 from dataclasses import dataclass, field
 
 import msgpack
+import msgspec
 
-from ember.runtime import protocol, transport
-from ember.runtime.bounded import DEAD_JOBS, DEAD_NODES, DESTROYED_ACTORS, EndedCache, cap_from_env
-from ember.runtime.head.actor_directory import DEAD, ActorDirectory, ActorInfo
+from ember.runtime import messages, protocol, transport
+from ember.runtime.bounded import DEAD_JOBS, DEAD_NODES, EndedCache, cap_from_env
+from ember.runtime.head.actor_directory import ActorDirectory, HeadLinks
 from ember.runtime.head.placement_groups import PlacementGroupManager
 from ember.runtime.head.state_table import StateQueries, TaskTable
 from ember.runtime.ids import new_id
-from ember.runtime.node.cluster_scheduler import ClusterPolicy, NodeView
+from ember.runtime.node.cluster_scheduler import NodeView
 from ember.runtime.service import Service
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,11 @@ def _wire_entry(entry: dict) -> dict:
     return entry
 
 
-class Head(ActorDirectory, StateQueries, Service):
+class Head(Service):
+    """The control service. Its actor table (:class:`ActorDirectory`) and its state-API answers
+    (:class:`StateQueries`) are objects it owns; the op table points at their methods."""
+
+    schema = "head"
     handlers = {
         protocol.REGISTER_NODE: "on_register_node",
         protocol.UNREGISTER_NODE: "on_unregister_node",
@@ -79,12 +84,6 @@ class Head(ActorDirectory, StateQueries, Service):
         protocol.KV_DEL: "on_kv_del",
         protocol.KV_KEYS: "on_kv_keys",
         protocol.GET_NODES: "on_get_nodes",
-        protocol.CREATE_ACTOR: "on_create_actor",
-        protocol.SUBSCRIBE_ACTOR: "on_subscribe_actor",
-        protocol.GET_NAMED_ACTOR: "on_get_named_actor",
-        protocol.LIST_NAMED_ACTORS: "on_list_named_actors",
-        protocol.KILL_ACTOR: "on_kill_actor",
-        protocol.ACTOR_HANDLE_RELEASED: "on_actor_handle_released",
         protocol.WORKER_DIED: "on_worker_died",
         protocol.LOGS: "on_logs",
         protocol.TASK_EVENTS: "on_task_events",
@@ -93,49 +92,68 @@ class Head(ActorDirectory, StateQueries, Service):
         protocol.REMOVE_PLACEMENT_GROUP: "on_remove_placement_group",
         protocol.WAIT_PLACEMENT_GROUP: "on_wait_placement_group",
         protocol.PLACEMENT_GROUP_TABLE: "on_placement_group_table",
-        protocol.STATE_QUERY: "on_state_query",
         protocol.TABLE_SIZES: "on_table_sizes",
     }
 
+    # Ops served by the objects the head owns rather than by its own methods: op -> (attribute, method).
+    delegated = {
+        protocol.CREATE_ACTOR: ("actor_directory", "on_create_actor"),
+        protocol.SUBSCRIBE_ACTOR: ("actor_directory", "on_subscribe_actor"),
+        protocol.GET_NAMED_ACTOR: ("actor_directory", "on_get_named_actor"),
+        protocol.LIST_NAMED_ACTORS: ("actor_directory", "on_list_named_actors"),
+        protocol.KILL_ACTOR: ("actor_directory", "on_kill_actor"),
+        protocol.ACTOR_HANDLE_RELEASED: ("actor_directory", "on_actor_handle_released"),
+        protocol.STATE_QUERY: ("state_queries", "on_state_query"),
+    }
+
     def __init__(self, loop, host: str = "127.0.0.1", port: int = 0):
-        super().__init__(host, port)
         self.loop = loop
-        self.publisher, self.publisher_address = transport.bind_publisher(host)
         self.nodes: dict[bytes, NodeInfo] = {}
+        self.node_ids: dict[bytes, bytes] = {}  # ROUTER identity of a node manager -> its node id
         self.node_sockets: dict[bytes, object] = {}
         self.node_monitors: dict[bytes, object] = {}
         self.kv: dict[bytes, bytes] = {}
         self.jobs: dict[bytes, dict] = {}
-        self.actors: dict[bytes, ActorInfo] = {}
-        self.named: dict[tuple, bytes] = {}
-        self.worker_actor: dict[bytes, bytes] = {}
-        self.pending_requests: dict[bytes, tuple] = {}  # rid -> (kind, actor_id)
-        self.worker_sockets: dict[bytes, object] = {}
+        self.job_owners: dict[bytes, bytes] = {}  # job id -> ROUTER identity of the driver that registered it
+        self.bundle_requests: dict[bytes, tuple] = {}  # rid -> (pg_id, node_id) of a prepare in flight
+        self.actor_directory = ActorDirectory(
+            HeadLinks(loop, self.nodes, self.kv, self._send_node, self.send, self.publish)
+        )
+        self.task_table = TaskTable()  # the recent tasks, for the state API (bounded)
+        self.state_queries = StateQueries(self.task_table, self.actor_directory.rows, self.jobs)
+        super().__init__(host, port)
+        for op, (owner, method) in self.delegated.items():
+            self.table[op] = getattr(getattr(self, owner), method)
+        self.publisher, self.publisher_address = transport.bind_publisher(host)
         self.next_job = 1
         self.on_stop = None
         self.node_timeout = float(os.environ.get("EMBER_NODE_TIMEOUT_S", NODE_TIMEOUT))
         self.view_dirty = False
         self.last_view = 0.0
         self.last_tick = time.monotonic()
-        self.actor_policy = ClusterPolicy(b"")  # actors have no "local" node: least used first
         self.placement_groups = PlacementGroupManager()
-        self.task_table = TaskTable()  # the recent tasks, for the state API (bounded)
         # What ended is remembered up to a cap, oldest forgotten first (see ember.runtime.bounded).
-        self.dead_actors = EndedCache(cap_from_env(DESTROYED_ACTORS))
         self.dead_nodes = EndedCache(cap_from_env(DEAD_NODES))
         self.dead_jobs = EndedCache(cap_from_env(DEAD_JOBS))
         self.view_removals: dict[bytes, int] = {}  # node id -> the removal version its last view carried
 
     # --- nodes and jobs -------------------------------------------------------------------------
-    def on_register_node(self, identity, header, frames):
-        node = NodeInfo(
-            header["node_id"], header["address"], header["resources"], identity, host=header.get("host", "")
-        )
+    def on_register_node(self, identity, msg, frames):
+        known = self.nodes.get(msg.node_id)
+        if known is not None:
+            if known.alive and known.identity == identity:
+                return {"publisher": self.publisher_address}  # said twice: nothing changes
+            # A dead node stays dead (its work was redone elsewhere); a live one is not replaced.
+            raise ValueError(f"node {msg.node_id.hex()} is registered already")
+        if identity in self.node_ids:
+            raise ValueError("this connection registered another node already")
+        node = NodeInfo(msg.node_id, msg.address, dict(msg.resources), identity, host=msg.host)
         node.available = dict(node.resources)
         self.nodes[node.node_id] = node
+        self.node_ids[identity] = node.node_id
         sock = transport.connect_dealer(node.address)
         self.node_sockets[node.node_id] = sock
-        self.loop.add_socket(sock, self.on_node_reply)
+        self.loop.add_socket(sock, lambda frames, n=node.node_id: self.on_node_reply(n, frames))
         # A node manager process that dies drops its connections at once: hearing that, we need not
         # wait out the whole heartbeat timeout (a live one that merely lost its connection still
         # heartbeats within SUSPECT_GRACE and is left alone).
@@ -143,13 +161,22 @@ class Head(ActorDirectory, StateQueries, Service):
         self.loop.add_socket(monitor, lambda frames, n=node: self.on_node_disconnected(n))
         self.view_dirty = True
         self.publish(b"event:node", {"node_id": node.node_id, "alive": True, "address": node.address})
-        self._schedule_pending_actors()
+        self.actor_directory.schedule_pending()
         self._placement_nodes_changed()
         return {"publisher": self.publisher_address}
 
-    def on_node_stats(self, identity, header, frames):
+    def _sending_node(self, identity: bytes, op: str, node_id: bytes | None = None) -> NodeInfo | None:
+        """The node that sent ``op`` on this connection, or None (logged) when it is not a registered
+        node, or not the node it names: only a node manager speaks for its node and its workers."""
+        node = self.nodes.get(self.node_ids.get(identity, b""))
+        if node is None or (node_id is not None and node.node_id != node_id):
+            logger.warning("refused %s from %r: not sent by the node manager it concerns", op, identity)
+            return None
+        return node
+
+    def on_node_stats(self, identity, msg, frames):
         """A node's heartbeat, with its resources, store usage and queued demand when they changed."""
-        node = self.nodes.get(header["node_id"])
+        node = self._sending_node(identity, protocol.NODE_STATS, msg.node_id)
         if node is None:
             return
         if not node.alive:
@@ -158,18 +185,19 @@ class Head(ActorDirectory, StateQueries, Service):
             self.send(identity, {"op": protocol.NODE_DEAD, "node_id": node.node_id})
             return
         node.last_heartbeat = time.monotonic()
-        if "available" not in header:
+        if msg.available is None:
             return  # a bare heartbeat: nothing changed
-        changed = node.available != header["available"] or node.resources != header.get("total", node.resources)
-        node.available = header["available"]
+        total = dict(msg.total) if msg.total is not None else node.resources
+        changed = node.available != msg.available or node.resources != total
+        node.available = dict(msg.available)
         node.claimed = {}
-        node.resources = header.get("total", node.resources)
-        node.store = header["store"]
-        node.demand = header.get("demand", [])
-        node.gpus = header.get("gpus", [])
+        node.resources = total
+        node.store = msgspec.to_builtins(msg.store) if msg.store is not None else {}
+        node.demand = msg.demand
+        node.gpus = msgspec.to_builtins(msg.gpus)
         if changed:
             self.view_dirty = True
-            self._schedule_pending_actors()
+            self.actor_directory.schedule_pending()
         if changed or self.placement_groups.needs_retry:
             self._placement_nodes_changed()
         self.publish(
@@ -184,11 +212,18 @@ class Head(ActorDirectory, StateQueries, Service):
             },
         )
 
-    def on_unregister_node(self, identity, header, frames):
-        node = self.nodes.get(header["node_id"])
-        if node is not None and node.alive:
+    def on_unregister_node(self, identity, msg, frames):
+        node = self._sending_node(identity, protocol.UNREGISTER_NODE, msg.node_id)
+        if node is None:
+            raise PermissionError("only a node manager may unregister its node")
+        if node.alive:
             self.node_died(node, "it stopped")
         return {}
+
+    def on_worker_died(self, identity, msg, frames):
+        node = self._sending_node(identity, protocol.WORKER_DIED)
+        if node is not None and node.alive:
+            self.actor_directory.worker_died(msg.wid, node.node_id)
 
     def tick(self, now: float) -> None:
         stalled = now - self.last_tick
@@ -255,49 +290,49 @@ class Head(ActorDirectory, StateQueries, Service):
             sock.send_multipart(protocol.encode({"op": protocol.NODE_DEAD, "node_id": node.node_id}))
             self.loop.remove_socket(sock)
             sock.close(0)
-        for actor in list(self.actors.values()):
-            if actor.node_id != node.node_id or actor.state == DEAD:
-                continue
-            if actor.worker_id is not None:
-                self.on_worker_died(None, {"wid": actor.worker_id}, [])
-            elif actor.lease_rid is not None:  # its worker was still being leased there
-                self.pending_requests.pop(actor.lease_rid, None)
-                actor.lease_rid = None
+        for rid in [rid for rid, (_, node_id) in self.bundle_requests.items() if node_id == node.node_id]:
+            del self.bundle_requests[rid]  # never answered now: the placement groups hear of the death below
         self.view_removals.pop(node.node_id, None)
         self.publish(b"event:node", {"node_id": node.node_id, "alive": False, "address": node.address})
-        self._schedule_pending_actors()
+        self.actor_directory.node_died(node.node_id)
         self.placement_node_died(node.node_id)
         for evicted in self.dead_nodes.add(node.node_id):
-            self.nodes.pop(evicted, None)
+            gone = self.nodes.pop(evicted, None)
+            if gone is not None and self.node_ids.get(gone.identity) == evicted:
+                del self.node_ids[gone.identity]
 
-    def on_register_job(self, identity, header, frames):
+    def on_register_job(self, identity, msg, frames):
         job_id = self.next_job.to_bytes(4, "little")
         self.next_job += 1
         self.jobs[job_id] = {
             "job_id": job_id,
-            "driver_pid": header.get("pid"),
-            "namespace": header.get("namespace") or job_id.hex(),
+            "driver_pid": msg.pid,
+            "namespace": msg.namespace or job_id.hex(),
             "alive": True,
             "start_time": time.time(),
-            "entrypoint": header.get("entrypoint", ""),
+            "entrypoint": msg.entrypoint,
         }
+        self.job_owners[job_id] = identity
         return {"job_id": job_id, "namespace": self.jobs[job_id]["namespace"], "publisher": self.publisher_address}
 
-    def on_job_finished(self, identity, header, frames):
-        job = self.jobs.get(header["job_id"])
+    def on_job_finished(self, identity, msg, frames):
+        job = self.jobs.get(msg.job_id)
         if job is None or not job["alive"]:
             return {}
+        # Its driver says so, or the node manager that saw the driver's process end.
+        sender = self.nodes.get(self.node_ids.get(identity, b""))
+        if self.job_owners.get(msg.job_id) != identity and (sender is None or not sender.alive):
+            raise PermissionError("only the job's driver or a node manager may end a job")
         job["alive"] = False
         job["end_time"] = time.time()
-        for evicted in self.dead_jobs.add(header["job_id"]):
+        del self.job_owners[msg.job_id]
+        for evicted in self.dead_jobs.add(msg.job_id):
             self.jobs.pop(evicted, None)
-        for actor in list(self.actors.values()):
-            if actor.job_id == header["job_id"] and actor.state != DEAD and not self._outlives_job(actor):
-                self._kill(actor, "the job that created the actor finished")
-        self._placement_actions(self.placement_groups.job_finished(header["job_id"]))
+        self.actor_directory.job_finished(msg.job_id)
+        self._placement_actions(self.placement_groups.job_finished(msg.job_id))
         return {}
 
-    def on_get_nodes(self, identity, header, frames):
+    def on_get_nodes(self, identity, msg, frames):
         return {
             "nodes": [
                 {
@@ -316,17 +351,20 @@ class Head(ActorDirectory, StateQueries, Service):
             "pending_bundles": self.placement_groups.pending_bundles(),
         }
 
-    def on_table_sizes(self, identity, header, frames):
+    def on_table_sizes(self, identity, msg, frames):
         """How many entries each of the head's tables holds (for soak tests and debugging)."""
+        actors = self.actor_directory
         sizes = {
-            "actors": len(self.actors),
-            "dead_actors": len(self.dead_actors),
-            "named": len(self.named),
-            "worker_actor": len(self.worker_actor),
-            "worker_sockets": len(self.worker_sockets),
-            "pending_requests": len(self.pending_requests),
+            "actors": len(actors.actors),
+            "dead_actors": len(actors.dead_actors),
+            "named": len(actors.named),
+            "worker_actor": len(actors.worker_actor),
+            "worker_sockets": len(actors.worker_sockets),
+            "pending_requests": len(self.bundle_requests) + len(actors.leases),
             "nodes": len(self.nodes),
+            "node_ids": len(self.node_ids),
             "jobs": len(self.jobs),
+            "job_owners": len(self.job_owners),
             "kv": len(self.kv),
             "placement_groups": len(self.placement_groups.groups),
             "placement_group_names": len(self.placement_groups.names),
@@ -335,69 +373,86 @@ class Head(ActorDirectory, StateQueries, Service):
         return {"sizes": sizes}
 
     # --- internal key-value store ---------------------------------------------------------------
-    def on_kv_put(self, identity, header, frames):
-        key = header["key"]
-        if header.get("overwrite", True) or key not in self.kv:
-            self.kv[key] = bytes(frames[0])
+    def on_kv_put(self, identity, msg, frames):
+        if not frames:
+            raise ValueError("kv_put carries its value as the first payload frame")
+        if msg.overwrite or msg.key not in self.kv:
+            self.kv[msg.key] = bytes(frames[0])
             return {"added": True}
         return {"added": False}
 
-    def on_kv_get(self, identity, header, frames):
-        value = self.kv.get(header["key"])
+    def on_kv_get(self, identity, msg, frames):
+        value = self.kv.get(msg.key)
         return ({"found": value is not None}, [value] if value is not None else [])
 
-    def on_kv_del(self, identity, header, frames):
-        return {"deleted": self.kv.pop(header["key"], None) is not None}
+    def on_kv_del(self, identity, msg, frames):
+        return {"deleted": self.kv.pop(msg.key, None) is not None}
 
-    def on_kv_keys(self, identity, header, frames):
-        prefix = header.get("prefix", b"")
-        return {"keys": [k for k in self.kv if k.startswith(prefix)]}
+    def on_kv_keys(self, identity, msg, frames):
+        return {"keys": [k for k in self.kv if k.startswith(msg.prefix)]}
 
-    def on_node_reply(self, frames):
-        header, payload = protocol.decode(frames)
-        kind, actor_id = self.pending_requests.pop(header.get("rid"), (None, None))
-        if kind == "bundles":
-            self._on_bundles_reply(actor_id, header)
-        elif kind == "lease" or header["op"] == protocol.LEASE_INFEASIBLE:
-            self.on_actor_lease(kind, actor_id, header)
+    def on_node_reply(self, node_id: bytes, frames: list) -> None:
+        """Replies on our socket to a node manager: to bundle prepares and to leases for actors. One
+        that does not decode as such is logged and dropped."""
+        try:
+            msg = messages.decode_header("head_node_replies", frames[0])
+        except messages.BadMessage as error:
+            logger.warning("refused a reply from node %s: %s", node_id.hex()[:12], error)
+            return
+        request = self.bundle_requests.get(msg.rid)
+        if request is not None and request[1] == node_id:
+            del self.bundle_requests[msg.rid]
+            ok = isinstance(msg, messages.Reply) and bool(msg.ok)
+            self._placement_actions(self.placement_groups.prepared(request[0], node_id, ok))
+        elif msg.rid is not None:
+            self.actor_directory.on_lease_reply(msg, node_id)
+
+    def _send_node(self, node_id: bytes, header: dict) -> bool:
+        """Send to a node manager; False when we have no connection to it (it is dead or unknown)."""
+        sock = self.node_sockets.get(node_id)
+        if sock is None:
+            return False
+        sock.send_multipart(protocol.encode(header))
+        return True
 
     # --- placement groups -----------------------------------------------------------------------
     # The table and its decisions live in PlacementGroupManager (a state machine); here its events
     # come from sockets and its actions go out as messages to node managers and waiting clients.
-    def on_create_placement_group(self, identity, header, frames):
+    def on_create_placement_group(self, identity, msg, frames):
         actions = self.placement_groups.create(
-            header["pg_id"],
-            header["bundles"],
-            header["strategy"],
-            name=header.get("name") or "",
-            namespace=header.get("namespace"),
-            job_id=header.get("job_id"),
-            detached=bool(header.get("detached")),
+            msg.pg_id,
+            [dict(bundle) for bundle in msg.bundles],
+            msg.strategy,
+            name=msg.name,
+            namespace=msg.namespace,
+            job_id=msg.job_id,
+            detached=msg.detached,
             requester=identity,
-            soft_target=header.get("soft_target"),
+            soft_target=msg.soft_target,
         )
         infeasible = any(a[0] == "infeasible" and a[1] == identity for a in actions)
         self._placement_actions([a for a in actions if not (a[0] == "infeasible" and a[1] == identity)])
         # The creator warns its user at once, as Ray's driver does for a group no node can hold.
         return {"infeasible": infeasible, "total": self._alive_totals() if infeasible else []}
 
-    def on_remove_placement_group(self, identity, header, frames):
-        self._placement_actions(self.placement_groups.remove(header["pg_id"]))
+    def on_remove_placement_group(self, identity, msg, frames):
+        self._placement_actions(self.placement_groups.remove(msg.pg_id))
         self.view_dirty = True
         return {}
 
-    def on_wait_placement_group(self, identity, header, frames):
+    def on_wait_placement_group(self, identity, msg, frames):
         # Answered when the group is created or removed, maybe much later: a delayed reply.
-        self._placement_actions(self.placement_groups.wait(header["pg_id"], (identity, header.get("rid"))))
+        if msg.rid is None:
+            raise ValueError("wait_placement_group needs a request id to answer")
+        self._placement_actions(self.placement_groups.wait(msg.pg_id, (identity, msg.rid)))
 
-    def on_placement_group_table(self, identity, header, frames):
-        pg_id = header.get("pg_id")
-        if header.get("name"):
-            pg_id = self.placement_groups.lookup(header["name"], header.get("namespace"))
+    def on_placement_group_table(self, identity, msg, frames):
+        pg_id = msg.pg_id
+        if msg.name:
+            pg_id = self.placement_groups.lookup(msg.name, msg.namespace)
             if pg_id is None:
                 raise ValueError(
-                    f"Failed to look up placement group with name: {header['name']} "
-                    f"(namespace {header.get('namespace')!r})."
+                    f"Failed to look up placement group with name: {msg.name} (namespace {msg.namespace!r})."
                 )
         if pg_id is None:
             table = self.placement_groups.table()
@@ -440,22 +495,22 @@ class Head(ActorDirectory, StateQueries, Service):
                 if kind == "prepare":
                     header["bundles"] = items
                     header["rid"] = rid = new_id(8)
-                    self.pending_requests[rid] = ("bundles", (pg_id, node_id))
+                    self.bundle_requests[rid] = (pg_id, node_id)
                 else:
                     header["indexes"] = items
                 sock.send_multipart(protocol.encode(header))
 
-    def _on_bundles_reply(self, request, header) -> None:
-        pg_id, node_id = request
-        ok = header.get("op") == protocol.REPLY and bool(header.get("ok"))
-        self._placement_actions(self.placement_groups.prepared(pg_id, node_id, ok))
-
     # --- logs and events ------------------------------------------------------------------------
-    def on_logs(self, identity, header, frames):
-        for job_id, batch in header["batches"].items():
-            self.publisher.send_multipart([b"logs:" + job_id, msgpack.packb(batch)])
+    def on_logs(self, identity, msg, frames):
+        node = self._sending_node(identity, protocol.LOGS)
+        if node is None or not node.alive:
+            return
+        for job_id, batch in msg.batches.items():
+            self.publisher.send_multipart([b"logs:" + job_id, msgspec.msgpack.encode(batch)])
 
-    def on_task_events(self, identity, header, frames):
+    def on_task_events(self, identity, msg, frames):
+        if not frames:
+            raise ValueError("task_events carries its events as the first payload frame")
         # Republished as they came; the head's own copy feeds the state API's bounded task table.
         self.publisher.send_multipart([b"event:task", frames[0]])
         self.task_table.apply_batch(frames[0])
@@ -463,7 +518,7 @@ class Head(ActorDirectory, StateQueries, Service):
     def publish(self, topic: bytes, body: dict) -> None:
         self.publisher.send_multipart([topic, msgpack.packb(body)])
 
-    def on_shutdown(self, identity, header, frames):
+    def on_shutdown(self, identity, msg, frames):
         if self.on_stop is not None:
             self.on_stop()
         return {}
@@ -471,7 +526,7 @@ class Head(ActorDirectory, StateQueries, Service):
     def close(self) -> None:
         for monitor in self.node_monitors.values():
             monitor.close(0)
-        for sock in [*self.node_sockets.values(), *self.worker_sockets.values()]:
+        for sock in [*self.node_sockets.values(), *self.actor_directory.worker_sockets.values()]:
             sock.close(0)
         self.publisher.close(0)
         super().close()

@@ -6,8 +6,8 @@ task, bounded: it keeps the most recent ``capacity`` tasks (``EMBER_TASK_TABLE_S
 default), so a long-running cluster's head does not grow with every task it ever saw. A plain class,
 tested without sockets.
 
-:class:`StateQueries` is a mixin of the head that serves ``STATE_QUERY`` from that table and from the
-head's own actor and job tables.
+:class:`StateQueries`, an object the head owns, serves ``STATE_QUERY`` from that table and from the
+head's actor and job tables.
 """
 
 import os
@@ -41,9 +41,19 @@ class TaskTable:
         self.dropped = 0  # tasks forgotten to stay within capacity
 
     def apply_batch(self, payload: bytes) -> None:
-        """One ``TASK_EVENTS`` payload: a msgpack list of [kind, task id, time, fields]."""
-        for kind, task_id, when, fields in msgpack.unpackb(payload, raw=False):
-            self.apply(kind, task_id, when, fields or {})
+        """One ``TASK_EVENTS`` payload: a msgpack list of [kind, task id, time, fields]. Events of any
+        other shape are skipped (a sender's bug must not put junk in the table); ValueError when the
+        payload is not such a list at all."""
+        try:
+            events = msgpack.unpackb(payload, raw=False)
+        except Exception as error:
+            raise ValueError(f"task events must be a msgpack list: {error}") from None
+        if not isinstance(events, list):
+            raise ValueError("task events must be a msgpack list")
+        for event in events:
+            if _well_formed(event):
+                kind, task_id, when, fields = event
+                self.apply(kind, task_id, when, fields or {})
 
     def apply(self, kind: str, task_id: bytes, when: float, fields: dict) -> None:
         state = TASK_STATES.get(kind)
@@ -72,29 +82,34 @@ class TaskTable:
         return list(self.tasks.values())
 
 
-class StateQueries:
-    """Mixin of the head: ``STATE_QUERY`` for ``kind`` "tasks", "actors" or "jobs"."""
-
-    def on_state_query(self, identity, header, frames):
-        kind = header.get("kind")
-        if kind == "tasks":
-            return {"rows": self.task_table.rows(), "dropped": self.task_table.dropped}
-        if kind == "actors":
-            return {"rows": [_actor_row(actor) for actor in self.actors.values()]}
-        if kind == "jobs":
-            return {"rows": list(self.jobs.values())}
-        raise ValueError(f"unknown state query {kind!r}")
-
-
-def _actor_row(actor) -> dict:
-    spec = actor.spec
-    row = actor.public()
-    row.pop("meta", None)
-    row.update(
-        job_id=actor.job_id,
-        is_detached=bool(spec.get("detached")),
-        required_resources=spec.get("resources") or {},
-        placement_group_id=(spec.get("pg") or [None])[0],
-        max_restarts=spec.get("max_restarts", 0),
+def _well_formed(event) -> bool:
+    if not (isinstance(event, list) and len(event) == 4):
+        return False
+    kind, task_id, when, fields = event
+    return (
+        isinstance(kind, str)
+        and isinstance(task_id, bytes)
+        and isinstance(when, (int, float))
+        and not isinstance(when, bool)
+        and (fields is None or isinstance(fields, dict))
+        and isinstance((fields or {}).get("times") or {}, dict)
     )
-    return row
+
+
+class StateQueries:
+    """``STATE_QUERY`` for ``kind`` "tasks", "actors" or "jobs", from the tables it is given: the task
+    table, a function listing the actor rows (the actor directory's) and the head's job table."""
+
+    def __init__(self, task_table: TaskTable, actor_rows, jobs: dict):
+        self.task_table = task_table
+        self.actor_rows = actor_rows
+        self.jobs = jobs
+
+    def on_state_query(self, identity, msg, frames):
+        if msg.kind == "tasks":
+            return {"rows": self.task_table.rows(), "dropped": self.task_table.dropped}
+        if msg.kind == "actors":
+            return {"rows": self.actor_rows()}
+        if msg.kind == "jobs":
+            return {"rows": list(self.jobs.values())}
+        raise ValueError(f"unknown state query {msg.kind!r}")

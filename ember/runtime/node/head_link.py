@@ -26,7 +26,8 @@ class HeadLink:
 
     def __init__(self, head_address: str, node_id: bytes, address: str, resources: dict, host: str):
         self.node_id = node_id
-        self.sock = transport.connect_dealer(head_address)
+        # A fixed identity: the head knows its node managers by it, across reconnections too.
+        self.sock = transport.connect_dealer(head_address, identity=b"node:" + node_id)
         self.logs: dict[bytes, list] = {}  # job id -> log lines not sent yet
         self.dirty = True
         self.last_stats = 0.0
