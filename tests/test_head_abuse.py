@@ -11,8 +11,7 @@ from multinode import LocalCluster
 
 import ember
 from ember import api
-from ember.exceptions import ActorDiedError
-from ember.runtime import protocol, transport
+from ember.runtime import transport
 from ember.runtime.client.core_client import current_client
 
 
