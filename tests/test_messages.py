@@ -60,7 +60,7 @@ SAMPLES = {
             "node_id": NODE,
             "available": {"CPU": -1.0},
             "total": {"CPU": 4.0},
-            "store": {**STORE, "largest": [[OID, 10]]},
+            "store": {**STORE, "spilling": 0, "restoring": 1, "pinned": 2, "largest": [[OID, 10]]},
             "demand": [{"CPU": 1.0}],
             "gpus": [{"gpu_id": 0, "holder": "f (pid 12)", "share": 0.5, "actor": False}],
         },
