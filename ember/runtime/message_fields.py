@@ -57,6 +57,22 @@ class _Part(Struct, kw_only=True, forbid_unknown_fields=True):
     """A nested part of a header (no op of its own)."""
 
 
+class MethodOptions(_Part, kw_only=True, omit_defaults=True):
+    """The options ``@ember.method`` gave an actor method besides ``num_returns`` (ActorHandle applies
+    them; ``retry_exceptions`` is pickled when it lists exception classes)."""
+
+    num_returns: NumReturns = 1
+    name: Name | None = None
+    max_task_retries: Retries | None = None
+    retry_exceptions: bool | bytes | None = None
+    concurrency_group: GroupName | None = None
+    enable_task_events: bool | None = None
+
+
+# Each method's default num_returns, or its options when @ember.method gave others.
+MethodMeta = dict[Name, NumReturns | MethodOptions]
+
+
 class NodeAffinity(_Part, kw_only=True):
     node: Annotated[str, Meta(max_length=256)]
     soft: bool
@@ -145,17 +161,6 @@ class StoreStats(_Part, kw_only=True):
     largest: list[tuple[ObjectId, Size]] = []
 
 
-class MethodOptions(_Part, kw_only=True):
-    """An actor method's @ember.method options, kept in the actor's spec for its callers."""
-
-    num_returns: NumReturns = 1
-    name: Name | None = None
-    concurrency_group: Name | None = None
-    max_task_retries: Retries | None = None
-    retry_exceptions: bool | bytes | None = None  # a list of exception classes travels pickled
-    enable_task_events: bool | None = None
-
-
 class GpuRow(_Part, kw_only=True):
     gpu_id: Count
     holder: Name
@@ -194,7 +199,7 @@ class ActorPublic(_Part, kw_only=True):
     name: Name | None = None
     namespace: Name | None = None
     class_name: Name | None = None
-    meta: dict[str, NumReturns | MethodOptions] | None = None
+    meta: MethodMeta | None = None
 
 
 class Location(Struct, array_like=True, forbid_unknown_fields=True):

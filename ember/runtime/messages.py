@@ -38,6 +38,7 @@ from ember.runtime.message_fields import (  # noqa: F401 - the part types are re
     Key,
     Location,
     LogBatches,
+    MethodMeta,
     MethodOptions,
     Name,
     NodeId,
@@ -167,8 +168,7 @@ class _ActorFields(_TaskFields, tag=False, kw_only=True):
     pg: PlacementInfo | None = None
     env: dict[str, str] | None = None
     owner_actor: ActorId | None = None
-    # Each method's default num_returns, or its @ember.method options (num_returns among them).
-    meta: dict[str, NumReturns | MethodOptions] = {}
+    meta: MethodMeta = {}
 
 
 class ActorSpec(_ActorFields, tag=False, kw_only=True):
@@ -530,9 +530,6 @@ class Reply(Message, tag="reply", kw_only=True):
     dead: bool | None = None  # store_pull: the node that held it died
     ok: bool | None = None  # prepare_bundles
     loc: Location | None = None  # get_object
-    rows: list[dict] | None = None  # state_query
-    dropped: Count | None = None  # state_query (tasks)
-    sizes: dict[str, Count] | None = None  # table_sizes
 
 
 class Error(Message, tag="error", kw_only=True):

@@ -154,7 +154,7 @@ class ActorDirectory:
             name=spec.name,
             namespace=spec.namespace,
             class_name=spec.class_name,
-            meta=dict(spec.meta),
+            meta=msgspec.to_builtins(spec.meta, builtin_types=(bytes,)),  # replies are plain msgpack
             owner_actor=spec.owner_actor,
         )
         actor.subscribers.add(identity)

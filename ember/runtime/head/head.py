@@ -192,9 +192,9 @@ class Head(Service):
         node.available = dict(msg.available)
         node.claimed = {}
         node.resources = total
-        node.store = msgspec.to_builtins(msg.store) if msg.store is not None else {}
+        node.store = msgspec.to_builtins(msg.store, builtin_types=(bytes,)) if msg.store is not None else {}
         node.demand = msg.demand
-        node.gpus = msgspec.to_builtins(msg.gpus)
+        node.gpus = msgspec.to_builtins(msg.gpus, builtin_types=(bytes,))
         if changed:
             self.view_dirty = True
             self.actor_directory.schedule_pending()
