@@ -116,7 +116,7 @@ def test_bad_actor_creations_fail_that_actor_only(cluster):
         answer = ask(sock, {"op": "create_actor", "rid": b"c9", "actor_id": doomed, "job_id": job_id, "spec": spec})
         assert answer["op"] == "reply"
         state = ask(sock, {"op": "subscribe_actor", "rid": b"s9", "actor_id": doomed})["actor"]
-        assert state["state"] == "DEAD" and "cannot be scheduled" in state["death_cause"]
+        assert state["state"] == "DEAD" and "NodeAffinitySchedulingStrategy" in state["death_cause"]
     finally:
         sock.close(0)
     assert ember.get([a.ping.remote() for a in good], timeout=30) == ["pong", "pong"]
