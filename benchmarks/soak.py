@@ -58,13 +58,13 @@ def process_figures(pid: int) -> dict:
 
 def table_sizes() -> dict:
     client = current_client()
-    head = client.request("head", {"op": protocol.TABLE_SIZES})[0]["sizes"]
-    node = client.request("node_manager", {"op": protocol.TABLE_SIZES})[0]["sizes"]
+    head = client.request("head", {"op": protocol.TABLE_SIZES})[0].sizes
+    node = client.request("node_manager", {"op": protocol.TABLE_SIZES})[0].sizes
     submitter = client.submitter
     driver = {
         "waiting": len(client._waiting),
-        "peers": len(client._peers),
-        "objects": len(client._objects),
+        "peers": len(client.peers.sockets),
+        "objects": len(client.objects.entries),
         "shapes": len(submitter.shapes),
         "leases": len(submitter.leases),
         "specs": len(submitter.specs),
@@ -72,7 +72,11 @@ def table_sizes() -> dict:
         "lineage": len(submitter.lineage),
         "dep_waiters": len(submitter.dep_waiters),
     }
-    return {"head": head, "node_manager": node, "driver": driver}
+    return {
+        "head": head,
+        "node_manager": node,
+        "driver": driver,
+    }
 
 
 def run_tasks(count: int, retiring: int) -> float:

@@ -129,7 +129,7 @@ class ActorClass:
         }
         existing = client.submitter.create_actor(actor_id, key, args, kwargs, spec)
         if existing is not None:
-            return ActorHandle(existing["actor_id"], existing["class_name"], existing["meta"], max_task_retries)
+            return ActorHandle(existing.actor_id, existing.class_name, existing.meta or {}, max_task_retries)
         return ActorHandle(actor_id, self._name, meta, max_task_retries, original=True)
 
 
@@ -235,9 +235,9 @@ def exit_actor() -> None:
     raise ActorExit()
 
 
-def handle_from_info(info: dict) -> ActorHandle:
-    """A handle built from the head's description of an actor (``get_actor``)."""
-    return ActorHandle(info["actor_id"], info.get("class_name") or "Actor", info.get("meta") or {})
+def handle_from_info(info) -> ActorHandle:
+    """A handle built from the head's description of an actor (an ``ActorPublic``, see ``get_actor``)."""
+    return ActorHandle(info.actor_id, info.class_name or "Actor", info.meta or {})
 
 
 def kill(handle: ActorHandle, no_restart: bool = True) -> None:

@@ -417,16 +417,16 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     client = connected_client()
     namespace = namespace or client.current_namespace()
     reply, _ = client.request("head", {"op": protocol.GET_NAMED_ACTOR, "name": name, "namespace": namespace})
-    if reply["actor"] is None:
+    if reply.actor is None:
         raise ValueError(
             f"Failed to look up actor {name!r} in namespace {namespace!r}: no live actor has that name there."
         )
-    return handle_from_info(reply["actor"])
+    return handle_from_info(reply.actor)
 
 
 def _nodes_raw() -> list:
     reply, _ = connected_client().request("head", {"op": protocol.GET_NODES})
-    return reply["nodes"]
+    return reply.nodes or []
 
 
 def nodes() -> list:

@@ -67,7 +67,7 @@ def test_dynamic_generator_refs_are_freed_with_the_outer_ref(cluster):
     del kept
     gc.collect()
     wait_for(lambda: not store_files() & created, message="the last value to be freed")
-    objects = current_client()._objects
+    objects = current_client().objects.entries
     wait_for(lambda: not any(oid in objects for oid in inner_ids), message="the owner to forget the values")
 
 

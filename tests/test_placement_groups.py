@@ -145,7 +145,7 @@ def test_infeasible_group_is_reported_and_stays_pending(groups, capsys):
     entry = placement_group_table(pg)
     assert entry["state"] == "PENDING" and entry["stats"]["scheduling_state"] == "INFEASIBLE"
     reply, _ = current_client().request("head", {"op": protocol.GET_NODES})
-    assert {"CPU": 100.0} in reply["pending_bundles"]
+    assert {"CPU": 100.0} in reply.pending_bundles
     ready = pg.ready()
     remove_placement_group(pg)
     with pytest.raises(RuntimeError, match="removed"):

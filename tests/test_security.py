@@ -192,7 +192,7 @@ def targets(cluster, tmp_path):
         "head": cluster.address,
         "publisher": client.publisher_address,
         "node_manager": cluster.address_info["node_manager"],
-        "worker": reply["actor"]["address"],
+        "worker": reply.actor.address,
         "owner": client.address,
     }
     marker_dir = tmp_path / "markers"
@@ -206,7 +206,7 @@ def cluster_still_works(cluster, before_nodes: int) -> None:
     assert ember.get(add.remote(1, 2)) == 3
     assert len([n for n in ember.nodes() if n["Alive"]]) == before_nodes
     reply, _ = current_client().request("head", {"op": protocol.KV_GET, "key": b"fn:stranger"})
-    assert not reply.get("found")
+    assert not reply.found
 
 
 @pytest.mark.parametrize("credentials", ["none", "own key pair and the server's public key"])

@@ -150,7 +150,7 @@ def test_forgotten_dead_actor_answers_as_dead():
         other = A.remote()
         ray.get(other.ping.remote())
         ray.kill(other)
-    sizes = current_client().request("head", {"op": protocol.TABLE_SIZES})[0]["sizes"]
+    sizes = current_client().request("head", {"op": protocol.TABLE_SIZES})[0].sizes
     assert sizes["actors"] == 2 and sizes["dead_actors"] == 2, sizes
     try:
         ray.get(first.ping.remote(), timeout=30)
@@ -183,7 +183,7 @@ def test_finished_jobs_are_forgotten_past_the_cap(tmp_path):
     ''')
     for _ in range(4):
         subprocess.run([sys.executable, "-c", driver, context.address_info["address"]], check=True, timeout=60)
-    sizes = current_client().request("head", {"op": protocol.TABLE_SIZES})[0]["sizes"]
+    sizes = current_client().request("head", {"op": protocol.TABLE_SIZES})[0].sizes
     print("JOBS", sizes["jobs"])
     ray.shutdown()
     """

@@ -530,6 +530,9 @@ class Reply(Message, tag="reply", kw_only=True):
     dead: bool | None = None  # store_pull: the node that held it died
     ok: bool | None = None  # prepare_bundles
     loc: Location | None = None  # get_object
+    rows: list[dict] | None = None  # state_query
+    dropped: Count | None = None  # state_query (tasks)
+    sizes: dict[str, Count] | None = None  # table_sizes
 
 
 class Error(Message, tag="error", kw_only=True):

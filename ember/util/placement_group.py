@@ -13,6 +13,7 @@ from ember.runtime import protocol
 from ember.runtime.head.placement import STRATEGIES
 from ember.runtime.head.placement_groups import check_bundles
 from ember.runtime.ids import new_id, new_task_id, return_object_id
+from ember.runtime.messages import Error, Reply
 from ember.runtime.task_context import current_task
 
 PG_ID_SIZE = 18  # as Ray's PlacementGroupID
@@ -88,15 +89,16 @@ class PlacementGroup:
         ref = client.ref(oid)
         handle = PlacementGroup(self.id, self.bundle_cache)
 
-        def on_reply(header, frames):
+        def on_reply(reply, frames):
             # On the I/O thread: the head answers once the group is created or removed.
             from ember.runtime.serialization import serialize
 
-            if header.get("op") == protocol.REPLY and header.get("state") == "CREATED":
+            state = getattr(reply, "state", None)
+            if isinstance(reply, Reply) and state == "CREATED":
                 data, buffers, _ = serialize(handle, "a placement group")
                 client.complete(oid, inline=(data, [bytes(b) for b in buffers]), size=len(data))
                 return
-            why = header.get("error") or f"it was {str(header.get('state', 'removed')).lower()} before it was created"
+            why = getattr(reply, "error", None) or f"it was {str(state or 'removed').lower()} before it was created"
             client.complete(oid, error=RuntimeError(f"Placement group {self.id.hex()} is not ready: {why}."))
 
         request = {"op": protocol.WAIT_PLACEMENT_GROUP, "pg_id": self.id.binary()}
@@ -109,16 +111,16 @@ class PlacementGroup:
         answer = concurrent.futures.Future()
         rid = new_id(8)
         request = {"op": protocol.WAIT_PLACEMENT_GROUP, "rid": rid, "pg_id": self.id.binary()}
-        client.call_soon(client.send, "head", request, (), lambda header, _: answer.set_result(header))
+        client.call_soon(client.send, "head", request, (), lambda reply, _: answer.set_result(reply))
         try:
-            header = answer.result(timeout_seconds)
+            reply = answer.result(timeout_seconds)
         except concurrent.futures.TimeoutError:
             # Stop listening: a late answer is then dropped instead of kept for nobody.
-            client.call_soon(client._waiting.pop, rid, None)
+            client.call_soon(client.forget_reply, rid)
             return False
-        if header.get("op") == protocol.ERROR:
+        if isinstance(reply, Error):
             raise ValueError(f"Placement group {self.id.hex()} does not exist.")
-        return header.get("state") == "CREATED"
+        return getattr(reply, "state", None) == "CREATED"
 
     def __eq__(self, other):
         return isinstance(other, PlacementGroup) and other.id == self.id
@@ -169,10 +171,10 @@ def placement_group(
             "soft_target": bytes.fromhex(_soft_target_node_id) if _soft_target_node_id else None,
         },
     )
-    if reply.get("infeasible"):
+    if reply.infeasible:
         # Only the resources the bundles ask for: a node's full list (with every group's) says little.
         asked = {resource for bundle in bundles for resource in bundle}
-        nodes = [{k: v for k, v in total.items() if k in asked} for total in reply.get("total", [])]
+        nodes = [{k: v for k, v in total.items() if k in asked} for total in reply.total or []]
         print(
             f"Warning: placement group {name or pg_id.hex()} with bundles {bundles} and strategy {strategy} "
             f"cannot be placed on any set of nodes in the cluster (nodes have {nodes}). "
@@ -201,7 +203,7 @@ def _from_wire(entry: dict | None) -> dict | None:
 
 def _table_entry(pg_id: bytes) -> dict | None:
     reply, _ = connected_client().request("head", {"op": protocol.PLACEMENT_GROUP_TABLE, "pg_id": pg_id})
-    return _from_wire(reply["entry"])
+    return _from_wire(reply.entry)
 
 
 def placement_group_table(placement_group: PlacementGroup | None = None) -> dict:
@@ -210,7 +212,7 @@ def placement_group_table(placement_group: PlacementGroup | None = None) -> dict
     if placement_group is not None:
         return _table_entry(placement_group.id.binary()) or {}
     reply, _ = connected_client().request("head", {"op": protocol.PLACEMENT_GROUP_TABLE})
-    return {key: _from_wire(entry) for key, entry in reply["table"].items()}
+    return {key: _from_wire(entry) for key, entry in (reply.table or {}).items()}
 
 
 def get_placement_group(placement_group_name: str) -> PlacementGroup:
@@ -226,7 +228,9 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
             "namespace": client.current_namespace(),
         },
     )
-    entry = _from_wire(reply["entry"])
+    entry = _from_wire(reply.entry)
+    if entry is None:
+        raise ValueError(f"There is no placement group named {placement_group_name!r}.")
     bundles = [entry["bundles"][i] for i in sorted(entry["bundles"])]
     return PlacementGroup(PlacementGroupID(bytes.fromhex(entry["placement_group_id"])), bundles)
 

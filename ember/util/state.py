@@ -121,9 +121,10 @@ class PlacementGroupState:
 
 
 # --- the queries ---------------------------------------------------------------------------------
-def _query(kind: str) -> dict:
+def _query(kind: str) -> list:
+    """The head's rows of one state table."""
     reply, _ = connected_client().request("head", {"op": protocol.STATE_QUERY, "kind": kind})
-    return reply
+    return reply.rows or []
 
 
 def _hex(value):
@@ -219,10 +220,11 @@ def _object_states() -> list:
     client = connected_client()
     ip = client.address.split("//")[-1].rsplit(":", 1)[0] if client.address else ""
     kind = "DRIVER" if client.kind == "driver" else "WORKER"
-    with client._lock:
-        entries = list(client._objects.items())
-        local = dict(client.references.local)
-        owned = dict(client.references.owned)
+    objects = client.objects
+    with objects.lock:
+        entries = list(objects.entries.items())
+        local = dict(objects.references.local)
+        owned = dict(objects.references.owned)
     states = []
     for oid, entry in entries:
         status = {PENDING: "PENDING_NODE_ASSIGNMENT", FAILED: "FAILED"}.get(entry.state, "FINISHED")
@@ -306,13 +308,13 @@ def _basic(item):
 
 def list_tasks(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout=None, detail: bool = False, **_):
     """The cluster's recent tasks and actor calls, oldest first, as TaskState (see the module's notes)."""
-    rows = _query("tasks")["rows"]
+    rows = _query("tasks")
     return _select([_task_state(row) for row in rows], filters, limit, detail, "tasks")
 
 
 def list_actors(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout=None, detail: bool = False, **_):
     """Every actor the head knows, dead ones included, as ActorState."""
-    rows = _query("actors")["rows"]
+    rows = _query("actors")
     return _select([_actor_state(row) for row in rows], filters, limit, detail, "actors")
 
 
@@ -328,7 +330,7 @@ def list_nodes(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout=N
 
 def list_jobs(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout=None, detail: bool = False, **_):
     """The jobs (drivers) the cluster has had, as JobState."""
-    rows = _query("jobs")["rows"]
+    rows = _query("jobs")
     return _select([_job_state(row) for row in rows], filters, limit, detail, "jobs")
 
 
@@ -374,7 +376,7 @@ def timeline(filename: str | None = None):
     ``pid`` the node, ``tid`` the worker process. Writes them as JSON to ``filename`` if given (and
     returns None), else returns the list. Covers the tasks in the head's recent-task table."""
     events = []
-    for row in _query("tasks")["rows"]:
+    for row in _query("tasks"):
         start, end = row.get("running"), row.get("finished", row.get("failed"))
         if start is None or end is None:
             continue

@@ -6,8 +6,9 @@ Data flow::
     head --actor_update (ALIVE with an address, RESTARTING, DEAD)--> resend or fail what was in flight
     creator drops its only handle --actor_handle_released--> head (once queued calls have drained)
 
-A mixin of :class:`~ember.runtime.client.task_submitter.TaskSubmitter`: calls share its task specs,
-argument resolution, results and cancellation.
+Owned by the :class:`~ember.runtime.client.task_submitter.TaskSubmitter` (``submitter.actor_calls``):
+calls are task specs of the submitter, whose ``new_spec``, ``resolve``, ``record``, ``fail`` and
+``should_retry`` they use; ``enqueue``, ``argument_ready`` and ``cancel`` are what it calls here.
 """
 
 import collections
@@ -15,6 +16,8 @@ from functools import partial
 
 from ember import exceptions
 from ember.runtime import protocol
+from ember.runtime.client.task_spec import refused_result
+from ember.runtime.messages import ActorPublic
 
 ALIVE, RESTARTING, DEAD = "ALIVE", "RESTARTING", "DEAD"
 
@@ -36,9 +39,14 @@ class ActorState:
 
 
 class ActorCalls:
+    def __init__(self, submitter):
+        self.submitter = submitter
+        self.client = submitter.client
+        self.actors: dict[bytes, ActorState] = {}  # actor id -> the calls we make to it
+
     def create_actor(self, actor_id: bytes, class_key: bytes, args, kwargs, spec_fields: dict):
         """Register a new actor with the head; returns the existing actor's info for get_if_exists."""
-        spec = self._new_spec(spec_fields["class_name"], 1, args, kwargs, {"cid": class_key})
+        spec = self.submitter.new_spec(spec_fields["class_name"], 1, args, kwargs, {"cid": class_key})
         header = dict(spec_fields)
         header.update(spec.header)
         header["refs"] = [[key, "r", ref._id, ref._owner] for key, ref in spec.refs]
@@ -52,7 +60,7 @@ class ActorCalls:
             {"op": protocol.CREATE_ACTOR, "actor_id": actor_id, "job_id": header["job"], "spec": header},
             spec.frames,
         )
-        return reply.get("existing")
+        return reply.existing
 
     def submit_actor_task(
         self,
@@ -71,14 +79,47 @@ class ActorCalls:
         header = {"op": protocol.ACTOR_CALL, "method": method, "nret": num_returns}
         if concurrency_group is not None:
             header["cgroup"] = concurrency_group
-        spec = self._new_spec(name, num_returns, args, kwargs, header)
+        spec = self.submitter.new_spec(name, num_returns, args, kwargs, header)
         spec.actor = actor_id
         spec.retries_left = max_task_retries
         spec.retry_exceptions = retry_exceptions
         spec.events = task_events
-        outputs = self._outputs(spec)
-        self.client.call_soon(self._submit, spec)
+        outputs = self.submitter.outputs(spec)
+        self.client.call_soon(self.submitter.submit, spec)
         return outputs
+
+    def enqueue(self, spec) -> None:
+        """On the I/O thread: a call submitted (its arguments may still be pending)."""
+        state = self.actors.get(spec.actor)
+        if state is None:
+            state = self.actors[spec.actor] = ActorState(spec.actor)
+        if not state.subscribed:
+            state.subscribed = True
+            self.client.send(
+                "head",
+                {"op": protocol.SUBSCRIBE_ACTOR, "actor_id": spec.actor},
+                callback=self.on_actor_update,
+            )
+        state.queue.append(spec)
+        self._pump_actor(state)
+
+    def argument_ready(self, spec) -> None:
+        """On the I/O thread: the last pending argument of a queued call is ready."""
+        state = self.actors.get(spec.actor)
+        if state is not None:  # else the actor died and its calls failed already
+            self._pump_actor(state)
+
+    def cancel(self, spec, error: Exception, recursive: bool) -> None:
+        """On the I/O thread: a queued call fails at once; a sent one is cancelled by the actor's worker."""
+        state = self.actors.get(spec.actor)
+        if state is not None and spec in state.queue:
+            state.queue.remove(spec)
+            self.submitter.fail(spec, error)
+            self._maybe_release(state)
+        elif state is not None and state.client_address:
+            self.client.send(
+                state.client_address, {"op": protocol.CANCEL_TASK, "task_id": spec.task_id, "recursive": recursive}
+            )
 
     def _pump_actor(self, state: ActorState) -> None:
         self._send_actor_calls(state)
@@ -92,7 +133,7 @@ class ActorCalls:
         if state.state == DEAD:
             while state.queue:
                 spec = state.queue.popleft()
-                self._fail(
+                self.submitter.fail(
                     spec, exceptions.ActorDiedError(state.death_cause or "The actor is dead.", state.actor_id.hex())
                 )
             return
@@ -102,25 +143,30 @@ class ActorCalls:
             spec = state.queue.popleft()
             if spec.cancelled:
                 continue
-            frames, error = self._resolve(spec, state.node_id)
+            frames, error = self.submitter.resolve(spec, state.node_id)
             if error is not None:
-                self._finish_with_error(spec, error)
+                self.submitter.fail(spec, error)
                 continue
             state.inflight[spec.task_id] = spec
             self.client.send(state.address, spec.header, frames)
             if spec.events:
                 self.client.task_event("running", spec.task_id, node=state.node_id, pid=state.pid)
-            self.client._waiting[spec.task_id] = partial(self._on_actor_result, state, spec)
+            self.client.expect_reply(spec.task_id, partial(self._on_actor_result, state, spec))
 
-    def _on_actor_result(self, state: ActorState, spec, header, frames) -> None:
+    def _on_actor_result(self, state: ActorState, spec, result, frames) -> None:
         state.inflight.pop(spec.task_id, None)
-        if header.get("err") and self._should_retry(spec, frames[0]):
+        refused = refused_result(spec, result, frames)
+        if refused is not None:
+            self.submitter.fail(spec, refused)
+            self._maybe_release(state)
+            return
+        if result.err and self.submitter.should_retry(spec, frames[0]):
             # retry_exceptions: the call goes again, ahead of the calls queued after it.
             spec.retries_left -= 1 if spec.retries_left > 0 else 0
             state.queue.appendleft(spec)
             self._pump_actor(state)
             return
-        self._record(spec, header, frames)
+        self.submitter.record(spec, result, frames)
         self._maybe_release(state)
 
     def release_actor(self, actor_id: bytes) -> None:
@@ -138,27 +184,30 @@ class ActorCalls:
             state.released = False
             self.client.send("head", {"op": protocol.ACTOR_HANDLE_RELEASED, "actor_id": state.actor_id})
 
-    def on_actor_update(self, header, frames=None) -> None:
-        info = header.get("actor")
+    def on_actor_update(self, msg, frames=None) -> None:
+        """The head's news of an actor: a push (``ActorUpdate``) or the reply to our subscription."""
+        info: ActorPublic | None = getattr(msg, "actor", None)
         if info is None:
             return
-        state = self.actors.get(info["actor_id"])
+        state = self.actors.get(info.actor_id)
         if state is None:
             return
-        new_state = info["state"]
+        new_state = info.state
+        if new_state == ALIVE and (info.address is None or info.client_address is None):
+            return  # an ALIVE actor we could not call: not something the head sends
         if new_state in (RESTARTING, DEAD) and state.address is not None:
             self.client.close_peer(state.address)
             retry = []
             for spec in state.inflight.values():
-                self.client._waiting.pop(spec.task_id, None)
+                self.client.forget_reply(spec.task_id)
                 if new_state == RESTARTING and spec.retries_left != 0 and not spec.cancelled:
                     spec.retries_left -= 1 if spec.retries_left > 0 else 0
                     retry.append(spec)
                 else:
-                    self._fail(
+                    self.submitter.fail(
                         spec,
                         exceptions.ActorDiedError(
-                            info.get("death_cause")
+                            info.death_cause
                             or "The actor died while running this call "
                             "(it is being restarted; set max_task_retries to retry calls).",
                             state.actor_id.hex(),
@@ -168,12 +217,12 @@ class ActorCalls:
             state.queue.extendleft(reversed(retry))
             state.address = state.client_address = None
         state.state = new_state
-        state.death_cause = info.get("death_cause", "")
+        state.death_cause = info.death_cause
         if new_state == ALIVE:
-            state.address = info["address"]
-            state.client_address = info["client_address"]
-            state.node_id = info.get("node_id")
-            state.pid = info.get("pid")
+            state.address = info.address
+            state.client_address = info.client_address
+            state.node_id = info.node_id
+            state.pid = info.pid
         if new_state == DEAD:
             state.keepalive = None
         self._pump_actor(state)

@@ -18,15 +18,21 @@ each a wake-up that costs tens of microseconds on small machines. A thread waiti
 runs the loop itself when it is free, and the I/O thread stays out of its way for
 ``LEAD_GRACE`` seconds after, so a loop of sync calls runs with no hand-off at all.
 
-What the client owns and borrows, and how values are read, is in :mod:`ember.runtime.client.ownership`;
-how tasks and actor calls reach workers is in :mod:`ember.runtime.client.task_submitter`.
+The client is composed of parts with their own state: ``objects`` (:mod:`~ember.runtime.client.ownership`:
+what this process owns and borrows, and reading values), ``submitter``
+(:mod:`~ember.runtime.client.task_submitter`: how tasks and actor calls reach workers), ``peers``
+(:mod:`~ember.runtime.client.peers`) and ``events`` (:mod:`~ember.runtime.client.task_events`). They
+reach the sockets only through the client's ``send``/``request``/``reply``/``call_soon``.
+
+Every message that arrives is validated where it enters (:mod:`ember.runtime.messages`): requests to
+the owner service by the ``owner`` schema, pushes and replies on the DEALER sockets by the ``client``
+schema. A message that does not fit is logged and dropped; it never reaches a handler.
 """
 
 import collections
 import concurrent.futures
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -34,11 +40,15 @@ import time
 import msgpack
 import zmq
 
-from ember.runtime import protocol, transport
+from ember.runtime import messages, protocol, transport
+from ember.runtime.client.functions import FunctionTable
+from ember.runtime.client.interrupts import hold_interrupts, release_interrupts
 from ember.runtime.client.ownership import Ownership, node_suffix
+from ember.runtime.client.peers import PeerSockets
+from ember.runtime.client.task_events import TaskEventBatcher
 from ember.runtime.ids import new_id
-from ember.runtime.serialization import deserialize
-from ember.runtime.service import read_eof, unwrap
+from ember.runtime.messages import BadMessage, Error, decode_header
+from ember.runtime.service import Dispatcher, read_eof, unwrap
 from ember.runtime.task_context import current_task
 
 logger = logging.getLogger(__name__)
@@ -48,10 +58,6 @@ _client = None
 TIMER_PERIOD = 0.02  # how often idle leases are checked for return, while we hold any
 IDLE_POLL = 1.0  # the longest the I/O thread sleeps with nothing to do
 LEAD_GRACE = 0.002  # how long the I/O thread stays aside after a user thread led the loop
-EVENT_PERIOD = 0.1  # a task's events are held this long (a short task's go out as one record)
-MAX_HELD_EVENTS = 20_000  # past this many held records, they all go out at once
-MAX_IDLE_PEERS = 64  # sockets kept open to workers whose leases went back (see release_peer)
-PEER_IDLE_CLOSE = 5.0  # seconds such a socket stays open unused
 
 # Errors a service may answer with that the caller should see as their own type.
 _REMOTE_ERRORS = {
@@ -60,6 +66,25 @@ _REMOTE_ERRORS = {
     "KeyError": KeyError,
     "BadMessage": ValueError,  # a request the service refused (ember.runtime.messages)
 }
+
+# What other packages call on the client that ``objects`` answers (bound in CoreClient.__init__).
+OBJECT_CALLS = (
+    "get",
+    "wait",
+    "put",
+    "put_serialized",
+    "free",
+    "future_for",
+    "ref",
+    "new_owned",
+    "complete",
+    "read_stored",
+    "store_put",
+    "pin_returned_refs",
+    "flush_borrows",
+    "add_local_reference",
+    "remove_local_reference",
+)
 
 
 def current_client(required: bool = True):
@@ -75,7 +100,9 @@ def set_current_client(client) -> None:
     _client = client
 
 
-class CoreClient(Ownership):
+class CoreClient:
+    """A driver's or worker's connection to the cluster: the I/O loop and the parts it drives."""
+
     def __init__(
         self,
         head_address: str,
@@ -105,9 +132,8 @@ class CoreClient(Ownership):
         self.address: str | None = None
         self.publisher_address: str | None = None
 
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
-        self._init_ownership()
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)  # notified when waiters in get/wait should look again
         self._calls: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -117,17 +143,14 @@ class CoreClient(Ownership):
         self._lead_until = 0.0  # the I/O thread stays aside until then (see lead_once)
         self._resume = threading.Event()  # wakes the I/O thread early when it stands aside
         self._held_interrupts = None  # (SIGINT handler, signals held) while the main thread leads
-        self._waiting: dict = {}  # request id -> callback(header, frames)
-        self._peers: dict[str, zmq.Socket] = {}
-        self._idle_peers: collections.OrderedDict = collections.OrderedDict()  # see release_peer
-        self._exported: set = set()
-        self._functions: dict = {}
-        self._jobs: dict = {}  # job id -> its configuration (see job_config)
-        self._store_deletes: list = []
-        self._pins: collections.deque = collections.deque()  # (oid, True: mapped | False: let go), in order
+        self._waiting: dict = {}  # request id -> callback(reply Struct, frames)
+        self.peers: PeerSockets | None = None  # made on the I/O thread, with the poller
+        self.functions = FunctionTable(self)
+        for name in ("export", "load_function", "job_config", "current_namespace"):
+            setattr(self, name, getattr(self.functions, name))
         self._logs: dict[bytes, list] = {}
-        self._task_events: list = []
-        self._event_records: dict = {}  # task id -> its record in the batch being built
+        self.events = TaskEventBatcher(lambda: self.job_id)
+        self.task_event = self.events.note
         self.node_addresses: dict[bytes, str] = {}  # node id -> its node manager's address
         self._dead_nodes: set = set()
         self._refreshing_nodes = False
@@ -138,7 +161,12 @@ class CoreClient(Ownership):
 
         from ember.runtime.client.task_submitter import TaskSubmitter
 
-        self.submitter = TaskSubmitter(self)
+        self.objects = Ownership(self)
+        self.references = self.objects.references
+        for name in OBJECT_CALLS:
+            setattr(self, name, getattr(self.objects, name))
+        self.submitter = TaskSubmitter(self, self.objects)
+        self.objects.tasks = self.submitter
         self._thread = threading.Thread(target=self._run, name="ember-io", daemon=True)
         self._thread.start()
         self._started.wait()
@@ -154,12 +182,13 @@ class CoreClient(Ownership):
             # process after this one dies, and borrowers must not mistake one for the other.
             # It also names our node: when a node dies, whoever borrowed from us learns we are gone.
             self.address = f"{endpoint}#{self.client_id.hex()[:12]}{node_suffix(self.node_id)}"
-            self.references.address = self.address
+            self.objects.references.address = self.address
             self._head = transport.connect_dealer(self.head_address)
             self._node_manager = transport.connect_dealer(self.node_manager_address)
             for sock in (self._server, self._head, self._node_manager):
                 self._poller.register(sock, zmq.POLLIN)
             self._poller.register(self._wake_r, zmq.POLLIN)
+            self.peers = PeerSockets(self._poller, self.submitter.uses_peer)
             self._subscriber = None
             if self.watch_stdin:
                 os.set_blocking(0, False)
@@ -169,19 +198,20 @@ class CoreClient(Ownership):
             self._started.set()
             return
         self._started.set()
-        from ember.runtime.client.task_submitter import PUSH_HANDLERS
-
-        push_handlers = {op: getattr(self.submitter, name) for op, name in PUSH_HANDLERS.items()}
-        push_handlers[protocol.OWNER_DIED] = self.on_owner_died
-        push_handlers[protocol.NODE_DEAD] = self.on_node_dead
-        push_handlers[protocol.EXIT_IF_IDLE] = self._on_exit_if_idle
-        server_table = {
-            protocol.GET_OBJECT: self._serve_get_object,
-            protocol.ADD_BORROWER: self._serve_add_borrower,
-            protocol.REMOVE_BORROWER: self._serve_remove_borrower,
+        # Pushes by message type; every other message is a reply, matched by its request id.
+        self._push_handlers = {
+            **self.submitter.push_handlers(),
+            messages.OwnerDied: self.objects.on_owner_died,
+            messages.NodeDead: self.objects.on_node_dead,
+            messages.ExitIfIdle: self._on_exit_if_idle,
+        }
+        owner_service = {
+            protocol.GET_OBJECT: self.objects.serve_get_object,
+            protocol.ADD_BORROWER: self.objects.serve_add_borrower,
+            protocol.REMOVE_BORROWER: self.objects.serve_remove_borrower,
             protocol.CANCEL_TASK: self._serve_cancel,
         }
-        self._push_handlers, self._server_table = push_handlers, server_table
+        self._owner_service = Dispatcher(owner_service, self.reply, schema="owner", name="owner service")
         self._next_tick = 0.0
         while not self._closed:
             with self._loop_lock:
@@ -202,31 +232,31 @@ class CoreClient(Ownership):
         """On the I/O thread: while a user thread leads the loop, keep out of its way."""
         if time.monotonic() >= self._lead_until:
             return
-        with self._cond:
-            self._cond.notify_all()  # a thread that asked to lead may now
+        with self.cond:
+            self.cond.notify_all()  # a thread that asked to lead may now
         while not self._closed and (remaining := self._lead_until - time.monotonic()) > 0:
             self._resume.wait(min(remaining, IDLE_POLL))
             self._resume.clear()
 
     def lead_once(self, timeout: float | None) -> None:
-        """From a user thread holding ``_cond`` (once), whose objects are pending: run one round of
-        the loop here if it is free, else wait on ``_cond`` for whoever runs it. Returns after a
+        """From a user thread holding ``cond`` (once), whose objects are pending: run one round of
+        the loop here if it is free, else wait on ``cond`` for whoever runs it. Returns after a
         round or a notification; the caller checks its objects again, and calls ``stop_leading``
         when it is done waiting."""
         limit = IDLE_POLL if timeout is None else max(0.0, min(timeout, IDLE_POLL))
         if self._closed or threading.current_thread() is self._thread:
-            self._cond.wait(limit)
+            self.cond.wait(limit)
             return
         if not self._loop_lock.acquire(blocking=False):
             # The I/O thread is polling: ask it to stand aside (it notifies us), or wait for a result.
             self._lead_until = time.monotonic() + LEAD_GRACE
             self.wake()
-            self._cond.wait(limit)
+            self.cond.wait(limit)
             return
-        self._lock.release()
+        self.lock.release()
         try:
             if self._held_interrupts is None and threading.current_thread() is threading.main_thread():
-                self._held_interrupts = self._hold_interrupts()
+                self._held_interrupts = hold_interrupts(self._wake_w)
             self._loop_owner = threading.get_ident()
             self._lead_until = float("inf")
             if not self._closed:
@@ -235,48 +265,24 @@ class CoreClient(Ownership):
             self._lead_until = time.monotonic() + LEAD_GRACE
             self._loop_owner = None
             self._loop_lock.release()
-            self._lock.acquire()
+            self.lock.acquire()
         if self._held_interrupts and self._held_interrupts[1] and threading.current_thread() is threading.main_thread():
             self._release_interrupts()
 
+    def _release_interrupts(self) -> None:
+        guard, self._held_interrupts = self._held_interrupts, None
+        release_interrupts(guard)
+
     def stop_leading(self) -> None:
         """After ``lead_once``: threads still waiting may lead the loop now; a held SIGINT runs."""
-        with self._cond:
-            self._cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
         if self._held_interrupts is not None and threading.current_thread() is threading.main_thread():
             self._release_interrupts()
 
-    def _hold_interrupts(self):
-        """On the main thread, hold back SIGINT's handler (KeyboardInterrupt, a task's cancellation)
-        while this thread leads the loop: raised in the middle of handling a message, it would lose
-        the message. The signal ends the poll; its handler runs between rounds (_release_interrupts).
-        Returns (previous handler, signals held), or False when there is no Python handler."""
-        previous = signal.getsignal(signal.SIGINT)
-        if not callable(previous):
-            return False
-        held: list = []
-
-        def hold(signum, frame):
-            held.append((signum, frame))
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
-
-        signal.signal(signal.SIGINT, hold)
-        return previous, held
-
-    def _release_interrupts(self) -> None:
-        guard, self._held_interrupts = self._held_interrupts, None
-        if guard:
-            previous, held = guard
-            signal.signal(signal.SIGINT, previous)
-            if held:
-                previous(*held[0])  # KeyboardInterrupt (or a task's cancellation) raises here, safely
-
     def _poll_once(self, limit: float = IDLE_POLL) -> None:
         # Wake up for timers only while there are leases to return; idle, sleep until a message.
-        busy = self.submitter.leases or self._releases or self._task_events
+        busy = self.submitter.leases or self.objects.releases or self.events
         timeout = max(0.0, self._next_tick - time.monotonic()) if busy else IDLE_POLL
         for sock, _ in self._poller.poll(min(timeout, limit) * 1000):
             if sock == self._wake_r:
@@ -294,15 +300,15 @@ class CoreClient(Ownership):
         self._flush()
         if self.changed:
             # One wake-up for all the objects completed in this round, not one per object.
-            with self._cond:
+            with self.cond:
                 self.changed = False
-                self._cond.notify_all()
+                self.cond.notify_all()
         now = time.monotonic()
         if now >= self._next_tick:
             self._next_tick = now + TIMER_PERIOD
             self.submitter.tick(now)
-            if self._idle_peers:
-                self._close_idle_peers(now)
+            if self.peers.idle:
+                self.peers.close_idle(now)
 
     def _drain(self, sock) -> None:
         """Handle what is queued on ``sock``, without blocking, so a burst costs one poll."""
@@ -315,25 +321,26 @@ class CoreClient(Ownership):
                 return
             try:
                 if sock is self._server:
-                    self._serve(frames, self._server_table)
+                    self._owner_service.dispatch(frames[0], frames[1:])
                 elif sock is self._subscriber:
                     self._on_logs(frames)
                 else:
-                    self._on_message(frames, self._push_handlers)
+                    self._on_message(frames)
             except Exception:
                 logger.exception("error while handling a message")
 
     def _run_calls(self) -> None:
         # Until nothing is left: a call or a release may queue more calls (say, a borrower message
         # when a freed object held refs), and what is queued now must not wait for the next round.
-        while self._calls or self._releases:
+        objects = self.objects
+        while self._calls or objects.releases:
             while self._calls:
                 fn, args = self._calls.popleft()
                 try:
                     fn(*args)
                 except Exception:
                     logger.exception("error in %s", getattr(fn, "__name__", fn))
-            self._drain_releases()
+            objects.drain_releases()
 
     def call_soon(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the I/O thread."""
@@ -349,20 +356,25 @@ class CoreClient(Ownership):
             except OSError:
                 pass
 
-    def _on_message(self, frames: list, push_handlers: dict) -> None:
-        header, payload = protocol.decode(frames)
-        handler = push_handlers.get(header["op"])
-        if handler is not None:
-            handler(header, payload)
+    def _on_message(self, frames: list) -> None:
+        """A push or a reply on one of our DEALER sockets; one that does not fit is dropped."""
+        try:
+            msg = decode_header("client", frames[0])
+        except BadMessage as error:
+            logger.warning("dropped a bad message: %s", error)
             return
-        callback = self._waiting.pop(header.get("rid"), None)
+        handler = self._push_handlers.get(type(msg))
+        if handler is not None:
+            handler(msg, frames[1:])
+            return
+        callback = self._waiting.pop(msg.rid, None)
         if callback is not None:
-            callback(header, payload)
+            callback(msg, frames[1:])
 
     def _on_exit_if_idle(self, header, frames) -> None:
         """The node manager has more idle workers than it wants: exit, unless something would be lost."""
-        self._drain_releases()
-        if self.submitter.idle() and not self.references.holds_anything() and self.exit_allowed():
+        self.objects.drain_releases()
+        if self.submitter.idle() and not self.objects.references.holds_anything() and self.exit_allowed():
             os._exit(0)
         self.send("node_manager", {"op": protocol.EXIT_REFUSED, "wid": self.client_id})
 
@@ -370,33 +382,35 @@ class CoreClient(Ownership):
 
     def _flush(self) -> None:
         """Send what accumulated since the last round: frees, store accesses, log lines."""
-        if self._store_deletes:
+        objects = self.objects
+        if objects.store_deletes:
             by_node: dict = {}
-            for oid, node_id in self._store_deletes:
+            for oid, node_id in objects.store_deletes:
                 by_node.setdefault(node_id, []).append(oid)
-            self._store_deletes = []
+            objects.store_deletes = []
             for node_id, oids in by_node.items():
                 target = "node_manager" if node_id == self.node_id else self.node_addresses.get(node_id)
                 if target is None:
                     if node_id not in self._dead_nodes:  # a node we have not heard of yet: ask, then retry
-                        self._store_deletes += [(oid, node_id) for oid in oids]
+                        objects.store_deletes += [(oid, node_id) for oid in oids]
                         self.refresh_nodes()
                     continue
                 self.send(target, {"op": protocol.STORE_DELETE, "oids": oids})
-        if self._pins:
+        if objects.pins:
             pins, unpins = [], []
-            while self._pins:
-                oid, mapped = self._pins.popleft()
+            while objects.pins:
+                oid, mapped = objects.pins.popleft()
                 (pins if mapped else unpins).append(oid)
             # Pins before unpins: a mapping made and dropped within one round is pinned, then let go.
             touch = {"op": protocol.STORE_TOUCH, "oids": pins, "unpin": unpins}
             self._node_manager.send_multipart(protocol.encode(touch))
         if self._logs:
-            with self._lock:
+            with self.lock:
                 logs, self._logs = self._logs, {}
             self._node_manager.send_multipart(protocol.encode({"op": protocol.WORKER_LOGS, "batches": logs}))
-        if self._task_events and time.monotonic() >= self._events_due:
-            self._flush_task_events()
+        if self.events and self.events.due(time.monotonic()):
+            payload = msgpack.packb(self.events.take_due(time.monotonic()))
+            self._head.send_multipart(protocol.encode({"op": protocol.TASK_EVENTS}, [payload]))
 
     def refresh_nodes(self) -> None:
         """On the I/O thread: learn the node managers' addresses from the head (once at a time)."""
@@ -404,9 +418,9 @@ class CoreClient(Ownership):
             return
         self._refreshing_nodes = True
 
-        def on_reply(header, frames):
+        def on_reply(reply, frames):
             self._refreshing_nodes = False
-            for node in header.get("nodes", ()):
+            for node in getattr(reply, "nodes", None) or ():
                 if node["alive"]:
                     self.node_addresses[node["node_id"]] = node["address"]
                 else:
@@ -417,53 +431,9 @@ class CoreClient(Ownership):
     def forget_node(self, node_id: bytes) -> None:
         address = self.node_addresses.pop(node_id, None)
         self._dead_nodes.add(node_id)
-        self._store_deletes = [(oid, node) for oid, node in self._store_deletes if node != node_id]
+        self.objects.store_deletes = [(oid, node) for oid, node in self.objects.store_deletes if node != node_id]
         if address is not None:
             self.close_peer(address)
-
-    def _flush_task_events(self) -> None:
-        """Send the records first seen at least EVENT_PERIOD ago; younger ones wait for the next
-        round, as their tasks may finish meanwhile and go out as one record instead of three."""
-        events = self._task_events
-        cutoff = time.monotonic() - EVENT_PERIOD
-        if len(events) >= MAX_HELD_EVENTS:
-            cutoff = float("inf")
-        split = 0
-        while split < len(events) and events[split][4] <= cutoff:  # in first-seen order
-            split += 1
-        send, self._task_events = events[:split], events[split:]
-        for record in send:
-            del self._event_records[record[1]]
-        if self._task_events:
-            self._events_due = self._task_events[0][4] + EVENT_PERIOD
-        if send:
-            payload = msgpack.packb([record[:4] for record in send])
-            self._head.send_multipart(protocol.encode({"op": protocol.TASK_EVENTS}, [payload]))
-
-    def task_event(self, kind: str, task_id: bytes, **fields) -> None:
-        """On the I/O thread: note a state change of a task we own, for the head's event hub.
-
-        Events go out in batches (at most every EVENT_PERIOD seconds) and never wait for anyone, so
-        the widgets that subscribe to them cost the hot path one list append per change.
-        """
-        record = self._event_records.get(task_id)
-        if record is None:
-            if kind == "submitted":
-                fields["job"] = self.job_id
-            now = time.monotonic()
-            if not self._task_events:
-                self._events_due = now + EVENT_PERIOD
-            record = self._event_records[task_id] = [kind, task_id, time.time(), fields, now]
-            self._task_events.append(record)
-            if len(self._task_events) >= MAX_HELD_EVENTS:
-                self._events_due = now  # a long burst: send what we have at the next round
-            return
-        # A later state of a task already in this batch (most tasks, when they are short): one
-        # record in its latest state, with the times of the earlier ones, costs a subscriber a third.
-        merged = record[3]
-        merged.setdefault("times", {})[record[0]] = record[2]
-        merged.update(fields)
-        record[0], record[2] = kind, time.time()
 
     # --- requests ---------------------------------------------------------------------------------
     def socket_for(self, target):
@@ -471,61 +441,42 @@ class CoreClient(Ownership):
             return self._head
         if target == "node_manager":
             return self._node_manager
-        sock = self._peers.get(target)
-        if sock is None:
-            sock = self._peers[target] = transport.connect_dealer(target.split("#", 1)[0])
-            self._poller.register(sock, zmq.POLLIN)
-        elif self._idle_peers:
-            self._idle_peers.pop(target, None)
-        return sock
+        return self.peers.socket(target)
 
     def close_peer(self, address: str | None) -> None:
         """Close our socket to a peer that is gone (or that we will not talk to again)."""
-        self._idle_peers.pop(address, None)
-        sock = self._peers.pop(address, None)
-        if sock is not None:
-            self._poller.unregister(sock)
-            sock.close(0)
+        self.peers.close(address)
 
     def release_peer(self, address: str | None) -> None:
-        """We expect no reply from this peer now: its socket may be closed, so that the open sockets
-        stay bounded. A worker whose lease went back is often leased again soon, so the socket stays
-        open for PEER_IDLE_CLOSE seconds (at most MAX_IDLE_PEERS of them), then closes: the worker
-        may have exited idle since, and we would not hear of it."""
-        if address not in self._peers:
-            return
-        self._idle_peers[address] = time.monotonic()
-        self._idle_peers.move_to_end(address)
-        while len(self._idle_peers) > MAX_IDLE_PEERS:
-            oldest, _ = self._idle_peers.popitem(last=False)
-            if not self.submitter.uses_peer(oldest):
-                self.close_peer(oldest)
-
-    def _close_idle_peers(self, now: float) -> None:
-        # Oldest first: stop at the first one released recently enough.
-        while self._idle_peers:
-            address, since = next(iter(self._idle_peers.items()))
-            if now - since < PEER_IDLE_CLOSE:
-                return
-            del self._idle_peers[address]
-            if not self.submitter.uses_peer(address):
-                self.close_peer(address)
+        """We expect no reply from this peer now (see PeerSockets.release)."""
+        self.peers.release(address)
 
     def send(self, target, header: dict, frames=(), callback=None) -> None:
-        """On the I/O thread: send a message; ``callback(header, frames)`` gets the reply."""
+        """On the I/O thread: send a message; ``callback(reply, frames)`` gets the reply (a Struct of
+        the ``client`` schema: a ``Reply``, an ``Error``, a ``LeaseGranted``, a ``TaskResult``)."""
         if callback is not None:
             rid = header.setdefault("rid", new_id(8))
             self._waiting[rid] = callback
         self.socket_for(target).send_multipart(protocol.encode(header, frames), copy=False)
 
+    def expect_reply(self, rid: bytes, callback) -> None:
+        """On the I/O thread: ``callback(reply, frames)`` gets the reply to a message sent with ``rid``."""
+        self._waiting[rid] = callback
+
+    def forget_reply(self, rid: bytes) -> None:
+        """On the I/O thread: nobody waits for the reply to ``rid`` any more (it is dropped if it comes)."""
+        self._waiting.pop(rid, None)
+
     def request(self, target, header: dict, frames=(), timeout: float | None = 60.0):
-        """From any thread: send a request and wait for its reply; returns (header, frames)."""
+        """From any thread: send a request and wait for its reply; returns (reply, frames), the reply
+        a :class:`~ember.runtime.messages.Reply` (its fields depend on the request; None when absent).
+        An error reply raises, as its own type when it is a ValueError, TypeError or KeyError."""
         future = concurrent.futures.Future()
 
         def on_reply(reply, payload):
-            if reply.get("op") == protocol.ERROR:
-                error_type = _REMOTE_ERRORS.get(reply.get("etype"), RuntimeError)
-                future.set_exception(error_type(reply.get("error", "remote error")))
+            if isinstance(reply, Error):
+                error_type = _REMOTE_ERRORS.get(reply.etype, RuntimeError)
+                future.set_exception(error_type(reply.error or "remote error"))
             else:
                 future.set_result((reply, payload))
 
@@ -537,24 +488,15 @@ class CoreClient(Ownership):
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             # Nobody waits for that reply any more: its entry must not stay in the table for good.
-            self.call_soon(self._waiting.pop, rid, None)
+            self.call_soon(self.forget_reply, rid)
             raise TimeoutError(f"no reply to {header['op']} from {target} within {timeout} s") from None
 
-    def _serve(self, frames: list, table: dict) -> None:
-        identity = frames[0]
-        header, payload = protocol.decode(frames[1:])
-        handler = table.get(header.get("op"))
+    def reply(self, identity: bytes, header: dict, frames=()) -> None:
+        """On the I/O thread: answer a request to our owner service."""
         try:
-            if handler is None:
-                raise ValueError(f"unknown op {header.get('op')!r}")
-            handler(identity, header, payload)
-        except Exception as error:
-            logger.exception("owner service failed on %s", header.get("op"))
-            if header.get("rid") is not None:
-                self._reply(identity, {"op": protocol.ERROR, "rid": header["rid"], "error": str(error)})
-
-    def _reply(self, identity: bytes, header: dict, frames=()) -> None:
-        self._server.send_multipart([identity, *protocol.encode(header, frames)], copy=False)
+            self._server.send_multipart([identity, *protocol.encode(header, frames)], copy=False)
+        except zmq.ZMQError as error:
+            logger.warning("owner service: could not answer %r: %s", identity, error)
 
     # --- start and stop ---------------------------------------------------------------------------
     def connect(self, pid: int | None = None) -> None:
@@ -569,9 +511,9 @@ class CoreClient(Ownership):
                     "entrypoint": " ".join(sys.argv),
                 },
             )
-            self.job_id = reply["job_id"]
-            self.namespace = reply["namespace"]
-            self.publisher_address = reply["publisher"]  # the head's event hub (widgets subscribe)
+            self.job_id = reply.job_id
+            self.namespace = reply.namespace
+            self.publisher_address = reply.publisher  # the head's event hub (widgets subscribe)
             # What every worker running this job's tasks needs: the driver's import path (functions
             # pickled by reference live in the driver's own modules) and the job's runtime_env.
             job = {
@@ -581,7 +523,7 @@ class CoreClient(Ownership):
             }
             self.request("head", {"op": protocol.KV_PUT, "key": b"job:" + self.job_id}, [msgpack.packb(job)])
             if self.log_to_driver:
-                self.call_soon(self._subscribe_logs, reply["publisher"])
+                self.call_soon(self._subscribe_logs, reply.publisher)
         reply, _ = self.request(
             "node_manager",
             {
@@ -593,9 +535,9 @@ class CoreClient(Ownership):
                 "job": self.job_id,
             },
         )
-        self.node_id = reply["node_id"]
+        self.node_id = reply.node_id
         self.call_soon(self.refresh_nodes)
-        self.resources = reply.get("resources", {})
+        self.resources = reply.resources or {}
 
     def _subscribe_logs(self, publisher: str) -> None:
         self._subscriber = transport.connect_subscriber(publisher, [b"logs:" + self.job_id])
@@ -607,7 +549,7 @@ class CoreClient(Ownership):
         done = threading.Event()
 
         def flush():
-            self._drain_releases()
+            self.objects.drain_releases()
             self._flush()
             self.submitter.close()  # return leases before the node manager hears we are gone
             done.set()
@@ -628,8 +570,9 @@ class CoreClient(Ownership):
         os.close(self._wake_w)
 
     def _close_sockets(self) -> None:
-        for sock in [self._server, self._head, self._node_manager, *self._peers.values()]:
+        for sock in [self._server, self._head, self._node_manager]:
             sock.close(0)
+        self.peers.close_all()
         if self._subscriber is not None:
             self._subscriber.close(0)
 
@@ -639,7 +582,7 @@ class CoreClient(Ownership):
         job = (context.job_id if context else None) or self.job_id or b""
         name = context.name if context else "worker"
         tag = context.output_tag if context else None
-        with self._lock:
+        with self.lock:
             first = not self._logs
             self._logs.setdefault(job, []).append([stream, name, os.getpid(), text, tag])
         if first:
@@ -660,49 +603,7 @@ class CoreClient(Ownership):
     # it to show a line under the cell whose ``output_tag`` the line carries.
     log_handler = print_log_line
 
-    # --- functions ----------------------------------------------------------------------------------
-    def export(self, key: bytes, payload: bytes) -> None:
-        """Store a pickled function or class in the head's KV once; workers fetch it by key."""
-        if key in self._exported:
-            return
-        self.request("head", {"op": protocol.KV_PUT, "key": key, "overwrite": False}, [payload])
-        self._exported.add(key)
-
-    def load_function(self, key: bytes, job_id: bytes | None = None):
-        function = self._functions.get(key)
-        if function is None:
-            if job_id is not None:
-                self.job_config(job_id)  # puts the driver's import path on ours first
-            reply, frames = self.request("head", {"op": protocol.KV_GET, "key": key})
-            if not reply["found"]:
-                raise RuntimeError(f"function {key.hex()} was not exported to the cluster")
-            function = self._functions[key] = deserialize(frames[0])
-        return function
-
-    def current_namespace(self) -> str | None:
-        """The namespace of the job we work for: the driver's, or that of the task running here."""
-        context = current_task.get()
-        if context is not None and context.job_id and self.kind == "worker":
-            return self.job_config(context.job_id).get("namespace")
-        return self.namespace
-
-    def job_config(self, job_id: bytes) -> dict:
-        """The job's ``sys_path`` and ``env_vars`` (fetched from the head once per job)."""
-        config = self._jobs.get(job_id)
-        if config is None:
-            import msgpack
-
-            reply, frames = self.request("head", {"op": protocol.KV_GET, "key": b"job:" + job_id})
-            config = (
-                msgpack.unpackb(frames[0]) if reply["found"] else {"sys_path": [], "env_vars": {}, "namespace": None}
-            )
-            for path in config["sys_path"]:
-                if path not in sys.path:
-                    sys.path.append(path)
-            self._jobs[job_id] = config
-        return config
-
-    def _notify_blocked(self, blocked: bool) -> bool:
+    def notify_blocked(self, blocked: bool) -> bool:
         """A worker that waits inside a task lends its CPU to others meanwhile (nested tasks)."""
         context = current_task.get()
         if self.kind != "worker" or context is None or not context.holds_cpu:
@@ -714,6 +615,6 @@ class CoreClient(Ownership):
     # --- cancellation (served for tasks this worker runs) ----------------------------------------------
     cancel_handler = None
 
-    def _serve_cancel(self, identity, header, frames) -> None:
+    def _serve_cancel(self, identity, msg: messages.CancelTask, frames) -> None:
         if self.cancel_handler is not None:
-            self.cancel_handler(header["task_id"], header.get("recursive", True))
+            self.cancel_handler(msg.task_id, msg.recursive)

@@ -9,7 +9,7 @@ from ember.runtime.ids import task_id_of
 def _client():
     from ember.runtime.client.core_client import current_client
 
-    return current_client()
+    return current_client().objects
 
 
 class ObjectRef:
@@ -24,7 +24,8 @@ class ObjectRef:
     def __init__(self, object_id: bytes, owner: str, client=None, _counted: bool = True):
         self._id = object_id
         self._owner = owner
-        self._client = client if client is not None else _client()
+        # The process's Ownership (``client.objects``); a CoreClient passed in stands for its objects.
+        self._client = getattr(client, "objects", client) if client is not None else _client()
         if _counted:
             self._client.add_local_reference(self)
 
@@ -118,7 +119,7 @@ class ObjectRefGenerator:
 
         items = self._stream.items
         if len(items) > self._next:
-            return client._state_of(items[self._next])[0] != PENDING
+            return client.state_of(items[self._next])[0] != PENDING
         return self._stream.done
 
     def is_finished(self) -> bool:

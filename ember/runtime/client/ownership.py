@@ -6,8 +6,9 @@ needed is decided by :class:`~ember.runtime.client.reference_table.ReferenceTabl
 machine; this module feeds it events (ObjectRefs made and dropped, borrowers coming and going,
 values arriving) and carries out what it answers (free a value, tell an owner we borrow or let go).
 
-Mixed into :class:`~ember.runtime.client.core_client.CoreClient`, whose I/O thread runs every method here
-that sends; ``get``, ``wait``, ``put`` and ``future_for`` are called from user threads.
+Owned by :class:`~ember.runtime.client.core_client.CoreClient` (``client.objects``), whose I/O thread
+runs every method here that sends; ``get``, ``wait``, ``put`` and ``future_for`` are called from user
+threads.
 """
 
 import collections
@@ -23,6 +24,7 @@ from ember.runtime import protocol
 from ember.runtime.client.object_ref import ObjectRef
 from ember.runtime.client.reference_table import ReferenceTable
 from ember.runtime.ids import put_object_id
+from ember.runtime.messages import AddBorrower, Error, GetObject, Location, NodeDead, OwnerDied, RemoveBorrower, Reply
 from ember.runtime.node.object_store import layout, object_path, read_object, write_object
 from ember.runtime.serialization import deserialize, serialize
 from ember.runtime.task_context import current_task
@@ -74,18 +76,42 @@ class BorrowedValue:
 
 
 class Ownership:
-    def _init_ownership(self) -> None:
-        self._objects: dict[bytes, ObjectEntry] = {}  # owned objects' states and values
+    """The objects of one process (``CoreClient.objects``).
+
+    ``io`` is the core client: this object sends through it (``send``, ``request``, ``reply``,
+    ``call_soon``), waits with it (``lead_once``), and shares its lock and Condition, so that a
+    value arriving on the I/O thread wakes the threads waiting in ``get``. ``tasks`` (the task
+    submitter, set once it exists) is told when an object is ready or freed, and rebuilds lost ones.
+    What the client's I/O loop reads here: ``releases`` (refs dropped, see ``drain_releases``),
+    ``store_deletes`` ((object, node) pairs to free in stores) and ``pins`` (mappings made and let go).
+    """
+
+    def __init__(self, io):
+        self.io = io
+        self.lock = io.lock
+        self.cond = io.cond
+        self.tasks = None  # the TaskSubmitter (it needs us to exist first)
+        self.entries: dict[bytes, ObjectEntry] = {}  # owned objects' states and values
         self._borrowed: dict[bytes, BorrowedValue] = {}  # fetched copies of foreign objects
         self.references = ReferenceTable()  # who still needs what: all freeing decisions
-        self._releases: collections.deque = collections.deque()
+        self.releases: collections.deque = collections.deque()  # ids of refs dropped (from __del__)
+        self.store_deletes: list = []  # (oid, node id) of values to delete from nodes' stores
+        self.pins: collections.deque = collections.deque()  # (oid, True: mapped | False: let go), in order
         self._dead_owners: set = set()
         self._dead_suffixes: set = set()  # node_suffix() of dead nodes: owners there are gone too
+
+    @property
+    def address(self) -> str | None:
+        return self.io.address
+
+    def entry(self, oid: bytes) -> ObjectEntry | None:
+        """The entry of an object we own (None once freed, or if it is not ours)."""
+        return self.entries.get(oid)
 
     # --- reference counting: events go to the table, its actions are carried out here ----------------
     def add_local_reference(self, ref: ObjectRef) -> None:
         context = current_task.get()
-        with self._lock:
+        with self.lock:
             actions = self.references.add_local(ref._id, ref._owner, in_task=context is not None)
             if actions:
                 self._carry_out(actions, context)
@@ -93,15 +119,15 @@ class Ownership:
     def remove_local_reference(self, oid: bytes) -> None:
         # Runs from __del__, perhaps inside the garbage collector on any thread: no locks here
         # (waking is a flag test and a pipe write).
-        self._releases.append(oid)
-        self.wake()
+        self.releases.append(oid)
+        self.io.wake()
 
-    def _drain_releases(self) -> None:
-        if not self._releases:
+    def drain_releases(self) -> None:
+        if not self.releases:
             return
-        with self._lock:
-            while self._releases:
-                actions = self.references.remove_local(self._releases.popleft())
+        with self.lock:
+            while self.releases:
+                actions = self.references.remove_local(self.releases.popleft())
                 if actions:
                     self._carry_out(actions)
 
@@ -110,20 +136,20 @@ class Ownership:
         for action in actions:
             kind, oid = action[0], action[1]
             if kind == "free":
-                entry = self._objects.pop(oid, None)
+                entry = self.entries.pop(oid, None)
                 if entry is not None and entry.node_id is not None:
-                    self._store_deletes.append((oid, entry.node_id))
+                    self.store_deletes.append((oid, entry.node_id))
                     for node_id in entry.copies or ():
-                        self._store_deletes.append((oid, node_id))
-                self.submitter.forget_lineage(oid)
+                        self.store_deletes.append((oid, node_id))
+                self.tasks.forget_lineage(oid)
                 if entry is not None and entry.futures:  # free() of a pending object: nobody may wait on
-                    self.call_soon(self._settle_freed, oid, entry.futures)
+                    self.io.call_soon(self._settle_freed, oid, entry.futures)
             elif kind == "borrow":
-                self.call_soon(self._send_borrow, oid, action[2], True)
+                self.io.call_soon(self._send_borrow, oid, action[2], True)
             elif kind == "unborrow":
                 self._borrowed.pop(oid, None)
                 if action[2] is not None:
-                    self.call_soon(self._send_borrow, oid, action[2], False)
+                    self.io.call_soon(self._send_borrow, oid, action[2], False)
             elif kind == "defer_borrow":
                 context.borrowed.append(oid)  # registered when the task ends: flush_borrows
 
@@ -131,54 +157,54 @@ class Ownership:
         error = exceptions.ObjectFreedError(oid.hex(), "It was freed with free() before its value arrived.")
         for future in futures:
             if isinstance(future, tuple):  # a peer waiting in _serve_get_object
-                self._reply(future[1], {"op": protocol.ERROR, "rid": future[2], "error": str(error)})
+                self.io.reply(future[1], {"op": protocol.ERROR, "rid": future[2], "error": str(error)})
             elif not future.done():
                 future.set_exception(error)
 
     def _send_borrow(self, oid: bytes, owner: str, add: bool, callback=None) -> None:
         op = protocol.ADD_BORROWER if add else protocol.REMOVE_BORROWER
         try:
-            self.send(owner, {"op": op, "oid": oid, "addr": self.address}, callback=callback)
+            self.io.send(owner, {"op": op, "oid": oid, "addr": self.address}, callback=callback)
         except zmq.ZMQError:
             pass
 
     def flush_borrows(self, borrowed: list) -> None:
         """At the end of a task: tell owners about refs this worker still holds, and wait for their
         acknowledgement, so no owner frees an object between the task's reply and our registration."""
-        with self._lock:
+        with self.lock:
             pairs = self.references.take_deferred(borrowed)
         if not pairs:
             return
         done = threading.Semaphore(0)
         for oid, owner in pairs:
-            self.call_soon(self._send_borrow, oid, owner, True, lambda *_: done.release())
+            self.io.call_soon(self._send_borrow, oid, owner, True, lambda *_: done.release())
         for _ in pairs:
             done.acquire(timeout=10)
 
     def pin_returned_refs(self, refs: list, caller: str) -> list:
         """A task returns a value containing ``refs`` to ``caller``: keep them until the caller (which
         gets their [id, owner] pairs, returned here, with the reply) registers as their borrower."""
-        with self._lock:
+        with self.lock:
             for ref in refs:
                 self._carry_out(self.references.returned_inside_value(ref._id, ref._owner, caller))
         return [[ref._id, ref._owner] for ref in refs]
 
-    def _serve_add_borrower(self, identity, header, frames) -> None:
-        with self._lock:
-            self.references.add_borrower(header["oid"], header["addr"])
-        if header.get("rid") is not None:
-            self._reply(identity, {"op": protocol.REPLY, "rid": header["rid"]})
+    def serve_add_borrower(self, identity, msg: AddBorrower, frames) -> dict:
+        """Owner service: ``msg.addr`` holds a ref to our object ``msg.oid`` (acknowledged when asked)."""
+        with self.lock:
+            self.references.add_borrower(msg.oid, msg.addr)
+        return {}
 
-    def _serve_remove_borrower(self, identity, header, frames) -> None:
-        with self._lock:
-            self._carry_out(self.references.remove_borrower(header["oid"], header["addr"]))
+    def serve_remove_borrower(self, identity, msg: RemoveBorrower, frames) -> None:
+        with self.lock:
+            self._carry_out(self.references.remove_borrower(msg.oid, msg.addr))
 
     # --- owned objects ------------------------------------------------------------------------------
     def new_owned(self, oid: bytes) -> ObjectEntry:
         """A task's return value, pending until the task replies."""
         entry = ObjectEntry(PENDING)
-        with self._lock:
-            self._objects[oid] = entry
+        with self.lock:
+            self.entries[oid] = entry
             self.references.own(oid, ready=False)
         return entry
 
@@ -189,11 +215,11 @@ class Ownership:
         """On the I/O thread: an owned object's value (or error) is known. ``contained``: the
         (id, owner) pairs of refs inside the value, held as long as it is (the worker that made
         them holds them until we register as their borrower, which holding them here does)."""
-        with self._cond:
-            entry = self._objects.get(oid)
+        with self.cond:
+            entry = self.entries.get(oid)
             if entry is None or entry.state != PENDING:
                 if entry is None and node_id is not None:
-                    self._store_deletes.append((oid, node_id))  # nobody wants it any more
+                    self.store_deletes.append((oid, node_id))  # nobody wants it any more
                 return
             entry.inline = inline
             entry.node_id = node_id
@@ -202,11 +228,11 @@ class Ownership:
             entry.error = error
             entry.state = FAILED if error is not None else READY
             futures, entry.futures = entry.futures, []
-            self.changed = True
+            self.io.changed = True
             self._carry_out(self.references.ready(oid, contained))
         for future in futures:
             self._settle_future(future, oid)
-        self.submitter.object_ready(oid)
+        self.tasks.object_ready(oid)
 
     def put(self, value) -> ObjectRef:
         data, buffers, contained = serialize(value, "the value passed to put()")
@@ -221,95 +247,87 @@ class Ownership:
         if size <= INLINE_LIMIT:
             entry.inline = (data, [bytes(b) for b in buffers])
         else:
-            entry.node_id = self.store_put(oid, data, buffers, self.client_id)
+            entry.node_id = self.store_put(oid, data, buffers, self.io.client_id)
         entry.size = size
-        with self._lock:
-            self._objects[oid] = entry
+        with self.lock:
+            self.entries[oid] = entry
             self._carry_out(self.references.own(oid, ready=True, contained=[(r._id, r._owner) for r in contained]))
             return ObjectRef(oid, self.address, self)
 
     def store_put(self, oid: bytes, data, buffers, owner_id: bytes, owner_node: bytes | None = None) -> bytes:
         """Write a value into this node's shared-memory store; returns the node id."""
         header, size = layout(data, buffers)
-        reply, _ = self.request("node_manager", {"op": protocol.STORE_CREATE, "oid": oid, "size": size})
-        if reply.get("full"):
-            raise exceptions.ObjectStoreFullError(reply["full"])
+        reply, _ = self.io.request("node_manager", {"op": protocol.STORE_CREATE, "oid": oid, "size": size})
+        if reply.full:
+            raise exceptions.ObjectStoreFullError(reply.full)
         try:
-            write_object(object_path(store_prefix(self.node_id), oid), data, buffers, header, size)
+            write_object(object_path(store_prefix(self.io.node_id), oid), data, buffers, header, size)
         except BaseException:
-            self.call_soon(
-                self._node_manager.send_multipart,
-                protocol.encode(
-                    {"op": protocol.STORE_SEALED, "oid": oid, "size": 0, "failed": True, "owner": owner_id}
-                ),
-            )
+            failed = {"op": protocol.STORE_SEALED, "oid": oid, "size": 0, "failed": True, "owner": owner_id}
+            self.io.call_soon(self.io.send, "node_manager", failed)
             raise
-        self.call_soon(
-            self._node_manager.send_multipart,
-            protocol.encode(
-                {
-                    "op": protocol.STORE_SEALED,
-                    "oid": oid,
-                    "size": size,
-                    "owner": owner_id,
-                    "owner_node": owner_node or self.node_id,
-                }
-            ),
-        )
-        return self.node_id
+        sealed = {
+            "op": protocol.STORE_SEALED,
+            "oid": oid,
+            "size": size,
+            "owner": owner_id,
+            "owner_node": owner_node or self.io.node_id,
+        }
+        self.io.call_soon(self.io.send, "node_manager", sealed)
+        return self.io.node_id
 
     def read_stored(self, oid: bytes, node_id: bytes):
         """Map a stored object and rebuild its value around the shared memory (no copy). An object
         held by another node is first copied into this node's store, in chunks, by the node managers.
         The object stays pinned in memory (never spilled) while the mapping lives."""
-        if node_id != self.node_id:
-            reply, _ = self.request(
+        if node_id != self.io.node_id:
+            reply, _ = self.io.request(
                 "node_manager", {"op": protocol.STORE_PULL, "oid": oid, "from": node_id}, timeout=None
             )
-            if reply.get("full"):
-                raise exceptions.ObjectStoreFullError(reply["full"])
-            if not reply.get("found"):
-                raise exceptions.ObjectLostError(oid.hex(), f"It could not be fetched: {reply.get('lost')}.")
-            entry = self._objects.get(oid)
+            if reply.full:
+                raise exceptions.ObjectStoreFullError(reply.full)
+            if not reply.found:
+                raise exceptions.ObjectLostError(oid.hex(), f"It could not be fetched: {reply.lost}.")
+            entry = self.entries.get(oid)
             if entry is not None:  # we own it: our copy must be freed with it
-                self.call_soon(self._add_copy, oid, self.node_id)
-            node_id = self.node_id
+                self.io.call_soon(self.add_copy, oid, self.io.node_id)
+            node_id = self.io.node_id
         path = object_path(store_prefix(node_id), oid)
         try:
             data, buffers = read_object(path)
         except FileNotFoundError:
             # Spilled: the node manager copies it back and pins it for us before it answers.
-            reply, _ = self.request("node_manager", {"op": protocol.STORE_RESTORE, "oid": oid}, timeout=None)
-            if reply.get("full"):
-                raise exceptions.ObjectStoreFullError(reply["full"]) from None
-            if not reply.get("found"):
-                why = reply.get("lost", "it is no longer in the object store")
+            reply, _ = self.io.request("node_manager", {"op": protocol.STORE_RESTORE, "oid": oid}, timeout=None)
+            if reply.full:
+                raise exceptions.ObjectStoreFullError(reply.full) from None
+            if not reply.found:
+                why = reply.lost or "it is no longer in the object store"
                 raise exceptions.ObjectLostError(oid.hex(), f"It could not be read: {why}.") from None
             data, buffers = read_object(path)
         else:
-            self._pins.append((oid, True))
+            self.pins.append((oid, True))
         unpin = weakref.finalize(data.obj, self._unpin, oid)
         unpin.atexit = False
         return deserialize(data, buffers)
 
     def _unpin(self, oid: bytes) -> None:
         # Runs when the last view on a mapping goes, maybe in the garbage collector: no locks.
-        self._pins.append((oid, False))
-        self.wake()
+        self.pins.append((oid, False))
+        self.io.wake()
 
-    def _add_copy(self, oid: bytes, node_id: bytes) -> None:
-        entry = self._objects.get(oid)
+    def add_copy(self, oid: bytes, node_id: bytes) -> None:
+        entry = self.entries.get(oid)
         if entry is not None and entry.node_id is not None and node_id != entry.node_id:
             if entry.copies is None:
                 entry.copies = set()
             entry.copies.add(node_id)
 
-    def on_node_dead(self, header, frames=None) -> None:
+    def on_node_dead(self, msg: NodeDead, frames=None) -> None:
         """On the I/O thread: a node died. Its leases' tasks are retried; owned objects it alone held
         are rebuilt by re-running their tasks (lineage) when possible, else fail with ObjectLostError."""
-        node_id = header["node_id"]
-        self.forget_node(node_id)
-        self.submitter.on_node_dead(node_id, header.get("address"))
+        node_id = msg.node_id
+        self.io.forget_node(node_id)
+        self.tasks.on_node_dead(node_id, msg.address)
         # Processes on that node died with it: the objects they owned are lost to their borrowers
         # here, and what they borrowed from us is no longer borrowed.
         suffix = node_suffix(node_id)
@@ -317,17 +335,17 @@ class Ownership:
         gone = {b.owner for b in self._borrowed.values() if b.owner and b.owner.endswith(suffix)}
         gone |= self.references.borrowers_matching(suffix)
         for address in gone:
-            self.on_owner_died({"addr": address})
+            self.owner_died(address)
         rebuild = []
-        with self._cond:
-            for oid, entry in self._objects.items():
+        with self.cond:
+            for oid, entry in self.entries.items():
                 if entry.state != READY or entry.node_id != node_id:
                     continue
                 survivors = (entry.copies or set()) - {node_id}
                 if survivors:
                     entry.node_id = survivors.pop()
                     entry.copies = survivors
-                elif self.submitter.can_rebuild(oid):
+                elif self.tasks.can_rebuild(oid):
                     entry.state = PENDING
                     entry.node_id = None
                     rebuild.append(oid)
@@ -338,13 +356,13 @@ class Ownership:
                         f"It was stored only on node {node_id.hex()}, which died, and it cannot be rebuilt "
                         "(it came from put(), an actor call, or a task with no retries left).",
                     )
-            self.changed = True
-        self.submitter.rebuild(rebuild)
+            self.io.changed = True
+        self.tasks.rebuild(rebuild)
 
-    def _state_of(self, ref: ObjectRef):
+    def state_of(self, ref: ObjectRef):
         """(state, holder) where holder is an ObjectEntry or BorrowedValue; starts fetches."""
         oid = ref._id
-        entry = self._objects.get(oid)
+        entry = self.entries.get(oid)
         if entry is not None:
             return entry.state, entry
         if ref._owner == self.address:
@@ -358,15 +376,18 @@ class Ownership:
             if ref._owner in self._dead_owners or ref._owner[-NODE_SUFFIX_LENGTH:] in self._dead_suffixes:
                 self._fail_borrowed(oid, borrowed)
             else:
-                self.call_soon(self._fetch, oid, ref._owner)
+                self.io.call_soon(self._fetch, oid, ref._owner)
         return borrowed.state, borrowed
 
-    def on_owner_died(self, header, frames=None) -> None:
+    def on_owner_died(self, msg: OwnerDied, frames=None) -> None:
+        """Push from the node manager: a process that owned objects died."""
+        self.owner_died(msg.addr)
+
+    def owner_died(self, address: str) -> None:
         """On the I/O thread: a process that owned objects died; nothing it owned can be read now."""
-        address = header["addr"]
         self._dead_owners.add(address)
-        self.close_peer(address)
-        with self._cond:
+        self.io.close_peer(address)
+        with self.cond:
             self._carry_out(self.references.borrower_died(address))
             for oid, borrowed in list(self._borrowed.items()):
                 if borrowed.state == PENDING and borrowed.owner == address:
@@ -377,85 +398,95 @@ class Ownership:
             oid.hex(), f"Its owner (the process at {borrowed.owner} that created it) died."
         )
         borrowed.state = FAILED
-        self.changed = True
+        self.io.changed = True
         futures, borrowed.futures = borrowed.futures, []
         for future in futures:
             self._settle_future(future, oid)
 
     def _fetch(self, oid: bytes, owner: str) -> None:
-        def on_reply(header, frames):
-            with self._cond:
+        def on_reply(reply, frames):
+            with self.cond:
                 borrowed = self._borrowed.get(oid)
                 if borrowed is None:
                     return
-                if header["op"] == protocol.ERROR and header.get("etype") == "OwnerDiedError":
-                    borrowed.error = exceptions.OwnerDiedError(oid.hex(), header.get("error", ""))
-                elif header["op"] == protocol.ERROR:
-                    borrowed.error = exceptions.ObjectLostError(oid.hex(), header.get("error", ""))
-                else:
-                    self._unpack_location(borrowed, header["loc"], frames)
+                if isinstance(reply, Error) and reply.etype == "OwnerDiedError":
+                    borrowed.error = exceptions.OwnerDiedError(oid.hex(), reply.error)
+                elif isinstance(reply, Error):
+                    borrowed.error = exceptions.ObjectLostError(oid.hex(), reply.error)
+                elif not isinstance(reply, Reply) or reply.loc is None or not self._unpack_location(
+                    borrowed, reply.loc, frames
+                ):
+                    why = f"Its owner sent a bad answer: {reply!r}"[:500]
+                    borrowed.error = exceptions.ObjectLostError(oid.hex(), why)
                 borrowed.state = FAILED if borrowed.error is not None else READY
-                self.changed = True
+                self.io.changed = True
                 futures, borrowed.futures = borrowed.futures, []
             for future in futures:
                 self._settle_future(future, oid)
 
-        request = {"op": protocol.GET_OBJECT, "oid": oid, "to": owner, "node": self.node_id}
-        self.send(owner, request, callback=on_reply)
+        request = {"op": protocol.GET_OBJECT, "oid": oid, "to": owner, "node": self.io.node_id}
+        self.io.send(owner, request, callback=on_reply)
 
     @staticmethod
-    def _unpack_location(holder, location, frames) -> None:
-        kind = location[0]
+    def _unpack_location(holder, location: Location, frames) -> bool:
+        """Fill ``holder`` from an owner's answer; False when the payload does not match it."""
+        kind = location.kind
         if kind == "v":
-            holder.inline = (frames[0], frames[1 : 1 + location[1]])
+            if len(frames) < 1 + location.detail:
+                return False
+            holder.inline = (frames[0], frames[1 : 1 + location.detail])
         elif kind == "s":
-            holder.node_id = location[1]
+            holder.node_id = location.detail
+        elif not frames:
+            return False
         else:
             holder.error = frames[0]
+        return True
 
-    def _serve_get_object(self, identity, header, frames) -> None:
-        oid = header["oid"]
-        rid = header["rid"]
-        if header.get("to", self.address) != self.address:
+    def serve_get_object(self, identity, msg: GetObject, frames) -> None:
+        """Owner service: a borrower reads our object ``msg.oid`` (answered when its value is known)."""
+        oid = msg.oid
+        rid = msg.rid
+        if msg.to is not None and msg.to != self.address:
             # Meant for a process that had our port before us: that owner is gone.
-            error = f"Its owner {header['to']} died (another process now has its port)."
-            self._reply(identity, {"op": protocol.ERROR, "rid": rid, "error": error, "etype": "OwnerDiedError"})
+            error = f"Its owner {msg.to} died (another process now has its port)."
+            self.io.reply(identity, {"op": protocol.ERROR, "rid": rid, "error": error, "etype": "OwnerDiedError"})
             return
-        with self._lock:
-            entry = self._objects.get(oid)
+        with self.lock:
+            entry = self.entries.get(oid)
             if entry is None:
-                self._reply(
+                self.io.reply(
                     identity,
                     {"op": protocol.ERROR, "rid": rid, "error": "The object was freed or its owner does not know it."},
                 )
                 return
             if entry.state == PENDING:
-                entry.futures.append(("serve", identity, rid, header.get("node")))
+                entry.futures.append(("serve", identity, rid, msg.node))
                 return
-        self._reply_object(identity, rid, entry, oid, header.get("node"))
+        self._reply_object(identity, rid, entry, oid, msg.node)
 
     def _reply_object(self, identity, rid, entry, oid=None, node=None) -> None:
         if entry.state == FAILED:
             error = entry.error if isinstance(entry.error, bytes) else serialize(entry.error)[0]
-            self._reply(identity, {"op": protocol.REPLY, "rid": rid, "loc": ["e"]}, [error])
+            self.io.reply(identity, {"op": protocol.REPLY, "rid": rid, "loc": ["e"]}, [error])
         elif entry.inline is not None:
             data, buffers = entry.inline
-            self._reply(identity, {"op": protocol.REPLY, "rid": rid, "loc": ["v", len(buffers)]}, [data, *buffers])
+            self.io.reply(identity, {"op": protocol.REPLY, "rid": rid, "loc": ["v", len(buffers)]}, [data, *buffers])
         else:
-            self._reply(identity, {"op": protocol.REPLY, "rid": rid, "loc": ["s", entry.node_id]})
+            self.io.reply(identity, {"op": protocol.REPLY, "rid": rid, "loc": ["s", entry.node_id]})
             if node is not None:
-                self._add_copy(oid, node)
+                self.add_copy(oid, node)
 
     def _settle_future(self, future, oid: bytes) -> None:
         if isinstance(future, tuple):  # a peer waiting in _serve_get_object
             _, identity, rid, node = future
-            entry = self._objects.get(oid)
+            entry = self.entries.get(oid)
             if entry is not None:
                 self._reply_object(identity, rid, entry, oid, node)
             return
         if future.done():
             return
-        holder = self._objects.get(oid) or self._borrowed.get(oid)
+        holder = self.entries.get(oid) or self._borrowed.get(oid)
         try:
             future.set_result(self._value_of(oid, holder))
         except BaseException as error:
@@ -464,8 +495,8 @@ class Ownership:
     def future_for(self, ref: ObjectRef) -> concurrent.futures.Future:
         future = concurrent.futures.Future()
         future._ember_ref = ref  # keeps the object alive until the future is done
-        with self._lock:
-            state, holder = self._state_of(ref)
+        with self.lock:
+            state, holder = self.state_of(ref)
             if state == PENDING:
                 holder.futures.append(future)
                 return future
@@ -503,7 +534,7 @@ class Ownership:
         """The node holding an object died under our read. The owner learns it and rebuilds the
         object (or fails it); wait for that and return the new holder, or None to give up."""
         deadline = time.monotonic() + 60
-        with self._cond:
+        with self.cond:
             try:
                 while True:
                     if isinstance(holder, BorrowedValue) and holder.state != PENDING and holder.node_id == lost_from:
@@ -512,10 +543,10 @@ class Ownership:
                         if holder.refetches >= 5:
                             return None
                         if holder.refetches:
-                            self._cond.wait(0.5)
+                            self.cond.wait(0.5)
                         holder.refetches += 1
                         holder.state, holder.node_id = PENDING, None
-                        self.call_soon(self._fetch, oid, holder.owner)
+                        self.io.call_soon(self._fetch, oid, holder.owner)
                     if holder.state == FAILED or (holder.state == READY and holder.node_id != lost_from):
                         return holder  # failed for good (its error says why), rebuilt, or found on another node
                     if holder.state == READY and not isinstance(holder, BorrowedValue):
@@ -523,34 +554,34 @@ class Ownership:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return None
-                    self.lead_once(remaining)
+                    self.io.lead_once(remaining)
             finally:
-                self.stop_leading()
+                self.io.stop_leading()
 
     def get(self, refs: list, timeout: float | None = None) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout
         blocked = led = False
         holders = []
         try:
-            with self._cond:
+            with self.cond:
                 # Objects never go back to pending, so each ref is checked until ready, then never again.
                 while len(holders) < len(refs):
-                    state, holder = self._state_of(refs[len(holders)])
+                    state, holder = self.state_of(refs[len(holders)])
                     if state != PENDING:
                         holders.append(holder)
                         continue
                     if not blocked:
-                        blocked = self._notify_blocked(True)
+                        blocked = self.io.notify_blocked(True)
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise exceptions.GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} s.")
-                    self.lead_once(remaining)
+                    self.io.lead_once(remaining)
                     led = True
         finally:
             if led:
-                self.stop_leading()
+                self.io.stop_leading()
             if blocked:
-                self._notify_blocked(False)
+                self.io.notify_blocked(False)
         return [self._value_of(ref._id, holder) for ref, holder in zip(refs, holders)]
 
     def wait(self, refs: list, num_returns: int, timeout: float | None, fetch_local: bool = True):
@@ -559,12 +590,12 @@ class Ownership:
         ready: list = []
         pending = list(refs)
         try:
-            with self._cond:
+            with self.cond:
                 while True:
                     still = []
                     for ref in pending:
                         # An ObjectRefGenerator is ready when its next() would not block.
-                        is_ready = self._state_of(ref)[0] != PENDING if type(ref) is ObjectRef else ref._is_ready(self)
+                        is_ready = self.state_of(ref)[0] != PENDING if type(ref) is ObjectRef else ref._is_ready(self)
                         (ready if is_ready else still).append(ref)
                     pending = still
                     if len(ready) >= num_returns:
@@ -573,19 +604,19 @@ class Ownership:
                     if remaining is not None and remaining <= 0:
                         break
                     if not blocked:
-                        blocked = self._notify_blocked(True)
-                    self.lead_once(remaining)
+                        blocked = self.io.notify_blocked(True)
+                    self.io.lead_once(remaining)
                     led = True
         finally:
             if led:
-                self.stop_leading()
+                self.io.stop_leading()
             if blocked:
-                self._notify_blocked(False)
+                self.io.notify_blocked(False)
         ready_ids = {id(ref) for ref in ready[:num_returns]}
         return [ref for ref in refs if id(ref) in ready_ids], [ref for ref in refs if id(ref) not in ready_ids]
 
     def free(self, refs: list) -> None:
         """Drop the values of owned objects now, whatever references remain (``ember.internal.free``)."""
-        with self._cond:
+        with self.cond:
             for ref in refs:
                 self._carry_out(self.references.forget(ref._id))

@@ -14,17 +14,29 @@ A lease is kept while tasks of its shape are queued and returned shortly after i
 """
 
 import collections
-import os
+import logging
 import sys
 import time
 from functools import partial
 
 from ember import exceptions
 from ember.runtime import protocol
-from ember.runtime.client.actor_calls import ActorCalls, ActorState
+from ember.runtime.client.actor_calls import ActorCalls
 from ember.runtime.client.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from ember.runtime.client.ownership import FAILED, INLINE_LIMIT, PENDING
+from ember.runtime.client.task_spec import Arg, Lease, ShapeQueue, Stream, TaskSpec, describe, refused_result
 from ember.runtime.ids import new_id, new_task_id, return_object_id, task_id_of
+from ember.runtime.messages import (
+    ActorUpdate,
+    Error,
+    LeasedWorkerDied,
+    LeaseGranted,
+    LeaseInfeasible,
+    Reply,
+    Return,
+    StreamItem,
+    TaskResult,
+)
 from ember.runtime.serialization import deserialize, serialize
 from ember.runtime.task_context import current_task, output_tag
 
@@ -33,144 +45,52 @@ MAX_LEASE_REQUESTS = 8  # outstanding lease requests per resource shape
 LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this are cheaper to move than to chase
 LEASE_LINGER = 0.05  # seconds an idle lease is kept for the next task of its shape
 
-PUSH_HANDLERS = {
-    protocol.LEASE_INFEASIBLE: "on_infeasible",
-    protocol.LEASED_WORKER_DIED: "on_leased_worker_died",
-    protocol.ACTOR_UPDATE: "on_actor_update",
-    protocol.STREAM_ITEM: "on_stream_item",
-}
+logger = logging.getLogger(__name__)
 
 
-class Arg:
-    """Stands in the pickled arguments for a top-level ObjectRef, replaced by its value on the worker."""
 
-    __slots__ = ("key",)
+class TaskSubmitter:
+    """The tasks this process owns, from submission to their results (``client.submitter``).
 
-    def __init__(self, key):
-        self.key = key
-
-    def __reduce__(self):
-        return Arg, (self.key,)
-
-
-class TaskSpec:
-    __slots__ = (
-        "task_id",
-        "header",
-        "frames",
-        "refs",
-        "keepalive",
-        "return_ids",
-        "key",
-        "resources",
-        "running",
-        "retries_left",
-        "retry_exceptions",
-        "pending",
-        "lease",
-        "actor",
-        "stream",
-        "cancelled",
-        "name",
-        "parent",
-        "strategy",
-        "events",
-    )
-
-    def __init__(self):
-        self.events = True  # False: enable_task_events=False, the task sends no task events
-        self.pending = 0
-        self.lease = None
-        self.actor = None
-        self.stream = None
-        self.cancelled = False
-        self.strategy = None
-
-
-class Lease:
-    __slots__ = (
-        "worker_id",
-        "address",
-        "client_address",
-        "key",
-        "inflight",
-        "idle_since",
-        "gpus",
-        "assigned",
-        "retiring",
-        "node_id",
-        "pid",
-        "manager",
-    )
-
-    def __init__(self, header, key, manager):
-        self.worker_id = header["wid"]
-        self.address = header["addr"]
-        self.client_address = header["caddr"]
-        self.gpus = header.get("gpus", [])
-        self.assigned = header.get("res", {})
-        self.node_id = header.get("node_id")
-        self.pid = header.get("pid")
-        self.manager = manager  # the node manager that granted it: "node_manager" (ours) or an address
-        self.key = key
-        self.inflight: dict = {}
-        self.idle_since = time.monotonic()
-        self.retiring = False
-
-
-class ShapeQueue:
-    """Tasks that need the same resources, scheduling strategy and first node to ask."""
-
-    def __init__(self, resources, running, strategy, target, what):
-        self.queue: collections.deque = collections.deque()
-        self.leases: dict = {}
-        self.requests: dict = {}  # lease request id -> the node manager asked
-        # Requests we withdrew: the answer may still be a grant that crossed our cancel, and that
-        # lease must go back to the node manager that granted it.
-        self.withdrawn: dict = {}
-        self.resources = resources
-        self.running = running
-        self.strategy = strategy
-        self.target = target  # "node_manager" (ours), or the node manager of the node with the arguments
-        self.what = what
-
-
-class Stream:
-    """The values a generator task has yielded so far, as ObjectRefs we own.
-
-    A "dynamic" task's stream has no consumer while it runs: when the task ends, its refs become the
-    value of the task's one return object (a DynamicObjectRefGenerator), which holds them from then on.
+    ``client`` is the core client (sends, replies expected, task events); ``objects`` its
+    :class:`~ember.runtime.client.ownership.Ownership`, where arguments are read and results go.
+    Actor calls go through ``actor_calls`` (an :class:`ActorCalls`), which shares the task specs,
+    argument resolution (``resolve``), results (``record``, ``fail``) and retries (``should_retry``).
     """
 
-    def __init__(self, task_id, dynamic: bool = False):
-        self.task_id = task_id
-        self.items: list = []
-        self.done = False
-        self.dynamic = dynamic
-        self.offset = 2 if dynamic else 1  # value i is return object i + offset (1 is the dynamic's own)
-
-
-def _describe(error) -> str:
-    """One line naming a task's error, for task events (the widgets' hover text)."""
-    if isinstance(error, (bytes, bytearray, memoryview)):
-        try:
-            error = deserialize(error)
-            error = getattr(error, "cause", None) or error
-        except Exception:
-            return "the task raised an exception"
-    return f"{type(error).__name__}: {error}".splitlines()[0][:300]
-
-
-class TaskSubmitter(ActorCalls):
-    def __init__(self, client):
+    def __init__(self, client, objects):
         self.client = client
+        self.objects = objects
         self.shapes: dict = {}
         self.leases: dict = {}  # worker id -> Lease
         self.specs: dict = {}  # task id -> TaskSpec, for every unfinished task this process owns
         self.dep_waiters: dict = collections.defaultdict(list)
-        self.actors: dict = {}
+        self.actor_calls = ActorCalls(self)
         self.streams: dict = {}
         self.lineage: dict = {}  # task id -> TaskSpec of finished tasks whose stored returns may need rebuilding
+
+    @property
+    def actors(self) -> dict:
+        """Actor id -> ActorState of the actors we call."""
+        return self.actor_calls.actors
+
+    def create_actor(self, actor_id: bytes, class_key: bytes, args, kwargs, spec_fields: dict):
+        return self.actor_calls.create_actor(actor_id, class_key, args, kwargs, spec_fields)
+
+    def submit_actor_task(self, actor_id: bytes, method: str, args, kwargs, **options):
+        return self.actor_calls.submit_actor_task(actor_id, method, args, kwargs, **options)
+
+    def release_actor(self, actor_id: bytes) -> None:
+        self.actor_calls.release_actor(actor_id)
+
+    def push_handlers(self) -> dict:
+        """The pushes (by message type) that the client's I/O loop hands to us."""
+        return {
+            LeaseInfeasible: self.on_infeasible,
+            LeasedWorkerDied: self.on_leased_worker_died,
+            ActorUpdate: self.actor_calls.on_actor_update,
+            StreamItem: self.on_stream_item,
+        }
 
     # --- building tasks (caller's thread) -----------------------------------------------------------
     def _prepare(self, spec: TaskSpec, args, kwargs, what: str) -> None:
@@ -188,7 +108,7 @@ class TaskSubmitter(ActorCalls):
             # Large arguments go through the store once, as Ray's implicit put does.
             ref = client.put_serialized(data, buffers)
             spec.keepalive.append(ref)
-            spec.header["argobj"] = [ref._id, client._objects[ref._id].node_id]
+            spec.header["argobj"] = [ref._id, self.objects.entry(ref._id).node_id]
             spec.frames = []
         else:
             spec.header["nbuf"] = len(buffers)
@@ -201,7 +121,7 @@ class TaskSubmitter(ActorCalls):
             return Arg(key)
         return value
 
-    def _new_spec(self, name, num_returns, args, kwargs, header) -> TaskSpec:
+    def new_spec(self, name, num_returns, args, kwargs, header) -> TaskSpec:
         spec = TaskSpec()
         spec.task_id = task_id = new_task_id()
         spec.name = name
@@ -226,12 +146,12 @@ class TaskSubmitter(ActorCalls):
             spec.return_ids = [return_object_id(task_id, i + 1) for i in range(num_returns)]
         return spec
 
-    def _outputs(self, spec: TaskSpec):
-        client = self.client
-        with client._lock:
+    def outputs(self, spec: TaskSpec):
+        objects = self.objects
+        with objects.lock:
             for oid in spec.return_ids:
-                client.new_owned(oid)
-            refs = [client.ref(oid) for oid in spec.return_ids]
+                objects.new_owned(oid)
+            refs = [objects.ref(oid) for oid in spec.return_ids]
         if spec.stream is not None and not spec.stream.dynamic:
             return ObjectRefGenerator(spec.stream, self)
         return refs
@@ -262,19 +182,19 @@ class TaskSubmitter(ActorCalls):
         }
         if placement_group is not None:
             header["pg"] = placement_group
-        spec = self._new_spec(name, num_returns, args, kwargs, header)
+        spec = self.new_spec(name, num_returns, args, kwargs, header)
         spec.resources = spec.running = resources
         spec.strategy = strategy
         spec.key = (tuple(sorted(resources.items())), repr(strategy))
         spec.retries_left = max_retries
         spec.retry_exceptions = retry_exceptions
         spec.events = task_events
-        outputs = self._outputs(spec)
-        self.client.call_soon(self._submit, spec)
+        outputs = self.outputs(spec)
+        self.client.call_soon(self.submit, spec)
         return outputs
 
     # --- dependencies -------------------------------------------------------------------------------
-    def _submit(self, spec: TaskSpec) -> None:
+    def submit(self, spec: TaskSpec) -> None:
         self.specs[spec.task_id] = spec
         if spec.events:
             self.client.task_event(
@@ -288,25 +208,14 @@ class TaskSubmitter(ActorCalls):
             )
         if spec.stream is not None:
             self.streams[spec.task_id] = spec.stream
-        objects = self.client._objects
+        objects = self.objects.entries
         for _, ref in spec.refs:
             entry = objects.get(ref._id)
             if entry is not None and entry.state == PENDING:
                 spec.pending += 1
                 self.dep_waiters[ref._id].append(spec)
         if spec.actor is not None:
-            state = self.actors.get(spec.actor)
-            if state is None:
-                state = self.actors[spec.actor] = ActorState(spec.actor)
-            if not state.subscribed:
-                state.subscribed = True
-                self.client.send(
-                    "head",
-                    {"op": protocol.SUBSCRIBE_ACTOR, "actor_id": spec.actor},
-                    callback=lambda header, _: self.on_actor_update(header),
-                )
-            state.queue.append(spec)
-            self._pump_actor(state)
+            self.actor_calls.enqueue(spec)
         elif spec.pending == 0:
             self._enqueue(spec)
 
@@ -316,21 +225,19 @@ class TaskSubmitter(ActorCalls):
             if spec.pending:
                 continue
             if spec.actor is not None:
-                state = self.actors.get(spec.actor)
-                if state is not None:  # else the actor died and its calls failed already
-                    self._pump_actor(state)
+                self.actor_calls.argument_ready(spec)
             elif not spec.cancelled:
                 self._enqueue(spec)
 
-    def _resolve(self, spec: TaskSpec, node: bytes | None):
+    def resolve(self, spec: TaskSpec, node: bytes | None):
         """Fill in the arguments' values; returns (frames, None) or (None, error of a failed argument).
         ``node`` is where the task will run: a stored argument it pulls there is a copy we must free."""
-        objects = self.client._objects
+        objects = self.objects.entries
         frames = list(spec.frames)
         entries = []
         argobj = spec.header.get("argobj")
         if argobj is not None and node is not None and node != argobj[1]:
-            self.client._add_copy(argobj[0], node)
+            self.objects.add_copy(argobj[0], node)
         for key, ref in spec.refs:
             if ref._owner != self.client.address:
                 entries.append([key, "r", ref._id, ref._owner])
@@ -347,7 +254,7 @@ class TaskSubmitter(ActorCalls):
             else:
                 entries.append([key, "s", ref._id, entry.node_id])
                 if node is not None and node != entry.node_id:
-                    self.client._add_copy(ref._id, node)
+                    self.objects.add_copy(ref._id, node)
         spec.header["refs"] = entries
         return frames, None
 
@@ -372,7 +279,7 @@ class TaskSubmitter(ActorCalls):
         client = self.client
         weight: dict = {}
         for _, ref in spec.refs:
-            entry = client._objects.get(ref._id)
+            entry = self.objects.entry(ref._id)
             if entry is not None and entry.node_id is not None:
                 weight[entry.node_id] = weight.get(entry.node_id, 0) + entry.size
         if not weight:
@@ -430,23 +337,27 @@ class TaskSubmitter(ActorCalls):
             self.client.send(manager, {**register, "kind": "peer"})
         self.client.send(manager, header, callback=partial(self._on_lease, key, rid))
 
-    def _on_lease(self, key, rid, header, frames) -> None:
+    def _on_lease(self, key, rid, reply, frames) -> None:
         shape = self.shapes[key]
         manager = shape.requests.pop(rid, None) or shape.withdrawn.pop(rid, None)
-        if header.get("cancelled") or manager is None:
+        if manager is None or (isinstance(reply, Reply) and reply.cancelled):
             return
-        if header["op"] == protocol.ERROR:
-            error = exceptions.TaskUnschedulableError(header.get("error", "the task cannot be scheduled"))
+        if isinstance(reply, Error):
+            error = exceptions.TaskUnschedulableError(reply.error or "the task cannot be scheduled")
             while shape.queue:
-                self._fail(shape.queue.popleft(), error)
+                self.fail(shape.queue.popleft(), error)
             return
-        if header.get("spillback"):
+        if isinstance(reply, Reply) and reply.spillback is not None and reply.address is not None:
             # Another node should run it: ask that node's manager, which grants it there.
-            self.client.node_addresses.setdefault(header["spillback"], header["address"])
+            self.client.node_addresses.setdefault(reply.spillback, reply.address)
             if shape.queue:
-                self._request_lease(key, shape, header["address"], spilled=True)
+                self._request_lease(key, shape, reply.address, spilled=True)
             return
-        lease = Lease(header, key, manager)
+        if not isinstance(reply, LeaseGranted):
+            logger.warning("dropped an answer to a lease request that is not one: %r", reply)
+            self._pump(key)  # the request is gone: ask again for what is queued
+            return
+        lease = Lease(reply, key, manager)
         shape.leases[lease.worker_id] = lease
         self.leases[lease.worker_id] = lease
         if not shape.queue:
@@ -471,9 +382,9 @@ class TaskSubmitter(ActorCalls):
         self.client.close_peer(lease.client_address)
 
     def _dispatch(self, spec: TaskSpec, lease: Lease) -> None:
-        frames, error = self._resolve(spec, lease.node_id)
+        frames, error = self.resolve(spec, lease.node_id)
         if error is not None:
-            self._finish_with_error(spec, error)
+            self.fail(spec, error)
             return
         header = spec.header
         header["res"] = lease.assigned
@@ -483,22 +394,25 @@ class TaskSubmitter(ActorCalls):
         self.client.send(lease.address, header, frames)
         if spec.events:
             self.client.task_event("running", spec.task_id, node=lease.node_id, worker=lease.worker_id, pid=lease.pid)
-        self.client._waiting[spec.task_id] = partial(self._on_result, spec)
+        self.client.expect_reply(spec.task_id, partial(self._on_result, spec))
 
-    def _on_result(self, spec: TaskSpec, header, frames) -> None:
+    def _on_result(self, spec: TaskSpec, result, frames) -> None:
         lease = spec.lease
         spec.lease = None
+        refused = refused_result(spec, result, frames)
         if lease is not None:
             lease.inflight.pop(spec.task_id, None)
-            if header.get("retire"):
+            if refused is None and result.retire:
                 lease.retiring = True
-        if header.get("rejected"):
+        if refused is not None:
+            self.fail(spec, refused)
+        elif result.rejected:
             self._enqueue(spec, front=True)
-        elif header.get("err") and self._should_retry(spec, frames[0]):
+        elif result.err and self.should_retry(spec, frames[0]):
             spec.retries_left -= 1 if spec.retries_left > 0 else 0
             self._enqueue(spec)
         else:
-            self._record(spec, header, frames)
+            self.record(spec, result, frames)
         if lease is not None:
             if lease.retiring and not lease.inflight:
                 self.shapes[lease.key].leases.pop(lease.worker_id, None)
@@ -508,7 +422,7 @@ class TaskSubmitter(ActorCalls):
                 lease.idle_since = time.monotonic()
             self._pump(lease.key)
 
-    def _should_retry(self, spec: TaskSpec, error_bytes) -> bool:
+    def should_retry(self, spec: TaskSpec, error_bytes) -> bool:
         if spec.cancelled or spec.retries_left == 0 or not spec.retry_exceptions:
             return False
         if spec.stream is not None and spec.stream.items:
@@ -521,31 +435,33 @@ class TaskSubmitter(ActorCalls):
             return False
         return isinstance(cause, tuple(spec.retry_exceptions))
 
-    def _record(self, spec: TaskSpec, header, frames) -> None:
-        complete = self.client.complete
-        if header.get("err"):
+    def record(self, spec: TaskSpec, result: TaskResult, frames) -> None:
+        """A task's values (or its error), checked by ``refused_result``, become its return objects."""
+        complete = self.objects.complete
+        if result.err:
             error = bytes(frames[0])
             if spec.stream is not None:
-                self._stream_item(spec, len(spec.stream.items), ["e"], frames)
+                self._stream_item(spec, len(spec.stream.items), None, frames)
             if spec.stream is not None and spec.stream.dynamic:
                 # As in Ray, the values yielded before the error stay readable; the error is the last one.
                 self._complete_dynamic(spec)
             for oid in spec.return_ids:
                 complete(oid, error=error)
-            self._finish(spec, error=_describe(error))
+            self._finish(spec, error=describe(error))
             return
         elif spec.stream is not None and spec.stream.dynamic:
             self._complete_dynamic(spec)
         elif spec.stream is None:
             position = 0
             stored = False
-            for oid, ret in zip(spec.return_ids, header["rets"]):
-                if ret[0] == "v":
-                    value_frames = frames[position : position + 1 + ret[1]]
-                    complete(oid, inline=(value_frames[0], value_frames[1:]), size=ret[2], contained=ret[3])
-                    position += 1 + ret[1]
+            for oid, ret in zip(spec.return_ids, result.rets):
+                contained = [(inner.oid, inner.owner) for inner in ret.refs]
+                if ret.kind == "v":
+                    value_frames = frames[position : position + 1 + ret.first]
+                    complete(oid, inline=(value_frames[0], value_frames[1:]), size=ret.second, contained=contained)
+                    position += 1 + ret.first
                 else:
-                    complete(oid, node_id=ret[2], size=ret[1], contained=ret[3])
+                    complete(oid, node_id=ret.second, size=ret.first, contained=contained)
                     stored = True
             if stored and spec.actor is None and spec.retries_left != 0:
                 # Lineage: a stored return dies with its node; re-running the task rebuilds it, so
@@ -564,40 +480,43 @@ class TaskSubmitter(ActorCalls):
         if spec.stream is not None:
             spec.stream.done = True
             self.streams.pop(spec.task_id, None)
-            self.client.changed = True
+            self.client.changed = True  # a consumer waiting in next() looks again
             if spec.stream.dynamic:
                 spec.stream.items = []  # values of a task that failed before the end: nobody can read them
         if not keep_arguments:
             spec.keepalive = None
 
-    def _finish_with_error(self, spec: TaskSpec, error) -> None:
+    def fail(self, spec: TaskSpec, error) -> None:
         if spec.stream is not None and not spec.stream.dynamic:
             oid = self._new_stream_item(spec, len(spec.stream.items))
-            self.client.complete(oid, error=error)
+            self.objects.complete(oid, error=error)
         for oid in spec.return_ids:
-            self.client.complete(oid, error=error)
-        self._finish(spec, error=_describe(error))
+            self.objects.complete(oid, error=error)
+        self._finish(spec, error=describe(error))
 
-    _fail = _finish_with_error
+    def on_leased_worker_died(self, msg: LeasedWorkerDied, frames) -> None:
+        """Push from the node manager: a worker leased to us died."""
+        self.lease_lost(msg.wid)
 
-    def on_leased_worker_died(self, header, frames) -> None:
-        lease = self.leases.pop(header["wid"], None)
+    def lease_lost(self, worker_id: bytes) -> None:
+        """A leased worker is gone: its tasks are retried (or fail when they have no retries left)."""
+        lease = self.leases.pop(worker_id, None)
         if lease is None:
             return
         self.shapes[lease.key].leases.pop(lease.worker_id, None)
         self._close_worker_peers(lease)
         for spec in list(lease.inflight.values()):
             spec.lease = None
-            self.client._waiting.pop(spec.task_id, None)
+            self.client.forget_reply(spec.task_id)
             if spec.cancelled:
-                self._fail(spec, exceptions.TaskCancelledError(f"Task {spec.name} was cancelled (force=True)."))
+                self.fail(spec, exceptions.TaskCancelledError(f"Task {spec.name} was cancelled (force=True)."))
             elif lease.retiring:
                 self._enqueue(spec, front=True)
             elif spec.retries_left != 0 and (spec.stream is None or not spec.stream.items):
                 spec.retries_left -= 1 if spec.retries_left > 0 else 0
                 self._enqueue(spec, front=True)
             else:
-                self._fail(
+                self.fail(
                     spec,
                     exceptions.WorkerCrashedError(
                         f"The worker running task {spec.name} died unexpectedly (SIGKILL, out of memory, or "
@@ -611,15 +530,15 @@ class TaskSubmitter(ActorCalls):
         """Leases on a dead node are lost like dead workers (their tasks retried); lease requests
         waiting there are asked again elsewhere."""
         for lease in [lease for lease in self.leases.values() if lease.node_id == node_id]:
-            self.on_leased_worker_died({"wid": lease.worker_id}, [])
+            self.lease_lost(lease.worker_id)
         for key, shape in list(self.shapes.items()):
             lost = [rid for rid, manager in shape.requests.items() if manager == address]
             for rid in lost:
                 del shape.requests[rid]
-                self.client._waiting.pop(rid, None)
+                self.client.forget_reply(rid)
             for rid in [rid for rid, manager in shape.withdrawn.items() if manager == address]:
                 del shape.withdrawn[rid]  # no answer will come
-                self.client._waiting.pop(rid, None)
+                self.client.forget_reply(rid)
             if shape.target == address:
                 shape.target = "node_manager"
             if lost:
@@ -637,7 +556,7 @@ class TaskSubmitter(ActorCalls):
                 continue
             spec.retries_left -= 1 if spec.retries_left > 0 else 0
             spec.lease, spec.pending, spec.cancelled = None, 0, False
-            self._submit(spec)
+            self.submit(spec)
 
     def forget_lineage(self, oid: bytes) -> None:
         """An owned object was freed (called with the client's lock held, on any thread)."""
@@ -646,14 +565,14 @@ class TaskSubmitter(ActorCalls):
 
     def _forget_lineage(self, task_id: bytes) -> None:
         spec = self.lineage.get(task_id)
-        if spec is not None and not any(oid in self.client._objects for oid in spec.return_ids):
+        if spec is not None and not any(oid in self.objects.entries for oid in spec.return_ids):
             del self.lineage[task_id]
             spec.keepalive = None
 
-    def on_infeasible(self, header, frames) -> None:
+    def on_infeasible(self, msg: LeaseInfeasible, frames) -> None:
         print(
-            f"Warning: a task or actor needs {header['res']}, but no node in the cluster has that much "
-            f"(this node has {header['total']}). It stays pending until a node that can run it joins.",
+            f"Warning: a task or actor needs {msg.res}, but no node in the cluster has that much "
+            f"(this node has {msg.total}). It stays pending until a node that can run it joins.",
             file=sys.stderr,
             flush=True,
         )
@@ -683,29 +602,38 @@ class TaskSubmitter(ActorCalls):
         return not self.specs and not self.leases and not any(shape.requests for shape in self.shapes.values())
 
     # --- streaming generators -----------------------------------------------------------------------
-    def on_stream_item(self, header, frames) -> None:
-        spec = self.specs.get(header["rid"])
-        if spec is not None and spec.stream is not None:
-            self._stream_item(spec, header["idx"], header["ret"], frames)
+    def on_stream_item(self, msg: StreamItem, frames) -> None:
+        """Push from the worker running a generator task: its next value."""
+        spec = self.specs.get(msg.rid)
+        if spec is None or spec.stream is None:
+            return
+        if msg.ret.kind == "v" and len(frames) < 1 + msg.ret.first:
+            logger.warning("dropped a stream item of task %s: its payload is short", msg.rid.hex())
+            return
+        self._stream_item(spec, msg.idx, msg.ret, frames)
 
     def _new_stream_item(self, spec, index: int) -> bytes:
         """An owned object for the generator's value number ``index``, held by the stream (so it
         lives until the consumer takes it, or the generator is dropped)."""
         oid = return_object_id(spec.task_id, index + spec.stream.offset)
-        self.client.new_owned(oid)
-        with self.client._cond:
-            spec.stream.items.append(self.client.ref(oid))
+        self.objects.new_owned(oid)
+        with self.objects.cond:
+            spec.stream.items.append(self.objects.ref(oid))
         self.client.changed = True
         return oid
 
-    def _stream_item(self, spec, index, ret, frames) -> None:
+    def _stream_item(self, spec, index, ret: Return | None, frames) -> None:
+        """Value ``index`` of a generator: ``ret`` describes it, None when it is the error in ``frames``."""
         oid = self._new_stream_item(spec, index)
-        if ret[0] == "v":
-            self.client.complete(oid, inline=(frames[0], frames[1 : 1 + ret[1]]), size=ret[2], contained=ret[3])
-        elif ret[0] == "s":
-            self.client.complete(oid, node_id=ret[2], size=ret[1], contained=ret[3])
+        if ret is None:
+            self.objects.complete(oid, error=bytes(frames[0]))
+            return
+        contained = [(inner.oid, inner.owner) for inner in ret.refs]
+        if ret.kind == "v":
+            inline = (frames[0], frames[1 : 1 + ret.first])
+            self.objects.complete(oid, inline=inline, size=ret.second, contained=contained)
         else:
-            self.client.complete(oid, error=bytes(frames[0]))
+            self.objects.complete(oid, node_id=ret.second, size=ret.first, contained=contained)
 
     def _complete_dynamic(self, spec) -> None:
         """A dynamic generator task ended: its return value is a DynamicObjectRefGenerator of the refs
@@ -713,7 +641,7 @@ class TaskSubmitter(ActorCalls):
         refs, spec.stream.items = spec.stream.items, []
         data, buffers, contained = serialize(DynamicObjectRefGenerator(refs), "a dynamic generator")
         size = len(data) + sum(b.nbytes for b in buffers)
-        self.client.complete(
+        self.objects.complete(
             spec.return_ids[0],
             inline=(data, [bytes(b) for b in buffers]),
             size=size,
@@ -724,7 +652,7 @@ class TaskSubmitter(ActorCalls):
         client = self.client
         led = False
         try:
-            with client._cond:
+            with self.objects.cond:
                 while len(stream.items) <= index and not stream.done:
                     client.lead_once(None)
                     led = True
@@ -743,21 +671,13 @@ class TaskSubmitter(ActorCalls):
         spec.cancelled = True
         error = exceptions.TaskCancelledError(f"Task {spec.name} was cancelled.")
         if spec.actor is not None:
-            state = self.actors.get(spec.actor)
-            if state is not None and spec in state.queue:
-                state.queue.remove(spec)
-                self._fail(spec, error)
-                self._maybe_release(state)
-            elif state is not None and state.client_address:
-                self.client.send(
-                    state.client_address, {"op": protocol.CANCEL_TASK, "task_id": task_id, "recursive": recursive}
-                )
+            self.actor_calls.cancel(spec, error, recursive)
             return
         if spec.lease is None:
             for shape in self.shapes.values():  # the shape it queues in may be keyed by locality too
                 if spec in shape.queue:
                     shape.queue.remove(spec)
-            self._fail(spec, error)
+            self.fail(spec, error)
             return
         running = next(iter(spec.lease.inflight)) == task_id  # a worker runs its tasks in order
         if force and running:

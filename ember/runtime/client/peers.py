@@ -1,0 +1,72 @@
+"""The client's DEALER sockets to other processes (leased workers, actors, other owners, node managers).
+
+A socket per peer address, opened on first use. Sockets to peers we expect nothing more from are
+kept open for a while (a worker whose lease went back is often leased again soon), then closed, so
+the number of open sockets stays bounded.
+"""
+
+import collections
+import time
+
+import zmq
+
+from ember.runtime import transport
+
+MAX_IDLE_PEERS = 64  # sockets kept open to workers whose leases went back (see release)
+PEER_IDLE_CLOSE = 5.0  # seconds such a socket stays open unused
+
+
+class PeerSockets:
+    """Only the thread that runs the client's loop calls these (they touch sockets and the poller)."""
+
+    def __init__(self, poller: zmq.Poller, in_use):
+        self.poller = poller
+        self.in_use = in_use  # address -> bool: a lease we hold still talks to it (never closed idle)
+        self.sockets: dict[str, zmq.Socket] = {}
+        self.idle: collections.OrderedDict = collections.OrderedDict()  # address -> released at
+
+    def socket(self, address: str) -> zmq.Socket:
+        sock = self.sockets.get(address)
+        if sock is None:
+            sock = self.sockets[address] = transport.connect_dealer(address.split("#", 1)[0])
+            self.poller.register(sock, zmq.POLLIN)
+        elif self.idle:
+            self.idle.pop(address, None)
+        return sock
+
+    def close(self, address: str | None) -> None:
+        """Close our socket to a peer that is gone (or that we will not talk to again)."""
+        self.idle.pop(address, None)
+        sock = self.sockets.pop(address, None)
+        if sock is not None:
+            self.poller.unregister(sock)
+            sock.close(0)
+
+    def release(self, address: str | None) -> None:
+        """We expect no reply from this peer now: its socket may be closed after PEER_IDLE_CLOSE
+        seconds (at most MAX_IDLE_PEERS are kept): the worker may have exited idle since, and we
+        would not hear of it."""
+        if address not in self.sockets:
+            return
+        self.idle[address] = time.monotonic()
+        self.idle.move_to_end(address)
+        while len(self.idle) > MAX_IDLE_PEERS:
+            oldest, _ = self.idle.popitem(last=False)
+            if not self.in_use(oldest):
+                self.close(oldest)
+
+    def close_idle(self, now: float) -> None:
+        # Oldest first: stop at the first one released recently enough.
+        while self.idle:
+            address, since = next(iter(self.idle.items()))
+            if now - since < PEER_IDLE_CLOSE:
+                return
+            del self.idle[address]
+            if not self.in_use(address):
+                self.close(address)
+
+    def close_all(self) -> None:
+        for sock in self.sockets.values():
+            sock.close(0)
+        self.sockets.clear()
+        self.idle.clear()
