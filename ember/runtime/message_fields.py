@@ -154,9 +154,9 @@ class StoreStats(_Part, kw_only=True):
     num_objects: Count
     spilled: Size
     num_spilled: Count
-    spilling: Count = 0  # objects being copied to disk
-    restoring: Count = 0  # objects being read back from disk
-    pinned: Count = 0  # objects some process has mapped
+    spilling: Count = 0  # objects being written to disk
+    restoring: Count = 0  # objects being read back
+    pinned: Count = 0  # objects mapped by readers (never spilled meanwhile)
     reserved: Size
     largest: list[tuple[ObjectId, Size]] = []
 

@@ -161,7 +161,7 @@ class _ActorFields(_TaskFields, tag=False, kw_only=True):
     max_restarts: Retries = 0
     max_task_retries: Retries = 0
     max_concurrency: Annotated[int, Meta(ge=1, le=2**31)] | None = None
-    concurrency_groups: dict[GroupName, Concurrency] | None = None
+    concurrency_groups: dict[Name, Annotated[int, Meta(ge=1, le=2**31)]] | None = None
     resources: Resources
     running: Resources
     strategy: SchedulingStrategy | None = None
@@ -375,8 +375,10 @@ class StoreDelete(Message, tag="store_delete", kw_only=True):
 
 
 class StoreTouch(Message, tag="store_touch", kw_only=True):
-    oids: list[ObjectId] = []  # mapped now: pinned
-    unpin: list[ObjectId] = []  # let go of
+    """Mappings made (``oids``: pin them) and let go (``unpin``) since the last touch."""
+
+    oids: list[ObjectId]
+    unpin: list[ObjectId] = []
 
 
 class WorkerLogs(Message, tag="worker_logs", kw_only=True):
@@ -436,7 +438,7 @@ class ActorCall(_TaskFields, tag="actor_call", tag_field="op", kw_only=True):
     rid: TaskId
     method: Name
     nret: NumReturns
-    cgroup: GroupName | None = None
+    cgroup: Name | None = None  # the method's concurrency group
 
 
 class CreateActorInstance(_ActorFields, tag="create_actor_instance", tag_field="op", kw_only=True, omit_defaults=True):
@@ -530,9 +532,6 @@ class Reply(Message, tag="reply", kw_only=True):
     dead: bool | None = None  # store_pull: the node that held it died
     ok: bool | None = None  # prepare_bundles
     loc: Location | None = None  # get_object
-    rows: list[dict] | None = None  # state_query
-    dropped: Count | None = None  # state_query (tasks)
-    sizes: dict[str, Count] | None = None  # table_sizes
 
 
 class Error(Message, tag="error", kw_only=True):
