@@ -47,6 +47,8 @@ Resources = dict[Annotated[str, Meta(min_length=1, max_length=512)], Amount]
 Level = Annotated[int, Meta(ge=-(10**18), le=10**18)] | Annotated[float, Meta(ge=-1e18, le=1e18)]
 Availability = dict[Annotated[str, Meta(min_length=1, max_length=512)], Level]
 NumReturns = Count | Literal["streaming", "dynamic"]
+# An actor method's defaults: its num_returns, or the options @ember.method set (see actor._method_meta).
+MethodMeta = NumReturns | dict[Annotated[str, Meta(max_length=256)], object]
 Name = Annotated[str, Meta(max_length=4096)]
 GroupName = Annotated[str, Meta(min_length=1, max_length=4096)]  # an actor's concurrency group
 Concurrency = Annotated[int, Meta(ge=1, le=2**31)]
@@ -199,7 +201,7 @@ class ActorPublic(_Part, kw_only=True):
     name: Name | None = None
     namespace: Name | None = None
     class_name: Name | None = None
-    meta: MethodMeta | None = None
+    meta: dict[str, MethodMeta] | None = None
 
 
 class Location(Struct, array_like=True, forbid_unknown_fields=True):

@@ -39,7 +39,6 @@ from ember.runtime.message_fields import (  # noqa: F401 - the part types are re
     Location,
     LogBatches,
     MethodMeta,
-    MethodOptions,
     Name,
     NodeId,
     NumReturns,
@@ -168,7 +167,7 @@ class _ActorFields(_TaskFields, tag=False, kw_only=True):
     pg: PlacementInfo | None = None
     env: dict[str, str] | None = None
     owner_actor: ActorId | None = None
-    meta: MethodMeta = {}
+    meta: dict[str, MethodMeta] = {}  # each method's defaults
 
 
 class ActorSpec(_ActorFields, tag=False, kw_only=True):

@@ -43,6 +43,7 @@ import zmq
 from ember.runtime import messages, protocol, transport
 from ember.runtime.client.functions import FunctionTable
 from ember.runtime.client.interrupts import hold_interrupts, release_interrupts
+from ember.runtime.client.logs import LogBuffer, print_log_line
 from ember.runtime.client.ownership import Ownership, node_suffix
 from ember.runtime.client.peers import PeerSockets
 from ember.runtime.client.task_events import TaskEventBatcher
@@ -148,7 +149,7 @@ class CoreClient:
         self.functions = FunctionTable(self)
         for name in ("export", "load_function", "job_config", "current_namespace"):
             setattr(self, name, getattr(self.functions, name))
-        self._logs: dict[bytes, list] = {}
+        self._logs = LogBuffer()
         self.events = TaskEventBatcher(lambda: self.job_id)
         self.task_event = self.events.note
         self.node_addresses: dict[bytes, str] = {}  # node id -> its node manager's address
@@ -405,8 +406,7 @@ class CoreClient:
             touch = {"op": protocol.STORE_TOUCH, "oids": pins, "unpin": unpins}
             self._node_manager.send_multipart(protocol.encode(touch))
         if self._logs:
-            with self.lock:
-                logs, self._logs = self._logs, {}
+            logs = self._logs.take()
             self._node_manager.send_multipart(protocol.encode({"op": protocol.WORKER_LOGS, "batches": logs}))
         if self.events and self.events.due(time.monotonic()):
             payload = msgpack.packb(self.events.take_due(time.monotonic()))
@@ -578,14 +578,8 @@ class CoreClient:
 
     # --- logs ---------------------------------------------------------------------------------------
     def log_line(self, stream: str, text: str) -> None:
-        context = current_task.get()
-        job = (context.job_id if context else None) or self.job_id or b""
-        name = context.name if context else "worker"
-        tag = context.output_tag if context else None
-        with self.lock:
-            first = not self._logs
-            self._logs.setdefault(job, []).append([stream, name, os.getpid(), text, tag])
-        if first:
+        """A line printed by this worker (any thread): it reaches the driver of its job."""
+        if self._logs.add(stream, text, self.job_id):
             self.wake()
 
     def _on_logs(self, frames: list) -> None:
@@ -593,11 +587,7 @@ class CoreClient:
             self.log_handler(stream, name, pid, text, tag)
         sys.stdout.flush()
 
-    @staticmethod
-    def print_log_line(stream: str, name: str, pid: int, text: str, tag) -> None:
-        """The default ``log_handler``: print a worker's line as Ray does, ``(name pid=N) text``."""
-        out = sys.stderr if stream == "stderr" else sys.stdout
-        out.write(f"({name} pid={pid}) {text}\n")
+    print_log_line = staticmethod(print_log_line)
 
     # Called on the I/O thread for each worker log line of our job; the notebook extension replaces
     # it to show a line under the cell whose ``output_tag`` the line carries.

@@ -21,6 +21,16 @@ import zmq
 
 from ember import exceptions
 from ember.runtime import protocol
+from ember.runtime.client.object_entries import (  # noqa: F401 - re-exported: callers import them from here
+    FAILED,
+    NODE_SUFFIX_LENGTH,
+    PENDING,
+    READY,
+    BorrowedValue,
+    ObjectEntry,
+    node_suffix,
+    store_prefix,
+)
 from ember.runtime.client.object_ref import ObjectRef
 from ember.runtime.client.reference_table import ReferenceTable
 from ember.runtime.ids import put_object_id
@@ -31,48 +41,6 @@ from ember.runtime.task_context import current_task
 
 # Values at most this big travel inline with messages; larger ones go to the shared-memory store.
 INLINE_LIMIT = 100 * 1024
-
-PENDING, READY, FAILED = 0, 1, 2
-
-
-def store_prefix(node_id: bytes) -> str:
-    return f"ember-{node_id.hex()[:12]}"
-
-
-NODE_SUFFIX_LENGTH = 13
-
-
-def node_suffix(node_id: bytes | None) -> str:
-    """The end of the owner address of a process on ``node_id`` (see ``CoreClient.address``)."""
-    return f".{node_id.hex()[: NODE_SUFFIX_LENGTH - 1]}" if node_id else ""
-
-
-class ObjectEntry:
-    """An object this process owns."""
-
-    __slots__ = ("state", "inline", "node_id", "size", "error", "futures", "copies")
-
-    def __init__(self, state=PENDING):
-        self.state = state
-        self.inline = None  # (data, buffers) for small values
-        self.node_id = None  # the node whose store holds a large value
-        self.copies = None  # other nodes that pulled a copy (freed with it; used if its node dies)
-        self.size = 0
-        self.error = None  # an exception, or the pickled TaskError
-        self.futures: list = []
-
-
-class BorrowedValue:
-    """A fetched copy of an object owned elsewhere, cached while this process holds refs to it."""
-
-    __slots__ = ("state", "inline", "node_id", "error", "futures", "owner", "refetches")
-
-    def __init__(self, owner: str | None = None):
-        self.owner = owner
-        self.refetches = 0
-        self.state = PENDING
-        self.inline = self.node_id = self.error = None
-        self.futures: list = []
 
 
 class Ownership:
@@ -413,8 +381,10 @@ class Ownership:
                     borrowed.error = exceptions.OwnerDiedError(oid.hex(), reply.error)
                 elif isinstance(reply, Error):
                     borrowed.error = exceptions.ObjectLostError(oid.hex(), reply.error)
-                elif not isinstance(reply, Reply) or reply.loc is None or not self._unpack_location(
-                    borrowed, reply.loc, frames
+                elif (
+                    not isinstance(reply, Reply)
+                    or reply.loc is None
+                    or not self._unpack_location(borrowed, reply.loc, frames)
                 ):
                     why = f"Its owner sent a bad answer: {reply!r}"[:500]
                     borrowed.error = exceptions.ObjectLostError(oid.hex(), why)

@@ -22,10 +22,19 @@ from functools import partial
 from ember import exceptions
 from ember.runtime import protocol
 from ember.runtime.client.actor_calls import ActorCalls
-from ember.runtime.client.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
-from ember.runtime.client.ownership import FAILED, INLINE_LIMIT, PENDING
-from ember.runtime.client.task_spec import Arg, Lease, ShapeQueue, Stream, TaskSpec, describe, refused_result
-from ember.runtime.ids import new_id, new_task_id, return_object_id, task_id_of
+from ember.runtime.client.object_ref import ObjectRefGenerator
+from ember.runtime.client.ownership import FAILED, PENDING
+from ember.runtime.client.streams import StreamValues
+from ember.runtime.client.task_builder import build_spec
+from ember.runtime.client.task_spec import (
+    Arg,  # noqa: F401 - the worker imports it from here
+    Lease,
+    ShapeQueue,
+    TaskSpec,
+    describe,
+    refused_result,
+)
+from ember.runtime.ids import new_id, task_id_of
 from ember.runtime.messages import (
     ActorUpdate,
     Error,
@@ -33,12 +42,10 @@ from ember.runtime.messages import (
     LeaseGranted,
     LeaseInfeasible,
     Reply,
-    Return,
     StreamItem,
     TaskResult,
 )
-from ember.runtime.serialization import deserialize, serialize
-from ember.runtime.task_context import current_task, output_tag
+from ember.runtime.serialization import deserialize
 
 PIPELINE = 2  # tasks sent ahead to one leased worker
 MAX_LEASE_REQUESTS = 8  # outstanding lease requests per resource shape
@@ -46,7 +53,6 @@ LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this are cheaper to move 
 LEASE_LINGER = 0.05  # seconds an idle lease is kept for the next task of its shape
 
 logger = logging.getLogger(__name__)
-
 
 
 class TaskSubmitter:
@@ -66,7 +72,8 @@ class TaskSubmitter:
         self.specs: dict = {}  # task id -> TaskSpec, for every unfinished task this process owns
         self.dep_waiters: dict = collections.defaultdict(list)
         self.actor_calls = ActorCalls(self)
-        self.streams: dict = {}
+        self.streams: dict = {}  # task id -> Stream of the generator tasks running
+        self.stream_values = StreamValues(client, objects)
         self.lineage: dict = {}  # task id -> TaskSpec of finished tasks whose stored returns may need rebuilding
 
     @property
@@ -93,58 +100,9 @@ class TaskSubmitter:
         }
 
     # --- building tasks (caller's thread) -----------------------------------------------------------
-    def _prepare(self, spec: TaskSpec, args, kwargs, what: str) -> None:
-        client = self.client
-        refs = []
-        if any(type(a) is ObjectRef for a in args):
-            args = tuple(self._swap(a, i, refs) for i, a in enumerate(args))
-        if kwargs and any(type(v) is ObjectRef for v in kwargs.values()):
-            kwargs = {k: self._swap(v, k, refs) for k, v in kwargs.items()}
-        data, buffers, contained = serialize((args, kwargs), what)
-        spec.keepalive = [ref for _, ref in refs] + contained
-        spec.refs = refs
-        size = len(data) + sum(b.nbytes for b in buffers)
-        if size > INLINE_LIMIT:
-            # Large arguments go through the store once, as Ray's implicit put does.
-            ref = client.put_serialized(data, buffers)
-            spec.keepalive.append(ref)
-            spec.header["argobj"] = [ref._id, self.objects.entry(ref._id).node_id]
-            spec.frames = []
-        else:
-            spec.header["nbuf"] = len(buffers)
-            spec.frames = [data, *[bytes(b) for b in buffers]]
-
-    @staticmethod
-    def _swap(value, key, refs):
-        if type(value) is ObjectRef:
-            refs.append((key, value))
-            return Arg(key)
-        return value
-
     def new_spec(self, name, num_returns, args, kwargs, header) -> TaskSpec:
-        spec = TaskSpec()
-        spec.task_id = task_id = new_task_id()
-        spec.name = name
-        context = current_task.get()
-        spec.parent = context.task_id if context else None
-        # A task submitted by a task belongs to the same job (its logs, runtime_env and actors).
-        job = context.job_id if context is not None and context.job_id else self.client.job_id
-        header.update(rid=task_id, tname=name, job=job, owner=self.client.address, owner_id=self.client.client_id)
-        header["owner_node"] = self.client.node_id
-        tag = context.output_tag if context is not None else output_tag.get()
-        if tag is not None:
-            header["tag"] = tag
-        spec.header = header
-        self._prepare(spec, args, kwargs, f"the arguments of {name}")
-        if num_returns == "streaming":
-            spec.stream = Stream(task_id)
-            spec.return_ids = []
-        elif num_returns == "dynamic":
-            spec.stream = Stream(task_id, dynamic=True)
-            spec.return_ids = [return_object_id(task_id, 1)]
-        else:
-            spec.return_ids = [return_object_id(task_id, i + 1) for i in range(num_returns)]
-        return spec
+        """On the caller's thread: a task's spec, its arguments pickled (see task_builder)."""
+        return build_spec(self.client, self.objects, name, num_returns, args, kwargs, header)
 
     def outputs(self, spec: TaskSpec):
         objects = self.objects
@@ -153,7 +111,7 @@ class TaskSubmitter:
                 objects.new_owned(oid)
             refs = [objects.ref(oid) for oid in spec.return_ids]
         if spec.stream is not None and not spec.stream.dynamic:
-            return ObjectRefGenerator(spec.stream, self)
+            return ObjectRefGenerator(spec.stream, self.stream_values)
         return refs
 
     def submit_task(
@@ -441,16 +399,16 @@ class TaskSubmitter:
         if result.err:
             error = bytes(frames[0])
             if spec.stream is not None:
-                self._stream_item(spec, len(spec.stream.items), None, frames)
+                self.stream_values.item(spec, len(spec.stream.items), None, frames)
             if spec.stream is not None and spec.stream.dynamic:
                 # As in Ray, the values yielded before the error stay readable; the error is the last one.
-                self._complete_dynamic(spec)
+                self.stream_values.complete_dynamic(spec)
             for oid in spec.return_ids:
                 complete(oid, error=error)
             self._finish(spec, error=describe(error))
             return
         elif spec.stream is not None and spec.stream.dynamic:
-            self._complete_dynamic(spec)
+            self.stream_values.complete_dynamic(spec)
         elif spec.stream is None:
             position = 0
             stored = False
@@ -488,7 +446,7 @@ class TaskSubmitter:
 
     def fail(self, spec: TaskSpec, error) -> None:
         if spec.stream is not None and not spec.stream.dynamic:
-            oid = self._new_stream_item(spec, len(spec.stream.items))
+            oid = self.stream_values.new_item(spec, len(spec.stream.items))
             self.objects.complete(oid, error=error)
         for oid in spec.return_ids:
             self.objects.complete(oid, error=error)
@@ -610,58 +568,7 @@ class TaskSubmitter:
         if msg.ret.kind == "v" and len(frames) < 1 + msg.ret.first:
             logger.warning("dropped a stream item of task %s: its payload is short", msg.rid.hex())
             return
-        self._stream_item(spec, msg.idx, msg.ret, frames)
-
-    def _new_stream_item(self, spec, index: int) -> bytes:
-        """An owned object for the generator's value number ``index``, held by the stream (so it
-        lives until the consumer takes it, or the generator is dropped)."""
-        oid = return_object_id(spec.task_id, index + spec.stream.offset)
-        self.objects.new_owned(oid)
-        with self.objects.cond:
-            spec.stream.items.append(self.objects.ref(oid))
-        self.client.changed = True
-        return oid
-
-    def _stream_item(self, spec, index, ret: Return | None, frames) -> None:
-        """Value ``index`` of a generator: ``ret`` describes it, None when it is the error in ``frames``."""
-        oid = self._new_stream_item(spec, index)
-        if ret is None:
-            self.objects.complete(oid, error=bytes(frames[0]))
-            return
-        contained = [(inner.oid, inner.owner) for inner in ret.refs]
-        if ret.kind == "v":
-            inline = (frames[0], frames[1 : 1 + ret.first])
-            self.objects.complete(oid, inline=inline, size=ret.second, contained=contained)
-        else:
-            self.objects.complete(oid, node_id=ret.second, size=ret.first, contained=contained)
-
-    def _complete_dynamic(self, spec) -> None:
-        """A dynamic generator task ended: its return value is a DynamicObjectRefGenerator of the refs
-        to what it yielded. Those refs are nested in that value, so they live as long as it does."""
-        refs, spec.stream.items = spec.stream.items, []
-        data, buffers, contained = serialize(DynamicObjectRefGenerator(refs), "a dynamic generator")
-        size = len(data) + sum(b.nbytes for b in buffers)
-        self.objects.complete(
-            spec.return_ids[0],
-            inline=(data, [bytes(b) for b in buffers]),
-            size=size,
-            contained=[(ref._id, ref._owner) for ref in contained],
-        )
-
-    def next_stream_item(self, stream: Stream, index: int, timeout=None):
-        client = self.client
-        led = False
-        try:
-            with self.objects.cond:
-                while len(stream.items) <= index and not stream.done:
-                    client.lead_once(None)
-                    led = True
-                if len(stream.items) > index:
-                    return stream.items[index]
-                return None
-        finally:
-            if led:
-                client.stop_leading()
+        self.stream_values.item(spec, msg.idx, msg.ret, frames)
 
     # --- cancellation -------------------------------------------------------------------------------
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
