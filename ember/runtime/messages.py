@@ -229,7 +229,7 @@ class Shutdown(Message, tag="shutdown", kw_only=True):
 class ClusterView(Message, tag="cluster_view", kw_only=True):
     nodes: list[ClusterNode]
     removed_groups: list[Annotated[str, Meta(pattern="^[0-9a-f]{36}$")]] = []
-    removed_full: bool = False  # removed_groups is all the head remembers, not only what is new
+    removed_full: bool = False  # removed_groups is all the head remembers, not just what is new
 
 
 class NodeDead(Message, tag="node_dead", kw_only=True):
@@ -401,7 +401,7 @@ class CancelBundles(Message, tag="cancel_bundles", kw_only=True):
 
 class PullObject(Message, tag="pull_object", kw_only=True):
     oid: ObjectId
-    chunks: Annotated[list[Annotated[int, Meta(ge=0, le=2**31)]], Meta(max_length=1024)] = []
+    chunks: list[Annotated[int, Meta(ge=0, le=2**31)]] = []  # the chunks still wanted
 
 
 class ObjectChunk(Message, tag="object_chunk", kw_only=True):
