@@ -4,11 +4,14 @@ import hashlib
 import inspect
 import pickle
 
+import msgspec
+
 from ember import options as opts
 from ember.connection import connected_client
 from ember.runtime import protocol
 from ember.runtime.client.core_client import current_client
 from ember.runtime.ids import new_id
+from ember.runtime.message_fields import MethodOptions
 from ember.runtime.serialization import dumps_function
 from ember.runtime.task_context import ActorExit, current_task
 
@@ -151,6 +154,8 @@ class ActorHandle:
         if self._meta and name not in self._meta and name not in ("__ray_ready__", "__ray_terminate__"):
             raise AttributeError(f"'{self._class_name}' actor has no method '{name}'")
         entry = self._meta.get(name, 1)
+        if isinstance(entry, MethodOptions):  # as the head describes the actor
+            entry = {key: value for key, value in msgspec.structs.asdict(entry).items() if value is not None}
         if isinstance(entry, dict):
             defaults = dict(entry)
             num_returns = defaults.pop("num_returns", 1)

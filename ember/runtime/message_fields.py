@@ -47,8 +47,6 @@ Resources = dict[Annotated[str, Meta(min_length=1, max_length=512)], Amount]
 Level = Annotated[int, Meta(ge=-(10**18), le=10**18)] | Annotated[float, Meta(ge=-1e18, le=1e18)]
 Availability = dict[Annotated[str, Meta(min_length=1, max_length=512)], Level]
 NumReturns = Count | Literal["streaming", "dynamic"]
-# An actor method's defaults: its num_returns, or the options @ember.method set (see actor._method_meta).
-MethodMeta = NumReturns | dict[Annotated[str, Meta(max_length=256)], object]
 Name = Annotated[str, Meta(max_length=4096)]
 GroupName = Annotated[str, Meta(min_length=1, max_length=4096)]  # an actor's concurrency group
 Concurrency = Annotated[int, Meta(ge=1, le=2**31)]
@@ -71,8 +69,8 @@ class MethodOptions(_Part, kw_only=True, omit_defaults=True):
     enable_task_events: bool | None = None
 
 
-# Each method's default num_returns, or its options when @ember.method gave others.
-MethodMeta = dict[Name, NumReturns | MethodOptions]
+# An actor method's defaults: its num_returns, or the options @ember.method set (see actor._method_meta).
+MethodMeta = NumReturns | MethodOptions
 
 
 class NodeAffinity(_Part, kw_only=True):

@@ -15,6 +15,7 @@ A lease is kept while tasks of its shape are queued and returned shortly after i
 
 import collections
 import logging
+import os
 import sys
 import time
 from functools import partial
