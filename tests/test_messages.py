@@ -35,13 +35,14 @@ ACTOR_OPTIONS = {
     "max_restarts": -1,
     "max_task_retries": 0,
     "max_concurrency": None,
+    "concurrency_groups": {"io": 2},
     "resources": {"CPU": 1},
     "running": {},
     "strategy": None,
     "pg": None,
     "env": None,
     "owner_actor": None,
-    "meta": {"incr": 1, "stream": "streaming"},
+    "meta": {"incr": 1, "stream": "streaming", "retry": {"num_returns": 2, "retry_exceptions": b"pickled"}},
     "cid": b"cls:" + b"h" * 20,
     "refs": [[0, "r", OID, OWNER]],
 }
@@ -156,7 +157,10 @@ SAMPLES = {
             "pg": ["ab" * 18, -1, True],
         },
     ),
-    "actor_call": ("worker", {**TASK_FIELDS, "rid": TASK, "method": "incr", "nret": "streaming", "refs": []}),
+    "actor_call": (
+        "worker",
+        {**TASK_FIELDS, "rid": TASK, "method": "incr", "nret": "streaming", "refs": [], "cgroup": "io"},
+    ),
     "create_actor_instance": (
         "worker",
         {
@@ -228,6 +232,10 @@ def test_fields_come_out_typed():
     task = decode_header("worker", pack("execute_task", SAMPLES["execute_task"][1]))
     assert [ref.kind for ref in task.refs] == ["v", "s", "r"] and task.pg.index == -1 and task.pg.capture
     assert task.argobj is None and task.max_calls == 0
+    dynamic = decode_header("worker", pack("execute_task", {**SAMPLES["execute_task"][1], "nret": "dynamic"}))
+    assert dynamic.nret == "dynamic"
+    call = decode_header("worker", pack("actor_call", SAMPLES["actor_call"][1]))
+    assert call.cgroup == "io"
     result = decode_header("client", pack("task_result", SAMPLES["task_result"][1]))
     assert result.rets[1].second == NODE and result.rets[1].refs[0].owner == OWNER
 
@@ -277,6 +285,10 @@ BAD = {
     "bad return entry": mutated("task_result", rets=[["v", 0, NODE, []]]),
     "bad location": mutated("reply", loc=["v", NODE]),
     "negative nret": mutated("execute_task", nret=-1),
+    "unknown nret": mutated("execute_task", nret="sometimes"),
+    "empty concurrency group": mutated("actor_call", cgroup=""),
+    "concurrency group of zero": mutated("create_actor_instance", concurrency_groups={"io": 0}),
+    "unknown method option": mutated("create_actor_instance", meta={"f": {"num_returns": 1, "colour": "red"}}),
     "negative actor restarts below -1": mutated("create_actor_instance", max_restarts=-2),
     "nested spec with an op": mutated("create_actor", spec={**SAMPLES["create_actor"][1]["spec"], "op": "x"}),
     # Not a message at all.

@@ -69,8 +69,8 @@ class MethodOptions(_Part, kw_only=True, omit_defaults=True):
     enable_task_events: bool | None = None
 
 
-# An actor method's defaults: its num_returns, or the options @ember.method set (see actor._method_meta).
-MethodMeta = NumReturns | MethodOptions
+# Each method's default num_returns, or its options when @ember.method gave others.
+MethodMeta = dict[Name, NumReturns | MethodOptions]
 
 
 class NodeAffinity(_Part, kw_only=True):
@@ -199,7 +199,7 @@ class ActorPublic(_Part, kw_only=True):
     name: Name | None = None
     namespace: Name | None = None
     class_name: Name | None = None
-    meta: dict[str, MethodMeta] | None = None
+    meta: MethodMeta | None = None
 
 
 class Location(Struct, array_like=True, forbid_unknown_fields=True):

@@ -39,6 +39,7 @@ from ember.runtime.message_fields import (  # noqa: F401 - the part types are re
     Location,
     LogBatches,
     MethodMeta,
+    MethodOptions,
     Name,
     NodeId,
     NumReturns,
@@ -160,14 +161,14 @@ class _ActorFields(_TaskFields, tag=False, kw_only=True):
     max_restarts: Retries = 0
     max_task_retries: Retries = 0
     max_concurrency: Annotated[int, Meta(ge=1, le=2**31)] | None = None
-    concurrency_groups: dict[Name, Annotated[int, Meta(ge=1, le=2**31)]] | None = None
+    concurrency_groups: dict[GroupName, Concurrency] | None = None
     resources: Resources
     running: Resources
     strategy: SchedulingStrategy | None = None
     pg: PlacementInfo | None = None
     env: dict[str, str] | None = None
     owner_actor: ActorId | None = None
-    meta: dict[str, MethodMeta] = {}  # each method's defaults
+    meta: MethodMeta = {}
 
 
 class ActorSpec(_ActorFields, tag=False, kw_only=True):
@@ -374,7 +375,7 @@ class StoreDelete(Message, tag="store_delete", kw_only=True):
 
 
 class StoreTouch(Message, tag="store_touch", kw_only=True):
-    """Mappings made (``oids``: pin them) and let go (``unpin``) since the last touch."""
+    """``oids``: objects a reader mapped (kept in memory); ``unpin``: mappings it let go of."""
 
     oids: list[ObjectId]
     unpin: list[ObjectId] = []
@@ -437,7 +438,7 @@ class ActorCall(_TaskFields, tag="actor_call", tag_field="op", kw_only=True):
     rid: TaskId
     method: Name
     nret: NumReturns
-    cgroup: Name | None = None  # the method's concurrency group
+    cgroup: GroupName | None = None
 
 
 class CreateActorInstance(_ActorFields, tag="create_actor_instance", tag_field="op", kw_only=True, omit_defaults=True):

@@ -7,8 +7,10 @@ pair) is sent back as the reply to the request id. A bad message or a handler th
 logged and answered with an error message; it never stops the loop.
 """
 
+import collections
 import logging
 import os
+import threading
 import time
 
 import zmq
@@ -28,13 +30,18 @@ class Dispatcher:
     moved to typed messages). Whatever a handler returns (a dict, or a (dict, frames) pair) is the
     reply; a handler that raises is logged and answered with an error. Nothing a peer sends stops
     the loop that calls ``dispatch``.
+
+    With ``send_frames``, a handler's reply is already encoded (a list of frames, sent as it is with
+    ``send_frames(identity, frames)``): for a service whose replies are messages of their own, not a
+    ``reply`` (a worker answers with ``task_result``).
     """
 
-    def __init__(self, table: dict, send, schema: str | None = None, name: str = "service"):
+    def __init__(self, table: dict, send, schema: str | None = None, name: str = "service", send_frames=None):
         self.table = table
         self.send = send  # send(identity, header dict, frames)
         self.schema = schema
         self.name = name
+        self.send_frames = send_frames
 
     def dispatch(self, identity: bytes, frames: list) -> None:
         try:
@@ -52,7 +59,11 @@ class Dispatcher:
             if rid is not None:
                 self.reply_error(identity, rid, error)
             return
-        if result is not None and rid is not None:
+        if result is None or rid is None:
+            return
+        if self.send_frames is not None:
+            self.send_frames(identity, result)
+        else:
             body, reply_frames = result if isinstance(result, tuple) else (result, ())
             self.reply(identity, rid, body, reply_frames)
 
@@ -116,7 +127,14 @@ class Service:
 
 
 class EventLoop:
-    """Polls the sockets of one or more services (and raw file descriptors) until stopped."""
+    """One poll loop for a process's sockets, raw file descriptors and calls from other threads.
+
+    ``run`` polls until ``stop``; ``run_once`` polls one round, for a thread that drives the loop
+    itself (one thread at a time: the caller keeps others out). Services added with ``add_service``
+    tick at least every ``TICK`` seconds; a loop without services sleeps until something happens.
+    ``call_soon`` is the one thread-safe entry: it queues a function for the loop's thread and wakes
+    the poll through the loop's own pipe, once per round however many calls arrive.
+    """
 
     TICK = 0.1
 
@@ -126,6 +144,14 @@ class EventLoop:
         self.sockets: dict = {}
         self.fd_handlers: dict = {}
         self.running = True
+        self._next_tick = 0.0
+        self._calls: collections.deque = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # a full pipe already holds a wake-up: never block a sender
+        self._woken = False
+        self._owner: int | None = None  # the thread inside run_once, which needs no wake-up
+        self.add_fd(self._wake_r, self._on_wake)
 
     def add_service(self, service: Service) -> None:
         self.services.append(service)
@@ -145,41 +171,110 @@ class EventLoop:
         self.fd_handlers[fd] = on_readable
         self.poller.register(fd, zmq.POLLIN)
 
+    def call_soon(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the loop's thread, in the order of calls; safe from any thread."""
+        self._calls.append((fn, args))
+        if not self._woken and self._owner != threading.get_ident():
+            self._woken = True
+            self._write_wake()
+
+    def wake(self) -> None:
+        """End the current poll now (from another thread, or a signal handler)."""
+        self._write_wake()
+
+    def _write_wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # full (a wake-up is pending anyway) or closed (the loop is gone)
+
+    def _on_wake(self, fd: int) -> None:
+        # Drain first, then clear: a call queued between the two is run just below; clearing first
+        # could leave the flag set with the pipe empty and every later wake-up skipped.
+        read_eof(fd)
+        self._woken = False
+        self._run_calls()
+
+    def _run_calls(self) -> None:
+        calls = self._calls
+        while calls:
+            fn, args = calls.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("error in %s", getattr(fn, "__name__", fn))
+
     def run(self) -> None:
-        next_tick = 0.0
         while self.running:
-            now = time.monotonic()
-            if now >= next_tick:
-                for service in self.services:
-                    try:
-                        service.tick(now)
-                    except Exception:
-                        logger.exception("tick of %s failed", type(service).__name__)
-                next_tick = now + self.TICK
-            events = self.poller.poll(max(0.0, next_tick - time.monotonic()) * 1000)
+            self.run_once()
+
+    def run_once(self, limit: float | None = None) -> int:
+        """Poll one round: wait up to ``limit`` seconds (None: until something happens, or the next
+        tick when there are services), handle what arrived, run queued calls and due ticks. Returns
+        the number of sockets and descriptors that were ready."""
+        self._owner = threading.get_ident()
+        try:
+            timeout = limit
+            if self.services:
+                now = time.monotonic()
+                if now >= self._next_tick:
+                    self._tick(now)
+                until_tick = max(0.0, self._next_tick - time.monotonic())
+                timeout = until_tick if timeout is None else min(timeout, until_tick)
+            if self._calls:
+                timeout = 0.0
+            events = self.poller.poll(None if timeout is None else timeout * 1000)
             for target, _ in events:
                 if isinstance(target, int):
                     self.fd_handlers[target](target)
-                    continue
-                entry = self.sockets.get(target)
-                if entry is None:
-                    continue
-                on_frames, raw = entry
-                # Drain what is queued without blocking, so a burst costs one poll.
-                for _ in range(1000):
-                    try:
-                        frames = target.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    try:
-                        on_frames(frames if raw else unwrap(frames))
-                    except Exception:
-                        logger.exception("error while handling a message")
-                    if not self.running or target not in self.sockets:
-                        break  # stopped, or the handler closed this socket
+                else:
+                    self._drain(target)
+                if not self.running:
+                    break
+            if self._calls:  # queued by handlers on this thread, which wrote no wake-up
+                self._run_calls()
+            return len(events)
+        finally:
+            self._owner = None
+
+    def _tick(self, now: float) -> None:
+        for service in self.services:
+            try:
+                service.tick(now)
+            except Exception:
+                logger.exception("tick of %s failed", type(service).__name__)
+        self._next_tick = now + self.TICK
+
+    def _drain(self, sock) -> None:
+        entry = self.sockets.get(sock)
+        if entry is None:
+            return  # removed by a handler earlier in this round
+        on_frames, raw = entry
+        # Drain what is queued without blocking, so a burst costs one poll.
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                on_frames(frames if raw else unwrap(frames))
+            except Exception:
+                logger.exception("error while handling a message")
+            if not self.running or sock not in self.sockets:
+                break  # stopped, or the handler closed this socket
 
     def stop(self) -> None:
+        """Leave ``run`` after the current round; safe from any thread and from signal handlers."""
         self.running = False
+        self._write_wake()
+
+    def close(self) -> None:
+        """Close the wake-up pipe (the sockets belong to whoever added them)."""
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def unwrap(frames: list) -> list:

@@ -11,20 +11,25 @@ Data flow::
 Normal tasks and the calls of a plain actor run on the main thread, one at a time, in arrival order
 (one connection per caller keeps each caller's calls in submission order). Threaded actors
 (``max_concurrency > 1``) run calls on a thread pool; async actors run them as coroutines on an
-event loop thread. Replies from those threads reach the socket through an outbox and a wake pipe.
+event loop thread. Replies from those threads reach the socket through an outbox that the main
+thread's :class:`~ember.runtime.service.EventLoop` flushes (``call_soon``). Requests are validated
+against the ``worker`` schema where they enter (a :class:`~ember.runtime.service.Dispatcher`), and
+refused when they do not fit what this worker is: a worker that hosts an actor runs no tasks and no
+second actor, and a worker without an actor takes no actor calls.
 Concurrency groups (``concurrency_groups={"io": 2}``) give each group its own pool of threads (its own
 semaphore for an async actor); calls that name no group use the default one, of ``max_concurrency``.
 """
 
 import collections
 import inspect
+import logging
 import os
 import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import zmq
+import msgspec
 
 from ember import exceptions
 from ember.runtime import protocol, transport
@@ -33,13 +38,15 @@ from ember.runtime.client.ownership import INLINE_LIMIT
 from ember.runtime.client.task_submitter import Arg
 from ember.runtime.ids import return_object_id
 from ember.runtime.serialization import deserialize, serialize, serialize_error
-from ember.runtime.service import read_eof, unwrap
+from ember.runtime.service import Dispatcher, EventLoop
 from ember.runtime.task_context import ActorExit, TaskContext, current_task
 
 # Generator tasks whose values go back one by one as they are yielded. A "dynamic" task's owner
 # gathers them into one DynamicObjectRefGenerator when the task ends; its own return is object 1,
 # so its values are numbered from 2.
 STREAMED = ("streaming", "dynamic")
+
+logger = logging.getLogger(__name__)
 
 
 class _Cancelled(BaseException):
@@ -101,14 +108,15 @@ class Worker:
         self.client.cancel_handler = self.cancel
         self.client.exit_allowed = lambda: self.running_task is None and self.actor is None
         self.socket, self.address = transport.bind_router(host)
-        self.outbox: collections.deque = collections.deque()
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
+        self.dispatcher = Dispatcher(self.table, self._send_header, "worker", "worker", send_frames=self._send)
+        self.loop = EventLoop()
+        self.loop.add_socket(self.socket, self.handle)
+        self.outbox: collections.deque = collections.deque()  # replies from other threads, in order
         self.actor = None
         self.actor_name = ""
         self.actor_context = None
         self.executor = None
-        self.loop = None
+        self.async_loop = None  # an async actor's asyncio loop, on its own thread
         self.semaphore = None
         self.group_executors: dict = {}  # concurrency group -> its thread pool (threaded actors)
         self.group_semaphores: dict = {}  # concurrency group -> its semaphore (async actors)
@@ -135,7 +143,7 @@ class Worker:
             self.client.submitter.cancel_children(task_id)
         task = self.async_tasks.get(task_id)
         if task is not None:
-            self.loop.call_soon_threadsafe(task.cancel)
+            self.async_loop.call_soon_threadsafe(task.cancel)
         elif self.running_task == task_id:
             os.kill(os.getpid(), signal.SIGINT)
 
@@ -154,29 +162,7 @@ class Worker:
         )
         sys.stdout = LogStream("stdout", self.client, sys.__stdout__)
         sys.stderr = LogStream("stderr", self.client, sys.__stderr__)
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
-        poller.register(self.wake_r, zmq.POLLIN)
-        while True:
-            events = dict(poller.poll())
-            if self.wake_r in events:
-                read_eof(self.wake_r)
-                while self.outbox:
-                    self.socket.send_multipart(self.outbox.popleft(), copy=False)
-                if self.exit_after_reply:
-                    self._exit()
-            if self.socket in events:
-                while True:
-                    try:
-                        frames = unwrap(self.socket.recv_multipart(zmq.NOBLOCK, copy=False))
-                    except zmq.Again:
-                        break
-                    try:
-                        self.handle(frames)
-                    except (Exception, _Cancelled) as error:  # a bad message must not kill the worker
-                        print(f"ember worker: dropped a bad message: {error!r}", file=sys.__stderr__)
-                    if self.exit_after_reply:
-                        self._exit()
+        self.loop.run()  # until _exit, or the process is stopped
 
     def _exit(self) -> None:
         """Leave after the last reply went out (max_calls, or an actor's __ray_terminate__)."""
@@ -200,71 +186,73 @@ class Worker:
         os._exit(0)
 
     def handle(self, frames: list) -> None:
-        identity = frames[0]
-        header, payload = protocol.decode(frames[1:])
-        handler = self.table.get(header.get("op"))
-        if handler is None:
-            # Perhaps meant for a process that had our port before us: answer rather than drop.
-            if header.get("rid") is not None:
-                error = {
-                    "op": protocol.ERROR,
-                    "rid": header["rid"],
-                    "error": f"a worker's task socket got {header.get('op')!r}",
-                }
-                self.socket.send_multipart([identity, *protocol.encode(error)])
-            raise ValueError(f"unknown op {header.get('op')!r}")
-        reply = handler(identity, header, payload)
-        if reply is not None:
-            self.socket.send_multipart([identity, *reply], copy=False)
+        """One request from the task socket (on the main thread, which runs the loop)."""
+        try:
+            self.dispatcher.dispatch(frames[0], frames[1:])
+        except _Cancelled:  # a cancellation that arrived after its task ended: nothing to interrupt
+            logger.warning("a late cancellation interrupted the worker's loop")
+        if self.exit_after_reply:
+            self._exit()  # before anything pipelined behind the last call runs
+
+    def _send(self, identity: bytes, reply: list) -> None:
+        self.socket.send_multipart([identity, *reply], copy=False)
+
+    def _send_header(self, identity: bytes, header: dict, frames=()) -> None:
+        self.socket.send_multipart([identity, *protocol.encode(header, frames)], copy=False)
+
+    def _refuse(self, identity: bytes, msg, why: str) -> None:
+        """Answer a request this worker must not run with an error: its state stays as it was."""
+        logger.warning("refused %s %s from %r: %s", msg.__struct_config__.tag, msg.rid.hex(), identity, why)
+        self.dispatcher.reply_error(identity, msg.rid, ValueError(f"refused by worker {os.getpid()}: {why}"))
 
     def send_later(self, identity: bytes, reply: list) -> None:
         """From another thread: queue a reply for the main thread to send."""
         self.outbox.append([identity, *reply])
-        os.write(self.wake_w, b"x")
+        self.loop.call_soon(self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        # One flush sends every reply queued so far; the calls queued with them find the outbox empty.
+        while self.outbox:
+            self.socket.send_multipart(self.outbox.popleft(), copy=False)
+        if self.exit_after_reply:
+            self._exit()
 
     # --- arguments and results ------------------------------------------------------------------
-    def resolve_args(self, header: dict, frames: list):
-        if "argobj" in header:
-            oid, node_id = header["argobj"]
+    def resolve_args(self, msg, frames: list):
+        if msg.argobj is not None:
+            oid, node_id = msg.argobj
             args, kwargs = self.client.read_stored(oid, node_id)
         else:
-            nbuf = header.get("nbuf", 0)
-            args, kwargs = deserialize(frames[0], frames[1 : 1 + nbuf])
-        refs = header.get("refs")
-        if not refs:
+            args, kwargs = deserialize(frames[0], frames[1 : 1 + msg.nbuf])
+        if not msg.refs:
             return args, kwargs
         values = {}
         from ember.runtime.client.object_ref import ObjectRef
 
-        for entry in refs:
-            key, kind = entry[0], entry[1]
-            if kind == "v":
-                start, count = entry[2], entry[3]
-                values[key] = deserialize(frames[start], frames[start + 1 : start + 1 + count])
-            elif kind == "s":
-                values[key] = self.client.read_stored(entry[2], entry[3])
-            else:
-                values[key] = self.client.get([ObjectRef(entry[2], entry[3], self.client)])[0]
+        for ref in msg.refs:
+            if ref.kind == "v":  # where: its first payload frame, what: how many buffers follow
+                values[ref.key] = deserialize(frames[ref.where], frames[ref.where + 1 : ref.where + 1 + ref.what])
+            elif ref.kind == "s":  # where: the object id, what: the node whose store holds it
+                values[ref.key] = self.client.read_stored(ref.where, ref.what)
+            else:  # borrowed: where is the object id, what its owner's address
+                values[ref.key] = self.client.get([ObjectRef(ref.where, ref.what, self.client)])[0]
         args = tuple(values[a.key] if type(a) is Arg else a for a in args)
         if kwargs:
             kwargs = {k: values[v.key] if type(v) is Arg else v for k, v in kwargs.items()}
         return args, kwargs
 
-    def pack_value(self, header: dict, index: int, value) -> tuple[list, list]:
+    def pack_value(self, msg, index: int, value) -> tuple[list, list]:
         """(descriptor, frames) of one return value: inline frames, or a location in the store."""
         data, buffers, contained = serialize(value, f"return value {index - 1}")
-        pairs = self.client.pin_returned_refs(contained, header["owner"]) if contained else []
+        pairs = self.client.pin_returned_refs(contained, msg.owner) if contained else []
         size = len(data) + sum(b.nbytes for b in buffers)
         if size <= INLINE_LIMIT:
             return ["v", len(buffers), size, pairs], [data, *buffers]
-        node_id = self.client.store_put(
-            return_object_id(header["rid"], index), data, buffers, header["owner_id"], header.get("owner_node")
-        )
+        node_id = self.client.store_put(return_object_id(msg.rid, index), data, buffers, msg.owner_id, msg.owner_node)
         return ["s", size, node_id, pairs], []
 
-    def pack_returns(self, header: dict, result) -> list:
-        task_id = header["rid"]
-        num_returns = header["nret"]
+    def pack_returns(self, msg, result) -> list:
+        num_returns = msg.nret
         if num_returns == 1:
             values = [result]
         elif num_returns == 0:
@@ -273,17 +261,17 @@ class Worker:
             values = list(result) if isinstance(result, (tuple, list)) or inspect.isgenerator(result) else None
             if values is None or len(values) != num_returns:
                 raise ValueError(
-                    f"{header['tname']} declared num_returns={num_returns} but returned "
+                    f"{msg.tname} declared num_returns={num_returns} but returned "
                     f"{type(result).__name__} {'of length ' + str(len(values)) if values else ''}".rstrip()
                 )
         rets, frames = [], []
         for index, value in enumerate(values, start=1):
-            ret, value_frames = self.pack_value(header, index, value)
+            ret, value_frames = self.pack_value(msg, index, value)
             rets.append(ret)
             frames += value_frames
-        return protocol.encode({"op": protocol.TASK_RESULT, "rid": task_id, "rets": rets}, frames)
+        return protocol.encode({"op": protocol.TASK_RESULT, "rid": msg.rid, "rets": rets}, frames)
 
-    def error_reply(self, header: dict, error: BaseException, name: str) -> list:
+    def error_reply(self, msg, error: BaseException, name: str) -> list:
         if isinstance(error, ActorExit):
             # exit_actor(): this call fails like every later one, and the head stops us for good.
             cause = "The actor exited by calling exit_actor()."
@@ -291,7 +279,7 @@ class Worker:
             error.__traceback__ = None
             already, self.exited = self.exited, cause
             if already:
-                return self.exited_reply(header)
+                return self.exited_reply(msg)
             self.client.call_soon(
                 self.client.send,
                 "head",
@@ -308,52 +296,51 @@ class Worker:
             error = exceptions.TaskCancelledError(f"Task {name} was cancelled.")
             error.__traceback__ = None
         frames = [serialize_error(error, name, os.getpid())]
-        return protocol.encode({"op": protocol.TASK_RESULT, "rid": header["rid"], "err": True}, frames)
+        return protocol.encode({"op": protocol.TASK_RESULT, "rid": msg.rid, "err": True}, frames)
 
     # --- normal tasks -----------------------------------------------------------------------------
-    def _context(self, header: dict, actor_id=None) -> TaskContext:
-        assigned = header.get("res") or {}
-        return TaskContext(
-            task_id=header["rid"],
-            name=header.get("tname", ""),
-            job_id=header.get("job"),
-            actor_id=actor_id,
-            assigned=assigned,
-            gpu_ids=header.get("gpus") or [],
-            holds_cpu=assigned.get("CPU", 0) > 0,
-            borrowed=[],
-            output_tag=header.get("tag"),
-            placement_group=header.get("pg"),
-        )
-
-    def execute_task(self, identity: bytes, header: dict, frames: list) -> list:
-        task_id = header["rid"]
+    def execute_task(self, identity: bytes, msg, frames: list) -> list | None:
+        task_id = msg.rid
+        if self.actor_context is not None:
+            # Its lease is the actor's for life: a task here would share the actor's process and
+            # could end it (max_calls), and the head would not restart an actor that exited cleanly.
+            return self._refuse(identity, msg, f"it hosts the actor {self.actor_name}")
         if self.retiring:
             return protocol.encode({"op": protocol.TASK_RESULT, "rid": task_id, "rejected": True})
-        name = header.get("tname", "task")
-        context = self._context(header)
+        name = msg.tname or "task"
+        assigned = msg.res
+        context = TaskContext(
+            task_id=task_id,
+            name=msg.tname,
+            job_id=msg.job,
+            assigned=assigned,
+            gpu_ids=msg.gpus,
+            holds_cpu=assigned.get("CPU", 0) > 0,
+            borrowed=[],
+            output_tag=msg.tag,
+            placement_group=_placement(msg.pg),
+        )
         token = current_task.set(context)
         restore = _nothing
         try:
-            restore = self._apply_env(self._env_of(header), context.gpu_ids)
-            function = self.client.load_function(header["fid"], header.get("job"))
-            args, kwargs = self.resolve_args(header, frames)
+            restore = self._apply_env(self._env_of(msg), context.gpu_ids)
+            function = self.client.load_function(msg.fid, msg.job)
+            args, kwargs = self.resolve_args(msg, frames)
             result = self.run_user_code(task_id, function, *args, **kwargs)
-            if header["nret"] in STREAMED:
-                reply = self.stream(identity, header, result)
+            if msg.nret in STREAMED:
+                reply = self.stream(identity, msg, result)
             else:
-                reply = self.pack_returns(header, result)
+                reply = self.pack_returns(msg, result)
         except BaseException as error:  # noqa: B902 - the task's failure is the caller's to see
-            reply = self.error_reply(header, error, name)
+            reply = self.error_reply(msg, error, name)
         finally:
             self.cancel_requested.discard(task_id)
             restore()
             current_task.reset(token)
         self.client.flush_borrows(context.borrowed)
-        max_calls = header.get("max_calls") or 0
-        if max_calls:
-            self.calls_by_function[header["fid"]] += 1
-            if self.calls_by_function[header["fid"]] >= max_calls:
+        if msg.max_calls:
+            self.calls_by_function[msg.fid] += 1
+            if self.calls_by_function[msg.fid] >= msg.max_calls:
                 # Finish this reply, refuse what was pipelined behind it, then exit.
                 self.retiring = True
                 reply = _with(reply, retire=True)
@@ -373,44 +360,42 @@ class Worker:
         finally:
             self.running_task = None
 
-    def stream(self, identity: bytes, header: dict, generator) -> list:
+    def stream(self, identity: bytes, msg, generator) -> list:
         """Send each value the generator yields as it comes; the final reply says how many there were."""
         count = 0
         iterator = iter(generator)
         while True:
             try:
-                value = self.run_user_code(header["rid"], next, iterator)
+                value = self.run_user_code(msg.rid, next, iterator)
             except StopIteration:
                 break
             count += 1
-            self._send_stream_item(identity, header, count, value)
-        return self._stream_end(header, count)
+            self._send_stream_item(identity, msg, count, value)
+        return self._stream_end(msg, count)
 
-    async def stream_async(self, identity: bytes, header: dict, generator) -> list:
+    async def stream_async(self, identity: bytes, msg, generator) -> list:
         count = 0
         async for value in generator:
             count += 1
-            self._send_stream_item(identity, header, count, value)
-        return self._stream_end(header, count)
+            self._send_stream_item(identity, msg, count, value)
+        return self._stream_end(msg, count)
 
-    def _send_stream_item(self, identity: bytes, header: dict, index: int, value) -> None:
-        ret, frames = self.pack_value(header, index + (header["nret"] == "dynamic"), value)
-        message = protocol.encode(
-            {"op": protocol.STREAM_ITEM, "rid": header["rid"], "idx": index - 1, "ret": ret}, frames
-        )
+    def _send_stream_item(self, identity: bytes, msg, index: int, value) -> None:
+        ret, frames = self.pack_value(msg, index + (msg.nret == "dynamic"), value)
+        message = protocol.encode({"op": protocol.STREAM_ITEM, "rid": msg.rid, "idx": index - 1, "ret": ret}, frames)
         if threading.current_thread() is threading.main_thread():
             self.socket.send_multipart([identity, *message], copy=False)
         else:
             self.send_later(identity, message)
 
     @staticmethod
-    def _stream_end(header: dict, count: int) -> list:
-        return protocol.encode({"op": protocol.TASK_RESULT, "rid": header["rid"], "rets": [], "stream_end": count})
+    def _stream_end(msg, count: int) -> list:
+        return protocol.encode({"op": protocol.TASK_RESULT, "rid": msg.rid, "rets": [], "stream_end": count})
 
-    def _env_of(self, header: dict) -> dict:
+    def _env_of(self, msg) -> dict:
         """The job's runtime_env variables, overridden by the task's or actor's own."""
-        env = dict(self.client.job_config(header["job"])["env_vars"]) if header.get("job") else {}
-        env.update(header.get("env") or {})
+        env = dict(self.client.job_config(msg.job)["env_vars"]) if msg.job else {}
+        env.update(msg.env or {})
         return env
 
     @staticmethod
@@ -433,32 +418,45 @@ class Worker:
         return restore
 
     # --- actors -------------------------------------------------------------------------------------
-    def create_actor(self, identity: bytes, header: dict, frames: list) -> list:
-        name = header.get("class_name", "Actor")
+    def create_actor(self, identity: bytes, msg, frames: list) -> list | None:
+        if self.actor_context is not None:
+            return self._refuse(identity, msg, f"it hosts the actor {self.actor_name} already")
+        name = msg.class_name
         self.actor_name = name
-        context = self._context(header, actor_id=header["actor_id"])
-        context.name = name
-        context.holds_cpu = False
+        # The lease's resources come as ``assigned`` (``res`` is a task's field): what
+        # get_runtime_context().get_assigned_resources() shows inside the actor and its calls.
+        context = TaskContext(
+            task_id=msg.rid,
+            name=name,
+            job_id=msg.job,
+            actor_id=msg.actor_id,
+            assigned=msg.assigned,
+            gpu_ids=msg.gpus,
+            holds_cpu=False,
+            borrowed=[],
+            actor_info=(msg.actor_id, name, _plain_meta(msg.meta)),
+            placement_group=_placement(msg.pg),
+            output_tag=msg.tag,
+        )
         self.actor_context = context
-        context.actor_info = (header["actor_id"], name, header.get("meta") or {})
         current_task.set(context)
         try:
-            self._apply_env(self._env_of(header), context.gpu_ids)  # for the actor's whole life
-            cls = self.client.load_function(header["cid"], header.get("job"))
-            args, kwargs = self.resolve_args(header, frames)
+            self._apply_env(self._env_of(msg), context.gpu_ids)  # for the actor's whole life
+            cls = self.client.load_function(msg.cid, msg.job)
+            args, kwargs = self.resolve_args(msg, frames)
             is_async = any(
                 inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
                 for _, m in inspect.getmembers(cls, inspect.isfunction)
             )
-            max_concurrency = header.get("max_concurrency") or (1000 if is_async else 1)
-            groups = header.get("concurrency_groups") or {}
+            max_concurrency = msg.max_concurrency or (1000 if is_async else 1)
+            groups = msg.concurrency_groups or {}
             if is_async:
                 import asyncio
 
-                self.loop = asyncio.new_event_loop()
+                self.async_loop = asyncio.new_event_loop()
                 self.semaphore = asyncio.Semaphore(max_concurrency)
                 self.group_semaphores = {group: asyncio.Semaphore(limit) for group, limit in groups.items()}
-                threading.Thread(target=self.loop.run_forever, name="ember-actor-loop", daemon=True).start()
+                threading.Thread(target=self.async_loop.run_forever, name="ember-actor-loop", daemon=True).start()
             elif max_concurrency > 1 or groups:
                 # With groups, even a default group of one runs on its own thread: a call waiting
                 # in one group must not hold up the others.
@@ -470,37 +468,39 @@ class Worker:
             self.actor = cls.__new__(cls)
             self.actor.__init__(*args, **kwargs)
         except BaseException as error:
-            return self.error_reply(header, error, f"{name}.__init__")
-        return protocol.encode({"op": protocol.TASK_RESULT, "rid": header["rid"], "rets": []})
+            return self.error_reply(msg, error, f"{name}.__init__")
+        return protocol.encode({"op": protocol.TASK_RESULT, "rid": msg.rid, "rets": []})
 
-    def exited_reply(self, header: dict) -> list:
+    def exited_reply(self, msg) -> list:
         """A call that reached us after exit_actor(), before the head stopped this process."""
         error = exceptions.ActorDiedError(self.exited, self.actor_context.actor_id.hex())
-        frames = [serialize_error(error, header.get("method", "call"), os.getpid())]
-        return protocol.encode({"op": protocol.TASK_RESULT, "rid": header["rid"], "err": True}, frames)
+        frames = [serialize_error(error, getattr(msg, "method", "call"), os.getpid())]
+        return protocol.encode({"op": protocol.TASK_RESULT, "rid": msg.rid, "err": True}, frames)
 
-    def actor_call(self, identity: bytes, header: dict, frames: list):
+    def actor_call(self, identity: bytes, msg, frames: list):
+        if self.actor_context is None:
+            return self._refuse(identity, msg, "it hosts no actor")
         if self.exited:
-            return self.exited_reply(header)
-        group = header.get("cgroup")
+            return self.exited_reply(msg)
+        group = msg.cgroup
         if group is not None and group not in self.group_executors and group not in self.group_semaphores:
             error = ValueError(f"The actor {self.actor_name} has no concurrency group {group!r}.")
-            return self.error_reply(header, error, f"{self.actor_name}.{header['method']}")
-        if self.loop is not None:
+            return self.error_reply(msg, error, f"{self.actor_name}.{msg.method}")
+        if self.async_loop is not None:
             import asyncio
 
-            self.async_tasks[header["rid"]] = asyncio.run_coroutine_threadsafe(
-                self._run_async_call(identity, header, frames), self.loop
+            self.async_tasks[msg.rid] = asyncio.run_coroutine_threadsafe(
+                self._run_async_call(identity, msg, frames), self.async_loop
             )
             return None
         if self.executor is not None:
             executor = self.group_executors.get(group, self.executor)
-            executor.submit(lambda: self.send_later(identity, self._run_call(identity, header, frames)))
+            executor.submit(lambda: self.send_later(identity, self._run_call(identity, msg, frames)))
             return None
-        return self._run_call(identity, header, frames)
+        return self._run_call(identity, msg, frames)
 
-    def _method(self, header: dict):
-        method_name = header["method"]
+    def _method(self, msg):
+        method_name = msg.method
         if method_name == "__ray_ready__":
             return lambda: True
         if method_name == "__ray_terminate__":
@@ -508,80 +508,108 @@ class Worker:
             return lambda: None
         return getattr(self.actor, method_name)
 
-    def _call_context(self, header: dict) -> TaskContext:
-        context = self._context(header, actor_id=self.actor_context.actor_id)
-        context.name = self.actor_name
-        context.assigned = self.actor_context.assigned
-        context.gpu_ids = self.actor_context.gpu_ids
-        context.actor_info = self.actor_context.actor_info
-        context.placement_group = self.actor_context.placement_group  # its calls' tasks may join its group
-        context.holds_cpu = False
-        return context
+    def _call_context(self, msg) -> TaskContext:
+        actor = self.actor_context
+        return TaskContext(
+            task_id=msg.rid,
+            name=self.actor_name,
+            job_id=msg.job,
+            actor_id=actor.actor_id,
+            assigned=actor.assigned,
+            gpu_ids=actor.gpu_ids,
+            holds_cpu=False,
+            borrowed=[],
+            actor_info=actor.actor_info,
+            placement_group=actor.placement_group,  # its calls' tasks may join its group
+            output_tag=msg.tag,
+        )
 
-    def _run_call(self, identity: bytes, header: dict, frames: list) -> list:
-        task_id = header["rid"]
-        context = self._call_context(header)
+    def _run_call(self, identity: bytes, msg, frames: list) -> list:
+        task_id = msg.rid
+        context = self._call_context(msg)
         token = current_task.set(context)
         try:
-            args, kwargs = self.resolve_args(header, frames)
-            result = self.run_user_code(task_id, self._method(header), *args, **kwargs)
-            if header["nret"] in STREAMED:
-                reply = self.stream(identity, header, result)
+            args, kwargs = self.resolve_args(msg, frames)
+            result = self.run_user_code(task_id, self._method(msg), *args, **kwargs)
+            if msg.nret in STREAMED:
+                reply = self.stream(identity, msg, result)
             else:
-                reply = self.pack_returns(header, result)
+                reply = self.pack_returns(msg, result)
         except BaseException as error:
-            reply = self.error_reply(header, error, f"{self.actor_name}.{header['method']}")
+            reply = self.error_reply(msg, error, f"{self.actor_name}.{msg.method}")
         finally:
             self.cancel_requested.discard(task_id)
             current_task.reset(token)
         self.client.flush_borrows(context.borrowed)
         return reply
 
-    async def _run_async_call(self, identity: bytes, header: dict, frames: list) -> None:
+    async def _run_async_call(self, identity: bytes, msg, frames: list) -> None:
         import asyncio
 
-        context = self._call_context(header)
+        context = self._call_context(msg)
         current_task.set(context)
         try:
-            async with self.group_semaphores.get(header.get("cgroup"), self.semaphore):
+            async with self.group_semaphores.get(msg.cgroup, self.semaphore):
                 args, kwargs = (
-                    await asyncio.get_running_loop().run_in_executor(None, self.resolve_args, header, frames)
-                    if header.get("refs")
-                    else self.resolve_args(header, frames)
+                    await asyncio.get_running_loop().run_in_executor(None, self.resolve_args, msg, frames)
+                    if msg.refs
+                    else self.resolve_args(msg, frames)
                 )
-                result = self._method(header)(*args, **kwargs)
-                if header["nret"] in STREAMED:
+                result = self._method(msg)(*args, **kwargs)
+                if msg.nret in STREAMED:
                     reply = (
-                        await self.stream_async(identity, header, result)
+                        await self.stream_async(identity, msg, result)
                         if hasattr(result, "__aiter__")
-                        else self.stream(identity, header, result)
+                        else self.stream(identity, msg, result)
                     )
                 else:
                     if inspect.isawaitable(result):
                         result = await result
-                    reply = self.pack_returns(header, result)
+                    reply = self.pack_returns(msg, result)
         except BaseException as error:
-            reply = self.error_reply(header, error, f"{self.actor_name}.{header['method']}")
+            reply = self.error_reply(msg, error, f"{self.actor_name}.{msg.method}")
         finally:
-            self.async_tasks.pop(header["rid"], None)
+            self.async_tasks.pop(msg.rid, None)
         if context.borrowed:
             await asyncio.get_running_loop().run_in_executor(None, self.client.flush_borrows, context.borrowed)
         self.send_later(identity, reply)
-        if self.exit_after_reply:
-            os.write(self.wake_w, b"x")
 
 
 def _nothing() -> None:
     pass
 
 
+def _placement(pg):
+    """A task's PlacementInfo in the list form TaskContext keeps (options.scheduling_of and
+    get_current_placement_group read it by position, as the submitter sends it)."""
+    return None if pg is None else [pg.group, pg.index, pg.capture]
+
+
+def _plain_meta(meta: dict) -> dict:
+    """Method metadata as ActorHandle takes it (a handle made inside the actor, through
+    get_runtime_context().current_actor): MethodOptions become the dicts the creator sent."""
+    return {
+        name: entry if isinstance(entry, (int, str)) else msgspec.to_builtins(entry, builtin_types=(bytes,))
+        for name, entry in meta.items()
+    }
+
+
 def _with(reply: list, **fields) -> list:
+    """Our own encoded reply with ``fields`` added (rare: a max_calls worker's last reply)."""
     header, frames = protocol.decode(reply)
     header.update(fields)
     return protocol.encode(header, frames)
 
 
 def main() -> None:
+    # Refused messages and failed handlers go to this worker's log file, never to the driver's
+    # console through sys.stderr (which becomes a LogStream once the worker runs).
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.__stderr__,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        force=True,
+    )
     worker = Worker()
     try:
         worker.run()
