@@ -5,13 +5,13 @@ to a task worker) are refused with an error reply, and the worker goes on as it 
 import os
 
 import pytest
+from conftest import wait_for
 
 import ember
 from ember.runtime import protocol, transport
 from ember.runtime.client.core_client import current_client
 from ember.runtime.ids import new_id, new_task_id
 from ember.runtime.serialization import serialize
-from conftest import wait_for
 
 
 @ember.remote
