@@ -1,6 +1,8 @@
 """What every service shares: the :class:`Dispatcher` (a table from op to handler, each header
 validated where it enters, error replies), the ROUTER :class:`Service` that the head and the node
-manager are, and the poll loop that can run several services in one process.
+manager are, and the :class:`EventLoop` that polls a process's sockets: several services in one
+process (the head and a node manager), or a worker's task socket, with calls from other threads
+(``call_soon``) woken through the loop's own pipe.
 
 A handler receives ``(identity, header, frames)``; whatever it returns (a dict, or a (dict, frames)
 pair) is sent back as the reply to the request id. A bad message or a handler that raises is

@@ -40,6 +40,7 @@ from ember.runtime.ids import return_object_id
 from ember.runtime.serialization import deserialize, serialize, serialize_error
 from ember.runtime.service import Dispatcher, EventLoop
 from ember.runtime.task_context import ActorExit, TaskContext, current_task
+from ember.runtime.worker.log_stream import LogStream
 
 # Generator tasks whose values go back one by one as they are yielded. A "dynamic" task's owner
 # gathers them into one DynamicObjectRefGenerator when the task ends; its own return is object 1,
@@ -51,38 +52,6 @@ logger = logging.getLogger(__name__)
 
 class _Cancelled(BaseException):
     """Raised inside a task's thread by ember.cancel; a BaseException so user code rarely swallows it."""
-
-
-class LogStream:
-    """Replaces sys.stdout / sys.stderr: whole lines go to the driver, prefixed with the task's name."""
-
-    def __init__(self, name: str, client: CoreClient, original):
-        self.name = name
-        self.client = client
-        self.original = original
-        self.partial = threading.local()
-
-    def write(self, text: str) -> int:
-        pending = getattr(self.partial, "text", "") + text
-        *lines, rest = pending.split("\n")
-        for line in lines:
-            self.client.log_line(self.name, line)
-        self.partial.text = rest
-        self.original.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        self.original.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        return self.original.fileno()
-
-    @property
-    def encoding(self):
-        return self.original.encoding
 
 
 class Worker:
