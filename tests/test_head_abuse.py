@@ -96,7 +96,7 @@ def test_bad_actor_creations_fail_that_actor_only(cluster):
     assert ember.get([a.ping.remote() for a in good], timeout=30) == ["pong", "pong"]
     job_id = current_client().job_id
     # A class that was exported, for the creations that are refused for another reason.
-    exported = next(key for key in current_client()._exported if key)
+    exported = next(key for key in current_client().functions._exported if key)
     taken = good[0]._actor_id
     bad = [
         (b"\x00" * 16, actor_spec(exported)),  # a nil id
