@@ -129,6 +129,27 @@ def cluster():
     )
 
 
+@ember.remote
+def _hold(path: str) -> int:
+    import pathlib
+
+    while not pathlib.Path(path).exists():
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def hold_a_leased_worker(release) -> tuple:
+    """Run a task that waits until the file ``release`` exists, so its worker stays leased to this
+    driver (and alive); returns (the task's ref, which gives the worker's pid, and the lease)."""
+    from ember.runtime.client.core_client import current_client
+
+    client = current_client()
+    ref = _hold.remote(str(release))
+    leases = client.submitter.leases
+    wait_for(lambda: any(lease.inflight for lease in leases.values()), message="the lease")
+    return ref, next(lease for lease in leases.values() if lease.inflight)
+
+
 def run_driver(
     code: str, timeout: float = 60, env: dict | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:

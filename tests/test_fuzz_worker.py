@@ -9,7 +9,7 @@ import pickle
 
 import msgpack
 import pytest
-from conftest import wait_for
+from conftest import hold_a_leased_worker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_messages import SAMPLES
@@ -194,21 +194,9 @@ def test_fuzzed_actor_worker_keeps_its_actor(cluster, concurrency):
 
 def test_fuzzed_task_worker_still_runs_tasks(cluster, tmp_path):
     release = tmp_path / "release"
-
-    @ember.remote
-    def hold(path):
-        import pathlib
-        import time
-
-        while not pathlib.Path(path).exists():
-            time.sleep(0.01)
-        return os.getpid()
-
     client = current_client()
-    ref = hold.remote(str(release))
     # The held task keeps the worker leased to us (and alive) while the barrage queues up behind it.
-    wait_for(lambda: any(lease.inflight for lease in client.submitter.leases.values()), message="the lease")
-    lease = next(lease for lease in client.submitter.leases.values() if lease.inflight)
+    ref, lease = hold_a_leased_worker(release)
 
     headers = _worker_headers(client, echo._export(client))
     # A worker without an actor takes create_actor_instance from whoever sends it (the head leased

@@ -5,7 +5,7 @@ to a task worker) are refused with an error reply, and the worker goes on as it 
 import os
 
 import pytest
-from conftest import wait_for
+from conftest import hold_a_leased_worker
 
 import ember
 from ember.runtime import protocol, transport
@@ -101,21 +101,9 @@ def test_actor_worker_refuses_a_task_and_a_second_constructor(cluster):
 
 def test_task_worker_refuses_actor_calls(cluster, tmp_path):
     release = tmp_path / "release"
-
-    @ember.remote
-    def hold(path):
-        import pathlib
-        import time
-
-        while not pathlib.Path(path).exists():
-            time.sleep(0.01)
-        return os.getpid()
-
     client = current_client()
-    ref = hold.remote(str(release))
     # The running task keeps its worker leased to us: that is the socket to send to.
-    wait_for(lambda: any(lease.inflight for lease in client.submitter.leases.values()), message="the lease")
-    lease = next(lease for lease in client.submitter.leases.values() if lease.inflight)
+    ref, lease = hold_a_leased_worker(release)
     call = {**_task_fields(client), "op": protocol.ACTOR_CALL, "method": "incr", "nret": 1}
     sock = transport.connect_dealer(lease.address.split("#")[0])
     try:
