@@ -3,6 +3,7 @@
 import pytest
 
 from ember.exceptions import ObjectStoreFullError
+from ember.runtime.client.task_events import EVENT_PERIOD, TaskEventBatcher
 from ember.runtime.node.object_store import StoreState
 from ember.runtime.node.object_transfer import CHUNK, ChunkWindow
 from ember.runtime.node.scheduler import UNIT, LeaseRequest, LeaseScheduler, to_fixed
@@ -335,3 +336,18 @@ def test_node_affinity_hard_soft_and_spill():
     assert policy.choose_node(cpu, {"node": target, "soft": True}, nodes) == (LOCAL, None)
     kind, message = policy.choose_node(cpu, {"node": target, "soft": False}, nodes)
     assert kind == "error" and target in message
+
+
+def test_task_events_go_out_at_most_once_a_period():
+    # A steady stream of short tasks must not cost the head one message per task: after a batch
+    # goes out, the next waits a whole period, even when a younger record is already held.
+    batcher = TaskEventBatcher(lambda: b"job")
+    batcher.note("submitted", b"a")
+    batcher.note("submitted", b"b")
+    first = batcher.held[0][4]
+    batcher.held[1][4] = first + EVENT_PERIOD / 2  # b was first seen half a period after a
+    assert [record[1] for record in batcher.take_due(first + EVENT_PERIOD)] == [b"a"]
+    assert not batcher.due(first + EVENT_PERIOD * 1.5)  # b's own due time: too soon after a batch
+    assert batcher.due(first + EVENT_PERIOD * 2)
+    assert [record[1] for record in batcher.take_due(first + EVENT_PERIOD * 2)] == [b"b"]
+    assert not batcher

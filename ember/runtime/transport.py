@@ -130,6 +130,38 @@ class _Authenticator(threading.Thread):
         return [b"400", b"not a holder of this cluster's secret", b"", b""]
 
 
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_send = zmq.Socket.__mro__[1].send  # libzmq's send and recv as pyzmq's Cython backend binds them
+_recv = zmq.Socket.__mro__[1].recv
+
+
+class Socket(zmq.Socket):
+    """pyzmq's socket with lean multipart send and receive, the calls on every message's path.
+
+    pyzmq's own versions check each part's type in Python and build enum flags per part: 5-7 us a
+    small message here, against under 2 us for these, which a synchronous call pays four times over
+    (both ends send and receive). libzmq still refuses a part that is not a buffer (TypeError)."""
+
+    def send_multipart(self, msg_parts, flags=0, copy=True, track=False, **kwargs):
+        more = flags | _SNDMORE
+        for part in msg_parts[:-1]:
+            _send(self, part, more, copy=copy, track=track)
+        return _send(self, msg_parts[-1], flags, copy=copy, track=track)
+
+    def recv_multipart(self, flags=0, copy=True, track=False):
+        frame = _recv(self, flags, copy=copy, track=track)
+        parts = [frame]
+        while frame.more if not copy else self.getsockopt(_RCVMORE):
+            frame = _recv(self, flags, copy=copy, track=track)
+            parts.append(frame)
+        return parts
+
+
+class _Context(zmq.Context):
+    _socket_class = Socket
+
+
 _context = None
 _context_lock = threading.Lock()
 
@@ -140,7 +172,7 @@ def context() -> zmq.Context:
     global _context
     with _context_lock:
         if _context is None or _context.closed:
-            ctx = zmq.Context()
+            ctx = _Context()
             _Authenticator(ctx).start()
             _context = ctx
         return _context

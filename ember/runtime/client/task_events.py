@@ -60,5 +60,7 @@ class TaskEventBatcher:
         for record in send:
             del self._by_task[record[1]]
         if self.held:
-            self._due = self.held[0][4] + EVENT_PERIOD
+            # Not before a whole period from now: at the oldest held record's own due time, a steady
+            # stream of short tasks would send a batch of one or two records every round.
+            self._due = max(self.held[0][4], now) + EVENT_PERIOD
         return [record[:4] for record in send]
