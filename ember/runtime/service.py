@@ -132,10 +132,12 @@ class EventLoop:
     """One poll loop for a process's sockets, raw file descriptors and calls from other threads.
 
     ``run`` polls until ``stop``; ``run_once`` polls one round, for a thread that drives the loop
-    itself (one thread at a time: the caller keeps others out). Services added with ``add_service``
-    tick at least every ``TICK`` seconds; a loop without services sleeps until something happens.
-    ``call_soon`` is the one thread-safe entry: it queues a function for the loop's thread and wakes
-    the poll through the loop's own pipe, once per round however many calls arrive.
+    itself (one thread at a time: the caller keeps others out; a core client's waiting user thread
+    leads its loop this way). Services added with ``add_service`` tick at least every ``TICK``
+    seconds; a loop without services sleeps until something happens. ``after_round``, when set, runs
+    at the end of every round on the loop's thread (a client sends what the round accumulated).
+    ``call_soon`` and ``wake`` are the thread-safe entries: they wake the poll through the loop's own
+    pipe, once per round however many calls arrive. A signal handler writes to ``wake_fd`` itself.
     """
 
     TICK = 0.1
@@ -153,6 +155,8 @@ class EventLoop:
         os.set_blocking(self._wake_w, False)  # a full pipe already holds a wake-up: never block a sender
         self._woken = False
         self._owner: int | None = None  # the thread inside run_once, which needs no wake-up
+        self.wake_fd = self._wake_w
+        self.after_round = None
         self.add_fd(self._wake_r, self._on_wake)
 
     def add_service(self, service: Service) -> None:
@@ -181,8 +185,11 @@ class EventLoop:
             self._write_wake()
 
     def wake(self) -> None:
-        """End the current poll now (from another thread, or a signal handler)."""
-        self._write_wake()
+        """Make the loop run a round soon; safe from any thread and from finalizers (no lock: a
+        flag test and at most one pipe write per round)."""
+        if not self._woken and self._owner != threading.get_ident():
+            self._woken = True
+            self._write_wake()
 
     def _write_wake(self) -> None:
         try:
@@ -195,9 +202,10 @@ class EventLoop:
         # could leave the flag set with the pipe empty and every later wake-up skipped.
         read_eof(fd)
         self._woken = False
-        self._run_calls()
+        self.run_calls()
 
-    def _run_calls(self) -> None:
+    def run_calls(self) -> None:
+        """On the loop's thread: run the queued calls, and those they queue, now."""
         calls = self._calls
         while calls:
             fn, args = calls.popleft()
@@ -234,7 +242,9 @@ class EventLoop:
                 if not self.running:
                     break
             if self._calls:  # queued by handlers on this thread, which wrote no wake-up
-                self._run_calls()
+                self.run_calls()
+            if self.after_round is not None:
+                self.after_round()
             return len(events)
         finally:
             self._owner = None

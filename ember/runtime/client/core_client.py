@@ -2,13 +2,15 @@
 
 Data flow::
 
-    user threads --call_soon(closure) + wake pipe--> I/O thread --DEALER--> head, node manager,
+    user threads --call_soon(closure) + wake pipe--> event loop --DEALER--> head, node manager,
                  <--Condition / Futures------------             --DEALER--> leased workers, actors, other owners
                                                      ROUTER <-- get_object / add_borrower / cancel from peers
                                                      SUB    <-- worker logs from the head's event hub
 
-Only the thread that holds the loop lock touches sockets: the I/O thread, or a user thread that
-leads the loop while it waits in ``get``/``wait``. User threads build task messages, then hand a
+The loop is the shared :class:`~ember.runtime.service.EventLoop` (its sockets, the wake pipe and
+``call_soon``); the client adds its per-round work (``_after_round``: releases, batched sends,
+waking waiters, timers). Only the thread that holds the loop lock runs it: the I/O thread, or a user
+thread that leads the loop while it waits in ``get``/``wait``. User threads build task messages, then hand a
 closure to whoever runs the loop; results come back through a Condition (``get``/``wait``) or
 Futures (``ref.future()``).
 
@@ -29,7 +31,6 @@ the owner service by the ``owner`` schema, pushes and replies on the DEALER sock
 schema. A message that does not fit is logged and dropped; it never reaches a handler.
 """
 
-import collections
 import concurrent.futures
 import logging
 import os
@@ -49,7 +50,7 @@ from ember.runtime.client.peers import PeerSockets
 from ember.runtime.client.task_events import TaskEventBatcher
 from ember.runtime.ids import new_id
 from ember.runtime.messages import BadMessage, Error, decode_header
-from ember.runtime.service import Dispatcher, read_eof, unwrap
+from ember.runtime.service import Dispatcher, EventLoop, read_eof
 from ember.runtime.task_context import current_task
 
 logger = logging.getLogger(__name__)
@@ -135,12 +136,8 @@ class CoreClient:
 
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)  # notified when waiters in get/wait should look again
-        self._calls: collections.deque = collections.deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._woken = False
+        self.loop = EventLoop()
         self._loop_lock = threading.Lock()  # held by whoever runs the loop (touches the sockets)
-        self._loop_owner: int | None = None  # that thread's ident
         self._lead_until = 0.0  # the I/O thread stays aside until then (see lead_once)
         self._resume = threading.Event()  # wakes the I/O thread early when it stands aside
         self._held_interrupts = None  # (SIGINT handler, signals held) while the main thread leads
@@ -176,8 +173,8 @@ class CoreClient:
 
     # --- the I/O thread ---------------------------------------------------------------------------
     def _run(self) -> None:
+        loop = self.loop
         try:
-            self._poller = zmq.Poller()
             self._server, endpoint = transport.bind_router(self.host)
             # Owner addresses name a process, not just a port: a port can be reused by a new
             # process after this one dies, and borrowers must not mistake one for the other.
@@ -186,14 +183,14 @@ class CoreClient:
             self.objects.references.address = self.address
             self._head = transport.connect_dealer(self.head_address)
             self._node_manager = transport.connect_dealer(self.node_manager_address)
-            for sock in (self._server, self._head, self._node_manager):
-                self._poller.register(sock, zmq.POLLIN)
-            self._poller.register(self._wake_r, zmq.POLLIN)
-            self.peers = PeerSockets(self._poller, self.submitter.uses_peer)
+            loop.add_socket(self._server, self._serve_owner)
+            loop.add_socket(self._head, self._on_message)
+            loop.add_socket(self._node_manager, self._on_message)
+            self.peers = PeerSockets(loop, self._on_message, self.submitter.uses_peer)
             self._subscriber = None
             if self.watch_stdin:
                 os.set_blocking(0, False)
-                self._poller.register(0, zmq.POLLIN)
+                loop.add_fd(0, _exit_when_closed)
         except Exception as error:
             self._start_error = error
             self._started.set()
@@ -214,17 +211,10 @@ class CoreClient:
         }
         self._owner_service = Dispatcher(owner_service, self.reply, schema="owner", name="owner service")
         self._next_tick = 0.0
+        loop.after_round = self._after_round
         while not self._closed:
             with self._loop_lock:
-                self._loop_owner = threading.get_ident()
-                try:
-                    self._poll_once()
-                except Exception:
-                    # Nothing may stop the loop: every request of this process would wait forever.
-                    if not self._closed:
-                        logger.exception("error in the client's I/O loop")
-                finally:
-                    self._loop_owner = None
+                self._run_round(IDLE_POLL)
             self._stand_aside()
         with self._loop_lock:
             self._close_sockets()
@@ -259,14 +249,12 @@ class CoreClient:
         self.lock.release()
         try:
             if self._held_interrupts is None and threading.current_thread() is threading.main_thread():
-                self._held_interrupts = hold_interrupts(self._wake_w)
-            self._loop_owner = threading.get_ident()
+                self._held_interrupts = hold_interrupts(self.loop.wake_fd)
             self._lead_until = float("inf")
             if not self._closed:
-                self._poll_once(limit)
+                self._run_round(limit)
         finally:
             self._lead_until = time.monotonic() + LEAD_GRACE
-            self._loop_owner = None
             self._loop_lock.release()
             self.lock.acquire()
         if self._held_interrupts and self._held_interrupts[1] and threading.current_thread() is threading.main_thread():
@@ -283,23 +271,25 @@ class CoreClient:
         if self._held_interrupts is not None and threading.current_thread() is threading.main_thread():
             self._release_interrupts()
 
-    def _poll_once(self, limit: float = IDLE_POLL) -> None:
-        # Wake up for timers only while there are leases to return; idle, sleep until a message.
+    def _run_round(self, limit: float) -> None:
+        """One round of the loop, on the thread holding the loop lock. Wakes up for timers only
+        while there are leases to return or sends held back; idle, it sleeps until a message."""
         busy = self.submitter.leases or self.objects.releases or self.events
         timeout = max(0.0, self._next_tick - time.monotonic()) if busy else IDLE_POLL
-        for sock, _ in self._poller.poll(min(timeout, limit) * 1000):
-            if sock == self._wake_r:
-                # Drain first, then clear: a wake-up between the two is covered by the calls we run
-                # next; clearing first could leave the flag set with the pipe empty, and every later
-                # wake-up skipped until the poll timed out.
-                read_eof(self._wake_r)
-                self._woken = False
-            elif sock == 0:
-                if read_eof(0):
-                    os._exit(0)  # our node manager died: nothing left to work for
-            else:
-                self._drain(sock)
-        self._run_calls()
+        try:
+            self.loop.run_once(min(timeout, limit))
+        except Exception:
+            # Nothing may stop the loop: every request of this process would wait forever.
+            if not self._closed:
+                logger.exception("error in the client's I/O loop")
+
+    def _after_round(self) -> None:
+        # Until nothing is left: a release may queue calls (say, a borrower message when a freed
+        # object held refs), and what is queued now must not wait for the next round.
+        objects, loop = self.objects, self.loop
+        while objects.releases:
+            objects.drain_releases()
+            loop.run_calls()
         self._flush()
         if self.changed:
             # One wake-up for all the objects completed in this round, not one per object.
@@ -313,51 +303,16 @@ class CoreClient:
             if self.peers.idle:
                 self.peers.close_idle(now)
 
-    def _drain(self, sock) -> None:
-        """Handle what is queued on ``sock``, without blocking, so a burst costs one poll."""
-        for _ in range(1000):
-            if sock.closed:
-                return  # a handler closed it (a peer that died), maybe earlier in this round
-            try:
-                frames = unwrap(sock.recv_multipart(zmq.NOBLOCK, copy=False))
-            except zmq.Again:
-                return
-            try:
-                if sock is self._server:
-                    self._owner_service.dispatch(frames[0], frames[1:])
-                elif sock is self._subscriber:
-                    self._on_logs(frames)
-                else:
-                    self._on_message(frames)
-            except Exception:
-                logger.exception("error while handling a message")
-
-    def _run_calls(self) -> None:
-        # Until nothing is left: a call or a release may queue more calls (say, a borrower message
-        # when a freed object held refs), and what is queued now must not wait for the next round.
-        objects = self.objects
-        while self._calls or objects.releases:
-            while self._calls:
-                fn, args = self._calls.popleft()
-                try:
-                    fn(*args)
-                except Exception:
-                    logger.exception("error in %s", getattr(fn, "__name__", fn))
-            objects.drain_releases()
+    def _serve_owner(self, frames: list) -> None:
+        self._owner_service.dispatch(frames[0], frames[1:])
 
     def call_soon(self, fn, *args) -> None:
-        """Run ``fn(*args)`` on the I/O thread."""
-        self._calls.append((fn, args))
-        self.wake()
+        """Run ``fn(*args)`` on the loop's thread (from any thread)."""
+        self.loop.call_soon(fn, *args)
 
     def wake(self) -> None:
-        """Make the I/O thread run a round now (from another thread)."""
-        if not self._woken and self._loop_owner != threading.get_ident():
-            self._woken = True
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
+        """Make the loop run a round now (from any thread, or a finalizer)."""
+        self.loop.wake()
 
     def _on_message(self, frames: list) -> None:
         """A push or a reply on one of our DEALER sockets; one that does not fit is dropped."""
@@ -543,7 +498,7 @@ class CoreClient:
 
     def _subscribe_logs(self, publisher: str) -> None:
         self._subscriber = transport.connect_subscriber(publisher, [b"logs:" + self.job_id])
-        self._poller.register(self._subscriber, zmq.POLLIN)
+        self.loop.add_socket(self._subscriber, self._on_logs)
 
     def shutdown(self) -> None:
         if self._closed:
@@ -568,8 +523,7 @@ class CoreClient:
         self._resume.set()
         self.call_soon(lambda: None)
         self._thread.join(5)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self.loop.close()
 
     def _close_sockets(self) -> None:
         for sock in [self._server, self._head, self._node_manager]:
@@ -610,3 +564,10 @@ class CoreClient:
     def _serve_cancel(self, identity, msg: messages.CancelTask, frames) -> None:
         if self.cancel_handler is not None:
             self.cancel_handler(msg.task_id, msg.recursive)
+
+
+def _exit_when_closed(fd: int) -> None:
+    """A worker's stdin is a pipe from its node manager: closed, the node manager died, and there
+    is nothing left to work for."""
+    if read_eof(fd):
+        os._exit(0)

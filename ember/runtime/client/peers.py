@@ -11,16 +11,19 @@ import time
 import zmq
 
 from ember.runtime import transport
+from ember.runtime.service import EventLoop
 
 MAX_IDLE_PEERS = 64  # sockets kept open to workers whose leases went back (see release)
 PEER_IDLE_CLOSE = 5.0  # seconds such a socket stays open unused
 
 
 class PeerSockets:
-    """Only the thread that runs the client's loop calls these (they touch sockets and the poller)."""
+    """Only the thread that runs the client's loop calls these (they touch sockets and the loop).
+    Each socket's messages go to ``on_frames``."""
 
-    def __init__(self, poller: zmq.Poller, in_use):
-        self.poller = poller
+    def __init__(self, loop: EventLoop, on_frames, in_use):
+        self.loop = loop
+        self.on_frames = on_frames
         self.in_use = in_use  # address -> bool: a lease we hold still talks to it (never closed idle)
         self.sockets: dict[str, zmq.Socket] = {}
         self.idle: collections.OrderedDict = collections.OrderedDict()  # address -> released at
@@ -29,7 +32,7 @@ class PeerSockets:
         sock = self.sockets.get(address)
         if sock is None:
             sock = self.sockets[address] = transport.connect_dealer(address.split("#", 1)[0])
-            self.poller.register(sock, zmq.POLLIN)
+            self.loop.add_socket(sock, self.on_frames)
         elif self.idle:
             self.idle.pop(address, None)
         return sock
@@ -39,7 +42,7 @@ class PeerSockets:
         self.idle.pop(address, None)
         sock = self.sockets.pop(address, None)
         if sock is not None:
-            self.poller.unregister(sock)
+            self.loop.remove_socket(sock)
             sock.close(0)
 
     def release(self, address: str | None) -> None:
@@ -67,6 +70,7 @@ class PeerSockets:
 
     def close_all(self) -> None:
         for sock in self.sockets.values():
+            self.loop.remove_socket(sock)
             sock.close(0)
         self.sockets.clear()
         self.idle.clear()

@@ -2,10 +2,10 @@
 
 Spilling and restoring copy whole objects (hundreds of MiB) between ``/dev/shm`` and the spill
 directory. Done on the loop, such a copy would stop heartbeats and every other request for its
-duration, so copies run on a small thread pool; each finished copy is queued and the loop is woken
-through a pipe, and only the loop changes state (``StoreState`` and the files' final names)::
+duration, so copies run on a small thread pool; each finished copy is queued for the loop
+(``call_soon``), and only the loop changes state (``StoreState`` and the files' final names)::
 
-    loop: StoreState decides -> pool: copy to a ".part" file -> pipe -> loop: rename, unlink, answer
+    loop: StoreState decides -> pool: copy to a ".part" file -> call_soon -> loop: rename, unlink, answer
 
 Requests that need room the spills in flight will make (a writer's create, a reader's restore) are
 answered when those finish. A reader pins what it maps, so the object is not chosen for spilling
@@ -24,7 +24,6 @@ from collections.abc import Callable
 from ember.exceptions import ObjectStoreFullError
 from ember.runtime.node.object_store import StoreState, object_path
 from ember.runtime.runtime_dir import copy_private
-from ember.runtime.service import read_eof
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +61,14 @@ class StoreIO:
         self.reservations: dict[bytes, tuple] = {}  # object id -> (writer identity, size), until sealed
         self.io_pool = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ember-store-io")
         self.io_done: collections.deque = collections.deque()  # (kind, oid, error) from the copy threads
-        self.io_wake_r, self.io_wake_w = os.pipe()
-        os.set_blocking(self.io_wake_r, False)
-        os.set_blocking(self.io_wake_w, False)
+        self.loop = None  # the node manager's EventLoop (attach)
         self.room_waiters: list = []  # (client identity or None, retry, fail) asked again when a spill ends
         self.restore_waiters: dict[bytes, list] = {}  # oid -> callbacks(body) for when it is back
         self.client_pins: dict[bytes, dict] = {}  # client identity -> {oid: pins}
         self.discarded = 0
 
     def attach(self, loop) -> None:
-        loop.add_fd(self.io_wake_r, self._on_io_done)
+        self.loop = loop
 
     def spill_path(self, oid: bytes) -> str:
         return os.path.join(self.spill_dir, oid.hex())
@@ -89,15 +86,14 @@ class StoreIO:
         future.add_done_callback(lambda f: self._report(kind, oid, f))
 
     def _report(self, kind: str, oid: bytes, future) -> None:
-        # On a copy thread: queue the result, wake the loop; nothing else.
+        # On a copy thread: queue the result for the loop; nothing else. Copies that finish together
+        # are handled in one call (the others find the queue empty): one retry of the waiters.
         self.io_done.append((kind, oid, None if future.cancelled() else future.exception()))
-        try:
-            os.write(self.io_wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (a wake-up is pending anyway) or closed (we are stopping)
+        self.loop.call_soon(self._on_io_done)
 
-    def _on_io_done(self, fd: int) -> None:
-        read_eof(fd)
+    def _on_io_done(self) -> None:
+        if not self.io_done:
+            return
         spill_error = None
         while self.io_done:
             kind, oid, error = self.io_done.popleft()
@@ -293,8 +289,6 @@ class StoreIO:
 
     def close(self) -> None:
         self.io_pool.shutdown(wait=True, cancel_futures=True)
-        os.close(self.io_wake_r)
-        os.close(self.io_wake_w)
 
 
 def _unlink(path: str) -> None:
