@@ -24,7 +24,7 @@ from ember.kernel_ext import load_ipython_extension, unload_ipython_extension
 from ember.remote_function import RemoteFunction
 from ember.runtime.client.object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from ember.runtime_context import get_gpu_ids, get_runtime_context
-from ember.util.state import timeline
+from ember.util.timeline import timeline
 
 __version__ = "0.1.0"
 

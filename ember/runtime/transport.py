@@ -27,7 +27,6 @@ import threading
 
 import zmq
 from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
 TOKEN_VARIABLE = "EMBER_CLUSTER_TOKEN"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq sends its authentication requests (RFC 27)
@@ -365,6 +364,9 @@ def connect_checked(address: str, timeout: float = 2.0, token: str | None = None
     sock = connect_dealer(address, token=token)
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED)
     try:
+        # Imported here: zmq.utils.monitor imports asyncio (20 ms), which no other process needs.
+        from zmq.utils.monitor import recv_monitor_message
+
         refused = monitor.poll(timeout * 1000) and recv_monitor_message(monitor)["event"] & _HANDSHAKE_FAILED
     finally:
         sock.disable_monitor()

@@ -1,5 +1,5 @@
 """The state API, as Ray's ``ray.util.state``: list the cluster's tasks, actors, objects, nodes,
-jobs and placement groups, and ``ember.timeline()`` for a Chrome trace of the tasks.
+jobs and placement groups (``ember.timeline()``, in :mod:`ember.util.timeline`, reads the same tasks).
 
 Each ``list_*`` returns dataclasses with Ray's field names (``TaskState``, ``ActorState``, ...);
 ``filters=[("state", "=", "RUNNING")]`` keeps the items whose field equals (``"="``) or differs from
@@ -367,42 +367,3 @@ def get_node(id, address=None, timeout=None, **_) -> NodeState | None:
 def get_placement_group(id, address=None, timeout=None, **_) -> PlacementGroupState | None:
     """The placement group with this id (hex or bytes), or None."""
     return _get(list_placement_groups(limit=None, detail=True), "placement_group_id", id)
-
-
-# --- timeline ------------------------------------------------------------------------------------
-def timeline(filename: str | None = None):
-    """The tasks that ran, as Chrome trace events (``chrome://tracing``, Perfetto): one complete
-    event (``"ph": "X"``) per task that started and ended, ``ts`` and ``dur`` in microseconds,
-    ``pid`` the node, ``tid`` the worker process. Writes them as JSON to ``filename`` if given (and
-    returns None), else returns the list. Covers the tasks in the head's recent-task table."""
-    events = []
-    for row in _query("tasks"):
-        start, end = row.get("running"), row.get("finished", row.get("failed"))
-        if start is None or end is None:
-            continue
-        node = _hex(row.get("node")) or "unknown"
-        events.append(
-            {
-                "cat": "actor_task" if row.get("actor") else "task",
-                "name": row.get("name") or "task",
-                "pid": f"Node {node[:12]}",
-                "tid": f"Worker {row.get('pid')}",
-                "ph": "X",
-                "ts": start * 1e6,
-                "dur": max(0.0, end - start) * 1e6,
-                "args": {
-                    "task_id": _hex(row["task_id"]),
-                    "job_id": _hex(row.get("job")),
-                    "actor_id": _hex(row.get("actor")),
-                    "state": row["state"],
-                    "error": row.get("error"),
-                },
-            }
-        )
-    if filename is None:
-        return events
-    import json
-
-    with open(filename, "w") as f:
-        json.dump(events, f)
-    return None
