@@ -530,58 +530,38 @@ class Ownership:
 
     def get(self, refs: list, timeout: float | None = None) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout
-        blocked = led = False
         holders = []
-        try:
-            with self.cond:
-                # Objects never go back to pending, so each ref is checked until ready, then never again.
-                while len(holders) < len(refs):
-                    state, holder = self.state_of(refs[len(holders)])
-                    if state != PENDING:
-                        holders.append(holder)
-                        continue
-                    if not blocked:
-                        blocked = self.io.notify_blocked(True)
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise exceptions.GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} s.")
-                    self.io.lead_once(remaining)
-                    led = True
-        finally:
-            if led:
-                self.io.stop_leading()
-            if blocked:
-                self.io.notify_blocked(False)
+        with self.cond, _Waiting(self.io) as waiting:
+            # Objects never go back to pending, so each ref is checked until ready, then never again.
+            while len(holders) < len(refs):
+                state, holder = self.state_of(refs[len(holders)])
+                if state != PENDING:
+                    holders.append(holder)
+                    continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise exceptions.GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} s.")
+                waiting.wait(remaining)
         return [self._value_of(ref._id, holder) for ref, holder in zip(refs, holders)]
 
     def wait(self, refs: list, num_returns: int, timeout: float | None, fetch_local: bool = True):
         deadline = None if timeout is None else time.monotonic() + timeout
-        blocked = led = False
         ready: list = []
         pending = list(refs)
-        try:
-            with self.cond:
-                while True:
-                    still = []
-                    for ref in pending:
-                        # An ObjectRefGenerator is ready when its next() would not block.
-                        is_ready = self.state_of(ref)[0] != PENDING if type(ref) is ObjectRef else ref._is_ready(self)
-                        (ready if is_ready else still).append(ref)
-                    pending = still
-                    if len(ready) >= num_returns:
-                        break
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        break
-                    if not blocked:
-                        blocked = self.io.notify_blocked(True)
-                    self.io.lead_once(remaining)
-                    led = True
-        finally:
-            if led:
-                self.io.stop_leading()
-            if blocked:
-                self.io.notify_blocked(False)
+        with self.cond, _Waiting(self.io) as waiting:
+            while True:
+                still = []
+                for ref in pending:
+                    # An ObjectRefGenerator is ready when its next() would not block.
+                    is_ready = self.state_of(ref)[0] != PENDING if type(ref) is ObjectRef else ref._is_ready(self)
+                    (ready if is_ready else still).append(ref)
+                pending = still
+                if len(ready) >= num_returns:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                waiting.wait(remaining)
         ready_ids = {id(ref) for ref in ready[:num_returns]}
         return [ref for ref in refs if id(ref) in ready_ids], [ref for ref in refs if id(ref) not in ready_ids]
 
@@ -590,3 +570,31 @@ class Ownership:
         with self.cond:
             for ref in refs:
                 self._carry_out(self.references.forget(ref._id))
+
+
+class _Waiting:
+    """A thread waiting in ``get`` or ``wait``, with the client's condition held. ``wait`` runs a
+    round of the client's loop (or waits for whoever runs it); on the way out, the thread gives up
+    leading (others may lead, a SIGINT held meanwhile runs) and, in a worker, takes back the CPU it
+    lent while it waited (nested tasks)."""
+
+    __slots__ = ("io", "led", "blocked")
+
+    def __init__(self, io):
+        self.io = io
+        self.led = self.blocked = False
+
+    def __enter__(self):
+        return self
+
+    def wait(self, remaining: float | None) -> None:
+        if not self.blocked:
+            self.blocked = self.io.notify_blocked(True)
+        self.io.lead_once(remaining)
+        self.led = True
+
+    def __exit__(self, *exc_info) -> None:
+        if self.led:
+            self.io.stop_leading()
+        if self.blocked:
+            self.io.notify_blocked(False)
