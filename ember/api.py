@@ -447,6 +447,8 @@ def nodes() -> list:
                 "ObjectStore": node.get("store", {}),
                 # Ember's own: who holds which GPU (gpu_id, holder, share), as the head's GPU table has it.
                 "GPUs": node.get("gpus", []),
+                # Ember's own: [bytes in use, bytes in all] of the node machine's memory.
+                "RAM": node.get("ram"),
             }
         )
     return result

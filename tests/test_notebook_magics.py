@@ -257,8 +257,12 @@ def test_dashboard_and_widgets_magics_display_widgets(session):
         (kind, content), *rest = cells[name].outputs()
         assert kind == "display_data" and not rest
         assert "application/vnd.jupyter.widget-view+json" in content["data"]
-    assert content["data"]["text/plain"].startswith("VBox(")
-    assert cells["dashboard"].outputs()[0][1]["data"]["text/plain"].startswith("Dashboard(")
+    # Saved notebooks: a one-line text/plain, and a text/html snapshot of every view for nbviewer.
+    assert content["data"]["text/plain"].startswith("Ember widgets (live in JupyterLab): tasks ")
+    dashboard = cells["dashboard"].outputs()[0][1]["data"]
+    assert dashboard["text/plain"].startswith("Ember dashboard")
+    for view in ("ember-cluster", "ember-task-graph", "ember-store", "ember-gpus", "ember-actors"):
+        assert view in dashboard["text/html"], view
 
 
 def test_unload_and_connect_stop_the_kernels_cluster(session):

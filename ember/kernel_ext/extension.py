@@ -57,6 +57,7 @@ class EmberExtension:
     # --- cells ----------------------------------------------------------------------------------------
     def register(self) -> None:
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
+        self.shell.events.register("post_run_cell", self.post_run_cell)
         kernel = getattr(self.shell, "kernel", None)
         if kernel is not None and self._kernel_shutdown is None:
             # ipykernel answers a shutdown (or restart) by signalling its child processes and waiting
@@ -72,14 +73,22 @@ class EmberExtension:
             kernel.do_shutdown = do_shutdown
 
     def unregister(self) -> None:
-        try:
-            self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
-        except ValueError:
-            pass
+        for event, callback in (("pre_run_cell", self.pre_run_cell), ("post_run_cell", self.post_run_cell)):
+            try:
+                self.shell.events.unregister(event, callback)
+            except ValueError:
+                pass
         kernel = getattr(self.shell, "kernel", None)
         if kernel is not None and self._kernel_shutdown is not None:
             kernel.do_shutdown = self._kernel_shutdown
             self._kernel_shutdown = None
+
+    def post_run_cell(self, result=None) -> None:
+        """Renew the saved-notebook snapshots of the widgets this cell displayed (their numbers at
+        its end, not when they were first drawn)."""
+        views = sys.modules.get("ember.widgets.views")  # widgets are only imported when used
+        if views is not None:
+            views.refresh_snapshots(cell_ended=True)
 
     def pre_run_cell(self, info=None) -> None:
         """Tag the cell about to run: the tag is its execute request's msg_id."""

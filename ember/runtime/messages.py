@@ -92,6 +92,7 @@ class NodeStats(Message, tag="node_stats", kw_only=True):
     store: StoreStats | None = None
     demand: list[Resources] = []
     gpus: list[GpuRow] = []
+    ram: list[Count] | None = None  # [bytes in use, bytes in all] of the machine's memory
 
 
 class RegisterJob(Message, tag="register_job", kw_only=True):

@@ -6,6 +6,10 @@ applies every message to the shared ``ClusterState`` and calls the widgets' list
 It sleeps in ``poll`` between messages, so an idle cluster with widgets shown stays idle, and
 nothing on the cluster's side ever waits for it (the hub is a PUB socket: a slow subscriber drops
 messages rather than slowing the cluster).
+
+A feed ends when its cluster connection does (``ember.shutdown()``, ``%ember shutdown``,
+``%unload_ext ember``): its stop listeners hear why, so the widgets say they show the last numbers
+received rather than keep showing them as live.
 """
 
 import logging
@@ -26,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 TOPICS = (b"event:task", b"event:node", b"event:actor")
 RATE = 10  # widget updates per second, at most
+CONNECTION_CHECK = 1.0  # seconds between looks at whether this process is still connected
 
 
 class EventFeed:
@@ -37,6 +42,9 @@ class EventFeed:
         self.throttle = Throttle(1.0 / rate)
         self.lock = threading.Lock()  # held while the state changes and while listeners read it
         self.listeners: list = []
+        self.stop_listeners: list = []  # fn(why), called once when the feed ends
+        self.disconnected: str | None = None  # why the feed ended
+        self.client = core_client.current_client(required=False)  # the connection it reports on
         self.updates = 0  # listener rounds so far (tests check the throttle with it)
         self.busy = 0.0  # CPU seconds this feed's thread spent applying events and updating widgets
         self._stop = False
@@ -62,6 +70,29 @@ class EventFeed:
         with self.lock:
             if listener in self.listeners:
                 self.listeners.remove(listener)
+            if listener in self.stop_listeners:
+                self.stop_listeners.remove(listener)
+
+    def add_stop_listener(self, listener) -> None:
+        """Call ``listener(why)`` once when the feed ends (at once if it already has)."""
+        with self.lock:
+            why = self.disconnected
+            if why is None:
+                self.stop_listeners.append(listener)
+        if why is not None:
+            listener(why)
+
+    def _ended(self, why: str) -> None:
+        with self.lock:
+            if self.disconnected is not None:
+                return
+            self.disconnected = why
+            listeners, self.stop_listeners = self.stop_listeners, []
+        for listener in listeners:
+            try:
+                listener(why)
+            except Exception:
+                logger.exception("a widget failed to show that it is disconnected")
 
     def poke(self) -> None:
         """Ask for a listener round soon even without a new event (a new widget draws at once)."""
@@ -69,11 +100,12 @@ class EventFeed:
             self.throttle.note()
         self._wake()
 
-    def stop(self) -> None:
+    def stop(self, why: str = "Ember was unloaded from this kernel") -> None:
         self._stop = True
         self._wake()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(5)
+        self._ended(why)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -94,8 +126,11 @@ class EventFeed:
         try:
             while not self._stop:
                 due = self.throttle.due()
-                timeout = None if due is None else max(1, int(due * 1000))
+                timeout = CONNECTION_CHECK * 1000 if due is None else max(1, int(min(due, CONNECTION_CHECK) * 1000))
                 ready = dict(poller.poll(timeout))
+                if core_client.current_client(required=False) is not self.client:
+                    self._ended("the cluster connection was shut down")
+                    return
                 started = time.thread_time()
                 if self._wake_r in ready:
                     os.read(self._wake_r, 4096)
@@ -148,8 +183,8 @@ def feed() -> EventFeed:
     global _feed
     client = connected_client()  # a widget is public API: it starts Ember on first use, as Ray's calls do
     with _feed_lock:
-        if _feed is not None and _feed.address != client.publisher_address:
-            _feed.stop()
+        if _feed is not None and (_feed.address != client.publisher_address or _feed.disconnected):
+            _feed.stop("this kernel connected to another cluster")
             _feed = None
         if _feed is None:
             _feed = EventFeed(client.publisher_address).start()

@@ -1,14 +1,39 @@
-"""HTML for the cluster, object store and GPU views: plain functions of a ``ClusterState``.
+"""HTML for the cluster, object store, GPU and actor views: plain functions of a ``ClusterState``.
 
-Kept apart from ipywidgets so what a widget shows is tested as text. Numbers carry a class name
-(``ember-count-finished``, ``ember-cpu``, ...) so tests and the browser check read them back.
+Kept apart from ipywidgets so what a widget shows is tested as text, and so a web page can show
+the same views. Numbers carry a class name (``ember-count-finished``, ``ember-cpu-text``, ...) so
+tests and the browser check read them back.
+
+Styling follows JupyterLab's theme through its CSS variables (with fallbacks for nbviewer and
+plain pages), so the views read in light and dark themes alike. Tables never wrap a cell, numbers
+are tabular (a changing digit does not move its column), and wide tables scroll sideways rather
+than lose columns in a narrow notebook.
 """
 
 import html
 
 from ember.widgets.state import STATES
 
-BAR_COLOURS = {"cpu": "#3b82f6", "gpu": "#a855f7", "memory": "#f59e0b", "store": "#14b8a6"}
+BAR_COLOURS = {"cpu": "#3b82f6", "gpu": "#a855f7", "memory": "#f59e0b", "ram": "#ef4444", "store": "#14b8a6"}
+
+STYLE = """<style>
+.ember-view{font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:var(--jp-ui-font-size1,13px);
+color:var(--jp-ui-font-color1,#1f2937);line-height:1.5}
+.ember-view .ember-scroll{overflow-x:auto;max-width:100%}
+.ember-view table{border-collapse:collapse;font-variant-numeric:tabular-nums;margin:4px 0}
+.ember-view th{text-align:left;font-weight:600;white-space:nowrap;padding:2px 14px 2px 0;
+border-bottom:1px solid var(--jp-border-color2,#d1d5db);color:var(--jp-ui-font-color2,#4b5563)}
+.ember-view td{white-space:nowrap;padding:2px 14px 2px 0;vertical-align:middle}
+.ember-view td.ember-num,.ember-view th.ember-num{text-align:right}
+.ember-view .ember-bar{display:flex;align-items:center;gap:6px}
+.ember-view .ember-track{width:90px;height:10px;flex:none;border-radius:3px;overflow:hidden;
+background:var(--jp-layout-color3,#e5e7eb);box-shadow:inset 0 0 0 1px var(--jp-border-color1,#9ca3af)}
+.ember-view .ember-fill{height:100%}
+.ember-view .ember-bar-text{display:inline-block;min-width:15ch}
+.ember-view .ember-note{color:var(--jp-ui-font-color2,#6b7280)}
+.ember-view code{font-family:var(--jp-code-font-family,monospace);background:none}
+.ember-view .ember-disconnected{color:var(--jp-warn-color1,#b45309);font-weight:600}
+</style>"""
 
 
 def fmt_bytes(value: float) -> str:
@@ -19,14 +44,25 @@ def fmt_bytes(value: float) -> str:
     return f"{value}"
 
 
+def view(kind: str, body: str) -> str:
+    """One view's HTML: its stylesheet (scoped to ``.ember-view``) and its body."""
+    return f"{STYLE}<div class='ember-view ember-{kind}'>{body}</div>"
+
+
+def table(heads: list, rows: list, empty: str, numeric: tuple = ()) -> str:
+    """A table that scrolls sideways when narrow; ``numeric`` names the right-aligned columns."""
+    header = "".join(f"<th class='ember-num'>{h}</th>" if h in numeric else f"<th>{h}</th>" for h in heads)
+    body = "".join(rows) or f"<tr><td colspan={len(heads)} class='ember-note'>{empty}</td></tr>"
+    return f"<div class='ember-scroll'><table><tr>{header}</tr>{body}</table></div>"
+
+
 def bar(kind: str, used: float, total: float, text: str) -> str:
     share = 0 if not total else max(0.0, min(1.0, used / total))
     return (
-        f"<div class='ember-bar ember-{kind}' title='{html.escape(text)}' "
-        "style='display:flex;align-items:center;gap:6px'>"
-        f"<div style='background:#e5e7eb;width:110px;height:10px;border-radius:3px;overflow:hidden'>"
-        f"<div style='width:{share * 100:.0f}%;height:100%;background:{BAR_COLOURS[kind]}'></div></div>"
-        f"<span class='ember-{kind}-text'>{html.escape(text)}</span></div>"
+        f"<div class='ember-bar ember-{kind}' title='{html.escape(text)}'>"
+        f"<div class='ember-track'><div class='ember-fill' style='width:{share * 100:.0f}%;"
+        f"background:{BAR_COLOURS[kind]}'></div></div>"
+        f"<span class='ember-bar-text ember-{kind}-text'>{html.escape(text)}</span></div>"
     )
 
 
@@ -35,9 +71,15 @@ def task_counts(state) -> str:
     return " · ".join(f"<span class='ember-count-{s}'>{summary[s]}</span> {s}" for s in STATES)
 
 
+def has_gpus(state) -> bool:
+    return any((node.get("resources") or {}).get("GPU", 0) for node in state.nodes.values())
+
+
 def cluster_html(state, address: str | None = None, compact: bool = False) -> str:
-    """Nodes with CPU/GPU/memory/object store bars and workers; pending demand; task counts."""
+    """Nodes with CPU/GPU/memory/RAM/object store bars and workers; pending demand; task counts.
+    The GPU column shows only when some node has GPUs."""
     workers = state.workers()
+    gpus = has_gpus(state)
     rows = []
     alive = [node for node in state.nodes.values() if node.get("alive", True)]
     for node in sorted(alive, key=lambda n: n["node_id"]):
@@ -47,27 +89,39 @@ def cluster_html(state, address: str | None = None, compact: bool = False) -> st
         cells = [f"<td><code>{html.escape(node['node_id'][:8])}</code></td>"]
         cpu = resources.get("CPU", 0)
         cells.append(f"<td>{bar('cpu', cpu - available.get('CPU', 0), cpu, _used('CPU', cpu, available))}</td>")
-        gpu = resources.get("GPU", 0)
-        cells.append(f"<td>{bar('gpu', gpu - available.get('GPU', 0), gpu, _used('GPU', gpu, available))}</td>")
+        if gpus:
+            gpu = resources.get("GPU", 0)
+            cells.append(f"<td>{bar('gpu', gpu - available.get('GPU', 0), gpu, _used('GPU', gpu, available))}</td>")
         if not compact:
+            ram = node.get("ram")
+            if ram:
+                in_use, total_ram = ram
+                text = f"{fmt_bytes(in_use)} / {fmt_bytes(total_ram)}"
+                cells.append(f"<td>{bar('ram', in_use, total_ram, text)}</td>")
+            else:
+                cells.append("<td class='ember-note'>not reported</td>")
             memory = resources.get("memory", 0)
-            used_memory = memory - available.get("memory", memory)
-            cells.append(
-                f"<td>{bar('memory', used_memory, memory, f'{fmt_bytes(used_memory)} / {fmt_bytes(memory)}')}</td>"
-            )
+            reserved = memory - available.get("memory", memory)
+            text = f"{fmt_bytes(reserved)} / {fmt_bytes(memory)}"
+            cells.append(f"<td>{bar('memory', reserved, memory, text)}</td>")
         capacity, used = store.get("capacity", 0), store.get("used", 0)
         cells.append(f"<td>{bar('store', used, capacity, f'{fmt_bytes(used)} / {fmt_bytes(capacity)}')}</td>")
-        cells.append(f"<td class='ember-workers'>{workers.get(node['node_id'], 0)}</td>")
+        cells.append(f"<td class='ember-workers ember-num'>{workers.get(node['node_id'], 0)}</td>")
         rows.append(f"<tr class='ember-node'>{''.join(cells)}</tr>")
-    heads = ["node", "CPU", "GPU"] + ([] if compact else ["memory"]) + ["object store", "workers"]
-    header = "".join(f"<th style='text-align:left'>{h}</th>" for h in heads)
+    heads = ["node", "CPU"] + (["GPU"] if gpus else [])
+    if not compact:
+        heads += [
+            "RAM in use",
+            "<span title=\"the scheduler's logical 'memory' resource: what tasks and actors reserved with "
+            "memory=, not RAM in use\">memory reserved</span>",
+        ]
+    heads += ["object store", "workers"]
     where = f" at <code class='ember-address'>{html.escape(address)}</code>" if address else ""
-    return (
-        f"<div class='ember-cluster'><b>Ember cluster</b>{where}: "
-        f"<span class='ember-node-count'>{len(alive)}</span> node(s), "
+    return view(
+        "cluster",
+        f"<b>Ember cluster</b>{where}: <span class='ember-node-count'>{len(alive)}</span> node(s), "
         f"pending demand <span class='ember-pending'>{state.summary()['pending']}</span> task(s)"
-        f"<br>tasks: {task_counts(state)}"
-        f"<table style='border-collapse:collapse'><tr>{header}</tr>{''.join(rows)}</table></div>"
+        f"<br>tasks: {task_counts(state)}" + table(heads, rows, "no nodes yet", numeric=("workers",)),
     )
 
 
@@ -84,32 +138,40 @@ def store_html(state) -> str:
         rows.append(
             f"<tr class='ember-store-node'><td><code>{html.escape(node['node_id'][:8])}</code></td>"
             f"<td>{bar('store', used, capacity, f'{fmt_bytes(used)} / {fmt_bytes(capacity)}')}</td>"
-            f"<td class='ember-objects'>{store.get('num_objects', 0)}</td>"
-            f"<td class='ember-spilled'>{fmt_bytes(store.get('spilled', 0))} ({store.get('num_spilled', 0)})</td></tr>"
+            f"<td class='ember-objects ember-num'>{store.get('num_objects', 0)}</td>"
+            f"<td class='ember-spilled ember-num'>{fmt_bytes(store.get('spilled', 0))} "
+            f"({store.get('num_spilled', 0)})</td></tr>"
         )
         for oid, size in store.get("largest") or []:
             objects.append((size, oid, node["node_id"]))
     objects.sort(key=lambda item: item[0], reverse=True)
-    object_rows = "".join(
+    object_rows = [
         f"<tr class='ember-object'><td><code>{oid.hex()[:12]}</code></td><td>{html.escape(state.creator_of(oid))}</td>"
-        f"<td><code>{node_id[:8]}</code></td><td class='ember-object-size'>{fmt_bytes(size)}</td></tr>"
+        f"<td><code>{node_id[:8]}</code></td><td class='ember-object-size ember-num'>{fmt_bytes(size)}</td></tr>"
         for size, oid, node_id in objects[:10]
-    )
-    return (
-        "<div class='ember-store'><b>Object store</b><table><tr><th>node</th><th>used / capacity</th>"
-        f"<th>objects</th><th>spilled</th></tr>{''.join(rows)}</table>"
-        "<b>Largest objects</b><table><tr><th>object</th><th>made by</th><th>node</th><th>size</th></tr>"
-        f"{object_rows or '<tr><td colspan=4>none in shared memory</td></tr>'}</table></div>"
+    ]
+    return view(
+        "store",
+        "<b>Object store</b>"
+        + table(["node", "used / capacity", "objects", "spilled"], rows, "no nodes yet", ("objects", "spilled"))
+        + "<b>Largest objects</b>"
+        + table(["object", "made by", "node", "size"], object_rows, "none in shared memory", ("size",)),
     )
 
 
 def gpus_html(state) -> str:
-    """Per node and GPU id: which task or actor holds it, and what share."""
+    """Per node and GPU id: which task or actor holds it, and what share; says so when there are none."""
+    if not has_gpus(state):
+        nodes = sum(1 for node in state.nodes.values() if node.get("alive", True))
+        note = f"No GPUs in this cluster ({nodes} node(s))."
+        return view("gpus", f"<b>GPUs</b><p class='ember-note ember-no-gpus'>{note}</p>")
     rows = []
     for node in sorted(state.nodes.values(), key=lambda n: n["node_id"]):
-        gpus = node.get("gpus")
         total = (node.get("resources") or {}).get("GPU", 0)
-        if gpus is None:  # nodes that do not report per-GPU assignments: the totals only
+        if not total:
+            continue
+        gpus = node.get("gpus")
+        if not gpus:  # nodes that report no per-GPU assignment: the totals only
             free = (node.get("available") or {}).get("GPU", 0)
             rows.append(
                 f"<tr class='ember-gpu-node'><td><code>{node['node_id'][:8]}</code></td><td>all</td>"
@@ -124,18 +186,30 @@ def gpus_html(state) -> str:
                 f"<tr class='ember-gpu'><td><code>{node['node_id'][:8]}</code></td>"
                 f"<td>{html.escape(str(gpu.get('gpu_id')))}</td>"
                 f"<td class='ember-gpu-holder'>{html.escape(str(holder or 'free'))}</td>"
-                f"<td>{float(gpu.get('share') or 0):.2f}</td></tr>"
+                f"<td class='ember-num'>{float(gpu.get('share') or 0):.2f}</td></tr>"
             )
-    return (
-        "<div class='ember-gpus'><b>GPUs</b><table><tr><th>node</th><th>GPU</th><th>held by</th><th>share</th></tr>"
-        f"{''.join(rows) or '<tr><td colspan=4>no nodes</td></tr>'}</table></div>"
-    )
+    return view("gpus", "<b>GPUs</b>" + table(["node", "GPU", "held by", "share"], rows, "none", ("share",)))
 
 
 def actors_html(state) -> str:
-    rows = "".join(
-        f"<tr><td><code>{actor_id[:12]}</code></td><td>{html.escape(str(a.get('class_name')))}</td>"
-        f"<td>{html.escape(str(a.get('name') or ''))}</td><td class='ember-actor-state'>{a.get('state')}</td></tr>"
-        for actor_id, a in state.actors.items()
-    )
-    return f"<div class='ember-actors'><b>Actors</b><table>{rows or '<tr><td>none</td></tr>'}</table></div>"
+    """Actors with their class, name, state, process, node, restarts and calls seen."""
+    rows = []
+    for actor_id, actor in state.actors.items():
+        node = actor.get("node_id") or ""
+        rows.append(
+            f"<tr class='ember-actor'><td><code>{actor_id[:12]}</code></td>"
+            f"<td>{html.escape(str(actor.get('class_name') or ''))}</td>"
+            f"<td>{html.escape(str(actor.get('name') or ''))}</td>"
+            f"<td class='ember-actor-state'>{html.escape(str(actor.get('state')))}</td>"
+            f"<td class='ember-num'>{actor.get('pid') or ''}</td><td><code>{html.escape(str(node)[:8])}</code></td>"
+            f"<td class='ember-num'>{actor.get('num_restarts') or 0}</td>"
+            f"<td class='ember-actor-calls ember-num'>{state.actor_calls.get(actor_id, 0)}</td></tr>"
+        )
+    heads = ["actor", "class", "name", "state", "pid", "node", "restarts", "calls"]
+    return view("actors", "<b>Actors</b>" + table(heads, rows, "none", ("pid", "restarts", "calls")))
+
+
+def disconnected_html(why: str) -> str:
+    """The banner a view shows once its cluster is gone: its numbers are the last ones known."""
+    return view("banner", f"<span class='ember-disconnected'>Disconnected: {html.escape(why)}.</span> "
+                "<span class='ember-note'>The numbers below are the last ones received.</span>")

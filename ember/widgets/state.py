@@ -12,6 +12,7 @@ from ember.runtime.ids import TASK_ID_SIZE
 
 PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
 STATES = (PENDING, RUNNING, FINISHED, FAILED)
+ACTOR_FIELDS = ("state", "name", "class_name", "pid", "node_id", "num_restarts")
 MAX_TASKS = 50_000  # records kept; the oldest ended ones are forgotten first (counts stay exact)
 
 
@@ -65,7 +66,8 @@ class ClusterState:
         self.durations: dict = {}  # function name -> [total seconds, count] of ended tasks
         self.name_edges: Counter = Counter()  # (producer name, consumer name) -> dependencies
         self.nodes: dict = {}  # node id (hex) -> latest node event (+ "resources" from snapshots)
-        self.actors: dict = {}  # actor id (hex) -> {"state", "name", "class_name"}
+        self.actors: dict = {}  # actor id (hex) -> the fields of ACTOR_FIELDS from its latest event
+        self.actor_calls: Counter = Counter()  # actor id (hex) -> calls seen ending
         self.version = 0
         self.cleared_at = 0.0
 
@@ -79,7 +81,7 @@ class ClusterState:
             self.apply_node(body)
         elif topic == b"event:actor":
             actor_id = _hex(body.get("actor_id"))
-            self.actors[actor_id] = {k: body.get(k) for k in ("state", "name", "class_name")}
+            self.actors[actor_id] = {k: _hex(body.get(k)) for k in ACTOR_FIELDS}
         else:
             return
         self.version += 1
@@ -191,6 +193,8 @@ class ClusterState:
             pids.add(record.pid)
 
     def _ended(self, record: TaskRecord) -> None:
+        if record.actor is not None:
+            self.actor_calls[_hex(record.actor)] += 1
         if record.started is not None:
             total = self.durations.get(record.name)
             if total is None:
@@ -218,6 +222,8 @@ class ClusterState:
             node["alive"] = entry["Alive"]
             node["resources"] = entry["Resources"]
             node.setdefault("store", entry.get("ObjectStore") or {})
+            if entry.get("RAM"):
+                node.setdefault("ram", entry["RAM"])
             node.setdefault("available", dict(entry["Resources"]))
         self.version += 1
 

@@ -2,55 +2,159 @@
 
 Each widget registers a listener on the shared feed (``events.feed()``) and sets its model from
 plain render functions; the feed calls listeners at most ten times a second. Setting a trait to its
-current value sends nothing, so an unchanged view costs no traffic.
+current value sends nothing, so an unchanged view costs no traffic. A view in a dashboard tab that
+is not shown is redrawn at most once a second (the kernel cannot hear that a tab was opened while a
+cell runs, so a hidden view must not freeze), the shown one at the feed's rate.
+
+Saved notebooks: every widget's output also carries a ``text/html`` snapshot of what it shows (with
+its stylesheet) and a one-line ``text/plain``, so nbviewer, GitHub and nbconvert show the numbers
+where a live widget cannot run. JupyterLab shows the live widget. The snapshot of a widget is
+renewed when the cell that displayed it ends (a progress bar's final count, say) and for every widget
+when the cluster disconnects (``refresh_snapshots``); not at every cell's end, since renewing an
+output makes JupyterLab draw its live widget anew.
 """
+
+import time
+import weakref
 
 import ipywidgets as w
 
 from ember.widgets import events
 from ember.widgets.graph import COLOURS, TaskGraphModel, to_svg
-from ember.widgets.render import actors_html, cluster_html, gpus_html, store_html, task_counts
+from ember.widgets.render import (
+    actors_html,
+    cluster_html,
+    disconnected_html,
+    gpus_html,
+    store_html,
+    task_counts,
+)
+
+HIDDEN_REDRAW = 1.0  # seconds between redraws of a view in a tab that is not shown
+_displayed: "weakref.WeakSet[LiveWidget]" = weakref.WeakSet()  # widgets whose outputs hold a snapshot
+_displayed_in_cell: weakref.WeakSet = weakref.WeakSet()  # those displayed by the cell running now
 
 
 class LiveWidget(w.VBox):
-    """Base: subscribes ``update(state)`` to the shared feed until the widget is closed."""
+    """Base: subscribes ``update(state)`` to the shared feed until the widget is closed; subclasses
+    give ``snapshot()`` (the HTML of what they show) and ``TITLE``."""
 
-    def __init__(self, feed: events.EventFeed | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden = False  # in a tab that is not shown: redrawn when it is, not before
+    TITLE = "view"
+
+    def __init__(self, feed: events.EventFeed | None = None, children=(), **kwargs):
+        self.banner = w.HTML()  # empty while connected; says so once the cluster is gone
+        super().__init__(children=[self.banner, *children], **kwargs)
+        self.hidden = False  # in a tab that is not shown: redrawn once a second, not at every change
         self.stale = False
+        self.last_drawn = 0.0
+        self.displays: list = []  # display handles whose text/html snapshot is renewed
         self.feed = feed or events.feed()
         with self.feed.lock:
-            self.update(self.feed.state)  # draw at once with what is known
+            self._draw(self.feed.state)  # draw at once with what is known
         self.feed.add_listener(self._listen)
+        self.feed.add_stop_listener(self._on_disconnected)
 
     def _listen(self, state) -> None:
         if self.comm is None:  # closed: stop listening
             self.feed.remove_listener(self._listen)
             return
-        if self.hidden:
+        if self.hidden and time.monotonic() - self.last_drawn < HIDDEN_REDRAW:
             self.stale = True
             return
+        self._draw(state)
+
+    def _draw(self, state) -> None:
+        self.stale = False
+        self.last_drawn = time.monotonic()
         self.update(state)
 
     def set_shown(self, shown: bool) -> None:
-        """Pause redraws while hidden (a dashboard's other tabs): they cost the kernel's CPU."""
+        """Redraw at the feed's rate while shown, once a second while hidden (a dashboard's other
+        tabs): they cost the kernel's CPU."""
         self.hidden = not shown
         if shown and self.stale:
-            self.stale = False
             with self.feed.lock:
-                self.update(self.feed.state)
+                self._draw(self.feed.state)
 
     def update(self, state) -> None:
         raise NotImplementedError
 
+    def snapshot(self) -> str:
+        """The HTML of what the widget shows now (its saved-notebook snapshot): by default, that of
+        its HTML children."""
+        return "".join(child.value for child in self.children[1:] if isinstance(child, w.HTML))
+
+    def _on_disconnected(self, why: str) -> None:
+        self.banner.value = disconnected_html(why)
+        self.refresh_snapshots()
+
+    # --- saved-notebook snapshots --------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs):
+        return _with_snapshot(
+            super()._repr_mimebundle_(**kwargs), self.feed, self.TITLE, lambda: self.banner.value + self.snapshot()
+        )
+
+    def _ipython_display_(self) -> None:
+        _display(self)
+
+    def refresh_snapshots(self) -> None:
+        """Renew the text/html snapshot in every output that shows this widget."""
+        _refresh(self)
+
     def close(self) -> None:
         self.feed.remove_listener(self._listen)
+        self.feed.remove_listener(self._on_disconnected)
+        _displayed.discard(self)
         super().close()
+
+
+def _with_snapshot(data: dict | None, feed, title: str, snapshot) -> dict:
+    """A widget's mime bundle with its text/html snapshot (``snapshot()``, read under the feed's
+    lock) and a one-line text/plain in place of the widget's repr."""
+    data = data or {}
+    with feed.lock:
+        summary = feed.state.summary()
+        data["text/html"] = snapshot()
+    counts = ", ".join(f"{summary[state]} {state}" for state in summary)
+    data["text/plain"] = f"Ember {title} (live in JupyterLab): tasks {counts}"
+    return data
+
+
+def _display(widget) -> None:
+    # Displayed with a display id, so the snapshot in the output can be renewed later.
+    from IPython.display import display
+
+    handle = display(widget._repr_mimebundle_(), raw=True, display_id=True)
+    if handle is not None:
+        widget.displays.append(handle)
+        _displayed.add(widget)
+        _displayed_in_cell.add(widget)
+
+
+def _refresh(widget) -> None:
+    if not widget.displays or widget.comm is None:
+        return
+    bundle = widget._repr_mimebundle_()
+    for handle in widget.displays:
+        try:
+            handle.update(bundle, raw=True)
+        except Exception:
+            pass  # the kernel's output channel is gone (shutting down)
+
+
+def refresh_snapshots(cell_ended: bool = False) -> None:
+    """Renew the snapshots of the widgets displayed in this kernel: with ``cell_ended``, those the
+    cell that just ended displayed (the extension calls this when a cell ends), else all of them."""
+    widgets = list(_displayed_in_cell if cell_ended else _displayed)
+    _displayed_in_cell.clear()
+    for widget in widgets:
+        _refresh(widget)
 
 
 class Cluster(LiveWidget):
     """Nodes with CPU/GPU/memory/object store bars, workers, pending demand and task counts."""
+
+    TITLE = "cluster"
 
     def __init__(self, compact: bool = False, feed=None, **kwargs):
         self.compact = compact
@@ -62,6 +166,9 @@ class Cluster(LiveWidget):
 
     def update(self, state) -> None:
         self.html.value = cluster_html(state, self.address, compact=self.compact)
+
+    def snapshot(self) -> str:
+        return self.html.value
 
 
 class TaskGraph(LiveWidget):
@@ -77,6 +184,11 @@ class TaskGraph(LiveWidget):
         self.graph = None
         super().__init__(feed=feed, children=[self.counts, self.legend, self.picture], **kwargs)
 
+    TITLE = "task graph"
+
+    def snapshot(self) -> str:
+        return self.counts.value + self.legend.value + self.picture.value
+
     def update(self, state) -> None:
         self.graph = self.graph_model.build(state)
         mode = " (collapsed by function)" if self.graph.collapsed else ""
@@ -91,8 +203,13 @@ class ObjectStore(LiveWidget):
         self.html = w.HTML()
         super().__init__(feed=feed, children=[self.html], **kwargs)
 
+    TITLE = "object store"
+
     def update(self, state) -> None:
         self.html.value = store_html(state)
+
+    def snapshot(self) -> str:
+        return self.html.value
 
 
 class GPUs(LiveWidget):
@@ -102,30 +219,78 @@ class GPUs(LiveWidget):
         self.html = w.HTML()
         super().__init__(feed=feed, children=[self.html], **kwargs)
 
+    TITLE = "GPUs"
+
     def update(self, state) -> None:
         self.html.value = gpus_html(state)
 
+    def snapshot(self) -> str:
+        return self.html.value
+
 
 class Actors(LiveWidget):
-    """Actors by id, class, name and state."""
+    """Actors with their class, name, state, process, node, restarts and calls."""
 
     def __init__(self, feed=None, **kwargs):
         self.html = w.HTML()
         super().__init__(feed=feed, children=[self.html], **kwargs)
 
+    TITLE = "actors"
+
     def update(self, state) -> None:
         self.html.value = actors_html(state)
 
+    def snapshot(self) -> str:
+        return self.html.value
 
-def all_widgets(feed=None) -> w.VBox:
+
+class _Group:
+    """Several views in one output (a stack, a dashboard's tabs), with one snapshot of them all.
+    Its subclasses set ``views`` (the LiveWidgets), ``displays`` and ``feed`` in ``__init__``."""
+
+    TITLE = "widgets"
+    views: list
+    displays: list
+
+    def snapshot(self) -> str:
+        return "".join(view.banner.value + view.snapshot() for view in self.views)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return _with_snapshot(super()._repr_mimebundle_(**kwargs), self.feed, self.TITLE, self.snapshot)
+
+    def _ipython_display_(self) -> None:
+        _display(self)
+
+    def refresh_snapshots(self) -> None:
+        _refresh(self)
+
+    def close(self) -> None:
+        for view in self.views:
+            view.close()
+        _displayed.discard(self)
+        super().close()
+
+
+class Stack(_Group, w.VBox):
+    """``%ember widgets``: views stacked in one output."""
+
+    def __init__(self, views: list, **kwargs):
+        self.views = views
+        self.displays = []
+        self.feed = views[0].feed
+        super().__init__(children=views, **kwargs)
+
+
+def all_widgets(feed=None) -> Stack:
     """``%ember widgets``: the cluster, task graph, object store and GPU widgets stacked."""
-    return w.VBox([Cluster(feed=feed), TaskGraph(feed=feed), ObjectStore(feed=feed), GPUs(feed=feed)])
+    return Stack([Cluster(feed=feed), TaskGraph(feed=feed), ObjectStore(feed=feed), GPUs(feed=feed)])
 
 
-class Dashboard(w.Tab):
-    """``%ember dashboard``: every widget in one set of tabs."""
+class Dashboard(_Group, w.Tab):
+    """``%ember dashboard``: every widget in one set of tabs (its saved snapshot shows them all)."""
 
     TITLES = ("Cluster", "Task graph", "Object store", "GPUs", "Actors")
+    TITLE = "dashboard"
 
     def __init__(self, feed=None, **kwargs):
         self.views = [
@@ -135,6 +300,8 @@ class Dashboard(w.Tab):
             GPUs(feed=feed),
             Actors(feed=feed),
         ]
+        self.displays = []
+        self.feed = self.views[0].feed
         super().__init__(children=self.views, titles=self.TITLES, **kwargs)
         self.observe(self._on_selected, names="selected_index")
         self._on_selected()
@@ -142,8 +309,3 @@ class Dashboard(w.Tab):
     def _on_selected(self, change=None) -> None:
         for index, view in enumerate(self.views):
             view.set_shown(index == (self.selected_index or 0))
-
-    def close(self) -> None:
-        for view in self.views:
-            view.close()
-        super().close()

@@ -441,7 +441,15 @@ class ActorDirectory:
             self.links.send_client(identity, update)
         self.links.publish(
             b"event:actor",
-            {"actor_id": actor.actor_id, "state": actor.state, "name": actor.name, "class_name": actor.class_name},
+            {
+                "actor_id": actor.actor_id,
+                "state": actor.state,
+                "name": actor.name,
+                "class_name": actor.class_name,
+                "pid": actor.pid,
+                "node_id": actor.node_id,
+                "num_restarts": actor.life.num_restarts,
+            },
         )
 
     def rows(self) -> list:

@@ -51,6 +51,7 @@ class NodeInfo:
     host: str = "127.0.0.1"
     last_heartbeat: float = field(default_factory=time.monotonic)
     gpus: list = field(default_factory=list)  # GPU assignments: {gpu_id, holder, share}
+    ram: list | None = None  # [bytes in use, bytes in all] of the machine's memory
     # What the head placed there since the node last reported: counted against it when placing,
     # so a burst of actors spreads, but never shown as used (the node's own report says that).
     claimed: dict = field(default_factory=dict)
@@ -195,6 +196,7 @@ class Head(Service):
         node.store = msgspec.to_builtins(msg.store, builtin_types=(bytes,)) if msg.store is not None else {}
         node.demand = msg.demand
         node.gpus = msgspec.to_builtins(msg.gpus, builtin_types=(bytes,))
+        node.ram = msg.ram
         if changed:
             self.view_dirty = True
             self.actor_directory.schedule_pending()
@@ -209,6 +211,7 @@ class Head(Service):
                 "total": node.resources,
                 "store": node.store,
                 "gpus": node.gpus,
+                "ram": node.ram,
             },
         )
 
@@ -345,6 +348,7 @@ class Head(Service):
                     "store": n.store,
                     "demand": n.demand,
                     "gpus": n.gpus,
+                    "ram": n.ram,
                 }
                 for n in self.nodes.values()
             ],
