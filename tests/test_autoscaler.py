@@ -205,7 +205,6 @@ def test_autoscaler_launches_for_demand_and_removes_idle_nodes(tmp_path, monkeyp
             f"""
             import os, time
             import ember
-            from ember.autoscaler import request_resources
 
             def wait_for(condition, timeout, message):
                 deadline = time.monotonic() + timeout
@@ -232,11 +231,19 @@ def test_autoscaler_launches_for_demand_and_removes_idle_nodes(tmp_path, monkeyp
             print("ran on", len(set(ember.get(refs, timeout=30))), "nodes")
             wait_for(lambda: len(alive()) == 1, timeout=30, message="idle worker nodes to be removed")
 
-            # request_resources asks for capacity ahead of work, and clearing it lets the nodes go.
-            request_resources(num_cpus=2)
+            # request_resources asks for capacity ahead of work, and clearing it lets the nodes go:
+            # here through the cluster widget's scaling controls, which call it.
+            from ember import widgets
+
+            view = widgets.Cluster()
+            assert view.scaling.layout.display == "", "the scaling controls show with an autoscaler"
+            assert "at most 2" in view.scaling.status.value
+            view.scaling.cpus.value = 2
+            view.scaling.request.click()
             wait_for(lambda: len(alive()) == 2, timeout=30, message="a node for request_resources")
-            request_resources()
+            view.scaling.clear.click()
             wait_for(lambda: len(alive()) == 1, timeout=30, message="the requested node to be removed")
+            view.close()
             print("done")
             """,
             timeout=150,

@@ -162,3 +162,17 @@ def test_a_hidden_tab_is_still_redrawn_while_a_cell_runs(cluster):
         ember.kill(probe)
     finally:
         feed.stop()
+
+
+def test_waiting_demand_says_when_no_node_can_ever_hold_it():
+    state = state_with(
+        resources={"CPU": 4},
+        total={"CPU": 4},
+        demand=[{"CPU": 1}, {"CPU": 1}, {"CPU": 64}],
+    )
+    html = cluster_html(state)
+    rows = re.findall(r"<tr class='ember-demand'>(.*?)</tr>", html)
+    assert len(rows) == 2
+    assert "2×" in rows[0] and "{CPU: 1}" in rows[0] and "waiting for resources in use" in rows[0]
+    assert "1×" in rows[1] and "{CPU: 64}" in rows[1] and "infeasible" in rows[1]
+

@@ -50,6 +50,21 @@ def request_resources(num_cpus: int | None = None, bundles: list | None = None) 
     connected_client().request("head", {"op": protocol.KV_PUT, "key": REQUEST_KEY, "overwrite": True}, [payload])
 
 
+def status() -> dict | None:
+    """What the autoscaler's monitor last published (``max_workers``, ``worker_shape``, ``launched``,
+    ``infeasible``), or None when the cluster runs no autoscaler."""
+    from ember.runtime import protocol
+
+    reply, frames = connected_client().request("head", {"op": protocol.KV_GET, "key": STATUS_KEY}, timeout=10)
+    if not reply.found or not frames:
+        return None
+    try:
+        value = msgpack.unpackb(bytes(frames[0]), raw=False)
+    except (ValueError, msgpack.ExtraData):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def decode_request(value: bytes | None) -> list:
     """The bundles stored by request_resources() (a list of resource dicts; [] if none)."""
     if not value:
@@ -61,4 +76,4 @@ def decode_request(value: bytes | None) -> list:
     return [b for b in bundles if isinstance(b, dict)]
 
 
-__all__ = ["request_resources", "REQUEST_KEY", "STATUS_KEY"]
+__all__ = ["request_resources", "status", "REQUEST_KEY", "STATUS_KEY"]

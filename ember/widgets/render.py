@@ -120,9 +120,43 @@ def cluster_html(state, address: str | None = None, compact: bool = False) -> st
     return view(
         "cluster",
         f"<b>Ember cluster</b>{where}: <span class='ember-node-count'>{len(alive)}</span> node(s), "
-        f"pending demand <span class='ember-pending'>{state.summary()['pending']}</span> task(s)"
-        f"<br>tasks: {task_counts(state)}" + table(heads, rows, "no nodes yet", numeric=("workers",)),
+        f"<span class='ember-pending'>{state.summary()['pending']}</span> task(s) pending"
+        f"<br>tasks: {task_counts(state)}"
+        + table(heads, rows, "no nodes yet", numeric=("workers",))
+        + demand_html(alive),
     )
+
+
+def waiting_demand(nodes: list) -> list:
+    """What the node managers wait to grant, by resource shape: ``[(shape, count, infeasible)]``,
+    infeasible when no node of the cluster has that much in total (it waits for a node to join)."""
+    counts: dict = {}
+    for node in nodes:
+        for shape in node.get("demand") or ():
+            key = tuple(sorted((name, amount) for name, amount in shape.items() if amount))
+            counts[key] = counts.get(key, 0) + 1
+    totals = [node.get("total") or node.get("resources") or {} for node in nodes]
+    return [
+        (dict(key), count, not any(all(total.get(name, 0) >= amount for name, amount in key) for total in totals))
+        for key, count in sorted(counts.items(), key=lambda item: -item[1])
+    ]
+
+
+def demand_html(nodes: list) -> str:
+    """The resource requests waiting on the nodes, each with why it waits."""
+    rows = []
+    for shape, count, infeasible in waiting_demand(nodes):
+        what = ", ".join(f"{name}: {amount:g}" for name, amount in shape.items()) or "nothing"
+        why = (
+            "<span class='ember-infeasible'>infeasible: no node has that much; waits for one to join</span>"
+            if infeasible
+            else "waiting for resources in use"
+        )
+        cells = f"<td class='ember-num'>{count}×</td><td>{{{what}}}</td><td>{why}</td>"
+        rows.append(f"<tr class='ember-demand'>{cells}</tr>")
+    if not rows:
+        return ""
+    return "<b>Waiting for resources</b>" + table(["requests", "each needs", "why"], rows, "", ("requests",))
 
 
 def _used(name: str, total: float, available: dict) -> str:

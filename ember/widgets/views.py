@@ -29,6 +29,7 @@ from ember.widgets.render import (
     store_html,
     task_counts,
 )
+from ember.widgets.scaling import ScalingControls
 
 HIDDEN_REDRAW = 1.0  # seconds between redraws of a view in a tab that is not shown
 _displayed: "weakref.WeakSet[LiveWidget]" = weakref.WeakSet()  # widgets whose outputs hold a snapshot
@@ -159,13 +160,16 @@ class Cluster(LiveWidget):
     def __init__(self, compact: bool = False, feed=None, **kwargs):
         self.compact = compact
         self.html = w.HTML()
+        self.scaling = ScalingControls()  # shown when the cluster runs an autoscaler
         import ember
 
         self.address = ember.api._context.address if ember.api._context is not None else None
-        super().__init__(feed=feed, children=[self.html], **kwargs)
+        super().__init__(feed=feed, children=[self.html, self.scaling], **kwargs)
 
     def update(self, state) -> None:
         self.html.value = cluster_html(state, self.address, compact=self.compact)
+        if not self.compact:
+            self.scaling.refresh()
 
     def snapshot(self) -> str:
         return self.html.value

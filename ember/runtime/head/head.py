@@ -212,6 +212,7 @@ class Head(Service):
                 "store": node.store,
                 "gpus": node.gpus,
                 "ram": node.ram,
+                "demand": node.demand,
             },
         )
 
