@@ -14,6 +14,7 @@ import html
 
 from ember.widgets.state import STATES
 
+RESERVED_HELP = "the scheduler's logical 'memory' resource: what tasks and actors reserved with memory=, not RAM in use"
 BAR_COLOURS = {"cpu": "#3b82f6", "gpu": "#a855f7", "memory": "#f59e0b", "ram": "#ef4444", "store": "#14b8a6"}
 
 STYLE = """<style>
@@ -21,16 +22,16 @@ STYLE = """<style>
 color:var(--jp-ui-font-color1,#1f2937);line-height:1.5}
 .ember-view .ember-scroll{overflow-x:auto;max-width:100%}
 .ember-view table{border-collapse:collapse;font-variant-numeric:tabular-nums;margin:4px 0}
-.ember-view th{text-align:left;font-weight:600;white-space:nowrap;padding:2px 14px 2px 0;
+.ember-view th{text-align:left;font-weight:600;white-space:nowrap;padding:2px 12px 2px 0;
 border-bottom:1px solid var(--jp-border-color2,#d1d5db);color:var(--jp-ui-font-color2,#4b5563)}
-.ember-view td{white-space:nowrap;padding:2px 14px 2px 0;vertical-align:middle}
+.ember-view td{white-space:nowrap;padding:3px 12px 3px 0;vertical-align:top}
 .ember-view td.ember-num,.ember-view th.ember-num{text-align:right}
-.ember-view .ember-bar{display:flex;align-items:center;gap:6px}
-.ember-view .ember-track{width:90px;height:10px;flex:none;border-radius:3px;overflow:hidden;
+.ember-view .ember-bar{display:flex;flex-direction:column;gap:2px;min-width:96px}
+.ember-view .ember-track{height:8px;border-radius:3px;overflow:hidden;
 background:var(--jp-layout-color3,#e5e7eb);box-shadow:inset 0 0 0 1px var(--jp-border-color1,#9ca3af)}
 .ember-view .ember-fill{height:100%}
-.ember-view .ember-bar-text{display:inline-block;min-width:15ch}
-.ember-view .ember-note{color:var(--jp-ui-font-color2,#6b7280)}
+.ember-view .ember-note,.ember-view .ember-sub{color:var(--jp-ui-font-color2,#6b7280)}
+.ember-view .ember-sub{display:block;font-size:var(--jp-ui-font-size0,11px)}
 .ember-view code{font-family:var(--jp-code-font-family,monospace);background:none}
 .ember-view .ember-disconnected{color:var(--jp-warn-color1,#b45309);font-weight:600}
 </style>"""
@@ -56,13 +57,25 @@ def table(heads: list, rows: list, empty: str, numeric: tuple = ()) -> str:
     return f"<div class='ember-scroll'><table><tr>{header}</tr>{body}</table></div>"
 
 
-def bar(kind: str, used: float, total: float, text: str) -> str:
+def fmt_byte_pair(used: float, total: float) -> str:
+    """``used / total`` in the total's unit: "1.5 / 23.5 GiB" (narrower than each with its own)."""
+    unit, scale = "B", 1
+    for name in ("KiB", "MiB", "GiB", "TiB"):
+        if total >= 1024 * scale:
+            unit, scale = name, scale * 1024
+    if unit == "B":
+        return f"{used:.0f} / {total:.0f} B"
+    return f"{used / scale:.1f} / {total / scale:.1f} {unit}"
+
+
+def bar(kind: str, used: float, total: float, text: str, sub: str = "") -> str:
+    """A labelled bar: the text above, the bar below (a column stays narrow), ``sub`` under both."""
     share = 0 if not total else max(0.0, min(1.0, used / total))
     return (
         f"<div class='ember-bar ember-{kind}' title='{html.escape(text)}'>"
+        f"<span class='ember-bar-text ember-{kind}-text'>{html.escape(text)}</span>"
         f"<div class='ember-track'><div class='ember-fill' style='width:{share * 100:.0f}%;"
-        f"background:{BAR_COLOURS[kind]}'></div></div>"
-        f"<span class='ember-bar-text ember-{kind}-text'>{html.escape(text)}</span></div>"
+        f"background:{BAR_COLOURS[kind]}'></div></div>{sub}</div>"
     )
 
 
@@ -93,28 +106,26 @@ def cluster_html(state, address: str | None = None, compact: bool = False) -> st
             gpu = resources.get("GPU", 0)
             cells.append(f"<td>{bar('gpu', gpu - available.get('GPU', 0), gpu, _used('GPU', gpu, available))}</td>")
         if not compact:
-            ram = node.get("ram")
-            if ram:
-                in_use, total_ram = ram
-                text = f"{fmt_bytes(in_use)} / {fmt_bytes(total_ram)}"
-                cells.append(f"<td>{bar('ram', in_use, total_ram, text)}</td>")
-            else:
-                cells.append("<td class='ember-note'>not reported</td>")
+            # RAM in use, and under it the scheduler's logical "memory" resource (what tasks reserved
+            # with memory=): shown as RAM, that one read as memory in use when it is not.
             memory = resources.get("memory", 0)
             reserved = memory - available.get("memory", memory)
-            text = f"{fmt_bytes(reserved)} / {fmt_bytes(memory)}"
-            cells.append(f"<td>{bar('memory', reserved, memory, text)}</td>")
+            sub = (
+                f"<span class='ember-sub ember-reserved' title=\"{RESERVED_HELP}\">"
+                f"reserved {fmt_byte_pair(reserved, memory)}</span>"
+            )
+            ram = node.get("ram")
+            if ram:
+                cells.append(f"<td>{bar('ram', ram[0], ram[1], fmt_byte_pair(*ram), sub)}</td>")
+            else:
+                cells.append(f"<td><span class='ember-note'>not reported</span>{sub}</td>")
         capacity, used = store.get("capacity", 0), store.get("used", 0)
-        cells.append(f"<td>{bar('store', used, capacity, f'{fmt_bytes(used)} / {fmt_bytes(capacity)}')}</td>")
+        cells.append(f"<td>{bar('store', used, capacity, fmt_byte_pair(used, capacity))}</td>")
         cells.append(f"<td class='ember-workers ember-num'>{workers.get(node['node_id'], 0)}</td>")
         rows.append(f"<tr class='ember-node'>{''.join(cells)}</tr>")
     heads = ["node", "CPU"] + (["GPU"] if gpus else [])
     if not compact:
-        heads += [
-            "RAM in use",
-            "<span title=\"the scheduler's logical 'memory' resource: what tasks and actors reserved with "
-            "memory=, not RAM in use\">memory reserved</span>",
-        ]
+        heads.append("RAM in use")
     heads += ["object store", "workers"]
     where = f" at <code class='ember-address'>{html.escape(address)}</code>" if address else ""
     return view(
@@ -171,7 +182,7 @@ def store_html(state) -> str:
         capacity, used = store.get("capacity", 0), store.get("used", 0)
         rows.append(
             f"<tr class='ember-store-node'><td><code>{html.escape(node['node_id'][:8])}</code></td>"
-            f"<td>{bar('store', used, capacity, f'{fmt_bytes(used)} / {fmt_bytes(capacity)}')}</td>"
+            f"<td>{bar('store', used, capacity, fmt_byte_pair(used, capacity))}</td>"
             f"<td class='ember-objects ember-num'>{store.get('num_objects', 0)}</td>"
             f"<td class='ember-spilled ember-num'>{fmt_bytes(store.get('spilled', 0))} "
             f"({store.get('num_spilled', 0)})</td></tr>"
