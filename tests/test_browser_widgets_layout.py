@@ -34,7 +34,7 @@ CELLS = [
 
 # Every visible table of the ember views: the box of each cell's content, the most lines any of its
 # text pieces takes (a wrapped text has client rects on several lines), and by how much the table
-# passes the right edge of the nearest ancestor that clips it (the output area, a tab panel, ...).
+# passes the right edge of any ancestor that clips or scrolls it (the output area, a tab panel, ...).
 MEASURE = """
 () => [...document.querySelectorAll('.ember-view table')].filter(t => t.offsetParent !== null).map(table => {
   const lines = node => new Set([...(() => { const r = document.createRange(); r.selectNodeContents(node);
@@ -47,9 +47,11 @@ MEASURE = """
     const most = Math.max(texts.length ? 0 : lines(cell), ...texts.map(lines));
     return {left: box.left, right: box.right, text: cell.innerText.trim(), lines: most};
   }));
-  let clip = table.parentElement;
-  while (clip && getComputedStyle(clip).overflowX === 'visible') clip = clip.parentElement;
-  const past = clip ? table.getBoundingClientRect().right - clip.getBoundingClientRect().right : 0;
+  let past = 0;
+  for (let clip = table.parentElement; clip && !clip.classList.contains('jp-Notebook'); clip = clip.parentElement) {
+    if (getComputedStyle(clip).overflowX !== 'visible')
+      past = Math.max(past, table.getBoundingClientRect().right - clip.getBoundingClientRect().right);
+  }
   return {rows, past, view: table.closest('.ember-view').className};
 })
 """
