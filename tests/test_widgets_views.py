@@ -176,3 +176,37 @@ def test_waiting_demand_says_when_no_node_can_ever_hold_it():
     assert "2×" in rows[0] and "{CPU: 1}" in rows[0] and "waiting for resources in use" in rows[0]
     assert "1×" in rows[1] and "{CPU: 64}" in rows[1] and "infeasible" in rows[1]
 
+
+
+def test_a_notebook_saved_by_nbclient_keeps_snapshots_with_the_numbers_at_the_cells_end(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    cells = [
+        "%load_ext ember",
+        "import time, ember\n"
+        "from ember.widgets import events\n"
+        "@ember.remote\n"
+        "def square(x):\n"
+        "    return x * x\n"
+        "view = ember.widgets.Cluster()\n"
+        "display(view)\n"
+        "ember.get([square.remote(i) for i in range(7)])\n"
+        "deadline = time.time() + 30\n"
+        "while events.feed().state.summary()['finished'] < 7 and time.time() < deadline:\n"
+        "    time.sleep(0.05)",
+        "%ember dashboard",
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    path = tmp_path / "saved.ipynb"
+    env = {k: v for k, v in os.environ.items() if k not in ("EMBER_ADDRESS", "EMBER_CLUSTER_TOKEN")}
+    client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3")
+    client.execute(env=env, cwd=str(tmp_path))  # the kernel's shutdown stops the cluster it started
+    nbformat.write(notebook, path)
+    saved = nbformat.read(path, as_version=4)
+    (cluster_output,) = [o for o in saved.cells[1].outputs if o.get("output_type") == "display_data"]
+    html = cluster_output.data["text/html"]
+    assert "ember-cluster" in html and "<style>" in html
+    assert re.search(r"ember-count-finished'>7<", html), "the snapshot shows the numbers at the cell's end"
+    assert cluster_output.data["text/plain"].startswith("Ember cluster (live in JupyterLab)")
+    (dashboard,) = saved.cells[2].outputs
+    assert all(view in dashboard.data["text/html"] for view in ("ember-cluster", "ember-store", "ember-actors"))
