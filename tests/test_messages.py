@@ -428,3 +428,11 @@ def test_send_time_check_refuses_and_logs_what_no_schema_accepts(tmp_path):
     assert result.stdout.strip() == "BadMessage register_node", result.stderr
     lines = log.read_text().splitlines()
     assert len(lines) == 1 and "register_node" in lines[0] and "node_id" in lines[0]
+
+
+def test_a_header_past_the_size_limit_is_refused_before_it_is_decoded(monkeypatch):
+    header = msgpack.packb({"op": "kv_get", "rid": b"r" * 8, "key": b"k" * 200})
+    assert isinstance(messages.decode_header("head", header), messages.KvGet)
+    monkeypatch.setattr(messages, "MAX_HEADER_BYTES", 100)
+    with pytest.raises(messages.BadMessage, match="a header of 2\\d\\d bytes"):
+        messages.decode_header("head", header)

@@ -676,6 +676,11 @@ def op_of(message: Message) -> str:
     return message.__struct_config__.tag
 
 
+# Headers carry ids and small fields; values travel in the frames after them. The largest real ones
+# are batches (a round of object deletes, a state-API answer of 10,000 rows: a few MiB).
+MAX_HEADER_BYTES = 64 << 20
+
+
 def decode_header(service: str, frame) -> Message:
     """The header in ``frame`` (msgpack bytes) as the Struct of its op, if ``service`` accepts that
     op and every field is valid; :class:`BadMessage` otherwise (never another exception)."""
@@ -683,6 +688,9 @@ def decode_header(service: str, frame) -> Message:
     if decoder is None:
         raise KeyError(f"no service {service!r}: one of {sorted(SERVICES)}")
     try:
+        if len(frame) > MAX_HEADER_BYTES:
+            # Decoding it would cost a service the memory and the time of its whole loop.
+            raise BadMessage(None, f"a header of {len(frame)} bytes (at most {MAX_HEADER_BYTES})")
         return decoder.decode(frame)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as error:
         op, rid = _envelope_of(frame)
