@@ -89,12 +89,12 @@ refs = [shout.remote(i) for i in range(3)] + [boom.remote()]
 bar = progress(refs)
 ember.wait(refs, num_returns=4)
 deadline = time.monotonic() + 30
-while bar.bar.value < 4 or "ember-count-failed'>1<" not in graph.counts.value:
+while not bar.progress.finished or "ember-count-failed'>1<" not in graph.counts.value:
     if time.monotonic() > deadline:
         raise RuntimeError("widgets never caught up: " + graph.counts.value)
     time.sleep(0.05)
 print("GRAPH", graph.counts.value)
-print("BAR", bar.bar.value, bar.bar.max, bar.bar.bar_style, bar.label.value)
+print("BAR", type(bar).__name__, bar.progress.counts, str(bar).split(" Finished")[0])
 print("NODES", len(graph.graph.nodes), "EDGES", len(graph.graph.edges))
 """
 
@@ -247,7 +247,7 @@ def test_widget_models_after_a_known_workload(session):
     text = session[0]["widgets"].stdout()
     counts = dict(re.findall(r"ember-count-(\w+)'>(\d+)<", text))
     assert counts == {"pending": "0", "running": "0", "finished": "3", "failed": "1"}
-    assert "BAR 4 4 danger 4/4 done, 1 failed" in text
+    assert "BAR Progress {'finished': 3, 'failed': 1, 'running': 0, 'pending': 0} shout, boom: 4/4 (1 failed)" in text
     assert "NODES 4 EDGES 0" in text
 
 

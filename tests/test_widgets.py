@@ -49,8 +49,9 @@ def test_task_graph_and_progress_after_three_finished_and_one_failed(feed):
     ember.wait(refs, num_returns=4)
     want = {"pending": 0, "running": 0, "finished": 3, "failed": 1}
     wait_for(lambda: counts(graph.counts.value) == want, timeout=20, message=f"graph counts {want}")
-    wait_for(lambda: bar.bar.value == 4, timeout=20)
-    assert bar.bar.max == 4 and bar.bar.bar_style == "danger" and bar.label.value == "4/4 done, 1 failed"
+    wait_for(lambda: bar.progress.finished, timeout=20)
+    assert bar.progress.counts == {"finished": 3, "failed": 1, "running": 0, "pending": 0}  # a quarter red, not all
+    assert str(bar).startswith("square, fail: 4/4 (1 failed) Finished in ")
     svg = graph.picture.value
     assert svg.count("class='ember-task ember-finished'") == 3 and svg.count("class='ember-task ember-failed'") == 1
     assert "RuntimeError: broken on purpose" in svg  # the failed task's hover text

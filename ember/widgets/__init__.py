@@ -6,7 +6,8 @@ most ten times a second.
 """
 
 from ember.widgets.metrics import LiveMetrics, MetricHistory
-from ember.widgets.progress import Progress, progress
+from ember.widgets.progress import Progress, TextProgress, progress
+from ember.widgets.progress_model import ProgressModel
 from ember.widgets.views import Actors, Cluster, Dashboard, GPUs, ObjectStore, TaskGraph, all_widgets
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "MetricHistory",
     "ObjectStore",
     "Progress",
+    "ProgressModel",
     "TaskGraph",
+    "TextProgress",
     "all_widgets",
     "progress",
 ]

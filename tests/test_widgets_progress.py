@@ -1,0 +1,159 @@
+"""progress(refs) and the live figures that must not mislead: the progress model with hand-made
+events, the text line outside a notebook, and the running count and actor durations a real
+cluster reports."""
+
+import io
+import re
+import statistics
+
+import pytest
+from conftest import wait_for
+
+import ember
+from ember import widgets
+from ember.runtime.client import core_client
+from ember.runtime.ids import TASK_ID_SIZE
+from ember.widgets.events import EventFeed
+from ember.widgets.progress_model import ProgressModel, _cells, fmt_duration, progress_html
+from ember.widgets.state import ClusterState
+
+pytest.importorskip("ipywidgets")
+
+
+def tid(i: int) -> bytes:
+    return i.to_bytes(TASK_ID_SIZE, "big")
+
+
+def oid(i: int) -> bytes:
+    return tid(i) + b"\x00\x01"
+
+
+def folded(kind, i, name, submitted, started, ended, **fields):
+    """One owner record of a task that went through every state within a batch."""
+    return [kind, tid(i), ended, {"name": name, "times": {"submitted": submitted, "running": started}, **fields}]
+
+
+def widths(html: str) -> dict:
+    return {k: float(v) for k, v in re.findall(r"ember-progress-seg-(\w+)'.*?width:([\d.]+)%", html)}
+
+
+# --- the model, with hand-made events -------------------------------------------------------------
+def test_ten_of_500_failed_is_two_percent_red_not_a_red_bar():
+    state = ClusterState()
+    model = ProgressModel([oid(i) for i in range(500)], now=100.0)
+    batch = [folded("finished", i, "square", 100.0, 100.5, 101.0) for i in range(470)]
+    batch += [folded("failed", i, "square", 100.0, 100.5, 101.0, error="boom") for i in range(470, 480)]
+    batch += [["running", tid(i), 101.0, {"name": "square", "times": {"submitted": 100.0}}] for i in range(480, 490)]
+    batch += [["submitted", tid(i), 100.0, {"name": "square"}] for i in range(490, 500)]
+    state.apply(b"event:task", batch)
+    assert model.update(state, now=110.0)
+    assert model.counts == {"finished": 470, "failed": 10, "running": 10, "pending": 10}
+    assert model.shares()["failed"] == pytest.approx(0.02)
+    html = progress_html(model, now=110.0)
+    assert widths(html) == {"finished": 94.0, "failed": 2.0, "running": 2.0, "pending": 2.0}
+    assert "ember-progress-percent'>96%<" in html and "ember-progress-title'>square<" in html
+    # 480 done in 10 s: 48 tasks/s, 20 left: ETA under a second.
+    assert model.rate(now=110.0) == pytest.approx(48.0)
+    assert model.eta(now=110.0) == pytest.approx(20 / 48)
+    line = model.line(now=110.0)
+    assert line.startswith("square: [") and "96% 480/500 (10 failed, 10 running, 10 pending)" in line
+    assert "10.0 s, 48 tasks/s ETA 417 ms" in line
+    bar = re.search(r"\[(.*)\]", line).group(1)
+    assert len(bar) == 24 and bar.count("!") == 1 and bar.count("#") == 21  # one red cell, not all
+
+
+def test_final_line_says_finished_in_the_time_from_first_submission_to_last_end():
+    state = ClusterState()
+    model = ProgressModel([oid(1), oid(2), oid(3)], now=50.0)
+    state.apply(b"event:task", [folded("finished", 1, "load", 49.0, 49.1, 51.0)])
+    state.apply(b"event:task", [folded("finished", 2, "load", 49.0, 49.1, 52.0)])
+    model.update(state, now=52.5)
+    assert not model.finished and model.eta(now=52.5) is not None
+    state.apply(b"event:task", [folded("failed", 3, "train", 49.5, 49.6, 53.5, error="x")])
+    model.update(state, now=60.0)
+    assert model.finished and model.elapsed(now=99.0) == pytest.approx(4.5)
+    assert model.title() == "load, train"
+    assert model.line(now=99.0) == "load, train: 3/3 (1 failed) Finished in 4.5 s, 0.667 tasks/s"
+    html = progress_html(model)
+    assert "ember-progress-final'>Finished in 4.5 s<" in html and "ETA" not in html
+
+
+def test_refs_ready_before_the_bar_and_puts_count_as_finished():
+    state = ClusterState()
+    put = tid(9) + b"\xff\xff"
+    model = ProgressModel([oid(1), put], names={tid(1): "known"}, now=10.0)
+    model.mark_ready([oid(1)])
+    model.update(state, now=11.0)
+    assert model.counts["finished"] == 2 and model.finished and model.title() == "known"
+    empty = ProgressModel([], now=1.0)
+    empty.update(state, now=2.0)
+    assert empty.finished and empty.percent() == 100.0 and empty.shares()["finished"] == 1.0
+
+
+def test_running_and_pending_are_their_own_segments_and_names_are_listed():
+    state = ClusterState()
+    names = ["a", "b", "c", "d"]
+    model = ProgressModel([oid(i) for i in range(8)], now=0.0)
+    state.apply(b"event:task", [["submitted", tid(i), 0.0, {"name": names[i % 4]}] for i in range(8)])
+    state.apply(b"event:task", [["running", tid(i), 0.5, {}] for i in range(2)])
+    model.update(state, now=1.0)
+    assert model.counts == {"finished": 0, "failed": 0, "running": 2, "pending": 6}
+    assert model.rate(now=1.0) is None and model.eta(now=1.0) is None  # no rate before the first one ends
+    assert model.title() == "a, b, c and 1 more"
+    assert widths(progress_html(model, now=1.0)) == {"running": 25.0, "pending": 75.0}
+
+
+def test_text_cells_add_up_and_keep_small_segments_visible():
+    for shares in ({"finished": 0.999, "failed": 0.001, "running": 0, "pending": 0}, {"finished": 0.5, "failed": 0.0,
+                   "running": 0.25, "pending": 0.25}, {"finished": 0.0, "failed": 0.0, "running": 0.0, "pending": 1.0}):
+        cells = _cells(shares, 24)
+        assert sum(cells.values()) == 24
+        assert all(cells[s] >= 1 for s, share in shares.items() if share > 0)
+    assert [fmt_duration(s) for s in (0.25, 12.34, 245, 7380)] == ["250 ms", "12.3 s", "4m 05s", "2h 03m"]
+
+
+# --- on a real cluster ----------------------------------------------------------------------------
+@ember.remote
+def square(x):
+    return x * x
+
+
+@ember.remote
+def fail():
+    raise RuntimeError("broken on purpose")
+
+
+@pytest.fixture
+def feed(cluster):
+    feed = EventFeed(core_client.current_client().publisher_address).start()
+    wait_for(lambda: ember.get(square.remote(2)) == 4 and feed.state.summary()["finished"], timeout=20)
+    with feed.lock:
+        feed.state.clear_tasks()
+    yield feed
+    feed.stop()
+
+
+def test_widget_and_text_line_after_real_tasks(feed):
+    refs = [square.remote(i) for i in range(9)] + [fail.remote()]
+    bar = widgets.Progress(refs, feed=feed)
+    text_out = io.StringIO()
+    line = widgets.TextProgress(refs, feed=feed, stream=text_out)
+    ember.wait(refs, num_returns=len(refs))
+    final = bar.wait(timeout=20)
+    assert final.startswith("square, fail: 10/10 (1 failed) Finished in ")
+    assert bar.progress.counts == {"finished": 9, "failed": 1, "running": 0, "pending": 0}
+    assert widths(bar.html.value) == {"finished": 90.0, "failed": 10.0}
+    assert "ember-progress-final'>Finished in" in bar.html.value
+    assert line.wait(timeout=20) == final
+    printed = text_out.getvalue().splitlines()
+    assert printed[-1] == final and all("\r" not in p for p in printed)  # not a terminal: whole lines
+    assert line.update not in feed.listeners
+    bar.close()
+    assert not feed.listeners
+
+
+def test_progress_outside_a_kernel_is_the_text_line(cluster):
+    ref = square.remote(3)
+    shown = widgets.progress([ref])
+    assert isinstance(shown, widgets.TextProgress)
+    assert shown.wait(timeout=20).startswith("square: 1/1 Finished in")
