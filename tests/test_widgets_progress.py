@@ -104,8 +104,11 @@ def test_running_and_pending_are_their_own_segments_and_names_are_listed():
 
 
 def test_text_cells_add_up_and_keep_small_segments_visible():
-    for shares in ({"finished": 0.999, "failed": 0.001, "running": 0, "pending": 0}, {"finished": 0.5, "failed": 0.0,
-                   "running": 0.25, "pending": 0.25}, {"finished": 0.0, "failed": 0.0, "running": 0.0, "pending": 1.0}):
+    for shares in (
+        {"finished": 0.999, "failed": 0.001, "running": 0, "pending": 0},
+        {"finished": 0.5, "failed": 0.0, "running": 0.25, "pending": 0.25},
+        {"finished": 0.0, "failed": 0.0, "running": 0.0, "pending": 1.0},
+    ):
         cells = _cells(shares, 24)
         assert sum(cells.values()) == 24
         assert all(cells[s] >= 1 for s, share in shares.items() if share > 0)
@@ -157,3 +160,31 @@ def test_progress_outside_a_kernel_is_the_text_line(cluster):
     shown = widgets.progress([ref])
     assert isinstance(shown, widgets.TextProgress)
     assert shown.wait(timeout=20).startswith("square: 1/1 Finished in")
+
+
+@ember.remote
+class Napper:
+    def nap(self):
+        import time
+
+        time.sleep(0.01)
+        return 1
+
+
+def test_actor_method_duration_is_its_run_time_not_its_queue_time(feed):
+    """40 calls sent at once run one after another on the actor: the last waits there ~0.4 s, but
+    each ran ~10 ms, and that is what its duration (the graph's hover mean) must say."""
+    napper = Napper.remote()
+    ember.get(napper.nap.remote())
+    with feed.lock:
+        feed.state.clear_tasks()
+    assert sum(ember.get([napper.nap.remote() for _ in range(40)])) == 40
+    wait_for(lambda: feed.state.summary()["finished"] == 40, timeout=20, message="the 40 calls' events")
+    with feed.lock:
+        durations = [record.duration for record in feed.state.tasks.values()]
+        ((name, (total, count)),) = feed.state.durations.items()
+    assert name.endswith("nap") and count == 40
+    # Queue time counted as run time would give a mean of ~0.2 s and a median of ~0.2 s.
+    assert 0.005 <= statistics.median(durations) <= 0.1
+    assert 0.005 <= total / count <= 0.1
+    ember.kill(napper)

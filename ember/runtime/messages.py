@@ -462,6 +462,8 @@ class TaskResult(Message, tag="task_result", kw_only=True):
     rejected: bool = False
     retire: bool = False  # max_calls reached: the worker exits after this reply
     stream_end: Count | None = None
+    # Seconds the call ran on the worker: its duration without the time it waited there in a queue.
+    ran: Annotated[float, Meta(ge=0)] | None = None
 
 
 class StreamItem(Message, tag="stream_item", kw_only=True):

@@ -116,7 +116,8 @@ class ClusterState:
         if deps:
             self._link(record, deps, name)
         self._ran_on(record, fields)
-        record.submitted, record.started, record.ended = times["submitted"], times["running"], when
+        record.submitted, record.ended = times["submitted"], when
+        record.started = _run_start(times["running"], when, fields)
         state = FINISHED if kind == "finished" else FAILED
         if state is FAILED:
             record.error = fields.get("error")
@@ -159,6 +160,7 @@ class ClusterState:
             record.started, record.ended, record.error = when, None, None  # a retry runs again
         elif kind == "finished" or kind == "failed":
             new_state, record.ended = (FINISHED, when) if kind == "finished" else (FAILED, when)
+            record.started = _run_start(record.started, when, fields)
             if kind == "failed":
                 record.error = fields.get("error")
             self._ended(record)
@@ -268,6 +270,17 @@ class ClusterState:
         if record is not None:
             return record.name
         return "put" if object_id[TASK_ID_SIZE:] == b"\xff\xff" else "?"
+
+
+def _run_start(dispatched: float | None, ended: float, fields: dict) -> float | None:
+    """When a task really started: the owner's "running" is when it sent the task, and an actor runs
+    its calls one after another, so a call can wait there long; the worker's ``ran`` (the seconds it
+    ran) gives the start without that wait."""
+    ran = fields.get("ran")
+    if ran is None:
+        return dispatched
+    start = ended - ran
+    return start if dispatched is None or start > dispatched else dispatched
 
 
 def _hex(value) -> str | None:

@@ -406,7 +406,7 @@ class TaskSubmitter:
                 self.stream_values.complete_dynamic(spec)
             for oid in spec.return_ids:
                 complete(oid, error=error)
-            self._finish(spec, error=describe(error))
+            self._finish(spec, error=describe(error), ran=result.ran)
             return
         elif spec.stream is not None and spec.stream.dynamic:
             self.stream_values.complete_dynamic(spec)
@@ -426,16 +426,19 @@ class TaskSubmitter:
                 # Lineage: a stored return dies with its node; re-running the task rebuilds it, so
                 # the task (and its arguments) stays known while any of its returns is referenced.
                 self.lineage[spec.task_id] = spec
-                self._finish(spec, keep_arguments=True)
+                self._finish(spec, keep_arguments=True, ran=result.ran)
                 return
-        self._finish(spec)
+        self._finish(spec, ran=result.ran)
 
-    def _finish(self, spec: TaskSpec, error=None, keep_arguments: bool = False) -> None:
+    def _finish(self, spec: TaskSpec, error=None, keep_arguments: bool = False, ran: float | None = None) -> None:
+        """``ran``: the seconds the worker says it ran the task (without the time it was queued there)."""
         self.specs.pop(spec.task_id, None)
-        if spec.events and error is None:
-            self.client.task_event("finished", spec.task_id)
-        elif spec.events:
-            self.client.task_event("failed", spec.task_id, error=error)
+        if spec.events:
+            fields = {} if ran is None else {"ran": ran}
+            if error is None:
+                self.client.task_event("finished", spec.task_id, **fields)
+            else:
+                self.client.task_event("failed", spec.task_id, error=error, **fields)
         if spec.stream is not None:
             spec.stream.done = True
             self.streams.pop(spec.task_id, None)

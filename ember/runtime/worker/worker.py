@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
@@ -220,7 +221,7 @@ class Worker:
         node_id = self.client.store_put(return_object_id(msg.rid, index), data, buffers, msg.owner_id, msg.owner_node)
         return ["s", size, node_id, pairs], []
 
-    def pack_returns(self, msg, result) -> list:
+    def pack_returns(self, msg, result, ran: float | None = None) -> list:
         num_returns = msg.nret
         if num_returns == 1:
             values = [result]
@@ -238,7 +239,10 @@ class Worker:
             ret, value_frames = self.pack_value(msg, index, value)
             rets.append(ret)
             frames += value_frames
-        return protocol.encode({"op": protocol.TASK_RESULT, "rid": msg.rid, "rets": rets}, frames)
+        header = {"op": protocol.TASK_RESULT, "rid": msg.rid, "rets": rets}
+        if ran is not None:
+            header["ran"] = ran
+        return protocol.encode(header, frames)
 
     def error_reply(self, msg, error: BaseException, name: str) -> list:
         if isinstance(error, ActorExit):
@@ -291,6 +295,7 @@ class Worker:
         )
         token = current_task.set(context)
         restore = _nothing
+        started = time.perf_counter()
         try:
             restore = self._apply_env(self._env_of(msg), context.gpu_ids)
             function = self.client.load_function(msg.fid, msg.job)
@@ -299,9 +304,9 @@ class Worker:
             if msg.nret in STREAMED:
                 reply = self.stream(identity, msg, result)
             else:
-                reply = self.pack_returns(msg, result)
+                reply = self.pack_returns(msg, result, time.perf_counter() - started)
         except BaseException as error:  # noqa: B902 - the task's failure is the caller's to see
-            reply = self.error_reply(msg, error, name)
+            reply = _with(self.error_reply(msg, error, name), ran=time.perf_counter() - started)
         finally:
             self.cancel_requested.discard(task_id)
             restore()
@@ -497,15 +502,18 @@ class Worker:
         task_id = msg.rid
         context = self._call_context(msg)
         token = current_task.set(context)
+        # From here, not from when the call arrived: the time it queued behind others is not its own.
+        started = time.perf_counter()
         try:
             args, kwargs = self.resolve_args(msg, frames)
             result = self.run_user_code(task_id, self._method(msg), *args, **kwargs)
             if msg.nret in STREAMED:
                 reply = self.stream(identity, msg, result)
             else:
-                reply = self.pack_returns(msg, result)
+                reply = self.pack_returns(msg, result, time.perf_counter() - started)
         except BaseException as error:
             reply = self.error_reply(msg, error, f"{self.actor_name}.{msg.method}")
+            reply = _with(reply, ran=time.perf_counter() - started)
         finally:
             self.cancel_requested.discard(task_id)
             current_task.reset(token)
@@ -519,6 +527,7 @@ class Worker:
         current_task.set(context)
         try:
             async with self.group_semaphores.get(msg.cgroup, self.semaphore):
+                started = time.perf_counter()
                 args, kwargs = (
                     await asyncio.get_running_loop().run_in_executor(None, self.resolve_args, msg, frames)
                     if msg.refs
@@ -534,7 +543,8 @@ class Worker:
                 else:
                     if inspect.isawaitable(result):
                         result = await result
-                    reply = self.pack_returns(msg, result)
+                    # An async call shares the loop with others while it awaits: its time, not its CPU.
+                    reply = self.pack_returns(msg, result, time.perf_counter() - started)
         except BaseException as error:
             reply = self.error_reply(msg, error, f"{self.actor_name}.{msg.method}")
         finally:
