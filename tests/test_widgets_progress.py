@@ -188,3 +188,62 @@ def test_actor_method_duration_is_its_run_time_not_its_queue_time(feed):
     assert 0.005 <= statistics.median(durations) <= 0.1
     assert 0.005 <= total / count <= 0.1
     ember.kill(napper)
+
+
+# --- what is really running -----------------------------------------------------------------------
+def test_running_counts_short_tasks_reported_only_once_they_ended():
+    state = ClusterState()
+    # Two CPUs busy with 50 ms tasks for 2 s, each reported in one record after it ended; more queued.
+    batch = [
+        folded("finished", cpu * 1000 + k, "short", 0.0, 10.0 + k * 0.05, 10.0 + (k + 1) * 0.05)
+        for cpu in range(2)
+        for k in range(40)
+    ]
+    state.apply(b"event:task", batch + [["submitted", tid(99_999), 10.0, {"name": "short"}]])
+    assert state.summary()["running"] == 0  # what the counts alone said
+    assert state.running_now(now=11.5) == 2
+    state.apply(b"event:task", [["running", tid(99_999), 11.9, {}]])
+    assert state.running_now(now=11.9) == 2  # the two CPUs' short tasks still count, not on top of it
+    assert state.running_now(now=20.0) == 1  # the window moved past the short ones
+    state.apply(b"event:task", [["finished", tid(99_999), 21.0, {}]])
+    assert state.running_now(now=21.0) == 0  # nothing queued nor running: all ended
+
+
+@ember.remote(num_cpus=2)
+def busy_short():
+    import time
+
+    time.sleep(0.05)
+
+
+@ember.remote(num_cpus=2)
+def busy_until(path):
+    import os
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.01)
+
+
+def running_shown(view) -> int:
+    return int(re.search(r"ember-count-running'>(\d+)<", view.html.value).group(1))
+
+
+def test_cluster_widget_shows_two_running_while_two_tasks_hold_the_cpus(feed, tmp_path):
+    """Two tasks of two CPUs each fill the 4-CPU cluster: long ones, then a stream of 50 ms ones."""
+    view = widgets.Cluster(feed=feed)
+    release = tmp_path / "release"
+    held = [busy_until.remote(str(release)) for _ in range(2)]
+    wait_for(lambda: running_shown(view) == 2, timeout=20, message="2 running while two tasks hold the CPUs")
+    wait_for(lambda: re.search(r"ember-cpu-text'>4 / 4 CPU<", view.html.value), timeout=20, message="4 CPUs used")
+    release.touch()
+    ember.get(held)
+    refs = [busy_short.remote() for _ in range(140)]  # 3.5 s of work at two at a time
+    seen = []
+    while len(ember.wait(refs, num_returns=len(refs), timeout=0.05)[0]) < 120:
+        if feed.state.summary()["finished"] > 50:  # a window's worth in, while the stream flows
+            seen.append(running_shown(view))
+    ember.get(refs)
+    assert seen and statistics.median(seen) == 2, seen
+    wait_for(lambda: running_shown(view) == 0, timeout=20, message="0 running once all ended")
+    view.close()

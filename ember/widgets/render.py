@@ -80,7 +80,7 @@ def bar(kind: str, used: float, total: float, text: str, sub: str = "") -> str:
 
 
 def task_counts(state) -> str:
-    summary = state.summary()
+    summary = {**state.summary(), "running": state.running_now()}  # short tasks' runs are reported folded
     return " · ".join(f"<span class='ember-count-{s}'>{summary[s]}</span> {s}" for s in STATES)
 
 

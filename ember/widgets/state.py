@@ -6,7 +6,7 @@ from the socket and from ipywidgets so that aggregation is unit-tested with hand
 """
 
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 
 from ember.runtime.ids import TASK_ID_SIZE
 
@@ -14,6 +14,11 @@ PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
 STATES = (PENDING, RUNNING, FINISHED, FAILED)
 ACTOR_FIELDS = ("state", "name", "class_name", "pid", "node_id", "num_restarts")
 MAX_TASKS = 50_000  # records kept; the oldest ended ones are forgotten first (counts stay exact)
+# Tasks shorter than the owner's event period are only reported after they ended (one folded record):
+# the task time spent in the last BUSY_WINDOW seconds, BUSY_LAG ago (when their reports are in), says
+# how many ran at a time.
+BUSY_WINDOW = 1.0  # long enough that an owner noting several ends at once does not inflate it
+BUSY_LAG = 0.3
 
 
 class TaskRecord:
@@ -68,6 +73,8 @@ class ClusterState:
         self.nodes: dict = {}  # node id (hex) -> latest node event (+ "resources" from snapshots)
         self.actors: dict = {}  # actor id (hex) -> the fields of ACTOR_FIELDS from its latest event
         self.actor_calls: Counter = Counter()  # actor id (hex) -> calls seen ending
+        self.intervals: deque = deque(maxlen=MAX_TASKS)  # (started, ended) of ended tasks, about in end order
+        self.running_ids: set = set()  # tasks reported running and not ended
         self.version = 0
         self.cleared_at = 0.0
 
@@ -168,6 +175,10 @@ class ClusterState:
             return
         old = record.state
         if old != new_state:
+            if new_state is RUNNING:
+                self.running_ids.add(task_id)
+            elif old is RUNNING:
+                self.running_ids.discard(task_id)
             record.state = new_state
             counts = self.counts
             counts[old] -= 1
@@ -203,6 +214,7 @@ class ClusterState:
                 total = self.durations[record.name] = [0.0, 0]
             total[0] += max(0.0, record.ended - record.started)
             total[1] += 1
+            self.intervals.append((record.started, record.ended))
 
     def _named(self, name: str) -> dict:
         named = self.by_name.get(name)
@@ -238,6 +250,8 @@ class ClusterState:
         self.by_name.clear()
         self.durations.clear()
         self.name_edges.clear()
+        self.intervals.clear()
+        self.running_ids.clear()
         self.version += 1
 
     # --- bookkeeping ----------------------------------------------------------------------------------
@@ -249,7 +263,7 @@ class ClusterState:
                     del self.tasks[task_id]
                     break
             else:
-                self.tasks.popitem(last=False)
+                self.running_ids.discard(self.tasks.popitem(last=False)[0])
 
     # --- views ----------------------------------------------------------------------------------------
     def summary(self, tag=None) -> dict:
@@ -259,6 +273,31 @@ class ClusterState:
             return {state: self.counts[state] for state in STATES}
         counts = Counter(record.state for record in self.tasks.values() if record.tag == tag)
         return {state: counts[state] for state in STATES}
+
+    def running_now(self, now: float | None = None) -> int:
+        """How many tasks run, as best the events tell: those reported running, or, when more, the
+        average number that ran at a time over the last ``BUSY_WINDOW`` seconds their reports cover.
+        Short tasks are reported only once they ended, so counting states alone said "0 running"
+        while every CPU was busy with them; long ones are reported running at once."""
+        running = self.counts[RUNNING]
+        intervals = self.intervals
+        if not intervals or (running == 0 and self.counts[PENDING] == 0):
+            return running  # nothing queued nor running: whatever ran has ended
+        end = (time.time() if now is None else now) - BUSY_LAG
+        start = end - BUSY_WINDOW
+        while intervals and intervals[0][1] < start:
+            intervals.popleft()
+        busy = 0.0
+        for began, ended in intervals:
+            if ended > start and began < end:
+                busy += min(ended, end) - max(began, start)
+        tasks = self.tasks
+        for task_id in self.running_ids:
+            record = tasks.get(task_id)
+            began = record.started if record is not None else None
+            if began is not None and began < end:
+                busy += end - max(began, start)
+        return max(running, round(busy / BUSY_WINDOW))
 
     def workers(self) -> dict:
         """Per node: the distinct worker processes seen running tasks."""

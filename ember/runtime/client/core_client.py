@@ -266,6 +266,9 @@ class CoreClient:
 
     def stop_leading(self) -> None:
         """After ``lead_once``: threads still waiting may lead the loop now; a held SIGINT runs."""
+        # The I/O thread stood aside for as long as IDLE_POLL while we led: it takes the loop back now,
+        # or what this thread queues next (a submission, a task event) would wait up to a second.
+        self._resume.set()
         with self.cond:
             self.cond.notify_all()
         if self._held_interrupts is not None and threading.current_thread() is threading.main_thread():

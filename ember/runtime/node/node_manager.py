@@ -478,6 +478,10 @@ class NodeManager(Service):
             self.carry_out(self.scheduler.unblocked(msg.wid))
 
     def carry_out(self, actions: list) -> None:
+        # Called after every scheduler event (a grant, a returned lease, a blocked worker): each can
+        # change what is available, which the head's view and the widgets' CPU bars would otherwise
+        # show late, when something else changed. Heartbeats carry it at most every STATS_PERIOD.
+        self.head.dirty = True
         for action in actions:
             kind = action[0]
             if kind == "grant":
