@@ -225,8 +225,11 @@ class CoreClient:
             return
         with self.cond:
             self.cond.notify_all()  # a thread that asked to lead may now
+        # Looks again every LEAD_GRACE while a thread leads (its deadline is then infinite): when it
+        # stops, what it queues next (a submission, task events) waits at most two graces for us.
+        # Waking us from stop_leading instead would cost a wake-up per synchronous call.
         while not self._closed and (remaining := self._lead_until - time.monotonic()) > 0:
-            self._resume.wait(min(remaining, IDLE_POLL))
+            self._resume.wait(min(remaining, LEAD_GRACE))
             self._resume.clear()
 
     def lead_once(self, timeout: float | None) -> None:
@@ -266,9 +269,6 @@ class CoreClient:
 
     def stop_leading(self) -> None:
         """After ``lead_once``: threads still waiting may lead the loop now; a held SIGINT runs."""
-        # The I/O thread stood aside for as long as IDLE_POLL while we led: it takes the loop back now,
-        # or what this thread queues next (a submission, a task event) would wait up to a second.
-        self._resume.set()
         with self.cond:
             self.cond.notify_all()
         if self._held_interrupts is not None and threading.current_thread() is threading.main_thread():
