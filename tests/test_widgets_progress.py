@@ -73,7 +73,7 @@ def test_final_line_says_finished_in_the_time_from_first_submission_to_last_end(
     model.update(state, now=60.0)
     assert model.finished and model.elapsed(now=99.0) == pytest.approx(4.5)
     assert model.title() == "load, train"
-    assert model.line(now=99.0) == "load, train: 3/3 (1 failed) Finished in 4.5 s, 0.667 tasks/s"
+    assert model.line(now=99.0) == "load, train: 3/3 (1 failed) Finished in 4.5 s, 0.67 tasks/s"
     html = progress_html(model)
     assert "ember-progress-final'>Finished in 4.5 s<" in html and "ETA" not in html
 
@@ -147,9 +147,11 @@ def test_widget_and_text_line_after_real_tasks(feed):
     assert bar.progress.counts == {"finished": 9, "failed": 1, "running": 0, "pending": 0}
     assert widths(bar.html.value) == {"finished": 90.0, "failed": 10.0}
     assert "ember-progress-final'>Finished in" in bar.html.value
-    assert line.wait(timeout=20) == final
+    # The same counts and names; the times may differ by when each model first saw the tasks.
+    head = final.split(" Finished in ")[0]
+    assert line.wait(timeout=20).startswith(head)
     printed = text_out.getvalue().splitlines()
-    assert printed[-1] == final and all("\r" not in p for p in printed)  # not a terminal: whole lines
+    assert printed[-1].startswith(head) and all("\r" not in p for p in printed)  # not a terminal: whole lines
     assert line.update not in feed.listeners
     bar.close()
     assert not feed.listeners

@@ -62,6 +62,8 @@ class _Waitable:
 class Progress(LiveWidget, _Waitable):
     """A live progress bar over ``refs``: finished, failed, running and pending in proportion."""
 
+    TITLE = "progress"
+
     def __init__(self, refs, description: str = "", feed=None, **kwargs):
         refs = list(refs)
         self.progress = _model_for(refs)
@@ -84,10 +86,10 @@ class Progress(LiveWidget, _Waitable):
     def update(self, state) -> None:
         with self._done:
             self.progress.update(state)
-            self._draw()
+            self._render()
             self._done.notify_all()
 
-    def _draw(self) -> None:
+    def _render(self) -> None:
         body = progress_html(self.progress)
         if self.description:
             body = f"<div class='ember-progress-description'>{_escape(self.description)}</div>{body}"
@@ -98,7 +100,7 @@ class Progress(LiveWidget, _Waitable):
             time.sleep(1.0)
             with self._done:
                 if not self.progress.finished:
-                    self._draw()
+                    self._render()
 
     def __str__(self) -> str:
         return self.progress.line()

@@ -158,7 +158,9 @@ class ProgressModel:
 
 
 def _rate_text(rate: float | None) -> str:
-    return "" if rate is None else f", {rate:.3g} tasks/s"
+    if rate is None:
+        return ""
+    return f", {rate:,.0f} tasks/s" if rate >= 10 else f", {rate:.2g} tasks/s"
 
 
 def _cells(shares: dict, width: int) -> dict:
