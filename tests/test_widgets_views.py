@@ -206,7 +206,7 @@ def test_a_notebook_saved_by_nbclient_keeps_snapshots_with_the_numbers_at_the_ce
     (cluster_output,) = [o for o in saved.cells[1].outputs if o.get("output_type") == "display_data"]
     html = cluster_output.data["text/html"]
     assert "ember-cluster" in html and "<style>" in html
-    assert re.search(r"ember-count-finished'>7<", html), "the snapshot shows the numbers at the cell's end"
+    assert re.search(r"ember-count-finished.>7<", html), "the snapshot shows the numbers at the cell's end"
     assert cluster_output.data["text/plain"].startswith("Ember cluster (live in JupyterLab)")
     (dashboard,) = saved.cells[2].outputs
     assert all(view in dashboard.data["text/html"] for view in ("ember-cluster", "ember-store", "ember-actors"))

@@ -135,6 +135,11 @@ def _display(widget) -> None:
 def _refresh(widget) -> None:
     if not widget.displays or widget.comm is None:
         return
+    # Drawn anew from the state first: the feed redraws at most ten times a second, so what the
+    # widget last drew may be a round behind the events already applied.
+    for view in getattr(widget, "views", [widget]):
+        with view.feed.lock:
+            view._draw(view.feed.state)
     bundle = widget._repr_mimebundle_()
     for handle in widget.displays:
         try:
