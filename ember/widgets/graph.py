@@ -1,21 +1,28 @@
-"""The dynamic task graph as a picture: which tasks to draw, where, and the SVG that draws them.
+"""The dynamic task graph: which tasks a view draws, and where. Plain classes of a ``ClusterState``.
 
-``TaskGraphModel.build(state)`` decides (a plain function of the ``ClusterState``, unit-tested):
-up to ``threshold`` tasks are drawn one by one, with an edge for each ObjectRef argument produced by
-another drawn task; past it, tasks are collapsed into one node per function (with per-state counts),
-and edges between functions carry how many dependencies they stand for. A notebook with a hundred
-thousand tasks therefore draws a handful of nodes. ``to_svg`` turns the result into inline SVG whose
-``<title>`` elements are the hover text (name, node, duration, error).
+``TaskGraphModel`` is one view's decision: up to its ``threshold`` tasks are drawn one by one, with
+an edge for each ObjectRef argument produced by another drawn task; past it, tasks are collapsed
+into one node per function (with per-state counts), and the edges between functions carry how many
+dependencies they stand for, a function's edges to itself included (a chain of 50 ``add`` calls is
+one ``add`` node with a self-edge of 49). The decision is the view's own: ``reset`` forgets the
+tasks seen so far in this view only, so a long session can again show new tasks one by one.
+Collapsed views read the state's running per-function aggregates, never the tasks, so a redraw
+costs O(functions) however many tasks ran. Nodes are placed by ``graph_layout.layered_layout``.
+``to_svg`` draws a graph as static SVG (saved notebooks, the web dashboard); the live widget draws
+it with bokeh (``graph_plot``).
 """
 
 import html
+import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 
+from ember.widgets.graph_layout import layered_layout
 from ember.widgets.state import FAILED, FINISHED, PENDING, RUNNING, STATES
 
-COLOURS = {PENDING: "#b0b7c3", RUNNING: "#3b82f6", FINISHED: "#22c55e", FAILED: "#ef4444"}
+COLOURS = {PENDING: "#94a3b8", RUNNING: "#3b82f6", FINISHED: "#22c55e", FAILED: "#ef4444"}
 THRESHOLD = 150
-ROWS = 12  # nodes per column inside a layer before it wraps into another column
+HOVER_FIELDS = ("name", "state", "node", "pid", "duration", "error")
 
 
 @dataclass
@@ -23,57 +30,174 @@ class GraphNode:
     key: object
     label: str
     state: str  # the colour: a task's state, or a group's most telling state
-    hover: str
+    info: dict = field(default_factory=dict)  # HOVER_FIELDS -> text
     counts: dict = field(default_factory=dict)  # per state, for a collapsed group
     layer: int = 0
-    x: float = 0.0
-    y: float = 0.0
+    x: float = 0.0  # the layer
+    y: float = 0.0  # the slot inside the layer, centred on 0
+
+    @property
+    def hover(self) -> str:
+        lines = [f"{self.info.get('name', self.label)} [{self.info.get('state', self.state)}]"]
+        lines += [f"{name} {self.info[name]}" for name in ("node", "pid", "duration") if self.info.get(name)]
+        if self.info.get("error"):
+            lines.append(str(self.info["error"]))
+        return "\n".join(lines)
 
 
 @dataclass
 class Graph:
     nodes: list
-    edges: list  # (source key, target key, how many dependencies)
+    edges: list  # (source key, target key, how many dependencies); source == target for a self-edge
     collapsed: bool
-    total: int
+    total: int  # tasks in the view
+    counts: dict = field(default_factory=dict)  # tasks in the view per state
+
+
+class _Baseline:
+    """What the state held when a view was reset, to subtract from the state's running aggregates.
+
+    Tasks still pending or running at the reset move between states afterwards; they are followed
+    one by one (``inflight``) until they end, then folded into the baseline, so a view's counts are
+    exactly those of tasks first seen after its reset."""
+
+    def __init__(self, state):
+        self.cleared_at = state.cleared_at
+        self.total = sum(state.counts.values())
+        self.by_name = {name: dict(counts) for name, counts in state.by_name.items()}
+        self.name_edges = Counter(state.name_edges)
+        self.durations = {name: list(total) for name, total in state.durations.items()}
+        self.inflight = {
+            task_id: (record.name, record.state)
+            for task_id, record in state.tasks.items()
+            if record.state in (PENDING, RUNNING)
+        }
+
+    def settle(self, state) -> list:
+        """Fold tasks that ended since the reset into the baseline; return those still in flight as
+        ``(name at reset, state at reset, record)``."""
+        live = []
+        for task_id, (name, was) in list(self.inflight.items()):
+            record = state.tasks.get(task_id)
+            if record is None:  # forgotten by the state: nothing more will be learnt of it
+                del self.inflight[task_id]
+                continue
+            if record.state in (FINISHED, FAILED):
+                self._named(name)[was] -= 1
+                self._named(record.name)[record.state] += 1
+                if record.started is not None and record.ended is not None:
+                    total = self.durations.setdefault(record.name, [0.0, 0])
+                    total[0] += record.duration
+                    total[1] += 1
+                del self.inflight[task_id]
+            else:
+                live.append((name, was, record))
+        return live
+
+    def _named(self, name: str) -> dict:
+        return self.by_name.setdefault(name, dict.fromkeys(STATES, 0))
 
 
 class TaskGraphModel:
-    """Builds the graph to draw from a ``ClusterState``; collapses by function past ``threshold`` tasks."""
+    """One view's graph of a ``ClusterState``: tasks one by one up to ``threshold`` tasks in the view,
+    one node per function past it."""
 
     def __init__(self, threshold: int = THRESHOLD):
         self.threshold = threshold
+        self.baseline: _Baseline | None = None
+
+    @property
+    def threshold(self) -> int:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"threshold must be a non-negative int, got {value!r}")
+        self._threshold = value
+
+    def reset(self, state) -> None:
+        """Forget the tasks seen so far, in this view only: what it shows starts from the next task."""
+        self.baseline = _Baseline(state)
+
+    def _current_baseline(self, state) -> _Baseline | None:
+        if self.baseline is not None and self.baseline.cleared_at != state.cleared_at:
+            self.baseline = None  # the state itself was cleared since: it holds only new tasks now
+        return self.baseline
+
+    def in_view(self, state) -> int:
+        """How many tasks this view has seen (since its reset), forgotten ones included."""
+        baseline = self._current_baseline(state)
+        return sum(state.counts.values()) - (baseline.total if baseline else 0)
 
     def build(self, state) -> Graph:
-        tasks = state.tasks
-        if len(tasks) > self.threshold:
-            return self._collapsed(state)
-        nodes = {}
-        for task_id, record in tasks.items():
-            nodes[task_id] = GraphNode(task_id, record.name, record.state, _task_hover(record))
-        edges = []
-        for task_id, record in tasks.items():
-            for dep in record.deps:
-                if dep in nodes:
-                    edges.append((dep, task_id, 1))
-        graph = Graph(list(nodes.values()), edges, collapsed=False, total=len(tasks))
-        _layout(graph)
+        total = self.in_view(state)
+        graph = self._collapsed(state, total) if total > self.threshold else self._tasks(state, total)
+        placements = layered_layout([node.key for node in graph.nodes], [(a, b) for a, b, _ in graph.edges])
+        for node in graph.nodes:
+            where = placements[node.key]
+            node.layer, node.x, node.y = where.layer, float(where.layer), where.slot
         return graph
 
-    def _collapsed(self, state) -> Graph:
-        # From the state's running aggregates only: a redraw never walks the tasks.
-        groups: dict = {}
-        for name, counts in state.by_name.items():
+    def _tasks(self, state, total: int) -> Graph:
+        # Every task record is appended when first seen, so the view's tasks are the newest ``total``.
+        records = list(itertools.islice(reversed(state.tasks.values()), total))
+        records.reverse()
+        nodes = {record.task_id: _task_node(record) for record in records}
+        edges = [(dep, record.task_id, 1) for record in records for dep in record.deps if dep in nodes]
+        counts = Counter(record.state for record in records)
+        return Graph(list(nodes.values()), edges, False, total, {s: counts[s] for s in STATES})
+
+    def _collapsed(self, state, total: int) -> Graph:
+        baseline = self._current_baseline(state)
+        by_name = {name: dict(counts) for name, counts in state.by_name.items()}
+        name_edges = Counter(state.name_edges)
+        durations = {name: list(value) for name, value in state.durations.items()}
+        if baseline is not None:
+            for name, was, record in baseline.settle(state):
+                # Seen before the reset and not ended: neither where it was then nor where it is now.
+                by_name[record.name][record.state] -= 1
+                by_name.setdefault(name, dict.fromkeys(STATES, 0))[was] += 1
+            for name, counts in baseline.by_name.items():
+                named = by_name.setdefault(name, dict.fromkeys(STATES, 0))
+                for s in STATES:
+                    named[s] -= counts[s]
+            name_edges.subtract(baseline.name_edges)
+            for name, (seconds, count) in baseline.durations.items():
+                if name in durations:
+                    durations[name][0] -= seconds
+                    durations[name][1] -= count
+        groups = {}
+        for name, counts in by_name.items():
             live = {s: counts[s] for s in STATES if counts[s] > 0}
             if live:
-                groups[name] = GraphNode(name, name, _group_state(live), _group_hover(name, live), counts=live)
-        for name, (total, count) in state.durations.items():
-            if name in groups and count:
-                groups[name].hover += f"\nmean duration {_seconds(total / count)}"
-        edges = [(a, b, n) for (a, b), n in state.name_edges.items() if a in groups and b in groups]
-        graph = Graph(list(groups.values()), edges, collapsed=True, total=sum(state.counts.values()))
-        _layout(graph)
-        return graph
+                groups[name] = _group_node(name, live, durations.get(name))
+        edges = [(a, b, n) for (a, b), n in name_edges.items() if n > 0 and a in groups and b in groups]
+        summary = {s: sum(node.counts.get(s, 0) for node in groups.values()) for s in STATES}
+        return Graph(list(groups.values()), edges, True, total, summary)
+
+
+def _task_node(record) -> GraphNode:
+    info = {
+        "name": record.name,
+        "state": record.state,
+        "node": (record.node or "")[:12],
+        "pid": "" if record.pid is None else str(record.pid),
+        "duration": "" if record.duration is None else _seconds(record.duration),
+        "error": record.error or "",
+    }
+    return GraphNode(record.task_id, record.name, record.state, info)
+
+
+def _group_node(name: str, counts: dict, durations) -> GraphNode:
+    parts = ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts)
+    mean = ""
+    if durations and durations[1] > 0:
+        mean = f"mean {_seconds(durations[0] / durations[1])} over {durations[1]}"
+    info = {"name": name, "state": parts, "node": "", "pid": "", "duration": mean, "error": ""}
+    if counts.get(FAILED):
+        info["error"] = f"{counts[FAILED]} failed"
+    return GraphNode(name, f"{name} ×{sum(counts.values())}", _group_state(counts), info, counts=counts)
 
 
 def _group_state(counts: dict) -> str:
@@ -83,93 +207,70 @@ def _group_state(counts: dict) -> str:
     return FINISHED
 
 
-def _task_hover(record) -> str:
-    lines = [f"{record.name} [{record.state}]"]
-    if record.node:
-        lines.append(f"node {record.node[:12]} pid {record.pid}")
-    if record.duration is not None:
-        lines.append(f"duration {_seconds(record.duration)}")
-    if record.error:
-        lines.append(record.error)
-    return "\n".join(lines)
-
-
-def _group_hover(name: str, counts: dict) -> str:
-    parts = ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts)
-    return f"{name}: {sum(counts.values())} tasks ({parts})"
-
-
 def _seconds(value: float) -> str:
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
-def _layout(graph: Graph) -> None:
-    """Layers by dependency depth (left to right); within a layer, columns of at most ROWS nodes."""
-    incoming: dict = {}
-    for source, target, _ in graph.edges:
-        if source != target:
-            incoming.setdefault(target, []).append(source)
-    depth: dict = {}
-
-    def layer_of(key, seen=()):
-        if key in depth:
-            return depth[key]
-        if key in seen:  # a cycle between collapsed groups (f calls g calls f): stop there
-            return 0
-        sources = incoming.get(key, [])
-        depth[key] = 1 + max((layer_of(s, (*seen, key)) for s in sources), default=-1)
-        return depth[key]
-
-    columns = 0
-    for node in graph.nodes:
-        node.layer = layer_of(node.key)
-    layers: dict = {}
-    for node in graph.nodes:
-        layers.setdefault(node.layer, []).append(node)
-    for layer in sorted(layers):
-        members = layers[layer]
-        for index, node in enumerate(members):
-            node.x = columns + index // ROWS
-            node.y = index % ROWS
-        columns += (len(members) - 1) // ROWS + 1
-
-
+# --- static SVG -----------------------------------------------------------------------------------------
 def to_svg(graph: Graph, width: int = 640) -> str:
-    """Inline SVG for ``graph``: circles for tasks, labelled boxes for collapsed functions."""
+    """Static SVG of ``graph`` (layers left to right): circles for tasks, labelled boxes for functions,
+    arrowheads on edges, a loop with its count for a function's edges to itself; ``<title>`` elements
+    carry the hover text."""
     if not graph.nodes:
         return "<div class='ember-graph-empty'>No tasks yet.</div>"
-    step_x, step_y = (170, 44) if graph.collapsed else (46, 30)
-    columns = max(node.x for node in graph.nodes) + 1
-    rows = max(node.y for node in graph.nodes) + 1
-    view_w, view_h = int(columns * step_x + 20), int(rows * step_y + 20)
-    where = {node.key: (10 + node.x * step_x, 10 + node.y * step_y) for node in graph.nodes}
+    step_x, step_y, box_w = (190, 48, 150) if graph.collapsed else (70, 34, 20)
+    low = min(node.y for node in graph.nodes)
+    layers = max(node.x for node in graph.nodes) + 1
+    rows = max(node.y for node in graph.nodes) - low + 1
+    top = 30 if graph.collapsed else 10  # room for self-loops above the first row
+    view_w, view_h = int(layers * step_x + 20), int(rows * step_y + top + 10)
+    where = {n.key: (10 + n.x * step_x, top + (n.y - low) * step_y) for n in graph.nodes}
     parts = [
         f"<svg class='ember-task-graph' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {view_w} {view_h}' "
-        f"width='{min(width, view_w)}' style='max-height:420px'>"
+        f"width='{min(width, view_w)}' style='max-height:480px' font-family='sans-serif'>"
+        "<defs><marker id='ember-arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' markerHeight='7' "
+        "orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' fill='#94a3b8'/></marker></defs>"
     ]
     for source, target, count in graph.edges:
         (x1, y1), (x2, y2) = where[source], where[target]
-        if graph.collapsed:
-            x1, y1, x2, y2 = x1 + 150, y1 + 15, x2, y2 + 15
-        else:
-            x1, y1, x2, y2 = x1 + 10, y1 + 10, x2 + 10, y2 + 10
+        title = f"<title>{count} dependenc{'y' if count == 1 else 'ies'}</title>"
+        if source == target:
+            x, y = x1 + box_w / 2, y1
+            parts.append(
+                f"<path class='ember-self-edge' d='M{x + 20},{y} C{x + 35},{y - 28} {x - 35},{y - 28} {x - 20},{y}' "
+                f"fill='none' stroke='#94a3b8' stroke-width='1.5' marker-end='url(#ember-arrow)'>{title}</path>"
+                f"<text x='{x}' y='{y - 16}' font-size='10' text-anchor='middle' fill='#64748b'>{count}</text>"
+            )
+            continue
+        half = 15 if graph.collapsed else 10
         stroke = min(6, 1 + count // 10)
         parts.append(
-            f"<line x1='{x1}' y1='{y1}' x2='{x2}' y2='{y2}' stroke='#94a3b8' stroke-width='{stroke}'>"
-            f"<title>{count} dependencies</title></line>"
+            f"<line x1='{x1 + box_w}' y1='{y1 + half}' x2='{x2}' y2='{y2 + half}' stroke='#94a3b8' "
+            f"stroke-width='{stroke}' marker-end='url(#ember-arrow)'>{title}</line>"
         )
+        if graph.collapsed:
+            parts.append(
+                f"<text x='{(x1 + box_w + x2) / 2}' y='{(y1 + y2) / 2 + half - 4}' font-size='10' "
+                f"text-anchor='middle' fill='#64748b'>{count}</text>"
+            )
     for node in graph.nodes:
         x, y = where[node.key]
         title = f"<title>{html.escape(node.hover)}</title>"
         if graph.collapsed:
             parts.append(_group_box(node, x, y, title))
         else:
+            label = html.escape(_short(node.label, 10))
             parts.append(
                 f"<circle class='ember-task ember-{node.state}' cx='{x + 10}' cy='{y + 10}' r='9' "
                 f"fill='{COLOURS[node.state]}'>{title}</circle>"
+                f"<text x='{x + 10}' y='{y + 29}' font-size='8' text-anchor='middle' fill='#64748b'>{label}</text>"
             )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _short(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def _group_box(node: GraphNode, x: float, y: float, title: str) -> str:
@@ -182,10 +283,9 @@ def _group_box(node: GraphNode, x: float, y: float, title: str) -> str:
                 f"<rect x='{x + offset:.1f}' y='{y + 22}' width='{share:.1f}' height='6' fill='{COLOURS[state]}'/>"
             )
             offset += share
-    label = html.escape(node.label if len(node.label) <= 22 else node.label[:21] + "…")
     return (
         f"<g class='ember-group ember-{node.state}'>{title}"
-        f"<rect x='{x}' y='{y}' width='150' height='30' rx='4' fill='white' stroke='{COLOURS[node.state]}'/>"
-        f"<text x='{x + 4}' y='{y + 15}' font-size='11'>{label} ×{sum(node.counts.values())}</text>"
+        f"<rect x='{x}' y='{y}' width='150' height='30' rx='4' fill='#f8fafc' stroke='{COLOURS[node.state]}'/>"
+        f"<text x='{x + 4}' y='{y + 15}' font-size='11' fill='#111827'>{html.escape(_short(node.label, 24))}</text>"
         f"{''.join(bars)}</g>"
     )

@@ -20,16 +20,17 @@ import weakref
 import ipywidgets as w
 
 from ember.widgets import events
-from ember.widgets.graph import COLOURS, TaskGraphModel, to_svg
+from ember.widgets.graph import COLOURS, THRESHOLD, TaskGraphModel, to_svg
+from ember.widgets.graph_plot import GraphPlot
 from ember.widgets.render import (
     actors_html,
     cluster_html,
     disconnected_html,
     gpus_html,
     store_html,
-    task_counts,
 )
 from ember.widgets.scaling import ScalingControls
+from ember.widgets.state import STATES
 
 HIDDEN_REDRAW = 1.0  # seconds between redraws of a view in a tab that is not shown
 _displayed: "weakref.WeakSet[LiveWidget]" = weakref.WeakSet()  # widgets whose outputs hold a snapshot
@@ -157,6 +158,10 @@ def refresh_snapshots(cell_ended: bool = False) -> None:
         _refresh(widget)
 
 
+def view_counts(counts: dict) -> str:
+    return " · ".join(f"<span class='ember-count-{s}'>{counts.get(s, 0)}</span> {s}" for s in STATES)
+
+
 class Cluster(LiveWidget):
     """Nodes with CPU/GPU/memory/object store bars, workers, pending demand and task counts."""
 
@@ -181,28 +186,59 @@ class Cluster(LiveWidget):
 
 
 class TaskGraph(LiveWidget):
-    """The dynamic task graph: tasks coloured by state, ObjectRef dependencies as edges, hover text;
-    collapsed into one node per function past ``threshold`` tasks."""
+    """The dynamic task graph: tasks coloured by state, ObjectRef dependencies as arrows, hover with
+    name, state, node, pid, duration and error; pan and zoom. Past ``threshold`` tasks in this view it
+    collapses into one node per function (edges between functions, and a function's to itself, keep
+    their counts); "Reset" forgets the tasks shown so far, in this view only."""
 
     def __init__(self, threshold: int | None = None, feed=None, **kwargs):
-        self.graph_model = TaskGraphModel(threshold) if threshold else TaskGraphModel()
+        from jupyter_bokeh import BokehModel
+
+        threshold = THRESHOLD if threshold is None else threshold
+        self.graph_model = TaskGraphModel(threshold)
         self.counts = w.HTML()
-        self.picture = w.HTML()
-        legend = " ".join(f"<span style='color:{c}'>●</span> {s}" for s, c in COLOURS.items())
+        self.plot = GraphPlot()
+        self.picture = BokehModel(self.plot.figure)
+        self.picture.add_class("ember-task-graph")
+        self.threshold_box = w.BoundedIntText(
+            value=threshold, min=0, max=1_000_000, description="collapse past", layout=w.Layout(width="200px")
+        )
+        self.reset_button = w.Button(description="Reset", tooltip="forget the tasks shown so far in this view")
+        legend = " ".join(
+            f"<span style='color:{c}'>\u25a0</span> <span style='color:var(--jp-ui-font-color1, inherit)'>{s}</span>"
+            for s, c in COLOURS.items()
+        )
         self.legend = w.HTML(f"<small>{legend}</small>")
         self.graph = None
-        super().__init__(feed=feed, children=[self.counts, self.legend, self.picture], **kwargs)
+        controls = w.HBox([self.threshold_box, self.reset_button, self.legend])
+        super().__init__(feed=feed, children=[self.counts, controls, self.picture], **kwargs)
+        self.threshold_box.observe(self._on_threshold, names="value")
+        self.reset_button.on_click(lambda _: self.reset())
+
+    def reset(self) -> None:
+        """Forget the tasks drawn so far in this view; new tasks are drawn one by one again."""
+        with self.feed.lock:
+            self.graph_model.reset(self.feed.state)
+            self.update(self.feed.state)
+
+    def _on_threshold(self, change) -> None:
+        with self.feed.lock:
+            self.graph_model.threshold = int(change["new"])
+            self.update(self.feed.state)
 
     TITLE = "task graph"
-
-    def snapshot(self) -> str:
-        return self.counts.value + self.legend.value + self.picture.value
 
     def update(self, state) -> None:
         self.graph = self.graph_model.build(state)
         mode = " (collapsed by function)" if self.graph.collapsed else ""
-        self.counts.value = f"<div class='ember-graph-counts'>tasks{mode}: {task_counts(state)}</div>"
-        self.picture.value = to_svg(self.graph)
+        self.counts.value = f"<div class='ember-graph-counts'>tasks{mode}: {view_counts(self.graph.counts)}</div>"
+        self.plot.update(self.graph)
+
+    def snapshot(self) -> str:
+        """The graph as it is now, as static HTML (SVG): for saved notebooks, where bokeh cannot run."""
+        return self.counts.value + self.legend.value + (to_svg(self.graph) if self.graph else "")
+
+    static_html = snapshot
 
 
 class ObjectStore(LiveWidget):
