@@ -65,9 +65,12 @@ def test_dashboard_renders_live_in_jupyterlab(lab):
             assert re.fullmatch(r"[\d.]+ / 2 CPU", page.locator(".ember-cpu-text").last.inner_text())
             assert int(page.locator(".ember-node-count").last.inner_text()) == 1
 
-            # The task graph tab draws the tasks.
             page.get_by_role("tab", name="Task graph").click()
-            page.wait_for_selector(".ember-task-graph circle, .ember-task-graph .ember-group", timeout=30_000)
+            # The task graph tab draws the tasks: a bokeh canvas of a real size (not a hidden tab's zero).
+            canvas = page.wait_for_selector(".ember-task-graph canvas", timeout=30_000)
+            wait_for(lambda: (canvas.bounding_box() or {}).get("width", 0) > 200, timeout=30, message="the canvas")
+            page.wait_for_timeout(500)  # bokeh paints on the next animation frame
+            page.locator(".ember-task-graph").last.screenshot(path=str(ARTIFACTS / "task_graph.png"))
 
             # The late line went to the first code cell's output area, not to the cell running then.
             cells = page.locator(".jp-Notebook .jp-CodeCell")

@@ -11,7 +11,7 @@ from ember.runtime.client import core_client
 from ember.runtime.ids import return_object_id
 from ember.widgets.graph import TaskGraphModel, to_svg
 from ember.widgets.graph_layout import crossings, layered_layout
-from ember.widgets.graph_plot import GROUP, TASK, columns
+from ember.widgets.graph_plot import GROUP, TASK, columns, view_ranges
 from ember.widgets.state import ClusterState
 
 
@@ -20,7 +20,12 @@ def task(n: int) -> bytes:
 
 
 def submitted(n, name, deps=(), when=1.0):
-    return ["submitted", task(n), when, {"name": name, "parent": None, "deps": [return_object_id(task(d), 0) for d in deps]}]
+    return [
+        "submitted",
+        task(n),
+        when,
+        {"name": name, "parent": None, "deps": [return_object_id(task(d), 0) for d in deps]},
+    ]
 
 
 def chain(state, name="add", length=50, start=0, when=1.0):
@@ -278,3 +283,17 @@ def test_widget_collapses_a_real_chain_with_its_self_edge_and_resets(feed):
     assert "<circle" in graph.static_html()
     graph.close()
     assert not feed.listeners
+
+
+def test_the_view_shows_a_small_graph_whole_and_a_huge_layer_from_its_top():
+    state = ClusterState()
+    chain(state, length=3)
+    data = columns(TaskGraphModel().build(state))
+    (x0, x1), (y0, y1) = view_ranges(data, False, 800, 420)
+    assert x0 < min(data["nodes"]["x"]) and max(data["nodes"]["x"]) < x1 and y0 < 0 < y1
+    assert (x1 - x0) / 800 == pytest.approx(1 / 62)  # not blown up to fill the plot
+    state.apply(b"event:task", [submitted(1000 + n, "wide") for n in range(400)])
+    data = columns(TaskGraphModel(threshold=1000).build(state))
+    (x0, x1), (y0, y1) = view_ranges(data, False, 800, 420)
+    assert (y1 - y0) / 420 == pytest.approx(1 / 8)  # readable: the top rows, the rest a pan away
+    assert y1 > max(data["nodes"]["y"]) and y0 > min(data["nodes"]["y"])

@@ -133,7 +133,10 @@ def crossings(order: list, successors: dict) -> int:
     for upper, lower in zip(order, order[1:]):
         position = {key: index for index, key in enumerate(lower)}
         pairs = [
-            (i, position[target]) for i, key in enumerate(upper) for target in successors.get(key, ()) if target in position
+            (i, position[target])
+            for i, key in enumerate(upper)
+            for target in successors.get(key, ())
+            if target in position
         ]
         for a in range(len(pairs)):
             for b in range(a + 1, len(pairs)):

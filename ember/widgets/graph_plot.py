@@ -14,6 +14,10 @@ GROUP = {"x_step": 3.2, "width": 2.4, "height": 0.6, "chars": 24}
 EDGE_COLOUR = "#94a3b8"  # mid grey: reads on light and dark backgrounds alike
 TEXT_COLOUR = "#111827"  # inside the state-coloured boxes, whatever the theme
 NOTE_COLOUR = "#64748b"  # counts beside edges, on the page's own background
+# Screen pixels per data unit: at most this much (a small graph is not blown up to fill the plot) and
+# at least this much (a huge one shows its start at a readable size; pan or zoom out for the rest).
+MOST_PX = {"x": 62.0, "y": 30.0}
+LEAST_PX = {"x": 20.0, "y": 8.0}
 
 
 def columns(graph: Graph) -> dict:
@@ -46,7 +50,9 @@ def columns(graph: Graph) -> dict:
             # A loop over the box's top, ending in a short arrow so it has a head like other edges.
             top = sy + half_h
             right, left = sx + half_w / 2, sx - half_w / 2
-            for column, value in zip(loops, (right, top, left + 0.05, top + 0.2, right + 0.3, top + 0.9, left - 0.3, top + 0.9)):
+            for column, value in zip(
+                loops, (right, top, left + 0.05, top + 0.2, right + 0.3, top + 0.9, left - 0.3, top + 0.9)
+            ):
                 loops[column].append(value)
             arrow(left + 0.05, top + 0.2, left, top, 1)
             notes["x"].append(sx)
@@ -62,6 +68,31 @@ def columns(graph: Graph) -> dict:
     return {"nodes": nodes, "edges": edges, "loops": loops, "notes": notes}
 
 
+def view_ranges(data: dict, collapsed: bool, width: int, height: int) -> tuple:
+    """``((x_start, x_end), (y_start, y_end))`` to show ``columns`` data in a ``width`` x ``height``
+    pixel plot: the whole graph when it fits at a readable scale, else its first layers and top rows."""
+    shape = GROUP if collapsed else TASK
+    nodes, loops = data["nodes"], data["loops"]
+    if not nodes["x"]:
+        return (-1.0, 1.0), (-1.0, 1.0)
+    margin = 0.4
+    left, right = min(nodes["x"]) - shape["width"] / 2 - margin, max(nodes["x"]) + shape["width"] / 2 + margin
+    bottom = min(nodes["y"]) - shape["height"] / 2 - margin
+    top = max(nodes["y"]) + shape["height"] / 2 + margin
+    if loops["cy0"]:  # a self-edge's loop and its count rise above its box
+        top = max(top, max(loops["cy0"]) + margin)
+    return _span(left, right, width, "x", from_low=True), _span(bottom, top, height, "y", from_low=False)
+
+
+def _span(low: float, high: float, pixels: int, axis: str, from_low: bool) -> tuple:
+    per_px = min(max((high - low) / pixels, 1 / MOST_PX[axis]), 1 / LEAST_PX[axis])
+    span = per_px * pixels
+    if span >= high - low:
+        middle = (low + high) / 2
+        return (middle - span / 2, middle + span / 2)
+    return (low, low + span) if from_low else (high - span, high)
+
+
 def _short(text: str, most: int) -> str:
     return text if len(text) <= most else text[: most - 1] + "…"
 
@@ -70,15 +101,19 @@ class GraphPlot:
     """One bokeh figure for a task graph view, redrawn by replacing its sources' data."""
 
     def __init__(self, height: int = 420, width: int = 800):
-        from bokeh.models import Arrow, ColumnDataSource, HoverTool, VeeHead
+        from bokeh.models import Arrow, ColumnDataSource, HoverTool, Range1d, VeeHead
         from bokeh.plotting import figure
 
         empty = columns(Graph([], [], False, 0))
         self.sources = {name: ColumnDataSource(data) for name, data in empty.items()}
         self.collapsed = False
+        self.size = (width, height)
+        self.shown_ranges = None  # the ranges last set here; others mean the user panned or zoomed
         plot = figure(
             height=height,
             width=width,
+            x_range=Range1d(-1, 1),
+            y_range=Range1d(-1, 1),
             tools="pan,wheel_zoom,box_zoom,reset,save",
             toolbar_location="right",
             sizing_mode="stretch_width",
@@ -124,7 +159,19 @@ class GraphPlot:
             shape = GROUP if graph.collapsed else TASK
             self.boxes.glyph.width, self.boxes.glyph.height = shape["width"], shape["height"]
             self.labels.glyph.text_font_size = "11px" if graph.collapsed else "9px"
-        for name, data in columns(graph).items():
+        data = columns(graph)
+        for name, values in data.items():
             source = self.sources[name]
-            if source.data != data:
-                source.data = data
+            if source.data != values:
+                source.data = values
+        self._fit(view_ranges(data, graph.collapsed, *self.size))
+
+    def _fit(self, ranges: tuple) -> None:
+        x_range, y_range = self.figure.x_range, self.figure.y_range
+        now = ((x_range.start, x_range.end), (y_range.start, y_range.end))
+        if self.shown_ranges is not None and now != self.shown_ranges:
+            return  # the user moved the view: leave it where they put it
+        if now != ranges:
+            x_range.start, x_range.end = ranges[0]
+            y_range.start, y_range.end = ranges[1]
+        self.shown_ranges = ranges

@@ -19,7 +19,7 @@ import weakref
 
 import ipywidgets as w
 
-from ember.widgets import events
+from ember.widgets import bokeh_js, events
 from ember.widgets.graph import COLOURS, THRESHOLD, TaskGraphModel, to_svg
 from ember.widgets.graph_plot import GraphPlot
 from ember.widgets.render import (
@@ -194,10 +194,16 @@ class TaskGraph(LiveWidget):
     def __init__(self, threshold: int | None = None, feed=None, **kwargs):
         from jupyter_bokeh import BokehModel
 
+        bokeh_js.ensure_loaded()
         threshold = THRESHOLD if threshold is None else threshold
         self.graph_model = TaskGraphModel(threshold)
         self.counts = w.HTML()
         self.plot = GraphPlot()
+        feed = feed or events.feed()
+        with feed.lock:
+            # Drawn before the BokehModel takes its snapshot: the page renders that snapshot, and
+            # jupyter_bokeh drops changes sent before a view has rendered.
+            self.plot.update(self.graph_model.build(feed.state))
         self.picture = BokehModel(self.plot.figure)
         self.picture.add_class("ember-task-graph")
         self.threshold_box = w.BoundedIntText(
@@ -219,6 +225,7 @@ class TaskGraph(LiveWidget):
         """Forget the tasks drawn so far in this view; new tasks are drawn one by one again."""
         with self.feed.lock:
             self.graph_model.reset(self.feed.state)
+            self.plot.shown_ranges = None  # fit the view to what comes next, wherever it was moved
             self.update(self.feed.state)
 
     def _on_threshold(self, change) -> None:
