@@ -9,7 +9,7 @@ from conftest import wait_for
 import ember
 from ember.runtime.client import core_client
 from ember.runtime.ids import return_object_id
-from ember.widgets.graph import TaskGraphModel, to_svg
+from ember.widgets.graph import COLOURS, TaskGraphModel, to_svg
 from ember.widgets.graph_layout import crossings, layered_layout
 from ember.widgets.graph_plot import GROUP, TASK, columns, view_ranges
 from ember.widgets.state import ClusterState
@@ -99,6 +99,7 @@ def test_a_chain_collapsed_keeps_its_self_edge_with_the_count():
     assert graph.edges == [("add", "add", 49)]
     data = columns(graph)
     assert data["notes"]["text"] == ["49"] and len(data["loops"]["x0"]) == 1
+    assert data["strips"]["colour"] == [COLOURS["pending"]]  # all 50 pending: one strip, the box's width
     assert len(data["edges"]["x0"]) == 1  # the loop's arrowhead
     svg = to_svg(graph)
     assert svg.count("class='ember-self-edge'") == 1 and ">49</text>" in svg
@@ -120,12 +121,19 @@ def test_a_chain_below_the_threshold_is_drawn_call_by_call_in_50_layers():
 def test_edges_between_functions_keep_their_counts_with_the_self_edges():
     state = ClusterState()
     state.apply(b"event:task", [submitted(n, "load") for n in range(20)])
+    state.apply(b"event:task", [["finished", task(n), 2.0, {}] for n in range(15)] + [["failed", task(15), 2.0, {}]])
     state.apply(b"event:task", [submitted(100 + n, "parse", deps=(n,)) for n in range(20)])
     state.apply(b"event:task", [submitted(200, "merge", deps=(100, 101)), submitted(201, "merge", deps=(200, 102))])
     graph = TaskGraphModel(threshold=10).build(state)
     assert sorted(graph.edges) == [("load", "parse", 20), ("merge", "merge", 1), ("parse", "merge", 3)]
     layers = {node.key: node.layer for node in graph.nodes}
     assert layers == {"load": 0, "parse": 1, "merge": 2}
+    strips = columns(graph)["strips"]  # load: 4 pending, 15 finished, 1 failed, side by side in proportion
+    load = [(right - left, colour) for left, right, colour in zip(strips["left"], strips["right"], strips["colour"])][
+        :3
+    ]
+    assert [colour for _, colour in load] == [COLOURS["pending"], COLOURS["finished"], COLOURS["failed"]]
+    assert [width / GROUP["width"] for width, _ in load] == pytest.approx([4 / 20, 15 / 20, 1 / 20])
 
 
 def test_the_collapse_is_decided_per_view():

@@ -7,12 +7,15 @@ place (nothing is sent when it did not change), so the figure is built once per 
 """
 
 from ember.widgets.graph import COLOURS, HOVER_FIELDS, Graph
+from ember.widgets.state import STATES
 
 # Geometry in data units: a layer is one unit of x times X_STEP; slots are one unit of y apart.
 TASK = {"x_step": 1.6, "width": 1.1, "height": 0.6, "chars": 12}
-GROUP = {"x_step": 3.2, "width": 2.4, "height": 0.6, "chars": 24}
+GROUP = {"x_step": 3.2, "width": 2.4, "height": 0.8, "chars": 24}
 EDGE_COLOUR = "#94a3b8"  # mid grey: reads on light and dark backgrounds alike
 TEXT_COLOUR = "#111827"  # inside the state-coloured boxes, whatever the theme
+GROUP_FILL = "#e2e8f0"  # a function's box: its states are the proportional strip along its bottom
+STRIP = 0.14  # the strip's height, in slots
 NOTE_COLOUR = "#64748b"  # counts beside edges, on the page's own background
 # Screen pixels per data unit: at most this much (a small graph is not blown up to fill the plot) and
 # at least this much (a huge one shows its start at a readable size; pan or zoom out for the rest).
@@ -22,17 +25,22 @@ LEAST_PX = {"x": 20.0, "y": 8.0}
 
 def columns(graph: Graph) -> dict:
     """The data of each source: ``nodes`` (boxes, labels, hover fields), ``edges`` (arrows),
-    ``loops`` (self-edges as curves) and ``notes`` (edge counts)."""
+    ``loops`` (self-edges as curves), ``notes`` (edge counts) and ``strips`` (a collapsed function's
+    tasks per state, in proportion: 10 failed of 500 is a sliver of red, not a red box)."""
     shape = GROUP if graph.collapsed else TASK
     half_w, half_h = shape["width"] / 2, shape["height"] / 2
-    nodes = {"x": [], "y": [], "colour": [], "label": [], **{name: [] for name in HOVER_FIELDS}}
+    nodes = {"x": [], "y": [], "colour": [], "outline": [], "label": [], **{name: [] for name in HOVER_FIELDS}}
+    strips = {"left": [], "right": [], "bottom": [], "top": [], "colour": []}
     where = {}
     for node in graph.nodes:
         x, y = node.x * shape["x_step"], -node.y  # the first slot on top
         where[node.key] = (x, y)
         nodes["x"].append(x)
         nodes["y"].append(y)
-        nodes["colour"].append(COLOURS[node.state])
+        nodes["colour"].append(GROUP_FILL if graph.collapsed else COLOURS[node.state])
+        nodes["outline"].append(COLOURS[node.state])
+        if graph.collapsed:
+            _strip(strips, node.counts, x - half_w, x + half_w, y - half_h)
         nodes["label"].append(_short(node.label, shape["chars"]))
         for name in HOVER_FIELDS:
             nodes[name].append(str(node.info.get(name, "")))
@@ -65,7 +73,18 @@ def columns(graph: Graph) -> dict:
             notes["x"].append((sx + tx) / 2)
             notes["y"].append((sy + ty) / 2 + 0.15)
             notes["text"].append(str(count))
-    return {"nodes": nodes, "edges": edges, "loops": loops, "notes": notes}
+    return {"nodes": nodes, "edges": edges, "loops": loops, "notes": notes, "strips": strips}
+
+
+def _strip(strips: dict, counts: dict, left: float, right: float, bottom: float) -> None:
+    total, span = sum(counts.values()), right - left
+    for state in STATES:
+        if not counts.get(state):
+            continue
+        width = span * counts[state] / total
+        for column, value in zip(strips, (left, left + width, bottom, bottom + STRIP, COLOURS[state])):
+            strips[column].append(value)
+        left += width
 
 
 def view_ranges(data: dict, collapsed: bool, width: int, height: int) -> tuple:
@@ -139,7 +158,11 @@ class GraphPlot:
         )  # fmt: skip
         self.boxes = plot.rect(
             "x", "y", width=TASK["width"], height=TASK["height"], source=self.sources["nodes"],
-            fill_color="colour", line_color="colour", fill_alpha=0.9,
+            fill_color="colour", line_color="outline", fill_alpha=0.9, line_width=1.5,
+        )  # fmt: skip
+        plot.quad(
+            left="left", right="right", bottom="bottom", top="top", source=self.sources["strips"],
+            fill_color="colour", line_color=None,
         )  # fmt: skip
         self.labels = plot.text(
             "x", "y", text="label", source=self.sources["nodes"], text_align="center",
