@@ -149,30 +149,36 @@ def test_the_collapse_is_decided_per_view():
         TaskGraphModel(threshold="10")
 
 
-def test_reset_forgets_this_views_tasks_only_and_counts_tasks_in_flight_exactly():
+def test_reset_forgets_this_views_ended_tasks_only():
     state = ClusterState()
     state.apply(b"event:task", [submitted(n, "map") for n in range(200)])
-    state.apply(b"event:task", [["finished", task(n), 2.0, {}] for n in range(195)])  # 5 still pending
+    state.apply(b"event:task", [submitted(300 + n, "reduce", deps=(n,)) for n in range(2)])
+    state.apply(b"event:task", [["finished", task(n), 2.0, {}] for n in range(197)])  # 3 maps still pending
     kept, reset = TaskGraphModel(), TaskGraphModel()
     assert kept.build(state).collapsed and reset.build(state).collapsed
     reset.reset(state)
-    assert reset.build(state).nodes == []
-    state.apply(b"event:task", [submitted(1000, "fresh"), submitted(1001, "fresh", deps=(1000,))])
+    graph = reset.build(state)  # what is still live stays: 3 maps, 2 reduces, the edges between them
+    assert not graph.collapsed and graph.total == 5
+    assert [node.key for node in graph.nodes] == [task(197), task(198), task(199), task(300), task(301)]
+    assert graph.edges == [] and graph.counts["pending"] == 5
+    state.apply(b"event:task", [submitted(1000, "fresh", deps=(199,)), submitted(1001, "fresh", deps=(1000,))])
     graph = reset.build(state)
-    assert not graph.collapsed and [node.key for node in graph.nodes] == [task(1000), task(1001)]
-    assert graph.edges == [(task(1000), task(1001), 1)]
+    assert not graph.collapsed and [node.key for node in graph.nodes][-2:] == [task(1000), task(1001)]
+    assert graph.edges == [(task(199), task(1000), 1), (task(1000), task(1001), 1)]
     assert kept.build(state).collapsed  # the other view still collapses the whole session
-    # Past the threshold again: only what came after the reset, though the 5 pending ones end now.
-    state.apply(b"event:task", [["finished", task(n), 3.0, {}] for n in range(195, 200)])
+    # Past the threshold again: the live ones as they end, and what came after the reset.
+    state.apply(b"event:task", [["finished", task(n), 3.0, {}] for n in (197, 198, 199, 300, 301)])
     chain(state, name="fresh", length=160, start=2000)
     state.apply(b"event:task", [["running", task(2000), 4.0, {"node": b"n", "pid": 7}]])
     graph = reset.build(state)
-    assert graph.collapsed and graph.total == 162
-    assert {node.key: node.counts for node in graph.nodes} == {"fresh": {"pending": 161, "running": 1}}
-    assert graph.edges == [("fresh", "fresh", 160)]
-    assert graph.counts == {"pending": 161, "running": 1, "finished": 0, "failed": 0}
+    assert graph.collapsed and graph.total == 167
+    counts = {node.key: node.counts for node in graph.nodes}
+    assert counts == {"map": {"finished": 3}, "reduce": {"finished": 2}, "fresh": {"pending": 161, "running": 1}}
+    # A live task's dependencies count whoever made them: reduce's inputs ended before the reset.
+    assert sorted(graph.edges) == [("fresh", "fresh", 160), ("map", "fresh", 1), ("map", "reduce", 2)]
+    assert graph.counts == {"pending": 161, "running": 1, "finished": 5, "failed": 0}
     whole = {node.key: node.counts for node in kept.build(state).nodes}
-    assert whole["map"] == {"finished": 200}
+    assert whole["map"] == {"finished": 200} and whole["reduce"] == {"finished": 2}
 
 
 def test_clearing_the_state_after_a_views_reset_leaves_no_negative_counts():

@@ -5,7 +5,7 @@ an edge for each ObjectRef argument produced by another drawn task; past it, tas
 into one node per function (with per-state counts), and the edges between functions carry how many
 dependencies they stand for, a function's edges to itself included (a chain of 50 ``add`` calls is
 one ``add`` node with a self-edge of 49). The decision is the view's own: ``reset`` forgets the
-tasks seen so far in this view only, so a long session can again show new tasks one by one.
+tasks that have ended, in this view only, so a long session can again show new tasks one by one.
 Collapsed views read the state's running per-function aggregates, never the tasks, so a redraw
 costs O(functions) however many tasks ran. Nodes are placed by ``graph_layout.layered_layout``.
 ``to_svg`` draws a graph as static SVG (saved notebooks, the web dashboard); the live widget draws
@@ -55,47 +55,29 @@ class Graph:
 
 
 class _Baseline:
-    """What the state held when a view was reset, to subtract from the state's running aggregates.
+    """The tasks that had ended when a view was reset, as aggregates to subtract from the state's.
 
-    Tasks still pending or running at the reset move between states afterwards; they are followed
-    one by one (``inflight``) until they end, then folded into the baseline, so a view's counts are
-    exactly those of tasks first seen after its reset."""
+    Ended tasks stay ended, so the subtraction is exact and costs O(functions) a redraw. Tasks still
+    pending or running at the reset stay in the view (they are live work, not history); their ids
+    are kept to find them again, since they are not among the newest records."""
 
     def __init__(self, state):
         self.cleared_at = state.cleared_at
-        self.total = sum(state.counts.values())
-        self.by_name = {name: dict(counts) for name, counts in state.by_name.items()}
+        self.seen = sum(state.counts.values())  # records made before the reset
+        self.inflight = []
+        live_edges = Counter()
+        for task_id, record in state.tasks.items():
+            if record.state in (PENDING, RUNNING):
+                self.inflight.append(task_id)
+                for dep in record.deps:  # its edges are the view's: not subtracted below
+                    source = state.tasks.get(dep)
+                    if source is not None:
+                        live_edges[(source.name, record.name)] += 1
+        self.total = self.seen - len(self.inflight)
+        self.by_name = {name: {s: counts[s] for s in (FINISHED, FAILED)} for name, counts in state.by_name.items()}
         self.name_edges = Counter(state.name_edges)
+        self.name_edges.subtract(live_edges)
         self.durations = {name: list(total) for name, total in state.durations.items()}
-        self.inflight = {
-            task_id: (record.name, record.state)
-            for task_id, record in state.tasks.items()
-            if record.state in (PENDING, RUNNING)
-        }
-
-    def settle(self, state) -> list:
-        """Fold tasks that ended since the reset into the baseline; return those still in flight as
-        ``(name at reset, state at reset, record)``."""
-        live = []
-        for task_id, (name, was) in list(self.inflight.items()):
-            record = state.tasks.get(task_id)
-            if record is None:  # forgotten by the state: nothing more will be learnt of it
-                del self.inflight[task_id]
-                continue
-            if record.state in (FINISHED, FAILED):
-                self._named(name)[was] -= 1
-                self._named(record.name)[record.state] += 1
-                if record.started is not None and record.ended is not None:
-                    total = self.durations.setdefault(record.name, [0.0, 0])
-                    total[0] += record.duration
-                    total[1] += 1
-                del self.inflight[task_id]
-            else:
-                live.append((name, was, record))
-        return live
-
-    def _named(self, name: str) -> dict:
-        return self.by_name.setdefault(name, dict.fromkeys(STATES, 0))
 
 
 class TaskGraphModel:
@@ -117,7 +99,8 @@ class TaskGraphModel:
         self._threshold = value
 
     def reset(self, state) -> None:
-        """Forget the tasks seen so far, in this view only: what it shows starts from the next task."""
+        """Forget the tasks that have ended, in this view only: it shows those still pending or running
+        and those that come next."""
         self.baseline = _Baseline(state)
 
     def _current_baseline(self, state) -> _Baseline | None:
@@ -140,9 +123,14 @@ class TaskGraphModel:
         return graph
 
     def _tasks(self, state, total: int) -> Graph:
-        # Every task record is appended when first seen, so the view's tasks are the newest ``total``.
-        records = list(itertools.islice(reversed(state.tasks.values()), total))
+        # Every task record is appended when first seen, so the view's new tasks are the newest ones.
+        baseline = self._current_baseline(state)
+        fresh = total if baseline is None else sum(state.counts.values()) - baseline.seen
+        records = list(itertools.islice(reversed(state.tasks.values()), fresh))
         records.reverse()
+        if baseline is not None:
+            older = (state.tasks.get(task_id) for task_id in baseline.inflight)
+            records = [record for record in older if record is not None] + records
         nodes = {record.task_id: _task_node(record) for record in records}
         edges = [(dep, record.task_id, 1) for record in records for dep in record.deps if dep in nodes]
         counts = Counter(record.state for record in records)
@@ -154,14 +142,11 @@ class TaskGraphModel:
         name_edges = Counter(state.name_edges)
         durations = {name: list(value) for name, value in state.durations.items()}
         if baseline is not None:
-            for name, was, record in baseline.settle(state):
-                # Seen before the reset and not ended: neither where it was then nor where it is now.
-                by_name[record.name][record.state] -= 1
-                by_name.setdefault(name, dict.fromkeys(STATES, 0))[was] += 1
             for name, counts in baseline.by_name.items():
-                named = by_name.setdefault(name, dict.fromkeys(STATES, 0))
-                for s in STATES:
-                    named[s] -= counts[s]
+                named = by_name.get(name)
+                if named is not None:
+                    for s, n in counts.items():
+                        named[s] = max(0, named[s] - n)  # a retried task leaves "failed": never below 0
             name_edges.subtract(baseline.name_edges)
             for name, (seconds, count) in baseline.durations.items():
                 if name in durations:
