@@ -97,6 +97,9 @@ class LiveMetrics(w.VBox):
         from bokeh.plotting import figure
         from jupyter_bokeh import BokehModel
 
+        from ember.widgets import bokeh_js
+
+        bokeh_js.ensure_loaded()  # else JupyterLab shows a JavaScript error box where the plot goes
         plot = figure(
             title=metric, height=220, width=420, x_axis_label=self.history.x, tools="pan,wheel_zoom,reset,hover"
         )
