@@ -14,23 +14,39 @@ class TaskError(EmberError):
     """A task or actor method raised; ``cause`` is the original exception.
 
     ``ember.get`` raises an instance of a class deriving from both TaskError and the type of
-    ``cause`` (see :meth:`as_instanceof_cause`).
+    ``cause`` (see :meth:`as_instanceof_cause`). ``frames`` are the user's frames on the worker, as
+    (filename, line number, function name, source line) tuples: Ember's own frames (the worker loop,
+    ``run_user_code``) are left out unless the failure was Ember's (e.g. a result that cannot be
+    pickled).
     """
 
-    def __init__(self, function_name: str = "", traceback_str: str = "", cause=None, pid=None, node=None):
+    def __init__(
+        self, function_name: str = "", traceback_str: str = "", cause=None, pid=None, node=None, frames=None
+    ):
         self.function_name = function_name
         self.traceback_str = traceback_str
         self.cause = cause
         self.pid = pid
         self.node = node
+        self.frames = list(frames or ())
         super().__init__(function_name, traceback_str)
 
     def __str__(self):
         where = f" (pid={self.pid})" if self.pid else ""
-        return f"{self.function_name}(){where} failed:\n{self.traceback_str.rstrip()}"
+        return f"{self.function_name}(){where} failed:\n{_with_local_source(self.traceback_str, self.frames).rstrip()}"
 
     def __reduce__(self):
-        return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause, self.pid, self.node))
+        return (
+            _rebuild_task_error,
+            (self.function_name, self.traceback_str, self.cause, self.pid, self.node, self.frames),
+        )
+
+    def _render_traceback_(self) -> list:
+        """What IPython shows for this error: the caller's cell, then the task's frames as frames of
+        the cells (or files) they were defined in, each with its source line; no Ember frame."""
+        from ember.kernel_ext.tracebacks import render_task_error
+
+        return render_task_error(self)
 
     def as_instanceof_cause(self):
         """Return an exception that is an instance of both TaskError and ``type(self.cause)``."""
@@ -54,11 +70,30 @@ class TaskError(EmberError):
         error.cause = self.cause
         error.pid = self.pid
         error.node = self.node
+        error.frames = self.frames
         return error
 
 
-def _rebuild_task_error(function_name, traceback_str, cause, pid, node):
-    return TaskError(function_name, traceback_str, cause, pid, node)
+def _rebuild_task_error(function_name, traceback_str, cause, pid, node, frames=None):
+    return TaskError(function_name, traceback_str, cause, pid, node, frames)
+
+
+def _with_local_source(text: str, frames: list) -> str:
+    """The worker's traceback text with the source lines it lacked filled in from this process.
+
+    A function defined in a notebook cell has its source only in the kernel's ``linecache``; the
+    worker printed its frames without their lines.
+    """
+    import linecache
+
+    for filename, lineno, name, line in frames:
+        if line or not lineno:
+            continue
+        source = linecache.getline(filename, lineno).strip()
+        if source:
+            header = f'  File "{filename}", line {lineno}, in {name}\n'
+            text = text.replace(header, f"{header}    {source}\n", 1)
+    return text
 
 
 _derived_classes: dict = {}
@@ -68,18 +103,23 @@ def _derived_class(cause_cls):
     derived = _derived_classes.get(cause_cls)
     if derived is None:
         try:
+            # Named as the user's class, so a traceback's last line and a notebook's error name read
+            # "ValueError: ..." as they would locally; it is still a TaskError for `except`.
             derived = type(
-                f"TaskError({cause_cls.__name__})",
+                cause_cls.__name__,
                 (TaskError, cause_cls),
                 {
                     "__str__": TaskError.__str__,
                     "__reduce__": TaskError.__reduce__,
                     "__init__": TaskError.__init__,
+                    "_render_traceback_": TaskError._render_traceback_,
                 },
             )
+            derived.__qualname__ = cause_cls.__qualname__
         except TypeError:  # incompatible layouts, e.g. two C base classes
             derived = TaskError
-        derived.__module__ = cause_cls.__module__
+        else:
+            derived.__module__ = cause_cls.__module__
         _derived_classes[cause_cls] = derived
     return derived
 

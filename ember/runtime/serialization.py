@@ -10,9 +10,12 @@ keep those objects alive for as long as the containing value can be read.
 """
 
 import io
+import os
 import pickle
 import threading
 import traceback
+import types
+from collections import ChainMap
 
 import cloudpickle
 
@@ -24,8 +27,25 @@ INBAND_LIMIT = 4096
 _local = threading.local()
 
 
+def _rebuild_code(args: tuple, filename: str) -> types.CodeType:
+    return types.CodeType(*args).replace(co_filename=filename)
+
+
+def _code_reduce(code: types.CodeType):
+    """cloudpickle's reduction of a code object, keeping its file name (cloudpickle replaces it with
+    "<dynamic-code>" for deterministic payloads): a worker's traceback then names the script or the
+    notebook cell the function was defined in, and the driver can show that file's or cell's lines."""
+    constructor, args = _cloudpickle_code_reduce(code)
+    if constructor is not types.CodeType:
+        return constructor, args
+    return _rebuild_code, (args, code.co_filename)
+
+
+_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
 class _Pickler(cloudpickle.Pickler):
-    pass
+    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
 
 
 class SerializationError(TypeError):
@@ -92,26 +112,62 @@ def deserialize(data, buffers=()):
     return pickle.loads(data, buffers=buffers)
 
 
+# The worker's functions that call the user's code: frames up to and including theirs are Ember's.
+_CALL_INS = frozenset({"run_user_code", "_run_async_call", "stream_async"})
+_WORKER_FILE = os.path.join("ember", "runtime", "worker", "worker.py")
+_EMBER_DIR = os.path.dirname(os.path.abspath(exceptions.__file__)) + os.sep
+
+
+def user_frames_start(frames: list) -> int:
+    """Index of the first frame of the user's code in a worker's stack (0 when there is none).
+
+    The worker loop, ``run_user_code`` and whatever Ember module wrapped the user's function come
+    first; they are dropped. When no call into user code is on the stack (arguments could not be
+    read, the result could not be pickled, the function could not be loaded) Ember itself failed,
+    and every frame is kept.
+    """
+    for index, frame in enumerate(frames):
+        if frame.name in _CALL_INS and frame.filename.endswith(_WORKER_FILE):
+            start = index + 1
+            while start < len(frames) - 1 and frames[start].filename.startswith(_EMBER_DIR):
+                start += 1  # e.g. %%remote's run_cell, which executes the cell's code
+            return start if start < len(frames) else 0
+    return 0
+
+
+def _format(error: BaseException) -> tuple[str, list]:
+    """The traceback text of the user's frames, and those frames as (filename, line, name, source)."""
+    summary = traceback.TracebackException(type(error), error, error.__traceback__)
+    summary.stack = traceback.StackSummary.from_list(summary.stack[user_frames_start(summary.stack) :])
+    frames = [(f.filename, f.lineno, f.name, f.line or "") for f in summary.stack]
+    return "".join(summary.format()), frames
+
+
 def serialize_error(error: BaseException, function_name: str, pid: int, node: str = "") -> bytes:
-    """Pickle a task's exception as a TaskError carrying the remote traceback."""
-    tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    """Pickle a task's exception as a TaskError carrying the remote traceback (the user's frames)."""
     if isinstance(error, exceptions.TaskError):
         task_error = error  # a nested task's failure travels up as it is
     else:
-        task_error = exceptions.TaskError(function_name, tb, error, pid, node)
+        text, frames = _format(error)
+        task_error = exceptions.TaskError(function_name, text, error, pid, node, frames)
     try:
         payload = cloudpickle.dumps(task_error)
         cloudpickle.loads(payload)  # an exception whose __init__ takes other arguments pickles, then fails here
         return payload
     except Exception:
         # The user's exception cannot travel: keep its type name and message in the text.
-        fallback = exceptions.TaskError(function_name, tb, RuntimeError(f"{type(error).__name__}: {error}"), pid, node)
+        cause = RuntimeError(f"{type(error).__name__}: {error}")
+        fallback = exceptions.TaskError(
+            function_name, task_error.traceback_str, cause, pid, node, getattr(task_error, "frames", [])
+        )
         return cloudpickle.dumps(fallback)
 
 
 def dumps_function(function) -> bytes:
+    stream = io.BytesIO()
     try:
-        return cloudpickle.dumps(function)
+        _Pickler(stream, protocol=5).dump(function)
+        return stream.getvalue()
     except Exception as error:
         raise SerializationError(
             f"Could not serialize {getattr(function, '__qualname__', function)!r}: {type(error).__name__}: {error}. "
