@@ -17,11 +17,18 @@ class TaskError(EmberError):
     ``cause`` (see :meth:`as_instanceof_cause`). ``frames`` are the user's frames on the worker, as
     (filename, line number, function name, source line) tuples: Ember's own frames (the worker loop,
     ``run_user_code``) are left out unless the failure was Ember's (e.g. a result that cannot be
-    pickled).
+    pickled). ``chain`` describes the exceptions the cause was chained to (``raise ... from``).
     """
 
     def __init__(
-        self, function_name: str = "", traceback_str: str = "", cause=None, pid=None, node=None, frames=None
+        self,
+        function_name: str = "",
+        traceback_str: str = "",
+        cause=None,
+        pid=None,
+        node=None,
+        frames=None,
+        chain=None,
     ):
         self.function_name = function_name
         self.traceback_str = traceback_str
@@ -29,6 +36,7 @@ class TaskError(EmberError):
         self.pid = pid
         self.node = node
         self.frames = list(frames or ())
+        self.chain = list(chain or ())
         super().__init__(function_name, traceback_str)
 
     def __str__(self):
@@ -38,7 +46,7 @@ class TaskError(EmberError):
     def __reduce__(self):
         return (
             _rebuild_task_error,
-            (self.function_name, self.traceback_str, self.cause, self.pid, self.node, self.frames),
+            (self.function_name, self.traceback_str, self.cause, self.pid, self.node, self.frames, self.chain),
         )
 
     def _render_traceback_(self) -> list:
@@ -71,11 +79,12 @@ class TaskError(EmberError):
         error.pid = self.pid
         error.node = self.node
         error.frames = self.frames
+        error.chain = self.chain
         return error
 
 
-def _rebuild_task_error(function_name, traceback_str, cause, pid, node, frames=None):
-    return TaskError(function_name, traceback_str, cause, pid, node, frames)
+def _rebuild_task_error(function_name, traceback_str, cause, pid, node, frames=None, chain=None):
+    return TaskError(function_name, traceback_str, cause, pid, node, frames, chain)
 
 
 def _with_local_source(text: str, frames: list) -> str:

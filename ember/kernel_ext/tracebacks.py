@@ -57,6 +57,35 @@ def _without_ember(tb, tail):
     return tail
 
 
+_stand_in_classes: dict = {}
+
+
+def _stand_in_exception(name: str, module: str, message: str) -> BaseException:
+    """An exception that prints as ``name: message``, for a chained remote exception whose own object
+    did not travel."""
+    kind = _stand_in_classes.get((name, module))
+    if kind is None:
+        kind = _stand_in_classes[(name, module)] = type(name.rpartition(".")[2], (Exception,), {})
+        kind.__qualname__, kind.__module__ = name, module
+    return kind(message)
+
+
+def _with_chain(value: BaseException, chain: list) -> BaseException:
+    """Link stand-ins for the remote chained exceptions behind ``value`` (nearest first), as Python
+    links ``__cause__`` and ``__context__``, so the traceback shows them as a local chain would."""
+    current = value
+    for name, module, message, frames, how in chain:
+        behind = _stand_in_exception(name, module, message)
+        behind.__traceback__ = remote_traceback(frames)
+        if how == "cause":
+            current.__cause__ = behind
+        else:
+            current.__context__ = behind
+            current.__suppress_context__ = False
+        current = behind
+    return value
+
+
 def _where(error) -> str:
     parts = [f"{error.function_name}()" if error.function_name else "a task"]
     if error.pid:
@@ -73,6 +102,8 @@ def render_task_error(error) -> list:
 
         shell = get_ipython()
         cause = error.cause if error.cause is not None else error
+        if cause is not error:
+            _with_chain(cause, getattr(error, "chain", ()))
         tb = _without_ember(error.__traceback__, remote_traceback(error.frames))
         if shell is None:
             lines = traceback.format_exception(type(cause), cause, tb)

@@ -135,12 +135,39 @@ def user_frames_start(frames: list) -> int:
     return 0
 
 
-def _format(error: BaseException) -> tuple[str, list]:
-    """The traceback text of the user's frames, and those frames as (filename, line, name, source)."""
+def _frames_of(stack) -> list:
+    return [(f.filename, f.lineno, f.name, f.line or "") for f in stack]
+
+
+def _chain_of(error: BaseException) -> list:
+    """The exceptions behind this one (``raise ... from``, or raised while handling), nearest first,
+    as (type name, module, message, frames, "cause" or "context"): their objects may not pickle."""
+    chain, seen = [], {id(error)}
+    while True:
+        if error.__cause__ is not None:
+            error, how = error.__cause__, "cause"
+        elif error.__context__ is not None and not error.__suppress_context__:
+            error, how = error.__context__, "context"
+        else:
+            return chain
+        if id(error) in seen:  # a cycle, which Python's own printing also stops at
+            return chain
+        seen.add(id(error))
+        try:
+            message = str(error)
+        except Exception:
+            message = "<exception str() failed>"
+        kind = type(error)
+        stack = traceback.extract_tb(error.__traceback__)
+        chain.append((kind.__qualname__, kind.__module__, message, _frames_of(stack), how))
+
+
+def _format(error: BaseException) -> tuple[str, list, list]:
+    """The traceback text of the user's frames, those frames as (filename, line, name, source), and
+    the chained exceptions' (see _chain_of)."""
     summary = traceback.TracebackException(type(error), error, error.__traceback__)
     summary.stack = traceback.StackSummary.from_list(summary.stack[user_frames_start(summary.stack) :])
-    frames = [(f.filename, f.lineno, f.name, f.line or "") for f in summary.stack]
-    return "".join(summary.format()), frames
+    return "".join(summary.format()), _frames_of(summary.stack), _chain_of(error)
 
 
 def serialize_error(error: BaseException, function_name: str, pid: int, node: str = "") -> bytes:
@@ -148,8 +175,8 @@ def serialize_error(error: BaseException, function_name: str, pid: int, node: st
     if isinstance(error, exceptions.TaskError):
         task_error = error  # a nested task's failure travels up as it is
     else:
-        text, frames = _format(error)
-        task_error = exceptions.TaskError(function_name, text, error, pid, node, frames)
+        text, frames, chain = _format(error)
+        task_error = exceptions.TaskError(function_name, text, error, pid, node, frames, chain)
     try:
         payload = cloudpickle.dumps(task_error)
         cloudpickle.loads(payload)  # an exception whose __init__ takes other arguments pickles, then fails here
@@ -158,7 +185,7 @@ def serialize_error(error: BaseException, function_name: str, pid: int, node: st
         # The user's exception cannot travel: keep its type name and message in the text.
         cause = RuntimeError(f"{type(error).__name__}: {error}")
         fallback = exceptions.TaskError(
-            function_name, task_error.traceback_str, cause, pid, node, getattr(task_error, "frames", [])
+            function_name, task_error.traceback_str, cause, pid, node, task_error.frames, task_error.chain
         )
         return cloudpickle.dumps(fallback)
 
