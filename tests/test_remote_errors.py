@@ -210,4 +210,3 @@ def test_functions_keep_their_file_name_through_pickling():
     # Arguments (lambdas, nested functions) are pickled by value too, and keep theirs.
     data, buffers, _ = serialization.serialize({"f": lambda: 2, "pad": list(range(20))})
     assert serialization.deserialize(data, buffers)["f"].__code__.co_filename == __file__
-
