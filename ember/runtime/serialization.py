@@ -41,11 +41,13 @@ def _code_reduce(code: types.CodeType):
     return _rebuild_code, (args, code.co_filename)
 
 
-_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
+# A cloudpickle that reduces code some other way keeps its own (tracebacks then lose the file names).
+_OURS = {types.CodeType: _code_reduce} if _cloudpickle_code_reduce is not None else {}
 
 
 class _Pickler(cloudpickle.Pickler):
-    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+    dispatch_table = ChainMap(_OURS, cloudpickle.Pickler.dispatch_table)
 
 
 class SerializationError(TypeError):
