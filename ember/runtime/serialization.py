@@ -27,23 +27,32 @@ INBAND_LIMIT = 4096
 _local = threading.local()
 
 
-def _rebuild_code(args: tuple, filename: str) -> types.CodeType:
-    return types.CodeType(*args).replace(co_filename=filename)
-
-
 def _code_reduce(code: types.CodeType):
     """cloudpickle's reduction of a code object, keeping its file name (cloudpickle replaces it with
     "<dynamic-code>" for deterministic payloads): a worker's traceback then names the script or the
-    notebook cell the function was defined in, and the driver can show that file's or cell's lines."""
+    notebook cell the function was defined in, and the driver can show that file's or cell's lines.
+    Only the file name argument changes, so any cloudpickle (an older worker's too) reads it."""
     constructor, args = _cloudpickle_code_reduce(code)
+    if constructor is types.CodeType and _FILENAME_AT is not None and args[_FILENAME_AT] == _DYNAMIC:
+        args = (*args[:_FILENAME_AT], code.co_filename, *args[_FILENAME_AT + 1 :])
+    return constructor, args
+
+
+def _filename_position() -> int | None:
+    """Where cloudpickle's code arguments hold the file name: found once on a known code object."""
+    probe = compile("pass", "<ember-probe>", "exec")
+    constructor, args = _cloudpickle_code_reduce(probe)
     if constructor is not types.CodeType:
-        return constructor, args
-    return _rebuild_code, (args, code.co_filename)
+        return None
+    found = [index for index, arg in enumerate(args) if arg == _DYNAMIC]
+    return found[0] if len(found) == 1 else None
 
 
+_DYNAMIC = "<dynamic-code>"
 _cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table.get(types.CodeType)
-# A cloudpickle that reduces code some other way keeps its own (tracebacks then lose the file names).
-_OURS = {types.CodeType: _code_reduce} if _cloudpickle_code_reduce is not None else {}
+_FILENAME_AT = _filename_position() if _cloudpickle_code_reduce is not None else None
+# A cloudpickle that keeps file names itself, or reduces code some other way, is left as it is.
+_OURS = {types.CodeType: _code_reduce} if _FILENAME_AT is not None else {}
 
 
 class _Pickler(cloudpickle.Pickler):
