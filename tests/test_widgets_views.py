@@ -211,3 +211,27 @@ def test_a_notebook_saved_by_nbclient_keeps_snapshots_with_the_numbers_at_the_ce
     outputs = saved.cells[2].outputs  # BokehJS may be loaded there first
     (dashboard,) = [o for o in outputs if o.get("data", {}).get("text/plain", "").startswith("Ember dashboard")]
     assert all(view in dashboard.data["text/html"] for view in ("ember-cluster", "ember-store", "ember-actors"))
+
+
+def test_cluster_widget_shows_the_nodes_workers_by_state(cluster):
+    feed = EventFeed(core_client.current_client().publisher_address).start()
+    try:
+
+        @ember.remote
+        class Holder:
+            def ping(self):
+                return 1
+
+        holder = Holder.remote()
+        ember.get(holder.ping.remote())
+        view = widgets.Cluster(feed=feed)
+
+        def states():
+            return {k: int(v) for k, v in re.findall(r"ember-workers-(\w+)'>(\d+)<", view.html.value)}
+
+        wait_for(lambda: states().get("actor", 0) >= 1, timeout=20, message="the actor's worker")
+        assert sum(states().values()) >= 2  # the actor's worker and the pool's
+        view.close()
+        ember.kill(holder)
+    finally:
+        feed.stop()

@@ -93,6 +93,7 @@ class NodeStats(Message, tag="node_stats", kw_only=True):
     demand: list[Resources] = []
     gpus: list[GpuRow] = []
     ram: list[Count] | None = None  # [bytes in use, bytes in all] of the machine's memory
+    workers: dict[str, Count] | None = None  # how many workers are idle, busy, actor, blocked
 
 
 class RegisterJob(Message, tag="register_job", kw_only=True):

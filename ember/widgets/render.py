@@ -121,7 +121,8 @@ def cluster_html(state, address: str | None = None, compact: bool = False) -> st
                 cells.append(f"<td><span class='ember-note'>not reported</span>{sub}</td>")
         capacity, used = store.get("capacity", 0), store.get("used", 0)
         cells.append(f"<td>{bar('store', used, capacity, fmt_byte_pair(used, capacity))}</td>")
-        cells.append(f"<td class='ember-workers ember-num'>{workers.get(node['node_id'], 0)}</td>")
+        states = _workers_text(node.get("workers"), workers.get(node["node_id"], 0))
+        cells.append(f"<td class='ember-workers'>{states}</td>")
         rows.append(f"<tr class='ember-node'>{''.join(cells)}</tr>")
     heads = ["node", "CPU"] + (["GPU"] if gpus else [])
     if not compact:
@@ -133,7 +134,7 @@ def cluster_html(state, address: str | None = None, compact: bool = False) -> st
         f"<b>Ember cluster</b>{where}: <span class='ember-node-count'>{len(alive)}</span> node(s), "
         f"<span class='ember-pending'>{state.summary()['pending']}</span> task(s) pending"
         f"<br>tasks: {task_counts(state)}"
-        + table(heads, rows, "no nodes yet", numeric=("workers",))
+        + table(heads, rows, "no nodes yet")
         + demand_html(alive),
     )
 
@@ -168,6 +169,15 @@ def demand_html(nodes: list) -> str:
     if not rows:
         return ""
     return "<b>Waiting for resources</b>" + table(["requests", "each needs", "why"], rows, "", ("requests",))
+
+
+def _workers_text(states: dict | None, seen: int) -> str:
+    """The node's workers by state, one per line (``2 busy``, ``1 idle``, ``1 actor``), from its report;
+    without one, how many processes were seen running tasks there."""
+    if not states:
+        return str(seen)
+    parts = [f"<div><span class='ember-workers-{state}'>{n}</span> {state}</div>" for state, n in states.items() if n]
+    return "".join(parts) or "none"
 
 
 def _used(name: str, total: float, available: dict) -> str:

@@ -52,6 +52,7 @@ class NodeInfo:
     last_heartbeat: float = field(default_factory=time.monotonic)
     gpus: list = field(default_factory=list)  # GPU assignments: {gpu_id, holder, share}
     ram: list | None = None  # [bytes in use, bytes in all] of the machine's memory
+    workers: dict | None = None  # how many workers are idle, busy, actor, blocked
     # What the head placed there since the node last reported: counted against it when placing,
     # so a burst of actors spreads, but never shown as used (the node's own report says that).
     claimed: dict = field(default_factory=dict)
@@ -197,6 +198,7 @@ class Head(Service):
         node.demand = msg.demand
         node.gpus = msgspec.to_builtins(msg.gpus, builtin_types=(bytes,))
         node.ram = msg.ram
+        node.workers = msg.workers
         if changed:
             self.view_dirty = True
             self.actor_directory.schedule_pending()
@@ -213,6 +215,7 @@ class Head(Service):
                 "gpus": node.gpus,
                 "ram": node.ram,
                 "demand": node.demand,
+                "workers": node.workers,
             },
         )
 
@@ -350,6 +353,7 @@ class Head(Service):
                     "demand": n.demand,
                     "gpus": n.gpus,
                     "ram": n.ram,
+                    "workers": n.workers,
                 }
                 for n in self.nodes.values()
             ],

@@ -582,7 +582,20 @@ class NodeManager(Service):
             "demand": self.scheduler.demand(),
             "gpus": self.gpu_table(),
             "ram": self.ram,
+            "workers": self.worker_states(),
         }
+
+    def worker_states(self) -> dict:
+        """How many of this node's workers are idle, run leased tasks, host actors, or wait in a get."""
+        states = {"idle": 0, "busy": 0, "actor": 0, "blocked": 0}
+        for worker in self.scheduler.workers.values():
+            if worker.dedicated:
+                states["actor"] += 1
+            elif worker.idle:
+                states["idle"] += 1
+            else:
+                states["blocked" if worker.blocked else "busy"] += 1
+        return states
 
     def gpu_table(self) -> list:
         """Who holds which GPU: one row per (device, worker), for ``ember status`` and the widgets."""
