@@ -85,10 +85,13 @@ class EmberExtension:
 
     def post_run_cell(self, result=None) -> None:
         """Renew the saved-notebook snapshots of the widgets this cell displayed (their numbers at
-        its end, not when they were first drawn)."""
+        its end, not when they were first drawn), and take BokehJS out of the outputs."""
         views = sys.modules.get("ember.widgets.views")  # widgets are only imported when used
         if views is not None:
             views.refresh_snapshots(cell_ended=True)
+        bokeh_js = sys.modules.get("ember.widgets.bokeh_js")
+        if bokeh_js is not None:
+            bokeh_js.drop_from_outputs()  # 8 MB of BokehJS the page has run: not for the saved notebook
 
     def pre_run_cell(self, info=None) -> None:
         """Tag the cell about to run: the tag is its execute request's msg_id."""
