@@ -1,7 +1,6 @@
 """The owner's records of its tasks and leases (plain data, shared by the submitter and actor calls)."""
 
 import collections
-import time
 
 from ember.runtime.messages import Error, LeaseGranted, TaskResult, op_of
 from ember.runtime.serialization import deserialize
@@ -41,9 +40,11 @@ class TaskSpec:
         "parent",
         "strategy",
         "events",
+        "state",
     )
 
     def __init__(self):
+        self.state = None  # see task_lifecycle: WAITING, QUEUED, RUNNING, FINISHED
         self.events = True  # False: enable_task_events=False, the task sends no task events
         self.pending = 0
         self.lease = None
@@ -69,7 +70,7 @@ class Lease:
         "manager",
     )
 
-    def __init__(self, grant: LeaseGranted, key, manager):
+    def __init__(self, grant: LeaseGranted, key, manager, now: float):
         self.worker_id = grant.wid
         self.address = grant.addr
         self.client_address = grant.caddr
@@ -80,7 +81,7 @@ class Lease:
         self.manager = manager  # the node manager that granted it: "node_manager" (ours) or an address
         self.key = key
         self.inflight: dict = {}
-        self.idle_since = time.monotonic()
+        self.idle_since = now
         self.retiring = False
 
 

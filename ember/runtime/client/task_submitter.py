@@ -10,7 +10,10 @@ Data flow (all on the client's I/O thread but for ``submit_*``, which build the 
     submit_actor_task --> per-actor queue, in submission order --> the actor's worker
                           actor_update (head): RESTARTING resends unacknowledged calls, DEAD fails them
 
-A lease is kept while tasks of its shape are queued and returned shortly after its worker goes idle.
+The decisions (queues, leases, pipelining, retries, cancellation, lineage) are the plain state
+machine :class:`~ember.runtime.client.task_lifecycle.TaskLifecycle` (``submitter.tasks``); this
+module feeds it what happened and carries out the actions it answers (sends, replies expected, task
+events, objects completed).
 """
 
 import collections
@@ -22,20 +25,20 @@ from functools import partial
 
 from ember import exceptions
 from ember.runtime import protocol
+from ember.runtime.client import task_lifecycle as life
 from ember.runtime.client.actor_calls import ActorCalls
 from ember.runtime.client.object_ref import ObjectRefGenerator
 from ember.runtime.client.ownership import FAILED, PENDING
 from ember.runtime.client.streams import StreamValues
 from ember.runtime.client.task_builder import build_spec
+from ember.runtime.client.task_lifecycle import TaskLifecycle
 from ember.runtime.client.task_spec import (
     Arg,  # noqa: F401 - the worker imports it from here
-    Lease,
-    ShapeQueue,
     TaskSpec,
     describe,
     refused_result,
 )
-from ember.runtime.ids import new_id, task_id_of
+from ember.runtime.ids import task_id_of
 from ember.runtime.messages import (
     ActorUpdate,
     Error,
@@ -48,10 +51,7 @@ from ember.runtime.messages import (
 )
 from ember.runtime.serialization import deserialize
 
-PIPELINE = 2  # tasks sent ahead to one leased worker
-MAX_LEASE_REQUESTS = 8  # outstanding lease requests per resource shape
 LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this are cheaper to move than to chase
-LEASE_LINGER = 0.05  # seconds an idle lease is kept for the next task of its shape
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +68,35 @@ class TaskSubmitter:
     def __init__(self, client, objects):
         self.client = client
         self.objects = objects
-        self.shapes: dict = {}
-        self.leases: dict = {}  # worker id -> Lease
-        self.specs: dict = {}  # task id -> TaskSpec, for every unfinished task this process owns
-        self.dep_waiters: dict = collections.defaultdict(list)
+        self.tasks = TaskLifecycle(locality=self._locality_target)
+        # The machine's tables, under the names the client, tests and soak benchmark read.
+        self.shapes = self.tasks.shapes
+        self.leases = self.tasks.leases  # worker id -> Lease
+        self.specs = self.tasks.specs  # task id -> TaskSpec, for every unfinished task this process owns
+        self.dep_waiters = self.tasks.dep_waiters
+        self.lineage = self.tasks.lineage
         self.actor_calls = ActorCalls(self)
         self.streams: dict = {}  # task id -> Stream of the generator tasks running
         self.stream_values = StreamValues(client, objects)
-        self.lineage: dict = {}  # task id -> TaskSpec of finished tasks whose stored returns may need rebuilding
+        self._running = False  # carrying out actions (see _run)
+        self._backlog: collections.deque = collections.deque()
+        actor_calls = self.actor_calls
+        self._handlers = {
+            life.DISPATCH: self._do_dispatch,
+            life.RECORD: lambda action: self.record(action[1], action[2], action[3], action[4]),
+            life.REQUEST_LEASE: self._do_request_lease,
+            life.CANCEL_LEASE_REQUEST: self._do_cancel_lease_request,
+            life.RETURN_LEASE: self._do_return_lease,
+            life.CLOSE_WORKER: self._do_close_worker,
+            life.KILL_WORKER: self._do_kill_worker,
+            life.CANCEL_TASK: self._do_cancel_task,
+            life.FORGET_REPLY: self._do_forget_reply,
+            life.FAIL: lambda action: self.fail(action[1], action[2]),
+            life.RESUBMIT: lambda action: self.submit(action[1]),
+            life.ACTOR_CALL: lambda action: actor_calls.enqueue(action[1]),
+            life.ACTOR_READY: lambda action: actor_calls.argument_ready(action[1]),
+            life.ACTOR_CANCEL: lambda action: actor_calls.cancel(action[1], action[2], action[3]),
+        }
 
     @property
     def actors(self) -> dict:
@@ -154,7 +175,6 @@ class TaskSubmitter:
 
     # --- dependencies -------------------------------------------------------------------------------
     def submit(self, spec: TaskSpec) -> None:
-        self.specs[spec.task_id] = spec
         if spec.events:
             self.client.task_event(
                 "submitted",
@@ -167,26 +187,19 @@ class TaskSubmitter:
             )
         if spec.stream is not None:
             self.streams[spec.task_id] = spec.stream
-        objects = self.objects.entries
-        for _, ref in spec.refs:
-            entry = objects.get(ref._id)
-            if entry is not None and entry.state == PENDING:
-                spec.pending += 1
-                self.dep_waiters[ref._id].append(spec)
-        if spec.actor is not None:
-            self.actor_calls.enqueue(spec)
-        elif spec.pending == 0:
-            self._enqueue(spec)
+        pending = ()
+        if spec.refs:
+            entries = self.objects.entries
+            pending = []
+            for _, ref in spec.refs:
+                entry = entries.get(ref._id)
+                if entry is not None and entry.state == PENDING:
+                    pending.append(ref._id)
+        self._run(self.tasks.submitted(spec, pending))
 
     def object_ready(self, oid: bytes) -> None:
-        for spec in self.dep_waiters.pop(oid, ()):
-            spec.pending -= 1
-            if spec.pending:
-                continue
-            if spec.actor is not None:
-                self.actor_calls.argument_ready(spec)
-            elif not spec.cancelled:
-                self._enqueue(spec)
+        if oid in self.dep_waiters:
+            self._run(self.tasks.argument_ready(oid))
 
     def resolve(self, spec: TaskSpec, node: bytes | None):
         """Fill in the arguments' values; returns (frames, None) or (None, error of a failed argument).
@@ -217,19 +230,6 @@ class TaskSubmitter:
         spec.header["refs"] = entries
         return frames, None
 
-    # --- normal tasks -------------------------------------------------------------------------------
-    def _enqueue(self, spec: TaskSpec, front: bool = False) -> None:
-        target = self._locality_target(spec) if spec.strategy is None else "node_manager"
-        key = spec.key if target == "node_manager" else (*spec.key[:2], target)
-        shape = self.shapes.get(key)
-        if shape is None:
-            shape = self.shapes[key] = ShapeQueue(spec.resources, spec.running, spec.strategy, target, spec.name)
-        if front:
-            shape.queue.appendleft(spec)
-        else:
-            shape.queue.append(spec)
-        self._pump(key)
-
     def _locality_target(self, spec: TaskSpec) -> str:
         """Data locality: a task whose stored arguments are mostly on another node asks that node's
         manager first (as Ray's owners do), so the arguments need not travel."""
@@ -248,35 +248,30 @@ class TaskSubmitter:
             return "node_manager"
         return client.node_addresses.get(node_id, "node_manager")
 
-    def _pump(self, key) -> None:
-        shape = self.shapes[key]
-        leases = [lease for lease in shape.leases.values() if not lease.retiring]
-        # 1. Every idle leased worker gets a task.
-        for lease in leases:
-            if shape.queue and not lease.inflight:
-                self._dispatch(shape.queue.popleft(), lease)
-        # 2. Ask for more workers for what is left.
-        wanted = min(len(shape.queue), MAX_LEASE_REQUESTS) - len(shape.requests)
-        for _ in range(wanted):
-            self._request_lease(key, shape, shape.target)
-        # 3. Send a task ahead to a busy worker only when the workers on their way could not take
-        # them all: tasks that can run in parallel must not queue behind one another.
-        while len(shape.queue) > len(shape.requests):
-            lease = min(leases, key=lambda lease: len(lease.inflight), default=None)
-            if lease is None or len(lease.inflight) >= PIPELINE:
-                break
-            self._dispatch(shape.queue.popleft(), lease)
-        if not shape.queue and shape.requests:
-            # The answer to each request (a grant that crossed the cancel, or "cancelled") still
-            # comes to _on_lease, which returns a lease nobody needs.
-            for rid, manager in shape.requests.items():
-                self.client.send(manager, {"op": protocol.CANCEL_LEASE_REQUEST, "rid": rid})
-            shape.withdrawn.update(shape.requests)
-            shape.requests.clear()
+    # --- carrying out the machine's actions -------------------------------------------------------
+    def _run(self, actions: list) -> None:
+        """Carry out ``actions`` in order. Actions of events that happen meanwhile (an object
+        completed by RECORD readies a waiting task, say) run after them, in the order they were
+        decided, so tasks reach a worker in the order its lease lists them."""
+        if not actions:
+            return
+        backlog = self._backlog
+        if self._running:
+            backlog.extend(actions)
+            return
+        self._running = True
+        try:
+            handlers = self._handlers
+            for action in actions:
+                handlers[action[0]](action)
+            while backlog:
+                action = backlog.popleft()
+                handlers[action[0]](action)
+        finally:
+            self._running = False
 
-    def _request_lease(self, key, shape: ShapeQueue, manager: str, spilled: bool = False) -> None:
-        rid = new_id(8)
-        shape.requests[rid] = manager
+    def _do_request_lease(self, action) -> None:
+        _, shape, key, rid, manager, spilled = action
         header = {
             "op": protocol.REQUEST_LEASE,
             "rid": rid,
@@ -297,36 +292,26 @@ class TaskSubmitter:
         self.client.send(manager, header, callback=partial(self._on_lease, key, rid))
 
     def _on_lease(self, key, rid, reply, frames) -> None:
-        shape = self.shapes[key]
-        manager = shape.requests.pop(rid, None) or shape.withdrawn.pop(rid, None)
-        if manager is None or (isinstance(reply, Reply) and reply.cancelled):
-            return
-        if isinstance(reply, Error):
-            error = exceptions.TaskUnschedulableError(reply.error or "the task cannot be scheduled")
-            while shape.queue:
-                self.fail(shape.queue.popleft(), error)
-            return
-        if isinstance(reply, Reply) and reply.spillback is not None and reply.address is not None:
+        tasks = self.tasks
+        if isinstance(reply, LeaseGranted):
+            self._run(tasks.lease_granted(key, rid, reply, time.monotonic()))
+        elif isinstance(reply, Reply) and reply.cancelled:
+            tasks.request_cancelled(key, rid)
+        elif isinstance(reply, Error):
+            self._run(tasks.lease_refused(key, rid, reply.error))
+        elif isinstance(reply, Reply) and reply.spillback is not None and reply.address is not None:
             # Another node should run it: ask that node's manager, which grants it there.
             self.client.node_addresses.setdefault(reply.spillback, reply.address)
-            if shape.queue:
-                self._request_lease(key, shape, reply.address, spilled=True)
-            return
-        if not isinstance(reply, LeaseGranted):
+            self._run(tasks.spillback(key, rid, reply.address))
+        else:
             logger.warning("dropped an answer to a lease request that is not one: %r", reply)
-            self._pump(key)  # the request is gone: ask again for what is queued
-            return
-        lease = Lease(reply, key, manager)
-        shape.leases[lease.worker_id] = lease
-        self.leases[lease.worker_id] = lease
-        if not shape.queue:
-            self._return_lease(lease)
-            return
-        self._pump(key)
+            self._run(tasks.request_lost(key, rid))
 
-    def _return_lease(self, lease: Lease) -> None:
-        self.shapes[lease.key].leases.pop(lease.worker_id, None)
-        self.leases.pop(lease.worker_id, None)
+    def _do_cancel_lease_request(self, action) -> None:
+        self.client.send(action[1], {"op": protocol.CANCEL_LEASE_REQUEST, "rid": action[2]})
+
+    def _do_return_lease(self, action) -> None:
+        lease = action[1]
         self.client.send(lease.manager, {"op": protocol.RETURN_LEASE, "wid": lease.worker_id})
         # The worker may be leased to us again soon (keep the socket), or exit idle (close it later).
         self.client.release_peer(lease.address)
@@ -336,50 +321,40 @@ class TaskSubmitter:
         """Whether a lease we hold talks to ``address``."""
         return any(address in (lease.address, lease.client_address) for lease in self.leases.values())
 
-    def _close_worker_peers(self, lease: Lease) -> None:
+    def _do_close_worker(self, action) -> None:
+        lease = action[1]
         self.client.close_peer(lease.address)
         self.client.close_peer(lease.client_address)
 
-    def _dispatch(self, spec: TaskSpec, lease: Lease) -> None:
+    def _do_kill_worker(self, action) -> None:
+        lease = action[1]
+        self.client.send(lease.manager, {"op": protocol.KILL_WORKER, "wid": lease.worker_id})
+
+    def _do_cancel_task(self, action) -> None:
+        _, address, task_id, recursive = action
+        self.client.send(address, {"op": protocol.CANCEL_TASK, "task_id": task_id, "recursive": recursive})
+
+    def _do_forget_reply(self, action) -> None:
+        self.client.forget_reply(action[1])
+
+    def _do_dispatch(self, action) -> None:
+        _, spec, lease = action
         frames, error = self.resolve(spec, lease.node_id)
         if error is not None:
-            self.fail(spec, error)
+            self._run(self.tasks.dispatch_failed(spec, error))
             return
         header = spec.header
         header["res"] = lease.assigned
         header["gpus"] = lease.gpus
-        spec.lease = lease
-        lease.inflight[spec.task_id] = spec
         self.client.send(lease.address, header, frames)
         if spec.events:
             self.client.task_event("running", spec.task_id, node=lease.node_id, worker=lease.worker_id, pid=lease.pid)
         self.client.expect_reply(spec.task_id, partial(self._on_result, spec))
 
     def _on_result(self, spec: TaskSpec, result, frames) -> None:
-        lease = spec.lease
-        spec.lease = None
         refused = refused_result(spec, result, frames)
-        if lease is not None:
-            lease.inflight.pop(spec.task_id, None)
-            if refused is None and result.retire:
-                lease.retiring = True
-        if refused is not None:
-            self.fail(spec, refused)
-        elif result.rejected:
-            self._enqueue(spec, front=True)
-        elif result.err and self.should_retry(spec, frames[0]):
-            spec.retries_left -= 1 if spec.retries_left > 0 else 0
-            self._enqueue(spec)
-        else:
-            self.record(spec, result, frames)
-        if lease is not None:
-            if lease.retiring and not lease.inflight:
-                self.shapes[lease.key].leases.pop(lease.worker_id, None)
-                self.leases.pop(lease.worker_id, None)
-                self._close_worker_peers(lease)  # it exits now (max_calls): one socket per task otherwise
-            elif not lease.inflight:
-                lease.idle_since = time.monotonic()
-            self._pump(lease.key)
+        retry = refused is None and not result.rejected and bool(result.err) and self.should_retry(spec, frames[0])
+        self._run(self.tasks.task_result(spec, result, frames, refused, retry, time.monotonic()))
 
     def should_retry(self, spec: TaskSpec, error_bytes) -> bool:
         if spec.cancelled or spec.retries_left == 0 or not spec.retry_exceptions:
@@ -394,8 +369,9 @@ class TaskSubmitter:
             return False
         return isinstance(cause, tuple(spec.retry_exceptions))
 
-    def record(self, spec: TaskSpec, result: TaskResult, frames) -> None:
-        """A task's values (or its error), checked by ``refused_result``, become its return objects."""
+    def record(self, spec: TaskSpec, result: TaskResult, frames, keep_arguments: bool = False) -> None:
+        """A task's values (or its error), checked by ``refused_result``, become its return objects;
+        ``keep_arguments``: the task stays in the lineage, to be run again if a stored return is lost."""
         complete = self.objects.complete
         if result.err:
             error = bytes(frames[0])
@@ -412,7 +388,6 @@ class TaskSubmitter:
             self.stream_values.complete_dynamic(spec)
         elif spec.stream is None:
             position = 0
-            stored = False
             for oid, ret in zip(spec.return_ids, result.rets):
                 contained = [(inner.oid, inner.owner) for inner in ret.refs]
                 if ret.kind == "v":
@@ -421,18 +396,11 @@ class TaskSubmitter:
                     position += 1 + ret.first
                 else:
                     complete(oid, node_id=ret.second, size=ret.first, contained=contained)
-                    stored = True
-            if stored and spec.actor is None and spec.retries_left != 0:
-                # Lineage: a stored return dies with its node; re-running the task rebuilds it, so
-                # the task (and its arguments) stays known while any of its returns is referenced.
-                self.lineage[spec.task_id] = spec
-                self._finish(spec, keep_arguments=True, ran=result.ran)
-                return
-        self._finish(spec, ran=result.ran)
+        self._finish(spec, keep_arguments=keep_arguments, ran=result.ran)
 
     def _finish(self, spec: TaskSpec, error=None, keep_arguments: bool = False, ran: float | None = None) -> None:
         """``ran``: the seconds the worker says it ran the task (without the time it was queued there)."""
-        self.specs.pop(spec.task_id, None)
+        self.tasks.finished(spec)  # the machine knows already of a normal task; an actor call ends here
         if spec.events:
             fields = {} if ran is None else {"ran": ran}
             if error is None:
@@ -462,63 +430,19 @@ class TaskSubmitter:
 
     def lease_lost(self, worker_id: bytes) -> None:
         """A leased worker is gone: its tasks are retried (or fail when they have no retries left)."""
-        lease = self.leases.pop(worker_id, None)
-        if lease is None:
-            return
-        self.shapes[lease.key].leases.pop(lease.worker_id, None)
-        self._close_worker_peers(lease)
-        for spec in list(lease.inflight.values()):
-            spec.lease = None
-            self.client.forget_reply(spec.task_id)
-            if spec.cancelled:
-                self.fail(spec, exceptions.TaskCancelledError(f"Task {spec.name} was cancelled (force=True)."))
-            elif lease.retiring:
-                self._enqueue(spec, front=True)
-            elif spec.retries_left != 0 and (spec.stream is None or not spec.stream.items):
-                spec.retries_left -= 1 if spec.retries_left > 0 else 0
-                self._enqueue(spec, front=True)
-            else:
-                self.fail(
-                    spec,
-                    exceptions.WorkerCrashedError(
-                        f"The worker running task {spec.name} died unexpectedly (SIGKILL, out of memory, or "
-                        "os._exit) and the task has no retries left (max_retries)."
-                    ),
-                )
-        self._pump(lease.key)
+        self._run(self.tasks.worker_died(worker_id))
 
-    # --- node failure ---------------------------------------------------------------------------
     def on_node_dead(self, node_id: bytes, address: str | None) -> None:
         """Leases on a dead node are lost like dead workers (their tasks retried); lease requests
         waiting there are asked again elsewhere."""
-        for lease in [lease for lease in self.leases.values() if lease.node_id == node_id]:
-            self.lease_lost(lease.worker_id)
-        for key, shape in list(self.shapes.items()):
-            lost = [rid for rid, manager in shape.requests.items() if manager == address]
-            for rid in lost:
-                del shape.requests[rid]
-                self.client.forget_reply(rid)
-            for rid in [rid for rid, manager in shape.withdrawn.items() if manager == address]:
-                del shape.withdrawn[rid]  # no answer will come
-                self.client.forget_reply(rid)
-            if shape.target == address:
-                shape.target = "node_manager"
-            if lost:
-                self._pump(key)
+        self._run(self.tasks.node_dead(node_id, address))
 
     def can_rebuild(self, oid: bytes) -> bool:
-        spec = self.lineage.get(task_id_of(oid))
-        return spec is not None and spec.retries_left != 0
+        return self.tasks.can_rebuild(oid)
 
     def rebuild(self, oids: list) -> None:
         """Re-run the tasks that made these lost objects (each task once, whatever it returned)."""
-        for task_id in dict.fromkeys(task_id_of(oid) for oid in oids):
-            spec = self.lineage.pop(task_id, None)
-            if spec is None:
-                continue
-            spec.retries_left -= 1 if spec.retries_left > 0 else 0
-            spec.lease, spec.pending, spec.cancelled = None, 0, False
-            self.submit(spec)
+        self._run(self.tasks.rebuild(oids))
 
     def forget_lineage(self, oid: bytes) -> None:
         """An owned object was freed (called with the client's lock held, on any thread)."""
@@ -526,9 +450,8 @@ class TaskSubmitter:
             self.client.call_soon(self._forget_lineage, task_id_of(oid))
 
     def _forget_lineage(self, task_id: bytes) -> None:
-        spec = self.lineage.get(task_id)
-        if spec is not None and not any(oid in self.objects.entries for oid in spec.return_ids):
-            del self.lineage[task_id]
+        spec = self.tasks.lineage_released(task_id, self.objects.entries)
+        if spec is not None:
             spec.keepalive = None
 
     def on_infeasible(self, msg: LeaseInfeasible, frames) -> None:
@@ -540,28 +463,14 @@ class TaskSubmitter:
         )
 
     def tick(self, now: float) -> None:
-        empty = []
-        for key, shape in self.shapes.items():
-            if shape.queue:
-                continue
-            for lease in [lease for lease in shape.leases.values() if not lease.inflight]:
-                if now - lease.idle_since > LEASE_LINGER:
-                    self._return_lease(lease)
-            if not shape.leases and not shape.requests and not shape.withdrawn:
-                empty.append(key)
-        # A shape with nothing queued, leased or asked for is forgotten (its next task makes a new
-        # one, which costs less than a lease): shapes keyed by locality target or by placement
-        # group would otherwise pile up for good.
-        for key in empty:
-            del self.shapes[key]
+        self._run(self.tasks.tick(now))
 
     def close(self) -> None:
-        for lease in list(self.leases.values()):
-            self._return_lease(lease)
+        self._run(self.tasks.close())
 
     def idle(self) -> bool:
         """No task of ours is unfinished and we hold no lease."""
-        return not self.specs and not self.leases and not any(shape.requests for shape in self.shapes.values())
+        return self.tasks.idle()
 
     # --- streaming generators -----------------------------------------------------------------------
     def on_stream_item(self, msg: StreamItem, frames) -> None:
@@ -576,31 +485,7 @@ class TaskSubmitter:
 
     # --- cancellation -------------------------------------------------------------------------------
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
-        spec = self.specs.get(task_id)
-        if spec is None or spec.cancelled:
-            return
-        spec.cancelled = True
-        error = exceptions.TaskCancelledError(f"Task {spec.name} was cancelled.")
-        if spec.actor is not None:
-            self.actor_calls.cancel(spec, error, recursive)
-            return
-        if spec.lease is None:
-            for shape in self.shapes.values():  # the shape it queues in may be keyed by locality too
-                if spec in shape.queue:
-                    shape.queue.remove(spec)
-            self.fail(spec, error)
-            return
-        running = next(iter(spec.lease.inflight)) == task_id  # a worker runs its tasks in order
-        if force and running:
-            # The other task sent ahead to this worker did nothing wrong: it goes back to the queue
-            # without using a retry, as when a worker retires.
-            spec.lease.retiring = True
-            self.client.send(spec.lease.manager, {"op": protocol.KILL_WORKER, "wid": spec.lease.worker_id})
-        else:  # a task still waiting on the worker is refused there when its turn comes
-            self.client.send(
-                spec.lease.client_address, {"op": protocol.CANCEL_TASK, "task_id": task_id, "recursive": recursive}
-            )
+        self._run(self.tasks.cancel(task_id, force, recursive))
 
     def cancel_children(self, parent: bytes) -> None:
-        for spec in [s for s in self.specs.values() if s.parent == parent]:
-            self.cancel(spec.task_id, force=False, recursive=True)
+        self._run(self.tasks.cancel_children(parent))
