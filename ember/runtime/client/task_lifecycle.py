@@ -131,13 +131,17 @@ class TaskLifecycle:
 
     def _pump(self, key, shape, actions: list) -> None:
         queue = shape.queue
+        requests = shape.requests
+        if not queue:  # the common case after a result: nothing to hand out, maybe requests to withdraw
+            if requests:
+                self._withdraw(shape, actions)
+            return
         leases = [lease for lease in shape.leases.values() if not lease.retiring]
         # 1. Every idle leased worker gets a task.
         for lease in leases:
             if queue and not lease.inflight:
                 self._dispatch(queue.popleft(), lease, actions)
         # 2. Ask for more workers for what is left.
-        requests = shape.requests
         for _ in range(min(len(queue), MAX_LEASE_REQUESTS) - len(requests)):
             self._request_lease(key, shape, shape.target, False, actions)
         # 3. Send a task ahead to a busy worker only when the workers on their way could not take
@@ -148,11 +152,15 @@ class TaskLifecycle:
                 break
             self._dispatch(queue.popleft(), lease, actions)
         if not queue and requests:
-            # The answer to each request (a grant that crossed the cancel, or "cancelled") still comes.
-            for rid, manager in requests.items():
-                actions.append((CANCEL_LEASE_REQUEST, manager, rid))
-            shape.withdrawn.update(requests)
-            requests.clear()
+            self._withdraw(shape, actions)
+
+    def _withdraw(self, shape, actions: list) -> None:
+        # The answer to each request (a grant that crossed the cancel, or "cancelled") still comes.
+        requests = shape.requests
+        for rid, manager in requests.items():
+            actions.append((CANCEL_LEASE_REQUEST, manager, rid))
+        shape.withdrawn.update(requests)
+        requests.clear()
 
     def _dispatch(self, spec, lease, actions: list) -> None:
         spec.state = RUNNING
@@ -234,7 +242,7 @@ class TaskLifecycle:
         """The worker's answer to a task we sent: ``refused`` is why it cannot be taken (None when it
         can, see ``refused_result``); ``retry`` whether its error may be retried (``retry_exceptions``)."""
         lease = spec.lease
-        if spec.state != RUNNING or lease is None or self.specs.get(spec.task_id) is not spec:
+        if lease is None or spec.state != RUNNING:
             return []
         spec.lease = None
         lease.inflight.pop(spec.task_id, None)

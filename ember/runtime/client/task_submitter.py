@@ -31,7 +31,7 @@ from ember.runtime.client.object_ref import ObjectRefGenerator
 from ember.runtime.client.ownership import FAILED, PENDING
 from ember.runtime.client.streams import StreamValues
 from ember.runtime.client.task_builder import build_spec
-from ember.runtime.client.task_lifecycle import TaskLifecycle
+from ember.runtime.client.task_lifecycle import FINISHED, TaskLifecycle
 from ember.runtime.client.task_spec import (
     Arg,  # noqa: F401 - the worker imports it from here
     TaskSpec,
@@ -353,7 +353,7 @@ class TaskSubmitter:
 
     def _on_result(self, spec: TaskSpec, result, frames) -> None:
         refused = refused_result(spec, result, frames)
-        retry = refused is None and not result.rejected and bool(result.err) and self.should_retry(spec, frames[0])
+        retry = refused is None and not result.rejected and result.err and self.should_retry(spec, frames[0])
         self._run(self.tasks.task_result(spec, result, frames, refused, retry, time.monotonic()))
 
     def should_retry(self, spec: TaskSpec, error_bytes) -> bool:
@@ -400,7 +400,8 @@ class TaskSubmitter:
 
     def _finish(self, spec: TaskSpec, error=None, keep_arguments: bool = False, ran: float | None = None) -> None:
         """``ran``: the seconds the worker says it ran the task (without the time it was queued there)."""
-        self.tasks.finished(spec)  # the machine knows already of a normal task; an actor call ends here
+        if spec.state != FINISHED:  # the machine knows already of a normal task; an actor call ends here
+            self.tasks.finished(spec)
         if spec.events:
             fields = {} if ran is None else {"ran": ran}
             if error is None:
