@@ -378,6 +378,7 @@ def test_invalid_events_give_nothing_and_change_nothing():
     assert tasks.argument_ready(b"nobody waits") == []
     assert tasks.dispatch_failed(stranger, RuntimeError()) == []
     assert tasks.rebuild([return_object_id(new_task_id(), 0)]) == []
+    assert tasks.submitted(spec) == []  # submitted twice
     assert snapshot(tasks) == before
     tasks.task_result(spec, ok(spec), [b"ok"], None, False, 0.0)
     assert tasks.task_result(spec, ok(spec), [b"ok"], None, False, 0.0) == []  # answered twice

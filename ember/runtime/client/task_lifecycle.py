@@ -82,6 +82,8 @@ class TaskLifecycle:
     # --- submission and arguments ------------------------------------------------------------------
     def submitted(self, spec, pending=()) -> list:
         """A task or actor call to run; ``pending``: the ids of its owned arguments not ready yet."""
+        if spec.task_id in self.specs:
+            return []  # submitted twice: it is on its way already
         self.specs[spec.task_id] = spec
         for oid in pending:
             spec.pending += 1
