@@ -246,37 +246,48 @@ class TaskLifecycle:
         lease = spec.lease
         if lease is None or spec.state != RUNNING:
             return []
+        task_id = spec.task_id
         spec.lease = None
-        lease.inflight.pop(spec.task_id, None)
+        inflight = lease.inflight
+        del inflight[task_id]
         if refused is None and result.retire:
-            lease.retiring = True
-        actions = []
+            lease.retiring = True  # before any requeue below: the task must not go back to it
         if refused is not None:
+            actions = []
             self._fail(spec, refused, actions)
         elif result.rejected:
+            actions = []
             self._enqueue(spec, actions, front=True)
         elif result.err and retry:
+            actions = []
             self._use_retry(spec)
             self._enqueue(spec, actions)
         else:
             keep = False
-            if not result.err and spec.stream is None and spec.retries_left != 0:
+            if spec.retries_left != 0 and spec.stream is None and not result.err:
                 # Lineage: a stored return dies with its node; re-running the task rebuilds it, so
                 # the task (and its arguments) stays known while any of its returns is referenced.
-                keep = any(ret.kind != "v" for ret in result.rets)
-            self._finished(spec)
-            if keep:
-                self.lineage[spec.task_id] = spec
-            actions.append((RECORD, spec, result, frames, keep))
-        if self.leases.get(lease.worker_id) is lease:
+                for ret in result.rets:
+                    if ret.kind != "v":
+                        keep = True
+                        self.lineage[task_id] = spec
+                        break
+            spec.state = FINISHED
+            self.specs.pop(task_id, None)
+            actions = [(RECORD, spec, result, frames, keep)]
+        if inflight:
             shape = self.shapes[lease.key]
-            if lease.retiring and not lease.inflight:
-                shape.leases.pop(lease.worker_id, None)
+        elif self.leases.get(lease.worker_id) is not lease:
+            return actions  # not ours any more (the worker died meanwhile)
+        else:
+            shape = self.shapes[lease.key]
+            if lease.retiring:
+                del shape.leases[lease.worker_id]
                 del self.leases[lease.worker_id]
                 actions.append((CLOSE_WORKER, lease))  # it exits now (max_calls)
-            elif not lease.inflight:
+            else:
                 lease.idle_since = now
-            self._pump(lease.key, shape, actions)
+        self._pump(lease.key, shape, actions)
         return actions
 
     def dispatch_failed(self, spec, error: Exception) -> list:
