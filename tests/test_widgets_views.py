@@ -237,3 +237,21 @@ def test_cluster_widget_shows_the_nodes_workers_by_state(cluster):
         ember.kill(holder)
     finally:
         feed.stop()
+
+
+def test_an_infeasible_task_shows_in_the_cluster_widget(cluster):
+    feed = EventFeed(core_client.current_client().publisher_address).start()
+    try:
+
+        @ember.remote(num_cpus=64)
+        def too_big():
+            return 1
+
+        ref = too_big.remote()
+        view = widgets.Cluster(feed=feed)
+        wait_for(lambda: "infeasible" in view.html.value and "{CPU: 64}" in view.html.value, timeout=20)
+        ember.cancel(ref)
+        wait_for(lambda: "ember-demand" not in view.html.value, timeout=20, message="the demand to go")
+        view.close()
+    finally:
+        feed.stop()

@@ -382,11 +382,15 @@ class TaskLifecycle:
             return [(ACTOR_CANCEL, spec, error, recursive)]
         lease = spec.lease
         if lease is None:
+            actions = []
             if spec.state == QUEUED:
-                for shape in self.shapes.values():  # the shape it queues in may be keyed by locality too
+                for key, shape in list(self.shapes.items()):  # it may queue in a shape keyed by locality too
                     if spec in shape.queue:
                         shape.queue.remove(spec)
-            actions = []
+                        # Its lease requests go with it when nothing else waits: a request left at the
+                        # node manager would be demand for a task that no longer exists (an
+                        # infeasible one would have the autoscaler launch a node for nothing).
+                        self._pump(key, shape, actions)
             self._fail(spec, error, actions)
             return actions
         if force and next(iter(lease.inflight)) == task_id:  # a worker runs its tasks in order
