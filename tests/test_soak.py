@@ -39,7 +39,7 @@ def test_ended_cache_rejects_bad_capacity(capacity, error):
 
 def test_caps_come_from_the_environment():
     name, default = DESTROYED_ACTORS
-    assert cap_from_env(DESTROYED_ACTORS, {}) == default == 100_000
+    assert cap_from_env(DESTROYED_ACTORS, {}) == default == 1000
     assert cap_from_env(DESTROYED_ACTORS, {name: "50"}) == 50
     for bad in ("0", "-3", "many"):
         with pytest.raises(ValueError, match=name):

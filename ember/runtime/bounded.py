@@ -8,17 +8,21 @@ lookup of it gets the same answer as for an id never seen ("not found", or DEAD 
 Caps (environment variables, read when the head starts; Ray's equivalent in brackets):
 
 =================================================== ======= =============================================
-``EMBER_MAXIMUM_DESTROYED_ACTOR_CACHED_COUNT``      100000  dead actors (``maximum_gcs_destroyed_actor_cached_count``)
+``EMBER_MAXIMUM_DESTROYED_ACTOR_CACHED_COUNT``      1000    dead actors (``maximum_gcs_destroyed_actor_cached_count``)
 ``EMBER_MAXIMUM_DEAD_NODE_CACHED_COUNT``            1000    dead nodes (``maximum_gcs_dead_node_cached_count``)
 ``EMBER_MAXIMUM_DEAD_JOB_CACHED_COUNT``             1000    finished jobs (``maximum_gcs_dead_job_cached_count``)
 ``EMBER_MAXIMUM_REMOVED_PLACEMENT_GROUP_CACHED_COUNT`` 1000 removed placement groups
 =================================================== ======= =============================================
+
+Ray keeps 100,000 dead actors by default; here a dead actor costs the head about 2 KB, so that
+would be some 200 MB on a notebook's machine before the cap held. 1,000 keeps the precise death
+cause of every recent actor; an older one answers DEAD like an id never seen.
 """
 
 import collections
 import os
 
-DESTROYED_ACTORS = ("EMBER_MAXIMUM_DESTROYED_ACTOR_CACHED_COUNT", 100_000)
+DESTROYED_ACTORS = ("EMBER_MAXIMUM_DESTROYED_ACTOR_CACHED_COUNT", 1000)
 DEAD_NODES = ("EMBER_MAXIMUM_DEAD_NODE_CACHED_COUNT", 1000)
 DEAD_JOBS = ("EMBER_MAXIMUM_DEAD_JOB_CACHED_COUNT", 1000)
 REMOVED_PLACEMENT_GROUPS = ("EMBER_MAXIMUM_REMOVED_PLACEMENT_GROUP_CACHED_COUNT", 1000)
