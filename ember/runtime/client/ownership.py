@@ -33,6 +33,7 @@ from ember.runtime.client.object_entries import (  # noqa: F401 - re-exported: c
 )
 from ember.runtime.client.object_ref import ObjectRef
 from ember.runtime.client.reference_table import ReferenceTable
+from ember.runtime.client.waiting import Waiting
 from ember.runtime.ids import put_object_id
 from ember.runtime.messages import AddBorrower, Error, GetObject, Location, NodeDead, OwnerDied, RemoveBorrower, Reply
 from ember.runtime.node.object_store import layout, object_path, read_object, write_object
@@ -531,24 +532,35 @@ class Ownership:
     def get(self, refs: list, timeout: float | None = None) -> list:
         deadline = None if timeout is None else time.monotonic() + timeout
         holders = []
-        with self.cond, _Waiting(self.io) as waiting:
-            # Objects never go back to pending, so each ref is checked until ready, then never again.
-            while len(holders) < len(refs):
-                state, holder = self.state_of(refs[len(holders)])
-                if state != PENDING:
-                    holders.append(holder)
-                    continue
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise exceptions.GetTimeoutError(f"Get timed out: some object(s) not ready after {timeout} s.")
-                waiting.wait(remaining)
+        with self.cond:
+            if not self._take_ready(refs, holders):  # values already here need no waiting at all
+                with Waiting(self.io) as waiting:
+                    while True:
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            raise exceptions.GetTimeoutError(
+                                f"Get timed out: some object(s) not ready after {timeout} s."
+                            )
+                        waiting.wait(remaining)
+                        if self._take_ready(refs, holders):
+                            break
         return [self._value_of(ref._id, holder) for ref, holder in zip(refs, holders)]
+
+    def _take_ready(self, refs: list, holders: list) -> bool:
+        """Append to ``holders`` the holders of ``refs[len(holders):]`` while they are ready; True when
+        all are. Objects never go back to pending, so each ref is checked until ready, then never again."""
+        while len(holders) < len(refs):
+            state, holder = self.state_of(refs[len(holders)])
+            if state == PENDING:
+                return False
+            holders.append(holder)
+        return True
 
     def wait(self, refs: list, num_returns: int, timeout: float | None, fetch_local: bool = True):
         deadline = None if timeout is None else time.monotonic() + timeout
         ready: list = []
         pending = list(refs)
-        with self.cond, _Waiting(self.io) as waiting:
+        with self.cond, Waiting(self.io) as waiting:
             while True:
                 still = []
                 for ref in pending:
@@ -570,31 +582,3 @@ class Ownership:
         with self.cond:
             for ref in refs:
                 self._carry_out(self.references.forget(ref._id))
-
-
-class _Waiting:
-    """A thread waiting in ``get`` or ``wait``, with the client's condition held. ``wait`` runs a
-    round of the client's loop (or waits for whoever runs it); on the way out, the thread gives up
-    leading (others may lead, a SIGINT held meanwhile runs) and, in a worker, takes back the CPU it
-    lent while it waited (nested tasks)."""
-
-    __slots__ = ("io", "led", "blocked")
-
-    def __init__(self, io):
-        self.io = io
-        self.led = self.blocked = False
-
-    def __enter__(self):
-        return self
-
-    def wait(self, remaining: float | None) -> None:
-        if not self.blocked:
-            self.blocked = self.io.notify_blocked(True)
-        self.io.lead_once(remaining)
-        self.led = True
-
-    def __exit__(self, *exc_info) -> None:
-        if self.led:
-            self.io.stop_leading()
-        if self.blocked:
-            self.io.notify_blocked(False)
