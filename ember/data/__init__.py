@@ -1,0 +1,47 @@
+"""ember.data: Ray Data's API on Ember's core (Arrow blocks, a streaming executor).
+
+``import ember.data`` (or ``ember.data`` after ``import ember``) loads pyarrow; ``import ember``
+alone does not.
+"""
+
+from ember.data.block import BlockMetadata
+from ember.data.context import DataContext, ExecutionOptions, ExecutionResources
+from ember.data.dataset import Dataset, MaterializedDataset
+from ember.data.plan import ActorPoolStrategy, TaskPoolStrategy
+from ember.data.sources import (
+    from_arrow,
+    from_items,
+    from_numpy,
+    from_pandas,
+    range,
+    range_tensor,
+    read_binary_files,
+    read_csv,
+    read_json,
+    read_numpy,
+    read_parquet,
+    read_text,
+)
+
+__all__ = [
+    "ActorPoolStrategy",
+    "BlockMetadata",
+    "DataContext",
+    "Dataset",
+    "ExecutionOptions",
+    "ExecutionResources",
+    "MaterializedDataset",
+    "TaskPoolStrategy",
+    "from_arrow",
+    "from_items",
+    "from_numpy",
+    "from_pandas",
+    "range",
+    "range_tensor",
+    "read_binary_files",
+    "read_csv",
+    "read_json",
+    "read_numpy",
+    "read_parquet",
+    "read_text",
+]

@@ -1,0 +1,160 @@
+"""Blocks (pyarrow Tables) and the batch formats user functions see.
+
+A block travels through the object store; its metadata (rows, bytes, schema) stays beside its ref
+on the driver so that counts, schemas and the executor's memory budget need no fetch.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+BATCH_FORMATS = ("default", "numpy", "pandas", "pyarrow")
+
+
+@dataclass(frozen=True)
+class BlockMetadata:
+    """What the driver knows about a block without fetching it."""
+
+    num_rows: int
+    size_bytes: int
+    schema: pa.Schema | None
+
+
+def metadata_of(table: pa.Table) -> BlockMetadata:
+    return BlockMetadata(table.num_rows, table.nbytes, table.schema)
+
+
+def check_batch_format(batch_format) -> str:
+    if batch_format is None:
+        return "default"
+    if batch_format not in BATCH_FORMATS:
+        raise ValueError(f"batch_format must be one of {', '.join(map(repr, BATCH_FORMATS))}, got {batch_format!r}.")
+    return batch_format
+
+
+def _is_tensor(column_type) -> bool:
+    return isinstance(column_type, pa.FixedShapeTensorType)
+
+
+def column_to_numpy(column: pa.ChunkedArray, zero_copy: bool = False) -> np.ndarray:
+    """A column as numpy; tensor columns come back as one ndarray of shape (rows, *shape)."""
+    if _is_tensor(column.type):
+        chunk = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        return chunk.to_numpy_ndarray()
+    if column.num_chunks == 1:
+        try:
+            return column.chunk(0).to_numpy(zero_copy_only=True)
+        except pa.ArrowInvalid:
+            pass
+    values = column.to_numpy()
+    if values.dtype == object and pa.types.is_list(column.type):
+        # Equal-length lists read best as one 2-D array, as Ray shows them.
+        try:
+            return np.stack(values)
+        except ValueError:
+            return values
+    return values
+
+
+def to_batch(table: pa.Table, batch_format: str, zero_copy: bool = False):
+    """Convert a block to the batch format a user function asked for."""
+    if batch_format == "pyarrow":
+        return table
+    if batch_format == "pandas":
+        return table.to_pandas()
+    batch = {name: column_to_numpy(table.column(name), zero_copy) for name in table.column_names}
+    if not zero_copy:
+        # Arrays mapped from the shared-memory store are read-only; a user function that mutates
+        # its batch in place (as Ray's default allows) needs its own copy.
+        batch = {k: (v.copy() if isinstance(v, np.ndarray) and not v.flags.writeable else v) for k, v in batch.items()}
+    return batch
+
+
+def _array_of(values) -> pa.Array:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
+    if isinstance(values, np.ndarray) and values.ndim > 1:
+        return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(values))
+    if isinstance(values, list) and values and isinstance(values[0], np.ndarray):
+        shapes = {v.shape for v in values}
+        if len(shapes) == 1 and values[0].ndim >= 1:
+            return pa.FixedShapeTensorArray.from_numpy_ndarray(np.stack(values))
+        return pa.array([v.tolist() for v in values])
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        # Values Arrow cannot type (arbitrary Python objects) travel pickled, one binary per row.
+        import pickle
+
+        return pa.array([pickle.dumps(v) for v in values], type=pa.binary())
+
+
+def from_batch(batch) -> pa.Table:
+    """Turn what a user function returned (dict of arrays, DataFrame, Table) into a block."""
+    if isinstance(batch, pa.Table):
+        return batch
+    if isinstance(batch, pa.RecordBatch):
+        return pa.Table.from_batches([batch])
+    if isinstance(batch, dict):
+        columns = {str(name): _array_of(values) for name, values in batch.items()}
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"A batch's columns must have equal lengths, got {sorted(lengths)}.")
+        return pa.table(columns)
+    try:
+        import pandas as pd
+    except ImportError:
+        pd = None
+    if pd is not None and isinstance(batch, pd.DataFrame):
+        return pa.Table.from_pandas(batch, preserve_index=False)
+    raise TypeError(
+        f"A batch must be a dict of column arrays, a pandas.DataFrame or a pyarrow.Table; got {type(batch).__name__}."
+    )
+
+
+def from_rows(rows: list) -> pa.Table:
+    """A block from a list of row dicts (keys of the first row name the columns)."""
+    if not rows:
+        return pa.table({})
+    for row in rows:
+        if not isinstance(row, dict):
+            raise TypeError(f"A row must be a dict, got {type(row).__name__}: {row!r:.80}")
+    names = list(rows[0])
+    for row in rows:
+        for name in row:
+            if name not in names:
+                names.append(name)
+    return pa.table({str(n): _array_of([row.get(n) for row in rows]) for n in names})
+
+
+def iter_rows(table: pa.Table):
+    """Rows of a block as dicts; tensor columns give one ndarray per row."""
+    tensors = {n: column_to_numpy(table.column(n)) for n in table.column_names if _is_tensor(table.column(n).type)}
+    if not tensors:
+        yield from table.to_pylist()
+        return
+    plain = table.drop_columns(list(tensors)).to_pylist() if len(tensors) < table.num_columns else None
+    for i in range(table.num_rows):
+        row = {}
+        for name in table.column_names:
+            row[name] = tensors[name][i] if name in tensors else plain[i][name]
+        yield row
+
+
+def concat(tables: list) -> pa.Table:
+    tables = [t for t in tables if t.num_columns or t.num_rows]
+    if not tables:
+        return pa.table({})
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables)
+    except pa.ArrowInvalid:
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
+def split_rows(table: pa.Table, max_rows: int) -> list:
+    if max_rows is None or table.num_rows <= max_rows:
+        return [table]
+    return [table.slice(i, max_rows) for i in range(0, table.num_rows, max_rows)]

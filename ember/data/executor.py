@@ -1,0 +1,475 @@
+"""The streaming executor: blocks flow through physical operators within an object-store budget.
+
+It runs as a generator in the consuming thread: each ``next()`` launches whatever the budget
+allows (downstream operators first, so the pipeline drains before it fills), waits for any task to
+finish, and hands the consumer the next output block. The policy is plain state (``OpState`` and
+``Budget``); the only I/O is ``ember.remote``/``wait``/``get``/``cancel``/``kill``. Whatever way the
+generator ends (exhausted, an error, KeyboardInterrupt, the consumer closing it) its ``finally``
+cancels the tasks still running and kills the pool's actors.
+"""
+
+import collections
+import time
+from dataclasses import dataclass, field
+
+import ember
+from ember.data import block as blk
+from ember.data.context import DataContext
+from ember.data.plan import ActorPoolStrategy, PhysicalOp, apply_stages
+
+
+@dataclass
+class OpStats:
+    name: str
+    tasks: int = 0
+    blocks_out: int = 0
+    rows_out: int = 0
+    bytes_out: int = 0
+    task_seconds: float = 0.0
+    actors_started: int = 0
+    actors_killed_idle: int = 0
+    max_actors: int = 0
+    min_actors: int | None = None
+
+
+@dataclass
+class ExecutionStats:
+    """What one execution did; ``peak_bytes``/``peak_blocks`` are the most it held in flight."""
+
+    budget: int = 0
+    peak_bytes: int = 0
+    peak_blocks: int = 0
+    wall_seconds: float = 0.0
+    ops: list = field(default_factory=list)
+
+    def op(self, prefix: str) -> OpStats:
+        for stats in self.ops:
+            if stats.name.startswith(prefix) or prefix in stats.name:
+                return stats
+        raise KeyError(prefix)
+
+    def summary(self) -> str:
+        lines = []
+        for s in self.ops:
+            line = f"Operator {s.name}: {s.tasks} tasks, {s.blocks_out} blocks, {s.rows_out} rows, {_fmt(s.bytes_out)}"
+            if s.actors_started:
+                line += f", actors {s.min_actors or 0}..{s.max_actors} ({s.actors_started} started)"
+            lines.append(line)
+        lines.append(
+            f"Execution: {self.wall_seconds:.2f} s, peak in flight {self.peak_blocks} blocks / "
+            f"{_fmt(self.peak_bytes)} of a {_fmt(self.budget)} budget"
+        )
+        return "\n".join(lines)
+
+
+def _fmt(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def run_block(stages, item, columns, limit, seq=0):
+    """Body of every map task and pool call: read (if the item is a read task), then each stage."""
+    for stage in stages:
+        stage.index = seq  # a write names its file after the block's place in the dataset
+    table = item.read(columns, limit) if hasattr(item, "read") else item
+    table = apply_stages(stages, table)
+    return table, blk.metadata_of(table)
+
+
+def _slice_block(table, n):
+    table = table.slice(0, n)
+    return table, blk.metadata_of(table)
+
+
+class _PoolWorker:
+    """An actor of a map's pool: builds the user's callable class once, then maps blocks."""
+
+    def __init__(self, stages):
+        self.stages = stages
+        for stage in stages:
+            stage.setup()
+
+    def ready(self):
+        return True
+
+    def process(self, item, columns, limit, seq=0):
+        return run_block(self.stages, item, columns, limit, seq)
+
+
+@dataclass
+class _Running:
+    block_ref: object
+    seq: int
+    in_bytes: int
+    est_bytes: int
+    actor: object = None
+    started: float = 0.0
+
+
+@dataclass
+class _Actor:
+    handle: object
+    ready_ref: object
+    ready: bool = False
+    inflight: int = 0
+
+
+class OpState:
+    """The run-time state of one physical operator."""
+
+    def __init__(self, op: PhysicalOp, upstream: list, ctx: DataContext, cpus: float):
+        self.op, self.upstream, self.ctx = op, upstream, ctx
+        self.stats = OpStats(op.name)
+        self.inputs = collections.deque()  # (item, in_bytes) waiting for a task
+        self.outputs = collections.deque()  # (block_ref, meta) ready for downstream
+        self.finished = {}  # seq -> bundle, completed out of order
+        self.running = {}  # meta_ref -> _Running
+        self.next_seq = self.next_out = 0
+        self.stopped = False
+        self.out_sizes = []
+        self.actors = []
+        self.pool_started = False
+        self.rows_passed = 0  # limit
+        self.fn = None
+        self.groups = [[] for _ in upstream]  # a barrier's inputs, one list per upstream
+        if op.kind == "map" and op.read is not None:
+            read = op.read
+            remaining = read.limit
+            for task in read.tasks:
+                if remaining is not None and remaining <= 0:
+                    break
+                self.inputs.append((task, 0))
+                if remaining is not None and task.num_rows is not None:
+                    remaining -= task.num_rows
+        if op.kind == "input":
+            self.outputs.extend(op.bundles)
+            self.next_seq = len(op.bundles)
+        pool = op.compute if isinstance(op.compute, ActorPoolStrategy) else None
+        self.pool = pool
+        cap = op.concurrency if isinstance(op.concurrency, int) else None
+        self.max_tasks = cap or max(2, int(2 * cpus))
+
+    # -- state -------------------------------------------------------------------------------------
+
+    def inputs_done(self) -> bool:
+        return all(u.done() for u in self.upstream)
+
+    def done(self) -> bool:
+        if self.stopped:
+            return not self.outputs
+        return (
+            self.inputs_done()
+            and not self.inputs
+            and not self.running
+            and not self.finished
+            and not self.outputs
+            and not any(u.outputs for u in self.upstream)
+            and (self.op.kind != "barrier" or self.fn == "ran")
+        )
+
+    def held_bytes(self) -> int:
+        own = sum(m.size_bytes for _, m in self.outputs) if self.op.kind != "input" else 0
+        own += sum(m.size_bytes for _, m in self.finished.values())
+        own += sum(b for _, b in self.inputs)
+        own += sum(m.size_bytes for group in self.groups for _, m in group)
+        own += sum(r.in_bytes + r.est_bytes for r in self.running.values())
+        return own
+
+    def held_blocks(self) -> int:
+        outs = len(self.outputs) if self.op.kind != "input" else 0
+        return outs + len(self.finished) + len(self.inputs) + len(self.running)
+
+    def estimate(self, in_bytes: int) -> int:
+        if self.out_sizes:
+            return int(sum(self.out_sizes[-8:]) / len(self.out_sizes[-8:]))
+        if in_bytes:
+            return in_bytes
+        if self.op.read is not None and self.inputs and getattr(self.inputs[0][0], "size_bytes", None):
+            return self.inputs[0][0].size_bytes
+        return self.ctx.target_max_block_size // 16
+
+    def pull(self):
+        """Move finished upstream outputs into this operator's input queue (in upstream order)."""
+        if self.op.kind == "barrier":
+            for group, up in zip(self.groups, self.upstream):
+                group.extend(up.outputs)
+                up.outputs.clear()
+            return
+        for up in self.upstream:
+            while up.outputs and not self.stopped:
+                bundle = up.outputs.popleft()
+                self.inputs.append((bundle, bundle[1].size_bytes if up.op.kind != "input" else 0))
+            if self.op.kind == "union" and not up.done():
+                break  # a union keeps its inputs' order: the next input waits for this one
+
+    def release(self):
+        while self.next_out in self.finished:
+            bundle = self.finished.pop(self.next_out)
+            self.outputs.append(bundle)
+            self.next_out += 1
+            self.stats.blocks_out += 1
+            self.stats.rows_out += bundle[1].num_rows
+            self.stats.bytes_out += bundle[1].size_bytes
+
+
+class Executor:
+    """Runs a physical plan; iterate ``run()`` for (block_ref, BlockMetadata) in order."""
+
+    def __init__(self, root: PhysicalOp, ctx: DataContext | None = None):
+        self.ctx = ctx or DataContext.get_current()
+        self.root_op = root
+        self.stats = ExecutionStats()
+        self.states = []
+        self._remote_fns = {}
+
+    def _build(self, op: PhysicalOp, cpus: float) -> OpState:
+        upstream = [self._build(child, cpus) for child in op.inputs]
+        state = OpState(op, upstream, self.ctx, cpus)
+        self.states.append(state)
+        self.stats.ops.append(state.stats)
+        return state
+
+    def _budget(self) -> int:
+        limit = self.ctx.execution_options.resource_limits.object_store_memory
+        if limit is not None:
+            return int(limit)
+        store = ember.cluster_resources().get("object_store_memory", 2 * 2**30)
+        return int(store * self.ctx.object_store_memory_fraction)
+
+    def run(self):
+        started = time.monotonic()
+        cpus = ember.cluster_resources().get("CPU", 1)
+        root = self._build(self.root_op, cpus)
+        self.stats.budget = budget = self._budget()
+        try:
+            while True:
+                for state in reversed(self.states):
+                    state.pull()
+                    self._launch(state, budget)
+                self._account()
+                if root.outputs:
+                    yield root.outputs.popleft()
+                    continue
+                if root.done():
+                    return
+                self._wait_and_complete()
+        finally:
+            self.stats.wall_seconds = time.monotonic() - started
+            self._shutdown()
+
+    # -- launching ---------------------------------------------------------------------------------
+
+    def _held(self) -> int:
+        return sum(s.held_bytes() for s in self.states)
+
+    def _account(self):
+        self.stats.peak_bytes = max(self.stats.peak_bytes, self._held())
+        self.stats.peak_blocks = max(self.stats.peak_blocks, sum(s.held_blocks() for s in self.states))
+
+    def _may_launch(self, state: OpState, est: int, budget: int) -> bool:
+        if self._held() + est <= budget:
+            return True
+        # Liveness: an operator that consumes upstream blocks may always run one task (its inputs
+        # are already counted, and finishing it frees them); a source may start only from empty.
+        if state.op.read is None:
+            return not state.running
+        return self._held() == 0
+
+    def _launch(self, state: OpState, budget: int):
+        kind = state.op.kind
+        if kind == "limit":
+            self._launch_limit(state)
+        elif kind == "union":
+            while state.inputs:
+                bundle, _ = state.inputs.popleft()
+                state.finished[state.next_seq] = bundle
+                state.next_seq += 1
+            state.release()
+        elif kind == "barrier":
+            if state.fn is None and state.inputs_done() and not any(u.outputs for u in state.upstream):
+                for seq, bundle in enumerate(state.op.fn(state.groups)):
+                    state.finished[seq] = bundle
+                state.groups = [[] for _ in state.upstream]
+                state.next_seq = len(state.finished)
+                state.fn = "ran"
+                state.release()
+        elif kind == "map":
+            if state.pool is not None:
+                self._scale_pool(state, budget)
+            while state.inputs and not state.stopped and len(state.running) < state.max_tasks:
+                item, in_bytes = state.inputs[0]
+                est = state.estimate(in_bytes)
+                if not self._may_launch(state, est, budget):
+                    break
+                actor = None
+                if state.pool is not None:
+                    actor = self._pick_actor(state)
+                    if actor is None:
+                        break
+                state.inputs.popleft()
+                self._submit(state, item, in_bytes, est, actor)
+
+    def _submit(self, state, item, in_bytes, est, actor):
+        op = state.op
+        arg = item[0] if isinstance(item, tuple) else item
+        columns = op.read.columns if op.read is not None else None
+        limit = op.read.limit if op.read is not None else None
+        if actor is not None:
+            method = actor.handle.process.options(num_returns=2, name=op.name)
+            block_ref, meta_ref = method.remote(arg, columns, limit, state.next_seq)
+            actor.inflight += 1
+        else:
+            fn = self._remote_fns.get(id(op))
+            if fn is None:
+                stages = op.stages
+                options = {"num_returns": 2, "name": op.name, **op.remote_args}
+
+                def _map_task(item, columns, limit, seq):
+                    return run_block(stages, item, columns, limit, seq)
+
+                fn = self._remote_fns[id(op)] = ember.remote(**options)(_map_task)
+            block_ref, meta_ref = fn.remote(arg, columns, limit, state.next_seq)
+        state.running[meta_ref] = _Running(block_ref, state.next_seq, in_bytes, est, actor, time.monotonic())
+        state.next_seq += 1
+        state.stats.tasks += 1
+
+    def _launch_limit(self, state: OpState):
+        while state.inputs and not state.stopped:
+            bundle, in_bytes = state.inputs.popleft()
+            remaining = state.op.n - state.rows_passed
+            rows = bundle[1].num_rows
+            if rows <= remaining:
+                state.finished[state.next_seq] = bundle
+                state.next_seq += 1
+                state.rows_passed += rows
+            else:
+                if _SLICE[0] is None:
+                    _SLICE[0] = ember.remote(num_returns=2)(_slice_block)
+                block_ref, meta_ref = _SLICE[0].options(name=state.op.name).remote(bundle[0], remaining)
+                state.running[meta_ref] = _Running(block_ref, state.next_seq, in_bytes, in_bytes)
+                state.next_seq += 1
+                state.rows_passed += remaining
+            if state.rows_passed >= state.op.n:
+                self._stop_upstream(state)
+        state.release()
+
+    def _stop_upstream(self, state: OpState):
+        """The limit is met: nothing upstream needs to run any more."""
+        state.inputs.clear()
+        for up in state.upstream:
+            self._stop(up)
+
+    def _stop(self, state: OpState):
+        state.stopped = True
+        self._cancel(state)
+        state.inputs.clear()
+        state.outputs.clear()
+        state.finished.clear()
+        for up in state.upstream:
+            self._stop(up)
+
+    # -- actor pools -------------------------------------------------------------------------------
+
+    def _new_actor(self, state: OpState):
+        op = state.op
+        args = dict(op.remote_args)
+        args.setdefault("num_cpus", 1)
+        args.setdefault("max_restarts", 2)
+        args.setdefault("max_task_retries", 2)
+        cls = ember.remote(**args)(_PoolWorker)
+        handle = cls.remote(op.stages)
+        state.actors.append(_Actor(handle, handle.ready.remote()))
+        state.stats.actors_started += 1
+        state.stats.max_actors = max(state.stats.max_actors, len(state.actors))
+
+    def _scale_pool(self, state: OpState, budget: int):
+        pool, per_actor = state.pool, self.ctx.max_tasks_in_flight_per_actor
+        if not state.pool_started and not state.stopped:
+            state.pool_started = True
+            for _ in range(pool.min_size):
+                self._new_actor(state)
+            state.stats.min_actors = pool.min_size
+        busy = all(a.inflight >= per_actor for a in state.actors if a.ready)
+        pending = any(not a.ready for a in state.actors)
+        if state.inputs and busy and not pending and len(state.actors) < pool.max_size:
+            if self._may_launch(state, state.estimate(state.inputs[0][1]), budget):
+                self._new_actor(state)
+        if state.inputs_done() and not state.inputs and self.ctx.actor_pool_idle_scale_down:
+            # No more work will come: actors free their resources as soon as they are idle.
+            for actor in [a for a in state.actors if a.inflight == 0]:
+                ember.kill(actor.handle)
+                state.actors.remove(actor)
+                state.stats.actors_killed_idle += 1
+
+    def _pick_actor(self, state: OpState):
+        ready = [a for a in state.actors if a.ready and a.inflight < self.ctx.max_tasks_in_flight_per_actor]
+        return min(ready, key=lambda a: a.inflight) if ready else None
+
+    # -- completion --------------------------------------------------------------------------------
+
+    def _wait_and_complete(self):
+        waiting = {}
+        for state in self.states:
+            for ref in state.running:
+                waiting[ref] = state
+            for actor in state.actors:
+                if not actor.ready:
+                    waiting[actor.ready_ref] = (state, actor)
+        if not waiting:
+            raise RuntimeError("ember.data executor stalled: nothing is running and nothing can start")
+        refs = list(waiting)
+        ready, _ = ember.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
+        if ready:
+            ready, _ = ember.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        for ref in ready:
+            owner = waiting[ref]
+            if isinstance(owner, tuple):
+                state, actor = owner
+                ember.get(actor.ready_ref)  # a constructor that raised fails the execution here
+                actor.ready = True
+                continue
+            self._complete(owner, ref)
+
+    def _complete(self, state: OpState, meta_ref):
+        record = state.running.pop(meta_ref)
+        if record.actor is not None:
+            record.actor.inflight -= 1
+        try:
+            meta = ember.get(meta_ref)
+        except ember.exceptions.TaskError as error:
+            if hasattr(error, "add_note"):
+                error.add_note(f"ember.data: the operator {state.op.name!r} failed.")
+            raise
+        state.stats.task_seconds += time.monotonic() - record.started
+        state.out_sizes.append(meta.size_bytes)
+        if not state.stopped:
+            state.finished[record.seq] = (record.block_ref, meta)
+            state.release()
+
+    # -- cleanup -----------------------------------------------------------------------------------
+
+    def _cancel(self, state: OpState):
+        for ref, record in list(state.running.items()):
+            if record.actor is None:
+                try:
+                    ember.cancel(ref)
+                except Exception:
+                    pass
+        state.running.clear()
+        for actor in state.actors:
+            try:
+                ember.kill(actor.handle)
+            except Exception:
+                pass
+        state.actors.clear()
+
+    def _shutdown(self):
+        for state in self.states:
+            self._cancel(state)
+            state.inputs.clear()
+            state.finished.clear()
+
+
+_SLICE = [None]

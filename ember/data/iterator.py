@@ -1,0 +1,71 @@
+"""Turning a stream of blocks into rows and batches for the consumer."""
+
+import numpy as np
+import pyarrow as pa
+
+import ember
+from ember.data import block as blk
+
+
+def _tables(bundles):
+    # Closing the bundle stream (an error, a break, KeyboardInterrupt in the consumer) stops the
+    # execution behind it at once, not when the generator is garbage collected.
+    try:
+        for ref, meta in bundles:
+            if meta.num_rows:
+                yield ember.get(ref)
+    finally:
+        bundles.close() if hasattr(bundles, "close") else None
+
+
+def fetch_table(bundles) -> pa.Table:
+    return blk.concat(list(_tables(bundles)))
+
+
+def iter_rows(bundles):
+    for table in _tables(bundles):
+        yield from blk.iter_rows(table)
+
+
+def iter_batches(bundles, *, batch_size, batch_format, drop_last=False, shuffle_buffer=None, seed=None):
+    """Batches of exactly ``batch_size`` rows (the last may be short unless ``drop_last``)."""
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}.")
+    if shuffle_buffer is not None and (not isinstance(shuffle_buffer, int) or shuffle_buffer < 1):
+        raise ValueError(f"local_shuffle_buffer_size must be a positive int, got {shuffle_buffer!r}.")
+    return _iter_batches(bundles, batch_size, batch_format, drop_last, shuffle_buffer, seed)
+
+
+def _iter_batches(bundles, batch_size, batch_format, drop_last, shuffle_buffer, seed):
+    tables = _tables(bundles)
+    try:
+        if batch_size is None and shuffle_buffer is None:
+            for table in tables:
+                yield blk.to_batch(table, batch_format, zero_copy=True)
+            return
+        size = batch_size or 256
+        rng = np.random.default_rng(seed) if shuffle_buffer is not None else None
+        # Rows that wait for a full batch (or, with a shuffle buffer, for enough company to shuffle).
+        pending, pending_rows = [], 0
+        want = size if rng is None else shuffle_buffer + size
+        for table in tables:
+            pending.append(table)
+            pending_rows += table.num_rows
+            while pending_rows >= want:
+                buffer = blk.concat(pending)
+                if rng is not None:
+                    buffer = buffer.take(pa.array(rng.permutation(buffer.num_rows)))
+                yield blk.to_batch(buffer.slice(0, size), batch_format, zero_copy=True)
+                rest = buffer.slice(size)
+                pending, pending_rows = [rest], rest.num_rows
+        if pending_rows:
+            buffer = blk.concat(pending)
+            if rng is not None:
+                buffer = buffer.take(pa.array(rng.permutation(buffer.num_rows)))
+            for start in range(0, buffer.num_rows, size):
+                piece = buffer.slice(start, size)
+                if piece.num_rows < size and drop_last:
+                    break
+                yield blk.to_batch(piece, batch_format, zero_copy=True)
+    finally:
+        tables.close()

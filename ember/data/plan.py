@@ -1,0 +1,337 @@
+"""The logical plan of a Dataset, its stages (per-block transforms) and the optimizer.
+
+A Dataset is a chain of logical operators. Before it runs, the optimizer pushes ``limit`` and
+column selection into the read where it can, then fuses consecutive map-like operators (and the
+read before them) into one physical operator whose task applies every stage to a block in turn,
+so a read -> map -> map_batches -> filter pipeline costs one task per block.
+"""
+
+import inspect
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from ember.data import block as blk
+
+
+class ActorPoolStrategy:
+    """Run a map on an autoscaling pool of actors between ``min_size`` and ``max_size``."""
+
+    def __init__(self, min_size: int = 1, max_size: int | None = None, *, size: int | None = None):
+        if size is not None:
+            min_size = max_size = size
+        if max_size is None:
+            max_size = min_size
+        for name, value in (("min_size", min_size), ("max_size", max_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ActorPoolStrategy {name} must be a positive int, got {value!r}.")
+        if min_size > max_size:
+            raise ValueError(f"ActorPoolStrategy min_size ({min_size}) must not exceed max_size ({max_size}).")
+        self.min_size, self.max_size = min_size, max_size
+
+    def __eq__(self, other):
+        return isinstance(other, ActorPoolStrategy) and (other.min_size, other.max_size) == (
+            self.min_size,
+            self.max_size,
+        )
+
+    def __repr__(self):
+        return f"ActorPoolStrategy(min_size={self.min_size}, max_size={self.max_size})"
+
+
+class TaskPoolStrategy:
+    """Run a map as tasks, at most ``size`` at once when given."""
+
+    def __init__(self, size: int | None = None):
+        self.size = size
+
+    def __eq__(self, other):
+        return isinstance(other, TaskPoolStrategy) and other.size == self.size
+
+
+def fn_name(fn) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+# ---- stages: what a fused task applies to each block --------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One map-like step; ``fn`` may be a class, constructed once per worker (actor) by ``setup``."""
+
+    kind: str
+    fn: object = None
+    fn_args: tuple = ()
+    fn_kwargs: dict = field(default_factory=dict)
+    ctor_args: tuple = ()
+    ctor_kwargs: dict = field(default_factory=dict)
+    batch_size: int | None = None
+    batch_format: str = "default"
+    zero_copy: bool = False
+    extra: object = None
+    _callable: object = None
+
+    def setup(self):
+        if self._callable is None:
+            if inspect.isclass(self.fn):
+                self._callable = self.fn(*self.ctor_args, **self.ctor_kwargs)
+            else:
+                self._callable = self.fn
+        return self._callable
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_callable"] = None  # an instance of a user class is built where the stage runs
+        return state
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        kind = self.kind
+        if kind == "select":
+            missing = [c for c in self.extra if c not in table.column_names]
+            if missing:
+                raise KeyError(f"select_columns: no column(s) {missing} in {table.column_names}")
+            return table.select(self.extra)
+        if kind == "drop":
+            return table.drop_columns([c for c in self.extra if c in table.column_names])
+        if kind == "rename":
+            return table.rename_columns([self.extra.get(c, c) for c in table.column_names])
+        call = self.setup()
+        if kind == "map":
+            return (
+                blk.from_rows(
+                    [_checked_row(call(row, *self.fn_args, **self.fn_kwargs), "map") for row in blk.iter_rows(table)]
+                )
+                if table.num_rows
+                else table
+            )
+        if kind == "flat_map":
+            out = []
+            for row in blk.iter_rows(table):
+                out.extend(call(row, *self.fn_args, **self.fn_kwargs))
+            return blk.from_rows(out) if out else table.slice(0, 0)
+        if kind == "filter":
+            mask = [bool(call(row, *self.fn_args, **self.fn_kwargs)) for row in blk.iter_rows(table)]
+            return table.filter(pa.array(mask, type=pa.bool_())) if mask else table
+        if kind == "add_column":
+            name = self.extra
+            batch = blk.to_batch(table, self.batch_format)
+            values = call(batch, *self.fn_args, **self.fn_kwargs)
+            array = blk._array_of(
+                values.to_numpy()
+                if hasattr(values, "to_numpy") and not isinstance(values, (pa.Array, pa.ChunkedArray))
+                else values
+            )
+            if name in table.column_names:
+                return table.set_column(table.column_names.index(name), name, array)
+            return table.append_column(name, array)
+        if kind == "map_batches":
+            outputs = []
+            for piece in blk.split_rows(table, self.batch_size) if table.num_rows else [table]:
+                result = call(blk.to_batch(piece, self.batch_format, self.zero_copy), *self.fn_args, **self.fn_kwargs)
+                if inspect.isgenerator(result):
+                    outputs.extend(blk.from_batch(r) for r in result)
+                else:
+                    outputs.append(blk.from_batch(result))
+            return blk.concat(outputs)
+        if kind == "write":
+            return self.fn(table, getattr(self, "index", 0))
+        if kind == "slice":
+            return table.slice(0, self.extra)
+        raise ValueError(f"unknown stage kind {kind!r}")
+
+
+def _checked_row(row, what: str):
+    if not isinstance(row, dict):
+        raise TypeError(f"{what}: the function must return a dict (one row), got {type(row).__name__}.")
+    return row
+
+
+def apply_stages(stages: list, table: pa.Table) -> pa.Table:
+    for stage in stages:
+        table = stage.apply(table)
+    return table
+
+
+# ---- logical operators ----------------------------------------------------------------------------
+
+
+class LogicalOp:
+    name = "Op"
+
+    def __init__(self, inputs=()):
+        self.inputs = list(inputs)
+
+    def chain(self) -> list:
+        """This operator and everything it depends on, sources first."""
+        seen, order = set(), []
+
+        def visit(op):
+            if id(op) in seen:
+                return
+            seen.add(id(op))
+            for child in op.inputs:
+                visit(child)
+            order.append(op)
+
+        visit(self)
+        return order
+
+
+class Read(LogicalOp):
+    """A source: read tasks (each makes one block) with their metadata estimates."""
+
+    def __init__(self, name: str, tasks: list, columns=None, limit=None):
+        super().__init__()
+        self.name, self.tasks, self.columns, self.limit = name, tasks, columns, limit
+
+
+class InputData(LogicalOp):
+    """Blocks already in the object store: a list of (ref, BlockMetadata)."""
+
+    name = "InputData"
+
+    def __init__(self, bundles: list, name: str = "InputData"):
+        super().__init__()
+        self.bundles, self.name = bundles, name
+
+
+class MapOp(LogicalOp):
+    """A map-like operator: one stage, how it runs (tasks or an actor pool) and its resources."""
+
+    def __init__(self, name, child, stage, compute=None, remote_args=None, keeps_rows=False, concurrency=None):
+        super().__init__([child])
+        self.name, self.stage, self.compute = name, stage, compute
+        self.remote_args = dict(remote_args or {})
+        self.keeps_rows = keeps_rows  # one output row per input row, so a limit may move before it
+        self.concurrency = concurrency
+
+
+class Limit(LogicalOp):
+    def __init__(self, child, n: int):
+        super().__init__([child])
+        self.n, self.name = n, f"Limit[{n}]"
+
+
+class Union(LogicalOp):
+    name = "Union"
+
+
+class AllToAll(LogicalOp):
+    """A barrier: ``fn(list of input bundle lists) -> bundles`` runs once every input is done."""
+
+    def __init__(self, name, inputs, fn):
+        super().__init__(inputs)
+        self.name, self.fn = name, fn
+
+
+# ---- the optimizer --------------------------------------------------------------------------------
+
+
+def optimize(op: LogicalOp) -> LogicalOp:
+    """Rewrite the plan: push limits and column selection down to reads (copies, never in place)."""
+    if isinstance(op, Limit):
+        child = optimize(op.inputs[0])
+        if isinstance(child, Limit):
+            return optimize(Limit(child.inputs[0], min(op.n, child.n)))
+        # The limit stays where it is (it trims exactly and stops everything upstream once met);
+        # a copy of it also goes into the read, through maps that keep one row per row, so the read
+        # skips the tasks it does not need and each task reads at most n rows.
+        return Limit(_limit_read(child, op.n), op.n)
+    if isinstance(op, MapOp) and op.stage.kind == "select" and op.compute is None:
+        child = optimize(op.inputs[0])
+        if isinstance(child, Read) and (child.columns is None or set(op.stage.extra) <= set(child.columns)):
+            pushed = Read(child.name, child.tasks, list(op.stage.extra), child.limit)
+            # The select stays too: it fixes the column order and fails clearly on a missing column.
+            return _remap(op, pushed)
+        return _remap(op, child)
+    if isinstance(op, (Read, InputData)):
+        return op
+    if isinstance(op, MapOp):
+        return _remap(op, optimize(op.inputs[0]))
+    if isinstance(op, Union):
+        return Union([optimize(i) for i in op.inputs])
+    if isinstance(op, AllToAll):
+        return AllToAll(op.name, [optimize(i) for i in op.inputs], op.fn)
+    raise TypeError(f"unknown logical operator {op!r}")
+
+
+def _limit_read(op: LogicalOp, n: int) -> LogicalOp:
+    if isinstance(op, Read):
+        return Read(op.name, op.tasks, op.columns, n if op.limit is None else min(n, op.limit))
+    if isinstance(op, MapOp) and op.keeps_rows:
+        return _remap(op, _limit_read(op.inputs[0], n))
+    return op
+
+
+def _remap(op: MapOp, child) -> MapOp:
+    return MapOp(op.name, child, op.stage, op.compute, op.remote_args, op.keeps_rows, op.concurrency)
+
+
+# ---- physical operators (what the executor runs) --------------------------------------------------
+
+
+@dataclass
+class PhysicalOp:
+    kind: str  # "map", "input", "limit", "union", "barrier"
+    name: str
+    inputs: list = field(default_factory=list)
+    stages: list = field(default_factory=list)
+    read: Read | None = None
+    compute: object = None
+    remote_args: dict = field(default_factory=dict)
+    concurrency: int | None = None
+    bundles: list = field(default_factory=list)
+    n: int = 0
+    fn: object = None
+
+
+def _fusable(up: PhysicalOp, op: MapOp) -> bool:
+    if up.kind != "map" or isinstance(up.compute, ActorPoolStrategy):
+        return False
+    if isinstance(op.compute, ActorPoolStrategy):
+        # A pool absorbs plain task stages before it (not the read: reads keep their parallelism).
+        return up.read is None and not up.remote_args and up.concurrency is None
+    return up.remote_args == op.remote_args and up.concurrency == op.concurrency
+
+
+def physical_plan(op: LogicalOp) -> PhysicalOp:
+    """Turn an optimized logical plan into physical operators, fusing map-like ones."""
+    if isinstance(op, Read):
+        return PhysicalOp("map", op.name, read=op)
+    if isinstance(op, InputData):
+        return PhysicalOp("input", op.name, bundles=list(op.bundles))
+    if isinstance(op, MapOp):
+        up = physical_plan(op.inputs[0])
+        if _fusable(up, op):
+            up.name = f"{up.name}->{op.name}"
+            up.stages.append(op.stage)
+            up.compute, up.remote_args, up.concurrency = op.compute, op.remote_args, op.concurrency
+            return up
+        return PhysicalOp("map", op.name, [up], [op.stage], None, op.compute, op.remote_args, op.concurrency)
+    if isinstance(op, Limit):
+        return PhysicalOp("limit", op.name, [physical_plan(op.inputs[0])], n=op.n)
+    if isinstance(op, Union):
+        return PhysicalOp("union", "Union", [physical_plan(i) for i in op.inputs])
+    if isinstance(op, AllToAll):
+        return PhysicalOp("barrier", op.name, [physical_plan(i) for i in op.inputs], fn=op.fn)
+    raise TypeError(f"unknown logical operator {op!r}")
+
+
+def describe(op: PhysicalOp, indent: int = 0) -> list:
+    """The physical plan as text lines, the consumer's end first."""
+    line = "  " * indent + op.name
+    if op.kind == "map" and isinstance(op.compute, ActorPoolStrategy):
+        line += f" [actors {op.compute.min_size}..{op.compute.max_size}]"
+    if op.read is not None:
+        extras = []
+        if op.read.columns is not None:
+            extras.append(f"columns={op.read.columns}")
+        if op.read.limit is not None:
+            extras.append(f"limit={op.read.limit}")
+        if extras:
+            line += f" ({', '.join(extras)})"
+    lines = [line]
+    for child in op.inputs:
+        lines += describe(child, indent + 1)
+    return lines

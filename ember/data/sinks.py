@@ -1,0 +1,54 @@
+"""Writes: each block becomes one file, written by the task that made the block."""
+
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+
+def prepare(path: str, filesystem):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str, got {type(path).__name__}.")
+    path = os.fspath(path)
+    if filesystem is None:
+        if "://" in path and not path.startswith("file://"):
+            filesystem, path = pafs.FileSystem.from_uri(path)
+        else:
+            filesystem = pafs.LocalFileSystem()
+            path = os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+    filesystem.create_dir(path, recursive=True)
+    return filesystem, path
+
+
+class _Writer:
+    """The stage function of a write: writes its batch, returns one row naming the file."""
+
+    def __init__(self, fmt, fs, root, args):
+        self.fmt, self.fs, self.root, self.args = fmt, fs, root, args
+        self.prefix = uuid.uuid4().hex[:12]  # one write's files sort by block, apart from other writes
+        self.__name__ = f"write_{fmt}"
+
+    def __call__(self, table: pa.Table, index: int):
+        if table.num_rows == 0:
+            return pa.table({"path": pa.array([], pa.string()), "num_rows": pa.array([], pa.int64())})
+        path = f"{self.root}/{self.prefix}_{index:06d}.{self.fmt}"
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            with self.fs.open_output_stream(path) as out:
+                pq.write_table(table, out, **self.args)
+        elif self.fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            with self.fs.open_output_stream(path) as out:
+                pacsv.write_csv(table, out, **self.args)
+        else:
+            text = table.to_pandas().to_json(orient="records", lines=True, **self.args)
+            with self.fs.open_output_stream(path) as out:
+                out.write(text.encode())
+        return pa.table({"path": [path], "num_rows": [table.num_rows]})
+
+
+def write_stage(fmt, fs, root, args):
+    return _Writer(fmt, fs, root, args)

@@ -1,0 +1,408 @@
+"""Sources: ``range``, ``from_*`` and the file readers, each a list of read tasks or stored blocks.
+
+Everything that can fail about the arguments (a missing path, no files, files of the wrong format
+or with mismatched schemas for Parquet) fails here, at the call, not later inside a task.
+"""
+
+import builtins
+import fnmatch
+import functools
+import glob
+import io
+import math
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+import ember
+from ember.data import block as blk
+from ember.data.context import DataContext
+from ember.data.plan import InputData, Read
+
+
+class ReadTask:
+    """Makes one block: ``read(columns, limit)``; num_rows/size_bytes/schema are estimates or None."""
+
+    def __init__(self, fn, num_rows=None, size_bytes=None, schema=None):
+        self.fn, self.num_rows, self.size_bytes, self.schema = fn, num_rows, size_bytes, schema
+
+    def read(self, columns=None, limit=None) -> pa.Table:
+        table = self.fn(columns, limit)
+        if columns is not None and table.column_names != list(columns):
+            missing = [c for c in columns if c not in table.column_names]
+            if missing:
+                raise KeyError(f"no column(s) {missing} in {table.column_names}")
+            table = table.select(columns)
+        if limit is not None and table.num_rows > limit:
+            table = table.slice(0, limit)
+        return table
+
+
+def _min_blocks(ctx: DataContext) -> int:
+    if ctx.read_op_min_num_blocks is not None:
+        return ctx.read_op_min_num_blocks
+    try:
+        cpus = ember.cluster_resources().get("CPU", 4) if ember.is_initialized() else 4
+    except Exception:
+        cpus = 4
+    return max(8, int(2 * cpus))
+
+
+def _num_blocks(rows: int, row_bytes: int, override) -> int:
+    if override is not None:
+        if not isinstance(override, int) or isinstance(override, bool) or override < 1:
+            raise ValueError(f"override_num_blocks must be a positive int, got {override!r}.")
+        return max(1, min(override, rows)) if rows else 1
+    ctx = DataContext.get_current()
+    by_size = math.ceil(rows * row_bytes / ctx.target_max_block_size)
+    return max(1, min(rows, max(_min_blocks(ctx), by_size)))
+
+
+def _bounds(rows: int, n: int) -> list:
+    return [(rows * i // n, rows * (i + 1) // n) for i in builtins.range(n)]
+
+
+def _range_block(start, end, shape, columns, limit):
+    if limit is not None:
+        end = min(end, start + limit)
+    ids = np.arange(start, end, dtype=np.int64)
+    if shape is None:
+        return pa.table({"id": ids})
+    data = np.broadcast_to(ids.reshape((-1,) + (1,) * len(shape)), (len(ids),) + tuple(shape))
+    return pa.table({"data": blk._array_of(np.ascontiguousarray(data))})
+
+
+def range(n: int, *, override_num_blocks: int | None = None, concurrency=None):  # noqa: A001 (Ray's name)
+    """A dataset of the integers ``0 .. n-1`` in the column ``"id"``."""
+    return _range("ReadRange", n, None, override_num_blocks)
+
+
+def range_tensor(n: int, *, shape: tuple = (1,), override_num_blocks: int | None = None, concurrency=None):
+    """A dataset of ``n`` tensors of ``shape`` in the column ``"data"``, row i filled with i."""
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ValueError(f"shape must be a tuple of positive ints, got {shape!r}.")
+    return _range("ReadRangeTensor", n, shape, override_num_blocks)
+
+
+def _range(name, n, shape, override):
+    from ember.data.dataset import Dataset
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}.")
+    row_bytes = 8 * (math.prod(shape) if shape else 1)
+    schema = _range_block(0, 0, shape, None, None).schema
+    tasks = [
+        ReadTask(functools.partial(_range_block, lo, hi, shape), hi - lo, (hi - lo) * row_bytes, schema)
+        for lo, hi in _bounds(n, _num_blocks(n, row_bytes, override))
+    ]
+    return Dataset(Read(name, tasks))
+
+
+# ---- in-memory sources ----------------------------------------------------------------------------
+
+
+def _from_tables(name: str, tables: list):
+    from ember.data.dataset import MaterializedDataset
+
+    bundles = [(ember.put(t), blk.metadata_of(t)) for t in tables]
+    return MaterializedDataset(InputData(bundles, name))
+
+
+def from_items(items: list, *, override_num_blocks: int | None = None):
+    """A dataset of Python objects: dicts become rows; anything else becomes ``{"item": value}``."""
+    if not isinstance(items, (list, tuple)):
+        raise TypeError(f"from_items expects a list, got {type(items).__name__}.")
+    rows = [item if isinstance(item, dict) else {"item": item} for item in items]
+    n = _num_blocks(len(rows), 64, override_num_blocks)
+    return _from_tables(
+        "FromItems", [blk.from_rows(list(rows[lo:hi])) for lo, hi in _bounds(len(rows), n)] or [pa.table({})]
+    )
+
+
+def from_pandas(dfs):
+    """A dataset with one block per pandas DataFrame."""
+    import pandas as pd
+
+    dfs = [dfs] if isinstance(dfs, pd.DataFrame) else list(dfs)
+    for df in dfs:
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"from_pandas expects DataFrames, got {type(df).__name__}.")
+    return _from_tables("FromPandas", [pa.Table.from_pandas(df, preserve_index=False) for df in dfs])
+
+
+def from_numpy(ndarrays):
+    """A dataset with one block per array, in the column ``"data"`` (one row per first-axis entry)."""
+    arrays = [ndarrays] if isinstance(ndarrays, np.ndarray) else list(ndarrays)
+    for a in arrays:
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"from_numpy expects numpy arrays, got {type(a).__name__}.")
+    return _from_tables("FromNumpy", [pa.table({"data": blk._array_of(a)}) for a in arrays])
+
+
+def from_arrow(tables):
+    """A dataset with one block per pyarrow Table."""
+    tables = [tables] if isinstance(tables, (pa.Table, pa.RecordBatch)) else list(tables)
+    return _from_tables("FromArrow", [blk.from_batch(t) for t in tables])
+
+
+# ---- files ----------------------------------------------------------------------------------------
+
+
+def _split_uri(path: str, filesystem):
+    if filesystem is not None:
+        return filesystem, path
+    if "://" in path and not path.startswith("file://"):
+        return pafs.FileSystem.from_uri(path)
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def _hidden(path: str) -> bool:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return name.startswith(".") or name.startswith("_")
+
+
+def resolve_paths(paths, filesystem=None, file_extensions=None) -> tuple:
+    """Expand files, directories (recursively), globs and lists into (filesystem, [(path, size)])."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [os.fspath(paths)]
+    elif not isinstance(paths, (list, tuple)) or not paths:
+        raise ValueError(f"paths must be a path or a non-empty list of paths, got {paths!r}.")
+    fs, found = filesystem, []
+    for raw in paths:
+        fs, path = _split_uri(os.fspath(raw), filesystem)
+        if any(ch in path for ch in "*?["):
+            if isinstance(fs, pafs.LocalFileSystem):
+                matches = sorted(glob.glob(path, recursive=True))
+            else:
+                base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+                infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+                matches = sorted(i.path for i in infos if fnmatch.fnmatch(i.path, path))
+            if not matches:
+                raise FileNotFoundError(f"No files match the pattern {raw!r}.")
+            expanded = matches
+        else:
+            expanded = [path]
+        for item in expanded:
+            info = fs.get_file_info(item)
+            if info.type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"No such file or directory: {raw!r}.")
+            if info.type == pafs.FileType.Directory:
+                infos = fs.get_file_info(pafs.FileSelector(item, recursive=True))
+                files = sorted(
+                    (i for i in infos if i.type == pafs.FileType.File and not _hidden(i.path[len(item) :])),
+                    key=lambda i: i.path,
+                )
+                if file_extensions:
+                    files = [i for i in files if i.path.rsplit(".", 1)[-1].lower() in file_extensions]
+                found.extend((i.path, i.size) for i in files)
+            else:
+                found.append((item, info.size))
+    if not found:
+        raise FileNotFoundError(f"No files found at {paths!r}.")
+    return fs, found
+
+
+def _group(files: list, override) -> list:
+    n = len(files) if override is None else max(1, min(override, len(files)))
+    return [files[lo:hi] for lo, hi in _bounds(len(files), n)]
+
+
+def _read_files(fs, paths, reader, include_paths, columns, limit):
+    tables, rows = [], 0
+    for path in paths:
+        with fs.open_input_stream(path) as stream:
+            try:
+                table = reader(stream, columns)
+            except (pa.ArrowInvalid, ValueError, UnicodeDecodeError) as error:
+                raise type(error)(f"Could not read {path}: {error}") from error
+        if include_paths:
+            table = table.append_column("path", pa.array([path] * table.num_rows, pa.string()))
+        tables.append(table)
+        rows += table.num_rows
+        if limit is not None and rows >= limit:
+            break
+    return blk.concat(tables)
+
+
+def _file_read(name, paths, filesystem, reader, override_num_blocks, include_paths, file_extensions=None):
+    from ember.data.dataset import Dataset
+
+    fs, files = resolve_paths(paths, filesystem, file_extensions)
+    tasks = [
+        ReadTask(
+            functools.partial(_read_files, fs, [p for p, _ in group], reader, include_paths),
+            size_bytes=sum(s or 0 for _, s in group),
+        )
+        for group in _group(files, override_num_blocks)
+    ]
+    return Dataset(Read(name, tasks))
+
+
+def _csv_reader(options, stream, columns):
+    import pyarrow.csv as pacsv
+
+    convert = options.get("convert_options")
+    if columns is not None:
+        convert = convert or pacsv.ConvertOptions()
+        convert.include_columns = list(columns)
+    return pacsv.read_csv(
+        stream,
+        read_options=options.get("read_options"),
+        parse_options=options.get("parse_options"),
+        convert_options=convert,
+    )
+
+
+def _json_reader(options, stream, columns):
+    import pyarrow.json as pajson
+
+    table = pajson.read_json(
+        stream, read_options=options.get("read_options"), parse_options=options.get("parse_options")
+    )
+    return table.select(columns) if columns is not None else table
+
+
+def _text_reader(encoding, drop_empty_lines, stream, columns):
+    lines = stream.read().decode(encoding).splitlines()
+    if drop_empty_lines:
+        lines = [line for line in lines if line.strip()]
+    return pa.table({"text": pa.array(lines, pa.string())})
+
+
+def _numpy_reader(stream, columns):
+    return pa.table({"data": blk._array_of(np.load(io.BytesIO(stream.read()), allow_pickle=False))})
+
+
+def _binary_reader(stream, columns):
+    return pa.table({"bytes": pa.array([stream.read()], pa.binary())})
+
+
+def read_csv(
+    paths, *, filesystem=None, include_paths=False, override_num_blocks=None, file_extensions=None, **arrow_csv_args
+):
+    """Read CSV files (``read_options``/``parse_options``/``convert_options`` go to pyarrow.csv)."""
+    reader = functools.partial(_csv_reader, dict(arrow_csv_args))
+    return _file_read("ReadCSV", paths, filesystem, reader, override_num_blocks, include_paths, file_extensions)
+
+
+def read_json(
+    paths, *, filesystem=None, include_paths=False, override_num_blocks=None, file_extensions=None, **arrow_json_args
+):
+    """Read JSON lines files (one object per line) with pyarrow.json."""
+    reader = functools.partial(_json_reader, dict(arrow_json_args))
+    return _file_read("ReadJSON", paths, filesystem, reader, override_num_blocks, include_paths, file_extensions)
+
+
+def read_text(
+    paths,
+    *,
+    encoding="utf-8",
+    drop_empty_lines=True,
+    filesystem=None,
+    include_paths=False,
+    override_num_blocks=None,
+    file_extensions=None,
+):
+    """Read text files into the column ``"text"``, one row per line."""
+    reader = functools.partial(_text_reader, encoding, drop_empty_lines)
+    return _file_read("ReadText", paths, filesystem, reader, override_num_blocks, include_paths, file_extensions)
+
+
+def read_numpy(paths, *, filesystem=None, include_paths=False, override_num_blocks=None, file_extensions=None):
+    """Read ``.npy`` files into the column ``"data"``, one row per first-axis entry."""
+    return _file_read(
+        "ReadNumpy", paths, filesystem, _numpy_reader, override_num_blocks, include_paths, file_extensions
+    )
+
+
+def read_binary_files(paths, *, filesystem=None, include_paths=False, override_num_blocks=None, file_extensions=None):
+    """Read whole files as bytes into the column ``"bytes"`` (and ``"path"`` with include_paths)."""
+    return _file_read(
+        "ReadBinary", paths, filesystem, _binary_reader, override_num_blocks, include_paths, file_extensions
+    )
+
+
+# ---- parquet --------------------------------------------------------------------------------------
+
+
+def _read_parquet_pieces(fs, pieces, filter_expr, columns, limit):
+    import pyarrow.dataset as pds
+
+    file_format = pds.ParquetFileFormat()
+    tables, rows = [], 0
+    for path, row_groups in pieces:
+        fragment = file_format.make_fragment(path, filesystem=fs, row_groups=row_groups)
+        scanner = pds.Scanner.from_fragment(fragment, columns=columns, filter=filter_expr)
+        table = scanner.head(limit - rows) if limit is not None else scanner.to_table()
+        tables.append(table)
+        rows += table.num_rows
+        if limit is not None and rows >= limit:
+            break
+    return blk.concat(tables)
+
+
+def read_parquet(
+    paths,
+    *,
+    filesystem=None,
+    columns=None,
+    filter=None,
+    override_num_blocks=None,  # noqa: A002
+    file_extensions=None,
+    **arrow_parquet_args,
+):
+    """Read Parquet files; ``columns`` and ``filter`` (a pyarrow.dataset expression) are pushed into
+    the scan, so unread columns and filtered-out row groups never leave the file."""
+    import pyarrow.dataset as pds
+
+    from ember.data.dataset import Dataset
+
+    fs, files = resolve_paths(paths, filesystem, file_extensions)
+    target = DataContext.get_current().target_max_block_size
+    file_format = pds.ParquetFileFormat()
+    pieces, first = [], None
+    for path, _ in files:
+        try:
+            fragment = file_format.make_fragment(path, filesystem=fs)
+            schema = fragment.physical_schema
+            fragment.ensure_complete_metadata()
+            groups = fragment.row_groups
+        except (pa.ArrowInvalid, OSError) as error:
+            raise ValueError(f"{path} is not a readable Parquet file: {error}") from None
+        if first is None:
+            first = (path, schema)
+        elif not schema.equals(first[1], check_metadata=False):
+            first_text = first[1].to_string(show_schema_metadata=False)
+            raise ValueError(
+                f"Parquet files have mismatched schemas: {first[0]} has {first_text}"
+                f" but {path} has {schema.to_string(show_schema_metadata=False)}."
+            )
+        current, rows, nbytes = [], 0, 0
+        for group in groups:
+            if current and nbytes + group.total_byte_size > target:
+                pieces.append(((path, current), rows, nbytes))
+                current, rows, nbytes = [], 0, 0
+            current.append(group.id)
+            rows += group.num_rows
+            nbytes += group.total_byte_size
+        pieces.append(((path, current), rows, nbytes))
+    if columns is not None:
+        missing = [c for c in columns if c not in first[1].names]
+        if missing:
+            raise ValueError(f"read_parquet: no column(s) {missing} in {first[1].names}.")
+    schema = first[1] if columns is None else pa.schema([first[1].field(c) for c in columns])
+    tasks = []
+    for group in _group(pieces, override_num_blocks):
+        tasks.append(
+            ReadTask(
+                functools.partial(_read_parquet_pieces, fs, [p for p, _, _ in group], filter),
+                num_rows=None if filter is not None else sum(r for _, r, _ in group),
+                size_bytes=sum(b for _, _, b in group),
+                schema=schema,
+            )
+        )
+    return Dataset(Read("ReadParquet", tasks, columns=list(columns) if columns is not None else None))
