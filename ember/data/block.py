@@ -75,6 +75,10 @@ def _array_of(values) -> pa.Array:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return values
     if isinstance(values, np.ndarray) and values.ndim > 1:
+        if len(values) == 0:
+            value_type = pa.from_numpy_dtype(values.dtype)
+            storage = pa.array([], pa.list_(value_type, int(np.prod(values.shape[1:]))))
+            return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(value_type, values.shape[1:]), storage)
         return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(values))
     if isinstance(values, list) and values and isinstance(values[0], np.ndarray):
         shapes = {v.shape for v in values}
