@@ -64,3 +64,19 @@ class DataContext:
 
 
 _DEFAULT = DataContext()
+
+
+_resources_cache = [0.0, None]
+
+
+def cluster_resources() -> dict:
+    """ember.cluster_resources(), remembered for a few seconds: every read and execution asks for
+    it, and a round trip to the head per call adds up over many small datasets."""
+    import time
+
+    import ember
+
+    now = time.monotonic()
+    if _resources_cache[1] is None or now - _resources_cache[0] > 5.0:
+        _resources_cache[:] = [now, ember.cluster_resources()]
+    return _resources_cache[1]

@@ -10,11 +10,12 @@ cancels the tasks still running and kills the pool's actors.
 
 import collections
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import ember
 from ember.data import block as blk
-from ember.data.context import DataContext
+from ember.data.context import DataContext, cluster_resources
 from ember.data.plan import ActorPoolStrategy, PhysicalOp, apply_stages
 
 
@@ -88,10 +89,18 @@ class _PoolWorker:
 
     def __init__(self, stages):
         self.stages = stages
-        for stage in stages:
-            stage.setup()
+        self.error = None
+        try:
+            for stage in stages:
+                stage.setup()
+        except Exception as error:
+            # Kept for ready() to raise: an actor whose constructor raised reaches the caller as
+            # ActorDiedError, and the user should see their own exception type instead.
+            self.error = error
 
     def ready(self):
+        if self.error is not None:
+            raise self.error
         return True
 
     def process(self, item, columns, limit, seq=0):
@@ -116,6 +125,10 @@ class _Actor:
     inflight: int = 0
 
 
+def fn_label(state) -> str:
+    return ", ".join(type(s.fn).__name__ if not isinstance(s.fn, type) else s.fn.__name__ for s in state.op.stages)
+
+
 class OpState:
     """The run-time state of one physical operator."""
 
@@ -131,6 +144,7 @@ class OpState:
         self.out_sizes = []
         self.actors = []
         self.pool_started = False
+        self.creating = set()
         self.rows_passed = 0  # limit
         self.fn = None
         self.groups = [[] for _ in upstream]  # a barrier's inputs, one list per upstream
@@ -179,7 +193,8 @@ class OpState:
 
     def held_blocks(self) -> int:
         outs = len(self.outputs) if self.op.kind != "input" else 0
-        return outs + len(self.finished) + len(self.inputs) + len(self.running)
+        queued = len(self.inputs) if self.op.read is None else 0  # a read's inputs are tasks, not blocks
+        return outs + len(self.finished) + queued + len(self.running) + sum(len(g) for g in self.groups)
 
     def estimate(self, in_bytes: int) -> int:
         if self.out_sizes:
@@ -235,12 +250,12 @@ class Executor:
         limit = self.ctx.execution_options.resource_limits.object_store_memory
         if limit is not None:
             return int(limit)
-        store = ember.cluster_resources().get("object_store_memory", 2 * 2**30)
+        store = cluster_resources().get("object_store_memory", 2 * 2**30)
         return int(store * self.ctx.object_store_memory_fraction)
 
     def run(self):
         started = time.monotonic()
-        cpus = ember.cluster_resources().get("CPU", 1)
+        cpus = cluster_resources().get("CPU", 1)
         root = self._build(self.root_op, cpus)
         self.stats.budget = budget = self._budget()
         try:
@@ -378,9 +393,13 @@ class Executor:
         args.setdefault("num_cpus", 1)
         args.setdefault("max_restarts", 2)
         args.setdefault("max_task_retries", 2)
+        # A name lets cleanup find an actor whose creation an interrupt cut short (no handle came back).
+        args["name"] = name = f"ember-data-pool-{uuid.uuid4().hex}"
+        state.creating.add(name)
         cls = ember.remote(**args)(_PoolWorker)
         handle = cls.remote(op.stages)
         state.actors.append(_Actor(handle, handle.ready.remote()))
+        state.creating.discard(name)
         state.stats.actors_started += 1
         state.stats.max_actors = max(state.stats.max_actors, len(state.actors))
 
@@ -427,7 +446,11 @@ class Executor:
             owner = waiting[ref]
             if isinstance(owner, tuple):
                 state, actor = owner
-                ember.get(actor.ready_ref)  # a constructor that raised fails the execution here
+                try:
+                    ember.get(actor.ready_ref)  # a constructor that raised fails the execution here
+                except ember.exceptions.TaskError as error:
+                    error.function_name = f"{state.op.name}: {fn_label(state)} constructor"
+                    raise
                 actor.ready = True
                 continue
             self._complete(owner, ref)
@@ -439,6 +462,8 @@ class Executor:
         try:
             meta = ember.get(meta_ref)
         except ember.exceptions.TaskError as error:
+            if state.op.name not in str(getattr(error, "function_name", "")):
+                error.function_name = f"{state.op.name}: {error.function_name}"
             if hasattr(error, "add_note"):
                 error.add_note(f"ember.data: the operator {state.op.name!r} failed.")
             raise
@@ -464,6 +489,12 @@ class Executor:
             except Exception:
                 pass
         state.actors.clear()
+        for name in list(state.creating):
+            try:
+                ember.kill(ember.get_actor(name))
+            except Exception:
+                pass
+        state.creating.clear()
 
     def _shutdown(self):
         for state in self.states:

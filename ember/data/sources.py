@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 
 import ember
 from ember.data import block as blk
-from ember.data.context import DataContext
+from ember.data.context import DataContext, cluster_resources
 from ember.data.plan import InputData, Read
 
 
@@ -44,7 +44,7 @@ def _min_blocks(ctx: DataContext) -> int:
     if ctx.read_op_min_num_blocks is not None:
         return ctx.read_op_min_num_blocks
     try:
-        cpus = ember.cluster_resources().get("CPU", 4) if ember.is_initialized() else 4
+        cpus = cluster_resources().get("CPU", 4) if ember.is_initialized() else 4
     except Exception:
         cpus = 4
     return max(8, int(2 * cpus))
