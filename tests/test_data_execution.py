@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 
-import ember
 import ember.data as rd
 from ember.util import state
 from tests.conftest import wait_for
