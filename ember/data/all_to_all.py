@@ -51,3 +51,145 @@ def zip_blocks(groups: list) -> list:
         out.append((block_ref, meta_ref))
         position = end
     return [(block_ref, ember.get(meta_ref)) for block_ref, meta_ref in out]
+
+
+def _resolve(pairs) -> list:
+    """(block_ref, meta_ref) pairs -> bundles, fetching only the small metadata."""
+    metas = ember.get([meta for _, meta in pairs]) if pairs else []
+    return list(zip([ref for ref, _ in pairs], metas))
+
+
+# ---- repartition: row ranges over the blocks, no data through the driver --------------------------
+
+
+def _gather_rows(start: int, count: int, *blocks):
+    table = blk.concat(list(blocks)).slice(start, count)
+    return table, blk.metadata_of(table)
+
+
+def repartition_blocks(n: int, groups: list) -> list:
+    bundles = groups[0]
+    total = sum(m.num_rows for _, m in bundles)
+    starts, acc = [], 0
+    for _, meta in bundles:
+        starts.append(acc)
+        acc += meta.num_rows
+    task, pairs = _remote(_gather_rows, num_returns=2), []
+    for i in builtins_range(n):
+        lo, hi = total * i // n, total * (i + 1) // n
+        wanted = [j for j, (_, m) in enumerate(bundles) if starts[j] < hi and starts[j] + m.num_rows > lo]
+        offset = lo - starts[wanted[0]] if wanted else 0
+        pairs.append(task.options(name="Repartition").remote(offset, hi - lo, *[bundles[j][0] for j in wanted]))
+    return _resolve(pairs)
+
+
+# ---- map/reduce shuffles --------------------------------------------------------------------------
+
+
+def _partition(table: pa.Table, n: int, how: str, arg):
+    """Split one block into n parts: at random (shuffle), by key ranges (sort) or by key hash."""
+    import numpy as np
+
+    if how == "random":
+        assignment = np.random.default_rng(arg).integers(0, n, table.num_rows)
+    elif how == "range":
+        key, boundaries, descending = arg
+        values = blk.column_to_numpy(table.column(key))
+        assignment = (
+            np.searchsorted(np.asarray(boundaries), values, side="right")
+            if len(boundaries)
+            else np.zeros(table.num_rows, dtype=np.int64)
+        )
+        if descending:
+            assignment = n - 1 - assignment
+    else:
+        # Hash of each row's key values, stable across processes (Python's hash() of str is not).
+        rows = table.select(list(arg)).to_pylist()
+        assignment = np.array([hash_stable(tuple(r.values())) % n for r in rows], dtype=np.int64)
+    parts = [table.filter(pa.array(assignment == i)) for i in builtins_range(n)]
+    return tuple(parts) if n > 1 else parts[0]
+
+
+def hash_stable(value) -> int:
+    import zlib
+
+    return zlib.crc32(repr(value).encode())
+
+
+def _reduce(how: str, arg, *parts):
+    import numpy as np
+
+    table = blk.concat(list(parts))
+    if how == "random" and table.num_rows:
+        table = table.take(pa.array(np.random.default_rng(arg).permutation(table.num_rows)))
+    elif how == "range" and table.num_rows:
+        key, descending = arg
+        table = table.sort_by([(key, "descending" if descending else "ascending")])
+    elif how == "hash":
+        keys, fn, batch_format = arg
+        table = _apply_groups(table, keys, fn, batch_format)
+    return table, blk.metadata_of(table)
+
+
+def _apply_groups(table, keys, fn, batch_format):
+    if not table.num_rows:
+        return table
+    table = table.sort_by([(k, "ascending") for k in keys])
+    import numpy as np
+
+    key_arrays = [blk.column_to_numpy(table.column(k)) for k in keys]
+    change = np.zeros(table.num_rows, dtype=bool)
+    change[0] = True
+    for values in key_arrays:
+        change[1:] |= values[1:] != values[:-1]
+    starts = list(np.flatnonzero(change)) + [table.num_rows]
+    outputs = []
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        outputs.append(blk.from_batch(fn(blk.to_batch(table.slice(lo, hi - lo), batch_format))))
+    return blk.concat(outputs)
+
+
+def shuffle_blocks(how: str, n, arg_of_map, arg_of_reduce, name: str, groups: list) -> list:
+    """Map every block into n parts, then reduce part i of every block into output block i."""
+    bundles = groups[0]
+    n = n or max(1, len(bundles))
+    mapper = _remote(_partition, num_returns=n) if n > 1 else _remote(_partition)
+    parts = []
+    for i, (ref, _) in enumerate(bundles):
+        out = mapper.options(num_returns=n, name=f"{name}Map").remote(ref, n, how, arg_of_map(i))
+        parts.append(out if n > 1 else [out])
+    reducer = _remote(_reduce, num_returns=2)
+    pairs = [
+        reducer.options(name=f"{name}Reduce").remote(how, arg_of_reduce(j), *[p[j] for p in parts])
+        for j in builtins_range(n)
+    ]
+    return _resolve(pairs)
+
+
+def _sample(table: pa.Table, key: str, k: int):
+    import numpy as np
+
+    values = blk.column_to_numpy(table.column(key))
+    if len(values) <= k:
+        return values
+    return values[np.linspace(0, len(values) - 1, k).astype(int)]
+
+
+def sort_blocks(key: str, descending: bool, groups: list) -> list:
+    import numpy as np
+
+    bundles = groups[0]
+    n = max(1, len(bundles))
+    sampler = _remote(_sample)
+    samples = [s for s in ember.get([sampler.remote(ref, key, 20) for ref, m in bundles if m.num_rows]) if len(s)]
+    if samples:
+        pool = np.sort(np.concatenate(samples))
+        boundaries = [pool[len(pool) * i // n] for i in builtins_range(1, n)]
+    else:
+        boundaries = []
+    return shuffle_blocks(
+        "range", n, lambda i: (key, boundaries, descending), lambda j: (key, descending), "Sort", groups
+    )
+
+
+builtins_range = range

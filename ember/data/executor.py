@@ -260,6 +260,7 @@ class Executor:
         self.stats.budget = budget = self._budget()
         try:
             while True:
+                before = self._progress()
                 for state in reversed(self.states):
                     state.pull()
                     self._launch(state, budget)
@@ -269,7 +270,9 @@ class Executor:
                     continue
                 if root.done():
                     return
-                self._wait_and_complete()
+                # A pass that moved blocks (a barrier that just ran, say) may enable the next one.
+                if not self._wait_and_complete(stalled=self._progress() == before):
+                    continue
         finally:
             self.stats.wall_seconds = time.monotonic() - started
             self._shutdown()
@@ -428,7 +431,10 @@ class Executor:
 
     # -- completion --------------------------------------------------------------------------------
 
-    def _wait_and_complete(self):
+    def _progress(self) -> tuple:
+        return tuple((len(s.inputs), len(s.outputs), len(s.running), s.next_seq, s.fn) for s in self.states)
+
+    def _wait_and_complete(self, stalled: bool) -> bool:
         waiting = {}
         for state in self.states:
             for ref in state.running:
@@ -436,8 +442,13 @@ class Executor:
             for actor in state.actors:
                 if not actor.ready:
                     waiting[actor.ready_ref] = (state, actor)
+        if not waiting and not stalled:
+            return False
         if not waiting:
-            raise RuntimeError("ember.data executor stalled: nothing is running and nothing can start")
+            detail = "; ".join(
+                f"{s.op.name}: {len(s.inputs)} queued, {len(s.outputs)} out, done={s.done()}" for s in self.states
+            )
+            raise RuntimeError(f"ember.data executor stalled: nothing is running and nothing can start ({detail})")
         refs = list(waiting)
         ready, _ = ember.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
         if ready:
@@ -454,6 +465,7 @@ class Executor:
                 actor.ready = True
                 continue
             self._complete(owner, ref)
+        return True
 
     def _complete(self, state: OpState, meta_ref):
         record = state.running.pop(meta_ref)
