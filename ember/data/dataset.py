@@ -3,13 +3,13 @@
 import html
 import inspect
 import itertools
-import math
 
 import pyarrow as pa
 
 import ember
 from ember.data import block as blk
 from ember.data import iterator as it
+from ember.data.dataset_all_to_all import AllToAllMethods
 from ember.data.executor import Executor
 from ember.data.plan import (
     ActorPoolStrategy,
@@ -30,10 +30,6 @@ from ember.data.plan import (
 
 def _noop():
     pass
-
-
-def _tail(table, n):
-    return table.slice(table.num_rows - n)
 
 
 def _compute_of(fn, compute, concurrency, what: str):
@@ -74,7 +70,7 @@ def _remote_args(compute, num_cpus, num_gpus, memory, remote_args: dict) -> dict
     return args
 
 
-class Dataset:
+class Dataset(AllToAllMethods):
     """A distributed collection of rows in Arrow blocks, built lazily from a logical plan.
 
     Transforms return a new Dataset; nothing runs until the data is consumed (iterated, taken,
@@ -334,94 +330,6 @@ class Dataset:
         from ember.data.all_to_all import zip_blocks
 
         return Dataset(AllToAll("Zip", [self._plan, other._plan], zip_blocks))
-
-    # ---- all-to-all --------------------------------------------------------------------------
-
-    def repartition(self, num_blocks: int, *, shuffle: bool = False) -> "Dataset":
-        """``num_blocks`` blocks of near-equal row counts (in order, or shuffled with ``shuffle``)."""
-        import functools
-
-        from ember.data import all_to_all as a2a
-
-        if not isinstance(num_blocks, int) or isinstance(num_blocks, bool) or num_blocks < 1:
-            raise ValueError(f"num_blocks must be a positive int, got {num_blocks!r}.")
-        if shuffle:
-            fn = functools.partial(a2a.shuffle_blocks, "random", num_blocks, lambda i: i, lambda j: j, "Repartition")
-        else:
-            fn = functools.partial(a2a.repartition_blocks, num_blocks)
-        return Dataset(AllToAll(f"Repartition[{num_blocks}]", [self._plan], fn))
-
-    def random_shuffle(self, *, seed: int | None = None, num_blocks: int | None = None) -> "Dataset":
-        """The rows in a random order (the same order for the same ``seed`` and blocks)."""
-        import functools
-
-        import numpy as np
-
-        from ember.data import all_to_all as a2a
-
-        base = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is not None else None
-        map_seed = (lambda i: base + i) if base is not None else (lambda i: None)
-        reduce_seed = (lambda j: base + 7919 * (j + 1)) if base is not None else (lambda j: None)
-        fn = functools.partial(a2a.shuffle_blocks, "random", num_blocks, map_seed, reduce_seed, "RandomShuffle")
-        return Dataset(AllToAll("RandomShuffle", [self._plan], fn))
-
-    def sort(self, key: str, descending: bool = False) -> "Dataset":
-        """The rows ordered by the column ``key`` (sample, range-partition, sort each range)."""
-        import functools
-
-        from ember.data import all_to_all as a2a
-
-        if not isinstance(key, str):
-            raise TypeError(f"sort: key must be a column name, got {key!r}.")
-        return Dataset(AllToAll(f"Sort[{key}]", [self._plan], functools.partial(a2a.sort_blocks, key, descending)))
-
-    def groupby(self, key):
-        """Group rows by the column(s) ``key`` for aggregations or ``map_groups``."""
-        from ember.data.grouped import GroupedData
-
-        return GroupedData(self, key)
-
-    def unique(self, column: str) -> list:
-        """The distinct values of ``column``."""
-        return [row[column] for row in self.select_columns([column]).groupby(column).count().iter_rows()]
-
-    def split(self, n: int, *, equal: bool = False, locality_hints=None) -> list:
-        """``n`` materialized datasets: whole blocks dealt out, or exactly equal row counts with
-        ``equal`` (the remainder rows are dropped, as in Ray)."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}.")
-        bundles = self.materialize()._plan.bundles
-        if equal:
-            each = sum(m.num_rows for _, m in bundles) // n
-            pieces = Dataset(InputData(bundles)).repartition(n).materialize()._plan.bundles
-            parts = [Dataset(InputData([b])).limit(each).materialize()._plan.bundles for b in pieces]
-        else:
-            parts = [bundles[i::n] for i in range(n)]
-        return [MaterializedDataset(InputData(p, "Split")) for p in parts]
-
-    def streaming_split(self, n: int, *, equal: bool = False, locality_hints=None) -> list:
-        """``n`` datasets to hand to ``n`` consumers (this slice materializes, then splits)."""
-        return self.split(n, equal=equal)
-
-    def train_test_split(self, test_size, *, shuffle: bool = False, seed: int | None = None) -> tuple:
-        """(train, test): the last ``test_size`` rows (an int, or a fraction) form the test set."""
-        ds = self.random_shuffle(seed=seed) if shuffle else self
-        mat = ds.materialize()
-        total = mat.count()
-        if isinstance(test_size, float):
-            if not 0 < test_size < 1:
-                raise ValueError(f"test_size must be in (0, 1) as a fraction, got {test_size}.")
-            test_rows = math.ceil(total * test_size)
-        elif isinstance(test_size, int) and 0 < test_size < total:
-            test_rows = test_size
-        else:
-            raise ValueError(f"test_size must be a fraction or a row count below {total}, got {test_size!r}.")
-        table_refs = mat._plan.bundles
-        both = Dataset(InputData(table_refs)).repartition(1).materialize()._plan.bundles
-        whole = Dataset(InputData(both))
-        train = whole.limit(total - test_rows).materialize()
-        test = Dataset(InputData(both)).map_batches(_tail, fn_args=(test_rows,), batch_format="pyarrow").materialize()
-        return train, test
 
     # ---- execution ---------------------------------------------------------------------------
 

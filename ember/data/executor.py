@@ -450,22 +450,36 @@ class Executor:
             )
             raise RuntimeError(f"ember.data executor stalled: nothing is running and nothing can start ({detail})")
         refs = list(waiting)
-        ready, _ = ember.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
-        if ready:
-            ready, _ = ember.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-        for ref in ready:
-            owner = waiting[ref]
-            if isinstance(owner, tuple):
-                state, actor = owner
-                try:
-                    ember.get(actor.ready_ref)  # a constructor that raised fails the execution here
-                except ember.exceptions.TaskError as error:
-                    error.function_name = f"{state.op.name}: {fn_label(state)} constructor"
-                    raise
-                actor.ready = True
-                continue
-            self._complete(owner, ref)
+        ready = []
+        try:
+            ready, _ = ember.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
+            if ready:
+                ready, _ = ember.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+            self._finish_ready(ready, waiting)
+        except BaseException:
+            # A traceback kept by a notebook (or pytest) keeps these frames: they must not pin blocks.
+            waiting = refs = ready = _ = None  # noqa: F841
+            raise
         return True
+
+    def _finish_ready(self, ready, waiting):
+        ref = owner = None
+        try:
+            for ref in ready:
+                owner = waiting[ref]
+                if isinstance(owner, tuple):
+                    state, actor = owner
+                    try:
+                        ember.get(actor.ready_ref)  # a constructor that raised fails the execution here
+                    except ember.exceptions.TaskError as error:
+                        error.function_name = f"{state.op.name}: {fn_label(state)} constructor"
+                        raise error.with_traceback(None) from None
+                    actor.ready = True
+                    continue
+                self._complete(owner, ref)
+        except BaseException:
+            ready = waiting = ref = owner = actor = None  # noqa: F841
+            raise
 
     def _complete(self, state: OpState, meta_ref):
         record = state.running.pop(meta_ref)
@@ -476,9 +490,10 @@ class Executor:
         except ember.exceptions.TaskError as error:
             if state.op.name not in str(getattr(error, "function_name", "")):
                 error.function_name = f"{state.op.name}: {error.function_name}"
-            if hasattr(error, "add_note"):
-                error.add_note(f"ember.data: the operator {state.op.name!r} failed.")
-            raise
+            # The traceback a notebook keeps must not pin blocks: drop the frames that hold refs
+            # (the remote traceback is in the message).
+            record = meta_ref = None  # noqa: F841
+            raise error.with_traceback(None) from None
         state.stats.task_seconds += time.monotonic() - record.started
         state.out_sizes.append(meta.size_bytes)
         if not state.stopped:
@@ -513,6 +528,8 @@ class Executor:
             self._cancel(state)
             state.inputs.clear()
             state.finished.clear()
+            state.outputs.clear()
+            state.groups = [[] for _ in state.upstream]
 
 
 _SLICE = [None]
