@@ -1,7 +1,11 @@
 """Ember: a Ray-compatible distributed runtime that lives in Jupyter.
 
-``import ember as ray`` runs ordinary Ray core programs. This module only re-exports the public API.
+``import ember as ray`` runs ordinary Ray core programs. This module only re-exports the public API;
+the libraries (``ember.data``, ...) are imported on first use, as Ray's are, so that ``import ember``
+stays fast and does not need their dependencies (pyarrow, pandas, ...).
 """
+
+import importlib as _importlib
 
 from ember import exceptions, util
 from ember.actor import ActorClass, ActorHandle, method
@@ -28,6 +32,15 @@ from ember.util.timeline import timeline
 
 __version__ = "0.1.0"
 
+_LIBRARIES = ("data",)
+
+
+def __getattr__(name: str):
+    # ``ray.data.range(...)`` works after a bare ``import ray``: the library loads on first use.
+    if name in _LIBRARIES:
+        return _importlib.import_module(f"ember.{name}")
+    raise AttributeError(f"module 'ember' has no attribute {name!r}")
+
 __all__ = [
     "ActorClass",
     "ActorHandle",
@@ -38,6 +51,7 @@ __all__ = [
     "available_resources",
     "cancel",
     "cluster_resources",
+    "data",
     "exceptions",
     "get",
     "get_actor",

@@ -98,6 +98,7 @@ def test_public_api_names():
         "available_resources",
         "cancel",
         "cluster_resources",
+        "data",
         "exceptions",
         "get",
         "get_actor",
@@ -118,7 +119,8 @@ def test_public_api_names():
         "wait",
     }
     assert set(ember.__all__) == expected
-    public = {name for name in vars(ember) if not name.startswith("_")}
+    # The libraries are attributes loaded on first use (module __getattr__), imported or not yet.
+    public = {name for name in vars(ember) if not name.startswith("_")} | set(ember._LIBRARIES)
     submodules = {
         "actor",
         "api",
