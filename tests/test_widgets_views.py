@@ -13,7 +13,7 @@ import ember
 from ember import widgets
 from ember.runtime.client import core_client
 from ember.widgets.events import EventFeed
-from ember.widgets.render import actors_html, cluster_html, gpus_html, store_html
+from ember.widgets.render import STYLE, actors_html, cluster_html, gpus_html, store_html
 from ember.widgets.state import ClusterState
 
 pytest.importorskip("ipywidgets")
@@ -56,7 +56,7 @@ def test_values_never_share_a_cell_with_the_next_column():
     state = state_with(store={"capacity": 8 * 2**30, "used": int(7.1 * 2**30), "num_objects": 2})
     row = cells(store_html(state), "ember-store-node")
     assert "7.1 / 8.0 GiB" in row[1] and row[2] == "2"
-    style = store_html(state)
+    style = STYLE  # sent once beside the views, and once in a snapshot
     assert "white-space:nowrap" in style and "tabular-nums" in style and "overflow-x:auto" in style
     # Empty bars read as empty in a dark theme: the track is the theme's colour, not a light grey.
     assert "background:var(--jp-layout-color3" in style

@@ -45,6 +45,7 @@ class EventFeed:
         self.stop_listeners: list = []  # fn(why), called once when the feed ends
         self.disconnected: str | None = None  # why the feed ended
         self.client = core_client.current_client(required=False)  # the connection it reports on
+        self.redraw_at: float | None = None  # a listener round due then even without a new event
         self.updates = 0  # listener rounds so far (tests check the throttle with it)
         self.busy = 0.0  # CPU seconds this feed's thread spent applying events and updating widgets
         self._stop = False
@@ -72,6 +73,14 @@ class EventFeed:
                 self.listeners.remove(listener)
             if listener in self.stop_listeners:
                 self.stop_listeners.remove(listener)
+
+    def poke_later(self, delay: float) -> None:
+        """Ask for a listener round in ``delay`` seconds even if no event comes (a hidden view that
+        skipped a change redraws then)."""
+        at = time.monotonic() + delay
+        if self.redraw_at is None or at < self.redraw_at:
+            self.redraw_at = at
+            self._wake()
 
     def add_stop_listener(self, listener) -> None:
         """Call ``listener(why)`` once when the feed ends (at once if it already has)."""
@@ -126,8 +135,14 @@ class EventFeed:
         try:
             while not self._stop:
                 due = self.throttle.due()
-                timeout = CONNECTION_CHECK * 1000 if due is None else max(1, int(min(due, CONNECTION_CHECK) * 1000))
-                ready = dict(poller.poll(timeout))
+                wait = CONNECTION_CHECK if due is None else min(due, CONNECTION_CHECK)
+                if self.redraw_at is not None:
+                    wait = max(0.0, min(wait, self.redraw_at - time.monotonic()))
+                ready = dict(poller.poll(max(1, int(wait * 1000))))
+                if self.redraw_at is not None and time.monotonic() >= self.redraw_at:
+                    self.redraw_at = None
+                    with self.lock:
+                        self.throttle.note()
                 if core_client.current_client(required=False) is not self.client:
                     self._ended("the cluster connection was shut down")
                     return

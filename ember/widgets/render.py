@@ -46,8 +46,9 @@ def fmt_bytes(value: float) -> str:
 
 
 def view(kind: str, body: str) -> str:
-    """One view's HTML: its stylesheet (scoped to ``.ember-view``) and its body."""
-    return f"{STYLE}<div class='ember-view ember-{kind}'>{body}</div>"
+    """One view's HTML, styled by ``STYLE`` (scoped to ``.ember-view``), which a widget sends once
+    beside its views and a snapshot carries once: not again with every redraw."""
+    return f"<div class='ember-view ember-{kind}'>{body}</div>"
 
 
 def table(heads: list, rows: list, empty: str, numeric: tuple = ()) -> str:

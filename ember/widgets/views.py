@@ -23,6 +23,7 @@ from ember.widgets import bokeh_js, events
 from ember.widgets.graph import COLOURS, THRESHOLD, TaskGraphModel, to_svg
 from ember.widgets.graph_plot import GraphPlot
 from ember.widgets.render import (
+    STYLE,
     actors_html,
     cluster_html,
     disconnected_html,
@@ -45,7 +46,8 @@ class LiveWidget(w.VBox):
 
     def __init__(self, feed: events.EventFeed | None = None, children=(), **kwargs):
         self.banner = w.HTML()  # empty while connected; says so once the cluster is gone
-        super().__init__(children=[self.banner, *children], **kwargs)
+        # The stylesheet goes once, in a child of its own: each redraw sends only the view's HTML.
+        super().__init__(children=[w.HTML(STYLE), self.banner, *children], **kwargs)
         self.hidden = False  # in a tab that is not shown: redrawn once a second, not at every change
         self.stale = False
         self.last_drawn = 0.0
@@ -60,8 +62,10 @@ class LiveWidget(w.VBox):
         if self.comm is None:  # closed: stop listening
             self.feed.remove_listener(self._listen)
             return
-        if self.hidden and time.monotonic() - self.last_drawn < HIDDEN_REDRAW:
+        since = time.monotonic() - self.last_drawn
+        if self.hidden and since < HIDDEN_REDRAW:
             self.stale = True
+            self.feed.poke_later(HIDDEN_REDRAW - since)  # redrawn then, even if nothing else comes
             return
         self._draw(state)
 
@@ -84,7 +88,7 @@ class LiveWidget(w.VBox):
     def snapshot(self) -> str:
         """The HTML of what the widget shows now (its saved-notebook snapshot): by default, that of
         its HTML children."""
-        return "".join(child.value for child in self.children[1:] if isinstance(child, w.HTML))
+        return "".join(child.value for child in self.children[2:] if isinstance(child, w.HTML))
 
     def _on_disconnected(self, why: str) -> None:
         self.banner.value = disconnected_html(why)
@@ -116,7 +120,7 @@ def _with_snapshot(data: dict | None, feed, title: str, snapshot) -> dict:
     data = data or {}
     with feed.lock:
         summary = feed.state.summary()
-        data["text/html"] = snapshot()
+        data["text/html"] = STYLE + snapshot()
     counts = ", ".join(f"{summary[state]} {state}" for state in summary)
     data["text/plain"] = f"Ember {title} (live in JupyterLab): tasks {counts}"
     return data
