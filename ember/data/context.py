@@ -46,7 +46,8 @@ class DataContext:
     object_store_memory_fraction: float = 0.25
     max_tasks_in_flight_per_actor: int = 2
     actor_pool_idle_scale_down: bool = True
-    enable_progress_bars: bool = False
+    # Each execution's live widget in a notebook, a few log lines on stderr elsewhere (ember/data/progress.py).
+    enable_progress_bars: bool = True
 
     _local = threading.local()
 

@@ -339,7 +339,9 @@ class Dataset(AllToAllMethods):
         if isinstance(plan, InputData):
             yield from plan.bundles
             return
-        executor = Executor(physical_plan(optimize(plan)))
+        from ember.data.progress import reporter
+
+        executor = Executor(physical_plan(optimize(plan)), progress=reporter())
         self._last_stats = executor.stats
         yield from executor.run()
 

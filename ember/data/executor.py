@@ -31,6 +31,7 @@ class OpStats:
     actors_killed_idle: int = 0
     max_actors: int = 0
     min_actors: int | None = None
+    throttled: int = 0  # scheduling passes in which the budget held back a task this operator could run
 
 
 @dataclass
@@ -148,6 +149,7 @@ class OpState:
         self.rows_passed = 0  # limit
         self.fn = None
         self.groups = [[] for _ in upstream]  # a barrier's inputs, one list per upstream
+        self.throttled = False  # the last scheduling pass held a ready task back for the budget
         if op.kind == "map" and op.read is not None:
             read = op.read
             remaining = read.limit
@@ -230,11 +232,17 @@ class OpState:
 
 
 class Executor:
-    """Runs a physical plan; iterate ``run()`` for (block_ref, BlockMetadata) in order."""
+    """Runs a physical plan; iterate ``run()`` for (block_ref, BlockMetadata) in order.
 
-    def __init__(self, root: PhysicalOp, ctx: DataContext | None = None):
+    ``progress`` (optional) is told of the execution as it goes: ``progress.update(executor)`` after
+    every scheduling pass (it decides how often to draw), ``progress.finish(executor, error)`` once at
+    the end, whatever way it ends. Both are called in the consuming thread.
+    """
+
+    def __init__(self, root: PhysicalOp, ctx: DataContext | None = None, progress=None):
         self.ctx = ctx or DataContext.get_current()
         self.root_op = root
+        self.progress = progress
         self.stats = ExecutionStats()
         self.states = []
         self._remote_fns = {}
@@ -258,6 +266,7 @@ class Executor:
         cpus = cluster_resources().get("CPU", 1)
         root = self._build(self.root_op, cpus)
         self.stats.budget = budget = self._budget()
+        error = None
         try:
             while True:
                 before = self._progress()
@@ -265,6 +274,8 @@ class Executor:
                     state.pull()
                     self._launch(state, budget)
                 self._account()
+                if self.progress is not None:
+                    self.progress.update(self)
                 if root.outputs:
                     yield root.outputs.popleft()
                     continue
@@ -273,9 +284,16 @@ class Executor:
                 # A pass that moved blocks (a barrier that just ran, say) may enable the next one.
                 if not self._wait_and_complete(stalled=self._progress() == before):
                     continue
+        except BaseException as exc:
+            # A consumer that stops early (take, schema) closes the generator: not a failure.
+            if not isinstance(exc, GeneratorExit):
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise
         finally:
             self.stats.wall_seconds = time.monotonic() - started
             self._shutdown()
+            if self.progress is not None:
+                self.progress.finish(self, error)
 
     # -- launching ---------------------------------------------------------------------------------
 
@@ -297,6 +315,7 @@ class Executor:
 
     def _launch(self, state: OpState, budget: int):
         kind = state.op.kind
+        state.throttled = False
         if kind == "limit":
             self._launch_limit(state)
         elif kind == "union":
@@ -320,6 +339,8 @@ class Executor:
                 item, in_bytes = state.inputs[0]
                 est = state.estimate(in_bytes)
                 if not self._may_launch(state, est, budget):
+                    state.throttled = True
+                    state.stats.throttled += 1
                     break
                 actor = None
                 if state.pool is not None:
