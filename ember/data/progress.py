@@ -64,9 +64,9 @@ def op_rows(executor) -> list:
 class ExecutionProgress:
     """The model: the latest ``OpRow``s, when each operator finished, and how the execution ended."""
 
-    def __init__(self, budget: int = 0, clock=time.monotonic):
+    def __init__(self, budget: int = 0, clock=time.monotonic, started: float | None = None):
         self.clock = clock
-        self.started = clock()
+        self.started = clock() if started is None else started
         self.budget = budget
         self.rows: list = []
         self.ended_at: dict = {}  # operator index -> when it was first seen done
@@ -74,10 +74,11 @@ class ExecutionProgress:
         self.wall_seconds = 0.0
         self.error: str | None = None
         self.peak_bytes = 0
+        self.now = self.started  # when the figures were taken: the views show them as of then
 
     def update(self, rows: list, now: float | None = None) -> None:
         now = self.clock() if now is None else now
-        self.rows = rows
+        self.rows, self.now = rows, now
         for index, row in enumerate(rows):
             if row.done:
                 self.ended_at.setdefault(index, now)
@@ -96,7 +97,7 @@ class ExecutionProgress:
     def elapsed(self, now: float | None = None) -> float:
         if self.finished:
             return self.wall_seconds
-        return (self.clock() if now is None else now) - self.started
+        return (self.now if now is None else now) - self.started
 
     def throughput(self, index: int, now: float | None = None) -> float:
         """Rows per second the operator put out, over the time from the start until it finished."""
@@ -146,7 +147,10 @@ class ExecutionProgress:
     def ending(self) -> str:
         rows, blocks = self.output()
         if self.error is not None:
-            return f"Failed after {self.wall_seconds:.2f} s ({self.error.splitlines()[0][:200]})"
+            # A task's error is several lines (the remote traceback): its first and its last say what.
+            lines = [line.strip() for line in self.error.splitlines() if line.strip()]
+            what = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+            return f"Failed after {self.wall_seconds:.2f} s ({what[:300]})"
         return (
             f"Finished in {self.wall_seconds:.2f} s: {rows:,} rows in {blocks} blocks out, "
             f"peak {_bytes(self.peak_bytes)} in flight of a {_bytes(self.budget)} budget"
@@ -222,7 +226,7 @@ class _Reporter:
             return
         now = self.clock()
         if self.model is None:
-            self.model = ExecutionProgress(executor.stats.budget, clock=self.clock)
+            self.model = ExecutionProgress(executor.stats.budget, clock=self.clock, started=now)
             self.last_drawn = self._first_draw(now)
         if now - self.last_drawn < self.period:
             return
