@@ -240,8 +240,10 @@ class _Reporter:
             self.model = ExecutionProgress(executor.stats.budget, clock=self.clock)
         stats = executor.stats
         self._guard(
-            lambda: (self.model.finish(op_rows(executor), stats.wall_seconds, error, stats.peak_bytes),
-                     self.close(self.model))
+            lambda: (
+                self.model.finish(op_rows(executor), stats.wall_seconds, error, stats.peak_bytes),
+                self.close(self.model),
+            )
         )
 
     def _guard(self, action) -> None:
