@@ -69,3 +69,13 @@ def test_split_and_train_test_split(cluster):
     assert test.count() == 10 and sorted(ids) == list(range(100)) and ids != list(range(100))
     with pytest.raises(ValueError):
         ds.train_test_split(1.5)
+
+
+def test_groupby_mean_and_std_of_several_columns_skip_nulls(cluster):
+    items = [{"g": 1, "a": 1.0, "b": 2.0}, {"g": 1, "a": 3.0, "b": None}, {"g": 2, "a": 5.0, "b": 4.0}]
+    frame = pd.DataFrame(items)
+    means = rd.from_items(items).groupby("g").mean(["a", "b"]).to_pandas()
+    want = frame.groupby("g")[["a", "b"]].mean().reset_index()
+    assert means["mean(a)"].tolist() == want["a"].tolist() and means["mean(b)"].tolist() == want["b"].tolist()
+    stds = rd.from_items(items).groupby("g").std(["a", "b"]).to_pandas()
+    assert stds["std(a)"].tolist()[0] == pytest.approx(frame[frame.g == 1]["a"].std())

@@ -33,7 +33,10 @@ def _needed(specs: list) -> list:
 
 def _pyarrow_agg(part, column):
     if part == "count":
-        return [], "count_all", "count_all"
+        if column is None:  # count(): the group's rows
+            return [], "count_all", "count_all"
+        # A mean's or std's count: the column's non-null values (as Ray's ignore_nulls), one per column.
+        return column, "count", f"{column}_count"
     if part == "sumsq":
         return f"__sq_{column}", "sum", f"__sq_{column}_sum"
     return column, part, f"{column}_{part}"
