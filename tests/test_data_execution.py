@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import wait_for
 
+import ember
 import ember.data as rd
 from ember.util import state
 
@@ -191,3 +192,16 @@ def test_breaking_out_of_iteration_cancels_the_rest(cluster):
     assert list(first["id"]) == list(range(100))
     it.close()
     wait_for(lambda: owned_objects() <= before, message="the blocks to be freed")
+
+
+def test_a_pool_that_would_take_every_cpu_from_its_inputs_is_refused_at_once(cluster):
+    class Add:
+        def __call__(self, batch):
+            return {"id": batch["id"] + 1}
+
+    cpus = int(ember.cluster_resources()["CPU"])
+    with pytest.raises(ValueError, match="nothing could feed the pool"):
+        rd.range(100, override_num_blocks=4).map_batches(Add, concurrency=cpus).count()
+    # Fewer CPUs per actor leaves room for the reads.
+    assert rd.range(100, override_num_blocks=4).map_batches(Add, concurrency=cpus, num_cpus=0.5).count() == 100
+    wait_for(lambda: not live_pool_actors(), message="no pool actor left")

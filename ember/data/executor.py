@@ -265,6 +265,7 @@ class Executor:
         started = time.monotonic()
         cpus = cluster_resources().get("CPU", 1)
         root = self._build(self.root_op, cpus)
+        self._check_pools(cpus)
         self.stats.budget = budget = self._budget()
         error = None
         try:
@@ -411,6 +412,23 @@ class Executor:
 
     # -- actor pools -------------------------------------------------------------------------------
 
+    def _check_pools(self, cpus: float) -> None:
+        """A pool whose first actors take every CPU while an operator before it needs CPUs for its
+        tasks would wait for ever (its inputs could never be made): refuse it at once, saying why."""
+        for state in self.states:
+            if state.pool is None:
+                continue
+            per_actor = state.op.remote_args.get("num_cpus", 1) or 0
+            held = state.pool.min_size * per_actor
+            if held < cpus or not any(_runs_tasks(up) for up in state.upstream):
+                continue
+            raise ValueError(
+                f"{state.op.name}: its actor pool starts {state.pool.min_size} actor(s) with num_cpus={per_actor:g} "
+                f"each, every one of the cluster's {cpus:g} CPUs, while the operators before it need CPUs for their "
+                "tasks: nothing could feed the pool. Give its actors fewer CPUs (num_cpus=0.5), start fewer "
+                "(concurrency=(1, n)), or use a cluster with more CPUs."
+            )
+
     def _new_actor(self, state: OpState):
         op = state.op
         args = dict(op.remote_args)
@@ -554,3 +572,9 @@ class Executor:
 
 
 _SLICE = [None]
+
+
+def _runs_tasks(state: OpState) -> bool:
+    """Whether an operator needs CPUs for tasks of its own (in-memory inputs and pools do not)."""
+    op = state.op
+    return op.kind == "map" and state.pool is None and (op.remote_args.get("num_cpus", 1) or 0) > 0
