@@ -55,8 +55,13 @@ _FILENAME_AT = _filename_position() if _cloudpickle_code_reduce is not None else
 _OURS = {types.CodeType: _code_reduce} if _FILENAME_AT is not None else {}
 
 
+_CLOUDPICKLE_TABLE = cloudpickle.Pickler.dispatch_table
+
+
 class _Pickler(cloudpickle.Pickler):
-    dispatch_table = ChainMap(_OURS, cloudpickle.Pickler.dispatch_table)
+    # One flat ChainMap (cloudpickle's own is one already): the pickler looks a type up here for
+    # every object it meets, and a ChainMap nested in another would add a level to each lookup.
+    dispatch_table = ChainMap(_OURS, *getattr(_CLOUDPICKLE_TABLE, "maps", [_CLOUDPICKLE_TABLE]))
 
 
 class SerializationError(TypeError):
