@@ -191,3 +191,51 @@ def run_driver(
             f"driver failed ({result.returncode}):\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
+
+
+@pytest.fixture
+def feed(cluster):
+    """A widgets' event feed of its own on the shared cluster, live (a probe task's events seen)
+    and with its task history cleared."""
+    pytest.importorskip("ipywidgets")
+    from ember.runtime.client import core_client
+    from ember.widgets.events import EventFeed
+
+    @ember.remote
+    def probe():
+        return 4
+
+    feed = EventFeed(core_client.current_client().publisher_address).start()
+    wait_for(lambda: ember.get(probe.remote()) == 4 and feed.state.summary()["finished"], timeout=20)
+    with feed.lock:
+        feed.state.clear_tasks()
+    yield feed
+    feed.stop()
+
+
+def assert_cluster_works() -> None:
+    """From this process's driver: a task with a stored argument, a 10 MB value through the store,
+    an actor's calls in order, and the node alive (after a test sent a service garbage, say)."""
+    import numpy as np
+
+    @ember.remote
+    def add(a, b):
+        return a + b
+
+    @ember.remote
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def inc(self):
+            self.n += 1
+            return self.n
+
+    big = ember.put(np.arange(200_000))
+    assert ember.get(add.remote(ember.put(1), 2), timeout=60) == 3
+    assert int(ember.get(add.remote(big, 1), timeout=60)[-1]) == 200_000
+    data = os.urandom(10 << 20)
+    assert ember.get(ember.put(data), timeout=60) == data
+    counter = Counter.remote()
+    assert ember.get([counter.inc.remote(), counter.inc.remote()], timeout=60) == [1, 2]
+    assert ember.nodes()[0]["Alive"]

@@ -8,9 +8,8 @@ work.
 """
 
 import msgpack
-import numpy as np
 import zmq
-from conftest import wait_for
+from conftest import assert_cluster_works, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -105,26 +104,6 @@ def _still_serves(client, sock) -> None:
             return
 
 
-def _cluster_works(client) -> None:
-    @ember.remote
-    def add(a, b):
-        return a + b
-
-    @ember.remote
-    class Counter:
-        def __init__(self):
-            self.n = 0
-
-        def inc(self):
-            self.n += 1
-            return self.n
-
-    big = ember.put(np.arange(200_000))
-    assert ember.get(add.remote(ember.put(1), 2), timeout=60) == 3
-    assert int(ember.get(add.remote(big, 1), timeout=60)[-1]) == 200_000
-    counter = Counter.remote()
-    assert ember.get([counter.inc.remote(), counter.inc.remote()], timeout=60) == [1, 2]
-    assert ember.nodes()[0]["Alive"]
 
 
 def _tables_clean(client, before: set) -> None:
@@ -160,7 +139,7 @@ def test_owner_service_survives_fuzzed_requests(cluster):
     assert ember.get(kept) == b"kept"
     assert not client.objects.references.owned[kept._id].borrowers
     _tables_clean(client, before)
-    _cluster_works(client)
+    assert_cluster_works()
 
 
 def test_pushes_and_replies_from_a_peer_are_checked(cluster):
@@ -192,4 +171,4 @@ def test_pushes_and_replies_from_a_peer_are_checked(cluster):
         client.call_soon(client.close_peer, peer)
         router.close()
     _tables_clean(client, before)
-    _cluster_works(client)
+    assert_cluster_works()

@@ -10,9 +10,7 @@ from conftest import wait_for
 
 import ember
 from ember import widgets
-from ember.runtime.client import core_client
 from ember.runtime.task_context import output_tag
-from ember.widgets.events import EventFeed
 
 pytest.importorskip("ipywidgets")
 
@@ -27,15 +25,6 @@ def fail():
     raise RuntimeError("broken on purpose")
 
 
-@pytest.fixture
-def feed(cluster):
-    """A feed of its own, live (a probe's events seen) and with its task history cleared."""
-    feed = EventFeed(core_client.current_client().publisher_address).start()
-    wait_for(lambda: ember.get(square.remote(2)) == 4 and feed.state.summary()["finished"], timeout=20)
-    with feed.lock:
-        feed.state.clear_tasks()
-    yield feed
-    feed.stop()
 
 
 def counts(html: str) -> dict:

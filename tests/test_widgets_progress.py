@@ -11,9 +11,7 @@ from conftest import wait_for
 
 import ember
 from ember import widgets
-from ember.runtime.client import core_client
 from ember.runtime.ids import TASK_ID_SIZE
-from ember.widgets.events import EventFeed
 from ember.widgets.progress_model import ProgressModel, _cells, fmt_duration, progress_html
 from ember.widgets.state import ClusterState
 
@@ -126,14 +124,6 @@ def fail():
     raise RuntimeError("broken on purpose")
 
 
-@pytest.fixture
-def feed(cluster):
-    feed = EventFeed(core_client.current_client().publisher_address).start()
-    wait_for(lambda: ember.get(square.remote(2)) == 4 and feed.state.summary()["finished"], timeout=20)
-    with feed.lock:
-        feed.state.clear_tasks()
-    yield feed
-    feed.stop()
 
 
 def test_widget_and_text_line_after_real_tasks(feed):

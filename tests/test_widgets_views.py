@@ -62,34 +62,29 @@ def test_values_never_share_a_cell_with_the_next_column():
     assert "background:var(--jp-layout-color3" in style
 
 
-def test_actors_tab_shows_pid_node_restarts_and_calls(cluster):
-    feed = EventFeed(core_client.current_client().publisher_address).start()
-    try:
+def test_actors_tab_shows_pid_node_restarts_and_calls(feed):
+    @ember.remote
+    class Worker:
+        def pid(self):
+            return os.getpid()
 
-        @ember.remote
-        class Worker:
-            def pid(self):
-                return os.getpid()
+    actor = Worker.remote()
+    pid = ember.get([actor.pid.remote() for _ in range(3)])[-1]
+    view = widgets.Actors(feed=feed)
+    actor_id = actor._actor_id.hex()
 
-        actor = Worker.remote()
-        pid = ember.get([actor.pid.remote() for _ in range(3)])[-1]
-        view = widgets.Actors(feed=feed)
-        actor_id = actor._actor_id.hex()
+    def shown():
+        with feed.lock:
+            html = actors_html(feed.state)
+        match = re.search(rf"<tr class='ember-actor'><td><code>{actor_id[:12]}</code>.*?</tr>", html)
+        return match and re.findall(r"<td[^>]*>(.*?)</td>", match.group(0))
 
-        def shown():
-            with feed.lock:
-                html = actors_html(feed.state)
-            match = re.search(rf"<tr class='ember-actor'><td><code>{actor_id[:12]}</code>.*?</tr>", html)
-            return match and re.findall(r"<td[^>]*>(.*?)</td>", match.group(0))
-
-        wait_for(lambda: shown() and shown()[7] == "3", timeout=20, message="three calls on the actors tab")
-        row = shown()
-        assert row[1] == "Worker" and row[3] == "ALIVE" and row[4] == str(pid) and row[6] == "0"
-        assert ">restarts</th>" in view.html.value
-        view.close()
-        ember.kill(actor)
-    finally:
-        feed.stop()
+    wait_for(lambda: shown() and shown()[7] == "3", timeout=20, message="three calls on the actors tab")
+    row = shown()
+    assert row[1] == "Worker" and row[3] == "ALIVE" and row[4] == str(pid) and row[6] == "0"
+    assert ">restarts</th>" in view.html.value
+    view.close()
+    ember.kill(actor)
 
 
 def test_nodes_report_the_machines_memory_in_use(cluster):
@@ -101,21 +96,17 @@ def test_nodes_report_the_machines_memory_in_use(cluster):
     assert total == psutil.virtual_memory().total and 0 < used < total
 
 
-def test_widget_outputs_carry_a_snapshot_and_a_one_line_summary(cluster):
-    feed = EventFeed(core_client.current_client().publisher_address).start()
-    try:
-        view = widgets.Cluster(feed=feed)
-        bundle = view._repr_mimebundle_()
-        assert "application/vnd.jupyter.widget-view+json" in bundle
-        assert bundle["text/plain"].startswith("Ember cluster (live in JupyterLab): tasks ")
-        assert "<style>" in bundle["text/html"] and "ember-cluster" in bundle["text/html"]
-        dashboard = widgets.Dashboard(feed=feed)
-        html = dashboard._repr_mimebundle_()["text/html"]
-        assert all(name in html for name in ("ember-cluster", "ember-store", "ember-gpus", "ember-actors"))
-        dashboard.close()
-        view.close()
-    finally:
-        feed.stop()
+def test_widget_outputs_carry_a_snapshot_and_a_one_line_summary(feed):
+    view = widgets.Cluster(feed=feed)
+    bundle = view._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"].startswith("Ember cluster (live in JupyterLab): tasks ")
+    assert "<style>" in bundle["text/html"] and "ember-cluster" in bundle["text/html"]
+    dashboard = widgets.Dashboard(feed=feed)
+    html = dashboard._repr_mimebundle_()["text/html"]
+    assert all(name in html for name in ("ember-cluster", "ember-store", "ember-gpus", "ember-actors"))
+    dashboard.close()
+    view.close()
 
 
 def test_widgets_say_they_are_disconnected_after_shutdown(cluster):
@@ -215,43 +206,33 @@ def test_a_notebook_saved_by_nbclient_keeps_snapshots_with_the_numbers_at_the_ce
     assert all(view in dashboard.data["text/html"] for view in ("ember-cluster", "ember-store", "ember-actors"))
 
 
-def test_cluster_widget_shows_the_nodes_workers_by_state(cluster):
-    feed = EventFeed(core_client.current_client().publisher_address).start()
-    try:
-
-        @ember.remote
-        class Holder:
-            def ping(self):
-                return 1
-
-        holder = Holder.remote()
-        ember.get(holder.ping.remote())
-        view = widgets.Cluster(feed=feed)
-
-        def states():
-            return {k: int(v) for k, v in re.findall(r"ember-workers-(\w+)'>(\d+)<", view.html.value)}
-
-        wait_for(lambda: states().get("actor", 0) >= 1, timeout=20, message="the actor's worker")
-        assert sum(states().values()) >= 2  # the actor's worker and the pool's
-        view.close()
-        ember.kill(holder)
-    finally:
-        feed.stop()
-
-
-def test_an_infeasible_task_shows_in_the_cluster_widget(cluster):
-    feed = EventFeed(core_client.current_client().publisher_address).start()
-    try:
-
-        @ember.remote(num_cpus=64)
-        def too_big():
+def test_cluster_widget_shows_the_nodes_workers_by_state(feed):
+    @ember.remote
+    class Holder:
+        def ping(self):
             return 1
 
-        ref = too_big.remote()
-        view = widgets.Cluster(feed=feed)
-        wait_for(lambda: "infeasible" in view.html.value and "{CPU: 64}" in view.html.value, timeout=20)
-        ember.cancel(ref)
-        wait_for(lambda: "ember-demand" not in view.html.value, timeout=20, message="the demand to go")
-        view.close()
-    finally:
-        feed.stop()
+    holder = Holder.remote()
+    ember.get(holder.ping.remote())
+    view = widgets.Cluster(feed=feed)
+
+    def states():
+        return {k: int(v) for k, v in re.findall(r"ember-workers-(\w+)'>(\d+)<", view.html.value)}
+
+    wait_for(lambda: states().get("actor", 0) >= 1, timeout=20, message="the actor's worker")
+    assert sum(states().values()) >= 2  # the actor's worker and the pool's
+    view.close()
+    ember.kill(holder)
+
+
+def test_an_infeasible_task_shows_in_the_cluster_widget(feed):
+    @ember.remote(num_cpus=64)
+    def too_big():
+        return 1
+
+    ref = too_big.remote()
+    view = widgets.Cluster(feed=feed)
+    wait_for(lambda: "infeasible" in view.html.value and "{CPU: 64}" in view.html.value, timeout=20)
+    ember.cancel(ref)
+    wait_for(lambda: "ember-demand" not in view.html.value, timeout=20, message="the demand to go")
+    view.close()
