@@ -5,27 +5,14 @@ import random
 
 import pytest
 from conftest import wait_for
+from test_event_stream import submitted, task  # hand-made task events, as an owner sends them
 
 import ember
 from ember.runtime.client import core_client
-from ember.runtime.ids import return_object_id
 from ember.widgets.graph import COLOURS, TaskGraphModel, to_svg
 from ember.widgets.graph_layout import crossings, layered_layout
 from ember.widgets.graph_plot import GROUP, TASK, columns, view_ranges
 from ember.widgets.state import ClusterState
-
-
-def task(n: int) -> bytes:
-    return n.to_bytes(14, "little")
-
-
-def submitted(n, name, deps=(), when=1.0):
-    return [
-        "submitted",
-        task(n),
-        when,
-        {"name": name, "parent": None, "deps": [return_object_id(task(d), 0) for d in deps]},
-    ]
 
 
 def chain(state, name="add", length=50, start=0, when=1.0):
