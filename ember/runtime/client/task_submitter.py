@@ -76,7 +76,6 @@ class TaskSubmitter:
         self.dep_waiters = self.tasks.dep_waiters
         self.lineage = self.tasks.lineage
         self.actor_calls = ActorCalls(self)
-        self.streams: dict = {}  # task id -> Stream of the generator tasks running
         self.stream_values = StreamValues(client, objects)
         self._running = False  # carrying out actions (see _run)
         self._backlog: collections.deque = collections.deque()
@@ -185,8 +184,6 @@ class TaskSubmitter:
                 actor=spec.actor,
                 tag=spec.header.get("tag"),
             )
-        if spec.stream is not None:
-            self.streams[spec.task_id] = spec.stream
         pending = ()
         if spec.refs:
             entries = self.objects.entries
@@ -410,7 +407,6 @@ class TaskSubmitter:
                 self.client.task_event("failed", spec.task_id, error=error, **fields)
         if spec.stream is not None:
             spec.stream.done = True
-            self.streams.pop(spec.task_id, None)
             self.client.changed = True  # a consumer waiting in next() looks again
             if spec.stream.dynamic:
                 spec.stream.items = []  # values of a task that failed before the end: nobody can read them
