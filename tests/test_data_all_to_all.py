@@ -60,7 +60,6 @@ def test_split_and_train_test_split(cluster):
     assert sorted(r["id"] for p in parts for r in p.iter_rows()) == list(range(100))
     equal = ds.split(3, equal=True)
     assert [p.count() for p in equal] == [33, 33, 33]
-    assert [p.count() for p in ds.streaming_split(2, equal=True)] == [50, 50]
     train, test = ds.train_test_split(0.25)
     assert [r["id"] for r in train.iter_rows()] == list(range(75))
     assert [r["id"] for r in test.iter_rows()] == list(range(75, 100))

@@ -6,6 +6,7 @@ alone does not.
 
 from ember.data.block import BlockMetadata
 from ember.data.context import DataContext, ExecutionOptions, ExecutionResources
+from ember.data.data_iterator import DataIterator
 from ember.data.dataset import Dataset, MaterializedDataset
 from ember.data.plan import ActorPoolStrategy, TaskPoolStrategy
 from ember.data.sources import (
@@ -27,6 +28,7 @@ __all__ = [
     "ActorPoolStrategy",
     "BlockMetadata",
     "DataContext",
+    "DataIterator",
     "Dataset",
     "ExecutionOptions",
     "ExecutionResources",

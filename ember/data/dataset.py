@@ -333,7 +333,7 @@ class Dataset(AllToAllMethods):
 
     # ---- execution ---------------------------------------------------------------------------
 
-    def _bundles(self):
+    def _bundles(self, progress: bool = True):
         """Run the plan: (block_ref, BlockMetadata) in order, streaming."""
         plan = self._plan
         if isinstance(plan, InputData):
@@ -341,7 +341,7 @@ class Dataset(AllToAllMethods):
             return
         from ember.data.progress import reporter
 
-        executor = Executor(physical_plan(optimize(plan)), progress=reporter())
+        executor = Executor(physical_plan(optimize(plan)), progress=reporter() if progress else None)
         self._last_stats = executor.stats
         yield from executor.run()
 
@@ -394,21 +394,21 @@ class Dataset(AllToAllMethods):
         prefetch_batches=1,
     ):
         """Iterate over batches as dicts of torch tensors (needs torch)."""
-        import torch
-
-        for batch in self.iter_batches(
+        return self.iterator().iter_torch_batches(
             batch_size=batch_size,
+            dtypes=dtypes,
+            device=device,
             drop_last=drop_last,
-            prefetch_batches=prefetch_batches,
             local_shuffle_buffer_size=local_shuffle_buffer_size,
             local_shuffle_seed=local_shuffle_seed,
-        ):
-            out = {}
-            for name, values in batch.items():
-                dtype = dtypes.get(name) if isinstance(dtypes, dict) else dtypes
-                tensor = torch.as_tensor(values.copy() if not values.flags.writeable else values, dtype=dtype)
-                out[name] = tensor if device in (None, "auto", "cpu") else tensor.to(device)
-            yield out
+            prefetch_batches=prefetch_batches,
+        )
+
+    def iterator(self):
+        """A ``DataIterator`` over this dataset (each pass runs it again)."""
+        from ember.data.data_iterator import DatasetIterator
+
+        return DatasetIterator(self)
 
     def take(self, limit: int = 20) -> list:
         """The first ``limit`` rows as dicts."""

@@ -73,8 +73,21 @@ class AllToAllMethods:
         return [_classes()[1](InputData(p, "Split")) for p in parts]
 
     def streaming_split(self, n: int, *, equal: bool = False, locality_hints=None) -> list:
-        """``n`` datasets to hand to ``n`` consumers (this slice materializes, then splits)."""
-        return self.split(n, equal=equal)
+        """``n`` DataIterators fed by one streaming execution, for ``n`` concurrent consumers (Train's
+        workers, actors). Blocks go to whichever consumer asks next, or, with ``equal``, every
+        consumer gets the same number of rows. Each pass over the iterators is an epoch that starts
+        once all ``n`` have begun it, so they must be consumed concurrently."""
+        import ember
+        from ember.data.data_iterator import StreamSplitDataIterator
+        from ember.data.split_coordinator import SplitCoordinator
+
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}.")
+        # Threaded: each consumer has a call in flight, and one more may wait at the next epoch.
+        coordinator = (
+            ember.remote(SplitCoordinator).options(num_cpus=0, max_concurrency=2 * n + 1).remote(self, n, bool(equal))
+        )
+        return [StreamSplitDataIterator(coordinator, i, n) for i in range(n)]
 
     def train_test_split(self, test_size, *, shuffle: bool = False, seed: int | None = None) -> tuple:
         """(train, test): the last ``test_size`` rows (an int, or a fraction) form the test set."""

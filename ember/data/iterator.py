@@ -7,23 +7,28 @@ import ember
 from ember.data import block as blk
 
 
-def _tables(bundles):
+def tables(bundles):
+    """The tables of ``(ref, metadata)`` blocks, or of ``(ref, None, start, length)`` slices of them
+    (a streaming split's share), in order."""
     # Closing the bundle stream (an error, a break, KeyboardInterrupt in the consumer) stops the
     # execution behind it at once, not when the generator is garbage collected.
     try:
-        for ref, meta in bundles:
-            if meta.num_rows:
+        for ref, meta, *piece in bundles:
+            if piece:
+                if piece[1]:
+                    yield ember.get(ref).slice(*piece)
+            elif meta.num_rows:
                 yield ember.get(ref)
     finally:
         bundles.close() if hasattr(bundles, "close") else None
 
 
 def fetch_table(bundles) -> pa.Table:
-    return blk.concat(list(_tables(bundles)))
+    return blk.concat(list(tables(bundles)))
 
 
 def iter_rows(bundles):
-    for table in _tables(bundles):
+    for table in tables(bundles):
         yield from blk.iter_rows(table)
 
 
@@ -37,10 +42,10 @@ def iter_batches(bundles, *, batch_size, batch_format, drop_last=False, shuffle_
 
 
 def _iter_batches(bundles, batch_size, batch_format, drop_last, shuffle_buffer, seed):
-    tables = _tables(bundles)
+    stream = tables(bundles)
     try:
         if batch_size is None and shuffle_buffer is None:
-            for table in tables:
+            for table in stream:
                 yield blk.to_batch(table, batch_format, zero_copy=True)
             return
         size = batch_size or 256
@@ -48,7 +53,7 @@ def _iter_batches(bundles, batch_size, batch_format, drop_last, shuffle_buffer, 
         # Rows that wait for a full batch (or, with a shuffle buffer, for enough company to shuffle).
         pending, pending_rows = [], 0
         want = size if rng is None else shuffle_buffer + size
-        for table in tables:
+        for table in stream:
             pending.append(table)
             pending_rows += table.num_rows
             while pending_rows >= want:
@@ -68,4 +73,18 @@ def _iter_batches(bundles, batch_size, batch_format, drop_last, shuffle_buffer, 
                     break
                 yield blk.to_batch(piece, batch_format, zero_copy=True)
     finally:
-        tables.close()
+        stream.close()
+
+
+def torch_batches(batches, dtypes, device):
+    """Numpy batches as dicts of torch tensors (``dtypes``: one dtype or one per column)."""
+    import torch
+
+    for batch in batches:
+        out = {}
+        for name, values in batch.items():
+            dtype = dtypes.get(name) if isinstance(dtypes, dict) else dtypes
+            # torch refuses read-only memory (a zero-copy batch from the store is read-only).
+            tensor = torch.as_tensor(values.copy() if not values.flags.writeable else values, dtype=dtype)
+            out[name] = tensor if device in (None, "auto", "cpu") else tensor.to(device)
+        yield out
