@@ -1,7 +1,9 @@
 """The widgets in a real JupyterLab (headless Chromium via Playwright) at 1024 and 1400 px, in the
 light and the dark theme: a tab opened for the first time while a cell runs shows live numbers, no
-table cell overlaps its neighbour or wraps, the cluster table fits at 1024 px, and empty bars read
-as empty in the dark theme. Screenshots of each case are kept in test-artifacts/.
+table cell overlaps its neighbour or wraps, the cluster table fits at 1024 px, empty bars read as
+empty in the dark theme, a progress bar with 10 of 500 tasks failed is about 2% red, and the task
+graph draws its canvas whole with its controls' labels uncut. Screenshots of each case are kept in
+test-artifacts/.
 """
 
 import os
@@ -30,7 +32,49 @@ CELLS = [
     "    ember.get(counter.incr.remote())\n"
     "    time.sleep(0.05)\n"
     "print('cell', 'done')",
+    # 10 of 500 tasks fail: the bar is 2% red, not red all over.
+    "@ember.remote\n"
+    "def work(i):\n"
+    "    if i % 50 == 0:\n"
+    "        raise ValueError(i)\n"
+    "    return i\n"
+    "ember.widgets.progress([work.remote(i) for i in range(500)], description='ten fail')",
 ]
+
+# The progress bar's segments (share of the bar's width, by state) and whether the text line wraps.
+PROGRESS = """
+() => [...document.querySelectorAll('.ember-progress')].filter(p => p.offsetParent !== null).map(p => {
+  const bar = p.querySelector('.ember-progress-bar').getBoundingClientRect();
+  const shares = {};
+  for (const seg of p.querySelectorAll('.ember-progress-segment')) {
+    const state = [...seg.classList].find(c => c.startsWith('ember-progress-seg-')).slice(19);
+    shares[state] = seg.getBoundingClientRect().width / bar.width;
+  }
+  const final = p.querySelector('.ember-progress-final');
+  return {shares, barWidth: bar.width, right: p.getBoundingClientRect().right,
+          final: final ? final.innerText : null, text: p.innerText};
+})
+"""
+
+# The visible widget labels (the graph's "collapse past"): whether each shows its whole text.
+LABELS = """
+() => [...document.querySelectorAll('.widget-label')].filter(l => l.offsetParent !== null && l.innerText)
+  .map(l => ({text: l.innerText, whole: l.scrollWidth <= l.clientWidth + 1}))
+"""
+
+# The task graph's bokeh canvases (bokeh draws inside shadow roots): drawn, with a size, in the page.
+GRAPH = """
+() => {
+  const found = [];
+  const walk = root => { for (const el of root.querySelectorAll('*')) {
+    if (el.tagName === 'CANVAS') found.push(el);
+    if (el.shadowRoot) walk(el.shadowRoot);
+  } };
+  for (const graph of document.querySelectorAll('.ember-task-graph')) if (graph.offsetParent !== null) walk(graph);
+  return found.map(c => c.getBoundingClientRect()).filter(b => b.width > 0)
+    .map(b => ({width: b.width, height: b.height, right: b.right}));
+}
+"""
 
 # Every visible table of the ember views: the box of each cell's content, the most lines any of its
 # text pieces takes (a wrapped text has client rects on several lines), and by how much the table
@@ -80,6 +124,24 @@ def check_layout(page, case: str) -> None:
         assert table["past"] <= 1, f"{case}: {table['view']}: the table is cut off ({table['past']:.0f} px)"
 
 
+def check_progress(page, case: str) -> None:
+    (bar,) = page.evaluate(PROGRESS)
+    assert bar["final"] and bar["final"].startswith("Finished in"), f"{case}: {bar['text']!r}"
+    assert 0.01 <= bar["shares"].get("failed", 0) <= 0.04, f"{case}: failed share {bar['shares']}"
+    assert bar["shares"].get("finished", 0) >= 0.95, f"{case}: finished share {bar['shares']}"
+    assert bar["barWidth"] > 100 and bar["right"] <= page.viewport_size["width"], f"{case}: {bar}"
+
+
+def check_graph(page, case: str) -> None:
+    labels = page.evaluate(LABELS)
+    assert labels and all(label["whole"] for label in labels), f"{case}: a control's label is cut: {labels}"
+    canvases = page.evaluate(GRAPH)
+    assert canvases, f"{case}: the task graph drew no canvas"
+    for canvas in canvases:
+        assert canvas["width"] > 200 and canvas["height"] > 100, f"{case}: the graph is {canvas}"
+        assert canvas["right"] <= page.viewport_size["width"] + 1, f"{case}: the graph is cut off: {canvas}"
+
+
 def test_widgets_layout_in_both_themes_and_widths(tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with jupyter_lab(tmp_path, {"layout.ipynb": CELLS}) as lab, playwright_api.sync_playwright() as playwright:
@@ -99,6 +161,7 @@ def test_widgets_layout_in_both_themes_and_widths(tmp_path):
             assert "cell done" not in running_cell.inner_text()  # all of it while the cell ran
             (tmp_path / "stop").touch()
             wait_for(lambda: "cell done" in running_cell.inner_text(), timeout=30, message="the cell to end")
+            page.wait_for_selector(".ember-progress-final", timeout=60_000)
 
             for theme in ("light", "dark"):
                 if theme == "dark":  # from the menu, as a user would (a reload would drop the outputs)
@@ -118,6 +181,11 @@ def test_widgets_layout_in_both_themes_and_widths(tmp_path):
                         page.get_by_role("tab", name=tab).last.click()
                         page.wait_for_timeout(200)  # a layout pass
                         check_layout(page, f"{case}, {tab} tab")
+                    check_progress(page, case)
+                    page.get_by_role("tab", name="Task graph").last.click()
+                    page.wait_for_timeout(200)
+                    check_graph(page, case)
+                    page.screenshot(path=str(ARTIFACTS / f"graph-{theme}-{width}.png"), full_page=True)
                     page.get_by_role("tab", name="Cluster").last.click()
                     page.screenshot(path=str(ARTIFACTS / f"widgets-{theme}-{width}.png"), full_page=True)
         finally:

@@ -210,17 +210,28 @@ class TaskGraph(LiveWidget):
             self.plot.update(self.graph_model.build(feed.state))
         self.picture = BokehModel(self.plot.figure)
         self.picture.add_class("ember-task-graph")
+        # The label sized to its text: a fixed description width cut it to "collapse p..." at 1024 px.
         self.threshold_box = w.BoundedIntText(
-            value=threshold, min=0, max=1_000_000, description="collapse past", layout=w.Layout(width="200px")
+            value=threshold,
+            min=0,
+            max=1_000_000,
+            description="collapse past",
+            style={"description_width": "initial"},
+            layout=w.Layout(width="190px"),
         )
-        self.reset_button = w.Button(description="Reset", tooltip="forget the tasks shown so far in this view")
+        self.reset_button = w.Button(
+            description="Reset", tooltip="forget the tasks shown so far in this view", layout=w.Layout(width="auto")
+        )
         legend = " ".join(
             f"<span style='color:{c}'>\u25a0</span> <span style='color:var(--jp-ui-font-color1, inherit)'>{s}</span>"
             for s, c in COLOURS.items()
         )
         self.legend = w.HTML(f"<small>{legend}</small>")
         self.graph = None
-        controls = w.HBox([self.threshold_box, self.reset_button, self.legend])
+        controls = w.HBox(
+            [self.threshold_box, self.reset_button, self.legend],
+            layout=w.Layout(flex_flow="row wrap", align_items="center", grid_gap="4px 12px"),
+        )
         super().__init__(feed=feed, children=[self.counts, controls, self.picture], **kwargs)
         self.threshold_box.observe(self._on_threshold, names="value")
         self.reset_button.on_click(lambda _: self.reset())
