@@ -209,7 +209,10 @@ def test_consumers(cluster, tmp_path, df):
     mat = ds.materialize()
     assert mat.count() == 60 and isinstance(mat, rd.MaterializedDataset)
     assert "<table" in mat._repr_html_() and "MapBatches" in ds._repr_html_()
-    assert "a" in str(ds.schema()) and ds.schema().names == ["a", "b", "c"]
+    schema = ds.schema()
+    assert isinstance(schema, rd.Schema) and schema.names == ["a", "b", "c"]
+    assert repr(rd.range(3).schema()) == "Column  Type\n------  ----\nid      int64"
+    assert rd.range(3).schema() == rd.range(5).schema() and rd.range(3).schema().types == [pa.int64()]
     assert "tasks" in ds.stats()
     rd.range(3).show()
 

@@ -9,6 +9,7 @@ from ember.data.context import DataContext, ExecutionOptions, ExecutionResources
 from ember.data.data_iterator import DataIterator
 from ember.data.dataset import Dataset, MaterializedDataset
 from ember.data.plan import ActorPoolStrategy, TaskPoolStrategy
+from ember.data.schema import Schema
 from ember.data.sources import (
     from_arrow,
     from_items,
@@ -33,6 +34,7 @@ __all__ = [
     "ExecutionOptions",
     "ExecutionResources",
     "MaterializedDataset",
+    "Schema",
     "TaskPoolStrategy",
     "from_arrow",
     "from_items",

@@ -443,7 +443,14 @@ class Dataset(AllToAllMethods):
         return sum(meta.num_rows for _, meta in self._bundles())
 
     def schema(self):
-        """The schema (a pyarrow.Schema with ``names`` and ``types``), from metadata when known."""
+        """The columns' names and types (a ``Schema``; None for a dataset without rows), from
+        metadata when the plan allows, else from the first block produced."""
+        from ember.data.schema import Schema
+
+        found = self._arrow_schema()
+        return None if found is None else Schema(found)
+
+    def _arrow_schema(self):
         known = _known_schema(self._plan)
         if known is not None:
             return known
