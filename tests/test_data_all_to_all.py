@@ -78,3 +78,16 @@ def test_groupby_mean_and_std_of_several_columns_skip_nulls(cluster):
     assert means["mean(a)"].tolist() == want["a"].tolist() and means["mean(b)"].tolist() == want["b"].tolist()
     stds = rd.from_items(items).groupby("g").std(["a", "b"]).to_pandas()
     assert stds["std(a)"].tolist()[0] == pytest.approx(frame[frame.g == 1]["a"].std())
+
+
+def test_the_key_hash_is_vectorised_stable_across_types_and_spreads_rows():
+    import pyarrow as pa
+
+    from ember.data.all_to_all import key_hash
+
+    ints = pa.table({"k": pa.array([5, None, 7], type=pa.int32()), "s": ["a", None, "b"]})
+    floats = pa.table({"k": pa.array([5.0, None, 7.0]), "s": pa.array(["a", None, "b"], type=pa.large_string())})
+    assert key_hash(ints, ["k", "s"]).tolist() == key_hash(floats, ["k", "s"]).tolist()
+    many = pa.table({"k": pa.array(np.arange(10_000) * 1024)})  # multiples of 1024: low bits all zero
+    counts = np.bincount((key_hash(many, ["k"]) % np.uint64(4)).astype(np.int64), minlength=4)
+    assert counts.min() > 2_000, counts

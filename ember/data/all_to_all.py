@@ -103,9 +103,7 @@ def _partition(table: pa.Table, n: int, how: str, arg):
         if descending:
             assignment = n - 1 - assignment
     else:
-        # Hash of each row's key values, stable across processes (Python's hash() of str is not).
-        rows = table.select(list(arg)).to_pylist()
-        assignment = np.array([hash_stable(tuple(r.values())) % n for r in rows], dtype=np.int64)
+        assignment = (key_hash(table, list(arg)) % np.uint64(n)).astype(np.int64)
     parts = [table.filter(pa.array(assignment == i)) for i in builtins_range(n)]
     return tuple(parts) if n > 1 else parts[0]
 
@@ -114,6 +112,44 @@ def hash_stable(value) -> int:
     import zlib
 
     return zlib.crc32(repr(value).encode())
+
+
+def _mix(bits):
+    """SplitMix64's finaliser: every input bit moves every output bit (a float's low bits are zero)."""
+    import numpy as np
+
+    bits = bits ^ (bits >> np.uint64(30))
+    bits = bits * np.uint64(0xBF58476D1CE4E5B9)
+    bits = bits ^ (bits >> np.uint64(27))
+    bits = bits * np.uint64(0x94D049BB133111EB)
+    return bits ^ (bits >> np.uint64(31))
+
+
+def key_hash(table: pa.Table, keys: list):
+    """A 64-bit hash of each row's key values, the same in every process for the same values (so
+    that a value's rows meet in one partition whichever block they came from). Vectorised: numbers
+    by arithmetic on their bits, other types through a hash of each distinct value."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    combined = np.zeros(table.num_rows, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for key in keys:
+            column = table.column(key).combine_chunks()
+            kind = column.type
+            if pa.types.is_integer(kind) or pa.types.is_boolean(kind) or pa.types.is_floating(kind):
+                nulls = column.is_null().to_numpy(zero_copy_only=False)
+                values = column.fill_null(0).to_numpy(zero_copy_only=False)
+                # Integers and floats that are equal (3 and 3.0) must hash alike: hash them as floats.
+                codes = _mix(values.astype(np.float64).view(np.uint64))
+                codes[nulls] = np.uint64(0x5BD1E995)
+            else:
+                distinct = pc.unique(column)
+                per_value = np.array([hash_stable(v) for v in distinct.to_pylist()], dtype=np.uint64)
+                where = pc.index_in(column, value_set=distinct, skip_nulls=False)
+                codes = per_value[where.to_numpy(zero_copy_only=False).astype(np.int64)]
+            combined = combined * np.uint64(1_000_003) ^ codes
+    return _mix(combined)
 
 
 def _reduce(how: str, arg, *parts):
