@@ -32,7 +32,7 @@ from ember.util.timeline import timeline
 
 __version__ = "0.1.0"
 
-_LIBRARIES = ("data",)
+_LIBRARIES = ("data", "serve")
 
 
 def __getattr__(name: str):
@@ -65,6 +65,7 @@ __all__ = [
     "nodes",
     "put",
     "remote",
+    "serve",
     "shutdown",
     "timeline",
     "unload_ipython_extension",

@@ -1,0 +1,185 @@
+"""The HTTP proxy: an actor that runs uvicorn with a starlette-free ASGI app of its own on a thread.
+
+It long-polls the controller for the route table (route_prefix -> application's ingress
+deployment), matches each request to the longest prefix, reads the body (at most
+``max_body_size``: 413 beyond), and sends it to a replica through the same router handles use;
+the replica streams the response back. Unknown routes get 404, a full queue 503, a user exception
+500 with the error's text. Malformed HTTP is uvicorn's to refuse (400); the proxy carries on.
+"""
+
+import asyncio
+import socket
+import threading
+import traceback
+import uuid
+
+import ember
+from ember.serve import context as serve_context
+from ember.serve import router as routing
+from ember.serve.config import HTTPOptions
+from ember.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+
+def match_route(routes: dict, path: str):
+    """The longest route prefix that ``path`` lies under (whole path segments only), or None."""
+    best = None
+    for prefix in routes:
+        stripped = prefix.rstrip("/")
+        if path == stripped or path.startswith(stripped + "/") or prefix == "/":
+            if best is None or len(stripped) > len(best.rstrip("/")):
+                best = prefix
+    return best
+
+
+class ProxyActor:
+    """Runs the HTTP server; ``ready()`` returns its address once it accepts connections."""
+
+    def __init__(self, http_options: dict):
+        self.options = HTTPOptions.of(http_options)
+        self.routes: dict = {}
+        self.started = threading.Event()
+        self.error = None
+        self.server = None
+        # Bind here, not in uvicorn: port 0 picks a free port, and the address is known at once.
+        self.sock = socket.socket(socket.AF_INET6 if ":" in self.options.host else socket.AF_INET)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: without it, the response's head and body (two writes)
+        # meet the client's delayed ACK and every request waits 40 ms.
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.bind((self.options.host, self.options.port))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, name="serve-proxy", daemon=True)
+        self.thread.start()
+
+    def ready(self) -> str:
+        self.started.wait(30)
+        if self.error is not None:
+            raise RuntimeError(f"The HTTP proxy failed to start: {self.error}")
+        return f"http://{self.options.host}:{self.port}"
+
+    def _serve(self) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.app,
+            interface="asgi3",  # a bound method would otherwise be taken for an ASGI2 app
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=self.options.keep_alive_timeout_s,
+        )
+        self.server = uvicorn.Server(config)
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        loop.create_task(self._poll_routes())
+        try:
+            loop.call_soon(self.started.set)
+            loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+        except BaseException as error:
+            self.error = repr(error)
+            self.started.set()
+
+    async def _poll_routes(self) -> None:
+        controller = ember.get_actor(serve_context.CONTROLLER_NAME, namespace=serve_context.SERVE_NAMESPACE)
+        version = -1
+        while True:
+            try:
+                version, routes = await controller.listen_for_routes.remote(version)
+            except Exception:
+                return
+            self.routes = routes
+
+    async def app(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        prefix = match_route(self.routes, path)
+        if prefix is None:
+            return await _respond(send, 404, f"Path '{path}' not found. Ping http://.../-/routes for available routes.")
+        body, refusal = await self._read_body(scope, receive)
+        if refusal is not None:
+            return await _respond(send, *refusal)
+        app_name, deployment = self.routes[prefix]
+        inner = {k: scope[k] for k in ("type", "http_version", "method", "scheme", "path", "query_string", "headers")}
+        inner["raw_path"] = scope.get("raw_path")
+        inner["client"], inner["server"] = scope.get("client"), scope.get("server")
+        inner["root_path"] = self.options.root_path + ("" if prefix == "/" else prefix.rstrip("/"))
+        inner["path"] = self.options.root_path + path
+        headers = dict(scope["headers"])
+        meta = {
+            "http": True,
+            "route": prefix,
+            "request_id": headers.get(b"x-request-id", b"").decode() or uuid.uuid4().hex,
+            "model_id": headers.get(b"serve_multiplexed_model_id", b"").decode(),
+        }
+        router = routing.hub().router(f"{app_name}#{deployment}")
+        try:
+            sent = router.submit(meta, (inner, body), {}, False)
+            if not isinstance(sent, tuple):
+                sent = await asyncio.wrap_future(sent)
+        except BackPressureError as error:
+            return await _respond(send, 503, str(error))
+        except DeploymentUnavailableError as error:
+            return await _respond(send, 404, str(error))
+        generator, slot = sent
+        error = None
+        started = False
+        try:
+            async for ref in generator:
+                item = await ref
+                if not started:
+                    status, response_headers, chunk, more = item
+                    await send({"type": "http.response.start", "status": status, "headers": response_headers})
+                    await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                    started = True
+                else:
+                    await send({"type": "http.response.body", "body": item, "more_body": True})
+            if not started:
+                await _respond(send, 500, "The deployment returned no response.")
+            elif more:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except Exception as failure:
+            error = failure
+            if not started:
+                await _respond(send, 500, _error_text(failure))
+        finally:
+            router.release(slot, error)
+
+    async def _read_body(self, scope, receive):
+        limit = self.options.max_body_size
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    if int(value) > limit:
+                        return b"", (413, f"Request body too large: {int(value)} bytes, the limit is {limit}.")
+                except ValueError:
+                    return b"", (400, "Malformed Content-Length header.")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b"", (400, "The client disconnected.")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return b"", (413, f"Request body too large: over {limit} bytes.")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
+
+    def shutdown(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error) or "".join(traceback.format_exception_only(type(error), error))
+    return f"Internal Server Error\n\n{text}"
+
+
+async def _respond(send, status: int, text: str) -> None:
+    body = text.encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
