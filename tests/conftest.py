@@ -155,6 +155,34 @@ def cluster():
     )
 
 
+@pytest.fixture(scope="module")
+def serve_address(cluster):
+    """Serve on the shared cluster for one test module: its HTTP proxy's address (a free port).
+    At the module's end Serve shuts down, and none of its actors may be left alive."""
+    pytest.importorskip("starlette")
+    from ember import serve
+    from ember.util.state import list_actors
+
+    serve.start(http_options={"host": "127.0.0.1", "port": 0})
+    yield serve.api._http_address()
+    serve.shutdown()
+    serve_classes = {"ServeController", "ServeReplica", "ProxyActor"}
+    wait_for(
+        lambda: not [a for a in list_actors() if a.class_name in serve_classes and a.state != "DEAD"],
+        message="Serve's actors to be gone after serve.shutdown()",
+    )
+
+
+@pytest.fixture
+def serve_instance(serve_address):
+    """Serve's HTTP address; every application a test deployed is deleted after it."""
+    from ember import serve
+
+    yield serve_address
+    for name in list(serve.status().applications):
+        serve.delete(name)
+
+
 @ember.remote
 def _hold(path: str) -> int:
     import pathlib

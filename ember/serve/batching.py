@@ -10,7 +10,6 @@ import asyncio
 import functools
 import inspect
 import numbers
-import weakref
 
 
 def _check(max_batch_size, batch_wait_timeout_s, max_concurrent_batches):
@@ -94,16 +93,15 @@ def batch(_func=None, *, max_batch_size: int = 10, batch_wait_timeout_s: float =
     def decorate(function):
         parameters = list(inspect.signature(function).parameters)
         is_method = bool(parameters) and parameters[0] == "self"
-        queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        plain: dict = {}
+        # The queue lives on the instance (or the wrapper): the decorated class must stay picklable.
+        attribute = f"_serve_batch_queue_{function.__name__}"
 
         def queue_for(owner):
-            store, key = (queues, owner) if owner is not None else (plain, "function")
-            queue = store.get(key)
+            holder = owner if owner is not None else function_wrapper
+            queue = getattr(holder, attribute, None)
             if queue is None:
-                queue = store[key] = _BatchQueue(
-                    function, owner, max_batch_size, batch_wait_timeout_s, max_concurrent_batches
-                )
+                queue = _BatchQueue(function, owner, max_batch_size, batch_wait_timeout_s, max_concurrent_batches)
+                setattr(holder, attribute, queue)
             return queue
 
         if is_method:
@@ -112,14 +110,12 @@ def batch(_func=None, *, max_batch_size: int = 10, batch_wait_timeout_s: float =
             async def method_wrapper(self, item):
                 return await queue_for(self).submit(item)
 
-            method_wrapper._serve_batch_queue = queue_for
             return method_wrapper
 
         @functools.wraps(function)
         async def function_wrapper(item):
             return await queue_for(None).submit(item)
 
-        function_wrapper._serve_batch_queue = queue_for
         return function_wrapper
 
     if _func is not None:

@@ -58,14 +58,16 @@ def multiplexed(_func=None, *, max_num_models_per_replica: int = 3):
     def decorate(loader):
         parameters = list(inspect.signature(loader).parameters)
         is_method = bool(parameters) and parameters[0] == "self"
-        caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        plain: dict = {}
+        # The cache lives on the instance (or the wrapper): the decorated class must stay picklable.
+        attribute = f"_serve_models_{loader.__name__}"
 
         def cache_for(owner):
-            store, key = (caches, owner) if owner is not None else (plain, "function")
-            if key not in store:
-                store[key] = _ModelCache(loader, owner, capacity)
-            return store[key]
+            holder = owner if owner is not None else function_wrapper
+            cache = getattr(holder, attribute, None)
+            if cache is None:
+                cache = _ModelCache(loader, owner, capacity)
+                setattr(holder, attribute, cache)
+            return cache
 
         if is_method:
 

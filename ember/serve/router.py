@@ -22,6 +22,7 @@ from ember.serve import context as serve_context
 from ember.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 
 HANDLE_METRICS_PERIOD_S = 0.5
+LIST_WAIT_S = 10.0
 
 
 class _Slot:
@@ -71,11 +72,16 @@ class Router:
         self.version = -1
         self.deleted = False
         self.reported_queue = 0
+        self.listed = threading.Event()  # the controller's first answer came: limits and replicas known
         self.poller = asyncio.run_coroutine_threadsafe(self._poll(), hub.loop)
 
     # --- from callers --------------------------------------------------------------------------------
     def submit(self, meta: dict, args: tuple, kwargs: dict, stream: bool):
         """Send the request now (returns (result, slot)) or queue it (returns a Future of that)."""
+        if not self.listed.is_set() and threading.current_thread() is not self.hub.thread:
+            # A new router's first requests wait for the replica list (a few ms), so that
+            # max_queued_requests applies to them too.
+            self.listed.wait(LIST_WAIT_S)
         with self.lock:
             if self.deleted:
                 raise DeploymentUnavailableError(f"Deployment {self.deployment_id!r} has been deleted.")
@@ -154,6 +160,7 @@ class Router:
                     slot.models = set(models)
                     slots[replica_id] = slot
                 self.slots = slots
+        self.listed.set()
         for pending in failed:
             pending.future.set_exception(
                 DeploymentUnavailableError(f"Deployment {self.deployment_id!r} was deleted before the request was sent.")
