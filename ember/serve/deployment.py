@@ -128,7 +128,25 @@ def ingress(app):
     def decorate(cls):
         if not inspect.isclass(cls):
             raise TypeError("@serve.ingress decorates a class (then @serve.deployment on top).")
+        _picklable_starlette_state()
         cls.__serve_asgi_app__ = app
         return cls
 
     return decorate
+
+
+def _picklable_starlette_state() -> None:
+    """An app's ``state`` (starlette's State) answers every attribute lookup from its dict, the
+    unpickler's ``__setstate__`` lookup included, which recurses before the dict exists: rebuild
+    it from its dict instead."""
+    import copyreg
+
+    try:
+        from starlette.datastructures import State
+    except ImportError:
+        return
+    copyreg.pickle(State, _reduce_state)
+
+
+def _reduce_state(state):
+    return type(state), (dict(state._state),)
