@@ -116,7 +116,7 @@ def test_health_checks_are_periodic_and_a_failure_replaces_the_replica():
     r.step(16)
     r.health(replica, False, 16)
     actions = r.step(16)
-    assert Stop(D, replica, False) in actions and len(starts(actions)) == 1
+    assert Stop(D, replica, True) in actions and len(starts(actions)) == 1
     assert r.status(D)[0] == UNHEALTHY
 
 

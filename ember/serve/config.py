@@ -87,7 +87,7 @@ class DeploymentConfig:
     """Everything about a deployment except its code: how many replicas, how much load each takes,
     health checks and shutdown timing."""
 
-    num_replicas: int | None = 1
+    num_replicas: int | str | None = None  # None: 1, or autoscaling's when autoscaling_config is given
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS
     max_queued_requests: int = -1
     user_config: object = None

@@ -138,7 +138,8 @@ class Reconciler:
             target = self.targets[self._owner[replica_id]]
             target.lost, target.trigger = True, "HEALTH_CHECK_FAILED"
             replica.state = STOPPING
-            self._pending_stops.append(Stop(self._owner[replica_id], replica_id, False))
+            # Graceful all the same: it may still answer, and routers need a moment to stop using it.
+            self._pending_stops.append(Stop(self._owner[replica_id], replica_id, True))
 
     def stopped(self, replica_id: str):
         if self._replica(replica_id) is not None:

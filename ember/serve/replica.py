@@ -19,6 +19,7 @@ import ember
 from ember.serve import context as serve_context
 
 METRICS_PERIOD_S = 0.5
+QUIET_BEFORE_STOP_S = 0.5
 
 
 class ServeReplica:
@@ -85,10 +86,22 @@ class ServeReplica:
         await self.stopping.wait()
 
     async def prepare_for_shutdown(self, timeout_s: float, wait_loop_s: float) -> None:
-        """Let ongoing requests finish (up to ``timeout_s``), then run the user's __del__."""
-        deadline = time.monotonic() + timeout_s
-        while self.ongoing and time.monotonic() < deadline:
-            await asyncio.sleep(min(wait_loop_s, 0.05))
+        """Let ongoing requests finish (up to ``timeout_s``), then run the user's __del__.
+
+        Routers learn of the stop a moment after the controller decides it, so a request may still
+        be on its way: the replica stops only once it has had none for a short quiet period."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        quiet = min(wait_loop_s, QUIET_BEFORE_STOP_S)
+        quiet_since = None
+        while loop.time() < deadline:
+            if self.ongoing:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= quiet:
+                break
+            await asyncio.sleep(0.02)
         if self.stopping is not None:
             self.stopping.set()
         if self.metrics_task is not None:
