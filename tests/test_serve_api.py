@@ -7,8 +7,6 @@ import threading
 import time
 
 import pytest
-
-import ember
 from conftest import wait_for
 
 serve = pytest.importorskip("ember.serve")

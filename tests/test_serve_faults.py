@@ -5,9 +5,9 @@ import signal
 import time
 
 import pytest
+from conftest import wait_for
 
 import ember
-from conftest import wait_for
 
 serve = pytest.importorskip("ember.serve")
 
@@ -36,8 +36,10 @@ def test_sigkilled_replica_is_replaced_and_queued_requests_go_elsewhere(serve_in
     wait_for(lambda: len(_pids("kill", "Blocker")) == 2, message="two replicas")
     release = str(tmp_path / "release")
     running = [handle.remote(release), handle.remote(release)]  # one on each replica (max_ongoing_requests=1)
-    wait_for(lambda: sum(r["ongoing"] for r in _deployment("kill", "Blocker").replicas.values()) == 2,
-             message="both replicas busy")
+    wait_for(
+        lambda: sum(r["ongoing"] for r in _deployment("kill", "Blocker").replicas.values()) == 2,
+        message="both replicas busy",
+    )
     queued = [handle.remote(release) for _ in range(4)]  # wait in the router: not started anywhere
     victim = sorted(_pids("kill", "Blocker"))[0]
     os.kill(victim, signal.SIGKILL)
@@ -74,8 +76,10 @@ def test_failed_health_check_replaces_the_replica(serve_instance, tmp_path):
     handle = serve.run(Fragile.bind(str(marker)), name="health", route_prefix=None)
     first = handle.remote().result(timeout_s=30)
     marker.write_text(str(first))
-    wait_for(lambda: _pids("health", "Fragile") and first not in _pids("health", "Fragile"),
-             message="the unhealthy replica to be replaced")
+    wait_for(
+        lambda: _pids("health", "Fragile") and first not in _pids("health", "Fragile"),
+        message="the unhealthy replica to be replaced",
+    )
     wait_for(lambda: serve.status().applications["health"].status == "RUNNING", message="the app to recover")
     assert handle.remote().result(timeout_s=30) != first
 
@@ -106,12 +110,18 @@ def test_autoscaling_follows_ongoing_requests(serve_instance, tmp_path):
     assert _deployment("auto", "Elastic").target_replicas == 1
     release = str(tmp_path / "release")
     load = [handle.remote(release) for _ in range(6)]
-    wait_for(lambda: _deployment("auto", "Elastic").replica_states == {"RUNNING": 3}, timeout=60,
-             message="three replicas under load")
+    wait_for(
+        lambda: _deployment("auto", "Elastic").replica_states == {"RUNNING": 3},
+        timeout=60,
+        message="three replicas under load",
+    )
     assert _deployment("auto", "Elastic").target_replicas == 3  # max_replicas bounds it
     open(release, "w").close()
     pids = {response.result(timeout_s=60) for response in load}
     assert len(pids) >= 2  # the queued requests reached the new replicas
-    wait_for(lambda: _deployment("auto", "Elastic").replica_states == {"RUNNING": 1}, timeout=60,
-             message="back to min_replicas when idle")
+    wait_for(
+        lambda: _deployment("auto", "Elastic").replica_states == {"RUNNING": 1},
+        timeout=60,
+        message="back to min_replicas when idle",
+    )
     assert serve.status().applications["auto"].status == "RUNNING"

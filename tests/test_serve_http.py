@@ -6,7 +6,6 @@ import socket
 import time
 
 import pytest
-
 from conftest import wait_for
 
 serve = pytest.importorskip("ember.serve")
@@ -37,7 +36,12 @@ def test_routes_methods_bodies_and_errors(serve_instance):
         reply = client.post("/echo/a/b?x=1", content=b"12345", headers={"x-test": "yes"})
         assert reply.status_code == 200
         assert reply.json() == {
-            "method": "POST", "path": "/echo/a/b", "root_path": "/echo", "query": {"x": "1"}, "size": 5, "header": "yes"
+            "method": "POST",
+            "path": "/echo/a/b",
+            "root_path": "/echo",
+            "query": {"x": "1"},
+            "size": 5,
+            "header": "yes",
         }
         missing = client.get("/elsewhere")
         assert missing.status_code == 404 and "/elsewhere" in missing.text
@@ -69,7 +73,8 @@ def test_oversized_body_malformed_http_and_the_proxy_lives_on(cluster, tmp_path)
             chunks = (b"x" * 600 for _ in range(3))  # chunked: no Content-Length to check first
             print("chunked", client.post("/size", content=chunks).status_code)
         host, port = address[7:].split(":")
-        for garbage in [b"NOT HTTP AT ALL\\r\\n\\r\\n", b"GET / HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: nope\\r\\n\\r\\n"]:
+        bad_length = b"GET / HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: nope\\r\\n\\r\\n"
+        for garbage in [b"NOT HTTP AT ALL\\r\\n\\r\\n", bad_length]:
             with socket.create_connection((host, int(port))) as raw:
                 raw.sendall(garbage)
                 print("garbage", raw.recv(100).split(b"\\r\\n")[0].decode())
@@ -199,7 +204,7 @@ def test_two_apps_and_multiplexed_header(serve_instance):
 
 
 def test_proxy_port_is_configurable(serve_instance):
-    host, port = serve_instance[len("http://"):].split(":")
+    host, port = serve_instance[len("http://") :].split(":")
     assert host == "127.0.0.1"
     with socket.create_connection((host, int(port)), timeout=5):
         pass

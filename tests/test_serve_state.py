@@ -11,7 +11,6 @@ from ember.serve.proxy import match_route
 from ember.serve.reconciler import (
     DEPLOY_FAILED,
     HEALTHY,
-    RUNNING,
     STOPPING,
     UNHEALTHY,
     UPDATING,

@@ -4,6 +4,7 @@
 ``serve.run`` returns once the application runs, so a notebook cell never blocks on it.
 """
 
+from ember.serve import exceptions
 from ember.serve.api import (
     ApplicationStatus,
     DeploymentStatus,
@@ -21,7 +22,6 @@ from ember.serve.context import ReplicaContext, get_multiplexed_model_id, get_re
 from ember.serve.deployment import Application, Deployment, deployment, ingress
 from ember.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 from ember.serve.multiplex import multiplexed
-from ember.serve import exceptions
 
 __all__ = [
     "Application",

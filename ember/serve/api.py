@@ -157,8 +157,14 @@ def build(app: Application, app_name: str) -> tuple:
     return ingress.deployment_name, list(specs.values())
 
 
-def run(target: Application, blocking: bool = False, name: str = "default", route_prefix: str | None = "/",
-        _blocking: bool = True, **_ignored) -> DeploymentHandle:
+def run(
+    target: Application,
+    blocking: bool = False,
+    name: str = "default",
+    route_prefix: str | None = "/",
+    _blocking: bool = True,
+    **_ignored,
+) -> DeploymentHandle:
     """Deploy the application ``target`` as ``name`` at ``route_prefix`` (None: no HTTP route) and
     return a handle to its ingress deployment once it runs. It returns at once in a notebook or a
     script; ``blocking=True`` then waits (serving) until interrupted, then shuts Serve down."""
@@ -203,7 +209,10 @@ def status() -> ServeStatus:
             for dep, d in app["deployments"].items()
         }
         applications[name] = ApplicationStatusOverview(
-            ApplicationStatus(app["status"]), app["message"], app["last_deployed_time_s"], deployments,
+            ApplicationStatus(app["status"]),
+            app["message"],
+            app["last_deployed_time_s"],
+            deployments,
             app["route_prefix"],
         )
     proxies = {"head": raw["proxy"]} if raw.get("proxy") else {}

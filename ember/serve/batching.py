@@ -15,12 +15,16 @@ import numbers
 def _check(max_batch_size, batch_wait_timeout_s, max_concurrent_batches):
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}.")
-    if isinstance(batch_wait_timeout_s, bool) or not isinstance(batch_wait_timeout_s, numbers.Real) or (
-        batch_wait_timeout_s < 0
+    if (
+        isinstance(batch_wait_timeout_s, bool)
+        or not isinstance(batch_wait_timeout_s, numbers.Real)
+        or (batch_wait_timeout_s < 0)
     ):
         raise ValueError(f"batch_wait_timeout_s must be a non-negative number, got {batch_wait_timeout_s!r}.")
-    if isinstance(max_concurrent_batches, bool) or not isinstance(max_concurrent_batches, int) or (
-        max_concurrent_batches < 1
+    if (
+        isinstance(max_concurrent_batches, bool)
+        or not isinstance(max_concurrent_batches, int)
+        or (max_concurrent_batches < 1)
     ):
         raise ValueError(f"max_concurrent_batches must be a positive int, got {max_concurrent_batches!r}.")
 
@@ -84,8 +88,7 @@ class _BatchQueue:
             self.slots.release()
 
 
-def batch(_func=None, *, max_batch_size: int = 10, batch_wait_timeout_s: float = 0.01,
-          max_concurrent_batches: int = 1):
+def batch(_func=None, *, max_batch_size: int = 10, batch_wait_timeout_s: float = 0.01, max_concurrent_batches: int = 1):
     """Decorate a method (or function) taking a list and returning a list of the same length; callers
     then pass one item each and get one result each. The decorated method must be awaited."""
     _check(max_batch_size, batch_wait_timeout_s, max_concurrent_batches)

@@ -6,8 +6,16 @@ import numbers
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
 # Options a replica's actor accepts from ``ray_actor_options`` (as Ray Serve lists them).
-ACTOR_OPTION_NAMES = {"accelerator_type", "memory", "num_cpus", "num_gpus", "object_store_memory", "resources",
-                      "runtime_env", "label_selector"}
+ACTOR_OPTION_NAMES = {
+    "accelerator_type",
+    "memory",
+    "num_cpus",
+    "num_gpus",
+    "object_store_memory",
+    "resources",
+    "runtime_env",
+    "label_selector",
+}
 
 
 def _number(name: str, value, minimum: float = 0.0, strict: bool = False, integer: bool = False):
@@ -53,7 +61,12 @@ class AutoscalingConfig:
         _number("target_ongoing_requests", self.target_ongoing_requests, 0, strict=True)
         for name in ("metrics_interval_s", "look_back_period_s", "smoothing_factor"):
             _number(name, getattr(self, name), 0, strict=True)
-        for name in ("upscale_smoothing_factor", "downscale_smoothing_factor", "upscaling_factor", "downscaling_factor"):
+        for name in (
+            "upscale_smoothing_factor",
+            "downscale_smoothing_factor",
+            "upscaling_factor",
+            "downscaling_factor",
+        ):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), 0, strict=True)
         for name in ("downscale_delay_s", "upscale_delay_s"):
@@ -116,10 +129,14 @@ class DeploymentConfig:
         elif self.autoscaling_config is None:
             self.num_replicas = 1
         _number("max_ongoing_requests", self.max_ongoing_requests, 1, integer=True)
-        if not isinstance(self.max_queued_requests, int) or isinstance(self.max_queued_requests, bool) or (
-            self.max_queued_requests < 1 and self.max_queued_requests != -1
+        if (
+            not isinstance(self.max_queued_requests, int)
+            or isinstance(self.max_queued_requests, bool)
+            or (self.max_queued_requests < 1 and self.max_queued_requests != -1)
         ):
-            raise ValueError(f"max_queued_requests must be -1 (no limit) or a positive int, got {self.max_queued_requests!r}.")
+            raise ValueError(
+                f"max_queued_requests must be -1 (no limit) or a positive int, got {self.max_queued_requests!r}."
+            )
         _number("health_check_period_s", self.health_check_period_s, 0, strict=True)
         _number("health_check_timeout_s", self.health_check_timeout_s, 0, strict=True)
         _number("graceful_shutdown_timeout_s", self.graceful_shutdown_timeout_s)
@@ -129,7 +146,8 @@ class DeploymentConfig:
         unknown = sorted(set(self.ray_actor_options) - ACTOR_OPTION_NAMES)
         if unknown:
             raise ValueError(
-                f"Invalid ray_actor_options {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(ACTOR_OPTION_NAMES))}."
+                f"Invalid ray_actor_options {', '.join(map(repr, unknown))}; "
+                f"valid: {', '.join(sorted(ACTOR_OPTION_NAMES))}."
             )
 
     def target_replicas(self) -> int:

@@ -34,7 +34,8 @@ class RequestContext:
 
 
 _replica_context: ReplicaContext | None = None
-request_context: contextvars.ContextVar = contextvars.ContextVar("serve_request", default=RequestContext())
+_NO_REQUEST = RequestContext()
+request_context: contextvars.ContextVar = contextvars.ContextVar("serve_request", default=None)
 
 
 def set_replica_context(context: ReplicaContext | None) -> None:
@@ -52,4 +53,4 @@ def get_replica_context() -> ReplicaContext:
 def get_multiplexed_model_id() -> str:
     """The model id the current request asked for (``handle.options(multiplexed_model_id=...)`` or the
     ``serve_multiplexed_model_id`` HTTP header); "" when it named none."""
-    return request_context.get().multiplexed_model_id
+    return (request_context.get() or _NO_REQUEST).multiplexed_model_id

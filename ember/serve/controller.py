@@ -13,7 +13,6 @@ import dataclasses
 import time
 
 import ember
-from ember.serve import context as serve_context
 from ember.serve.autoscaling import AutoscalingState
 from ember.serve.config import AutoscalingConfig
 from ember.serve.reconciler import DEPLOY_FAILED, HEALTHY, UNHEALTHY, CheckHealth, Reconciler, Start, Stop
@@ -153,7 +152,14 @@ class ServeController:
         autoscaling = AutoscalingConfig.of(config.get("autoscaling_config"))
         previous = self.deployments.get(dep_id)
         self.deployments[dep_id] = DeploymentInfo(
-            app, spec["name"], spec["target"], spec["init_args"], spec["init_kwargs"], spec["version"], config, autoscaling
+            app,
+            spec["name"],
+            spec["target"],
+            spec["init_args"],
+            spec["init_kwargs"],
+            spec["version"],
+            config,
+            autoscaling,
         )
         if autoscaling is not None:
             state = self.autoscalers.get(dep_id)
@@ -167,8 +173,10 @@ class ServeController:
             self.autoscalers.pop(dep_id, None)
             count = config["num_replicas"]
         self.reconciler.set_target(dep_id, spec["version"], count, config["health_check_period_s"])
-        if previous is not None and previous.version == spec["version"] and previous.config.get("user_config") != config.get(
-            "user_config"
+        if (
+            previous is not None
+            and previous.version == spec["version"]
+            and previous.config.get("user_config") != config.get("user_config")
         ):
             for replica_id in self.reconciler.running(dep_id):
                 self._spawn(self.replicas[replica_id].reconfigure.remote(config.get("user_config")))
@@ -210,8 +218,12 @@ class ServeController:
     # --- long polls and pushed metrics ---------------------------------------------------------------
     async def listen_for_replicas(self, dep_id: str, known: int):
         version, value = await self.changes.listen(("replicas", dep_id), known)
-        return version, value if value is not None else {"exists": dep_id in self.deployments, "replicas": [],
-                                                         "max_ongoing_requests": 1, "max_queued_requests": -1}
+        return version, value if value is not None else {
+            "exists": dep_id in self.deployments,
+            "replicas": [],
+            "max_ongoing_requests": 1,
+            "max_queued_requests": -1,
+        }
 
     async def listen_for_routes(self, known: int):
         version, value = await self.changes.listen("routes", known)
@@ -349,9 +361,19 @@ class ServeController:
             return self.reconciler.stopped(action.replica_id)
         options = {"num_cpus": 1, **info.config["ray_actor_options"]}
         try:
-            handle = ember.remote(ServeReplica).options(max_restarts=0, max_concurrency=100_000, **options).remote(
-                info.app, info.name, action.replica_id, info.target, info.init_args, info.init_kwargs,
-                info.config["max_ongoing_requests"], info.config.get("user_config"),
+            handle = (
+                ember.remote(ServeReplica)
+                .options(max_restarts=0, max_concurrency=100_000, **options)
+                .remote(
+                    info.app,
+                    info.name,
+                    action.replica_id,
+                    info.target,
+                    info.init_args,
+                    info.init_kwargs,
+                    info.config["max_ongoing_requests"],
+                    info.config.get("user_config"),
+                )
             )
         except Exception as error:
             self.reconciler.start_failed(action.replica_id, repr(error))
@@ -417,7 +439,11 @@ class ServeController:
         info = self.deployments.get(dep_id)
         if info is None:
             return
-        running = [(r, self.replicas[r], self.replica_models.get(r, ())) for r in self.reconciler.running(dep_id) if r in self.replicas]
+        running = [
+            (r, self.replicas[r], self.replica_models.get(r, ()))
+            for r in self.reconciler.running(dep_id)
+            if r in self.replicas
+        ]
         self.changes.publish(
             ("replicas", dep_id),
             {

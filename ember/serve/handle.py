@@ -14,8 +14,14 @@ class DeploymentHandle:
     """Calls a deployment: ``handle.remote(...)`` or ``handle.method.remote(...)`` return a
     DeploymentResponse at once. Handles can be passed to other deployments and tasks."""
 
-    def __init__(self, deployment_name: str, app_name: str, method_name: str = "__call__", stream: bool = False,
-                 multiplexed_model_id: str = ""):
+    def __init__(
+        self,
+        deployment_name: str,
+        app_name: str,
+        method_name: str = "__call__",
+        stream: bool = False,
+        multiplexed_model_id: str = "",
+    ):
         self.deployment_name = deployment_name
         self.app_name = app_name
         self._method_name = method_name
@@ -26,8 +32,15 @@ class DeploymentHandle:
     def deployment_id(self) -> str:
         return f"{self.app_name}#{self.deployment_name}"
 
-    def options(self, *, method_name: str | None = None, multiplexed_model_id: str | None = None,
-                stream: bool | None = None, use_new_handle_api: bool = True, **_ignored) -> "DeploymentHandle":
+    def options(
+        self,
+        *,
+        method_name: str | None = None,
+        multiplexed_model_id: str | None = None,
+        stream: bool | None = None,
+        use_new_handle_api: bool = True,
+        **_ignored,
+    ) -> "DeploymentHandle":
         """A copy of this handle whose calls go to ``method_name``, name a multiplexed model, or stream
         (``stream=True``: ``remote()`` gives a DeploymentResponseGenerator)."""
         if stream is not None and not isinstance(stream, bool):

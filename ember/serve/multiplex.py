@@ -49,10 +49,14 @@ def loaded_model_ids() -> list:
 def multiplexed(_func=None, *, max_num_models_per_replica: int = 3):
     """Decorate a model loader ``async def get_model(self, model_id)``: it loads each model once and
     keeps the ``max_num_models_per_replica`` most recently used ones."""
-    if isinstance(max_num_models_per_replica, bool) or not isinstance(max_num_models_per_replica, int) or (
-        max_num_models_per_replica < 1 and max_num_models_per_replica != -1
+    if (
+        isinstance(max_num_models_per_replica, bool)
+        or not isinstance(max_num_models_per_replica, int)
+        or (max_num_models_per_replica < 1 and max_num_models_per_replica != -1)
     ):
-        raise ValueError(f"max_num_models_per_replica must be a positive int or -1, got {max_num_models_per_replica!r}.")
+        raise ValueError(
+            f"max_num_models_per_replica must be a positive int or -1, got {max_num_models_per_replica!r}."
+        )
     capacity = max_num_models_per_replica if max_num_models_per_replica > 0 else 1 << 30
 
     def decorate(loader):

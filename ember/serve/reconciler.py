@@ -225,7 +225,12 @@ class Reconciler:
             return DEPLOY_FAILED, "REPLICA_STARTUP_FAILED", target.failed_message, counts
         if settled:
             target.scaling, target.lost = "", False
-            return HEALTHY, "CONFIG_UPDATE_COMPLETED" if target.trigger != "AUTOSCALING" else "UPSCALE_COMPLETED", "", counts
+            return (
+                HEALTHY,
+                "CONFIG_UPDATE_COMPLETED" if target.trigger != "AUTOSCALING" else "UPSCALE_COMPLETED",
+                "",
+                counts,
+            )
         if target.lost:
             return UNHEALTHY, target.trigger, "A replica failed; a replacement is starting.", counts
         if target.scaling:

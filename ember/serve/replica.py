@@ -25,8 +25,17 @@ QUIET_BEFORE_STOP_S = 0.5
 class ServeReplica:
     """The actor class every replica runs (an async actor: its calls share one event loop)."""
 
-    def __init__(self, app_name: str, deployment: str, replica_id: str, target: bytes, init_args, init_kwargs,
-                 max_ongoing_requests: int, user_config=None):
+    def __init__(
+        self,
+        app_name: str,
+        deployment: str,
+        replica_id: str,
+        target: bytes,
+        init_args,
+        init_kwargs,
+        max_ongoing_requests: int,
+        user_config=None,
+    ):
         self.app_name, self.deployment, self.replica_id = app_name, deployment, replica_id
         self.max_ongoing_requests = max_ongoing_requests
         self.pool = ThreadPoolExecutor(max_ongoing_requests, thread_name_prefix="serve-replica")
@@ -44,7 +53,7 @@ class ServeReplica:
             self.instance, self.call = None, target
         else:
             self.instance = target(*init_args, **init_kwargs)
-            self.call = getattr(self.instance, "__call__", None)
+            self.call = self.instance.__call__ if callable(self.instance) else None
         serve_context.set_replica_context(
             serve_context.ReplicaContext(app_name, deployment, replica_id, self.instance or target)
         )
@@ -201,8 +210,10 @@ class ServeReplica:
             self.latencies.append((time.perf_counter() - started) * 1000)
 
     async def _run(self, function, args, kwargs, generator: bool = False):
-        if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function) or (
-            generator and inspect.isgeneratorfunction(function)
+        if (
+            inspect.iscoroutinefunction(function)
+            or inspect.isasyncgenfunction(function)
+            or (generator and inspect.isgeneratorfunction(function))
         ):
             result = function(*args, **kwargs)
         else:
@@ -226,8 +237,13 @@ class ServeReplica:
                 idle_reported = False
             from ember.serve.multiplex import loaded_model_ids
 
-            metrics = {"ongoing": self.ongoing, "completed": self.completed, "errors": self.errors,
-                       "latencies_ms": self.latencies, "models": loaded_model_ids()}
+            metrics = {
+                "ongoing": self.ongoing,
+                "completed": self.completed,
+                "errors": self.errors,
+                "latencies_ms": self.latencies,
+                "models": loaded_model_ids(),
+            }
             self.completed, self.errors, self.latencies = 0, 0, []
             try:
                 controller.record_replica_metrics.remote(f"{self.app_name}#{self.deployment}", self.replica_id, metrics)

@@ -163,7 +163,9 @@ class Router:
         self.listed.set()
         for pending in failed:
             pending.future.set_exception(
-                DeploymentUnavailableError(f"Deployment {self.deployment_id!r} was deleted before the request was sent.")
+                DeploymentUnavailableError(
+                    f"Deployment {self.deployment_id!r} was deleted before the request was sent."
+                )
             )
         self._drain()
 
