@@ -282,3 +282,36 @@ def test_failed_constructor_fails_the_deploy_and_delete_cleans_up(serve_instance
     serve.delete("short")
     with pytest.raises(serve.exceptions.DeploymentUnavailableError):
         handle.remote("x").result(timeout_s=30)
+
+
+def test_monitor_follows_pushed_status(serve_instance):
+    from ember.serve.monitor import ServeMonitor, status_html, status_lines
+
+    handle = serve.run(Greeter.bind("Yo"), name="watched", route_prefix=None)
+    follower = ServeMonitor(widget=False)
+    try:
+        for _ in range(20):
+            handle.remote("x").result(timeout_s=30)
+        wait_for(
+            lambda: (
+                follower.status.get("applications", {})
+                .get("watched", {})
+                .get("deployments", {})
+                .get("Greeter", {})
+                .get("requests_per_s", 0)
+                > 0
+            ),
+            message="a pushed status with the requests",
+        )
+        page = status_html(follower.status)
+        assert "watched (RUNNING)" in page and "Greeter" in page and "HEALTHY" in page
+        line = next(line for line in status_lines(follower.status) if "watched" in line)
+        assert "replicas 1/1" in line and "req/s" in line
+    finally:
+        follower.close()
+    pytest.importorskip("ipywidgets")
+    shown = serve.monitor()
+    try:
+        wait_for(lambda: "watched" in shown.table.value, message="the widget's table")
+    finally:
+        shown.close()

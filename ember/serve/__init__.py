@@ -21,6 +21,7 @@ from ember.serve.config import AutoscalingConfig, DeploymentConfig, HTTPOptions
 from ember.serve.context import ReplicaContext, get_multiplexed_model_id, get_replica_context
 from ember.serve.deployment import Application, Deployment, deployment, ingress
 from ember.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
+from ember.serve.monitor import monitor
 from ember.serve.multiplex import multiplexed
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "get_multiplexed_model_id",
     "get_replica_context",
     "ingress",
+    "monitor",
     "multiplexed",
     "run",
     "shutdown",

@@ -21,6 +21,7 @@ from ember.serve.replica import ServeReplica
 CONTROL_PERIOD_S = 0.2
 LONG_POLL_S = 30.0
 STATS_WINDOW_S = 10.0
+STATUS_PERIOD_S = 0.5  # how often, at most, a changed status is pushed to its listeners (the widget)
 
 
 @dataclasses.dataclass
@@ -95,6 +96,7 @@ class ServeController:
         self.proxy = None
         self.proxy_address = None
         self.tasks: set = set()
+        self.status_pushed = 0.0
 
     # --- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -225,6 +227,10 @@ class ServeController:
             "max_queued_requests": -1,
         }
 
+    async def listen_for_status(self, known: int):
+        """The status (as ``status()``) once it differs from version ``known``: what the widget shows."""
+        return await self.changes.listen("status", known)
+
     async def listen_for_routes(self, known: int):
         version, value = await self.changes.listen("routes", known)
         return version, value or {}
@@ -320,6 +326,9 @@ class ServeController:
             for name, app in list(self.apps.items()):
                 if app.deleting and not any(f"{name}#{d}" in self.reconciler.targets for d in app.deployments):
                     del self.apps[name]
+            if now - self.status_pushed >= STATUS_PERIOD_S:
+                self.status_pushed = now
+                self.changes.publish("status", self.status())
             self.settled.set()
             self.wakeup.clear()
             try:
