@@ -99,6 +99,7 @@ def test_public_api_names():
         "cancel",
         "cluster_resources",
         "data",
+        "serve",
         "exceptions",
         "get",
         "get_actor",
