@@ -32,7 +32,7 @@ from ember.util.timeline import timeline
 
 __version__ = "0.1.0"
 
-_LIBRARIES = ("data", "serve")
+_LIBRARIES = ("data", "serve", "train")
 
 
 def __getattr__(name: str):
@@ -68,6 +68,7 @@ __all__ = [
     "serve",
     "shutdown",
     "timeline",
+    "train",
     "unload_ipython_extension",
     "util",
     "wait",

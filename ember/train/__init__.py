@@ -1,0 +1,29 @@
+"""ember.train: Ray Train's API on Ember's core.
+
+A trainer's ``fit()`` starts a worker group (actors in a placement group), runs the training loop
+in each, and gathers what the loops ``report``; checkpoints are directories persisted under
+``RunConfig.storage_path/name``. ``ember.train.torch`` has ``TorchTrainer`` (torch.distributed).
+"""
+
+from ember.train.checkpoint import Checkpoint
+from ember.train.config import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ember.train.result import Result
+from ember.train.session import TrainContext, get_checkpoint, get_context, get_dataset_shard, report
+from ember.train.trainer import Backend, DataParallelTrainer
+
+__all__ = [
+    "Backend",
+    "Checkpoint",
+    "CheckpointConfig",
+    "DataConfig",
+    "DataParallelTrainer",
+    "FailureConfig",
+    "Result",
+    "RunConfig",
+    "ScalingConfig",
+    "TrainContext",
+    "get_checkpoint",
+    "get_context",
+    "get_dataset_shard",
+    "report",
+]

@@ -1,0 +1,199 @@
+"""``DataParallelTrainer``: runs ``train_loop_per_worker`` on a worker group and drives the run.
+
+``fit()`` is the controller: it starts the group, lets the backend (torch.distributed, LightGBM's
+network) join the workers, then waits on the workers' report streams (``ember.wait`` over the
+streaming generators: reports are pushed, nothing polls) and feeds each event to ``FitState``,
+which decides what is a result, which checkpoints stay and whether a failed attempt restarts.
+"""
+
+import datetime
+import os
+import warnings
+
+import cloudpickle
+
+import ember
+from ember.train import checkpoint as ckpt
+from ember.train import progress, session
+from ember.train.config import DataConfig, RunConfig, ScalingConfig
+from ember.train.result import Result
+from ember.train.state import FAIL, FitState
+from ember.train.worker_group import WorkerGroup
+
+
+class Backend:
+    """Hooks for a framework's process group: ``on_start`` once the workers are placed (before
+    the loop), ``on_shutdown`` before they are killed."""
+
+    def on_start(self, group: WorkerGroup, scaling: ScalingConfig) -> None:
+        pass
+
+    def on_shutdown(self, group: WorkerGroup) -> None:
+        pass
+
+
+class DataParallelTrainer:
+    """Runs ``train_loop_per_worker(config)`` on ``scaling_config.num_workers`` workers.
+
+    ``datasets`` (name -> Dataset) are split between the workers (``get_dataset_shard`` in the
+    loop); ``resume_from_checkpoint`` is what ``get_checkpoint()`` returns on the first attempt.
+    """
+
+    _default_name = "DataParallelTrainer"
+
+    def __init__(
+        self,
+        train_loop_per_worker,
+        *,
+        train_loop_config: dict | None = None,
+        backend=None,
+        scaling_config: ScalingConfig | None = None,
+        run_config: RunConfig | None = None,
+        datasets: dict | None = None,
+        dataset_config: DataConfig | None = None,
+        resume_from_checkpoint=None,
+        metadata: dict | None = None,
+    ):
+        if not callable(train_loop_per_worker):
+            raise TypeError(f"train_loop_per_worker must be a function, got {type(train_loop_per_worker).__name__}.")
+        if train_loop_config is not None and not isinstance(train_loop_config, dict):
+            raise TypeError(f"train_loop_config must be a dict, got {type(train_loop_config).__name__}.")
+        self.scaling_config = scaling_config or ScalingConfig()
+        self.run_config = run_config or RunConfig()
+        self.dataset_config = dataset_config or DataConfig()
+        for value, kind, name in (
+            (self.scaling_config, ScalingConfig, "scaling_config"),
+            (self.run_config, RunConfig, "run_config"),
+            (self.dataset_config, DataConfig, "dataset_config"),
+        ):
+            if not isinstance(value, kind):
+                raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}.")
+        if resume_from_checkpoint is not None and not isinstance(resume_from_checkpoint, ckpt.Checkpoint):
+            raise TypeError("resume_from_checkpoint must be an ember.train.Checkpoint.")
+        self.datasets = dict(datasets or {})
+        for name, dataset in self.datasets.items():
+            if not hasattr(dataset, "streaming_split"):
+                raise TypeError(f"datasets[{name!r}] must be an ember.data Dataset, got {type(dataset).__name__}.")
+        self.train_loop_per_worker = train_loop_per_worker
+        self.train_loop_config = train_loop_config
+        self.backend = backend or Backend()
+        self.resume_from_checkpoint = resume_from_checkpoint
+        self.metadata = metadata
+        # Fail here, not in a worker minutes later, when the loop or its config cannot be shipped.
+        for what, value in (("train_loop_per_worker", train_loop_per_worker), ("train_loop_config", train_loop_config)):
+            try:
+                cloudpickle.dumps(value)
+            except Exception as error:
+                raise TypeError(f"{what} cannot be serialized to send to the workers: {error}") from error
+
+    def fit(self) -> Result:
+        """Run the training to the end; returns a ``Result`` (with ``error`` set when it failed
+        for good). A KeyboardInterrupt stops the workers and releases their resources."""
+        if not ember.is_initialized():
+            ember.init()
+        run = self.run_config
+        name = run.name or f"{self._default_name}_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+        filesystem, root = ckpt.resolve(run.resolved_storage(), run.storage_filesystem)
+        trial_dir = f"{root.rstrip('/')}/{name}" if filesystem is not None else os.path.join(root, name)
+        ckpt.makedirs(filesystem, trial_dir)
+        num_workers = self.scaling_config.num_workers
+        state = FitState(
+            num_workers, run.failure_config.max_failures, run.checkpoint_config, self.resume_from_checkpoint
+        )
+        shards = self._split_datasets(num_workers)
+        display = progress.reporter(name, run.verbose)
+        error = None
+        while True:
+            start_index, start_checkpoint = state.start_attempt()
+            group = WorkerGroup(self.scaling_config, name)
+            try:
+                group.start()
+                self.backend.on_start(group, self.scaling_config)
+                display.start_attempt(state.attempt, group.infos, group.places)
+                streams = {}
+                for rank, worker in enumerate(group.workers):
+                    context = session.TrainContext(group.places[rank], name, trial_dir, self.metadata)
+                    worker_session = session.Session(
+                        context, start_index, start_checkpoint, {k: v[rank] for k, v in shards.items()}, filesystem
+                    )
+                    streams[worker.run.remote(self.train_loop_per_worker, self.train_loop_config, worker_session)] = (
+                        rank
+                    )
+                error = self._follow(streams, state, display)
+            except ValueError as failure:
+                if group.pg is None:  # the cluster cannot hold the group: no attempt can succeed
+                    group.shutdown()
+                    raise
+                error = failure
+            except KeyboardInterrupt:
+                group.shutdown()
+                display.finish(KeyboardInterrupt("interrupted; the latest checkpoint is kept to resume from"))
+                raise
+            except Exception as failure:
+                error = failure
+            finally:
+                group.shutdown()
+            if error is None:
+                break
+            decision, orphans = state.on_failure(error)
+            for orphan in orphans:
+                ckpt.delete(orphan.filesystem, orphan.path)
+            if decision == FAIL:
+                break
+        if error is None and not state.results:
+            warnings.warn(
+                "The training loop finished without calling ember.train.report: Result.metrics is empty and "
+                "there is no checkpoint.",
+                stacklevel=2,
+            )
+        display.finish(error)
+        return Result(
+            metrics=state.metrics,
+            checkpoint=state.keeper.latest,
+            error=error,
+            path=trial_dir,
+            best_checkpoints=state.keeper.best(),
+            metrics_history=state.history(),
+            filesystem=filesystem,
+        )
+
+    def _split_datasets(self, n: int) -> dict:
+        shards = {}
+        for name, dataset in self.datasets.items():
+            if self.dataset_config.splits(name):
+                shards[name] = dataset.streaming_split(n, equal=True)
+            else:
+                shards[name] = [dataset] * n
+        return shards
+
+    def _follow(self, streams: dict, state: FitState, display):
+        """Consume the workers' report streams until every loop returned (None) or one failed
+        (its error)."""
+        while streams:
+            ready, _ = ember.wait(list(streams), num_returns=1)
+            stream = ready[0]
+            rank = streams[stream]
+            try:
+                ref = next(stream)
+            except StopIteration:
+                del streams[stream]
+                display.worker_state(rank, "finished")
+                self._completed(state.on_worker_done(rank), display)
+                continue
+            except Exception as error:  # the worker died (ActorDiedError)
+                display.worker_state(rank, "died")
+                return error
+            try:
+                kind, rank, index, metrics, checkpoint = ember.get(ref)
+            except Exception as error:  # the loop raised: the user's exception, remote traceback included
+                display.worker_state(rank, "error")
+                return error
+            display.worker_report(rank, index, metrics)
+            self._completed(state.on_report(rank, index, metrics, checkpoint), display)
+        return None
+
+    def _completed(self, results: list, display) -> None:
+        for result in results:
+            for dropped in result.deleted:
+                ckpt.delete(dropped.filesystem, dropped.path)
+            display.result(result)
