@@ -33,6 +33,7 @@ class CheckpointKeeper:
         self.config = config
         self.kept: list = []  # (index, checkpoint, metrics), in report order
         self.latest = None
+        self.unscored: set = set()  # indices already warned about
 
     def add(self, index: int, checkpoint, metrics: dict) -> list:
         """Register a checkpoint; returns the checkpoints no longer kept (to delete)."""
@@ -54,6 +55,9 @@ class CheckpointKeeper:
             return (0.0, index)  # the most recent are the best
         value = metrics.get(attribute)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+            if index in self.unscored:
+                return (-math.inf, index)
+            self.unscored.add(index)
             warnings.warn(
                 f"checkpoint_score_attribute {attribute!r} is not a number in the metrics reported with "
                 f"checkpoint {index}; it is ranked last.",
