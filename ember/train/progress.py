@@ -34,12 +34,15 @@ class RunView:
         self.attempt = 0
         self.workers: list = []  # dicts: rank, node, pid, state, reports, last
         self.results = 0
+        self.first_index = self.results_before = 0
         self.last_metrics: dict = {}
         self.ending: str | None = None
         self.failed = False
 
-    def start_attempt(self, attempt: int, infos: list, places: list) -> None:
+    def start_attempt(self, attempt: int, infos: list, places: list, start_index: int = 0) -> None:
         self.attempt = attempt
+        # Report indices are never reused after a failure; what is shown counts results instead.
+        self.first_index, self.results_before = start_index, self.results
         self.workers = [
             {
                 "rank": place.world_rank,
@@ -58,6 +61,10 @@ class RunView:
             row["reports"] += 1
             row["last"] = dict(metrics)
 
+    def iteration(self, index: int) -> int:
+        """The 1-based number of the result a report with ``index`` belongs to."""
+        return self.results_before + index - self.first_index + 1
+
     def worker_state(self, rank: int, state: str) -> None:
         if rank < len(self.workers):
             self.workers[rank]["state"] = state
@@ -67,7 +74,7 @@ class RunView:
         self.results += 1
         self.last_metrics = result.metrics
         checkpoint = f" | {result.checkpoint.path.rsplit('/', 1)[-1]}" if result.checkpoint is not None else ""
-        return f"{PREFIX}{self.name} [{result.index + 1}] {metrics_text(result.metrics)}{checkpoint}"
+        return f"{PREFIX}{self.name} [{self.results}] {metrics_text(result.metrics)}{checkpoint}"
 
     def finish(self, error=None) -> str:
         elapsed = self.clock() - self.started
@@ -75,7 +82,8 @@ class RunView:
         if error is not None:
             self.failed = True
             first = str(error).strip().splitlines()
-            what = f"{type(error).__name__}: {first[-1] if first else ''}"
+            last = first[-1].strip() if first else ""
+            what = last if last.startswith(type(error).__name__) else f"{type(error).__name__}: {last}"
             self.ending = f"{self.name} failed after {elapsed:.1f} s{attempts}: {what[:300]}"
         else:
             self.ending = f"{self.name} finished in {elapsed:.1f} s{attempts}: {self.results} results, " + (
@@ -129,8 +137,8 @@ class TextReporter:
             stream.write(line + "\n")
             stream.flush()
 
-    def start_attempt(self, attempt, infos, places) -> None:
-        self.view.start_attempt(attempt, infos, places)
+    def start_attempt(self, attempt, infos, places, start_index=0) -> None:
+        self.view.start_attempt(attempt, infos, places, start_index)
         if attempt > 1:
             self._write(f"{PREFIX}{self.view.name}: restarting the worker group (attempt {attempt})")
 
@@ -168,8 +176,8 @@ class WidgetReporter(TextReporter):
     def _redraw(self) -> None:
         self.widget.table.value = self.view.html()
 
-    def start_attempt(self, attempt, infos, places) -> None:
-        super().start_attempt(attempt, infos, places)
+    def start_attempt(self, attempt, infos, places, start_index=0) -> None:
+        super().start_attempt(attempt, infos, places, start_index)
         self._guard(self._show_or_redraw)
 
     def _show_or_redraw(self) -> None:
@@ -185,7 +193,7 @@ class WidgetReporter(TextReporter):
         numeric = {k: v for k, v in metrics.items() if _number(v) and k != "iteration"}
 
         def draw():
-            self.widget.report(f"rank {rank}", iteration=index + 1, **numeric)
+            self.widget.report(f"rank {rank}", iteration=self.view.iteration(index), **numeric)
             self._redraw()
 
         if self.widget is not None:

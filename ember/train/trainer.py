@@ -109,7 +109,7 @@ class DataParallelTrainer:
             try:
                 group.start()
                 self.backend.on_start(group, self.scaling_config)
-                display.start_attempt(state.attempt, group.infos, group.places)
+                display.start_attempt(state.attempt, group.infos, group.places, start_index)
                 streams = {}
                 for rank, worker in enumerate(group.workers):
                     context = session.TrainContext(group.places[rank], name, trial_dir, self.metadata)
@@ -182,15 +182,33 @@ class DataParallelTrainer:
                 continue
             except Exception as error:  # the worker died (ActorDiedError)
                 display.worker_state(rank, "died")
+                self._drain(streams, stream, state, display)
                 return error
             try:
-                kind, rank, index, metrics, checkpoint = ember.get(ref)
+                self._consume(ref, state, display)
             except Exception as error:  # the loop raised: the user's exception, remote traceback included
                 display.worker_state(rank, "error")
+                self._drain(streams, stream, state, display)
                 return error
-            display.worker_report(rank, index, metrics)
-            self._completed(state.on_report(rank, index, metrics, checkpoint), display)
         return None
+
+    def _consume(self, ref, state: FitState, display) -> None:
+        _, rank, index, metrics, checkpoint = ember.get(ref)
+        display.worker_report(rank, index, metrics)
+        self._completed(state.on_report(rank, index, metrics, checkpoint), display)
+
+    def _drain(self, streams: dict, failed, state: FitState, display) -> None:
+        """After a failure: take in the reports the other workers have already sent, so that a
+        step every worker finished still counts."""
+        others = [stream for stream in streams if stream is not failed]
+        while others:
+            ready, _ = ember.wait(others, num_returns=1, timeout=0)
+            if not ready:
+                return
+            try:
+                self._consume(next(ready[0]), state, display)
+            except Exception:  # ended, died or failed too: the first failure is the one reported
+                others.remove(ready[0])
 
     def _completed(self, results: list, display) -> None:
         for result in results:
