@@ -162,3 +162,25 @@ def test_text_lines_one_per_result_and_a_summary():
         "ember.train: run finished in 2.5 s: 1 results, loss=0.1235 tag=x",
     ]
     assert "10.0.0.1" in reporter.view.html() and "finished" in reporter.view.html()
+
+
+def test_widget_has_a_row_per_worker_and_a_curve_per_rank(capsys):
+    from ember.train.progress import WidgetReporter
+
+    reporter = WidgetReporter(RunView("run"))
+    infos = [{"node_id": "a" * 32, "address": "127.0.0.1", "pid": 10 + r} for r in range(2)]
+    reporter.start_attempt(1, infos, place(infos), 0)
+    for i in range(3):
+        for rank in range(2):
+            reporter.worker_report(rank, i, {"loss": 1.0 / (i + 1 + rank), "note": "x"})
+        reporter.result(TrainingResult(i, {"loss": 1.0 / (i + 1)}))
+    reporter.worker_state(1, "finished")
+    reporter.finish()
+    table = reporter.widget.table.value
+    assert table.count("ember-train-worker") == 2 and "finished in" in table and "127.0.0.1" in table
+    assert set(reporter.widget.figures) == {"loss"}
+    assert sorted(rank for _, rank in reporter.widget.sources) == ["rank 0", "rank 1"]
+    assert list(reporter.widget.sources[("loss", "rank 1")].data["y"]) == [0.5, 1 / 3, 0.25]
+    assert list(reporter.widget.sources[("loss", "rank 0")].data["x"]) == [1, 2, 3]
+    assert "Ember training run" in reporter._bundle()["text/plain"]
+    assert not reporter.broken

@@ -117,9 +117,12 @@ class RunView:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
         status = self.ending or f"running, attempt {self.attempt}, {self.results} results"
         cls = "ember-disconnected" if self.failed else "ember-note"
-        return (
+        from ember.widgets.render import view
+
+        return view(
+            "train",
             f"<table class='ember-metrics ember-train'><tr>{head}</tr>{body}</table>"
-            f"<div class='{cls}'>{html.escape(status)}</div>"
+            f"<div class='{cls}'>{html.escape(status)}</div>",
         )
 
 
@@ -210,7 +213,9 @@ class WidgetReporter(TextReporter):
     def finish(self, error=None) -> None:
         self.view.finish(error)
         if self.widget is not None:
-            self._guard(lambda: (self._redraw(), self.handle.update(self._bundle(), raw=True)))
+            self._guard(self._redraw)
+            if self.handle is not None:  # None outside a kernel's display machinery
+                self._guard(lambda: self.handle.update(self._bundle(), raw=True))
 
     def _bundle(self) -> dict:
         from ember.widgets.render import STYLE
