@@ -213,6 +213,10 @@ class WidgetReporter(TextReporter):
     def finish(self, error=None) -> None:
         self.view.finish(error)
         if self.widget is not None:
+            from ember.widgets import bokeh_js
+
+            # The page has run BokehJS by now: a saved notebook need not carry its 8 MB.
+            self._guard(bokeh_js.drop_from_outputs)
             self._guard(self._redraw)
             if self.handle is not None:  # None outside a kernel's display machinery
                 self._guard(lambda: self.handle.update(self._bundle(), raw=True))

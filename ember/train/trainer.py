@@ -158,13 +158,21 @@ class DataParallelTrainer:
         )
 
     def _split_datasets(self, n: int) -> dict:
-        shards = {}
-        for name, dataset in self.datasets.items():
-            if self.dataset_config.splits(name):
-                shards[name] = dataset.streaming_split(n, equal=True)
-            else:
-                shards[name] = [dataset] * n
-        return shards
+        if not self.datasets:
+            return {}
+        from ember.data import DataContext
+
+        context = DataContext.get_current()
+        # The split's own executions are the trainer's business: no progress view of their own
+        # beside the trainer's.
+        shown, context.enable_progress_bars = context.enable_progress_bars, False
+        try:
+            return {
+                name: dataset.streaming_split(n, equal=True) if self.dataset_config.splits(name) else [dataset] * n
+                for name, dataset in self.datasets.items()
+            }
+        finally:
+            context.enable_progress_bars = shown
 
     def _follow(self, streams: dict, state: FitState, display):
         """Consume the workers' report streams until every loop returned (None) or one failed
