@@ -5,6 +5,8 @@ in each, and gathers what the loops ``report``; checkpoints are directories pers
 ``RunConfig.storage_path/name``. ``ember.train.torch`` has ``TorchTrainer`` (torch.distributed).
 """
 
+import importlib as _importlib
+
 from ember.train.checkpoint import Checkpoint
 from ember.train.config import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ember.train.result import Result
@@ -27,3 +29,13 @@ __all__ = [
     "get_dataset_shard",
     "report",
 ]
+
+_SUBPACKAGES = ("torch", "lightgbm")
+
+
+def __getattr__(name: str):
+    # ``ray.train.torch.TorchTrainer`` after ``import ember as ray``: the framework's package (and
+    # torch or lightgbm with it) loads on first use.
+    if name in _SUBPACKAGES:
+        return _importlib.import_module(f"ember.train.{name}")
+    raise AttributeError(f"module 'ember.train' has no attribute {name!r}")
