@@ -115,6 +115,7 @@ def test_public_api_names():
         "remote",
         "shutdown",
         "timeline",
+        "train",
         "unload_ipython_extension",
         "util",
         "wait",
