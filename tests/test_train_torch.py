@@ -11,6 +11,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 
 import pytest
 import torch
@@ -100,6 +101,11 @@ def _checkpointing_loop(config):
             start = json.loads(open(os.path.join(d, "state.json")).read())["epoch"] + 1
     for epoch in range(start, config["epochs"]):
         if config.get("kill_at") == epoch and ctx.get_world_rank() == 1 and not os.path.exists(config["once"]):
+            # Die only once the driver has the previous epoch's result: reports still in this
+            # process's send queue would die with it, and the test is about resuming from a checkpoint.
+            registered = config.get("registered")
+            while registered and not os.path.exists(registered):
+                time.sleep(0.01)
             open(config["once"], "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
         if config.get("raise_at") == epoch and ctx.get_world_rank() == 1:
@@ -138,12 +144,19 @@ def test_reports_and_checkpoints_kept_by_score(cluster, tmp_path):
 
 
 def test_a_sigkilled_worker_restarts_the_group_from_the_latest_checkpoint(cluster, tmp_path):
-    config = {"epochs": 5, "kill_at": 3, "once": str(tmp_path / "killed")}
+    config = {"epochs": 5, "kill_at": 3, "once": str(tmp_path / "killed"), "registered": str(tmp_path / "epoch2")}
+
+    class MarkEpoch2:
+        def after_report(self, run_context, metrics, checkpoint):
+            assert [m["epoch"] for m in metrics] == [metrics[0]["epoch"]] * 2  # both workers' reports
+            if metrics[0]["epoch"] == 2:
+                open(config["registered"], "w").close()
+
     result = TorchTrainer(
         _checkpointing_loop,
         train_loop_config=config,
         scaling_config=two(),
-        run_config=run(tmp_path, failure_config=train.FailureConfig(max_failures=1)),
+        run_config=run(tmp_path, failure_config=train.FailureConfig(max_failures=1), callbacks=[MarkEpoch2()]),
     ).fit()
     assert result.error is None, result.error
     assert os.path.exists(config["once"])

@@ -93,7 +93,9 @@ class CheckpointConfig:
 class RunConfig:
     """Where and how a run is recorded: results and checkpoints go under ``storage_path/name`` (a
     local directory, or a URI pyarrow understands such as ``s3://bucket/dir``; ``storage_filesystem``
-    a pyarrow filesystem). ``verbose=0`` silences the per-report lines outside a notebook."""
+    a pyarrow filesystem). ``callbacks``: objects with Ray Train's ``after_report(run_context,
+    metrics, checkpoint)``, called in the driver once every worker made a report (``metrics``: each
+    worker's). ``verbose=0`` silences the per-report lines outside a notebook."""
 
     name: str | None = None
     storage_path: str | None = None

@@ -23,6 +23,7 @@ class TrainingResult:
     metrics: dict
     checkpoint: object = None
     deleted: list = field(default_factory=list)  # checkpoints this result made the keeper drop
+    all_metrics: list = field(default_factory=list)  # every reporting worker's, by rank
 
 
 class CheckpointKeeper:
@@ -132,7 +133,7 @@ class FitState:
             first = min(reports)  # rank 0's, unless rank 0 finished without this report
             metrics = reports[first][0]
             checkpoint = next((c for _, c in (reports[r] for r in sorted(reports)) if c is not None), None)
-            result = TrainingResult(index, metrics, checkpoint)
+            result = TrainingResult(index, metrics, checkpoint, all_metrics=[reports[r][0] for r in sorted(reports)])
             if checkpoint is not None:
                 result.deleted = self.keeper.add(index, checkpoint, metrics)
             self.results.append(result)

@@ -223,3 +223,8 @@ class DataParallelTrainer:
             for dropped in result.deleted:
                 ckpt.delete(dropped.filesystem, dropped.path)
             display.result(result)
+            for callback in self.run_config.callbacks:
+                # Ray Train's UserCallback hook: every worker's metrics and the result's checkpoint.
+                after_report = getattr(callback, "after_report", None)
+                if after_report is not None:
+                    after_report(run_context=None, metrics=result.all_metrics, checkpoint=result.checkpoint)
