@@ -22,7 +22,7 @@ def frame():
 
 
 def _loop(config):
-    shard = train.get_dataset_shard("train").to_pandas()
+    shard = train.get_dataset_shard("train").materialize().to_pandas()
     network = get_network_params()
     data = lightgbm.Dataset(shard[["a", "b", "c"]], label=shard["y"])
     params = {"objective": "binary", "verbose": -1, "min_data_in_leaf": 5, **network}

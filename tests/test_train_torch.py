@@ -197,8 +197,12 @@ def test_without_max_failures_the_error_is_the_users_exception(cluster, tmp_path
 
 def _shard_loop(config):
     ctx = train.get_context()
-    ids = [row["id"] for row in train.get_dataset_shard("train").iter_rows()]
-    whole = train.get_dataset_shard("valid").count()
+    shard = train.get_dataset_shard("train")
+    ids = [row["id"] for row in shard.iter_rows()]
+    again = [row["id"] for row in shard.iter_rows()]  # a second epoch: the split runs again, whole
+    if sorted(again) != sorted(ids):
+        raise AssertionError(f"epoch 2 gave {sorted(again)}, epoch 1 {sorted(ids)}")
+    whole = sum(len(batch["id"]) for batch in train.get_dataset_shard("valid").iter_batches())
     with open(os.path.join(config["dir"], f"shard{ctx.get_world_rank()}.json"), "w") as out:
         json.dump({"ids": ids, "valid": whole}, out)
     train.report({"rows": len(ids)})

@@ -164,8 +164,10 @@ def get_checkpoint():
 
 
 def get_dataset_shard(dataset_name: str | None = None):
-    """This worker's part of the trainer's dataset ``dataset_name``: a Dataset to iterate
-    (``iter_batches``, ``iter_torch_batches``, ``iter_rows``); the workers' parts are disjoint."""
+    """This worker's part of the trainer's dataset ``dataset_name``: a ``DataIterator``
+    (``iter_batches``, ``iter_torch_batches``, ``iter_rows``), one of a streaming split whose parts
+    are disjoint (or over the whole dataset for one the ``DataConfig`` does not split). Each pass is
+    an epoch; the workers' passes run together."""
     shards = current().shards
     if dataset_name is None:
         if len(shards) != 1:

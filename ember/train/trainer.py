@@ -100,11 +100,13 @@ class DataParallelTrainer:
         state = FitState(
             num_workers, run.failure_config.max_failures, run.checkpoint_config, self.resume_from_checkpoint
         )
-        shards = self._split_datasets(num_workers)
         display = progress.reporter(name, run.verbose)
         error = None
         while True:
             start_index, start_checkpoint = state.start_attempt()
+            # A fresh split for every attempt: a streaming split's epochs are counted by its
+            # consumers, and a restarted group starts them again.
+            shards = self._split_datasets(num_workers)
             group = WorkerGroup(self.scaling_config, name)
             try:
                 group.start()
@@ -168,7 +170,11 @@ class DataParallelTrainer:
         shown, context.enable_progress_bars = context.enable_progress_bars, False
         try:
             return {
-                name: dataset.streaming_split(n, equal=True) if self.dataset_config.splits(name) else [dataset] * n
+                name: (
+                    dataset.streaming_split(n, equal=True)
+                    if self.dataset_config.splits(name)
+                    else [dataset.iterator()] * n
+                )
                 for name, dataset in self.datasets.items()
             }
         finally:

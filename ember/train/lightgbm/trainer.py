@@ -157,7 +157,7 @@ def _default_loop(config: dict) -> None:
     label = config["label_column"]
     sets, names = [], []
     for name in ["train"] + sorted(set(session.current().shards) - {"train"}):
-        frame = session.get_dataset_shard(name).to_pandas()
+        frame = session.get_dataset_shard(name).materialize().to_pandas()
         sets.append(lightgbm.Dataset(frame.drop(columns=[label]), label=frame[label], free_raw_data=False))
         names.append(name)
     start = session.get_checkpoint()
