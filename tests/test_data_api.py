@@ -248,3 +248,18 @@ def test_pushdown_expressions_compute(cluster, parquet_dir, df):
     expr = (pc.field("b") > 0) & (pc.field("c") == "s1")
     got = rd.read_parquet(parquet_dir, columns=["a"], filter=expr).to_pandas()
     assert got["a"].tolist() == df[(df.b > 0) & (df.c == "s1")].a.tolist()
+
+
+def test_filter_expr_runs_in_arrow_and_matches_pandas(cluster, df):
+    ds = rd.from_pandas([df.iloc[:25], df.iloc[25:]])
+    got = ds.filter(expr="a * 2 >= 30 and b > -0.5 and c not in ['s1', 's3']").to_pandas()
+    expected = df[(df.a * 2 >= 30) & (df.b > -0.5) & ~df.c.isin(["s1", "s3"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected)
+    assert ds.filter(expr=pc.field("a") < 3).count() == 3
+    assert ds.filter(expr="10 < a <= 12").take_all() == [r for r in ds.take_all() if 10 < r["a"] <= 12]
+    # Nothing in the string is run as Python: anything but a predicate fails at the call.
+    for bad in ("__import__('os').getpid()", "a.real > 1", "a in c", "a >"):
+        with pytest.raises(ValueError, match="filter"):
+            ds.filter(expr=bad)
+    with pytest.raises(ValueError, match="either fn or expr"):
+        ds.filter(lambda r: True, expr="a > 1")

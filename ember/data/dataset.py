@@ -11,6 +11,7 @@ from ember.data import block as blk
 from ember.data import iterator as it
 from ember.data.dataset_all_to_all import AllToAllMethods
 from ember.data.executor import Executor
+from ember.data.expressions import to_expression
 from ember.data.plan import (
     ActorPoolStrategy,
     AllToAll,
@@ -237,7 +238,8 @@ class Dataset(AllToAllMethods):
 
     def filter(
         self,
-        fn,
+        fn=None,
+        expr=None,
         *,
         compute=None,
         fn_args=None,
@@ -250,7 +252,14 @@ class Dataset(AllToAllMethods):
         concurrency=None,
         **remote_args,
     ):
-        """Keep the rows for which ``fn(row)`` is true."""
+        """Keep the rows for which ``fn(row)`` is true, or that match ``expr`` (a string such as
+        ``"x > 0.5 and key != 3"`` or a pyarrow Expression, evaluated by Arrow on whole blocks)."""
+        if expr is not None:
+            if fn is not None:
+                raise ValueError("filter: give either fn or expr, not both.")
+            stage = Stage("filter_expr", extra=to_expression(expr))
+            args = _remote_args(None, num_cpus, num_gpus, memory, remote_args)
+            return Dataset(MapOp(f"Filter({expr})", self._plan, stage, None, args, False, concurrency))
         return self._map(
             "filter",
             fn,

@@ -94,6 +94,8 @@ class Stage:
             return table.select(self.extra)
         if kind == "drop":
             return table.drop_columns([c for c in self.extra if c in table.column_names])
+        if kind == "filter_expr":
+            return table.filter(self.extra)
         if kind == "rename":
             return table.rename_columns([self.extra.get(c, c) for c in table.column_names])
         call = self.setup()
