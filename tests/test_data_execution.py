@@ -200,8 +200,15 @@ def test_a_pool_that_would_take_every_cpu_from_its_inputs_is_refused_at_once(clu
             return {"id": batch["id"] + 1}
 
     cpus = int(ember.cluster_resources()["CPU"])
+    # A map with resources of its own stays a task operator before the pool: it needs CPUs.
+    feeder = rd.range(100, override_num_blocks=4).map_batches(lambda b: b, num_cpus=1)
     with pytest.raises(ValueError, match="nothing could feed the pool"):
-        rd.range(100, override_num_blocks=4).map_batches(Add, concurrency=cpus).count()
-    # Fewer CPUs per actor leaves room for the reads.
-    assert rd.range(100, override_num_blocks=4).map_batches(Add, concurrency=cpus, num_cpus=0.5).count() == 100
+        feeder.map_batches(Add, concurrency=cpus).count()
+    # Fewer CPUs per actor leaves room for the tasks.
+    assert feeder.map_batches(Add, concurrency=cpus, num_cpus=0.5).count() == 100
+    # A read (and plain maps) fuse into the pool, as in Ray: its actors read their own blocks.
+    fused = rd.range(100, override_num_blocks=4).map_batches(lambda b: b).map_batches(Add, concurrency=cpus)
+    assert fused._plan_lines() == [f"ReadRange->MapBatches(<lambda>)->MapBatches(Add) [actors {cpus}..{cpus}]"]
+    assert sorted(r["id"] for r in fused.take_all()) == list(range(1, 101))
+    assert fused._last_stats.ops[0].tasks == 4
     wait_for(lambda: not live_pool_actors(), message="no pool actor left")

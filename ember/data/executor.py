@@ -271,6 +271,7 @@ class Executor:
         try:
             while True:
                 before = self._progress()
+                self._reap()
                 for state in reversed(self.states):
                     state.pull()
                     self._launch(state, budget)
@@ -472,6 +473,20 @@ class Executor:
 
     def _progress(self) -> tuple:
         return tuple((len(s.inputs), len(s.outputs), len(s.running), s.next_seq, s.fn) for s in self.states)
+
+    def _reap(self):
+        """Take in the tasks that finished since the last pass, without waiting. While the consumer
+        still has blocks to take, the loop never reaches the blocking wait; without this, finished
+        tasks would keep their slots meanwhile and the workers would go idle."""
+        waiting = {ref: state for state in self.states for ref in state.running}
+        if not waiting:
+            return
+        try:
+            ready, _ = ember.wait(list(waiting), num_returns=len(waiting), timeout=0, fetch_local=False)
+            self._finish_ready(ready, waiting)
+        except BaseException:
+            waiting = ready = _ = None  # noqa: F841 (as in _wait_and_complete: a kept traceback pins nothing)
+            raise
 
     def _wait_and_complete(self, stalled: bool) -> bool:
         waiting = {}

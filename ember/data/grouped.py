@@ -8,7 +8,7 @@ import pyarrow as pa
 import ember
 from ember.data import block as blk
 from ember.data.all_to_all import _remote, _resolve, shuffle_blocks
-from ember.data.plan import AllToAll
+from ember.data.plan import AllToAll, MapOp, Stage
 
 _PARTIALS = {
     "count": ("count",),
@@ -91,9 +91,16 @@ def _final(keys: list, specs: list, ddof: int, *partials):
     return result, blk.metadata_of(result)
 
 
+def partial_stage(keys: list, specs: list, table: pa.Table) -> pa.Table:
+    """The map stage before the barrier: a block becomes its few partial rows inside the task that
+    made it (fused with the read), so the blocks themselves never wait in the store for the barrier."""
+    if not table.num_rows:
+        return pa.table({})
+    return _partial(table, keys, specs)
+
+
 def aggregate_blocks(keys, specs, ddof, groups):
-    partial = _remote(_partial)
-    partials = [partial.options(name="AggregatePartial").remote(ref, keys, specs) for ref, m in groups[0]]
+    partials = [ref for ref, meta in groups[0] if meta.num_rows]
     return _resolve([_remote(_final, num_returns=2).options(name="Aggregate").remote(keys, specs, ddof, *partials)])
 
 
@@ -111,8 +118,10 @@ class GroupedData:
         from ember.data.dataset import Dataset
 
         label = ", ".join(f"{k}({c or ''})" for k, c in specs)
+        stage = Stage("map_batches", functools.partial(partial_stage, self._keys, specs), batch_format="pyarrow")
+        partials = MapOp("AggregatePartial", self._dataset._plan, stage)
         fn = functools.partial(aggregate_blocks, self._keys, specs, ddof)
-        return Dataset(AllToAll(f"Aggregate[{label}]", [self._dataset._plan], fn))
+        return Dataset(AllToAll(f"Aggregate[{label}]", [partials], fn))
 
     @staticmethod
     def _on(on) -> list:

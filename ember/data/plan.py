@@ -292,8 +292,11 @@ def _fusable(up: PhysicalOp, op: MapOp) -> bool:
     if up.kind != "map" or isinstance(up.compute, ActorPoolStrategy):
         return False
     if isinstance(op.compute, ActorPoolStrategy):
-        # A pool absorbs plain task stages before it (not the read: reads keep their parallelism).
-        return up.read is None and not up.remote_args and up.concurrency is None
+        # A pool absorbs plain task stages before it, the read included (as Ray fuses a task pool
+        # into an actor pool): each actor reads its own blocks, so the reads run as wide as the pool
+        # without tasks of their own competing with the actors for CPUs, and no block crosses the
+        # store between the read and the pool.
+        return not up.remote_args and up.concurrency is None
     return up.remote_args == op.remote_args and up.concurrency == op.concurrency
 
 

@@ -331,10 +331,21 @@ def read_binary_files(paths, *, filesystem=None, include_paths=False, override_n
 
 def _read_parquet_pieces(fs, pieces, filter_expr, columns, limit):
     import pyarrow.dataset as pds
+    import pyarrow.parquet as pq
 
     file_format = pds.ParquetFileFormat()
     tables, rows = [], 0
     for path, row_groups in pieces:
+        if filter_expr is None and limit is None:
+            # The plain reader: a column comes back as one contiguous chunk (the scanner cuts it into
+            # batches), so numpy batches of a whole block need no copy, and a block has a handful of
+            # buffers for the store instead of one per batch and column. One thread: the task is the
+            # unit of parallelism, and each has one CPU.
+            with fs.open_input_file(path) as source:
+                table = pq.ParquetFile(source).read_row_groups(row_groups, columns=columns, use_threads=False)
+            tables.append(table)
+            rows += table.num_rows
+            continue
         fragment = file_format.make_fragment(path, filesystem=fs, row_groups=row_groups)
         scanner = pds.Scanner.from_fragment(fragment, columns=columns, filter=filter_expr)
         table = scanner.head(limit - rows) if limit is not None else scanner.to_table()
