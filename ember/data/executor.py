@@ -198,6 +198,13 @@ class OpState:
         queued = len(self.inputs) if self.op.read is None else 0  # a read's inputs are tasks, not blocks
         return outs + len(self.finished) + queued + len(self.running) + sum(len(g) for g in self.groups)
 
+    def has_slot(self) -> bool:
+        """Whether another task may start: at most ``max_tasks`` run, and at most as many more wait,
+        finished, for an earlier one to release them in order. Without the second bound one slow
+        task (a worker still starting) lets the rest of the dataset run ahead of it, past what a
+        limit downstream needed."""
+        return len(self.running) < self.max_tasks and len(self.running) + len(self.finished) < 2 * self.max_tasks
+
     def estimate(self, in_bytes: int) -> int:
         if self.out_sizes:
             return int(sum(self.out_sizes[-8:]) / len(self.out_sizes[-8:]))
@@ -337,7 +344,7 @@ class Executor:
         elif kind == "map":
             if state.pool is not None:
                 self._scale_pool(state, budget)
-            while state.inputs and not state.stopped and len(state.running) < state.max_tasks:
+            while state.inputs and not state.stopped and state.has_slot():
                 item, in_bytes = state.inputs[0]
                 est = state.estimate(in_bytes)
                 if not self._may_launch(state, est, budget):
