@@ -187,8 +187,10 @@ def run_pyarrow(data: str, out: str, row: str):
         for path in files:
             table = pq.read_table(path, columns=["key", "x", "y"], use_threads=False)
             partials.append(table.group_by("key").aggregate([("x", "sum"), ("y", "sum"), ("x", "count")]))
-        merged = pa.concat_tables(partials).group_by("key").aggregate(
-            [("x_sum", "sum"), ("y_sum", "sum"), ("x_count", "sum")]
+        merged = (
+            pa.concat_tables(partials)
+            .group_by("key")
+            .aggregate([("x_sum", "sum"), ("y_sum", "sum"), ("x_count", "sum")])
         )
         means = pc.divide(merged["x_sum_sum"], merged["x_count_sum"])
         assert len(means) == 1000
@@ -324,8 +326,11 @@ def run_system(system: str, python: str, args, data: dict, rows: list) -> dict:
                 cpu = sum(t - cpu_at_start.get(pid, 0.0) for pid, t in cpu_seen.items())
                 seconds = float(seconds)
                 results[row] = {"seconds": seconds, "rows_per_s": data["rows"] / seconds, "cpu_s": cpu}
-                print(f"  {system:8s} {row:13s} {seconds:8.2f} s  cpu {cpu:7.2f} s  peak {peaks[row] / 2**20:6.0f} MiB",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {system:8s} {row:13s} {seconds:8.2f} s  cpu {cpu:7.2f} s  peak {peaks[row] / 2**20:6.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
             else:
                 sys.stderr.write(line)
         proc.wait(timeout=120)
@@ -370,8 +375,11 @@ def main():
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ",".join(ROWS))
     p.add_argument("--ember-python", default=sys.executable, help="interpreter for Ember and the pyarrow loop")
-    p.add_argument("--ray-python", default=os.environ.get("RAY_PYTHON", "/work/ray-venv/bin/python"),
-                   help="interpreter with Ray 2.60 and Dask (env RAY_PYTHON)")
+    p.add_argument(
+        "--ray-python",
+        default=os.environ.get("RAY_PYTHON", "/work/ray-venv/bin/python"),
+        help="interpreter with Ray 2.60 and Dask (env RAY_PYTHON)",
+    )
     p.add_argument("--out-dir", default=None, help="where the etl row writes (default: <data-dir>/out)")
     p.add_argument("--json", help="write the results to this path")
     p.add_argument("--worker", help=argparse.SUPPRESS)
