@@ -32,7 +32,7 @@ from ember.util.timeline import timeline
 
 __version__ = "0.1.0"
 
-_LIBRARIES = ("data", "serve", "train")
+_LIBRARIES = ("data", "rllib", "serve", "train")
 
 
 def __getattr__(name: str):

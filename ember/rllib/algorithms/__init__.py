@@ -1,0 +1,1 @@
+"""The algorithms: ``from ember.rllib.algorithms.ppo import PPOConfig``."""
