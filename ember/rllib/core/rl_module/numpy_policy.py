@@ -78,14 +78,21 @@ class PPOPolicy:
 
 
 class QPolicy:
-    """Epsilon-greedy on a Q network (DQN's env runners)."""
+    """Epsilon-greedy on a Q network (DQN's env runners); ``value_layers`` set for a dueling network."""
 
-    def __init__(self, q_layers: list, epsilon: float):
-        self.q_layers = q_layers
+    def __init__(self, encoder_layers: list, advantage_layers: list, value_layers, epsilon: float):
+        self.encoder_layers, self.advantage_layers, self.value_layers = encoder_layers, advantage_layers, value_layers
         self.epsilon = epsilon
 
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        features = mlp_forward(self.encoder_layers, obs)
+        advantages = mlp_forward(self.advantage_layers, features)
+        if self.value_layers is None:
+            return advantages
+        return mlp_forward(self.value_layers, features) + advantages - advantages.mean(-1, keepdims=True)
+
     def compute_actions(self, obs: np.ndarray, explore: bool, rng: np.random.Generator) -> tuple:
-        q = mlp_forward(self.q_layers, obs)
+        q = self.q_values(obs)
         actions = np.argmax(q, axis=-1)
         if explore and self.epsilon > 0:
             random = rng.random(len(actions)) < self.epsilon

@@ -78,6 +78,10 @@ class RLModule(nn.Module):
     def forward_exploration(self, batch: dict) -> dict:
         return self.forward_inference(batch)
 
+    def extra_args(self) -> dict:
+        """Constructor arguments beyond the spaces and model config (saved with a checkpoint)."""
+        return {"dueling": self.dueling} if hasattr(self, "dueling") else {}
+
     def get_state(self) -> dict:
         return {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
 
@@ -89,7 +93,7 @@ class RLModule(nn.Module):
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
         torch.save(self.get_state(), os.path.join(path, STATE_FILE))
-        spec = (type(self), self.observation_space, self.action_space, self.model_config)
+        spec = (type(self), self.observation_space, self.action_space, self.model_config, self.extra_args())
         with open(os.path.join(path, SPEC_FILE), "wb") as out:
             pickle.dump(spec, out)
         return path
@@ -100,8 +104,8 @@ class RLModule(nn.Module):
         ``learner_group/learner/rl_module/default_policy``)."""
         path = os.fspath(path)
         with open(os.path.join(path, SPEC_FILE), "rb") as spec_file:
-            module_class, observation_space, action_space, model_config = pickle.load(spec_file)
-        module = module_class(observation_space, action_space, model_config)
+            module_class, observation_space, action_space, model_config, extra = pickle.load(spec_file)
+        module = module_class(observation_space, action_space, model_config, **extra)
         module.set_state(torch.load(os.path.join(path, STATE_FILE), weights_only=True))
         return module
 
@@ -165,23 +169,37 @@ class PPOTorchModule(RLModule):
 
 
 class QTorchModule(RLModule):
-    """A Q network for discrete actions: encoder then a Q head (DQN)."""
+    """A Q network for discrete actions (DQN): an encoder, then a Q head or, with ``dueling``, a
+    value and an advantage head combined as V + A - mean(A)."""
 
-    def __init__(self, observation_space, action_space, model_config: DefaultModelConfig):
+    def __init__(self, observation_space, action_space, model_config: DefaultModelConfig, dueling: bool = True):
         super().__init__(observation_space, action_space, model_config)
         mc = model_config
+        self.dueling = dueling
         in_dim = obs_size(observation_space)
-        sizes = [in_dim, *mc.fcnet_hiddens, *mc.head_fcnet_hiddens, int(action_space.n)]
-        self.q = MLP(sizes, mc.fcnet_activation)
+        act = mc.fcnet_activation
+        self.encoder = MLP([in_dim, *mc.fcnet_hiddens], act, act)
+        feature = mc.fcnet_hiddens[-1] if mc.fcnet_hiddens else in_dim
+        head = list(mc.head_fcnet_hiddens)
+        self.advantages = MLP([feature, *head, int(action_space.n)], mc.head_fcnet_activation)
+        self.value = MLP([feature, *head, 1], mc.head_fcnet_activation) if dueling else None
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(obs) if len(self.encoder.linears) else obs
+        advantages = self.advantages(features)
+        if self.value is None:
+            return advantages
+        return self.value(features) + advantages - advantages.mean(-1, keepdim=True)
 
     def forward_inference(self, batch: dict) -> dict:
         """{"q_values": ..., "actions": greedy actions} for ``batch["obs"]``."""
         with torch.no_grad():
-            q = self.q(self._obs(batch))
+            q = self.q_values(self._obs(batch))
         return {"q_values": q, "actions": q.argmax(-1)}
 
     def forward_train(self, batch: dict) -> dict:
-        return {"q_values": self.q(self._obs(batch))}
+        return {"q_values": self.q_values(self._obs(batch))}
 
     def numpy_policy(self, epsilon: float = 0.0) -> QPolicy:
-        return QPolicy(self.q.numpy_layers(), epsilon)
+        value = self.value.numpy_layers() if self.value is not None else None
+        return QPolicy(self.encoder.numpy_layers(), self.advantages.numpy_layers(), value, epsilon)

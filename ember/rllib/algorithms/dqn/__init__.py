@@ -1,0 +1,3 @@
+from ember.rllib.algorithms.dqn.dqn import DQN, DQNConfig
+
+__all__ = ["DQN", "DQNConfig"]
