@@ -15,9 +15,15 @@ def test_replay_buffer_ring_and_uniform_sampling():
     buffer = ReplayBuffer(5)
     for start in (0, 3):
         n = 3
-        buffer.add({"obs": np.arange(start, start + n, dtype=np.float32)[:, None],
-                    "next_obs": np.zeros((n, 1), np.float32), "actions": np.zeros(n, np.int64),
-                    "rewards": np.arange(start, start + n, dtype=np.float32), "terminateds": np.zeros(n, bool)})
+        buffer.add(
+            {
+                "obs": np.arange(start, start + n, dtype=np.float32)[:, None],
+                "next_obs": np.zeros((n, 1), np.float32),
+                "actions": np.zeros(n, np.int64),
+                "rewards": np.arange(start, start + n, dtype=np.float32),
+                "terminateds": np.zeros(n, bool),
+            }
+        )
     assert len(buffer) == 5
     # Six added to a capacity of five: the oldest (0) was overwritten by 5.
     assert sorted(buffer.columns["rewards"].tolist()) == [1, 2, 3, 4, 5]
@@ -34,7 +40,8 @@ def test_replay_buffer_ring_and_uniform_sampling():
 def test_epsilon_schedule():
     points = [(0, 1.0), (100, 0.1), (200, 0.05)]
     assert [piecewise_schedule(points, t) for t in (0, 50, 100, 150, 200, 10**6)] == pytest.approx(
-        [1.0, 0.55, 0.1, 0.075, 0.05, 0.05])
+        [1.0, 0.55, 0.1, 0.075, 0.05, 0.05]
+    )
     assert piecewise_schedule(0.3, 12345) == 0.3
 
 
@@ -90,8 +97,10 @@ def test_dqn_learns_cartpole_and_round_trips(cluster, tmp_path):
         restored = Algorithm.from_checkpoint(path)
         try:
             obs = np.random.default_rng(1).normal(size=(16, 4)).astype(np.float32)
-            assert torch.equal(algo.get_module().forward_inference({"obs": obs})["q_values"],
-                               restored.get_module().forward_inference({"obs": obs})["q_values"])
+            assert torch.equal(
+                algo.get_module().forward_inference({"obs": obs})["q_values"],
+                restored.get_module().forward_inference({"obs": obs})["q_values"],
+            )
             assert len(restored.buffer) == len(algo.buffer) and restored.epsilon() == algo.epsilon()
             assert algo.evaluate() == restored.evaluate()
         finally:

@@ -22,9 +22,20 @@ def cartpole_ppo(num_env_runners: int = 2, batch: int = 1000, **training):
         PPOConfig()
         .environment("CartPole-v1")
         .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=4)
-        .training(**{"lr": 3e-4, "train_batch_size_per_learner": batch, "minibatch_size": 250, "num_epochs": 10,
-                     "lambda_": 0.95, "vf_clip_param": 1e4, "vf_loss_coeff": 0.5, "use_kl_loss": False,
-                     "grad_clip": 0.5, **training})
+        .training(
+            **{
+                "lr": 3e-4,
+                "train_batch_size_per_learner": batch,
+                "minibatch_size": 250,
+                "num_epochs": 10,
+                "lambda_": 0.95,
+                "vf_clip_param": 1e4,
+                "vf_loss_coeff": 0.5,
+                "use_kl_loss": False,
+                "grad_clip": 0.5,
+                **training,
+            }
+        )
         .rl_module(model_config={"fcnet_hiddens": [64, 64], "vf_share_layers": False})
         .debugging(seed=1)
     )
@@ -136,8 +147,7 @@ def test_checkpoint_round_trip_acts_identically(cluster, tmp_path):
         # The module alone, from its RLlib path inside the checkpoint.
         from ember.rllib.core.rl_module.rl_module import RLModule
 
-        module = RLModule.from_checkpoint(os.path.join(path, "learner_group", "learner", "rl_module",
-                                                       "default_policy"))
+        module = RLModule.from_checkpoint(os.path.join(path, "learner_group", "learner", "rl_module", "default_policy"))
         assert torch.equal(module.forward_inference({"obs": obs})["action_dist_inputs"], before)
         # Restoring into an existing algorithm puts its weights back.
         algo.train()
@@ -154,8 +164,11 @@ def test_checkpoint_round_trip_acts_identically(cluster, tmp_path):
 def test_env_runner_killed_mid_iteration_is_replaced(cluster, tmp_path):
     kill_file = str(tmp_path / "killed")
     register_env("kill-once-cartpole", lambda config: KillOnceCartPole(config))
-    config = cartpole_ppo(batch=400, num_epochs=1).environment(
-        "kill-once-cartpole", env_config={"kill_file": kill_file}).reporting(progress=False)
+    config = (
+        cartpole_ppo(batch=400, num_epochs=1)
+        .environment("kill-once-cartpole", env_config={"kill_file": kill_file})
+        .reporting(progress=False)
+    )
     algo = config.build_algo()
     try:
         old = runner_pids(algo)
@@ -175,8 +188,12 @@ def test_env_runner_killed_mid_iteration_is_replaced(cluster, tmp_path):
 
 
 def test_env_error_reaches_the_caller_with_its_type_and_env_name(cluster):
-    algo = cartpole_ppo(num_env_runners=1, batch=100, num_epochs=1, minibatch_size=50).environment(
-        FaultyEnv, env_config={"fail_at": 7}).reporting(progress=False).build_algo()
+    algo = (
+        cartpole_ppo(num_env_runners=1, batch=100, num_epochs=1, minibatch_size=50)
+        .environment(FaultyEnv, env_config={"fail_at": 7})
+        .reporting(progress=False)
+        .build_algo()
+    )
     try:
         with pytest.raises(ZeroDivisionError) as info:
             algo.train()
@@ -192,8 +209,12 @@ def test_env_error_reaches_the_caller_with_its_type_and_env_name(cluster):
 
 
 def test_stop_kills_the_env_runners(cluster):
-    algo = cartpole_ppo(batch=200, num_epochs=1, minibatch_size=100).reporting(progress=False).evaluation(
-        evaluation_num_env_runners=1, evaluation_duration=2).build_algo()
+    algo = (
+        cartpole_ppo(batch=200, num_epochs=1, minibatch_size=100)
+        .reporting(progress=False)
+        .evaluation(evaluation_num_env_runners=1, evaluation_duration=2)
+        .build_algo()
+    )
     pids = runner_pids(algo)
     assert algo.evaluate()["env_runners"]["num_episodes"] == 2
     pids += algo.eval_env_runner_group.foreach_env_runner(lambda runner: os.getpid())

@@ -77,8 +77,9 @@ def test_gae_special_cases():
     np.testing.assert_allclose(adv[:, 0], [1.875, 1.75, 1.5, 1.0])
     # A truncated step bootstraps from the final observation's value; a terminated one does not.
     next_values = np.full((1, 2), 10.0)
-    adv, _ = compute_gae(np.ones((1, 2)), np.zeros((1, 2)), next_values, np.array([[True, False]]),
-                         np.array([[False, True]]), 0.5, 0.9)
+    adv, _ = compute_gae(
+        np.ones((1, 2)), np.zeros((1, 2)), next_values, np.array([[True, False]]), np.array([[False, True]]), 0.5, 0.9
+    )
     np.testing.assert_allclose(adv[0], [1.0, 6.0])
     with pytest.raises(ValueError, match="time-major"):
         compute_gae(np.ones(3), np.ones(3), np.ones(3), np.zeros(3, bool), np.zeros(3, bool), 0.9, 0.9)
@@ -101,8 +102,9 @@ def test_postprocess_flattens_and_standardises():
     assert train["obs"].shape == (20, 4) and train["action_dist_inputs"].shape == (20, 2)
     assert abs(train["advantages"].mean()) < 1e-5 and abs(train["advantages"].std() - 1) < 1e-3
     # Targets are not standardised: they are what the value function should predict.
-    _, targets = compute_gae(batch["rewards"], batch["vf_preds"], batch["next_vf"], batch["terminateds"],
-                             batch["truncateds"], 0.99, 0.95)
+    _, targets = compute_gae(
+        batch["rewards"], batch["vf_preds"], batch["next_vf"], batch["terminateds"], batch["truncateds"], 0.99, 0.95
+    )
     np.testing.assert_allclose(train["value_targets"][:10], targets.reshape(10), rtol=1e-6)
 
 
@@ -119,8 +121,10 @@ def loss_inputs(new_logits, old_logits, actions, advantages, values, targets):
         "advantages": torch.tensor(advantages, dtype=torch.float32),
         "value_targets": torch.tensor(targets, dtype=torch.float32),
     }
-    outputs = {"action_dist_inputs": torch.tensor(new_logits, dtype=torch.float32, requires_grad=True),
-               "vf_preds": torch.tensor(values, dtype=torch.float32)}
+    outputs = {
+        "action_dist_inputs": torch.tensor(new_logits, dtype=torch.float32, requires_grad=True),
+        "vf_preds": torch.tensor(values, dtype=torch.float32),
+    }
     return outputs, batch
 
 
@@ -152,13 +156,13 @@ def test_ppo_loss_value_entropy_and_kl_terms():
     _, clipped = ppo_loss(outputs, batch, True, **{**KW, "vf_clip_param": 1.5})
     assert clipped["vf_loss"] == pytest.approx(1.5) and clipped["vf_loss_unclipped"] == pytest.approx(4.0)
     total, _ = ppo_loss(outputs, batch, True, **{**KW, "entropy_coeff": 0.1})
-    assert float(total) == pytest.approx(0.5 * 4.0 - 0.1 * math.log(2), rel=1e-5)
+    assert total.item() == pytest.approx(0.5 * 4.0 - 0.1 * math.log(2), rel=1e-5)
     outputs, batch = loss_inputs([[1.0, 0.0]], logits, [1], [0.0], [0.0], [0.0])
     total, stats = ppo_loss(outputs, batch, True, **{**KW, "kl_coeff": 2.0, "use_kl_loss": True})
     p = np.exp([1.0, 0.0]) / np.exp([1.0, 0.0]).sum()
     kl = float(np.sum(0.5 * np.log(0.5 / p)))
     assert stats["mean_kl_loss"] == pytest.approx(kl, rel=1e-5)
-    assert float(total) == pytest.approx(2.0 * kl - stats["policy_loss"] * -1, rel=1e-4)
+    assert total.item() == pytest.approx(2.0 * kl - stats["policy_loss"] * -1, rel=1e-4)
 
 
 def test_kl_coefficient_adapts_as_rllib():
@@ -176,8 +180,12 @@ def test_episode_stats_window_and_lifetime():
     stats.add([1, 2], [10, 20], 100)
     stats.add([3, 4], [30, 40], 50)
     summary = stats.summary()
-    assert summary == {"episode_return_mean": 3.0, "episode_return_min": 2.0, "episode_return_max": 4.0,
-                       "episode_len_mean": 30.0}
+    assert summary == {
+        "episode_return_mean": 3.0,
+        "episode_return_min": 2.0,
+        "episode_return_max": 4.0,
+        "episode_len_mean": 30.0,
+    }
     assert stats.num_episodes_lifetime == 4 and stats.num_env_steps_lifetime == 150
     copy = EpisodeStats()
     copy.set_state(stats.get_state())
@@ -187,17 +195,29 @@ def test_episode_stats_window_and_lifetime():
 
 
 def test_result_dict_answers_flattened_keys_and_text_line():
-    result = ResultDict({"env_runners": {"episode_return_mean": 42.5, "episode_return_min": 9.0,
-                                         "episode_return_max": 100.0, "num_env_steps_sampled_per_s": 12345.0},
-                         "learners": {"default_policy": {"policy_loss": -0.01, "vf_loss": 3.0}},
-                         "num_env_steps_sampled_lifetime": 4000, "training_iteration": 2, "time_this_iter_s": 0.5})
+    result = ResultDict(
+        {
+            "env_runners": {
+                "episode_return_mean": 42.5,
+                "episode_return_min": 9.0,
+                "episode_return_max": 100.0,
+                "num_env_steps_sampled_per_s": 12345.0,
+            },
+            "learners": {"default_policy": {"policy_loss": -0.01, "vf_loss": 3.0}},
+            "num_env_steps_sampled_lifetime": 4000,
+            "training_iteration": 2,
+            "time_this_iter_s": 0.5,
+        }
+    )
     assert result["env_runners/episode_return_mean"] == 42.5
     assert "env_runners/episode_return_mean" in result and "env_runners/nothing" not in result
     assert result.get("learners/default_policy/vf_loss") == 3.0 and result.get("a/b", 7) == 7
     assert result.flatten()["learners/default_policy/policy_loss"] == -0.01
     line = summary_line("PPO CartPole-v1", result)
-    assert line == ("ember.rllib: PPO CartPole-v1 iter 2 | 4,000 steps | return 42.5 [9, 100] | 12.3k steps/s | "
-                    "policy_loss -0.01 | vf_loss 3 | 0.50 s")
+    assert line == (
+        "ember.rllib: PPO CartPole-v1 iter 2 | 4,000 steps | return 42.5 [9, 100] | 12.3k steps/s | "
+        "policy_loss -0.01 | vf_loss 3 | 0.50 s"
+    )
     stream = io.StringIO()
     TextReporter("X", stream).report(result)
     assert stream.getvalue().count("\n") == 1
@@ -210,9 +230,13 @@ def test_training_view_plots_return_and_band():
 
     view = training_view("PPO CartPole-v1")
     for i, (mean, low, high) in enumerate([(20.0, 9.0, 40.0), (35.0, 10.0, 90.0)], start=1):
-        view.report_result({"env_runners": {"episode_return_mean": mean, "episode_return_min": low,
-                                            "episode_return_max": high},
-                            "num_env_steps_sampled_lifetime": 1000 * i, "training_iteration": i})
+        view.report_result(
+            {
+                "env_runners": {"episode_return_mean": mean, "episode_return_min": low, "episode_return_max": high},
+                "num_env_steps_sampled_lifetime": 1000 * i,
+                "training_iteration": i,
+            }
+        )
     source = view.sources[("return_mean", "PPO CartPole-v1")]
     assert source.data["x"] == [1000, 2000] and source.data["y"] == [20.0, 35.0]
     assert view.band.data["low"] == [9.0, 10.0] and view.band.data["high"] == [40.0, 90.0]
@@ -223,9 +247,15 @@ def test_training_view_plots_return_and_band():
 
 
 def test_builder_chains_and_keeps_rllib_names():
-    config = (PPOConfig().environment("CartPole-v1", env_config={}).env_runners(num_env_runners=3)
-              .training(lr=1e-3, clip_param=0.1, lambda_=0.9).rl_module(model_config=DefaultModelConfig(
-                  fcnet_hiddens=[32], fcnet_activation="relu")).debugging(seed=5).framework("torch"))
+    config = (
+        PPOConfig()
+        .environment("CartPole-v1", env_config={})
+        .env_runners(num_env_runners=3)
+        .training(lr=1e-3, clip_param=0.1, lambda_=0.9)
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[32], fcnet_activation="relu"))
+        .debugging(seed=5)
+        .framework("torch")
+    )
     assert (config.num_env_runners, config.lr, config.clip_param, config.lambda_, config.seed) == (3, 1e-3, 0.1, 0.9, 5)
     assert config.model_config.fcnet_hiddens == [32]
     assert config.to_dict()["framework"] == "torch"

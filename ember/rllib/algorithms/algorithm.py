@@ -29,8 +29,9 @@ class Algorithm:
 
     def __init__(self, config):
         self.config = config
-        self.env_spec = EnvSpec(env_name(config.env), make_creator(config.env), config.observation_space,
-                                config.action_space)
+        self.env_spec = EnvSpec(
+            env_name(config.env), make_creator(config.env), config.observation_space, config.action_space
+        )
         if config.seed is not None:
             torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)

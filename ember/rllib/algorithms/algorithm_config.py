@@ -320,8 +320,10 @@ class AlgorithmConfig:
             raise NotImplementedError("num_learners > 1 (DDP learner actors) is not supported yet; use 0 or 1")
         if self.rollout_fragment_length != "auto":
             _int_at_least("rollout_fragment_length", self.rollout_fragment_length, 1)
-        if self.batch_mode not in ("truncate_episodes", "complete_episodes"):
-            raise ValueError(f"batch_mode={self.batch_mode!r}: use 'truncate_episodes' or 'complete_episodes'")
+        if self.batch_mode == "complete_episodes":
+            raise NotImplementedError("batch_mode='complete_episodes' is not supported yet")
+        if self.batch_mode != "truncate_episodes":
+            raise ValueError(f"batch_mode={self.batch_mode!r}: use 'truncate_episodes'")
         _number_in("num_cpus_per_env_runner", self.num_cpus_per_env_runner, 0, math.inf)
         _number_in("gamma", self.gamma, 0.0, 1.0)
         _number_in("lr", self.lr, 0.0, math.inf, open_low=True)

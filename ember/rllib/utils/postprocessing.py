@@ -62,8 +62,12 @@ class EpisodeStats:
         """Mean/min/max return and mean length over the window (NaN before the first episode ends)."""
         if not self.returns:
             nan = math.nan
-            return {"episode_return_mean": nan, "episode_return_min": nan, "episode_return_max": nan,
-                    "episode_len_mean": nan}
+            return {
+                "episode_return_mean": nan,
+                "episode_return_min": nan,
+                "episode_return_max": nan,
+                "episode_len_mean": nan,
+            }
         returns = np.fromiter(self.returns, float)
         return {
             "episode_return_mean": float(returns.mean()),

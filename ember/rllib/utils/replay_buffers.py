@@ -44,7 +44,10 @@ class ReplayBuffer:
 
     def set_state(self, state: dict) -> None:
         self.capacity, self.columns, self.next, self.size = (
-            state["capacity"], state["columns"], state["next"], state["size"]
+            state["capacity"],
+            state["columns"],
+            state["next"],
+            state["size"],
         )
 
 

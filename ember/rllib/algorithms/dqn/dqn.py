@@ -108,8 +108,15 @@ class DQNConfig(AlgorithmConfig):
         return 4
 
 
-def dqn_loss(q_values: torch.Tensor, next_q_online: torch.Tensor, next_q_target: torch.Tensor, batch: dict,
-             gamma: float, double_q: bool, loss_fn: str = "huber") -> tuple:
+def dqn_loss(
+    q_values: torch.Tensor,
+    next_q_online: torch.Tensor,
+    next_q_target: torch.Tensor,
+    batch: dict,
+    gamma: float,
+    double_q: bool,
+    loss_fn: str = "huber",
+) -> tuple:
     """TD loss for a minibatch; returns (loss, TD errors).
 
     The target is r + gamma * (1 - terminated) * Q_target(s', a'), with a' chosen by the online
@@ -202,13 +209,20 @@ class DQN(Algorithm):
         finally:
             torch.set_num_threads(threads)
         stats = {key: value / updates for key, value in totals.items()} if updates else {}
-        stats.update({"curr_epsilon": self.epsilon(), "num_target_updates": self.num_target_updates,
-                      "replay_buffer_size": len(self.buffer)})
+        stats.update(
+            {
+                "curr_epsilon": self.epsilon(),
+                "num_target_updates": self.num_target_updates,
+                "replay_buffer_size": len(self.buffer),
+            }
+        )
         return {
             M.LEARNER_RESULTS: {
                 M.DEFAULT_MODULE_ID: stats,
-                M.ALL_MODULES: {M.NUM_ENV_STEPS_TRAINED: updates * config.train_batch_size_per_learner,
-                                M.NUM_ENV_STEPS_TRAINED_LIFETIME: self.num_env_steps_trained_lifetime},
+                M.ALL_MODULES: {
+                    M.NUM_ENV_STEPS_TRAINED: updates * config.train_batch_size_per_learner,
+                    M.NUM_ENV_STEPS_TRAINED_LIFETIME: self.num_env_steps_trained_lifetime,
+                },
             },
             M.TIMERS: {M.ENV_RUNNER_SAMPLING_TIMER: sample_time, M.LEARNER_UPDATE_TIMER: update_time},
         }
@@ -223,22 +237,29 @@ class DQN(Algorithm):
 
     def update(self) -> dict:
         config = self.config
-        batch = {k: torch.from_numpy(np.ascontiguousarray(v))
-                 for k, v in self.buffer.sample(config.train_batch_size_per_learner, self.rng).items()}
+        batch = {
+            k: torch.from_numpy(np.ascontiguousarray(v))
+            for k, v in self.buffer.sample(config.train_batch_size_per_learner, self.rng).items()
+        }
         q_values = self.module.forward_train(batch)["q_values"]
         with torch.no_grad():
             next_online = self.module.q_values(batch["next_obs"])
             next_target = self.target.q_values(batch["next_obs"])
-        loss, td_error = dqn_loss(q_values, next_online, next_target, batch, config.gamma, config.double_q,
-                                  config.td_error_loss_fn)
+        loss, td_error = dqn_loss(
+            q_values, next_online, next_target, batch, config.gamma, config.double_q, config.td_error_loss_fn
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip is not None:
             clip_gradients(self.module.parameters(), config.grad_clip, config.grad_clip_by)
         self.optimizer.step()
         self.num_env_steps_trained_lifetime += config.train_batch_size_per_learner
-        return {"qf_loss": loss.item(), "qf_mean": q_values.mean().item(), "qf_max": q_values.max().item(),
-                "td_error_mean": td_error.mean().item()}
+        return {
+            "qf_loss": loss.item(),
+            "qf_mean": q_values.mean().item(),
+            "qf_max": q_values.max().item(),
+            "td_error_mean": td_error.mean().item(),
+        }
 
     def sync_target(self) -> None:
         """Copy (tau = 1) or blend (tau < 1) the online weights into the target network."""

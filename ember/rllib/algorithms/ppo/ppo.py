@@ -129,8 +129,18 @@ def kl_divergence(old_inputs: torch.Tensor, new_inputs: torch.Tensor, discrete: 
     return torch.distributions.kl_divergence(old, new).sum(-1)
 
 
-def ppo_loss(outputs: dict, batch: dict, discrete: bool, *, clip_param: float, vf_clip_param: float,
-             vf_loss_coeff: float, entropy_coeff: float, kl_coeff: float, use_kl_loss: bool) -> tuple:
+def ppo_loss(
+    outputs: dict,
+    batch: dict,
+    discrete: bool,
+    *,
+    clip_param: float,
+    vf_clip_param: float,
+    vf_loss_coeff: float,
+    entropy_coeff: float,
+    kl_coeff: float,
+    use_kl_loss: bool,
+) -> tuple:
     """PPO's total loss for one minibatch and its parts (as floats).
 
     ``outputs``: the module's ``action_dist_inputs`` and ``vf_preds``; ``batch``: ``actions``,
@@ -173,8 +183,13 @@ def postprocess(batches: list, gamma: float, lambda_: float) -> dict:
     parts: dict = {}
     for batch in batches:
         advantages, targets = compute_gae(
-            batch["rewards"], batch["vf_preds"], batch["next_vf"], batch["terminateds"], batch["truncateds"],
-            gamma, lambda_,
+            batch["rewards"],
+            batch["vf_preds"],
+            batch["next_vf"],
+            batch["terminateds"],
+            batch["truncateds"],
+            gamma,
+            lambda_,
         )
         flat = {"advantages": advantages, "value_targets": targets}
         for key in ("obs", "actions", "action_logp", "action_dist_inputs", "vf_preds"):
@@ -255,8 +270,14 @@ class PPO(Algorithm):
                 minibatch = {key: value[index] for key, value in tensors.items()}
                 outputs = self.module.forward_train(minibatch)
                 loss, stats = ppo_loss(
-                    outputs, minibatch, discrete, clip_param=config.clip_param, vf_clip_param=config.vf_clip_param,
-                    vf_loss_coeff=config.vf_loss_coeff, entropy_coeff=config.entropy_coeff, kl_coeff=self.kl_coeff,
+                    outputs,
+                    minibatch,
+                    discrete,
+                    clip_param=config.clip_param,
+                    vf_clip_param=config.vf_clip_param,
+                    vf_loss_coeff=config.vf_loss_coeff,
+                    entropy_coeff=config.entropy_coeff,
+                    kl_coeff=self.kl_coeff,
                     use_kl_loss=config.use_kl_loss,
                 )
                 self.optimizer.zero_grad(set_to_none=True)

@@ -160,7 +160,11 @@ class PPOTorchModule(RLModule):
         if self.vf_encoder is None:
             shared, pi, vf = encoder, self.pi.numpy_layers(), self.vf.numpy_layers()
         else:
-            shared, pi, vf = [], encoder + self.pi.numpy_layers(), self.vf_encoder.numpy_layers() + self.vf.numpy_layers()
+            shared, pi, vf = (
+                [],
+                encoder + self.pi.numpy_layers(),
+                self.vf_encoder.numpy_layers() + self.vf.numpy_layers(),
+            )
         low = high = None
         if not self.discrete:
             low = np.asarray(self.action_space.low, np.float32)
