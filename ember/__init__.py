@@ -65,6 +65,7 @@ __all__ = [
     "nodes",
     "put",
     "remote",
+    "rllib",
     "serve",
     "shutdown",
     "timeline",

@@ -113,6 +113,7 @@ def test_public_api_names():
         "nodes",
         "put",
         "remote",
+        "rllib",
         "shutdown",
         "timeline",
         "train",

@@ -208,6 +208,32 @@ def test_env_error_reaches_the_caller_with_its_type_and_env_name(cluster):
         algo.stop()
 
 
+class NoSimulatorOnWorkers(FaultyEnv):
+    """Can be made in the driver (for its spaces) but not on a runner, as an env whose simulator is
+    installed on the driver's machine only."""
+
+    def __init__(self, config):
+        if config.worker_index > 0:
+            raise ImportError("no simulator on this machine")
+        super().__init__(config)
+
+
+def test_a_runner_that_cannot_start_is_not_restarted_for_ever(cluster):
+    algo = (
+        cartpole_ppo(num_env_runners=1, batch=100, num_epochs=1, minibatch_size=50)
+        .environment(NoSimulatorOnWorkers)
+        .reporting(progress=False)
+        .build_algo()
+    )
+    try:
+        with pytest.raises(RuntimeError, match="env runner 1 died again right after being replaced") as info:
+            algo.train()
+        assert "no simulator on this machine" in str(info.value)
+        assert algo.env_runner_group.num_restarts == 1
+    finally:
+        algo.stop()
+
+
 def test_stop_kills_the_env_runners(cluster):
     algo = (
         cartpole_ppo(batch=200, num_epochs=1, minibatch_size=100)
@@ -224,3 +250,46 @@ def test_stop_kills_the_env_runners(cluster):
     with pytest.raises(RuntimeError, match="stopped"):
         algo.train()
     assert ember.is_initialized()
+
+
+def test_train_calls_in_a_kernel_feed_one_widget():
+    pytest.importorskip("ipykernel")
+    from conftest import ember_processes, shared_cluster_pids
+    from kernel_session import KernelSession
+
+    kernel = KernelSession()
+    try:
+        kernel.execute(
+            "import ember\nfrom ember.rllib.algorithms.ppo import PPOConfig\nember.init(num_cpus=2)\n"
+            "algo = (PPOConfig().environment('CartPole-v1').env_runners(num_env_runners=1)"
+            ".training(train_batch_size_per_learner=200, minibatch_size=100, num_epochs=1).build_algo())"
+        )
+        first = kernel.execute("result = algo.train()")
+        second = kernel.execute("for _ in range(2): result = algo.train()\nresult['training_iteration']")
+        view = kernel.execute(
+            "v = algo._progress.view\n"
+            "(v.sources[('return_mean', v.name)].data['x'], v.history.rows[v.name][-1]['iter'])"
+        )
+        kernel.execute("algo.stop(); ember.shutdown()")
+    finally:
+        kernel.shutdown()
+    wait_for(
+        lambda: not [p for p in ember_processes() if p.pid not in shared_cluster_pids()],
+        timeout=15,
+        message="the kernel's cluster to go",
+    )
+
+    def widgets(cell) -> list:
+        # Widget views only: bokeh's JavaScript loader is displayed once beside the first plot.
+        return [
+            m
+            for m in cell.messages()
+            if m["msg_type"] == "display_data" and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]
+        ]
+
+    assert len(widgets(first)) == 1
+    # Later iterations, in another cell, grow the same widget: nothing new is displayed, no text lines.
+    assert not [m for m in second.messages() if m["msg_type"] == "display_data"]
+    assert second.result()["text/plain"] == "3"
+    assert "ember.rllib:" not in first.stderr() + second.stderr()
+    assert view.result()["text/plain"] == "([200, 400, 600], 3)"

@@ -28,6 +28,7 @@ class EnvRunnerGroup:
         self.seed = None if config.seed is None else config.seed + seed_offset
         self.num_env_runners = num_env_runners
         self.num_restarts = 0
+        self.fresh: set = set()  # positions whose replacement has not completed a call yet
         self.local = None
         self.actors: list = []
         if num_env_runners == 0:
@@ -44,6 +45,10 @@ class EnvRunnerGroup:
     def _replace(self, position: int, error: Exception) -> None:
         if not self.restart:
             raise error
+        if position in self.fresh:
+            # A replacement that dies before completing a call would die again (its env cannot be
+            # made on that worker, say): restarting it up to max_num_env_runner_restarts times hides that.
+            raise RuntimeError(f"env runner {position + 1} died again right after being replaced: {error}") from error
         if self.num_restarts >= self.max_restarts:
             raise RuntimeError(
                 f"env runner {position + 1} died and max_num_env_runner_restarts={self.max_restarts} is used up"
@@ -54,6 +59,7 @@ class EnvRunnerGroup:
         except Exception:
             pass  # already gone: that is why it is being replaced
         self.actors[position] = self._make(position + 1)
+        self.fresh.add(position)
 
     def call_all(self, method: str, *args, **kwargs) -> list:
         """Call ``method`` on every runner and return the results in runner order, replacing
@@ -68,6 +74,7 @@ class EnvRunnerGroup:
             for position in pending:
                 try:
                     results[position] = ember.get(refs[position])
+                    self.fresh.discard(position)
                 except RUNNER_DEATHS as error:
                     self._replace(position, error)
                     refs[position] = getattr(self.actors[position], method).remote(*args, **kwargs)
