@@ -6,7 +6,9 @@ from the socket and from ipywidgets so that aggregation is unit-tested with hand
 """
 
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
+
+import numpy as np
 
 from ember.runtime.ids import TASK_ID_SIZE
 
@@ -73,7 +75,7 @@ class ClusterState:
         self.nodes: dict = {}  # node id (hex) -> latest node event (+ "resources" from snapshots)
         self.actors: dict = {}  # actor id (hex) -> the fields of ACTOR_FIELDS from its latest event
         self.actor_calls: Counter = Counter()  # actor id (hex) -> calls seen ending
-        self.intervals: deque = deque(maxlen=MAX_TASKS)  # (started, ended) of ended tasks, about in end order
+        self.intervals = Intervals(MAX_TASKS)  # (started, ended) of ended tasks, about in end order
         self.running_ids: set = set()  # tasks reported running and not ended
         self.version = 0
         self.cleared_at = 0.0
@@ -214,7 +216,7 @@ class ClusterState:
                 total = self.durations[record.name] = [0.0, 0]
             total[0] += max(0.0, record.ended - record.started)
             total[1] += 1
-            self.intervals.append((record.started, record.ended))
+            self.intervals.append(record.started, record.ended)
 
     def _named(self, name: str) -> dict:
         named = self.by_name.get(name)
@@ -285,12 +287,7 @@ class ClusterState:
             return running  # nothing queued nor running: whatever ran has ended
         end = (time.time() if now is None else now) - BUSY_LAG
         start = end - BUSY_WINDOW
-        while intervals and intervals[0][1] < start:
-            intervals.popleft()
-        busy = 0.0
-        for began, ended in intervals:
-            if ended > start and began < end:
-                busy += min(ended, end) - max(began, start)
+        busy = intervals.busy(start, end)
         tasks = self.tasks
         for task_id in self.running_ids:
             record = tasks.get(task_id)
@@ -309,6 +306,53 @@ class ClusterState:
         if record is not None:
             return record.name
         return "put" if object_id[TASK_ID_SIZE:] == b"\xff\xff" else "?"
+
+
+class Intervals:
+    """The (start, end) times of ended tasks, oldest first, in numpy arrays: under load thousands
+    end each second, and the busy time in a window is asked ten times a second (a Python loop over
+    them took milliseconds of the kernel's time at every redraw)."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.starts = np.empty(1024)
+        self.ends = np.empty(1024)
+        self.head = 0  # the oldest kept
+        self.size = 0  # one past the newest
+
+    def __len__(self) -> int:
+        return self.size - self.head
+
+    def append(self, started: float, ended: float) -> None:
+        if self.size == len(self.starts):
+            self._make_room()
+        self.starts[self.size] = started
+        self.ends[self.size] = ended
+        self.size += 1
+
+    def _make_room(self) -> None:
+        kept = max(self.head, self.size - self.cap)  # past the cap, the oldest are forgotten
+        count = self.size - kept
+        capacity = len(self.starts) if count < len(self.starts) // 2 else len(self.starts) * 2
+        for name in ("starts", "ends"):
+            old = getattr(self, name)
+            new = old if capacity == len(old) else np.empty(capacity)
+            new[:count] = old[kept : self.size]
+            setattr(self, name, new)
+        self.head, self.size = 0, count
+
+    def busy(self, start: float, end: float) -> float:
+        """Task-seconds run within [start, end]; intervals that ended before ``start`` are dropped
+        (from the oldest on, up to the first one that did not: they come about in end order)."""
+        ends = self.ends[self.head : self.size]
+        old = ends < start
+        self.head += len(ends) if old.all() else int(old.argmin())
+        starts, ends = self.starts[self.head : self.size], self.ends[self.head : self.size]
+        overlap = np.minimum(ends, end) - np.maximum(starts, start)
+        return float(overlap[overlap > 0].sum())
+
+    def clear(self) -> None:
+        self.head = self.size = 0
 
 
 def _run_start(dispatched: float | None, ended: float, fields: dict) -> float | None:
