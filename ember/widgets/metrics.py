@@ -53,6 +53,12 @@ class LiveMetrics(w.VBox):
     """
 
     def __init__(self, metrics=None, x: str = "step", title: str = "", **kwargs):
+        from ember.widgets import bokeh_js
+
+        # Now, in the cell that makes the widget: the plots are made later, as the first reports
+        # come, often on another thread while a later cell runs, and BokehJS published then would
+        # land in that cell's output.
+        bokeh_js.ensure_loaded()
         self.history = MetricHistory(x)
         self.wanted = list(metrics) if metrics else None
         self.lock = threading.Lock()
@@ -97,9 +103,6 @@ class LiveMetrics(w.VBox):
         from bokeh.plotting import figure
         from jupyter_bokeh import BokehModel
 
-        from ember.widgets import bokeh_js
-
-        bokeh_js.ensure_loaded()  # else JupyterLab shows a JavaScript error box where the plot goes
         plot = figure(
             title=metric, height=220, width=420, x_axis_label=self.history.x, tools="pan,wheel_zoom,reset,hover"
         )

@@ -14,7 +14,9 @@ _local = {"device_index": None}  # this worker's CUDA device index, once set up
 @dataclass
 class TorchConfig:
     """``backend``: "gloo", "nccl", or None for nccl with GPUs and gloo without; ``timeout_s``: how
-    long collectives (and joining the group) may wait for the other workers."""
+    long collectives (and joining the group) may wait for the other workers; ``init_method`` ("tcp"
+    or "env") is checked for Ray's sake, but every worker joins through a store rank 0 starts (and
+    MASTER_ADDR/MASTER_PORT name it for code that reads them)."""
 
     backend: str | None = None
     init_method: str = "tcp"
@@ -29,8 +31,21 @@ class TorchConfig:
             raise ValueError(f"TorchConfig.timeout_s must be a positive number, got {self.timeout_s!r}.")
 
 
+def _start_store(address: str, world_size: int, timeout_s: float) -> int:
+    """In rank 0: the rendezvous store, listening on a port the OS picks as it binds (picking a free
+    port first and binding it later lost the port to another process now and then); returns it."""
+    import torch.distributed as dist
+
+    store = dist.TCPStore(
+        address, 0, world_size, True, timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False
+    )
+    _local["store"] = store
+    return store.port
+
+
 def _setup_worker(address: str, port: int, place, config: TorchConfig, visible: str | None, threads: int) -> str:
-    """In each worker: the environment torch expects, then join the process group."""
+    """In each worker: the environment torch expects, then join the process group through rank 0's
+    store."""
     os.environ.update(
         MASTER_ADDR=address,
         MASTER_PORT=str(port),
@@ -58,14 +73,11 @@ def _setup_worker(address: str, port: int, place, config: TorchConfig, visible: 
         torch.cuda.set_device(_local["device_index"])
     if dist.is_initialized():
         dist.destroy_process_group()
-    init = "env://" if config.init_method == "env" else f"tcp://{address}:{port}"
-    dist.init_process_group(
-        backend,
-        init_method=init,
-        rank=place.world_rank,
-        world_size=place.world_size,
-        timeout=datetime.timedelta(seconds=config.timeout_s),
-    )
+    timeout = datetime.timedelta(seconds=config.timeout_s)
+    store = _local.pop("store", None) if place.world_rank == 0 else None
+    if store is None:
+        store = dist.TCPStore(address, port, place.world_size, False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=place.world_rank, world_size=place.world_size, timeout=timeout)
     return backend
 
 
@@ -80,7 +92,9 @@ class TorchBackend(Backend):
                 ids = visible_by_node.setdefault(info["node_id"], [])
                 ids += [str(i) for i in info["gpu_ids"] if str(i) not in ids]
         address = group.infos[0]["address"]
-        port = ember.get(group.workers[0].free_port.remote())
+        port = ember.get(
+            group.workers[0].execute.remote(_start_store, address, len(group.workers), self.config.timeout_s)
+        )
         threads = max(1, int(scaling.worker_resources().get("CPU", 1)))
         pending = [
             worker.execute.remote(
