@@ -32,7 +32,7 @@ from ember.util.timeline import timeline
 
 __version__ = "0.1.0"
 
-_LIBRARIES = ("data", "rllib", "serve", "train")
+_LIBRARIES = ("data", "rllib", "serve", "train", "tune")
 
 
 def __getattr__(name: str):
@@ -70,6 +70,7 @@ __all__ = [
     "shutdown",
     "timeline",
     "train",
+    "tune",
     "unload_ipython_extension",
     "util",
     "wait",

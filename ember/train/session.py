@@ -136,8 +136,9 @@ def current() -> Session:
     session = _session
     if session is None:
         raise RuntimeError(
-            "There is no train session here: ember.train.report/get_context/get_checkpoint/get_dataset_shard "
-            "work inside the train_loop_per_worker that a Trainer runs."
+            "There is no train session here (nor a Tune trial): ember.train.report/get_context/get_checkpoint/"
+            "get_dataset_shard work inside the train_loop_per_worker that a Trainer runs, and tune.report/"
+            "get_checkpoint/get_context inside a trainable that a Tuner runs."
         )
     return session
 
