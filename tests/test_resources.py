@@ -117,6 +117,7 @@ def test_public_api_names():
         "shutdown",
         "timeline",
         "train",
+        "tune",
         "unload_ipython_extension",
         "util",
         "wait",
