@@ -41,6 +41,7 @@ def __getattr__(name: str):
         return _importlib.import_module(f"ember.{name}")
     raise AttributeError(f"module 'ember' has no attribute {name!r}")
 
+
 __all__ = [
     "ActorClass",
     "ActorHandle",

@@ -11,7 +11,7 @@ import textwrap
 from ember import tune
 from tests.conftest import wait_for
 
-TRAINABLE = '''
+TRAINABLE = """
 import json, os, tempfile, time
 from ember import tune
 
@@ -30,12 +30,14 @@ def slow(config):
         with tempfile.TemporaryDirectory() as directory:
             json.dump({"step": step}, open(os.path.join(directory, "s.json"), "w"))
             tune.report({"step": step, "a": config["a"]}, checkpoint=tune.Checkpoint.from_directory(directory))
-'''
+"""
 
 
 def _driver(tmp_path, body: str) -> str:
-    return textwrap.dedent(TRAINABLE) + textwrap.dedent(
-        f"""
+    return (
+        textwrap.dedent(TRAINABLE)
+        + textwrap.dedent(
+            f"""
         import ember
         ember.init(num_cpus=2)
         tuner = tune.Tuner(
@@ -43,7 +45,9 @@ def _driver(tmp_path, body: str) -> str:
             tune_config=tune.TuneConfig(max_concurrent_trials=2),
             run_config=tune.RunConfig(name="exp", storage_path={str(tmp_path)!r}, verbose=0))
         """
-    ) + textwrap.dedent(body)
+        )
+        + textwrap.dedent(body)
+    )
 
 
 def _starts(tmp_path) -> list:
@@ -60,19 +64,25 @@ def _trainable():
 def test_restore_after_a_sigkilled_driver(cluster, tmp_path):
     env = dict(os.environ)
     env.pop("EMBER_ADDRESS", None)
-    process = subprocess.Popen([sys.executable, "-c", _driver(tmp_path, "tuner.fit()")], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _driver(tmp_path, "tuner.fit()")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # Kill once trials 0 and 1 finished and a later one has reported a checkpoint.
         def ready():
             state = tmp_path / "exp" / "experiment_state.pkl"
             if not state.exists():
                 return False
-            trials = {t.config["a"]: t for t in tune.Tuner.restore(str(tmp_path / "exp"), _trainable())
-                      ._restored["experiment"].trials}
+            trials = {
+                t.config["a"]: t
+                for t in tune.Tuner.restore(str(tmp_path / "exp"), _trainable())._restored["experiment"].trials
+            }
             return all(trials.get(a) and trials[a].status == "TERMINATED" for a in (0, 1)) and any(
-                trials.get(a) and trials[a].checkpoint is not None and trials[a].status != "TERMINATED"
-                for a in (2, 3)
+                trials.get(a) and trials[a].checkpoint is not None and trials[a].status != "TERMINATED" for a in (2, 3)
             )
 
         wait_for(ready, timeout=60, message="two trials finished and a third checkpointed")
@@ -85,7 +95,7 @@ def test_restore_after_a_sigkilled_driver(cluster, tmp_path):
     assert len(grid) == 4 and grid.num_terminated == 4 and grid.num_errors == 0
     assert [r.metrics["step"] for r in grid] == [3, 3, 3, 3]
     assert [r.config["a"] for r in grid] == [0, 1, 2, 3]
-    after = _starts(tmp_path)[len(before):]
+    after = _starts(tmp_path)[len(before) :]
     started_again = {trial_id: int(begin) for trial_id, begin in after}
     finished_before = {r.metrics["trial_id"] for r in grid[:2]}
     assert not finished_before & set(started_again)  # finished trials were kept, not rerun

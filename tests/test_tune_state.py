@@ -13,20 +13,41 @@ from ember.train.result import Result
 from ember.tune.experiment import ERROR, PAUSED, PENDING, RETRY, RUNNING, TERMINATED, Experiment
 from ember.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, PopulationBasedTraining
 from ember.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-from ember.tune.search import sample
 from ember.tune.stopper import make_stopper
 
 
-def experiment(space, num_samples=1, searcher=None, scheduler=None, stop=None, metric="score", mode="max",
-               max_concurrent=100, max_failures=0, budget=None, clock=None):
+def experiment(
+    space,
+    num_samples=1,
+    searcher=None,
+    scheduler=None,
+    stop=None,
+    metric="score",
+    mode="max",
+    max_concurrent=100,
+    max_failures=0,
+    budget=None,
+    clock=None,
+):
     searcher = searcher or BasicVariantGenerator(random_state=0)
     scheduler = scheduler or FIFOScheduler()
     searcher.set_search_properties(metric, mode, space, num_samples=num_samples)
     scheduler.set_search_properties(metric, mode)
     kwargs = {"clock": clock} if clock else {}
-    exp = Experiment(searcher, scheduler, make_stopper(stop), path="/tmp/x/exp", trainable_name="f", metric=metric,
-                     mode=mode, num_samples=num_samples, max_concurrent=max_concurrent, max_failures=max_failures,
-                     time_budget_s=budget, **kwargs)
+    exp = Experiment(
+        searcher,
+        scheduler,
+        make_stopper(stop),
+        path="/tmp/x/exp",
+        trainable_name="f",
+        metric=metric,
+        mode=mode,
+        num_samples=num_samples,
+        max_concurrent=max_concurrent,
+        max_failures=max_failures,
+        time_budget_s=budget,
+        **kwargs,
+    )
     exp.begin()
     return exp
 
@@ -54,8 +75,12 @@ def run_all(exp, score_fn, iterations):
 
 
 def test_grid_times_num_samples_gives_every_combination_each_time():
-    space = {"a": tune.grid_search([1, 2, 3]), "nested": {"b": tune.grid_search(["x", "y"])}, "c": 7,
-             "lr": tune.loguniform(1e-4, 1e-1)}
+    space = {
+        "a": tune.grid_search([1, 2, 3]),
+        "nested": {"b": tune.grid_search(["x", "y"])},
+        "c": 7,
+        "lr": tune.loguniform(1e-4, 1e-1),
+    }
     exp = experiment(space, num_samples=2)
     started = exp.to_start()
     assert len(started) == 12 and exp.search_finished
@@ -70,9 +95,15 @@ def test_grid_times_num_samples_gives_every_combination_each_time():
 
 def test_seeded_variants_repeat_and_domains_keep_their_bounds():
     space = {
-        "u": tune.uniform(-1, 1), "qu": tune.quniform(0, 10, 0.5), "lu": tune.loguniform(1e-3, 1),
-        "qlu": tune.qloguniform(1, 100, 5), "ri": tune.randint(0, 3), "qri": tune.qrandint(0, 20, 5),
-        "lri": tune.lograndint(1, 1000), "rn": tune.randn(10, 0.1), "ch": tune.choice(["a", "b"]),
+        "u": tune.uniform(-1, 1),
+        "qu": tune.quniform(0, 10, 0.5),
+        "lu": tune.loguniform(1e-3, 1),
+        "qlu": tune.qloguniform(1, 100, 5),
+        "ri": tune.randint(0, 3),
+        "qri": tune.qrandint(0, 20, 5),
+        "lri": tune.lograndint(1, 1000),
+        "rn": tune.randn(10, 0.1),
+        "ch": tune.choice(["a", "b"]),
         "sf": tune.sample_from(lambda spec: spec.config.ri * 10),
         "deep": {"sf2": tune.sample_from(lambda spec: spec.config.sf + 1)},
     }
@@ -223,8 +254,9 @@ def test_asha_rungs_keep_the_top_fraction():
 
 
 def test_median_stopping_rule_stops_the_laggard():
-    rule = MedianStoppingRule(time_attr="training_iteration", metric="score", mode="max", grace_period=2,
-                              min_samples_required=3)
+    rule = MedianStoppingRule(
+        time_attr="training_iteration", metric="score", mode="max", grace_period=2, min_samples_required=3
+    )
     exp = experiment({"a": tune.grid_search([10, 9, 8, 1])}, scheduler=rule)
     run_all(exp, lambda trial, i: trial.config["a"], iterations=4)
     by_a = {t.config["a"]: t for t in exp.trials}
@@ -233,9 +265,16 @@ def test_median_stopping_rule_stops_the_laggard():
 
 
 def test_pbt_exploits_a_top_trials_checkpoint_and_explores_its_config():
-    pbt = PopulationBasedTraining(time_attr="training_iteration", metric="score", mode="max", perturbation_interval=2,
-                                  hyperparam_mutations={"lr": [0.1, 0.2, 0.3, 0.4], "m": tune.uniform(0, 1)},
-                                  quantile_fraction=0.5, resample_probability=0.0, seed=0)
+    pbt = PopulationBasedTraining(
+        time_attr="training_iteration",
+        metric="score",
+        mode="max",
+        perturbation_interval=2,
+        hyperparam_mutations={"lr": [0.1, 0.2, 0.3, 0.4], "m": tune.uniform(0, 1)},
+        quantile_fraction=0.5,
+        resample_probability=0.0,
+        seed=0,
+    )
     exp = experiment({"lr": tune.grid_search([0.1, 0.4]), "m": 0.5}, scheduler=pbt)
     low, high = exp.to_start()
     for step in (1, 2):
@@ -247,13 +286,18 @@ def test_pbt_exploits_a_top_trials_checkpoint_and_explores_its_config():
     assert low.config["lr"] in (0.3, 0.4) and low.config["m"] in (0.5 * 1.2, 0.5 * 0.8)
     assert exp.to_start() == [low] and low.start_point() == (Checkpoint("/tmp/x/high2"), 2)
     with pytest.raises(ValueError, match="not in the trial's config"):
-        experiment({"x": 1}, scheduler=PopulationBasedTraining(metric="score", mode="max",
-                                                               hyperparam_mutations={"lr": [1, 2]})).to_start()
+        experiment(
+            {"x": 1}, scheduler=PopulationBasedTraining(metric="score", mode="max", hyperparam_mutations={"lr": [1, 2]})
+        ).to_start()
 
 
 def test_pbt_explore_resamples_and_perturbs():
-    pbt = PopulationBasedTraining(metric="s", mode="min", hyperparam_mutations={"n": tune.randint(1, 5),
-                                  "opt": {"lr": lambda: 0.5}}, resample_probability=1.0)
+    pbt = PopulationBasedTraining(
+        metric="s",
+        mode="min",
+        hyperparam_mutations={"n": tune.randint(1, 5), "opt": {"lr": lambda: 0.5}},
+        resample_probability=1.0,
+    )
     pbt.rng = random.Random(3)
     new = pbt.explore({"n": 100, "opt": {"lr": 0.1}, "keep": "x"})
     assert 1 <= new["n"] < 5 and new["opt"]["lr"] == 0.5 and new["keep"] == "x"
@@ -265,11 +309,17 @@ def test_pbt_explore_resamples_and_perturbs():
 def test_result_grid_best_and_errors():
     def result(values, error=None):
         history = [{"loss": v, "config": {"v": values}} for v in values]
-        return Result(metrics=history[-1] if history else {}, checkpoint=None, error=error, path="p",
-                      metrics_history=history)
+        return Result(
+            metrics=history[-1] if history else {}, checkpoint=None, error=error, path="p", metrics_history=history
+        )
 
-    grid = tune.ResultGrid([result([5, 1, 4]), result([3, 2]), result([], ValueError("x"))], "/p", "loss", "min",
-                           ["TERMINATED", "TERMINATED", "ERROR"])
+    grid = tune.ResultGrid(
+        [result([5, 1, 4]), result([3, 2]), result([], ValueError("x"))],
+        "/p",
+        "loss",
+        "min",
+        ["TERMINATED", "TERMINATED", "ERROR"],
+    )
     assert grid.get_best_result().metrics["loss"] == 2
     assert grid.get_best_result(scope="all") is grid[0]  # reached 1 on the way
     assert grid.get_best_result(mode="max", scope="avg") is grid[0]

@@ -83,10 +83,25 @@ class Experiment:
     """The trials and the decisions. ``max_concurrent`` caps the RUNNING trials; ``max_failures`` is
     per trial (-1: without limit)."""
 
-    def __init__(self, searcher: Searcher, scheduler: TrialScheduler, stopper, *, path: str, trainable_name: str,
-                 metric=None, mode=None, num_samples: int = 1, max_concurrent: int = 1, max_failures: int = 0,
-                 time_budget_s=None, checkpoint_config=None, experiment_id: str = "", name_creator=None,
-                 clock=time.monotonic):
+    def __init__(
+        self,
+        searcher: Searcher,
+        scheduler: TrialScheduler,
+        stopper,
+        *,
+        path: str,
+        trainable_name: str,
+        metric=None,
+        mode=None,
+        num_samples: int = 1,
+        max_concurrent: int = 1,
+        max_failures: int = 0,
+        time_budget_s=None,
+        checkpoint_config=None,
+        experiment_id: str = "",
+        name_creator=None,
+        clock=time.monotonic,
+    ):
         self.searcher = searcher
         self.scheduler = scheduler
         self.stopper = stopper
@@ -189,8 +204,9 @@ class Experiment:
 
     # ---- events ----------------------------------------------------------------------------------
 
-    def on_result(self, trial_id: str, metrics: dict, checkpoint=None, time_this_iter_s: float = 0.0,
-                  info: dict | None = None) -> tuple:
+    def on_result(
+        self, trial_id: str, metrics: dict, checkpoint=None, time_this_iter_s: float = 0.0, info: dict | None = None
+    ) -> tuple:
         """A trial reported. Returns (decision, checkpoints no longer kept, to delete, trials stopped
         by a stopper's stop_all besides this one)."""
         trial = self.trial(trial_id)

@@ -83,7 +83,8 @@ class TrialTable:
             self.ending = f"interrupted: every trial stopped; Tuner.restore({path!r}, trainable) resumes it"
         elif error is not None:
             self.failed = True
-            self.ending = f"failed: {type(error).__name__}: {str(error).strip().splitlines()[-1][:300] if str(error).strip() else ''}"
+            lines = str(error).strip().splitlines()
+            self.ending = f"failed: {type(error).__name__}: {lines[-1][:300] if lines else ''}"
         else:
             self.ending = "finished"
         return f"{self.summary()} | {self.ending}"
@@ -106,7 +107,7 @@ class TrialTable:
                 + "</tr>"
             )
         head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
-        status = self.ending or self.summary()[len(PREFIX):]
+        status = self.ending or self.summary()[len(PREFIX) :]
         cls = "ember-disconnected" if self.failed else "ember-note"
         from ember.widgets.render import view
 
@@ -180,9 +181,11 @@ class WidgetReporter(TextReporter):
     def result(self, trial, result) -> None:
         self.table.update(trial)
         metric = self.table.metric
-        values = {metric: result[metric]} if metric and _number(result.get(metric)) else {
-            k: v for k, v in result.items() if _number(v) and k not in _AUTO
-        }
+        values = (
+            {metric: result[metric]}
+            if metric and _number(result.get(metric))
+            else {k: v for k, v in result.items() if _number(v) and k not in _AUTO}
+        )
 
         def draw():
             self._show()

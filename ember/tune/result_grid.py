@@ -44,8 +44,9 @@ class ResultGrid:
     def num_terminated(self) -> int:
         return sum(1 for status in self._statuses if status == "TERMINATED")
 
-    def get_best_result(self, metric: str | None = None, mode: str | None = None, scope: str = "last",
-                        filter_nan_and_inf: bool = True):
+    def get_best_result(
+        self, metric: str | None = None, mode: str | None = None, scope: str = "last", filter_nan_and_inf: bool = True
+    ):
         """The trial result best by ``metric`` (``mode`` "min" or "max"; default TuneConfig's), judged
         on its last result (``scope="last"``), the mean of all/last 5/last 10 ("avg", "last-5-avg",
         "last-10-avg") or its best result ever ("all")."""

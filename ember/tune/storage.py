@@ -41,7 +41,8 @@ class ExperimentStorage:
     def append_result(self, trial_path: str, result: dict) -> None:
         line = json.dumps(result, default=repr) + "\n"
         if self.filesystem is not None:
-            return  # remote storage: the state file is what restores; per-result remote appends would cost a round trip each
+            # Remote storage: the state file is what restores; an append per result would cost a round trip each.
+            return
         log = self.logs.get(trial_path)
         if log is None:
             os.makedirs(trial_path, exist_ok=True)
@@ -104,6 +105,10 @@ def copy_checkpoint(checkpoint, target: str):
     else:
         import pyarrow.fs as pafs
 
-        pafs.copy_files(checkpoint.path, target, source_filesystem=checkpoint.filesystem,
-                        destination_filesystem=checkpoint.filesystem)
+        pafs.copy_files(
+            checkpoint.path,
+            target,
+            source_filesystem=checkpoint.filesystem,
+            destination_filesystem=checkpoint.filesystem,
+        )
     return ckpt.Checkpoint(target, checkpoint.filesystem)

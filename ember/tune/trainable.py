@@ -133,8 +133,15 @@ class Trainable:
     or return a dict) and ``load_checkpoint(checkpoint)`` (the dict, or the directory's path).
     Usable on its own as well: ``t = MyTrainable(config); t.train()``."""
 
-    def __init__(self, config: dict | None = None, *, trial_id: str = "default", trial_name: str = "default",
-                 logdir: str | None = None, **kwargs):
+    def __init__(
+        self,
+        config: dict | None = None,
+        *,
+        trial_id: str = "default",
+        trial_name: str = "default",
+        logdir: str | None = None,
+        **kwargs,
+    ):
         self.config = copy.deepcopy(config or {})
         self._iteration = 0
         self._time_total = 0.0
@@ -286,8 +293,17 @@ class TrialActor:
     returns one more. A result is ("result", metrics, checkpoint, time_this_iter_s, ends) or
     ("done",) when a function trainable returned."""
 
-    def start(self, trainable, config, context: TuneContext, checkpoint, iteration, filesystem, checkpoint_frequency,
-              checkpoint_at_end):
+    def start(
+        self,
+        trainable,
+        config,
+        context: TuneContext,
+        checkpoint,
+        iteration,
+        filesystem,
+        checkpoint_frequency,
+        checkpoint_at_end,
+    ):
         self._stop_previous()
         self.context = context
         self.filesystem = filesystem
@@ -297,7 +313,9 @@ class TrialActor:
         if isinstance(trainable, type):
             self.kind = "class"
             self.trainable = trainable(
-                config, trial_id=context.get_trial_id(), trial_name=context.get_trial_name(),
+                config,
+                trial_id=context.get_trial_id(),
+                trial_name=context.get_trial_name(),
                 logdir=context.get_trial_dir(),
             )
             self.trainable._iteration = iteration
@@ -306,8 +324,9 @@ class TrialActor:
             return self.next()
         self.kind = "function"
         self.session = TuneSession(context, iteration, checkpoint, filesystem)
-        self.thread = threading.Thread(target=self._loop, args=(trainable, config), name="ember-tune-trial",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self._loop, args=(trainable, config), name="ember-tune-trial", daemon=True
+        )
         train_session.start(self.session)
         self.thread.start()
         return self._take()

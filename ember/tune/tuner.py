@@ -33,8 +33,15 @@ class Tuner:
     """Tunes ``trainable`` (a function calling ``tune.report``, or a ``Trainable`` class) over
     ``param_space`` (a nested dict of values, search-space domains and ``grid_search``es)."""
 
-    def __init__(self, trainable=None, *, param_space: dict | None = None, tune_config: TuneConfig | None = None,
-                 run_config: RunConfig | None = None, _restored: dict | None = None):
+    def __init__(
+        self,
+        trainable=None,
+        *,
+        param_space: dict | None = None,
+        tune_config: TuneConfig | None = None,
+        run_config: RunConfig | None = None,
+        _restored: dict | None = None,
+    ):
         _check_trainable(trainable)
         if param_space is not None and not isinstance(param_space, dict):
             raise TypeError(f"param_space must be a dict, got {type(param_space).__name__}.")
@@ -60,8 +67,17 @@ class Tuner:
     # ---- restore -----------------------------------------------------------------------------------
 
     @classmethod
-    def restore(cls, path: str, trainable, *, resume_unfinished: bool = True, resume_errored: bool = False,
-                restart_errored: bool = False, param_space: dict | None = None, storage_filesystem=None) -> "Tuner":
+    def restore(
+        cls,
+        path: str,
+        trainable,
+        *,
+        resume_unfinished: bool = True,
+        resume_errored: bool = False,
+        restart_errored: bool = False,
+        param_space: dict | None = None,
+        storage_filesystem=None,
+    ) -> "Tuner":
         """A Tuner that goes on with the experiment at ``path``: finished trials are kept,
         unfinished ones resume from their latest checkpoints (``resume_unfinished``), errored ones
         resume (``resume_errored``) or start over (``restart_errored``); the search goes on."""
@@ -116,8 +132,10 @@ class Tuner:
         searcher = tc.search_alg if tc.search_alg is not None else BasicVariantGenerator()
         if not isinstance(searcher, Searcher):
             raise TypeError(f"TuneConfig.search_alg must be a Searcher, got {type(searcher).__name__}.")
-        if not isinstance(searcher, BasicVariantGenerator) and not _is_basic(searcher) and sample.grid_axes(
-            self.param_space
+        if (
+            not isinstance(searcher, BasicVariantGenerator)
+            and not _is_basic(searcher)
+            and sample.grid_axes(self.param_space)
         ):
             raise ValueError(
                 f"{type(searcher).__name__} cannot search a grid_search; use the default search (no search_alg) "
@@ -133,10 +151,19 @@ class Tuner:
         concurrency = tc.max_concurrent_trials or _capacity(resources)
         checkpoint_config = run.checkpoint_config
         experiment = Experiment(
-            searcher, scheduler, make_stopper(run.stop), path=path, trainable_name=trainable_name(self.trainable),
-            metric=tc.metric, mode=tc.mode, num_samples=tc.num_samples, max_concurrent=concurrency,
-            max_failures=run.failure_config.max_failures, time_budget_s=tc.time_budget_s,
-            checkpoint_config=checkpoint_config, name_creator=tc.trial_name_creator,
+            searcher,
+            scheduler,
+            make_stopper(run.stop),
+            path=path,
+            trainable_name=trainable_name(self.trainable),
+            metric=tc.metric,
+            mode=tc.mode,
+            num_samples=tc.num_samples,
+            max_concurrent=concurrency,
+            max_failures=run.failure_config.max_failures,
+            time_budget_s=tc.time_budget_s,
+            checkpoint_config=checkpoint_config,
+            name_creator=tc.trial_name_creator,
         )
         return experiment, filesystem, path
 
@@ -155,8 +182,10 @@ def _is_basic(searcher) -> bool:
 
 
 def _resource_spec(trainable):
-    return getattr(trainable, "_tune_resources", None) if isinstance(trainable, type) else getattr(
-        trainable, "resources", None
+    return (
+        getattr(trainable, "_tune_resources", None)
+        if isinstance(trainable, type)
+        else getattr(trainable, "resources", None)
     )
 
 
@@ -259,8 +288,9 @@ class _Run:
         config = self.checkpoint_config
         frequency = getattr(config, "checkpoint_frequency", 0)
         at_end = bool(getattr(config, "checkpoint_at_end", False))
-        ref = actor.start.remote(self.trainable_ref, trial.config, context, checkpoint, iteration, self.filesystem,
-                                 frequency, at_end)
+        ref = actor.start.remote(
+            self.trainable_ref, trial.config, context, checkpoint, iteration, self.filesystem, frequency, at_end
+        )
         self.pending[ref] = trial.trial_id
         self.display.trial(trial)
 

@@ -53,15 +53,27 @@ class AsyncHyperBandScheduler(TrialScheduler):
     ``max_t`` ends every trial, ``grace_period`` is the first rung, ``reduction_factor`` the rungs'
     spacing and selectivity, ``brackets`` how many brackets trials are spread over (round-robin)."""
 
-    def __init__(self, time_attr: str = "training_iteration", metric: str | None = None, mode: str | None = None,
-                 max_t: float = 100, grace_period: float = 1, reduction_factor: float = 4, brackets: int = 1,
-                 stop_last_trials: bool = True):
+    def __init__(
+        self,
+        time_attr: str = "training_iteration",
+        metric: str | None = None,
+        mode: str | None = None,
+        max_t: float = 100,
+        grace_period: float = 1,
+        reduction_factor: float = 4,
+        brackets: int = 1,
+        stop_last_trials: bool = True,
+    ):
         super().__init__(metric, mode)
         _check_positive("max_t", max_t)
         _check_positive("grace_period", grace_period)
         if grace_period > max_t:
             raise ValueError(f"grace_period ({grace_period}) must not exceed max_t ({max_t}).")
-        if isinstance(reduction_factor, bool) or not isinstance(reduction_factor, (int, float)) or reduction_factor <= 1:
+        if (
+            isinstance(reduction_factor, bool)
+            or not isinstance(reduction_factor, (int, float))
+            or reduction_factor <= 1
+        ):
             raise ValueError(f"reduction_factor must be > 1, got {reduction_factor!r}.")
         if isinstance(brackets, bool) or not isinstance(brackets, int) or brackets < 1:
             raise ValueError(f"brackets must be a positive int, got {brackets!r}.")

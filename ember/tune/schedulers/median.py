@@ -12,11 +12,22 @@ class MedianStoppingRule(TrialScheduler):
     best score is below the median of their mean scores up to that time. ``min_time_slice`` spaces
     the checks."""
 
-    def __init__(self, time_attr: str = "time_total_s", metric: str | None = None, mode: str | None = None,
-                 grace_period: float = 60.0, min_samples_required: int = 3, min_time_slice: float = 0,
-                 hard_stop: bool = True):
+    def __init__(
+        self,
+        time_attr: str = "time_total_s",
+        metric: str | None = None,
+        mode: str | None = None,
+        grace_period: float = 60.0,
+        min_samples_required: int = 3,
+        min_time_slice: float = 0,
+        hard_stop: bool = True,
+    ):
         super().__init__(metric, mode)
-        if isinstance(min_samples_required, bool) or not isinstance(min_samples_required, int) or min_samples_required < 1:
+        if (
+            isinstance(min_samples_required, bool)
+            or not isinstance(min_samples_required, int)
+            or min_samples_required < 1
+        ):
             raise ValueError(f"min_samples_required must be a positive int, got {min_samples_required!r}.")
         self.time_attr = time_attr
         self.grace_period = grace_period

@@ -19,11 +19,23 @@ class PopulationBasedTraining(TrialScheduler):
     may change the new config further. Exploiting needs the donor to have reported a checkpoint.
     ``seed`` (Ember's addition) makes the choices repeatable."""
 
-    def __init__(self, time_attr: str = "time_total_s", metric: str | None = None, mode: str | None = None,
-                 perturbation_interval: float = 60.0, burn_in_period: float = 0.0, hyperparam_mutations=None,
-                 quantile_fraction: float = 0.25, resample_probability: float = 0.25,
-                 perturbation_factors=(1.2, 0.8), custom_explore_fn=None, log_config: bool = True,
-                 require_attrs: bool = True, synch: bool = False, seed=None):
+    def __init__(
+        self,
+        time_attr: str = "time_total_s",
+        metric: str | None = None,
+        mode: str | None = None,
+        perturbation_interval: float = 60.0,
+        burn_in_period: float = 0.0,
+        hyperparam_mutations=None,
+        quantile_fraction: float = 0.25,
+        resample_probability: float = 0.25,
+        perturbation_factors=(1.2, 0.8),
+        custom_explore_fn=None,
+        log_config: bool = True,
+        require_attrs: bool = True,
+        synch: bool = False,
+        seed=None,
+    ):
         super().__init__(metric, mode)
         if not hyperparam_mutations and custom_explore_fn is None:
             raise ValueError("PopulationBasedTraining needs hyperparam_mutations or custom_explore_fn.")

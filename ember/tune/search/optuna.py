@@ -18,8 +18,12 @@ def _distribution(path, domain):
         high = domain.upper if domain.inclusive else domain.upper - 1
         if domain.log_base is not None and domain.q not in (None, 1):
             raise ValueError(f"OptunaSearch cannot sample {where}: Optuna has no quantized log-spaced int.")
-        return od.IntDistribution(domain.lower, high, log=domain.log_base is not None,
-                                  step=1 if domain.log_base is not None else (domain.q or 1))
+        return od.IntDistribution(
+            domain.lower,
+            high,
+            log=domain.log_base is not None,
+            step=1 if domain.log_base is not None else (domain.q or 1),
+        )
     if isinstance(domain, sample.Categorical):
         return od.CategoricalDistribution(domain.categories)
     kind = "grid_search" if sample.is_grid(domain) else type(domain).__name__
@@ -35,8 +39,16 @@ class OptunaSearch(Searcher):
     ``sampler`` (an Optuna sampler; default TPE with ``seed``), ``evaluated_rewards`` (the results
     of ``points_to_evaluate`` already known: they are told to Optuna instead of run)."""
 
-    def __init__(self, space: dict | None = None, metric: str | None = None, mode: str | None = None,
-                 points_to_evaluate=None, sampler=None, seed=None, evaluated_rewards=None):
+    def __init__(
+        self,
+        space: dict | None = None,
+        metric: str | None = None,
+        mode: str | None = None,
+        points_to_evaluate=None,
+        sampler=None,
+        seed=None,
+        evaluated_rewards=None,
+    ):
         super().__init__(metric, mode)
         import optuna
 

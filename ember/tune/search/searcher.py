@@ -59,8 +59,9 @@ class BasicVariantGenerator(Searcher):
     ``points_to_evaluate`` (partial configs) come first and count as samples; ``random_state``
     seeds the sampling."""
 
-    def __init__(self, points_to_evaluate=None, max_concurrent: int = 0, constant_grid_search: bool = False,
-                 random_state=None):
+    def __init__(
+        self, points_to_evaluate=None, max_concurrent: int = 0, constant_grid_search: bool = False, random_state=None
+    ):
         super().__init__()
         if points_to_evaluate is not None and not isinstance(points_to_evaluate, (list, tuple)):
             raise TypeError("points_to_evaluate must be a list of dicts.")
