@@ -292,3 +292,21 @@ def test_time_budget_and_stop_function(cluster, tmp_path):
     ).fit()
     assert budget.num_terminated == len(budget) >= 1
     wait_for(no_trial_actor_left, message="trial actors gone")
+
+
+def reports_pid(config):
+    tune.report({"pid": os.getpid()})
+    if config["i"] % 2:
+        tune.report({"pid": os.getpid()})  # stopped here by the stop criterion: a reused actor ends it
+
+
+def test_reuse_actors_runs_trials_in_the_same_processes(cluster, tmp_path):
+    grid = tune.Tuner(
+        reports_pid,
+        param_space={"i": tune.grid_search(list(range(8)))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),
+        run_config=run_config(tmp_path, stop={"training_iteration": 1}),
+    ).fit()
+    assert grid.num_terminated == 8 and all(r.metrics["training_iteration"] == 1 for r in grid)
+    assert len({r.metrics["pid"] for r in grid}) <= 2
+    assert no_trial_actor_left()
