@@ -66,7 +66,7 @@ __all__ = [
     "with_resources",
 ]
 
-_SUBPACKAGES = ("schedulers", "search", "stopper")
+_SUBPACKAGES = ("registry", "schedulers", "search", "stopper")
 
 
 def __getattr__(name: str):

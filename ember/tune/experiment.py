@@ -165,6 +165,10 @@ class Experiment:
             trial = self.scheduler.choose_trial_to_run(self)
             if trial is None:
                 trial = self._suggest()
+                if trial is None and self.search_finished:
+                    # The search has just run out: a scheduler holding paused trials for more
+                    # trials to come (HyperBand's brackets) may now let them go on.
+                    trial = self.scheduler.choose_trial_to_run(self)
             if trial is None:
                 break
             trial.status = RUNNING

@@ -7,6 +7,7 @@ touches actors. Its first argument is the experiment (``ember.tune.experiment.Ex
 
 from ember.tune.schedulers.asha import ASHAScheduler, AsyncHyperBandScheduler
 from ember.tune.schedulers.base import FIFOScheduler, TrialScheduler
+from ember.tune.schedulers.hyperband import HyperBandScheduler
 from ember.tune.schedulers.median import MedianStoppingRule
 from ember.tune.schedulers.pbt import PopulationBasedTraining
 
@@ -14,6 +15,7 @@ __all__ = [
     "ASHAScheduler",
     "AsyncHyperBandScheduler",
     "FIFOScheduler",
+    "HyperBandScheduler",
     "MedianStoppingRule",
     "PopulationBasedTraining",
     "TrialScheduler",
