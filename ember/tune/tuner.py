@@ -42,6 +42,10 @@ class Tuner:
         run_config: RunConfig | None = None,
         _restored: dict | None = None,
     ):
+        from ember.tune import trainer_trainable
+
+        if trainer_trainable.is_trainer(trainable):
+            trainable = trainer_trainable.as_trainable(trainable)
         _check_trainable(trainable)
         if param_space is not None and not isinstance(param_space, dict):
             raise TypeError(f"param_space must be a dict, got {type(param_space).__name__}.")
@@ -148,7 +152,8 @@ class Tuner:
         scheduler.set_search_properties(tc.metric, tc.mode)
         resources = resources_of(self.trainable, {}) if not callable(_resource_spec(self.trainable)) else {"CPU": 1.0}
         check_fits([resources], "PACK", ember.nodes())
-        concurrency = tc.max_concurrent_trials or _capacity(resources)
+        # A trainer's trial actor holds nothing: its worker group's resources bound the concurrency.
+        concurrency = tc.max_concurrent_trials or _capacity(getattr(self.trainable, "capacity_resources", resources))
         checkpoint_config = run.checkpoint_config
         experiment = Experiment(
             searcher,
