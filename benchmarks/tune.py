@@ -8,7 +8,7 @@ Three rows, the same trainable code on both sides (only the import differs: ``im
 - results: 20 trials each reporting 1,000 times in a tight loop: results per second.
 - trials: 1,000 trials that report once: trials per second.
 
-Both sides run with their libraries' defaults: ``reuse_actors=False`` (the default of Ember's and of
+Both sides run with their libraries' defaults (``--reuse-actors`` turns actor reuse on for both): ``reuse_actors=False`` (the default of Ember's and of
 Ray 2.60's ``TuneConfig``), ``verbose=1`` (the child's stdout goes to a log file), storage under a
 fresh temporary directory. Timing covers ``Tuner.fit()`` only, not the cluster's start.
 
@@ -51,7 +51,7 @@ def sizes(scale: float) -> dict:
 # ---- child: one system, one row -------------------------------------------------------------------
 
 
-def child(system: str, row: str, scale: float, out_path: str) -> None:
+def child(system: str, row: str, scale: float, out_path: str, reuse_actors: bool = False) -> None:
     if system == "ember":
         import ember as ray
         from ember import tune
@@ -86,6 +86,7 @@ def child(system: str, row: str, scale: float, out_path: str) -> None:
     tuner = tune.Tuner(
         trainable,
         param_space=space,
+        tune_config=tune.TuneConfig(reuse_actors=reuse_actors),
         run_config=tune.RunConfig(name=row, storage_path=storage),
     )
     start = time.perf_counter()
@@ -105,7 +106,7 @@ def child(system: str, row: str, scale: float, out_path: str) -> None:
 # ---- parent ---------------------------------------------------------------------------------------
 
 
-def run_child(system: str, row: str, scale: float, log_dir: str) -> dict:
+def run_child(system: str, row: str, scale: float, log_dir: str, reuse_actors: bool = False) -> dict:
     out = os.path.join(log_dir, f"{system}-{row}.json")
     log = os.path.join(log_dir, f"{system}-{row}.log")
     env = dict(os.environ)
@@ -115,6 +116,8 @@ def run_child(system: str, row: str, scale: float, log_dir: str) -> dict:
         env.pop("PYTHONPATH", None)
         env["RAY_DEDUP_LOGS"] = "0"
     cmd = [PYTHONS[system], os.path.abspath(__file__), "--child", system, "--row", row, "--scale", str(scale), "--out", out]
+    if reuse_actors:
+        cmd.append("--reuse-actors")
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=log_dir)
     if proc.returncode != 0:
@@ -138,12 +141,13 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--systems", default="ember,ray")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--reuse-actors", action="store_true", help="TuneConfig(reuse_actors=True) on both sides")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.row, args.scale, args.out)
+        child(args.child, args.row, args.scale, args.out, args.reuse_actors)
         return
     rows = [r for r in args.rows.split(",") if r]
     systems = [s for s in args.systems.split(",") if s]
@@ -153,13 +157,13 @@ def main() -> None:
             raise SystemExit(f"unknown {what}(s): {sorted(unknown)}; choose from {sorted(known)}")
     n = sizes(args.scale)
     log_dir = tempfile.mkdtemp(prefix="tune-bench-")
-    print(f"scale {args.scale:g}: {n}; load average {os.getloadavg()[0]:.1f}; logs under {log_dir}", flush=True)
+    print(f"scale {args.scale:g}: {n}; reuse_actors={args.reuse_actors}; load average {os.getloadavg()[0]:.1f}; logs under {log_dir}", flush=True)
     figures: dict = {}
     for row in rows:
         # Alternate which system goes first per row so drift in the machine's load hits both.
         order = systems if rows.index(row) % 2 == 0 else list(reversed(systems))
         for system in order:
-            result = run_child(system, row, args.scale, log_dir)
+            result = run_child(system, row, args.scale, log_dir, args.reuse_actors)
             figures.setdefault(row, {})[system] = {**result, "figure": figure(row, result, args.scale)}
             print(f"  {row:9s} {system:6s} wall {result['wall_s']:7.2f} s  figure {figures[row][system]['figure']:9.1f}",
                   flush=True)
@@ -176,7 +180,7 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"scale": args.scale, "figures": figures}, f, indent=1)
+            json.dump({"scale": args.scale, "reuse_actors": args.reuse_actors, "figures": figures}, f, indent=1)
 
 
 if __name__ == "__main__":
