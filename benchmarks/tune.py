@@ -8,19 +8,21 @@ Three rows, the same trainable code on both sides (only the import differs: ``im
 - results: 20 trials each reporting 1,000 times in a tight loop: results per second.
 - trials: 1,000 trials that report once: trials per second.
 
-Both sides run with their libraries' defaults (``--reuse-actors`` turns actor reuse on for both): ``reuse_actors=False`` (the default of Ember's and of
-Ray 2.60's ``TuneConfig``), ``verbose=1`` (the child's stdout goes to a log file), storage under a
-fresh temporary directory. Timing covers ``Tuner.fit()`` only, not the cluster's start.
+Both sides run with their libraries' defaults: ``reuse_actors=False`` (the default of Ember's and
+of Ray 2.60's ``TuneConfig``; ``--reuse-actors`` turns reuse on for both), ``verbose=1`` (the
+child's stdout goes to a log file), storage under a fresh temporary directory. Timing covers
+``Tuner.fit()`` only, not the cluster's start. On this 2-core machine under load Ray needs about
+3 s a trial, so the full size takes Ray near an hour; --scale 0.1 takes about 8 minutes in all.
 
-    PYTHONPATH=$PWD /work/venv/bin/python benchmarks/tune.py               # full size (~5 min)
+    PYTHONPATH=$PWD /work/venv/bin/python benchmarks/tune.py               # full size
     PYTHONPATH=$PWD /work/venv/bin/python benchmarks/tune.py --scale 0.1   # a quick run
+    PYTHONPATH=$PWD /work/venv/bin/python benchmarks/tune.py --systems ember --reuse-actors
 """
 
 import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -115,7 +117,8 @@ def run_child(system: str, row: str, scale: float, log_dir: str, reuse_actors: b
     else:
         env.pop("PYTHONPATH", None)
         env["RAY_DEDUP_LOGS"] = "0"
-    cmd = [PYTHONS[system], os.path.abspath(__file__), "--child", system, "--row", row, "--scale", str(scale), "--out", out]
+    cmd = [PYTHONS[system], os.path.abspath(__file__), "--child", system, "--row", row, "--scale", str(scale)]
+    cmd += ["--out", out]
     if reuse_actors:
         cmd.append("--reuse-actors")
     with open(log, "w") as f:
@@ -157,7 +160,8 @@ def main() -> None:
             raise SystemExit(f"unknown {what}(s): {sorted(unknown)}; choose from {sorted(known)}")
     n = sizes(args.scale)
     log_dir = tempfile.mkdtemp(prefix="tune-bench-")
-    print(f"scale {args.scale:g}: {n}; reuse_actors={args.reuse_actors}; load average {os.getloadavg()[0]:.1f}; logs under {log_dir}", flush=True)
+    load = os.getloadavg()[0]
+    print(f"scale {args.scale:g}: {n}; reuse_actors={args.reuse_actors}; load average {load:.1f}; logs under {log_dir}")
     figures: dict = {}
     for row in rows:
         # Alternate which system goes first per row so drift in the machine's load hits both.
@@ -165,11 +169,11 @@ def main() -> None:
         for system in order:
             result = run_child(system, row, args.scale, log_dir, args.reuse_actors)
             figures.setdefault(row, {})[system] = {**result, "figure": figure(row, result, args.scale)}
-            print(f"  {row:9s} {system:6s} wall {result['wall_s']:7.2f} s  figure {figures[row][system]['figure']:9.1f}",
-                  flush=True)
+            wall, value = result["wall_s"], figures[row][system]["figure"]
+            print(f"  {row:9s} {system:6s} wall {wall:7.2f} s  figure {value:9.1f}", flush=True)
     floor = n["overhead"] * SLEEP_S / CPUS
     units = {"overhead": f"s over the {floor:g} s floor", "results": "results/s", "trials": "trials/s"}
-    print(f"\n| row | ember | ray | ember/ray | target |\n|---|---|---|---|---|")
+    print("\n| row | ember | ray | ember/ray | target |\n|---|---|---|---|---|")
     for row in rows:
         ember_fig = figures[row].get("ember", {}).get("figure")
         ray_fig = figures[row].get("ray", {}).get("figure")
