@@ -31,6 +31,10 @@ class Backend:
     def on_shutdown(self, group: WorkerGroup) -> None:
         pass
 
+    def warm_modules(self, scaling: ScalingConfig) -> tuple:
+        """Modules each worker starts importing as soon as it exists, before ``on_start``."""
+        return ()
+
 
 class DataParallelTrainer:
     """Runs ``train_loop_per_worker(config)`` on ``scaling_config.num_workers`` workers.
@@ -107,7 +111,7 @@ class DataParallelTrainer:
             # A fresh split for every attempt: a streaming split's epochs are counted by its
             # consumers, and a restarted group starts them again.
             shards = self._split_datasets(num_workers)
-            group = WorkerGroup(self.scaling_config, name)
+            group = WorkerGroup(self.scaling_config, name, self.backend.warm_modules(self.scaling_config))
             try:
                 group.start()
                 self.backend.on_start(group, self.scaling_config)
