@@ -30,7 +30,7 @@ __all__ = [
     "report",
 ]
 
-_SUBPACKAGES = ("torch", "lightgbm")
+_SUBPACKAGES = ("torch", "lightgbm", "xgboost")
 
 
 def __getattr__(name: str):
