@@ -12,9 +12,11 @@ import tempfile
 import textwrap
 import threading
 import time
+import warnings
 
 import pytest
 import torch
+from conftest import wait_for
 
 import ember
 import ember.data as rd
@@ -266,6 +268,34 @@ def test_bad_input_fails_fast(cluster, tmp_path):
     ).fit()
     assert isinstance(missing.error, KeyError) and "nope" in str(missing.error)
     assert no_group_left()
+
+
+def _silent_until(config):
+    while not os.path.exists(config["go"]):
+        time.sleep(0.05)
+    train.report({"done": 1})
+
+
+def test_a_loop_that_does_not_report_gets_one_warning_with_its_ranks(cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_TRAIN_REPORT_WARNING_S", "0.5")
+    go = tmp_path / "go"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+
+        def release():
+            # The loops stay silent until the driver has warned, however slow this machine is.
+            wait_for(lambda: any("have not called" in str(w.message) for w in seen), timeout=60, message="warning")
+            go.write_text("")
+
+        releaser = threading.Thread(target=release, daemon=True)
+        releaser.start()
+        result = train.DataParallelTrainer(
+            _silent_until, train_loop_config={"go": str(go)}, scaling_config=two(), run_config=run(tmp_path)
+        ).fit()
+        releaser.join()
+    assert result.error is None and result.metrics == {"done": 1}
+    silent = [str(w.message) for w in seen if "have not called" in str(w.message)]
+    assert len(silent) == 1 and "rank(s) [0, 1]" in silent[0]
 
 
 def test_keyboard_interrupt_stops_the_workers_and_releases_the_group(tmp_path):
