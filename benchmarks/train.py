@@ -14,8 +14,9 @@ medians over rounds. Measured per run:
 - epoch: seconds per epoch after the first (rank 0's time between the ends of successive epochs,
   so a report's cost counts), median over the epochs;
 - epoch CPU: rank 0's process CPU seconds per epoch after the first (all its threads: the loop,
-  gloo's, and the runtime's), median over the epochs; far less moved by other users' load than
-  the wall time, which on a shared 2-core machine mostly measures the share of the cores it got;
+  gloo's, and the runtime's), median over the epochs. Other users' load moves it less than the
+  wall time, which on a shared 2-core machine mostly measures the share of the cores a system got
+  (contention still inflates CPU time somewhat);
 - first report: wall seconds from calling ``fit()`` (for ddp: ``spawn``) to rank 0 finishing its
   first training step and reporting it; the cluster is already up (``init`` is timed apart);
 - peak memory: the largest sum of the RSS of every process of that system (the driver and all its
