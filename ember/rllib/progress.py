@@ -20,7 +20,10 @@ TABLE_METRICS = ("return_mean", "return_min", "return_max", "steps_per_s", "poli
 def table_point(result: dict) -> dict:
     """The figures of one result the table and the curve show (NaN ones left out)."""
     runners = result.get(M.ENV_RUNNER_RESULTS, {})
-    learner = result.get(M.LEARNER_RESULTS, {}).get(M.DEFAULT_MODULE_ID, {})
+    learners = result.get(M.LEARNER_RESULTS, {})
+    # Multi-agent results have one entry per module: show "default_policy"'s, else the first one's.
+    modules = [k for k in learners if k != M.ALL_MODULES]
+    learner = learners.get(M.DEFAULT_MODULE_ID) or (learners[modules[0]] if modules else {})
     point = {
         X: result.get(M.NUM_ENV_STEPS_SAMPLED_LIFETIME, 0),
         "iter": result.get("training_iteration", 0),
