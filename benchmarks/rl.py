@@ -85,13 +85,18 @@ def worker(system: str, row: str, cap: float, sample_seconds: float, seed: int) 
                 steps = result["num_env_steps_sampled_lifetime"]
                 elapsed = time.perf_counter() - started
                 out["curve"].append((round(elapsed, 2), int(steps), round(float(mean), 1)))
-                print(f"  {system} it {len(out['curve'])} steps {steps} return {mean:.1f} t {elapsed:.1f}s", file=sys.stderr, flush=True)
+                print(
+                    f"  {system} it {len(out['curve'])} steps {steps} return {mean:.1f} t {elapsed:.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 if mean >= TARGET:
                     out.update(reached=True, seconds=elapsed, env_steps=int(steps), iterations=len(out["curve"]))
                     break
             out["cap_s"] = cap
         else:
             if system == "ember":
+
                 def one_round():
                     return algo.sample(algo.acting_policy(True), BATCH)[1]
             else:
@@ -186,14 +191,19 @@ def main() -> None:
         for system in systems:
             print(f"{row} on {system} ...", file=sys.stderr, flush=True)
             results[(system, row)] = run_row(system, row, args)
-    names = {"ppo450": "PPO CartPole-v1 to return 450", "sample1": "sampling, 1 env runner", "sample2": "sampling, 2 env runners"}
+    names = {
+        "ppo450": "PPO CartPole-v1 to return 450",
+        "sample1": "sampling, 1 env runner",
+        "sample2": "sampling, 2 env runners",
+    }
     print("\n| row | Ember | RLlib 2.60 | Ember speed-up |\n|---|---:|---:|---:|")
     for row in rows:
         e, r = results.get(("ember", row)), results.get(("rllib", row))
         print(f"| {names[row]} | {fmt(e, row)} | {fmt(r, row)} | {ratio(e, r, row)} |")
     loads = [v["load"] for v in results.values() if "load" in v]
     if loads:
-        print(f"\nload average (1 min) at row starts/ends: {min(min(x) for x in loads):.1f} to {max(max(x) for x in loads):.1f}")
+        low, high = min(min(x) for x in loads), max(max(x) for x in loads)
+        print(f"\nload average (1 min) at row starts/ends: {low:.1f} to {high:.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({f"{s}/{r}": v for (s, r), v in results.items()}, f, indent=1)
