@@ -69,6 +69,7 @@ class MultiAgentEnvRunner:
         self.rng = np.random.default_rng(None if seed is None else [seed, worker_index])
         self.eval_rng = np.random.default_rng(None if seed is None else [seed, worker_index, 1])
         self.counter = itertools.count()
+        self.eval_calls = 0  # each evaluation starts from new seeds, as EnvRunner's does
         self.state = None  # per env: [obs dict, open transitions {agent: dict}, _Episode]
         self.blas = _one_blas_thread()
 
@@ -109,7 +110,8 @@ class MultiAgentEnvRunner:
     def _run(self, policies: dict, explore: bool, rng, num_steps=None, num_episodes=None, record=True) -> dict:
         state = self.state if record else None
         if state is None:
-            base = None if self.seed is None else self.seed * 1000 + self.worker_index * 100 + (0 if record else 500)
+            offset = 0 if record else 500 + 10 * self.eval_calls
+            base = None if self.seed is None else self.seed * 1000 + self.worker_index * 100 + offset
             state = [self._reset(i, None if base is None else base + i) for i in range(len(self.envs))]
         sequences: dict = {}  # (episode id, agent id) -> (module id, [transitions])
         ended, steps = [], 0
@@ -191,6 +193,7 @@ class MultiAgentEnvRunner:
             else:
                 steps = max(1, -(-duration // len(self.envs)))
                 run = self._run(policies, explore, self.eval_rng, num_steps=steps, record=False)
+        self.eval_calls += 1
         ended = run["ended"][:duration] if unit == "episodes" else run["ended"]
         return {"num_env_steps": run["num_env_steps"], **_episode_arrays(ended)}
 
