@@ -1,5 +1,8 @@
 """ember.rllib's MultiAgentEnv: PPO trains one module per policy; mapping and space errors at build time."""
 
+import os
+import signal
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -218,5 +221,51 @@ def test_a_policy_spec_gives_spaces_to_an_unmapped_policy():
         assert algo.get_module("spare").observation_space.shape == (5,)
         result = algo.train()
         assert "spare" not in result["learners"]  # no agent acted with it: nothing to learn from
+    finally:
+        algo.stop()
+
+
+class KillOnceMatchEnv(MatchEnv):
+    """MatchEnv whose first env runner SIGKILLs its own process at its 5th step, once in a run
+    (``kill_file`` records it); with ``raise_at`` it raises instead."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.kill_file = config.get("kill_file")
+        self.raise_at = config.get("raise_at")
+        self.armed = config.worker_index == 1 and config.vector_index == 0
+        self.steps = 0
+
+    def step(self, actions):
+        self.steps += 1
+        if self.armed and self.steps == self.raise_at:
+            raise KeyError("the two-agent env lost an agent")
+        if self.armed and self.kill_file and self.steps == 5 and not os.path.exists(self.kill_file):
+            open(self.kill_file, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(actions)
+
+
+def test_a_killed_multi_agent_runner_is_replaced_and_env_errors_name_the_env(cluster, tmp_path):
+    kill_file = str(tmp_path / "killed")
+    config = (
+        match_config()
+        .environment(KillOnceMatchEnv, env_config={"kill_file": kill_file})
+        .env_runners(num_env_runners=2, num_envs_per_env_runner=2)
+    )
+    algo = config.build_algo()
+    try:
+        result = algo.train()  # runner 1 kills itself 5 steps into this iteration
+        assert os.path.exists(kill_file)
+        assert result["fault_tolerance"] == {"num_healthy_workers": 2, "num_remote_worker_restarts": 1}
+        assert result["env_runners"]["num_env_steps_sampled"] == 400
+    finally:
+        algo.stop()
+    failing = match_config().environment(KillOnceMatchEnv, env_config={"raise_at": 3})
+    algo = failing.build_algo()
+    try:
+        with pytest.raises(KeyError, match="lost an agent") as info:
+            algo.train()
+        assert any("KillOnceMatchEnv" in note and "stepping" in note for note in getattr(info.value, "__notes__", []))
     finally:
         algo.stop()
