@@ -3,7 +3,8 @@
 It long-polls the controller for the route table (route_prefix -> application's ingress
 deployment), matches each request to the longest prefix, reads the body (at most
 ``max_body_size``: 413 beyond), and sends it to a replica through the same router handles use;
-the replica streams the response back. Unknown routes get 404, a full queue 503, a user exception
+the replica answers with the whole response (a plain call), or with its first piece and a key
+to stream the rest. Unknown routes get 404, a full queue 503, a user exception
 500 with the error's text. Malformed HTTP is uvicorn's to refuse (400); the proxy carries on.
 """
 
@@ -122,22 +123,18 @@ class ProxyActor:
             return await _respond(send, 503, str(error))
         except DeploymentUnavailableError as error:
             return await _respond(send, 404, str(error))
-        generator, slot = sent
+        ref, slot = sent
         error = None
         started = False
         try:
-            async for ref in generator:
-                item = await ref
-                if not started:
-                    status, response_headers, chunk, more = item
-                    await send({"type": "http.response.start", "status": status, "headers": response_headers})
-                    await send({"type": "http.response.body", "body": chunk, "more_body": more})
-                    started = True
-                else:
-                    await send({"type": "http.response.body", "body": item, "more_body": True})
-            if not started:
-                await _respond(send, 500, "The deployment returned no response.")
-            elif more:
+            status, response_headers, chunk, stream_key = await ref
+            await send({"type": "http.response.start", "status": status, "headers": response_headers})
+            started = True
+            await send({"type": "http.response.body", "body": chunk, "more_body": stream_key is not None})
+            if stream_key is not None:
+                # The rest of a streaming response, from the replica that holds it.
+                async for piece in slot.handle.stream_http.remote(stream_key):
+                    await send({"type": "http.response.body", "body": await piece, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except Exception as failure:
             error = failure

@@ -1,7 +1,8 @@
 """A replica: one actor running one copy of a deployment's class (or function).
 
 Requests arrive from handles (``handle_request``, ``handle_request_streaming``) and from the HTTP
-proxy (``handle_http``, which streams the ASGI response back as it is produced). The replica counts
+proxy (``handle_http``: a whole response in one plain call; ``stream_http`` for the rest of a response
+that comes in pieces, as it is produced). The replica counts
 its ongoing requests, runs at most ``max_ongoing_requests`` of them at once, and pushes its load
 and latencies to the controller (autoscaling, the widget) about twice a second while it has work.
 Synchronous user methods run on a thread pool so they never block the replica's event loop.
@@ -13,6 +14,7 @@ import inspect
 import os
 import pickle
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import ember
@@ -20,6 +22,7 @@ from ember.serve import context as serve_context
 
 METRICS_PERIOD_S = 0.5
 QUIET_BEFORE_STOP_S = 0.5
+STREAM_CLAIM_TIMEOUT_S = 60.0
 
 
 class ServeReplica:
@@ -43,6 +46,7 @@ class ServeReplica:
         self.completed = 0
         self.errors = 0
         self.latencies: list = []
+        self.open_streams: dict = {}  # key -> (the response's messages, start time, expiry timer)
         self.stopping = None
         self.metrics_task = None
         self.user_config = user_config
@@ -148,35 +152,76 @@ class ServeReplica:
             self._end(started, ok)
 
     async def handle_http(self, meta: dict, scope: dict, body: bytes):
-        """Serve one HTTP request: yields (status, headers, first body chunk, more to come), then
-        the later chunks of a streaming response."""
+        """Serve one HTTP request with a plain call: returns (status, headers, body, stream key).
+
+        Most responses come whole, in one message, and cost one hop. A response whose body comes
+        in pieces returns its first piece and a key; the proxy takes the rest from
+        ``stream_http(key)``, a streaming call, and the request counts as ongoing until it ends."""
         started = self._begin(meta)
+        messages = self._http_messages(scope, body)
+        try:
+            status, headers, chunk, more = await messages.__anext__()
+        except StopAsyncIteration:
+            self._end(started, False)
+            raise RuntimeError("The deployment returned no response.") from None
+        except BaseException:
+            self._end(started, False)
+            raise
+        if not more:
+            await messages.aclose()
+            self._end(started, True)
+            return status, headers, chunk, None
+        key = uuid.uuid4().hex
+        # A proxy that never asks for the rest (it died, say) must not hold the request forever.
+        expiry = asyncio.get_running_loop().call_later(STREAM_CLAIM_TIMEOUT_S, self._abandon_stream, key)
+        self.open_streams[key] = (messages, started, expiry)
+        return status, headers, chunk, key
+
+    async def stream_http(self, key: str):
+        """The rest of a streaming HTTP response that ``handle_http`` began: its body chunks."""
+        entry = self.open_streams.pop(key, None)
+        if entry is None:
+            raise RuntimeError("The streaming response is gone: it was not claimed in time.")
+        messages, started, expiry = entry
+        expiry.cancel()
         ok = False
         try:
-            from ember.serve.http_util import run_asgi, to_response
-
-            sent = False
-
-            async def receive():
-                nonlocal sent
-                if sent:
-                    await asyncio.Event().wait()  # a client that is still connected: nothing more
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            app = self.asgi
-            if app is None:
-                from starlette.requests import Request
-
-                if self.call is None:
-                    raise TypeError(f"Deployment {self.deployment!r} has no __call__ method to take HTTP requests.")
-                result = await self._run(self.call, (Request(scope, receive),), {})
-                app = to_response(result)
-            async for message in run_asgi(app, scope, receive):
-                yield message
+            async for chunk in messages:
+                yield chunk
             ok = True
         finally:
+            await messages.aclose()
             self._end(started, ok)
+
+    def _abandon_stream(self, key: str) -> None:
+        entry = self.open_streams.pop(key, None)
+        if entry is not None:
+            asyncio.get_running_loop().create_task(entry[0].aclose())
+            self._end(entry[1], False)
+
+    async def _http_messages(self, scope: dict, body: bytes):
+        """(status, headers, first body chunk, more to come), then the later chunks."""
+        from ember.serve.http_util import run_asgi, to_response
+
+        sent = False
+
+        async def receive():
+            nonlocal sent
+            if sent:
+                await asyncio.Event().wait()  # a client that is still connected: nothing more
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        app = self.asgi
+        if app is None:
+            from starlette.requests import Request
+
+            if self.call is None:
+                raise TypeError(f"Deployment {self.deployment!r} has no __call__ method to take HTTP requests.")
+            result = await self._run(self.call, (Request(scope, receive),), {})
+            app = to_response(result)
+        async for message in run_asgi(app, scope, receive):
+            yield message
 
     # --- internals -----------------------------------------------------------------------------------
     def _method(self, meta: dict):
