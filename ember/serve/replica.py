@@ -47,7 +47,12 @@ class ServeReplica:
         self.errors = 0
         self.latencies: list = []
         self.open_streams: dict = {}  # key -> (the response's messages, start time, expiry timer)
-        self.stopping = None
+        self.begun = 0  # requests ever begun: a quiet period is one in which it did not change
+        # Made here, not in ready(): the controller's wait_until_stopped may come first.
+        self.stopping = asyncio.Event()
+        self.idle = asyncio.Event()  # set while no request is ongoing
+        self.idle.set()
+        self.active = asyncio.Event()  # a request began since the metrics pusher last looked
         self.metrics_task = None
         self.user_config = user_config
         target = pickle.loads(target)
@@ -71,7 +76,6 @@ class ServeReplica:
     # --- control (from the controller) -------------------------------------------------------------
     async def ready(self) -> int:
         """Finish starting (apply user_config) and start pushing metrics; returns the process id."""
-        self.stopping = asyncio.Event()
         if self.user_config is not None:
             await self.reconfigure(self.user_config)
         self.metrics_task = asyncio.get_running_loop().create_task(self._push_metrics())
@@ -94,8 +98,6 @@ class ServeReplica:
     async def wait_until_stopped(self) -> None:
         """Returns when the replica is told to stop; fails with ActorDiedError if it dies first,
         which is how the controller learns of a death without polling."""
-        while self.stopping is None:
-            await asyncio.sleep(0.05)
         await self.stopping.wait()
 
     async def prepare_for_shutdown(self, timeout_s: float, wait_loop_s: float) -> None:
@@ -103,20 +105,11 @@ class ServeReplica:
 
         Routers learn of the stop a moment after the controller decides it, so a request may still
         be on its way: the replica stops only once it has had none for a short quiet period."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        quiet = min(wait_loop_s, QUIET_BEFORE_STOP_S)
-        quiet_since = None
-        while loop.time() < deadline:
-            if self.ongoing:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = loop.time()
-            elif loop.time() - quiet_since >= quiet:
-                break
-            await asyncio.sleep(0.02)
-        if self.stopping is not None:
-            self.stopping.set()
+        try:
+            await asyncio.wait_for(self._quiet(min(wait_loop_s, QUIET_BEFORE_STOP_S)), timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        self.stopping.set()
         if self.metrics_task is not None:
             self.metrics_task.cancel()
         finalizer = getattr(self.instance, "__del__", None)
@@ -125,6 +118,15 @@ class ServeReplica:
                 await self._run(finalizer, (), {})
             except Exception:
                 pass
+
+    async def _quiet(self, period_s: float) -> None:
+        """Returns once no request has been ongoing, and none has begun, for ``period_s``."""
+        while True:
+            await self.idle.wait()
+            begun = self.begun
+            await asyncio.sleep(period_s)
+            if not self.ongoing and self.begun == begun:
+                return
 
     def num_ongoing_requests(self) -> int:
         return self.ongoing
@@ -237,6 +239,9 @@ class ServeReplica:
 
     def _begin(self, meta: dict) -> float:
         self.ongoing += 1
+        self.begun += 1
+        self.idle.clear()
+        self.active.set()
         serve_context.request_context.set(
             serve_context.RequestContext(
                 route=meta.get("route", ""),
@@ -249,6 +254,8 @@ class ServeReplica:
 
     def _end(self, started: float, ok: bool) -> None:
         self.ongoing -= 1
+        if not self.ongoing:
+            self.idle.set()
         self.completed += 1
         self.errors += not ok
         if len(self.latencies) < 1000:
@@ -276,6 +283,9 @@ class ServeReplica:
             await asyncio.sleep(METRICS_PERIOD_S)
             if not self.ongoing and not self.completed:
                 if idle_reported:
+                    # Nothing to tell until a request comes: sleep until one does, not in periods.
+                    self.active.clear()
+                    await self.active.wait()
                     continue
                 idle_reported = True
             else:
