@@ -18,7 +18,7 @@ that a 2-core machine can hold two; every other option is each system's default.
 
 Targets (issue 13): p50 at most half of Ray Serve's; every throughput row at least 2x Ray Serve's.
 
-    .venv/bin/python benchmarks/serve.py [--seconds 5] [--connections 16] [--json PATH]
+    .venv/bin/python benchmarks/serve.py [--seconds 5] [--connections 16] [--rounds 3] [--json PATH]
     .venv/bin/python benchmarks/serve.py --only ember      # Ember alone
 """
 
@@ -234,6 +234,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=16, help="clients at saturation")
     parser.add_argument("--client", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each system, alternating; medians shown")
     parser.add_argument("--only", choices=("ember", "ray"), help="run one system only")
     parser.add_argument("--ray-python", default=RAY_PYTHON)
     parser.add_argument("--json", help="write the results here")
@@ -251,17 +252,24 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args.worker, args)), flush=True)
         return
     load_avg = os.getloadavg()[0]
-    results = {}
-    for backend in ("ember", "ray"):
-        if args.only in (None, backend):
-            print(f"running {backend} ...", flush=True)
-            results[backend] = run_backend(backend, args)
-    print(f"load client: {args.client}, {args.connections} connections at saturation, {args.seconds:g} s a row; "
+    runs: dict = {}
+    for round_ in range(args.rounds):
+        # Alternating rounds, so that a colleague's burst of load falls on both systems alike.
+        for backend in ("ember", "ray"):
+            if args.only in (None, backend):
+                print(f"round {round_ + 1}: running {backend} ...", flush=True)
+                runs.setdefault(backend, []).append(run_backend(backend, args))
+    results = {
+        backend: {key: statistics.median(run[key] for run in done) for key in done[0]}
+        for backend, done in runs.items()
+    }
+    print(f"load client: {args.client}, {args.connections} connections at saturation, {args.seconds:g} s a row, "
+          f"median of {args.rounds} round(s); "
           f"load average {load_avg:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores")
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "args": vars(args)}, f, indent=1)
+            json.dump({"results": results, "runs": runs, "args": vars(args)}, f, indent=1)
 
 
 if __name__ == "__main__":
