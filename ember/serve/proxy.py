@@ -117,6 +117,9 @@ class ProxyActor:
         timeout_s = request_timeout(headers, self.options.request_timeout_s)
         deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
         router = routing.hub().router(f"{app_name}#{deployment}")
+        if not router.listed.is_set():
+            # A new router waits for its replica list; not on this loop, which serves every connection.
+            await asyncio.get_running_loop().run_in_executor(None, router.listed.wait, routing.LIST_WAIT_S)
         try:
             sent = router.submit(meta, (inner, body), {}, False)
             if not isinstance(sent, tuple):
