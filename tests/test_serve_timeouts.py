@@ -132,3 +132,43 @@ def test_stopping_replica_waits_for_its_ongoing_request_then_a_quiet_moment():
         asyncio.run(scenario())
     finally:
         context.set_replica_context(None)  # the replica set this process's context: undo it
+
+
+def test_streaming_http_response_is_claimed_by_key_or_dropped_when_unclaimed(monkeypatch):
+    """A whole response comes back in one plain call; a streaming one gives its first piece and a key
+    for the rest, and one nobody claims stops counting as ongoing. Plain asyncio: no actor."""
+    import cloudpickle
+
+    from ember.serve import context, replica
+
+    class Model:
+        def __call__(self, request):
+            from starlette.responses import PlainTextResponse, StreamingResponse
+
+            if request.query_params.get("stream"):
+                return StreamingResponse(iter(["a", "b", "c"]))
+            return PlainTextResponse("whole")
+
+    def scope(query: bytes) -> dict:
+        return {"type": "http", "method": "GET", "path": "/", "query_string": query, "headers": []}
+
+    async def scenario():
+        monkeypatch.setattr(replica, "STREAM_CLAIM_TIMEOUT_S", 0.1)
+        served = replica.ServeReplica("app", "Model", "r1", cloudpickle.dumps(Model), (), {}, 2)
+        status, _, body, key = await served.handle_http({}, scope(b""), b"")
+        assert (status, body, key, served.ongoing) == (200, b"whole", None, 0)
+
+        status, _, first, key = await served.handle_http({}, scope(b"stream=1"), b"")
+        assert status == 200 and key is not None and served.ongoing == 1
+        rest = [chunk async for chunk in served.stream_http(key)]
+        assert first + b"".join(rest) == b"abc" and served.ongoing == 0
+
+        _, _, _, key = await served.handle_http({}, scope(b"stream=1"), b"")
+        assert served.ongoing == 1
+        await asyncio.sleep(0.3)  # nobody claims it
+        assert served.ongoing == 0 and key not in served.open_streams
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        context.set_replica_context(None)
