@@ -260,12 +260,13 @@ def main() -> None:
                 print(f"round {round_ + 1}: running {backend} ...", flush=True)
                 runs.setdefault(backend, []).append(run_backend(backend, args))
     results = {
-        backend: {key: statistics.median(run[key] for run in done) for key in done[0]}
-        for backend, done in runs.items()
+        backend: {key: statistics.median(run[key] for run in done) for key in done[0]} for backend, done in runs.items()
     }
-    print(f"load client: {args.client}, {args.connections} connections at saturation, {args.seconds:g} s a row, "
-          f"median of {args.rounds} round(s); "
-          f"load average {load_avg:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores")
+    print(
+        f"load client: {args.client}, {args.connections} connections at saturation, {args.seconds:g} s a row, "
+        f"median of {args.rounds} round(s); "
+        f"load average {load_avg:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores"
+    )
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:

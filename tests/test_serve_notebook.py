@@ -69,7 +69,8 @@ def test_interrupting_serve_run_in_a_notebook(tmp_path):
         # the interrupt (as Ray's does), rather than returning a handle to an application now gone.
         started.unlink()
         reply = _interrupt_when(
-            kernel, "serve.run(Model.bind(STARTED, None), name='blocking', route_prefix='/b', blocking=True)",
+            kernel,
+            "serve.run(Model.bind(STARTED, None), name='blocking', route_prefix='/b', blocking=True)",
             started.exists,
         )
         assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"

@@ -51,6 +51,10 @@ class Slow:
         return {"calls": self.calls}
 
 
+def _ongoing(app: str) -> int:
+    return sum(r["ongoing"] for r in serve.status().applications[app].deployments["Slow"].replicas.values())
+
+
 def test_timeout_option_and_header_parsing():
     assert request_timeout({}, None) is None
     assert request_timeout({}, 2.5) == 2.5
@@ -82,16 +86,12 @@ def test_a_queued_request_past_its_time_gets_408_and_never_runs(timed_serve, tmp
     with httpx.Client(base_url=timed_serve, timeout=30) as client:
         holder = {}
         busy = threading.Thread(
-            target=lambda: holder.update(reply=client.get("/queue", params={"gate": str(gate)}, headers={
-                "x-request-timeout-seconds": "30"
-            }))
+            target=lambda: holder.update(
+                reply=client.get("/queue", params={"gate": str(gate)}, headers={"x-request-timeout-seconds": "30"})
+            )
         )
         busy.start()
-        wait_for(
-            lambda: serve.status().applications["queue"].deployments["Slow"].replicas
-            and sum(r["ongoing"] for r in serve.status().applications["queue"].deployments["Slow"].replicas.values()),
-            message="the replica to be busy",
-        )
+        wait_for(lambda: _ongoing("queue") == 1, message="the replica to be busy")
         # The only slot is taken: this one waits in the proxy's router, then runs out of time there.
         reply = client.get("/queue")
         assert reply.status_code == 408
