@@ -145,6 +145,33 @@ def test_reports_and_checkpoints_kept_by_score(cluster, tmp_path):
     assert json.loads(open(os.path.join(restored, "state.json")).read()) == {"epoch": 5}
 
 
+
+def test_checkpoints_go_through_a_pyarrow_filesystem_and_resume_from_it(cluster, tmp_path):
+    # A URI storage path goes through pyarrow.fs (as s3:// or gs:// would): kept, deleted, resumed.
+    keep = train.CheckpointConfig(num_to_keep=1)
+    uri = f"file://{tmp_path}/remote"
+    first = train.DataParallelTrainer(
+        _checkpointing_loop,
+        train_loop_config={"epochs": 3},
+        scaling_config=two(),
+        run_config=train.RunConfig(name="uri", storage_path=uri, checkpoint_config=keep),
+    ).fit()
+    assert first.error is None, first.error
+    on_disk = tmp_path / "remote" / "uri"
+    assert sorted(p.name for p in on_disk.iterdir() if p.name.startswith("checkpoint_")) == ["checkpoint_000002"]
+    assert sorted(p.name for p in (on_disk / "checkpoint_000002").iterdir()) == ["rank0.txt", "rank1.txt", "state.json"]
+    with first.checkpoint.as_directory() as local:
+        assert json.loads(open(os.path.join(local, "state.json")).read()) == {"epoch": 2}
+    again = train.DataParallelTrainer(
+        _checkpointing_loop,
+        train_loop_config={"epochs": 5},
+        scaling_config=two(),
+        run_config=train.RunConfig(name="uri2", storage_path=uri),
+        resume_from_checkpoint=first.checkpoint,
+    ).fit()
+    assert again.error is None, again.error
+    assert again.metrics["start"] == 3 and again.metrics["epoch"] == 4
+
 def test_a_sigkilled_worker_restarts_the_group_from_the_latest_checkpoint(cluster, tmp_path):
     config = {"epochs": 5, "kill_at": 3, "once": str(tmp_path / "killed"), "registered": str(tmp_path / "epoch2")}
 
