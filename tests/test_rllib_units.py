@@ -241,6 +241,22 @@ def test_training_view_plots_return_and_band():
     assert source.data["x"] == [1000, 2000] and source.data["y"] == [20.0, 35.0]
     assert view.band.data["low"] == [9.0, 10.0] and view.band.data["high"] == [40.0, 90.0]
     assert "<td>35</td>" in view.table.value and "<td>2</td>" in view.table.value
+    # A saved notebook shows the snapshot: the same table and the curve as an inline SVG.
+    snapshot = view.snapshot_html()
+    assert view.table.value in snapshot and "<svg class='ember-rl-curve'" in snapshot
+    assert "2,000 env steps" in snapshot
+
+
+def test_curve_svg_spans_the_band_and_skips_nan():
+    from ember.rllib.progress import curve_svg
+
+    assert curve_svg([(1000, math.nan, math.nan, math.nan)]) == ""
+    svg = curve_svg([(0, math.nan, math.nan, math.nan), (1000, 20.0, 10.0, 30.0), (3000, 50.0, 20.0, 80.0)])
+    line = svg.split("<polyline points='")[1].split("'")[0].split()
+    assert len(line) == 2  # the NaN point is left out
+    (x0, y0), (x1, y1) = (tuple(map(float, p.split(","))) for p in line)
+    assert x0 < x1 and y1 < y0  # later and higher: right and up (SVG's y grows downwards)
+    assert ">80</text>" in svg and ">10</text>" in svg and "3,000 env steps" in svg
 
 
 # ---- config validation (RLlib's builder, checked at build time) ----------------------------------------

@@ -125,3 +125,47 @@ def test_autoscaling_follows_ongoing_requests(serve_instance, tmp_path):
         message="back to min_replicas when idle",
     )
     assert serve.status().applications["auto"].status == "RUNNING"
+
+
+@serve.deployment(ray_actor_options=CPU0, num_replicas=2, max_ongoing_requests=1)
+class HttpBlocker:
+    def __call__(self, request):
+        path = request.query_params["release"]
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return os.getpid()
+
+
+def test_sigkilled_replica_behind_http_queued_requests_go_elsewhere(serve_instance, tmp_path):
+    """The proxy's router, like a handle's: the request running on the killed replica gets a 500
+    naming the death; those still queued in the proxy are served by the others."""
+    import concurrent.futures
+
+    httpx = pytest.importorskip("httpx")
+    serve.run(HttpBlocker.bind(), name="httpkill", route_prefix="/kill")
+    wait_for(lambda: len(_pids("httpkill", "HttpBlocker")) == 2, message="two replicas")
+    release = str(tmp_path / "release")
+
+    def get():
+        reply = httpx.get(f"{serve_instance}/kill", params={"release": release}, timeout=60)
+        return reply.status_code, reply.text
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        running = [pool.submit(get) for _ in range(2)]
+        wait_for(
+            lambda: sum(r["ongoing"] for r in _deployment("httpkill", "HttpBlocker").replicas.values()) == 2,
+            message="both replicas busy",
+        )
+        queued = [pool.submit(get) for _ in range(4)]
+        wait_for(lambda: _deployment("httpkill", "HttpBlocker").queued == 4, message="four queued in the proxy")
+        victim = sorted(_pids("httpkill", "HttpBlocker"))[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(_pids("httpkill", "HttpBlocker") - {victim}) == 2, message="a replacement replica")
+        open(release, "w").close()
+        outcomes = [future.result(timeout=60) for future in running]
+        served = [future.result(timeout=60) for future in queued]
+    assert sorted(status for status, _ in outcomes) == [200, 500]
+    assert "died" in [text for status, text in outcomes if status == 500][0].lower()
+    assert all(status == 200 for status, _ in served), served
+    assert str(victim) not in {text for _, text in served}

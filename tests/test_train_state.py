@@ -9,7 +9,7 @@ from ember.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfi
 from ember.train.checkpoint import Checkpoint
 from ember.train.progress import RunView, TextReporter
 from ember.train.session import WorkerPlace
-from ember.train.state import FAIL, RESTART, CheckpointKeeper, FitState, TrainingResult
+from ember.train.state import FAIL, RESTART, CheckpointKeeper, FitState, ReportWatch, TrainingResult
 from ember.train.worker_group import check_fits, place
 
 
@@ -184,3 +184,27 @@ def test_widget_has_a_row_per_worker_and_a_curve_per_rank(capsys):
     assert list(reporter.widget.sources[("loss", "rank 0")].data["x"]) == [1, 2, 3]
     assert "Ember training run" in reporter._bundle()["text/plain"]
     assert not reporter.broken
+
+
+def test_a_silent_loop_is_named_once_by_rank():
+    now = [0.0]
+    watch = ReportWatch(10.0, lambda: now[0])
+    watch.start_attempt(range(3))
+    assert watch.timeout() == 10.0 and watch.due() == []
+    now[0] = 4.0
+    watch.reported(1)
+    watch.finished(2)  # a loop that returned is not silent
+    now[0] = 10.0
+    assert watch.timeout() == 0.0
+    assert watch.due() == [0]  # rank 1 reported 6 s ago
+    now[0] = 30.0
+    assert watch.due() == [] and watch.timeout() is None  # once per fit, even after a restart
+    watch.start_attempt(range(3))
+    assert watch.timeout() is None
+    never = ReportWatch(None, lambda: now[0])
+    never.start_attempt([0])
+    now[0] = 1e9
+    assert never.timeout() is None and never.due() == []
+    for bad in (0, -1, True, "10"):
+        with pytest.raises(ValueError):
+            ReportWatch(bad, lambda: 0.0)

@@ -12,9 +12,11 @@ import tempfile
 import textwrap
 import threading
 import time
+import warnings
 
 import pytest
 import torch
+from conftest import wait_for
 
 import ember
 import ember.data as rd
@@ -143,6 +145,33 @@ def test_reports_and_checkpoints_kept_by_score(cluster, tmp_path):
     assert json.loads(open(os.path.join(restored, "state.json")).read()) == {"epoch": 5}
 
 
+
+def test_checkpoints_go_through_a_pyarrow_filesystem_and_resume_from_it(cluster, tmp_path):
+    # A URI storage path goes through pyarrow.fs (as s3:// or gs:// would): kept, deleted, resumed.
+    keep = train.CheckpointConfig(num_to_keep=1)
+    uri = f"file://{tmp_path}/remote"
+    first = train.DataParallelTrainer(
+        _checkpointing_loop,
+        train_loop_config={"epochs": 3},
+        scaling_config=two(),
+        run_config=train.RunConfig(name="uri", storage_path=uri, checkpoint_config=keep),
+    ).fit()
+    assert first.error is None, first.error
+    on_disk = tmp_path / "remote" / "uri"
+    assert sorted(p.name for p in on_disk.iterdir() if p.name.startswith("checkpoint_")) == ["checkpoint_000002"]
+    assert sorted(p.name for p in (on_disk / "checkpoint_000002").iterdir()) == ["rank0.txt", "rank1.txt", "state.json"]
+    with first.checkpoint.as_directory() as local:
+        assert json.loads(open(os.path.join(local, "state.json")).read()) == {"epoch": 2}
+    again = train.DataParallelTrainer(
+        _checkpointing_loop,
+        train_loop_config={"epochs": 5},
+        scaling_config=two(),
+        run_config=train.RunConfig(name="uri2", storage_path=uri),
+        resume_from_checkpoint=first.checkpoint,
+    ).fit()
+    assert again.error is None, again.error
+    assert again.metrics["start"] == 3 and again.metrics["epoch"] == 4
+
 def test_a_sigkilled_worker_restarts_the_group_from_the_latest_checkpoint(cluster, tmp_path):
     config = {"epochs": 5, "kill_at": 3, "once": str(tmp_path / "killed"), "registered": str(tmp_path / "epoch2")}
 
@@ -266,6 +295,34 @@ def test_bad_input_fails_fast(cluster, tmp_path):
     ).fit()
     assert isinstance(missing.error, KeyError) and "nope" in str(missing.error)
     assert no_group_left()
+
+
+def _silent_until(config):
+    while not os.path.exists(config["go"]):
+        time.sleep(0.05)
+    train.report({"done": 1})
+
+
+def test_a_loop_that_does_not_report_gets_one_warning_with_its_ranks(cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_TRAIN_REPORT_WARNING_S", "0.5")
+    go = tmp_path / "go"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+
+        def release():
+            # The loops stay silent until the driver has warned, however slow this machine is.
+            wait_for(lambda: any("have not called" in str(w.message) for w in seen), timeout=60, message="warning")
+            go.write_text("")
+
+        releaser = threading.Thread(target=release, daemon=True)
+        releaser.start()
+        result = train.DataParallelTrainer(
+            _silent_until, train_loop_config={"go": str(go)}, scaling_config=two(), run_config=run(tmp_path)
+        ).fit()
+        releaser.join()
+    assert result.error is None and result.metrics == {"done": 1}
+    silent = [str(w.message) for w in seen if "have not called" in str(w.message)]
+    assert len(silent) == 1 and "rank(s) [0, 1]" in silent[0]
 
 
 def test_keyboard_interrupt_stops_the_workers_and_releases_the_group(tmp_path):

@@ -7,6 +7,7 @@ min-max band) against env steps, appended to as iterations come; outside, one li
 on stderr. ``config.reporting(progress=False)`` turns both off.
 """
 
+import html
 import math
 import sys
 
@@ -20,7 +21,10 @@ TABLE_METRICS = ("return_mean", "return_min", "return_max", "steps_per_s", "poli
 def table_point(result: dict) -> dict:
     """The figures of one result the table and the curve show (NaN ones left out)."""
     runners = result.get(M.ENV_RUNNER_RESULTS, {})
-    learner = result.get(M.LEARNER_RESULTS, {}).get(M.DEFAULT_MODULE_ID, {})
+    learners = result.get(M.LEARNER_RESULTS, {})
+    # Multi-agent results have one entry per module: show "default_policy"'s, else the first one's.
+    modules = [k for k in learners if k != M.ALL_MODULES]
+    learner = learners.get(M.DEFAULT_MODULE_ID) or (learners[modules[0]] if modules else {})
     point = {
         X: result.get(M.NUM_ENV_STEPS_SAMPLED_LIFETIME, 0),
         "iter": result.get("training_iteration", 0),
@@ -73,6 +77,36 @@ class TextReporter:
         pass
 
 
+def curve_svg(points: list, width: int = 420, height: int = 160) -> str:
+    """An inline SVG of the return curve for a saved notebook: ``points`` are (env steps, mean, min,
+    max); the mean is a line over a shaded min-max band, axes labelled with their ranges."""
+    points = [p for p in points if all(v == v for v in p)]  # drop NaN (no episode ended yet)
+    if len(points) < 2:
+        return ""
+    xs = [p[0] for p in points]
+    low, high = min(p[2] for p in points), max(p[3] for p in points)
+    x0, x1 = min(xs), max(xs)
+    span_x, span_y = (x1 - x0) or 1, (high - low) or 1
+    pad = 28
+
+    def xy(x, y):
+        px = pad + (x - x0) / span_x * (width - pad - 6)
+        py = height - pad - (y - low) / span_y * (height - pad - 8)
+        return f"{px:.1f},{py:.1f}"
+
+    band = " ".join(xy(p[0], p[3]) for p in points) + " " + " ".join(xy(p[0], p[2]) for p in reversed(points))
+    line = " ".join(xy(p[0], p[1]) for p in points)
+    return (
+        f"<svg class='ember-rl-curve' width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg'>"
+        f"<polygon points='{band}' fill='#1f77b4' fill-opacity='0.2'/>"
+        f"<polyline points='{line}' fill='none' stroke='#1f77b4' stroke-width='2'/>"
+        f"<text x='{pad}' y='{height - 8}' font-size='10'>{x0:,.0f}</text>"
+        f"<text x='{width - 6}' y='{height - 8}' font-size='10' text-anchor='end'>{x1:,.0f} env steps</text>"
+        f"<text x='2' y='12' font-size='10'>{high:.0f}</text>"
+        f"<text x='2' y='{height - pad}' font-size='10'>{low:.0f}</text></svg>"
+    )
+
+
 def _training_view_class():
     from ember.widgets.metrics import LiveMetrics
 
@@ -99,6 +133,17 @@ def _training_view_class():
                 figure.varea("x", "low", "high", source=self.band, fill_alpha=0.2, legend_label="min-max")
             return self.band
 
+        def snapshot_html(self) -> str:
+            """The table and the return curve as static HTML (what a saved notebook shows)."""
+            rows = self.history.rows.get(self.name, [])
+            points = [
+                (r[X], r["return_mean"], r["return_min"], r["return_max"])
+                for r in rows
+                if "return_mean" in r and "return_min" in r and "return_max" in r
+            ]
+            title = html.escape(f"{self.name}: training")
+            return f"<div class='ember-rl'><b>{title}</b>{self.table.value}{curve_svg(points)}</div>"
+
     return TrainingView
 
 
@@ -113,17 +158,30 @@ class WidgetReporter:
     def __init__(self, name: str):
         self.name = name
         self.view = None
+        self.handle = None
+        self.last = None
         self.broken = False
+
+    def _bundle(self) -> dict:
+        data = dict(self.view._repr_mimebundle_() or {})
+        data["text/html"] = self.view.snapshot_html()
+        data["text/plain"] = summary_line(self.name, self.last) if self.last is not None else self.name
+        return data
 
     def report(self, result: dict) -> None:
         if self.broken:
             return
         try:
+            self.last = result
             if self.view is None:
                 from IPython.display import display
 
                 self.view = training_view(self.name)
-                display(self.view)
+                self.view.report_result(result)
+                # The widget lives in JupyterLab; the text/html snapshot (renewed by close()) is what
+                # a saved notebook, nbviewer or GitHub shows.
+                self.handle = display(self._bundle(), raw=True, display_id=True)
+                return
             self.view.report_result(result)
         except Exception as exc:  # a display must never break the training it shows
             import warnings
@@ -134,6 +192,11 @@ class WidgetReporter:
     def close(self) -> None:
         if self.view is not None:
             self.view.set_status(self.name, "stopped")
+            if self.handle is not None:
+                try:
+                    self.handle.update(self._bundle(), raw=True)
+                except Exception:
+                    pass  # the kernel's output channel is gone (shutting down)
 
 
 def in_kernel() -> bool:

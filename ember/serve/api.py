@@ -3,7 +3,7 @@
 import dataclasses
 import enum
 import hashlib
-import time
+import threading
 
 import cloudpickle
 
@@ -167,7 +167,9 @@ def run(
 ) -> DeploymentHandle:
     """Deploy the application ``target`` as ``name`` at ``route_prefix`` (None: no HTTP route) and
     return a handle to its ingress deployment once it runs. It returns at once in a notebook or a
-    script; ``blocking=True`` then waits (serving) until interrupted, then shuts Serve down."""
+    script; ``blocking=True`` then waits (serving) until interrupted, shuts Serve down and lets the
+    KeyboardInterrupt go on. An interrupt while a non-blocking run deploys stops only the wait: the
+    application goes on deploying (``serve.status()`` shows it; ``serve.delete`` removes it)."""
     if isinstance(target, ember.serve.Deployment):
         raise TypeError(f"serve.run() takes an Application: use {target.name}.bind(...).")
     if not isinstance(target, Application):
@@ -177,23 +179,29 @@ def run(
     if route_prefix is not None and (not isinstance(route_prefix, str) or not route_prefix.startswith("/")):
         raise ValueError(f"route_prefix must start with '/', got {route_prefix!r}.")
     ingress, specs = build(target, name)
+    if not blocking:
+        return _deploy(name, route_prefix, ingress, specs, _blocking)
+    try:
+        _deploy(name, route_prefix, ingress, specs, _blocking)
+        threading.Event().wait()  # serve until interrupted (Ctrl-C, or a notebook's interrupt)
+    except KeyboardInterrupt:
+        # Serve stops with the interrupt, which goes on (as Ray's does): a script ends as
+        # interrupted, a notebook cell shows it, and no handle to a stopped application is returned.
+        shutdown()
+        raise
+
+
+def _deploy(name: str, route_prefix, ingress: str, specs: list, wait: bool) -> DeploymentHandle:
     controller = _controller(required=False)
     if controller is None or ember.get(controller.http_address.remote()) is None:
         start()
         controller = _controller()
     ember.get(controller.deploy_application.remote(name, route_prefix, ingress, specs))
-    if _blocking:
+    if wait:
         status = ember.get(controller.wait_for_application.remote(name, DEPLOY_TIMEOUT_S))
         if status.get("status") == "DEPLOY_FAILED":
             raise RuntimeError(f"Deploying application {name!r} failed: {status.get('message')}")
-    handle = DeploymentHandle(ingress, name)
-    if blocking:
-        try:
-            while True:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            shutdown()
-    return handle
+    return DeploymentHandle(ingress, name)
 
 
 def status() -> ServeStatus:

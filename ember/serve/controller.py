@@ -120,15 +120,22 @@ class ServeController:
         """Delete every application, wait for its replicas to stop, stop the proxy."""
         for name in list(self.apps):
             await self.delete_application(name)
-        deadline = time.monotonic() + timeout_s
-        while self.reconciler.targets and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(self._all_stopped(), timeout_s)
+        except asyncio.TimeoutError:
+            pass  # the rest are killed below
         for replica_id, handle in list(self.replicas.items()):
             ember.kill(handle)
             self.replicas.pop(replica_id, None)
         if self.proxy is not None:
             ember.kill(self.proxy)
             self.proxy = None
+
+    async def _all_stopped(self) -> None:
+        # The control loop sets ``settled`` after each round; a round follows every replica's stop.
+        while self.reconciler.targets:
+            self.settled.clear()
+            await self.settled.wait()
 
     # --- applications --------------------------------------------------------------------------------
     async def deploy_application(self, name: str, route_prefix, ingress: str, specs: list) -> None:

@@ -3,7 +3,8 @@
 It long-polls the controller for the route table (route_prefix -> application's ingress
 deployment), matches each request to the longest prefix, reads the body (at most
 ``max_body_size``: 413 beyond), and sends it to a replica through the same router handles use;
-the replica streams the response back. Unknown routes get 404, a full queue 503, a user exception
+the replica answers with the whole response (a plain call), or with its first piece and a key
+to stream the rest. Unknown routes get 404, a full queue 503, a user exception
 500 with the error's text. Malformed HTTP is uvicorn's to refuse (400); the proxy carries on.
 """
 
@@ -113,38 +114,76 @@ class ProxyActor:
             "request_id": headers.get(b"x-request-id", b"").decode() or uuid.uuid4().hex,
             "model_id": headers.get(b"serve_multiplexed_model_id", b"").decode(),
         }
+        timeout_s = request_timeout(headers, self.options.request_timeout_s)
+        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
         router = routing.hub().router(f"{app_name}#{deployment}")
+        if not router.listed.is_set():
+            # A new router waits for its replica list; not on this loop, which serves every connection.
+            await asyncio.get_running_loop().run_in_executor(None, router.listed.wait, routing.LIST_WAIT_S)
         try:
             sent = router.submit(meta, (inner, body), {}, False)
             if not isinstance(sent, tuple):
-                sent = await asyncio.wrap_future(sent)
+                sent = await self._until_sent(router, sent, deadline)
         except BackPressureError as error:
             return await _respond(send, 503, str(error))
         except DeploymentUnavailableError as error:
             return await _respond(send, 404, str(error))
-        generator, slot = sent
+        except TimeoutError:
+            return await _respond(send, 408, _timeout_text(meta, timeout_s))
+        await self._forward(send, router, sent, deadline, meta, timeout_s)
+
+    async def _until_sent(self, router, future, deadline):
+        """(ref, slot) once the router sends a queued request; TimeoutError past ``deadline``."""
+        waiter = asyncio.wrap_future(future)
+        if deadline is None:
+            return await waiter
+        # asyncio.wait, not wait_for: cancelling the router's future would orphan a request it sends.
+        await asyncio.wait({waiter}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        if not waiter.done() and router.cancel(future):
+            waiter.cancel()
+            raise TimeoutError
+        return await waiter
+
+    async def _forward(self, send, router, sent, deadline, meta, timeout_s) -> None:
+        ref, slot = sent
         error = None
         started = False
+        release = True
         try:
-            async for ref in generator:
-                item = await ref
-                if not started:
-                    status, response_headers, chunk, more = item
-                    await send({"type": "http.response.start", "status": status, "headers": response_headers})
-                    await send({"type": "http.response.body", "body": chunk, "more_body": more})
-                    started = True
-                else:
-                    await send({"type": "http.response.body", "body": item, "more_body": True})
-            if not started:
-                await _respond(send, 500, "The deployment returned no response.")
-            elif more:
+            status, response_headers, chunk, stream_key = await _within(ref, deadline)
+            await send({"type": "http.response.start", "status": status, "headers": response_headers})
+            started = True
+            await send({"type": "http.response.body", "body": chunk, "more_body": stream_key is not None})
+            if stream_key is not None:
+                # The rest of a streaming response, from the replica that holds it.
+                ref = slot.handle.stream_http.remote(stream_key)
+                while True:
+                    try:
+                        piece = await _within(ref.__anext__(), deadline)
+                    except StopAsyncIteration:
+                        break
+                    await send({"type": "http.response.body", "body": await piece, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            # As in Ray: the request is cancelled on its replica, and the client gets 408 (or, once the
+            # response started, a connection closed before its end). The replica's slot is free once
+            # the cancellation lands there.
+            try:
+                ember.cancel(ref)
+            except Exception:
+                pass  # it finished meanwhile
+            if not isinstance(ref, ember.ObjectRefGenerator):
+                release = False
+                ref.future().add_done_callback(lambda done: router.release(slot, done.exception()))
+            if not started:
+                await _respond(send, 408, _timeout_text(meta, timeout_s))
         except Exception as failure:
             error = failure
             if not started:
                 await _respond(send, 500, _error_text(failure))
         finally:
-            router.release(slot, error)
+            if release:
+                router.release(slot, error)
 
     async def _read_body(self, scope, receive):
         limit = self.options.max_body_size
@@ -171,6 +210,35 @@ class ProxyActor:
     def shutdown(self) -> None:
         if self.server is not None:
             self.server.should_exit = True
+
+
+def request_timeout(headers: dict, default_s: float | None) -> float | None:
+    """The request's time limit: the ``x-request-timeout-seconds`` header (Ray's; 0 or less: none)
+    when it holds a number, else ``request_timeout_s`` from the HTTP options."""
+    value = headers.get(b"x-request-timeout-seconds")
+    if value is None:
+        return default_s
+    try:
+        timeout_s = float(value)
+    except ValueError:
+        return default_s
+    return timeout_s if timeout_s > 0 else None
+
+
+async def _within(awaitable, deadline: float | None):
+    """Await ``awaitable``; TimeoutError (leaving it running) once the loop's clock passes ``deadline``."""
+    if deadline is None:
+        return await awaitable
+    future = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({future}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+    if not done:
+        future.cancel()
+        raise TimeoutError
+    return future.result()
+
+
+def _timeout_text(meta: dict, timeout_s: float) -> str:
+    return f"Request {meta['request_id']} timed out after {timeout_s}s."
 
 
 def _error_text(error: BaseException) -> str:

@@ -1,7 +1,8 @@
 """A replica: one actor running one copy of a deployment's class (or function).
 
 Requests arrive from handles (``handle_request``, ``handle_request_streaming``) and from the HTTP
-proxy (``handle_http``, which streams the ASGI response back as it is produced). The replica counts
+proxy (``handle_http``: a whole response in one plain call; ``stream_http`` for the rest of a response
+that comes in pieces, as it is produced). The replica counts
 its ongoing requests, runs at most ``max_ongoing_requests`` of them at once, and pushes its load
 and latencies to the controller (autoscaling, the widget) about twice a second while it has work.
 Synchronous user methods run on a thread pool so they never block the replica's event loop.
@@ -13,6 +14,7 @@ import inspect
 import os
 import pickle
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import ember
@@ -20,6 +22,7 @@ from ember.serve import context as serve_context
 
 METRICS_PERIOD_S = 0.5
 QUIET_BEFORE_STOP_S = 0.5
+STREAM_CLAIM_TIMEOUT_S = 60.0
 
 
 class ServeReplica:
@@ -43,7 +46,13 @@ class ServeReplica:
         self.completed = 0
         self.errors = 0
         self.latencies: list = []
-        self.stopping = None
+        self.open_streams: dict = {}  # key -> (the response's messages, start time, expiry timer)
+        self.begun = 0  # requests ever begun: a quiet period is one in which it did not change
+        # Made here, not in ready(): the controller's wait_until_stopped may come first.
+        self.stopping = asyncio.Event()
+        self.idle = asyncio.Event()  # set while no request is ongoing
+        self.idle.set()
+        self.active = asyncio.Event()  # a request began since the metrics pusher last looked
         self.metrics_task = None
         self.user_config = user_config
         target = pickle.loads(target)
@@ -67,7 +76,6 @@ class ServeReplica:
     # --- control (from the controller) -------------------------------------------------------------
     async def ready(self) -> int:
         """Finish starting (apply user_config) and start pushing metrics; returns the process id."""
-        self.stopping = asyncio.Event()
         if self.user_config is not None:
             await self.reconfigure(self.user_config)
         self.metrics_task = asyncio.get_running_loop().create_task(self._push_metrics())
@@ -90,8 +98,6 @@ class ServeReplica:
     async def wait_until_stopped(self) -> None:
         """Returns when the replica is told to stop; fails with ActorDiedError if it dies first,
         which is how the controller learns of a death without polling."""
-        while self.stopping is None:
-            await asyncio.sleep(0.05)
         await self.stopping.wait()
 
     async def prepare_for_shutdown(self, timeout_s: float, wait_loop_s: float) -> None:
@@ -99,20 +105,11 @@ class ServeReplica:
 
         Routers learn of the stop a moment after the controller decides it, so a request may still
         be on its way: the replica stops only once it has had none for a short quiet period."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        quiet = min(wait_loop_s, QUIET_BEFORE_STOP_S)
-        quiet_since = None
-        while loop.time() < deadline:
-            if self.ongoing:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = loop.time()
-            elif loop.time() - quiet_since >= quiet:
-                break
-            await asyncio.sleep(0.02)
-        if self.stopping is not None:
-            self.stopping.set()
+        try:
+            await asyncio.wait_for(self._quiet(min(wait_loop_s, QUIET_BEFORE_STOP_S)), timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        self.stopping.set()
         if self.metrics_task is not None:
             self.metrics_task.cancel()
         finalizer = getattr(self.instance, "__del__", None)
@@ -121,6 +118,15 @@ class ServeReplica:
                 await self._run(finalizer, (), {})
             except Exception:
                 pass
+
+    async def _quiet(self, period_s: float) -> None:
+        """Returns once no request has been ongoing, and none has begun, for ``period_s``."""
+        while True:
+            await self.idle.wait()
+            begun = self.begun
+            await asyncio.sleep(period_s)
+            if not self.ongoing and self.begun == begun:
+                return
 
     def num_ongoing_requests(self) -> int:
         return self.ongoing
@@ -148,35 +154,76 @@ class ServeReplica:
             self._end(started, ok)
 
     async def handle_http(self, meta: dict, scope: dict, body: bytes):
-        """Serve one HTTP request: yields (status, headers, first body chunk, more to come), then
-        the later chunks of a streaming response."""
+        """Serve one HTTP request with a plain call: returns (status, headers, body, stream key).
+
+        Most responses come whole, in one message, and cost one hop. A response whose body comes
+        in pieces returns its first piece and a key; the proxy takes the rest from
+        ``stream_http(key)``, a streaming call, and the request counts as ongoing until it ends."""
         started = self._begin(meta)
+        messages = self._http_messages(scope, body)
+        try:
+            status, headers, chunk, more = await messages.__anext__()
+        except StopAsyncIteration:
+            self._end(started, False)
+            raise RuntimeError("The deployment returned no response.") from None
+        except BaseException:
+            self._end(started, False)
+            raise
+        if not more:
+            await messages.aclose()
+            self._end(started, True)
+            return status, headers, chunk, None
+        key = uuid.uuid4().hex
+        # A proxy that never asks for the rest (it died, say) must not hold the request forever.
+        expiry = asyncio.get_running_loop().call_later(STREAM_CLAIM_TIMEOUT_S, self._abandon_stream, key)
+        self.open_streams[key] = (messages, started, expiry)
+        return status, headers, chunk, key
+
+    async def stream_http(self, key: str):
+        """The rest of a streaming HTTP response that ``handle_http`` began: its body chunks."""
+        entry = self.open_streams.pop(key, None)
+        if entry is None:
+            raise RuntimeError("The streaming response is gone: it was not claimed in time.")
+        messages, started, expiry = entry
+        expiry.cancel()
         ok = False
         try:
-            from ember.serve.http_util import run_asgi, to_response
-
-            sent = False
-
-            async def receive():
-                nonlocal sent
-                if sent:
-                    await asyncio.Event().wait()  # a client that is still connected: nothing more
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            app = self.asgi
-            if app is None:
-                from starlette.requests import Request
-
-                if self.call is None:
-                    raise TypeError(f"Deployment {self.deployment!r} has no __call__ method to take HTTP requests.")
-                result = await self._run(self.call, (Request(scope, receive),), {})
-                app = to_response(result)
-            async for message in run_asgi(app, scope, receive):
-                yield message
+            async for chunk in messages:
+                yield chunk
             ok = True
         finally:
+            await messages.aclose()
             self._end(started, ok)
+
+    def _abandon_stream(self, key: str) -> None:
+        entry = self.open_streams.pop(key, None)
+        if entry is not None:
+            asyncio.get_running_loop().create_task(entry[0].aclose())
+            self._end(entry[1], False)
+
+    async def _http_messages(self, scope: dict, body: bytes):
+        """(status, headers, first body chunk, more to come), then the later chunks."""
+        from ember.serve.http_util import run_asgi, to_response
+
+        sent = False
+
+        async def receive():
+            nonlocal sent
+            if sent:
+                await asyncio.Event().wait()  # a client that is still connected: nothing more
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        app = self.asgi
+        if app is None:
+            from starlette.requests import Request
+
+            if self.call is None:
+                raise TypeError(f"Deployment {self.deployment!r} has no __call__ method to take HTTP requests.")
+            result = await self._run(self.call, (Request(scope, receive),), {})
+            app = to_response(result)
+        async for message in run_asgi(app, scope, receive):
+            yield message
 
     # --- internals -----------------------------------------------------------------------------------
     def _method(self, meta: dict):
@@ -192,6 +239,9 @@ class ServeReplica:
 
     def _begin(self, meta: dict) -> float:
         self.ongoing += 1
+        self.begun += 1
+        self.idle.clear()
+        self.active.set()
         serve_context.request_context.set(
             serve_context.RequestContext(
                 route=meta.get("route", ""),
@@ -204,6 +254,8 @@ class ServeReplica:
 
     def _end(self, started: float, ok: bool) -> None:
         self.ongoing -= 1
+        if not self.ongoing:
+            self.idle.set()
         self.completed += 1
         self.errors += not ok
         if len(self.latencies) < 1000:
@@ -231,6 +283,9 @@ class ServeReplica:
             await asyncio.sleep(METRICS_PERIOD_S)
             if not self.ongoing and not self.completed:
                 if idle_reported:
+                    # Nothing to tell until a request comes: sleep until one does, not in periods.
+                    self.active.clear()
+                    await self.active.wait()
                     continue
                 idle_reported = True
             else:

@@ -91,8 +91,11 @@ class Router:
                     raise BackPressureError(self.deployment_id.split("#", 1)[-1], len(self.queue), self.max_queued)
                 pending = _Pending(meta, args, kwargs, stream)
                 self.queue.append(pending)
-                return pending.future
-            slot.inflight += 1
+            else:
+                slot.inflight += 1
+        if slot is None:
+            self.hub.queue_grew()
+            return pending.future
         return self._send(slot, meta, args, kwargs, stream), slot
 
     def cancel(self, future) -> bool:
@@ -191,6 +194,8 @@ class Hub:
         self.routers: dict = {}
         self.lock = threading.Lock()
         self._controller = None
+        self.reporting = False  # the reporter is awake (a queue is, or was lately, not empty)
+        self.queues_busy = asyncio.Event()
         self.thread = threading.Thread(target=self.loop.run_forever, name="serve-router", daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self._report(), self.loop)
@@ -209,18 +214,39 @@ class Hub:
                     router = self.routers[deployment_id] = Router(self, deployment_id)
         return router
 
+    def queue_grew(self) -> None:
+        """A request was queued (any thread): wake the reporter if it sleeps."""
+        if not self.reporting:
+            self.reporting = True
+            self.loop.call_soon_threadsafe(self.queues_busy.set)
+
     async def _report(self) -> None:
-        """Queued requests count toward autoscaling: push each router's queue length when it changes."""
+        """Queued requests count toward autoscaling: push each router's queue length when it changes,
+        every HANDLE_METRICS_PERIOD_S while some queue is or was not empty; asleep otherwise."""
         while True:
+            await self.queues_busy.wait()
             await asyncio.sleep(HANDLE_METRICS_PERIOD_S)
-            for router in list(self.routers.values()):
-                queued = router.queued()
-                if queued != router.reported_queue and not router.deleted:
-                    router.reported_queue = queued
-                    try:
-                        self.controller().record_handle_metrics.remote(router.deployment_id, id(self), queued)
-                    except Exception:
-                        pass
+            if not self._push_queue_lengths():
+                # Mark asleep first, then look again: a request queued meanwhile sees the mark and wakes us.
+                self.reporting = False
+                if not self._push_queue_lengths():
+                    self.queues_busy.clear()
+                else:
+                    self.reporting = True
+
+    def _push_queue_lengths(self) -> bool:
+        """Push the queue lengths that changed; whether any queue is still not empty."""
+        busy = False
+        for router in list(self.routers.values()):
+            queued = router.queued()
+            busy = busy or queued > 0
+            if queued != router.reported_queue and not router.deleted:
+                router.reported_queue = queued
+                try:
+                    self.controller().record_handle_metrics.remote(router.deployment_id, id(self), queued)
+                except Exception:
+                    pass
+        return busy
 
     def close(self) -> None:
         def stop():

@@ -2,7 +2,9 @@
 
 A trainer's ``fit()`` starts a worker group (actors in a placement group), runs the training loop
 in each, and gathers what the loops ``report``; checkpoints are directories persisted under
-``RunConfig.storage_path/name``. ``ember.train.torch`` has ``TorchTrainer`` (torch.distributed).
+``RunConfig.storage_path/name``. ``ember.train.torch`` has ``TorchTrainer`` (torch.distributed),
+``ember.train.lightgbm`` and ``ember.train.xgboost`` the boosting trainers (their libraries' own
+distributed modes).
 """
 
 import importlib as _importlib
@@ -30,7 +32,7 @@ __all__ = [
     "report",
 ]
 
-_SUBPACKAGES = ("torch", "lightgbm")
+_SUBPACKAGES = ("torch", "lightgbm", "xgboost")
 
 
 def __getattr__(name: str):

@@ -162,3 +162,45 @@ class FitState:
 
     def history(self) -> list:
         return [result.metrics for result in self.results]
+
+
+class ReportWatch:
+    """Notices a loop that runs on without reporting: once ``after_s`` seconds have passed with
+    some workers silent (no report since their attempt started, or since their last report),
+    ``due`` names them, once per fit; the controller turns that into a warning. ``after_s`` None
+    never warns."""
+
+    def __init__(self, after_s: float | None, clock):
+        if after_s is not None and (isinstance(after_s, bool) or not isinstance(after_s, (int, float)) or after_s <= 0):
+            raise ValueError(f"the no-report warning delay must be a positive number of seconds, got {after_s!r}.")
+        self.after_s = after_s
+        self.clock = clock
+        self.last: dict = {}  # rank -> when it last reported (or its attempt started)
+        self.warned = False
+
+    def start_attempt(self, ranks) -> None:
+        now = self.clock()
+        self.last = {rank: now for rank in ranks}
+
+    def reported(self, rank: int) -> None:
+        if rank in self.last:
+            self.last[rank] = self.clock()
+
+    def finished(self, rank: int) -> None:
+        self.last.pop(rank, None)
+
+    def timeout(self) -> float | None:
+        """How long the controller may wait for the next event before asking ``due`` again."""
+        if self.after_s is None or self.warned or not self.last:
+            return None
+        return max(0.0, min(self.last.values()) + self.after_s - self.clock())
+
+    def due(self) -> list:
+        """The silent ranks when it is time to warn (once), else []."""
+        if self.after_s is None or self.warned:
+            return []
+        now = self.clock()
+        silent = sorted(rank for rank, since in self.last.items() if now - since >= self.after_s)
+        if silent:
+            self.warned = True
+        return silent

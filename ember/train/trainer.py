@@ -8,6 +8,7 @@ which decides what is a result, which checkpoints stay and whether a failed atte
 
 import datetime
 import os
+import time
 import warnings
 
 import cloudpickle
@@ -17,8 +18,20 @@ from ember.train import checkpoint as ckpt
 from ember.train import progress, session
 from ember.train.config import DataConfig, RunConfig, ScalingConfig
 from ember.train.result import Result
-from ember.train.state import FAIL, FitState
+from ember.train.state import FAIL, FitState, ReportWatch
 from ember.train.worker_group import WorkerGroup
+
+# A loop silent for this long gets one warning naming its ranks (EMBER_TRAIN_REPORT_WARNING_S; 0 never).
+REPORT_WARNING_S = 600.0
+
+
+def _report_warning_s() -> float | None:
+    raw = os.environ.get("EMBER_TRAIN_REPORT_WARNING_S")
+    try:
+        value = float(raw) if raw is not None else REPORT_WARNING_S
+    except ValueError:
+        raise ValueError(f"EMBER_TRAIN_REPORT_WARNING_S must be a number of seconds, got {raw!r}.") from None
+    return value if value > 0 else None
 
 
 class Backend:
@@ -30,6 +43,10 @@ class Backend:
 
     def on_shutdown(self, group: WorkerGroup) -> None:
         pass
+
+    def warm_modules(self, scaling: ScalingConfig) -> tuple:
+        """Modules each worker starts importing as soon as it exists, before ``on_start``."""
+        return ()
 
 
 class DataParallelTrainer:
@@ -101,13 +118,14 @@ class DataParallelTrainer:
             num_workers, run.failure_config.max_failures, run.checkpoint_config, self.resume_from_checkpoint
         )
         display = progress.reporter(name, run.verbose)
+        watch = ReportWatch(_report_warning_s(), time.monotonic)
         error = None
         while True:
             start_index, start_checkpoint = state.start_attempt()
             # A fresh split for every attempt: a streaming split's epochs are counted by its
             # consumers, and a restarted group starts them again.
             shards = self._split_datasets(num_workers)
-            group = WorkerGroup(self.scaling_config, name)
+            group = WorkerGroup(self.scaling_config, name, self.backend.warm_modules(self.scaling_config))
             try:
                 group.start()
                 self.backend.on_start(group, self.scaling_config)
@@ -121,7 +139,8 @@ class DataParallelTrainer:
                     streams[worker.run.remote(self.train_loop_per_worker, self.train_loop_config, worker_session)] = (
                         rank
                     )
-                error = self._follow(streams, state, display)
+                watch.start_attempt(range(num_workers))
+                error = self._follow(streams, state, display, watch)
             except ValueError as failure:
                 if group.pg is None:  # the cluster cannot hold the group: no attempt can succeed
                     group.shutdown()
@@ -180,17 +199,29 @@ class DataParallelTrainer:
         finally:
             context.enable_progress_bars = shown
 
-    def _follow(self, streams: dict, state: FitState, display):
+    def _follow(self, streams: dict, state: FitState, display, watch: ReportWatch):
         """Consume the workers' report streams until every loop returned (None) or one failed
         (its error)."""
         while streams:
-            ready, _ = ember.wait(list(streams), num_returns=1)
+            ready, _ = ember.wait(list(streams), num_returns=1, timeout=watch.timeout())
+            if not ready:
+                silent = watch.due()
+                if silent:
+                    warnings.warn(
+                        f"ember.train: worker rank(s) {silent} have not called ember.train.report for "
+                        f"{watch.after_s:g} s. A loop that never reports shows nothing until it ends; if it "
+                        "is stuck (a collective waiting on a worker that skipped it, a dataset that never "
+                        "ends), interrupt the fit. EMBER_TRAIN_REPORT_WARNING_S sets this delay.",
+                        stacklevel=3,
+                    )
+                continue
             stream = ready[0]
             rank = streams[stream]
             try:
                 ref = next(stream)
             except StopIteration:
                 del streams[stream]
+                watch.finished(rank)
                 display.worker_state(rank, "finished")
                 self._completed(state.on_worker_done(rank), display)
                 continue
@@ -198,6 +229,7 @@ class DataParallelTrainer:
                 display.worker_state(rank, "died")
                 self._drain(streams, stream, state, display)
                 return error
+            watch.reported(rank)
             try:
                 self._consume(ref, state, display)
             except Exception as error:  # the loop raised: the user's exception, remote traceback included

@@ -1,6 +1,7 @@
 """The worker group: ``num_workers`` actors in one placement group, ranked so that workers on the
 same node have consecutive ranks (as Ray's), and torn down together."""
 
+import importlib
 import inspect
 import os
 import socket
@@ -14,8 +15,36 @@ from ember.train import session as sess
 READY_WARNING_S = 30.0  # a group not placed by then is waiting for busy resources: say so once
 
 
+_warming: threading.Thread | None = None
+
+
+def _warm(modules: tuple) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - only a head start: the loop's own import reports the problem
+            return
+
+
+def _warmed() -> None:
+    """Wait for the warm-up imports: two threads importing the same package at once can see each
+    other's half-initialised modules, so nothing else imports until they are done."""
+    global _warming
+    if _warming is not None:
+        _warming.join()
+        _warming = None
+
+
 class TrainWorker:
-    """The actor each training worker runs in."""
+    """The actor each training worker runs in. ``warm``: modules it starts importing at once, in a
+    thread, while the driver is still placing the group (torch's import is most of a worker's
+    start-up); every method but ``info`` and ``free_port`` waits for them."""
+
+    def __init__(self, warm: tuple = ()):
+        global _warming
+        if warm:
+            _warming = threading.Thread(target=_warm, args=(tuple(warm),), name="ember-train-warm", daemon=True)
+            _warming.start()
 
     def info(self) -> dict:
         node_id = ember.get_runtime_context().get_node_id()
@@ -28,11 +57,13 @@ class TrainWorker:
             return probe.getsockname()[1]
 
     def execute(self, fn, *args, **kwargs):
+        _warmed()
         return fn(*args, **kwargs)
 
     def run(self, train_fn, config, new_session):
         """Run the training loop in a thread of its own and stream its reports as they come; an
         exception in the loop ends the stream with that exception."""
+        _warmed()
         sess.start(new_session)
         events = new_session.events
 
@@ -124,9 +155,10 @@ class WorkerGroup:
     """Starts the actors in a placement group; ``workers`` is then in rank order, with ``infos``
     and ``places`` beside it. ``shutdown`` kills them and removes the group."""
 
-    def __init__(self, scaling_config, name: str = "train"):
+    def __init__(self, scaling_config, name: str = "train", warm: tuple = ()):
         self.scaling = scaling_config
         self.name = name
+        self.warm = tuple(warm)
         self.pg = None
         self.workers: list = []
         self.infos: list = []
@@ -159,7 +191,7 @@ class WorkerGroup:
             actor_cls.options(
                 **options,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote()
+            ).remote(self.warm)
             for i in range(len(bundles))
         ]
         self.workers = created  # so that shutdown kills them even if info() fails

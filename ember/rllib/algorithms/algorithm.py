@@ -8,18 +8,20 @@ checkpoints and the live view of training.
 import os
 import tempfile
 import time
+from collections import deque
 
 import cloudpickle
 import numpy as np
 import torch
 
-from ember.rllib.env.env_factory import EnvSpec, env_name, make_creator
+from ember.rllib.env.env_factory import EnvSpec, MultiAgentSpec, env_name, make_creator
 from ember.rllib.env.env_runner_group import EnvRunnerGroup
 from ember.rllib.utils import metrics as M
 from ember.rllib.utils.postprocessing import EpisodeStats
 
 STATE_FILE = "algorithm_state.pkl"
-MODULE_DIR = os.path.join("learner_group", "learner", "rl_module", M.DEFAULT_MODULE_ID)
+MODULES_DIR = os.path.join("learner_group", "learner", "rl_module")
+MODULE_DIR = os.path.join(MODULES_DIR, M.DEFAULT_MODULE_ID)
 LEARNER_FILE = os.path.join("learner_group", "learner", "learner_state.pt")
 EVAL_SEED_OFFSET = 7919  # evaluation envs never replay the training envs' seeds
 
@@ -29,8 +31,9 @@ class Algorithm:
 
     def __init__(self, config):
         self.config = config
+        multi = MultiAgentSpec(config.policy_mapping_fn, config.module_spaces, {}) if config.is_multi_agent else None
         self.env_spec = EnvSpec(
-            env_name(config.env), make_creator(config.env), config.observation_space, config.action_space
+            env_name(config.env), make_creator(config.env), config.observation_space, config.action_space, multi
         )
         if config.seed is not None:
             torch.manual_seed(config.seed)
@@ -39,7 +42,14 @@ class Algorithm:
         self.time_total_s = 0.0
         self.num_env_steps_trained_lifetime = 0
         self.metrics = EpisodeStats(config.metrics_num_episodes_for_smoothing)
-        self.module = self.build_module()
+        # Multi-agent: one module per policy id; ``self.module`` is "default_policy" when there is one.
+        if config.is_multi_agent:
+            self.modules = {mid: self.build_module(obs, act) for mid, (obs, act) in config.module_spaces.items()}
+            self.module = self.modules.get(M.DEFAULT_MODULE_ID)
+        else:
+            self.module = self.build_module(config.observation_space, config.action_space)
+            self.modules = {M.DEFAULT_MODULE_ID: self.module}
+        self.module_returns = {mid: deque(maxlen=config.metrics_num_episodes_for_smoothing) for mid in self.modules}
         self.setup_learner()
         self._progress = None
         self.eval_env_runner_group = None
@@ -47,7 +57,8 @@ class Algorithm:
 
     # ---- what each algorithm provides ----------------------------------------------------------
 
-    def build_module(self):
+    def build_module(self, observation_space, action_space):
+        """The torch RLModule of one policy with these spaces."""
         raise NotImplementedError
 
     def setup_learner(self) -> None:
@@ -58,7 +69,10 @@ class Algorithm:
         raise NotImplementedError
 
     def acting_policy(self, explore: bool):
-        """The numpy policy env runners act with (evaluation uses it with explore=False)."""
+        """The numpy policy env runners act with (evaluation uses it with explore=False); for a
+        multi-agent env a dict of them by module id."""
+        if self.config.is_multi_agent:
+            return {mid: module.numpy_policy() for mid, module in self.modules.items()}
         return self.module.numpy_policy()
 
     def learner_state(self) -> dict:
@@ -76,7 +90,9 @@ class Algorithm:
         while steps < min_steps:
             for batch in self.env_runner_group.sample(policy, per_call, self.config.explore):
                 batches.append(batch)
-                batch_steps = int(batch["rewards"].size)
+                batch_steps = int(batch["num_env_steps"] if "num_env_steps" in batch else batch["rewards"].size)
+                for mid, returns in batch.get("module_episode_returns", {}).items():
+                    self.module_returns[mid].extend(returns)
                 steps += batch_steps
                 episodes += self.metrics.add(batch["episode_returns"], batch["episode_lengths"], batch_steps)
         return batches, steps, episodes
@@ -103,6 +119,10 @@ class Algorithm:
             M.NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.num_env_steps_lifetime,
             M.NUM_EPISODES_LIFETIME: self.metrics.num_episodes_lifetime,
         }
+        if self.config.is_multi_agent:
+            env_runners["module_episode_returns_mean"] = {
+                mid: float(np.mean(r)) if r else float("nan") for mid, r in self.module_returns.items()
+            }
         timers = step.pop(M.TIMERS, {})
         sample_time = timers.get(M.ENV_RUNNER_SAMPLING_TIMER)
         if sample_time:
@@ -162,10 +182,10 @@ class Algorithm:
         }
 
     def get_module(self, module_id: str = M.DEFAULT_MODULE_ID):
-        """The learner's RLModule (torch): ``forward_inference({"obs": ...})`` acts with it."""
-        if module_id != M.DEFAULT_MODULE_ID:
-            raise KeyError(f"no module {module_id!r}: this algorithm has only {M.DEFAULT_MODULE_ID!r}")
-        return self.module
+        """The learner's RLModule (torch) of ``module_id``: ``forward_inference({"obs": ...})`` acts with it."""
+        if module_id not in self.modules:
+            raise KeyError(f"no module {module_id!r}: this algorithm has {sorted(map(str, self.modules))}")
+        return self.modules[module_id]
 
     def stop(self) -> None:
         """Kill the env runner actors and close the envs; the Algorithm cannot train afterwards."""
@@ -200,7 +220,8 @@ class Algorithm:
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, STATE_FILE), "wb") as out:
             cloudpickle.dump({"class": type(self), "config": self.config, "state": self.get_state()}, out)
-        self.module.save_to_path(os.path.join(path, MODULE_DIR))
+        for mid, module in self.modules.items():
+            module.save_to_path(os.path.join(path, MODULES_DIR, str(mid)))
         torch.save(self.learner_state(), os.path.join(path, LEARNER_FILE))
         return path
 
@@ -213,7 +234,8 @@ class Algorithm:
         self.set_state(saved["state"])
         from ember.rllib.core.rl_module.rl_module import STATE_FILE as MODULE_STATE
 
-        self.module.set_state(torch.load(os.path.join(path, MODULE_DIR, MODULE_STATE), weights_only=True))
+        for mid, module in self.modules.items():
+            module.set_state(torch.load(os.path.join(path, MODULES_DIR, str(mid), MODULE_STATE), weights_only=True))
         self.set_learner_state(torch.load(os.path.join(path, LEARNER_FILE), weights_only=False))
 
     @classmethod

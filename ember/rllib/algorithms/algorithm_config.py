@@ -94,6 +94,12 @@ class AlgorithmConfig:
         self.num_cpus_per_env_runner = 1
         self.explore = True
         self.batch_mode = "truncate_episodes"
+        # multi-agent
+        self.policies = None  # None: one module, "default_policy"
+        self.policy_mapping_fn = None
+        self.policies_to_train = None
+        self.is_multi_agent = False
+        self.module_spaces: dict = {}  # module id -> (observation space, action space), set by validate()
         # learners
         self.num_learners = 0
         # training (common)
@@ -210,6 +216,16 @@ class AlgorithmConfig:
         if model_config is not NotProvided:
             self.model_config = DefaultModelConfig.from_any(model_config)
         return self
+
+    def multi_agent(
+        self, *, policies=NotProvided, policy_mapping_fn=NotProvided, policies_to_train=NotProvided, **_ignored
+    ):
+        """Modules for a MultiAgentEnv: ``policies`` (a set of module ids, or a dict of id to None or a
+        PolicySpec with spaces), ``policy_mapping_fn(agent_id, episode, **kwargs) -> module id``, and
+        ``policies_to_train`` (ids, or ``fn(module_id, batch) -> bool``; None: all)."""
+        if policy_mapping_fn is not NotProvided and policy_mapping_fn is not None and not callable(policy_mapping_fn):
+            raise TypeError(f"policy_mapping_fn must be callable, got {type(policy_mapping_fn).__name__}")
+        return self._set(policies=policies, policy_mapping_fn=policy_mapping_fn, policies_to_train=policies_to_train)
 
     def evaluation(
         self,
@@ -348,6 +364,14 @@ class AlgorithmConfig:
         if self.env is None:
             raise ValueError("no environment: call config.environment(env=...) with a gymnasium id, a class or a name")
         spec = resolve_env(self.env, self.env_config)
+        if spec.multi_agent is not None:
+            self.is_multi_agent = True
+            self.module_spaces = self.resolve_modules(spec.name, spec.multi_agent.agent_spaces)
+            for obs_space, act_space in self.module_spaces.values():
+                self.validate_spaces(obs_space, act_space)
+            return
+        if self.policies is not None and set(_policy_dict(self.policies)) != {DEFAULT_MODULE_ID}:
+            raise ValueError(f"multi_agent(policies=...) needs a MultiAgentEnv; {spec.name!r} is a single-agent env")
         if self.observation_space is None:
             self.observation_space = spec.observation_space
         if self.action_space is None:
@@ -356,6 +380,54 @@ class AlgorithmConfig:
 
     def validate_spaces(self, observation_space, action_space) -> None:
         """Each algorithm says which spaces it handles."""
+
+    def resolve_modules(self, env_name: str, agent_spaces: dict) -> dict:
+        """{module id: (obs space, action space)}: each module's spaces from a PolicySpec or from the
+        agents mapped to it; an unknown module id from the mapping or mismatched spaces raise here."""
+        from ember.rllib.env.multi_agent_env_runner import EpisodeRef, map_agent
+
+        policies = _policy_dict(self.policies if self.policies is not None else {DEFAULT_MODULE_ID})
+        if not policies:
+            raise ValueError("multi_agent(policies=...) is empty")
+        if self.policy_mapping_fn is None:
+            self.policy_mapping_fn = default_policy_mapping_fn
+        spaces = {
+            mid: (getattr(spec, "observation_space", None), getattr(spec, "action_space", None))
+            for mid, spec in policies.items()
+        }
+        from_agent: dict = {}
+        for agent_id, agent_space in agent_spaces.items():
+            mid = map_agent(self.policy_mapping_fn, agent_id, EpisodeRef("build-check", 0), policies)
+            for k, what in enumerate(("observation", "action")):
+                if spaces[mid][k] is None:
+                    spaces[mid] = tuple(agent_space[j] if j == k else spaces[mid][j] for j in range(2))
+                    from_agent[(mid, k)] = agent_id
+                elif spaces[mid][k] != agent_space[k]:
+                    other = from_agent.get((mid, k))
+                    whose = f"agent {other!r}'s" if other is not None else "the PolicySpec's"
+                    raise ValueError(
+                        f"env {env_name!r}: agent {agent_id!r} maps to policy {mid!r} but its {what} space "
+                        f"{agent_space[k]} differs from {whose} {spaces[mid][k]}"
+                    )
+        missing = sorted(str(mid) for mid, pair in spaces.items() if None in pair)
+        if missing:
+            raise ValueError(
+                f"policies {missing}: no agent of {env_name!r} maps to them and no PolicySpec gives their spaces"
+            )
+        to_train = self.policies_to_train
+        if to_train is not None and not callable(to_train):
+            unknown = sorted(str(m) for m in set(to_train) - set(spaces))
+            if unknown:
+                raise ValueError(f"policies_to_train names unknown policies {unknown}; policies are {sorted(spaces)}")
+        return spaces
+
+    def module_is_trained(self, module_id) -> bool:
+        """Whether ``policies_to_train`` lets ``module_id`` learn (None: every module does)."""
+        if self.policies_to_train is None:
+            return True
+        if callable(self.policies_to_train):
+            return bool(self.policies_to_train(module_id, None))
+        return module_id in self.policies_to_train
 
     def get_rollout_fragment_length(self) -> int:
         """Steps per env per sample call: "auto" splits one train batch over the runners' envs."""
@@ -366,6 +438,24 @@ class AlgorithmConfig:
 
     def __repr__(self):
         return f"{type(self).__name__}(env={self.env!r})"
+
+
+DEFAULT_MODULE_ID = "default_policy"
+
+
+def default_policy_mapping_fn(agent_id, episode=None, **kwargs) -> str:
+    """RLlib's default: every agent acts with the one module, "default_policy"."""
+    return DEFAULT_MODULE_ID
+
+
+def _policy_dict(policies) -> dict:
+    if isinstance(policies, dict):
+        return dict(policies)
+    if isinstance(policies, (set, frozenset, list, tuple)):
+        return {mid: None for mid in policies}
+    raise TypeError(
+        f"policies must be a set of module ids or a dict of id to PolicySpec, got {type(policies).__name__}"
+    )
 
 
 def _int_at_least(name: str, value, low: int) -> None:

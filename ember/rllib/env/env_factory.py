@@ -37,6 +37,16 @@ class EnvSpec:
     creator: object  # callable(EnvContext) -> env
     observation_space: object
     action_space: object
+    multi_agent: object = None  # a MultiAgentSpec for a MultiAgentEnv
+
+
+@dataclass
+class MultiAgentSpec:
+    """A multi-agent env's resolved settings: how agents map to modules and each module's spaces."""
+
+    policy_mapping_fn: object
+    module_spaces: dict  # module id -> (observation space, action space)
+    agent_spaces: dict  # agent id -> (observation space, action space), as the env declares them
 
 
 class _GymMaker:
@@ -92,6 +102,10 @@ def resolve_env(env, env_config: dict) -> EnvSpec:
     creator = make_creator(env)
     instance = call_env(name, "creating", lambda: creator(EnvContext(env_config)))
     try:
+        from ember.rllib.env.multi_agent_env import MultiAgentEnv
+
+        if isinstance(instance, MultiAgentEnv):
+            return EnvSpec(name, creator, None, None, MultiAgentSpec(None, {}, agent_spaces(name, instance)))
         observation_space = getattr(instance, "observation_space", None)
         action_space = getattr(instance, "action_space", None)
         if observation_space is None or action_space is None:
@@ -101,6 +115,20 @@ def resolve_env(env, env_config: dict) -> EnvSpec:
         close = getattr(instance, "close", None)
         if close is not None:
             close()
+
+
+def agent_spaces(name: str, env) -> dict:
+    """{agent id: (observation space, action space)} of a MultiAgentEnv, for every possible agent."""
+    agents = list(getattr(env, "possible_agents", None) or getattr(env, "agents", None) or [])
+    if not agents:
+        raise ValueError(f"multi-agent env {name!r} lists no agents: set possible_agents in its __init__")
+    spaces = {}
+    for agent_id in agents:
+        try:
+            spaces[agent_id] = (env.get_observation_space(agent_id), env.get_action_space(agent_id))
+        except KeyError as exc:
+            raise ValueError(f"multi-agent env {name!r}: {exc.args[0]}") from None
+    return spaces
 
 
 def call_env(name: str, what: str, call, where: str = ""):

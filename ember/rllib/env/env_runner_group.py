@@ -11,6 +11,7 @@ naming the env.
 import ember
 from ember.exceptions import ActorDiedError, ActorUnavailableError, WorkerCrashedError
 from ember.rllib.env.env_runner import EnvRunner
+from ember.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
 
 RUNNER_DEATHS = (ActorDiedError, ActorUnavailableError, WorkerCrashedError)
 
@@ -31,10 +32,11 @@ class EnvRunnerGroup:
         self.fresh: set = set()  # positions whose replacement has not completed a call yet
         self.local = None
         self.actors: list = []
+        runner_class = MultiAgentEnvRunner if spec.multi_agent is not None else EnvRunner
         if num_env_runners == 0:
-            self.local = EnvRunner(spec, self.env_config, self.num_envs, 0, 0, self.seed)
+            self.local = runner_class(spec, self.env_config, self.num_envs, 0, 0, self.seed)
         else:
-            self._actor_class = ember.remote(EnvRunner)
+            self._actor_class = ember.remote(runner_class)
             self.actors = [self._make(index) for index in range(1, num_env_runners + 1)]
 
     def _make(self, index: int):

@@ -28,6 +28,9 @@ def get_network_params() -> dict:
 
 
 class _LightGBMBackend(Backend):
+    def warm_modules(self, scaling) -> tuple:
+        return ("lightgbm", "pandas")
+
     def on_start(self, group, scaling) -> None:
         ports = ember.get([worker.free_port.remote() for worker in group.workers])
         machines = ",".join(f"{info['address']}:{port}" for info, port in zip(group.infos, ports))

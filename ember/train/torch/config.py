@@ -85,6 +85,12 @@ class TorchBackend(Backend):
     def __init__(self, config: TorchConfig):
         self.config = config
 
+    def warm_modules(self, scaling) -> tuple:
+        # torch, then what DistributedDataParallel imports on first use (torch._dynamo: about as
+        # long again as torch itself); a single worker's prepare_model does not wrap the model.
+        modules = ("torch", "torch.distributed", "torch.utils.data")
+        return modules + (("torch.nn.parallel", "torch._dynamo") if scaling.num_workers > 1 else ())
+
     def on_start(self, group, scaling) -> None:
         visible_by_node: dict = {}
         if scaling.num_gpus_per_worker > 0:

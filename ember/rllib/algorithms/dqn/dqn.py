@@ -90,6 +90,8 @@ class DQNConfig(AlgorithmConfig):
         for value in values:
             check_number("epsilon", value, 0.0, 1.0)
         super().validate()
+        if self.is_multi_agent:
+            raise NotImplementedError("DQN on a MultiAgentEnv is not supported yet; PPO trains multi-agent envs")
         if not self.model_config.fcnet_hiddens and not self.model_config.head_fcnet_hiddens and self.dueling:
             raise ValueError("a dueling Q network needs at least one hidden layer (model_config.fcnet_hiddens)")
 
@@ -144,9 +146,9 @@ def flat_transitions(batch: dict) -> dict:
 class DQN(Algorithm):
     """Deep Q-Network; build it with ``DQNConfig().environment(...).build_algo()``."""
 
-    def build_module(self):
+    def build_module(self, observation_space, action_space):
         config = self.config
-        return QTorchModule(config.observation_space, config.action_space, config.model_config, config.dueling)
+        return QTorchModule(observation_space, action_space, config.model_config, config.dueling)
 
     def setup_learner(self) -> None:
         config = self.config

@@ -203,48 +203,94 @@ def postprocess(batches: list, gamma: float, lambda_: float) -> dict:
     return train
 
 
+def postprocess_sequences(parts: list, config) -> dict:
+    """A module's multi-agent batches (sequences back to back, see MultiAgentEnvRunner.sample) to one
+    flat train batch: GAE within each agent's sequence, advantages standardised over the module."""
+    batch = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if key not in ("seq_lens", "next_obs")}
+    seq_lens = np.concatenate([p["seq_lens"] for p in parts])
+    advantages, targets = [], []
+    start = 0
+    for length in seq_lens:
+        piece = slice(start, start + length)
+        adv, target = compute_gae(
+            *(batch[key][piece, None] for key in ("rewards", "vf_preds", "next_vf", "terminateds", "truncateds")),
+            config.gamma,
+            config.lambda_,
+        )
+        advantages.append(adv[:, 0])
+        targets.append(target[:, 0])
+        start += length
+    train = {key: batch[key] for key in ("obs", "actions", "action_logp", "action_dist_inputs", "vf_preds")}
+    train["obs"] = train["obs"].astype(np.float32)
+    adv = np.concatenate(advantages)
+    train["advantages"] = ((adv - adv.mean()) / max(float(adv.std()), 1e-4)).astype(np.float32)
+    train["value_targets"] = np.concatenate(targets)
+    return train
+
+
 # ---- the algorithm ------------------------------------------------------------------------------------
 
 
 class PPO(Algorithm):
     """Proximal Policy Optimization; build it with ``PPOConfig().environment(...).build_algo()``."""
 
-    def build_module(self):
-        return PPOTorchModule(self.config.observation_space, self.config.action_space, self.config.model_config)
+    def build_module(self, observation_space, action_space):
+        return PPOTorchModule(observation_space, action_space, self.config.model_config)
 
     def setup_learner(self) -> None:
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=self.config.lr)
-        self.kl_coeff = self.config.kl_coeff
+        self.optimizers = {mid: torch.optim.Adam(m.parameters(), lr=self.config.lr) for mid, m in self.modules.items()}
+        self.kl_coeffs = {mid: self.config.kl_coeff for mid in self.modules}
+
+    @property
+    def optimizer(self):
+        """The optimizer of "default_policy" (single-agent algorithms have only it)."""
+        return self.optimizers[M.DEFAULT_MODULE_ID]
+
+    @property
+    def kl_coeff(self) -> float:
+        return self.kl_coeffs[M.DEFAULT_MODULE_ID]
 
     def learner_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "kl_coeff": self.kl_coeff}
+        return {
+            "optimizers": {mid: opt.state_dict() for mid, opt in self.optimizers.items()},
+            "kl_coeffs": dict(self.kl_coeffs),
+        }
 
     def set_learner_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.kl_coeff = state["kl_coeff"]
+        for mid, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][mid])
+        self.kl_coeffs = dict(state["kl_coeffs"])
 
     def training_step(self) -> dict:
         config = self.config
         started = time.perf_counter()
-        policy = self.module.numpy_policy()
+        policy = self.acting_policy(True)
         synched = time.perf_counter()
         batches, _, _ = self.sample(policy, config.train_batch_size_per_learner)
         sampled = time.perf_counter()
-        train = postprocess(batches, config.gamma, config.lambda_)
+        if config.is_multi_agent:
+            trains = {
+                mid: postprocess_sequences([b["modules"][mid] for b in batches if mid in b["modules"]], config)
+                for mid in self.modules
+                if config.module_is_trained(mid) and any(mid in b["modules"] for b in batches)
+            }
+        else:
+            trains = {M.DEFAULT_MODULE_ID: postprocess(batches, config.gamma, config.lambda_)}
         threads = torch.get_num_threads()
         # A small MLP's minibatch steps are slower on several threads (and much slower on a busy
         # machine, where each step waits for every thread); one is the fast choice here.
         torch.set_num_threads(1)
         try:
-            stats = self.update(train)
+            stats = {mid: self.update(train, mid) for mid, train in trains.items()}
         finally:
             torch.set_num_threads(threads)
-        self.num_env_steps_trained_lifetime += len(train["advantages"])
+        trained = sum(len(train["advantages"]) for train in trains.values())
+        self.num_env_steps_trained_lifetime += trained
         return {
             M.LEARNER_RESULTS: {
-                M.DEFAULT_MODULE_ID: stats,
+                **stats,
                 M.ALL_MODULES: {
-                    M.NUM_ENV_STEPS_TRAINED: len(train["advantages"]),
+                    M.NUM_ENV_STEPS_TRAINED: trained,
                     M.NUM_ENV_STEPS_TRAINED_LIFETIME: self.num_env_steps_trained_lifetime,
                 },
             },
@@ -255,20 +301,25 @@ class PPO(Algorithm):
             },
         }
 
-    def update(self, train: dict) -> dict:
-        """``num_epochs`` passes of minibatch gradient steps over the train batch; then the KL coefficient adapts."""
+    def update(self, train: dict, module_id: str = M.DEFAULT_MODULE_ID) -> dict:
+        """``num_epochs`` passes of minibatch gradient steps over one module's train batch; then its
+        KL coefficient adapts."""
         config = self.config
-        discrete = self.module.discrete
+        module, optimizer = self.modules[module_id], self.optimizers[module_id]
+        kl_coeff = self.kl_coeffs[module_id]
+        discrete = module.discrete
         tensors = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in train.items()}
         size = len(train["advantages"])
+        # A module that saw fewer steps than a minibatch (a rare agent) still learns from what it has.
+        minibatch_size = min(config.minibatch_size, size)
         totals: dict = {}
         steps = 0
         for _ in range(config.num_epochs):
             order = self.rng.permutation(size) if config.shuffle_batch_per_epoch else np.arange(size)
-            for start in range(0, size - config.minibatch_size + 1, config.minibatch_size):
-                index = torch.from_numpy(order[start : start + config.minibatch_size])
+            for start in range(0, size - minibatch_size + 1, minibatch_size):
+                index = torch.from_numpy(order[start : start + minibatch_size])
                 minibatch = {key: value[index] for key, value in tensors.items()}
-                outputs = self.module.forward_train(minibatch)
+                outputs = module.forward_train(minibatch)
                 loss, stats = ppo_loss(
                     outputs,
                     minibatch,
@@ -277,27 +328,27 @@ class PPO(Algorithm):
                     vf_clip_param=config.vf_clip_param,
                     vf_loss_coeff=config.vf_loss_coeff,
                     entropy_coeff=config.entropy_coeff,
-                    kl_coeff=self.kl_coeff,
+                    kl_coeff=kl_coeff,
                     use_kl_loss=config.use_kl_loss,
                 )
-                self.optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip is not None:
-                    clip_gradients(self.module.parameters(), config.grad_clip, config.grad_clip_by)
-                self.optimizer.step()
+                    clip_gradients(module.parameters(), config.grad_clip, config.grad_clip_by)
+                optimizer.step()
                 stats["total_loss"] = loss.item()
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
                 steps += 1
         result = {key: value / max(1, steps) for key, value in totals.items()}
-        result["curr_kl_coeff"] = self.kl_coeff
+        result["curr_kl_coeff"] = kl_coeff
         if config.use_kl_loss:
-            self.kl_coeff = update_kl_coeff(self.kl_coeff, result.get("mean_kl_loss", 0.0), config.kl_target)
+            self.kl_coeffs[module_id] = update_kl_coeff(kl_coeff, result.get("mean_kl_loss", 0.0), config.kl_target)
         with torch.no_grad():
-            values = self.module.compute_values({"obs": tensors["obs"]}).numpy()
+            values = module.compute_values({"obs": tensors["obs"]}).numpy()
         result["vf_explained_var"] = explained_variance(train["value_targets"], values)
         result["num_module_steps_trained"] = size
-        result["num_trainable_parameters"] = sum(p.numel() for p in self.module.parameters())
+        result["num_trainable_parameters"] = sum(p.numel() for p in module.parameters())
         return result
 
 
