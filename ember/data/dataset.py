@@ -378,18 +378,18 @@ class Dataset(AllToAllMethods):
         local_shuffle_seed: int | None = None,
     ):
         """Iterate over batches of ``batch_size`` rows (across block boundaries) in ``batch_format``."""
-        return it.iter_batches(
-            self._bundles(),
+        return self.iterator().iter_batches(
+            prefetch_batches=prefetch_batches,
             batch_size=batch_size,
-            batch_format=blk.check_batch_format(batch_format),
+            batch_format=batch_format,
             drop_last=drop_last,
-            shuffle_buffer=local_shuffle_buffer_size,
-            seed=local_shuffle_seed,
+            local_shuffle_buffer_size=local_shuffle_buffer_size,
+            local_shuffle_seed=local_shuffle_seed,
         )
 
     def iter_rows(self):
         """Iterate over the rows, each a dict."""
-        return it.iter_rows(self._bundles())
+        return self.iterator().iter_rows()
 
     def iter_torch_batches(
         self,
