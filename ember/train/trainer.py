@@ -266,3 +266,13 @@ class DataParallelTrainer:
                 after_report = getattr(callback, "after_report", None)
                 if after_report is not None:
                     after_report(run_context=None, metrics=result.all_metrics, checkpoint=result.checkpoint)
+
+
+def label_column_config(trainer: str, label_column, datasets, params, num_boost_round) -> dict:
+    """The boosting trainers' earlier form (no loop: ``label_column``, ``params``,
+    ``num_boost_round``) as the config of their default loop, checked once for both."""
+    if label_column is None or not datasets or "train" not in datasets:
+        raise ValueError(f"{trainer} needs either train_loop_per_worker, or label_column and datasets with 'train'.")
+    if isinstance(num_boost_round, bool) or not isinstance(num_boost_round, int) or num_boost_round < 1:
+        raise ValueError(f"num_boost_round must be a positive int, got {num_boost_round!r}.")
+    return {"label_column": label_column, "params": dict(params or {}), "num_boost_round": num_boost_round}

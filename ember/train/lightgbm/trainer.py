@@ -6,7 +6,7 @@ import tempfile
 import ember
 from ember.train import session
 from ember.train.checkpoint import Checkpoint
-from ember.train.trainer import Backend, DataParallelTrainer
+from ember.train.trainer import Backend, DataParallelTrainer, label_column_config
 
 MODEL_FILE = "model.txt"
 _local: dict = {}  # this worker's network parameters, set by the backend before the loop
@@ -127,16 +127,8 @@ class LightGBMTrainer(DataParallelTrainer):
         num_boost_round: int = 10,
     ):
         if train_loop_per_worker is None:
-            if label_column is None or not datasets or "train" not in datasets:
-                raise ValueError(
-                    "LightGBMTrainer needs either train_loop_per_worker, or label_column and datasets with 'train'."
-                )
             train_loop_per_worker = _default_loop
-            train_loop_config = {
-                "label_column": label_column,
-                "params": dict(params or {}),
-                "num_boost_round": num_boost_round,
-            }
+            train_loop_config = label_column_config("LightGBMTrainer", label_column, datasets, params, num_boost_round)
         super().__init__(
             train_loop_per_worker,
             train_loop_config=train_loop_config,

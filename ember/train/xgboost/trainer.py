@@ -10,7 +10,7 @@ import xgboost
 import ember
 from ember.train import session
 from ember.train.checkpoint import Checkpoint
-from ember.train.trainer import Backend, DataParallelTrainer
+from ember.train.trainer import Backend, DataParallelTrainer, label_column_config
 from ember.train.worker_group import _takes_an_argument
 
 MODEL_FILE = "model.ubj"
@@ -162,18 +162,8 @@ class XGBoostTrainer(DataParallelTrainer):
         num_boost_round: int = 10,
     ):
         if train_loop_per_worker is None:
-            if label_column is None or not datasets or "train" not in datasets:
-                raise ValueError(
-                    "XGBoostTrainer needs either train_loop_per_worker, or label_column and datasets with 'train'."
-                )
-            if isinstance(num_boost_round, bool) or not isinstance(num_boost_round, int) or num_boost_round < 1:
-                raise ValueError(f"num_boost_round must be a positive int, got {num_boost_round!r}.")
             train_loop_per_worker = _default_loop
-            train_loop_config = {
-                "label_column": label_column,
-                "params": dict(params or {}),
-                "num_boost_round": num_boost_round,
-            }
+            train_loop_config = label_column_config("XGBoostTrainer", label_column, datasets, params, num_boost_round)
         elif not callable(train_loop_per_worker):
             raise TypeError(f"train_loop_per_worker must be a function, got {type(train_loop_per_worker).__name__}.")
         super().__init__(
