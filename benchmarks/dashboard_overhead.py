@@ -36,13 +36,13 @@ def noop():
 def rate(seconds):
     ember.get([noop.remote() for _ in range(1000)])  # warm leases
     feed = events._feed
-    busy = feed.busy if feed else 0.0
+    busy = feed.cpu if feed else 0.0
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         ember.get([noop.remote() for _ in range(1000)])
         count += 1000
     elapsed = time.perf_counter() - start
-    share = ((feed.busy - busy) / elapsed) if feed else 0.0  # the widgets' thread's CPU share
+    share = ((feed.cpu - busy) / elapsed) if feed else 0.0  # the widgets' thread's CPU share
     return f"{count / elapsed} {share}"
 
 dashboard = None

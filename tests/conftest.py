@@ -234,7 +234,15 @@ def feed(cluster):
         return 4
 
     feed = EventFeed(core_client.current_client().publisher_address).start()
-    wait_for(lambda: ember.get(probe.remote()) == 4 and feed.state.summary()["finished"], timeout=20)
+    probes = []
+    wait_for(lambda: probes.append(ember.get(probe.remote())) or feed.state.summary()["finished"], timeout=20)
+    # Cleared once every probe is counted and nothing runs: the head's summaries say what ended, not
+    # when, so a task still on its way would count after the clear.
+    wait_for(
+        lambda: (n := feed.state.summary())["finished"] >= len(probes) and not n["pending"] + n["running"],
+        timeout=20,
+        message="every probe counted",
+    )
     with feed.lock:
         feed.state.clear_tasks()
     yield feed

@@ -12,11 +12,11 @@ from ember.kernel_ext.remote_cell import CellProgram, run_cell
 from ember.kernel_ext.routing import OutputRouter
 from ember.runtime import transport
 from ember.runtime.client import core_client
+from ember.runtime.cluster_state import ClusterState
 from ember.runtime.ids import return_object_id
 from ember.runtime.task_context import output_tag
 from ember.widgets.events import EventFeed
 from ember.widgets.graph import TaskGraphModel, to_svg
-from ember.widgets.state import ClusterState
 from ember.widgets.throttle import Throttle
 
 
@@ -139,6 +139,48 @@ def test_clear_ignores_events_stamped_before_it():
     assert state.summary() == {"pending": 1, "running": 0, "finished": 0, "failed": 0}
 
 
+def head_summary(state: ClusterState) -> dict:
+    """A summary as it reaches a kernel: through msgpack, as the head publishes it."""
+    return msgpack.unpackb(msgpack.packb(state.summary_message(now=10.0)), raw=False, strict_map_key=False)
+
+
+def test_summary_carries_the_heads_aggregates_from_what_a_kernel_started_to_look():
+    head, kernel = ClusterState(), ClusterState()
+    before = [submitted(1, "load"), ["finished", task(1), 2.0, {"times": {"running": 1.5}}]]
+    head.apply(b"event:task", before + [submitted(2, "load")])  # one ended, one still pending
+    kernel.load_summary(head_summary(head))  # the kernel starts looking now
+    assert kernel.summarized and kernel.summary() == {"pending": 1, "running": 0, "finished": 0, "failed": 0}
+    head.apply(b"event:task", [submitted(3, "train", deps=(1, 2)), submitted(4, "train", deps=(3,))])
+    head.apply(b"event:task", [["finished", task(2), 3.0, {"times": {"running": 2.5}}]])
+    head.apply(b"event:task", [["failed", task(3), 4.0, {"times": {"running": 3.0}, "error": "E"}]])
+    kernel.load_summary(head_summary(head))
+    assert kernel.summary() == {"pending": 1, "running": 0, "finished": 1, "failed": 1}
+    assert kernel.by_name["load"]["finished"] == 1 and kernel.by_name["train"] == {
+        "pending": 1,
+        "running": 0,
+        "finished": 0,
+        "failed": 1,
+    }
+    # Edges between functions, a function's to itself included; the one ended before looking is gone.
+    assert kernel.name_edges == {("load", "train"): 2, ("train", "train"): 1}
+    assert kernel.durations["load"] == [pytest.approx(0.5), 1] and kernel.durations["train"] == [1.0, 1]
+    # Task events applied while summarized keep records only: nothing is counted twice.
+    kernel.apply(b"event:task", [submitted(5, "train"), ["finished", task(5), 5.0, {}]])
+    assert kernel.summary()["finished"] == 1 and kernel.tasks[task(5)].state == "finished"
+    # A clear forgets what the summaries counted so far; live tasks stay.
+    kernel.clear_tasks()
+    assert kernel.summary() == {"pending": 1, "running": 0, "finished": 0, "failed": 0} and not kernel.tasks
+
+
+def test_summary_names_what_made_the_largest_objects():
+    head, kernel = ClusterState(), ClusterState()
+    head.apply(b"event:task", [submitted(7, "make_array")])
+    message = head.summary_message(objects=[return_object_id(task(7), 0), return_object_id(task(8), 0)])
+    kernel.load_summary(msgpack.unpackb(msgpack.packb(message), raw=False))
+    assert kernel.creator_of(return_object_id(task(7), 0)) == "make_array"
+    assert kernel.creator_of(return_object_id(task(8), 0)) == "?"
+
+
 def test_state_nodes_and_actors_tolerate_missing_fields():
     state = ClusterState()
     state.apply(b"event:node", {"node_id": b"\xab" * 4, "available": {"CPU": 1.0}, "store": {"used": 5}})
@@ -251,6 +293,8 @@ def test_feed_sees_tasks_finish_and_fail_on_the_real_cluster(cluster):
     feed = EventFeed(core_client.current_client().publisher_address).start()
     rounds = []
     feed.add_listener(lambda state: rounds.append(dict(state.summary())))
+    feed.want_tasks("test", True, wait=10)  # records (tags, errors, nodes) come from every task's events
+    assert feed.taking_tasks
     try:
         # The hub is PUB/SUB: wait until the subscription is live (a probe's events arrive) first.
         wait_for(lambda: ember.get(ok.remote(0)) == 0 and feed.state.summary()["finished"] > 0, timeout=20)
@@ -272,10 +316,31 @@ def test_feed_sees_tasks_finish_and_fail_on_the_real_cluster(cluster):
         feed.stop()
 
 
+def test_busy_cluster_is_counted_from_summaries_without_every_tasks_events(cluster):
+    """Past its busy rate the feed stops decoding every task's events (it cost the driver's own
+    throughput) and counts from the head's summaries, exactly; a view that asks gets them again."""
+    feed = EventFeed(core_client.current_client().publisher_address, busy_rate=50).start()
+    try:
+        assert feed.state.summarized
+        wait_for(lambda: feed.taking_tasks, timeout=10, message="calm: every task's events, for views made later")
+        refs = [ok.remote(i) for i in range(300)]
+        wait_for(lambda: not feed.taking_tasks, timeout=20, message="the feed to stop taking task events")
+        assert ember.get(refs) == list(range(300))
+        wait_for(lambda: feed.state.summary()["finished"] == 300, timeout=20, message="every task counted")
+        assert len(feed.state.tasks) < 300  # records were dropped, the counts are exact all the same
+        feed.want_tasks("viewer", True, wait=10)
+        assert feed.taking_tasks
+        feed.want_tasks("viewer", False)
+        wait_for(lambda: feed.taking_tasks, timeout=20, message="calm again: task events taken for everyone")
+    finally:
+        feed.stop()
+
+
 def test_feed_throttles_listener_rounds_under_an_event_flood(cluster):
     """500 event batches in a burst reach the listeners as a few rounds, not 500."""
     publisher, address = transport.bind_publisher()
     feed = EventFeed(address, rate=10).start()
+    feed.want_tasks("test", True, wait=10)
     try:
         probe = [["submitted", task(0), 1.0, {"name": "probe"}]]
         wait_for(

@@ -8,11 +8,10 @@ from conftest import wait_for
 from test_event_stream import submitted, task  # hand-made task events, as an owner sends them
 
 import ember
-from ember.runtime.client import core_client
+from ember.runtime.cluster_state import ClusterState
 from ember.widgets.graph import COLOURS, TaskGraphModel, to_svg
 from ember.widgets.graph_layout import crossings, layered_layout
 from ember.widgets.graph_plot import GROUP, TASK, columns, view_ranges
-from ember.widgets.state import ClusterState
 
 
 def chain(state, name="add", length=50, start=0, when=1.0):
@@ -239,18 +238,6 @@ def test_the_bokeh_plot_is_redrawn_in_place():
 @ember.remote
 def add(x, y):
     return x + y
-
-
-@pytest.fixture
-def feed(cluster):
-    from ember.widgets.events import EventFeed
-
-    feed = EventFeed(core_client.current_client().publisher_address).start()
-    wait_for(lambda: ember.get(add.remote(1, 1)) == 2 and feed.state.summary()["finished"], timeout=20)
-    with feed.lock:
-        feed.state.clear_tasks()
-    yield feed
-    feed.stop()
 
 
 def test_widget_collapses_a_real_chain_with_its_self_edge_and_resets(feed):

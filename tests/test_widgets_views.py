@@ -12,9 +12,9 @@ from conftest import run_driver, wait_for
 import ember
 from ember import widgets
 from ember.runtime.client import core_client
+from ember.runtime.cluster_state import ClusterState
 from ember.widgets.events import EventFeed
 from ember.widgets.render import STYLE, actors_html, cluster_html, gpus_html, store_html
-from ember.widgets.state import ClusterState
 
 pytest.importorskip("ipywidgets")
 
@@ -212,15 +212,20 @@ def test_cluster_widget_shows_the_nodes_workers_by_state(feed):
         def ping(self):
             return 1
 
+    @ember.remote
+    def one():
+        return 1
+
     holder = Holder.remote()
-    ember.get(holder.ping.remote())
+    # A task too, so that a pool worker exists (the pool's idle ones may have been retired by now).
+    assert ember.get([holder.ping.remote(), one.remote()]) == [1, 1]
     view = widgets.Cluster(feed=feed)
 
     def states():
         return {k: int(v) for k, v in re.findall(r"ember-workers-(\w+)'>(\d+)<", view.html.value)}
 
-    wait_for(lambda: states().get("actor", 0) >= 1, timeout=20, message="the actor's worker")
-    assert sum(states().values()) >= 2  # the actor's worker and the pool's
+    # The actor's worker and the pool's (node reports come as they change: wait for both).
+    wait_for(lambda: states().get("actor", 0) >= 1 and sum(states().values()) >= 2, timeout=20, message="workers")
     view.close()
     ember.kill(holder)
 

@@ -130,7 +130,7 @@ class GetNodes(Message, tag="get_nodes", kw_only=True):
 
 
 class StateQuery(Message, tag="state_query", kw_only=True):
-    kind: Literal["tasks", "actors", "jobs"]
+    kind: Literal["tasks", "actors", "jobs", "summary"]
 
 
 class TableSizes(Message, tag="table_sizes", kw_only=True):
@@ -524,6 +524,7 @@ class Reply(Message, tag="reply", kw_only=True):
     entry: dict | None = None  # placement_group_table
     rows: list[dict] | None = None  # state_query
     dropped: Count | None = None  # state_query: tasks forgotten to stay within the table's capacity
+    summary: dict | None = None  # state_query "summary": the task summary ``event:summary`` carries
     sizes: dict[str, Count] | None = None  # table_sizes
     prefix: Annotated[str, Meta(max_length=256)] | None = None  # register_client, worker_ready, store_create
     node_id: NodeId | None = None  # register_client, worker_ready

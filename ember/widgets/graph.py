@@ -17,8 +17,8 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ember.runtime.cluster_state import FAILED, FINISHED, PENDING, RUNNING, STATES
 from ember.widgets.graph_layout import layered_layout
-from ember.widgets.state import FAILED, FINISHED, PENDING, RUNNING, STATES
 
 COLOURS = {PENDING: "#94a3b8", RUNNING: "#3b82f6", FINISHED: "#22c55e", FAILED: "#ef4444"}
 THRESHOLD = 150
@@ -63,7 +63,8 @@ class _Baseline:
 
     def __init__(self, state):
         self.cleared_at = state.cleared_at
-        self.seen = sum(state.counts.values())  # records made before the reset
+        self.seen = sum(state.counts.values())  # tasks counted before the reset
+        self.records_made = state.records_made  # records made before it
         self.inflight = []
         live_edges = Counter()
         for task_id, record in state.tasks.items():
@@ -125,7 +126,7 @@ class TaskGraphModel:
     def _tasks(self, state, total: int) -> Graph:
         # Every task record is appended when first seen, so the view's new tasks are the newest ones.
         baseline = self._current_baseline(state)
-        fresh = total if baseline is None else sum(state.counts.values()) - baseline.seen
+        fresh = total if baseline is None else state.records_made - baseline.records_made
         records = list(itertools.islice(reversed(state.tasks.values()), fresh))
         records.reverse()
         if baseline is not None:

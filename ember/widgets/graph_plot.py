@@ -6,8 +6,8 @@ without bokeh); ``GraphPlot`` owns one figure and, on each redraw, replaces its 
 place (nothing is sent when it did not change), so the figure is built once per view.
 """
 
+from ember.runtime.cluster_state import STATES
 from ember.widgets.graph import COLOURS, HOVER_FIELDS, Graph
-from ember.widgets.state import STATES
 
 # Geometry in data units: a layer is one unit of x times X_STEP; slots are one unit of y apart.
 TASK = {"x_step": 1.6, "width": 1.1, "height": 0.6, "chars": 12}

@@ -20,10 +20,12 @@ from ember.widgets.views import LiveWidget
 
 TEXT_PERIOD = 1.0  # seconds at least between two printed lines when stdout is not a terminal
 TTY_PERIOD = 0.1  # seconds between redraws of the line on a terminal
+SUBSCRIBE_WAIT = 1.0  # seconds at most to wait for the feed to take task events before counting
+RECHECK_PERIOD = 1.0  # seconds between looks at which refs are ready here (events may have been missed)
 
 
-def _model_for(refs: list) -> ProgressModel:
-    """A model of ``refs`` with the names of the tasks this process owns, and the refs already ready."""
+def _names_of(refs: list) -> dict:
+    """The function names of the tasks behind ``refs`` that this process owns (while they run)."""
     names = {}
     try:
         from ember.runtime.client import core_client
@@ -35,16 +37,59 @@ def _model_for(refs: list) -> ProgressModel:
                 names[ref._id[:TASK_ID_SIZE]] = spec.name
     except Exception:  # names are a nicety: a borrower's refs get theirs from the events
         pass
+    return names
+
+
+def _model_for(refs: list, names: dict) -> ProgressModel:
+    """A model of ``refs`` named with ``names``, the refs already ready marked so."""
     model = ProgressModel([ref._id for ref in refs], names=names)
     ready, _ = ember.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
     model.mark_ready([ref._id for ref in ready])
     return model
 
 
+def _recheck(model: ProgressModel, refs: list) -> None:
+    """Mark the refs ready that are, asking this process's own object table: a task whose events
+    went by before the feed took task events would otherwise stay pending on the bar for good."""
+    waiting = [ref for ref in refs if ref._id[:TASK_ID_SIZE] not in model.ready_tasks]
+    if waiting:
+        ready, _ = ember.wait(waiting, num_returns=len(waiting), timeout=0)
+        model.mark_ready([ref._id for ref in ready])
+
+
 class _Waitable:
     """``wait`` and the condition behind it, shared by the widget and the text form."""
 
     progress: ProgressModel
+    refs: list
+    feed: object
+    _rechecked = 0.0
+
+    def _follow(self, feed, refs: list) -> None:
+        from ember.widgets import events
+
+        # The refs are looked at first: a task that ends meanwhile would lose its name and its times
+        # here. One that ends before the feed takes task events is caught by the owner's batching of
+        # events (they go out EVENT_PERIOD later) or, failing that, by ``_recount``'s look.
+        self.progress = _model_for(refs, _names_of(refs))
+        self.feed, self.refs = feed or events.feed(), refs
+        self.feed.want_tasks(self, True, wait=SUBSCRIBE_WAIT)
+
+    def _recount(self) -> None:
+        """Recount now, with a look at the refs ready here at most every RECHECK_PERIOD seconds."""
+        now = time.monotonic()
+        with self.feed.lock:
+            if now - self._rechecked >= RECHECK_PERIOD and not self.progress.finished:
+                self._rechecked = now
+                _recheck(self.progress, self.refs)
+            self.update(self.feed.state)
+
+    def _count(self, state) -> None:
+        with self._done:
+            self.progress.update(state)
+            if self.progress.finished:
+                self.feed.want_tasks(self, False)
+            self._done.notify_all()
 
     def _wait_done(self, timeout: float | None, tick=None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -65,12 +110,11 @@ class Progress(LiveWidget, _Waitable):
     TITLE = "progress"
 
     def __init__(self, refs, description: str = "", feed=None, **kwargs):
-        refs = list(refs)
-        self.progress = _model_for(refs)
+        self._follow(feed, list(refs))
         self.description = description
         self._done = threading.Condition()
         self.html = w.HTML(layout=w.Layout(width="100%"))
-        super().__init__(feed=feed, children=[self.html], **kwargs)
+        super().__init__(feed=self.feed, children=[self.html], **kwargs)
         # Elapsed time and ETA move without events: a timer keeps them current until done.
         self._ticker = threading.Thread(target=self._tick, name="ember-progress-clock", daemon=True)
         self._ticker.start()
@@ -84,10 +128,9 @@ class Progress(LiveWidget, _Waitable):
         return self.progress.line()
 
     def update(self, state) -> None:
+        self._count(state)
         with self._done:
-            self.progress.update(state)
             self._render()
-            self._done.notify_all()
 
     def _render(self) -> None:
         body = progress_html(self.progress)
@@ -98,9 +141,12 @@ class Progress(LiveWidget, _Waitable):
     def _tick(self) -> None:
         while self.comm is not None and not self.progress.finished:
             time.sleep(1.0)
-            with self._done:
-                if not self.progress.finished:
-                    self._render()
+            if self.comm is not None:
+                self._recount()
+
+    def close(self) -> None:
+        self.feed.want_tasks(self, False)
+        super().close()
 
     def __str__(self) -> str:
         return self.progress.line()
@@ -114,23 +160,18 @@ class TextProgress(_Waitable):
     """
 
     def __init__(self, refs, description: str = "", feed=None, stream=None):
-        from ember.widgets import events
-
-        self.progress = _model_for(list(refs))
+        self._done = threading.Condition()
+        self._follow(feed, list(refs))
         self.description = description
         self.stream = stream if stream is not None else sys.stdout
-        self._done = threading.Condition()
         self._printed = ""
         self._printed_at = float("-inf")
-        self.feed = feed or events.feed()
         with self.feed.lock:
             self.update(self.feed.state)
         self.feed.add_listener(self.update)
 
     def update(self, state) -> None:
-        with self._done:
-            self.progress.update(state)
-            self._done.notify_all()
+        self._count(state)
 
     def line(self) -> str:
         prefix = f"{self.description}: " if self.description else ""
@@ -142,7 +183,7 @@ class TextProgress(_Waitable):
         Raises ``ember.exceptions.GetTimeoutError`` after ``timeout`` seconds."""
         tty = _isatty(self.stream)
         try:
-            self._wait_done(timeout, tick=(TTY_PERIOD if tty else 0.25, lambda: self._print(tty)))
+            self._wait_done(timeout, tick=(TTY_PERIOD if tty else 0.25, lambda: self._tick(tty)))
         finally:
             self._print(tty, final=True)
             if self.progress.finished:  # here, not in update: the feed calls it holding the lock this takes
@@ -163,8 +204,17 @@ class TextProgress(_Waitable):
         self.stream.flush()
         self._printed, self._printed_at = text, now
 
+    def _tick(self, tty: bool) -> None:
+        self._done.release()  # recounting takes the feed's lock first, as the feed's thread does
+        try:
+            self._recount()
+        finally:
+            self._done.acquire()
+        self._print(tty)
+
     def close(self) -> None:
         self.feed.remove_listener(self.update)
+        self.feed.want_tasks(self, False)
 
     def __str__(self) -> str:
         return self.line()

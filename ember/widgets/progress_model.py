@@ -9,8 +9,8 @@ arithmetic is tested with hand-made events and made-up times.
 import html
 import time
 
+from ember.runtime.cluster_state import FAILED, FINISHED, PENDING, RUNNING
 from ember.runtime.ids import TASK_ID_SIZE
-from ember.widgets.state import FAILED, FINISHED, PENDING, RUNNING
 
 SEGMENTS = (FINISHED, FAILED, RUNNING, PENDING)  # left to right in the bar
 SEGMENT_COLOURS = {
@@ -44,6 +44,7 @@ class ProgressModel:
                 self.tasks[task_id] = self.tasks.get(task_id, 0) + 1
         self.known_names = dict(names or {})
         self.ready_tasks: set = set()
+        self.ended_tasks: dict = {}  # task id -> FINISHED or FAILED, as its record last said
         self.counts = dict.fromkeys(SEGMENTS, 0)
         self.counts[FINISHED] = self.puts
         self.counts[PENDING] = self.total - self.puts
@@ -65,18 +66,23 @@ class ProgressModel:
         counts[FINISHED] = self.puts
         names: dict = {}
         started, last_end = self.started, None
+        ended = self.ended_tasks
         for task_id, count in self.tasks.items():
             record = state.tasks.get(task_id)
-            if record is not None and record.state == FAILED:
-                where = FAILED
-            elif (record is not None and record.state == FINISHED) or task_id in self.ready_tasks:
+            if record is not None and (record.state == FAILED or record.state == FINISHED):
+                where = ended[task_id] = record.state  # kept: the feed may drop its records later
+            elif task_id in ended:
+                where = ended[task_id]
+            elif task_id in self.ready_tasks:
                 where = FINISHED
             elif record is not None and record.state == RUNNING:
                 where = RUNNING
             else:
                 where = PENDING
             counts[where] += count
-            name = record.name if record is not None and record.name != "?" else self.known_names.get(task_id)
+            if record is not None and record.name != "?":
+                self.known_names[task_id] = record.name
+            name = self.known_names.get(task_id)
             if name:
                 names[name] = names.get(name, 0) + count
             if record is not None:

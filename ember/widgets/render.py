@@ -12,7 +12,7 @@ than lose columns in a narrow notebook.
 
 import html
 
-from ember.widgets.state import STATES
+from ember.runtime.cluster_state import STATES
 
 RESERVED_HELP = "the scheduler's logical 'memory' resource: what tasks and actors reserved with memory=, not RAM in use"
 BAR_COLOURS = {"cpu": "#3b82f6", "gpu": "#a855f7", "memory": "#f59e0b", "ram": "#ef4444", "store": "#14b8a6"}

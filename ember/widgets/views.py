@@ -19,6 +19,7 @@ import weakref
 
 import ipywidgets as w
 
+from ember.runtime.cluster_state import STATES
 from ember.widgets import bokeh_js, events
 from ember.widgets.graph import COLOURS, THRESHOLD, TaskGraphModel, to_svg
 from ember.widgets.graph_plot import GraphPlot
@@ -31,7 +32,6 @@ from ember.widgets.render import (
     store_html,
 )
 from ember.widgets.scaling import ScalingControls
-from ember.widgets.state import STATES
 
 HIDDEN_REDRAW = 1.0  # seconds between redraws of a view in a tab that is not shown
 _displayed: "weakref.WeakSet[LiveWidget]" = weakref.WeakSet()  # widgets whose outputs hold a snapshot
@@ -61,6 +61,7 @@ class LiveWidget(w.VBox):
     def _listen(self, state) -> None:
         if self.comm is None:  # closed: stop listening
             self.feed.remove_listener(self._listen)
+            self.feed.want_tasks(self, False)
             return
         since = time.monotonic() - self.last_drawn
         if self.hidden and since < HIDDEN_REDRAW:
@@ -110,6 +111,7 @@ class LiveWidget(w.VBox):
     def close(self) -> None:
         self.feed.remove_listener(self._listen)
         self.feed.remove_listener(self._on_disconnected)
+        self.feed.want_tasks(self, False)
         _displayed.discard(self)
         super().close()
 
@@ -204,6 +206,7 @@ class TaskGraph(LiveWidget):
         self.counts = w.HTML()
         self.plot = GraphPlot()
         feed = feed or events.feed()
+        feed.want_tasks(self, True, wait=1.0)  # task by task until it collapses (update says)
         with feed.lock:
             # Drawn before the BokehModel takes its snapshot: the page renders that snapshot, and
             # jupyter_bokeh drops changes sent before a view has rendered.
@@ -252,6 +255,8 @@ class TaskGraph(LiveWidget):
 
     def update(self, state) -> None:
         self.graph = self.graph_model.build(state)
+        # Task by task only below the threshold: past it the head's summary is all this view needs.
+        self.feed.want_tasks(self, not self.graph.collapsed)
         mode = " (collapsed by function)" if self.graph.collapsed else ""
         self.counts.value = f"<div class='ember-graph-counts'>tasks{mode}: {view_counts(self.graph.counts)}</div>"
         self.plot.update(self.graph)

@@ -10,7 +10,9 @@ Data flow::
                create_actor_instance --------> actor's worker
 
 The head keeps the tables that must outlive any one driver: nodes, jobs, the internal key-value
-store (exported functions), named and detached actors and their restarts. It is never on a task's
+store (exported functions), named and detached actors and their restarts. Owners' task events are
+republished as they came (``event:task``) and folded into a summary published at most ten times a
+second (``event:summary``, see task_summary.py). It is never on a task's
 path: tasks and actor calls go straight from caller to worker.
 """
 
@@ -27,6 +29,7 @@ from ember.runtime.bounded import DEAD_JOBS, DEAD_NODES, EndedCache, cap_from_en
 from ember.runtime.head.actor_directory import ActorDirectory, HeadLinks
 from ember.runtime.head.placement_groups import PlacementGroupManager
 from ember.runtime.head.state_table import StateQueries, TaskTable
+from ember.runtime.head.task_summary import TaskSummary
 from ember.runtime.ids import new_id
 from ember.runtime.node.cluster_scheduler import NodeView
 from ember.runtime.service import Service
@@ -122,7 +125,10 @@ class Head(Service):
             HeadLinks(loop, self.nodes, self.kv, self._send_node, self.send, self.publish)
         )
         self.task_table = TaskTable()  # the recent tasks, for the state API (bounded)
-        self.state_queries = StateQueries(self.task_table, self.actor_directory.rows, self.jobs)
+        self.task_summary = TaskSummary()  # what the widgets and the dashboard show of them
+        self.state_queries = StateQueries(
+            self.task_table, self.actor_directory.rows, self.jobs, self.task_summary.state.summary_message
+        )
         super().__init__(host, port)
         for op, (owner, method) in self.delegated.items():
             self.table[op] = getattr(getattr(self, owner), method)
@@ -248,6 +254,10 @@ class Head(Service):
                     node.suspect_since = None  # it reconnected and lives
                 elif now - node.suspect_since > SUSPECT_GRACE:
                     self.node_died(node, "its connection dropped and it stopped heartbeating")
+        largest = (entry[0] for node in self.nodes.values() for entry in (node.store or {}).get("largest") or ())
+        summary = self.task_summary.due(now, largest)
+        if summary is not None:
+            self.publish(b"event:summary", summary)
         if self.view_dirty and now - self.last_view >= VIEW_PERIOD:
             self.view_dirty = False
             self.last_view = now
@@ -520,9 +530,10 @@ class Head(Service):
     def on_task_events(self, identity, msg, frames):
         if not frames:
             raise ValueError("task_events carries its events as the first payload frame")
-        # Republished as they came; the head's own copy feeds the state API's bounded task table.
+        # Republished as they came (for views that show tasks one by one); the head's own copy feeds
+        # the state API's bounded task table and the summary the other views show.
         self.publisher.send_multipart([b"event:task", frames[0]])
-        self.task_table.apply_batch(frames[0])
+        self.task_summary.apply(self.task_table.apply_batch(frames[0]))
 
     def publish(self, topic: bytes, body: dict) -> None:
         self.publisher.send_multipart([topic, msgpack.packb(body)])

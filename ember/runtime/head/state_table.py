@@ -40,20 +40,23 @@ class TaskTable:
         self.tasks: OrderedDict = OrderedDict()
         self.dropped = 0  # tasks forgotten to stay within capacity
 
-    def apply_batch(self, payload: bytes) -> None:
+    def apply_batch(self, payload: bytes) -> list:
         """One ``TASK_EVENTS`` payload: a msgpack list of [kind, task id, time, fields]. Events of any
         other shape are skipped (a sender's bug must not put junk in the table); ValueError when the
-        payload is not such a list at all."""
+        payload is not such a list at all. Returns the events applied (the head's summary takes them)."""
         try:
             events = msgpack.unpackb(payload, raw=False)
         except Exception as error:
             raise ValueError(f"task events must be a msgpack list: {error}") from None
         if not isinstance(events, list):
             raise ValueError("task events must be a msgpack list")
+        applied = []
         for event in events:
             if _well_formed(event):
                 kind, task_id, when, fields = event
                 self.apply(kind, task_id, when, fields or {})
+                applied.append(event)
+        return applied
 
     def apply(self, kind: str, task_id: bytes, when: float, fields: dict) -> None:
         state = TASK_STATES.get(kind)
@@ -97,13 +100,15 @@ def _well_formed(event) -> bool:
 
 
 class StateQueries:
-    """``STATE_QUERY`` for ``kind`` "tasks", "actors" or "jobs", from the tables it is given: the task
-    table, a function listing the actor rows (the actor directory's) and the head's job table."""
+    """``STATE_QUERY`` for ``kind`` "tasks", "actors", "jobs" or "summary", from the tables it is given:
+    the task table, a function listing the actor rows (the actor directory's), the head's job table and
+    a function giving the task summary now (what ``event:summary`` carries)."""
 
-    def __init__(self, task_table: TaskTable, actor_rows, jobs: dict):
+    def __init__(self, task_table: TaskTable, actor_rows, jobs: dict, summary=None):
         self.task_table = task_table
         self.actor_rows = actor_rows
         self.jobs = jobs
+        self.summary = summary
 
     def on_state_query(self, identity, msg, frames):
         if msg.kind == "tasks":
@@ -112,4 +117,6 @@ class StateQueries:
             return {"rows": self.actor_rows()}
         if msg.kind == "jobs":
             return {"rows": list(self.jobs.values())}
+        if msg.kind == "summary" and self.summary is not None:
+            return {"summary": self.summary()}
         raise ValueError(f"unknown state query {msg.kind!r}")

@@ -1,8 +1,15 @@
 """The cluster as the event stream tells it: tasks, nodes, actors. A plain class, no I/O.
 
 ``ClusterState.apply(topic, body)`` takes one decoded message of the head's event hub
-(``event:task`` batches, ``event:node``, ``event:actor``); the widgets read the result. Kept apart
-from the socket and from ipywidgets so that aggregation is unit-tested with hand-made events.
+(``event:task`` batches, ``event:summary``, ``event:node``, ``event:actor``); the widgets read the
+result. Kept apart from the socket and from ipywidgets so that aggregation is unit-tested with
+hand-made events.
+
+Two processes hold one. The head folds every task event into its own and publishes the aggregates
+(``summary_message``) ten times a second. A kernel showing widgets takes those summaries (after the
+first, its aggregates come only from them) and applies per-task events only while a view needs task
+records (a progress bar, a task graph below its threshold): decoding every task's events in the
+driver cost the driver a tenth of its task throughput.
 """
 
 import time
@@ -79,6 +86,16 @@ class ClusterState:
         self.running_ids: set = set()  # tasks reported running and not ended
         self.version = 0
         self.cleared_at = 0.0
+        self.records_made = 0  # task records ever made here (a view finds its newest ones by it)
+        # Set by the first head summary: from then on the aggregates above are the head's, less the
+        # tasks that had ended before this process looked (or before clear_tasks), and task events
+        # only keep records.
+        self.summarized = False
+        self._base: dict | None = None  # the ended-task aggregates to subtract, from a summary
+        self._last_summary: dict | None = None
+        self._running = 0  # the head's figure of tasks running
+        self._workers: dict = {}  # the head's figure of worker processes per node
+        self.creators: dict = {}  # task id -> name, for the largest objects (from the head)
 
     # --- input ----------------------------------------------------------------------------------------
     def apply(self, topic: bytes, body) -> None:
@@ -88,6 +105,8 @@ class ClusterState:
                 self.apply_task(kind, task_id, when, fields or {})
         elif topic == b"event:node":
             self.apply_node(body)
+        elif topic == b"event:summary":
+            self.load_summary(body)
         elif topic == b"event:actor":
             actor_id = _hex(body.get("actor_id"))
             self.actors[actor_id] = {k: _hex(body.get(k)) for k in ACTOR_FIELDS}
@@ -132,9 +151,11 @@ class ClusterState:
             record.error = fields.get("error")
         record.state = state
         self.tasks[task_id] = record
-        self.counts[state] += 1
-        self._named(name)[state] += 1
-        self._ended(record)
+        self.records_made += 1
+        if not self.summarized:
+            self.counts[state] += 1
+            self._named(name)[state] += 1
+            self._ended(record)
         if len(self.tasks) > self.max_tasks:
             self._forget_old()
 
@@ -146,15 +167,18 @@ class ClusterState:
                 return
             record = TaskRecord(task_id, fields.get("name") or "?")
             self.tasks[task_id] = record
-            self.counts[PENDING] += 1
-            self._named(record.name)[PENDING] += 1
+            self.records_made += 1
+            if not self.summarized:
+                self.counts[PENDING] += 1
+                self._named(record.name)[PENDING] += 1
             if len(self.tasks) > self.max_tasks:
                 self._forget_old()
         if kind == "submitted":
             name = fields.get("name") or record.name
             if name != record.name:
-                self._named(record.name)[record.state] -= 1
-                self._named(name)[record.state] += 1
+                if not self.summarized:
+                    self._named(record.name)[record.state] -= 1
+                    self._named(name)[record.state] += 1
                 record.name = name
             record.parent = fields.get("parent")
             deps = fields.get("deps")
@@ -172,11 +196,14 @@ class ClusterState:
             record.started = _run_start(record.started, when, fields)
             if kind == "failed":
                 record.error = fields.get("error")
-            self._ended(record)
+            if not self.summarized:
+                self._ended(record)
         else:
             return
         old = record.state
-        if old != new_state:
+        if self.summarized:
+            record.state = new_state
+        elif old != new_state:
             if new_state is RUNNING:
                 self.running_ids.add(task_id)
             elif old is RUNNING:
@@ -192,6 +219,8 @@ class ClusterState:
     def _link(self, record: TaskRecord, deps: list, name: str) -> None:
         """A task's ObjectRef arguments: its dependencies, and edges between functions."""
         record.deps = [oid[:TASK_ID_SIZE] for oid in deps]
+        if self.summarized:
+            return
         for dep in record.deps:
             source = self.tasks.get(dep)
             if source is not None:
@@ -201,7 +230,7 @@ class ClusterState:
         node = fields.get("node")
         record.node = node.hex() if isinstance(node, bytes) else node
         record.pid = fields.get("pid")
-        if record.node is not None:
+        if record.node is not None and not self.summarized:
             pids = self.node_pids.get(record.node)
             if pids is None:
                 pids = self.node_pids[record.node] = set()
@@ -245,7 +274,9 @@ class ClusterState:
 
     def clear_tasks(self, now: float | None = None) -> None:
         """Forget every task; events stamped before ``now`` (default: this moment) are ignored from
-        here on, so a batch still in flight cannot bring back a task that ended before the clear."""
+        here on, so a batch still in flight cannot bring back a task that ended before the clear. Once
+        the aggregates come from the head's summaries, those tasks counted so far are forgotten: one
+        whose events are still on their way counts after the clear."""
         self.cleared_at = time.time() if now is None else now
         self.tasks.clear()
         self.counts = dict.fromkeys(STATES, 0)
@@ -254,7 +285,78 @@ class ClusterState:
         self.name_edges.clear()
         self.intervals.clear()
         self.running_ids.clear()
+        if self._last_summary is not None:  # the head's tasks so far are behind us too
+            self._base = self._last_summary
+            self.load_summary(self._last_summary)
         self.version += 1
+
+    def forget_records(self) -> None:
+        """Drop the task records, keeping the aggregates (a kernel that stops taking task events: the
+        records would stay in whatever state they were last seen in)."""
+        self.tasks.clear()
+        self.running_ids.clear()
+        self.version += 1
+
+    # --- the head's summary ------------------------------------------------------------------------------
+    def summary_message(self, now: float | None = None, objects=()) -> dict:
+        """The aggregates the views show, for the head's ``event:summary`` (``load_summary`` reads it);
+        ``objects``: object ids whose making task to name (the largest objects of each store)."""
+        creators = []
+        for object_id in objects:
+            record = self.tasks.get(object_id[:TASK_ID_SIZE])
+            if record is not None:
+                creators.append([record.task_id, record.name])
+        return {
+            "counts": self.counts,
+            "by_name": self.by_name,
+            "durations": self.durations,
+            "edges": [[source, target, n] for (source, target), n in self.name_edges.items()],
+            "running": self.running_now(now),
+            "workers": self.workers(),
+            "actor_calls": self.actor_calls,
+            "creators": creators,
+        }
+
+    def load_summary(self, body: dict) -> None:
+        """A head summary (kernel side): from now on the aggregates are the head's, less the tasks that
+        had ended when the first summary came (or at ``clear_tasks``), so that a kernel shows what ran
+        since it looked, as it did when it counted events itself. Tasks pending or running then stay:
+        they are live work."""
+        self.summarized = True
+        self._last_summary = body
+        base = self._base
+        if base is None:
+            base = self._base = body
+        ended = (FINISHED, FAILED)
+        counts = {state: body["counts"].get(state, 0) for state in STATES}
+        for state in ended:
+            counts[state] = max(0, counts[state] - base["counts"].get(state, 0))
+        self.counts = counts
+        by_name = {}
+        for name, named in body["by_name"].items():
+            named = {state: named.get(state, 0) for state in STATES}
+            old = base["by_name"].get(name)
+            if old:
+                for state in ended:
+                    named[state] = max(0, named[state] - old.get(state, 0))
+            if any(named.values()):
+                by_name[name] = named
+        self.by_name = by_name
+        durations = {}
+        for name, (seconds, count) in body["durations"].items():
+            old = base["durations"].get(name)
+            if old:
+                seconds, count = seconds - old[0], count - old[1]
+            if count > 0:
+                durations[name] = [seconds, count]
+        self.durations = durations
+        edges = Counter({(source, target): n for source, target, n in body["edges"]})
+        edges.subtract({(source, target): n for source, target, n in base["edges"]})
+        self.name_edges = Counter({edge: n for edge, n in edges.items() if n > 0})
+        self.actor_calls = Counter(body["actor_calls"]) - Counter(base["actor_calls"])
+        self._running = body["running"]
+        self._workers = body["workers"]
+        self.creators = {task_id: name for task_id, name in body["creators"]}
 
     # --- bookkeeping ----------------------------------------------------------------------------------
     def _forget_old(self) -> None:
@@ -281,6 +383,8 @@ class ClusterState:
         average number that ran at a time over the last ``BUSY_WINDOW`` seconds their reports cover.
         Short tasks are reported only once they ended, so counting states alone said "0 running"
         while every CPU was busy with them; long ones are reported running at once."""
+        if self.summarized:
+            return self._running
         running = self.counts[RUNNING]
         intervals = self.intervals
         if not intervals or (running == 0 and self.counts[PENDING] == 0):
@@ -298,6 +402,8 @@ class ClusterState:
 
     def workers(self) -> dict:
         """Per node: the distinct worker processes seen running tasks."""
+        if self.summarized:
+            return dict(self._workers)
         return {node: len(pids) for node, pids in self.node_pids.items()}
 
     def creator_of(self, object_id: bytes) -> str:
@@ -305,6 +411,9 @@ class ClusterState:
         record = self.tasks.get(object_id[:TASK_ID_SIZE])
         if record is not None:
             return record.name
+        name = self.creators.get(object_id[:TASK_ID_SIZE])
+        if name is not None:
+            return name
         return "put" if object_id[TASK_ID_SIZE:] == b"\xff\xff" else "?"
 
 
