@@ -19,10 +19,11 @@ class Result:
 
     @property
     def metrics_dataframe(self):
-        """Every reported result (rank 0's metrics) as a pandas DataFrame, one row per report."""
+        """Every reported result (rank 0's metrics) as a pandas DataFrame, one row per report; nested
+        metrics (RLlib's results, the trial's config) are columns named by slash-joined keys."""
         import pandas as pd
 
-        return pd.DataFrame(self.metrics_history)
+        return pd.DataFrame([_flatten(m) for m in self.metrics_history])
 
     @property
     def config(self) -> dict | None:
@@ -32,3 +33,13 @@ class Result:
         shown = {k: v for k, v in (self.metrics or {}).items() if k != "config"}
         error = f", error={type(self.error).__name__}" if self.error is not None else ""
         return f"Result(metrics={shown}, path={self.path!r}, checkpoint={self.checkpoint}{error})"
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -26,6 +26,57 @@ CONTINUE, STOP, PAUSE = TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialSched
 RETRY = "RETRY"
 
 
+class Metrics(dict):
+    """A trial's result: as reported (nested dicts kept, as RLlib's), and also answering the
+    slash-joined keys Ray Tune flattens results to, so stop criteria, schedulers, searchers and
+    ``get_best_result`` can name ``"env_runners/episode_return_mean"``."""
+
+    def __getitem__(self, key):
+        if isinstance(key, str) and "/" in key and not dict.__contains__(self, key):
+            return _nested(self, key)
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key):
+        if dict.__contains__(self, key):
+            return True
+        if isinstance(key, str) and "/" in key:
+            try:
+                _nested(self, key)
+            except KeyError:
+                return False
+            return True
+        return False
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __reduce__(self):
+        return (Metrics, (dict(self),))
+
+
+def _nested(values: dict, key: str):
+    node = values
+    for part in key.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(key)
+        node = dict.__getitem__(node, part)
+    return node
+
+
+def leaves(values: dict, prefix: str = ""):
+    """(slash-joined key, value) for every non-dict value under ``values``, ``config`` left out."""
+    for key, value in values.items():
+        if not prefix and key == "config":
+            continue
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{key}/")
+        else:
+            yield f"{prefix}{key}", value
+
+
 class Trial:
     """One trial: its config, status, results and checkpoints."""
 
@@ -218,7 +269,7 @@ class Experiment:
             raise ValueError(f"trial {trial_id} reported while {trial.status}")
         trial.iteration += 1
         trial.time_total += time_this_iter_s
-        result = dict(metrics)
+        result = Metrics(metrics)
         now = datetime.datetime.now()
         result.update(
             {
@@ -263,6 +314,16 @@ class Experiment:
         if self.stopper.stop_all():
             stopped = self.stop_all()
         return decision, dropped, stopped
+
+    def on_checkpoint(self, trial_id: str, checkpoint) -> list:
+        """A checkpoint saved after the trial's latest result (``checkpoint_at_end`` of a trial
+        that was stopped); returns the checkpoints no longer kept, to delete."""
+        trial = self.trial(trial_id)
+        trial.checkpoint = checkpoint
+        trial.checkpoint_iteration = trial.iteration
+        if trial.keeper is None:
+            return []
+        return [c for c in trial.keeper.add(trial.iteration, checkpoint, trial.last_result) if c != checkpoint]
 
     def on_trial_end(self, trial_id: str) -> None:
         """The trainable returned (or a class trainable said done)."""
@@ -317,7 +378,7 @@ class Experiment:
         self.scheduler.on_trial_complete(self, trial, trial.last_result or None)
 
     def _track_best(self, trial: Trial, result: dict) -> None:
-        for key, value in result.items():
+        for key, value in leaves(result):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
                 continue
             best = trial.best.get(key)

@@ -3,6 +3,7 @@
 import math
 
 from ember.tune.config import check_mode
+from ember.tune.experiment import Metrics, leaves
 
 SCOPES = ("all", "last", "avg", "last-5-avg", "last-10-avg")
 
@@ -64,8 +65,8 @@ class ResultGrid:
         seen = set()
         best, best_value = None, None
         for result in self._results:
-            history = [m for m in (result.metrics_history or ([result.metrics] if result.metrics else []))]
-            seen.update(k for m in history for k in m)
+            history = [Metrics(m) for m in (result.metrics_history or ([result.metrics] if result.metrics else []))]
+            seen.update(k for m in history for k, _ in leaves(m))
             values = [m[metric] for m in history if _number(m.get(metric))]
             if not values:
                 continue
@@ -98,7 +99,8 @@ class ResultGrid:
         for result in self._results:
             row = result.metrics or {}
             if filter_metric is not None:
-                candidates = [m for m in result.metrics_history if _number(m.get(filter_metric))]
+                candidates = [Metrics(m) for m in result.metrics_history]
+                candidates = [m for m in candidates if _number(m.get(filter_metric))]
                 if candidates:
                     pick = max if filter_mode == "max" else min
                     row = pick(candidates, key=lambda m: m[filter_metric])

@@ -36,7 +36,8 @@ class FunctionStopper(Stopper):
 
 
 class DictStopper(Stopper):
-    """Stops a trial once ``result[key] >= value`` for any of the criteria (Ray's dict form)."""
+    """Stops a trial once ``result[key] >= value`` for any of the criteria (Ray's dict form); a key
+    of a nested result is slash-joined, as ``"env_runners/episode_return_mean"``."""
 
     def __init__(self, criteria: dict):
         for key, value in criteria.items():
@@ -48,11 +49,17 @@ class DictStopper(Stopper):
         for key, value in self.criteria.items():
             if key not in result:
                 raise KeyError(
-                    f"stop criterion {key!r} is not among the metrics the trial reported ({sorted(result)})."
+                    f"stop criterion {key!r} is not among the metrics the trial reported ({_names(result)})."
                 )
             if result[key] >= value:
                 return True
         return False
+
+
+def _names(result: dict) -> list:
+    from ember.tune.experiment import leaves
+
+    return sorted(name for name, _ in leaves(result))
 
 
 class MaximumIterationStopper(Stopper):

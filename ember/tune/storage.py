@@ -73,6 +73,8 @@ def load_state(filesystem, path: str) -> dict:
 
 def read_results(trial_path: str) -> list:
     """A trial's results from its result.json (those written before a crash)."""
+    from ember.tune.experiment import Metrics
+
     target = join(trial_path, RESULT_FILE)
     if "://" in trial_path or not os.path.exists(target):
         return []
@@ -80,7 +82,7 @@ def read_results(trial_path: str) -> list:
     with open(target) as source:
         for line in source:
             try:
-                out.append(json.loads(line))
+                out.append(Metrics(json.loads(line)))
             except json.JSONDecodeError:
                 break  # a line cut short by a crash
     return out

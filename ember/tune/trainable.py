@@ -331,6 +331,11 @@ class TrialActor:
         self.thread.start()
         return self._take()
 
+    def stop(self) -> None:
+        """End the current trial here (a class trainable's ``stop()``/``cleanup()``) before the
+        driver kills this actor."""
+        self._stop_previous()
+
     def _stop_previous(self) -> None:
         """A reused actor: end what the previous trial left (a function blocked in report)."""
         session = getattr(self, "session", None)

@@ -30,8 +30,10 @@ from ember.tune.trainable import TrialActor, TuneContext, _check_trainable, reso
 
 
 class Tuner:
-    """Tunes ``trainable`` (a function calling ``tune.report``, or a ``Trainable`` class) over
-    ``param_space`` (a nested dict of values, search-space domains and ``grid_search``es)."""
+    """Tunes ``trainable`` (a function calling ``tune.report``, a ``Trainable`` class, a Train
+    trainer, an RLlib Algorithm class, or a registered name such as "PPO") over ``param_space`` (a
+    nested dict of values, search-space domains and ``grid_search``es, or an ``AlgorithmConfig``
+    whose builder values hold them)."""
 
     def __init__(
         self,
@@ -42,13 +44,20 @@ class Tuner:
         run_config: RunConfig | None = None,
         _restored: dict | None = None,
     ):
-        from ember.tune import trainer_trainable
+        from ember.tune import algorithm_trainable, trainer_trainable
+        from ember.tune.registry import get_trainable_cls
 
+        if algorithm_trainable.is_algorithm_config(param_space):
+            param_space = param_space.to_dict()  # as Ray: the builder's values, search spaces and all
+        if param_space is not None and not isinstance(param_space, dict):
+            raise TypeError(f"param_space must be a dict or an AlgorithmConfig, got {type(param_space).__name__}.")
+        if isinstance(trainable, str):
+            trainable = get_trainable_cls(trainable)
         if trainer_trainable.is_trainer(trainable):
             trainable = trainer_trainable.as_trainable(trainable)
+        if algorithm_trainable.is_algorithm_class(trainable):
+            trainable = algorithm_trainable.as_trainable(trainable, param_space)
         _check_trainable(trainable)
-        if param_space is not None and not isinstance(param_space, dict):
-            raise TypeError(f"param_space must be a dict, got {type(param_space).__name__}.")
         self.tune_config = tune_config or TuneConfig()
         if not isinstance(self.tune_config, TuneConfig):
             raise TypeError(f"tune_config must be a TuneConfig, got {type(tune_config).__name__}.")
@@ -152,6 +161,10 @@ class Tuner:
         scheduler.set_search_properties(tc.metric, tc.mode)
         resources = resources_of(self.trainable, {}) if not callable(_resource_spec(self.trainable)) else {"CPU": 1.0}
         check_fits([resources], "PACK", ember.nodes())
+        if getattr(self.trainable, "_algorithm_class", None) is not None:
+            from ember.tune.algorithm_trainable import check_fits_cluster
+
+            check_fits_cluster(self.trainable.capacity_resources, ember.cluster_resources(), self.trainable.__name__)
         # A trainer's trial actor holds nothing: its worker group's resources bound the concurrency.
         concurrency = tc.max_concurrent_trials or _capacity(getattr(self.trainable, "capacity_resources", resources))
         checkpoint_config = run.checkpoint_config
@@ -217,8 +230,10 @@ class _Run:
         self.name = name
         self.display = progress.reporter(name, experiment.metric, experiment.mode, tuner.run_config.verbose)
         self.checkpoint_config = tuner.run_config.checkpoint_config
+        self.at_end = bool(getattr(self.checkpoint_config, "checkpoint_at_end", False))
         self.reuse = tc.reuse_actors
         self.idle: dict = {}  # resources key -> [actor] kept for reuse
+        self.cleans_up = _cleans_up(tuner.trainable)
 
     def go(self) -> ResultGrid:
         experiment = self.experiment
@@ -309,6 +324,8 @@ class _Run:
         if reusable and self.reuse:
             self.idle.setdefault(key, []).append(actor)
             return
+        if self.cleans_up:
+            _stop(actor)
         _kill(actor)
 
     def _release_all(self) -> None:
@@ -316,6 +333,8 @@ class _Run:
             self._release(trial_id)
         for actors in self.idle.values():
             for actor in actors:
+                if self.cleans_up:
+                    _stop(actor)  # a kept actor still holds its last trial's trainable
                 _kill(actor)
         self.idle.clear()
         self.pending.clear()
@@ -344,6 +363,11 @@ class _Run:
             return
         _, metrics, checkpoint, took, ends, info = out
         decision, dropped, stopped = experiment.on_result(trial_id, metrics, checkpoint, took, info)
+        if decision == STOP and checkpoint is None and self.at_end:
+            # Stopped by a criterion or the scheduler: Ray's checkpoint_at_end still saves the trial's end.
+            saved = ember.get(self.actors[trial_id][0].save.remote())
+            if saved is not None:
+                dropped += experiment.on_checkpoint(trial_id, saved)
         for old in dropped:
             ckpt.delete(old.filesystem, old.path)
         self.store.append_result(trial.path, trial.last_result)
@@ -391,6 +415,28 @@ class _Run:
 
 def _inside(path: str, directory: str) -> bool:
     return path.rstrip("/").startswith(directory.rstrip("/") + "/")
+
+
+def _cleans_up(trainable) -> bool:
+    """Whether a class trainable has its own ``cleanup``/``stop``, which Ray runs as a trial ends
+    (an algorithm's stops its env runner actors)."""
+    from ember.tune.trainable import Trainable
+
+    return isinstance(trainable, type) and (
+        trainable.cleanup is not Trainable.cleanup or trainable.stop is not Trainable.stop
+    )
+
+
+def _stop(actor) -> None:
+    """Run the trial's ``Trainable.stop()`` in its actor before the actor is killed. An actor that
+    is gone already (its trial crashed it) has nothing left to clean up."""
+    try:
+        ember.get(actor.stop.remote(), timeout=STOP_TIMEOUT_S)
+    except Exception as error:
+        print(f"ember.tune: a trial's stop() did not complete: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+STOP_TIMEOUT_S = 60.0
 
 
 def _kill(actor) -> None:

@@ -226,7 +226,11 @@ class Algorithm:
         return path
 
     def restore_from_path(self, path) -> None:
-        """Load a checkpoint written by ``save_to_path`` into this algorithm (same algorithm and spaces)."""
+        """Load a checkpoint written by ``save_to_path`` into this algorithm (same algorithm and
+        spaces); ``path`` may also be a Tune/Train ``Checkpoint`` (a trial's ``result.checkpoint``)."""
+        if hasattr(path, "as_directory"):
+            with path.as_directory() as directory:
+                return self.restore_from_path(directory)
         path = os.fspath(path)
         saved = _load_state(path)
         if saved["class"] is not type(self):
@@ -240,7 +244,11 @@ class Algorithm:
 
     @classmethod
     def from_checkpoint(cls, path) -> "Algorithm":
-        """Build the checkpoint's algorithm from its saved config and restore its state."""
+        """Build the checkpoint's algorithm from its saved config and restore its state; ``path``
+        is a directory or a Tune/Train ``Checkpoint`` (a trial's ``result.checkpoint``)."""
+        if hasattr(path, "as_directory"):
+            with path.as_directory() as directory:
+                return cls.from_checkpoint(directory)
         saved = _load_state(os.fspath(path))
         algo = saved["config"].build_algo()
         try:
