@@ -13,6 +13,7 @@ import pytest
 from ember import tune
 from ember.rllib.algorithms.algorithm import Algorithm
 from ember.rllib.algorithms.ppo import PPO, PPOConfig
+from ember.tune.algorithm_trainable import as_trainable
 from ember.tune.registry import _unregister_trainable, get_trainable_cls, register_trainable
 from tests.conftest import wait_for
 
@@ -155,6 +156,26 @@ def test_an_interrupted_run_resumes_from_the_algorithms_checkpoint(cluster, tmp_
     assert [m["training_iteration"] for m in result.metrics_history] == [1, 3]
     assert result.checkpoint.path.endswith("checkpoint_000003")
     wait_for(nothing_left_running, message="the restored trial's actors to be released")
+
+
+def test_the_trainable_restores_under_its_own_config_as_pbt_needs(cluster, tmp_path):
+    trainable_class = as_trainable(PPO)
+    donor = trainable_class(small_ppo(lr=1e-3).to_dict())
+    try:
+        first = donor.train()
+        assert first["training_iteration"] == 1 and first["env_runners"]["num_env_steps_sampled_lifetime"] == BATCH
+        checkpoint = donor.save(str(tmp_path / "donor"))
+    finally:
+        donor.stop()
+    exploiting = trainable_class(small_ppo(lr=2e-4).to_dict())
+    try:
+        exploiting.restore(checkpoint)
+        assert exploiting.algorithm.iteration == 1
+        # The donor's weights and optimizer state, the mutated learning rate.
+        assert exploiting.algorithm.optimizer.param_groups[0]["lr"] == 2e-4
+        assert exploiting.train()["env_runners"]["num_env_steps_sampled_lifetime"] == 2 * BATCH
+    finally:
+        exploiting.stop()
 
 
 def test_a_trial_that_cannot_fit_the_cluster_is_refused_before_it_starts(cluster, tmp_path):

@@ -87,6 +87,9 @@ class AlgorithmTrainable(Trainable):
 
     def load_checkpoint(self, checkpoint) -> None:
         self.algorithm.restore_from_path(checkpoint)
+        # The optimizer's saved state carries the learning rate it was saved with; the trial's config
+        # decides (PBT's exploit restores a donor's checkpoint under a mutated lr).
+        _set_learning_rate(self.algorithm, self.algorithm.config.lr)
 
     def cleanup(self) -> None:
         algorithm = getattr(self, "algorithm", None)
@@ -97,6 +100,16 @@ class AlgorithmTrainable(Trainable):
     @classmethod
     def default_resource_request(cls, config: dict) -> dict:
         return {"CPU": MAIN_PROCESS_CPUS}
+
+
+def _set_learning_rate(algorithm, lr: float) -> None:
+    optimizers = getattr(algorithm, "optimizers", None)
+    if not isinstance(optimizers, dict):
+        single = getattr(algorithm, "optimizer", None)
+        optimizers = {"default_policy": single} if single is not None else {}
+    for optimizer in optimizers.values():
+        for group in getattr(optimizer, "param_groups", ()):
+            group["lr"] = lr
 
 
 def as_trainable(algo_class, param_space: dict | None = None) -> type:
