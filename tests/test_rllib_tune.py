@@ -178,6 +178,28 @@ def test_the_trainable_restores_under_its_own_config_as_pbt_needs(cluster, tmp_p
         exploiting.stop()
 
 
+def test_dqn_by_name_with_a_plain_dict_of_rllib_settings(cluster, tmp_path):
+    space = {
+        "env": "CartPole-v1",
+        "num_env_runners": 0,
+        "lr": tune.choice([1e-3, 5e-4]),
+        "model_config": {"fcnet_hiddens": [16]},
+        "seed": 0,
+    }
+    grid = tune.Tuner(
+        "DQN",
+        param_space=space,
+        tune_config=tune.TuneConfig(num_samples=2, metric=STEPS, mode="max"),
+        run_config=run_config(tmp_path, "dqn", stop={"training_iteration": 2}),
+    ).fit()
+    assert len(grid) == 2 and grid.num_errors == 0
+    for result in grid:
+        assert result.config["lr"] in (1e-3, 5e-4) and result.config["model_config"] == {"fcnet_hiddens": [16]}
+        assert result.metrics["training_iteration"] == 2 and result.metrics[STEPS] > 0
+        assert os.path.basename(result.path).startswith("DQN_")
+    wait_for(nothing_left_running, message="the trials' actors to be released")
+
+
 def test_a_trial_that_cannot_fit_the_cluster_is_refused_before_it_starts(cluster, tmp_path):
     with pytest.raises(ValueError, match="num_env_runners"):
         tune.Tuner("PPO", param_space=small_ppo(num_env_runners=8), run_config=run_config(tmp_path, "big")).fit()
