@@ -56,8 +56,7 @@ def get_trainable_cls(trainable_name: str):
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise TuneError(
-            f"The trainable {trainable_name!r} is RLlib's algorithm and needs ember[rl] (torch and gymnasium): "
-            f"{error}"
+            f"The trainable {trainable_name!r} is RLlib's algorithm and needs ember[rl] (torch and gymnasium): {error}"
         ) from error
     return getattr(module, attribute)
 
