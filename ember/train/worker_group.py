@@ -155,8 +155,9 @@ class WorkerGroup:
     """Starts the actors in a placement group; ``workers`` is then in rank order, with ``infos``
     and ``places`` beside it. ``shutdown`` kills them and removes the group."""
 
-    def __init__(self, scaling_config, name: str = "train", warm: tuple = ()):
+    def __init__(self, scaling_config, name: str = "train", warm: tuple = (), actor_class=TrainWorker):
         self.scaling = scaling_config
+        self.actor_class = actor_class  # a TrainWorker subclass (ember.rllib's learners add their methods)
         self.name = name
         self.warm = tuple(warm)
         self.pg = None
@@ -182,7 +183,7 @@ class WorkerGroup:
                 stacklevel=3,
             )
         ember.get(ready)
-        actor_cls = ember.remote(TrainWorker)
+        actor_cls = ember.remote(self.actor_class)
         options = {"num_cpus": resources.get("CPU", 0), "num_gpus": resources.get("GPU", 0), "max_restarts": 0}
         extra = {k: v for k, v in resources.items() if k not in ("CPU", "GPU")}
         if extra:

@@ -14,6 +14,7 @@ import cloudpickle
 import numpy as np
 import torch
 
+from ember.rllib.core.learner.learner_group import LearnerGroup
 from ember.rllib.env.env_factory import EnvSpec, MultiAgentSpec, env_name, make_creator
 from ember.rllib.env.env_runner_group import EnvRunnerGroup
 from ember.rllib.utils import metrics as M
@@ -52,8 +53,14 @@ class Algorithm:
         self.module_returns = {mid: deque(maxlen=config.metrics_num_episodes_for_smoothing) for mid in self.modules}
         self.setup_learner()
         self._progress = None
-        self.eval_env_runner_group = None
-        self.env_runner_group = EnvRunnerGroup(self.env_spec, config, config.num_env_runners)
+        self.eval_env_runner_group = self.env_runner_group = None
+        # num_learners >= 1: learner actors hold the replicas that train; self.modules mirror learner 0.
+        self.learner_group = LearnerGroup(config, self.modules, self.learner_extras()) if config.num_learners else None
+        try:
+            self.env_runner_group = EnvRunnerGroup(self.env_spec, config, config.num_env_runners)
+        except BaseException:
+            self.stop()
+            raise
 
     # ---- what each algorithm provides ----------------------------------------------------------
 
@@ -74,6 +81,15 @@ class Algorithm:
         if self.config.is_multi_agent:
             return {mid: module.numpy_policy() for mid, module in self.modules.items()}
         return self.module.numpy_policy()
+
+    def learner_extras(self) -> dict:
+        """Torch modules besides the RLModules that each learner actor needs a copy of (DQN's target)."""
+        return {}
+
+    def set_weights_from_learner(self, weights: dict) -> None:
+        """Load the weights learner 0 returned into the algorithm's modules (what env runners act with)."""
+        for mid, state in weights.items():
+            self.modules[mid].load_state_dict(state)
 
     def learner_state(self) -> dict:
         return {}
@@ -188,11 +204,11 @@ class Algorithm:
         return self.modules[module_id]
 
     def stop(self) -> None:
-        """Kill the env runner actors and close the envs; the Algorithm cannot train afterwards."""
-        for group in (self.env_runner_group, self.eval_env_runner_group):
+        """Kill the env runner and learner actors and close the envs; the Algorithm cannot train afterwards."""
+        for group in (self.env_runner_group, self.eval_env_runner_group, self.learner_group):
             if group is not None:
                 group.stop()
-        self.env_runner_group = self.eval_env_runner_group = None
+        self.env_runner_group = self.eval_env_runner_group = self.learner_group = None
         if self._progress is not None:
             self._progress.close()
 
@@ -241,6 +257,8 @@ class Algorithm:
         for mid, module in self.modules.items():
             module.set_state(torch.load(os.path.join(path, MODULES_DIR, str(mid), MODULE_STATE), weights_only=True))
         self.set_learner_state(torch.load(os.path.join(path, LEARNER_FILE), weights_only=False))
+        if self.learner_group is not None:
+            self.learner_group.set_state({"modules": {mid: m.get_state() for mid, m in self.modules.items()}})
 
     @classmethod
     def from_checkpoint(cls, path) -> "Algorithm":

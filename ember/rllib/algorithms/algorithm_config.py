@@ -102,6 +102,8 @@ class AlgorithmConfig:
         self.module_spaces: dict = {}  # module id -> (observation space, action space), set by validate()
         # learners
         self.num_learners = 0
+        self.num_cpus_per_learner = "auto"
+        self.num_gpus_per_learner = 0
         # training (common)
         self.gamma = 0.99
         self.lr = 0.001
@@ -178,8 +180,15 @@ class AlgorithmConfig:
         )
 
     def learners(self, *, num_learners=NotProvided, num_cpus_per_learner=NotProvided, num_gpus_per_learner=NotProvided):
-        """How many learner actors update the module (0: one learner in the driver)."""
-        return self._set(num_learners=num_learners)
+        """How many learner actors update the modules: 0 (RLlib's default) updates them in the driver;
+        N >= 1 starts N learner actors joined in one torch.distributed group (DDP), each training on
+        ``train_batch_size_per_learner`` steps of every iteration's batch. ``num_cpus_per_learner``
+        ("auto": 1 without a GPU, else 0) and ``num_gpus_per_learner`` are each actor's resources."""
+        return self._set(
+            num_learners=num_learners,
+            num_cpus_per_learner=num_cpus_per_learner,
+            num_gpus_per_learner=num_gpus_per_learner,
+        )
 
     def training(
         self,
@@ -332,8 +341,11 @@ class AlgorithmConfig:
         _int_at_least("num_env_runners", self.num_env_runners, 0)
         _int_at_least("num_envs_per_env_runner", self.num_envs_per_env_runner, 1)
         _int_at_least("num_learners", self.num_learners, 0)
-        if self.num_learners > 1:
-            raise NotImplementedError("num_learners > 1 (DDP learner actors) is not supported yet; use 0 or 1")
+        if self.num_cpus_per_learner != "auto":
+            _number_in("num_cpus_per_learner", self.num_cpus_per_learner, 0, math.inf)
+        _number_in("num_gpus_per_learner", self.num_gpus_per_learner, 0, math.inf)
+        if self.num_learners and not self.learner_resources():
+            raise ValueError("num_cpus_per_learner and num_gpus_per_learner are both 0: a learner actor needs some")
         if self.rollout_fragment_length != "auto":
             _int_at_least("rollout_fragment_length", self.rollout_fragment_length, 1)
         if self.batch_mode == "complete_episodes":
@@ -429,12 +441,25 @@ class AlgorithmConfig:
             return bool(self.policies_to_train(module_id, None))
         return module_id in self.policies_to_train
 
+    @property
+    def total_train_batch_size(self) -> int:
+        """Env steps per iteration's train batch: ``train_batch_size_per_learner`` for each learner
+        (one when the learner runs in the driver)."""
+        return self.train_batch_size_per_learner * max(1, self.num_learners)
+
+    def learner_resources(self) -> dict:
+        """One learner actor's resources ({"CPU": ..., "GPU": ...}, zero amounts left out)."""
+        cpus = self.num_cpus_per_learner
+        if cpus == "auto":
+            cpus = 0 if self.num_gpus_per_learner else 1
+        return {name: float(n) for name, n in (("CPU", cpus), ("GPU", self.num_gpus_per_learner)) if n}
+
     def get_rollout_fragment_length(self) -> int:
         """Steps per env per sample call: "auto" splits one train batch over the runners' envs."""
         if self.rollout_fragment_length != "auto":
             return self.rollout_fragment_length
         envs = max(1, self.num_env_runners) * self.num_envs_per_env_runner
-        return max(1, math.ceil(self.train_batch_size_per_learner / envs))
+        return max(1, math.ceil(self.total_train_batch_size / envs))
 
     def __repr__(self):
         return f"{type(self).__name__}(env={self.env!r})"

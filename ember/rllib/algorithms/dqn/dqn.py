@@ -166,10 +166,18 @@ class DQN(Algorithm):
     def epsilon(self) -> float:
         return piecewise_schedule(self.config.epsilon, self.metrics.num_env_steps_lifetime)
 
+    def learner_extras(self) -> dict:
+        return {"target": self.target}
+
     def learner_state(self) -> dict:
+        optimizer, target = self.optimizer.state_dict(), self.target.state_dict()
+        if self.learner_group is not None:
+            # The optimizer and target network that change are the learner actors' (learner 0's).
+            state = self.learner_group.get_state()
+            optimizer, target = state["optimizers"][M.DEFAULT_MODULE_ID], state["extras"]["target"]
         return {
-            "optimizer": self.optimizer.state_dict(),
-            "target": self.target.state_dict(),
+            "optimizer": optimizer,
+            "target": target,
             "buffer": self.buffer.get_state(),
             "last_target_update": self.last_target_update,
             "num_target_updates": self.num_target_updates,
@@ -178,6 +186,10 @@ class DQN(Algorithm):
     def set_learner_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.target.load_state_dict(state["target"])
+        if self.learner_group is not None:
+            self.learner_group.set_state(
+                {"optimizers": {M.DEFAULT_MODULE_ID: state["optimizer"]}, "extras": {"target": state["target"]}}
+            )
         self.buffer.set_state(state["buffer"])
         self.last_target_update = state["last_target_update"]
         self.num_target_updates = state["num_target_updates"]
@@ -222,7 +234,7 @@ class DQN(Algorithm):
             M.LEARNER_RESULTS: {
                 M.DEFAULT_MODULE_ID: stats,
                 M.ALL_MODULES: {
-                    M.NUM_ENV_STEPS_TRAINED: updates * config.train_batch_size_per_learner,
+                    M.NUM_ENV_STEPS_TRAINED: updates * config.total_train_batch_size,
                     M.NUM_ENV_STEPS_TRAINED_LIFETIME: self.num_env_steps_trained_lifetime,
                 },
             },
@@ -235,39 +247,68 @@ class DQN(Algorithm):
         intensity = self.config.training_intensity
         if intensity is None:
             return 1
-        return max(1, round(sampled_steps * intensity / self.config.train_batch_size_per_learner))
+        return max(1, round(sampled_steps * intensity / self.config.total_train_batch_size))
 
     def update(self) -> dict:
+        """One gradient step on a batch drawn from the replay buffer (split over the learner actors
+        when there are some: each steps on its shard, DDP averaging the gradients)."""
         config = self.config
-        batch = {
-            k: torch.from_numpy(np.ascontiguousarray(v))
-            for k, v in self.buffer.sample(config.train_batch_size_per_learner, self.rng).items()
-        }
-        q_values = self.module.forward_train(batch)["q_values"]
-        with torch.no_grad():
-            next_online = self.module.q_values(batch["next_obs"])
-            next_target = self.target.q_values(batch["next_obs"])
-        loss, td_error = dqn_loss(
-            q_values, next_online, next_target, batch, config.gamma, config.double_q, config.td_error_loss_fn
-        )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            clip_gradients(self.module.parameters(), config.grad_clip, config.grad_clip_by)
-        self.optimizer.step()
-        self.num_env_steps_trained_lifetime += config.train_batch_size_per_learner
-        return {
-            "qf_loss": loss.item(),
-            "qf_mean": q_values.mean().item(),
-            "qf_max": q_values.max().item(),
-            "td_error_mean": td_error.mean().item(),
-        }
+        batch = self.buffer.sample(config.total_train_batch_size, self.rng)
+        self.num_env_steps_trained_lifetime += config.total_train_batch_size
+        if self.learner_group is not None:
+            stats, weights = self.learner_group.update(learner_update, {M.DEFAULT_MODULE_ID: batch})
+            self.set_weights_from_learner(weights)
+            return stats[M.DEFAULT_MODULE_ID]
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+        return dqn_update(self.module, self.module.forward_train, self.target, self.optimizer, tensors, config)
 
     def sync_target(self) -> None:
         """Copy (tau = 1) or blend (tau < 1) the online weights into the target network."""
-        tau = self.config.tau
-        with torch.no_grad():
-            for target, online in zip(self.target.parameters(), self.module.parameters()):
-                target.mul_(1.0 - tau).add_(online, alpha=tau)
+        blend_target(self.target, self.module, self.config.tau)
+        if self.learner_group is not None:
+            self.learner_group.foreach_learner(learner_sync_target, self.config.tau)
         self.last_target_update = self.metrics.num_env_steps_lifetime
         self.num_target_updates += 1
+
+
+def blend_target(target, online, tau: float) -> None:
+    with torch.no_grad():
+        for target_param, online_param in zip(target.parameters(), online.parameters()):
+            target_param.mul_(1.0 - tau).add_(online_param, alpha=tau)
+
+
+def dqn_update(module, forward, target, optimizer, batch: dict, config) -> dict:
+    """One TD step on ``batch`` (tensors): ``forward`` is the module's training forward pass (DDP's
+    on a learner actor). Returns the step's stats."""
+    q_values = forward(batch)["q_values"]
+    with torch.no_grad():
+        next_online = module.q_values(batch["next_obs"])
+        next_target = target.q_values(batch["next_obs"])
+    loss, td_error = dqn_loss(
+        q_values, next_online, next_target, batch, config.gamma, config.double_q, config.td_error_loss_fn
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip is not None:
+        clip_gradients(module.parameters(), config.grad_clip, config.grad_clip_by)
+    optimizer.step()
+    return {
+        "qf_loss": loss.item(),
+        "qf_mean": q_values.mean().item(),
+        "qf_max": q_values.max().item(),
+        "td_error_mean": td_error.mean().item(),
+    }
+
+
+def learner_update(learner, module_id, batch: dict) -> dict:
+    """DQN's step as a learner actor runs it on its shard of the replay sample."""
+    module = learner.modules[module_id]
+    tensors = learner.to_device(batch)
+    return dqn_update(
+        module, learner.forward(module_id), learner.extras["target"], learner.optimizers[module_id], tensors,
+        learner.config,
+    )
+
+
+def learner_sync_target(learner, tau: float) -> None:
+    blend_target(learner.extras["target"], learner.modules[M.DEFAULT_MODULE_ID], tau)

@@ -251,14 +251,18 @@ class PPO(Algorithm):
         return self.kl_coeffs[M.DEFAULT_MODULE_ID]
 
     def learner_state(self) -> dict:
-        return {
-            "optimizers": {mid: opt.state_dict() for mid, opt in self.optimizers.items()},
-            "kl_coeffs": dict(self.kl_coeffs),
-        }
+        # With learner actors the optimizers that step are theirs (learner 0's, as every one's).
+        if self.learner_group is not None:
+            optimizers = self.learner_group.get_state()["optimizers"]
+        else:
+            optimizers = {mid: opt.state_dict() for mid, opt in self.optimizers.items()}
+        return {"optimizers": optimizers, "kl_coeffs": dict(self.kl_coeffs)}
 
     def set_learner_state(self, state: dict) -> None:
         for mid, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][mid])
+        if self.learner_group is not None:
+            self.learner_group.set_state({"optimizers": state["optimizers"]})
         self.kl_coeffs = dict(state["kl_coeffs"])
 
     def training_step(self) -> dict:
@@ -266,7 +270,7 @@ class PPO(Algorithm):
         started = time.perf_counter()
         policy = self.acting_policy(True)
         synched = time.perf_counter()
-        batches, _, _ = self.sample(policy, config.train_batch_size_per_learner)
+        batches, _, _ = self.sample(policy, config.total_train_batch_size)
         sampled = time.perf_counter()
         if config.is_multi_agent:
             trains = {
@@ -276,15 +280,18 @@ class PPO(Algorithm):
             }
         else:
             trains = {M.DEFAULT_MODULE_ID: postprocess(batches, config.gamma, config.lambda_)}
-        threads = torch.get_num_threads()
-        # A small MLP's minibatch steps are slower on several threads (and much slower on a busy
-        # machine, where each step waits for every thread); one is the fast choice here.
-        torch.set_num_threads(1)
-        try:
-            stats = {mid: self.update(train, mid) for mid, train in trains.items()}
-        finally:
-            torch.set_num_threads(threads)
-        trained = sum(len(train["advantages"]) for train in trains.values())
+        if self.learner_group is not None:
+            stats = self.update_on_learners(trains)
+        else:
+            threads = torch.get_num_threads()
+            # A small MLP's minibatch steps are slower on several threads (and much slower on a busy
+            # machine, where each step waits for every thread); one is the fast choice here.
+            torch.set_num_threads(1)
+            try:
+                stats = {mid: self.update(train, mid) for mid, train in trains.items()}
+            finally:
+                torch.set_num_threads(threads)
+        trained = sum(int(module_stats["num_module_steps_trained"]) for module_stats in stats.values())
         self.num_env_steps_trained_lifetime += trained
         return {
             M.LEARNER_RESULTS: {
@@ -304,52 +311,89 @@ class PPO(Algorithm):
     def update(self, train: dict, module_id: str = M.DEFAULT_MODULE_ID) -> dict:
         """``num_epochs`` passes of minibatch gradient steps over one module's train batch; then its
         KL coefficient adapts."""
-        config = self.config
-        module, optimizer = self.modules[module_id], self.optimizers[module_id]
+        module = self.modules[module_id]
         kl_coeff = self.kl_coeffs[module_id]
-        discrete = module.discrete
-        tensors = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in train.items()}
-        size = len(train["advantages"])
-        # A module that saw fewer steps than a minibatch (a rare agent) still learns from what it has.
-        minibatch_size = min(config.minibatch_size, size)
-        totals: dict = {}
-        steps = 0
-        for _ in range(config.num_epochs):
-            order = self.rng.permutation(size) if config.shuffle_batch_per_epoch else np.arange(size)
-            for start in range(0, size - minibatch_size + 1, minibatch_size):
-                index = torch.from_numpy(order[start : start + minibatch_size])
-                minibatch = {key: value[index] for key, value in tensors.items()}
-                outputs = module.forward_train(minibatch)
-                loss, stats = ppo_loss(
-                    outputs,
-                    minibatch,
-                    discrete,
-                    clip_param=config.clip_param,
-                    vf_clip_param=config.vf_clip_param,
-                    vf_loss_coeff=config.vf_loss_coeff,
-                    entropy_coeff=config.entropy_coeff,
-                    kl_coeff=kl_coeff,
-                    use_kl_loss=config.use_kl_loss,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip is not None:
-                    clip_gradients(module.parameters(), config.grad_clip, config.grad_clip_by)
-                optimizer.step()
-                stats["total_loss"] = loss.item()
-                for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + value
-                steps += 1
-        result = {key: value / max(1, steps) for key, value in totals.items()}
-        result["curr_kl_coeff"] = kl_coeff
-        if config.use_kl_loss:
-            self.kl_coeffs[module_id] = update_kl_coeff(kl_coeff, result.get("mean_kl_loss", 0.0), config.kl_target)
-        with torch.no_grad():
-            values = module.compute_values({"obs": tensors["obs"]}).numpy()
-        result["vf_explained_var"] = explained_variance(train["value_targets"], values)
-        result["num_module_steps_trained"] = size
-        result["num_trainable_parameters"] = sum(p.numel() for p in module.parameters())
+        result = ppo_update(
+            module, module.forward_train, self.optimizers[module_id], train, self.config, kl_coeff, self.rng
+        )
+        self.adapt_kl_coeff(module_id, result)
         return result
+
+    def adapt_kl_coeff(self, module_id, result: dict) -> None:
+        if self.config.use_kl_loss:
+            kl = result.get("mean_kl_loss", 0.0)
+            self.kl_coeffs[module_id] = update_kl_coeff(self.kl_coeffs[module_id], kl, self.config.kl_target)
+
+    def update_on_learners(self, trains: dict) -> dict:
+        """One update on the learner actors (each on its shard of every module's batch); the KL
+        coefficients adapt to the KL averaged over learners, so all learners keep using the same."""
+        kwargs = {mid: {"kl_coeff": self.kl_coeffs[mid]} for mid in trains}
+        stats, weights = self.learner_group.update(learner_update, trains, kwargs)
+        self.set_weights_from_learner(weights)
+        for mid, result in stats.items():
+            self.adapt_kl_coeff(mid, result)
+        return stats
+
+
+def ppo_update(module, forward, optimizer, train: dict, config, kl_coeff: float, rng, device=None) -> dict:
+    """``num_epochs`` passes of minibatch steps over ``train`` (numpy arrays): ``forward(minibatch)``
+    is the module's training forward pass (DDP's, on a learner actor). Returns the mean stats."""
+    discrete = module.discrete
+    tensors = {key: torch.from_numpy(np.ascontiguousarray(value)).to(device) for key, value in train.items()}
+    size = len(train["advantages"])
+    # A module that saw fewer steps than a minibatch (a rare agent) still learns from what it has.
+    minibatch_size = min(config.minibatch_size, size)
+    totals: dict = {}
+    steps = 0
+    for _ in range(config.num_epochs):
+        order = rng.permutation(size) if config.shuffle_batch_per_epoch else np.arange(size)
+        for start in range(0, size - minibatch_size + 1, minibatch_size):
+            index = torch.from_numpy(order[start : start + minibatch_size]).to(device)
+            minibatch = {key: value[index] for key, value in tensors.items()}
+            outputs = forward(minibatch)
+            loss, stats = ppo_loss(
+                outputs,
+                minibatch,
+                discrete,
+                clip_param=config.clip_param,
+                vf_clip_param=config.vf_clip_param,
+                vf_loss_coeff=config.vf_loss_coeff,
+                entropy_coeff=config.entropy_coeff,
+                kl_coeff=kl_coeff,
+                use_kl_loss=config.use_kl_loss,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                clip_gradients(module.parameters(), config.grad_clip, config.grad_clip_by)
+            optimizer.step()
+            stats["total_loss"] = loss.item()
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value
+            steps += 1
+    result = {key: value / max(1, steps) for key, value in totals.items()}
+    result["curr_kl_coeff"] = kl_coeff
+    with torch.no_grad():
+        values = module.compute_values({"obs": tensors["obs"]}).cpu().numpy()
+    result["vf_explained_var"] = explained_variance(train["value_targets"], values)
+    result["num_module_steps_trained"] = size
+    result["num_trainable_parameters"] = sum(p.numel() for p in module.parameters())
+    return result
+
+
+def learner_update(learner, module_id, train: dict, kl_coeff: float) -> dict:
+    """PPO's update as a learner actor runs it on its shard (see ``LearnerGroup.update``)."""
+    module = learner.modules[module_id]
+    return ppo_update(
+        module,
+        learner.forward(module_id),
+        learner.optimizers[module_id],
+        train,
+        learner.config,
+        kl_coeff,
+        learner.rng,
+        learner.device,
+    )
 
 
 def clip_gradients(parameters, grad_clip: float, grad_clip_by: str) -> None:
