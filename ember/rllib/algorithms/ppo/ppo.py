@@ -8,6 +8,7 @@ import torch
 
 from ember.rllib.algorithms.algorithm import Algorithm
 from ember.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided, check_int, check_number
+from ember.rllib.core.learner.learner import writable
 from ember.rllib.core.rl_module.rl_module import PPOTorchModule
 from ember.rllib.utils import metrics as M
 from ember.rllib.utils.postprocessing import compute_gae, explained_variance
@@ -339,7 +340,7 @@ def ppo_update(module, forward, optimizer, train: dict, config, kl_coeff: float,
     """``num_epochs`` passes of minibatch steps over ``train`` (numpy arrays): ``forward(minibatch)``
     is the module's training forward pass (DDP's, on a learner actor). Returns the mean stats."""
     discrete = module.discrete
-    tensors = {key: torch.from_numpy(np.ascontiguousarray(value)).to(device) for key, value in train.items()}
+    tensors = {key: torch.from_numpy(writable(value)).to(device) for key, value in train.items()}
     size = len(train["advantages"])
     # A module that saw fewer steps than a minibatch (a rare agent) still learns from what it has.
     minibatch_size = min(config.minibatch_size, size)

@@ -24,6 +24,12 @@ class _TrainForward(nn.Module):
         return self.module.forward_train(batch)
 
 
+def writable(array) -> np.ndarray:
+    """A C-contiguous, writable view or copy: arrays from the object store are read-only, and torch
+    warns about (and must not write to) tensors made from those."""
+    return np.require(array, requirements=["C", "W"])
+
+
 def to_cpu(value):
     """``value`` with every tensor in it (nested dicts/lists, as in an optimizer's state) on the CPU."""
     if isinstance(value, torch.Tensor):
@@ -67,7 +73,7 @@ class Learner:
 
     def to_device(self, batch: dict) -> dict:
         """A numpy batch as tensors on this learner's device."""
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in batch.items()}
+        return {k: torch.from_numpy(writable(v)).to(self.device) for k, v in batch.items()}
 
     def get_weights(self) -> dict:
         return {mid: module.get_state() for mid, module in self.modules.items()}
