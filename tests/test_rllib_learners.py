@@ -122,7 +122,7 @@ def test_checkpoint_round_trip_with_learner_actors(cluster, tmp_path):
         algo.stop()
 
 
-def test_dqn_on_two_learners_runs(cluster):
+def test_dqn_on_two_learners_runs_and_stop_frees_them(cluster):
     config = (
         DQNConfig()
         .environment("CartPole-v1")
@@ -150,8 +150,12 @@ def test_dqn_on_two_learners_runs(cluster):
         targets = algo.learner_group.foreach_learner(lambda learner: learner.extras["target"].state_dict())
         for name, value in algo.target.state_dict().items():
             assert all(torch.equal(t[name], value) for t in targets)
+        pids = list(algo.learner_group.pids)
     finally:
         algo.stop()
+    wait_for(lambda: not any(psutil.pid_exists(pid) for pid in pids), message="stop() to end the learners")
+    with pytest.raises(RuntimeError, match="stopped"):
+        algo.train()
 
 
 def test_sigkilled_learner_fails_the_next_train_naming_it(cluster):
@@ -169,13 +173,3 @@ def test_sigkilled_learner_fails_the_next_train_naming_it(cluster):
     finally:
         algo.stop()
     wait_for(lambda: not any(psutil.pid_exists(pid) for pid in pids), message="stop() to end the learners")
-
-
-def test_stop_frees_the_learner_actors(cluster):
-    algo = cartpole_ppo(2, total_batch=500, num_epochs=1).build_algo()
-    pids = list(algo.learner_group.pids)
-    assert all(psutil.pid_exists(pid) for pid in pids)
-    algo.stop()
-    wait_for(lambda: not any(psutil.pid_exists(pid) for pid in pids), message="stop() to end the learners")
-    with pytest.raises(RuntimeError, match="stopped"):
-        algo.train()
