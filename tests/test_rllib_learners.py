@@ -173,3 +173,17 @@ def test_sigkilled_learner_fails_the_next_train_naming_it(cluster):
     finally:
         algo.stop()
     wait_for(lambda: not any(psutil.pid_exists(pid) for pid in pids), message="stop() to end the learners")
+
+
+def test_multi_agent_ppo_on_two_learners_keeps_every_module_identical(cluster):
+    from test_rllib_multi_agent import match_config
+
+    algo = match_config().learners(num_learners=2, num_cpus_per_learner=0.5).training(train_batch_size_per_learner=200)
+    algo = algo.build_algo()
+    try:
+        for _ in range(3):
+            result = algo.train()
+        assert {"p_left", "p_right"} <= set(result["learners"])
+        assert_replicas_identical(algo)
+    finally:
+        algo.stop()

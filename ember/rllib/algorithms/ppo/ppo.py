@@ -328,6 +328,8 @@ class PPO(Algorithm):
     def update_on_learners(self, trains: dict) -> dict:
         """One update on the learner actors (each on its shard of every module's batch); the KL
         coefficients adapt to the KL averaged over learners, so all learners keep using the same."""
+        # A module with fewer rows than learners (a rare agent) would give some learner nothing to step on.
+        trains = {mid: t for mid, t in trains.items() if len(t["advantages"]) >= self.config.num_learners}
         kwargs = {mid: {"kl_coeff": self.kl_coeffs[mid]} for mid in trains}
         stats, weights = self.learner_group.update(learner_update, trains, kwargs)
         self.set_weights_from_learner(weights)
