@@ -111,8 +111,10 @@ def test_checkpoint_round_trip_with_learner_actors(cluster, tmp_path):
             assert_replicas_identical(restored)
             # The learners' optimizer state came back too: the next update is the same on both.
             saved, loaded = algo.learner_group.get_state(), restored.learner_group.get_state()
-            for a, b in zip(saved["optimizers"]["default_policy"]["state"].values(),
-                            loaded["optimizers"]["default_policy"]["state"].values()):
+            for a, b in zip(
+                saved["optimizers"]["default_policy"]["state"].values(),
+                loaded["optimizers"]["default_policy"]["state"].values(),
+            ):
                 assert torch.equal(a["exp_avg"], b["exp_avg"])
             restored.train()
             assert_replicas_identical(restored)

@@ -305,7 +305,11 @@ def learner_update(learner, module_id, batch: dict) -> dict:
     module = learner.modules[module_id]
     tensors = learner.to_device(batch)
     return dqn_update(
-        module, learner.forward(module_id), learner.extras["target"], learner.optimizers[module_id], tensors,
+        module,
+        learner.forward(module_id),
+        learner.extras["target"],
+        learner.optimizers[module_id],
+        tensors,
         learner.config,
     )
 
