@@ -125,8 +125,8 @@ def as_trainable(algo_class, param_space: dict | None = None) -> type:
 
 def trial_needs(algo_class, param_space: dict) -> dict:
     """The CPUs one trial uses in all: its main process, the env runners (training and evaluation)
-    and, with ``num_learners > 1``, one per learner actor. A setting under search takes the largest
-    value its grid or choice can give."""
+    and, with ``num_learners >= 1``, each learner actor's (``num_cpus_per_learner``; "auto" is 1
+    without a GPU, else 0). A setting under search takes the largest value its grid or choice can give."""
     config = default_config(algo_class)
 
     def setting(name):
@@ -135,7 +135,12 @@ def trial_needs(algo_class, param_space: dict) -> dict:
     per_runner = setting("num_cpus_per_env_runner")
     runners = setting("num_env_runners") + setting("evaluation_num_env_runners")
     learners = setting("num_learners")
-    cpus = MAIN_PROCESS_CPUS + runners * per_runner + (learners if learners > 1 else 0)
+    per_learner = param_space.get("num_cpus_per_learner", getattr(config, "num_cpus_per_learner", "auto"))
+    if per_learner == "auto":
+        per_learner = 0 if setting("num_gpus_per_learner") else 1
+    else:
+        per_learner = _largest(per_learner, 1)
+    cpus = MAIN_PROCESS_CPUS + runners * per_runner + learners * per_learner
     return {"CPU": float(cpus)}
 
 
