@@ -236,3 +236,13 @@ def test_importing_tune_loads_neither_rllib_nor_torch():
     )
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_a_trial_reserves_its_env_runners_and_learner_actors():
+    from ember.rllib.algorithms.ppo import PPO
+    from ember.tune.algorithm_trainable import trial_needs
+
+    assert trial_needs(PPO, {"num_env_runners": 0}) == {"CPU": 1.0}
+    assert trial_needs(PPO, {"num_env_runners": tune.grid_search([1, 3]), "num_learners": 2}) == {"CPU": 6.0}
+    two_halves = {"num_env_runners": 0, "num_learners": 2, "num_cpus_per_learner": 0.5}
+    assert trial_needs(PPO, two_halves) == {"CPU": 2.0}
