@@ -4,8 +4,11 @@ feeds it events from the trial actors and carries out what it returns; tests dri
 
 A trial's status is Ray's: PENDING (not started, or to be restarted after a failure), RUNNING,
 PAUSED (stopped by the scheduler to go on later from its latest checkpoint), TERMINATED, ERROR.
-The whole object is pickled into the experiment state after every change, except the trials'
-result histories, which go to each trial's ``result.json`` as they come.
+The object is pickled into the experiment state (storage.py), except the trials' result
+histories, which go to each trial's ``result.json`` as they come. ``changes`` counts the changes a
+restore needs exactly (a trial's status, a new trial, a checkpoint, a failure): the state file is
+rewritten after each of those, and only now and then for results alone, which a restore rebuilds
+from result.json (``catch_up``).
 """
 
 import copy
@@ -100,6 +103,7 @@ class Trial:
         self.error_object = None
         self.best: dict = {}  # metric -> best value seen (by the experiment's mode)
         self.starts = 0
+        self.num_results = 0  # lines in result.json; those past it at a restore came after the state file
 
     def restart_from(self, config: dict, checkpoint, iteration: int) -> None:
         """Go on from ``checkpoint`` with ``config`` (PBT's exploit)."""
@@ -175,6 +179,8 @@ class Experiment:
         self.stopping = False  # time budget spent or a stopper's stop_all: no new trials
         self.elapsed_before = 0.0  # time spent in earlier fits of this experiment (restores)
         self.started = None
+        self.changes = 0  # bumped on every change the state file must hold at once
+        self.num_results = 0
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -225,6 +231,7 @@ class Experiment:
             trial.status = RUNNING
             trial.starts += 1
             started.append(trial)
+            self.changes += 1
         if not started and not self.running() and not self.done and not self.stopping:
             waiting = [t for t in self.trials if t.status in (PENDING, PAUSED)]
             if not waiting:
@@ -254,6 +261,7 @@ class Experiment:
         trial.path = _join(self.path, trial.name)
         self.trials.append(trial)
         self.by_id[trial_id] = trial
+        self.changes += 1
         self.scheduler.on_trial_add(self, trial)
         return trial
 
@@ -289,9 +297,12 @@ class Experiment:
                 result[key] = metrics[key]  # the user's own count wins, as in Ray
         trial.last_result = result
         trial.history.append(result)
+        trial.num_results += 1
+        self.num_results += 1
         self._track_best(trial, result)
         dropped = []
         if checkpoint is not None:
+            self.changes += 1
             trial.checkpoint = checkpoint
             trial.checkpoint_iteration = trial.iteration
             if trial.keeper is not None:
@@ -311,6 +322,7 @@ class Experiment:
             self._terminate(trial)
         elif decision == PAUSE:
             trial.status = PAUSED
+            self.changes += 1
         if self.stopper.stop_all():
             stopped = self.stop_all()
         return decision, dropped, stopped
@@ -336,6 +348,7 @@ class Experiment:
         ERROR for good."""
         trial = self.trial(trial_id)
         trial.num_failures += 1
+        self.changes += 1
         text = error if isinstance(error, str) else "".join(traceback.format_exception(error))
         trial.error = text
         trial.error_type = error if isinstance(error, str) else type(error).__name__
@@ -372,6 +385,7 @@ class Experiment:
 
     def _terminate(self, trial: Trial) -> None:
         trial.status = TERMINATED
+        self.changes += 1
         if trial.last_result:
             trial.last_result["done"] = True
         self.searcher.on_trial_complete(trial.trial_id, result=trial.last_result or None, error=False)
@@ -387,10 +401,25 @@ class Experiment:
 
     # ---- restore ---------------------------------------------------------------------------------
 
+    def catch_up(self, trial: Trial, logged: list) -> None:
+        """After a load: ``logged`` is the trial's result.json; the results in it past those the
+        state file counted came between the last state write and the crash. The trial takes them
+        (latest result, iteration, best values); the searcher and scheduler stay at the state
+        file's view, which trails by at most a few seconds of results."""
+        for result in logged[trial.num_results :]:
+            trial.iteration += 1
+            trial.time_total += float(result.get("time_this_iter_s") or 0.0)
+            trial.last_result = result
+            trial.num_results += 1
+            self.num_results += 1
+            self._track_best(trial, result)
+        trial.history = list(logged)
+
     def prepare_restore(self, resume_unfinished: bool, resume_errored: bool, restart_errored: bool) -> None:
         """After a restore: unfinished trials go on from their latest checkpoints (or end, without
         ``resume_unfinished``); errored ones resume or restart from scratch when asked."""
         self.stopping = False
+        self.changes += 1
         for trial in self.trials:
             if trial.status in (RUNNING, PAUSED, PENDING):
                 if resume_unfinished:

@@ -1,10 +1,15 @@
-"""The experiment's files under ``storage_path/name``: ``experiment_state.pkl`` (the controller's
-state, the param_space and configs; rewritten whole and atomically after every change: a tmp file
-then ``os.replace``, so a SIGKILL leaves the old or the new state, never half of one) and each
-trial's ``result.json`` (one JSON line per result, appended)."""
+"""The experiment's files under ``storage_path/name``: each trial's ``result.json`` (one JSON line
+per result, appended: the cost of a result is its own line) and ``experiment_state.pkl`` (the
+controller's state, the param_space and configs). The state file is rewritten whole, atomically (a
+tmp file, fsync, ``os.replace``: a crash leaves the old or the new state, never half of one), at
+once after a change a restore needs exactly (``Experiment.changes``: a trial's status, a new trial,
+a checkpoint, a failure), and for results alone at most every ``STATE_PERIOD_S`` (``SavePolicy``).
+A restore takes each trial's results logged after the state file from its result.json
+(``Experiment.catch_up``); a line cut short by the crash is dropped."""
 
 import json
 import os
+import time
 
 import cloudpickle
 
@@ -12,7 +17,29 @@ from ember.train import checkpoint as ckpt
 
 STATE_FILE = "experiment_state.pkl"
 RESULT_FILE = "result.json"
-VERSION = 1
+VERSION = 2  # 2: trials count their logged results (num_results), for catch_up
+STATE_PERIOD_S = 5.0
+
+
+class SavePolicy:
+    """Whether to rewrite the state file now, apart from any I/O. ``changes`` and ``results`` are the
+    experiment's counters; ``final`` is fit()'s last save (always written)."""
+
+    def __init__(self, period_s: float = STATE_PERIOD_S):
+        if not period_s >= 0:
+            raise ValueError(f"period_s must be >= 0, got {period_s!r}")
+        self.period_s = period_s
+        self.written: tuple | None = None  # (changes, results) in the file
+        self.written_at = 0.0
+
+    def due(self, changes: int, results: int, now: float, final: bool = False) -> bool:
+        if final or self.written is None or changes != self.written[0]:
+            return True
+        return results != self.written[1] and now - self.written_at >= self.period_s
+
+    def wrote(self, changes: int, results: int, now: float) -> None:
+        self.written = (changes, results)
+        self.written_at = now
 
 
 def join(base: str, name: str) -> str:
@@ -20,19 +47,37 @@ def join(base: str, name: str) -> str:
 
 
 class ExperimentStorage:
-    def __init__(self, filesystem, path: str):
+    def __init__(self, filesystem, path: str, policy: SavePolicy | None = None, clock=time.monotonic):
         self.filesystem = filesystem
         self.path = path
+        self.policy = policy or SavePolicy()
+        self.clock = clock
         self.logs: dict = {}  # trial path -> open file (local storage)
+        self.writes = 0
         ckpt.makedirs(filesystem, path)
 
-    def save_state(self, state: dict) -> None:
-        data = cloudpickle.dumps({"version": VERSION, **state})
+    def save_state(self, state: dict, force: bool = False) -> bool:
+        """Write ``state`` (with its ``experiment``) if the policy says it is due; True if written.
+        An experiment not running (``started`` None: fit()'s end or interrupt) is always written."""
+        experiment = state["experiment"]
+        now = self.clock()
+        final = force or experiment.started is None
+        if not self.policy.due(experiment.changes, experiment.num_results, now, final):
+            return False
+        self._write({"version": VERSION, **state})
+        self.policy.wrote(experiment.changes, experiment.num_results, now)
+        self.writes += 1
+        return True
+
+    def _write(self, state: dict) -> None:
+        data = cloudpickle.dumps(state)
         target = join(self.path, STATE_FILE)
         if self.filesystem is None:
             tmp = f"{target}.tmp-{os.getpid()}"
             with open(tmp, "wb") as out:
                 out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
             os.replace(tmp, target)
         else:
             with self.filesystem.open_output_stream(target) as out:
@@ -41,12 +86,15 @@ class ExperimentStorage:
     def append_result(self, trial_path: str, result: dict) -> None:
         line = json.dumps(result, default=repr) + "\n"
         if self.filesystem is not None:
-            # Remote storage: the state file is what restores; an append per result would cost a round trip each.
+            # Remote storage: an append per result would cost a round trip each; a restore there has
+            # the state file's results (at most STATE_PERIOD_S behind) and no history.
             return
         log = self.logs.get(trial_path)
         if log is None:
             os.makedirs(trial_path, exist_ok=True)
-            log = self.logs[trial_path] = open(join(trial_path, RESULT_FILE), "a")  # noqa: SIM115 - kept open for appends
+            target = join(trial_path, RESULT_FILE)
+            _drop_torn_tail(target)
+            log = self.logs[trial_path] = open(target, "a")  # noqa: SIM115 - kept open for appends
         log.write(line)
         log.flush()
 
@@ -68,6 +116,10 @@ def load_state(filesystem, path: str) -> dict:
             state = cloudpickle.loads(source.read())
     if state.get("version") != VERSION:
         raise ValueError(f"{target} was written by another version of ember.tune ({state.get('version')}).")
+    experiment = state["experiment"]
+    if filesystem is None:
+        for trial in experiment.trials:
+            experiment.catch_up(trial, read_results(trial.path))
     return state
 
 
@@ -81,11 +133,40 @@ def read_results(trial_path: str) -> list:
     out = []
     with open(target) as source:
         for line in source:
+            if not line.endswith("\n"):
+                break  # the last line, cut short by a crash (its JSON may even parse: "1" of "12")
             try:
                 out.append(Metrics(json.loads(line)))
             except json.JSONDecodeError:
                 break  # a line cut short by a crash
     return out
+
+
+def _drop_torn_tail(target: str) -> None:
+    """Cut a last line left unfinished by a crash, so that the next result starts a line of its own
+    (glued to the fragment, it would be unreadable and end every later read there)."""
+    try:
+        with open(target, "rb+") as log:
+            size = log.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            log.seek(size - 1)
+            if log.read(1) == b"\n":
+                return
+            # Scan back in blocks for the last newline: the fragment is at most one result long.
+            end = size
+            while end > 0:
+                start = max(end - 65536, 0)
+                log.seek(start)
+                block = log.read(end - start)
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    log.truncate(start + cut + 1)
+                    return
+                end = start
+            log.truncate(0)
+    except FileNotFoundError:
+        return
 
 
 def exists(filesystem, path: str) -> bool:
