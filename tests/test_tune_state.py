@@ -3,6 +3,7 @@ states (retries, errors, stop criteria, time budget), ASHA's rungs, the median s
 exploit and explore, ResultGrid's choices and errors, and argument checks."""
 
 import math
+import os
 import random
 
 import pytest
@@ -13,6 +14,7 @@ from ember.train.result import Result
 from ember.tune.experiment import ERROR, PAUSED, PENDING, RETRY, RUNNING, TERMINATED, Experiment
 from ember.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, PopulationBasedTraining
 from ember.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ember.tune import storage
 from ember.tune.stopper import make_stopper
 
 
@@ -28,6 +30,7 @@ def experiment(
     max_failures=0,
     budget=None,
     clock=None,
+    path="/tmp/x/exp",
 ):
     searcher = searcher or BasicVariantGenerator(random_state=0)
     scheduler = scheduler or FIFOScheduler()
@@ -38,7 +41,7 @@ def experiment(
         searcher,
         scheduler,
         make_stopper(stop),
-        path="/tmp/x/exp",
+        path=path,
         trainable_name="f",
         metric=metric,
         mode=mode,
@@ -216,6 +219,76 @@ def test_restore_states():
     assert (one.status, two.status, three.status) == (TERMINATED, ERROR, PENDING)
     exp.prepare_restore(resume_unfinished=True, resume_errored=False, restart_errored=True)
     assert two.status == PENDING and two.error is None and two.checkpoint is None
+
+
+def test_state_file_is_rewritten_on_changes_and_for_results_only_every_period(tmp_path):
+    now = [0.0]
+    exp = experiment({"a": tune.grid_search([1, 2])}, path=str(tmp_path / "exp"))
+    store = storage.ExperimentStorage(None, exp.path, clock=lambda: now[0])
+    state = {"experiment": exp}
+
+    def report(trial, n):
+        for _ in range(n):
+            exp.on_result(trial.trial_id, {"score": trial.iteration})
+            store.append_result(trial.path, trial.last_result)
+            store.save_state(state)  # as the controller does after every event
+
+    one, two = exp.to_start()
+    assert store.save_state(state) and store.writes == 1  # two new trials, started
+    report(one, 500)
+    report(two, 500)
+    assert store.writes == 1  # a thousand results, no change a restore needs exactly, no time passed
+    now[0] = storage.STATE_PERIOD_S
+    report(one, 1)
+    assert store.writes == 2  # results alone: once the period has passed
+    report(one, 3)
+    assert store.writes == 2
+    exp.on_result(one.trial_id, {"score": 0}, checkpoint=Checkpoint(str(tmp_path / "c")))
+    store.append_result(one.path, one.last_result)
+    assert store.save_state(state) and store.writes == 3  # a checkpoint: at once
+    exp.on_trial_end(two.trial_id)
+    assert store.save_state(state) and not store.save_state(state) and store.writes == 4
+    exp.started = None
+    assert store.save_state(state) and store.writes == 5  # fit()'s last save, always written
+    store.close()
+    assert not [p for p in os.listdir(exp.path) if ".tmp" in p]  # the temporary file was renamed
+    saved = storage.load_state(None, exp.path)["experiment"]
+    assert [(t.status, t.iteration, t.num_results) for t in saved.trials] == [
+        (RUNNING, 505, 505),
+        (TERMINATED, 500, 500),
+    ]
+    with pytest.raises(ValueError, match="period_s"):
+        storage.SavePolicy(-1)
+
+
+def test_a_restore_catches_trials_up_from_result_json(tmp_path):
+    exp = experiment({"a": tune.grid_search([1])}, path=str(tmp_path / "exp"), mode="min")
+    store = storage.ExperimentStorage(None, exp.path)
+    (trial,) = exp.to_start()
+    scores = [5, 3, 4, 1, 2]
+    for score in scores[:2]:
+        exp.on_result(trial.trial_id, {"score": score}, time_this_iter_s=0.5)
+        store.append_result(trial.path, trial.last_result)
+    store.save_state({"experiment": exp})
+    for score in scores[2:]:  # logged after the state file was written, then the driver died
+        exp.on_result(trial.trial_id, {"score": score}, time_this_iter_s=0.5)
+        store.append_result(trial.path, trial.last_result)
+    store.close()
+    log = os.path.join(trial.path, storage.RESULT_FILE)
+    with open(log, "a") as out:
+        out.write('{"score": 0, "training_iter')  # the line the kill cut short
+    (back,) = storage.load_state(None, exp.path)["experiment"].trials
+    assert (back.iteration, back.num_results, back.time_total) == (5, 5, 2.5)
+    assert back.last_result["score"] == 2 and back.last_result["training_iteration"] == 5
+    assert back.best["score"] == 1  # mode min, over the logged results too
+    assert [r["score"] for r in back.history] == scores
+    # The next append cuts the fragment first, so the log stays readable to its end.
+    store = storage.ExperimentStorage(None, exp.path)
+    store.append_result(trial.path, {"score": 9})
+    store.close()
+    assert [r["score"] for r in storage.read_results(trial.path)] == [*scores, 9]
+    with open(log) as source:
+        assert source.read().count("\n") == 6
 
 
 # ---- schedulers -------------------------------------------------------------------------------------
