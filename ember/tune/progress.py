@@ -28,6 +28,16 @@ def _short(config: dict, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _last_line(text, limit: int = 200):
+    """The line of a traceback that says what went wrong (its last non-empty one), shortened."""
+    if not text:
+        return None
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    return lines[-1] if len(lines[-1]) <= limit else lines[-1][: limit - 1] + "…"
+
+
 class TrialTable:
     """The experiment as shown: one row per trial."""
 
@@ -52,16 +62,25 @@ class TrialTable:
             "latest": last.get(metric) if metric else None,
             "best": trial.best.get(metric) if metric else None,
             "error": trial.error_type,
+            "message": _last_line(trial.error) if trial.status == "ERROR" else None,
         }
+
+    def ordered(self) -> list:
+        """The rows as shown: by the metric's best value, best first (those without one after, in
+        the order the trials came); without a metric and mode, in the order the trials came."""
+        rows = list(self.rows.values())
+        if not self.metric or self.mode not in ("min", "max"):
+            return rows
+        scored = [row for row in rows if _number(row["best"]) and row["best"] == row["best"]]
+        rest = [row for row in rows if not (_number(row["best"]) and row["best"] == row["best"])]
+        scored.sort(key=lambda row: row["best"], reverse=self.mode == "max")
+        return scored + rest
 
     def best_trial(self):
         if not self.metric or self.mode not in ("min", "max"):
             return None
-        scored = [row for row in self.rows.values() if _number(row["best"])]
-        if not scored:
-            return None
-        pick = max if self.mode == "max" else min
-        return pick(scored, key=lambda row: row["best"])["trial"]
+        ordered = self.ordered()
+        return ordered[0]["trial"] if ordered and _number(ordered[0]["best"]) else None
 
     def counts(self) -> dict:
         out: dict = {}
@@ -94,12 +113,14 @@ class TrialTable:
         metric = self.metric or "metric"
         heads = ["trial", "status", "config", "iter", f"{metric} (latest)", f"{metric} (best)"]
         body = []
-        for row in self.rows.values():
+        for row in self.ordered():
             classes = ["ember-trial", f"ember-trial-{row['status'].lower()}"]
             if row["trial"] == best:
                 classes.append("ember-trial-best")
             style = " style='font-weight:bold;background:#e8f5e9'" if row["trial"] == best else ""
-            status = row["status"] + (f" ({row['error']})" if row["error"] and row["status"] == "ERROR" else "")
+            status = row["status"]
+            if row["status"] == "ERROR" and (row["message"] or row["error"]):
+                status += f" ({row['message'] or row['error']})"
             cells = [row["trial"], status, row["config"], row["iter"], row["latest"], row["best"]]
             body.append(
                 f"<tr class='{' '.join(classes)}'{style}>"
@@ -135,7 +156,12 @@ class TextReporter:
             stream.flush()
 
     def trial(self, trial) -> None:
+        before = self.table.rows.get(trial.name, {}).get("status")
         self.table.update(trial)
+        row = self.table.rows[trial.name]
+        if row["status"] == "ERROR" and before != "ERROR":
+            # An error is said at once, on its own line, not left to the next summary.
+            self._write(f"{PREFIX}trial {trial.name} errored: {row['message'] or row['error'] or 'unknown error'}")
         now = self.table.clock()
         if now - self.last >= self.every:
             self.last = now
