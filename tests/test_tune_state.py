@@ -11,10 +11,10 @@ import pytest
 from ember import tune
 from ember.train.checkpoint import Checkpoint
 from ember.train.result import Result
+from ember.tune import storage
 from ember.tune.experiment import ERROR, PAUSED, PENDING, RETRY, RUNNING, TERMINATED, Experiment
 from ember.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, PopulationBasedTraining
 from ember.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-from ember.tune import storage
 from ember.tune.stopper import make_stopper
 
 

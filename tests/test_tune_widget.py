@@ -215,6 +215,10 @@ def test_widget_in_a_kernel_leaves_the_final_table_as_html():
     page, plain = final["data"]["text/html"], final["data"]["text/plain"]
     assert plain.endswith("finished")
     table_rows = rows(page)
-    assert [status for _, status, _ in table_rows] == ["TERMINATED", "TERMINATED", "ERROR (ValueError: a=2 is not allowed)"]
+    assert [status for _, status, _ in table_rows] == [
+        "TERMINATED",
+        "TERMINATED",
+        "ERROR (ValueError: a=2 is not allowed)",
+    ]
     assert "ember-trial-best" in table_rows[0][2] and "a=1" in page and "finished" in page
     assert progress.PREFIX not in fitted.stderr()  # no log lines under a widget
