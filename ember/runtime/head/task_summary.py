@@ -15,7 +15,7 @@ import time
 from ember.runtime.cluster_state import ClusterState
 
 SUMMARY_PERIOD = 0.1  # seconds between summaries, at most (the widgets redraw at most ten times a second)
-RECORDS = 10_000  # task records kept to link dependencies and name objects' makers (aggregates stay exact)
+RECORDS = 2_000  # task records kept to link dependencies and name objects' makers (aggregates stay exact)
 
 
 class TaskSummary:
