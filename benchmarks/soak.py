@@ -8,7 +8,10 @@ the cluster process (head and node manager) and of this driver, and the sizes of
     python benchmarks/soak.py                          # 100k tasks, 2k actors, 2k placement groups
     python benchmarks/soak.py --tasks 20000 --actors 300 --groups 300 --json
 
-A short warm-up runs a little of everything first. Figures after the last batch are compared with
+A warm-up runs a little of everything first and, unless ``--short-warm-up``, churns as many actors
+and placement groups as the head remembers ended ones (its caps, ember/runtime/bounded.py): a
+table filling up to its cap is the cluster reaching its steady size, not growth (past the cap it
+stays that size). Figures after the last batch are compared with
 those after the first batch (``growth``), and so are the two batches' rates (``rate_ratio``). ``--json`` prints one JSON
 object at the end (tests/test_soak.py reads it).
 """
@@ -25,6 +28,7 @@ import psutil
 import ember as ray
 from ember import api
 from ember.runtime import protocol
+from ember.runtime.bounded import DESTROYED_ACTORS, REMOVED_PLACEMENT_GROUPS, cap_from_env
 from ember.runtime.client.core_client import current_client
 from ember.util.placement_group import placement_group, remove_placement_group
 
@@ -117,11 +121,12 @@ def churn_groups(count: int) -> None:
             remove_placement_group(group)
 
 
-def warm_up(tasks: int, retiring: int) -> None:
-    """A little of everything, so that code paths met for the first time do not count as growth."""
+def warm_up(tasks: int, retiring: int, fill_caps: bool) -> None:
+    """A little of everything, so that code paths met for the first time do not count as growth; with
+    ``fill_caps``, enough actors and groups that the head's tables of ended ones are full."""
     run_tasks(tasks, retiring)
-    churn_actors(WAVE)
-    churn_groups(WAVE)
+    churn_actors(cap_from_env(DESTROYED_ACTORS) if fill_caps else WAVE)
+    churn_groups(cap_from_env(REMOVED_PLACEMENT_GROUPS) if fill_caps else WAVE)
 
 
 def snapshot(phase: str, seconds: float, rate: float | None = None) -> dict:
@@ -153,6 +158,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--retiring", type=int, default=None, help="max_calls=1 tasks per batch (tasks/1000)")
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    parser.add_argument(
+        "--short-warm-up", action="store_true", help="warm up without filling the head's caps of ended actors/groups"
+    )
     args = parser.parse_args(argv)
     retiring = max(20, args.tasks // 1000) if args.retiring is None else args.retiring
 
@@ -175,7 +183,7 @@ def main(argv=None) -> dict:
 
     try:
         phases.append(snapshot("start", 0.0))
-        phase("warm-up", warm_up, args.tasks // 10, retiring)
+        phase("warm-up", warm_up, args.tasks // 10, retiring, not args.short_warm_up)
         phase("batch1", run_tasks, args.tasks, retiring)
         phase("actors", churn_actors, args.actors)
         phase("groups", churn_groups, args.groups)
@@ -188,6 +196,7 @@ def main(argv=None) -> dict:
         "actors": args.actors,
         "groups": args.groups,
         "retiring": retiring,
+        "caps_filled_in_warm_up": not args.short_warm_up,
         "phases": phases,
         "growth": growth(first, last),
         "rate_ratio": round(last["rate"] / first["rate"], 3),
