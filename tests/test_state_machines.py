@@ -351,3 +351,95 @@ def test_task_events_go_out_at_most_once_a_period():
     assert batcher.due(first + EVENT_PERIOD * 2)
     assert [record[1] for record in batcher.take_due(first + EVENT_PERIOD * 2)] == [b"b"]
     assert not batcher
+
+
+# --- the worker pool kept topped up, and what a killed worker holds --------------------------------
+
+
+def started_pool(scheduler, *worker_ids):
+    actions = []
+    for worker_id in worker_ids:
+        actions += scheduler.worker_started(worker_id)
+    return actions
+
+
+def test_actor_grant_starts_a_replacement_worker_for_the_pool():
+    scheduler = LeaseScheduler({"CPU": 2}, max_idle_workers=2, min_idle_workers=2)
+    scheduler.starting = 2  # the node prestarted two
+    assert kinds(started_pool(scheduler, b"w1", b"w2")) == []
+    actions = scheduler.request(request(b"a", {"CPU": 1}, actor=True))
+    # The actor takes w1 for good; one worker is started at once so two are left for the next lease.
+    assert kinds(actions) == ["grant", "start_worker"]
+    assert kinds(scheduler.request(request(b"b", {"CPU": 1}, actor=True))) == ["grant", "start_worker"]
+    assert scheduler.starting == 2
+    # Started ones are idle in the pool; nothing more is started while the pool is full.
+    assert kinds(started_pool(scheduler, b"w3", b"w4")) == []
+    assert kinds(scheduler.schedule()) == []
+
+
+def test_task_leases_do_not_top_up_the_pool():
+    # A task's worker comes back to the pool when its lease is returned: no replacement is started.
+    scheduler = LeaseScheduler({"CPU": 2}, max_idle_workers=2, min_idle_workers=2)
+    started_pool(scheduler, b"w1", b"w2")
+    assert kinds(scheduler.request(request(b"a", {"CPU": 1}))) == ["grant"]
+    assert kinds(scheduler.request(request(b"b", {"CPU": 1}))) == ["grant"]
+    assert kinds(scheduler.lease_returned(b"w1")) == []
+
+
+def test_pool_top_up_stays_within_the_idle_cap():
+    scheduler = LeaseScheduler({"CPU": 4}, max_idle_workers=2, min_idle_workers=2)
+    started_pool(scheduler, b"w1", b"w2")
+    for i in range(3):  # three actors: each replacement keeps two workers that are not an actor's
+        actions = scheduler.request(request(bytes([i]), {"CPU": 1}, actor=True))
+        assert kinds(actions) == ["grant", "start_worker"]
+        started_pool(scheduler, b"r%d" % i)
+    idle = [w for w in scheduler.workers.values() if w.idle]
+    assert len(idle) == 2 <= scheduler.max_idle_workers
+    with pytest.raises(ValueError, match="min_idle_workers"):
+        LeaseScheduler({"CPU": 1}, max_idle_workers=1, min_idle_workers=2)
+
+
+def test_pool_is_not_topped_up_after_a_failed_start():
+    scheduler = LeaseScheduler({"CPU": 2}, max_idle_workers=2, min_idle_workers=1)
+    scheduler.starting = 1
+    # A worker that dies before it registers is not replaced in a loop: only a request starts one.
+    assert kinds(scheduler.worker_start_failed()) == []
+    assert kinds(scheduler.request(request(b"a", {"CPU": 1}))) == ["start_worker"]
+    # Once one has started, the pool is kept again.
+    assert kinds(scheduler.worker_started(b"w1")) == ["grant"]
+    assert kinds(scheduler.request(request(b"b", {"CPU": 1}, actor=True))) == ["start_worker"]
+
+
+def test_killed_worker_frees_its_resources_at_once_and_is_never_leased_again():
+    scheduler = LeaseScheduler({"CPU": 1}, max_idle_workers=2)
+    started_pool(scheduler, b"w1", b"w2")
+    scheduler.request(request(b"a", {"CPU": 1}, actor=True))
+    assert kinds(scheduler.request(request(b"b", {"CPU": 1}, actor=True))) == []  # no CPU left
+    actions = scheduler.worker_killed(b"w1")
+    # The queued actor gets the CPU now, on the other worker, before w1 is reaped.
+    assert kinds(actions) == ["grant"] and actions[0][2].worker_id == b"w2"
+    assert scheduler.available["CPU"] == 0
+    assert scheduler.worker_killed(b"w1") == []  # a second kill changes nothing
+    assert kinds(scheduler.lease_returned(b"w1")) == []  # nor a late return of its lease
+    actions = scheduler.worker_died(b"w1")
+    assert kinds(actions) == ["lease_lost"]  # its death is still reported, and releases nothing twice
+    assert scheduler.available["CPU"] == 0
+
+
+def test_killed_idle_worker_is_not_leased_while_it_dies():
+    scheduler = LeaseScheduler({"CPU": 2}, max_idle_workers=2)
+    started_pool(scheduler, b"w1")
+    scheduler.worker_killed(b"w1")
+    assert kinds(scheduler.request(request(b"a", {"CPU": 1}))) == ["start_worker"]
+
+
+def test_killed_worker_keeps_its_gpus_until_it_is_reaped():
+    scheduler = LeaseScheduler({"CPU": 2, "GPU": 1}, max_idle_workers=2)
+    started_pool(scheduler, b"w1", b"w2")
+    scheduler.request(request(b"a", {"CPU": 1, "GPU": 1}, actor=True))
+    scheduler.request(request(b"b", {"CPU": 1, "GPU": 1}, actor=True))
+    assert kinds(scheduler.worker_killed(b"w1")) == []  # its device memory is freed only at exit
+    assert scheduler.gpu_free == [0]
+    actions = scheduler.worker_died(b"w1")
+    assert kinds(actions) == ["lease_lost", "grant"]
+    assert scheduler.gpu_free == [0] and actions[1][2].gpu_ids == [0]

@@ -8,12 +8,33 @@ distributed modes).
 """
 
 import importlib as _importlib
+from typing import TYPE_CHECKING
 
-from ember.train.checkpoint import Checkpoint
-from ember.train.config import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-from ember.train.result import Result
-from ember.train.session import TrainContext, get_checkpoint, get_context, get_dataset_shard, report
-from ember.train.trainer import Backend, DataParallelTrainer
+# Names load from their modules on first use: a worker that unpickles a training loop or a Tune trial
+# (``train.report`` inside) then imports the session alone, not the trainers (tens of ms per fresh worker).
+_LAZY = {
+    "Checkpoint": "checkpoint",
+    "CheckpointConfig": "config",
+    "DataConfig": "config",
+    "FailureConfig": "config",
+    "RunConfig": "config",
+    "ScalingConfig": "config",
+    "Result": "result",
+    "TrainContext": "session",
+    "get_checkpoint": "session",
+    "get_context": "session",
+    "get_dataset_shard": "session",
+    "report": "session",
+    "Backend": "trainer",
+    "DataParallelTrainer": "trainer",
+}
+
+if TYPE_CHECKING:
+    from ember.train.checkpoint import Checkpoint
+    from ember.train.config import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ember.train.result import Result
+    from ember.train.session import TrainContext, get_checkpoint, get_context, get_dataset_shard, report
+    from ember.train.trainer import Backend, DataParallelTrainer
 
 __all__ = [
     "Backend",
@@ -36,8 +57,17 @@ _SUBPACKAGES = ("torch", "lightgbm", "xgboost")
 
 
 def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(_importlib.import_module(f"ember.train.{module}"), name)
+        globals()[name] = value
+        return value
     # ``ray.train.torch.TorchTrainer`` after ``import ember as ray``: the framework's package (and
     # torch or lightgbm with it) loads on first use.
     if name in _SUBPACKAGES:
         return _importlib.import_module(f"ember.train.{name}")
     raise AttributeError(f"module 'ember.train' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

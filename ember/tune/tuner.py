@@ -234,6 +234,8 @@ class _Run:
         self.reuse = tc.reuse_actors
         self.idle: dict = {}  # resources key -> [actor] kept for reuse
         self.cleans_up = _cleans_up(tuner.trainable)
+        # One actor class for the whole run: its pickled form is made and exported once, not per trial.
+        self.actor_class = ember.remote(TrialActor)
 
     def go(self) -> ResultGrid:
         experiment = self.experiment
@@ -302,7 +304,7 @@ class _Run:
             extra = {k: v for k, v in resources.items() if k not in ("CPU", "GPU")}
             if extra:
                 options["resources"] = extra
-            actor = ember.remote(TrialActor).options(**options).remote()
+            actor = self.actor_class.options(**options).remote()
         self.actors[trial.trial_id] = (actor, key)
         context = TuneContext(self.name, trial.trial_id, trial.name, trial.path, resources)
         config = self.checkpoint_config

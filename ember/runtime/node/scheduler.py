@@ -53,6 +53,7 @@ class Worker:
     gpu_ids: list = field(default_factory=list)
     blocked: bool = False
     dedicated: bool = False  # runs an actor for the rest of its life
+    dying: bool = False  # SIGKILLed, not reaped yet: never leased again, holds nothing
 
 
 @dataclass
@@ -64,9 +65,19 @@ class Bundle:
 
 
 class LeaseScheduler:
-    """Grants worker leases on one node within its resources."""
+    """Grants worker leases on one node within its resources.
 
-    def __init__(self, total: dict, max_idle_workers: int):
+    The pool: at most ``max_idle_workers`` idle workers are kept (a returned lease past that retires
+    its worker). At least ``min_idle_workers`` workers are kept that are not an actor's (idle, leased
+    to tasks, or starting): an actor takes a worker for good, so its grant starts a replacement in the
+    background, and the next actor is a lease on a worker already started, as Ray's prestarted pool.
+    """
+
+    def __init__(self, total: dict, max_idle_workers: int, min_idle_workers: int = 0):
+        if min_idle_workers < 0 or min_idle_workers > max_idle_workers:
+            raise ValueError(
+                f"min_idle_workers must be between 0 and max_idle_workers ({max_idle_workers}), got {min_idle_workers}"
+            )
         self.total = to_fixed(total)
         self.available = dict(self.total)
         gpus = int(total.get("GPU", 0))
@@ -75,6 +86,10 @@ class LeaseScheduler:
         self.workers: dict[bytes, Worker] = {}
         self.starting = 0
         self.max_idle_workers = max_idle_workers
+        self.min_idle_workers = min_idle_workers
+        # Workers that failed to start since the last one that started: the pool is not topped up
+        # meanwhile, so a broken environment does not fork failing workers in a loop.
+        self.start_failures = 0
         self.bundles: dict[tuple, Bundle] = {}  # (placement group id, index) -> Bundle, see its section
 
     # --- events -------------------------------------------------------------------------------
@@ -88,6 +103,7 @@ class LeaseScheduler:
 
     def worker_started(self, worker_id: bytes) -> list:
         self.starting = max(0, self.starting - 1)
+        self.start_failures = 0
         self.workers[worker_id] = Worker(worker_id)
         return self.schedule()
 
@@ -98,11 +114,12 @@ class LeaseScheduler:
 
     def worker_start_failed(self) -> list:
         self.starting = max(0, self.starting - 1)
+        self.start_failures += 1
         return self.schedule()
 
     def lease_returned(self, worker_id: bytes) -> list:
         worker = self.workers.get(worker_id)
-        if worker is None or worker.lease is None or worker.dedicated:
+        if worker is None or worker.lease is None or worker.dedicated or worker.dying:
             return self.schedule()
         self._release(worker)
         worker.lease = None
@@ -121,6 +138,21 @@ class LeaseScheduler:
             self._release(worker)
             actions.append(("lease_lost", worker.lease, worker_id))
         return actions + self.schedule()
+
+    def worker_killed(self, worker_id: bytes) -> list:
+        """The node decided to SIGKILL this worker (an actor killed, a lease reclaimed): what it holds
+        is free now, not once the process is reaped, so the next lease does not wait for the reaping.
+        It is never leased again; its death (``worker_died``) still reports the lease as lost.
+        GPUs stay held until the process is gone: their memory is freed only when it exits."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.dying:
+            return []
+        worker.dying = True
+        worker.idle = False
+        if worker.gpu_ids:
+            return []
+        self._release(worker)
+        return self.schedule()
 
     def blocked(self, worker_id: bytes) -> list:
         """A leased worker waits in ``get``: lend its CPUs to other work so nested tasks can run."""
@@ -198,11 +230,18 @@ class LeaseScheduler:
             for name, amount in request.running.items():
                 unclaimed[name] = unclaimed.get(name, 0) - amount
             actions.append(("grant", request, worker))
-        missing = waiting - self.starting
+        missing = max(waiting - self.starting, self._pool_shortfall())
         for _ in range(max(0, missing)):
             self.starting += 1
             actions.append(("start_worker",))
         return actions
+
+    def _pool_shortfall(self) -> int:
+        """Workers to start so that ``min_idle_workers`` are not an actor's (see the class)."""
+        if self.start_failures:
+            return 0
+        pool = sum(1 for w in self.workers.values() if not w.dedicated and not w.dying)
+        return self.min_idle_workers - pool - self.starting
 
     def _grant(self, worker: Worker, request: LeaseRequest, gpu_ids: list) -> None:
         worker.idle = False

@@ -1,0 +1,67 @@
+"""The node's worker pool on a real cluster: kept topped up as actors take workers for good, within
+its idle cap, and a killed actor's resources free before its process is reaped."""
+
+from conftest import run_driver
+
+
+def test_actor_after_a_kill_starts_on_a_prestarted_worker():
+    out = run_driver(
+        """
+        import os, time
+        import psutil
+        import ember
+        from ember import api
+
+        ember.init(num_cpus=2)
+        cluster = psutil.Process(api._cluster_process.pid)
+
+        def workers():
+            found = set()
+            for child in cluster.children():
+                try:
+                    if child.name() == "ember-worker" and child.status() != psutil.STATUS_ZOMBIE:
+                        found.add(child.pid)
+                except psutil.NoSuchProcess:
+                    pass  # a killed actor's worker, reaped meanwhile
+            return found
+
+        def idle():
+            return api._nodes_raw()[0]["workers"]["idle"]
+
+        def wait(condition, what):
+            deadline = time.monotonic() + 30
+            while not condition():
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"timed out waiting for {what}")
+                time.sleep(0.02)
+
+        @ember.remote(num_cpus=1)
+        class Trial:
+            def pid(self):
+                return os.getpid()
+
+        most_idle = 0
+        for round in range(4):
+            wait(lambda: idle() == 2, "two idle workers")
+            before = workers()
+            actors = [Trial.remote(), Trial.remote()]
+            pids = ember.get([a.pid.remote() for a in actors])
+            # Both actors run on workers that were started before they were asked for.
+            assert set(pids) <= before, (pids, before)
+            # Their replacements are started in the background; the pool never holds more idle
+            # workers than its cap (the CPU count).
+            wait(lambda: idle() == 2, "the pool to be topped up")
+            most_idle = max(most_idle, len(workers() - set(pids)))
+            # Killed: the CPUs come back when the kill is decided, so a third actor needs no reaping.
+            for actor in actors:
+                ember.kill(actor)
+            third = Trial.remote()
+            assert ember.get(third.pid.remote()) in before | workers()
+            ember.kill(third)
+        print("most idle", most_idle)
+        ember.shutdown()
+        """,
+        timeout=120,
+    )
+    most_idle = int(out.stdout.split("most idle")[1])
+    assert most_idle == 2
