@@ -292,6 +292,7 @@ class RequestLease(Message, tag="request_lease", kw_only=True):
     strategy: SchedulingStrategy | None = None
     spilled: bool = False
     job: JobId | None = None
+    cid: Key | None = None  # an actor's exported class, which workers started for the pool load ahead
 
 
 class LeaseGranted(Message, tag="lease_granted", kw_only=True):
@@ -528,6 +529,7 @@ class Reply(Message, tag="reply", kw_only=True):
     sizes: dict[str, Count] | None = None  # table_sizes
     prefix: Annotated[str, Meta(max_length=256)] | None = None  # register_client, worker_ready, store_create
     node_id: NodeId | None = None  # register_client, worker_ready
+    preload: list[tuple[Key, JobId | None]] | None = None  # worker_ready: classes of recent actors to load
     resources: Resources | None = None  # register_client
     spillback: NodeId | None = None  # request_lease: ask that node instead
     address: Address | None = None  # request_lease (spillback)

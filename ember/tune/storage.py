@@ -5,10 +5,15 @@ tmp file, fsync, ``os.replace``: a crash leaves the old or the new state, never 
 once after a change a restore needs exactly (``Experiment.changes``: a trial's status, a new trial,
 a checkpoint, a failure), and for results alone at most every ``STATE_PERIOD_S`` (``SavePolicy``).
 A restore takes each trial's results logged after the state file from its result.json
-(``Experiment.catch_up``); a line cut short by the crash is dropped."""
+(``Experiment.catch_up``); a line cut short by the crash is dropped.
+
+The state is pickled on the controller's thread (a consistent snapshot) and written by a writer
+thread, newest first: the controller never waits on the disk, and a burst of changes costs one
+write. ``close()`` waits for the last state to be on disk."""
 
 import json
 import os
+import threading
 import time
 
 import cloudpickle
@@ -55,22 +60,65 @@ class ExperimentStorage:
         self.logs: dict = {}  # trial path -> open file (local storage)
         self.writes = 0
         ckpt.makedirs(filesystem, path)
+        self._changed = threading.Condition()
+        self._pending: bytes | None = None  # the newest state not written yet
+        self._writing = False
+        self._closing = False
+        self._error: BaseException | None = None
+        self._writer: threading.Thread | None = None
 
     def save_state(self, state: dict, force: bool = False) -> bool:
-        """Write ``state`` (with its ``experiment``) if the policy says it is due; True if written.
-        An experiment not running (``started`` None: fit()'s end or interrupt) is always written."""
+        """Write ``state`` (with its ``experiment``) if the policy says it is due; True if it will be.
+        An experiment not running (``started`` None: fit()'s end or interrupt) is always written. A
+        failure of an earlier write is raised here."""
         experiment = state["experiment"]
         now = self.clock()
         final = force or experiment.started is None
         if not self.policy.due(experiment.changes, experiment.num_results, now, final):
             return False
-        self._write({"version": VERSION, **state})
+        data = cloudpickle.dumps({"version": VERSION, **state})
+        with self._changed:
+            self._raise_failure()
+            self._pending = data
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="ember-tune-state", daemon=True)
+                self._writer.start()
+            self._changed.notify_all()
         self.policy.wrote(experiment.changes, experiment.num_results, now)
         self.writes += 1
         return True
 
-    def _write(self, state: dict) -> None:
-        data = cloudpickle.dumps(state)
+    def flush(self) -> None:
+        """Wait until the newest state is on disk; raise if writing it failed."""
+        with self._changed:
+            while self._pending is not None or self._writing:
+                self._changed.wait()
+            self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise OSError(f"ember.tune could not write the experiment state under {self.path}: {error}") from error
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._changed:
+                while self._pending is None and not self._closing:
+                    self._changed.wait()
+                if self._pending is None:
+                    return  # closed, and everything written
+                data, self._pending, self._writing = self._pending, None, True
+            try:
+                self._write(data)
+            except BaseException as error:  # noqa: BLE001 - reported to the controller at its next save
+                with self._changed:
+                    self._error = error
+            finally:
+                with self._changed:
+                    self._writing = False
+                    self._changed.notify_all()
+
+    def _write(self, data: bytes) -> None:
         target = join(self.path, STATE_FILE)
         if self.filesystem is None:
             tmp = f"{target}.tmp-{os.getpid()}"
@@ -102,6 +150,15 @@ class ExperimentStorage:
         for log in self.logs.values():
             log.close()
         self.logs.clear()
+        try:
+            self.flush()
+        finally:
+            with self._changed:
+                self._closing = True
+                self._changed.notify_all()
+            if self._writer is not None:
+                self._writer.join()
+                self._writer = None
 
 
 def load_state(filesystem, path: str) -> dict:

@@ -259,6 +259,12 @@ class _Run:
                         self.display.trial(trial)
                     continue
                 self._handle(ready[0])
+                # Results that are in already are handled before the state is saved once for all.
+                while self.pending:
+                    more, _ = ember.wait(list(self.pending), num_returns=1, timeout=0)
+                    if not more:
+                        break
+                    self._handle(more[0])
         except KeyboardInterrupt:
             self._release_all()
             experiment.elapsed_before = experiment.elapsed()

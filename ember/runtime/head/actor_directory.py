@@ -322,6 +322,7 @@ class ActorDirectory:
             "what": actor.class_name or "",
             "actor": True,
             "job": actor.job_id,
+            "cid": actor.spec.cid,
         }
         # Node managers lease only to registered clients: the head registers as a peer right before
         # each request, on the same socket (which also covers one that reconnected meanwhile).

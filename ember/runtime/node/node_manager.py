@@ -47,6 +47,7 @@ from ember.runtime.service import Service, unwrap
 
 RAM_CHECK_PERIOD = 2.0  # seconds between looks at the machine's memory in use
 RAM_CHANGE = 32 << 20  # bytes of change that the head and the widgets hear about
+RECENT_CLASSES = 4  # actor classes a new worker loads ahead (see NodeManager.recent_classes)
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,9 @@ class NodeManager(Service):
         self.last_ram_check = 0.0
         self.loop = None
         self.worker_code_loaded = False  # see _load_worker_code
+        # (class id, job id) of the latest actors granted here, newest last: a worker started from now
+        # on loads them while idle, so the next such actor (a Tune trial's, say) finds its class loaded.
+        self.recent_classes: list = []
         self.policy = ClusterPolicy(self.node_id)
         self.view: dict[bytes, NodeView] = {
             self.node_id: NodeView(self.node_id, to_fixed(resources), to_fixed(resources), address=self.address)
@@ -178,6 +182,13 @@ class NodeManager(Service):
         log_path = os.path.join(self.log_dir, f"worker-{time.time_ns()}.log")
         self.processes.append(spawn_worker(env, log_path))
 
+    def remember_class(self, entry: tuple) -> None:
+        # Before the grant's start_worker action runs: the replacement started for it loads this class.
+        if entry in self.recent_classes:
+            self.recent_classes.remove(entry)
+        self.recent_classes.append(entry)
+        del self.recent_classes[:-RECENT_CLASSES]
+
     def on_worker_ready(self, identity, msg, frames):
         """A worker we started is up: it is a client of this node, and its worker may be leased."""
         process = next((p for p in self.processes if p.pid == msg.pid and p.worker_id is None), None)
@@ -193,7 +204,7 @@ class NodeManager(Service):
         if not self.worker_code_loaded and self.loop is not None:
             self.worker_code_loaded = True
             self.loop.call_soon(_load_worker_code)
-        return {"prefix": self.store_prefix, "node_id": self.node_id}
+        return {"prefix": self.store_prefix, "node_id": self.node_id, "preload": self.recent_classes}
 
     def check_workers(self) -> None:
         for process in list(self.processes):
@@ -325,6 +336,7 @@ class NodeManager(Service):
             # that judged this one best: both run here, so no request goes round in circles.
             spilled=msg.spilled or msg.actor,
             what=msg.what,
+            preload=(msg.cid, msg.job) if msg.actor and msg.cid is not None else None,
         )
         if request.request_id in self.requests:
             raise ValueError("a lease request with this id is queued already")
@@ -497,6 +509,8 @@ class NodeManager(Service):
             if kind == "grant":
                 _, request, worker = action
                 self.requests.pop(request.request_id, None)
+                if request.preload is not None:
+                    self.remember_class(request.preload)
                 process = self.workers[worker.worker_id]
                 # An actor's worker too: the head that leased it holds it (and kills it when done with it).
                 self.client_leases.setdefault(request.client, set()).add(worker.worker_id)

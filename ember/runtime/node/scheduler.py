@@ -42,6 +42,7 @@ class LeaseRequest:
     strategy: object = None  # the cluster-level policy (see cluster_scheduler); None is the default
     spilled: bool = False  # sent here by another node: run it here, do not pass it on again
     what: str = ""  # the task's or actor's name, for the GPU table
+    preload: tuple | None = None  # an actor's (class id, job id): what the worker that replaces its one loads
 
 
 @dataclass

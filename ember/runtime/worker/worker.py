@@ -130,9 +130,22 @@ class Worker:
                 "caddr": self.client.address,
             },
         )
+        if reply.preload:
+            self.loop.call_soon(self._preload, reply.preload)
         sys.stdout = LogStream("stdout", self.client, sys.__stdout__)
         sys.stderr = LogStream("stderr", self.client, sys.__stderr__)
         self.loop.run()  # until _exit, or the process is stopped
+
+    def _preload(self, classes: list) -> None:
+        """Load the classes of the actors lately created on this node, while idle in the pool: the next
+        actor of one of them (a Tune trial's, say) skips the fetch and the imports of its class."""
+        for cid, job in classes:
+            if self.actor_context is not None or self.running_task is not None:
+                return  # leased meanwhile: what it runs loads what it needs
+            try:
+                self.client.load_function(cid, job)
+            except Exception as error:  # noqa: BLE001 - only a head start; the creation reports errors
+                logging.getLogger(__name__).info("could not load class %s ahead: %s", cid.hex(), error)
 
     def _exit(self) -> None:
         """Leave after the last reply went out (max_calls, or an actor's __ray_terminate__)."""
