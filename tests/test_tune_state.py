@@ -405,3 +405,23 @@ def test_result_grid_best_and_errors():
         grid.get_best_result(scope="first")
     frame = grid.get_dataframe(filter_metric="loss", filter_mode="min")
     assert list(frame["loss"][:2]) == [1, 2] and "config/v" in frame.columns
+
+
+def test_state_is_written_off_the_controller_thread_newest_last_and_failures_surface(tmp_path):
+    import threading
+
+    from ember.tune import storage
+
+    store = storage.ExperimentStorage(None, str(tmp_path / "exp"))
+    for step in range(50):  # a burst: each save replaces the one not yet written
+        store.save_state({"step": step})
+    store.flush()
+    assert storage.load_state(None, str(tmp_path / "exp"))["step"] == 49
+    store.close()
+    assert not [t for t in threading.enumerate() if t.name == "ember-tune-state"]  # the writer is gone
+
+    broken = storage.ExperimentStorage(None, str(tmp_path / "gone"))
+    (tmp_path / "gone").rmdir()  # the experiment's directory vanished: the write fails
+    broken.save_state({"step": 1})
+    with pytest.raises(OSError, match="could not write the experiment state"):
+        broken.close()

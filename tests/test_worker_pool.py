@@ -65,3 +65,41 @@ def test_actor_after_a_kill_starts_on_a_prestarted_worker():
     )
     most_idle = int(out.stdout.split("most idle")[1])
     assert most_idle == 2
+
+
+def test_a_new_pool_worker_loads_the_latest_actors_class_ahead(tmp_path):
+    # The class's module records every process that imports it: the worker started to replace the
+    # one the actor took imports it while idle, before any actor of the class is created on it.
+    (tmp_path / "trial_module.py").write_text(
+        "import os\n"
+        f"with open({str(tmp_path / 'imports')!r}, 'a') as f:\n"
+        "    f.write(f'{os.getpid()}\\n')\n"
+        "class Trial:\n"
+        "    def pid(self):\n"
+        "        return os.getpid()\n"
+    )
+    out = run_driver(
+        f"""
+        import sys, time
+        sys.path.insert(0, {str(tmp_path)!r})
+        import ember
+        from trial_module import Trial
+
+        ember.init(num_cpus=2)
+        actor = ember.remote(num_cpus=1)(Trial).remote()
+        pid = ember.get(actor.pid.remote())
+        path = {str(tmp_path / "imports")!r}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with open(path) as f:
+                importers = {{int(line) for line in f}}
+            ahead = importers - {{pid, __import__("os").getpid()}}
+            if ahead:
+                break
+            time.sleep(0.02)
+        print("ahead", len(ahead))
+        ember.shutdown()
+        """,
+        timeout=120,
+    )
+    assert "ahead 1" in out.stdout or "ahead 2" in out.stdout, out.stdout
