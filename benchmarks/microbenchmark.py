@@ -284,6 +284,17 @@ def _(d):
     return statistics.median(times)
 
 
+@row("actors created, called once and killed (1 CPU each)")
+def _(d):
+    # Ember's own row (Ray's microbenchmark has no actor creation): what Tune's default,
+    # a new actor per trial, costs. Each actor holds a CPU, so the next one needs the last one's back.
+    def one():
+        a = Actor.options(num_cpus=1).remote()
+        ray.get(a.small_value.remote())
+        ray.kill(a)
+    return timeit(one, d)
+
+
 # Rows measured in fresh subprocesses by probe(), several times; median kept.
 PROBE_ROWS = [
     ("init to first result (s)", "s", "init_s"),

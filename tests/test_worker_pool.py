@@ -1,6 +1,7 @@
 """The node's worker pool on a real cluster: kept topped up as actors take workers for good, within
 its idle cap, and a killed actor's resources free before its process is reaped."""
 
+import pytest
 from conftest import run_driver
 
 
@@ -103,3 +104,14 @@ def test_a_new_pool_worker_loads_the_latest_actors_class_ahead(tmp_path):
         timeout=120,
     )
     assert "ahead 1" in out.stdout or "ahead 2" in out.stdout, out.stdout
+
+
+def test_preloading_can_be_turned_off_and_a_bad_setting_is_refused(monkeypatch):
+    from ember.runtime.node import node_manager
+
+    monkeypatch.setenv(node_manager.PRELOAD_CLASSES, "0")
+    assert node_manager._preload_setting() == 0
+    for bad in ("-1", "four"):
+        monkeypatch.setenv(node_manager.PRELOAD_CLASSES, bad)
+        with pytest.raises(ValueError, match=node_manager.PRELOAD_CLASSES):
+            node_manager._preload_setting()

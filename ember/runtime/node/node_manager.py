@@ -47,7 +47,9 @@ from ember.runtime.service import Service, unwrap
 
 RAM_CHECK_PERIOD = 2.0  # seconds between looks at the machine's memory in use
 RAM_CHANGE = 32 << 20  # bytes of change that the head and the widgets hear about
-RECENT_CLASSES = 4  # actor classes a new worker loads ahead (see NodeManager.recent_classes)
+# How many of the latest actors' classes a new worker loads ahead (see NodeManager.recent_classes).
+# 0 turns it off: a class whose module imports a large library (torch) makes each idle worker that much bigger.
+PRELOAD_CLASSES = "EMBER_WORKER_PRELOAD_CLASSES"
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +120,7 @@ class NodeManager(Service):
         # (class id, job id) of the latest actors granted here, newest last: a worker started from now
         # on loads them while idle, so the next such actor (a Tune trial's, say) finds its class loaded.
         self.recent_classes: list = []
+        self.preload_classes = _preload_setting()
         self.policy = ClusterPolicy(self.node_id)
         self.view: dict[bytes, NodeView] = {
             self.node_id: NodeView(self.node_id, to_fixed(resources), to_fixed(resources), address=self.address)
@@ -187,7 +190,7 @@ class NodeManager(Service):
         if entry in self.recent_classes:
             self.recent_classes.remove(entry)
         self.recent_classes.append(entry)
-        del self.recent_classes[:-RECENT_CLASSES]
+        del self.recent_classes[: max(0, len(self.recent_classes) - self.preload_classes)]
 
     def on_worker_ready(self, identity, msg, frames):
         """A worker we started is up: it is a client of this node, and its worker may be leased."""
@@ -659,6 +662,17 @@ class NodeManager(Service):
         self.router.disable_monitor()
         self.router_monitor.close(0)
         super().close()
+
+
+def _preload_setting() -> int:
+    raw = os.environ.get(PRELOAD_CLASSES, "").strip()
+    try:
+        value = int(raw) if raw else 4
+    except ValueError:
+        raise ValueError(f"{PRELOAD_CLASSES} must be a whole number, got {raw!r}.") from None
+    if value < 0:
+        raise ValueError(f"{PRELOAD_CLASSES} must be at least 0, got {value}.")
+    return value
 
 
 def _load_worker_code() -> None:
