@@ -412,16 +412,17 @@ def test_state_is_written_off_the_controller_thread_newest_last_and_failures_sur
 
     from ember.tune import storage
 
-    store = storage.ExperimentStorage(None, str(tmp_path / "exp"))
+    exp = experiment({"a": tune.grid_search([1, 2])}, path=str(tmp_path / "exp"))
+    store = storage.ExperimentStorage(None, exp.path)
     for step in range(50):  # a burst: each save replaces the one not yet written
-        store.save_state({"step": step})
+        store.save_state({"experiment": exp, "step": step}, force=True)
     store.flush()
-    assert storage.load_state(None, str(tmp_path / "exp"))["step"] == 49
+    assert storage.load_state(None, exp.path)["step"] == 49
     store.close()
     assert not [t for t in threading.enumerate() if t.name == "ember-tune-state"]  # the writer is gone
 
     broken = storage.ExperimentStorage(None, str(tmp_path / "gone"))
     (tmp_path / "gone").rmdir()  # the experiment's directory vanished: the write fails
-    broken.save_state({"step": 1})
+    broken.save_state({"experiment": exp, "step": 1}, force=True)
     with pytest.raises(OSError, match="could not write the experiment state"):
         broken.close()
