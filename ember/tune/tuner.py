@@ -76,6 +76,7 @@ class Tuner:
         self._experiment = None
         self._path = None
         self._results = None
+        self._progress = None  # the display of the latest fit()
 
     # ---- restore -----------------------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class Tuner:
         experiment, filesystem, path = self._prepare()
         self._experiment, self._path = experiment, path
         run = _Run(self, experiment, storage.ExperimentStorage(filesystem, path), filesystem)
+        self._progress = run.display
         self._results = run.go()
         return self._results
 
@@ -229,6 +231,11 @@ class _Run:
         name = os.path.basename(experiment.path.rstrip("/"))
         self.name = name
         self.display = progress.reporter(name, experiment.metric, experiment.mode, tuner.run_config.verbose)
+        if getattr(tuner.trainable, "_algorithm_class", None) is not None:
+            from ember.tune import algorithm_progress
+
+            # The trials' learning curves beside Tune's table (in a notebook; nothing elsewhere).
+            self.display = algorithm_progress.wrap(self.display, name, tuner.param_space, tuner.run_config.verbose)
         self.checkpoint_config = tuner.run_config.checkpoint_config
         self.at_end = bool(getattr(self.checkpoint_config, "checkpoint_at_end", False))
         self.reuse = tc.reuse_actors
