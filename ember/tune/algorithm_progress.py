@@ -73,9 +73,10 @@ class AlgorithmCurves:
         self.inner.finish(error=error, interrupted=interrupted, path=path)
         self.curves.close()
 
-    def __getattr__(self, name):
-        # Anything else of Tune's display (its table, say) is the inner one's.
-        return getattr(self.__dict__["inner"], name)
+    @property
+    def table(self):
+        """Tune's trial table (the inner display's model)."""
+        return self.inner.table
 
 
 def wrap(display, name: str, param_space: dict, verbose: int = 1):
