@@ -172,6 +172,17 @@ def test_summary_carries_the_heads_aggregates_from_what_a_kernel_started_to_look
     assert kernel.summary() == {"pending": 1, "running": 0, "finished": 0, "failed": 0} and not kernel.tasks
 
 
+def test_a_finished_jobs_unended_tasks_count_as_failed_not_running_for_good():
+    head = ClusterState()
+    mine = {"name": "f", "job": b"j1"}
+    head.apply(b"event:task", [["submitted", task(1), 1.0, mine], ["submitted", task(2), 1.0, mine]])
+    head.apply(b"event:task", [["running", task(2), 1.5, {"node": b"n", "pid": 9}]])
+    head.apply(b"event:task", [["submitted", task(3), 1.0, {"name": "f", "job": b"j2"}]])
+    head.end_job(b"j1", 2.0)  # its driver was SIGKILLed: nobody will report these two again
+    assert head.summary() == {"pending": 1, "running": 0, "finished": 0, "failed": 2}
+    assert head.tasks[task(2)].error.startswith("OwnerDiedError") and head.tasks[task(3)].state == "pending"
+
+
 def test_summary_names_what_made_the_largest_objects():
     head, kernel = ClusterState(), ClusterState()
     head.apply(b"event:task", [submitted(7, "make_array")])

@@ -7,7 +7,7 @@ import re
 import statistics
 
 import pytest
-from conftest import wait_for
+from conftest import settled, wait_for
 
 import ember
 from ember import widgets
@@ -177,11 +177,8 @@ def test_actor_method_duration_is_its_run_time_not_its_queue_time(feed):
     napper = Napper.remote()
     ember.get(napper.nap.remote())
     # Cleared once the warm-up call is counted: the head's summaries say what ended, not when.
-    wait_for(
-        lambda: feed.state.summary()["finished"] >= 1 and not feed.state.summary()["running"],
-        timeout=20,
-        message="the warm-up call's events",
-    )
+    wait_for(lambda: feed.state.summary()["finished"] >= 1, timeout=20, message="the warm-up call's events")
+    wait_for(settled(lambda: feed.state.summary()), timeout=20, message="the task counts to settle")
     with feed.lock:
         feed.state.clear_tasks()
     assert sum(ember.get([napper.nap.remote() for _ in range(40)])) == 40

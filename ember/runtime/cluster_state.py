@@ -290,6 +290,15 @@ class ClusterState:
             self.load_summary(self._last_summary)
         self.version += 1
 
+    def end_job(self, job_id: bytes, when: float) -> None:
+        """A job's driver ended (head side): its tasks that had not ended never will report (their
+        owners are gone), so they count as failed rather than as pending or running for good."""
+        orphans = [r.task_id for r in self.tasks.values() if r.job == job_id and r.state in (PENDING, RUNNING)]
+        for task_id in orphans:
+            self._apply_one("failed", task_id, when, {"error": "OwnerDiedError: the job's driver ended"})
+        if orphans:
+            self.version += 1
+
     def forget_records(self) -> None:
         """Drop the task records, keeping the aggregates (a kernel that stops taking task events: the
         records would stay in whatever state they were last seen in)."""
