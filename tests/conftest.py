@@ -235,7 +235,9 @@ def feed(cluster):
 
     feed = EventFeed(core_client.current_client().publisher_address).start()
     probes = []
-    wait_for(lambda: probes.append(ember.get(probe.remote())) or feed.state.summary()["finished"], timeout=20)
+    wait_for(
+        lambda: probes.append(ember.get(probe.remote(), timeout=20)) or feed.state.summary()["finished"], timeout=20
+    )
     # Cleared once every probe is counted and the counts have settled: the head's summaries say what
     # ended, not when, so a task still on its way would count after the clear.
     wait_for(lambda: feed.state.summary()["finished"] >= len(probes), timeout=20, message="every probe counted")

@@ -237,9 +237,11 @@ def test_cluster_widget_shows_two_running_while_two_tasks_hold_the_cpus(feed, tm
     view = widgets.Cluster(feed=feed)
     release = tmp_path / "release"
     held = [busy_until.remote(str(release)) for _ in range(2)]
-    wait_for(lambda: running_shown(view) == 2, timeout=20, message="2 running while two tasks hold the CPUs")
-    wait_for(lambda: re.search(r"ember-cpu-text'>4 / 4 CPU<", view.html.value), timeout=20, message="4 CPUs used")
-    release.touch()
+    try:
+        wait_for(lambda: running_shown(view) == 2, timeout=20, message="2 running while two tasks hold the CPUs")
+        wait_for(lambda: re.search(r"ember-cpu-text'>4 / 4 CPU<", view.html.value), timeout=20, message="4 CPUs")
+    finally:
+        release.touch()  # a failure above must not leave the CPUs held for the tests after this one
     ember.get(held)
     refs = [busy_short.remote() for _ in range(140)]  # 3.5 s of work at two at a time
     seen = []
