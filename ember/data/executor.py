@@ -527,10 +527,6 @@ class Executor:
                     waiting[actor.ready_ref] = (state, actor)
         if not waiting and not stalled:
             return False
-        if not waiting and self.ahead is not None and self.ahead.held_bytes():
-            # The budget is in the consumer's prefetch: it frees as the consumer takes blocks.
-            self.ahead.wait_for_consumer(timeout=AHEAD_POLL)
-            return True
         if not waiting:
             detail = "; ".join(
                 f"{s.op.name}: {len(s.inputs)} queued, {len(s.outputs)} out, done={s.done()}" for s in self.states

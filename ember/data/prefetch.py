@@ -53,12 +53,6 @@ class Prefetcher:
         with self.cond:
             self.cond.wait_for(lambda: self.stopped or self._room(), timeout)
 
-    def wait_for_consumer(self, timeout: float) -> None:
-        """Until the consumer takes a table (or ``timeout``): what frees the budget the prefetch holds."""
-        with self.cond:
-            if not self.stopped:
-                self.cond.wait(timeout)
-
     def _room(self) -> bool:
         if not self.queue:
             return True
