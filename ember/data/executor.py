@@ -6,10 +6,6 @@ finish, and hands the consumer the next output block. The policy is plain state 
 ``Budget``); the only I/O is ``ember.remote``/``wait``/``get``/``cancel``/``kill``. Whatever way the
 generator ends (exhausted, an error, KeyboardInterrupt, the consumer closing it) its ``finally``
 cancels the tasks still running and kills the pool's actors.
-
-With ``ahead`` (a ``prefetch.Prefetcher``) it runs in the prefetcher's thread instead and keeps
-scheduling while the consumer is busy: it hands a block over only while the consumer's prefetch
-has room, and the blocks held there count against the budget like its own.
 """
 
 import collections
@@ -250,11 +246,8 @@ class Executor:
     the end, whatever way it ends. Both are called in the consuming thread.
     """
 
-    def __init__(self, root: PhysicalOp, ctx: DataContext | None = None, progress=None, ahead=None):
+    def __init__(self, root: PhysicalOp, ctx: DataContext | None = None, progress=None):
         self.ctx = ctx or DataContext.get_current()
-        self.ahead = ahead
-        if ahead is not None:
-            ahead.paced_by_executor = True  # it asks for blocks only when this hands them over
         self.root_op = root
         self.progress = progress
         self.stats = ExecutionStats()
@@ -284,8 +277,6 @@ class Executor:
         error = None
         try:
             while True:
-                if self.ahead is not None and self.ahead.stopped:
-                    return
                 before = self._progress()
                 self._reap()
                 for state in reversed(self.states):
@@ -294,14 +285,11 @@ class Executor:
                 self._account()
                 if self.progress is not None:
                     self.progress.update(self)
-                if root.outputs and (self.ahead is None or self.ahead.has_room()):
+                if root.outputs:
                     yield root.outputs.popleft()
                     continue
                 if root.done():
                     return
-                if root.outputs:
-                    self._wait_for_room()
-                    continue
                 # A pass that moved blocks (a barrier that just ran, say) may enable the next one.
                 if not self._wait_and_complete(stalled=self._progress() == before):
                     continue
@@ -319,17 +307,7 @@ class Executor:
     # -- launching ---------------------------------------------------------------------------------
 
     def _held(self) -> int:
-        held = sum(s.held_bytes() for s in self.states)
-        return held + self.ahead.held_bytes() if self.ahead is not None else held
-
-    def _wait_for_room(self):
-        """The consumer's prefetch is full: wake when a task finishes (to start the next within the
-        budget) or, briefly, to look whether the consumer took a block."""
-        running = [ref for state in self.states for ref in state.running]
-        if running:
-            ember.wait(running, num_returns=1, timeout=AHEAD_POLL, fetch_local=False)
-        else:
-            self.ahead.wait_for_room(timeout=1.0)
+        return sum(s.held_bytes() for s in self.states)
 
     def _account(self):
         self.stats.peak_bytes = max(self.stats.peak_bytes, self._held())
@@ -535,9 +513,7 @@ class Executor:
         refs = list(waiting)
         ready = []
         try:
-            # In a prefetch thread, wake often enough to see that the consumer has gone.
-            timeout = 1.0 if self.ahead is None else AHEAD_POLL
-            ready, _ = ember.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
+            ready, _ = ember.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
             if ready:
                 ready, _ = ember.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
             self._finish_ready(ready, waiting)
@@ -618,7 +594,6 @@ class Executor:
 
 
 _SLICE = [None]
-AHEAD_POLL = 0.05  # seconds a prefetching executor waits for tasks before it looks at its consumer again
 
 
 def _runs_tasks(state: OpState) -> bool:
