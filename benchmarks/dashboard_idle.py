@@ -26,7 +26,9 @@ def main() -> None:
     for name, process in (("head+node manager", head), ("dashboard", board)):
         cpu = (sum(process.cpu_times()[:2]) - before[process.pid]) / args.seconds * 100
         memory = process.memory_full_info()
-        print(f"{name:<18} idle CPU {cpu:.2f}% of a core   RSS {memory.rss / 2**20:.1f} MiB   USS {memory.uss / 2**20:.1f} MiB")
+        print(
+            f"{name:<18} idle CPU {cpu:.2f}% of a core   RSS {memory.rss / 2**20:.1f} MiB   USS {memory.uss / 2**20:.1f} MiB"
+        )
     print(f"dashboard at {context.dashboard_url}")
     ember.shutdown()
 

@@ -174,7 +174,7 @@ def init(
                 elif dashboard_port is not None and (
                     isinstance(dashboard_port, bool) or not isinstance(dashboard_port, int) or dashboard_port < 0
                 ):
-                    raise ValueError(f"dashboard_port must be a port number (0: any free port), got {dashboard_port!r}.")
+                    raise ValueError(f"dashboard_port must be a port number (0: any port), got {dashboard_port!r}.")
                 info, started = _start_local_cluster(
                     num_cpus, num_gpus, resources, object_store_memory, env_vars, dashboard_port
                 )

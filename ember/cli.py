@@ -237,7 +237,8 @@ def _print_started(info: dict, kind: str, resources: dict, session_dir: str, aut
         print("  autoscaler: running next to the head")
     print(f"  logs: {session_dir}/logs")
     if info.get("dashboard_url"):
-        print(f"  dashboard: {info['dashboard_url']}   (jobs: ember job submit --address {info['dashboard_url']} -- ...)")
+        url = info["dashboard_url"]
+        print(f"  dashboard: {url}   (jobs: ember job submit --address {url} -- ...)")
     print()
     if kind == "head":
         print("To connect a driver to this cluster:")

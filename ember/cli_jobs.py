@@ -52,7 +52,9 @@ def _follow_to_end(client, submission_id: str) -> int:
 def cmd_submit(args) -> int:
     entrypoint = args.entrypoint[1:] if args.entrypoint[:1] == ["--"] else args.entrypoint
     if not entrypoint:
-        print("ember job submit: give the entrypoint after --, e.g. ember job submit -- python script.py", file=sys.stderr)
+        print(
+            "ember job submit: give the entrypoint after --, e.g. ember job submit -- python script.py", file=sys.stderr
+        )
         return 2
     runtime_env = _runtime_env(args)
     metadata = json.loads(args.metadata_json) if args.metadata_json else None

@@ -48,8 +48,10 @@ def test_cluster_endpoint_and_index(cluster):
     assert [node["alive"] for node in body["nodes"]] == [True]
     assert set(body["tasks"]["counts"]) >= {"finished", "running"}
     ember.get(ember.remote(lambda: 1).remote())
-    wait_for(lambda: httpx.get(f"{url}/api/cluster", timeout=30).json()["tasks"]["counts"]["finished"] > 0,
-             message="the finished task in the summary")
+    wait_for(
+        lambda: httpx.get(f"{url}/api/cluster", timeout=30).json()["tasks"]["counts"]["finished"] > 0,
+        message="the finished task in the summary",
+    )
     page = httpx.get(url, timeout=30)
     assert page.status_code == 200 and "/api/jobs/" in page.text
     assert httpx.get(f"{url}/api/jobs/nope", timeout=30).status_code == 404

@@ -11,7 +11,6 @@ import textwrap
 import psutil
 import pytest
 
-import ember
 from ember.job_submission import JobStatus, JobSubmissionClient
 from ember.job_submission.common import ended
 from ember.util.state import list_actors
@@ -42,9 +41,11 @@ def client(cluster):
             except RuntimeError:  # the test deleted it
                 info = None
             if info is not None and info.driver_pid:
-                wait_for(lambda: not psutil.pid_exists(info.driver_pid), message="the job's driver to exit")
+                wait_for(lambda pid=info.driver_pid: not psutil.pid_exists(pid), message="the job's driver to exit")
             wait_for(
-                lambda: not [a for a in list_actors() if a.name == f"_job_supervisor_{submission_id}" and a.state != "DEAD"],
+                lambda: (
+                    not [a for a in list_actors() if a.name == f"_job_supervisor_{submission_id}" and a.state != "DEAD"]
+                ),
                 message="the job's supervisor to end",
             )
 
@@ -65,7 +66,9 @@ def test_status_rules():
 
 
 def test_submit_status_logs_list_delete(client):
-    code = "import os, ember; ember.init(); print(os.environ['GREETING'], ember.get(ember.remote(lambda: 6 * 7).remote()))"
+    code = (
+        "import os, ember; ember.init(); print(os.environ['GREETING'], ember.get(ember.remote(lambda: 6 * 7).remote()))"
+    )
     submission_id = client.submit_job(
         entrypoint=f"{PY} -c {code!r}",
         runtime_env={"env_vars": {"GREETING": "hello"}},
@@ -137,12 +140,14 @@ def test_stop_ends_the_driver_its_tasks_and_actors(client, tmp_path):
     assert client.stop_job(submission_id) is True
     assert wait_status(client, submission_id) == JobStatus.STOPPED
     for what, pid in [("driver", driver_pid), ("actor", pids["actor"]), ("task", pids["task"])]:
-        wait_for(lambda: not psutil.pid_exists(pid), message=f"the stopped job's {what} (pid {pid}) to be gone")
+        wait_for(lambda pid=pid: not psutil.pid_exists(pid), message=f"the stopped job's {what} (pid {pid}) to be gone")
     assert [a.state for a in list_actors() if a.name == "job_holder"] == ["DEAD"]
 
 
 def test_driver_killed_mid_run_is_failed(client):
-    submission_id = client.submit_job(entrypoint=f"exec {PY} -c 'import time; print(\"up\", flush=True); time.sleep(600)'")
+    submission_id = client.submit_job(
+        entrypoint=f"exec {PY} -c 'import time; print(\"up\", flush=True); time.sleep(600)'"
+    )
     wait_for(lambda: client.get_job_logs(submission_id) == "up\n", timeout=60, message="the job to start")
     os.kill(client.get_job_info(submission_id).driver_pid, signal.SIGKILL)
     assert wait_status(client, submission_id) == JobStatus.FAILED
@@ -171,8 +176,19 @@ def test_cli_submit_waits_and_exits_with_the_job_status(cluster, tmp_path):
     url = cluster.dashboard_url
     (tmp_path / "data.txt").write_text("from the working dir")
     done = ember_job(
-        "submit", "--address", url, "--working-dir", str(tmp_path), "--submission-id", "cli_ok",
-        "--runtime-env-json", '{"env_vars": {"X": "1"}}', "--", "sh", "-c", "cat data.txt; echo \" X=$X\"",
+        "submit",
+        "--address",
+        url,
+        "--working-dir",
+        str(tmp_path),
+        "--submission-id",
+        "cli_ok",
+        "--runtime-env-json",
+        '{"env_vars": {"X": "1"}}',
+        "--",
+        "sh",
+        "-c",
+        'cat data.txt; echo " X=$X"',
     )
     assert done.returncode == 0, done.stderr
     assert "from the working dir X=1" in done.stdout
@@ -185,13 +201,24 @@ def test_cli_submit_waits_and_exits_with_the_job_status(cluster, tmp_path):
 def test_cli_no_wait_status_logs_stop_list_delete(cluster):
     url = cluster.dashboard_url
     submitted = ember_job(
-        "submit", "--address", url, "--no-wait", "--submission-id", "cli_long", "--",
-        PY, "-c", "import time; print('started', flush=True); time.sleep(600)",
+        "submit",
+        "--address",
+        url,
+        "--no-wait",
+        "--submission-id",
+        "cli_long",
+        "--",
+        PY,
+        "-c",
+        "import time; print('started', flush=True); time.sleep(600)",
     )
     assert submitted.returncode == 0 and submitted.stdout.strip() == "cli_long", submitted.stderr
     # The submitting process has gone; the job runs on.
-    wait_for(lambda: "started" in ember_job("logs", "--address", url, "cli_long").stdout, timeout=60,
-             message="the job's output")
+    wait_for(
+        lambda: "started" in ember_job("logs", "--address", url, "cli_long").stdout,
+        timeout=60,
+        message="the job's output",
+    )
     assert "RUNNING" in ember_job("status", "--address", url, "cli_long").stdout
     assert "cli_long" in ember_job("list", "--address", url).stdout
     refused = ember_job("delete", "--address", url, "cli_long")

@@ -22,7 +22,6 @@ secret: ``Authorization: Bearer <secret>``, the ``X-Ember-Token`` header or the 
 import argparse
 import asyncio
 import hmac
-import json
 import logging
 import os
 import socket

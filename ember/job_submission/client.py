@@ -1,6 +1,6 @@
 """``JobSubmissionClient``: Ray's Jobs client, speaking Ray's REST routes to the dashboard.
 
-    client --HTTP (httpx), the cluster secret as a bearer token--> dashboard /api/jobs/...
+client --HTTP (httpx), the cluster secret as a bearer token--> dashboard /api/jobs/...
 """
 
 import os
@@ -55,8 +55,15 @@ class JobSubmissionClient:
     bearer token, which a dashboard on a network address requires.
     """
 
-    def __init__(self, address: str | None = None, *, headers: dict | None = None, cookies: dict | None = None,
-                 verify=True, timeout: float = 60.0):
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        headers: dict | None = None,
+        cookies: dict | None = None,
+        verify=True,
+        timeout: float = 60.0,
+    ):
         import httpx
 
         self.address, token = resolve_address(address)

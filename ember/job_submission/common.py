@@ -111,7 +111,9 @@ def check_submission(body: dict) -> dict:
     runtime_env = body.get("runtime_env") or {}
     check_runtime_env(runtime_env)
     metadata = body.get("metadata") or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise TypeError("metadata must map strings to strings.")
     amounts = {}
     for name in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory"):
@@ -147,7 +149,9 @@ def check_runtime_env(runtime_env) -> None:
     if unsupported:
         raise ValueError(f"runtime_env fields {unsupported} are not supported for jobs yet; only {RUNTIME_ENV_FIELDS}.")
     env_vars = runtime_env.get("env_vars") or {}
-    if not isinstance(env_vars, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+    if not isinstance(env_vars, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
+    ):
         raise TypeError("runtime_env['env_vars'] must map strings to strings.")
     working_dir = runtime_env.get("working_dir")
     if working_dir is not None and not isinstance(working_dir, str):
