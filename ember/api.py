@@ -35,6 +35,12 @@ class EmberContext:
         self.address_info = address_info
 
     @property
+    def dashboard_url(self) -> str | None:
+        """The dashboard's URL (``http://host:port``), or None when the cluster runs none (Ray's
+        ``dashboard_url``)."""
+        return self.address_info.get("webui_url")
+
+    @property
     def address(self) -> str:
         """The head's address, ``host:port``: what ``init(address=...)`` takes."""
         return self.address_info["address"]
@@ -100,7 +106,9 @@ def init(
     runtime_env: dict | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
-    include_dashboard=None,
+    include_dashboard: bool | None = None,
+    dashboard_host: str | None = None,
+    dashboard_port: int | None = None,
     configure_logging: bool = True,
     logging_level=None,
     _node_ip_address=None,
@@ -110,6 +118,10 @@ def init(
 
     ``address``: None or "local" starts a new local cluster (unless EMBER_ADDRESS is set); "auto"
     connects to the cluster started on this machine; "host:port" connects to that head.
+    A new local cluster serves the dashboard on ``dashboard_port`` (default EMBER_DASHBOARD_PORT or
+    8265, 0: any free port; a taken port falls back to a free one), unless ``include_dashboard=False``;
+    ``dashboard_url`` on the returned context says where. A job's driver (``ember job submit``) gets its
+    job's runtime_env from EMBER_JOB_RUNTIME_ENV when it passes none itself.
     """
     global _cluster_process, _context, _token_before
     if unsupported:
@@ -123,6 +135,10 @@ def init(
                 "in this process. Pass ignore_reinit_error=True to ignore this, or call "
                 "ember.shutdown() first."
             )
+        if dashboard_host is not None:
+            raise ValueError("dashboard_host is not supported: the dashboard listens where the head does.")
+        if runtime_env is None:
+            runtime_env = _job_runtime_env()
         if runtime_env is not None:
             check_runtime_env(runtime_env)
         env_vars = (runtime_env or {}).get("env_vars") or {}
@@ -139,6 +155,8 @@ def init(
                     "When connecting to an existing cluster, num_cpus, num_gpus, resources and "
                     "object_store_memory must not be given: they are set when the cluster starts."
                 )
+            if dashboard_port is not None or include_dashboard is not None:
+                raise ValueError("include_dashboard and dashboard_port are set when the cluster starts.")
             head_address = address
             _find_secret(head_address)
             try:
@@ -151,7 +169,15 @@ def init(
             # Every cluster gets a fresh secret; its processes and ours read it from the environment.
             os.environ[transport.TOKEN_VARIABLE] = secrets.token_hex(32)
             try:
-                info, started = _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars)
+                if include_dashboard is False:
+                    dashboard_port = -1
+                elif dashboard_port is not None and (
+                    isinstance(dashboard_port, bool) or not isinstance(dashboard_port, int) or dashboard_port < 0
+                ):
+                    raise ValueError(f"dashboard_port must be a port number (0: any port), got {dashboard_port!r}.")
+                info, started = _start_local_cluster(
+                    num_cpus, num_gpus, resources, object_store_memory, env_vars, dashboard_port
+                )
             except BaseException:
                 _restore_token(token_before)
                 raise
@@ -191,6 +217,7 @@ def init(
                 "session_dir": getattr(started, "session_dir", None),
                 "namespace": client.namespace,
                 "job_id": client.job_id.hex(),
+                "webui_url": info["dashboard_url"] if started is not None else _dashboard_url(client),
             }
         )
         if started is not None:
@@ -255,14 +282,44 @@ def _local_node_manager(head_address: str) -> str:
     return alive[0]["address"], alive[0]["node_id"]
 
 
-def _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars):
+def _job_runtime_env() -> dict | None:
+    """The runtime_env of the job this driver runs as (EMBER_JOB_RUNTIME_ENV, set by its supervisor).
+    Its working_dir is already this process's cwd (the supervisor started us there); the cluster's
+    workers take the other fields."""
+    import json
+
+    from ember.job_submission.common import RUNTIME_ENV_VARIABLE
+
+    text = os.environ.get(RUNTIME_ENV_VARIABLE)
+    if not text:
+        return None
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"{RUNTIME_ENV_VARIABLE} must hold a JSON object, got {text[:100]!r}.")
+    value.pop("working_dir", None)
+    return value or None
+
+
+def _dashboard_url(client) -> str | None:
+    from ember.dashboard import URL_KEY
+
+    try:
+        reply, frames = client.request("head", {"op": protocol.KV_GET, "key": URL_KEY}, timeout=10)
+    except Exception:
+        return None
+    return bytes(frames[0]).decode() if reply.found and frames else None
+
+
+def _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars, dashboard_port=None):
     node = launcher.node_resources(num_cpus, num_gpus, resources, object_store_memory)
     if num_gpus is None:  # as Ray does: the GPUs this machine has (NVML), with their accelerator type
         for name, amount in accelerators.gpu_resources().items():
             node.setdefault(name, amount)
     try:
         session_dir = launcher.new_session_dir()
-        return launcher.start_cluster_process(node, session_dir, head=True, env_vars=env_vars, watch_stdin=True)
+        return launcher.start_cluster_process(
+            node, session_dir, head=True, env_vars=env_vars, watch_stdin=True, dashboard_port=dashboard_port
+        )
     except RuntimeError as error:
         raise RuntimeError(f"The local Ember cluster failed to start: {error}") from None
 

@@ -159,6 +159,7 @@ def cmd_start(args) -> int:
             port=args.port if args.head else 0,
             watch_stdin=args.block,
             detach=detach,
+            dashboard_port=args.dashboard_port if args.head else None,
         )
     except RuntimeError as error:
         print(f"ember start: {error}", file=sys.stderr)
@@ -235,6 +236,9 @@ def _print_started(info: dict, kind: str, resources: dict, session_dir: str, aut
     if autoscale:
         print("  autoscaler: running next to the head")
     print(f"  logs: {session_dir}/logs")
+    if info.get("dashboard_url"):
+        url = info["dashboard_url"]
+        print(f"  dashboard: {url}   (jobs: ember job submit --address {url} -- ...)")
     print()
     if kind == "head":
         print("To connect a driver to this cluster:")
@@ -326,6 +330,7 @@ def _query_nodes(address: str, timeout: float = 10.0) -> dict:
             raise ConnectionError(f"No Ember head answered at {address} within {timeout:g} s.")
         header, _ = protocol.decode(sock.recv_multipart())
         header["autoscaler"] = _autoscaler_status(sock, timeout)
+        header["dashboard_url"] = _dashboard_url(sock, timeout)
     except zmq.ZMQError as error:
         raise ConnectionError(f"Could not reach an Ember head at {address}: {error}") from None
     finally:
@@ -355,6 +360,17 @@ def _autoscaler_status(sock, timeout: float) -> dict | None:
     return status if isinstance(status, dict) else None
 
 
+def _dashboard_url(sock, timeout: float) -> str | None:
+    from ember.dashboard import URL_KEY
+    from ember.runtime import protocol
+
+    sock.send_multipart(protocol.encode({"op": protocol.KV_GET, "key": URL_KEY, "rid": b"dashboard"}))
+    if not sock.poll(int(timeout * 1000)):
+        return None
+    header, frames = protocol.decode(sock.recv_multipart())
+    return bytes(frames[0]).decode() if header.get("found") and frames else None
+
+
 def _logical(resources: dict) -> dict:
     return {k: v for k, v in resources.items() if k not in ("memory", "object_store_memory")}
 
@@ -379,6 +395,7 @@ def format_status(address: str, reply: dict) -> str:
     alive = [n for n in nodes if n.get("alive")]
     lines = [
         f"======== Ember cluster at {address} ========",
+        *([f"Dashboard: {reply['dashboard_url']}"] if reply.get("dashboard_url") else []),
         "",
         f"Nodes ({len(alive)} alive, {len(nodes) - len(alive)} dead):",
     ]
@@ -492,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--node-ip-address", default=None, help="the address this node listens on and advertises")
     start.add_argument("--block", action="store_true", help="stay in the foreground; Ctrl-C stops")
     start.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        help="the dashboard's port (default EMBER_DASHBOARD_PORT or 8265; 0: any free port; -1: no dashboard)",
+    )
+    start.add_argument(
         "--autoscale",
         type=_parse_autoscale,
         default=None,
@@ -506,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="nodes, resources, demand and object store usage")
     status.add_argument("--address", help="HOST:PORT of the head (default: the cluster on this machine)")
     status.set_defaults(func=cmd_status)
+
+    from ember import cli_jobs
+
+    cli_jobs.add_parser(commands)
     return parser
 
 
@@ -515,6 +542,10 @@ def main(argv=None) -> int:
     # `ember stop` from another terminal must not be interrupted half-way by a stray SIGHUP.
     if args.command == "stop":
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if args.command == "job":
+        from ember import cli_jobs
+
+        return cli_jobs.run(args)
     return args.func(args)
 
 

@@ -31,7 +31,7 @@ def ember_processes() -> list:
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
-        if "ember.runtime." not in cmdline or process.pid == os.getpid():
+        if ("ember.runtime." not in cmdline and "ember.dashboard." not in cmdline) or process.pid == os.getpid():
             continue
         try:
             if process.environ().get("EMBER_TEST_RUN") == RUN_TAG:

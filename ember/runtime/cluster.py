@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 
+from ember import dashboard as dashboard_server
 from ember.runtime import transport
 from ember.runtime.head.head import Head
 from ember.runtime.node.node_manager import NodeManager
@@ -35,6 +36,9 @@ def main(argv=None) -> None:
     parser.add_argument("--session-dir", required=True)
     parser.add_argument("--env", default="{}", help="JSON map of environment variables for workers")
     parser.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
+    parser.add_argument(
+        "--dashboard-port", type=int, default=None, help="with --head: 8265 by default, 0 any free port, -1 none"
+    )
     args = parser.parse_args(argv)
 
     os.makedirs(os.path.join(args.session_dir, "logs"), mode=0o700, exist_ok=True)
@@ -48,6 +52,13 @@ def main(argv=None) -> None:
         head_address = head.address
     else:
         head_address = args.address
+    dashboard = None
+    if head is not None:
+        port = dashboard_server.configured_port(args.dashboard_port)
+        if port >= 0:
+            dashboard = dashboard_server.start(head_address, args.host, port, args.session_dir)
+        if dashboard is not None:
+            head.kv[dashboard_server.URL_KEY] = dashboard[1].encode()
     node_manager = NodeManager(
         head_address,
         json.loads(args.resources),
@@ -67,6 +78,7 @@ def main(argv=None) -> None:
                 "node_id": node_manager.node_id.hex(),
                 "store_prefix": node_manager.store_prefix,
                 "pid": os.getpid(),
+                "dashboard_url": dashboard[1] if dashboard else None,
             }
         ),
         flush=True,
@@ -88,6 +100,8 @@ def main(argv=None) -> None:
         node_manager.close(announce=head is None)
         if head is not None:
             head.close()
+        if dashboard is not None:
+            dashboard_server.stop(dashboard[0])
 
 
 if __name__ == "__main__":

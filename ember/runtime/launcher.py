@@ -90,13 +90,15 @@ def start_cluster_process(
     detach: bool = False,
     timeout: float = 30.0,
     process_env: dict | None = None,
+    dashboard_port: int | None = None,
 ) -> tuple[dict, subprocess.Popen]:
     """Start ``python -m ember.runtime.cluster`` and wait for its JSON line.
 
     ``head`` runs a head (and a node manager); otherwise ``address`` names the head to join.
     ``watch_stdin`` keeps a pipe to the process's stdin: closing it (or this process dying) stops it.
     ``detach`` puts it in its own session, so it outlives the terminal that started it.
-    Returns (info, process): info has head, node_manager, node_id, store_prefix and pid.
+    ``dashboard_port`` (a head's): None for EMBER_DASHBOARD_PORT or 8265, 0 any free port, -1 none.
+    Returns (info, process): info has head, node_manager, node_id, store_prefix, pid, dashboard_url.
     Raises RuntimeError with the end of the process's startup log when it fails to start.
     """
     if not head and not address:
@@ -119,6 +121,8 @@ def start_cluster_process(
     ]
     if watch_stdin:
         argv.append("--watch-stdin")
+    if head and dashboard_port is not None:
+        argv += ["--dashboard-port", str(int(dashboard_port))]
     info, process = start_process(
         argv,
         os.path.join(session_dir, "logs", "cluster-startup.log"),

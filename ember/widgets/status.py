@@ -1,6 +1,7 @@
 """``%ember status``: one short text summary of the cluster and this kernel's tasks."""
 
 import ember
+from ember import api
 from ember.widgets import events
 from ember.widgets.render import fmt_bytes
 
@@ -11,6 +12,10 @@ def status_text(address: str | None, started_here: bool) -> str:
     total = ember.cluster_resources()
     available = ember.available_resources()
     lines = [f"Ember cluster at {address}" + (" (started by this kernel)" if started_here else "")]
+    context = api._context
+    dashboard = context.dashboard_url if context is not None else None
+    if dashboard:
+        lines.append(f"dashboard: {dashboard}")
     lines.append(f"nodes: {len(nodes)}")
     for name in sorted(total):
         if name in ("memory", "object_store_memory"):

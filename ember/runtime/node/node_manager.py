@@ -293,8 +293,6 @@ class NodeManager(Service):
         for client in self.clients.values():
             if client.kind == "driver" and not psutil.pid_exists(client.pid):
                 self.client_died(client.client_id)
-                if client.job:
-                    self.head.send({"op": protocol.JOB_FINISHED, "job_id": client.job})
 
     def owner_key(self, owner: bytes | None, owner_node: bytes | None) -> tuple:
         """(alive, who frees it) for an object just sealed: a local owner's client id, or the node of
@@ -310,6 +308,10 @@ class NodeManager(Service):
         self.store_io.release_client(None, client_id)
         if client is None:
             return
+        if client.kind == "driver" and client.job:
+            # However the driver went (it unregistered, its connection closed, its pid is gone), its job
+            # ended: the head ends the job's actors. A driver killed by a signal sends no JOB_FINISHED itself.
+            self.head.send({"op": protocol.JOB_FINISHED, "job_id": client.job})
         if client.address and client.kind != "peer":
             # Whoever borrowed its objects must stop waiting for them.
             for other in self.clients.values():

@@ -1,0 +1,321 @@
+"""Jobs: a shell command run as a driver on the cluster, supervised by a detached actor.
+
+Data flow::
+
+    JobSubmissionClient --HTTP--> dashboard: JobManager.submit
+        --KV put jobsub:<id> (PENDING)--> head
+        --ember.init() once; create detached actor "_job_supervisor_<id>"--> JobSupervisor.run
+            /bin/sh -c <entrypoint>, in its own process group, EMBER_ADDRESS set: the job's driver
+            stdout+stderr --> <runtime dir>/jobs/<id>.log
+            --KV put jobsub:<id> (RUNNING, then SUCCEEDED/FAILED/STOPPED)--> head; then the actor exits
+    stop: JobManager.stop --JobSupervisor.stop--> SIGTERM to the group, SIGKILL after a grace period;
+          the driver's exit makes the cluster clean up its tasks and non-detached actors.
+
+The supervisor runs on the dashboard's node when it can (a soft node affinity), so the dashboard
+reads the log file directly, also after the job ended.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from ember.job_submission.common import (
+    KEY_PREFIX,
+    RUNTIME_ENV_VARIABLE,
+    SUBMISSION_ID_VARIABLE,
+    SUPERVISOR_NAMESPACE,
+    JobInfo,
+    JobStatus,
+    check_submission,
+    ended,
+)
+from ember.runtime import protocol
+
+STOP_GRACE_VARIABLE = "EMBER_JOB_STOP_WAIT_S"
+DEFAULT_STOP_GRACE_S = 3.0
+# A worker's own wiring: a job's driver must find its cluster through EMBER_ADDRESS, as any driver.
+_WORKER_VARIABLES = ("EMBER_NODE_MANAGER", "EMBER_HEAD", "EMBER_NODE_ID", "EMBER_NODE_HOST", "EMBER_SESSION_DIR")
+
+
+def supervisor_name(submission_id: str) -> str:
+    return f"_job_supervisor_{submission_id}"
+
+
+def log_path(submission_id: str) -> str:
+    from ember.runtime.runtime_dir import private_subdir
+
+    return os.path.join(private_subdir("jobs"), f"{submission_id}.log")
+
+
+def stop_grace() -> float:
+    try:
+        return max(0.0, float(os.environ.get(STOP_GRACE_VARIABLE, DEFAULT_STOP_GRACE_S)))
+    except ValueError:
+        return DEFAULT_STOP_GRACE_S
+
+
+def driver_env(environ: dict, head_address: str, info: JobInfo) -> dict:
+    """The environment of a job's driver: ours without a worker's wiring, the cluster's address,
+    the job's env_vars, and its runtime_env as JSON for ``ember.init()`` to apply."""
+    import json
+
+    env = {k: v for k, v in environ.items() if k not in _WORKER_VARIABLES and not k.startswith("EMBER_WORKER_")}
+    env["EMBER_ADDRESS"] = head_address
+    # `python` in an entrypoint means the cluster's interpreter (its virtual environment), as for Ray's jobs.
+    env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(sys.executable), env.get("PATH", "")]))
+    env[SUBMISSION_ID_VARIABLE] = info.submission_id
+    env.update((info.runtime_env or {}).get("env_vars") or {})
+    if info.runtime_env:
+        env[RUNTIME_ENV_VARIABLE] = json.dumps(info.runtime_env)
+    return env
+
+
+def _kv_put(key: bytes, value: bytes) -> None:
+    from ember.connection import connected_client
+
+    connected_client().request("head", {"op": protocol.KV_PUT, "key": key, "overwrite": True}, [value])
+
+
+class JobSupervisor:
+    """One per job (a detached, threaded actor): ``run`` starts the driver and waits for it, ``stop``
+    ends it from another thread of the actor."""
+
+    def __init__(self, submission_id: str, head_address: str):
+        self.submission_id = submission_id
+        self.head_address = head_address
+        self.key = KEY_PREFIX + submission_id.encode()
+        self.lock = threading.Lock()
+        self.process: subprocess.Popen | None = None
+        self.stop_requested = False
+
+    def run(self, record: dict) -> str:
+        """Run the job to its end; record each state in the head's KV; then end this actor."""
+        import ember
+        from ember.actor import exit_actor
+        from ember.runtime.runtime_dir import open_private
+
+        info = JobInfo.from_json(record)
+        info.log_path = log_path(self.submission_id)
+        info.driver_node_id = ember.get_runtime_context().get_node_id()
+        working_dir = (info.runtime_env or {}).get("working_dir")
+        fd = open_private(info.log_path)
+        try:
+            with self.lock:
+                if self.stop_requested:
+                    return self._finish(info, JobStatus.STOPPED, "Job was stopped before it started.", None)
+                if working_dir is not None and not os.path.isdir(working_dir):
+                    message = f"runtime_env working_dir {working_dir!r} is not a directory on the job's node."
+                    return self._finish(info, JobStatus.FAILED, message, None)
+                self.process = subprocess.Popen(
+                    ["/bin/sh", "-c", info.entrypoint],
+                    stdin=subprocess.DEVNULL,
+                    stdout=fd,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: stop signals the whole of it
+                    env=driver_env(dict(os.environ), self.head_address, info),
+                    cwd=working_dir,
+                    close_fds=True,
+                )
+        except OSError as error:
+            return self._finish(info, JobStatus.FAILED, f"The entrypoint could not start: {error}", None)
+        finally:
+            os.close(fd)
+        info.status, info.driver_pid = JobStatus.RUNNING, self.process.pid
+        info.message = "Job is currently running."
+        _kv_put(self.key, info.encode())
+        returncode = self.process.wait()
+        # What the driver left behind in its group (a backgrounded child) goes with it.
+        self._signal_group(signal.SIGKILL)
+        status, message = ended(returncode, self.stop_requested)
+        self._finish(info, status, message, returncode)
+        exit_actor()
+
+    def _finish(self, info: JobInfo, status: JobStatus, message: str, returncode) -> str:
+        info.status, info.message, info.driver_exit_code = status, message, returncode
+        info.end_time = int(time.time() * 1000)
+        if status == JobStatus.FAILED:
+            info.error_type = "JOB_ENTRYPOINT_COMMAND_ERROR" if returncode else "JOB_SUPERVISOR_ERROR"
+        _kv_put(self.key, info.encode())
+        return str(status)
+
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, grace: float) -> bool:
+        """SIGTERM the driver's process group, then SIGKILL it after ``grace`` seconds."""
+        with self.lock:
+            self.stop_requested = True
+            process = self.process
+        if process is None or process.poll() is not None:
+            return False
+        self._signal_group(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self._signal_group(signal.SIGKILL)
+        return True
+
+
+class JobManager:
+    """The dashboard's side of jobs: records in the head's KV (through ``head``, a HeadClient), and
+    supervisors created through a driver connection opened on the first submission."""
+
+    def __init__(self, head, head_address: str):
+        self.head = head
+        self.head_address = head_address
+        self.connect_lock = threading.Lock()
+        self.connected = False
+
+    def _connect(self) -> None:
+        import ember
+
+        with self.connect_lock:
+            if not self.connected:
+                ember.init(address=self.head_address, namespace=SUPERVISOR_NAMESPACE, log_to_driver=False)
+                self.connected = True
+
+    def submit(self, body: dict) -> str:
+        """Record the job (PENDING) and start its supervisor; returns its submission id. ValueError
+        when the request is invalid or the id is taken."""
+        import ember
+        from ember.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        spec = check_submission(body)
+        submission_id = spec["submission_id"]
+        info = JobInfo(
+            status=JobStatus.PENDING,
+            entrypoint=spec["entrypoint"],
+            submission_id=submission_id,
+            message="Job is waiting for its supervisor to start.",
+            start_time=int(time.time() * 1000),
+            metadata=spec["metadata"],
+            runtime_env=spec["runtime_env"],
+            entrypoint_num_cpus=spec["entrypoint_num_cpus"],
+            entrypoint_num_gpus=spec["entrypoint_num_gpus"],
+            entrypoint_resources=spec["entrypoint_resources"],
+        )
+        if not self.head.kv_put(KEY_PREFIX + submission_id.encode(), info.encode(), overwrite=False):
+            raise ValueError(f"Job with submission_id {submission_id} already exists. Choose another submission_id.")
+        try:
+            self._connect()
+            options = dict(
+                name=supervisor_name(submission_id),
+                namespace=SUPERVISOR_NAMESPACE,
+                lifetime="detached",
+                max_concurrency=4,
+                num_cpus=spec["entrypoint_num_cpus"] or 0,
+                num_gpus=spec["entrypoint_num_gpus"] or 0,
+                resources=spec["entrypoint_resources"] or {},
+                scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    ember.get_runtime_context().get_node_id(), soft=True
+                ),
+            )
+            if spec["entrypoint_memory"]:
+                options["memory"] = spec["entrypoint_memory"]
+            supervisor = ember.remote(JobSupervisor).options(**options).remote(submission_id, self.head_address)
+            supervisor.run.remote(info.to_json())
+        except Exception as error:
+            info.status, info.message = JobStatus.FAILED, f"The job's supervisor could not start: {error}"
+            info.error_type, info.end_time = "JOB_SUPERVISOR_ERROR", int(time.time() * 1000)
+            self.head.kv_put(KEY_PREFIX + submission_id.encode(), info.encode())
+        return submission_id
+
+    def info(self, submission_id: str) -> JobInfo | None:
+        data = self.head.kv_get(KEY_PREFIX + submission_id.encode())
+        if data is None:
+            return None
+        info = JobInfo.decode(data)
+        if info.status == JobStatus.RUNNING and self.connected and self._supervisor(submission_id) is None:
+            # Its supervisor died without recording an end (its worker or node was killed): the job is lost.
+            latest = self.head.kv_get(KEY_PREFIX + submission_id.encode())
+            info = JobInfo.decode(latest) if latest else info
+            if info.status == JobStatus.RUNNING:
+                info.status, info.error_type = JobStatus.FAILED, "JOB_SUPERVISOR_ACTOR_DIED"
+                info.message, info.end_time = "The job's supervisor actor died.", int(time.time() * 1000)
+                self.head.kv_put(KEY_PREFIX + submission_id.encode(), info.encode())
+        return info
+
+    def list(self) -> list:
+        jobs = []
+        for key in self.head.kv_keys(KEY_PREFIX):
+            info = self.info(key[len(KEY_PREFIX) :].decode())
+            if info is not None:
+                jobs.append(info)
+        return sorted(jobs, key=lambda job: job.start_time or 0)
+
+    def _supervisor(self, submission_id: str):
+        import ember
+
+        try:
+            return ember.get_actor(supervisor_name(submission_id), namespace=SUPERVISOR_NAMESPACE)
+        except ValueError:
+            return None
+
+    def stop(self, submission_id: str) -> bool:
+        """Stop a job that has not ended; returns whether it was running (False: it had ended).
+        KeyError when there is no such job."""
+        import ember
+
+        info = self.info(submission_id)
+        if info is None:
+            raise KeyError(submission_id)
+        if info.status.is_terminal():
+            return False
+        self._connect()
+        supervisor = self._supervisor(submission_id)
+        if info.status == JobStatus.PENDING and supervisor is not None:
+            # It may be waiting for resources, and would take the stop call only once it exists: kill it.
+            ember.kill(supervisor)
+            supervisor = None
+        if supervisor is not None:
+            try:
+                ember.get(supervisor.stop.remote(stop_grace()), timeout=stop_grace() + 30)
+            except Exception:
+                pass  # it ended on its own meanwhile: its record says how
+        latest = self.info(submission_id)
+        if latest is not None and not latest.status.is_terminal() and supervisor is None:
+            latest.status, latest.message = JobStatus.STOPPED, "Job was intentionally stopped."
+            latest.end_time = int(time.time() * 1000)
+            self.head.kv_put(KEY_PREFIX + submission_id.encode(), latest.encode())
+        return True
+
+    def delete(self, submission_id: str) -> bool:
+        """Forget an ended job and its logs. KeyError: no such job; ValueError: it has not ended."""
+        info = self.info(submission_id)
+        if info is None:
+            raise KeyError(submission_id)
+        if not info.status.is_terminal():
+            raise ValueError(f"Job {submission_id} has not ended (it is {info.status}); stop it first.")
+        self.head.kv_del(KEY_PREFIX + submission_id.encode())
+        if info.log_path:
+            try:
+                os.unlink(info.log_path)
+            except OSError:
+                pass
+        return True
+
+    def logs(self, submission_id: str, offset: int = 0) -> tuple[str, int]:
+        """The job's output from byte ``offset``, and the offset after it. KeyError: no such job."""
+        info = self.info(submission_id)
+        if info is None:
+            raise KeyError(submission_id)
+        path = info.log_path or log_path(submission_id)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return "", offset
+        return data.decode(errors="replace"), offset + len(data)
+
+    def close(self) -> None:
+        if self.connected:
+            import ember
+
+            ember.shutdown()

@@ -1,0 +1,179 @@
+"""What a job is, apart from any I/O: its status, its record, and the rules that move it.
+
+A job's record lives in the head's KV under ``jobsub:<submission id>`` (JSON), written by the
+dashboard when it is submitted and by its supervisor actor as it runs; so it survives the client
+that submitted it, and the dashboard process too.
+"""
+
+import enum
+import json
+import re
+import secrets
+import signal
+from dataclasses import asdict, dataclass, field, fields
+
+KEY_PREFIX = b"jobsub:"
+SUPERVISOR_NAMESPACE = "_ember_jobs"
+RUNTIME_ENV_VARIABLE = "EMBER_JOB_RUNTIME_ENV"  # the job's runtime_env, JSON, for ember.init() in its driver
+SUBMISSION_ID_VARIABLE = "EMBER_JOB_SUBMISSION_ID"
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+RUNTIME_ENV_FIELDS = ("env_vars", "working_dir")
+
+
+class JobStatus(str, enum.Enum):
+    """A job's state, as Ray's ``JobStatus``."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+    def __str__(self):
+        return self.value
+
+    def is_terminal(self) -> bool:
+        """Whether the job has ended and will not change again."""
+        return self in (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+@dataclass
+class JobInfo:
+    """A submitted job's record, with Ray's ``JobInfo``/``JobDetails`` field names."""
+
+    status: JobStatus
+    entrypoint: str
+    submission_id: str = ""
+    message: str | None = None
+    error_type: str | None = None
+    start_time: int | None = None  # milliseconds since the epoch, as Ray
+    end_time: int | None = None
+    metadata: dict = field(default_factory=dict)
+    runtime_env: dict = field(default_factory=dict)
+    entrypoint_num_cpus: float | None = None
+    entrypoint_num_gpus: float | None = None
+    entrypoint_resources: dict | None = None
+    driver_exit_code: int | None = None
+    driver_pid: int | None = None
+    driver_node_id: str | None = None
+    log_path: str | None = None
+
+    def to_json(self) -> dict:
+        """The REST form (Ray's JobDetails: ``type`` and ``job_id`` besides the record)."""
+        body = asdict(self)
+        body["status"] = str(self.status)
+        body.update(type="SUBMISSION", job_id=self.submission_id)
+        return body
+
+    @classmethod
+    def from_json(cls, body: dict) -> "JobInfo":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in body.items() if k in known}
+        values["status"] = JobStatus(values["status"])
+        return cls(**values)
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json()).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> "JobInfo":
+        return cls.from_json(json.loads(data))
+
+
+def new_submission_id() -> str:
+    return f"embersubmit_{secrets.token_hex(8)}"
+
+
+def check_submission(body: dict) -> dict:
+    """The fields of a submit request, checked (Ray's names); raises ValueError or TypeError saying
+    which one is wrong. Returns them with defaults filled in."""
+    if not isinstance(body, dict):
+        raise TypeError("A job submission is a JSON object.")
+    unknown = set(body) - {
+        "entrypoint",
+        "submission_id",
+        "job_id",
+        "runtime_env",
+        "metadata",
+        "entrypoint_num_cpus",
+        "entrypoint_num_gpus",
+        "entrypoint_memory",
+        "entrypoint_resources",
+    }
+    if unknown:
+        raise ValueError(f"Unknown job submission fields: {sorted(unknown)}.")
+    entrypoint = body.get("entrypoint")
+    if not isinstance(entrypoint, str) or not entrypoint.strip():
+        raise ValueError("entrypoint must be a non-empty shell command string.")
+    submission_id = body.get("submission_id") or body.get("job_id") or new_submission_id()
+    if not isinstance(submission_id, str) or not _ID_PATTERN.match(submission_id):
+        raise ValueError(f"submission_id must be 1-128 letters, digits, '_', '.' or '-', got {submission_id!r}.")
+    runtime_env = body.get("runtime_env") or {}
+    check_runtime_env(runtime_env)
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise TypeError("metadata must map strings to strings.")
+    amounts = {}
+    for name in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+        amounts[name] = value
+    resources = body.get("entrypoint_resources")
+    if resources is not None:
+        if not isinstance(resources, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+            for k, v in resources.items()
+        ):
+            raise ValueError("entrypoint_resources must map resource names to non-negative numbers.")
+        if {"CPU", "GPU"} & set(resources):
+            raise ValueError("Use entrypoint_num_cpus/entrypoint_num_gpus, not entrypoint_resources, for CPU and GPU.")
+    return {
+        "entrypoint": entrypoint,
+        "submission_id": submission_id,
+        "runtime_env": runtime_env,
+        "metadata": metadata,
+        "entrypoint_resources": resources,
+        **amounts,
+    }
+
+
+def check_runtime_env(runtime_env) -> None:
+    """A job's runtime_env: ``env_vars`` (strings to strings) and ``working_dir`` (a directory on the
+    head's machine: the driver's cwd) for now."""
+    if not isinstance(runtime_env, dict):
+        raise TypeError(f"runtime_env must be a dict, got {type(runtime_env).__name__}.")
+    unsupported = sorted(set(runtime_env) - set(RUNTIME_ENV_FIELDS))
+    if unsupported:
+        raise ValueError(f"runtime_env fields {unsupported} are not supported for jobs yet; only {RUNTIME_ENV_FIELDS}.")
+    env_vars = runtime_env.get("env_vars") or {}
+    if not isinstance(env_vars, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
+    ):
+        raise TypeError("runtime_env['env_vars'] must map strings to strings.")
+    working_dir = runtime_env.get("working_dir")
+    if working_dir is not None and not isinstance(working_dir, str):
+        raise TypeError("runtime_env['working_dir'] must be a path string.")
+
+
+def ended(returncode: int, stop_requested: bool) -> tuple[JobStatus, str]:
+    """The final status of a job whose driver exited with ``returncode`` (negative: killed by that
+    signal, as subprocess reports it), and the message to show."""
+    if stop_requested:
+        return JobStatus.STOPPED, "Job was intentionally stopped."
+    if returncode == 0:
+        return JobStatus.SUCCEEDED, "Job finished successfully."
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return JobStatus.FAILED, f"Job entrypoint was killed by {name}."
+    return JobStatus.FAILED, f"Job entrypoint command failed with exit code {returncode}."
+
+
+def can_delete(status: JobStatus) -> bool:
+    """Only an ended job can be deleted (as Ray)."""
+    return status.is_terminal()

@@ -1,0 +1,232 @@
+"""Jobs: a shell command run as a driver on the shared cluster, through JobSubmissionClient and
+`ember job`, against the real dashboard process (uvicorn) and real supervisor actors."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+from ember.job_submission import JobStatus, JobSubmissionClient
+from ember.job_submission.common import ended
+from ember.util.state import list_actors
+from tests.conftest import wait_for
+
+PY = sys.executable
+
+
+@pytest.fixture
+def client(cluster):
+    url = cluster.dashboard_url
+    assert url and url.startswith("http://127.0.0.1:")
+    with JobSubmissionClient(url) as job_client:
+        submitted = []
+        original = job_client.submit_job
+
+        def submit(**kwargs):
+            submitted.append(original(**kwargs))
+            return submitted[-1]
+
+        job_client.submit_job = submit
+        yield job_client
+        for submission_id in submitted:
+            # No supervisor and no job driver may outlive the test.
+            try:
+                job_client.stop_job(submission_id)
+                info = job_client.get_job_info(submission_id)
+            except RuntimeError:  # the test deleted it
+                info = None
+            if info is not None and info.driver_pid:
+                wait_for(lambda pid=info.driver_pid: not psutil.pid_exists(pid), message="the job's driver to exit")
+            wait_for(
+                lambda: (
+                    not [a for a in list_actors() if a.name == f"_job_supervisor_{submission_id}" and a.state != "DEAD"]
+                ),
+                message="the job's supervisor to end",
+            )
+
+
+def wait_status(client, submission_id, timeout=60):
+    return wait_for(
+        lambda: (s := client.get_job_status(submission_id)).is_terminal() and s,
+        timeout=timeout,
+        message=f"job {submission_id} to end",
+    )
+
+
+def test_status_rules():
+    assert ended(0, False)[0] == JobStatus.SUCCEEDED
+    assert ended(2, False) == (JobStatus.FAILED, "Job entrypoint command failed with exit code 2.")
+    assert "SIGKILL" in ended(-9, False)[1]
+    assert ended(-15, True)[0] == JobStatus.STOPPED
+
+
+def test_submit_status_logs_list_delete(client):
+    code = (
+        "import os, ember; ember.init(); print(os.environ['GREETING'], ember.get(ember.remote(lambda: 6 * 7).remote()))"
+    )
+    submission_id = client.submit_job(
+        entrypoint=f"{PY} -c {code!r}",
+        runtime_env={"env_vars": {"GREETING": "hello"}},
+        metadata={"owner": "tests"},
+        submission_id="test_submit_status_logs",
+    )
+    assert submission_id == "test_submit_status_logs"
+    assert wait_status(client, submission_id) == JobStatus.SUCCEEDED, client.get_job_logs(submission_id)
+    assert client.get_job_logs(submission_id) == "hello 42\n"
+    info = client.get_job_info(submission_id)
+    assert (info.driver_exit_code, info.metadata, info.end_time >= info.start_time) == (0, {"owner": "tests"}, True)
+    assert submission_id in [job.submission_id for job in client.list_jobs()]
+    with pytest.raises(RuntimeError, match="already exists"):
+        client.submit_job(entrypoint="true", submission_id=submission_id)
+    assert client.stop_job(submission_id) is False  # it had ended
+    assert client.delete_job(submission_id) is True
+    assert submission_id not in [job.submission_id for job in client.list_jobs()]
+    with pytest.raises(RuntimeError, match="does not exist"):
+        client.get_job_status(submission_id)
+
+
+def test_failing_entrypoint_and_bad_request(client):
+    submission_id = client.submit_job(entrypoint="echo oops >&2; exit 3")
+    assert wait_status(client, submission_id) == JobStatus.FAILED
+    info = client.get_job_info(submission_id)
+    assert (info.driver_exit_code, info.error_type) == (3, "JOB_ENTRYPOINT_COMMAND_ERROR")
+    assert client.get_job_logs(submission_id) == "oops\n"
+    with pytest.raises(RuntimeError, match="runtime_env fields"):
+        client.submit_job(entrypoint="true", runtime_env={"conda": "x"})
+    with pytest.raises(RuntimeError, match="submission_id must be"):
+        client.submit_job(entrypoint="true", submission_id="bad id!")
+    client.delete_job(submission_id)
+
+
+JOB_WITH_WORK = """
+import os, time, ember
+ember.init()
+
+@ember.remote
+class Holder:
+    def pid(self):
+        return os.getpid()
+
+@ember.remote
+def sleeper():
+    print("task pid", os.getpid(), flush=True)
+    time.sleep(600)
+
+holder = Holder.options(name="job_holder").remote()
+print("actor pid", ember.get(holder.pid.remote()), flush=True)
+ref = sleeper.remote()
+time.sleep(600)
+"""
+
+
+def test_stop_ends_the_driver_its_tasks_and_actors(client, tmp_path):
+    script = tmp_path / "work.py"
+    script.write_text(textwrap.dedent(JOB_WITH_WORK))
+    submission_id = client.submit_job(entrypoint=f"{PY} {script}")
+    logs = wait_for(
+        lambda: "task pid" in (text := client.get_job_logs(submission_id)) and "actor pid" in text and text,
+        timeout=60,
+        message="the job's actor and task to start",
+    )
+    # The task's print comes through the driver, prefixed with the task's name and pid.
+    pids = {what: int(pid) for what, pid in re.findall(r"(task|actor) pid (\d+)", logs)}
+    driver_pid = client.get_job_info(submission_id).driver_pid
+    assert client.get_job_status(submission_id) == JobStatus.RUNNING
+    assert client.stop_job(submission_id) is True
+    assert wait_status(client, submission_id) == JobStatus.STOPPED
+    for what, pid in [("driver", driver_pid), ("actor", pids["actor"]), ("task", pids["task"])]:
+        wait_for(lambda pid=pid: not psutil.pid_exists(pid), message=f"the stopped job's {what} (pid {pid}) to be gone")
+    assert [a.state for a in list_actors() if a.name == "job_holder"] == ["DEAD"]
+
+
+def test_driver_killed_mid_run_is_failed(client):
+    submission_id = client.submit_job(
+        entrypoint=f"exec {PY} -c 'import time; print(\"up\", flush=True); time.sleep(600)'"
+    )
+    wait_for(lambda: client.get_job_logs(submission_id) == "up\n", timeout=60, message="the job to start")
+    os.kill(client.get_job_info(submission_id).driver_pid, signal.SIGKILL)
+    assert wait_status(client, submission_id) == JobStatus.FAILED
+    assert "SIGKILL" in client.get_job_info(submission_id).message
+
+
+def test_tail_job_logs_streams_until_the_end(client):
+    import asyncio
+
+    submission_id = client.submit_job(entrypoint="for i in 1 2 3; do echo line $i; sleep 0.3; done")
+
+    async def collect():
+        return "".join([chunk async for chunk in client.tail_job_logs(submission_id)])
+
+    assert asyncio.run(collect()) == "line 1\nline 2\nline 3\n"
+    assert client.get_job_status(submission_id) == JobStatus.SUCCEEDED
+
+
+def ember_job(*args, timeout=90):
+    return subprocess.run(
+        [PY, "-m", "ember.cli", "job", *args], capture_output=True, text=True, timeout=timeout, cwd=os.getcwd()
+    )
+
+
+def test_cli_submit_waits_and_exits_with_the_job_status(cluster, tmp_path):
+    url = cluster.dashboard_url
+    (tmp_path / "data.txt").write_text("from the working dir")
+    done = ember_job(
+        "submit",
+        "--address",
+        url,
+        "--working-dir",
+        str(tmp_path),
+        "--submission-id",
+        "cli_ok",
+        "--runtime-env-json",
+        '{"env_vars": {"X": "1"}}',
+        "--",
+        "sh",
+        "-c",
+        'cat data.txt; echo " X=$X"',
+    )
+    assert done.returncode == 0, done.stderr
+    assert "from the working dir X=1" in done.stdout
+    failed = ember_job("submit", "--address", url, "--submission-id", "cli_fail", "--", "sh", "-c", "exit 4")
+    assert failed.returncode == 1 and "failed" in failed.stderr
+    for submission_id in ("cli_ok", "cli_fail"):
+        assert ember_job("delete", "--address", url, submission_id).returncode == 0
+
+
+def test_cli_no_wait_status_logs_stop_list_delete(cluster):
+    url = cluster.dashboard_url
+    submitted = ember_job(
+        "submit",
+        "--address",
+        url,
+        "--no-wait",
+        "--submission-id",
+        "cli_long",
+        "--",
+        PY,
+        "-c",
+        "import time; print('started', flush=True); time.sleep(600)",
+    )
+    assert submitted.returncode == 0 and submitted.stdout.strip() == "cli_long", submitted.stderr
+    # The submitting process has gone; the job runs on.
+    wait_for(
+        lambda: "started" in ember_job("logs", "--address", url, "cli_long").stdout,
+        timeout=60,
+        message="the job's output",
+    )
+    assert "RUNNING" in ember_job("status", "--address", url, "cli_long").stdout
+    assert "cli_long" in ember_job("list", "--address", url).stdout
+    refused = ember_job("delete", "--address", url, "cli_long")
+    assert refused.returncode == 1 and "stop it first" in refused.stderr
+    assert ember_job("stop", "--address", url, "cli_long").returncode == 0
+    assert "STOPPED" in ember_job("status", "--address", url, "cli_long").stdout
+    followed = ember_job("logs", "--address", url, "--follow", "cli_long")
+    assert followed.stdout == "started\n"
+    assert ember_job("delete", "--address", url, "cli_long").returncode == 0
+    missing = ember_job("status", "--address", url, "cli_long")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
