@@ -151,7 +151,7 @@ def init(
             # Every cluster gets a fresh secret; its processes and ours read it from the environment.
             os.environ[transport.TOKEN_VARIABLE] = secrets.token_hex(32)
             try:
-                info, started = _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars)
+                info, started = _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory)
             except BaseException:
                 _restore_token(token_before)
                 raise
@@ -170,6 +170,7 @@ def init(
         client.job_env_vars = env_vars
         try:
             client.connect()
+            client.runtime_envs.base = client.runtime_envs.for_submission(runtime_env)
         except BaseException:
             client.shutdown()
             if started is not None:
@@ -255,14 +256,15 @@ def _local_node_manager(head_address: str) -> str:
     return alive[0]["address"], alive[0]["node_id"]
 
 
-def _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars):
+def _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory):
     node = launcher.node_resources(num_cpus, num_gpus, resources, object_store_memory)
     if num_gpus is None:  # as Ray does: the GPUs this machine has (NVML), with their accelerator type
         for name, amount in accelerators.gpu_resources().items():
             node.setdefault(name, amount)
     try:
         session_dir = launcher.new_session_dir()
-        return launcher.start_cluster_process(node, session_dir, head=True, env_vars=env_vars, watch_stdin=True)
+        # The job's runtime_env is not the cluster's: its workers are started in it per lease (pools per env).
+        return launcher.start_cluster_process(node, session_dir, head=True, watch_stdin=True)
     except RuntimeError as error:
         raise RuntimeError(f"The local Ember cluster failed to start: {error}") from None
 
