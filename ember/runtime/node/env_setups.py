@@ -4,6 +4,9 @@ An env with only ``env_vars`` is ready at once. One with packages or pip require
 ``runtime_env_setup`` process (one per env at a time, never on the node manager's loop); the
 workers asked for it meanwhile are counted and started when it is ready. A failure is kept for the
 node's life, so later requests for that env fail at once instead of running pip again.
+
+Setups are keyed by the part of an env that needs one (packages and pip lines): envs that differ
+only in ``env_vars`` share a set-up working_dir or venv, and a new one of them starts its workers at once.
 """
 
 import json
@@ -22,11 +25,12 @@ class EnvSetups:
     def __init__(self, head_address: str, log_dir: str):
         self.head_address = head_address
         self.log_dir = log_dir
-        self.specs: dict[str, dict] = {"": {}}  # key -> resolved env
-        self.ready: dict[str, dict] = {"": {"cwd": None, "paths": [], "python": None}}
-        self.errors: dict[str, str] = {}
-        self.pending: dict[str, int] = {}  # key -> workers to start once it is ready
-        self.running: dict[str, tuple] = {}  # key -> (process, result path)
+        self.specs: dict[str, dict] = {"": {}}  # env key -> resolved env
+        self.setup_of: dict[str, str] = {"": ""}  # env key -> setup key ("" needs none)
+        self.ready: dict[str, dict] = {"": {"cwd": None, "paths": [], "python": None}}  # by setup key
+        self.errors: dict[str, str] = {}  # by setup key
+        self.pending: dict[str, list] = {}  # setup key -> env keys of the workers to start once it is ready
+        self.running: dict[str, tuple] = {}  # setup key -> (process, result path)
 
     def learn(self, env: dict | None) -> str:
         """The key of a resolved env a request carries, remembered so workers can be started for it."""
@@ -34,18 +38,21 @@ class EnvSetups:
         key = env_key(env)
         if key not in self.specs:
             self.specs[key] = env
-            if not any(env.get(field) for field in NEEDS_SETUP):
-                self.ready[key] = {"cwd": None, "paths": [], "python": None}
+            self.setup_of[key] = env_key({field: env[field] for field in NEEDS_SETUP if env.get(field)})
         return key
+
+    def error_of(self, key: str) -> str | None:
+        return self.errors.get(self.setup_of.get(key, ""))
 
     def want_worker(self, key: str) -> bool:
         """True when a worker for ``key`` can start now; otherwise it is started by ``poll`` later."""
-        if key in self.ready:
+        setup = self.setup_of[key]
+        if setup in self.ready:
             return True
-        self.pending[key] = self.pending.get(key, 0) + 1
-        if key not in self.running:
-            result = os.path.join(self.log_dir, f"runtime_env-{key}-{time.time_ns()}.json")
-            log = open(os.path.join(self.log_dir, f"runtime_env-{key}.log"), "ab")
+        self.pending.setdefault(setup, []).append(key)
+        if setup not in self.running:
+            result = os.path.join(self.log_dir, f"runtime_env-{setup}-{time.time_ns()}.json")
+            log = open(os.path.join(self.log_dir, f"runtime_env-{setup}.log"), "ab")
             request = json.dumps({"env": self.specs[key], "head": self.head_address})
             try:
                 process = subprocess.Popen(
@@ -57,34 +64,35 @@ class EnvSetups:
                 )
             finally:
                 log.close()
-            self.running[key] = (process, result)
+            self.running[setup] = (process, result)
         return False
 
     def poll(self) -> list:
-        """Setups that ended: ``[(key, starts, error or None)]``; ``starts`` workers were waiting."""
+        """Setups that ended: ``[(env key, starts, error or None)]``; ``starts`` workers were waiting."""
         finished = []
-        for key, (process, result_path) in list(self.running.items()):
+        for setup, (process, result_path) in list(self.running.items()):
             if process.poll() is None:
                 continue
-            del self.running[key]
+            del self.running[setup]
             try:
                 with open(result_path) as file:
                     result = json.load(file)
                 os.unlink(result_path)
             except (OSError, ValueError):
                 result = {"ok": False, "error": f"the runtime env setup process exited with {process.returncode}"}
-            starts = self.pending.pop(key, 0)
             if result.get("ok"):
-                self.ready[key] = {name: result.get(name) for name in ("cwd", "paths", "python")}
-                finished.append((key, starts, None))
+                self.ready[setup] = {name: result.get(name) for name in ("cwd", "paths", "python")}
             else:
-                self.errors[key] = result.get("error") or "unknown error"
-                finished.append((key, starts, self.errors[key]))
+                self.errors[setup] = result.get("error") or "unknown error"
+            waiting: dict[str, int] = {}
+            for key in self.pending.pop(setup, []):
+                waiting[key] = waiting.get(key, 0) + 1
+            finished += [(key, starts, self.errors.get(setup)) for key, starts in waiting.items()]
         return finished
 
     def worker_environment(self, key: str) -> tuple:
         """(variables, cwd, python) for a worker of a ready env."""
-        spec, ready = self.specs[key], self.ready[key]
+        spec, ready = self.specs[key], self.ready[self.setup_of[key]]
         variables = dict(spec.get("env_vars") or {})
         if key:
             variables["EMBER_RUNTIME_ENV"] = json.dumps(spec)

@@ -362,8 +362,9 @@ class NodeManager(Service):
             preload=(msg.cid, msg.job) if msg.actor and msg.cid is not None else None,
             env=self.envs.learn(msg.renv),
         )
-        if request.env in self.envs.errors:  # set up here before and failed: fail at once, no second pip run
-            raise RuntimeEnvSetupError(self.envs.errors[request.env])
+        failed = self.envs.error_of(request.env)
+        if failed is not None:  # set up here before and failed: fail at once, no second pip run
+            raise RuntimeEnvSetupError(failed)
         if request.request_id in self.requests:
             raise ValueError("a lease request with this id is queued already")
         error = self.removed_group_error(request)
