@@ -16,6 +16,7 @@ import sys
 import time
 
 from ember.runtime.message_fields import runtime_env_dict
+from ember.runtime.runtime_dir import open_private
 from ember.runtime.runtime_env import env_key
 
 NEEDS_SETUP = ("working_dir", "py_modules", "pip")
@@ -52,7 +53,8 @@ class EnvSetups:
         self.pending.setdefault(setup, []).append(key)
         if setup not in self.running:
             result = os.path.join(self.log_dir, f"runtime_env-{setup}-{time.time_ns()}.json")
-            log = open(os.path.join(self.log_dir, f"runtime_env-{setup}.log"), "ab")
+            log_path = os.path.join(self.log_dir, f"runtime_env-{setup}.log")
+            log = os.fdopen(open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
             request = json.dumps({"env": self.specs[key], "head": self.head_address})
             try:
                 process = subprocess.Popen(

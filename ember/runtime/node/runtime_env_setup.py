@@ -79,7 +79,7 @@ def _package(base: str, key: str, head: str) -> str:
                 archive.extract(info, staging)
                 mode = (info.external_attr >> 16) & 0o777
                 if mode and not info.is_dir():
-                    os.chmod(target, mode & 0o755 | 0o600)
+                    os.chmod(target, mode & 0o700 | 0o600)  # the user's code: closed to others, as the runtime dir
         os.rename(staging, folder)  # whole or not at all: a worker never sees half a package
         return folder
     finally:
