@@ -12,7 +12,11 @@ Throughput is input rows per second of wall time (cluster start-up excluded). Pe
 largest sum of the RSS of every process of that system (the driver and all its descendants: for
 Ray the GCS, raylet, dashboard agents and workers; for Ember the head, node manager and workers),
 sampled every 50 ms by this parent process. The pyarrow loop is the one-core reference: one
-process, Arrow's thread pool set to one thread.
+process on one core, with Arrow's CPU and I/O thread pools at one thread (``pa.set_cpu_count(1)``,
+``pa.set_io_thread_count(1)``) and numpy's BLAS at one thread (``OMP_NUM_THREADS``,
+``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` set to 1 in its environment, read when numpy
+loads): otherwise the matrix product of the actor_pool row runs on every core. Each row's line on
+stderr shows its CPU seconds over wall seconds, which stays near 1 for this loop.
 
     PYTHONPATH=$PWD /work/venv/bin/python benchmarks/data.py                 # everything, 2 GB
     PYTHONPATH=$PWD /work/venv/bin/python benchmarks/data.py --scale 0.05 --systems ember,pyarrow
@@ -171,6 +175,7 @@ def run_pyarrow(data: str, out: str, row: str):
     import pyarrow.parquet as pq
 
     pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
     files = sorted(os.path.join(data, f) for f in os.listdir(data) if f.endswith(".parquet"))
     if row == "etl":
         os.makedirs(out, exist_ok=True)
@@ -291,6 +296,9 @@ def run_system(system: str, python: str, args, data: dict, rows: list) -> dict:
     env = dict(os.environ)
     if system == "ember":
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    elif system == "pyarrow":
+        # The one-core reference: numpy's BLAS reads these when it loads (see the module docstring).
+        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     else:
         # Ray's venv must not see this checkout (it would import nothing of it, but keep it clean).
         env.pop("PYTHONPATH", None)
@@ -327,7 +335,8 @@ def run_system(system: str, python: str, args, data: dict, rows: list) -> dict:
                 seconds = float(seconds)
                 results[row] = {"seconds": seconds, "rows_per_s": data["rows"] / seconds, "cpu_s": cpu}
                 print(
-                    f"  {system:8s} {row:13s} {seconds:8.2f} s  cpu {cpu:7.2f} s  peak {peaks[row] / 2**20:6.0f} MiB",
+                    f"  {system:8s} {row:13s} {seconds:8.2f} s  cpu {cpu:7.2f} s ({cpu / seconds:.2f} x wall)  "
+                    f"peak {peaks[row] / 2**20:6.0f} MiB",
                     file=sys.stderr,
                     flush=True,
                 )

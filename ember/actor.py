@@ -2,6 +2,7 @@
 
 import hashlib
 import inspect
+import logging
 import pickle
 
 import msgspec
@@ -12,8 +13,11 @@ from ember.runtime import protocol
 from ember.runtime.client.core_client import current_client
 from ember.runtime.ids import new_id
 from ember.runtime.message_fields import MethodOptions
+from ember.runtime.messages import Error
 from ember.runtime.serialization import dumps_function
 from ember.runtime.task_context import ActorExit, current_task
+
+logger = logging.getLogger(__name__)
 
 
 def method(**method_options):
@@ -253,3 +257,23 @@ def kill(handle: ActorHandle, no_restart: bool = True) -> None:
     connected_client().request(
         "head", {"op": protocol.KILL_ACTOR, "actor_id": handle._actor_id, "no_restart": no_restart}
     )
+
+
+def kill_nowait(handle: ActorHandle, no_restart: bool = True) -> None:
+    """Kill an actor as ``kill`` does, without waiting for the head's answer (Ray's ``ray.kill``
+    does not wait either: its core worker sends the kill to the GCS and returns). For a caller that
+    will not call the actor again, such as Tune ending a finished trial's actor: the next actor it
+    creates goes to the head after the kill on the same connection, so the head frees the killed
+    actor's resources before it places the new one. A failed kill is logged, not raised."""
+    if not isinstance(handle, ActorHandle):
+        raise TypeError(f"ember.kill() expects an actor handle, got {type(handle).__name__}.")
+    client = connected_client()
+    actor_id = handle._actor_id
+
+    def on_reply(reply, frames):
+        # An actor the head has forgotten or never had is as dead as the kill would make it.
+        if isinstance(reply, Error) and "no such actor" not in (reply.error or ""):
+            logger.warning("could not kill actor %s: %s", actor_id.hex(), reply.error)
+
+    header = {"op": protocol.KILL_ACTOR, "actor_id": actor_id, "no_restart": no_restart}
+    client.call_soon(client.send, "head", header, (), on_reply)

@@ -235,18 +235,31 @@ def feed(cluster):
 
     feed = EventFeed(core_client.current_client().publisher_address).start()
     probes = []
-    wait_for(lambda: probes.append(ember.get(probe.remote())) or feed.state.summary()["finished"], timeout=20)
-    # Cleared once every probe is counted and nothing runs: the head's summaries say what ended, not
-    # when, so a task still on its way would count after the clear.
     wait_for(
-        lambda: (n := feed.state.summary())["finished"] >= len(probes) and not n["pending"] + n["running"],
-        timeout=20,
-        message="every probe counted",
+        lambda: probes.append(ember.get(probe.remote(), timeout=20)) or feed.state.summary()["finished"], timeout=20
     )
+    # Cleared once every probe is counted and the counts have settled: the head's summaries say what
+    # ended, not when, so a task still on its way would count after the clear.
+    wait_for(lambda: feed.state.summary()["finished"] >= len(probes), timeout=20, message="every probe counted")
+    wait_for(settled(lambda: feed.state.summary()), timeout=20, message="the task counts to settle")
     with feed.lock:
         feed.state.clear_tasks()
     yield feed
     feed.stop()
+
+
+def settled(read, quiet: float = 0.3):
+    """A condition for ``wait_for``: true once ``read()`` has given the same value for ``quiet`` seconds."""
+    last = {"value": object(), "since": 0.0}
+
+    def condition():
+        value, now = read(), time.monotonic()
+        if value != last["value"]:
+            last["value"], last["since"] = value, now
+            return False
+        return now - last["since"] >= quiet
+
+    return condition
 
 
 def assert_cluster_works() -> None:

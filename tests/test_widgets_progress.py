@@ -7,7 +7,7 @@ import re
 import statistics
 
 import pytest
-from conftest import wait_for
+from conftest import settled, wait_for
 
 import ember
 from ember import widgets
@@ -177,11 +177,8 @@ def test_actor_method_duration_is_its_run_time_not_its_queue_time(feed):
     napper = Napper.remote()
     ember.get(napper.nap.remote())
     # Cleared once the warm-up call is counted: the head's summaries say what ended, not when.
-    wait_for(
-        lambda: feed.state.summary()["finished"] >= 1 and not feed.state.summary()["running"],
-        timeout=20,
-        message="the warm-up call's events",
-    )
+    wait_for(lambda: feed.state.summary()["finished"] >= 1, timeout=20, message="the warm-up call's events")
+    wait_for(settled(lambda: feed.state.summary()), timeout=20, message="the task counts to settle")
     with feed.lock:
         feed.state.clear_tasks()
     assert sum(ember.get([napper.nap.remote() for _ in range(40)])) == 40
@@ -240,9 +237,11 @@ def test_cluster_widget_shows_two_running_while_two_tasks_hold_the_cpus(feed, tm
     view = widgets.Cluster(feed=feed)
     release = tmp_path / "release"
     held = [busy_until.remote(str(release)) for _ in range(2)]
-    wait_for(lambda: running_shown(view) == 2, timeout=20, message="2 running while two tasks hold the CPUs")
-    wait_for(lambda: re.search(r"ember-cpu-text'>4 / 4 CPU<", view.html.value), timeout=20, message="4 CPUs used")
-    release.touch()
+    try:
+        wait_for(lambda: running_shown(view) == 2, timeout=20, message="2 running while two tasks hold the CPUs")
+        wait_for(lambda: re.search(r"ember-cpu-text'>4 / 4 CPU<", view.html.value), timeout=20, message="4 CPUs")
+    finally:
+        release.touch()  # a failure above must not leave the CPUs held for the tests after this one
     ember.get(held)
     refs = [busy_short.remote() for _ in range(140)]  # 3.5 s of work at two at a time
     seen = []

@@ -342,15 +342,16 @@ class Dataset(AllToAllMethods):
 
     # ---- execution ---------------------------------------------------------------------------
 
-    def _bundles(self, progress: bool = True):
-        """Run the plan: (block_ref, BlockMetadata) in order, streaming."""
+    def _bundles(self, progress: bool = True, ahead=None):
+        """Run the plan: (block_ref, BlockMetadata) in order, streaming (``ahead``: the consumer's
+        ``prefetch.Prefetcher``, whose thread runs this)."""
         plan = self._plan
         if isinstance(plan, InputData):
             yield from plan.bundles
             return
         from ember.data.progress import reporter
 
-        executor = Executor(physical_plan(optimize(plan)), progress=reporter() if progress else None)
+        executor = Executor(physical_plan(optimize(plan)), progress=reporter() if progress else None, ahead=ahead)
         self._last_stats = executor.stats
         yield from executor.run()
 

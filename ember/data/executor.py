@@ -6,69 +6,22 @@ finish, and hands the consumer the next output block. The policy is plain state 
 ``Budget``); the only I/O is ``ember.remote``/``wait``/``get``/``cancel``/``kill``. Whatever way the
 generator ends (exhausted, an error, KeyboardInterrupt, the consumer closing it) its ``finally``
 cancels the tasks still running and kills the pool's actors.
+
+With ``ahead`` (a ``prefetch.Prefetcher``) it runs in the prefetcher's thread instead and keeps
+scheduling while the consumer is busy: it hands a block over only while the consumer's prefetch
+has room, and the blocks held there count against the budget like its own.
 """
 
 import collections
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ember
 from ember.data import block as blk
 from ember.data.context import DataContext, cluster_resources
+from ember.data.execution_stats import ExecutionStats, OpStats
 from ember.data.plan import ActorPoolStrategy, PhysicalOp, apply_stages
-
-
-@dataclass
-class OpStats:
-    name: str
-    tasks: int = 0
-    blocks_out: int = 0
-    rows_out: int = 0
-    bytes_out: int = 0
-    task_seconds: float = 0.0
-    actors_started: int = 0
-    actors_killed_idle: int = 0
-    max_actors: int = 0
-    min_actors: int | None = None
-    throttled: int = 0  # scheduling passes in which the budget held back a task this operator could run
-
-
-@dataclass
-class ExecutionStats:
-    """What one execution did; ``peak_bytes``/``peak_blocks`` are the most it held in flight."""
-
-    budget: int = 0
-    peak_bytes: int = 0
-    peak_blocks: int = 0
-    wall_seconds: float = 0.0
-    ops: list = field(default_factory=list)
-
-    def op(self, prefix: str) -> OpStats:
-        for stats in self.ops:
-            if stats.name.startswith(prefix) or prefix in stats.name:
-                return stats
-        raise KeyError(prefix)
-
-    def summary(self) -> str:
-        lines = []
-        for s in self.ops:
-            line = f"Operator {s.name}: {s.tasks} tasks, {s.blocks_out} blocks, {s.rows_out} rows, {_fmt(s.bytes_out)}"
-            if s.actors_started:
-                line += f", actors {s.min_actors or 0}..{s.max_actors} ({s.actors_started} started)"
-            lines.append(line)
-        lines.append(
-            f"Execution: {self.wall_seconds:.2f} s, peak in flight {self.peak_blocks} blocks / "
-            f"{_fmt(self.peak_bytes)} of a {_fmt(self.budget)} budget"
-        )
-        return "\n".join(lines)
-
-
-def _fmt(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def run_block(stages, item, columns, limit, seq=0):
@@ -246,8 +199,11 @@ class Executor:
     the end, whatever way it ends. Both are called in the consuming thread.
     """
 
-    def __init__(self, root: PhysicalOp, ctx: DataContext | None = None, progress=None):
+    def __init__(self, root: PhysicalOp, ctx: DataContext | None = None, progress=None, ahead=None):
         self.ctx = ctx or DataContext.get_current()
+        self.ahead = ahead
+        if ahead is not None:
+            ahead.paced_by_executor = True  # it asks for blocks only when this hands them over
         self.root_op = root
         self.progress = progress
         self.stats = ExecutionStats()
@@ -277,6 +233,8 @@ class Executor:
         error = None
         try:
             while True:
+                if self.ahead is not None and self.ahead.stopped:
+                    return
                 before = self._progress()
                 self._reap()
                 for state in reversed(self.states):
@@ -285,11 +243,14 @@ class Executor:
                 self._account()
                 if self.progress is not None:
                     self.progress.update(self)
-                if root.outputs:
+                if root.outputs and (self.ahead is None or self.ahead.has_room()):
                     yield root.outputs.popleft()
                     continue
                 if root.done():
                     return
+                if root.outputs:
+                    self._wait_for_room()
+                    continue
                 # A pass that moved blocks (a barrier that just ran, say) may enable the next one.
                 if not self._wait_and_complete(stalled=self._progress() == before):
                     continue
@@ -307,7 +268,17 @@ class Executor:
     # -- launching ---------------------------------------------------------------------------------
 
     def _held(self) -> int:
-        return sum(s.held_bytes() for s in self.states)
+        held = sum(s.held_bytes() for s in self.states)
+        return held + self.ahead.held_bytes() if self.ahead is not None else held
+
+    def _wait_for_room(self):
+        """The consumer's prefetch is full: wake when a task finishes (to start the next within the
+        budget) or, briefly, to look whether the consumer took a block."""
+        running = [ref for state in self.states for ref in state.running]
+        if running:
+            ember.wait(running, num_returns=1, timeout=AHEAD_POLL, fetch_local=False)
+        else:
+            self.ahead.wait_for_room(timeout=1.0)
 
     def _account(self):
         self.stats.peak_bytes = max(self.stats.peak_bytes, self._held())
@@ -505,6 +476,10 @@ class Executor:
                     waiting[actor.ready_ref] = (state, actor)
         if not waiting and not stalled:
             return False
+        if not waiting and self.ahead is not None and self.ahead.held_bytes():
+            # The budget is in the consumer's prefetch: it frees as the consumer takes blocks.
+            self.ahead.wait_for_consumer(timeout=AHEAD_POLL)
+            return True
         if not waiting:
             detail = "; ".join(
                 f"{s.op.name}: {len(s.inputs)} queued, {len(s.outputs)} out, done={s.done()}" for s in self.states
@@ -513,7 +488,9 @@ class Executor:
         refs = list(waiting)
         ready = []
         try:
-            ready, _ = ember.wait(refs, num_returns=1, timeout=1.0, fetch_local=False)
+            # In a prefetch thread, wake often enough to see that the consumer has gone.
+            timeout = 1.0 if self.ahead is None else AHEAD_POLL
+            ready, _ = ember.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
             if ready:
                 ready, _ = ember.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
             self._finish_ready(ready, waiting)
@@ -594,6 +571,7 @@ class Executor:
 
 
 _SLICE = [None]
+AHEAD_POLL = 0.05  # seconds a prefetching executor waits for tasks before it looks at its consumer again
 
 
 def _runs_tasks(state: OpState) -> bool:

@@ -80,27 +80,52 @@ class TextReporter:
 def curve_svg(points: list, width: int = 420, height: int = 160) -> str:
     """An inline SVG of the return curve for a saved notebook: ``points`` are (env steps, mean, min,
     max); the mean is a line over a shaded min-max band, axes labelled with their ranges."""
-    points = [p for p in points if all(v == v for v in p)]  # drop NaN (no episode ended yet)
-    if len(points) < 2:
+    return curves_svg({"": points}, width, height)
+
+
+def curves_svg(series: dict, width: int = 420, height: int = 160, band: bool = True) -> str:
+    """``curve_svg`` for several runs (Tune's trials): ``series`` maps a label to its points, each run
+    one colour (the live plot's), with a legend of the labels below the plot when there is more than one."""
+    from ember.widgets.metrics import PALETTE
+
+    clean = {label: [p for p in points if all(v == v for v in p)] for label, points in series.items()}
+    clean = {label: points for label, points in clean.items() if points}  # NaN: no episode ended yet
+    every = [p for points in clean.values() for p in points]
+    if len(every) < 2:
         return ""
-    xs = [p[0] for p in points]
-    low, high = min(p[2] for p in points), max(p[3] for p in points)
+    xs = [p[0] for p in every]
+    low = min(p[2] if band else p[1] for p in every)
+    high = max(p[3] if band else p[1] for p in every)
     x0, x1 = min(xs), max(xs)
     span_x, span_y = (x1 - x0) or 1, (high - low) or 1
     pad = 28
+    legend = [label for label in clean if label] if len(clean) > 1 else []
+    total = height + 14 * len(legend)
 
     def xy(x, y):
         px = pad + (x - x0) / span_x * (width - pad - 6)
         py = height - pad - (y - low) / span_y * (height - pad - 8)
         return f"{px:.1f},{py:.1f}"
 
-    band = " ".join(xy(p[0], p[3]) for p in points) + " " + " ".join(xy(p[0], p[2]) for p in reversed(points))
-    line = " ".join(xy(p[0], p[1]) for p in points)
+    shapes = []
+    for index, points in enumerate(clean.values()):
+        colour = PALETTE[index % len(PALETTE)]
+        if band:
+            outline = [xy(p[0], p[3]) for p in points] + [xy(p[0], p[2]) for p in reversed(points)]
+            shapes.append(f"<polygon points='{' '.join(outline)}' fill='{colour}' fill-opacity='0.2'/>")
+        line = " ".join(xy(p[0], p[1]) for p in points)
+        shapes.append(f"<polyline points='{line}' fill='none' stroke='{colour}' stroke-width='2'/>")
+    for index, label in enumerate(legend):
+        colour = PALETTE[list(clean).index(label) % len(PALETTE)]
+        y = height + 14 * index + 10
+        shapes.append(
+            f"<rect x='{pad}' y='{y - 8}' width='10' height='3' fill='{colour}'/>"
+            f"<text x='{pad + 14}' y='{y}' font-size='10'>{html.escape(label)}</text>"
+        )
     return (
-        f"<svg class='ember-rl-curve' width='{width}' height='{height}' xmlns='http://www.w3.org/2000/svg'>"
-        f"<polygon points='{band}' fill='#1f77b4' fill-opacity='0.2'/>"
-        f"<polyline points='{line}' fill='none' stroke='#1f77b4' stroke-width='2'/>"
-        f"<text x='{pad}' y='{height - 8}' font-size='10'>{x0:,.0f}</text>"
+        f"<svg class='ember-rl-curve' width='{width}' height='{total}' xmlns='http://www.w3.org/2000/svg'>"
+        + "".join(shapes)
+        + f"<text x='{pad}' y='{height - 8}' font-size='10'>{x0:,.0f}</text>"
         f"<text x='{width - 6}' y='{height - 8}' font-size='10' text-anchor='end'>{x1:,.0f} env steps</text>"
         f"<text x='2' y='12' font-size='10'>{high:.0f}</text>"
         f"<text x='2' y='{height - pad}' font-size='10'>{low:.0f}</text></svg>"
@@ -108,90 +133,140 @@ def curve_svg(points: list, width: int = 420, height: int = 160) -> str:
 
 
 def _training_view_class():
-    from ember.widgets.metrics import LiveMetrics
+    from ember.widgets.metrics import PALETTE, LiveMetrics
 
     class TrainingView(LiveMetrics):
-        """LiveMetrics with the return curve drawn as mean line over a min-max band."""
+        """LiveMetrics with the return curve drawn as mean line over a min-max band, one line (and
+        band, with ``band``) per series: the algorithm's own, or each Tune trial's."""
 
-        def __init__(self, name: str):
-            super().__init__(metrics=["return_mean"], x=X, title=f"{name}: training")
+        def __init__(self, name: str, band: bool = True, title: str | None = None):
+            super().__init__(metrics=["return_mean"], x=X, title=title or f"{name}: training")
             self.name = name
-            self.band = None
+            self.title = title or f"{name}: training"
+            self.show_band = band
+            self.bands: dict = {}  # series -> ColumnDataSource of its min-max band
 
-        def report_result(self, result: dict) -> None:
+        @property
+        def band(self):
+            """The band of the algorithm's own series (``name``)."""
+            return self.bands.get(self.name)
+
+        def report_result(self, result: dict, series: str | None = None, label: str | None = None) -> None:
+            """Append one ``train()`` result to ``series`` (default: ``name``), its legend ``label``."""
+            series = self.name if series is None else str(series)
+            if label is not None:
+                self.labels.setdefault(series, label)  # before its line exists: bokeh's legend is set once
             point = table_point(result)
-            self.report(self.name, **point)
-            if "return_min" in point and "return_max" in point:
-                self._band().stream({"x": [point[X]], "low": [point["return_min"]], "high": [point["return_max"]]})
+            self.report(series, **point)
+            if self.show_band and "return_min" in point and "return_max" in point:
+                self._band(series).stream(
+                    {"x": [point[X]], "low": [point["return_min"]], "high": [point["return_max"]]}
+                )
 
-        def _band(self):
-            if self.band is None:
+        def _band(self, series: str):
+            if series not in self.bands:
                 from bokeh.models import ColumnDataSource
 
-                figure = self.figures["return_mean"]
-                self.band = ColumnDataSource({"x": [], "low": [], "high": []})
-                figure.varea("x", "low", "high", source=self.band, fill_alpha=0.2, legend_label="min-max")
-            return self.band
+                lines = [key[1] for key in self.sources if key[0] == "return_mean"]
+                colour = PALETTE[lines.index(series) % len(PALETTE)] if series in lines else PALETTE[0]
+                self.bands[series] = ColumnDataSource({"x": [], "low": [], "high": []})
+                self.figures["return_mean"].varea(
+                    "x", "low", "high", source=self.bands[series], fill_alpha=0.2, fill_color=colour
+                )
+            return self.bands[series]
 
         def snapshot_html(self) -> str:
-            """The table and the return curve as static HTML (what a saved notebook shows)."""
-            rows = self.history.rows.get(self.name, [])
-            points = [
-                (r[X], r["return_mean"], r["return_min"], r["return_max"])
-                for r in rows
-                if "return_mean" in r and "return_min" in r and "return_max" in r
-            ]
-            title = html.escape(f"{self.name}: training")
-            return f"<div class='ember-rl'><b>{title}</b>{self.table.value}{curve_svg(points)}</div>"
+            """The table and the return curves as static HTML (what a saved notebook shows)."""
+            series = {}
+            for name, rows in self.history.rows.items():
+                series[self.labels.get(name, name)] = [
+                    (
+                        r[X],
+                        r["return_mean"],
+                        r.get("return_min", r["return_mean"]),
+                        r.get("return_max", r["return_mean"]),
+                    )
+                    for r in rows
+                    if "return_mean" in r
+                ]
+            curve = curves_svg(series, band=self.show_band)
+            return f"<div class='ember-rl'><b>{html.escape(self.title)}</b>{self.table.value}{curve}</div>"
 
     return TrainingView
 
 
-def training_view(name: str):
-    """The live widget for the algorithm called ``name`` (call ``report_result(result)`` per iteration)."""
-    return _training_view_class()(name)
+def training_view(name: str, band: bool = True, title: str | None = None):
+    """The live widget for the algorithm called ``name`` (call ``report_result(result)`` per iteration);
+    several runs share one with ``report_result(result, series=...)``."""
+    return _training_view_class()(name, band=band, title=title)
 
 
 class WidgetReporter:
-    """Shows one ``TrainingView`` in the cell of the first ``train()`` and appends every result to it."""
+    """Shows one ``TrainingView`` in the cell of the first result (or ``show()``) and appends every
+    result to it: the algorithm's own, or with ``series`` each Tune trial's."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, band: bool = True, title: str | None = None):
         self.name = name
+        self.band = band
+        self.title = title
         self.view = None
         self.handle = None
         self.last = None
+        self.last_series = name
         self.broken = False
 
     def _bundle(self) -> dict:
         data = dict(self.view._repr_mimebundle_() or {})
         data["text/html"] = self.view.snapshot_html()
-        data["text/plain"] = summary_line(self.name, self.last) if self.last is not None else self.name
+        data["text/plain"] = summary_line(self.last_series, self.last) if self.last is not None else self.name
         return data
 
-    def report(self, result: dict) -> None:
+    def _guard(self, action) -> None:
         if self.broken:
             return
         try:
-            self.last = result
-            if self.view is None:
-                from IPython.display import display
-
-                self.view = training_view(self.name)
-                self.view.report_result(result)
-                # The widget lives in JupyterLab; the text/html snapshot (renewed by close()) is what
-                # a saved notebook, nbviewer or GitHub shows.
-                self.handle = display(self._bundle(), raw=True, display_id=True)
-                return
-            self.view.report_result(result)
+            action()
         except Exception as exc:  # a display must never break the training it shows
             import warnings
 
             self.broken = True
-            warnings.warn(f"ember.rllib progress view switched off: {type(exc).__name__}: {exc}", stacklevel=2)
+            warnings.warn(f"ember.rllib progress view switched off: {type(exc).__name__}: {exc}", stacklevel=3)
+
+    def _show(self) -> None:
+        if self.view is None:
+            from IPython.display import display
+
+            self.view = training_view(self.name, band=self.band, title=self.title)
+            # The widget lives in JupyterLab; the text/html snapshot (renewed by close()) is what
+            # a saved notebook, nbviewer or GitHub shows.
+            self.handle = display(self._bundle(), raw=True, display_id=True)
+
+    def show(self) -> None:
+        """Display the (empty) view now, in the running cell."""
+        self._guard(self._show)
+
+    def report(self, result: dict, series: str | None = None, label: str | None = None) -> None:
+        def draw():
+            self.last, self.last_series = result, self.name if series is None else str(series)
+            if self.view is None:
+                from IPython.display import display
+
+                self.view = training_view(self.name, band=self.band, title=self.title)
+                self.view.report_result(result, series, label)
+                self.handle = display(self._bundle(), raw=True, display_id=True)
+                return
+            self.view.report_result(result, series, label)
+
+        self._guard(draw)
+
+    def set_status(self, series: str, status: str) -> None:
+        if self.view is not None:
+            self._guard(lambda: self.view.set_status(series, status))
 
     def close(self) -> None:
         if self.view is not None:
-            self.view.set_status(self.name, "stopped")
+            if self.name in self.view.history.rows:
+                self.view.set_status(self.name, "stopped")
             if self.handle is not None:
                 try:
                     self.handle.update(self._bundle(), raw=True)

@@ -290,6 +290,15 @@ class ClusterState:
             self.load_summary(self._last_summary)
         self.version += 1
 
+    def end_job(self, job_id: bytes, when: float) -> None:
+        """A job's driver ended (head side): its tasks that had not ended never will report (their
+        owners are gone), so they count as failed rather than as pending or running for good."""
+        orphans = [r.task_id for r in self.tasks.values() if r.job == job_id and r.state in (PENDING, RUNNING)]
+        for task_id in orphans:
+            self._apply_one("failed", task_id, when, {"error": "OwnerDiedError: the job's driver ended"})
+        if orphans:
+            self.version += 1
+
     def forget_records(self) -> None:
         """Drop the task records, keeping the aggregates (a kernel that stops taking task events: the
         records would stay in whatever state they were last seen in)."""
@@ -318,27 +327,22 @@ class ClusterState:
         }
 
     def load_summary(self, body: dict) -> None:
-        """A head summary (kernel side): from now on the aggregates are the head's, less the tasks that
-        had ended when the first summary came (or at ``clear_tasks``), so that a kernel shows what ran
-        since it looked, as it did when it counted events itself. Tasks pending or running then stay:
-        they are live work."""
+        """A head summary (kernel side): from now on the aggregates are the head's, less what the first
+        summary counted (or the one at ``clear_tasks``), so that a kernel shows what happened since it
+        looked, as it did when it counted events itself. Pending and running are net of what was
+        pending and running then (never below zero): a long call still waiting from before, on an
+        actor nobody stopped, is not this kernel's work."""
         self.summarized = True
         self._last_summary = body
         base = self._base
         if base is None:
             base = self._base = body
-        ended = (FINISHED, FAILED)
-        counts = {state: body["counts"].get(state, 0) for state in STATES}
-        for state in ended:
-            counts[state] = max(0, counts[state] - base["counts"].get(state, 0))
+        counts = {state: max(0, body["counts"].get(state, 0) - base["counts"].get(state, 0)) for state in STATES}
         self.counts = counts
         by_name = {}
         for name, named in body["by_name"].items():
-            named = {state: named.get(state, 0) for state in STATES}
-            old = base["by_name"].get(name)
-            if old:
-                for state in ended:
-                    named[state] = max(0, named[state] - old.get(state, 0))
+            old = base["by_name"].get(name) or {}
+            named = {state: max(0, named.get(state, 0) - old.get(state, 0)) for state in STATES}
             if any(named.values()):
                 by_name[name] = named
         self.by_name = by_name
@@ -354,7 +358,7 @@ class ClusterState:
         edges.subtract({(source, target): n for source, target, n in base["edges"]})
         self.name_edges = Counter({edge: n for edge, n in edges.items() if n > 0})
         self.actor_calls = Counter(body["actor_calls"]) - Counter(base["actor_calls"])
-        self._running = body["running"]
+        self._running = max(0, body["running"] - base["counts"].get(RUNNING, 0))
         self._workers = body["workers"]
         self.creators = {task_id: name for task_id, name in body["creators"]}
 

@@ -9,7 +9,9 @@ A restore takes each trial's results logged after the state file from its result
 
 The state is pickled on the controller's thread (a consistent snapshot) and written by a writer
 thread, newest first: the controller never waits on the disk, and a burst of changes costs one
-write. ``close()`` waits for the last state to be on disk."""
+write. A finished trial is pickled once and its bytes reused by later snapshots (``Trial``'s
+``__reduce_ex__``), so a snapshot's cost hardly grows with the trials that ended. ``close()`` waits
+for the last state to be on disk."""
 
 import json
 import os

@@ -13,6 +13,7 @@ import sys
 import cloudpickle
 
 import ember
+from ember.actor import kill_nowait
 from ember.exceptions import TaskError
 from ember.train import checkpoint as ckpt
 from ember.train.result import Result
@@ -76,6 +77,7 @@ class Tuner:
         self._experiment = None
         self._path = None
         self._results = None
+        self._progress = None  # the display of the latest fit()
 
     # ---- restore -----------------------------------------------------------------------------------
 
@@ -127,6 +129,7 @@ class Tuner:
         experiment, filesystem, path = self._prepare()
         self._experiment, self._path = experiment, path
         run = _Run(self, experiment, storage.ExperimentStorage(filesystem, path), filesystem)
+        self._progress = run.display
         self._results = run.go()
         return self._results
 
@@ -229,6 +232,11 @@ class _Run:
         name = os.path.basename(experiment.path.rstrip("/"))
         self.name = name
         self.display = progress.reporter(name, experiment.metric, experiment.mode, tuner.run_config.verbose)
+        if getattr(tuner.trainable, "_algorithm_class", None) is not None:
+            from ember.tune import algorithm_progress
+
+            # The trials' learning curves beside Tune's table (in a notebook; nothing elsewhere).
+            self.display = algorithm_progress.wrap(self.display, name, tuner.param_space, tuner.run_config.verbose)
         self.checkpoint_config = tuner.run_config.checkpoint_config
         self.at_end = bool(getattr(self.checkpoint_config, "checkpoint_at_end", False))
         self.reuse = tc.reuse_actors
@@ -448,7 +456,10 @@ STOP_TIMEOUT_S = 60.0
 
 
 def _kill(actor) -> None:
+    """End a trial's actor. Tune never calls it again, so nothing waits for the head's answer:
+    the next trial's actor is created at once, and the head, which reads both in order, has freed
+    this one's CPU by then."""
     try:
-        ember.kill(actor)
-    except Exception as error:  # already gone is fine; anything else is worth a line
+        kill_nowait(actor)
+    except Exception as error:  # the driver's connection is gone: the job's end takes the actor
         print(f"ember.tune: could not kill a trial actor: {error}", file=sys.stderr)

@@ -66,6 +66,7 @@ class LiveMetrics(w.VBox):
         self.plots = w.VBox()
         self.figures: dict = {}  # metric -> bokeh figure
         self.sources: dict = {}  # (metric, trial) -> ColumnDataSource
+        self.labels: dict = {}  # trial -> its legend label, where it is not the trial's own name
         self.models: list = []
         heading = [w.HTML(f"<b>{html.escape(title)}</b>")] if title else []
         super().__init__(children=[*heading, self.table, self.plots], **kwargs)
@@ -96,7 +97,9 @@ class LiveMetrics(w.VBox):
         figure = self.figures.get(metric) or self._figure(metric)
         colour = PALETTE[len([key for key in self.sources if key[0] == metric]) % len(PALETTE)]
         source = self.sources[(metric, trial)] = ColumnDataSource({"x": [], "y": []})
-        figure.line("x", "y", source=source, legend_label=trial, line_color=colour, line_width=2)
+        figure.line(
+            "x", "y", source=source, legend_label=self.labels.get(trial, trial), line_color=colour, line_width=2
+        )
         return source
 
     def _figure(self, metric: str):

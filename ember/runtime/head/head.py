@@ -347,6 +347,7 @@ class Head(Service):
             self.jobs.pop(evicted, None)
         self.actor_directory.job_finished(msg.job_id)
         self._placement_actions(self.placement_groups.job_finished(msg.job_id))
+        self.task_summary.job_finished(msg.job_id)
         return {}
 
     def on_get_nodes(self, identity, msg, frames):

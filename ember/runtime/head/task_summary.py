@@ -31,6 +31,10 @@ class TaskSummary:
         """Well-formed ``[kind, task id, time, fields]`` events, as the head's task table checked them."""
         self.state.apply(b"event:task", events)
 
+    def job_finished(self, job_id: bytes) -> None:
+        """The job's tasks that had not ended count as failed (see ``ClusterState.end_job``)."""
+        self.state.end_job(job_id, time.time())
+
     def due(self, now: float, objects=()) -> dict | None:
         """The summary to publish at monotonic ``now``, or None when it is too soon or nothing changed.
         A summary also goes out while the last one said tasks were running, so that the figure falls

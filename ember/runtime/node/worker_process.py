@@ -9,6 +9,18 @@ inherited descriptor, never touches the parent's ZeroMQ context and makes its ow
 Each worker's stdin is the read end of a pipe whose write end only the node manager holds: EOF
 tells the worker that its node manager is gone (even if it was SIGKILLed), and closing it is how
 the node manager retires an idle worker.
+
+Thread counts: like Ray, a worker runs with ``OMP_NUM_THREADS`` set unless the user set it (in
+the environment the cluster started from, or in ``ember.init(runtime_env={"env_vars": ...})``), so
+two workers doing BLAS or OpenMP work on two cores do not each start a thread per core. Ray sets it
+to the task's ``num_cpus`` as each task starts; a worker's environment is fixed when it starts here,
+before any task is known, so Ember uses 1 (Ray's value for the default ``num_cpus=1``). A forked
+worker inherits numpy's BLAS already loaded with the node manager's thread count, which no longer
+reads the environment, so the child also sets the count of each thread pool already loaded
+(through threadpoolctl): ``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS``/``BLIS_NUM_THREADS`` for that
+library when the user set it, else ``OMP_NUM_THREADS``. A task's or actor's own ``runtime_env``
+``env_vars`` are in ``os.environ`` while it runs (libraries that start then, such as pyarrow's
+thread pool or torch, read them), but cannot resize a BLAS the worker loaded before.
 """
 
 import ctypes
@@ -17,6 +29,10 @@ import signal
 import sys
 
 _PR_SET_NAME = 15
+# The variable a thread pool library reads before OMP_NUM_THREADS (threadpoolctl's internal_api names).
+_OWN_VARIABLE = {"openblas": "OPENBLAS_NUM_THREADS", "mkl": "MKL_NUM_THREADS", "blis": "BLIS_NUM_THREADS"}
+_UNSET = object()
+_thread_pools = _UNSET  # threadpoolctl's view of the libraries loaded in this (the parent's) process
 
 
 class WorkerProcess:
@@ -60,6 +76,7 @@ class WorkerProcess:
 def spawn_worker(env: dict, log_path: str, cwd: str | None = None, python: str | None = None) -> WorkerProcess:
     """Fork a worker with ``env`` added to its environment and its output going to ``log_path``;
     ``cwd`` is its working directory, ``python`` (a runtime env's venv) an interpreter to exec instead."""
+    pools = _loaded_thread_pools()
     read_fd, write_fd = os.pipe()
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     pid = os.fork()
@@ -71,6 +88,8 @@ def spawn_worker(env: dict, log_path: str, cwd: str | None = None, python: str |
             os.dup2(log_fd, 2)
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             os.environ.update(env)
+            os.environ.setdefault("OMP_NUM_THREADS", "1")
+            _limit_thread_pools(pools)
             if cwd:
                 os.chdir(cwd)
             if python or os.environ.get("EMBER_WORKER_EXEC") == "1":
@@ -87,6 +106,36 @@ def spawn_worker(env: dict, log_path: str, cwd: str | None = None, python: str |
     os.close(read_fd)
     os.close(log_fd)
     return WorkerProcess(pid, write_fd)
+
+
+def _loaded_thread_pools():
+    """threadpoolctl's controller of the thread pools (BLAS, OpenMP) loaded in this process, made
+    once (it scans the loaded libraries); None without threadpoolctl. Forked children share its
+    handles, so each one can resize its copy of those pools with a plain call."""
+    global _thread_pools
+    if _thread_pools is _UNSET:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _thread_pools = ThreadpoolController()
+        except Exception:  # not installed, or a library it cannot read: the environment still applies
+            _thread_pools = None
+    return _thread_pools
+
+
+def _limit_thread_pools(pools) -> None:
+    """In a forked child: give each thread pool loaded before the fork the count its environment asks."""
+    if pools is None:
+        return
+    for lib in pools.lib_controllers:
+        own = _OWN_VARIABLE.get(lib.internal_api)
+        value = (os.environ.get(own) if own else None) or os.environ.get("OMP_NUM_THREADS")
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            continue
+        if count >= 1 and count != lib.num_threads:
+            lib.set_num_threads(count)
 
 
 def _become_worker() -> None:
