@@ -130,7 +130,7 @@ class ActorClass:
             "running": running,
             "strategy": strategy,
             "pg": placement_group,
-            "env": opts.env_vars_of(options),
+            "renv": client.runtime_envs.for_submission(options.get("runtime_env")) or None,
             "owner_actor": getattr(current_task.get(), "actor_id", None),  # its fate follows that actor's
             "meta": meta,
         }

@@ -176,7 +176,7 @@ def init(
                 ):
                     raise ValueError(f"dashboard_port must be a port number (0: any port), got {dashboard_port!r}.")
                 info, started = _start_local_cluster(
-                    num_cpus, num_gpus, resources, object_store_memory, env_vars, dashboard_port
+                    num_cpus, num_gpus, resources, object_store_memory, dashboard_port
                 )
             except BaseException:
                 _restore_token(token_before)
@@ -196,6 +196,7 @@ def init(
         client.job_env_vars = env_vars
         try:
             client.connect()
+            client.runtime_envs.base = client.runtime_envs.for_submission(runtime_env)
         except BaseException:
             client.shutdown()
             if started is not None:
@@ -310,15 +311,16 @@ def _dashboard_url(client) -> str | None:
     return bytes(frames[0]).decode() if reply.found and frames else None
 
 
-def _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, env_vars, dashboard_port=None):
+def _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, dashboard_port=None):
     node = launcher.node_resources(num_cpus, num_gpus, resources, object_store_memory)
     if num_gpus is None:  # as Ray does: the GPUs this machine has (NVML), with their accelerator type
         for name, amount in accelerators.gpu_resources().items():
             node.setdefault(name, amount)
     try:
         session_dir = launcher.new_session_dir()
+        # The job's runtime_env is not the cluster's: its workers are started in it per lease (pools per env).
         return launcher.start_cluster_process(
-            node, session_dir, head=True, env_vars=env_vars, watch_stdin=True, dashboard_port=dashboard_port
+            node, session_dir, head=True, watch_stdin=True, dashboard_port=dashboard_port
         )
     except RuntimeError as error:
         raise RuntimeError(f"The local Ember cluster failed to start: {error}") from None

@@ -7,6 +7,8 @@ CPU or GPU (those have their own keywords).
 
 import numbers
 
+from ember.runtime.runtime_env import check_runtime_env
+
 COMMON = {
     "num_cpus",
     "num_gpus",
@@ -127,20 +129,6 @@ def _check_method_options(options: dict) -> None:
         )
 
 
-def check_runtime_env(runtime_env) -> None:
-    """Accept a runtime_env Ember supports (``env_vars``), or say which fields it does not."""
-    if not isinstance(runtime_env, dict):
-        raise TypeError(f"runtime_env must be a dict, got {type(runtime_env).__name__}.")
-    unsupported = sorted(set(runtime_env) - {"env_vars"})
-    if unsupported:
-        raise ValueError(f"runtime_env fields {unsupported} are not supported yet; only 'env_vars' is.")
-    env_vars = runtime_env.get("env_vars", {})
-    if not isinstance(env_vars, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
-    ):
-        raise TypeError("runtime_env['env_vars'] must be a dict of str to str.")
-
-
 def resources_of(options: dict, default_cpus: float) -> dict:
     """The resource request of a task or actor, e.g. ``{"CPU": 1, "GPU": 0.5, "custom": 2}``."""
     resources = {"CPU": options.get("num_cpus", default_cpus)}
@@ -152,12 +140,6 @@ def resources_of(options: dict, default_cpus: float) -> dict:
         resources[f"accelerator_type:{options['accelerator_type']}"] = 0.001
     resources.update(options.get("resources") or {})
     return {name: amount for name, amount in resources.items() if amount}
-
-
-def env_vars_of(options: dict) -> dict | None:
-    """The ``runtime_env`` environment variables to set for a task or actor, if any."""
-    runtime_env = options.get("runtime_env") or {}
-    return runtime_env.get("env_vars") or None
 
 
 def scheduling_of(options: dict, resources: dict, running: dict | None = None):

@@ -74,7 +74,7 @@ class RemoteFunction:
             resources=resources,
             max_retries=options.get("max_retries", 3),
             retry_exceptions=options.get("retry_exceptions", False),
-            env_vars=opts.env_vars_of(options),
+            runtime_env=client.runtime_envs.for_submission(options.get("runtime_env")),
             max_calls=options.get("max_calls", 0),
             strategy=strategy,
             placement_group=placement_group,

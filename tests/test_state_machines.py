@@ -443,3 +443,61 @@ def test_killed_worker_keeps_its_gpus_until_it_is_reaped():
     actions = scheduler.worker_died(b"w1")
     assert kinds(actions) == ["lease_lost", "grant"]
     assert scheduler.gpu_free == [0] and actions[1][2].gpu_ids == [0]
+
+
+# --- worker pools per runtime env ------------------------------------------------------------------------
+def env_request(rid, env, cpus=1):
+    return LeaseRequest(rid, b"client", to_fixed({"CPU": cpus}), to_fixed({"CPU": cpus}), env=env)
+
+
+def test_a_lease_for_an_env_gets_only_a_worker_started_in_that_env():
+    scheduler = LeaseScheduler({"CPU": 2}, max_idle_workers=2)
+    scheduler.worker_started(b"plain")  # idle, in the plain env
+    actions = scheduler.request(env_request(b"a", "E"))
+    assert actions == [("start_worker", "E")]  # the plain idle worker is not granted
+    actions = scheduler.worker_started(b"e1", env="E")
+    assert [(a[0], a[2].worker_id) for a in actions if a[0] == "grant"] == [("grant", b"e1")]
+    # A plain request still goes to the plain worker, another env's to a worker of its own.
+    assert [a[2].worker_id for a in scheduler.request(env_request(b"b", "")) if a[0] == "grant"] == [b"plain"]
+    scheduler.lease_returned(b"e1")
+    assert [a for a in scheduler.request(env_request(b"c", "F")) if a[0] != "stop_worker"] == [("start_worker", "F")]
+
+
+def test_starts_per_env_are_counted_apart():
+    scheduler = LeaseScheduler({"CPU": 4}, max_idle_workers=4)
+    actions = scheduler.request(env_request(b"a", "E")) + scheduler.request(env_request(b"b", "E"))
+    actions += scheduler.request(env_request(b"c", ""))
+    assert sorted(a for a in actions if a[0] == "start_worker") == [("start_worker", ""), *[("start_worker", "E")] * 2]
+    assert scheduler.starting == 3 and scheduler.starting_envs == {"E": 2}
+    scheduler.worker_started(b"w1", env="E")
+    scheduler.worker_started(b"w2", env="E")
+    assert scheduler.starting == 1 and scheduler.starting_envs == {}
+
+
+def test_idle_workers_of_other_envs_are_retired_under_the_idle_cap():
+    scheduler = LeaseScheduler({"CPU": 2}, max_idle_workers=2, min_idle_workers=2)
+    scheduler.worker_started(b"p1")
+    scheduler.worker_started(b"p2")
+    actions = scheduler.request(env_request(b"a", "E"))
+    # One plain worker makes way for the one started for E: the pool keeps its size, no churn.
+    assert sorted(actions) == [("start_worker", "E"), ("stop_worker", b"p1")]
+    assert kinds(scheduler.worker_started(b"e1", env="E")) == ["grant"]
+    assert scheduler.lease_returned(b"e1") == []  # two idle (p2, e1): within the cap, both kept
+    # Plain work wanted again: a busy-free plain worker takes it, E's idle worker is not touched.
+    assert [a[2].worker_id for a in scheduler.request(env_request(b"b", "")) if a[0] == "grant"] == [b"p2"]
+
+
+def test_a_failed_env_fails_its_requests_once_and_leaves_others():
+    scheduler = LeaseScheduler({"CPU": 2}, max_idle_workers=2)
+    scheduler.request(env_request(b"a", "bad"))
+    scheduler.request(env_request(b"b", "bad"))
+    scheduler.request(env_request(b"c", "good"))
+    actions = scheduler.env_failed("bad", "No matching distribution", starts=2)
+    assert [(a[0], a[1].request_id, a[2]) for a in actions if a[0] == "lease_failed"] == [
+        ("lease_failed", b"a", "No matching distribution"),
+        ("lease_failed", b"b", "No matching distribution"),
+    ]
+    assert actions[2:] == [("start_worker", "good")]  # the CPUs the failed requests would have held are free
+    assert scheduler.starting == 1 and scheduler.starting_envs == {"good": 1}
+    assert [r.request_id for r in scheduler.queue] == [b"c"]
+    assert scheduler.start_failures == 0  # the plain pool is still topped up

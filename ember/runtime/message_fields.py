@@ -8,6 +8,7 @@ checked against their kind.
 import re
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 
@@ -80,6 +81,26 @@ class NodeAffinity(_Part, kw_only=True):
 
 
 SchedulingStrategy = Literal["SPREAD"] | NodeAffinity
+
+PackageKey = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+
+
+class RuntimeEnvSpec(_Part, kw_only=True, omit_defaults=True):
+    """A resolved runtime env (see ember/runtime/runtime_env.py): packages by content hash, pip lines."""
+
+    env_vars: dict[str, str] = {}
+    working_dir: PackageKey | None = None
+    py_modules: list[PackageKey] = []
+    pip: list[Annotated[str, Meta(max_length=4096)]] = []
+
+
+def runtime_env_dict(spec) -> dict:
+    """A resolved env as the plain dict its key is computed from (the empty fields left out)."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        spec = msgspec.structs.asdict(spec)
+    return {name: value for name, value in spec.items() if value}
 
 
 class PlacementInfo(Struct, array_like=True, forbid_unknown_fields=True):

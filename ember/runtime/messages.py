@@ -45,6 +45,7 @@ from ember.runtime.message_fields import (  # noqa: F401 - the part types are re
     NumReturns,
     ObjectId,
     OwnerAddress,
+    RuntimeEnvSpec,
     Pid,
     PlacementGroupId,
     PlacementInfo,
@@ -168,7 +169,7 @@ class _ActorFields(_TaskFields, tag=False, kw_only=True):
     running: Resources
     strategy: SchedulingStrategy | None = None
     pg: PlacementInfo | None = None
-    env: dict[str, str] | None = None
+    renv: RuntimeEnvSpec | None = None
     owner_actor: ActorId | None = None
     meta: MethodMeta = {}
 
@@ -293,6 +294,7 @@ class RequestLease(Message, tag="request_lease", kw_only=True):
     spilled: bool = False
     job: JobId | None = None
     cid: Key | None = None  # an actor's exported class, which workers started for the pool load ahead
+    renv: RuntimeEnvSpec | None = None  # the runtime env its worker must have been started in
 
 
 class LeaseGranted(Message, tag="lease_granted", kw_only=True):
@@ -430,7 +432,6 @@ class ExecuteTask(_TaskFields, tag="execute_task", tag_field="op", kw_only=True)
     rid: TaskId
     fid: Key  # the exported function
     nret: NumReturns
-    env: dict[str, str] | None = None
     max_calls: Count = 0
     pg: PlacementInfo | None = None
     res: Resources = {}  # what the lease holds for it

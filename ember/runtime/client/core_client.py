@@ -32,6 +32,7 @@ schema. A message that does not fit is logged and dropped; it never reaches a ha
 """
 
 import concurrent.futures
+import json
 import logging
 import os
 import sys
@@ -50,6 +51,7 @@ from ember.runtime.client.peers import PeerSockets
 from ember.runtime.client.task_events import TaskEventBatcher
 from ember.runtime.ids import new_id
 from ember.runtime.messages import BadMessage, Error, decode_header
+from ember.runtime.runtime_env import RuntimeEnvs
 from ember.runtime.service import Dispatcher, EventLoop, read_eof
 from ember.runtime.task_context import current_task
 
@@ -127,7 +129,12 @@ class CoreClient:
         self.namespace = namespace
         self.host = host
         self.log_to_driver = log_to_driver
-        self.job_env_vars: dict = {}  # a driver's runtime_env env_vars, applied to all its tasks
+        self.job_env_vars: dict = {}  # a driver's runtime_env env_vars, in its job's configuration
+        # What this process's tasks and actors run in: a driver's job env, or the env this worker
+        # was started in (its tasks' children inherit it, as in Ray), each submission's merged over it.
+        self.runtime_envs = RuntimeEnvs(self)
+        if kind == "worker" and os.environ.get("EMBER_RUNTIME_ENV"):
+            self.runtime_envs.base = json.loads(os.environ["EMBER_RUNTIME_ENV"])
         self.watch_stdin = watch_stdin
         self.node_id: bytes | None = node_id
         self.resources: dict = {}

@@ -119,10 +119,12 @@ class TaskLifecycle:
     # --- queues and leases -------------------------------------------------------------------------
     def _enqueue(self, spec, actions: list, front: bool = False) -> None:
         target = self.locality(spec) if spec.strategy is None else OWN_MANAGER
-        key = spec.key if target == OWN_MANAGER else (*spec.key[:2], target)
+        key = spec.key if target == OWN_MANAGER else (*spec.key, target)
         shape = self.shapes.get(key)
         if shape is None:
-            shape = self.shapes[key] = ShapeQueue(spec.resources, spec.running, spec.strategy, target, spec.name)
+            shape = self.shapes[key] = ShapeQueue(
+                spec.resources, spec.running, spec.strategy, target, spec.name, spec.renv
+            )
         spec.state = QUEUED
         spec.lease = None
         if front:
@@ -205,13 +207,16 @@ class TaskLifecycle:
         self._answered(key, rid)
         return []
 
-    def lease_refused(self, key, rid: bytes, reason: str) -> list:
-        """No node can ever run this shape: its queued tasks fail."""
+    def lease_refused(self, key, rid: bytes, reason: str, env_failed: bool = False) -> list:
+        """No node can ever run this shape (or set up its runtime env): its queued tasks fail."""
         shape, manager = self._answered(key, rid)
         if manager is None:
             return []
         actions = []
-        error = exceptions.TaskUnschedulableError(reason or "the task cannot be scheduled")
+        if env_failed:
+            error = exceptions.RuntimeEnvSetupError(f"The runtime_env of this task could not be set up: {reason}")
+        else:
+            error = exceptions.TaskUnschedulableError(reason or "the task cannot be scheduled")
         while shape.queue:
             self._fail(shape.queue.popleft(), error, actions)
         return actions

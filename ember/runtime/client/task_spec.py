@@ -39,6 +39,7 @@ class TaskSpec:
         "name",
         "parent",
         "strategy",
+        "renv",
         "events",
         "state",
     )
@@ -52,6 +53,7 @@ class TaskSpec:
         self.stream = None
         self.cancelled = False
         self.strategy = None
+        self.renv = None  # the resolved runtime env its worker must have (see runtime/runtime_env.py)
 
 
 class Lease:
@@ -88,7 +90,7 @@ class Lease:
 class ShapeQueue:
     """Tasks that need the same resources, scheduling strategy and first node to ask."""
 
-    def __init__(self, resources, running, strategy, target, what):
+    def __init__(self, resources, running, strategy, target, what, renv=None):
         self.queue: collections.deque = collections.deque()
         self.leases: dict = {}
         self.requests: dict = {}  # lease request id -> the node manager asked
@@ -100,6 +102,7 @@ class ShapeQueue:
         self.strategy = strategy
         self.target = target  # "node_manager" (ours), or the node manager of the node with the arguments
         self.what = what
+        self.renv = renv
 
 
 class Stream:

@@ -49,6 +49,7 @@ from ember.runtime.messages import (
     StreamItem,
     TaskResult,
 )
+from ember.runtime.runtime_env import env_key
 from ember.runtime.serialization import deserialize
 
 LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this are cheaper to move than to chase
@@ -146,7 +147,7 @@ class TaskSubmitter:
         resources: dict,
         max_retries: int,
         retry_exceptions,
-        env_vars=None,
+        runtime_env=None,
         max_calls: int = 0,
         strategy=None,
         placement_group=None,
@@ -156,7 +157,6 @@ class TaskSubmitter:
             "op": protocol.EXECUTE_TASK,
             "fid": function_key,
             "nret": num_returns,
-            "env": env_vars,
             "max_calls": max_calls,
         }
         if placement_group is not None:
@@ -164,7 +164,8 @@ class TaskSubmitter:
         spec = self.new_spec(name, num_returns, args, kwargs, header)
         spec.resources = spec.running = resources
         spec.strategy = strategy
-        spec.key = (tuple(sorted(resources.items())), repr(strategy))
+        spec.renv = runtime_env or None
+        spec.key = (tuple(sorted(resources.items())), repr(strategy), env_key(spec.renv))
         spec.retries_left = max_retries
         spec.retry_exceptions = retry_exceptions
         spec.events = task_events
@@ -279,6 +280,8 @@ class TaskSubmitter:
         }
         if shape.strategy is not None:
             header["strategy"] = shape.strategy
+        if shape.renv:
+            header["renv"] = shape.renv
         if spilled:
             header["spilled"] = True
         if manager != "node_manager":
@@ -295,7 +298,7 @@ class TaskSubmitter:
         elif isinstance(reply, Reply) and reply.cancelled:
             tasks.request_cancelled(key, rid)
         elif isinstance(reply, Error):
-            self._run(tasks.lease_refused(key, rid, reply.error))
+            self._run(tasks.lease_refused(key, rid, reply.error, env_failed=reply.etype == "RuntimeEnvSetupError"))
         elif isinstance(reply, Reply) and reply.spillback is not None and reply.address is not None:
             # Another node should run it: ask that node's manager, which grants it there.
             self.client.node_addresses.setdefault(reply.spillback, reply.address)

@@ -27,6 +27,7 @@ from ember.runtime.bounded import DESTROYED_ACTORS, EndedCache, cap_from_env
 from ember.runtime.head import actor_lifecycle as life
 from ember.runtime.head.actor_lifecycle import ALIVE, DEAD, PENDING, RESTARTING, ActorLifecycle, outlives_job
 from ember.runtime.ids import new_id
+from ember.runtime.message_fields import runtime_env_dict
 from ember.runtime.messages import ActorSpec, CreateActorInstance, LeaseGranted, LeaseInfeasible
 from ember.runtime.node.cluster_scheduler import INFEASIBLE, ClusterPolicy, NodeView
 from ember.runtime.node.scheduler import to_fixed
@@ -324,6 +325,8 @@ class ActorDirectory:
             "job": actor.job_id,
             "cid": actor.spec.cid,
         }
+        if actor.spec.renv is not None:
+            header["renv"] = runtime_env_dict(actor.spec.renv)
         # Node managers lease only to registered clients: the head registers as a peer right before
         # each request, on the same socket (which also covers one that reconnected meanwhile).
         register = {"op": protocol.REGISTER_CLIENT, "client_id": HEAD_CLIENT_ID, "pid": os.getpid(), "kind": "peer"}

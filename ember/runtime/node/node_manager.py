@@ -31,6 +31,7 @@ import time
 import psutil
 import zmq
 
+from ember.exceptions import RuntimeEnvSetupError
 from ember.runtime import protocol
 from ember.runtime.bounded import REMOVED_PLACEMENT_GROUPS, EndedCache, cap_from_env
 from ember.runtime.ids import new_id
@@ -42,6 +43,7 @@ from ember.runtime.node.object_store import SHM_DIR, StoreState
 from ember.runtime.node.object_transfer import ObjectTransfer
 from ember.runtime.node.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, gpu_amount, to_fixed
 from ember.runtime.node.store_io import StoreIO
+from ember.runtime.node.env_setups import EnvSetups
 from ember.runtime.node.worker_process import WorkerProcess, spawn_worker
 from ember.runtime.service import Service, unwrap
 
@@ -100,6 +102,7 @@ class NodeManager(Service):
         os.makedirs(self.spill_dir, mode=0o700, exist_ok=True)
         os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
         self.env = env or {}
+        self.envs = EnvSetups(head_address, self.log_dir)
         num_cpus = resources.get("CPU", 0)
         prestart = int(num_cpus) if prestart is None else prestart
         max_idle = max(1, int(num_cpus))
@@ -173,8 +176,15 @@ class NodeManager(Service):
         self.head.dirty = True
 
     # --- worker pool ----------------------------------------------------------------------------
-    def start_worker(self) -> None:
+    def start_worker(self, env_key: str = "") -> None:
+        """Start a worker for runtime env ``env_key`` now, or once the env is set up."""
+        if self.envs.want_worker(env_key):
+            self.spawn(env_key)
+
+    def spawn(self, env_key: str) -> None:
+        variables, cwd, python = self.envs.worker_environment(env_key)
         env = dict(self.env)
+        env.update(variables)
         env.update(
             EMBER_NODE_MANAGER=self.address,
             EMBER_HEAD=self.head_address,
@@ -183,7 +193,17 @@ class NodeManager(Service):
             EMBER_SESSION_DIR=self.session_dir,
         )
         log_path = os.path.join(self.log_dir, f"worker-{time.time_ns()}.log")
-        self.processes.append(spawn_worker(env, log_path))
+        process = spawn_worker(env, log_path, cwd, python)
+        process.env = env_key
+        self.processes.append(process)
+
+    def check_env_setups(self) -> None:
+        for key, starts, error in self.envs.poll():
+            if error is None:
+                for _ in range(starts):
+                    self.spawn(key)
+            else:
+                self.carry_out(self.scheduler.env_failed(key, error, starts))
 
     def remember_class(self, entry: tuple) -> None:
         # Before the grant's start_worker action runs: the replacement started for it loads this class.
@@ -203,7 +223,7 @@ class NodeManager(Service):
         process.address = msg.addr
         process.client_address = msg.caddr
         self.workers[process.worker_id] = process
-        self.carry_out(self.scheduler.worker_started(process.worker_id))
+        self.carry_out(self.scheduler.worker_started(process.worker_id, process.env))
         if not self.worker_code_loaded and self.loop is not None:
             self.worker_code_loaded = True
             self.loop.call_soon(_load_worker_code)
@@ -215,7 +235,7 @@ class NodeManager(Service):
                 continue
             self.processes.remove(process)
             if process.worker_id is None:
-                self.carry_out(self.scheduler.worker_start_failed())
+                self.carry_out(self.scheduler.worker_start_failed(process.env))
                 continue
             self.workers.pop(process.worker_id, None)
             self.client_died(process.worker_id)
@@ -232,7 +252,7 @@ class NodeManager(Service):
         process = self.own_worker(identity, msg.wid)
         if process is not None and process.retiring:
             process.retiring = False
-            self.carry_out(self.scheduler.worker_kept(process.worker_id))
+            self.carry_out(self.scheduler.worker_kept(process.worker_id, process.env))
 
     def on_kill_worker(self, identity, msg, frames):
         self.kill_worker(msg.wid)
@@ -342,7 +362,11 @@ class NodeManager(Service):
             spilled=msg.spilled or msg.actor,
             what=msg.what,
             preload=(msg.cid, msg.job) if msg.actor and msg.cid is not None else None,
+            env=self.envs.learn(msg.renv),
         )
+        failed = self.envs.error_of(request.env)
+        if failed is not None:  # set up here before and failed: fail at once, no second pip run
+            raise RuntimeEnvSetupError(failed)
         if request.request_id in self.requests:
             raise ValueError("a lease request with this id is queued already")
         error = self.removed_group_error(request)
@@ -534,7 +558,14 @@ class NodeManager(Service):
                     },
                 )
             elif kind == "start_worker":
-                self.start_worker()
+                self.start_worker(action[1] if len(action) > 1 else "")
+            elif kind == "lease_failed":
+                _, request, error = action
+                self.requests.pop(request.request_id, None)
+                self.send(
+                    request.client,
+                    {"op": protocol.ERROR, "rid": request.request_id, "error": error, "etype": "RuntimeEnvSetupError"},
+                )
             elif kind == "stop_worker":
                 # Ask, don't tell: a worker idle as a worker may still own objects or hold leases
                 # as an owner (of tasks it submitted); it exits only if it has none (see worker).
@@ -590,6 +621,7 @@ class NodeManager(Service):
 
     def tick(self, now: float) -> None:
         self.check_workers()
+        self.check_env_setups()
         self.transfer.check(now)
         if now - self.last_client_check > 0.5:
             self.last_client_check = now
@@ -648,6 +680,7 @@ class NodeManager(Service):
 
     def close(self, announce: bool = False) -> None:
         self.head.close(announce)  # announced: the head need not wait for missed heartbeats
+        self.envs.close()
         for process in self.processes:
             process.kill()
         deadline = time.monotonic() + 5

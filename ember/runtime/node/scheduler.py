@@ -43,6 +43,7 @@ class LeaseRequest:
     spilled: bool = False  # sent here by another node: run it here, do not pass it on again
     what: str = ""  # the task's or actor's name, for the GPU table
     preload: tuple | None = None  # an actor's (class id, job id): what the worker that replaces its one loads
+    env: str = ""  # the runtime env's key: only a worker started in that env takes it ("" = plain workers)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Worker:
     blocked: bool = False
     dedicated: bool = False  # runs an actor for the rest of its life
     dying: bool = False  # SIGKILLed, not reaped yet: never leased again, holds nothing
+    env: str = ""  # the runtime env it was started in (fixed for its life)
 
 
 @dataclass
@@ -72,6 +74,12 @@ class LeaseScheduler:
     its worker). At least ``min_idle_workers`` workers are kept that are not an actor's (idle, leased
     to tasks, or starting): an actor takes a worker for good, so its grant starts a replacement in the
     background, and the next actor is a lease on a worker already started, as Ray's prestarted pool.
+
+    Workers are pooled per runtime env (``env``, a key; "" is the plain pool): a lease is granted only a
+    worker started in its env, since a worker's environment is fixed when it starts. A request with no
+    idle worker of its env starts one (``("start_worker", env)``); when that brings idle and starting
+    workers past ``max_idle_workers``, idle workers of envs no queued request wants are retired, so
+    the pool keeps its size as it changes envs.
     """
 
     def __init__(self, total: dict, max_idle_workers: int, min_idle_workers: int = 0):
@@ -85,7 +93,8 @@ class LeaseScheduler:
         self.gpu_free = [UNIT] * gpus  # per device, fixed point share left
         self.queue: deque[LeaseRequest] = deque()
         self.workers: dict[bytes, Worker] = {}
-        self.starting = 0
+        self.starting = 0  # all envs
+        self.starting_envs: dict[str, int] = {}  # of those, per env other than the plain one
         self.max_idle_workers = max_idle_workers
         self.min_idle_workers = min_idle_workers
         # Workers that failed to start since the last one that started: the pool is not topped up
@@ -102,21 +111,38 @@ class LeaseScheduler:
         self.queue = deque(r for r in self.queue if r.request_id != request_id)
         return []
 
-    def worker_started(self, worker_id: bytes) -> list:
-        self.starting = max(0, self.starting - 1)
+    def worker_started(self, worker_id: bytes, env: str = "") -> list:
+        self._started(env)
         self.start_failures = 0
-        self.workers[worker_id] = Worker(worker_id)
+        self.workers[worker_id] = Worker(worker_id, env=env)
         return self.schedule()
 
-    def worker_kept(self, worker_id: bytes) -> list:
+    def _started(self, env: str, count: int = 1) -> None:
+        self.starting = max(0, self.starting - count)
+        if env:
+            left = self.starting_envs.get(env, 0) - count
+            if left > 0:
+                self.starting_envs[env] = left
+            else:
+                self.starting_envs.pop(env, None)
+
+    def worker_kept(self, worker_id: bytes, env: str = "") -> list:
         """A surplus worker asked to exit refused (it still owns something): it is idle in the pool again."""
-        self.workers[worker_id] = Worker(worker_id)
+        self.workers[worker_id] = Worker(worker_id, env=env)
         return self.schedule()
 
-    def worker_start_failed(self) -> list:
-        self.starting = max(0, self.starting - 1)
+    def worker_start_failed(self, env: str = "") -> list:
+        self._started(env)
         self.start_failures += 1
         return self.schedule()
+
+    def env_failed(self, env: str, error: str, starts: int) -> list:
+        """Setting up ``env`` failed (a pip spec that does not resolve, say): the ``starts`` workers
+        asked for it will not come, and every request queued for it fails with ``error``, once."""
+        self._started(env, starts)
+        failed = [r for r in self.queue if r.env == env]
+        self.queue = deque(r for r in self.queue if r.env != env)
+        return [("lease_failed", request, error) for request in failed] + self.schedule()
 
     def lease_returned(self, worker_id: bytes) -> list:
         worker = self.workers.get(worker_id)
@@ -204,11 +230,14 @@ class LeaseScheduler:
 
     def schedule(self) -> list:
         actions = []
-        idle = [w for w in self.workers.values() if w.idle]
+        idle: dict[str, list] = {}
+        for w in self.workers.values():
+            if w.idle:
+                idle.setdefault(w.env, []).append(w)
         # Requests that fit but wait for a worker to start are counted against a copy of the
         # available resources, so we start no more workers than the resources can keep busy.
         unclaimed = dict(self.available)
-        waiting = 0
+        waiting: dict[str, int] = {}
         for request in list(self.queue):
             if not self.feasible(request.resources):
                 if not request.warned:
@@ -220,21 +249,48 @@ class LeaseScheduler:
             gpu_ids = self._gpu_fit(gpu_amount(request.running), self.gpu_free)
             if gpu_ids is None:
                 continue
-            if not idle:
-                waiting += 1
+            candidates = idle.get(request.env)
+            if not candidates:
+                waiting[request.env] = waiting.get(request.env, 0) + 1
                 for name, amount in request.running.items():
                     unclaimed[name] = unclaimed.get(name, 0) - amount
                 continue
-            worker = idle.pop(0)
+            worker = candidates.pop(0)
             self.queue.remove(request)
             self._grant(worker, request, gpu_ids)
             for name, amount in request.running.items():
                 unclaimed[name] = unclaimed.get(name, 0) - amount
             actions.append(("grant", request, worker))
-        missing = max(waiting - self.starting, self._pool_shortfall())
-        for _ in range(max(0, missing)):
-            self.starting += 1
-            actions.append(("start_worker",))
+        for env, count in waiting.items():
+            for _ in range(count - self._starting_in(env)):
+                self._start(env, actions)
+        actions += self._retire_other_envs(idle, waiting)
+        for _ in range(max(0, self._pool_shortfall())):
+            self._start("", actions)
+        return actions
+
+    def _starting_in(self, env: str) -> int:
+        if env:
+            return self.starting_envs.get(env, 0)
+        return self.starting - sum(self.starting_envs.values())
+
+    def _start(self, env: str, actions: list) -> None:
+        self.starting += 1
+        if env:
+            self.starting_envs[env] = self.starting_envs.get(env, 0) + 1
+        actions.append(("start_worker", env))
+
+    def _retire_other_envs(self, idle: dict, waiting: dict) -> list:
+        """Stop idle workers of envs no queued request waits for while idle and starting workers are
+        over the idle cap: workers being started for another env take their place."""
+        if {env for env, workers in idle.items() if workers} | set(waiting) | set(self.starting_envs) <= {""}:
+            return []  # plain workers only: the pool's own rules (lease_returned) apply
+        spare = [w for env, workers in idle.items() if env not in waiting for w in workers]
+        excess = sum(len(workers) for workers in idle.values()) + self.starting - self.max_idle_workers
+        actions = []
+        for worker in spare[: max(0, excess)]:
+            del self.workers[worker.worker_id]
+            actions.append(("stop_worker", worker.worker_id))
         return actions
 
     def _pool_shortfall(self) -> int:

@@ -47,6 +47,7 @@ class WorkerProcess:
         self.address: str | None = None
         self.client_address: str | None = None
         self.retiring = False  # asked to exit because the pool has too many idle workers
+        self.env = ""  # the key of the runtime env it was started in
 
     def poll(self) -> int | None:
         """The exit code if the process has exited (reaping it), else None."""
@@ -72,8 +73,9 @@ class WorkerProcess:
             self.life_fd = -1
 
 
-def spawn_worker(env: dict, log_path: str) -> WorkerProcess:
-    """Fork a worker with ``env`` added to its environment and its output going to ``log_path``."""
+def spawn_worker(env: dict, log_path: str, cwd: str | None = None, python: str | None = None) -> WorkerProcess:
+    """Fork a worker with ``env`` added to its environment and its output going to ``log_path``;
+    ``cwd`` is its working directory, ``python`` (a runtime env's venv) an interpreter to exec instead."""
     pools = _loaded_thread_pools()
     read_fd, write_fd = os.pipe()
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
@@ -88,8 +90,11 @@ def spawn_worker(env: dict, log_path: str) -> WorkerProcess:
             os.environ.update(env)
             os.environ.setdefault("OMP_NUM_THREADS", "1")
             _limit_thread_pools(pools)
-            if os.environ.get("EMBER_WORKER_EXEC") == "1":
-                os.execv(sys.executable, [sys.executable, "-m", "ember.runtime.worker.worker"])
+            if cwd:
+                os.chdir(cwd)
+            if python or os.environ.get("EMBER_WORKER_EXEC") == "1":
+                python = python or sys.executable
+                os.execv(python, [python, "-m", "ember.runtime.worker.worker"])
             _become_worker()
             code = 0
         except BaseException:  # noqa: B036 - report anything, then leave without running the parent's cleanup

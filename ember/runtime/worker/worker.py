@@ -310,7 +310,7 @@ class Worker:
         restore = _nothing
         started = time.perf_counter()
         try:
-            restore = self._apply_env(self._env_of(msg), context.gpu_ids)
+            restore = self._apply_env(None, context.gpu_ids)
             function = self.client.load_function(msg.fid, msg.job)
             args, kwargs = self.resolve_args(msg, frames)
             result = self.run_user_code(task_id, function, *args, **kwargs)
@@ -379,12 +379,6 @@ class Worker:
     def _stream_end(msg, count: int) -> list:
         return protocol.encode({"op": protocol.TASK_RESULT, "rid": msg.rid, "rets": [], "stream_end": count})
 
-    def _env_of(self, msg) -> dict:
-        """The job's runtime_env variables, overridden by the task's or actor's own."""
-        env = dict(self.client.job_config(msg.job)["env_vars"]) if msg.job else {}
-        env.update(msg.env or {})
-        return env
-
     @staticmethod
     def _apply_env(env_vars, gpu_ids):
         changes = dict(env_vars or {})
@@ -428,7 +422,7 @@ class Worker:
         self.actor_context = context
         current_task.set(context)
         try:
-            self._apply_env(self._env_of(msg), context.gpu_ids)  # for the actor's whole life
+            self._apply_env(None, context.gpu_ids)  # for the actor's whole life
             cls = self.client.load_function(msg.cid, msg.job)
             args, kwargs = self.resolve_args(msg, frames)
             is_async = any(
@@ -602,6 +596,10 @@ def main() -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         force=True,
     )
+    # A runtime env's working_dir and py_modules come first on sys.path (the node unpacked them).
+    paths = os.environ.get("EMBER_RUNTIME_ENV_PATHS")
+    if paths:
+        sys.path[:0] = [p for p in paths.split(os.pathsep) if p not in sys.path]
     worker = Worker()
     try:
         worker.run()
