@@ -43,8 +43,8 @@ def client(cluster):
             if info is not None and info.driver_pid:
                 wait_for(lambda pid=info.driver_pid: not psutil.pid_exists(pid), message="the job's driver to exit")
             wait_for(
-                lambda: (
-                    not [a for a in list_actors() if a.name == f"_job_supervisor_{submission_id}" and a.state != "DEAD"]
+                lambda name=f"_job_supervisor_{submission_id}": (
+                    not [a for a in list_actors() if a.name == name and a.state != "DEAD"]
                 ),
                 message="the job's supervisor to end",
             )

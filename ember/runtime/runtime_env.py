@@ -41,7 +41,9 @@ def check_runtime_env(runtime_env) -> None:
             f"runtime_env fields {unsupported} are not supported; Ember supports {', '.join(map(repr, FIELDS))}."
         )
     env_vars = runtime_env.get("env_vars", {})
-    if not isinstance(env_vars, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+    if not isinstance(env_vars, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
+    ):
         raise TypeError("runtime_env['env_vars'] must be a dict of str to str.")
     working_dir = runtime_env.get("working_dir")
     if working_dir is not None and not isinstance(working_dir, (str, os.PathLike)):
@@ -56,7 +58,9 @@ def check_runtime_env(runtime_env) -> None:
         if not isinstance(pip, (list, tuple)) or not all(isinstance(r, str) and r.strip() for r in pip):
             raise TypeError(f"runtime_env['pip'] must be a list of requirements or a requirements file, got {pip!r}.")
     excludes = runtime_env.get("excludes")
-    if excludes is not None and (not isinstance(excludes, (list, tuple)) or not all(isinstance(p, str) for p in excludes)):
+    if excludes is not None and (
+        not isinstance(excludes, (list, tuple)) or not all(isinstance(p, str) for p in excludes)
+    ):
         raise TypeError(f"runtime_env['excludes'] must be a list of gitignore-style patterns, got {excludes!r}.")
 
 

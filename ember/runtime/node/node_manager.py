@@ -38,12 +38,12 @@ from ember.runtime.ids import new_id
 from ember.runtime.launcher import remove_store_files
 from ember.runtime.node.clients import Client, ClientTable, UnknownClientError
 from ember.runtime.node.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView, fits, groups_of
+from ember.runtime.node.env_setups import EnvSetups
 from ember.runtime.node.head_link import HeadLink
 from ember.runtime.node.object_store import SHM_DIR, StoreState
 from ember.runtime.node.object_transfer import ObjectTransfer
 from ember.runtime.node.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, gpu_amount, to_fixed
 from ember.runtime.node.store_io import StoreIO
-from ember.runtime.node.env_setups import EnvSetups
 from ember.runtime.node.worker_process import WorkerProcess, spawn_worker
 from ember.runtime.service import Service, unwrap
 

@@ -161,7 +161,10 @@ def main() -> None:
     try:
         result = {"ok": True, **setup(request["env"], request["head"])}
     except Exception as error:  # noqa: BLE001 - any failure is the env's failure, told to its tasks
-        result = {"ok": False, "error": str(error) if isinstance(error, SetupError) else f"{type(error).__name__}: {error}"}
+        result = {
+            "ok": False,
+            "error": str(error) if isinstance(error, SetupError) else f"{type(error).__name__}: {error}",
+        }
     fd = runtime_dir.open_private(result_path)
     with os.fdopen(fd, "w") as file:
         json.dump(result, file)
