@@ -6,7 +6,7 @@ import os
 
 import msgpack
 import pytest
-from conftest import wait_for
+from conftest import settled, wait_for
 from multinode import LocalCluster
 
 import ember
@@ -52,6 +52,8 @@ def test_node_only_ops_from_a_driver_peer_are_refused(cluster):
     worker_id = bytes.fromhex(ember.get(actor.worker_id.remote()))
     node = ember.nodes()[0]
     node_id = bytes.fromhex(node["NodeID"])
+    # The actor's creation lease is given back asynchronously: read the figures once they settled.
+    wait_for(settled(ember.available_resources), timeout=20, message="the resources to settle")
     before = ember.available_resources()
     sock = peer(head_address())
     try:

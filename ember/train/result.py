@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+from ember.util.nested import flatten
+
 
 @dataclass
 class Result:
@@ -23,7 +25,7 @@ class Result:
         metrics (RLlib's results, the trial's config) are columns named by slash-joined keys."""
         import pandas as pd
 
-        return pd.DataFrame([_flatten(m) for m in self.metrics_history])
+        return pd.DataFrame([flatten(m) for m in self.metrics_history])
 
     @property
     def config(self) -> dict | None:
@@ -33,13 +35,3 @@ class Result:
         shown = {k: v for k, v in (self.metrics or {}).items() if k != "config"}
         error = f", error={type(self.error).__name__}" if self.error is not None else ""
         return f"Result(metrics={shown}, path={self.path!r}, checkpoint={self.checkpoint}{error})"
-
-
-def _flatten(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -24,6 +24,8 @@ import cloudpickle
 from ember.train.state import CheckpointKeeper
 from ember.tune.schedulers.base import TrialScheduler
 from ember.tune.search.searcher import Searcher
+from ember.util import nested
+from ember.util.nested import NestedResult
 
 PENDING, RUNNING, PAUSED, TERMINATED, ERROR = "PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR"
 LIVE = (PENDING, RUNNING, PAUSED)
@@ -33,55 +35,13 @@ CONTINUE, STOP, PAUSE = TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialSched
 RETRY = "RETRY"
 
 
-class Metrics(dict):
-    """A trial's result: as reported (nested dicts kept, as RLlib's), and also answering the
-    slash-joined keys Ray Tune flattens results to, so stop criteria, schedulers, searchers and
-    ``get_best_result`` can name ``"env_runners/episode_return_mean"``."""
-
-    def __getitem__(self, key):
-        if isinstance(key, str) and "/" in key and not dict.__contains__(self, key):
-            return _nested(self, key)
-        return dict.__getitem__(self, key)
-
-    def __contains__(self, key):
-        if dict.__contains__(self, key):
-            return True
-        if isinstance(key, str) and "/" in key:
-            try:
-                _nested(self, key)
-            except KeyError:
-                return False
-            return True
-        return False
-
-    def get(self, key, default=None):
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def __reduce__(self):
-        return (Metrics, (dict(self),))
+# A trial's result: as reported (nested dicts kept, as RLlib's), answering Ray Tune's slash-joined keys.
+Metrics = NestedResult
 
 
-def _nested(values: dict, key: str):
-    node = values
-    for part in key.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(key)
-        node = dict.__getitem__(node, part)
-    return node
-
-
-def leaves(values: dict, prefix: str = ""):
+def leaves(values: dict):
     """(slash-joined key, value) for every non-dict value under ``values``, ``config`` left out."""
-    for key, value in values.items():
-        if not prefix and key == "config":
-            continue
-        if isinstance(value, dict):
-            yield from leaves(value, f"{prefix}{key}/")
-        else:
-            yield f"{prefix}{key}", value
+    return nested.leaves({key: value for key, value in values.items() if key != "config"})
 
 
 class Trial:

@@ -4,6 +4,7 @@ import math
 
 from ember.tune.config import check_mode
 from ember.tune.experiment import Metrics, leaves
+from ember.util.nested import flatten
 
 SCOPES = ("all", "last", "avg", "last-5-avg", "last-10-avg")
 
@@ -104,8 +105,8 @@ class ResultGrid:
                 if candidates:
                     pick = max if filter_mode == "max" else min
                     row = pick(candidates, key=lambda m: m[filter_metric])
-            flat = _flatten({k: v for k, v in row.items() if k != "config"})
-            flat.update(_flatten(row.get("config") or {}, "config/"))
+            flat = flatten({k: v for k, v in row.items() if k != "config"})
+            flat.update(flatten(row.get("config") or {}, "config/"))
             flat["logdir"] = result.path
             rows.append(flat)
         return pd.DataFrame(rows)
@@ -126,13 +127,3 @@ def _by_scope(values: list, scope: str, mode: str) -> float:
     window = {"avg": len(values), "last-5-avg": 5, "last-10-avg": 10}[scope]
     tail = values[-window:]
     return sum(tail) / len(tail)
-
-
-def _flatten(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

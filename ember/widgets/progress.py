@@ -15,7 +15,7 @@ import ipywidgets as w
 import ember
 from ember.exceptions import GetTimeoutError
 from ember.runtime.ids import TASK_ID_SIZE
-from ember.widgets.progress_model import ProgressModel, progress_html
+from ember.widgets.progress_model import FAILED, ProgressModel, progress_html
 from ember.widgets.views import LiveWidget
 
 TEXT_PERIOD = 1.0  # seconds at least between two printed lines when stdout is not a terminal
@@ -43,18 +43,29 @@ def _names_of(refs: list) -> dict:
 def _model_for(refs: list, names: dict) -> ProgressModel:
     """A model of ``refs`` named with ``names``, the refs already ready marked so."""
     model = ProgressModel([ref._id for ref in refs], names=names)
-    ready, _ = ember.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
-    model.mark_ready([ref._id for ref in ready])
+    _recheck(model, refs)
     return model
 
 
 def _recheck(model: ProgressModel, refs: list) -> None:
     """Mark the refs ready that are, asking this process's own object table: a task whose events
-    went by before the feed took task events would otherwise stay pending on the bar for good."""
+    went by before the feed took task events would otherwise stay pending on the bar for good. A ref
+    this process owns whose task failed holds the error: it is marked failed, not finished."""
     waiting = [ref for ref in refs if ref._id[:TASK_ID_SIZE] not in model.ready_tasks]
-    if waiting:
-        ready, _ = ember.wait(waiting, num_returns=len(waiting), timeout=0)
-        model.mark_ready([ref._id for ref in ready])
+    if not waiting:
+        return
+    ready, _ = ember.wait(waiting, num_returns=len(waiting), timeout=0)
+    try:
+        from ember.runtime.client import core_client
+
+        entry = core_client.current_client().objects.entry
+    except Exception:  # no connection: readiness alone
+        entry = None
+    for ref in ready:
+        owned = entry(ref._id) if entry is not None else None
+        if owned is not None and owned.error is not None:
+            model.ended_tasks.setdefault(ref._id[:TASK_ID_SIZE], FAILED)
+    model.mark_ready([ref._id for ref in ready])
 
 
 class _Waitable:

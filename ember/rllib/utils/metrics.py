@@ -1,5 +1,7 @@
 """Names of the result dict's keys (RLlib's ``ray.rllib.utils.metrics`` constants) and the dict itself."""
 
+from ember.util.nested import NestedResult, flatten
+
 ENV_RUNNER_RESULTS = "env_runners"
 EVALUATION_RESULTS = "evaluation"
 LEARNER_RESULTS = "learners"
@@ -22,51 +24,10 @@ LEARNER_UPDATE_TIMER = "learner_update_timer"
 SYNCH_WORKER_WEIGHTS_TIMER = "synch_weights"
 
 
-class ResultDict(dict):
+class ResultDict(NestedResult):
     """A nested result dict, as RLlib's, that also answers Tune's flattened keys:
     ``result["env_runners/episode_return_mean"]`` is ``result["env_runners"]["episode_return_mean"]``."""
 
-    def _path(self, key):
-        node = self
-        for part in key.split("/"):
-            if not isinstance(node, dict) or part not in node:
-                raise KeyError(key)
-            node = dict.__getitem__(node, part)
-        return node
-
-    def __getitem__(self, key):
-        if isinstance(key, str) and "/" in key and not dict.__contains__(self, key):
-            return self._path(key)
-        return dict.__getitem__(self, key)
-
-    def __contains__(self, key):
-        if dict.__contains__(self, key):
-            return True
-        if isinstance(key, str) and "/" in key:
-            try:
-                self._path(key)
-                return True
-            except KeyError:
-                return False
-        return False
-
-    def get(self, key, default=None):
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
     def flatten(self) -> dict:
         """Every leaf under its slash-joined path (``{"env_runners/episode_return_mean": ...}``)."""
-        flat = {}
-
-        def walk(prefix, node):
-            for key, value in node.items():
-                path = f"{prefix}/{key}" if prefix else str(key)
-                if isinstance(value, dict) and value:
-                    walk(path, value)
-                else:
-                    flat[path] = value
-
-        walk("", self)
-        return flat
+        return flatten(self)
