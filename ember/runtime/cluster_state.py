@@ -93,6 +93,7 @@ class ClusterState:
         self.summarized = False
         self._base: dict | None = None  # the ended-task aggregates to subtract, from a summary
         self._last_summary: dict | None = None
+        self._summary_seq = 0  # the head's state version of the newest summary loaded
         self._running = 0  # the head's figure of tasks running
         self._workers: dict = {}  # the head's figure of worker processes per node
         self.creators: dict = {}  # task id -> name, for the largest objects (from the head)
@@ -316,6 +317,7 @@ class ClusterState:
             if record is not None:
                 creators.append([record.task_id, record.name])
         return {
+            "seq": self.version,  # a kernel keeps the newest (a published and a queried one may cross)
             "counts": self.counts,
             "by_name": self.by_name,
             "durations": self.durations,
@@ -332,6 +334,10 @@ class ClusterState:
         looked, as it did when it counted events itself. Pending and running are net of what was
         pending and running then (never below zero): a long call still waiting from before, on an
         actor nobody stopped, is not this kernel's work."""
+        seq = body.get("seq", 0)
+        if seq < self._summary_seq:
+            return  # older than one already loaded (a summary asked for overtook a published one)
+        self._summary_seq = seq
         self.summarized = True
         self._last_summary = body
         base = self._base

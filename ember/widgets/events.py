@@ -83,6 +83,22 @@ class EventFeed:
         self._thread.start()
         return self
 
+    def refresh(self) -> None:
+        """Bring the counts up to date with this process's own tasks now (``%ember status`` reads them
+        right after a cell's tasks ended): their events are sent to the head at once instead of at
+        the end of the owner's batching period, then the head's summary is asked for and loaded. A
+        summary published meanwhile cannot roll it back (summaries carry the head's version)."""
+        client = self.client
+        if client is None or client.publisher_address != self.address or self.disconnected:
+            return
+        client.flush_task_events()
+        summary = _summary_snapshot()
+        with self.lock:
+            self.state.load_summary(summary)
+            self.state.version += 1
+            self.throttle.note()
+        self._wake()
+
     def add_listener(self, listener) -> None:
         """Call ``listener(state)`` on the feed's thread after changes (at most ``rate`` times a second)."""
         with self.lock:

@@ -25,6 +25,7 @@ def status_text(address: str | None, started_here: bool) -> str:
     capacity = sum((n.get("ObjectStore") or {}).get("capacity", 0) for n in nodes)
     lines.append(f"object store: {fmt_bytes(used)} of {fmt_bytes(capacity)}")
     feed = events.feed()
+    feed.refresh()
     with feed.lock:
         counts = feed.state.summary()
     lines.append("tasks: " + ", ".join(f"{counts[s]} {s}" for s in counts))

@@ -379,6 +379,19 @@ class CoreClient:
             payload = msgpack.packb(self.events.take_due(time.monotonic()))
             self._head.send_multipart(protocol.encode({"op": protocol.TASK_EVENTS}, [payload]))
 
+    def flush_task_events(self) -> None:
+        """From any thread: send every task event this process holds to the head now, not at the end of
+        its batching period. A request to the head sent after this call is answered after the head
+        folded them (one socket, one loop: in order), so a view that then asks for the head's summary
+        finds this process's own tasks in it."""
+
+        def send_held():
+            if self.events:
+                payload = msgpack.packb(self.events.take_due(float("inf")))
+                self._head.send_multipart(protocol.encode({"op": protocol.TASK_EVENTS}, [payload]))
+
+        self.call_soon(send_held)
+
     def refresh_nodes(self) -> None:
         """On the I/O thread: learn the node managers' addresses from the head (once at a time)."""
         if self._refreshing_nodes:
