@@ -6,10 +6,13 @@ never disturbed. After each test, no Ember process and no shared-memory file may
 than the shared cluster's own.
 """
 
+import atexit
 import glob
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -25,6 +28,11 @@ SHARED_RESOURCES = {"custom": 4}
 # that belong to anything else running on the machine (another checkout's tests, say).
 RUN_TAG = f"{os.getpid()}-{time.time_ns()}"
 os.environ["EMBER_TEST_RUN"] = RUN_TAG
+# And its own runtime directory (cluster files, session dirs): address="auto" finds this run's
+# clusters only, not those of another checkout's tests or of a notebook running beside them.
+_RUNTIME_BASE = tempfile.mkdtemp(prefix="ember-test-run-")
+os.environ["XDG_RUNTIME_DIR"] = _RUNTIME_BASE
+atexit.register(shutil.rmtree, _RUNTIME_BASE, True)
 
 
 def ember_processes() -> list:

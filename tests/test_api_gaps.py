@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 
+import msgpack
 import numpy as np
 import pytest
 from conftest import wait_for
@@ -18,7 +19,7 @@ import ember
 from ember import api
 from ember.exceptions import TaskCancelledError
 from ember.runtime.client.core_client import current_client
-from ember.runtime.head.state_table import TaskTable
+from ember.runtime.head.task_summary import TaskSummary
 from ember.util import state
 
 
@@ -299,19 +300,30 @@ def test_async_actor_concurrency_groups(cluster):
 
 
 # --- the state API and the timeline ----------------------------------------------------------------------
-def test_task_table_is_bounded_and_folds_states():
-    table = TaskTable(capacity=3)
+def test_task_records_are_bounded_and_fold_states():
+    table = TaskSummary(records=3)
     for i in range(5):
-        task_id = bytes([i]) * 14
-        table.apply("finished", task_id, 10.0 + i, {"name": f"t{i}", "times": {"submitted": 1.0, "running": 2.0}})
+        event = ["finished", bytes([i]) * 14, 10.0 + i, {"name": f"t{i}", "times": {"submitted": 1.0, "running": 2.0}}]
+        table.apply_batch(msgpack.packb([event]))
     rows = table.rows()
     assert [row["name"] for row in rows] == ["t2", "t3", "t4"]
-    assert table.dropped == 2
+    assert table.dropped == 2 and table.state.summary()["finished"] == 5  # the counts keep every task
     assert rows[0]["state"] == "FINISHED" and rows[0]["running"] == 2.0 and rows[0]["finished"] == 12.0
-    table.apply("running", bytes([4]) * 14, 20.0, {"node": b"n", "pid": 7})  # a retry runs again
-    assert rows[-1]["state"] == "RUNNING" and "finished" not in rows[-1] and rows[-1]["pid"] == 7
+    retry = ["running", bytes([4]) * 14, 20.0, {"node": b"n", "pid": 7, "worker": b"w"}]  # a retry runs again
+    table.apply_batch(msgpack.packb([retry, ["finished", 5, 1.0, {}], "junk"]))  # ill-formed ones skipped
+    last = table.rows()[-1]
+    assert last["state"] == "RUNNING" and "finished" not in last and (last["pid"], last["worker"]) == (7, b"w")
     with pytest.raises(ValueError):
-        TaskTable(capacity=0)
+        table.apply_batch(b"\xc1 not msgpack")
+    with pytest.raises(ValueError):
+        TaskSummary(records=0)
+
+
+def test_records_behind_a_long_queue_are_forgotten_without_scanning_it():
+    table = TaskSummary(records=100)
+    table.apply_batch(msgpack.packb([["submitted", i.to_bytes(14, "big"), 1.0, {"name": "q"}] for i in range(5_000)]))
+    assert len(table.rows()) == 100 and table.dropped == 4_900
+    assert table.state.summary()["pending"] == 5_000
 
 
 def test_state_listing_with_filters(cluster):

@@ -51,6 +51,14 @@ def test_memory_is_labelled_as_reserved_beside_the_ram_in_use():
     assert "3.0 / 16.0 GiB" in html
 
 
+def test_ram_and_store_bars_turn_orange_then_red_only_as_they_fill():
+    from ember.widgets.render import BAR_COLOURS, bar
+
+    assert BAR_COLOURS["ram"] in bar("ram", 3, 16, "3 / 16") and "#ef4444" not in bar("ram", 3, 16, "")
+    assert "#f97316" in bar("store", 85, 100, "") and "#ef4444" in bar("ram", 99, 100, "")
+    assert BAR_COLOURS["cpu"] in bar("cpu", 2, 2, "")  # a busy CPU is the point, not a warning
+
+
 def test_values_never_share_a_cell_with_the_next_column():
     # "7.1 GiB2": the store's used bytes and its object count ran together.
     state = state_with(store={"capacity": 8 * 2**30, "used": int(7.1 * 2**30), "num_objects": 2})
@@ -166,7 +174,6 @@ def test_waiting_demand_says_when_no_node_can_ever_hold_it():
     assert len(rows) == 2
     assert "2×" in rows[0] and "{CPU: 1}" in rows[0] and "waiting for resources in use" in rows[0]
     assert "1×" in rows[1] and "{CPU: 64}" in rows[1] and "infeasible" in rows[1]
-
 
 
 def test_a_notebook_saved_by_nbclient_keeps_snapshots_with_the_numbers_at_the_cells_end(tmp_path):

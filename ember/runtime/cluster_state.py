@@ -23,6 +23,7 @@ PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
 STATES = (PENDING, RUNNING, FINISHED, FAILED)
 ACTOR_FIELDS = ("state", "name", "class_name", "pid", "node_id", "num_restarts")
 MAX_TASKS = 50_000  # records kept; the oldest ended ones are forgotten first (counts stay exact)
+FORGET_SCAN = 64  # records looked at for an ended one to forget, past which the oldest goes
 # Tasks shorter than the owner's event period are only reported after they ended (one folded record):
 # the task time spent in the last BUSY_WINDOW seconds, BUSY_LAG ago (when their reports are in), says
 # how many ran at a time.
@@ -44,6 +45,7 @@ class TaskRecord:
         "job",
         "node",
         "pid",
+        "worker",
         "submitted",
         "started",
         "ended",
@@ -54,7 +56,7 @@ class TaskRecord:
         self.task_id = task_id
         self.name = name
         self.state = PENDING
-        self.parent = self.actor = self.tag = self.job = self.node = self.pid = None
+        self.parent = self.actor = self.tag = self.job = self.node = self.pid = self.worker = None
         self.deps: list = []
         self.submitted = self.started = self.ended = None
         self.error = None
@@ -87,6 +89,7 @@ class ClusterState:
         self.version = 0
         self.cleared_at = 0.0
         self.records_made = 0  # task records ever made here (a view finds its newest ones by it)
+        self.dropped = 0  # task records forgotten to stay within max_tasks
         # Set by the first head summary: from then on the aggregates above are the head's, less the
         # tasks that had ended before this process looked (or before clear_tasks), and task events
         # only keep records.
@@ -231,6 +234,7 @@ class ClusterState:
         node = fields.get("node")
         record.node = node.hex() if isinstance(node, bytes) else node
         record.pid = fields.get("pid")
+        record.worker = fields.get("worker")
         if record.node is not None and not self.summarized:
             pids = self.node_pids.get(record.node)
             if pids is None:
@@ -370,14 +374,18 @@ class ClusterState:
 
     # --- bookkeeping ----------------------------------------------------------------------------------
     def _forget_old(self) -> None:
-        # Forget ended tasks first, oldest first; counts keep them (the totals stay true).
+        # Forget ended tasks first, oldest first; counts keep them (the totals stay true). Only the
+        # oldest few are looked at: behind thousands of queued tasks a full scan at every new task
+        # made a burst quadratic; the oldest one goes when none of them has ended.
         while len(self.tasks) > self.max_tasks:
-            for task_id, record in self.tasks.items():
+            self.dropped += 1
+            for looked, (task_id, record) in enumerate(self.tasks.items()):
                 if record.state in (FINISHED, FAILED):
                     del self.tasks[task_id]
                     break
-            else:
-                self.running_ids.discard(self.tasks.popitem(last=False)[0])
+                if looked == FORGET_SCAN:
+                    self.running_ids.discard(self.tasks.popitem(last=False)[0])
+                    break
 
     # --- views ----------------------------------------------------------------------------------------
     def summary(self, tag=None) -> dict:

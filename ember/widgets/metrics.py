@@ -58,7 +58,7 @@ class LiveMetrics(w.VBox):
         # Now, in the cell that makes the widget: the plots are made later, as the first reports
         # come, often on another thread while a later cell runs, and BokehJS published then would
         # land in that cell's output.
-        bokeh_js.ensure_loaded()
+        reloader = bokeh_js.reloader()  # and for a reloaded page (None outside a kernel)
         self.history = MetricHistory(x)
         self.wanted = list(metrics) if metrics else None
         self.lock = threading.Lock()
@@ -69,7 +69,8 @@ class LiveMetrics(w.VBox):
         self.labels: dict = {}  # trial -> its legend label, where it is not the trial's own name
         self.models: list = []
         heading = [w.HTML(f"<b>{html.escape(title)}</b>")] if title else []
-        super().__init__(children=[*heading, self.table, self.plots], **kwargs)
+        loader = [reloader] if reloader is not None else []
+        super().__init__(children=[*heading, self.table, *loader, self.plots], **kwargs)
         self._render_table()
 
     def report(self, trial, **values) -> None:

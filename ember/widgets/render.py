@@ -15,7 +15,10 @@ import html
 from ember.runtime.cluster_state import STATES
 
 RESERVED_HELP = "the scheduler's logical 'memory' resource: what tasks and actors reserved with memory=, not RAM in use"
-BAR_COLOURS = {"cpu": "#3b82f6", "gpu": "#a855f7", "memory": "#f59e0b", "ram": "#ef4444", "store": "#14b8a6"}
+BAR_COLOURS = {"cpu": "#3b82f6", "gpu": "#a855f7", "memory": "#f59e0b", "ram": "#0ea5e9", "store": "#14b8a6"}
+# RAM and the object store turn orange, then red, as they fill (as Dask's memory bars do): red is the
+# colour of failed tasks, and a bar red at 13% read as trouble.
+PRESSURE = ((0.95, "#ef4444"), (0.8, "#f97316"))
 
 STYLE = """<style>
 .ember-view{font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:var(--jp-ui-font-size1,13px);
@@ -72,11 +75,14 @@ def fmt_byte_pair(used: float, total: float) -> str:
 def bar(kind: str, used: float, total: float, text: str, sub: str = "") -> str:
     """A labelled bar: the text above, the bar below (a column stays narrow), ``sub`` under both."""
     share = 0 if not total else max(0.0, min(1.0, used / total))
+    colour = BAR_COLOURS[kind]
+    if kind in ("ram", "store"):
+        colour = next((c for level, c in PRESSURE if share >= level), colour)
     return (
         f"<div class='ember-bar ember-{kind}' title='{html.escape(text)}'>"
         f"<span class='ember-bar-text ember-{kind}-text'>{html.escape(text)}</span>"
         f"<div class='ember-track'><div class='ember-fill' style='width:{share * 100:.0f}%;"
-        f"background:{BAR_COLOURS[kind]}'></div></div>{sub}</div>"
+        f"background:{colour}'></div></div>{sub}</div>"
     )
 
 
@@ -134,9 +140,7 @@ def cluster_html(state, address: str | None = None, compact: bool = False) -> st
         "cluster",
         f"<b>Ember cluster</b>{where}: <span class='ember-node-count'>{len(alive)}</span> node(s), "
         f"<span class='ember-pending'>{state.summary()['pending']}</span> task(s) pending"
-        f"<br>tasks: {task_counts(state)}"
-        + table(heads, rows, "no nodes yet")
-        + demand_html(alive),
+        f"<br>tasks: {task_counts(state)}" + table(heads, rows, "no nodes yet") + demand_html(alive),
     )
 
 
@@ -267,5 +271,8 @@ def actors_html(state) -> str:
 
 def disconnected_html(why: str) -> str:
     """The banner a view shows once its cluster is gone: its numbers are the last ones known."""
-    return view("banner", f"<span class='ember-disconnected'>Disconnected: {html.escape(why)}.</span> "
-                "<span class='ember-note'>The numbers below are the last ones received.</span>")
+    return view(
+        "banner",
+        f"<span class='ember-disconnected'>Disconnected: {html.escape(why)}.</span> "
+        "<span class='ember-note'>The numbers below are the last ones received.</span>",
+    )

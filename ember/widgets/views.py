@@ -200,7 +200,6 @@ class TaskGraph(LiveWidget):
     def __init__(self, threshold: int | None = None, feed=None, **kwargs):
         from jupyter_bokeh import BokehModel
 
-        bokeh_js.ensure_loaded()
         threshold = THRESHOLD if threshold is None else threshold
         self.graph_model = TaskGraphModel(threshold)
         self.counts = w.HTML()
@@ -235,7 +234,9 @@ class TaskGraph(LiveWidget):
             [self.threshold_box, self.reset_button, self.legend],
             layout=w.Layout(flex_flow="row wrap", align_items="center", grid_gap="4px 12px"),
         )
-        super().__init__(feed=feed, children=[self.counts, controls, self.picture], **kwargs)
+        reloader = bokeh_js.reloader()  # BokehJS for a reloaded page (None outside a kernel)
+        parts = [self.counts, controls, *([reloader] if reloader is not None else []), self.picture]
+        super().__init__(feed=feed, children=parts, **kwargs)
         self.threshold_box.observe(self._on_threshold, names="value")
         self.reset_button.on_click(lambda _: self.reset())
 

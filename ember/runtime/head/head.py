@@ -28,7 +28,7 @@ from ember.runtime import messages, protocol, transport
 from ember.runtime.bounded import DEAD_JOBS, DEAD_NODES, EndedCache, cap_from_env
 from ember.runtime.head.actor_directory import ActorDirectory, HeadLinks
 from ember.runtime.head.placement_groups import PlacementGroupManager
-from ember.runtime.head.state_table import StateQueries, TaskTable
+from ember.runtime.head.state_table import StateQueries
 from ember.runtime.head.task_summary import TaskSummary
 from ember.runtime.ids import new_id
 from ember.runtime.node.cluster_scheduler import NodeView
@@ -124,11 +124,8 @@ class Head(Service):
         self.actor_directory = ActorDirectory(
             HeadLinks(loop, self.nodes, self.kv, self._send_node, self.send, self.publish)
         )
-        self.task_table = TaskTable()  # the recent tasks, for the state API (bounded)
-        self.task_summary = TaskSummary()  # what the widgets and the dashboard show of them
-        self.state_queries = StateQueries(
-            self.task_table, self.actor_directory.rows, self.jobs, self.task_summary.state.summary_message
-        )
+        self.task_summary = TaskSummary()  # the recent tasks (state API) and what the widgets show of all
+        self.state_queries = StateQueries(self.task_summary, self.actor_directory.rows, self.jobs)
         super().__init__(host, port)
         for op, (owner, method) in self.delegated.items():
             self.table[op] = getattr(getattr(self, owner), method)
@@ -531,10 +528,10 @@ class Head(Service):
     def on_task_events(self, identity, msg, frames):
         if not frames:
             raise ValueError("task_events carries its events as the first payload frame")
-        # Republished as they came (for views that show tasks one by one); the head's own copy feeds
-        # the state API's bounded task table and the summary the other views show.
+        # Republished as they came (for views that show tasks one by one); the head's own fold feeds
+        # the state API's bounded task records and the summary the other views show.
         self.publisher.send_multipart([b"event:task", frames[0]])
-        self.task_summary.apply(self.task_table.apply_batch(frames[0]))
+        self.task_summary.apply_batch(frames[0])
 
     def publish(self, topic: bytes, body: dict) -> None:
         self.publisher.send_multipart([topic, msgpack.packb(body)])
