@@ -152,12 +152,15 @@ INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>Ember dashboa
 <li><a href="/api/version">/api/version</a></li></ul></body></html>"""
 
 
-def build_app(head: HeadClient, jobs, token: str | None):
-    """The starlette application: the routes above, behind the token check when ``token`` is set."""
+def build_app(head: HeadClient, jobs, token: str | None, pages=None):
+    """The starlette application: the routes above, behind the token check when ``token`` is set;
+    with ``pages`` (pages.Pages), the dashboard's pages and their endpoints too (``/`` is the overview)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.routing import Route
+
+    from ember.dashboard import pages as pages_module
 
     def error(status: int, text: str) -> JSONResponse:
         return JSONResponse({"error": text}, status_code=status)
@@ -251,7 +254,8 @@ def build_app(head: HeadClient, jobs, token: str | None):
 
         return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
 
-    routes = [
+    routes = [] if pages is None else pages_module.routes(pages)
+    routes += [
         Route("/", index),
         Route("/api/version", version),
         Route("/api/cluster", cluster),
@@ -283,6 +287,21 @@ def build_app(head: HeadClient, jobs, token: str | None):
     return guarded
 
 
+def _start_feed(head: HeadClient):
+    """The pages' event feed, on the event hub the head recorded; None (logged) when it did not."""
+    from ember.dashboard.pages_feed import EVENTS_KEY, PagesFeed
+
+    try:
+        address = head.kv_get(EVENTS_KEY)
+    except (ConnectionError, RuntimeError) as error:
+        logger.warning("no pages: %s", error)
+        return None
+    if not address:
+        logger.warning("no pages: the head recorded no event hub address")
+        return None
+    return PagesFeed(address.decode(), head).start()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="ember-dashboard")
     parser.add_argument("--fd", type=int, required=True, help="the listening socket the head bound")
@@ -295,6 +314,7 @@ def main(argv=None) -> None:
     import uvicorn
 
     from ember.dashboard.jobs import JobManager
+    from ember.dashboard.pages import Pages
     from ember.runtime import transport
 
     sock = socket.socket(fileno=args.fd)
@@ -303,7 +323,9 @@ def main(argv=None) -> None:
     token = transport.current_token() if networked else None
     head = HeadClient(args.head)
     jobs = JobManager(head, args.head)
-    app = build_app(head, jobs, token)
+    feed = _start_feed(head)
+    pages = Pages(feed, head, jobs, os.path.join(args.session_dir, "logs")) if feed is not None else None
+    app = build_app(head, jobs, token, pages)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
 
@@ -318,6 +340,8 @@ def main(argv=None) -> None:
     try:
         asyncio.run(server.serve(sockets=[sock]))
     finally:
+        if feed is not None:
+            feed.stop()
         jobs.close()
         head.close()
 
