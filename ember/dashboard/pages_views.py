@@ -152,7 +152,7 @@ def task_stream_svg(stream: dict, width: int = 960, row_h: int = 16) -> str:
     height = len(workers_) * row_h + 20
     parts = [
         f"<svg class='ember-task-stream' xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {width} {height}' "
-        f"width='100%' style='max-width:{width}px' font-family='sans-serif' font-size='10'>"
+        f"width='{width}' height='{height}' style='max-width:100%;height:auto' font-family='sans-serif' font-size='10'>"
     ]
     for index, (node, pid) in enumerate(workers_):
         y = index * row_h
