@@ -2,7 +2,8 @@
 
 Routes (Ray's names where Ray has them)::
 
-    GET  /                       a page listing the endpoints
+    GET  /                       the overview page (pages.py: every page and its /api/ endpoint), or a
+                                 page listing the endpoints when the pages have no event feed
     GET  /api/version            {"ember": version}
     GET  /api/cluster            nodes, total and available resources, task summary counts
     POST /api/jobs/              submit: {"entrypoint": ..., ...} -> {"job_id", "submission_id"}
