@@ -170,3 +170,32 @@ def test_log_endpoints(cluster):
     assert page.status_code == 200 and 'data-view="logs"' in page.text
     view = _get(url, "/api/view/logs?file=dashboard.log")
     assert "dashboard for head" in view["html"]
+
+
+def test_a_networked_dashboard_takes_the_secret_once_in_a_link(cluster, tmp_path):
+    from ember import dashboard
+    from ember.runtime import transport
+    from tests.test_dashboard_server import _get as get_or_none
+    from tests.test_dashboard_server import _network_address
+
+    host = _network_address()
+    if host is None:
+        pytest.skip("this machine has no network interface besides loopback")
+    (tmp_path / "logs").mkdir()
+    process, url = dashboard.start(cluster.address, host, 0, str(tmp_path))
+    try:
+        token = transport.current_token()
+        refused = wait_for(lambda: get_or_none(f"{url}/tasks"), timeout=30, message="the dashboard to answer")
+        assert refused.status_code == 401
+        assert httpx.get(f"{url}/tasks?token=wrong", timeout=30).status_code == 401
+        with httpx.Client(base_url=url, timeout=30) as browser:
+            first = browser.get(f"/tasks?token={token}")
+            assert first.status_code == 303 and first.headers["location"] == "/tasks"
+            assert {"httponly", "samesite=strict"} <= {
+                part.strip().lower() for part in first.headers["set-cookie"].split(";")
+            }
+            page = browser.get("/tasks")  # the cookie from now on
+            assert page.status_code == 200 and 'data-view="tasks"' in page.text
+            assert browser.get("/api/view/tasks").json()["data"]["counts"]["finished"] >= 0
+    finally:
+        dashboard.stop(process)

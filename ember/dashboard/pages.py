@@ -240,7 +240,7 @@ class Pages:
             selected = None
             if wanted:
                 try:
-                    selected = {"submission_id": wanted, "logs": self.jobs.logs(wanted)[0][-LOG_TAIL:]}
+                    selected = {"submission_id": wanted, "logs": self._job_log_tail(wanted)}
                 except KeyError:
                     selected = None
             return {"html": pv.jobs_html(jobs, selected), "data": {"jobs": jobs, "selected": selected}}
@@ -255,6 +255,20 @@ class Pages:
             return {"html": pv.logs_html(data["files"], selected), "data": data}
         raise KeyError(name)
 
+    def _job_log_tail(self, submission_id: str) -> str:
+        """The last ``LOG_TAIL`` bytes of a job's log (read from there: a page asks every second, and
+        a long job's log is large). KeyError: no such job."""
+        from ember.dashboard.jobs import log_path
+
+        info = self.jobs.info(submission_id)
+        if info is None:
+            raise KeyError(submission_id)
+        try:
+            size = os.path.getsize(info.log_path or log_path(submission_id))
+        except OSError:
+            size = 0
+        return self.jobs.logs(submission_id, max(0, size - LOG_TAIL))[0]
+
 
 def job_row(job) -> dict:
     record = job.to_json()
@@ -266,6 +280,25 @@ def job_row(job) -> dict:
         "start_time": record.get("start_time"),
         "end_time": record.get("end_time"),
     }
+
+
+def token_in_query(query_string: bytes) -> str | None:
+    """The ``token`` parameter of a request's query string (a link to a networked dashboard carries
+    the cluster secret once: ``http://host:8265/?token=...``)."""
+    from urllib.parse import parse_qs
+
+    values = parse_qs(query_string.decode("latin-1")).get("token")
+    return values[0] if values else None
+
+
+def token_redirect(path: str, token: str, cookie: str):
+    """A redirect to ``path`` without the token in its address, setting the cookie that carries it
+    from then on (HTTP-only, same site: page scripts and other sites never read it)."""
+    from starlette.responses import RedirectResponse
+
+    response = RedirectResponse(path, status_code=303)
+    response.set_cookie(cookie, token, httponly=True, samesite="strict")
+    return response
 
 
 def _log_kind(name: str) -> str:

@@ -278,6 +278,11 @@ def build_app(head: HeadClient, jobs, token: str | None, pages=None):
                 name, _, value = part.strip().partition("=")
                 cookies[name] = value
             if not token_allowed(headers, cookies, token):
+                offered = pages_module.token_in_query(scope.get("query_string", b""))
+                if offered and token_allowed({}, {TOKEN_COOKIE: offered}, token):
+                    # A browser cannot send a header on a link: ?token= once, then the cookie.
+                    await pages_module.token_redirect(scope["path"], offered, TOKEN_COOKIE)(scope, receive, send)
+                    return
                 await JSONResponse(
                     {"error": "This dashboard needs the cluster's secret (Authorization: Bearer <secret>)."},
                     status_code=401,
