@@ -241,6 +241,7 @@ def test_status_magic(session):
     text = session[0]["status"].stdout()
     assert "(started by this kernel)" in text
     assert "nodes: 1" in text
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+$", text, re.MULTILINE), text
     finished = re.search(r"tasks: 0 pending, 0 running, (\d+) finished, 0 failed", text)
     assert finished and int(finished.group(1)) >= 8  # the cells above ran at least eight tasks
 

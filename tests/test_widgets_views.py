@@ -248,3 +248,13 @@ def test_an_infeasible_task_shows_in_the_cluster_widget(feed):
     ember.cancel(ref)
     wait_for(lambda: "ember-demand" not in view.html.value, timeout=20, message="the demand to go")
     view.close()
+
+
+def test_cluster_widget_links_to_the_dashboard(cluster, feed):
+    view = widgets.Cluster(feed=feed)
+    try:
+        link = re.search(r"class='ember-dashboard-link' href='([^']+)'", view.html.value)
+        assert link and link.group(1) == cluster.dashboard_url
+    finally:
+        view.close()
+    assert "ember-dashboard-link" not in cluster_html(state_with(resources={"CPU": 1}, available={"CPU": 1}))

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 8265  # Ray's dashboard port
 PORT_VARIABLE = "EMBER_DASHBOARD_PORT"
 URL_KEY = b"dashboard:url"  # the head's KV: where the dashboard listens (init(address=...), ember status)
+EVENTS_KEY = b"dashboard:events"  # the head's KV: its event hub's address, which the dashboard's pages follow
 
 
 def configured_port(port: int | None) -> int:

@@ -2,7 +2,8 @@
 
 Routes (Ray's names where Ray has them)::
 
-    GET  /                       a page listing the endpoints
+    GET  /                       the overview page (pages.py: every page and its /api/ endpoint), or a
+                                 page listing the endpoints when the pages have no event feed
     GET  /api/version            {"ember": version}
     GET  /api/cluster            nodes, total and available resources, task summary counts
     POST /api/jobs/              submit: {"entrypoint": ..., ...} -> {"job_id", "submission_id"}
@@ -152,12 +153,15 @@ INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>Ember dashboa
 <li><a href="/api/version">/api/version</a></li></ul></body></html>"""
 
 
-def build_app(head: HeadClient, jobs, token: str | None):
-    """The starlette application: the routes above, behind the token check when ``token`` is set."""
+def build_app(head: HeadClient, jobs, token: str | None, pages=None):
+    """The starlette application: the routes above, behind the token check when ``token`` is set;
+    with ``pages`` (pages.Pages), the dashboard's pages and their endpoints too (``/`` is the overview)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.routing import Route
+
+    from ember.dashboard import pages as pages_module
 
     def error(status: int, text: str) -> JSONResponse:
         return JSONResponse({"error": text}, status_code=status)
@@ -251,7 +255,8 @@ def build_app(head: HeadClient, jobs, token: str | None):
 
         return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
 
-    routes = [
+    routes = [] if pages is None else pages_module.routes(pages)
+    routes += [
         Route("/", index),
         Route("/api/version", version),
         Route("/api/cluster", cluster),
@@ -273,6 +278,11 @@ def build_app(head: HeadClient, jobs, token: str | None):
                 name, _, value = part.strip().partition("=")
                 cookies[name] = value
             if not token_allowed(headers, cookies, token):
+                offered = pages_module.token_in_query(scope.get("query_string", b""))
+                if offered and token_allowed({}, {TOKEN_COOKIE: offered}, token):
+                    # A browser cannot send a header on a link: ?token= once, then the cookie.
+                    await pages_module.token_redirect(scope["path"], offered, TOKEN_COOKIE)(scope, receive, send)
+                    return
                 await JSONResponse(
                     {"error": "This dashboard needs the cluster's secret (Authorization: Bearer <secret>)."},
                     status_code=401,
@@ -281,6 +291,21 @@ def build_app(head: HeadClient, jobs, token: str | None):
         await app(scope, receive, send)
 
     return guarded
+
+
+def _start_feed(head: HeadClient):
+    """The pages' event feed, on the event hub the head recorded; None (logged) when it did not."""
+    from ember.dashboard.pages_feed import EVENTS_KEY, PagesFeed
+
+    try:
+        address = head.kv_get(EVENTS_KEY)
+    except (ConnectionError, RuntimeError) as error:
+        logger.warning("no pages: %s", error)
+        return None
+    if not address:
+        logger.warning("no pages: the head recorded no event hub address")
+        return None
+    return PagesFeed(address.decode(), head).start()
 
 
 def main(argv=None) -> None:
@@ -295,6 +320,7 @@ def main(argv=None) -> None:
     import uvicorn
 
     from ember.dashboard.jobs import JobManager
+    from ember.dashboard.pages import Pages
     from ember.runtime import transport
 
     sock = socket.socket(fileno=args.fd)
@@ -303,7 +329,9 @@ def main(argv=None) -> None:
     token = transport.current_token() if networked else None
     head = HeadClient(args.head)
     jobs = JobManager(head, args.head)
-    app = build_app(head, jobs, token)
+    feed = _start_feed(head)
+    pages = Pages(feed, head, jobs, os.path.join(args.session_dir, "logs")) if feed is not None else None
+    app = build_app(head, jobs, token, pages)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
 
@@ -318,6 +346,8 @@ def main(argv=None) -> None:
     try:
         asyncio.run(server.serve(sockets=[sock]))
     finally:
+        if feed is not None:
+            feed.stop()
         jobs.close()
         head.close()
 

@@ -55,6 +55,7 @@ def main(argv=None) -> None:
     dashboard = None
     if head is not None:
         port = dashboard_server.configured_port(args.dashboard_port)
+        head.kv[dashboard_server.EVENTS_KEY] = head.publisher_address.encode()  # the dashboard's pages subscribe there
         if port >= 0:
             dashboard = dashboard_server.start(head_address, args.host, port, args.session_dir)
         if dashboard is not None:

@@ -95,9 +95,9 @@ def has_gpus(state) -> bool:
     return any((node.get("resources") or {}).get("GPU", 0) for node in state.nodes.values())
 
 
-def cluster_html(state, address: str | None = None, compact: bool = False) -> str:
+def cluster_html(state, address: str | None = None, compact: bool = False, dashboard: str | None = None) -> str:
     """Nodes with CPU/GPU/memory/RAM/object store bars and workers; pending demand; task counts.
-    The GPU column shows only when some node has GPUs."""
+    The GPU column shows only when some node has GPUs; ``dashboard``: the web dashboard's URL, linked."""
     workers = state.workers()
     gpus = has_gpus(state)
     rows = []
@@ -136,6 +136,9 @@ def cluster_html(state, address: str | None = None, compact: bool = False) -> st
         heads.append("RAM in use")
     heads += ["object store", "workers"]
     where = f" at <code class='ember-address'>{html.escape(address)}</code>" if address else ""
+    if dashboard:
+        link = html.escape(dashboard, quote=True)
+        where += f" · <a class='ember-dashboard-link' href='{link}' target='_blank' rel='noopener'>dashboard</a>"
     return view(
         "cluster",
         f"<b>Ember cluster</b>{where}: <span class='ember-node-count'>{len(alive)}</span> node(s), "

@@ -179,11 +179,13 @@ class Cluster(LiveWidget):
         self.scaling = ScalingControls()  # shown when the cluster runs an autoscaler
         import ember
 
-        self.address = ember.api._context.address if ember.api._context is not None else None
+        context = ember.api._context
+        self.address = context.address if context is not None else None
+        self.dashboard = context.dashboard_url if context is not None else None
         super().__init__(feed=feed, children=[self.html, self.scaling], **kwargs)
 
     def update(self, state) -> None:
-        self.html.value = cluster_html(state, self.address, compact=self.compact)
+        self.html.value = cluster_html(state, self.address, compact=self.compact, dashboard=self.dashboard)
         if not self.compact:
             self.scaling.refresh()
 

@@ -1,0 +1,362 @@
+"""The dashboard's pages and the JSON endpoints behind them (starlette routes, added by server.py).
+
+    GET /, /nodes, /tasks, /actors, /objects, /placement_groups, /jobs, /logs
+        one HTML shell (pages_static/page.html): a nav bar, the theme, and a script that fetches
+        /api/view/<page> every second while the tab is visible and swaps the view's HTML in
+    GET /api/view/<page>    {"html": the view, "data": what the JSON endpoint below answers}
+    GET /api/overview, /api/nodes, /api/tasks, /api/actors, /api/objects, /api/placement_groups
+    GET /api/logs           the session's log files; /api/logs/<file>?tail=N its last N bytes
+
+Every number comes from the dashboard process's event feed (pages_feed.PagesFeed), read under its
+lock; only placement groups and jobs ask the head (its small tables, not its task table).
+"""
+
+import html
+import os
+import pathlib
+
+from ember.dashboard import pages_views as pv
+from ember.widgets.graph import TaskGraphModel, to_svg
+from ember.widgets.render import actors_html, cluster_html, gpus_html, store_html
+
+PAGES = {  # path -> (title, view name)
+    "/": ("Overview", "overview"),
+    "/nodes": ("Nodes", "nodes"),
+    "/tasks": ("Tasks", "tasks"),
+    "/actors": ("Actors", "actors"),
+    "/objects": ("Objects", "objects"),
+    "/placement_groups": ("Placement groups", "placement_groups"),
+    "/jobs": ("Jobs", "jobs"),
+    "/logs": ("Logs", "logs"),
+}
+LOG_TAIL = 64 * 1024  # bytes of a log file a page shows by default
+SHELL = (pathlib.Path(__file__).parent / "pages_static" / "page.html").read_text()
+
+
+def shell(path: str) -> str:
+    """The HTML page at ``path``: the shared shell with its title, nav and view name filled in."""
+    from ember.widgets.render import STYLE
+
+    title, name = PAGES[path]
+    nav = "".join(
+        f"<a href='{p}'{' class=current' if p == path else ''}>{html.escape(t)}</a>" for p, (t, _) in PAGES.items()
+    )
+    return (
+        SHELL.replace("{{title}}", html.escape(title))
+        .replace("{{nav}}", nav)
+        .replace("{{view}}", name)
+        .replace("{{style}}", STYLE)
+    )
+
+
+class Pages:
+    """The views' data and HTML, from ``feed`` (a PagesFeed), ``head`` (a HeadClient), ``jobs`` (the
+    JobManager) and ``log_dir`` (the session's logs)."""
+
+    def __init__(self, feed, head, jobs, log_dir: str):
+        self.feed, self.head, self.jobs, self.log_dir = feed, head, jobs, log_dir
+        self.graph = TaskGraphModel()
+
+    # --- data ---------------------------------------------------------------------------------------------
+    def overview(self) -> dict:
+        with self.feed.lock:
+            state = self.feed.state
+            data = {
+                "nodes": len(pv.alive_nodes(state)),
+                "resources": pv.resources(state),
+                "object_store": pv.store_totals(state),
+                "tasks": self.feed.totals(),
+                "actors_alive": sum(1 for a in state.actors.values() if a.get("state") != "DEAD"),
+                "failures": pv.failures(state),
+            }
+        data["jobs"] = [job_row(job) for job in self.jobs.list()[-5:]] if self.jobs is not None else []
+        return data
+
+    def nodes(self) -> dict:
+        self.feed.want_tasks()  # the workers table is made from the task records
+        with self.feed.lock:
+            state = self.feed.state
+            nodes = [
+                {
+                    k: node.get(k)
+                    for k in (
+                        "node_id",
+                        "alive",
+                        "address",
+                        "resources",
+                        "available",
+                        "store",
+                        "ram",
+                        "gpus",
+                        "workers",
+                    )
+                }
+                for node in state.nodes.values()
+            ]
+            workers = pv.workers(state)
+        return _json_safe({"nodes": nodes, "workers": workers})
+
+    def tasks(self, recent: int = 200) -> dict:
+        self.feed.want_tasks()
+        with self.feed.lock:
+            state = self.feed.state
+            records = list(state.tasks.values())[-recent:]
+            return _json_safe(
+                {
+                    **self.feed.totals(),
+                    "by_function": pv.by_function(state),
+                    "taking_task_events": self.feed.taking_tasks,
+                    "stream": pv.task_stream(state),
+                    "recent": [
+                        {
+                            "task_id": r.task_id.hex(),
+                            "name": r.name,
+                            "state": r.state,
+                            "node_id": r.node,
+                            "pid": r.pid,
+                            "started": r.started,
+                            "ended": r.ended,
+                            "error": None if r.error is None else str(r.error)[:500],
+                        }
+                        for r in records
+                    ],
+                }
+            )
+
+    def actors(self) -> dict:
+        with self.feed.lock:
+            state = self.feed.state
+            return _json_safe(
+                {
+                    "actors": [
+                        {"actor_id": k, **a, "calls": state.actor_calls.get(k, 0)} for k, a in state.actors.items()
+                    ]
+                }
+            )
+
+    def objects(self) -> dict:
+        with self.feed.lock:
+            state = self.feed.state
+            per_node, largest = [], []
+            for node in state.nodes.values():
+                store = node.get("store") or {}
+                per_node.append({"node_id": node["node_id"], **{k: v for k, v in store.items() if k != "largest"}})
+                for oid, size in store.get("largest") or []:
+                    largest.append(
+                        {"object_id": oid, "size": size, "node_id": node["node_id"], "made_by": state.creator_of(oid)}
+                    )
+            largest.sort(key=lambda entry: entry["size"], reverse=True)
+            return _json_safe({"total": pv.store_totals(state), "nodes": per_node, "largest": largest[:20]})
+
+    def placement_groups(self) -> dict:
+        from ember.runtime import protocol
+
+        table = self.head.request({"op": protocol.PLACEMENT_GROUP_TABLE})[0].get("table") or {}
+        return _json_safe({"placement_groups": pv.placement_groups(table)})
+
+    def logs(self) -> dict:
+        """The files in the session's log directory, with the worker pid each belongs to when this
+        machine can tell (a live worker's stdout is its log file)."""
+        with self.feed.lock:
+            pids = [w["pid"] for w in pv.workers(self.feed.state)]
+        owners = {}
+        for pid in pids:
+            try:
+                owners[os.path.basename(os.readlink(f"/proc/{pid}/fd/1"))] = pid
+            except OSError:
+                pass
+        files = []
+        try:
+            entries = sorted(os.scandir(self.log_dir), key=lambda e: e.name)
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if entry.is_file():
+                files.append(
+                    {
+                        "name": entry.name,
+                        "kind": _log_kind(entry.name),
+                        "pid": owners.get(entry.name),
+                        "size": entry.stat().st_size,
+                    }
+                )
+        return {"log_dir": self.log_dir, "files": files}
+
+    def log_text(self, name: str, tail: int = LOG_TAIL) -> str:
+        """The last ``tail`` bytes of one log file; KeyError when ``name`` is not a file of the log
+        directory (no path may lead out of it)."""
+        if not name or name != os.path.basename(name) or name.startswith("."):
+            raise KeyError(name)
+        path = os.path.join(self.log_dir, name)
+        if not os.path.isfile(path):
+            raise KeyError(name)
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - tail))
+            return file.read().decode(errors="replace")
+
+    # --- views --------------------------------------------------------------------------------------------
+    def view(self, name: str, params: dict) -> dict:
+        """``{"html", "data"}`` of the page ``name``; KeyError for no such page."""
+        if name == "overview":
+            data = self.overview()
+            with self.feed.lock:
+                cluster = cluster_html(self.feed.state, compact=True)
+            return {"html": pv.overview_html(data, cluster), "data": data}
+        if name == "nodes":
+            data = self.nodes()
+            with self.feed.lock:
+                text = cluster_html(self.feed.state) + gpus_html(self.feed.state)
+            return {"html": text + pv.workers_html(data["workers"]), "data": data}
+        if name == "tasks":
+            data = self.tasks()
+            with self.feed.lock:
+                graph = to_svg(self.graph.build(self.feed.state), width=960)
+            counts = " · ".join(f"<span class='ember-count-{s}'>{n}</span> {s}" for s, n in data["counts"].items())
+            text = (
+                pv.view(
+                    "tasks",
+                    f"<b>Tasks</b>: <span class='ember-tasks-per-s'>{data['tasks_per_s']:g}</span> tasks/s · {counts}",
+                )
+                + pv.view("stream", "<b>Task stream</b> (per worker, last 30 s)" + pv.task_stream_svg(data["stream"]))
+                + pv.by_function_html(data["by_function"])
+                + pv.view("graph", "<b>Task graph</b>" + graph)
+            )
+            return {"html": text, "data": data}
+        if name == "actors":
+            data = self.actors()
+            with self.feed.lock:
+                return {"html": actors_html(self.feed.state), "data": data}
+        if name == "objects":
+            data = self.objects()
+            with self.feed.lock:
+                return {"html": store_html(self.feed.state), "data": data}
+        if name == "placement_groups":
+            data = self.placement_groups()
+            return {"html": pv.placement_groups_html(data["placement_groups"]), "data": data}
+        if name == "jobs":
+            jobs = [job_row(job) for job in self.jobs.list()] if self.jobs is not None else []
+            wanted = params.get("job") or (jobs[-1]["submission_id"] if jobs else None)
+            selected = None
+            if wanted:
+                try:
+                    selected = {"submission_id": wanted, "logs": self._job_log_tail(wanted)}
+                except KeyError:
+                    selected = None
+            return {"html": pv.jobs_html(jobs, selected), "data": {"jobs": jobs, "selected": selected}}
+        if name == "logs":
+            data = self.logs()
+            selected = None
+            if params.get("file"):
+                try:
+                    selected = {"name": params["file"], "text": self.log_text(params["file"])}
+                except KeyError:
+                    selected = {"name": params["file"], "text": "(no such log file)"}
+            return {"html": pv.logs_html(data["files"], selected), "data": data}
+        raise KeyError(name)
+
+    def _job_log_tail(self, submission_id: str) -> str:
+        """The last ``LOG_TAIL`` bytes of a job's log (read from there: a page asks every second, and
+        a long job's log is large). KeyError: no such job."""
+        from ember.dashboard.jobs import log_path
+
+        info = self.jobs.info(submission_id)
+        if info is None:
+            raise KeyError(submission_id)
+        try:
+            size = os.path.getsize(info.log_path or log_path(submission_id))
+        except OSError:
+            size = 0
+        return self.jobs.logs(submission_id, max(0, size - LOG_TAIL))[0]
+
+
+def job_row(job) -> dict:
+    record = job.to_json()
+    return {
+        "submission_id": record.get("submission_id") or record.get("job_id") or "",
+        "status": str(record.get("status") or ""),
+        "entrypoint": str(record.get("entrypoint") or ""),
+        "message": record.get("message"),
+        "start_time": record.get("start_time"),
+        "end_time": record.get("end_time"),
+    }
+
+
+def token_in_query(query_string: bytes) -> str | None:
+    """The ``token`` parameter of a request's query string (a link to a networked dashboard carries
+    the cluster secret once: ``http://host:8265/?token=...``)."""
+    from urllib.parse import parse_qs
+
+    values = parse_qs(query_string.decode("latin-1")).get("token")
+    return values[0] if values else None
+
+
+def token_redirect(path: str, token: str, cookie: str):
+    """A redirect to ``path`` without the token in its address, setting the cookie that carries it
+    from then on (HTTP-only, same site: page scripts and other sites never read it)."""
+    from starlette.responses import RedirectResponse
+
+    response = RedirectResponse(path, status_code=303)
+    response.set_cookie(cookie, token, httponly=True, samesite="strict")
+    return response
+
+
+def _log_kind(name: str) -> str:
+    for prefix, kind in (
+        ("worker-", "worker"),
+        ("cluster-", "node (head and node manager)"),
+        ("dashboard", "dashboard"),
+        ("runtime_env-", "runtime env setup"),
+    ):
+        if name.startswith(prefix):
+            return kind
+    return "other"
+
+
+def _json_safe(value):
+    from ember.dashboard.server import json_safe
+
+    return json_safe(value)
+
+
+def routes(pages: Pages) -> list:
+    """The starlette routes of the pages and their endpoints."""
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    def page(request: Request):
+        return HTMLResponse(shell(request.url.path))
+
+    def view(request: Request):
+        try:
+            return JSONResponse(pages.view(request.path_params["page"], dict(request.query_params)))
+        except KeyError:
+            return JSONResponse({"error": f"No page {request.path_params['page']!r}."}, status_code=404)
+
+    def endpoint(method):
+        return lambda request: JSONResponse(method())
+
+    def log_file(request: Request):
+        try:
+            tail = int(request.query_params.get("tail", LOG_TAIL))
+        except ValueError:
+            return JSONResponse({"error": "tail must be a number of bytes."}, status_code=400)
+        try:
+            return PlainTextResponse(pages.log_text(request.path_params["name"], max(0, tail)))
+        except KeyError:
+            return JSONResponse({"error": f"No log file {request.path_params['name']!r}."}, status_code=404)
+
+    result = [Route(path, page) for path in PAGES]
+    result += [
+        Route("/api/view/{page}", view),
+        Route("/api/overview", endpoint(pages.overview)),
+        Route("/api/nodes", endpoint(pages.nodes)),
+        Route("/api/tasks", endpoint(pages.tasks)),
+        Route("/api/actors", endpoint(pages.actors)),
+        Route("/api/objects", endpoint(pages.objects)),
+        Route("/api/placement_groups", endpoint(pages.placement_groups)),
+        Route("/api/logs", endpoint(pages.logs)),
+        Route("/api/logs/{name}", log_file),
+    ]
+    return result

@@ -1,0 +1,201 @@
+"""The dashboard's pages without a browser: their views as plain functions of a ClusterState, and
+their JSON endpoints over real HTTP on the shared cluster's dashboard."""
+
+import os
+
+import httpx
+import pytest
+
+import ember
+from ember.dashboard import pages_views as pv
+from ember.dashboard.pages import PAGES, Pages, shell
+from ember.dashboard.pages_feed import TaskRate
+from ember.runtime.cluster_state import ClusterState
+from ember.util.placement_group import placement_group, remove_placement_group
+from tests.conftest import wait_for
+
+pytest.importorskip("starlette")
+
+
+def _task(state, task_id: bytes, name: str, pid: int, start: float, end: float | None, failed=False):
+    fields = {"name": name, "node": b"\x01" * 16, "pid": pid}
+    state.apply(b"event:task", [["submitted", task_id, start - 0.1, fields], ["running", task_id, start, fields]])
+    if end is not None:
+        kind = "failed" if failed else "finished"
+        state.apply(b"event:task", [[kind, task_id, end, {"error": "ValueError: boom"} if failed else {}]])
+
+
+def test_task_stream_rows_per_worker_and_window():
+    state = ClusterState()
+    _task(state, b"a" * 24, "f", 10, 100.0, 101.0)
+    _task(state, b"b" * 24, "g", 11, 100.5, None)  # still running: its bar reaches now
+    _task(state, b"c" * 24, "f", 10, 10.0, 11.0)  # ended before the window: left out
+    _task(state, b"d" * 24, "h", 12, 101.0, 101.5, failed=True)
+    stream = pv.task_stream(state, now=102.0, window=30.0)
+    assert sorted(pid for _, pid in stream["workers"]) == [10, 11, 12]
+    bars = {bar[3]: bar for bar in stream["bars"]}
+    assert set(bars) == {"f", "g", "h"}
+    assert bars["g"][2] == 102.0 and bars["h"][4] == "failed"
+    svg = pv.task_stream_svg(stream)
+    assert svg.count("class='ember-stream-bar'") == 3 and "stroke='#ef4444'" in svg
+    assert "No task ran" in pv.task_stream_svg(pv.task_stream(ClusterState(), now=102.0))
+
+
+def test_workers_failures_and_functions():
+    state = ClusterState()
+    _task(state, b"a" * 24, "f", 10, 100.0, 101.0)
+    _task(state, b"b" * 24, "g", 11, 100.5, None)
+    _task(state, b"d" * 24, "h", 12, 101.0, 101.5, failed=True)
+    state.apply(b"event:actor", {"actor_id": b"\x02" * 16, "state": "ALIVE", "class_name": "Counter", "pid": 13})
+    rows = {row["pid"]: row for row in pv.workers(state)}
+    assert rows[10]["state"] == "idle" and rows[10]["tasks"] == 1
+    assert rows[11]["state"] == "busy" and rows[11]["task"] == "g"
+    assert rows[13]["state"] == "actor" and rows[13]["task"] == "Counter"
+    assert [f["name"] for f in pv.failures(state)] == ["h"] and "boom" in pv.failures(state)[0]["error"]
+    functions = {row["name"]: row for row in pv.by_function(state)}
+    assert functions["f"]["finished"] == 1 and functions["f"]["mean_s"] == pytest.approx(1.0)
+    assert functions["g"]["running"] == 1 and functions["g"]["mean_s"] is None
+
+
+def test_task_rate():
+    rate = TaskRate(window=2.0)
+    assert rate.rate(0.0) == 0.0
+    for second in range(5):
+        rate.note(float(second), second * 100)
+    assert rate.rate(4.0) == pytest.approx(100.0)
+    assert rate.rate(10.0) == 0.0  # no summary for longer than the window: nothing ended since
+    with pytest.raises(ValueError):
+        TaskRate(window=0)
+
+
+def test_log_text_stays_in_the_log_directory(tmp_path):
+    (tmp_path / "worker-1.log").write_text("x" * 100 + "last line\n")
+    (tmp_path.parent / "secret.txt").write_text("no")
+    pages = Pages(feed=None, head=None, jobs=None, log_dir=str(tmp_path))
+    assert pages.log_text("worker-1.log", tail=10) == "last line\n"
+    for bad in ("../secret.txt", "", ".", "..", "missing.log", str(tmp_path / "worker-1.log")):
+        with pytest.raises(KeyError):
+            pages.log_text(bad)
+
+
+def test_every_page_has_its_shell():
+    for path, (title, name) in PAGES.items():
+        text = shell(path)
+        assert f'data-view="{name}"' in text and f"<title>{title} " in text and "{{" not in text
+
+
+def _get(url: str, path: str):
+    reply = httpx.get(f"{url}{path}", timeout=30)
+    assert reply.status_code == 200, (path, reply.text[:500])
+    return reply.json() if reply.headers["content-type"].startswith("application/json") else reply.text
+
+
+@ember.remote
+def _square(x):
+    return x * x
+
+
+@ember.remote
+class _Tally:
+    def add(self, n):
+        return n
+
+
+def test_json_endpoints_follow_the_cluster(cluster):
+    url = cluster.dashboard_url
+    before = _get(url, "/api/overview")["tasks"]["counts"]["finished"]
+    tally = _Tally.remote()
+    ember.get([tally.add.remote(i) for i in range(3)])
+    ref = ember.put(b"x" * 3_000_000)
+    group = placement_group([{"CPU": 1}], name="pages-test-group")
+    ember.get(group.ready(), timeout=30)
+    try:
+        _get(url, "/api/tasks")  # a tasks page open: the dashboard takes every task's events now
+        ember.get([_square.remote(i) for i in range(50)])
+
+        def finished():
+            return _get(url, "/api/overview")["tasks"]["counts"]["finished"] >= before + 53
+
+        wait_for(finished, timeout=30, message="the overview to count the tasks")
+        overview = _get(url, "/api/overview")
+        assert overview["nodes"] == 1 and overview["resources"]["total"]["CPU"] == 4
+        assert overview["actors_alive"] >= 1
+
+        tasks = wait_for(
+            lambda: (t := _get(url, "/api/tasks"))["stream"]["bars"] and t, timeout=30, message="task stream bars"
+        )
+        assert any(row["name"].endswith("_square") or row["name"] == "_square" for row in tasks["by_function"])
+        assert tasks["taking_task_events"] is True
+
+        actors = wait_for(
+            lambda: [a for a in _get(url, "/api/actors")["actors"] if a["class_name"] == "_Tally" and a["calls"] >= 3],
+            timeout=30,
+            message="the actor with its calls",
+        )
+        assert actors[0]["state"] == "ALIVE" and actors[0]["pid"] > 0
+
+        nodes = wait_for(lambda: (n := _get(url, "/api/nodes"))["workers"] and n, timeout=30, message="workers")
+        assert nodes["nodes"][0]["alive"] and all(w["pid"] > 0 for w in nodes["workers"])
+
+        objects = wait_for(
+            lambda: (o := _get(url, "/api/objects"))["largest"] and o["largest"][0]["size"] >= 3_000_000 and o,
+            timeout=30,
+            message="the put object among the largest",
+        )
+        assert objects["largest"][0]["object_id"] == ref.hex() and objects["largest"][0]["made_by"] == "put"
+
+        groups = _get(url, "/api/placement_groups")["placement_groups"]
+        mine = [g for g in groups if g["name"] == "pages-test-group"]
+        assert mine and mine[0]["state"] == "CREATED" and mine[0]["bundles"][0]["resources"] == {"CPU": 1}
+
+        for name in ("overview", "nodes", "tasks", "actors", "objects", "placement_groups", "jobs", "logs"):
+            body = _get(url, f"/api/view/{name}")
+            assert body["html"].startswith("<div class='ember-view") and "data" in body
+        assert httpx.get(f"{url}/api/view/nope", timeout=30).status_code == 404
+        assert "<svg class='ember-task-stream'" in _get(url, "/api/view/tasks")["html"]
+    finally:
+        remove_placement_group(group)
+        ember.kill(tally)
+
+
+def test_log_endpoints(cluster):
+    url = cluster.dashboard_url
+    logs = _get(url, "/api/logs")
+    names = [f["name"] for f in logs["files"]]
+    assert "dashboard.log" in names and os.path.isdir(logs["log_dir"])
+    assert "dashboard for head" in _get(url, "/api/logs/dashboard.log")
+    assert httpx.get(f"{url}/api/logs/..%2Fsecret", timeout=30).status_code == 404
+    assert httpx.get(f"{url}/api/logs/dashboard.log?tail=x", timeout=30).status_code == 400
+    page = httpx.get(f"{url}/logs?file=dashboard.log", timeout=30)
+    assert page.status_code == 200 and 'data-view="logs"' in page.text
+    view = _get(url, "/api/view/logs?file=dashboard.log")
+    assert "dashboard for head" in view["html"]
+
+
+def test_a_networked_dashboard_takes_the_secret_once_in_a_link(cluster, tmp_path):
+    from ember import dashboard
+    from ember.runtime import transport
+    from tests.test_dashboard_server import _get as get_or_none
+    from tests.test_dashboard_server import _network_address
+
+    host = _network_address()
+    if host is None:
+        pytest.skip("this machine has no network interface besides loopback")
+    (tmp_path / "logs").mkdir()
+    process, url = dashboard.start(cluster.address, host, 0, str(tmp_path))
+    try:
+        token = transport.current_token()
+        refused = wait_for(lambda: get_or_none(f"{url}/tasks"), timeout=30, message="the dashboard to answer")
+        assert refused.status_code == 401
+        assert httpx.get(f"{url}/tasks?token=wrong", timeout=30).status_code == 401
+        with httpx.Client(base_url=url, timeout=30) as browser:
+            first = browser.get(f"/tasks?token={token}")
+            assert first.status_code == 303 and first.headers["location"] == "/tasks"
+            assert {"httponly", "samesite=strict"} <= {
+                part.strip().lower() for part in first.headers["set-cookie"].split(";")
+            }
+            page = browser.get("/tasks")  # the cookie from now on
+            assert page.status_code == 200 and 'data-view="tasks"' in page.text
+            assert browser.get("/api/view/tasks").json()["data"]["counts"]["finished"] >= 0
+    finally:
+        dashboard.stop(process)
