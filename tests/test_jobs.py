@@ -166,6 +166,33 @@ def test_tail_job_logs_streams_until_the_end(client):
     assert client.get_job_status(submission_id) == JobStatus.SUCCEEDED
 
 
+def test_tail_is_a_websocket_that_sees_lines_printed_after_it_connected(client, tmp_path):
+    import asyncio
+
+    go = tmp_path / "go"
+    submission_id = client.submit_job(
+        entrypoint=f"echo before; while [ ! -e {go} ]; do sleep 0.05; done; echo after; sleep 0.2; echo last"
+    )
+
+    async def follow():
+        chunks = []
+        async for chunk in client.tail_job_logs(submission_id):
+            chunks.append(chunk)
+            if "before" in "".join(chunks) and not go.exists():
+                # Only now, with the tail connected and reading, may the job print the rest.
+                go.touch()
+        return "".join(chunks)
+
+    assert asyncio.run(follow()) == "before\nafter\nlast\n"
+    assert client.get_job_status(submission_id) == JobStatus.SUCCEEDED
+
+    async def unknown():
+        return [chunk async for chunk in client.tail_job_logs("no_such_job")]
+
+    with pytest.raises(RuntimeError, match="does not exist"):
+        asyncio.run(unknown())
+
+
 def ember_job(*args, timeout=90):
     return subprocess.run(
         [PY, "-m", "ember.cli", "job", *args], capture_output=True, text=True, timeout=timeout, cwd=os.getcwd()
@@ -230,3 +257,87 @@ def test_cli_no_wait_status_logs_stop_list_delete(cluster):
     assert ember_job("delete", "--address", url, "cli_long").returncode == 0
     missing = ember_job("status", "--address", url, "cli_long")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+WORKING_DIR_MAIN = """
+import os, sys, ember
+import job_helper_mod  # from the working_dir's root, on the path though this script is in sub/
+
+ember.init()
+
+@ember.remote
+def in_task():
+    import job_helper_mod
+    return job_helper_mod.VALUE, os.getcwd()
+
+print("driver", job_helper_mod.VALUE, os.getcwd())
+print("task", *ember.get(in_task.remote()))
+"""
+
+
+def test_working_dir_is_uploaded_and_the_jobs_tasks_run_in_it(client, tmp_path):
+    (tmp_path / "job_helper_mod.py").write_text("VALUE = 'from-the-working-dir'\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "main.py").write_text(textwrap.dedent(WORKING_DIR_MAIN))
+    (tmp_path / "big.log").write_text("left out")
+    submission_id = client.submit_job(
+        entrypoint="python sub/main.py", runtime_env={"working_dir": str(tmp_path), "excludes": ["*.log"]}
+    )
+    assert wait_status(client, submission_id) == JobStatus.SUCCEEDED, client.get_job_logs(submission_id)
+    lines = dict(line.split(" ", 1) for line in client.get_job_logs(submission_id).splitlines())
+    value, driver_cwd = lines["driver"].split()
+    assert value == "from-the-working-dir" and driver_cwd != str(tmp_path)
+    assert lines["task"].split() == [value, driver_cwd]  # the job's env is its tasks' default
+    assert not os.path.exists(os.path.join(driver_cwd, "big.log"))
+    uri = client.get_job_info(submission_id).runtime_env["working_dir"]
+    assert uri.startswith("ember_pkg://")
+    assert client._request("GET", f"/api/packages/ember/{uri[len('ember_pkg://') :]}").status_code == 200
+    # The same content is the same package: a second job names the same URI.
+    again = client.submit_job(
+        entrypoint="test -f job_helper_mod.py", runtime_env={"working_dir": str(tmp_path), "excludes": ["*.log"]}
+    )
+    assert wait_status(client, again) == JobStatus.SUCCEEDED
+    assert client.get_job_info(again).runtime_env["working_dir"] == uri
+
+
+def test_missing_working_dir_is_a_clear_error(client, tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(RuntimeError, match="nowhere"):
+        client.submit_job(entrypoint="true", runtime_env={"working_dir": missing})
+
+
+PIP_MAIN = """
+import sys, ember, termcolor
+ember.init()
+
+@ember.remote
+def in_task():
+    import termcolor
+    return termcolor.__file__
+
+print("driver", termcolor.__file__, sys.prefix)
+print("task", ember.get(in_task.remote()))
+"""
+
+
+def test_pip_requirement_is_the_jobs_and_its_tasks(client, tmp_path):
+    from tests.test_runtime_env import SMALL_PACKAGE, _registry_reachable
+
+    if not _registry_reachable():
+        pytest.skip(f"the package registry is not reachable from this machine ({SMALL_PACKAGE})")
+    (tmp_path / "main.py").write_text(textwrap.dedent(PIP_MAIN))
+    submission_id = client.submit_job(
+        entrypoint="python main.py", runtime_env={"working_dir": str(tmp_path), "pip": [SMALL_PACKAGE]}
+    )
+    assert wait_status(client, submission_id, timeout=600) == JobStatus.SUCCEEDED, client.get_job_logs(submission_id)
+    lines = dict(line.split(" ", 1) for line in client.get_job_logs(submission_id).splitlines())
+    driver_file, prefix = lines["driver"].split()
+    assert prefix != sys.prefix and driver_file.startswith(prefix)  # `python` is the venv's
+    assert lines["task"] == driver_file
+
+
+def test_pip_spec_that_does_not_resolve_fails_the_job_with_pips_message(client):
+    submission_id = client.submit_job(entrypoint="true", runtime_env={"pip": ["ember-no-such-job-package==0.0.1"]})
+    assert wait_status(client, submission_id, timeout=600) == JobStatus.FAILED
+    info = client.get_job_info(submission_id)
+    assert "ember-no-such-job-package" in info.message, info.message

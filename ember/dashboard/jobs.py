@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 
+from ember.exceptions import RuntimeEnvSetupError
 from ember.job_submission.common import (
     KEY_PREFIX,
     RUNTIME_ENV_VARIABLE,
@@ -33,6 +34,7 @@ from ember.job_submission.common import (
     ended,
 )
 from ember.runtime import protocol
+from ember.runtime.runtime_env import upload_local
 
 STOP_GRACE_VARIABLE = "EMBER_JOB_STOP_WAIT_S"
 DEFAULT_STOP_GRACE_S = 3.0
@@ -58,18 +60,31 @@ def stop_grace() -> float:
 
 
 def driver_env(environ: dict, head_address: str, info: JobInfo) -> dict:
-    """The environment of a job's driver: ours without a worker's wiring, the cluster's address,
-    the job's env_vars, and its runtime_env as JSON for ``ember.init()`` to apply."""
+    """The environment of a job's driver: ours (a worker's, in the job's runtime env) without a worker's
+    wiring, the cluster's address, the job's env_vars, and its runtime_env as JSON for ``ember.init()``
+    to apply. The env's working_dir and py_modules (unpacked by the node) go on PYTHONPATH, and the
+    interpreter the job's workers run, the pip env's when it has one, comes first on PATH."""
     import json
 
-    env = {k: v for k, v in environ.items() if k not in _WORKER_VARIABLES and not k.startswith("EMBER_WORKER_")}
+    env = {
+        k: v
+        for k, v in environ.items()
+        if k not in _WORKER_VARIABLES and not k.startswith(("EMBER_WORKER_", "EMBER_RUNTIME_ENV"))
+    }
     env["EMBER_ADDRESS"] = head_address
+    runtime_env = info.runtime_env or {}
     # `python` in an entrypoint means the cluster's interpreter (its virtual environment), as for Ray's jobs.
-    env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(sys.executable), env.get("PATH", "")]))
+    python_dir = os.path.dirname(sys.executable)
+    if runtime_env.get("pip") and environ.get("VIRTUAL_ENV"):
+        python_dir = os.path.join(environ["VIRTUAL_ENV"], "bin")
+    env["PATH"] = os.pathsep.join(filter(None, [python_dir, env.get("PATH", "")]))
+    paths = environ.get("EMBER_RUNTIME_ENV_PATHS")
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [paths, env.get("PYTHONPATH", "")]))
     env[SUBMISSION_ID_VARIABLE] = info.submission_id
-    env.update((info.runtime_env or {}).get("env_vars") or {})
-    if info.runtime_env:
-        env[RUNTIME_ENV_VARIABLE] = json.dumps(info.runtime_env)
+    env.update(runtime_env.get("env_vars") or {})
+    if runtime_env:
+        env[RUNTIME_ENV_VARIABLE] = json.dumps(runtime_env)
     return env
 
 
@@ -100,15 +115,13 @@ class JobSupervisor:
         info = JobInfo.from_json(record)
         info.log_path = log_path(self.submission_id)
         info.driver_node_id = ember.get_runtime_context().get_node_id()
-        working_dir = (info.runtime_env or {}).get("working_dir")
+        # This actor runs in the job's runtime env: its node unpacked the working_dir and made it our cwd.
+        working_dir = os.getcwd() if (info.runtime_env or {}).get("working_dir") else None
         fd = open_private(info.log_path)
         try:
             with self.lock:
                 if self.stop_requested:
                     return self._finish(info, JobStatus.STOPPED, "Job was stopped before it started.", None)
-                if working_dir is not None and not os.path.isdir(working_dir):
-                    message = f"runtime_env working_dir {working_dir!r} is not a directory on the job's node."
-                    return self._finish(info, JobStatus.FAILED, message, None)
                 self.process = subprocess.Popen(
                     ["/bin/sh", "-c", info.entrypoint],
                     stdin=subprocess.DEVNULL,
@@ -171,6 +184,7 @@ class JobManager:
         self.head_address = head_address
         self.connect_lock = threading.Lock()
         self.connected = False
+        self.runs: dict = {}  # submission id -> the ref of its supervisor's run(), while the job has not ended
 
     def _connect(self) -> None:
         import ember
@@ -188,6 +202,9 @@ class JobManager:
 
         spec = check_submission(body)
         submission_id = spec["submission_id"]
+        # A working_dir or py_modules path here is one on the dashboard's machine (a client uploads its
+        # own first and sends package URIs): packed and stored in the head once, by content hash.
+        spec["runtime_env"] = upload_local(spec["runtime_env"], self.store_package)
         info = JobInfo(
             status=JobStatus.PENDING,
             entrypoint=spec["entrypoint"],
@@ -218,8 +235,12 @@ class JobManager:
             )
             if spec["entrypoint_memory"]:
                 options["memory"] = spec["entrypoint_memory"]
+            if spec["runtime_env"]:
+                # As Ray's: the supervisor runs in the job's env, so the entrypoint starts in its working_dir
+                # and venv, and a setup that fails (pip's message) fails the supervisor, and so the job.
+                options["runtime_env"] = spec["runtime_env"]
             supervisor = ember.remote(JobSupervisor).options(**options).remote(submission_id, self.head_address)
-            supervisor.run.remote(info.to_json())
+            self.runs[submission_id] = supervisor.run.remote(info.to_json())
         except Exception as error:
             info.status, info.message = JobStatus.FAILED, f"The job's supervisor could not start: {error}"
             info.error_type, info.end_time = "JOB_SUPERVISOR_ERROR", int(time.time() * 1000)
@@ -231,6 +252,8 @@ class JobManager:
         if data is None:
             return None
         info = JobInfo.decode(data)
+        if not info.status.is_terminal():
+            info = self._check_run(submission_id, info)
         if info.status == JobStatus.RUNNING and self.connected and self._supervisor(submission_id) is None:
             # Its supervisor died without recording an end (its worker or node was killed): the job is lost.
             latest = self.head.kv_get(KEY_PREFIX + submission_id.encode())
@@ -240,6 +263,35 @@ class JobManager:
                 info.message, info.end_time = "The job's supervisor actor died.", int(time.time() * 1000)
                 self.head.kv_put(KEY_PREFIX + submission_id.encode(), info.encode())
         return info
+
+    def _check_run(self, submission_id: str, info: JobInfo) -> JobInfo:
+        """A job whose supervisor's run() failed without recording an end (its runtime env could not be
+        set up, or its actor died) is FAILED, with the error that says why."""
+        import ember
+
+        run = self.runs.get(submission_id)
+        if run is None or not ember.wait([run], timeout=0)[0]:
+            return info
+        del self.runs[submission_id]
+        try:
+            ember.get(run, timeout=10)
+            return info
+        except Exception as error:
+            latest = self.head.kv_get(KEY_PREFIX + submission_id.encode())
+            info = JobInfo.decode(latest) if latest else info
+            if info.status.is_terminal():
+                return info
+            text = str(error)
+            setup_failed = isinstance(error, RuntimeEnvSetupError) or "RuntimeEnvSetupError" in text
+            info.status, info.end_time = JobStatus.FAILED, int(time.time() * 1000)
+            info.error_type = "RUNTIME_ENV_SETUP_FAILURE" if setup_failed else "JOB_SUPERVISOR_ACTOR_DIED"
+            info.message = f"The job's supervisor failed: {text}"
+            self.head.kv_put(KEY_PREFIX + submission_id.encode(), info.encode())
+            return info
+
+    def store_package(self, key: bytes, data: bytes) -> None:
+        """Keep a runtime env package in the head's KV (``key``: its KV key, made of its content hash)."""
+        self.head.kv_put(key, data, overwrite=False)
 
     def list(self) -> list:
         jobs = []

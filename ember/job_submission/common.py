@@ -17,7 +17,6 @@ SUPERVISOR_NAMESPACE = "_ember_jobs"
 RUNTIME_ENV_VARIABLE = "EMBER_JOB_RUNTIME_ENV"  # the job's runtime_env, JSON, for ember.init() in its driver
 SUBMISSION_ID_VARIABLE = "EMBER_JOB_SUBMISSION_ID"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-RUNTIME_ENV_FIELDS = ("env_vars", "working_dir")
 
 
 class JobStatus(str, enum.Enum):
@@ -141,21 +140,11 @@ def check_submission(body: dict) -> dict:
 
 
 def check_runtime_env(runtime_env) -> None:
-    """A job's runtime_env: ``env_vars`` (strings to strings) and ``working_dir`` (a directory on the
-    head's machine: the driver's cwd) for now."""
-    if not isinstance(runtime_env, dict):
-        raise TypeError(f"runtime_env must be a dict, got {type(runtime_env).__name__}.")
-    unsupported = sorted(set(runtime_env) - set(RUNTIME_ENV_FIELDS))
-    if unsupported:
-        raise ValueError(f"runtime_env fields {unsupported} are not supported for jobs yet; only {RUNTIME_ENV_FIELDS}.")
-    env_vars = runtime_env.get("env_vars") or {}
-    if not isinstance(env_vars, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
-    ):
-        raise TypeError("runtime_env['env_vars'] must map strings to strings.")
-    working_dir = runtime_env.get("working_dir")
-    if working_dir is not None and not isinstance(working_dir, str):
-        raise TypeError("runtime_env['working_dir'] must be a path string.")
+    """A job's runtime_env takes what tasks' and actors' do (``env_vars``, ``working_dir``, ``py_modules``,
+    ``pip``, ``excludes``); raises TypeError or ValueError naming the field that is wrong."""
+    from ember.runtime.runtime_env import check_runtime_env as check_fields
+
+    check_fields(runtime_env)
 
 
 def ended(returncode: int, stop_requested: bool) -> tuple[JobStatus, str]:
