@@ -341,3 +341,39 @@ def test_pip_spec_that_does_not_resolve_fails_the_job_with_pips_message(client):
     assert wait_status(client, submission_id, timeout=600) == JobStatus.FAILED
     info = client.get_job_info(submission_id)
     assert "ember-no-such-job-package" in info.message, info.message
+
+
+def test_logs_of_a_driver_on_another_node(tmp_path, monkeypatch):
+    """The supervisor goes where the entrypoint's resources are: a second node manager. Its log file is
+    on that node; the dashboard serves the copy the supervisor keeps in the head."""
+    import asyncio
+
+    from multinode import LocalCluster
+
+    monkeypatch.setenv("EMBER_DASHBOARD_PORT", "0")
+    cluster = LocalCluster({"CPU": 1.0})
+    try:
+        url = cluster.nodes[0]["dashboard_url"]
+        other = cluster.add_node({"CPU": 1.0, "job_node": 1.0})
+        go = tmp_path / "go"
+        with JobSubmissionClient(url) as remote_client:
+            submission_id = remote_client.submit_job(
+                entrypoint=f"echo first; while [ ! -e {go} ]; do sleep 0.05; done; echo second",
+                entrypoint_resources={"job_node": 1},
+            )
+
+            async def follow():
+                chunks = []
+                async for chunk in remote_client.tail_job_logs(submission_id):
+                    chunks.append(chunk)
+                    if "first" in "".join(chunks):
+                        go.touch()
+                return "".join(chunks)
+
+            assert asyncio.run(follow()) == "first\nsecond\n"
+            info = remote_client.get_job_info(submission_id)
+            assert (info.status, info.driver_node_id, info.log_in_head) == (JobStatus.SUCCEEDED, other["node_id"], True)
+            assert remote_client.get_job_logs(submission_id) == "first\nsecond\n"
+            assert remote_client.delete_job(submission_id)
+    finally:
+        cluster.stop()

@@ -31,7 +31,10 @@ from ember.job_submission.common import (
     JobInfo,
     JobStatus,
     check_submission,
+    chunks_from,
     ended,
+    log_chunk_key,
+    log_chunk_prefix,
 )
 from ember.runtime import protocol
 from ember.runtime.runtime_env import upload_local
@@ -40,6 +43,13 @@ STOP_GRACE_VARIABLE = "EMBER_JOB_STOP_WAIT_S"
 DEFAULT_STOP_GRACE_S = 3.0
 # A worker's own wiring: a job's driver must find its cluster through EMBER_ADDRESS, as any driver.
 _WORKER_VARIABLES = ("EMBER_NODE_MANAGER", "EMBER_HEAD", "EMBER_NODE_ID", "EMBER_NODE_HOST", "EMBER_SESSION_DIR")
+
+
+LOG_MIRROR_S = 0.3
+LOG_CHUNK_BYTES = 1 << 20
+LOG_HEAD_MAX_VARIABLE = "EMBER_JOB_LOG_HEAD_MAX_BYTES"
+# The head keeps the mirror in memory: what a job prints beyond this stays only on its node.
+DEFAULT_LOG_HEAD_MAX = 64 << 20
 
 
 def supervisor_name(submission_id: str) -> str:
@@ -94,13 +104,60 @@ def _kv_put(key: bytes, value: bytes) -> None:
     connected_client().request("head", {"op": protocol.KV_PUT, "key": key, "overwrite": True}, [value])
 
 
+class LogMirror:
+    """Copies a job's log file, as it grows, into the head's KV in chunks (``put(key, data)``), so a
+    dashboard on another node can serve it, also after the job and its supervisor ended."""
+
+    def __init__(self, submission_id: str, path: str, put, limit: int):
+        self.submission_id, self.path, self.put, self.limit = submission_id, path, put, limit
+        self.offset = 0
+        self.capped = False
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="ember-job-log-mirror", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(LOG_MIRROR_S):
+            self._drain()
+
+    def _drain(self) -> None:
+        while not self.capped:
+            with open(self.path, "rb") as file:
+                file.seek(self.offset)
+                data = file.read(min(LOG_CHUNK_BYTES, self.limit - self.offset))
+            if data:
+                self.put(log_chunk_key(self.submission_id, self.offset), data)
+                self.offset += len(data)
+            if self.offset >= self.limit:
+                note = f"\n[ember: the head keeps {self.limit} bytes of a job's output; the rest is in {self.path}]\n"
+                self.put(log_chunk_key(self.submission_id, self.offset), note.encode())
+                self.capped = True
+            if not data:
+                return
+
+    def close(self) -> None:
+        """Copy what is left (the driver has exited) and stop."""
+        self.stopped.set()
+        self.thread.join()
+        self._drain()
+
+
+def _log_head_max() -> int:
+    try:
+        return max(0, int(os.environ.get(LOG_HEAD_MAX_VARIABLE, DEFAULT_LOG_HEAD_MAX)))
+    except ValueError:
+        return DEFAULT_LOG_HEAD_MAX
+
+
 class JobSupervisor:
     """One per job (a detached, threaded actor): ``run`` starts the driver and waits for it, ``stop``
     ends it from another thread of the actor."""
 
-    def __init__(self, submission_id: str, head_address: str):
+    def __init__(self, submission_id: str, head_address: str, dashboard_node_id: str | None = None):
         self.submission_id = submission_id
         self.head_address = head_address
+        self.dashboard_node_id = dashboard_node_id
+        self.mirror: LogMirror | None = None
         self.key = KEY_PREFIX + submission_id.encode()
         self.lock = threading.Lock()
         self.process: subprocess.Popen | None = None
@@ -115,6 +172,8 @@ class JobSupervisor:
         info = JobInfo.from_json(record)
         info.log_path = log_path(self.submission_id)
         info.driver_node_id = ember.get_runtime_context().get_node_id()
+        # The dashboard reads the log file where it runs; on another node it reads the head's copy.
+        info.log_in_head = bool(self.dashboard_node_id) and info.driver_node_id != self.dashboard_node_id
         # This actor runs in the job's runtime env: its node unpacked the working_dir and made it our cwd.
         working_dir = os.getcwd() if (info.runtime_env or {}).get("working_dir") else None
         fd = open_private(info.log_path)
@@ -136,6 +195,8 @@ class JobSupervisor:
             return self._finish(info, JobStatus.FAILED, f"The entrypoint could not start: {error}", None)
         finally:
             os.close(fd)
+        if info.log_in_head:
+            self.mirror = LogMirror(self.submission_id, info.log_path, _kv_put, _log_head_max())
         info.status, info.driver_pid = JobStatus.RUNNING, self.process.pid
         info.message = "Job is currently running."
         _kv_put(self.key, info.encode())
@@ -147,6 +208,8 @@ class JobSupervisor:
         exit_actor()
 
     def _finish(self, info: JobInfo, status: JobStatus, message: str, returncode) -> str:
+        if self.mirror is not None:
+            self.mirror.close()  # the whole output is in the head before the job reads as ended
         info.status, info.message, info.driver_exit_code = status, message, returncode
         info.end_time = int(time.time() * 1000)
         if status == JobStatus.FAILED:
@@ -239,7 +302,11 @@ class JobManager:
                 # As Ray's: the supervisor runs in the job's env, so the entrypoint starts in its working_dir
                 # and venv, and a setup that fails (pip's message) fails the supervisor, and so the job.
                 options["runtime_env"] = spec["runtime_env"]
-            supervisor = ember.remote(JobSupervisor).options(**options).remote(submission_id, self.head_address)
+            supervisor = (
+                ember.remote(JobSupervisor)
+                .options(**options)
+                .remote(submission_id, self.head_address, ember.get_runtime_context().get_node_id())
+            )
             self.runs[submission_id] = supervisor.run.remote(info.to_json())
         except Exception as error:
             info.status, info.message = JobStatus.FAILED, f"The job's supervisor could not start: {error}"
@@ -345,7 +412,9 @@ class JobManager:
         if not info.status.is_terminal():
             raise ValueError(f"Job {submission_id} has not ended (it is {info.status}); stop it first.")
         self.head.kv_del(KEY_PREFIX + submission_id.encode())
-        if info.log_path:
+        for key in self.head.kv_keys(log_chunk_prefix(submission_id)):
+            self.head.kv_del(key)
+        if info.log_path and not info.log_in_head:
             try:
                 os.unlink(info.log_path)
             except OSError:
@@ -357,6 +426,10 @@ class JobManager:
         info = self.info(submission_id)
         if info is None:
             raise KeyError(submission_id)
+        if info.log_in_head:
+            keys, start = chunks_from(self.head.kv_keys(log_chunk_prefix(submission_id)), offset)
+            data = b"".join(self.head.kv_get(key) or b"" for key in keys)[offset - start :]
+            return data.decode(errors="replace"), offset + len(data)
         path = info.log_path or log_path(submission_id)
         try:
             with open(path, "rb") as f:

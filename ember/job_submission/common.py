@@ -13,6 +13,9 @@ import signal
 from dataclasses import asdict, dataclass, field, fields
 
 KEY_PREFIX = b"jobsub:"
+# A job's output, mirrored in the head's KV when its supervisor is on another node than the dashboard:
+# jobsub_log:<submission id>:<byte offset of the chunk, 16 digits>.
+LOG_PREFIX = b"jobsub_log:"
 SUPERVISOR_NAMESPACE = "_ember_jobs"
 RUNTIME_ENV_VARIABLE = "EMBER_JOB_RUNTIME_ENV"  # the job's runtime_env, JSON, for ember.init() in its driver
 SUBMISSION_ID_VARIABLE = "EMBER_JOB_SUBMISSION_ID"
@@ -56,6 +59,7 @@ class JobInfo:
     driver_pid: int | None = None
     driver_node_id: str | None = None
     log_path: str | None = None
+    log_in_head: bool = False  # its output is mirrored in the head's KV (its driver ran on another node)
 
     def to_json(self) -> dict:
         """The REST form (Ray's JobDetails: ``type`` and ``job_id`` besides the record)."""
@@ -77,6 +81,23 @@ class JobInfo:
     @classmethod
     def decode(cls, data: bytes) -> "JobInfo":
         return cls.from_json(json.loads(data))
+
+
+def log_chunk_key(submission_id: str, offset: int) -> bytes:
+    return LOG_PREFIX + f"{submission_id}:{offset:016d}".encode()
+
+
+def log_chunk_prefix(submission_id: str) -> bytes:
+    return LOG_PREFIX + f"{submission_id}:".encode()
+
+
+def chunks_from(keys: list, offset: int) -> tuple[list, int]:
+    """Of a job's log chunk keys, the ones that hold bytes from ``offset`` on (in order), and the offset
+    of the first of them (so the caller skips ``offset - first`` bytes of it)."""
+    starts = sorted((int(key.rsplit(b":", 1)[1]), key) for key in keys)
+    chosen = [(start, key) for start, key in starts if start <= offset][-1:]
+    chosen += [(start, key) for start, key in starts if start > offset]
+    return [key for _, key in chosen], (chosen[0][0] if chosen else offset)
 
 
 def new_submission_id() -> str:
