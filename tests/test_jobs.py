@@ -377,3 +377,56 @@ def test_logs_of_a_driver_on_another_node(tmp_path, monkeypatch):
             assert remote_client.delete_job(submission_id)
     finally:
         cluster.stop()
+
+
+def test_supervisor_killed_mid_run_fails_the_job_and_ends_its_driver_and_work(client, tmp_path):
+    script = tmp_path / "work.py"
+    script.write_text(textwrap.dedent(JOB_WITH_WORK))
+    submission_id = client.submit_job(entrypoint=f"{PY} {script}")
+    logs = wait_for(
+        lambda: "task pid" in (text := client.get_job_logs(submission_id)) and "actor pid" in text and text,
+        timeout=60,
+        message="the job's actor and task to start",
+    )
+    pids = {what: int(pid) for what, pid in re.findall(r"(task|actor) pid (\d+)", logs)}
+    pids["driver"] = client.get_job_info(submission_id).driver_pid
+    supervisor = next(a for a in list_actors() if a.name == f"_job_supervisor_{submission_id}" and a.state == "ALIVE")
+    os.kill(supervisor.pid, signal.SIGKILL)
+    assert wait_status(client, submission_id) == JobStatus.FAILED
+    assert client.get_job_info(submission_id).error_type == "JOB_SUPERVISOR_ACTOR_DIED"
+    # Its driver dies with it (job_driver.py sees the supervisor's pipe close), and with the driver its work.
+    for what, pid in pids.items():
+        wait_for(lambda pid=pid: not psutil.pid_exists(pid), message=f"the failed job's {what} (pid {pid}) to be gone")
+    wait_for(
+        lambda: [a.state for a in list_actors() if a.pid == pids["actor"]] == ["DEAD"],
+        message="the job's actor to be dead",
+    )
+
+
+def test_cli_submit_of_a_job_stopped_meanwhile_exits_3(client):
+    url = client.address
+    waiting = subprocess.Popen(
+        [PY, "-m", "ember.cli", "job", "submit", "--address", url, "--submission-id", "cli_stopped", "--", "sh", "-c"]
+        + ["echo up; sleep 600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: (
+                "cli_stopped" in [job.submission_id for job in client.list_jobs()]
+                and client.get_job_logs("cli_stopped") == "up\n"
+            ),
+            timeout=60,
+            message="the job to start",
+        )
+        assert ember_job("stop", "--address", url, "cli_stopped").returncode == 0
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 3, err
+    assert out == "up\n" and "stopped" in err
+    assert ember_job("delete", "--address", url, "cli_stopped").returncode == 0

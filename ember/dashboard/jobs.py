@@ -41,6 +41,7 @@ from ember.runtime.runtime_env import upload_local
 
 STOP_GRACE_VARIABLE = "EMBER_JOB_STOP_WAIT_S"
 DEFAULT_STOP_GRACE_S = 3.0
+_JOB_DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_driver.py")
 # A worker's own wiring: a job's driver must find its cluster through EMBER_ADDRESS, as any driver.
 _WORKER_VARIABLES = ("EMBER_NODE_MANAGER", "EMBER_HEAD", "EMBER_NODE_ID", "EMBER_NODE_HOST", "EMBER_SESSION_DIR")
 
@@ -158,6 +159,7 @@ class JobSupervisor:
         self.head_address = head_address
         self.dashboard_node_id = dashboard_node_id
         self.mirror: LogMirror | None = None
+        self.life_write = -1
         self.key = KEY_PREFIX + submission_id.encode()
         self.lock = threading.Lock()
         self.process: subprocess.Popen | None = None
@@ -181,16 +183,23 @@ class JobSupervisor:
             with self.lock:
                 if self.stop_requested:
                     return self._finish(info, JobStatus.STOPPED, "Job was stopped before it started.", None)
-                self.process = subprocess.Popen(
-                    ["/bin/sh", "-c", info.entrypoint],
-                    stdin=subprocess.DEVNULL,
-                    stdout=fd,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: stop signals the whole of it
-                    env=driver_env(dict(os.environ), self.head_address, info),
-                    cwd=working_dir,
-                    close_fds=True,
-                )
+                # The entrypoint's parent (job_driver.py) kills its group when this process dies: it
+                # reads a pipe whose write end only we hold (not inheritable), and sees EOF then.
+                life_read, self.life_write = os.pipe()
+                try:
+                    self.process = subprocess.Popen(
+                        [sys.executable, "-I", _JOB_DRIVER, str(life_read), "--", "/bin/sh", "-c", info.entrypoint],
+                        stdin=subprocess.DEVNULL,
+                        stdout=fd,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group: stop signals the whole of it
+                        env=driver_env(dict(os.environ), self.head_address, info),
+                        cwd=working_dir,
+                        close_fds=True,
+                        pass_fds=(life_read,),
+                    )
+                finally:
+                    os.close(life_read)
         except OSError as error:
             return self._finish(info, JobStatus.FAILED, f"The entrypoint could not start: {error}", None)
         finally:
@@ -203,6 +212,7 @@ class JobSupervisor:
         returncode = self.process.wait()
         # What the driver left behind in its group (a backgrounded child) goes with it.
         self._signal_group(signal.SIGKILL)
+        os.close(self.life_write)
         status, message = ended(returncode, self.stop_requested)
         self._finish(info, status, message, returncode)
         exit_actor()
