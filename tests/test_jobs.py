@@ -341,6 +341,7 @@ def test_pip_spec_that_does_not_resolve_fails_the_job_with_pips_message(client):
     assert wait_status(client, submission_id, timeout=600) == JobStatus.FAILED
     info = client.get_job_info(submission_id)
     assert "ember-no-such-job-package" in info.message, info.message
+    assert info.error_type == "RUNTIME_ENV_SETUP_FAILURE"
 
 
 def test_logs_of_a_driver_on_another_node(tmp_path, monkeypatch):

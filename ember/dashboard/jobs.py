@@ -37,7 +37,7 @@ from ember.job_submission.common import (
     log_chunk_prefix,
 )
 from ember.runtime import protocol
-from ember.runtime.runtime_env import upload_local
+from ember.runtime.runtime_env import ACTOR_SETUP_FAILED, upload_local
 
 STOP_GRACE_VARIABLE = "EMBER_JOB_STOP_WAIT_S"
 DEFAULT_STOP_GRACE_S = 3.0
@@ -329,7 +329,9 @@ class JobManager:
         if data is None:
             return None
         info = JobInfo.decode(data)
-        if not info.status.is_terminal():
+        if info.status.is_terminal():
+            self.runs.pop(submission_id, None)
+        else:
             info = self._check_run(submission_id, info)
         if info.status == JobStatus.RUNNING and self.connected and self._supervisor(submission_id) is None:
             # Its supervisor died without recording an end (its worker or node was killed): the job is lost.
@@ -359,7 +361,7 @@ class JobManager:
             if info.status.is_terminal():
                 return info
             text = str(error)
-            setup_failed = isinstance(error, RuntimeEnvSetupError) or "RuntimeEnvSetupError" in text
+            setup_failed = isinstance(error, RuntimeEnvSetupError) or ACTOR_SETUP_FAILED in text
             info.status, info.end_time = JobStatus.FAILED, int(time.time() * 1000)
             info.error_type = "RUNTIME_ENV_SETUP_FAILURE" if setup_failed else "JOB_SUPERVISOR_ACTOR_DIED"
             info.message = f"The job's supervisor failed: {text}"

@@ -29,6 +29,8 @@ PACKAGE_PREFIX = b"runtime_env_pkg:"
 # A package already in the head's KV, named by its content hash (what a job's submitter uploads
 # through the dashboard, so the job's driver and its workers need none of the submitter's files).
 PACKAGE_URI_SCHEME = "ember_pkg://"
+# How an actor's death reads when its node could not set up its env (a job's supervisor's tells the job so).
+ACTOR_SETUP_FAILED = "The actor's runtime_env could not be set up: "
 MAX_BYTES_VARIABLE = "EMBER_RUNTIME_ENV_MAX_BYTES"
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024  # a package travels as one message and lives in the head's memory
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
