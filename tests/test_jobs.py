@@ -431,3 +431,16 @@ def test_cli_submit_of_a_job_stopped_meanwhile_exits_3(client):
     assert waiting.returncode == 3, err
     assert out == "up\n" and "stopped" in err
     assert ember_job("delete", "--address", url, "cli_stopped").returncode == 0
+
+
+def test_package_routes_check_names_and_content(client):
+    import hashlib
+
+    data = os.urandom(64)
+    key = hashlib.sha256(data).hexdigest()
+    path = f"/api/packages/ember/{key}"
+    assert client._request("GET", path).status_code == 404
+    assert client._request("PUT", path, content=data + b"x").status_code == 400  # not what its name says
+    assert client._request("GET", "/api/packages/ember/not-a-hash").status_code == 400
+    assert client._request("PUT", path, content=data).status_code == 200
+    assert client._request("GET", path).status_code == 200

@@ -48,6 +48,9 @@ def routes(head, jobs) -> list:
         key = package_key(request)
         if key is None:
             return bad_key()
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes():
+            return JSONResponse({"error": f"The package is over {max_bytes()} bytes."}, status_code=413)
         data = await request.body()
         if len(data) > max_bytes():
             return JSONResponse({"error": f"The package is over {max_bytes()} bytes."}, status_code=413)

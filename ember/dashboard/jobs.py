@@ -15,6 +15,7 @@ The supervisor runs on the dashboard's node when it can (a soft node affinity), 
 reads the log file directly, also after the job ended.
 """
 
+import logging
 import os
 import signal
 import subprocess
@@ -38,6 +39,8 @@ from ember.job_submission.common import (
 )
 from ember.runtime import protocol
 from ember.runtime.runtime_env import ACTOR_SETUP_FAILED, upload_local
+
+logger = logging.getLogger(__name__)
 
 STOP_GRACE_VARIABLE = "EMBER_JOB_STOP_WAIT_S"
 DEFAULT_STOP_GRACE_S = 3.0
@@ -119,7 +122,10 @@ class LogMirror:
 
     def _loop(self) -> None:
         while not self.stopped.wait(LOG_MIRROR_S):
-            self._drain()
+            try:
+                self._drain()
+            except Exception as error:  # the head is briefly unreachable: the next pass copies what is left
+                logger.warning("copying job %s's log to the head failed: %s", self.submission_id, error)
 
     def _drain(self) -> None:
         while not self.capped:
@@ -140,7 +146,10 @@ class LogMirror:
         """Copy what is left (the driver has exited) and stop."""
         self.stopped.set()
         self.thread.join()
-        self._drain()
+        try:
+            self._drain()
+        except Exception as error:  # the job's end must still be recorded
+            logger.warning("copying the end of job %s's log to the head failed: %s", self.submission_id, error)
 
 
 def _log_head_max() -> int:
