@@ -23,6 +23,7 @@ import sysconfig
 
 logger = logging.getLogger(__name__)
 
+NODE_SITE_PTH = "_ember_node_site.pth"  # written into every venv by runtime_env_setup
 _NOT_MODULES = (".dist-info", ".egg-info", ".data", ".pth", ".txt")
 
 
@@ -87,8 +88,16 @@ def enter(venv: str, dirs: list) -> None:
     """In a forked worker: make this interpreter import as the venv's would (its site-packages first,
     their .pth files run) and report the venv as its prefix and executable."""
     before = list(sys.path)
+    known = {os.path.normcase(path) for path in before}
     for folder in dirs:
-        site.addsitedir(folder)
+        if os.path.normcase(folder) not in known:
+            sys.path.append(folder)
+            known.add(os.path.normcase(folder))
+        for name in sorted(os.listdir(folder)):
+            # The node's own site dirs (NODE_SITE_PTH) are on our path already, their .pth files run at our
+            # start: running them again would add a second copy of their import hooks.
+            if name.endswith(".pth") and name != NODE_SITE_PTH:
+                site.addpackage(folder, name, known)
     added = [path for path in sys.path if path not in before]
     sys.path[:] = added + before
     sys.prefix = sys.exec_prefix = venv
