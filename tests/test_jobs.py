@@ -58,6 +58,15 @@ def wait_status(client, submission_id, timeout=60):
     )
 
 
+def test_websocket_origin_rule():
+    from ember.dashboard.job_routes import same_origin
+
+    assert same_origin(None, "127.0.0.1:8265")
+    assert same_origin("http://127.0.0.1:8265", "127.0.0.1:8265")
+    assert not same_origin("http://evil.example", "127.0.0.1:8265")
+    assert not same_origin("http://127.0.0.1:9999", "127.0.0.1:8265")
+
+
 def test_status_rules():
     assert ended(0, False)[0] == JobStatus.SUCCEEDED
     assert ended(2, False) == (JobStatus.FAILED, "Job entrypoint command failed with exit code 2.")
@@ -191,6 +200,18 @@ def test_tail_is_a_websocket_that_sees_lines_printed_after_it_connected(client, 
 
     with pytest.raises(RuntimeError, match="does not exist"):
         asyncio.run(unknown())
+
+    async def from_another_site():
+        from websockets.asyncio.client import connect
+
+        url = f"ws{client.address[4:]}/api/jobs/{submission_id}/logs/tail"
+        async with connect(url, additional_headers={"Origin": "http://elsewhere.example"}) as ws:
+            return await ws.recv()
+
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus, match="403"):  # a page of another site may not read the logs
+        asyncio.run(from_another_site())
 
 
 def ember_job(*args, timeout=90):

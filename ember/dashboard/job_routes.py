@@ -22,6 +22,16 @@ def valid_package_key(key: str) -> bool:
     return len(key) == 64 and set(key) <= _HEX
 
 
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """Whether a WebSocket with this Origin header (None: not from a browser) may connect to a server
+    reached as ``host`` (the Host header)."""
+    if origin is None:
+        return True
+    from urllib.parse import urlsplit
+
+    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
+
 def routes(head, jobs) -> list:
     """The routes above, for ``head`` (the dashboard's HeadClient) and ``jobs`` (its JobManager)."""
     from starlette.concurrency import run_in_threadpool
@@ -61,6 +71,10 @@ def routes(head, jobs) -> list:
 
     async def tail_logs(websocket: WebSocket):
         submission_id = websocket.path_params["job_id"]
+        if not same_origin(websocket.headers.get("origin"), websocket.headers.get("host")):
+            # Browsers let any page open a WebSocket anywhere (no CORS): only our own pages may read logs.
+            await websocket.close(code=1008)
+            return
         await websocket.accept()
         if await run_in_threadpool(jobs.info, submission_id) is None:
             await websocket.close(code=4404, reason=f"Job {submission_id} does not exist.")
