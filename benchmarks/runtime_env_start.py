@@ -2,7 +2,9 @@
 
 Each round gives the task a fresh ``env_vars`` value, so its env has a new key and a new worker must
 start; the pip part (the venv) is set up once before timing and reused. Needs the package registry.
-Run: ``python benchmarks/runtime_env_start.py`` (with ``EMBER_WORKER_EXEC=1`` plain workers are exec'd too).
+Run: ``python benchmarks/runtime_env_start.py``. The pip env's worker is forked from the node (its venv
+provides nothing the node imported; see ember/runtime/node/venv_fork.py); with ``EMBER_WORKER_EXEC=1``
+every worker, plain or pip, execs a fresh interpreter.
 """
 
 import os
@@ -34,8 +36,10 @@ def main() -> None:
     ember.get(pid.options(runtime_env={"pip": [REQUIREMENT]}).remote(), timeout=600)  # the venv, made once
     plain = start_time({})
     pip = start_time({"pip": [REQUIREMENT]})
-    print(f"new plain worker: {plain * 1000:.0f} ms; new worker for a cached pip env: {pip * 1000:.0f} ms; "
-          f"ratio {pip / plain:.1f}")
+    print(
+        f"new plain worker: {plain * 1000:.0f} ms; new worker for a cached pip env: {pip * 1000:.0f} ms; "
+        f"ratio {pip / plain:.1f}"
+    )
     ember.shutdown()
 
 

@@ -175,9 +175,7 @@ def init(
                     isinstance(dashboard_port, bool) or not isinstance(dashboard_port, int) or dashboard_port < 0
                 ):
                     raise ValueError(f"dashboard_port must be a port number (0: any port), got {dashboard_port!r}.")
-                info, started = _start_local_cluster(
-                    num_cpus, num_gpus, resources, object_store_memory, dashboard_port
-                )
+                info, started = _start_local_cluster(num_cpus, num_gpus, resources, object_store_memory, dashboard_port)
             except BaseException:
                 _restore_token(token_before)
                 raise
@@ -284,9 +282,9 @@ def _local_node_manager(head_address: str) -> str:
 
 
 def _job_runtime_env() -> dict | None:
-    """The runtime_env of the job this driver runs as (EMBER_JOB_RUNTIME_ENV, set by its supervisor).
-    Its working_dir is already this process's cwd (the supervisor started us there); the cluster's
-    workers take the other fields."""
+    """The runtime_env of the job this driver runs as (EMBER_JOB_RUNTIME_ENV, set by its supervisor),
+    the default of the job's tasks and actors. Its working_dir and py_modules are package URIs (the
+    submitter uploaded them), so its workers get the same unpacked files as this driver's cwd."""
     import json
 
     from ember.job_submission.common import RUNTIME_ENV_VARIABLE
@@ -297,7 +295,10 @@ def _job_runtime_env() -> dict | None:
     value = json.loads(text)
     if not isinstance(value, dict):
         raise ValueError(f"{RUNTIME_ENV_VARIABLE} must hold a JSON object, got {text[:100]!r}.")
-    value.pop("working_dir", None)
+    from ember.runtime.runtime_env import uri_key
+
+    if uri_key(value.get("working_dir")) is None:
+        value.pop("working_dir", None)  # a path on the submitter's side: not one here
     return value or None
 
 

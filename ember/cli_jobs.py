@@ -131,7 +131,11 @@ def add_parser(commands) -> None:
 
     submit = command("submit", cmd_submit, "run a shell command as a driver on the cluster", with_id=False)
     submit.add_argument("--submission-id", default=None)
-    submit.add_argument("--working-dir", default=None, help="the driver's working directory (on the head's machine)")
+    submit.add_argument(
+        "--working-dir",
+        default=None,
+        help="a local directory, uploaded to the cluster: the driver's cwd, and its tasks'",
+    )
     submit.add_argument("--runtime-env-json", default=None, help='e.g. \'{"env_vars": {"A": "1"}}\'')
     submit.add_argument("--metadata-json", default=None)
     submit.add_argument("--entrypoint-num-cpus", type=float, default=None)

@@ -79,6 +79,23 @@ def test_networked_dashboard_needs_the_secret(cluster, tmp_path):
         allowed = _get(f"{url}/api/cluster", headers={"Authorization": f"Bearer {token}"})
         assert allowed.status_code == 200 and allowed.json()["resources"]["total"]["CPU"] == 4
         assert _get(f"{url}/api/jobs/", cookies={"ember_token": token}).status_code == 200
+        # The log tail's WebSocket is behind the same check.
+        import asyncio
+
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+        async def tail(headers):
+            try:
+                async with connect(f"ws{url[4:]}/api/jobs/nothing/logs/tail", additional_headers=headers) as ws:
+                    await ws.recv()
+            except InvalidStatus as error:
+                return error.response.status_code
+            except ConnectionClosed as error:
+                return error.rcvd.code
+
+        assert asyncio.run(tail({})) == 403
+        assert asyncio.run(tail({"Authorization": f"Bearer {token}"})) == 4404
     finally:
         dashboard.stop(process)
     assert process.returncode is not None

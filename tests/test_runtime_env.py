@@ -65,9 +65,13 @@ def test_working_dir_is_the_cwd_and_importable_with_excludes(cluster, tmp_path):
     def look():
         import helper_mod
 
-        return helper_mod.VALUE + 1, os.path.exists("helper_mod.py"), os.path.exists("notes.log"), os.path.exists(
-            "data"
-        ), os.getcwd()
+        return (
+            helper_mod.VALUE + 1,
+            os.path.exists("helper_mod.py"),
+            os.path.exists("notes.log"),
+            os.path.exists("data"),
+            os.getcwd(),
+        )
 
     value, has_module, has_log, has_data, cwd = ember.get(look.remote())
     assert (value, has_module, has_log, has_data) == (42, True, False, False)
@@ -170,3 +174,58 @@ def test_pip_spec_that_does_not_resolve_fails_once_with_pips_message(cluster):
 
     with pytest.raises(ember.exceptions.ActorDiedError, match="ember-no-such-package-xyz"):
         ember.get(Never.remote().ping.remote(), timeout=60)
+
+
+def _version_and_start(module_name: str):
+    import importlib
+
+    module = importlib.import_module(module_name)
+    # Only a worker forked from the node manager has the node manager's module loaded.
+    forked = "ember.runtime.node.node_manager" in sys.modules
+    return module.__version__, module.__file__, sys.prefix, forked
+
+
+def test_pip_env_worker_is_forked_and_sees_the_venvs_version(cluster):
+    import six
+
+    if not _registry_reachable():
+        pytest.skip("the package registry is not reachable from this machine")
+    assert six.__version__ != "1.16.0"  # the node's own six: the venv's must win over it
+    probe = ember.remote(_version_and_start)
+    version, path, prefix, forked = ember.get(
+        probe.options(runtime_env={"pip": ["six==1.16.0"]}).remote("six"), timeout=600
+    )
+    assert (version, forked) == ("1.16.0", True)
+    assert path.startswith(prefix) and prefix != sys.prefix
+    assert ember.get(probe.remote("six"))[0] == six.__version__  # plain workers keep the node's
+
+
+def test_pip_env_of_a_package_the_node_imported_execs_its_python(cluster):
+    import cloudpickle
+
+    if not _registry_reachable():
+        pytest.skip("the package registry is not reachable from this machine")
+    assert cloudpickle.__version__ != "3.0.0"
+    probe = ember.remote(_version_and_start)
+    # The node manager has imported cloudpickle: a fork would keep its version, so the worker is exec'd.
+    version, path, prefix, forked = ember.get(
+        probe.options(runtime_env={"pip": ["cloudpickle==3.0.0"]}).remote("cloudpickle"), timeout=600
+    )
+    assert (version, forked) == ("3.0.0", False)
+    assert path.startswith(prefix) and prefix != sys.prefix
+
+
+def test_venv_fork_decisions(tmp_path):
+    from ember.runtime.node.venv_fork import VenvForks, conflicts, top_level_names
+
+    entries = ["six.py", "yaml", "_yaml.cpython-312-x86_64-linux-gnu.so", "six-1.16.0.dist-info", "__pycache__"]
+    entries += ["_ember_node_site.pth", "distutils-precedence.pth"]
+    assert top_level_names(entries) == {"six", "yaml", "_yaml"}
+    assert conflicts({"six", "yaml"}, {"yaml": object(), "os": object()}) == ["yaml"]
+    forks = VenvForks()
+    for name, module in [("fine", "ember_fork_probe_mod.py"), ("clash", "os.py")]:  # the node has imported os
+        site_packages = tmp_path / name / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+        site_packages.mkdir(parents=True)
+        (site_packages / module).write_text("")
+    assert forks.plan(str(tmp_path / "fine" / "bin" / "python")) == [str(site_packages).replace("clash", "fine")]
+    assert forks.plan(str(tmp_path / "clash" / "bin" / "python")) is None

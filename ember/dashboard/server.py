@@ -12,8 +12,8 @@ Routes (Ray's names where Ray has them)::
     DELETE /api/jobs/{id}        forget an ended job -> {"deleted": true}
     POST /api/jobs/{id}/stop     -> {"stopped": bool}
     GET  /api/jobs/{id}/logs     -> {"logs": text}
-    GET  /api/jobs/{id}/logs/tail  the logs as a chunked text stream until the job ends (Ray uses a
-                                   WebSocket here; a plain stream needs no extra library, and curl reads it)
+    WS   /api/jobs/{id}/logs/tail  a WebSocket (as Ray's): the logs as they come, closed when the job ends
+    GET|PUT /api/packages/ember/{sha256}  runtime env packages a job submitter uploads (job_routes.py)
 
 Access: bound to loopback when the head is, and then open to this machine (as Ray's dashboard). When
 the head listens on a network address, so does the dashboard, and every request must carry the cluster
@@ -34,7 +34,6 @@ logger = logging.getLogger("ember.dashboard")
 
 TOKEN_HEADER = "x-ember-token"
 TOKEN_COOKIE = "ember_token"
-TAIL_POLL_S = 0.2
 
 
 def token_allowed(headers: dict, cookies: dict, token: str | None) -> bool:
@@ -158,9 +157,10 @@ def build_app(head: HeadClient, jobs, token: str | None, pages=None):
     with ``pages`` (pages.Pages), the dashboard's pages and their endpoints too (``/`` is the overview)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
+    from ember.dashboard import job_routes
     from ember.dashboard import pages as pages_module
 
     def error(status: int, text: str) -> JSONResponse:
@@ -231,30 +231,6 @@ def build_app(head: HeadClient, jobs, token: str | None, pages=None):
         except KeyError:
             return not_found(submission_id)
 
-    async def tail_logs(request: Request):
-        from starlette.concurrency import run_in_threadpool
-
-        submission_id = request.path_params["job_id"]
-        if await run_in_threadpool(jobs.info, submission_id) is None:
-            return not_found(submission_id)
-
-        async def stream():
-            offset = 0
-            while True:
-                info = await run_in_threadpool(jobs.info, submission_id)
-                text, offset = await run_in_threadpool(jobs.logs, submission_id, offset)
-                if text:
-                    yield text.encode()
-                if info is None or info.status.is_terminal():
-                    # Read once more after the end: what the driver wrote last may have come after our read.
-                    text, offset = await run_in_threadpool(jobs.logs, submission_id, offset)
-                    if text:
-                        yield text.encode()
-                    return
-                await asyncio.sleep(TAIL_POLL_S)
-
-        return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
-
     routes = [] if pages is None else pages_module.routes(pages)
     routes += [
         Route("/", index),
@@ -266,18 +242,25 @@ def build_app(head: HeadClient, jobs, token: str | None, pages=None):
         Route("/api/jobs/{job_id}", delete_job, methods=["DELETE"]),
         Route("/api/jobs/{job_id}/stop", stop_job, methods=["POST"]),
         Route("/api/jobs/{job_id}/logs", job_logs, methods=["GET"]),
-        Route("/api/jobs/{job_id}/logs/tail", tail_logs, methods=["GET"]),
+        *job_routes.routes(head, jobs),
     ]
     app = Starlette(routes=routes)
 
     async def guarded(scope, receive, send):
-        if scope["type"] == "http" and token is not None:
+        if scope["type"] in ("http", "websocket") and token is not None:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             cookies = {}
             for part in headers.get("cookie", "").split(";"):
                 name, _, value = part.strip().partition("=")
                 cookies[name] = value
             if not token_allowed(headers, cookies, token):
+                if scope["type"] == "websocket":
+                    from starlette.websockets import WebSocketClose
+
+                    await WebSocketClose(code=1008, reason="This dashboard needs the cluster's secret.")(
+                        scope, receive, send
+                    )
+                    return
                 offered = pages_module.token_in_query(scope.get("query_string", b""))
                 if offered and token_allowed({}, {TOKEN_COOKIE: offered}, token):
                     # A browser cannot send a header on a link: ?token= once, then the cookie.

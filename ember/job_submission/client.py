@@ -119,7 +119,7 @@ class JobSubmissionClient:
         body = {
             "entrypoint": entrypoint,
             "submission_id": submission_id or job_id,
-            "runtime_env": runtime_env,
+            "runtime_env": self._portable(runtime_env) if runtime_env else None,
             "metadata": metadata,
             "entrypoint_num_cpus": entrypoint_num_cpus,
             "entrypoint_num_gpus": entrypoint_num_gpus,
@@ -130,6 +130,39 @@ class JobSubmissionClient:
         if response.status_code != 200:
             raise RuntimeError(f"Request failed with status code {response.status_code}: {_error_text(response)}")
         return response.json()["submission_id"]
+
+    def _portable(self, runtime_env: dict) -> dict:
+        """``runtime_env`` with the working_dir, py_modules and requirements file of this machine uploaded
+        (once: the dashboard is asked first whether the head has each package) and named by URI."""
+        from ember.runtime.runtime_env import FIELDS, upload_local, uri_key
+
+        if not isinstance(runtime_env, dict) or set(runtime_env) - set(FIELDS):
+            return runtime_env  # the dashboard says what is wrong with it
+        here = dict(runtime_env)
+        elsewhere = {}  # paths not on this machine may be on the dashboard's: it packs them, or names them missing
+        working_dir = here.get("working_dir")
+        if working_dir is not None and uri_key(os.fspath(working_dir)) is None and not os.path.isdir(working_dir):
+            elsewhere["working_dir"] = here.pop("working_dir")
+        modules = here.get("py_modules") or []
+        if any(uri_key(os.fspath(m)) is None and not os.path.exists(m) for m in modules):
+            elsewhere["py_modules"] = here.pop("py_modules")
+        pip = here.get("pip")
+        if pip is not None and not isinstance(pip, (list, tuple)) and not os.path.isfile(pip):
+            elsewhere["pip"] = here.pop("pip")
+        portable = upload_local(here, self._upload_package)
+        if elsewhere and runtime_env.get("excludes"):
+            portable["excludes"] = list(runtime_env["excludes"])
+        return {**portable, **{name: os.fspath(v) if name != "py_modules" else v for name, v in elsewhere.items()}}
+
+    def _upload_package(self, kv_key: bytes, data: bytes) -> None:
+        from ember.runtime.runtime_env import PACKAGE_PREFIX
+
+        path = f"/api/packages/ember/{kv_key[len(PACKAGE_PREFIX) :].decode()}"
+        if self._request("GET", path).status_code == 200:
+            return
+        response = self._request("PUT", path, content=data)
+        if response.status_code != 200:
+            raise RuntimeError(f"Uploading a package failed ({response.status_code}): {_error_text(response)}")
 
     def get_job_info(self, job_id: str) -> JobInfo:
         """The job's record: status, message, times, exit code, ..."""
@@ -158,21 +191,39 @@ class JobSubmissionClient:
         return self._job_request("GET", job_id, "/logs")["logs"]
 
     async def tail_job_logs(self, job_id: str):
-        """An async generator of the job's output as it comes, ending when the job ends."""
-        import httpx
+        """An async generator of the job's output as it comes, ending when the job ends (Ray's: over
+        the dashboard's WebSocket ``/api/jobs/<id>/logs/tail``)."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-        async with httpx.AsyncClient(
-            base_url=self.address, headers=self._headers, cookies=self._cookies, verify=self._verify, timeout=None
-        ) as http:
-            async with http.stream("GET", f"/api/jobs/{job_id}/logs/tail") as response:
-                if response.status_code == 404:
-                    raise RuntimeError(f"Job {job_id} does not exist.")
-                if response.status_code != 200:
-                    await response.aread()
-                    raise RuntimeError(f"Request failed with status code {response.status_code}: {response.text}")
-                async for chunk in response.aiter_text():
-                    if chunk:
-                        yield chunk
+        url = "ws" + self.address[len("http") :] + f"/api/jobs/{job_id}/logs/tail"
+        headers = dict(self._headers)
+        if self._cookies:
+            headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in self._cookies.items())
+        ssl = None
+        if url.startswith("wss://"):
+            import ssl as ssl_module
+
+            ssl = ssl_module.create_default_context() if self._verify else ssl_module._create_unverified_context()
+        try:
+            async with connect(
+                url, additional_headers=headers, ssl=ssl, max_size=None, open_timeout=self._timeout
+            ) as ws:
+                async for message in ws:
+                    yield message
+                code, reason = ws.close_code, ws.close_reason
+        except InvalidStatus as error:
+            raise RuntimeError(f"The dashboard refused the log tail: HTTP {error.response.status_code}") from None
+        except ConnectionClosedError as error:
+            code, reason = (error.rcvd.code, error.rcvd.reason) if error.rcvd else (1006, "connection lost")
+        except OSError as error:
+            raise ConnectionError(f"Failed to connect to the Ember dashboard at {self.address}: {error}") from None
+        if code == 4404:
+            raise RuntimeError(reason or f"Job {job_id} does not exist.")
+        if code == 1008:
+            raise PermissionError(f"The dashboard at {self.address} refused us: {reason}")
+        if code not in (1000, None):
+            raise ConnectionError(f"The log tail of job {job_id} ended early ({code}: {reason}).")
 
     def close(self) -> None:
         self._http.close()

@@ -13,11 +13,13 @@ import signal
 from dataclasses import asdict, dataclass, field, fields
 
 KEY_PREFIX = b"jobsub:"
+# A job's output, mirrored in the head's KV when its supervisor is on another node than the dashboard:
+# jobsub_log:<submission id>:<byte offset of the chunk, 16 digits>.
+LOG_PREFIX = b"jobsub_log:"
 SUPERVISOR_NAMESPACE = "_ember_jobs"
 RUNTIME_ENV_VARIABLE = "EMBER_JOB_RUNTIME_ENV"  # the job's runtime_env, JSON, for ember.init() in its driver
 SUBMISSION_ID_VARIABLE = "EMBER_JOB_SUBMISSION_ID"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-RUNTIME_ENV_FIELDS = ("env_vars", "working_dir")
 
 
 class JobStatus(str, enum.Enum):
@@ -57,6 +59,7 @@ class JobInfo:
     driver_pid: int | None = None
     driver_node_id: str | None = None
     log_path: str | None = None
+    log_in_head: bool = False  # its output is mirrored in the head's KV (its driver ran on another node)
 
     def to_json(self) -> dict:
         """The REST form (Ray's JobDetails: ``type`` and ``job_id`` besides the record)."""
@@ -78,6 +81,23 @@ class JobInfo:
     @classmethod
     def decode(cls, data: bytes) -> "JobInfo":
         return cls.from_json(json.loads(data))
+
+
+def log_chunk_key(submission_id: str, offset: int) -> bytes:
+    return LOG_PREFIX + f"{submission_id}:{offset:016d}".encode()
+
+
+def log_chunk_prefix(submission_id: str) -> bytes:
+    return LOG_PREFIX + f"{submission_id}:".encode()
+
+
+def chunks_from(keys: list, offset: int) -> tuple[list, int]:
+    """Of a job's log chunk keys, the ones that hold bytes from ``offset`` on (in order), and the offset
+    of the first of them (so the caller skips ``offset - first`` bytes of it)."""
+    starts = sorted((int(key.rsplit(b":", 1)[1]), key) for key in keys)
+    chosen = [(start, key) for start, key in starts if start <= offset][-1:]
+    chosen += [(start, key) for start, key in starts if start > offset]
+    return [key for _, key in chosen], (chosen[0][0] if chosen else offset)
 
 
 def new_submission_id() -> str:
@@ -141,21 +161,11 @@ def check_submission(body: dict) -> dict:
 
 
 def check_runtime_env(runtime_env) -> None:
-    """A job's runtime_env: ``env_vars`` (strings to strings) and ``working_dir`` (a directory on the
-    head's machine: the driver's cwd) for now."""
-    if not isinstance(runtime_env, dict):
-        raise TypeError(f"runtime_env must be a dict, got {type(runtime_env).__name__}.")
-    unsupported = sorted(set(runtime_env) - set(RUNTIME_ENV_FIELDS))
-    if unsupported:
-        raise ValueError(f"runtime_env fields {unsupported} are not supported for jobs yet; only {RUNTIME_ENV_FIELDS}.")
-    env_vars = runtime_env.get("env_vars") or {}
-    if not isinstance(env_vars, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
-    ):
-        raise TypeError("runtime_env['env_vars'] must map strings to strings.")
-    working_dir = runtime_env.get("working_dir")
-    if working_dir is not None and not isinstance(working_dir, str):
-        raise TypeError("runtime_env['working_dir'] must be a path string.")
+    """A job's runtime_env takes what tasks' and actors' do (``env_vars``, ``working_dir``, ``py_modules``,
+    ``pip``, ``excludes``); raises TypeError or ValueError naming the field that is wrong."""
+    from ember.runtime.runtime_env import check_runtime_env as check_fields
+
+    check_fields(runtime_env)
 
 
 def ended(returncode: int, stop_requested: bool) -> tuple[JobStatus, str]:

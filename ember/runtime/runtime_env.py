@@ -26,6 +26,11 @@ from ember.runtime import protocol
 
 FIELDS = ("env_vars", "working_dir", "py_modules", "pip", "excludes")
 PACKAGE_PREFIX = b"runtime_env_pkg:"
+# A package already in the head's KV, named by its content hash (what a job's submitter uploads
+# through the dashboard, so the job's driver and its workers need none of the submitter's files).
+PACKAGE_URI_SCHEME = "ember_pkg://"
+# How an actor's death reads when its node could not set up its env (a job's supervisor's tells the job so).
+ACTOR_SETUP_FAILED = "The actor's runtime_env could not be set up: "
 MAX_BYTES_VARIABLE = "EMBER_RUNTIME_ENV_MAX_BYTES"
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024  # a package travels as one message and lives in the head's memory
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -64,6 +69,22 @@ def check_runtime_env(runtime_env) -> None:
         raise TypeError(f"runtime_env['excludes'] must be a list of gitignore-style patterns, got {excludes!r}.")
 
 
+def package_uri(key: str) -> str:
+    """The ``working_dir``/``py_modules`` value naming a package uploaded under ``key``."""
+    return PACKAGE_URI_SCHEME + key
+
+
+def uri_key(value) -> str | None:
+    """The package key a ``working_dir``/``py_modules`` value names when it is a package URI, else
+    None (a local path). ValueError for a URI that is not a content hash."""
+    if not isinstance(value, str) or not value.startswith(PACKAGE_URI_SCHEME):
+        return None
+    key = value[len(PACKAGE_URI_SCHEME) :]
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise ValueError(f"{value!r} is not a package URI ({PACKAGE_URI_SCHEME} and a sha256 in hex).")
+    return key
+
+
 def env_key(resolved: dict | None) -> str:
     """The pool key of a resolved env: "" for none, else a short hash of its canonical form."""
     if not resolved:
@@ -95,22 +116,48 @@ def resolve(runtime_env: dict | None, upload) -> dict:
     if runtime_env.get("env_vars"):
         resolved["env_vars"] = dict(runtime_env["env_vars"])
     if runtime_env.get("working_dir") is not None:
-        path = os.fspath(runtime_env["working_dir"])
-        if not os.path.isdir(path):
-            raise ValueError(f"runtime_env['working_dir'] {path!r} is not an existing local directory.")
-        resolved["working_dir"] = _upload(pack(path, excludes, "working_dir"), upload)
+        resolved["working_dir"] = _package_key(runtime_env["working_dir"], excludes, "working_dir", upload)
     if runtime_env.get("py_modules"):
-        keys = []
-        for module in runtime_env["py_modules"]:
-            path = os.fspath(module)
-            if not (os.path.isdir(path) or (os.path.isfile(path) and path.endswith(".py"))):
-                raise ValueError(f"runtime_env['py_modules'] entry {path!r} is not a local directory or .py file.")
-            keys.append(_upload(pack(path, excludes, "py_modules", as_module=True), upload))
-        resolved["py_modules"] = keys
+        resolved["py_modules"] = [_package_key(m, excludes, "py_modules", upload) for m in runtime_env["py_modules"]]
     pip = runtime_env.get("pip")
     if pip:
         resolved["pip"] = _requirements(pip)
     return resolved
+
+
+def upload_local(runtime_env: dict | None, upload) -> dict:
+    """``runtime_env`` with its local ``working_dir`` and ``py_modules`` packed, handed to ``upload(key,
+    data)`` and replaced by package URIs, and a pip requirements file replaced by its lines: what a job
+    submitter sends, so nothing in it refers to the submitter's files. ValueError as ``resolve``."""
+    if not runtime_env:
+        return {}
+    check_runtime_env(runtime_env)
+    excludes = list(runtime_env.get("excludes") or ())
+    portable = {name: value for name, value in runtime_env.items() if name != "excludes"}
+    if runtime_env.get("working_dir") is not None:
+        portable["working_dir"] = package_uri(_package_key(runtime_env["working_dir"], excludes, "working_dir", upload))
+    if runtime_env.get("py_modules"):
+        portable["py_modules"] = [
+            package_uri(_package_key(module, excludes, "py_modules", upload)) for module in runtime_env["py_modules"]
+        ]
+    if runtime_env.get("pip"):
+        portable["pip"] = _requirements(runtime_env["pip"])
+    return portable
+
+
+def _package_key(value, excludes: list, field: str, upload) -> str:
+    """The key of a working_dir or py_modules entry: a package URI's, or a local path's packed and uploaded."""
+    path = os.fspath(value)
+    key = uri_key(path)
+    if key is not None:
+        return key
+    if field == "working_dir":
+        if not os.path.isdir(path):
+            raise ValueError(f"runtime_env['working_dir'] {path!r} is not an existing local directory.")
+        return _upload(pack(path, excludes, "working_dir"), upload)
+    if not (os.path.isdir(path) or (os.path.isfile(path) and path.endswith(".py"))):
+        raise ValueError(f"runtime_env['py_modules'] entry {path!r} is not a local directory or .py file.")
+    return _upload(pack(path, excludes, "py_modules", as_module=True), upload)
 
 
 def _requirements(pip) -> list:

@@ -31,6 +31,7 @@ from ember.runtime.message_fields import runtime_env_dict
 from ember.runtime.messages import ActorSpec, CreateActorInstance, LeaseGranted, LeaseInfeasible
 from ember.runtime.node.cluster_scheduler import INFEASIBLE, ClusterPolicy, NodeView
 from ember.runtime.node.scheduler import to_fixed
+from ember.runtime.runtime_env import ACTOR_SETUP_FAILED
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +270,10 @@ class ActorDirectory:
             self._start_instance(actor, msg)
             return
         if isinstance(msg, messages.Error):
-            self._run(actor, actor.life.lease_failed(msg.error or "lease failed"))
+            cause = msg.error or "lease failed"
+            if msg.etype == "RuntimeEnvSetupError":
+                cause = ACTOR_SETUP_FAILED + cause
+            self._run(actor, actor.life.lease_failed(cause))
         elif msg.cancelled:
             self._run(actor, actor.life.lease_withdrawn())
         else:

@@ -44,6 +44,7 @@ from ember.runtime.node.object_store import SHM_DIR, StoreState
 from ember.runtime.node.object_transfer import ObjectTransfer
 from ember.runtime.node.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, gpu_amount, to_fixed
 from ember.runtime.node.store_io import StoreIO
+from ember.runtime.node.venv_fork import VenvForks
 from ember.runtime.node.worker_process import WorkerProcess, spawn_worker
 from ember.runtime.service import Service, unwrap
 
@@ -103,6 +104,7 @@ class NodeManager(Service):
         os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
         self.env = env or {}
         self.envs = EnvSetups(head_address, self.log_dir)
+        self.venv_forks = VenvForks()  # whether a pip env's workers can fork from this process
         num_cpus = resources.get("CPU", 0)
         prestart = int(num_cpus) if prestart is None else prestart
         max_idle = max(1, int(num_cpus))
@@ -193,7 +195,7 @@ class NodeManager(Service):
             EMBER_SESSION_DIR=self.session_dir,
         )
         log_path = os.path.join(self.log_dir, f"worker-{time.time_ns()}.log")
-        process = spawn_worker(env, log_path, cwd, python)
+        process = spawn_worker(env, log_path, cwd, python, self.venv_forks.plan(python) if python else None)
         process.env = env_key
         self.processes.append(process)
 

@@ -73,9 +73,12 @@ class WorkerProcess:
             self.life_fd = -1
 
 
-def spawn_worker(env: dict, log_path: str, cwd: str | None = None, python: str | None = None) -> WorkerProcess:
+def spawn_worker(
+    env: dict, log_path: str, cwd: str | None = None, python: str | None = None, venv_site: list | None = None
+) -> WorkerProcess:
     """Fork a worker with ``env`` added to its environment and its output going to ``log_path``;
-    ``cwd`` is its working directory, ``python`` (a runtime env's venv) an interpreter to exec instead."""
+    ``cwd`` is its working directory, ``python`` (a runtime env's venv) an interpreter to exec instead,
+    unless ``venv_site`` (the venv's site-packages, see venv_fork) says the fork can enter the venv."""
     pools = _loaded_thread_pools()
     read_fd, write_fd = os.pipe()
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
@@ -92,7 +95,11 @@ def spawn_worker(env: dict, log_path: str, cwd: str | None = None, python: str |
             _limit_thread_pools(pools)
             if cwd:
                 os.chdir(cwd)
-            if python or os.environ.get("EMBER_WORKER_EXEC") == "1":
+            if python and venv_site:
+                from ember.runtime.node import venv_fork
+
+                venv_fork.enter(os.path.dirname(os.path.dirname(python)), venv_site)
+            elif python or os.environ.get("EMBER_WORKER_EXEC") == "1":
                 python = python or sys.executable
                 os.execv(python, [python, "-m", "ember.runtime.worker.worker"])
             _become_worker()
