@@ -11,6 +11,7 @@ logged and answered with an error message; it never stops the loop.
 
 import collections
 import logging
+import math
 import os
 import time
 
@@ -268,7 +269,9 @@ class EventLoop:
                 timeout = 0.0  # queued after the look above: nobody wrote a wake-up for it
             self._pending = self._nudged = False
             try:
-                events = self.poller.poll(None if timeout is None else timeout * 1000)
+                # pyzmq takes whole milliseconds and truncates: rounded down, a wait of under 1 ms
+                # (the last one before a tick) polls with 0 and the loop spins until the tick.
+                events = self.poller.poll(None if timeout is None else math.ceil(timeout * 1000))
             finally:
                 self._polling = False
             for target, _ in events:
