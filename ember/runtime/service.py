@@ -21,7 +21,7 @@ from ember.runtime import messages, protocol, transport
 
 logger = logging.getLogger(__name__)
 
-_get_option = zmq.Socket.__mro__[1].get  # pyzmq's getsockopt as its Cython backend binds it
+_get_option = zmq.Socket.get  # getsockopt without the sugar layer's per-call keyword handling
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
