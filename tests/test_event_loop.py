@@ -3,6 +3,7 @@
 
 import os
 import threading
+import time
 
 import pytest
 import zmq
@@ -53,27 +54,93 @@ def test_calls_run_in_order_and_calls_queued_by_calls_run_in_the_same_round(loop
 
     loop.call_soon(first)
     loop.call_soon(order.append, 2)
-    loop.run_once(limit=5)
+    loop.run_once(limit=0)
     assert order == [1, 2, 3]
 
 
-def test_many_calls_cost_one_wake_up(loop):
+def _wait_until_polling(loop):
+    # The poller sets _polling just before it looks at pending work and polls; a thread that queues
+    # a call after that must write a wake-up.
+    for _ in range(200_000):
+        if loop._polling:
+            return
+        time.sleep(0.0001)
+    raise AssertionError("the loop's thread never polled")
+
+
+def test_many_calls_cost_one_wake_up_while_a_thread_polls(loop):
     results = []
+    writes = []
+    write_wake = loop._write_wake
+    loop._write_wake = lambda: (writes.append(1), write_wake())
+    polling = threading.Thread(target=loop.run_once)  # no limit: only a wake-up ends this poll
+    polling.start()
+    _wait_until_polling(loop)
     for i in range(1000):
         loop.call_soon(results.append, i)
-    assert os.read(loop._wake_r, 4096) == b"x"  # coalesced: one byte until the loop runs a round
-    os.write(loop._wake_w, b"x")  # put it back for the loop to drain
-    loop.run_once(limit=5)
+    polling.join(timeout=10)
+    assert not polling.is_alive()
+    loop.run_once(limit=0)  # calls queued after that round's drain, which needed no wake-up
     assert results == list(range(1000))
-    loop.call_soon(results.append, "next")  # after the round, a new call writes a new wake-up
-    assert os.read(loop._wake_r, 4096) == b"x"
+    assert writes == [1]  # coalesced: one byte while the loop polled
+
+
+def test_work_queued_while_nobody_polls_writes_no_wake_up_and_is_done_before_the_next_poll(loop):
+    # A synchronous get(f.remote()): the thread that queues the submission leads the next round
+    # itself, so a pipe write, a pipe read and a round of their own would be waste.
+    results = []
+    for i in range(3):
+        loop.call_soon(results.append, i)
+    loop.nudge()  # work for after_round (a release): done before the poll, which may still block
+    with pytest.raises(BlockingIOError):
+        os.read(loop._wake_r, 4096)
+    rounds = []
+    loop.after_round = lambda: rounds.append(list(results)) or False  # False: nothing completed
+    read_fd, write_fd = os.pipe()
+    loop.add_fd(read_fd, lambda fd: results.append(os.read(fd, 10)))
+    # The calls ran, and the round's own work with them, before the poll that then waits for the
+    # descriptor (a reply, for a synchronous call).
+    threading.Timer(0.05, os.write, (write_fd, b"reply")).start()
+    try:
+        assert loop.run_once() == 1
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert results == [0, 1, 2, b"reply"]
+    assert rounds == [[0, 1, 2], [0, 1, 2, b"reply"]]
+
+
+def test_a_round_whose_queued_work_completed_something_does_not_block(loop):
+    # after_round returning True (a client woke waiters) makes the poll after it return at once;
+    # so does queued work in a loop without after_round (its caller looks again after each round).
+    loop.call_soon(lambda: None)
+    assert loop.run_once() == 0  # would wait for ever if the poll blocked
+    loop.after_round = lambda: True
+    loop.call_soon(lambda: None)
+    assert loop.run_once() == 0
+
+
+def test_a_wake_up_while_nobody_polls_is_not_lost_by_a_poller_that_comes_later(loop):
+    loop.wake()
+    assert loop.run_once() == 0  # no limit, no pipe byte: the pending wake-up alone ends the round
+
+
+def test_a_nudge_while_a_thread_polls_ends_its_poll(loop):
+    rounds = []
+    loop.after_round = lambda: rounds.append(1) or False
+    polling = threading.Thread(target=loop.run_once)  # no limit: only a wake-up ends this poll
+    polling.start()
+    _wait_until_polling(loop)
+    loop.nudge()
+    polling.join(timeout=10)
+    assert not polling.is_alive() and rounds == [1]
 
 
 def test_a_raising_call_does_not_stop_the_others(loop):
     results = []
     loop.call_soon(lambda: 1 / 0)
     loop.call_soon(results.append, "after")
-    loop.run_once(limit=5)
+    loop.run_once(limit=0)
     assert results == ["after"]
 
 

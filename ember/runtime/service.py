@@ -11,8 +11,8 @@ logged and answered with an error message; it never stops the loop.
 
 import collections
 import logging
+import math
 import os
-import threading
 import time
 
 import zmq
@@ -20,6 +20,10 @@ import zmq
 from ember.runtime import messages, protocol, transport
 
 logger = logging.getLogger(__name__)
+
+_get_option = zmq.Socket.get  # getsockopt without the sugar layer's per-call keyword handling
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 class Dispatcher:
@@ -135,9 +139,14 @@ class EventLoop:
     itself (one thread at a time: the caller keeps others out; a core client's waiting user thread
     leads its loop this way). Services added with ``add_service`` tick at least every ``TICK``
     seconds; a loop without services sleeps until something happens. ``after_round``, when set, runs
-    at the end of every round on the loop's thread (a client sends what the round accumulated).
-    ``call_soon`` and ``wake`` are the thread-safe entries: they wake the poll through the loop's own
-    pipe, once per round however many calls arrive. A signal handler writes to ``wake_fd`` itself.
+    at the end of every round on the loop's thread (a client sends what the round accumulated); run
+    before a poll, for work queued meanwhile, it returns False when nothing a thread waits for has
+    completed, so that poll may block.
+    ``call_soon``, ``wake`` and ``nudge`` are the thread-safe entries: they wake the poll through the loop's own
+    pipe, once per round however many calls arrive, and only while a thread is in the poll (or about
+    to enter it): otherwise whoever runs the next round finds the work before it polls, so a loop
+    led by the thread that queued the call (a synchronous ``get(f.remote())``) pays no pipe write,
+    no pipe read and no extra round. A signal handler writes to ``wake_fd`` itself.
     """
 
     TICK = 0.1
@@ -153,8 +162,13 @@ class EventLoop:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)  # a full pipe already holds a wake-up: never block a sender
-        self._woken = False
-        self._owner: int | None = None  # the thread inside run_once, which needs no wake-up
+        self._woken = False  # a wake-up byte is in the pipe (or on its way)
+        # A thread is in the poll, or past its last look at pending work before it: only then must a
+        # wake-up go through the pipe. Set before that look and a waker sets _pending before it reads
+        # this (Dekker's order; the GIL orders the two), so no wake-up is lost between the two.
+        self._polling = False
+        self._pending = False  # wake() while nobody polled: the next round must not block
+        self._nudged = False  # nudge() while nobody polled: the next round does after_round first
         self.wake_fd = self._wake_w
         self.after_round = None
         self.add_fd(self._wake_r, self._on_wake)
@@ -180,14 +194,24 @@ class EventLoop:
     def call_soon(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the loop's thread, in the order of calls; safe from any thread."""
         self._calls.append((fn, args))
-        if not self._woken and self._owner != threading.get_ident():
+        if self._polling and not self._woken:
             self._woken = True
             self._write_wake()
 
     def wake(self) -> None:
-        """Make the loop run a round soon; safe from any thread and from finalizers (no lock: a
-        flag test and at most one pipe write per round)."""
-        if not self._woken and self._owner != threading.get_ident():
+        """Make the loop end its poll (or not block in the next one) and run a round; safe from any
+        thread and from finalizers (no lock: flag tests and at most one pipe write per round)."""
+        self._pending = True
+        if self._polling and not self._woken:
+            self._woken = True
+            self._write_wake()
+
+    def nudge(self) -> None:
+        """There is work for ``after_round`` (a release queued by a finalizer, say): a polling loop is
+        woken for it, as by ``wake``; else the next round does it before it polls, and that poll may
+        still block. Safe from any thread and from finalizers."""
+        self._nudged = True
+        if self._polling and not self._woken:
             self._woken = True
             self._write_wake()
 
@@ -219,10 +243,9 @@ class EventLoop:
             self.run_once()
 
     def run_once(self, limit: float | None = None) -> int:
-        """Poll one round: wait up to ``limit`` seconds (None: until something happens, or the next
-        tick when there are services), handle what arrived, run queued calls and due ticks. Returns
-        the number of sockets and descriptors that were ready."""
-        self._owner = threading.get_ident()
+        """Poll one round: run the calls queued meanwhile, wait up to ``limit`` seconds (None: until
+        something happens, or the next tick when there are services), handle what arrived, run the
+        calls that queued and due ticks. Returns the number of sockets and descriptors that were ready."""
         try:
             timeout = limit
             if self.services:
@@ -231,9 +254,26 @@ class EventLoop:
                     self._tick(now)
                 until_tick = max(0.0, self._next_tick - time.monotonic())
                 timeout = until_tick if timeout is None else min(timeout, until_tick)
-            if self._calls:
-                timeout = 0.0
-            events = self.poller.poll(None if timeout is None else timeout * 1000)
+            # Work queued while nobody polled (no wake-up was written for it) is done before the
+            # poll, the round's own work (``after_round``) with it. Then the poll returns at once,
+            # as a caller driving rounds until its work is done expects, unless ``after_round`` says
+            # nothing that a thread waits for completed: a request queued by the thread now leading
+            # goes out in this round and the poll waits for its reply (one round, not two).
+            if self._calls or (self._nudged and self.after_round is not None):
+                self._nudged = False
+                self.run_calls()
+                if self.after_round is None or self.after_round() is not False:
+                    timeout = 0.0
+            self._polling = True
+            if self._calls or self._pending or self._nudged:
+                timeout = 0.0  # queued after the look above: nobody wrote a wake-up for it
+            self._pending = self._nudged = False
+            try:
+                # pyzmq takes whole milliseconds and truncates: rounded down, a wait of under 1 ms
+                # (the last one before a tick) polls with 0 and the loop spins until the tick.
+                events = self.poller.poll(None if timeout is None else math.ceil(timeout * 1000))
+            finally:
+                self._polling = False
             for target, _ in events:
                 if isinstance(target, int):
                     self.fd_handlers[target](target)
@@ -247,7 +287,7 @@ class EventLoop:
                 self.after_round()
             return len(events)
         finally:
-            self._owner = None
+            self._polling = False
 
     def _tick(self, now: float) -> None:
         for service in self.services:
@@ -274,6 +314,11 @@ class EventLoop:
                 logger.exception("error while handling a message")
             if not self.running or sock not in self.sockets:
                 break  # stopped, or the handler closed this socket
+            # Ask whether another message waits rather than let the next receive fail: raising and
+            # catching zmq.Again costs several times more, once per message when they come one by
+            # one (a synchronous call's reply, or its request on the worker).
+            if not _get_option(sock, _EVENTS) & _POLLIN:
+                break
 
     def stop(self) -> None:
         """Leave ``run`` after the current round; safe from any thread and from signal handlers."""

@@ -293,7 +293,8 @@ class CoreClient:
             if not self._closed:
                 logger.exception("error in the client's I/O loop")
 
-    def _after_round(self) -> None:
+    def _after_round(self) -> bool:
+        """The loop's per-round work; True when it woke waiters (see EventLoop.after_round)."""
         # Until nothing is left: a release may queue calls (say, a borrower message when a freed
         # object held refs), and what is queued now must not wait for the next round.
         objects, loop = self.objects, self.loop
@@ -301,7 +302,8 @@ class CoreClient:
             objects.drain_releases()
             loop.run_calls()
         self._flush()
-        if self.changed:
+        changed = self.changed
+        if changed:
             # One wake-up for all the objects completed in this round, not one per object.
             with self.cond:
                 self.changed = False
@@ -312,6 +314,7 @@ class CoreClient:
             self.submitter.tick(now)
             if self.peers.idle:
                 self.peers.close_idle(now)
+        return changed or self.changed  # a tick that failed a task notifies after the coming poll
 
     def _serve_owner(self, frames: list) -> None:
         self._owner_service.dispatch(frames[0], frames[1:])
@@ -323,6 +326,11 @@ class CoreClient:
     def wake(self) -> None:
         """Make the loop run a round now (from any thread, or a finalizer)."""
         self.loop.wake()
+
+    def nudge(self) -> None:
+        """Work for the next round's ``_after_round`` was queued (from any thread, or a finalizer):
+        it is done before the next poll, or at once when a thread polls."""
+        self.loop.nudge()
 
     def _on_message(self, frames: list) -> None:
         """A push or a reply on one of our DEALER sockets; one that does not fit is dropped."""
@@ -559,7 +567,7 @@ class CoreClient:
     def log_line(self, stream: str, text: str) -> None:
         """A line printed by this worker (any thread): it reaches the driver of its job."""
         if self._logs.add(stream, text, self.job_id):
-            self.wake()
+            self.nudge()
 
     def _on_logs(self, frames: list) -> None:
         for stream, name, pid, text, tag in msgpack.unpackb(frames[1]):

@@ -87,9 +87,9 @@ class Ownership:
 
     def remove_local_reference(self, oid: bytes) -> None:
         # Runs from __del__, perhaps inside the garbage collector on any thread: no locks here
-        # (waking is a flag test and a pipe write).
+        # (a nudge is flag tests and at most a pipe write).
         self.releases.append(oid)
-        self.io.wake()
+        self.io.nudge()
 
     def drain_releases(self) -> None:
         if not self.releases:
@@ -282,7 +282,7 @@ class Ownership:
     def _unpin(self, oid: bytes) -> None:
         # Runs when the last view on a mapping goes, maybe in the garbage collector: no locks.
         self.pins.append((oid, False))
-        self.io.wake()
+        self.io.nudge()
 
     def add_copy(self, oid: bytes, node_id: bytes) -> None:
         entry = self.entries.get(oid)
