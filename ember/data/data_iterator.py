@@ -34,17 +34,17 @@ class DataIterator:
     ):
         """Iterate over batches of ``batch_size`` rows (across block boundaries) in ``batch_format``.
 
-        ``prefetch_batches``: how many batches' blocks a background thread keeps fetched ahead of the
-        consumer, running the execution meanwhile within its object-store budget; 0 runs the
-        execution in the consuming thread, only as the consumer asks.
+        ``prefetch_batches``: above 0, a background thread runs the execution (within its
+        object-store budget) and keeps the next block fetched ahead of the consumer (one block,
+        whatever the number: see ``ember.data.prefetch``); 0 runs the execution in the consuming
+        thread, only as the consumer asks.
         """
         if not isinstance(prefetch_batches, int) or isinstance(prefetch_batches, bool) or prefetch_batches < 0:
             raise ValueError(f"prefetch_batches must be a non-negative int, got {prefetch_batches!r}.")
         if prefetch_batches and self._prefetch_in_thread:
             from ember.data.prefetch import prefetched_tables
 
-            rows = batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool) else None
-            stream = prefetched_tables(lambda ledger: self._bundles(ledger=ledger), prefetch_batches, rows)
+            stream = prefetched_tables(lambda ledger: self._bundles(ledger=ledger))
         else:
             stream = it.tables(self._bundles())
         return it.iter_batches(

@@ -206,11 +206,14 @@ class ConsumerLedger:
     def __init__(self, window: int = 2):
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window!r}")
-        self.recent = collections.deque(maxlen=window)
+        self.recent = collections.deque()
+        self.window = window
         self.stopped = False
 
     def handed(self, size_bytes: int) -> None:
         self.recent.append(size_bytes)
+        if len(self.recent) > self.window:
+            self.recent.popleft()
 
     def held_bytes(self) -> int:
         return sum(self.recent)

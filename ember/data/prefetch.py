@@ -2,12 +2,16 @@
 
 Without it the execution advances only when the consumer asks for its next block, and the
 consumer's ``get`` (mapping the block, rebuilding the table) runs between its own batches. With it a
-thread runs the block stream (the execution, when there is one) and keeps the tables of about ``N``
-batches (at least one block) fetched ahead; the consumer takes them from a queue.
+thread runs the block stream (the execution, when there is one) and keeps the next block fetched
+ahead; the consumer takes it from a queue. One block, whatever ``N``: a block usually holds many
+batches, and a deeper queue that the consumer drains in a burst lets go of several blocks at once,
+whose releases reach the store later than the executor would fill their place (a queue of three
+blocks took the 5x-larger-than-store test a budget's third over).
 
 The budget still holds: the thread's executor is given a ``PrefetchLedger``, which counts the
-blocks waiting in the queue as well as the consumer's last two (the one in use and the one being
-released), so the store holds what the executor counts, whichever thread holds a block.
+blocks waiting in the queue as well as the consumer's last few (the one in use, and those let go
+since the queue was last full, whose releases may still be on their way to the store), so the store
+holds what the executor counts, whichever thread holds a block.
 
 The thread never outlives the consumer: closing the consumer's generator (the end of the data, a
 ``break``, an error, KeyboardInterrupt, garbage collection) stops the stream in the thread, which
@@ -35,15 +39,21 @@ class PrefetchLedger(ConsumerLedger):
         super().__init__(window)
         self.lock = threading.Condition()
         self.queued = collections.deque()
+        self.deepest = 0  # the most blocks the queue has held
 
     def handed(self, size_bytes: int) -> None:
         with self.lock:
             self.queued.append(size_bytes)
+            self.deepest = max(self.deepest, len(self.queued))
 
     def taken(self) -> None:
         with self.lock:
             if self.queued:  # a stream that is not an execution hands nothing over
                 self.recent.append(self.queued.popleft())
+                # A consumer that drains a full queue lets go of that many blocks at once, their
+                # releases all still on their way to the store: they stay counted that much longer.
+                if len(self.recent) > self.window + self.deepest:
+                    self.recent.popleft()
                 self.lock.notify_all()
 
     def ahead(self) -> int:
@@ -65,26 +75,17 @@ class PrefetchLedger(ConsumerLedger):
 
 
 class Prefetcher:
-    """The queue between the thread that runs a block stream and the consumer of its tables.
+    """The queue between the thread that runs a block stream and the consumer of its tables (one
+    table waits fetched at most)."""
 
-    Up to ``rows_ahead`` rows wait fetched (``None``: up to ``blocks_ahead`` tables); at least one
-    table always may, however large.
-    """
-
-    def __init__(self, rows_ahead: int | None, blocks_ahead: int):
-        self.rows_ahead, self.blocks_ahead = rows_ahead, blocks_ahead
+    def __init__(self):
         self.ledger = PrefetchLedger()
         self.cond = threading.Condition()
-        self.queue = collections.deque()  # tables, then _END or the exception that ended the stream
-        self.rows = 0
+        self.queue = collections.deque()  # a table, then _END or the exception that ended the stream
         self.thread = None
 
     def _room(self) -> bool:
-        if self.ledger.stopped or not self.queue:
-            return True
-        if self.rows_ahead is None:
-            return len(self.queue) < self.blocks_ahead
-        return self.rows < self.rows_ahead
+        return self.ledger.stopped or not self.queue
 
     def _run(self, make_bundles, context) -> None:
         stream = table = None
@@ -102,7 +103,6 @@ class Prefetcher:
                     break
                 with self.cond:
                     self.queue.append(table)
-                    self.rows += table.num_rows
                     self.cond.notify_all()
                 table = None  # the queue holds it now: this frame must not keep it alive
         except BaseException as error:  # noqa: B036 - whatever ended the stream reaches the consumer
@@ -132,7 +132,6 @@ class Prefetcher:
                     self.cond.wait_for(lambda: self.queue)
                     item = self.queue.popleft()
                     if item is not _END and not isinstance(item, BaseException):
-                        self.rows -= item.num_rows
                         self.ledger.taken()
                     self.cond.notify_all()
                 if item is _END:
@@ -149,13 +148,11 @@ class Prefetcher:
         with self.cond:
             self.ledger.stopped = True
             self.queue.clear()
-            self.rows = 0
             self.cond.notify_all()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join()
 
 
-def prefetched_tables(make_bundles, prefetch_batches: int, batch_size: int | None):
-    """The tables of ``make_bundles(ledger)``'s stream with ``prefetch_batches`` batches fetched ahead."""
-    rows_ahead = prefetch_batches * batch_size if batch_size is not None else None
-    return Prefetcher(rows_ahead, prefetch_batches).tables(make_bundles)
+def prefetched_tables(make_bundles):
+    """The tables of ``make_bundles(ledger)``'s stream, the next one fetched ahead in a thread."""
+    return Prefetcher().tables(make_bundles)
