@@ -72,13 +72,23 @@ class LeaseScheduler:
     its worker). At least ``min_idle_workers`` workers are kept that are not an actor's (idle, leased
     to tasks, or starting): an actor takes a worker for good, so its grant starts a replacement in the
     background, and the next actor is a lease on a worker already started, as Ray's prestarted pool.
+
+    With ``topup_delay`` (seconds) that replacement is not started at the grant but that long after
+    (the ``("topup_after", delay)`` action asks the caller to call ``topup_due`` then): a worker's
+    fork and start (its class preload included) cost about 35 ms of CPU, which competed with the new
+    actor's own start for the cores (a Tune trial's turnover). A lease that finds no idle worker
+    does not wait for the delay: it starts the deferred top-ups at once, as it would start a worker.
     """
 
-    def __init__(self, total: dict, max_idle_workers: int, min_idle_workers: int = 0):
+    def __init__(self, total: dict, max_idle_workers: int, min_idle_workers: int = 0, topup_delay: float = 0.0):
         if min_idle_workers < 0 or min_idle_workers > max_idle_workers:
             raise ValueError(
                 f"min_idle_workers must be between 0 and max_idle_workers ({max_idle_workers}), got {min_idle_workers}"
             )
+        if not topup_delay >= 0:
+            raise ValueError(f"topup_delay must be a number of seconds >= 0, got {topup_delay!r}")
+        self.topup_delay = topup_delay
+        self.deferred = 0  # pool top-ups decided but not started yet (see topup_delay)
         self.total = to_fixed(total)
         self.available = dict(self.total)
         gpus = int(total.get("GPU", 0))
@@ -231,18 +241,34 @@ class LeaseScheduler:
             for name, amount in request.running.items():
                 unclaimed[name] = unclaimed.get(name, 0) - amount
             actions.append(("grant", request, worker))
-        missing = max(waiting - self.starting, self._pool_shortfall())
-        for _ in range(max(0, missing)):
-            self.starting += 1
-            actions.append(("start_worker",))
-        return actions
+        needed = max(0, waiting - self.starting)
+        shortfall = max(0, self._pool_shortfall())
+        if needed:
+            # A lease waits for a worker: deferred top-ups start now, counted with the ones it needs.
+            return actions + self._start(max(needed, shortfall + self.deferred))
+        if shortfall and self.topup_delay:
+            if not self.deferred:
+                actions.append(("topup_after", self.topup_delay))
+            self.deferred += shortfall
+            return actions
+        return actions + self._start(shortfall)
+
+    def topup_due(self) -> list:
+        """The ``topup_after`` delay passed: start the deferred pool top-ups still missing."""
+        self.deferred = 0
+        return self._start(max(0, self._pool_shortfall()))
+
+    def _start(self, count: int) -> list:
+        self.deferred = max(0, self.deferred - count)
+        self.starting += count
+        return [("start_worker",)] * count
 
     def _pool_shortfall(self) -> int:
         """Workers to start so that ``min_idle_workers`` are not an actor's (see the class)."""
         if self.start_failures:
             return 0
         pool = sum(1 for w in self.workers.values() if not w.dedicated and not w.dying)
-        return self.min_idle_workers - pool - self.starting
+        return self.min_idle_workers - pool - self.starting - self.deferred
 
     def _grant(self, worker: Worker, request: LeaseRequest, gpu_ids: list) -> None:
         worker.idle = False
