@@ -6,8 +6,10 @@ controller steps wrapped and the trainable noting its start, end and pid, then p
 slot turnover (one trial's result in the driver to the next trial's trainable running in the freed
 slot), the median and 90th percentile of each step:
 
-- handle: the driver's ``_handle`` of the finished trial's result (kill included),
-- to launch: from the end of that handling to the next trial's ``_launch`` (the state saved, ...),
+- to result: the trainable's report to the driver handling it; result: that handling,
+- to end: from there to the driver handling the function's end (the state saved, the ``next``
+  call that lets the function return); end: that handling (the actor's kill included),
+- to launch: from there to the next trial's ``_launch``,
 - launch: ``_launch`` itself (the actor's creation is sent, its start call submitted),
 - to running: from ``_launch``'s end to the next trainable running in its actor,
 - and the gap: the finished trainable's report to the next trainable running (what the row pays).
@@ -51,7 +53,9 @@ def main() -> None:
     marks: dict = {}  # trial id -> {step: time}
 
     def note(trial_id, step):
-        marks.setdefault(trial_id, {})[step] = time.time()
+        steps = marks.setdefault(trial_id, {})
+        steps.setdefault(step, time.time())  # the first: a trial's result, then its function's end
+        steps[f"last {step}"] = time.time()
 
     run = tuner_module._Run
     original_launch, original_handle = run._launch, run._handle
@@ -99,13 +103,25 @@ def main() -> None:
     ends = sorted((m["ended"], tid) for tid, m in ids.items())
     starts = sorted((m["began"], tid) for tid, m in ids.items())
     # The k-th trial to start after the first CPUS took the slot the (k - CPUS)-th trial to end freed.
-    steps = {"handle": [], "to launch": [], "launch": [], "to running": [], "gap": []}
+    steps = {
+        "to result": [],
+        "result": [],
+        "to end": [],
+        "end": [],
+        "to launch": [],
+        "launch": [],
+        "to running": [],
+        "gap": [],
+    }
     overlapping_forks = 0
     for (began, tid), (ended, done_id) in zip(starts[CPUS:], ends):
         done, new = by_id.get(done_id, {}), by_id.get(tid, {})
         if {"handle", "handled"} <= done.keys() and {"launch", "launched"} <= new.keys():
-            steps["handle"].append(done["handled"] - done["handle"])
-            steps["to launch"].append(new["launch"] - done["handled"])
+            steps["to result"].append(done["handle"] - ended)
+            steps["result"].append(done["handled"] - done["handle"])
+            steps["to end"].append(done["last handle"] - done["handled"])
+            steps["end"].append(done["last handled"] - done["last handle"])
+            steps["to launch"].append(new["launch"] - done["last handled"])
             steps["launch"].append(new["launched"] - new["launch"])
             steps["to running"].append(began - new["launched"])
             if any(new["launch"] <= f <= began for f in forks):
