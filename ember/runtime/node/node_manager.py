@@ -50,9 +50,9 @@ RAM_CHANGE = 32 << 20  # bytes of change that the head and the widgets hear abou
 # How many of the latest actors' classes a new worker loads ahead (see NodeManager.recent_classes).
 # 0 turns it off: a class whose module imports a large library (torch) makes each idle worker that much bigger.
 PRELOAD_CLASSES = "EMBER_WORKER_PRELOAD_CLASSES"
-# Seconds between an actor's grant and the start of the pool worker that replaces its one, while an
-# idle worker is left for the next lease (see LeaseScheduler): the new actor starts without a fork
-# and a worker's start competing with it for the CPUs.
+# Seconds between an actor's grant and the start of the pool worker that replaces its one, unless a
+# lease finds no idle worker first (see LeaseScheduler): the new actor starts without a fork and a
+# worker's start competing with it for the CPUs. 0: the replacement starts with the grant.
 TOPUP_DELAY = "EMBER_WORKER_TOPUP_DELAY_S"
 
 logger = logging.getLogger(__name__)
