@@ -144,6 +144,19 @@ def test_a_raising_call_does_not_stop_the_others(loop):
     assert results == ["after"]
 
 
+def test_call_later_runs_once_its_delay_passed_and_in_deadline_order(loop):
+    done = []
+    loop.call_later(3600, done.append, "in an hour")
+    loop.call_later(0.05, done.append, "later")
+    loop.call_later(0.01, done.append, "sooner")
+    # No services, no limit: a loop that waits for ever must wake up for its timers.
+    while len(done) < 2:
+        loop.run_once()
+    assert done == ["sooner", "later"]
+    loop.run_once(limit=0.01)
+    assert done == ["sooner", "later"]  # not before its time
+
+
 def test_run_once_returns_when_its_limit_passes_with_nothing_to_do(loop):
     assert loop.run_once(limit=0.01) == 0
 

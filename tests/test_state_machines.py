@@ -377,6 +377,38 @@ def test_actor_grant_starts_a_replacement_worker_for_the_pool():
     assert kinds(scheduler.schedule()) == []
 
 
+def test_pool_top_up_is_deferred_after_an_actor_grant():
+    scheduler = LeaseScheduler({"CPU": 2}, max_idle_workers=2, min_idle_workers=2, topup_delay=0.05)
+    scheduler.starting = 2  # the node prestarted two
+    assert kinds(started_pool(scheduler, b"w1", b"w2")) == []
+    # The replacement is not started with the grant: the caller is asked to come back after the delay.
+    assert scheduler.request(request(b"a", {"CPU": 1}, actor=True))[1:] == [("topup_after", 0.05)]
+    # A second grant meanwhile adds to the deferred top-ups; the delay is asked for once.
+    assert kinds(scheduler.request(request(b"b", {"CPU": 1}, actor=True))) == ["grant"]
+    assert scheduler.starting == 0 and scheduler.deferred == 2
+    assert kinds(scheduler.topup_due()) == ["start_worker", "start_worker"]
+    assert scheduler.starting == 2 and scheduler.deferred == 0
+    assert kinds(scheduler.topup_due()) == []  # a later due call starts nothing more
+    with pytest.raises(ValueError, match="topup_delay"):
+        LeaseScheduler({"CPU": 1}, max_idle_workers=1, topup_delay=-1)
+
+
+def test_a_lease_without_an_idle_worker_starts_the_deferred_top_ups_at_once():
+    scheduler = LeaseScheduler({"CPU": 4}, max_idle_workers=2, min_idle_workers=2, topup_delay=0.05)
+    scheduler.starting = 2
+    started_pool(scheduler, b"w1", b"w2")
+    scheduler.request(request(b"a", {"CPU": 1}, actor=True))
+    scheduler.request(request(b"b", {"CPU": 1}, actor=True))
+    # The third actor would wait for a worker: both deferred top-ups start now, not after the delay.
+    assert kinds(scheduler.request(request(b"c", {"CPU": 1}, actor=True))) == ["start_worker", "start_worker"]
+    assert scheduler.deferred == 0
+    assert kinds(scheduler.topup_due()) == []  # the delay's end finds nothing missing
+    actions = scheduler.worker_started(b"w3")
+    assert kinds(actions) == ["grant", "topup_after"]  # c's grant defers its own replacement
+    assert kinds(scheduler.worker_started(b"w4")) == []  # w4 counts for the pool: one top-up left
+    assert kinds(scheduler.topup_due()) == ["start_worker"]
+
+
 def test_task_leases_do_not_top_up_the_pool():
     # A task's worker comes back to the pool when its lease is returned: no replacement is started.
     scheduler = LeaseScheduler({"CPU": 2}, max_idle_workers=2, min_idle_workers=2)

@@ -43,7 +43,9 @@ def test_actor_after_a_kill_starts_on_a_prestarted_worker():
 
         most_idle = 0
         for round in range(4):
-            wait(lambda: idle() == 2, "two idle workers")
+            # Both counts: the head's view of the node can be a heartbeat old (the third actor's
+            # grant not in it yet), and its replacement is started a moment after that grant.
+            wait(lambda: idle() == 2 and len(workers()) == 2, "two idle workers")
             before = workers()
             actors = [Trial.remote(), Trial.remote()]
             pids = ember.get([a.pid.remote() for a in actors])
@@ -51,7 +53,7 @@ def test_actor_after_a_kill_starts_on_a_prestarted_worker():
             assert set(pids) <= before, (pids, before)
             # Their replacements are started in the background; the pool never holds more idle
             # workers than its cap (the CPU count).
-            wait(lambda: idle() == 2, "the pool to be topped up")
+            wait(lambda: idle() == 2 and len(workers() - set(pids)) >= 2, "the pool to be topped up")
             most_idle = max(most_idle, len(workers() - set(pids)))
             # Killed: the CPUs come back when the kill is decided, so a third actor needs no reaping.
             for actor in actors:
@@ -115,3 +117,68 @@ def test_preloading_can_be_turned_off_and_a_bad_setting_is_refused(monkeypatch):
         monkeypatch.setenv(node_manager.PRELOAD_CLASSES, bad)
         with pytest.raises(ValueError, match=node_manager.PRELOAD_CLASSES):
             node_manager._preload_setting()
+
+
+def test_pool_top_up_waits_after_a_grant_unless_a_lease_needs_a_worker():
+    # A long delay: the replacement of a granted worker is not forked with the grant (it would
+    # compete with the new actor's start), yet a lease that finds no idle worker does not wait for it.
+    out = run_driver(
+        """
+        import os, time
+        os.environ["EMBER_WORKER_TOPUP_DELAY_S"] = "60"
+        import psutil
+        import ember
+        from ember import api
+
+        ember.init(num_cpus=2)
+        cluster = psutil.Process(api._cluster_process.pid)
+
+        def workers():
+            found = set()
+            for child in cluster.children():
+                try:
+                    if child.name() == "ember-worker" and child.status() != psutil.STATUS_ZOMBIE:
+                        found.add(child.pid)
+                except psutil.NoSuchProcess:
+                    pass
+            return found
+
+        deadline = time.monotonic() + 30
+        while api._nodes_raw()[0]["workers"]["idle"] != 2:
+            if time.monotonic() > deadline:
+                raise SystemExit("timed out waiting for two idle workers")
+            time.sleep(0.02)
+        before = workers()
+
+        @ember.remote(num_cpus=0.5)
+        class Trial:
+            def pid(self):
+                return os.getpid()
+
+        first = Trial.remote()
+        assert ember.get(first.pid.remote(), timeout=30) in before
+        print("after one grant", len(workers() - before))
+        second = Trial.remote()
+        assert ember.get(second.pid.remote(), timeout=30) in before
+        # No idle worker is left: the third actor starts the deferred top-ups instead of waiting 60 s.
+        third = Trial.remote()
+        print("third on a new worker", ember.get(third.pid.remote(), timeout=30) not in before)
+        ember.shutdown()
+        """,
+        timeout=120,
+    )
+    assert "after one grant 0" in out.stdout, out.stdout
+    assert "third on a new worker True" in out.stdout, out.stdout
+
+
+def test_top_up_delay_setting_is_checked(monkeypatch):
+    from ember.runtime.node import node_manager
+
+    monkeypatch.setenv(node_manager.TOPUP_DELAY, "0")
+    assert node_manager._topup_delay_setting() == 0
+    monkeypatch.delenv(node_manager.TOPUP_DELAY)
+    assert node_manager._topup_delay_setting() > 0
+    for bad in ("-1", "soon", "nan", "100"):
+        monkeypatch.setenv(node_manager.TOPUP_DELAY, bad)
+        with pytest.raises(ValueError, match=node_manager.TOPUP_DELAY):
+            node_manager._topup_delay_setting()

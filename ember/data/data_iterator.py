@@ -14,8 +14,12 @@ from ember.data import iterator as it
 class DataIterator:
     """Iterates over a dataset (or a share of it) in rows or batches (Ray's ``DataIterator``)."""
 
-    def _bundles(self):
-        """One pass: ``(block ref, metadata)`` pairs, or ``(block ref, None, start, length)`` slices."""
+    # Whether iter_batches may run a pass in a prefetch thread (not a streaming split's share: see there).
+    _prefetch_in_thread = True
+
+    def _bundles(self, ledger=None):
+        """One pass: ``(block ref, metadata)`` pairs, or ``(block ref, None, start, length)`` slices;
+        ``ledger``: the prefetcher's, when its thread runs the pass."""
         raise NotImplementedError
 
     def iter_batches(
@@ -28,9 +32,23 @@ class DataIterator:
         local_shuffle_buffer_size: int | None = None,
         local_shuffle_seed: int | None = None,
     ):
-        """Iterate over batches of ``batch_size`` rows (across block boundaries) in ``batch_format``."""
+        """Iterate over batches of ``batch_size`` rows (across block boundaries) in ``batch_format``.
+
+        ``prefetch_batches``: above 0, a background thread runs the execution (within its
+        object-store budget) and keeps the next block fetched ahead of the consumer (one block,
+        whatever the number: see ``ember.data.prefetch``); 0 runs the execution in the consuming
+        thread, only as the consumer asks.
+        """
+        if not isinstance(prefetch_batches, int) or isinstance(prefetch_batches, bool) or prefetch_batches < 0:
+            raise ValueError(f"prefetch_batches must be a non-negative int, got {prefetch_batches!r}.")
+        if prefetch_batches and self._prefetch_in_thread:
+            from ember.data.prefetch import prefetched_tables
+
+            stream = prefetched_tables(lambda ledger: self._bundles(ledger=ledger))
+        else:
+            stream = it.tables(self._bundles())
         return it.iter_batches(
-            self._bundles(),
+            stream,
             batch_size=batch_size,
             batch_format=blk.check_batch_format(batch_format),
             drop_last=drop_last,
@@ -79,8 +97,8 @@ class DatasetIterator(DataIterator):
     def __init__(self, dataset):
         self._dataset = dataset
 
-    def _bundles(self):
-        return self._dataset._bundles()
+    def _bundles(self, ledger=None):
+        return self._dataset._bundles(ledger=ledger)
 
     def __repr__(self) -> str:
         return f"DataIterator({self._dataset!r})"
@@ -96,7 +114,12 @@ class StreamSplitDataIterator(DataIterator):
         self._n = n
         self._epoch = 0
 
-    def _bundles(self):
+    # The next request to the coordinator is always in flight (below): that is this share's
+    # prefetch. A thread would add nothing, and could wait without end at an epoch's barrier for the
+    # other consumers after its own consumer had stopped.
+    _prefetch_in_thread = False
+
+    def _bundles(self, ledger=None):
         epoch = self._epoch
         self._epoch += 1
         coordinator, split = self._coordinator, self._split

@@ -342,15 +342,16 @@ class Dataset(AllToAllMethods):
 
     # ---- execution ---------------------------------------------------------------------------
 
-    def _bundles(self, progress: bool = True):
-        """Run the plan: (block_ref, BlockMetadata) in order, streaming."""
+    def _bundles(self, progress: bool = True, ledger=None):
+        """Run the plan: (block_ref, BlockMetadata) in order, streaming (``ledger``: how the executor
+        counts the blocks its consumer holds, when a prefetch thread runs it)."""
         plan = self._plan
         if isinstance(plan, InputData):
             yield from plan.bundles
             return
         from ember.data.progress import reporter
 
-        executor = Executor(physical_plan(optimize(plan)), progress=reporter() if progress else None)
+        executor = Executor(physical_plan(optimize(plan)), progress=reporter() if progress else None, ledger=ledger)
         self._last_stats = executor.stats
         yield from executor.run()
 

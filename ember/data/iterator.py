@@ -32,17 +32,17 @@ def iter_rows(bundles):
         yield from blk.iter_rows(table)
 
 
-def iter_batches(bundles, *, batch_size, batch_format, drop_last=False, shuffle_buffer=None, seed=None):
-    """Batches of exactly ``batch_size`` rows (the last may be short unless ``drop_last``)."""
+def iter_batches(stream, *, batch_size, batch_format, drop_last=False, shuffle_buffer=None, seed=None):
+    """Batches of exactly ``batch_size`` rows (the last may be short unless ``drop_last``) from a
+    generator of tables (``tables(bundles)``, or a prefetcher's)."""
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}.")
     if shuffle_buffer is not None and (not isinstance(shuffle_buffer, int) or shuffle_buffer < 1):
         raise ValueError(f"local_shuffle_buffer_size must be a positive int, got {shuffle_buffer!r}.")
-    return _iter_batches(bundles, batch_size, batch_format, drop_last, shuffle_buffer, seed)
+    return _iter_batches(stream, batch_size, batch_format, drop_last, shuffle_buffer, seed)
 
 
-def _iter_batches(bundles, batch_size, batch_format, drop_last, shuffle_buffer, seed):
-    stream = tables(bundles)
+def _iter_batches(stream, batch_size, batch_format, drop_last, shuffle_buffer, seed):
     try:
         if batch_size is None and shuffle_buffer is None:
             for table in stream:

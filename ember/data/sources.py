@@ -356,6 +356,14 @@ def _read_parquet_pieces(fs, pieces, filter_expr, columns, limit):
     return blk.concat(tables)
 
 
+# A Parquet read block holds whole row groups up to this many (uncompressed) bytes, or one larger
+# group. Blocks of a 64 MB file each made iter_batches and a fused actor-pool map about half as
+# fast as blocks of its 13 MB row groups on 2 CPUs (benchmarks/data.py): a large block is
+# allocated, page-faulted and copied into the store whole, its numpy intermediates do not fit in
+# cache, and a pipeline of 32 large blocks has long start-up and tail phases on two workers.
+PARQUET_BLOCK_BYTES = 16 * 1024 * 1024
+
+
 def read_parquet(
     paths,
     *,
@@ -373,7 +381,7 @@ def read_parquet(
     from ember.data.dataset import Dataset
 
     fs, files = resolve_paths(paths, filesystem, file_extensions)
-    target = DataContext.get_current().target_max_block_size
+    target = min(DataContext.get_current().target_max_block_size, PARQUET_BLOCK_BYTES)
     file_format = pds.ParquetFileFormat()
     pieces, first = [], None
     for path, _ in files:

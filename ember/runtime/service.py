@@ -10,6 +10,7 @@ logged and answered with an error message; it never stops the loop.
 """
 
 import collections
+import heapq
 import logging
 import math
 import os
@@ -159,6 +160,8 @@ class EventLoop:
         self.running = True
         self._next_tick = 0.0
         self._calls: collections.deque = collections.deque()
+        self._timers: list = []  # heap of (monotonic deadline, sequence, fn, args), see call_later
+        self._timer_seq = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)  # a full pipe already holds a wake-up: never block a sender
@@ -197,6 +200,20 @@ class EventLoop:
         if self._polling and not self._woken:
             self._woken = True
             self._write_wake()
+
+    def call_later(self, delay: float, fn, *args) -> None:
+        """Run ``fn(*args)`` on the loop's thread ``delay`` seconds from now (or a little later); only
+        from the loop's thread."""
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (time.monotonic() + delay, self._timer_seq, fn, args))
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn, args = heapq.heappop(self._timers)
+            self._calls.append((fn, args))
+        if self._calls:
+            self.run_calls()
 
     def wake(self) -> None:
         """Make the loop end its poll (or not block in the next one) and run a round; safe from any
@@ -254,6 +271,9 @@ class EventLoop:
                     self._tick(now)
                 until_tick = max(0.0, self._next_tick - time.monotonic())
                 timeout = until_tick if timeout is None else min(timeout, until_tick)
+            if self._timers:
+                until_timer = max(0.0, self._timers[0][0] - time.monotonic())
+                timeout = until_timer if timeout is None else min(timeout, until_timer)
             # Work queued while nobody polled (no wake-up was written for it) is done before the
             # poll, the round's own work (``after_round``) with it. Then the poll returns at once,
             # as a caller driving rounds until its work is done expects, unless ``after_round`` says
@@ -283,6 +303,8 @@ class EventLoop:
                     break
             if self._calls:  # queued by handlers on this thread, which wrote no wake-up
                 self.run_calls()
+            if self._timers:
+                self._run_timers()
             if self.after_round is not None:
                 self.after_round()
             return len(events)

@@ -53,6 +53,10 @@ RAM_CHANGE = 32 << 20  # bytes of change that the head and the widgets hear abou
 # How many of the latest actors' classes a new worker loads ahead (see NodeManager.recent_classes).
 # 0 turns it off: a class whose module imports a large library (torch) makes each idle worker that much bigger.
 PRELOAD_CLASSES = "EMBER_WORKER_PRELOAD_CLASSES"
+# Seconds between an actor's grant and the start of the pool worker that replaces its one, unless a
+# lease finds no idle worker first (see LeaseScheduler): the new actor starts without a fork and a
+# worker's start competing with it for the CPUs. 0: the replacement starts with the grant.
+TOPUP_DELAY = "EMBER_WORKER_TOPUP_DELAY_S"
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +114,12 @@ class NodeManager(Service):
         max_idle = max(1, int(num_cpus))
         # The pool is kept as full as it started (within the idle cap), so an actor, which takes a
         # worker for good, finds the next one already started.
-        self.scheduler = LeaseScheduler(resources, max_idle_workers=max_idle, min_idle_workers=min(prestart, max_idle))
+        self.scheduler = LeaseScheduler(
+            resources,
+            max_idle_workers=max_idle,
+            min_idle_workers=min(prestart, max_idle),
+            topup_delay=_topup_delay_setting(),
+        )
         self.store = StoreState(object_store_memory)
         self.processes: list[WorkerProcess] = []
         self.workers: dict[bytes, WorkerProcess] = {}
@@ -568,6 +577,11 @@ class NodeManager(Service):
                     request.client,
                     {"op": protocol.ERROR, "rid": request.request_id, "error": error, "etype": "RuntimeEnvSetupError"},
                 )
+            elif kind == "topup_after":
+                if self.loop is None:
+                    self.carry_out(self.scheduler.topup_due())
+                else:
+                    self.loop.call_later(action[1], lambda: self.carry_out(self.scheduler.topup_due()))
             elif kind == "stop_worker":
                 # Ask, don't tell: a worker idle as a worker may still own objects or hold leases
                 # as an owner (of tasks it submitted); it exits only if it has none (see worker).
@@ -709,6 +723,17 @@ def _preload_setting() -> int:
         raise ValueError(f"{PRELOAD_CLASSES} must be a whole number, got {raw!r}.") from None
     if value < 0:
         raise ValueError(f"{PRELOAD_CLASSES} must be at least 0, got {value}.")
+    return value
+
+
+def _topup_delay_setting() -> float:
+    raw = os.environ.get(TOPUP_DELAY, "").strip()
+    try:
+        value = float(raw) if raw else 0.05
+    except ValueError:
+        raise ValueError(f"{TOPUP_DELAY} must be a number of seconds, got {raw!r}.") from None
+    if not 0 <= value <= 60:
+        raise ValueError(f"{TOPUP_DELAY} must be between 0 and 60 seconds, got {value}.")
     return value
 
 

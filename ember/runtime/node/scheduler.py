@@ -80,13 +80,23 @@ class LeaseScheduler:
     idle worker of its env starts one (``("start_worker", env)``); when that brings idle and starting
     workers past ``max_idle_workers``, idle workers of envs no queued request wants are retired, so
     the pool keeps its size as it changes envs.
+
+    With ``topup_delay`` (seconds) that replacement is not started at the grant but that long after
+    (the ``("topup_after", delay)`` action asks the caller to call ``topup_due`` then): a worker's
+    fork and start (its class preload included) cost about 35 ms of CPU, which competed with the new
+    actor's own start for the cores (a Tune trial's turnover). A lease that finds no idle worker
+    does not wait for the delay: it starts the deferred top-ups at once, as it would start a worker.
     """
 
-    def __init__(self, total: dict, max_idle_workers: int, min_idle_workers: int = 0):
+    def __init__(self, total: dict, max_idle_workers: int, min_idle_workers: int = 0, topup_delay: float = 0.0):
         if min_idle_workers < 0 or min_idle_workers > max_idle_workers:
             raise ValueError(
                 f"min_idle_workers must be between 0 and max_idle_workers ({max_idle_workers}), got {min_idle_workers}"
             )
+        if not topup_delay >= 0:
+            raise ValueError(f"topup_delay must be a number of seconds >= 0, got {topup_delay!r}")
+        self.topup_delay = topup_delay
+        self.deferred = 0  # pool top-ups decided but not started yet (see topup_delay)
         self.total = to_fixed(total)
         self.available = dict(self.total)
         gpus = int(total.get("GPU", 0))
@@ -261,10 +271,27 @@ class LeaseScheduler:
             for name, amount in request.running.items():
                 unclaimed[name] = unclaimed.get(name, 0) - amount
             actions.append(("grant", request, worker))
+        plain_needed = waiting.get("", 0) > self._starting_in("")
         for env, count in waiting.items():
             for _ in range(count - self._starting_in(env)):
                 self._start(env, actions)
         actions += self._retire_other_envs(idle, waiting)
+        shortfall = max(0, self._pool_shortfall())
+        if plain_needed or not self.topup_delay:
+            # A lease waits for a plain worker: the deferred top-ups start now, with the ones it needs.
+            count, self.deferred = max(0, shortfall + self.deferred), 0
+            for _ in range(count):
+                self._start("", actions)
+        elif shortfall:
+            if not self.deferred:
+                actions.append(("topup_after", self.topup_delay))
+            self.deferred += shortfall
+        return actions
+
+    def topup_due(self) -> list:
+        """The ``topup_after`` delay passed: start the deferred pool top-ups still missing."""
+        self.deferred = 0
+        actions: list = []
         for _ in range(max(0, self._pool_shortfall())):
             self._start("", actions)
         return actions
@@ -298,7 +325,7 @@ class LeaseScheduler:
         if self.start_failures:
             return 0
         pool = sum(1 for w in self.workers.values() if not w.dedicated and not w.dying)
-        return self.min_idle_workers - pool - self.starting
+        return self.min_idle_workers - pool - self.starting - self.deferred
 
     def _grant(self, worker: Worker, request: LeaseRequest, gpu_ids: list) -> None:
         worker.idle = False
