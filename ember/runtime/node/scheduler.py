@@ -276,13 +276,14 @@ class LeaseScheduler:
             for _ in range(count - self._starting_in(env)):
                 self._start(env, actions)
         actions += self._retire_other_envs(idle, waiting)
-        shortfall = max(0, self._pool_shortfall())
+        shortfall = self._pool_shortfall()  # net of the deferred ones and of the workers just started
         if plain_needed or not self.topup_delay:
-            # A lease waits for a plain worker: the deferred top-ups start now, with the ones it needs.
+            # A lease waits for a plain worker: the deferred top-ups start now (those the workers just
+            # started for it do not already make up).
             count, self.deferred = max(0, shortfall + self.deferred), 0
             for _ in range(count):
                 self._start("", actions)
-        elif shortfall:
+        elif shortfall > 0:
             if not self.deferred:
                 actions.append(("topup_after", self.topup_delay))
             self.deferred += shortfall
