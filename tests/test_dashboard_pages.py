@@ -148,7 +148,7 @@ def test_json_endpoints_follow_the_cluster(cluster):
         mine = [g for g in groups if g["name"] == "pages-test-group"]
         assert mine and mine[0]["state"] == "CREATED" and mine[0]["bundles"][0]["resources"] == {"CPU": 1}
 
-        for name in ("overview", "nodes", "tasks", "actors", "objects", "placement_groups", "jobs", "logs"):
+        for name in ("overview", "nodes", "tasks", "actors", "objects", "placement_groups", "jobs", "serve", "logs"):
             body = _get(url, f"/api/view/{name}")
             assert body["html"].startswith("<div class='ember-view") and "data" in body
         assert httpx.get(f"{url}/api/view/nope", timeout=30).status_code == 404
@@ -199,3 +199,26 @@ def test_a_networked_dashboard_takes_the_secret_once_in_a_link(cluster, tmp_path
             assert browser.get("/api/view/tasks").json()["data"]["counts"]["finished"] >= 0
     finally:
         dashboard.stop(process)
+
+
+def test_serve_page_shows_the_applications_its_controller_reports(cluster, serve_instance):
+    from ember import serve
+
+    @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0})
+    class Echo:
+        def __call__(self, text):
+            return text
+
+    serve.run(Echo.bind(), name="pages-echo", route_prefix=None)
+    url = cluster.dashboard_url
+    data = wait_for(
+        lambda: (d := _get(url, "/api/serve")).get("applications", {}).get("pages-echo") and d,
+        timeout=60,
+        message="the Serve endpoint to list the application",
+    )
+    echo = data["applications"]["pages-echo"]["deployments"]["Echo"]
+    assert data["running"] and echo["target_replicas"] == 2
+    page = _get(url, "/api/view/serve")["html"]
+    assert "pages-echo" in page and "Echo" in page and "ember-serve-row" in page
+    serve.delete("pages-echo")
+    wait_for(lambda: "pages-echo" not in _get(url, "/api/serve").get("applications", {}), timeout=60)

@@ -268,7 +268,9 @@ class JobManager:
         self.connected = False
         self.runs: dict = {}  # submission id -> the ref of its supervisor's run(), while the job has not ended
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Open this process's driver connection to the cluster, once (the first submission, or the
+        first look at Serve's status)."""
         import ember
 
         with self.connect_lock:
@@ -302,7 +304,7 @@ class JobManager:
         if not self.head.kv_put(KEY_PREFIX + submission_id.encode(), info.encode(), overwrite=False):
             raise ValueError(f"Job with submission_id {submission_id} already exists. Choose another submission_id.")
         try:
-            self._connect()
+            self.connect()
             options = dict(
                 name=supervisor_name(submission_id),
                 namespace=SUPERVISOR_NAMESPACE,
@@ -407,7 +409,7 @@ class JobManager:
             raise KeyError(submission_id)
         if info.status.is_terminal():
             return False
-        self._connect()
+        self.connect()
         supervisor = self._supervisor(submission_id)
         if info.status == JobStatus.PENDING and supervisor is not None:
             # It may be waiting for resources, and would take the stop call only once it exists: kill it.

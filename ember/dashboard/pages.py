@@ -1,10 +1,11 @@
 """The dashboard's pages and the JSON endpoints behind them (starlette routes, added by server.py).
 
-    GET /, /nodes, /tasks, /actors, /objects, /placement_groups, /jobs, /logs
+    GET /, /nodes, /tasks, /actors, /objects, /placement_groups, /jobs, /serve, /logs
         one HTML shell (pages_static/page.html): a nav bar, the theme, and a script that fetches
         /api/view/<page> every second while the tab is visible and swaps the view's HTML in
     GET /api/view/<page>    {"html": the view, "data": what the JSON endpoint below answers}
-    GET /api/overview, /api/nodes, /api/tasks, /api/actors, /api/objects, /api/placement_groups
+    GET /api/overview, /api/nodes, /api/tasks, /api/actors, /api/objects, /api/placement_groups,
+        /api/serve (Serve's status from its controller, through a driver connection opened on first use)
     GET /api/logs           the session's log files; /api/logs/<file>?tail=N its last N bytes
 
 Every number comes from the dashboard process's event feed (pages_feed.PagesFeed), read under its
@@ -27,9 +28,11 @@ PAGES = {  # path -> (title, view name)
     "/objects": ("Objects", "objects"),
     "/placement_groups": ("Placement groups", "placement_groups"),
     "/jobs": ("Jobs", "jobs"),
+    "/serve": ("Serve", "serve"),
     "/logs": ("Logs", "logs"),
 }
 LOG_TAIL = 64 * 1024  # bytes of a log file a page shows by default
+SERVE_TIMEOUT = 5.0  # seconds the Serve page waits for the controller's status
 SHELL = (pathlib.Path(__file__).parent / "pages_static" / "page.html").read_text()
 
 
@@ -154,6 +157,26 @@ class Pages:
         table = self.head.request({"op": protocol.PLACEMENT_GROUP_TABLE})[0].get("table") or {}
         return _json_safe({"placement_groups": pv.placement_groups(table)})
 
+    def serve(self) -> dict:
+        """Serve's applications, deployments and replicas as its controller reports them, asked through
+        this process's driver connection (opened on the first look); ``{"running": False}`` when Serve
+        does not run on the cluster."""
+        if self.jobs is None:
+            return {"running": False}
+        import ember
+        from ember.serve import context as serve_context
+
+        self.jobs.connect()
+        try:
+            controller = ember.get_actor(serve_context.CONTROLLER_NAME, namespace=serve_context.SERVE_NAMESPACE)
+        except ValueError:
+            return {"running": False}
+        try:
+            status = ember.get(controller.status.remote(), timeout=SERVE_TIMEOUT)
+        except Exception as error:  # a controller dead or busy: the page says so and asks again
+            return {"running": True, "error": f"{type(error).__name__}: {error}"}
+        return _json_safe({"running": True, **status})
+
     def logs(self) -> dict:
         """The files in the session's log directory, with the worker pid each belongs to when this
         machine can tell (a live worker's stdout is its log file)."""
@@ -244,6 +267,17 @@ class Pages:
                 except KeyError:
                     selected = None
             return {"html": pv.jobs_html(jobs, selected), "data": {"jobs": jobs, "selected": selected}}
+        if name == "serve":
+            from ember.serve.monitor import status_html
+
+            data = self.serve()
+            if not data["running"]:
+                text = "<p>Serve is not running on this cluster: <code>serve.run(app)</code> starts it.</p>"
+            elif "error" in data:
+                text = f"<p>Serve's controller did not answer: {html.escape(data['error'])}</p>"
+            else:
+                return {"html": status_html(data), "data": data}
+            return {"html": pv.view("serve", text), "data": data}
         if name == "logs":
             data = self.logs()
             selected = None
@@ -356,6 +390,7 @@ def routes(pages: Pages) -> list:
         Route("/api/actors", endpoint(pages.actors)),
         Route("/api/objects", endpoint(pages.objects)),
         Route("/api/placement_groups", endpoint(pages.placement_groups)),
+        Route("/api/serve", endpoint(pages.serve)),
         Route("/api/logs", endpoint(pages.logs)),
         Route("/api/logs/{name}", log_file),
     ]
