@@ -17,6 +17,7 @@ from ember.runtime.client.task_lifecycle import (
     FORGET_REPLY,
     KILL_WORKER,
     LEASE_LINGER,
+    LEASE_TURN,
     MAX_LEASE_REQUESTS,
     OWN_MANAGER,
     PIPELINE,
@@ -141,6 +142,27 @@ def test_idle_lease_returned_after_linger_and_shape_forgotten():
     tasks.task_result(follow, ok(follow), [b"ok"], None, False, 20.0)
     assert tasks.tick(20.0 + LEASE_LINGER * 2) == [(RETURN_LEASE, lease)]
     assert not tasks.leases and not tasks.shapes and tasks.idle()
+
+
+def test_a_lease_busy_for_its_whole_turn_goes_back_between_tasks():
+    """Tasks back to back would keep a lease for good, and another driver's request waiting at the
+    node would never be granted: past LEASE_TURN the lease takes no new task and goes back once
+    idle, and its shape asks again for what is still queued."""
+    tasks = machine()
+    lease, first, second = pipelined(tasks)
+    assert tasks.tick(LEASE_TURN / 2) == [] and not lease.returning
+    assert tasks.tick(LEASE_TURN) == [] and lease.returning  # busy: it ends its turn when idle
+    actions = tasks.task_result(first, ok(first), [b"ok"], None, False, LEASE_TURN)
+    assert kinds(actions) == [RECORD] and list(lease.inflight) == [second.task_id]  # nothing new sent
+    actions = tasks.task_result(second, ok(second), [b"ok"], None, False, LEASE_TURN)
+    assert (RETURN_LEASE, lease) in actions and not tasks.leases
+    assert len(tasks.shapes[KEY].requests) == MAX_LEASE_REQUESTS  # the queue's eight asked for again
+    # An idle lease whose turn ends is returned at the tick, and the queue asks for workers anew.
+    tasks = machine()
+    spec = task()
+    lease = leased(tasks, spec, now=0.0)
+    tasks.task_result(spec, ok(spec), [b"ok"], None, False, 0.01)
+    assert tasks.tick(LEASE_TURN) == [(RETURN_LEASE, lease)]
 
 
 def test_worker_death_retries_then_fails():

@@ -48,6 +48,11 @@ from ember.runtime.ids import new_id, task_id_of
 PIPELINE = 2  # tasks sent ahead to one leased worker
 MAX_LEASE_REQUESTS = 8  # outstanding lease requests per resource shape
 LEASE_LINGER = 0.05  # seconds an idle lease is kept for the next task of its shape
+# Seconds a lease serves one task after another before it goes back to the node once its worker is
+# between tasks (its shape asks again for what is still queued). The node grants requests in order,
+# so another driver's request waiting there gets its turn: a driver that keeps its workers busy
+# (rounds of tasks back to back) held its leases for good, and a job's first task never ran.
+LEASE_TURN = 1.0
 
 WAITING, QUEUED, RUNNING, FINISHED = "WAITING", "QUEUED", "RUNNING", "FINISHED"
 
@@ -140,7 +145,7 @@ class TaskLifecycle:
             if requests:
                 self._withdraw(shape, actions)
             return
-        leases = [lease for lease in shape.leases.values() if not lease.retiring]
+        leases = [lease for lease in shape.leases.values() if not lease.retiring and not lease.returning]
         # 1. Every idle leased worker gets a task.
         for lease in leases:
             if queue and not lease.inflight:
@@ -290,6 +295,8 @@ class TaskLifecycle:
                 del shape.leases[lease.worker_id]
                 del self.leases[lease.worker_id]
                 actions.append((CLOSE_WORKER, lease))  # it exits now (max_calls)
+            elif lease.returning:
+                self._return_lease(lease, actions)  # its turn is over (LEASE_TURN)
             else:
                 lease.idle_since = now
         self._pump(lease.key, shape, actions)
@@ -305,6 +312,8 @@ class TaskLifecycle:
         actions = []
         self._fail(spec, error, actions)
         if self.leases.get(lease.worker_id) is lease:
+            if lease.returning and not lease.inflight:
+                self._return_lease(lease, actions)
             self._pump(lease.key, self.shapes[lease.key], actions)  # the worker may take the next task
         return actions
 
@@ -441,8 +450,15 @@ class TaskLifecycle:
 
     # --- time --------------------------------------------------------------------------------------
     def tick(self, now: float) -> list:
-        """Return the leases idle for longer than LEASE_LINGER, and forget empty shapes."""
+        """Return the leases idle for longer than LEASE_LINGER and end the turn of those held longer
+        than LEASE_TURN; forget empty shapes."""
         actions = []
+        for lease in list(self.leases.values()):
+            if not lease.returning and now - lease.granted_at >= LEASE_TURN:
+                lease.returning = True
+                if not lease.inflight:
+                    self._return_lease(lease, actions)
+                    self._pump(lease.key, self.shapes[lease.key], actions)  # ask again for its queue
         empty = []
         for key, shape in self.shapes.items():
             if shape.queue:

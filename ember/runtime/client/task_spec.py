@@ -67,6 +67,8 @@ class Lease:
         "gpus",
         "assigned",
         "retiring",
+        "returning",
+        "granted_at",
         "node_id",
         "pid",
         "manager",
@@ -84,7 +86,9 @@ class Lease:
         self.key = key
         self.inflight: dict = {}
         self.idle_since = now
+        self.granted_at = now
         self.retiring = False
+        self.returning = False  # its turn is over: no new task, back to the node once idle
 
 
 class ShapeQueue:
