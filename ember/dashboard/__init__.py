@@ -28,6 +28,34 @@ URL_KEY = b"dashboard:url"  # the head's KV: where the dashboard listens (init(a
 EVENTS_KEY = b"dashboard:events"  # the head's KV: its event hub's address, which the dashboard's pages follow
 
 
+LINK_VARIABLE = "EMBER_DASHBOARD_LINK"
+
+
+def link(url: str | None) -> str | None:
+    """The address a notebook's widgets and ``%ember status`` give for the dashboard at ``url``.
+
+    A browser showing JupyterLab may not reach the cluster's port (JupyterHub, a remote server), but
+    reaches JupyterLab, which with jupyter-server-proxy forwards ``/proxy/PORT/`` to it. So:
+    ``EMBER_DASHBOARD_LINK`` when set, a template with ``{host}``, ``{port}`` and the environment's
+    variables (``/proxy/{port}/``, say); under JupyterHub ``{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/``;
+    else ``url`` itself. The dashboard's pages use relative links, so they work under such a prefix."""
+    if url is None:
+        return None
+    template = os.environ.get(LINK_VARIABLE)
+    if not template and os.environ.get("JUPYTERHUB_SERVICE_PREFIX"):
+        template = "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/"
+    if not template:
+        return url
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        return template.format_map({**os.environ, "host": parts.hostname or "", "port": parts.port or ""})
+    except (KeyError, ValueError, IndexError) as error:
+        logger.warning("%s=%r does not fit (%s): linking to %s", LINK_VARIABLE, template, error, url)
+        return url
+
+
 def configured_port(port: int | None) -> int:
     """The port asked for: ``port`` if given, else EMBER_DASHBOARD_PORT, else 8265. 0 means any free
     port; -1 (or ``include_dashboard=False``) means no dashboard. Raises ValueError for anything else."""

@@ -42,7 +42,8 @@ def shell(path: str) -> str:
 
     title, name = PAGES[path]
     nav = "".join(
-        f"<a href='{p}'{' class=current' if p == path else ''}>{html.escape(t)}</a>" for p, (t, _) in PAGES.items()
+        f"<a href='{_relative(p)}'{' class=current' if p == path else ''}>{html.escape(t)}</a>"
+        for p, (t, _) in PAGES.items()
     )
     return (
         SHELL.replace("{{title}}", html.escape(title))
@@ -325,12 +326,18 @@ def token_in_query(query_string: bytes) -> str | None:
     return values[0] if values else None
 
 
+def _relative(path: str) -> str:
+    """A page's link relative to the page it is on: every page sits at the top, so the links hold
+    behind a proxy that serves the dashboard under a prefix (JupyterLab's /proxy/8265/)."""
+    return path.rsplit("/", 1)[-1] or "./"
+
+
 def token_redirect(path: str, token: str, cookie: str):
     """A redirect to ``path`` without the token in its address, setting the cookie that carries it
     from then on (HTTP-only, same site: page scripts and other sites never read it)."""
     from starlette.responses import RedirectResponse
 
-    response = RedirectResponse(path, status_code=303)
+    response = RedirectResponse(_relative(path), status_code=303)
     response.set_cookie(cookie, token, httponly=True, samesite="strict")
     return response
 

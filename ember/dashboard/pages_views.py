@@ -101,7 +101,7 @@ def overview_html(data: dict, cluster_view: str) -> str:
         for f in data["failures"]
     ]
     jobs = [
-        f"<tr class='ember-job'><td><a href='/jobs?job={html.escape(j['submission_id'])}'>"
+        f"<tr class='ember-job'><td><a href='jobs?job={html.escape(j['submission_id'])}'>"
         f"{html.escape(j['submission_id'])}</a></td><td class='ember-job-status'>{html.escape(j['status'])}</td>"
         f"<td>{html.escape(j['entrypoint'][:80])}</td></tr>"
         for j in data["jobs"]
@@ -249,7 +249,7 @@ def jobs_html(jobs: list, selected: dict | None) -> str:
             else ""
         )
         cells.append(
-            f"<tr class='ember-job'><td><a href='/jobs?job={sid}'>{sid}</a></td>"
+            f"<tr class='ember-job'><td><a href='jobs?job={sid}'>{sid}</a></td>"
             f"<td class='ember-job-status'>{html.escape(job['status'])}</td>"
             f"<td><code>{html.escape(job['entrypoint'][:100])}</code></td>"
             f"<td>{html.escape(str(job.get('message') or '')[:100])}</td><td>{stop}</td></tr>"
@@ -267,7 +267,7 @@ def logs_html(files: list, selected: dict | None) -> str:
     """The session's log files (the node's processes, each worker, the dashboard, runtime envs); the
     selected one's tail below."""
     cells = [
-        f"<tr class='ember-log-file'><td><a href='/logs?file={html.escape(f['name'])}'>{html.escape(f['name'])}</a>"
+        f"<tr class='ember-log-file'><td><a href='logs?file={html.escape(f['name'])}'>{html.escape(f['name'])}</a>"
         f"</td><td>{html.escape(f['kind'])}</td><td class='ember-num'>{f['pid'] or ''}</td>"
         f"<td class='ember-num'>{fmt_bytes(f['size'])}</td></tr>"
         for f in files

@@ -147,9 +147,9 @@ class HeadClient:
 INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>Ember dashboard</title></head>
 <body style="font-family:system-ui,sans-serif"><h1>Ember dashboard</h1><p>Head: <code>{head}</code></p>
 <p>JSON endpoints:</p><ul>
-<li><a href="/api/cluster">/api/cluster</a>: nodes, resources, task counts</li>
-<li><a href="/api/jobs/">/api/jobs/</a>: jobs (POST to submit; /api/jobs/&lt;id&gt;, /stop, /logs, /logs/tail)</li>
-<li><a href="/api/version">/api/version</a></li></ul></body></html>"""
+<li><a href="api/cluster">/api/cluster</a>: nodes, resources, task counts</li>
+<li><a href="api/jobs/">/api/jobs/</a>: jobs (POST to submit; /api/jobs/&lt;id&gt;, /stop, /logs, /logs/tail)</li>
+<li><a href="api/version">/api/version</a></li></ul></body></html>"""
 
 
 def build_app(head: HeadClient, jobs, token: str | None, pages=None):

@@ -2,6 +2,7 @@
 
 import ember
 from ember import api
+from ember.dashboard import link
 from ember.widgets import events
 from ember.widgets.render import fmt_bytes
 
@@ -13,7 +14,7 @@ def status_text(address: str | None, started_here: bool) -> str:
     available = ember.available_resources()
     lines = [f"Ember cluster at {address}" + (" (started by this kernel)" if started_here else "")]
     context = api._context
-    dashboard = context.dashboard_url if context is not None else None
+    dashboard = link(context.dashboard_url if context is not None else None)
     if dashboard:
         lines.append(f"dashboard: {dashboard}")
     lines.append(f"nodes: {len(nodes)}")

@@ -181,7 +181,9 @@ class Cluster(LiveWidget):
 
         context = ember.api._context
         self.address = context.address if context is not None else None
-        self.dashboard = context.dashboard_url if context is not None else None
+        from ember.dashboard import link
+
+        self.dashboard = link(context.dashboard_url if context is not None else None)
         super().__init__(feed=feed, children=[self.html, self.scaling], **kwargs)
 
     def update(self, state) -> None:
