@@ -44,7 +44,7 @@ def client(cluster):
                 wait_for(lambda pid=info.driver_pid: not psutil.pid_exists(pid), message="the job's driver to exit")
             wait_for(
                 lambda name=f"_job_supervisor_{submission_id}": (
-                    not [a for a in list_actors() if a.name == name and a.state != "DEAD"]
+                    not [a for a in list_actors(limit=100_000) if a.name == name and a.state != "DEAD"]
                 ),
                 message="the job's supervisor to end",
             )
@@ -150,7 +150,7 @@ def test_stop_ends_the_driver_its_tasks_and_actors(client, tmp_path):
     assert wait_status(client, submission_id) == JobStatus.STOPPED
     for what, pid in [("driver", driver_pid), ("actor", pids["actor"]), ("task", pids["task"])]:
         wait_for(lambda pid=pid: not psutil.pid_exists(pid), message=f"the stopped job's {what} (pid {pid}) to be gone")
-    assert [a.state for a in list_actors() if a.name == "job_holder"] == ["DEAD"]
+    assert [a.state for a in list_actors(limit=100_000) if a.name == "job_holder"] == ["DEAD"]
 
 
 def test_driver_killed_mid_run_is_failed(client):
@@ -412,7 +412,9 @@ def test_supervisor_killed_mid_run_fails_the_job_and_ends_its_driver_and_work(cl
     )
     pids = {what: int(pid) for what, pid in re.findall(r"(task|actor) pid (\d+)", logs)}
     pids["driver"] = client.get_job_info(submission_id).driver_pid
-    supervisor = next(a for a in list_actors() if a.name == f"_job_supervisor_{submission_id}" and a.state == "ALIVE")
+    supervisor = next(
+        a for a in list_actors(limit=100_000) if a.name == f"_job_supervisor_{submission_id}" and a.state == "ALIVE"
+    )
     os.kill(supervisor.pid, signal.SIGKILL)
     assert wait_status(client, submission_id) == JobStatus.FAILED
     assert client.get_job_info(submission_id).error_type == "JOB_SUPERVISOR_ACTOR_DIED"
@@ -420,7 +422,7 @@ def test_supervisor_killed_mid_run_fails_the_job_and_ends_its_driver_and_work(cl
     for what, pid in pids.items():
         wait_for(lambda pid=pid: not psutil.pid_exists(pid), message=f"the failed job's {what} (pid {pid}) to be gone")
     wait_for(
-        lambda: [a.state for a in list_actors() if a.pid == pids["actor"]] == ["DEAD"],
+        lambda: [a.state for a in list_actors(limit=100_000) if a.pid == pids["actor"]] == ["DEAD"],
         message="the job's actor to be dead",
     )
 
