@@ -153,6 +153,7 @@ def test_json_endpoints_follow_the_cluster(cluster):
             assert body["html"].startswith("<div class='ember-view") and "data" in body
         assert httpx.get(f"{url}/api/view/nope", timeout=30).status_code == 404
         assert "<svg class='ember-task-stream'" in _get(url, "/api/view/tasks")["html"]
+        assert set(_get(url, "/api/view/tasks?html_only=1")) == {"html"}  # what the pages ask for
     finally:
         remove_placement_group(group)
         ember.kill(tally)

@@ -370,8 +370,13 @@ def routes(pages: Pages) -> list:
         return HTMLResponse(shell(request.url.path))
 
     def view(request: Request):
+        params = dict(request.query_params)
+        # The pages ask for the HTML only: encoding the data beside it doubled the JSON a page costs
+        # the dashboard each second (scripts read the data from the endpoints).
+        html_only = params.pop("html_only", None) is not None
         try:
-            return JSONResponse(pages.view(request.path_params["page"], dict(request.query_params)))
+            body = pages.view(request.path_params["page"], params)
+            return JSONResponse({"html": body["html"]} if html_only else body)
         except KeyError:
             return JSONResponse({"error": f"No page {request.path_params['page']!r}."}, status_code=404)
 
