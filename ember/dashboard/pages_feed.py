@@ -16,10 +16,8 @@ import threading
 import time
 from collections import deque
 
-import msgspec
 import zmq
 
-from ember.dashboard import EVENTS_KEY  # noqa: F401 - where the head records its event hub's address
 from ember.runtime import transport
 from ember.runtime.cluster_state import ACTOR_FIELDS, STATES, ClusterState
 
@@ -30,9 +28,6 @@ TASK_TOPIC = b"event:task"
 TASK_VIEW_S = 5.0  # seconds a tasks page's request keeps task events coming
 RECORDS = 5_000  # task records kept for the task stream and the failures list
 RATE_WINDOW_S = 3.0  # tasks/s is measured over this many seconds of summaries
-_decode = msgspec.msgpack.Decoder().decode
-# The aggregates load_summary subtracts: none, so the pages show the cluster's totals since it started.
-_ZERO_BASE = {"counts": {}, "by_name": {}, "durations": {}, "edges": [], "actor_calls": {}}
 
 
 def _hex(value):
@@ -68,8 +63,7 @@ class PagesFeed:
 
     def __init__(self, events_address: str, head=None, records: int = RECORDS):
         self.address = events_address
-        self.state = ClusterState(max_tasks=records)
-        self.state._base = _ZERO_BASE
+        self.state = ClusterState(max_tasks=records, since_start=True)  # the cluster's totals
         self.lock = threading.Lock()
         self.rate = TaskRate()
         self.task_view_until = 0.0  # monotonic time until which every task's events are taken
@@ -155,15 +149,7 @@ class PagesFeed:
                     os.read(self._wake_r, 4096)
                 if socket in ready:
                     with self.lock:
-                        while True:
-                            try:
-                                topic, body = socket.recv_multipart(zmq.NOBLOCK)
-                            except zmq.Again:
-                                break
-                            try:
-                                self._apply(topic, _decode(body))
-                            except Exception:
-                                logger.debug("malformed event dropped", exc_info=True)
+                        transport.drain_subscriber(socket, self._apply)
                 wanted = self.task_view_until > time.monotonic()
                 if wanted != self.taking_tasks:
                     socket.setsockopt(zmq.SUBSCRIBE if wanted else zmq.UNSUBSCRIBE, TASK_TOPIC)

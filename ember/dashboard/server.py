@@ -278,7 +278,8 @@ def build_app(head: HeadClient, jobs, token: str | None, pages=None):
 
 def _start_feed(head: HeadClient):
     """The pages' event feed, on the event hub the head recorded; None (logged) when it did not."""
-    from ember.dashboard.pages_feed import EVENTS_KEY, PagesFeed
+    from ember.dashboard import EVENTS_KEY
+    from ember.dashboard.pages_feed import PagesFeed
 
     try:
         address = head.kv_get(EVENTS_KEY)

