@@ -133,7 +133,9 @@ time.sleep(600)
 """
 
 
-def test_stop_ends_the_driver_its_tasks_and_actors(client, tmp_path):
+def start_job_with_work(client, tmp_path) -> tuple:
+    """Submit JOB_WITH_WORK and wait until its actor and task run: (submission id, {"task", "actor",
+    "driver": pid})."""
     script = tmp_path / "work.py"
     script.write_text(textwrap.dedent(JOB_WITH_WORK))
     submission_id = client.submit_job(entrypoint=f"{PY} {script}")
@@ -144,11 +146,16 @@ def test_stop_ends_the_driver_its_tasks_and_actors(client, tmp_path):
     )
     # The task's print comes through the driver, prefixed with the task's name and pid.
     pids = {what: int(pid) for what, pid in re.findall(r"(task|actor) pid (\d+)", logs)}
-    driver_pid = client.get_job_info(submission_id).driver_pid
+    pids["driver"] = client.get_job_info(submission_id).driver_pid
+    return submission_id, pids
+
+
+def test_stop_ends_the_driver_its_tasks_and_actors(client, tmp_path):
+    submission_id, pids = start_job_with_work(client, tmp_path)
     assert client.get_job_status(submission_id) == JobStatus.RUNNING
     assert client.stop_job(submission_id) is True
     assert wait_status(client, submission_id) == JobStatus.STOPPED
-    for what, pid in [("driver", driver_pid), ("actor", pids["actor"]), ("task", pids["task"])]:
+    for what, pid in pids.items():
         wait_for(lambda pid=pid: not psutil.pid_exists(pid), message=f"the stopped job's {what} (pid {pid}) to be gone")
     assert [a.state for a in list_actors(limit=100_000) if a.name == "job_holder"] == ["DEAD"]
 
@@ -402,16 +409,7 @@ def test_logs_of_a_driver_on_another_node(tmp_path, monkeypatch):
 
 
 def test_supervisor_killed_mid_run_fails_the_job_and_ends_its_driver_and_work(client, tmp_path):
-    script = tmp_path / "work.py"
-    script.write_text(textwrap.dedent(JOB_WITH_WORK))
-    submission_id = client.submit_job(entrypoint=f"{PY} {script}")
-    logs = wait_for(
-        lambda: "task pid" in (text := client.get_job_logs(submission_id)) and "actor pid" in text and text,
-        timeout=60,
-        message="the job's actor and task to start",
-    )
-    pids = {what: int(pid) for what, pid in re.findall(r"(task|actor) pid (\d+)", logs)}
-    pids["driver"] = client.get_job_info(submission_id).driver_pid
+    submission_id, pids = start_job_with_work(client, tmp_path)
     supervisor = next(
         a for a in list_actors(limit=100_000) if a.name == f"_job_supervisor_{submission_id}" and a.state == "ALIVE"
     )
