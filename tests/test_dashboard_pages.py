@@ -1,9 +1,10 @@
-"""The dashboard's pages without a browser: their views as plain functions of a ClusterState, and
-their JSON endpoints over real HTTP on the shared cluster's dashboard."""
+"""The dashboard's pages without a browser: their views as plain functions of a ClusterState and of
+the head's activity answer, and their JSON endpoints over real HTTP on the shared cluster's dashboard."""
 
 import os
 
 import httpx
+import msgpack
 import pytest
 
 import ember
@@ -11,47 +12,63 @@ from ember.dashboard import pages_views as pv
 from ember.dashboard.pages import PAGES, Pages, shell
 from ember.dashboard.pages_feed import TaskRate
 from ember.runtime.cluster_state import ClusterState
+from ember.runtime.head.task_summary import TaskSummary
 from ember.util.placement_group import placement_group, remove_placement_group
 from tests.conftest import wait_for
 
 pytest.importorskip("starlette")
 
 
-def _task(state, task_id: bytes, name: str, pid: int, start: float, end: float | None, failed=False):
+def _task(summary, task_id: bytes, name: str, pid: int, start: float, end: float | None, failed=False):
     fields = {"name": name, "node": b"\x01" * 16, "pid": pid}
-    state.apply(b"event:task", [["submitted", task_id, start - 0.1, fields], ["running", task_id, start, fields]])
+    events = [["submitted", task_id, start - 0.1, fields], ["running", task_id, start, fields]]
     if end is not None:
-        kind = "failed" if failed else "finished"
-        state.apply(b"event:task", [[kind, task_id, end, {"error": "ValueError: boom"} if failed else {}]])
+        events.append(
+            ["failed" if failed else "finished", task_id, end, {"error": "ValueError: boom"} if failed else {}]
+        )
+    summary.apply_batch(msgpack.packb(events))
 
 
 def test_task_stream_rows_per_worker_and_window():
-    state = ClusterState()
-    _task(state, b"a" * 24, "f", 10, 100.0, 101.0)
-    _task(state, b"b" * 24, "g", 11, 100.5, None)  # still running: its bar reaches now
-    _task(state, b"c" * 24, "f", 10, 10.0, 11.0)  # ended before the window: left out
-    _task(state, b"d" * 24, "h", 12, 101.0, 101.5, failed=True)
-    stream = pv.task_stream(state, now=102.0, window=30.0)
+    summary = TaskSummary()
+    _task(summary, b"a" * 24, "f", 10, 100.0, 101.0)
+    _task(summary, b"b" * 24, "g", 11, 100.5, None)  # still running: its bar reaches now
+    _task(summary, b"c" * 24, "f", 10, 10.0, 11.0)  # ended before the window: left out
+    _task(summary, b"d" * 24, "h", 12, 101.0, 101.5, failed=True)
+    stream = pv.task_stream(summary.activity(102.0, recent=10, failures=10)["stream"])
     assert sorted(pid for _, pid in stream["workers"]) == [10, 11, 12]
     bars = {bar[3]: bar for bar in stream["bars"]}
     assert set(bars) == {"f", "g", "h"}
-    assert bars["g"][2] == 102.0 and bars["h"][4] == "failed"
+    assert bars["f"][1:3] == [100.0, 101.0] and bars["f"][5] == 1.0 and bars["f"][6] == 1  # one run of 4 slots
+    assert bars["g"][2] == 102.0 and bars["g"][6] == 0 and bars["h"][4] == "failed"
     svg = pv.task_stream_svg(stream)
     assert svg.count("class='ember-stream-bar'") == 3 and "stroke='#ef4444'" in svg
-    assert "No task ran" in pv.task_stream_svg(pv.task_stream(ClusterState(), now=102.0))
+    empty = TaskSummary().activity(102.0, recent=10, failures=10)["stream"]
+    assert "No task ran" in pv.task_stream_svg(pv.task_stream(empty))
 
 
-def test_workers_failures_and_functions():
+def test_workers_failures_and_recent():
+    summary = TaskSummary()
+    _task(summary, b"a" * 24, "f", 10, 100.0, 101.0)
+    _task(summary, b"b" * 24, "g", 11, 100.5, None)
+    _task(summary, b"d" * 24, "h", 12, 101.0, 101.5, failed=True)
+    activity = summary.activity(102.0, recent=2, failures=10)
     state = ClusterState()
-    _task(state, b"a" * 24, "f", 10, 100.0, 101.0)
-    _task(state, b"b" * 24, "g", 11, 100.5, None)
-    _task(state, b"d" * 24, "h", 12, 101.0, 101.5, failed=True)
     state.apply(b"event:actor", {"actor_id": b"\x02" * 16, "state": "ALIVE", "class_name": "Counter", "pid": 13})
-    rows = {row["pid"]: row for row in pv.workers(state)}
-    assert rows[10]["state"] == "idle" and rows[10]["tasks"] == 1
+    rows = {row["pid"]: row for row in pv.workers(activity["workers"], state)}
+    assert rows[10]["state"] == "idle" and rows[10]["tasks"] == 1 and rows[10]["task"] == "f"
     assert rows[11]["state"] == "busy" and rows[11]["task"] == "g"
     assert rows[13]["state"] == "actor" and rows[13]["task"] == "Counter"
-    assert [f["name"] for f in pv.failures(state)] == ["h"] and "boom" in pv.failures(state)[0]["error"]
+    failed = pv.failures(activity["failures"])
+    assert [f["name"] for f in failed] == ["h"] and "boom" in failed[0]["error"]
+    assert [row["name"] for row in activity["recent"]] == ["g", "h"]  # the newest two, oldest first
+
+
+def test_functions_from_the_aggregates():
+    state = ClusterState()
+    events = [["submitted", b"a" * 24, 99.9, {"name": "f"}], ["running", b"a" * 24, 100.0, {"pid": 10}]]
+    state.apply(b"event:task", events + [["finished", b"a" * 24, 101.0, {}], ["running", b"b" * 24, 100.0, {}]])
+    state.apply(b"event:task", [["submitted", b"b" * 24, 99.0, {"name": "g"}]])
     functions = {row["name"]: row for row in pv.by_function(state)}
     assert functions["f"]["finished"] == 1 and functions["f"]["mean_s"] == pytest.approx(1.0)
     assert functions["g"]["running"] == 1 and functions["g"]["mean_s"] is None
@@ -110,7 +127,6 @@ def test_json_endpoints_follow_the_cluster(cluster):
     group = placement_group([{"CPU": 1}], name="pages-test-group")
     ember.get(group.ready(), timeout=30)
     try:
-        _get(url, "/api/tasks")  # a tasks page open: the dashboard takes every task's events now
         ember.get([_square.remote(i) for i in range(50)])
 
         def finished():
@@ -125,7 +141,7 @@ def test_json_endpoints_follow_the_cluster(cluster):
             lambda: (t := _get(url, "/api/tasks"))["stream"]["bars"] and t, timeout=30, message="task stream bars"
         )
         assert any(row["name"].endswith("_square") or row["name"] == "_square" for row in tasks["by_function"])
-        assert tasks["taking_task_events"] is True
+        assert any(row["name"].endswith("_square") and row["state"] == "FINISHED" for row in tasks["recent"])
 
         actors = wait_for(
             lambda: [a for a in _get(url, "/api/actors")["actors"] if a["class_name"] == "_Tally" and a["calls"] >= 3],
@@ -191,9 +207,7 @@ def test_a_networked_dashboard_takes_the_secret_once_in_a_link(cluster, tmp_path
         assert httpx.get(f"{url}/tasks?token=wrong", timeout=30).status_code == 401
         with httpx.Client(base_url=url, timeout=30) as browser:
             first = browser.get(f"/tasks?token={token}")
-            assert (
-                first.status_code == 303 and first.headers["location"] == "tasks"
-            )  # relative (a proxy prefix)
+            assert first.status_code == 303 and first.headers["location"] == "tasks"  # relative (a proxy prefix)
             assert {"httponly", "samesite=strict"} <= {
                 part.strip().lower() for part in first.headers["set-cookie"].split(";")
             }

@@ -8,13 +8,17 @@
         /api/serve (Serve's status from its controller, through a driver connection opened on first use)
     GET /api/logs           the session's log files; /api/logs/<file>?tail=N its last N bytes
 
-Every number comes from the dashboard process's event feed (pages_feed.PagesFeed), read under its
-lock; only placement groups and jobs ask the head (its small tables, not its task table).
+The cluster's aggregates, nodes and actors come from the dashboard process's event feed
+(pages_feed.PagesFeed), read under its lock. What needs single tasks (the task stream, the workers
+table, the recent and failed tasks) is the head's ``activity`` answer, asked at most every
+``ACTIVITY_TTL`` seconds however many pages ask; placement groups and jobs are the head's small tables.
 """
 
 import html
 import os
 import pathlib
+import threading
+import time
 
 from ember.dashboard import pages_views as pv
 from ember.widgets.graph import TaskGraphModel, to_svg
@@ -33,6 +37,8 @@ PAGES = {  # path -> (title, view name)
 }
 LOG_TAIL = 64 * 1024  # bytes of a log file a page shows by default
 SERVE_TIMEOUT = 5.0  # seconds the Serve page waits for the controller's status
+ACTIVITY_TTL = 0.5  # seconds one activity answer serves every page (they refresh each second)
+RECENT = 200  # tasks the tasks page lists
 SHELL = (pathlib.Path(__file__).parent / "pages_static" / "page.html").read_text()
 
 
@@ -59,10 +65,24 @@ class Pages:
 
     def __init__(self, feed, head, jobs, log_dir: str):
         self.feed, self.head, self.jobs, self.log_dir = feed, head, jobs, log_dir
-        self.graph = TaskGraphModel()
+        self.graph = TaskGraphModel(threshold=0)  # by function: the aggregates are all this process has
+        self._activity_lock = threading.Lock()
+        self._activity: dict | None = None
+        self._activity_at = 0.0
+
+    def activity(self) -> dict:
+        """The head's answer on single tasks (see task_activity.py), at most ``ACTIVITY_TTL`` old."""
+        from ember.runtime import protocol
+
+        with self._activity_lock:
+            if self._activity is None or time.monotonic() - self._activity_at > ACTIVITY_TTL:
+                self._activity = self.head.request({"op": protocol.STATE_QUERY, "kind": "activity", "limit": RECENT})[0]
+                self._activity_at = time.monotonic()
+            return self._activity
 
     # --- data ---------------------------------------------------------------------------------------------
     def overview(self) -> dict:
+        failures = pv.failures(self.activity()["failures"])
         with self.feed.lock:
             state = self.feed.state
             data = {
@@ -71,13 +91,13 @@ class Pages:
                 "object_store": pv.store_totals(state),
                 "tasks": self.feed.totals(),
                 "actors_alive": sum(1 for a in state.actors.values() if a.get("state") != "DEAD"),
-                "failures": pv.failures(state),
+                "failures": failures,
             }
         data["jobs"] = [job_row(job) for job in self.jobs.list()[-5:]] if self.jobs is not None else []
         return data
 
     def nodes(self) -> dict:
-        self.feed.want_tasks()  # the workers table is made from the task records
+        rows = self.activity()["workers"]
         with self.feed.lock:
             state = self.feed.state
             nodes = [
@@ -97,35 +117,34 @@ class Pages:
                 }
                 for node in state.nodes.values()
             ]
-            workers = pv.workers(state)
+            workers = pv.workers(rows, state)
         return _json_safe({"nodes": nodes, "workers": workers})
 
-    def tasks(self, recent: int = 200) -> dict:
-        self.feed.want_tasks()
+    def tasks(self) -> dict:
+        activity = self.activity()
         with self.feed.lock:
-            state = self.feed.state
-            records = list(state.tasks.values())[-recent:]
-            return _json_safe(
-                {
-                    **self.feed.totals(),
-                    "by_function": pv.by_function(state),
-                    "taking_task_events": self.feed.taking_tasks,
-                    "stream": pv.task_stream(state),
-                    "recent": [
-                        {
-                            "task_id": r.task_id.hex(),
-                            "name": r.name,
-                            "state": r.state,
-                            "node_id": r.node,
-                            "pid": r.pid,
-                            "started": r.started,
-                            "ended": r.ended,
-                            "error": None if r.error is None else str(r.error)[:500],
-                        }
-                        for r in records
-                    ],
-                }
-            )
+            totals, by_function = self.feed.totals(), pv.by_function(self.feed.state)
+        return _json_safe(
+            {
+                **totals,
+                "by_function": by_function,
+                "stream": pv.task_stream(activity["stream"]),
+                "failures": pv.failures(activity["failures"]),
+                "recent": [
+                    {
+                        "task_id": row["task_id"].hex(),
+                        "name": row["name"],
+                        "state": row["state"],
+                        "node_id": row.get("node"),
+                        "pid": row.get("pid"),
+                        "started": row.get("running"),
+                        "ended": row.get("finished", row.get("failed")),
+                        "error": None if row.get("error") is None else str(row["error"])[:500],
+                    }
+                    for row in activity["recent"]
+                ],
+            }
+        )
 
     def actors(self) -> dict:
         with self.feed.lock:
@@ -181,8 +200,9 @@ class Pages:
     def logs(self) -> dict:
         """The files in the session's log directory, with the worker pid each belongs to when this
         machine can tell (a live worker's stdout is its log file)."""
+        rows = self.activity()["workers"]
         with self.feed.lock:
-            pids = [w["pid"] for w in pv.workers(self.feed.state)]
+            pids = [w["pid"] for w in pv.workers(rows, self.feed.state)]
         owners = {}
         for pid in pids:
             try:

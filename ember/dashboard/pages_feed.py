@@ -1,13 +1,14 @@
 """The dashboard process's view of the cluster: one subscription to the head's event hub.
 
-    head --event:summary / event:node / event:actor (always), event:task (while a tasks page is open)-->
-        PagesFeed thread --> ClusterState (the widgets' class) + a short history of the task totals
-    page requests --> read that state under the lock: no request asks the head to scan its tables
+    head --event:summary / event:node / event:actor--> PagesFeed thread --> ClusterState (the
+        widgets' class, aggregates only) + a short history of the task totals
+    page requests --> read that state under the lock
 
 The head publishes its task aggregates ten times a second at most, whatever the task rate, so an
-open overview costs the head nothing per request. Every task's events are taken only while a tasks
-page asked within ``TASK_VIEW_S`` seconds (its task stream needs per-task start and end times); the
-hub is a PUB socket, so a slow dashboard drops events rather than slowing the cluster.
+open page costs the cluster nothing per task. What needs single tasks (the task stream, the workers
+table, the recent and failed tasks) is asked of the head once a second, as its ``activity`` answer
+(see pages.py): this process never decodes every task's events. The hub is a PUB socket, so a slow
+dashboard drops events rather than slowing the cluster.
 """
 
 import logging
@@ -24,9 +25,6 @@ from ember.runtime.cluster_state import ACTOR_FIELDS, STATES, ClusterState
 logger = logging.getLogger(__name__)
 
 TOPICS = (b"event:summary", b"event:node", b"event:actor")
-TASK_TOPIC = b"event:task"
-TASK_VIEW_S = 5.0  # seconds a tasks page's request keeps task events coming
-RECORDS = 5_000  # task records kept for the task stream and the failures list
 RATE_WINDOW_S = 3.0  # tasks/s is measured over this many seconds of summaries
 
 
@@ -61,13 +59,11 @@ class PagesFeed:
     """A background subscription at ``events_address`` feeding ``state``; ``head`` (a HeadClient)
     gives the nodes and the task summary to start from."""
 
-    def __init__(self, events_address: str, head=None, records: int = RECORDS):
+    def __init__(self, events_address: str, head=None):
         self.address = events_address
-        self.state = ClusterState(max_tasks=records, since_start=True)  # the cluster's totals
+        self.state = ClusterState(since_start=True)  # the cluster's totals
         self.lock = threading.Lock()
         self.rate = TaskRate()
-        self.task_view_until = 0.0  # monotonic time until which every task's events are taken
-        self.taking_tasks = False
         self.started_at = time.time()
         self._head = head
         self._stop = False
@@ -103,13 +99,6 @@ class PagesFeed:
                 self.state.actors.setdefault(row["actor_id"].hex(), {k: _hex(row.get(k)) for k in ACTOR_FIELDS})
             if summary:
                 self._apply(b"event:summary", summary)
-
-    def want_tasks(self) -> None:
-        """A tasks page asked: take every task's events for the next ``TASK_VIEW_S`` seconds."""
-        was = self.task_view_until > time.monotonic()
-        self.task_view_until = time.monotonic() + TASK_VIEW_S
-        if not was:
-            self._wake()
 
     def stop(self) -> None:
         self._stop = True
@@ -150,10 +139,6 @@ class PagesFeed:
                 if socket in ready:
                     with self.lock:
                         transport.drain_subscriber(socket, self._apply)
-                wanted = self.task_view_until > time.monotonic()
-                if wanted != self.taking_tasks:
-                    socket.setsockopt(zmq.SUBSCRIBE if wanted else zmq.UNSUBSCRIBE, TASK_TOPIC)
-                    self.taking_tasks = wanted
         except Exception:
             logger.exception("the dashboard's event feed stopped")
         finally:

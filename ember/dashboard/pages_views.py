@@ -1,4 +1,5 @@
-"""What each dashboard page shows: its numbers as JSON-ready dicts and its HTML, from a ``ClusterState``.
+"""What each dashboard page shows: its numbers as JSON-ready dicts and its HTML, from a ``ClusterState``
+(aggregates, nodes, actors) and the head's ``activity`` answer (task stream, workers, recent tasks).
 
 Plain functions, no I/O: the pages module reads the feed's state under its lock and calls them. The
 views the notebook widgets show (cluster, object store, GPUs, actors, the task graph's SVG) come from
@@ -7,14 +8,11 @@ drawn here (the overview's figures, the workers table, the task stream, placemen
 """
 
 import html
-import time
 import zlib
 
-from ember.runtime.cluster_state import FAILED, FINISHED, RUNNING, STATES
+from ember.runtime.cluster_state import FAILED, STATES
 from ember.widgets.render import fmt_byte_pair, fmt_bytes, table, view
 
-STREAM_WINDOW_S = 30.0  # the task stream shows this many seconds up to now
-STREAM_MAX_RECTS = 4_000  # past this many task bars the oldest are left out (the page stays light)
 PALETTE = ("#3b82f6", "#22c55e", "#a855f7", "#f59e0b", "#14b8a6", "#ec4899", "#84cc16", "#6366f1", "#f97316")
 
 
@@ -38,33 +36,18 @@ def resources(state) -> dict:
     return {"total": total, "available": available}
 
 
-def failures(state, most: int = 10) -> list:
-    """The latest failed tasks still remembered, newest first."""
-    found = []
-    for record in reversed(state.tasks.values()):
-        if record.state == FAILED:
-            found.append({"task_id": record.task_id.hex(), "name": record.name, "error": str(record.error or "")[:500]})
-            if len(found) >= most:
-                break
-    return found
+def failures(rows: list) -> list:
+    """The failed tasks of the head's activity answer (oldest first there), newest first."""
+    return [
+        {"task_id": _hex(row["task_id"]), "name": row["name"], "error": str(row.get("error") or "")[:500]}
+        for row in reversed(rows)
+    ]
 
 
-def workers(state) -> list:
-    """The worker processes the task records and the actors name: node, pid, state (running a task,
-    an actor, or idle since its last task), what it runs or ran last, and tasks seen ending there."""
-    by_pid: dict = {}
-    for record in state.tasks.values():
-        if record.pid is None:
-            continue
-        entry = by_pid.setdefault(
-            record.pid, {"pid": record.pid, "node_id": record.node, "state": "idle", "task": "", "tasks": 0}
-        )
-        entry["task"] = record.name
-        if record.state == RUNNING:
-            entry["state"] = "busy"
-        elif record.state in (FINISHED, FAILED):
-            entry["tasks"] += 1
-            entry["state"] = "idle" if entry["state"] != "busy" else "busy"
+def workers(rows: list, state) -> list:
+    """The worker processes the head's activity answer and the actors name: node, pid, state (running
+    a task, an actor, or idle since its last task), what it runs or ran last, and tasks it ended."""
+    by_pid = {row["pid"]: dict(row) for row in rows}
     for actor in state.actors.values():
         pid = actor.get("pid")
         if pid and actor.get("state") != "DEAD":
@@ -118,31 +101,22 @@ def _colour(name: str) -> str:
     return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
 
 
-def task_stream(state, now: float | None = None, window: float = STREAM_WINDOW_S) -> dict:
-    """The tasks that ran in the last ``window`` seconds, as bars per worker (Dask's task stream):
-    ``{"start", "end", "workers": [[node, pid]], "bars": [[row, start, end, name, state]]}``."""
-    now = time.time() if now is None else now
-    start = now - window
-    rows: dict = {}
+def task_stream(activity: dict) -> dict:
+    """The head's per-worker slots as bars per worker (Dask's task stream, at any task rate):
+    ``{"start", "end", "workers": [[node, pid]], "bars": [[row, start, end, name, state, busy, tasks]]}``,
+    where a bar is a run of time a function kept that worker ``busy`` (a share) ending ``tasks`` tasks."""
     bars = []
-    for record in reversed(state.tasks.values()):
-        began = record.started
-        if began is None or record.pid is None:
-            continue
-        ended = record.ended if record.ended is not None else now
-        if ended < start:
-            continue
-        key = (record.node or "", record.pid)
-        row = rows.setdefault(key, len(rows))
-        bars.append([row, max(began, start), min(ended, now), record.name, record.state])
-        if len(bars) >= STREAM_MAX_RECTS:
-            break
-    return {"start": start, "end": now, "workers": [list(key) for key in rows], "bars": bars}
+    for row, worker in enumerate(activity["workers"]):
+        for began, ended, name, busy, tasks, failed in worker["runs"]:
+            bars.append([row, began, ended, name, FAILED if failed else "finished", busy, tasks])
+    workers_ = [[worker["node"] or "", worker["pid"]] for worker in activity["workers"]]
+    return {"start": activity["start"], "end": activity["end"], "workers": workers_, "bars": bars}
 
 
 def task_stream_svg(stream: dict, width: int = 960, row_h: int = 16) -> str:
-    """The task stream as SVG: one row per worker, a bar per task coloured by function (failed: red
-    outline), time left to right; ``<title>`` carries each bar's function and duration."""
+    """The task stream as SVG: one row per worker, a bar per run of a function coloured by it (as tall
+    as the worker was busy; failed tasks among it: red outline), time left to right; ``<title>`` carries
+    the function, the tasks ended and how busy."""
     workers_ = stream["workers"]
     if not workers_:
         return "<div class='ember-note ember-stream-empty'>No task ran in the last 30 s.</div>"
@@ -160,14 +134,15 @@ def task_stream_svg(stream: dict, width: int = 960, row_h: int = 16) -> str:
             f"<text x='0' y='{y + row_h - 4}' fill='currentColor'>{html.escape(str(node)[:8])} {pid}</text>"
             f"<line x1='{label_w}' x2='{width - 10}' y1='{y + row_h}' y2='{y + row_h}' stroke='#8884'/>"
         )
-    for row, began, ended, name, state in stream["bars"]:
+    for row, began, ended, name, state, busy, tasks in stream["bars"]:
         x = label_w + (began - stream["start"]) * scale
         w = max(1.0, (ended - began) * scale)
+        h = max(2.0, (row_h - 4) * busy)
         outline = " stroke='#ef4444' stroke-width='1.5'" if state == FAILED else ""
         parts.append(
-            f"<rect class='ember-stream-bar' x='{x:.1f}' y='{row * row_h + 2}' width='{w:.1f}' height='{row_h - 4}' "
-            f"fill='{_colour(name)}'{outline}><title>{html.escape(name)} {state} {(ended - began) * 1000:.1f} ms"
-            "</title></rect>"
+            f"<rect class='ember-stream-bar' x='{x:.1f}' y='{row * row_h + row_h - 2 - h:.1f}' width='{w:.1f}' "
+            f"height='{h:.1f}' fill='{_colour(name)}'{outline}><title>{html.escape(name)}: {tasks} ended, "
+            f"{busy:.0%} busy over {ended - began:.2f} s</title></rect>"
         )
     axis_y = len(workers_) * row_h + 14
     parts.append(f"<text x='{label_w}' y='{axis_y}' fill='currentColor'>-{span:.0f} s</text>")

@@ -131,7 +131,8 @@ class GetNodes(Message, tag="get_nodes", kw_only=True):
 
 
 class StateQuery(Message, tag="state_query", kw_only=True):
-    kind: Literal["tasks", "actors", "jobs", "summary"]
+    kind: Literal["tasks", "actors", "jobs", "summary", "activity"]
+    limit: Annotated[int, Meta(ge=0, le=10_000)] | None = None  # "activity": the newest tasks listed
 
 
 class TableSizes(Message, tag="table_sizes", kw_only=True):

@@ -6,9 +6,13 @@ keeps the most recent tasks' records. :class:`StateQueries`, an object the head 
 ``STATE_QUERY`` from those and from the head's actor and job tables.
 """
 
+import time
+
+FAILURES = 10  # failed tasks the dashboard lists
+
 
 class StateQueries:
-    """``STATE_QUERY`` for ``kind`` "tasks", "actors", "jobs" or "summary", from the tables it is given:
+    """``STATE_QUERY`` for ``kind`` "tasks", "actors", "jobs", "summary" or "activity", from the tables it is given:
     the task summary (its rows, and the summary ``event:summary`` carries), a function listing the actor
     rows (the actor directory's) and the head's job table."""
 
@@ -24,6 +28,8 @@ class StateQueries:
             return {"rows": self.actor_rows()}
         if msg.kind == "jobs":
             return {"rows": list(self.jobs.values())}
+        if msg.kind == "activity":
+            return self.task_summary.activity(time.time(), msg.limit or 0, FAILURES)
         if msg.kind == "summary":
             return {"summary": self.task_summary.state.summary_message()}
         raise ValueError(f"unknown state query {msg.kind!r}")

@@ -3,7 +3,9 @@ published for the widgets and the dashboard.
 
     owners --TASK_EVENTS--> head --apply_batch--> ClusterState (the most recent tasks' records,
                                                   exact aggregates over all of them)
+                               +--ended tasks--> TaskActivity (per-worker time slots)
     STATE_QUERY "tasks"  <-- rows()    (``ember.util.state.list_tasks``, ``ember.timeline``)
+    STATE_QUERY "activity" <-- activity()  (the dashboard's task stream, workers, recent tasks)
     head.tick --> due(now) --> one ``event:summary`` message, at most every SUMMARY_PERIOD
                                seconds and only when it would differ
 
@@ -14,12 +16,14 @@ throughput: benchmarks/dashboard_overhead.py). Records are bounded (``EMBER_TASK
 object: no sockets.
 """
 
+import itertools
 import os
 import time
 
 import msgpack
 
 from ember.runtime.cluster_state import FAILED, FINISHED, PENDING, RUNNING, ClusterState
+from ember.runtime.head.task_activity import TaskActivity
 
 SUMMARY_PERIOD = 0.1  # seconds between summaries, at most (the widgets redraw at most ten times a second)
 DEFAULT_RECORDS = 10_000  # task records kept for the state API (aggregates stay exact)
@@ -37,6 +41,7 @@ class TaskSummary:
         if not isinstance(records, int) or records < 1:
             raise ValueError(f"The task table's capacity must be a positive int, got {records!r}.")
         self.state = ClusterState(max_tasks=records)
+        self.task_activity = TaskActivity()
         self._sent_version = -1
         self._sent_running = 0
         self._sent_at = 0.0
@@ -51,17 +56,25 @@ class TaskSummary:
             raise ValueError(f"task events must be a msgpack list: {error}") from None
         if not isinstance(events, list):
             raise ValueError("task events must be a msgpack list")
-        apply_task = self.state.apply_task
+        apply_task, tasks, ended = self.state.apply_task, self.state.tasks, self.task_activity.ended
         for event in events:
             if _well_formed(event):
                 kind, task_id, when, fields = event
                 apply_task(kind, task_id, when, fields or {})
+                if kind == "finished" or kind == "failed":
+                    record = tasks.get(task_id)
+                    if record is not None and record.ended == when:
+                        ended(record)
         self.state.version += 1
 
-    def rows(self) -> list:
-        """The recent tasks, oldest first, as the state API's rows (times as the events gave them)."""
+    def rows(self, limit: int | None = None, failed_only: bool = False) -> list:
+        """The recent tasks, oldest first, as the state API's rows (times as the events gave them);
+        ``limit``: only the newest that many; ``failed_only``: only failed ones."""
+        records = reversed(self.state.tasks.values())
+        if failed_only:
+            records = (record for record in records if record.state == FAILED)
         rows = []
-        for record in self.state.tasks.values():
+        for record in itertools.islice(records, limit):
             row = {"task_id": record.task_id, "name": record.name, "state": RAY_STATES[record.state]}
             for key in ("parent", "actor", "job", "node", "worker", "pid", "error", "submitted"):
                 value = getattr(record, key)
@@ -72,7 +85,21 @@ class TaskSummary:
             if record.ended is not None and record.state in (FINISHED, FAILED):
                 row[record.state] = record.ended
             rows.append(row)
+        rows.reverse()
         return rows
+
+    def activity(self, now: float, recent: int, failures: int) -> dict:
+        """The dashboard's tasks and nodes pages in one answer: the task stream (per-worker time slots
+        over the last half minute), the workers table, the newest ``recent`` tasks and the newest
+        ``failures`` failed ones still remembered."""
+        tasks = self.state.tasks
+        running = [tasks[task_id] for task_id in self.state.running_ids if task_id in tasks]
+        return {
+            "stream": self.task_activity.snapshot(now, running),
+            "workers": self.task_activity.rows(running),
+            "recent": self.rows(recent),
+            "failures": self.rows(failures, failed_only=True),
+        }
 
     @property
     def dropped(self) -> int:
