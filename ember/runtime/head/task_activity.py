@@ -48,17 +48,31 @@ class TaskActivity:
     def ended(self, record) -> None:
         """A task record that has just ended (finished or failed); records that never ran on a known
         worker (cancelled before a lease, say) are skipped."""
-        if record.pid is None or record.started is None or record.ended is None:
+        pid, started, ended, name = record.pid, record.started, record.ended, record.name
+        if pid is None or started is None or ended is None:
             return
-        key = (record.node, record.pid)
+        key = (record.node, pid)
         worker = self.workers.get(key)
         if worker is None:
             if len(self.workers) >= self.max_workers:
-                self._forget(record.ended, room=True)
-            worker = self.workers[key] = WorkerActivity(record.node, record.pid)
+                self._forget(ended, room=True)
+            worker = self.workers[key] = WorkerActivity(record.node, pid)
         worker.tasks += 1
-        worker.last_name, worker.last_end = record.name, max(worker.last_end, record.ended)
-        _add(worker.slots, self.slot, self.window, record.started, record.ended, record.name, record.state == "failed")
+        worker.last_name = name
+        if ended > worker.last_end:
+            worker.last_end = ended
+        failed = record.state == "failed"
+        index = int(started // self.slot)
+        if started < ended <= (index + 1) * self.slot:  # within one slot: most tasks, the head's hot path
+            entry = worker.slots.get(index)
+            if entry is None:
+                entry = worker.slots[index] = [{}, 0, 0]
+            names = entry[0]
+            names[name] = names.get(name, 0.0) + (ended - started)
+            entry[1] += 1
+            entry[2] += failed
+        else:
+            _add(worker.slots, self.slot, self.window, started, ended, name, failed)
 
     def snapshot(self, now: float, running=()) -> dict:
         """The last ``window`` seconds up to wall-clock ``now``: ``{"start", "end", "slot", "workers":
