@@ -141,6 +141,8 @@ SAMPLES = {
     "prepare_bundles": ("node_manager", {"rid": RID, "pg_id": PG, "bundles": [[0, {"CPU": 1}]]}),
     "commit_bundles": ("node_manager", {"pg_id": PG, "indexes": [0, 1]}),
     "cancel_bundles": ("node_manager", {"pg_id": PG, "indexes": [1]}),
+    "log_files": ("node_manager", {"rid": RID}),
+    "log_read": ("node_manager", {"rid": RID, "name": "worker-1.log", "pid": 12, "tail": 4096}),
     "object_chunk": ("node_manager_peer", {"oid": OID, "index": 0, "offset": 0, "size": 10}),
     "execute_task": (
         "worker",

@@ -6,7 +6,9 @@
     GET /api/view/<page>    {"html": the view, "data": what the JSON endpoint below answers}
     GET /api/overview, /api/nodes, /api/tasks, /api/actors, /api/objects, /api/placement_groups,
         /api/serve (Serve's status from its controller, through a driver connection opened on first use)
-    GET /api/logs           the session's log files; /api/logs/<file>?tail=N its last N bytes
+    GET /api/logs           the head machine's session log files, and every alive node's own files;
+        /api/logs/<file>?tail=N its last N bytes; ?node=ID: that node's files, read from its node
+        manager (pages_logs.NodeLogs)
 
 The cluster's aggregates, nodes and actors come from the dashboard process's event feed
 (pages_feed.PagesFeed), read under its lock. What needs single tasks (the task stream, the workers
@@ -21,6 +23,7 @@ import threading
 import time
 
 from ember.dashboard import pages_views as pv
+from ember.dashboard.pages_logs import NodeLogs
 from ember.widgets.graph import TaskGraphModel, to_svg
 from ember.widgets.render import actors_html, cluster_html, gpus_html, store_html
 
@@ -65,6 +68,7 @@ class Pages:
 
     def __init__(self, feed, head, jobs, log_dir: str):
         self.feed, self.head, self.jobs, self.log_dir = feed, head, jobs, log_dir
+        self.node_logs = NodeLogs(head)
         self.graph = TaskGraphModel(threshold=0)  # by function: the aggregates are all this process has
         self._activity_lock = threading.Lock()
         self._activity: dict | None = None
@@ -197,9 +201,12 @@ class Pages:
             return {"running": True, "error": f"{type(error).__name__}: {error}"}
         return _json_safe({"running": True, **status})
 
-    def logs(self) -> dict:
+    def logs(self, node: str | None = None) -> dict:
         """The files in the session's log directory, with the worker pid each belongs to when this
-        machine can tell (a live worker's stdout is its log file)."""
+        machine can tell (a live worker's stdout is its log file), and each alive node's own files as
+        its node manager lists them. With ``node`` (an id), only that node's (KeyError: no such node)."""
+        if node:
+            return {"node_id": node, "files": self.node_logs.files(node)}
         rows = self.activity()["workers"]
         with self.feed.lock:
             pids = [w["pid"] for w in pv.workers(rows, self.feed.state)]
@@ -224,11 +231,14 @@ class Pages:
                         "size": entry.stat().st_size,
                     }
                 )
-        return {"log_dir": self.log_dir, "files": files}
+        return {"log_dir": self.log_dir, "files": files, "nodes": self.node_logs.every_node()}
 
-    def log_text(self, name: str, tail: int = LOG_TAIL) -> str:
-        """The last ``tail`` bytes of one log file; KeyError when ``name`` is not a file of the log
-        directory (no path may lead out of it)."""
+    def log_text(self, name: str, tail: int = LOG_TAIL, node: str | None = None) -> str:
+        """The last ``tail`` bytes of one log file: of the session's log directory, or with ``node``,
+        that node's file as its node manager reads it; KeyError when ``name`` is not such a file (no
+        path may lead out of the directory)."""
+        if node:
+            return self.node_logs.text(node, name, tail)
         if not name or name != os.path.basename(name) or name.startswith("."):
             raise KeyError(name)
         path = os.path.join(self.log_dir, name)
@@ -303,11 +313,15 @@ class Pages:
             data = self.logs()
             selected = None
             if params.get("file"):
+                node = params.get("node") or None
+                selected = {"name": params["file"], "node_id": node}
                 try:
-                    selected = {"name": params["file"], "text": self.log_text(params["file"])}
+                    selected["text"] = self.log_text(params["file"], node=node)
                 except KeyError:
-                    selected = {"name": params["file"], "text": "(no such log file)"}
-            return {"html": pv.logs_html(data["files"], selected), "data": data}
+                    selected["text"] = "(no such log file)"
+                except ConnectionError as error:
+                    selected["text"] = f"({error})"
+            return {"html": pv.logs_html(data["files"], selected, data["nodes"]), "data": data}
         raise KeyError(name)
 
     def _job_log_tail(self, submission_id: str) -> str:
@@ -403,15 +417,28 @@ def routes(pages: Pages) -> list:
     def endpoint(method):
         return lambda request: JSONResponse(method())
 
+    def log_files(request: Request):
+        node = request.query_params.get("node")
+        try:
+            return JSONResponse(pages.logs(node))
+        except KeyError:
+            return JSONResponse({"error": f"No alive node {node!r}."}, status_code=404)
+        except ConnectionError as error:
+            return JSONResponse({"error": str(error)}, status_code=504)
+
     def log_file(request: Request):
+        name, node = request.path_params["name"], request.query_params.get("node")
         try:
             tail = int(request.query_params.get("tail", LOG_TAIL))
         except ValueError:
             return JSONResponse({"error": "tail must be a number of bytes."}, status_code=400)
         try:
-            return PlainTextResponse(pages.log_text(request.path_params["name"], max(0, tail)))
+            return PlainTextResponse(pages.log_text(name, max(0, tail), node))
         except KeyError:
-            return JSONResponse({"error": f"No log file {request.path_params['name']!r}."}, status_code=404)
+            where = f" on node {node}" if node else ""
+            return JSONResponse({"error": f"No log file {name!r}{where}."}, status_code=404)
+        except ConnectionError as error:
+            return JSONResponse({"error": str(error)}, status_code=504)
 
     result = [Route(path, page) for path in PAGES]
     result += [
@@ -423,7 +450,7 @@ def routes(pages: Pages) -> list:
         Route("/api/objects", endpoint(pages.objects)),
         Route("/api/placement_groups", endpoint(pages.placement_groups)),
         Route("/api/serve", endpoint(pages.serve)),
-        Route("/api/logs", endpoint(pages.logs)),
+        Route("/api/logs", log_files),
         Route("/api/logs/{name}", log_file),
     ]
     return result

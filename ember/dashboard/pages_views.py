@@ -9,6 +9,7 @@ drawn here (the overview's figures, the workers table, the task stream, placemen
 
 import html
 import zlib
+from urllib.parse import quote
 
 from ember.runtime.cluster_state import FAILED, STATES
 from ember.widgets.render import fmt_byte_pair, fmt_bytes, table, view
@@ -238,23 +239,40 @@ def jobs_html(jobs: list, selected: dict | None) -> str:
     return view("jobs", body)
 
 
-def logs_html(files: list, selected: dict | None) -> str:
-    """The session's log files (the node's processes, each worker, the dashboard, runtime envs); the
-    selected one's tail below."""
-    cells = [
-        f"<tr class='ember-log-file'><td><a href='logs?file={html.escape(f['name'])}'>{html.escape(f['name'])}</a>"
-        f"</td><td>{html.escape(f['kind'])}</td><td class='ember-num'>{f['pid'] or ''}</td>"
-        f"<td class='ember-num'>{fmt_bytes(f['size'])}</td></tr>"
-        for f in files
-    ]
-    body = "<b>Log files</b>" + table(["file", "of", "pid", "size"], cells, "none", ("pid", "size"))
-    if selected is not None:
+def logs_html(files: list, selected: dict | None, nodes: list = ()) -> str:
+    """The head machine's session log files (the node's processes, each worker, the dashboard, runtime
+    envs), then each alive node's own files as its node manager lists them; the selected one's tail."""
+    body = "<b>Log files</b> <span class='ember-note'>(this machine's session directory)</span>" + _log_table(files)
+    for node in nodes:
+        node_id = html.escape(node["node_id"])
+        error = f" <span class='ember-note'>{html.escape(node['error'])}</span>" if node.get("error") else ""
         body += (
-            f"<b>{html.escape(selected['name'])}</b> <span class='ember-note'>(last "
+            f"<div class='ember-node-logs' data-node='{node_id}'><b>Node <code>{node_id[:12]}</code></b> "
+            f"<span class='ember-note'>{html.escape(node['address'])}</span>{error}"
+            + _log_table(node["files"], node["node_id"])
+            + "</div>"
+        )
+    if selected is not None:
+        where = f" on node {selected['node_id'][:12]}" if selected.get("node_id") else ""
+        body += (
+            f"<b>{html.escape(selected['name'])}</b>{html.escape(where)} <span class='ember-note'>(last "
             f"{fmt_bytes(len(selected['text']))})</span><pre class='ember-logs ember-log-text'>"
             f"{html.escape(selected['text'])}</pre>"
         )
     return view("logs", body)
+
+
+def _log_table(files: list, node_id: str | None = None) -> str:
+    query = f"node={quote(node_id)}&" if node_id else ""
+    cells = []
+    for f in files:
+        exited = " <span class='ember-note'>(exited)</span>" if f.get("alive") is False else ""
+        cells.append(
+            f"<tr class='ember-log-file'><td><a href='logs?{html.escape(query)}file={quote(f['name'])}'>"
+            f"{html.escape(f['name'])}</a></td><td>{html.escape(f['kind'])}</td>"
+            f"<td class='ember-num'>{f['pid'] or ''}{exited}</td><td class='ember-num'>{fmt_bytes(f['size'])}</td></tr>"
+        )
+    return table(["file", "of", "pid", "size"], cells, "none", ("pid", "size"))
 
 
 def store_totals(state) -> dict:

@@ -61,12 +61,14 @@ def json_safe(value):
 
 
 class HeadClient:
-    """One DEALER to the head, shared by the request threads (a lock keeps one request at a time)."""
+    """One DEALER to the head, shared by the request threads (a lock keeps one request at a time);
+    ``name`` says whom errors are about (the dashboard also asks node managers for their logs this way)."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, name: str = "The head"):
         from ember.runtime import transport
 
         self.address = address
+        self.name = name
         self.sock = transport.connect_dealer(address)
         self.lock = threading.Lock()
         self.next_rid = 0
@@ -82,12 +84,12 @@ class HeadClient:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1):
-                    raise ConnectionError(f"The head at {self.address} did not answer within {timeout:g} s.")
+                    raise ConnectionError(f"{self.name} at {self.address} did not answer within {timeout:g} s.")
                 reply, reply_frames = protocol.decode(self.sock.recv_multipart())
                 if reply.get("rid") != rid:
                     continue  # a late answer to a request that timed out
                 if reply.get("op") == protocol.ERROR:
-                    raise RuntimeError(f"The head refused {header['op']}: {reply.get('error')}")
+                    raise RuntimeError(f"{self.name} refused {header['op']}: {reply.get('error')}")
                 return reply, reply_frames
 
     def kv_get(self, key: bytes) -> bytes | None:

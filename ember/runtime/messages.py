@@ -139,6 +139,25 @@ class TableSizes(Message, tag="table_sizes", kw_only=True):
     """Head or node manager: how many entries each table holds (soak tests, debugging)."""
 
 
+class LogFiles(Message, tag="log_files", kw_only=True):
+    """A node manager's own log files (see ember/runtime/node/log_files.py)."""
+
+
+# The most a log_read answers at once (runtime/node/log_files.py); a whole file is read in such parts.
+LOG_READ_MAX = 1 << 20
+
+
+class LogRead(Message, tag="log_read", kw_only=True):
+    """Part of one of the node's log files, named by ``name`` or by the ``pid`` of its process: its
+    last ``tail`` bytes, or ``length`` bytes from ``offset``."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
+    pid: Pid | None = None
+    tail: Annotated[int, Meta(ge=0, le=LOG_READ_MAX)] | None = None
+    offset: Count | None = None
+    length: Annotated[int, Meta(ge=0, le=LOG_READ_MAX)] = LOG_READ_MAX
+
+
 class _TaskFields(Message, tag=False, kw_only=True):
     """What every task, actor call and actor constructor carries (see TaskSubmitter._new_spec)."""
 
@@ -541,6 +560,11 @@ class Reply(Message, tag="reply", kw_only=True):
     dead: bool | None = None  # store_pull: the node that held it died
     ok: bool | None = None  # prepare_bundles
     loc: Location | None = None  # get_object
+    files: list[dict] | None = None  # log_files
+    filename: Name | None = None  # log_read: the file read (the data is the payload frame)
+    file_size: Count | None = None  # log_read: the file's size when read
+    start: Count | None = None  # log_read: the offset of the first byte sent
+    running: bool | None = None  # log_read: the file's process still runs (more may come)
 
 
 class Error(Message, tag="error", kw_only=True):
@@ -605,6 +629,8 @@ NODE_MANAGER_REQUESTS = (
     CommitBundles,
     CancelBundles,
     TableSizes,
+    LogFiles,
+    LogRead,
 )
 NODE_MANAGER_HEAD_MESSAGES = (NodeDead, Reply, Error)  # on a node manager's socket to the head
 NODE_MANAGER_PEER_MESSAGES = (ObjectChunk, Error)  # on a node manager's sockets to other node managers

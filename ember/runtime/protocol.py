@@ -74,6 +74,8 @@ CANCEL_BUNDLES = "cancel_bundles"  # give reserved or committed bundles back (an
 PULL_OBJECT = "pull_object"  # node manager -> node manager: send me this object, in chunks
 OBJECT_CHUNK = "object_chunk"  # reply to PULL_OBJECT, one per chunk
 STORE_PULL = "store_pull"  # client -> its node manager: make a copy of an object held on another node
+LOG_FILES = "log_files"  # anyone with the secret -> a node manager: its own log files (name, kind, pid, size)
+LOG_READ = "log_read"  # a bounded part of one of those files (its end, or from an offset)
 
 # --- worker task socket ---------------------------------------------------------------------
 EXECUTE_TASK = "execute_task"

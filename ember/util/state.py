@@ -367,3 +367,175 @@ def get_node(id, address=None, timeout=None, **_) -> NodeState | None:
 def get_placement_group(id, address=None, timeout=None, **_) -> PlacementGroupState | None:
     """The placement group with this id (hex or bytes), or None."""
     return _get(list_placement_groups(limit=None, detail=True), "placement_group_id", id)
+
+
+# --- logs ------------------------------------------------------------------------------------------
+# Each node manager lists and reads its own log files (runtime/node/log_files.py): the driver asks the
+# node's manager directly, with the cluster's secret, as it asks one for a lease.
+LOG_CHUNK = 1 << 20  # bytes a node sends per answer (its cap)
+FOLLOW_INTERVAL = 0.5  # seconds between looks for more output with follow=True
+
+
+def _log_node(node_id=None, node_ip=None) -> dict:
+    """The head's entry of the node asked for: by id (hex or bytes), by ip, else the head's node."""
+    from ember.api import _nodes_raw
+
+    nodes = _nodes_raw()
+    if node_id is not None:
+        wanted = _hex(node_id)
+        found = [n for n in nodes if n["node_id"].hex() == wanted]
+        if not found:
+            raise ValueError(f"No node {wanted!r} in the cluster (list_nodes() lists them).")
+    elif node_ip is not None:
+        found = [n for n in nodes if (n["host"] or n["address"].rsplit(":", 1)[0]) == node_ip]
+        if not found:
+            raise ValueError(f"No node with ip {node_ip!r} in the cluster.")
+        alive = [n for n in found if n["alive"]]
+        if len(alive) > 1:
+            raise ValueError(f"{len(alive)} nodes run at {node_ip!r}: name one with node_id.")
+        found = alive or found
+    else:
+        if not nodes:
+            raise ValueError("The cluster has no node.")
+        found = nodes[:1]  # the head's node (see _node_states), as `ray logs` reads by default
+    node = found[0]
+    if not node["alive"]:
+        raise ValueError(f"Node {node['node_id'].hex()} is dead: only alive nodes' logs can be read.")
+    return node
+
+
+def _ask_node(node: dict, header: dict, timeout) -> tuple:
+    client = connected_client()
+    address = node["address"]
+    try:
+        return client.request(address, header, timeout=timeout)
+    finally:
+        # A socket to a node we hold no lease on is closed after a while unused (see PeerSockets).
+        client.call_soon(client.release_peer, address)
+
+
+def _node_log_files(node: dict, timeout) -> list:
+    return _ask_node(node, {"op": protocol.LOG_FILES}, timeout)[0].files or []
+
+
+def list_logs(address=None, node_id=None, node_ip=None, glob_filter=None, timeout: int = 30, **_) -> dict:
+    """The log files of one node, as Ray's: ``{kind: [file names]}`` (kinds ``node_manager``, the node's
+    process, Ray's raylet; and ``worker``, one file per worker process, exited ones included).
+    ``node_id`` (hex) or ``node_ip`` picks the node (default: the head's); ``glob_filter`` keeps the
+    names that match it (``"worker*"``). Each node lists only the files it wrote, even when several
+    share a machine's session directory."""
+    import fnmatch
+
+    files = _node_log_files(_log_node(node_id, node_ip), timeout)
+    groups: dict = {}
+    for row in files:
+        if glob_filter is None or fnmatch.fnmatch(row["name"], glob_filter):
+            groups.setdefault(row["kind"], []).append(row["name"])
+    return groups
+
+
+def get_log(
+    address=None,
+    node_id=None,
+    node_ip=None,
+    filename=None,
+    actor_id=None,
+    task_id=None,
+    pid=None,
+    follow: bool = False,
+    tail: int = -1,
+    timeout: int = 30,
+    suffix: str = "out",
+    encoding: str | None = "utf-8",
+    errors: str | None = "strict",
+    submission_id=None,
+    attempt_number: int = 0,
+    _interval: float | None = None,
+    **_,
+):
+    """A log file of a node, as Ray's: a generator of text (bytes when ``encoding`` is None), named by
+    ``filename`` (see list_logs), by the ``pid`` of its process, or by the actor or task whose worker
+    wrote it. ``tail``: the last that many lines (-1: the whole file); ``follow``: go on yielding what
+    is written, until the file's process exits. A worker's stdout and stderr share one file, so
+    ``suffix`` changes nothing. ValueError for a name or pid that is not one of the node's files."""
+    if submission_id is not None:
+        raise ValueError("A job's logs come from JobSubmissionClient.get_job_logs (or `ember job logs`).")
+    if not isinstance(tail, int) or isinstance(tail, bool) or tail < -1:
+        raise ValueError(f"tail must be -1 (the whole file) or a number of lines, got {tail!r}.")
+    if actor_id is not None:
+        actor = get_actor(actor_id)
+        if actor is None or actor.pid is None:
+            raise ValueError(f"No actor {_hex(actor_id)!r} with a worker process.")
+        node_id, pid = actor.node_id, actor.pid
+    elif task_id is not None:
+        task = get_task(task_id)
+        if task is None or task.worker_pid is None:
+            raise ValueError(f"No task {_hex(task_id)!r} that ran on a worker (the head's task table).")
+        node_id, pid = task.node_id, task.worker_pid
+    if filename is None and pid is None:
+        raise ValueError("get_log needs a filename, a pid, an actor_id or a task_id.")
+    node = _log_node(node_id, node_ip)
+    which = {"name": filename} if filename is not None else {}
+    if pid is not None:
+        which["pid"] = int(pid)
+    return _log_text(node, which, tail, follow, timeout, encoding, errors, _interval or FOLLOW_INTERVAL)
+
+
+def _read(node, which: dict, timeout, **where) -> tuple:
+    reply, frames = _ask_node(node, {"op": protocol.LOG_READ, **which, **where}, timeout)
+    return reply, bytes(frames[0]) if frames else b""
+
+
+def _tail_start(node, which: dict, lines: int, timeout) -> tuple[int, dict]:
+    """Where the last ``lines`` lines of the file start, read back from its end a part at a time."""
+    reply, found = _read(node, which, timeout, tail=LOG_CHUNK)
+    which = {"name": reply.filename}  # from now on the file found, even if the pid starts another
+    start = reply.start
+    cut = _last_lines(found, lines)
+    while cut is None and start > 0:
+        begin = max(0, start - LOG_CHUNK)
+        found = _read(node, which, timeout, offset=begin, length=start - begin)[1] + found
+        start = begin
+        cut = _last_lines(found, lines)
+    return start + (cut or 0), which
+
+
+def _last_lines(data: bytes, lines: int) -> int | None:
+    """Where in ``data`` its last ``lines`` lines begin; None when it holds fewer (a last line without
+    its newline counts, as `tail -n` counts it)."""
+    end = len(data) - 1 if data.endswith(b"\n") else len(data)
+    if lines == 0:
+        return len(data)
+    for _ in range(lines):
+        end = data.rfind(b"\n", 0, end)
+        if end < 0:
+            return None
+    return end + 1
+
+
+def _log_text(node, which: dict, tail: int, follow: bool, timeout, encoding, errors, interval: float):
+    import codecs
+    import time
+
+    if tail >= 0:
+        offset, which = _tail_start(node, which, tail, timeout)
+    else:
+        offset = 0
+    decoder = codecs.getincrementaldecoder(encoding)(errors or "strict") if encoding else None
+    while True:
+        reply, data = _read(node, which, timeout, offset=offset, length=LOG_CHUNK)
+        which = {"name": reply.filename}
+        offset = reply.start + len(data)
+        if data:
+            text = decoder.decode(data) if decoder else data
+            if text:
+                yield text
+        if offset < reply.file_size:
+            continue
+        if not follow or not reply.running:
+            break
+        time.sleep(interval)
+    if decoder is not None:
+        rest = decoder.decode(b"", final=True)
+        if rest:
+            yield rest

@@ -40,6 +40,7 @@ from ember.runtime.node.clients import Client, ClientTable, UnknownClientError
 from ember.runtime.node.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView, fits, groups_of
 from ember.runtime.node.env_setups import EnvSetups
 from ember.runtime.node.head_link import HeadLink
+from ember.runtime.node.log_files import LogFiles
 from ember.runtime.node.object_store import SHM_DIR, StoreState
 from ember.runtime.node.object_transfer import ObjectTransfer
 from ember.runtime.node.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, gpu_amount, to_fixed
@@ -143,6 +144,7 @@ class NodeManager(Service):
             self.store, self.store_prefix, self.spill_dir, self.reply, self.mark_dirty, self.owner_key
         )
         self.transfer = ObjectTransfer(self.store_io, self.view, self.send, self.reply, self.mark_dirty)
+        self.log_files = LogFiles(self.log_dir, self)  # this node's logs, for list_logs/get_log and the dashboard
         registered_only = self.registered_only
         self.table.update(
             {
@@ -154,6 +156,8 @@ class NodeManager(Service):
                 protocol.STORE_TOUCH: registered_only(self.store_io.on_store_touch),
                 protocol.STORE_PULL: registered_only(self.transfer.on_store_pull),
                 protocol.PULL_OBJECT: self.transfer.on_pull_object,
+                protocol.LOG_FILES: self.log_files.on_log_files,
+                protocol.LOG_READ: self.log_files.on_log_read,
             }
         )
         # Connections that close: their clients' leases and reservations are reclaimed (see clients.py).
@@ -206,6 +210,7 @@ class NodeManager(Service):
         log_path = os.path.join(self.log_dir, f"worker-{time.time_ns()}.log")
         process = spawn_worker(env, log_path, cwd, python, self.venv_forks.plan(python) if python else None)
         process.env = env_key
+        self.log_files.add_worker(log_path, process)
         self.processes.append(process)
 
     def check_env_setups(self) -> None:
@@ -708,6 +713,7 @@ class NodeManager(Service):
             except FileNotFoundError:
                 pass
         self.store_io.close()
+        self.log_files.close()
         shutil.rmtree(self.spill_dir, ignore_errors=True)
         self.transfer.close()
         self.router.disable_monitor()
