@@ -244,3 +244,44 @@ print(json.dumps({"pid": pid}))
     wait_for(lambda: "dashboard-marker" in get(f"/api/view/logs?node={second}&file={name}").json()["html"])
     view = get("/api/view/logs").json()["html"]
     assert f"data-node='{second}'" in view and f"logs?node={second}&amp;file={name}" in view
+
+
+def test_whole_files_tails_and_follow_read_in_parts(three_nodes):
+    # Over 2 MiB of output: get_log pages through the node's 1 MiB answers, from the start and from the end.
+    out = _driver(
+        three_nodes,
+        """
+@ember.remote(resources={"second": 0.5})
+class Talker:
+    def say(self, text):
+        print(text, flush=True)
+        return os.getpid()
+    def lots(self, lines):
+        for i in range(lines):
+            print(f"line {i:06d} " + "x" * 1000)
+        return os.getpid()
+
+talker = Talker.remote()
+node = [n["NodeID"] for n in ember.nodes() if "second" in n["Resources"]][0]
+pid = ember.get(talker.lots.remote(2200))
+whole = "".join(get_log(node_id=node, pid=pid))
+last = "".join(get_log(node_id=node, pid=pid, tail=3)).splitlines()
+none = "".join(get_log(node_id=node, pid=pid, tail=0))
+raw = b"".join(get_log(node_id=node, pid=pid, tail=1, encoding=None))
+ember.get(talker.say.remote("before following"))
+follow = get_log(node_id=node, pid=pid, tail=1, follow=True, _interval=0.05)
+first = next(follow)  # the generator has started: what comes from now on is followed
+talker.say.remote("followed line")
+seen = ""
+while "followed line" not in seen:
+    seen += next(follow)
+follow.close()
+lines = [line for line in whole.splitlines() if line.startswith("line ")]
+print(json.dumps({"count": len(lines), "ordered": lines == sorted(lines), "size": len(whole), "last": last,
+                  "none": none, "raw": raw.decode(), "first": first, "seen": seen}))
+""",
+    )
+    assert out["count"] == 2200 and out["ordered"] and out["size"] > 2 * 2**20
+    assert [line[:11] for line in out["last"]] == ["line 002197", "line 002198", "line 002199"]
+    assert out["none"] == "" and out["raw"].startswith("line 002199 ")
+    assert out["first"] == "before following\n" and out["seen"] == "followed line\n"
