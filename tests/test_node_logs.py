@@ -85,11 +85,15 @@ def test_reads_are_bounded(tmp_path):
 # --- on a cluster ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def three_nodes():
+    previous = os.environ.get("EMBER_DASHBOARD_PORT")
     os.environ["EMBER_DASHBOARD_PORT"] = "0"  # read by the head's process as it starts: any free port
     try:
         cluster = LocalCluster({"CPU": 1.0})
     finally:
-        del os.environ["EMBER_DASHBOARD_PORT"]
+        if previous is None:
+            del os.environ["EMBER_DASHBOARD_PORT"]
+        else:
+            os.environ["EMBER_DASHBOARD_PORT"] = previous
     own_dir = tempfile.mkdtemp(prefix="ember-second-machine-", dir=runtime_dir.runtime_dir())
     try:
         resources = {"CPU": 1.0, "second": 1.0, "object_store_memory": 256.0 * 2**20}
