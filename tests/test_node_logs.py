@@ -64,6 +64,9 @@ def test_exited_workers_logs_are_capped(tmp_path):
     assert names == ["worker-1.log", "worker-2.log", "worker-3.log"]
     os.unlink(tmp_path / "worker-3.log")
     assert [f["name"] for f in table.listing()] == ["worker-1.log", "worker-2.log"]  # removed files are not listed
+    for i in range(4, 20):  # workers that start and exit while nobody lists: the table stays bounded
+        table.add_worker(str(tmp_path / f"worker-{i}.log"), _Process(100 + i, returncode=0))
+    assert len(table.entries) <= 2 * 2 + 1
 
 
 def test_reads_are_bounded(tmp_path):

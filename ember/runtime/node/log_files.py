@@ -59,6 +59,8 @@ class LogTable:
     def add_worker(self, log_path: str, process) -> None:
         """Record a worker just started: ``process`` (a WorkerProcess) writes to ``log_path``."""
         self.add(LogEntry(os.path.basename(log_path), WORKER, process.pid, process))
+        if len(self.entries) > 2 * self.ended.capacity:  # bounded even when nobody lists the files
+            self.forget_ended()
 
     def forget_ended(self) -> None:
         """Past the cap of exited workers' logs, the oldest leave the table (the files stay on disk)."""
