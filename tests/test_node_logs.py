@@ -137,7 +137,8 @@ class Doomed:
 def _driver(cluster, body: str) -> dict:
     code = PRELUDE.format(address=cluster.address) + body
     result = run_driver(code, timeout=120, env={"EMBER_CLUSTER_TOKEN": cluster.token})
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    # The driver's stdout also carries its workers' prints, which may come after its own last line.
+    return json.loads([line for line in result.stdout.splitlines() if line.startswith('{"')][-1])
 
 
 def test_get_log_finds_a_task_print_on_another_machine(three_nodes):
