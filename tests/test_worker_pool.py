@@ -112,14 +112,14 @@ def test_a_new_pool_worker_loads_the_latest_actors_class_ahead(tmp_path):
 
 
 def test_preloading_can_be_turned_off_and_a_bad_setting_is_refused(monkeypatch):
-    from ember.runtime.node import node_manager
+    from ember.runtime.node import worker_pool
 
-    monkeypatch.setenv(node_manager.PRELOAD_CLASSES, "0")
-    assert node_manager._preload_setting() == 0
+    monkeypatch.setenv(worker_pool.PRELOAD_CLASSES, "0")
+    assert worker_pool.preload_setting() == 0
     for bad in ("-1", "four"):
-        monkeypatch.setenv(node_manager.PRELOAD_CLASSES, bad)
-        with pytest.raises(ValueError, match=node_manager.PRELOAD_CLASSES):
-            node_manager._preload_setting()
+        monkeypatch.setenv(worker_pool.PRELOAD_CLASSES, bad)
+        with pytest.raises(ValueError, match=worker_pool.PRELOAD_CLASSES):
+            worker_pool.preload_setting()
 
 
 def test_pool_top_up_waits_after_a_grant_unless_a_lease_needs_a_worker():
@@ -175,13 +175,13 @@ def test_pool_top_up_waits_after_a_grant_unless_a_lease_needs_a_worker():
 
 
 def test_top_up_delay_setting_is_checked(monkeypatch):
-    from ember.runtime.node import node_manager
+    from ember.runtime.node import worker_pool
 
-    monkeypatch.setenv(node_manager.TOPUP_DELAY, "0")
-    assert node_manager._topup_delay_setting() == 0
-    monkeypatch.delenv(node_manager.TOPUP_DELAY)
-    assert node_manager._topup_delay_setting() > 0
+    monkeypatch.setenv(worker_pool.TOPUP_DELAY, "0")
+    assert worker_pool.topup_delay_setting() == 0
+    monkeypatch.delenv(worker_pool.TOPUP_DELAY)
+    assert worker_pool.topup_delay_setting() > 0
     for bad in ("-1", "soon", "nan", "100"):
-        monkeypatch.setenv(node_manager.TOPUP_DELAY, bad)
-        with pytest.raises(ValueError, match=node_manager.TOPUP_DELAY):
-            node_manager._topup_delay_setting()
+        monkeypatch.setenv(worker_pool.TOPUP_DELAY, bad)
+        with pytest.raises(ValueError, match=worker_pool.TOPUP_DELAY):
+            worker_pool.topup_delay_setting()

@@ -20,6 +20,7 @@ import time
 
 import psutil
 
+from ember.runtime.node.object_store import SHM_DIR
 from ember.runtime.runtime_dir import open_private, private_subdir
 
 
@@ -181,7 +182,7 @@ def remove_store_files(prefix: str) -> None:
     """Remove a node's leftover shared-memory files (a backstop for a node that could not clean up)."""
     if not prefix:
         return
-    for path in glob.glob(f"/dev/shm/{prefix}-*"):
+    for path in glob.glob(f"{SHM_DIR}/{prefix}-*"):
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -1,10 +1,8 @@
 """What an owner knows of each object: its state and where its value is (plain records)."""
 
+from ember.runtime.node.object_store import store_prefix  # noqa: F401 - re-exported through ownership
+
 PENDING, READY, FAILED = 0, 1, 2
-
-
-def store_prefix(node_id: bytes) -> str:
-    return f"ember-{node_id.hex()[:12]}"
 
 
 NODE_SUFFIX_LENGTH = 13

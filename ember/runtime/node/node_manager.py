@@ -2,18 +2,20 @@
 
 Data flow::
 
-    owners ---request_lease / return_lease---> +--------------+ ---lease_granted---> owners
+    owners ---request_lease / return_lease---> +--------------+ ---lease_granted / spillback---> owners
     head   ---request_lease (actors), kill---> | node manager | ---register_node, node_stats, worker_died, logs--> head
-    workers --worker_ready / blocked / logs--> |  scheduler   | ---spawn / SIGKILL---> worker processes
-    clients --store_create / sealed / restore->|  store state | ---pwrite'd files in /dev/shm, spill files on disk
-                                               +--------------+
+    head   ---cluster_view------------------>  |  scheduler   | ---start / retire / kill---> WorkerPool ---> workers
+    workers --worker_ready / blocked / logs--> |  store state | ---pwrite'd files in /dev/shm, spill files on disk
+    clients --store_create / sealed / restore->+--------------+
 
 Decisions live in state machines (:class:`~ember.runtime.node.scheduler.LeaseScheduler` for leases,
+:class:`~ember.runtime.node.cluster_view.ClusterView` for which node a request goes to,
 :class:`~ember.runtime.node.object_store.StoreState` for capacity and spilling,
 :class:`~ember.runtime.node.clients.ClientTable` for who may hold them); this module feeds them
-events from the socket and carries out the actions they return. The store's requests and the
-transfers between nodes are objects it owns (:class:`~ember.runtime.node.store_io.StoreIO`,
-:class:`~ember.runtime.node.object_transfer.ObjectTransfer`); its op table points at their methods.
+events from the socket and carries out the actions they return. The worker processes, the store's
+requests and the transfers between nodes are objects it owns
+(:class:`~ember.runtime.node.worker_pool.WorkerPool`, :class:`~ember.runtime.node.store_io.StoreIO`,
+:class:`~ember.runtime.node.object_transfer.ObjectTransfer`); its op table points at the latter two's methods.
 
 Every request is validated against the ``node_manager`` schema before a handler sees it (handlers
 get the op's Struct). Leases and store reservations are only for registered clients, and are
@@ -21,43 +23,33 @@ reclaimed when the client unregisters, its process dies or its connection closes
 :mod:`~ember.runtime.node.clients`).
 """
 
-import glob
 import logging
 import os
 import shutil
 import struct
-import time
 
 import psutil
 import zmq
 
 from ember.exceptions import RuntimeEnvSetupError
 from ember.runtime import protocol
-from ember.runtime.bounded import REMOVED_PLACEMENT_GROUPS, EndedCache, cap_from_env
 from ember.runtime.ids import new_id
 from ember.runtime.launcher import remove_store_files
 from ember.runtime.node.clients import Client, ClientTable, UnknownClientError
-from ember.runtime.node.cluster_scheduler import INFEASIBLE, LOCAL, ClusterPolicy, NodeView, fits, groups_of
+from ember.runtime.node.cluster_scheduler import INFEASIBLE, LOCAL
+from ember.runtime.node.cluster_view import ClusterView
 from ember.runtime.node.env_setups import EnvSetups
 from ember.runtime.node.head_link import HeadLink
 from ember.runtime.node.log_files import LogFiles
-from ember.runtime.node.object_store import SHM_DIR, StoreState
+from ember.runtime.node.object_store import StoreState, store_prefix
 from ember.runtime.node.object_transfer import ObjectTransfer
-from ember.runtime.node.scheduler import UNIT, LeaseRequest, LeaseScheduler, from_fixed, gpu_amount, to_fixed
+from ember.runtime.node.scheduler import LeaseRequest, LeaseScheduler, from_fixed, to_fixed
 from ember.runtime.node.store_io import StoreIO
-from ember.runtime.node.venv_fork import VenvForks
-from ember.runtime.node.worker_process import WorkerProcess, spawn_worker
+from ember.runtime.node.worker_pool import WorkerPool, topup_delay_setting
 from ember.runtime.service import Service, unwrap
 
 RAM_CHECK_PERIOD = 2.0  # seconds between looks at the machine's memory in use
 RAM_CHANGE = 32 << 20  # bytes of change that the head and the widgets hear about
-# How many of the latest actors' classes a new worker loads ahead (see NodeManager.recent_classes).
-# 0 turns it off: a class whose module imports a large library (torch) makes each idle worker that much bigger.
-PRELOAD_CLASSES = "EMBER_WORKER_PRELOAD_CLASSES"
-# Seconds between an actor's grant and the start of the pool worker that replaces its one, unless a
-# lease finds no idle worker first (see LeaseScheduler): the new actor starts without a fork and a
-# worker's start competing with it for the CPUs. 0: the replacement starts with the grant.
-TOPUP_DELAY = "EMBER_WORKER_TOPUP_DELAY_S"
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +94,21 @@ class NodeManager(Service):
         self.head_address = head_address
         self.resources = resources
         self.session_dir = session_dir
-        self.store_prefix = f"ember-{self.node_id.hex()[:12]}"
-        self.spill_dir = os.path.join(session_dir, "spill", self.node_id.hex()[:12])
+        self.store_prefix = store_prefix(self.node_id)
+        self.spill_dir = _spill_dir(session_dir, self.node_id)
         self.log_dir = os.path.join(session_dir, "logs")
         os.makedirs(self.spill_dir, mode=0o700, exist_ok=True)
         os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
-        self.env = env or {}
-        self.envs = EnvSetups(head_address, self.log_dir)
-        self.venv_forks = VenvForks()  # whether a pip env's workers can fork from this process
+        node_env = dict(
+            EMBER_NODE_MANAGER=self.address,
+            EMBER_HEAD=head_address,
+            EMBER_NODE_ID=self.node_id.hex(),
+            EMBER_NODE_HOST=host,  # workers listen where owners on other machines can reach them
+            EMBER_SESSION_DIR=session_dir,
+        )
+        self.log_files = LogFiles(self.log_dir, self)  # this node's logs, for list_logs/get_log and the dashboard
+        envs = EnvSetups(head_address, self.log_dir)
+        self.pool = WorkerPool(env or {}, node_env, envs, self.log_dir, on_spawn=self.log_files.add_worker)
         num_cpus = resources.get("CPU", 0)
         prestart = int(num_cpus) if prestart is None else prestart
         max_idle = max(1, int(num_cpus))
@@ -119,11 +118,9 @@ class NodeManager(Service):
             resources,
             max_idle_workers=max_idle,
             min_idle_workers=min(prestart, max_idle),
-            topup_delay=_topup_delay_setting(),
+            topup_delay=topup_delay_setting(),
         )
         self.store = StoreState(object_store_memory)
-        self.processes: list[WorkerProcess] = []
-        self.workers: dict[bytes, WorkerProcess] = {}
         self.requests: dict[bytes, LeaseRequest] = {}
         self.clients = ClientTable()
         self.client_leases: dict[bytes, set] = {}  # requester identity -> leased worker ids
@@ -131,20 +128,11 @@ class NodeManager(Service):
         self.ram = _ram_in_use()  # [used, total] bytes of the machine's memory, for the widgets
         self.last_ram_check = 0.0
         self.loop = None
-        self.worker_code_loaded = False  # see _load_worker_code
-        # (class id, job id) of the latest actors granted here, newest last: a worker started from now
-        # on loads them while idle, so the next such actor (a Tune trial's, say) finds its class loaded.
-        self.recent_classes: list = []
-        self.preload_classes = _preload_setting()
-        self.policy = ClusterPolicy(self.node_id)
-        self.view: dict[bytes, NodeView] = {
-            self.node_id: NodeView(self.node_id, to_fixed(resources), to_fixed(resources), address=self.address)
-        }
+        self.cluster = ClusterView(self.node_id, self.address, resources, self.scheduler)
         self.store_io = StoreIO(
             self.store, self.store_prefix, self.spill_dir, self.reply, self.mark_dirty, self.owner_key
         )
-        self.transfer = ObjectTransfer(self.store_io, self.view, self.send, self.reply, self.mark_dirty)
-        self.log_files = LogFiles(self.log_dir, self)  # this node's logs, for list_logs/get_log and the dashboard
+        self.transfer = ObjectTransfer(self.store_io, self.cluster.nodes, self.send, self.reply, self.mark_dirty)
         registered_only = self.registered_only
         self.table.update(
             {
@@ -163,14 +151,12 @@ class NodeManager(Service):
         # Connections that close: their clients' leases and reservations are reclaimed (see clients.py).
         self.router_monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.source_fd = -1  # the descriptor of the connection the message being handled came on
-        # Hex ids of removed placement groups, from the cluster view's deltas; as bounded as the head's.
-        self.removed_groups = EndedCache(cap_from_env(REMOVED_PLACEMENT_GROUPS))
         self.on_declared_dead = None
         self.head = HeadLink(head_address, self.node_id, self.address, resources, host)
         self.head.on_node_dead = lambda msg: self.on_node_dead(None, msg, [])
         for _ in range(prestart):
-            self.start_worker()
-        self.scheduler.starting = len(self.processes)
+            self.pool.start()
+        self.scheduler.starting = len(self.pool.processes)
 
     def attach(self, loop) -> None:
         """Join ``loop``: our socket (raw frames: a registration needs its connection's descriptor),
@@ -180,6 +166,7 @@ class NodeManager(Service):
         loop.add_socket(self.router, self.on_router_frames, raw=True)
         loop.add_socket(self.router_monitor, self.on_router_events)
         self.head.attach(loop)
+        self.pool.attach(loop)
         self.store_io.attach(loop)
         self.transfer.attach(loop)
 
@@ -191,92 +178,38 @@ class NodeManager(Service):
         self.head.dirty = True
 
     # --- worker pool ----------------------------------------------------------------------------
-    def start_worker(self, env_key: str = "") -> None:
-        """Start a worker for runtime env ``env_key`` now, or once the env is set up."""
-        if self.envs.want_worker(env_key):
-            self.spawn(env_key)
-
-    def spawn(self, env_key: str) -> None:
-        variables, cwd, python = self.envs.worker_environment(env_key)
-        env = dict(self.env)
-        env.update(variables)
-        env.update(
-            EMBER_NODE_MANAGER=self.address,
-            EMBER_HEAD=self.head_address,
-            EMBER_NODE_ID=self.node_id.hex(),
-            EMBER_NODE_HOST=self.host,  # workers listen where owners on other machines can reach them
-            EMBER_SESSION_DIR=self.session_dir,
-        )
-        log_path = os.path.join(self.log_dir, f"worker-{time.time_ns()}.log")
-        process = spawn_worker(env, log_path, cwd, python, self.venv_forks.plan(python) if python else None)
-        process.env = env_key
-        self.log_files.add_worker(log_path, process)
-        self.processes.append(process)
-
-    def check_env_setups(self) -> None:
-        for key, starts, error in self.envs.poll():
-            if error is None:
-                for _ in range(starts):
-                    self.spawn(key)
-            else:
-                self.carry_out(self.scheduler.env_failed(key, error, starts))
-
-    def remember_class(self, entry: tuple) -> None:
-        # Before the grant's start_worker action runs: the replacement started for it loads this class.
-        if entry in self.recent_classes:
-            self.recent_classes.remove(entry)
-        self.recent_classes.append(entry)
-        del self.recent_classes[: max(0, len(self.recent_classes) - self.preload_classes)]
-
     def on_worker_ready(self, identity, msg, frames):
         """A worker we started is up: it is a client of this node, and its worker may be leased."""
-        process = next((p for p in self.processes if p.pid == msg.pid and p.worker_id is None), None)
-        if process is None:
-            raise UnknownClientError(f"no worker process {msg.pid} of this node is starting")
+        process = self.pool.starting(msg.pid)
         self.register(Client(msg.wid, identity, "worker", msg.pid, address=msg.caddr))
-        process.worker_id = msg.wid
-        process.identity = identity
-        process.address = msg.addr
-        process.client_address = msg.caddr
-        self.workers[process.worker_id] = process
+        self.pool.ready(process, msg.wid, identity, msg.addr, msg.caddr)
         self.carry_out(self.scheduler.worker_started(process.worker_id, process.env))
-        if not self.worker_code_loaded and self.loop is not None:
-            self.worker_code_loaded = True
-            self.loop.call_soon(_load_worker_code)
-        return {"prefix": self.store_prefix, "node_id": self.node_id, "preload": self.recent_classes}
+        return {"prefix": self.store_prefix, "node_id": self.node_id, "preload": self.pool.recent_classes}
 
     def check_workers(self) -> None:
-        for process in list(self.processes):
-            if process.poll() is None:
-                continue
-            self.processes.remove(process)
+        for process in self.pool.reap():
             if process.worker_id is None:
                 self.carry_out(self.scheduler.worker_start_failed(process.env))
                 continue
-            self.workers.pop(process.worker_id, None)
             self.client_died(process.worker_id)
             if not process.retiring:
                 self.head.send({"op": protocol.WORKER_DIED, "wid": process.worker_id})
             self.carry_out(self.scheduler.worker_died(process.worker_id))
 
-    def own_worker(self, identity, worker_id: bytes) -> WorkerProcess | None:
-        """The worker ``worker_id`` if the message about it came from that worker itself."""
-        process = self.workers.get(worker_id)
-        return process if process is not None and process.identity == identity else None
+    def check_env_setups(self) -> None:
+        for key, error, starts in self.pool.poll_setups():
+            self.carry_out(self.scheduler.env_failed(key, error, starts))
 
     def on_exit_refused(self, identity, msg, frames):
-        process = self.own_worker(identity, msg.wid)
-        if process is not None and process.retiring:
-            process.retiring = False
+        process = self.pool.keep(identity, msg.wid)
+        if process is not None:
             self.carry_out(self.scheduler.worker_kept(process.worker_id, process.env))
 
     def on_kill_worker(self, identity, msg, frames):
         self.kill_worker(msg.wid)
 
     def kill_worker(self, worker_id: bytes) -> None:
-        process = self.workers.get(worker_id)
-        if process is not None:
-            process.kill()
+        if self.pool.kill(worker_id):
             # Its resources are free from now on (see LeaseScheduler.worker_killed).
             self.carry_out(self.scheduler.worker_killed(worker_id))
 
@@ -335,8 +268,7 @@ class NodeManager(Service):
         a remote one (its objects are freed with its node, see on_cluster_view)."""
         if owner_node is None or owner_node == self.node_id:
             return owner is None or owner in self.clients, owner
-        node = self.view.get(owner_node)
-        return node is None or node.alive, owner_node
+        return self.cluster.node_alive(owner_node), owner_node
 
     def client_died(self, client_id: bytes) -> None:
         """Free what a dead owner owned and stop the work it leased (its results have no reader)."""
@@ -378,18 +310,18 @@ class NodeManager(Service):
             spilled=msg.spilled or msg.actor,
             what=msg.what,
             preload=(msg.cid, msg.job) if msg.actor and msg.cid is not None else None,
-            env=self.envs.learn(msg.renv),
+            env=self.pool.envs.learn(msg.renv),
         )
-        failed = self.envs.error_of(request.env)
+        failed = self.pool.envs.error_of(request.env)
         if failed is not None:  # set up here before and failed: fail at once, no second pip run
             raise RuntimeEnvSetupError(failed)
         if request.request_id in self.requests:
             raise ValueError("a lease request with this id is queued already")
-        error = self.removed_group_error(request)
+        error = self.cluster.removed_group_error(request)
         if error is not None:
             raise error
         if not request.spilled:
-            where, message = self.policy.choose_node(request.resources, request.strategy, self.current_view())
+            where, message = self.cluster.choose(request)
             if where == "error":
                 raise ValueError(message)
             if where not in (LOCAL, INFEASIBLE):
@@ -398,16 +330,6 @@ class NodeManager(Service):
         self.requests[request.request_id] = request
         self.carry_out(self.scheduler.request(request))
 
-    def removed_group_error(self, request: LeaseRequest) -> ValueError | None:
-        """The error for a request that needs the bundles of a removed placement group, if it does."""
-        removed = {group for group in groups_of(request.resources) if group in self.removed_groups}
-        if not removed:
-            return None
-        return ValueError(
-            f"The placement group {removed.pop()} was removed: the task or actor that needs its bundles "
-            "cannot be scheduled."
-        )
-
     def withdraw(self, request: LeaseRequest) -> None:
         """Take a queued request off this node (it was answered some other way)."""
         self.requests.pop(request.request_id, None)
@@ -415,44 +337,21 @@ class NodeManager(Service):
 
     def spill_back(self, request: LeaseRequest, node_id: bytes) -> None:
         """Tell the requester to ask ``node_id`` instead (Ray's spillback)."""
-        node = self.view[node_id]
-        self.policy.charge(node, request.resources)
+        self.send_spillback(request, node_id, self.cluster.charge(request, node_id))
+
+    def send_spillback(self, request: LeaseRequest, node_id: bytes, address: str) -> None:
         self.send(
             request.client,
-            {"op": protocol.REPLY, "rid": request.request_id, "spillback": node_id, "address": node.address},
+            {"op": protocol.REPLY, "rid": request.request_id, "spillback": node_id, "address": address},
         )
 
-    def current_view(self) -> dict:
-        """The cluster as the head last described it, with this node's own entry exact."""
-        local = self.view[self.node_id]
-        local.total = self.scheduler.total
-        local.available = self.scheduler.available
-        return self.view
-
     def on_cluster_view(self, identity, msg, frames):
-        # The head sends the removals we have not seen, or all it remembers ("removed_full").
-        if msg.removed_full:
-            self.removed_groups = EndedCache(self.removed_groups.capacity)
-        for pg_hex in msg.removed_groups:
-            self.removed_groups.add(pg_hex)
+        died = self.cluster.update(msg)
         for request in list(self.scheduler.queue):
-            error = self.removed_group_error(request)
+            error = self.cluster.removed_group_error(request)
             if error is not None:
                 self.withdraw(request)
                 self.reply_error(request.client, request.request_id, error)
-        died = []
-        for entry in msg.nodes:
-            if entry.node_id == self.node_id:
-                continue
-            old = self.view.get(entry.node_id)
-            if old is not None and old.alive and not entry.alive:
-                died.append((entry.node_id, entry.address))
-            self.view[entry.node_id] = NodeView(
-                entry.node_id, to_fixed(entry.total), to_fixed(entry.available), entry.alive, entry.address
-            )
-        listed = {entry.node_id for entry in msg.nodes}
-        for node_id in [n for n, view in self.view.items() if not view.alive and n not in listed]:
-            del self.view[node_id]  # dead, and forgotten by the head (its cap on dead nodes)
         for node_id, address in died:
             # Owners hear of the death (and start rebuilding its objects) before the readers whose
             # pulls from it fail: a reader whose pull failed then waits for the rebuilt object.
@@ -467,8 +366,8 @@ class NodeManager(Service):
     def on_table_sizes(self, identity, msg, frames):
         """How many entries each of this node manager's tables holds (for soak tests and debugging)."""
         sizes = {
-            "processes": len(self.processes),
-            "workers": len(self.workers),
+            "processes": len(self.pool.processes),
+            "workers": len(self.pool.workers),
             "requests": len(self.requests),
             "clients": len(self.clients),
             "client_leases": len(self.client_leases),
@@ -476,8 +375,8 @@ class NodeManager(Service):
             "reservations": len(self.store_io.reservations),
             "pins": sum(len(pins) for pins in self.store_io.client_pins.values()),
             "room_waiters": len(self.store_io.room_waiters),
-            "removed_groups": len(self.removed_groups),
-            "view": len(self.view),
+            "removed_groups": len(self.cluster.removed_groups),
+            "view": len(self.cluster.nodes),
             "peers": len(self.transfer.peers),
             "pulls": len(self.transfer.pulls),
             "sealing": len(self.transfer.sealing),
@@ -489,17 +388,9 @@ class NodeManager(Service):
 
     def respill(self) -> None:
         """Requests queued here that another node could run now go there (a node joined or freed up)."""
-        view = self.current_view()
-        if sum(node.alive for node in view.values()) < 2:
-            return  # nowhere else to go
-        for request in list(self.scheduler.queue):
-            if request.for_actor or (request.spilled and self.scheduler.feasible(request.resources)):
-                continue
-            where, _ = self.policy.choose_node(request.resources, request.strategy, view)
-            if where in (LOCAL, INFEASIBLE, "error") or not fits(request.resources, view[where].available):
-                continue
+        for request, where, address in self.cluster.to_respill():
             self.withdraw(request)
-            self.spill_back(request, where)
+            self.send_spillback(request, where, address)
 
     def on_node_dead(self, identity, msg, frames):
         if msg.node_id == self.node_id:
@@ -510,10 +401,8 @@ class NodeManager(Service):
     def remove_dead_node_files(self, node_id: bytes) -> None:
         """A node died without cleaning up: if it ran on this machine, its store files and spill
         directory are ours to remove (a reader that mapped one keeps its mapping). Off the loop."""
-        prefix = f"ember-{node_id.hex()[:12]}"
-        spill_dir = os.path.join(self.session_dir, "spill", node_id.hex()[:12])
-        self.store_io.io_pool.submit(remove_store_files, prefix)
-        self.store_io.io_pool.submit(shutil.rmtree, spill_dir, True)
+        self.store_io.io_pool.submit(remove_store_files, store_prefix(node_id))
+        self.store_io.io_pool.submit(shutil.rmtree, _spill_dir(self.session_dir, node_id), True)
 
     def on_cancel_lease_request(self, identity, msg, frames):
         # A request already granted is not cancelled: its grant is on the way and the owner
@@ -537,11 +426,11 @@ class NodeManager(Service):
         self.carry_out(self.scheduler.lease_returned(msg.wid))
 
     def on_worker_blocked(self, identity, msg, frames):
-        if self.own_worker(identity, msg.wid) is not None:  # only a worker lends out its own CPUs
+        if self.pool.own(identity, msg.wid) is not None:  # only a worker lends out its own CPUs
             self.carry_out(self.scheduler.blocked(msg.wid))
 
     def on_worker_unblocked(self, identity, msg, frames):
-        if self.own_worker(identity, msg.wid) is not None:
+        if self.pool.own(identity, msg.wid) is not None:
             self.carry_out(self.scheduler.unblocked(msg.wid))
 
     def carry_out(self, actions: list) -> None:
@@ -555,8 +444,9 @@ class NodeManager(Service):
                 _, request, worker = action
                 self.requests.pop(request.request_id, None)
                 if request.preload is not None:
-                    self.remember_class(request.preload)
-                process = self.workers[worker.worker_id]
+                    # Before the grant's start_worker action runs: the replacement started for it loads this class.
+                    self.pool.remember_class(request.preload)
+                process = self.pool.workers[worker.worker_id]
                 # An actor's worker too: the head that leased it holds it (and kills it when done with it).
                 self.client_leases.setdefault(request.client, set()).add(worker.worker_id)
                 self.send(
@@ -574,7 +464,7 @@ class NodeManager(Service):
                     },
                 )
             elif kind == "start_worker":
-                self.start_worker(action[1] if len(action) > 1 else "")
+                self.pool.start(action[1] if len(action) > 1 else "")
             elif kind == "lease_failed":
                 _, request, error = action
                 self.requests.pop(request.request_id, None)
@@ -590,10 +480,9 @@ class NodeManager(Service):
             elif kind == "stop_worker":
                 # Ask, don't tell: a worker idle as a worker may still own objects or hold leases
                 # as an owner (of tasks it submitted); it exits only if it has none (see worker).
-                process = self.workers.get(action[1])
-                if process is not None:
-                    process.retiring = True
-                    self.send(process.identity, {"op": protocol.EXIT_IF_IDLE})
+                identity = self.pool.retire(action[1])
+                if identity is not None:
+                    self.send(identity, {"op": protocol.EXIT_IF_IDLE})
             elif kind == "infeasible":
                 request = action[1]
                 self.send(
@@ -662,56 +551,15 @@ class NodeManager(Service):
             "total": from_fixed(self.scheduler.total),
             "store": self.store.stats(),
             "demand": self.scheduler.demand(),
-            "gpus": self.gpu_table(),
+            "gpus": self.scheduler.gpu_table(self.pool.pid_of),
             "ram": self.ram,
-            "workers": self.worker_states(),
+            "workers": self.scheduler.worker_states(),
         }
-
-    def worker_states(self) -> dict:
-        """How many of this node's workers are idle, run leased tasks, host actors, or wait in a get."""
-        states = {"idle": 0, "busy": 0, "actor": 0, "blocked": 0}
-        for worker in self.scheduler.workers.values():
-            if worker.dying:
-                continue  # killed, being reaped: it holds nothing and runs nothing
-            if worker.dedicated:
-                states["actor"] += 1
-            elif worker.idle:
-                states["idle"] += 1
-            else:
-                states["blocked" if worker.blocked else "busy"] += 1
-        return states
-
-    def gpu_table(self) -> list:
-        """Who holds which GPU: one row per (device, worker), for ``ember status`` and the widgets."""
-        rows = []
-        for worker in self.scheduler.workers.values():
-            amount = gpu_amount(worker.held)
-            for gpu_id in worker.gpu_ids:
-                process = self.workers.get(worker.worker_id)
-                what = worker.lease.what if worker.lease else ""
-                rows.append(
-                    {
-                        "gpu_id": gpu_id,
-                        "holder": f"{what} (pid {process.pid if process else '?'})",
-                        "share": min(amount, UNIT) / UNIT,
-                        "actor": bool(worker.dedicated),
-                    }
-                )
-        return rows
 
     def close(self, announce: bool = False) -> None:
         self.head.close(announce)  # announced: the head need not wait for missed heartbeats
-        self.envs.close()
-        for process in self.processes:
-            process.kill()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(p.poll() is None for p in self.processes):
-            time.sleep(0.01)
-        for path in glob.glob(f"{SHM_DIR}/{self.store_prefix}-*"):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        self.pool.close()
+        remove_store_files(self.store_prefix)
         self.store_io.close()
         self.log_files.close()
         shutil.rmtree(self.spill_dir, ignore_errors=True)
@@ -721,33 +569,8 @@ class NodeManager(Service):
         super().close()
 
 
-def _preload_setting() -> int:
-    raw = os.environ.get(PRELOAD_CLASSES, "").strip()
-    try:
-        value = int(raw) if raw else 4
-    except ValueError:
-        raise ValueError(f"{PRELOAD_CLASSES} must be a whole number, got {raw!r}.") from None
-    if value < 0:
-        raise ValueError(f"{PRELOAD_CLASSES} must be at least 0, got {value}.")
-    return value
-
-
-def _topup_delay_setting() -> float:
-    raw = os.environ.get(TOPUP_DELAY, "").strip()
-    try:
-        value = float(raw) if raw else 0.05
-    except ValueError:
-        raise ValueError(f"{TOPUP_DELAY} must be a number of seconds, got {raw!r}.") from None
-    if not 0 <= value <= 60:
-        raise ValueError(f"{TOPUP_DELAY} must be between 0 and 60 seconds, got {value}.")
-    return value
-
-
-def _load_worker_code() -> None:
-    """Import the worker's modules here, once, after the first worker is up (not before: the cluster's
-    start would wait for it). Workers forked from then on have them already, which takes about a third
-    off a worker's start (tens of milliseconds: what an actor creation waits for when no idle worker is left)."""
-    import ember.runtime.worker.worker  # noqa: F401
+def _spill_dir(session_dir: str, node_id: bytes) -> str:
+    return os.path.join(session_dir, "spill", node_id.hex()[:12])
 
 
 def _ram_in_use() -> list:

@@ -33,6 +33,11 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+def store_prefix(node_id: bytes) -> str:
+    """The name prefix of node ``node_id``'s store files in ``SHM_DIR`` (every process maps them by it)."""
+    return f"ember-{node_id.hex()[:12]}"
+
+
 def object_path(prefix: str, object_id: bytes) -> str:
     return f"{SHM_DIR}/{prefix}-{object_id.hex()}"
 

@@ -114,7 +114,7 @@ class ObjectTransfer:
     """Pulls of objects between node managers, both sides: the reader's node (``on_store_pull``,
     ``on_peer_message``) and the holder's (``on_pull_object``).
 
-    ``view`` is the node manager's cluster view (node id -> NodeView, kept up to date by it);
+    ``view`` is the node manager's cluster view (node id -> NodeView, kept up to date by its ClusterView);
     ``send(identity, header, frames)`` and ``reply(identity, rid, body)`` answer on its socket;
     ``changed()`` says the store's stats changed. ``attach(loop)`` must come before the first pull.
     """

@@ -356,6 +356,39 @@ class LeaseScheduler:
     def demand(self) -> list:
         return [from_fixed(r.resources) for r in self.queue]
 
+    def worker_states(self) -> dict:
+        """How many of this node's workers are idle, run leased tasks, host actors, or wait in a get."""
+        states = {"idle": 0, "busy": 0, "actor": 0, "blocked": 0}
+        for worker in self.workers.values():
+            if worker.dying:
+                continue  # killed, being reaped: it holds nothing and runs nothing
+            if worker.dedicated:
+                states["actor"] += 1
+            elif worker.idle:
+                states["idle"] += 1
+            else:
+                states["blocked" if worker.blocked else "busy"] += 1
+        return states
+
+    def gpu_table(self, pid_of) -> list:
+        """Who holds which GPU: one row per (device, worker), for ``ember status`` and the widgets;
+        ``pid_of(worker id)`` is the worker's process id (None: not known)."""
+        rows = []
+        for worker in self.workers.values():
+            amount = gpu_amount(worker.held)
+            for gpu_id in worker.gpu_ids:
+                pid = pid_of(worker.worker_id)
+                what = worker.lease.what if worker.lease else ""
+                rows.append(
+                    {
+                        "gpu_id": gpu_id,
+                        "holder": f"{what} (pid {pid if pid is not None else '?'})",
+                        "share": min(amount, UNIT) / UNIT,
+                        "actor": bool(worker.dedicated),
+                    }
+                )
+        return rows
+
     # --- placement-group bundles ----------------------------------------------------------------
     # A prepared bundle holds its resources out of ``available``; a committed one also adds Ray's
     # group resources (``CPU_group_0_<pg>``, ``CPU_group_<pg>``, ``bundle_group_0_<pg>``, ...), which

@@ -7,8 +7,8 @@ inherited descriptor, never touches the parent's ZeroMQ context and makes its ow
 ``EMBER_WORKER_EXEC=1`` makes the child exec a fresh ``python -m ember.runtime.worker.worker`` instead.
 
 Each worker's stdin is the read end of a pipe whose write end only the node manager holds: EOF
-tells the worker that its node manager is gone (even if it was SIGKILLed), and closing it is how
-the node manager retires an idle worker.
+tells the worker that its node manager is gone (even if it was SIGKILLed). An idle worker is retired
+by a message instead (EXIT_IF_IDLE, see :mod:`~ember.runtime.node.worker_pool`): it may still own objects.
 
 Thread counts: like Ray, a worker runs with ``OMP_NUM_THREADS`` set unless the user set it (in
 the environment the cluster started from, or in ``ember.init(runtime_env={"env_vars": ...})``), so
