@@ -98,7 +98,9 @@ class WorkerPool:
             raise UnknownClientError(f"no worker process {pid} of this node is starting")
         return process
 
-    def ready(self, process: WorkerProcess, worker_id: bytes, identity: bytes, address: str, client_address) -> None:
+    def ready(
+        self, process: WorkerProcess, worker_id: bytes, identity: bytes, address: str, client_address: str
+    ) -> None:
         """``process`` is up as worker ``worker_id``, on connection ``identity``."""
         process.worker_id = worker_id
         process.identity = identity
