@@ -24,7 +24,7 @@ import ember
 from ember.data import block as blk
 from ember.data.context import DataContext, cluster_resources
 from ember.data.execution_stats import ExecutionStats, OpStats
-from ember.data.plan import ActorPoolStrategy, PhysicalOp, apply_stages
+from ember.data.plan import ActorPoolStrategy, PhysicalOp, apply_stages, read_tasks
 
 
 def run_block(stages, item, columns, limit, seq=0):
@@ -109,7 +109,7 @@ class OpState:
         if op.kind == "map" and op.read is not None:
             read = op.read
             remaining = read.limit
-            for task in read.tasks:
+            for task in read_tasks(op):
                 if remaining is not None and remaining <= 0:
                     break
                 self.inputs.append((task, 0))

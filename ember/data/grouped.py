@@ -118,7 +118,9 @@ class GroupedData:
         from ember.data.dataset import Dataset
 
         label = ", ".join(f"{k}({c or ''})" for k, c in specs)
-        stage = Stage("map_batches", functools.partial(partial_stage, self._keys, specs), batch_format="pyarrow")
+        stage = Stage(
+            "map_batches", functools.partial(partial_stage, self._keys, specs), batch_format="pyarrow", light=True
+        )
         partials = MapOp("AggregatePartial", self._dataset._plan, stage)
         fn = functools.partial(aggregate_blocks, self._keys, specs, ddof)
         return Dataset(AllToAll(f"Aggregate[{label}]", [partials], fn))

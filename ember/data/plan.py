@@ -70,6 +70,7 @@ class Stage:
     batch_format: str = "default"
     zero_copy: bool = False
     extra: object = None
+    light: bool = False  # Ember's own work, whose cost per row does not grow with the block (see read_tasks)
     _callable: object = None
 
     def setup(self):
@@ -181,11 +182,19 @@ class LogicalOp:
 
 
 class Read(LogicalOp):
-    """A source: read tasks (each makes one block) with their metadata estimates."""
+    """A source: read tasks (each makes one block) with their metadata estimates.
 
-    def __init__(self, name: str, tasks: list, columns=None, limit=None):
+    ``plan_tasks(columns, light)``, when a source has it, makes the tasks again for the columns
+    actually read, larger when ``light`` (no user function runs in the read's tasks): see
+    ``read_tasks``."""
+
+    def __init__(self, name: str, tasks: list, columns=None, limit=None, plan_tasks=None):
         super().__init__()
         self.name, self.tasks, self.columns, self.limit = name, tasks, columns, limit
+        self.plan_tasks = plan_tasks
+
+    def copy(self, columns=None, limit=None) -> "Read":
+        return Read(self.name, self.tasks, columns, limit, self.plan_tasks)
 
 
 class InputData(LogicalOp):
@@ -243,7 +252,7 @@ def optimize(op: LogicalOp) -> LogicalOp:
     if isinstance(op, MapOp) and op.stage.kind == "select" and op.compute is None:
         child = optimize(op.inputs[0])
         if isinstance(child, Read) and (child.columns is None or set(op.stage.extra) <= set(child.columns)):
-            pushed = Read(child.name, child.tasks, list(op.stage.extra), child.limit)
+            pushed = child.copy(list(op.stage.extra), child.limit)
             # The select stays too: it fixes the column order and fails clearly on a missing column.
             return _remap(op, pushed)
         return _remap(op, child)
@@ -260,7 +269,7 @@ def optimize(op: LogicalOp) -> LogicalOp:
 
 def _limit_read(op: LogicalOp, n: int) -> LogicalOp:
     if isinstance(op, Read):
-        return Read(op.name, op.tasks, op.columns, n if op.limit is None else min(n, op.limit))
+        return op.copy(op.columns, n if op.limit is None else min(n, op.limit))
     if isinstance(op, MapOp) and op.keeps_rows:
         return _remap(op, _limit_read(op.inputs[0], n))
     return op
@@ -321,6 +330,22 @@ def physical_plan(op: LogicalOp) -> PhysicalOp:
     if isinstance(op, AllToAll):
         return PhysicalOp("barrier", op.name, [physical_plan(i) for i in op.inputs], fn=op.fn)
     raise TypeError(f"unknown logical operator {op!r}")
+
+
+# Stages that never run a user function: a read fused with only these may make larger blocks.
+_LIGHT_KINDS = frozenset({"select", "drop", "rename", "filter_expr"})
+
+
+def read_tasks(op: PhysicalOp) -> list:
+    """The read tasks of a map operator that starts with a read, planned for what it reads and runs:
+    a source that can plan them again (``Read.plan_tasks``) sizes them for the columns read, and
+    makes larger blocks when no user function runs in the tasks (nothing of the user's to keep in
+    cache, and each block's fixed cost is paid fewer times)."""
+    read = op.read
+    if read.plan_tasks is None:
+        return read.tasks
+    light = op.compute is None and all(s.kind in _LIGHT_KINDS or s.light for s in op.stages)
+    return read.plan_tasks(read.columns, light)
 
 
 def describe(op: PhysicalOp, indent: int = 0) -> list:

@@ -356,12 +356,80 @@ def _read_parquet_pieces(fs, pieces, filter_expr, columns, limit):
     return blk.concat(tables)
 
 
-# A Parquet read block holds whole row groups up to this many (uncompressed) bytes, or one larger
+# A Parquet read block holds whole row groups up to this many (in-memory) bytes, or one larger
 # group. Blocks of a 64 MB file each made iter_batches and a fused actor-pool map about half as
 # fast as blocks of its 13 MB row groups on 2 CPUs (benchmarks/data.py): a large block is
 # allocated, page-faulted and copied into the store whole, its numpy intermediates do not fit in
 # cache, and a pipeline of 32 large blocks has long start-up and tail phases on two workers.
 PARQUET_BLOCK_BYTES = 16 * 1024 * 1024
+# ... but a read whose task runs no user function (a plain read into iter_batches, a groupby's
+# partial aggregates) has no intermediates to keep in cache, and each block costs the same fixed
+# work whatever its size (a task, a Parquet footer, a store object created, mapped and freed): such
+# reads make blocks up to this size, as long as the dataset still makes ``_min_blocks`` of them.
+# 48 MiB took 10-15% off the CPU of the iter_batches row against 16 MiB (2 GB, 2 CPUs).
+PARQUET_LIGHT_BLOCK_BYTES = 48 * 1024 * 1024
+
+
+def _column_bytes(schema: pa.Schema, row_group) -> dict:
+    """A row group's in-memory bytes per top-level column: rows x width for fixed-width types
+    (Parquet's own sizes are those of its encodings: a dictionary-encoded int64 column reports a
+    sixth of what it takes in Arrow), Parquet's uncompressed size for the others."""
+    sizes = {}
+    for j in builtins.range(row_group.num_columns):
+        chunk = row_group.column(j)
+        name = chunk.path_in_schema.split(".", 1)[0]
+        sizes[name] = sizes.get(name, 0) + chunk.total_uncompressed_size
+    for name in sizes:
+        index = schema.get_field_index(name)
+        if index >= 0:
+            try:
+                width = schema.field(index).type.bit_width
+            except ValueError:  # not a fixed-width type
+                continue
+            sizes[name] = row_group.num_rows * width // 8
+    return sizes
+
+
+def _parquet_pieces(file_groups: list, columns, target: int) -> list:
+    """``((path, row group ids), rows, bytes)`` per block: consecutive row groups of one file up to
+    ``target`` bytes of the ``columns`` read (all when None)."""
+    pieces = []
+    for path, groups in file_groups:
+        current, rows, nbytes = [], 0, 0
+        for group_id, group_rows, sizes in groups:
+            size = sum(sizes.values()) if columns is None else sum(sizes.get(c, 0) for c in columns)
+            if current and nbytes + size > target:
+                pieces.append(((path, current), rows, nbytes))
+                current, rows, nbytes = [], 0, 0
+            current.append(group_id)
+            rows += group_rows
+            nbytes += size
+        pieces.append(((path, current), rows, nbytes))
+    return pieces
+
+
+def _parquet_tasks(fs, file_groups, schema, filter_expr, override, columns, light: bool) -> list:
+    """The read tasks of a Parquet dataset for ``columns``; ``light``: no user function runs in the
+    read's tasks, so blocks may be larger (``PARQUET_LIGHT_BLOCK_BYTES``)."""
+    ctx = DataContext.get_current()
+    target = min(ctx.target_max_block_size, PARQUET_BLOCK_BYTES)
+    if light and override is None:
+        total = sum(nbytes for _, _, nbytes in _parquet_pieces(file_groups, columns, target))
+        wide = min(ctx.target_max_block_size, PARQUET_LIGHT_BLOCK_BYTES, total // _min_blocks(ctx))
+        target = max(target, wide)
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
+    tasks = []
+    for group in _group(_parquet_pieces(file_groups, columns, target), override):
+        tasks.append(
+            ReadTask(
+                functools.partial(_read_parquet_pieces, fs, [p for p, _, _ in group], filter_expr),
+                num_rows=None if filter_expr is not None else sum(r for _, r, _ in group),
+                size_bytes=sum(b for _, _, b in group),
+                schema=schema,
+            )
+        )
+    return tasks
 
 
 def read_parquet(
@@ -381,15 +449,18 @@ def read_parquet(
     from ember.data.dataset import Dataset
 
     fs, files = resolve_paths(paths, filesystem, file_extensions)
-    target = min(DataContext.get_current().target_max_block_size, PARQUET_BLOCK_BYTES)
     file_format = pds.ParquetFileFormat()
-    pieces, first = [], None
+    file_groups, first = [], None
     for path, _ in files:
         try:
             fragment = file_format.make_fragment(path, filesystem=fs)
             schema = fragment.physical_schema
             fragment.ensure_complete_metadata()
-            groups = fragment.row_groups
+            metadata = fragment.metadata
+            groups = [
+                (group.id, group.num_rows, _column_bytes(schema, metadata.row_group(group.id)))
+                for group in fragment.row_groups
+            ]
         except (pa.ArrowInvalid, OSError) as error:
             raise ValueError(f"{path} is not a readable Parquet file: {error}") from None
         if first is None:
@@ -400,28 +471,14 @@ def read_parquet(
                 f"Parquet files have mismatched schemas: {first[0]} has {first_text}"
                 f" but {path} has {schema.to_string(show_schema_metadata=False)}."
             )
-        current, rows, nbytes = [], 0, 0
-        for group in groups:
-            if current and nbytes + group.total_byte_size > target:
-                pieces.append(((path, current), rows, nbytes))
-                current, rows, nbytes = [], 0, 0
-            current.append(group.id)
-            rows += group.num_rows
-            nbytes += group.total_byte_size
-        pieces.append(((path, current), rows, nbytes))
+        file_groups.append((path, groups))
     if columns is not None:
         missing = [c for c in columns if c not in first[1].names]
         if missing:
             raise ValueError(f"read_parquet: no column(s) {missing} in {first[1].names}.")
-    schema = first[1] if columns is None else pa.schema([first[1].field(c) for c in columns])
-    tasks = []
-    for group in _group(pieces, override_num_blocks):
-        tasks.append(
-            ReadTask(
-                functools.partial(_read_parquet_pieces, fs, [p for p, _, _ in group], filter),
-                num_rows=None if filter is not None else sum(r for _, r, _ in group),
-                size_bytes=sum(b for _, _, b in group),
-                schema=schema,
-            )
-        )
-    return Dataset(Read("ReadParquet", tasks, columns=list(columns) if columns is not None else None))
+        columns = list(columns)
+    plan_tasks = functools.partial(_parquet_tasks, fs, file_groups, first[1], filter, override_num_blocks)
+    tasks = plan_tasks(columns, False)
+    # The executor plans the tasks again once it knows which columns are read (a select pushed
+    # down) and whether a user function runs in them.
+    return Dataset(Read("ReadParquet", tasks, columns=columns, plan_tasks=plan_tasks))
