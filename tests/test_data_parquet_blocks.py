@@ -82,3 +82,33 @@ def test_rows_are_the_same_however_the_blocks_are_cut(cluster, many_groups):
     counted = plain.groupby("key").count().take_all()
     keys, counts = np.unique(expected.column("key").to_numpy(), return_counts=True)
     assert [(r["key"], r["count()"]) for r in counted] == list(zip(keys.tolist(), counts.tolist()))
+
+
+def test_memory_mapped_read_gives_blocks_that_own_their_memory(cluster, tmp_path):
+    """Local files are memory-mapped for the read: the blocks are identical to pyarrow's own read
+    (nulls, dictionaries, strings, lists, an empty file) and do not change when the file does."""
+    root = tmp_path / "mapped"
+    root.mkdir()
+    n = 5000
+    table = pa.table(
+        {
+            "i": pa.array([None if k % 7 == 0 else k for k in range(n)], pa.int64()),
+            "s": pa.array([f"v{k % 13}" if k % 5 else None for k in range(n)]).dictionary_encode(),
+            "t": [f"text-{k}" for k in range(n)],
+            "l": [[k, k + 1] if k % 3 else [] for k in range(n)],
+            "f": np.linspace(0, 1, n),
+        }
+    )
+    pq.write_table(table, root / "a.parquet", row_group_size=1000, compression="none", use_dictionary=["s"])
+    pq.write_table(table.slice(0, 0), root / "b.parquet")
+    expected = pq.read_table(root, use_threads=False)
+    ds = rd.read_parquet(root).materialize()
+    got = pa.concat_tables(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    assert got.equals(expected)
+    # Overwrite the file in place (same inode, so a block still backed by a mapping would change).
+    path = root / "a.parquet"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.write(b"\0" * size)
+    again = pa.concat_tables(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    assert again.equals(expected)
