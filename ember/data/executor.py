@@ -144,7 +144,8 @@ class OpState:
     def held_bytes(self) -> int:
         own = sum(m.size_bytes for _, m in self.outputs) if self.op.kind != "input" else 0
         own += sum(m.size_bytes for _, m in self.finished.values())
-        own += sum(b for _, b in self.inputs)
+        if self.op.read is None:  # a read's inputs are tasks of no bytes: summing them cost O(tasks) a pass
+            own += sum(b for _, b in self.inputs)
         own += sum(m.size_bytes for group in self.groups for _, m in group)
         own += sum(r.in_bytes + r.est_bytes for r in self.running.values())
         return own
