@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 _get_option = zmq.Socket.get  # getsockopt without the sugar layer's per-call keyword handling
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 
 
 class Dispatcher:
@@ -157,6 +158,7 @@ class EventLoop:
         self.services: list[Service] = []
         self.sockets: dict = {}
         self.fd_handlers: dict = {}
+        self.fd_writers: dict = {}  # fd -> on_writable(fd), while the fd has output waiting
         self.running = True
         self._next_tick = 0.0
         self._calls: collections.deque = collections.deque()
@@ -193,6 +195,22 @@ class EventLoop:
     def add_fd(self, fd: int, on_readable) -> None:
         self.fd_handlers[fd] = on_readable
         self.poller.register(fd, zmq.POLLIN)
+
+    def remove_fd(self, fd: int) -> None:
+        self.fd_writers.pop(fd, None)
+        if self.fd_handlers.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+
+    def watch_writable(self, fd: int, on_writable) -> None:
+        """Also call ``on_writable(fd)`` when ``fd`` (added with ``add_fd``) can take output, until
+        ``unwatch_writable``: for a descriptor whose sends the kernel did not take whole."""
+        if fd in self.fd_handlers and fd not in self.fd_writers:
+            self.fd_writers[fd] = on_writable
+            self.poller.modify(fd, zmq.POLLIN | zmq.POLLOUT)
+
+    def unwatch_writable(self, fd: int) -> None:
+        if self.fd_writers.pop(fd, None) is not None and fd in self.fd_handlers:
+            self.poller.modify(fd, zmq.POLLIN)
 
     def call_soon(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the loop's thread, in the order of calls; safe from any thread."""
@@ -294,9 +312,13 @@ class EventLoop:
                 events = self.poller.poll(None if timeout is None else math.ceil(timeout * 1000))
             finally:
                 self._polling = False
-            for target, _ in events:
+            for target, mask in events:
                 if isinstance(target, int):
-                    self.fd_handlers[target](target)
+                    # A handler earlier in this round may have removed the descriptor (a link closed).
+                    if mask & _POLLOUT and target in self.fd_writers:
+                        self.fd_writers[target](target)
+                    if mask != _POLLOUT and target in self.fd_handlers:
+                        self.fd_handlers[target](target)
                 else:
                     self._drain(target)
                 if not self.running:

@@ -288,6 +288,16 @@ def sweep_stale_local_sockets() -> int:
     return removed
 
 
+def local_link_path(address: str, token: str | None = None) -> str | None:
+    """Where the worker whose task socket is at ``address`` (host:port) takes local links
+    (:mod:`ember.runtime.local_link`); None without a secret. Named as its ipc:// endpoint is, so
+    only holders of the same secret find it."""
+    keys = cluster_keys(token)
+    if keys is None:
+        return None
+    return _ipc_path(keys, address) + ".calls"
+
+
 def _endpoint(keys: ClusterKeys, address: str) -> str:
     """ipc:// when the server listens on this machine for this user and this secret, else tcp://."""
     if _local_ipc():

@@ -1,6 +1,7 @@
 """The client's DEALER sockets to other processes (leased workers, actors, other owners, node managers).
 
-A socket per peer address, opened on first use. Sockets to peers we expect nothing more from are
+A socket per peer address, opened on first use: a local link (:mod:`ember.runtime.local_link`) to a
+worker on this machine that takes them, else a ZeroMQ DEALER. Sockets to peers we expect nothing more from are
 kept open for a while (a worker whose lease went back is often leased again soon), then closed, so
 the number of open sockets stays bounded.
 """
@@ -10,7 +11,7 @@ import time
 
 import zmq
 
-from ember.runtime import transport
+from ember.runtime import local_link, transport
 from ember.runtime.service import EventLoop
 
 MAX_IDLE_PEERS = 64  # sockets kept open to workers whose leases went back (see release)
@@ -31,19 +32,54 @@ class PeerSockets:
     def socket(self, address: str) -> zmq.Socket:
         sock = self.sockets.get(address)
         if sock is None:
-            sock = self.sockets[address] = transport.connect_dealer(address.split("#", 1)[0])
-            self.loop.add_socket(sock, self.on_frames)
+            sock = self.sockets[address] = self._open(address)
         elif self.idle:
             self.idle.pop(address, None)
         return sock
+
+    def _open(self, address: str):
+        endpoint = address.split("#", 1)[0]
+        if local_link.enabled():
+            path = transport.local_link_path(endpoint)
+            conn = local_link.connect(path) if path is not None else None
+            if conn is not None:
+                link = local_link.Link(conn, self.on_frames, self._link_closed)
+                link.address = address
+                link.want_write = self._want_write
+                self.loop.add_fd(link.fd, link.on_readable)
+                return link
+        sock = transport.connect_dealer(endpoint)
+        self.loop.add_socket(sock, self.on_frames)
+        return sock
+
+    def _want_write(self, link, waiting: bool) -> None:
+        if waiting:
+            self.loop.watch_writable(link.fd, link.on_writable)
+        else:
+            self.loop.unwatch_writable(link.fd)
+
+    def _link_closed(self, link) -> None:
+        # The worker is gone (its lessee or its actor's callers hear of that from the node manager
+        # or the head, as with ZeroMQ); a later send to its address opens a new socket.
+        self.loop.remove_fd(link.fd)
+        if self.sockets.get(link.address) is link:
+            del self.sockets[link.address]
+            self.idle.pop(link.address, None)
+
+    def _close_socket(self, sock) -> None:
+        if type(sock) is local_link.Link:
+            self.loop.remove_fd(sock.fd)
+            sock.close()
+        else:
+            self.loop.remove_socket(sock)
+            sock.close(0)
 
     def close(self, address: str | None) -> None:
         """Close our socket to a peer that is gone (or that we will not talk to again)."""
         self.idle.pop(address, None)
         sock = self.sockets.pop(address, None)
         if sock is not None:
-            self.loop.remove_socket(sock)
-            sock.close(0)
+            self._close_socket(sock)
 
     def release(self, address: str | None) -> None:
         """We expect no reply from this peer now: its socket may be closed after PEER_IDLE_CLOSE
@@ -70,7 +106,6 @@ class PeerSockets:
 
     def close_all(self) -> None:
         for sock in self.sockets.values():
-            self.loop.remove_socket(sock)
-            sock.close(0)
+            self._close_socket(sock)
         self.sockets.clear()
         self.idle.clear()

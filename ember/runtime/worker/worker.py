@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import msgspec
 
 from ember import exceptions
-from ember.runtime import protocol, transport
+from ember.runtime import local_link, protocol, transport
 from ember.runtime.client.core_client import CoreClient, set_current_client
 from ember.runtime.client.ownership import INLINE_LIMIT
 from ember.runtime.client.task_submitter import Arg
@@ -81,6 +81,16 @@ class Worker:
         self.dispatcher = Dispatcher(self.table, self._send_header, "worker", "worker", send_frames=self._send)
         self.loop = EventLoop()
         self.loop.add_socket(self.socket, self.handle)
+        # Owners on this machine send calls over a local link (a Unix socket, see local_link) when
+        # we take them: no ZeroMQ I/O thread on either side of a synchronous call.
+        self.links: dict = {}  # the identity we gave a local link -> the link
+        self._link_count = 0
+        self._listener = None
+        if local_link.enabled():
+            path = transport.local_link_path(self.address)
+            if path is not None:
+                self._listener = local_link.listen(path)
+                self.loop.add_fd(self._listener.fileno(), self._accept_links)
         self.outbox: collections.deque = collections.deque()  # replies from other threads, in order
         self.actor = None
         self.actor_name = ""
@@ -150,6 +160,8 @@ class Worker:
     def _exit(self) -> None:
         """Leave after the last reply went out (max_calls, or an actor's __ray_terminate__)."""
         sys.stdout.flush()
+        for link in list(self.links.values()):
+            link.flush_blocking()
         if self.actor_context is not None:
             # A graceful exit, not a crash: the head must not restart the actor.
             try:
@@ -177,11 +189,45 @@ class Worker:
         if self.exit_after_reply:
             self._exit()  # before anything pipelined behind the last call runs
 
+    def _accept_links(self, fd: int) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                logger.warning("could not accept a local link: %s", error)
+                return
+            self._link_count += 1
+            # Longer than the 5-byte identities a ROUTER gives its peers, so never one of theirs.
+            identity = b"\x00local-link-%d" % self._link_count
+            link = local_link.Link(conn, lambda frames, identity=identity: self.handle([identity, *frames]))
+            link.address = identity
+            link.on_closed = self._link_closed
+            link.want_write = self._link_wants_write
+            self.links[identity] = link
+            self.loop.add_fd(link.fd, link.on_readable)
+
+    def _link_closed(self, link) -> None:
+        self.loop.remove_fd(link.fd)
+        self.links.pop(link.address, None)
+
+    def _link_wants_write(self, link, waiting: bool) -> None:
+        if waiting:
+            self.loop.watch_writable(link.fd, link.on_writable)
+        else:
+            self.loop.unwatch_writable(link.fd)
+
     def _send(self, identity: bytes, reply: list) -> None:
-        self.socket.send_multipart([identity, *reply], copy=False)
+        """Send an encoded message to the caller ``identity`` (on the main thread)."""
+        link = self.links.get(identity)
+        if link is not None:
+            link.send_multipart(reply)
+        else:
+            self.socket.send_multipart([identity, *reply], copy=False)
 
     def _send_header(self, identity: bytes, header: dict, frames=()) -> None:
-        self.socket.send_multipart([identity, *protocol.encode(header, frames)], copy=False)
+        self._send(identity, protocol.encode(header, frames))
 
     def _refuse(self, identity: bytes, msg, why: str) -> None:
         """Answer a request this worker must not run with an error: its state stays as it was."""
@@ -190,13 +236,13 @@ class Worker:
 
     def send_later(self, identity: bytes, reply: list) -> None:
         """From another thread: queue a reply for the main thread to send."""
-        self.outbox.append([identity, *reply])
+        self.outbox.append((identity, reply))
         self.loop.call_soon(self._flush_outbox)
 
     def _flush_outbox(self) -> None:
         # One flush sends every reply queued so far; the calls queued with them find the outbox empty.
         while self.outbox:
-            self.socket.send_multipart(self.outbox.popleft(), copy=False)
+            self._send(*self.outbox.popleft())
         if self.exit_after_reply:
             self._exit()
 
@@ -371,7 +417,7 @@ class Worker:
         ret, frames = self.pack_value(msg, index + (msg.nret == "dynamic"), value)
         message = protocol.encode({"op": protocol.STREAM_ITEM, "rid": msg.rid, "idx": index - 1, "ret": ret}, frames)
         if threading.current_thread() is threading.main_thread():
-            self.socket.send_multipart([identity, *message], copy=False)
+            self._send(identity, message)
         else:
             self.send_later(identity, message)
 
