@@ -81,6 +81,10 @@ def attempt(address, header, frames=()):
             handshake = "succeeded" if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else "refused"
         if sock.poll(10):
             reply = msgpack.unpackb(sock.recv_multipart()[0], raw=False)
+    # The reply can be read before the monitor's event (a loaded machine): the event is on its way.
+    if handshake is None and reply is not None and monitor.poll(2000):
+        event = recv_monitor_message(monitor)["event"]
+        handshake = "succeeded" if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else "refused"
     sock.disable_monitor()
     monitor.close(0)
     sock.close(0)
