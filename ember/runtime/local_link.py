@@ -95,7 +95,8 @@ class Link:
         self.on_closed = on_closed
         self.closed = False
         self.address = None  # whom it reaches (the caller's bookkeeping)
-        self._pending = b""  # the start of a message not yet read whole
+        self._pending = bytearray()  # the start of a message not yet read whole
+        self._need = 0  # how many bytes _pending must hold before that message is whole
         self._out: collections.deque = collections.deque()  # buffers the kernel has not taken yet
         self.want_write = None  # set by the loop's owner: called with True/False when _out fills/empties
 
@@ -179,15 +180,25 @@ class Link:
             if not data:
                 self._broken(None)
                 return
+            more = len(data) == _READ_SIZE
             if self._pending:
-                data = self._pending + data
+                # A large message comes in many reads: gather them, and parse once it is whole.
+                self._pending += data
+                if len(self._pending) < self._need:
+                    if more:
+                        continue
+                    return
+                data, self._pending = bytes(self._pending), bytearray()
             try:
                 used = decode(data, 0, self.on_frames)
             except (ValueError, struct.error) as error:
                 self._broken(error)
                 return
-            self._pending = data[used:] if used < len(data) else b""
-            if len(data) < _READ_SIZE:
+            if used < len(data):
+                self._pending = bytearray(memoryview(data)[used:])
+                rest = len(self._pending)
+                self._need = _LENGTH.size + _LENGTH.unpack_from(self._pending)[0] if rest >= _LENGTH.size else _PREFIX
+            if not more:
                 return  # the kernel had no more: do not pay a recv that fails
 
     def _broken(self, error) -> None:
