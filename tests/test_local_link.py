@@ -44,7 +44,8 @@ def test_frames_cross_intact_and_in_order_whatever_their_size():
     watched = []
     left.want_write = lambda link, waiting: watched.append(waiting)
     big = np.arange(3 * 2**20, dtype=np.uint8).tobytes()  # more than the kernel takes at once
-    messages = [[b"header", b""], [b"x" * 70_000], [b"h", big, b"tail"], [b"last"]]
+    many = [bytes([i]) * 1024 for i in range(100)]  # more frames than one sendmsg is given
+    messages = [[b"header", b""], [b"x" * 70_000], [b"h", big, b"tail"], many, [b"last"]]
     for parts in messages:
         left.send_multipart(parts)
     assert left._out and watched == [True]  # the big one waits for the socket to drain
@@ -88,11 +89,26 @@ def test_a_closed_peer_or_garbage_closes_the_link_once():
         assert closed == [reader]
 
 
-def test_nothing_listening_means_no_link(tmp_path):
+def test_nothing_listening_or_a_full_queue_means_no_link(tmp_path):
     path = str(tmp_path / "stale.calls")
     server = local_link.listen(path)
     server.close()  # the file stays, as after a SIGKILL
     assert local_link.connect(path) is None
+    # A listener that accepts nothing (a worker inside a long call): once its queue is full, a
+    # caller gets None at once instead of blocking its loop, and takes ZeroMQ.
+    busy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    busy.bind(str(tmp_path / "busy.calls"))
+    busy.listen(1)
+    opened = []
+    for _ in range(100):
+        conn = local_link.connect(str(tmp_path / "busy.calls"))
+        if conn is None:
+            break
+        opened.append(conn)
+    assert 1 <= len(opened) < 100
+    for conn in opened:
+        conn.close()
+    busy.close()
 
 
 def _links_of(client) -> dict:

@@ -21,6 +21,7 @@ kept in order and finished when the socket is writable again.
 
 import collections
 import errno
+import itertools
 import logging
 import os
 import socket
@@ -35,6 +36,7 @@ _PREFIX = _LENGTH.size + _COUNT.size
 _READ_SIZE = 1 << 18
 _SPLIT_AT = 65536  # frames from this size on are handed out as zero-copy memoryviews, as unwrap() does
 _MAX_BODY = (1 << 32) - 1
+_GATHER_MAX = 64  # buffers per sendmsg (the kernel takes up to IOV_MAX, 1024 on Linux)
 
 
 def enabled() -> bool:
@@ -113,7 +115,9 @@ class Link:
             return
         total = sum(memoryview(b).nbytes for b in buffers)
         try:
-            sent = self.sock.sendmsg(buffers) if total > _SPLIT_AT else self.sock.send(b"".join(buffers))
+            # Small messages, and messages of more frames than one sendmsg takes, go out joined.
+            gather = total > _SPLIT_AT and len(buffers) <= _GATHER_MAX
+            sent = self.sock.sendmsg(buffers) if gather else self.sock.send(b"".join(buffers))
         except BlockingIOError:
             sent = 0
         except OSError as error:
@@ -137,7 +141,7 @@ class Link:
         out = self._out
         while out:
             try:
-                sent = self.sock.sendmsg(list(out)[:64])
+                sent = self.sock.sendmsg(list(itertools.islice(out, _GATHER_MAX)))
             except BlockingIOError:
                 return
             except OSError as error:
@@ -223,14 +227,17 @@ def listen(path: str) -> socket.socket:
         pass
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
-    server.listen(64)
+    server.listen(256)
     server.setblocking(False)
     return server
 
 
 def connect(path: str) -> socket.socket | None:
-    """A socket connected to the listener at ``path``, or None when nothing listens there."""
+    """A socket connected to the listener at ``path``, or None when nothing listens there, or its
+    queue of connections is full (a worker busy in a long call accepts none meanwhile): the caller
+    then takes ZeroMQ rather than block its loop."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
         sock.connect(path)
     except OSError:
