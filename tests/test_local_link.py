@@ -45,7 +45,7 @@ def test_frames_cross_intact_and_in_order_whatever_their_size():
     left.want_write = lambda link, waiting: watched.append(waiting)
     big = np.arange(3 * 2**20, dtype=np.uint8).tobytes()  # more than the kernel takes at once
     many = [bytes([i]) * 1024 for i in range(100)]  # more frames than one sendmsg is given
-    messages = [[b"header", b""], [b"x" * 70_000], [b"h", big, b"tail"], many, [b"last"]]
+    messages = [[b"header", b""], [b"x" * 70_000, b"y" * 70_000], [b"h", big, b"tail"], many, [b"last"]]
     for parts in messages:
         left.send_multipart(parts)
     assert left._out and watched == [True]  # the big one waits for the socket to drain
@@ -54,6 +54,7 @@ def test_frames_cross_intact_and_in_order_whatever_their_size():
     assert watched == [True, False] and not left._out
     # Frames from 64 KiB on come as views of the received buffer (no copy), as ZeroMQ's unwrap gives.
     assert isinstance(got[2][1], memoryview) and isinstance(got[2][0], bytes)
+    assert isinstance(got[1][0], bytes) and isinstance(got[1][1], memoryview)  # a large header too
     left.close()
     right.close()
 

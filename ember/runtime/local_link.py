@@ -34,7 +34,7 @@ _LENGTH = struct.Struct("<I")
 _COUNT = struct.Struct("<H")
 _PREFIX = _LENGTH.size + _COUNT.size
 _READ_SIZE = 1 << 18
-_SPLIT_AT = 65536  # frames from this size on are handed out as zero-copy memoryviews, as unwrap() does
+_SPLIT_AT = 65536  # payload frames from this size on are handed out as zero-copy memoryviews, as unwrap() does
 _MAX_BODY = (1 << 32) - 1
 _GATHER_MAX = 64  # buffers per sendmsg (the kernel takes up to IOV_MAX, 1024 on Linux)
 
@@ -70,7 +70,7 @@ def decode(data, start: int, on_message) -> int:
         offset = start + _PREFIX + 4 * count
         frames = []
         for size in sizes:
-            if size < _SPLIT_AT:
+            if size < _SPLIT_AT or not frames:  # the header is always bytes, as unwrap() gives it
                 frames.append(data[offset : offset + size])
             else:
                 if view is None:
