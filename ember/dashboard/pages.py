@@ -202,36 +202,23 @@ class Pages:
         return _json_safe({"running": True, **status})
 
     def logs(self, node: str | None = None) -> dict:
-        """The files in the session's log directory, with the worker pid each belongs to when this
-        machine can tell (a live worker's stdout is its log file), and each alive node's own files as
-        its node manager lists them. With ``node`` (an id), only that node's (KeyError: no such node)."""
+        """Each alive node's own log files as its node manager lists them (its process's, its
+        workers' with their pids), then the files of the session's log directory that no node
+        claims (the dashboard's, start-up, runtime env set-ups, nodes gone). With ``node`` (an id),
+        only that node's (KeyError: no such node)."""
         if node:
             return {"node_id": node, "files": self.node_logs.files(node)}
-        rows = self.activity()["workers"]
-        with self.feed.lock:
-            pids = [w["pid"] for w in pv.workers(rows, self.feed.state)]
-        owners = {}
-        for pid in pids:
-            try:
-                owners[os.path.basename(os.readlink(f"/proc/{pid}/fd/1"))] = pid
-            except OSError:
-                pass
+        nodes = self.node_logs.every_node()
+        claimed = {f["name"] for entry in nodes for f in entry["files"]}
         files = []
         try:
             entries = sorted(os.scandir(self.log_dir), key=lambda e: e.name)
         except FileNotFoundError:
             entries = []
         for entry in entries:
-            if entry.is_file():
-                files.append(
-                    {
-                        "name": entry.name,
-                        "kind": _log_kind(entry.name),
-                        "pid": owners.get(entry.name),
-                        "size": entry.stat().st_size,
-                    }
-                )
-        return {"log_dir": self.log_dir, "files": files, "nodes": self.node_logs.every_node()}
+            if entry.is_file() and entry.name not in claimed:
+                files.append({"name": entry.name, "kind": _log_kind(entry.name), "size": entry.stat().st_size})
+        return {"log_dir": self.log_dir, "files": files, "nodes": nodes}
 
     def log_text(self, name: str, tail: int = LOG_TAIL, node: str | None = None) -> str:
         """The last ``tail`` bytes of one log file: of the session's log directory, or with ``node``,

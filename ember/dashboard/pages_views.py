@@ -240,9 +240,9 @@ def jobs_html(jobs: list, selected: dict | None) -> str:
 
 
 def logs_html(files: list, selected: dict | None, nodes: list = ()) -> str:
-    """The head machine's session log files (the node's processes, each worker, the dashboard, runtime
-    envs), then each alive node's own files as its node manager lists them; the selected one's tail."""
-    body = "<b>Log files</b> <span class='ember-note'>(this machine's session directory)</span>" + _log_table(files)
+    """Each alive node's own files as its node manager lists them, then the head machine's other
+    session log files (dashboard, start-up, runtime envs, nodes gone); the selected one's tail."""
+    body = ""
     for node in nodes:
         node_id = html.escape(node["node_id"])
         error = f" <span class='ember-note'>{html.escape(node['error'])}</span>" if node.get("error") else ""
@@ -252,6 +252,8 @@ def logs_html(files: list, selected: dict | None, nodes: list = ()) -> str:
             + _log_table(node["files"], node["node_id"])
             + "</div>"
         )
+    body += "<b>Other log files</b> <span class='ember-note'>(this machine's session directory)</span>"
+    body += _log_table(files)
     if selected is not None:
         where = f" on node {selected['node_id'][:12]}" if selected.get("node_id") else ""
         body += (
@@ -270,7 +272,8 @@ def _log_table(files: list, node_id: str | None = None) -> str:
         cells.append(
             f"<tr class='ember-log-file'><td><a href='logs?{html.escape(query)}file={quote(f['name'])}'>"
             f"{html.escape(f['name'])}</a></td><td>{html.escape(f['kind'])}</td>"
-            f"<td class='ember-num'>{f['pid'] or ''}{exited}</td><td class='ember-num'>{fmt_bytes(f['size'])}</td></tr>"
+            f"<td class='ember-num'>{f.get('pid') or ''}{exited}</td>"
+            f"<td class='ember-num'>{fmt_bytes(f['size'])}</td></tr>"
         )
     return table(["file", "of", "pid", "size"], cells, "none", ("pid", "size"))
 
