@@ -175,25 +175,22 @@ class WorkerPool:
 
 def preload_setting() -> int:
     """How many recent actor classes a new worker loads ahead (``EMBER_WORKER_PRELOAD_CLASSES``, default 4)."""
-    raw = os.environ.get(PRELOAD_CLASSES, "").strip()
-    try:
-        value = int(raw) if raw else 4
-    except ValueError:
-        raise ValueError(f"{PRELOAD_CLASSES} must be a whole number, got {raw!r}.") from None
-    if value < 0:
-        raise ValueError(f"{PRELOAD_CLASSES} must be at least 0, got {value}.")
-    return value
+    return _setting(PRELOAD_CLASSES, int, 4, 0, 2**31, "a whole number")
 
 
 def topup_delay_setting() -> float:
     """Seconds a pool top-up waits after an actor's grant (``EMBER_WORKER_TOPUP_DELAY_S``, default 0.05)."""
-    raw = os.environ.get(TOPUP_DELAY, "").strip()
+    return _setting(TOPUP_DELAY, float, 0.05, 0, 60, "a number of seconds")
+
+
+def _setting(name: str, kind, default, low, high, what: str):
+    raw = os.environ.get(name, "").strip()
     try:
-        value = float(raw) if raw else 0.05
+        value = kind(raw) if raw else default
     except ValueError:
-        raise ValueError(f"{TOPUP_DELAY} must be a number of seconds, got {raw!r}.") from None
-    if not 0 <= value <= 60:
-        raise ValueError(f"{TOPUP_DELAY} must be between 0 and 60 seconds, got {value}.")
+        raise ValueError(f"{name} must be {what}, got {raw!r}.") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}.")
     return value
 
 
