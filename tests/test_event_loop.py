@@ -222,7 +222,78 @@ def test_raw_descriptors_are_polled(loop):
     assert seen == [b"ready"]
 
 
-def test_a_zmq_poller_is_what_it_waits_on(loop):
-    # The loop's wake-up pipe is an ordinary descriptor in its zmq.Poller (next to sockets).
+def test_the_wake_pipe_and_zmq_descriptors_share_one_poll(loop, context):
+    # ZeroMQ sockets are polled through their ZMQ_FD next to raw descriptors, not by zmq_poll.
     assert loop._wake_r in loop.fd_handlers
-    assert any(item[0] == loop._wake_r and item[1] == zmq.POLLIN for item in loop.poller.sockets)
+    router, dealer = _pair(context, "shared")
+    try:
+        loop.add_socket(router, lambda frames: None)
+        assert loop._socket_fds == {router.getsockopt(zmq.FD): router}
+        loop.remove_socket(router)
+        assert loop._socket_fds == {}
+    finally:
+        dealer.close(0)
+        router.close(0)
+
+
+def _ember_pair(name: str):
+    # transport's sockets tell the loop when they were used, so the loop asks libzmq about them
+    # only then or when their descriptor fires (plain pyzmq sockets are asked every round).
+    from ember.runtime import transport
+
+    context = transport.context()
+    router = context.socket(zmq.ROUTER)
+    router.bind(f"inproc://{name}-{os.getpid()}")
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(f"inproc://{name}-{os.getpid()}")
+    assert isinstance(router, transport.Socket)
+    return router, dealer
+
+
+def test_a_message_that_arrives_while_the_loop_handles_another_is_not_lost(loop):
+    router, dealer = _ember_pair("meanwhile")
+    peer_router, peer_dealer = _ember_pair("meanwhile-peer")
+    received = []
+
+    def on_router(frames):
+        received.append(frames[1])
+        if frames[1] == b"first":
+            # While this one is handled, the next arrives on this socket and another on a second one.
+            dealer.send_multipart([b"second"])
+            peer_dealer.send_multipart([b"elsewhere"])
+            time.sleep(0.05)  # let libzmq's I/O thread deliver both before the handler returns
+
+    loop.add_socket(router, on_router)
+    loop.add_socket(peer_router, lambda frames: received.append(frames[1]))
+    dealer.send_multipart([b"first"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(received) < 3 and time.monotonic() < deadline:
+            loop.run_once(limit=5)  # blocks until something arrives: a lost wake-up would hang here
+    finally:
+        for sock in (router, dealer, peer_router, peer_dealer):
+            sock.close(0)
+    assert sorted(received) == [b"elsewhere", b"first", b"second"]
+
+
+def test_a_reply_announced_to_a_send_is_found_before_the_loop_sleeps(loop):
+    # A send on a socket may process the command that announced an incoming message, after which
+    # the socket's descriptor stays quiet: the loop must look at a socket it sent on before sleeping.
+    router, dealer = _ember_pair("announced")
+    received = []
+    loop.add_socket(dealer, lambda frames: received.append(frames[0]))
+    try:
+        for round_ in range(200):
+            dealer.send_multipart([b"ping"])
+            identity, ping = router.recv_multipart()
+            router.send_multipart([identity, b"pong %d" % round_])
+            time.sleep(0.001)  # the reply is in the dealer's pipe before the next send
+            dealer.send_multipart([b"ping"])  # may take the reply's announcement
+            router.recv_multipart()
+            deadline = time.monotonic() + 5
+            while len(received) == round_ and time.monotonic() < deadline:
+                loop.run_once(limit=1)  # a reply that nothing announces is never found
+            assert received[-1:] == [b"pong %d" % round_]
+    finally:
+        router.close(0)
+        dealer.close(0)

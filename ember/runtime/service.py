@@ -14,6 +14,7 @@ import heapq
 import logging
 import math
 import os
+import select
 import time
 
 import zmq
@@ -25,7 +26,8 @@ logger = logging.getLogger(__name__)
 _get_option = zmq.Socket.get  # getsockopt without the sugar layer's per-call keyword handling
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
-_POLLOUT = int(zmq.POLLOUT)
+_FD = int(zmq.FD)
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
 class Dispatcher:
@@ -144,6 +146,11 @@ class EventLoop:
     at the end of every round on the loop's thread (a client sends what the round accumulated); run
     before a poll, for work queued meanwhile, it returns False when nothing a thread waits for has
     completed, so that poll may block.
+    ZeroMQ sockets are polled through their ZMQ_FD, in one ``select.poll`` with the raw descriptors:
+    libzmq is asked about a socket (ZMQ_EVENTS, a syscall or two) only when its descriptor fired or
+    when something sent, received or polled on it since the loop last asked (see transport.Socket:
+    such a call may have taken the command that announced a message, and the descriptor does not
+    signal again for it). zmq_poll instead asked about every socket twice per round.
     ``call_soon``, ``wake`` and ``nudge`` are the thread-safe entries: they wake the poll through the loop's own
     pipe, once per round however many calls arrive, and only while a thread is in the poll (or about
     to enter it): otherwise whoever runs the next round finds the work before it polls, so a loop
@@ -154,9 +161,14 @@ class EventLoop:
     TICK = 0.1
 
     def __init__(self):
-        self.poller = zmq.Poller()
+        self.poller = select.poll()
         self.services: list[Service] = []
         self.sockets: dict = {}
+        self._socket_fds: dict = {}  # ZMQ_FD -> its socket
+        # Sockets to ask libzmq about before the next poll: touched since the last look (their sends
+        # and receives add them, see transport.Socket), and sockets that do not say when they are.
+        self._touched: set = set()
+        self._untracked: set = set()
         self.fd_handlers: dict = {}
         self.fd_writers: dict = {}  # fd -> on_writable(fd), while the fd has output waiting
         self.running = True
@@ -185,16 +197,33 @@ class EventLoop:
     def add_socket(self, sock, on_frames, raw: bool = False) -> None:
         """Call ``on_frames(frames)`` for each message on ``sock``; ``raw``: as the zmq.Frame objects
         received (their properties, such as the connection they came from, readable), else unwrapped."""
+        if sock in self.sockets:
+            self.remove_socket(sock)
+        fd = sock.getsockopt(_FD)
         self.sockets[sock] = (on_frames, raw)
-        self.poller.register(sock, zmq.POLLIN)
+        self._socket_fds[fd] = sock
+        self.poller.register(fd, select.POLLIN)
+        if isinstance(sock, transport.Socket):
+            object.__setattr__(sock, "loop_touched", self._touched)  # not a socket option
+        else:
+            self._untracked.add(sock)  # a plain pyzmq socket: looked at every round
+        self._touched.add(sock)  # messages may be queued already
 
     def remove_socket(self, sock) -> None:
-        if self.sockets.pop(sock, None) is not None:
-            self.poller.unregister(sock)
+        if self.sockets.pop(sock, None) is None:
+            return
+        self._touched.discard(sock)
+        self._untracked.discard(sock)
+        if getattr(sock, "loop_touched", None) is self._touched:
+            object.__setattr__(sock, "loop_touched", None)
+        for fd, known in list(self._socket_fds.items()):
+            if known is sock:
+                del self._socket_fds[fd]
+                self.poller.unregister(fd)
 
     def add_fd(self, fd: int, on_readable) -> None:
         self.fd_handlers[fd] = on_readable
-        self.poller.register(fd, zmq.POLLIN)
+        self.poller.register(fd, select.POLLIN)
 
     def remove_fd(self, fd: int) -> None:
         self.fd_writers.pop(fd, None)
@@ -206,11 +235,11 @@ class EventLoop:
         ``unwatch_writable``: for a descriptor whose sends the kernel did not take whole."""
         if fd in self.fd_handlers and fd not in self.fd_writers:
             self.fd_writers[fd] = on_writable
-            self.poller.modify(fd, zmq.POLLIN | zmq.POLLOUT)
+            self.poller.modify(fd, select.POLLIN | select.POLLOUT)
 
     def unwatch_writable(self, fd: int) -> None:
         if self.fd_writers.pop(fd, None) is not None and fd in self.fd_handlers:
-            self.poller.modify(fd, zmq.POLLIN)
+            self.poller.modify(fd, select.POLLIN)
 
     def call_soon(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the loop's thread, in the order of calls; safe from any thread."""
@@ -306,21 +335,38 @@ class EventLoop:
             if self._calls or self._pending or self._nudged:
                 timeout = 0.0  # queued after the look above: nobody wrote a wake-up for it
             self._pending = self._nudged = False
+            ready = self._ready_sockets()
+            if ready:
+                timeout = 0.0
             try:
-                # pyzmq takes whole milliseconds and truncates: rounded down, a wait of under 1 ms
-                # (the last one before a tick) polls with 0 and the loop spins until the tick.
+                # Whole milliseconds, rounded up: rounded down, a wait of under 1 ms (the last one
+                # before a tick) would poll with 0 and the loop would spin until the tick.
                 events = self.poller.poll(None if timeout is None else math.ceil(timeout * 1000))
             finally:
                 self._polling = False
-            for target, mask in events:
-                if isinstance(target, int):
-                    # A handler earlier in this round may have removed the descriptor (a link closed).
-                    if mask & _POLLOUT and target in self.fd_writers:
-                        self.fd_writers[target](target)
-                    if mask != _POLLOUT and target in self.fd_handlers:
-                        self.fd_handlers[target](target)
+            count = len(ready)
+            for sock in ready:
+                self._drain(sock)
+                if not self.running:
+                    return count
+            socket_fds = self._socket_fds
+            for fd, mask in events:
+                sock = socket_fds.get(fd)
+                if sock is not None:
+                    # The descriptor only says that libzmq has news: whether a message waits is
+                    # the socket's to say (asking also resets the descriptor).
+                    if sock not in ready and _get_option(sock, _EVENTS) & _POLLIN:
+                        count += 1
+                        self._drain(sock)
+                    else:
+                        self._touched.discard(sock)
                 else:
-                    self._drain(target)
+                    count += 1
+                    # A handler earlier in this round may have removed the descriptor (a link closed).
+                    if mask & select.POLLOUT and fd in self.fd_writers:
+                        self.fd_writers[fd](fd)
+                    if mask & _READABLE and fd in self.fd_handlers:
+                        self.fd_handlers[fd](fd)
                 if not self.running:
                     break
             if self._calls:  # queued by handlers on this thread, which wrote no wake-up
@@ -329,9 +375,21 @@ class EventLoop:
                 self._run_timers()
             if self.after_round is not None:
                 self.after_round()
-            return len(events)
+            return count
         finally:
             self._polling = False
+
+    def _ready_sockets(self) -> list:
+        """The sockets touched since the last look (or untracked) that hold a message; the others'
+        descriptors will signal the next one."""
+        touched = self._touched
+        if self._untracked:
+            touched.update(self._untracked)
+        if not touched:
+            return []
+        ready = [sock for sock in touched if _get_option(sock, _EVENTS) & _POLLIN]
+        touched.clear()
+        return ready
 
     def _tick(self, now: float) -> None:
         for service in self.services:
@@ -351,6 +409,7 @@ class EventLoop:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
+                self._touched.discard(sock)  # libzmq said it has no message: its descriptor will signal
                 break
             try:
                 on_frames(frames if raw else unwrap(frames))
@@ -362,6 +421,9 @@ class EventLoop:
             # catching zmq.Again costs several times more, once per message when they come one by
             # one (a synchronous call's reply, or its request on the worker).
             if not _get_option(sock, _EVENTS) & _POLLIN:
+                # Asked last, after every receive and whatever the handlers sent on it: the descriptor
+                # signals the next message. Anything else (stopped, a full burst) leaves it touched.
+                self._touched.discard(sock)
                 break
 
     def stop(self) -> None:

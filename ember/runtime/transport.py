@@ -147,15 +147,41 @@ class Socket(zmq.Socket):
 
     pyzmq's own versions check each part's type in Python and build enum flags per part: 5-7 us a
     small message here, against under 2 us for these, which a synchronous call pays four times over
-    (both ends send and receive). libzmq still refuses a part that is not a buffer (TypeError)."""
+    (both ends send and receive). libzmq still refuses a part that is not a buffer (TypeError).
+
+    Every call that may process the socket's pending commands (send, receive, poll) puts the socket
+    in ``loop_touched``, the set of the event loop that polls it (service.EventLoop): such a call may
+    have taken the command that announced a message, after which the socket's ZMQ_FD does not signal
+    for it, so the loop asks libzmq about these sockets before it sleeps."""
+
+    loop_touched = None  # set by EventLoop.add_socket
 
     def send_multipart(self, msg_parts, flags=0, copy=True, track=False, **kwargs):
+        if self.loop_touched is not None:
+            self.loop_touched.add(self)
         more = flags | _SNDMORE
         for part in msg_parts[:-1]:
             _send(self, part, more, copy=copy, track=track)
         return _send(self, msg_parts[-1], flags, copy=copy, track=track)
 
+    def send(self, data, flags=0, copy=True, track=False, **kwargs):
+        if self.loop_touched is not None:
+            self.loop_touched.add(self)
+        return super().send(data, flags, copy=copy, track=track, **kwargs)
+
+    def recv(self, flags=0, copy=True, track=False):
+        if self.loop_touched is not None:
+            self.loop_touched.add(self)
+        return super().recv(flags, copy=copy, track=track)
+
+    def poll(self, timeout=None, flags=zmq.POLLIN):
+        if self.loop_touched is not None:
+            self.loop_touched.add(self)
+        return super().poll(timeout, flags)
+
     def recv_multipart(self, flags=0, copy=True, track=False):
+        if self.loop_touched is not None:
+            self.loop_touched.add(self)
         frame = _recv(self, flags, copy=copy, track=track)
         parts = [frame]
         while frame.more if not copy else self.getsockopt(_RCVMORE):
