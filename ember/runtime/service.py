@@ -387,8 +387,11 @@ class EventLoop:
             touched.update(self._untracked)
         if not touched:
             return []
-        ready = [sock for sock in touched if _get_option(sock, _EVENTS) & _POLLIN]
-        touched.clear()
+        ready = []
+        while touched:  # popped one by one: a socket touched meanwhile is looked at, not dropped
+            sock = touched.pop()
+            if _get_option(sock, _EVENTS) & _POLLIN:
+                ready.append(sock)
         return ready
 
     def _tick(self, now: float) -> None:
