@@ -22,6 +22,7 @@ class RemoteFunction:
             self._signature = inspect.signature(function)
         except (TypeError, ValueError):
             self._signature = None
+        self._positional = _positional_counts(self._signature)
         self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
         self._pickled = None
         functools.update_wrapper(self, function)
@@ -56,7 +57,10 @@ class RemoteFunction:
         return key
 
     def _remote(self, args, kwargs, options: dict):
-        if self._signature is not None:
+        positional = self._positional
+        if positional is not None and not kwargs and positional[0] <= len(args) <= positional[1]:
+            pass  # a call that binds: what bind() would accept, without its cost on every call
+        elif self._signature is not None:
             try:
                 self._signature.bind(*args, **kwargs)  # wrong arguments fail here, as in Ray, not at get()
             except TypeError as error:
@@ -85,3 +89,18 @@ class RemoteFunction:
         if num_returns == 0:
             return None
         return refs
+
+
+def _positional_counts(signature) -> tuple[int, int] | None:
+    """(fewest, most) positional arguments a call without keywords may pass, for a signature of plain
+    parameters only (no ``*args``, no keyword-only ones); None for any other signature."""
+    if signature is None:
+        return None
+    required = 0
+    parameters = signature.parameters.values()
+    for parameter in parameters:
+        if parameter.kind is not parameter.POSITIONAL_OR_KEYWORD and parameter.kind is not parameter.POSITIONAL_ONLY:
+            return None
+        if parameter.default is parameter.empty:
+            required += 1
+    return required, len(parameters)

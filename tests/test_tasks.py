@@ -259,6 +259,25 @@ def test_generator_functions_are_generator_tasks(cluster):
 def test_wrong_arguments_fail_at_remote(cluster):
     with pytest.raises(TypeError, match="add.remote"):
         add.remote(1, 2, 3)
+    with pytest.raises(TypeError, match="add.remote"):
+        add.remote()
+
+    @ember.remote
+    def defaults(a, b=2, /, c=3):
+        return a + b + c
+
+    @ember.remote
+    def varargs(a, *rest, key=0):
+        return a + sum(rest) + key
+
+    # Plain positional calls are checked by counting; the others by binding: both refuse the same.
+    assert ember.get([defaults.remote(1), defaults.remote(1, 1, 1), defaults.remote(1, c=0)]) == [6, 3, 3]
+    for call in (lambda: defaults.remote(), lambda: defaults.remote(1, 2, 3, 4), lambda: defaults.remote(1, b=1)):
+        with pytest.raises(TypeError, match="defaults.remote"):
+            call()
+    assert ember.get([varargs.remote(1, 2, 3), varargs.remote(1, key=4)]) == [6, 5]
+    with pytest.raises(TypeError, match="varargs.remote"):
+        varargs.remote(key=1)
 
     @ember.remote
     class Needs:
