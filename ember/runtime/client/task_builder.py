@@ -4,6 +4,8 @@ Top-level ObjectRef arguments are swapped for :class:`Arg` placeholders, replace
 the worker; arguments too large to travel inline go to the object store once (Ray's implicit put).
 """
 
+import pickle
+
 from ember.runtime.client.object_ref import ObjectRef
 from ember.runtime.client.ownership import INLINE_LIMIT
 from ember.runtime.client.task_spec import Arg, Stream, TaskSpec
@@ -27,7 +29,7 @@ def build_spec(client, objects, name, num_returns, args, kwargs, header: dict) -
     if tag is not None:
         header["tag"] = tag
     spec.header = header
-    _pickle_arguments(objects, spec, args, kwargs, f"the arguments of {name}")
+    _pickle_arguments(objects, spec, args, kwargs, name)
     if num_returns == "streaming":
         spec.stream = Stream(task_id)
         spec.return_ids = []
@@ -39,13 +41,23 @@ def build_spec(client, objects, name, num_returns, args, kwargs, header: dict) -
     return spec
 
 
-def _pickle_arguments(objects, spec: TaskSpec, args, kwargs, what: str) -> None:
+_NO_ARGUMENTS = pickle.dumps(((), {}), protocol=5)  # what serialize() makes of a call without arguments
+
+
+def _pickle_arguments(objects, spec: TaskSpec, args, kwargs, name: str) -> None:
+    if not args and not kwargs:
+        # The common no-argument call (an actor's getter, a task that reads its own input): nothing
+        # to look at or pickle again.
+        spec.keepalive, spec.refs = [], []
+        spec.header["nbuf"] = 0
+        spec.frames = [_NO_ARGUMENTS]
+        return
     refs = []
     if any(type(a) is ObjectRef for a in args):
         args = tuple(_swap(a, i, refs) for i, a in enumerate(args))
     if kwargs and any(type(v) is ObjectRef for v in kwargs.values()):
         kwargs = {k: _swap(v, k, refs) for k, v in kwargs.items()}
-    data, buffers, contained = serialize((args, kwargs), what)
+    data, buffers, contained = serialize((args, kwargs), f"the arguments of {name}")
     spec.keepalive = [ref for _, ref in refs] + contained
     spec.refs = refs
     size = len(data) + sum(b.nbytes for b in buffers)
