@@ -297,3 +297,23 @@ def test_a_reply_announced_to_a_send_is_found_before_the_loop_sleeps(loop):
     finally:
         router.close(0)
         dealer.close(0)
+
+
+def test_a_burst_longer_than_one_drain_is_finished_without_a_new_message(loop):
+    # One round takes at most 1,000 messages from a socket (1,500 stay under the pipe's high-water mark);
+    # the rest must be taken by the next rounds
+    # although nothing new arrives (the descriptor signalled once, for all of them).
+    router, dealer = _ember_pair("burst")
+    received = []
+    loop.add_socket(router, lambda frames: received.append(frames[1]))
+    try:
+        loop.run_once(limit=0.01)  # the socket has been looked at: from now on its descriptor signals
+        for i in range(1500):
+            dealer.send_multipart([b"%d" % i])
+        deadline = time.monotonic() + 10
+        while len(received) < 1500 and time.monotonic() < deadline:
+            loop.run_once(limit=1)
+    finally:
+        router.close(0)
+        dealer.close(0)
+    assert received == [b"%d" % i for i in range(1500)]

@@ -353,9 +353,11 @@ class EventLoop:
             for fd, mask in events:
                 sock = socket_fds.get(fd)
                 if sock is not None:
+                    if sock in ready:
+                        continue  # drained above, which left it touched if messages remain (a full burst)
                     # The descriptor only says that libzmq has news: whether a message waits is
                     # the socket's to say (asking also resets the descriptor).
-                    if sock not in ready and _get_option(sock, _EVENTS) & _POLLIN:
+                    if _get_option(sock, _EVENTS) & _POLLIN:
                         count += 1
                         self._drain(sock)
                     else:
