@@ -1,30 +1,38 @@
 """The node's worker pool on a real cluster: kept topped up as actors take workers for good, within
 its idle cap, and a killed actor's resources free before its process is reaped."""
 
+import textwrap
+
 import pytest
 from conftest import run_driver
+
+# Each test's driver starts with this: a 2-CPU cluster and its live worker processes.
+PRELUDE = """
+import os, time
+import psutil
+import ember
+from ember import api
+
+ember.init(num_cpus=2)
+cluster = psutil.Process(api._cluster_process.pid)
+
+def workers():
+    found = set()
+    for child in cluster.children():
+        try:
+            if child.name() == "ember-worker" and child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass  # a killed actor's worker, reaped meanwhile
+    return found
+"""
 
 
 def test_actor_after_a_kill_starts_on_a_prestarted_worker():
     out = run_driver(
-        """
-        import os, time
-        import psutil
-        import ember
-        from ember import api
-
-        ember.init(num_cpus=2)
-        cluster = psutil.Process(api._cluster_process.pid)
-
-        def workers():
-            found = set()
-            for child in cluster.children():
-                try:
-                    if child.name() == "ember-worker" and child.status() != psutil.STATUS_ZOMBIE:
-                        found.add(child.pid)
-                except psutil.NoSuchProcess:
-                    pass  # a killed actor's worker, reaped meanwhile
-            return found
+        PRELUDE
+        + textwrap.dedent(
+            """
 
         def idle():
             return api._nodes_raw()[0]["workers"]["idle"]
@@ -66,7 +74,8 @@ def test_actor_after_a_kill_starts_on_a_prestarted_worker():
             wait(lambda: not ({third_pid, *pids} & workers()), "the killed actors' workers to exit")
         print("most idle", most_idle)
         ember.shutdown()
-        """,
+        """
+        ),
         timeout=120,
     )
     most_idle = int(out.stdout.split("most idle")[1])
@@ -126,25 +135,9 @@ def test_pool_top_up_waits_after_a_grant_unless_a_lease_needs_a_worker():
     # A long delay: the replacement of a granted worker is not forked with the grant (it would
     # compete with the new actor's start), yet a lease that finds no idle worker does not wait for it.
     out = run_driver(
-        """
-        import os, time
-        os.environ["EMBER_WORKER_TOPUP_DELAY_S"] = "60"
-        import psutil
-        import ember
-        from ember import api
-
-        ember.init(num_cpus=2)
-        cluster = psutil.Process(api._cluster_process.pid)
-
-        def workers():
-            found = set()
-            for child in cluster.children():
-                try:
-                    if child.name() == "ember-worker" and child.status() != psutil.STATUS_ZOMBIE:
-                        found.add(child.pid)
-                except psutil.NoSuchProcess:
-                    pass
-            return found
+        PRELUDE
+        + textwrap.dedent(
+            """
 
         deadline = time.monotonic() + 30
         while api._nodes_raw()[0]["workers"]["idle"] != 2:
@@ -167,8 +160,10 @@ def test_pool_top_up_waits_after_a_grant_unless_a_lease_needs_a_worker():
         third = Trial.remote()
         print("third on a new worker", ember.get(third.pid.remote(), timeout=30) not in before)
         ember.shutdown()
-        """,
+        """
+        ),
         timeout=120,
+        env={"EMBER_WORKER_TOPUP_DELAY_S": "60"},
     )
     assert "after one grant 0" in out.stdout, out.stdout
     assert "third on a new worker True" in out.stdout, out.stdout
