@@ -100,7 +100,7 @@ class Link:
         self._pending = bytearray()  # the start of a message not yet read whole
         self._need = 0  # how many bytes _pending must hold before that message is whole
         self._out: collections.deque = collections.deque()  # buffers the kernel has not taken yet
-        self.want_write = None  # set by the loop's owner: called with True/False when _out fills/empties
+        self.want_write = None  # set by EventLoop.add_link: called with True/False when _out fills/empties
 
     def fileno(self) -> int:
         return self.fd

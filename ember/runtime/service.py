@@ -225,6 +225,18 @@ class EventLoop:
         self.fd_handlers[fd] = on_readable
         self.poller.register(fd, select.POLLIN)
 
+    def add_link(self, link) -> None:
+        """Poll a local link (``local_link.Link``): its input, and its output while the kernel holds
+        some back. ``remove_fd(link.fd)`` stops it."""
+        link.want_write = self._link_wants_write
+        self.add_fd(link.fd, link.on_readable)
+
+    def _link_wants_write(self, link, waiting: bool) -> None:
+        if waiting:
+            self.watch_writable(link.fd, link.on_writable)
+        else:
+            self.unwatch_writable(link.fd)
+
     def remove_fd(self, fd: int) -> None:
         self.fd_writers.pop(fd, None)
         if self.fd_handlers.pop(fd, None) is not None:

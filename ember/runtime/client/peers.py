@@ -45,18 +45,11 @@ class PeerSockets:
             if conn is not None:
                 link = local_link.Link(conn, self.on_frames, self._link_closed)
                 link.address = address
-                link.want_write = self._want_write
-                self.loop.add_fd(link.fd, link.on_readable)
+                self.loop.add_link(link)
                 return link
         sock = transport.connect_dealer(endpoint)
         self.loop.add_socket(sock, self.on_frames)
         return sock
-
-    def _want_write(self, link, waiting: bool) -> None:
-        if waiting:
-            self.loop.watch_writable(link.fd, link.on_writable)
-        else:
-            self.loop.unwatch_writable(link.fd)
 
     def _link_closed(self, link) -> None:
         # The worker is gone (its lessee or its actor's callers hear of that from the node manager

@@ -204,19 +204,12 @@ class Worker:
             link = local_link.Link(conn, lambda frames, identity=identity: self.handle([identity, *frames]))
             link.address = identity
             link.on_closed = self._link_closed
-            link.want_write = self._link_wants_write
             self.links[identity] = link
-            self.loop.add_fd(link.fd, link.on_readable)
+            self.loop.add_link(link)
 
     def _link_closed(self, link) -> None:
         self.loop.remove_fd(link.fd)
         self.links.pop(link.address, None)
-
-    def _link_wants_write(self, link, waiting: bool) -> None:
-        if waiting:
-            self.loop.watch_writable(link.fd, link.on_writable)
-        else:
-            self.loop.unwatch_writable(link.fd)
 
     def _send(self, identity: bytes, reply: list) -> None:
         """Send an encoded message to the caller ``identity`` (on the main thread)."""
