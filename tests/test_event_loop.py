@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from ember.runtime.service import EventLoop
+from ember.runtime.service import EventLoop, SpinPolicy
 
 
 @pytest.fixture
@@ -27,9 +27,14 @@ def _pair(context, name: str):
     return router, dealer
 
 
-@pytest.fixture
-def loop():
+@pytest.fixture(params=["blocking", "spinning"])
+def loop(request):
+    # Every test runs on both poll paths: a loop that sleeps in poll at once, and one whose
+    # SpinPolicy says to poll without sleeping first (as a driver's and a worker's do).
     loop = EventLoop()
+    if request.param == "spinning":
+        loop.spin = SpinPolicy(0.0005)
+        loop.spin.window = loop.spin.limit
     yield loop
     loop.close()
 
@@ -317,3 +322,64 @@ def test_a_burst_longer_than_one_drain_is_finished_without_a_new_message(loop):
         router.close(0)
         dealer.close(0)
     assert received == [b"%d" % i for i in range(1500)]
+
+
+def test_spin_policy_spins_only_after_a_short_wait():
+    spin = SpinPolicy(0.0002)
+    assert spin.window == 0.0  # nothing known yet: the first wait sleeps at once
+    spin.waited(0.00005, True)  # an answer in 50 us: the next wait spins
+    assert spin.window == 0.0002
+    spin.waited(0.0001, True)
+    assert spin.window == 0.0002
+    spin.waited(0.5, True)  # a long wait (an idle process, a long task): stop spinning
+    assert spin.window == 0.0
+    spin.waited(0.00005, True)
+    spin.waited(0.0001, False)  # a wait that timed out, however short, is no answer
+    assert spin.window == 0.0
+
+
+def test_spin_policy_from_the_environment(monkeypatch):
+    monkeypatch.delenv("EMBER_SPIN_US", raising=False)
+    assert SpinPolicy.from_environment(150).limit == pytest.approx(0.00015)
+    monkeypatch.setenv("EMBER_SPIN_US", "0")
+    assert SpinPolicy.from_environment() is None
+    monkeypatch.setenv("EMBER_SPIN_US", "300")
+    assert SpinPolicy.from_environment().limit == pytest.approx(0.0003)
+    monkeypatch.setenv("EMBER_SPIN_US", "lots")
+    with pytest.raises(ValueError, match="EMBER_SPIN_US"):
+        SpinPolicy.from_environment()
+    with pytest.raises(ValueError):
+        SpinPolicy(-1)
+
+
+def test_a_spinning_loop_learns_from_its_waits(context):
+    """An answer within the window keeps the loop spinning; a wait that outlasts it, or a poll that
+    times out, turns the spin off: an idle process sleeps in poll."""
+    loop = EventLoop()
+    try:
+        loop.spin = SpinPolicy(0.05)
+        read_fd, write_fd = os.pipe()
+        seen = []
+        loop.add_fd(read_fd, lambda fd: seen.append(os.read(fd, 10)))
+        os.write(write_fd, b"a")
+        loop.run_once(limit=1.0)  # already readable: a short wait
+        assert seen == [b"a"] and loop.spin.window == 0.05
+        loop.run_once(limit=0.06)  # nothing comes: spins, then sleeps until the limit
+        assert loop.spin.window == 0.0
+        os.write(write_fd, b"b")
+        loop.run_once(limit=1.0)
+        assert seen == [b"a", b"b"] and loop.spin.window == 0.05
+        os.close(write_fd)
+        os.close(read_fd)
+        loop.remove_fd(read_fd)
+    finally:
+        loop.close()
+
+
+def test_spin_policy_asks_whether_a_cpu_is_free():
+    spin = SpinPolicy(0.0002)
+    try:
+        assert isinstance(spin.cpu_free(), bool)  # this test's thread is runnable: True unless busy
+    finally:
+        spin.close()
+    assert spin.cpu_free() is False  # closed: cannot tell, so never spin

@@ -52,7 +52,7 @@ from ember.runtime.client.task_events import TaskEventBatcher
 from ember.runtime.ids import new_id
 from ember.runtime.messages import BadMessage, Error, decode_header
 from ember.runtime.runtime_env import RuntimeEnvs
-from ember.runtime.service import Dispatcher, EventLoop, read_eof
+from ember.runtime.service import Dispatcher, EventLoop, SpinPolicy, read_eof
 from ember.runtime.task_context import current_task
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,8 @@ class CoreClient:
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)  # notified when waiters in get/wait should look again
         self.loop = EventLoop()
+        if kind == "driver":
+            self.loop.spin = SpinPolicy.from_environment()  # a sync call's reply comes in tens of us
         self._loop_lock = threading.Lock()  # held by whoever runs the loop (touches the sockets)
         self._lead_until = 0.0  # the I/O thread stays aside until then (see lead_once)
         self._resume = threading.Event()  # wakes the I/O thread early when it stands aside

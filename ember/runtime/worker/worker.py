@@ -39,7 +39,7 @@ from ember.runtime.client.ownership import INLINE_LIMIT
 from ember.runtime.client.task_submitter import Arg
 from ember.runtime.ids import return_object_id
 from ember.runtime.serialization import deserialize, serialize, serialize_error
-from ember.runtime.service import Dispatcher, EventLoop
+from ember.runtime.service import Dispatcher, EventLoop, SpinPolicy
 from ember.runtime.task_context import ActorExit, TaskContext, current_task
 from ember.runtime.worker.log_stream import LogStream
 
@@ -80,6 +80,8 @@ class Worker:
         self.socket, self.address = transport.bind_router(host)
         self.dispatcher = Dispatcher(self.table, self._send_header, "worker", "worker", send_frames=self._send)
         self.loop = EventLoop()
+        # The next call of a caller that waits for each reply comes a driver's round after ours.
+        self.loop.spin = SpinPolicy.from_environment()
         self.loop.add_socket(self.socket, self.handle)
         # Owners on this machine send calls over a local link (a Unix socket, see local_link) when
         # we take them: no ZeroMQ I/O thread on either side of a synchronous call.
