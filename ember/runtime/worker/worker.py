@@ -472,6 +472,11 @@ class Worker:
             )
             max_concurrency = msg.max_concurrency or (1000 if is_async else 1)
             groups = msg.concurrency_groups or {}
+            if is_async or max_concurrency > 1 or groups:
+                # Calls run on other threads, which need the GIL that a spinning loop keeps taking.
+                if self.loop.spin is not None:
+                    self.loop.spin.close()
+                    self.loop.spin = None
             if is_async:
                 import asyncio
 
