@@ -50,7 +50,9 @@ def _partial(table: pa.Table, keys: list, specs: list):
             values = pa.compute.cast(table.column(column), pa.float64())
             work = work.append_column(f"__sq_{column}", pa.compute.multiply(values, values))
     needed = _needed(specs)
-    grouped = work.group_by(keys).aggregate([_pyarrow_agg(p, c)[:2] for p, c in needed])
+    # One thread: the task holds one CPU, and Acero's pool would hand the work to other threads that
+    # then wait for a core on a busy node while this one sleeps.
+    grouped = work.group_by(keys, use_threads=False).aggregate([_pyarrow_agg(p, c)[:2] for p, c in needed])
     columns = {k: grouped.column(k) for k in keys}
     for part, column in needed:
         columns[f"{part}|{column}"] = grouped.column(_pyarrow_agg(part, column)[2])
@@ -66,7 +68,7 @@ def _final(keys: list, specs: list, ddof: int, *partials):
         result = pa.table({k: [] for k in keys})
         return result, blk.metadata_of(result)
     names = [n for n in table.column_names if n not in keys]
-    merged = table.group_by(keys).aggregate([(n, _COMBINE[n.split("|", 1)[0]]) for n in names])
+    merged = table.group_by(keys, use_threads=False).aggregate([(n, _COMBINE[n.split("|", 1)[0]]) for n in names])
 
     def get(part, column):
         return merged.column(f"{part}|{column}_{_COMBINE[part]}")

@@ -340,10 +340,8 @@ def _open_for_parquet(fs, path: str):
 
 
 def _read_parquet_pieces(fs, pieces, filter_expr, columns, limit):
-    import pyarrow.dataset as pds
     import pyarrow.parquet as pq
 
-    file_format = pds.ParquetFileFormat()
     tables, rows = [], 0
     for path, row_groups in pieces:
         if filter_expr is None and limit is None:
@@ -356,7 +354,11 @@ def _read_parquet_pieces(fs, pieces, filter_expr, columns, limit):
             tables.append(table)
             rows += table.num_rows
             continue
-        fragment = file_format.make_fragment(path, filesystem=fs, row_groups=row_groups)
+        # Only here: the plain reader above needs no pyarrow.dataset, whose import a worker would
+        # otherwise pay in its first read task.
+        import pyarrow.dataset as pds
+
+        fragment = pds.ParquetFileFormat().make_fragment(path, filesystem=fs, row_groups=row_groups)
         scanner = pds.Scanner.from_fragment(fragment, columns=columns, filter=filter_expr)
         table = scanner.head(limit - rows) if limit is not None else scanner.to_table()
         tables.append(table)
