@@ -16,7 +16,10 @@ process on one core, with Arrow's CPU and I/O thread pools at one thread (``pa.s
 ``pa.set_io_thread_count(1)``) and numpy's BLAS at one thread (``OMP_NUM_THREADS``,
 ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` set to 1 in its environment, read when numpy
 loads): otherwise the matrix product of the actor_pool row runs on every core. Each row's line on
-stderr shows its CPU seconds over wall seconds, which stays near 1 for this loop.
+stderr shows its CPU seconds over wall seconds, which stays near 1 for this loop, and how long the
+system's processes (their main threads) waited, runnable, for a CPU during the row, with the load
+average as the row started: on a shared machine a row whose processes waited a large part of its wall
+time measured the machine's other work, not the system.
 
     PYTHONPATH=$PWD /work/venv/bin/python benchmarks/data.py                 # everything, 2 GB
     PYTHONPATH=$PWD /work/venv/bin/python benchmarks/data.py --scale 0.05 --systems ember,pyarrow
@@ -271,9 +274,20 @@ def worker(system: str, data: str, out_root: str, rows: list) -> None:
 # ---- the parent: spawn, sample memory, tabulate --------------------------------------------------------
 
 
-def tree_sample(proc, cpu_seen: dict) -> int:
+def runqueue_wait(pid: int) -> float | None:
+    """Seconds the main thread of ``pid`` has spent runnable but waiting for a CPU (Linux schedstat):
+    what a busy machine takes from a row, as against what the system itself leaves idle."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def tree_sample(proc, cpu_seen: dict, wait_seen: dict | None = None) -> int:
     """The summed RSS of ``proc`` and its descendants; records each one's CPU seconds in ``cpu_seen``
-    (kept after a process exits, so a row's CPU time counts the workers that ended during it)."""
+    (kept after a process exits, so a row's CPU time counts the workers that ended during it) and
+    its main thread's run-queue wait in ``wait_seen``."""
     import psutil
 
     total = 0
@@ -287,6 +301,9 @@ def tree_sample(proc, cpu_seen: dict) -> int:
                 total += p.memory_info().rss
                 times = p.cpu_times()
                 cpu_seen[p.pid] = times.user + times.system
+            waited = runqueue_wait(p.pid) if wait_seen is not None else None
+            if waited is not None:
+                wait_seen[p.pid] = waited
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
@@ -309,11 +326,12 @@ def run_system(system: str, python: str, args, data: dict, rows: list) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     ps = psutil.Process(proc.pid)
     current, results, peaks, cpu_seen, cpu_at_start = [None], {}, {}, {}, {}
+    wait_seen, wait_at_start, load_at_start = {}, {}, [0.0]
     stop = threading.Event()
 
     def sample():
         while not stop.is_set():
-            rss = tree_sample(ps, cpu_seen)
+            rss = tree_sample(ps, cpu_seen, wait_seen)
             row = current[0]
             if row is not None:
                 peaks[row] = max(peaks.get(row, 0), rss)
@@ -324,19 +342,28 @@ def run_system(system: str, python: str, args, data: dict, rows: list) -> dict:
     try:
         for line in proc.stdout:
             if line.startswith("@@start "):
-                tree_sample(ps, cpu_seen)
-                cpu_at_start = dict(cpu_seen)
+                tree_sample(ps, cpu_seen, wait_seen)
+                cpu_at_start, wait_at_start = dict(cpu_seen), dict(wait_seen)
+                load_at_start[0] = os.getloadavg()[0]
                 current[0] = line.split()[1]
             elif line.startswith("@@end "):
                 _, row, seconds = line.split()
-                peaks[row] = max(peaks.get(row, 0), tree_sample(ps, cpu_seen))
+                peaks[row] = max(peaks.get(row, 0), tree_sample(ps, cpu_seen, wait_seen))
                 current[0] = None
                 cpu = sum(t - cpu_at_start.get(pid, 0.0) for pid, t in cpu_seen.items())
                 seconds = float(seconds)
-                results[row] = {"seconds": seconds, "rows_per_s": data["rows"] / seconds, "cpu_s": cpu}
+                waited = sum(t - wait_at_start.get(pid, 0.0) for pid, t in wait_seen.items())
+                results[row] = {
+                    "seconds": seconds,
+                    "rows_per_s": data["rows"] / seconds,
+                    "cpu_s": cpu,
+                    "runqueue_wait_s": waited,
+                    "load_1m": load_at_start[0],
+                }
                 print(
                     f"  {system:8s} {row:13s} {seconds:8.2f} s  cpu {cpu:7.2f} s ({cpu / seconds:.2f} x wall)  "
-                    f"peak {peaks[row] / 2**20:6.0f} MiB",
+                    f"peak {peaks[row] / 2**20:6.0f} MiB  waited for a CPU {waited:5.2f} s  "
+                    f"load {load_at_start[0]:.1f}",
                     file=sys.stderr,
                     flush=True,
                 )
