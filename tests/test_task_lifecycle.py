@@ -536,3 +536,20 @@ def test_random_event_sequences_keep_the_invariants(ops):
         for key, rid, manager in asked:  # an answer still to come finds its request (a grant goes back)
             assert tasks.shapes[key].requests.get(rid, tasks.shapes[key].withdrawn.get(rid)) == manager
         assert all(count == 1 for count in finished.values()), "a task ended twice"
+
+
+def test_return_idle_gives_back_idle_leases_at_once_but_not_busy_or_wanted_ones():
+    """Before an actor's creation the owner returns its idle leases without the linger wait (the node
+    would start a new process for the actor otherwise); a lease running a task, or whose shape has
+    tasks queued, stays."""
+    tasks = machine()
+    spec = task()
+    lease = leased(tasks, spec, now=10.0)
+    assert tasks.return_idle() == []  # running a task
+    tasks.task_result(spec, ok(spec), [b"ok"], None, False, 10.0)
+    assert tasks.return_idle() == [(RETURN_LEASE, lease)]  # idle for no time at all
+    assert not tasks.leases and tasks.tick(10.0 + LEASE_LINGER * 2) == []  # and not returned twice
+    busy, queued = pipelined(tasks)[0], [task() for _ in range(2)]
+    for spec in queued:
+        tasks.submitted(spec)
+    assert tasks.return_idle() == [] and busy.worker_id in tasks.leases

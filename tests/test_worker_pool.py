@@ -180,3 +180,44 @@ def test_top_up_delay_setting_is_checked(monkeypatch):
         monkeypatch.setenv(worker_pool.TOPUP_DELAY, bad)
         with pytest.raises(ValueError, match=worker_pool.TOPUP_DELAY):
             worker_pool.topup_delay_setting()
+
+
+def test_actors_created_right_after_tasks_take_the_task_workers():
+    """An owner keeps a lease idle for LEASE_LINGER in case another task of its shape comes; an actor
+    created meanwhile (an ember.data actor pool right after a read) found no idle worker and started
+    a new process (2 times in 3) while ours idled. The owner now gives them back first."""
+    out = run_driver(
+        PRELUDE
+        + textwrap.dedent(
+            """
+
+        @ember.remote
+        def pid_after(seconds):
+            time.sleep(seconds)  # both tasks at once: two workers
+            return os.getpid()
+
+        @ember.remote(num_cpus=0.5)
+        class Pid:
+            def pid(self):
+                return os.getpid()
+
+        for round in range(3):
+            both = set(ember.get([pid_after.remote(0.2) for _ in range(2)]))
+            time.sleep(0.3)  # past the linger: both leases are back, both workers idle
+            # One task: its lease lingers on one worker, holding a CPU, while the other idles. The
+            # second actor then fits in the CPUs left but finds no idle worker unless ours comes back.
+            ember.get(pid_after.remote(0))
+            before = workers()
+            actors = [Pid.remote() for _ in range(2)]
+            actor_pids = set(ember.get([a.pid.remote() for a in actors]))
+            assert actor_pids <= before, f"round {round}: actors in {actor_pids}, workers before {before}"
+            assert actor_pids == both, (actor_pids, both)
+            for actor in actors:
+                ember.kill(actor)
+            time.sleep(0.3)  # the killed actors' workers exit; the next round's tasks start new ones
+        print("ok")
+        ember.shutdown()
+        """
+        )
+    )
+    assert out.stdout.strip().endswith("ok")

@@ -55,6 +55,9 @@ class ActorCalls:
         state.subscribed = True
         state.keepalive = spec.keepalive
         self.client.call_soon(self.actors.setdefault, actor_id, state)
+        # Ahead of the creation, so the node has our idle workers back when the actor's lease comes:
+        # an actor pool started right after tasks (ember.data's) took a new process 2 times in 3.
+        self.client.call_soon(self.submitter.return_idle_leases)
         reply, _ = self.client.request(
             "head",
             {"op": protocol.CREATE_ACTOR, "actor_id": actor_id, "job_id": header["job"], "spec": header},

@@ -475,6 +475,18 @@ class TaskLifecycle:
             del self.shapes[key]
         return actions
 
+    def return_idle(self) -> list:
+        """Return now every lease that runs nothing and whose shape has nothing queued, without the
+        LEASE_LINGER wait: an actor is about to be created, and the node would otherwise start a new
+        worker process for it while ours sit idle, kept for a next task that may never come."""
+        actions = []
+        for shape in self.shapes.values():
+            if shape.queue:
+                continue
+            for lease in [lease for lease in shape.leases.values() if not lease.inflight]:
+                self._return_lease(lease, actions)
+        return actions
+
     def close(self) -> list:
         """The process ends: every lease goes back."""
         actions = []

@@ -465,6 +465,11 @@ class TaskSubmitter:
     def tick(self, now: float) -> None:
         self._run(self.tasks.tick(now))
 
+    def return_idle_leases(self) -> None:
+        """Give back the workers leased for tasks and idle now (on the loop's thread; see
+        ``TaskLifecycle.return_idle``)."""
+        self._run(self.tasks.return_idle())
+
     def close(self) -> None:
         self._run(self.tasks.close())
 
