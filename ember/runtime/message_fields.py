@@ -179,6 +179,7 @@ class StoreStats(_Part, kw_only=True):
     restoring: Count = 0  # objects being read back
     pinned: Count = 0  # objects mapped by readers (never spilled meanwhile)
     reserved: Size
+    pooled: Size = 0  # recycled files kept for new objects (counted against the capacity)
     largest: list[tuple[ObjectId, Size]] = []
 
 

@@ -556,6 +556,7 @@ class Reply(Message, tag="reply", kw_only=True):
     address: Address | None = None  # request_lease (spillback)
     cancelled: bool | None = None  # cancel_lease_request
     full: str | None = None  # store_create, store_restore, store_pull
+    reuse: Annotated[str, Meta(max_length=256)] | None = None  # store_create: a recycled file to rename into place
     lost: str | None = None  # store_pull
     dead: bool | None = None  # store_pull: the node that held it died
     ok: bool | None = None  # prepare_bundles

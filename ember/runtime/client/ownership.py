@@ -230,7 +230,7 @@ class Ownership:
         if reply.full:
             raise exceptions.ObjectStoreFullError(reply.full)
         try:
-            write_object(object_path(store_prefix(self.io.node_id), oid), data, buffers, header, size)
+            write_object(object_path(store_prefix(self.io.node_id), oid), data, buffers, header, size, reply.reuse)
         except BaseException:
             failed = {"op": protocol.STORE_SEALED, "oid": oid, "size": 0, "failed": True, "owner": owner_id}
             self.io.call_soon(self.io.send, "node_manager", failed)

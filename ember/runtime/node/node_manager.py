@@ -373,6 +373,7 @@ class NodeManager(Service):
             "client_leases": len(self.client_leases),
             "store_owner": len(self.store_io.store_owner),
             "reservations": len(self.store_io.reservations),
+            "handed_out": len(self.store_io.handed_out),  # recycled files given to writers not yet sealed
             "pins": sum(len(pins) for pins in self.store_io.client_pins.values()),
             "room_waiters": len(self.store_io.room_waiters),
             "removed_groups": len(self.cluster.removed_groups),
@@ -533,6 +534,7 @@ class NodeManager(Service):
         self.check_workers()
         self.check_env_setups()
         self.transfer.check(now)
+        self.store_io.tick(now)
         if now - self.last_client_check > 0.5:
             self.last_client_check = now
             self.check_clients()

@@ -13,8 +13,21 @@ Layout of an object file::
 creations, accesses, pins and deletions and answers with the spills and restores to carry out, and
 told when each copy finishes. It does no I/O, so its policy (capacity, least-recently-used spilling,
 what waits for what) is tested without processes.
+
+Recycled files. A fresh tmpfs page costs the writer a page allocation and zeroing on top of the copy:
+writing 1.9 GB of decoded Parquet into fresh files took 1.5 CPU-s more than decoding it, into files
+whose pages an earlier object had faulted in 0.55 (``benchmarks/data_floor.py``). So the file of a
+deleted object of at least ``RECYCLE_MIN`` bytes that no reader maps goes to a small pool, and a
+writer of a large object is handed one to rename into place. Whether a reader maps a file is told
+by the file itself: a reader takes a shared ``flock`` before it maps and the lock lasts as long as the
+mapping (the mapping holds the open file, and ``flock`` locks go with the open file, not the
+descriptor); the node manager renames a deleted file away and keeps it only if it gets the
+exclusive lock, which it holds while the file waits in the pool. A reader that opened the file
+before it was renamed away sees the name gone (or naming another file) once it holds its lock, and
+treats the object as gone, as it is.
 """
 
+import fcntl
 import heapq
 import mmap
 import os
@@ -27,6 +40,10 @@ from ember.exceptions import ObjectStoreFullError
 SHM_DIR = "/dev/shm"
 ALIGN = 64
 LARGEST_REPORTED = 8  # objects listed per node in store stats (the object store widget shows them)
+RECYCLE_MIN = 1 << 20  # smaller files are not worth a pool place: their fresh pages cost little
+POOL_FILES = 8  # files kept for reuse at most
+POOL_SHARE = 8  # ... holding at most this fraction (1/POOL_SHARE) of the store's capacity
+POOL_IDLE = 5.0  # seconds a file waits in the pool before it is freed (an idle node gives its memory back)
 
 
 def _align(n: int) -> int:
@@ -49,11 +66,27 @@ def layout(data: bytes, buffers: list) -> tuple[bytes, int]:
     return header, size
 
 
-def write_object(path: str, data: bytes, buffers: list, header: bytes | None = None, size: int | None = None) -> int:
-    """Create the object file at ``path`` and fill it; returns its size in bytes."""
+def write_object(
+    path: str,
+    data: bytes,
+    buffers: list,
+    header: bytes | None = None,
+    size: int | None = None,
+    reuse: str | None = None,
+) -> int:
+    """Create the object file at ``path`` and fill it; returns its size in bytes. ``reuse``: the name
+    (in ``SHM_DIR``) of a recycled file the node manager handed us, renamed into place if still there."""
     if header is None:
         header, size = layout(data, buffers)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    fd = None
+    if reuse is not None and os.path.basename(reuse) == reuse:
+        try:
+            os.rename(f"{SHM_DIR}/{reuse}", path)
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            fd = None  # gone meanwhile (the node manager stopped): a fresh file then
+    if fd is None:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, size)
         pwrite_all(fd, len(header).to_bytes(8, "little") + header, 0)
@@ -79,13 +112,9 @@ def pwrite_all(fd: int, view, offset: int) -> None:
 
 
 def read_object(path: str) -> tuple[memoryview, list]:
-    """Map the object file read-only; returns (data, buffers) as views on the mapping."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)
+    """Map the object file read-only; returns (data, buffers) as views on the mapping. Raises
+    FileNotFoundError if the object is not (or no longer) there."""
+    mapping = map_object(path)
     view = memoryview(mapping)
     header_len = int.from_bytes(view[:8], "little")
     data_len, buffer_lens = msgpack.unpackb(view[8 : 8 + header_len])
@@ -97,6 +126,31 @@ def read_object(path: str) -> tuple[memoryview, list]:
         buffers.append(view[offset : offset + n])
         offset += _align(n)
     return data, buffers
+
+
+def map_object(path: str) -> mmap.mmap:
+    """Map an object file read-only, under the shared lock that keeps it from being recycled for as
+    long as the mapping lives (see the module docstring). FileNotFoundError if it is gone."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileNotFoundError(f"{path} is being recycled: its object was deleted") from None
+        stat = os.fstat(fd)
+        if not stat.st_size:  # never a whole object (a header at least): one being written, or junk
+            raise FileNotFoundError(f"{path} is empty")
+        mapping = mmap.mmap(fd, stat.st_size, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    try:
+        same = os.stat(path).st_ino == stat.st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:  # renamed away (deleted, maybe recycled) between our open and our lock
+        mapping.close()
+        raise FileNotFoundError(f"{path} was deleted while it was being mapped")
+    return mapping
 
 
 class StoreState:
@@ -111,6 +165,10 @@ class StoreState:
     ``create`` and ``restore`` choose objects to spill (least recently used, not pinned by a reader)
     when the new bytes do not fit. The bytes are granted at once only when they are free now; when
     they will be once spills in flight finish, the caller asks again after each finishes.
+
+    The pool of recycled files (``recycle``, ``reuse``, ``expire``) counts against the capacity like
+    objects do; its files are the first to go when room is needed, before any object is spilled, and
+    the caller frees those it is told of by ``take_evicted``.
     """
 
     def __init__(self, capacity: int):
@@ -125,10 +183,53 @@ class StoreState:
         self.used = 0  # shared memory held: in memory, spilling and restoring
         self.spilled_bytes = 0
         self.reserved = 0  # bytes promised to writers that have not sealed yet
+        self.pool: OrderedDict[str, tuple[int, float]] = OrderedDict()  # path -> (size, pooled at), oldest first
+        self.pooled = 0
+        self.pool_limit = capacity // POOL_SHARE
+        self._evicted: list[str] = []  # pooled files to free, for the caller (take_evicted)
 
     @property
     def free(self) -> int:
-        return self.capacity - self.used - self.reserved
+        return self.capacity - self.used - self.reserved - self.pooled
+
+    def recycle(self, path: str, size: int, now: float) -> bool:
+        """The file of a deleted object, which no reader maps, offered for reuse: True if the pool
+        keeps it (older files may make way: see ``take_evicted``), False if the caller frees it."""
+        if size < RECYCLE_MIN or size > self.pool_limit or path in self.pool:
+            return False
+        while self.pool and (len(self.pool) >= POOL_FILES or self.pooled + size > self.pool_limit):
+            self._evict_oldest()
+        self.pool[path] = (size, now)
+        self.pooled += size
+        return True
+
+    def reuse(self, size: int) -> str | None:
+        """A pooled file for a new object of ``size`` bytes, taken out of the pool: the smallest that
+        holds it, else the largest (its pages cover the object's start); None if none or too small an
+        object."""
+        if size < RECYCLE_MIN or not self.pool:
+            return None
+        fitting = [(pooled, path) for path, (pooled, _) in self.pool.items() if pooled >= size]
+        _, path = min(fitting) if fitting else max((pooled, path) for path, (pooled, _) in self.pool.items())
+        self.pooled -= self.pool.pop(path)[0]
+        return path
+
+    def expire(self, now: float) -> list[str]:
+        """Pooled files unused for POOL_IDLE seconds, taken out of the pool for the caller to free."""
+        expired = [path for path, (_, since) in self.pool.items() if now - since >= POOL_IDLE]
+        for path in expired:
+            self.pooled -= self.pool.pop(path)[0]
+        return expired
+
+    def take_evicted(self) -> list[str]:
+        """Pooled files that had to make way (for room, or for a newer file): the caller frees them."""
+        evicted, self._evicted = self._evicted, []
+        return evicted
+
+    def _evict_oldest(self) -> None:
+        path, (size, _) = self.pool.popitem(last=False)
+        self.pooled -= size
+        self._evicted.append(path)
 
     def _make_room(self, size: int, exclude: bytes | None = None, can_wait: bool = True) -> tuple[bool, list]:
         """(granted, objects to start spilling). Not granted: spills in flight will make room."""
@@ -137,6 +238,8 @@ class StoreState:
                 f"An object of {size} bytes cannot fit in the object store of {self.capacity} bytes "
                 "(object_store_memory); raise object_store_memory or split the object."
             )
+        while self.free < size and self.pool:  # recycled files go before any object is spilled
+            self._evict_oldest()
         if self.free >= size:
             return True, []
         coming = self.free + sum(self.spilling.values())  # free once the spills in flight finish
@@ -277,6 +380,7 @@ class StoreState:
             "restoring": len(self.restoring),
             "pinned": len(self.pins),
             "reserved": self.reserved,
+            "pooled": self.pooled,
             # For the object store widget: the few largest objects held in memory (id, bytes).
             "largest": [
                 [oid, size] for oid, size in heapq.nlargest(LARGEST_REPORTED, self.in_memory.items(), key=_size)

@@ -20,14 +20,13 @@ cluster and its poll loop, all handed to it.
 """
 
 import logging
-import mmap
 import os
 import time
 from collections.abc import Callable
 
 from ember.exceptions import ObjectStoreFullError
 from ember.runtime import messages, protocol, transport
-from ember.runtime.node.object_store import object_path, pwrite_all
+from ember.runtime.node.object_store import map_object, object_path, pwrite_all
 from ember.runtime.node.store_io import StoreIO
 
 logger = logging.getLogger(__name__)
@@ -188,9 +187,9 @@ class ObjectTransfer:
 
             self.store_io.when_in_memory(oid, then)  # spilled: copied back first (off the loop)
             return
-        with open(object_path(self.store_prefix, oid), "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            mapping = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) if size else b""
+        # Under the readers' shared lock, like any mapping: the file is not recycled while we send it.
+        mapping = map_object(object_path(self.store_prefix, oid))
+        size = len(mapping)
         view = memoryview(mapping)
         # Zero-copy sends: each frame keeps the mapping alive until ZeroMQ has written it, so the
         # object may even be deleted or spilled meanwhile.

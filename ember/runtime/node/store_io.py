@@ -13,20 +13,28 @@ while it is in use; a client's pins, reservations and waiting requests go with i
 (:meth:`StoreIO.release_client`). :class:`StoreIO` is an object the node manager owns: it holds
 everything it keeps per object and per client, and reaches the node manager only through the
 callables it is given.
+
+The file of a deleted object of a MiB or more is recycled rather than unlinked (see object_store)::
+
+    delete -> rename away -> no reader's lock? -> pool (locked) -> store_create: "reuse" -> writer renames it
+                          -> readers map it -> waits; each unpin retries the lock; 5 s: unlinked
 """
 
 import collections
 import concurrent.futures
+import fcntl
 import logging
 import os
+import time
 from collections.abc import Callable
 
 from ember.exceptions import ObjectStoreFullError
-from ember.runtime.node.object_store import StoreState, object_path
+from ember.runtime.node.object_store import POOL_IDLE, RECYCLE_MIN, StoreState, object_path
 from ember.runtime.runtime_dir import copy_private
 
 logger = logging.getLogger(__name__)
 
+LINGER_MAX = 64  # deleted files kept waiting for their readers to let go, at most
 IO_THREADS = 2  # copies at once: enough to keep a disk busy, few enough to leave the CPUs to workers
 
 
@@ -66,6 +74,12 @@ class StoreIO:
         self.restore_waiters: dict[bytes, list] = {}  # oid -> callbacks(body) for when it is back
         self.client_pins: dict[bytes, dict] = {}  # client identity -> {oid: pins}
         self.discarded = 0
+        self.pool_fds: dict[str, int] = {}  # pooled file -> descriptor holding its exclusive lock
+        # Pooled files handed to writers, until sealed: one whose writer never renames it into place
+        # (it died, or was no writer) is removed with the reservation.
+        self.handed_out: dict[bytes, str] = {}
+        # Deleted objects' files that readers still mapped: object id -> (file, descriptor, since).
+        self.lingering: dict[bytes, tuple[str, int, float]] = {}
 
     def attach(self, loop) -> None:
         self.loop = loop
@@ -75,7 +89,10 @@ class StoreIO:
 
     # --- copies on the pool -------------------------------------------------------------------------
     def spill(self, oids) -> None:
-        """Start copying objects chosen by the store to disk (they are ``spilling`` meanwhile)."""
+        """Start copying objects chosen by the store to disk (they are ``spilling`` meanwhile), and
+        free the pooled files it evicted to make room (it evicts those first)."""
+        if self.pool_fds:
+            self.free_evicted()
         for oid in oids:
             self._submit("spill", oid, object_path(self.store_prefix, oid), self.spill_path(oid) + ".part")
         if oids:
@@ -122,7 +139,7 @@ class StoreIO:
                 return error
             return None
         os.rename(part, self.spill_path(oid))
-        self.discard(object_path(self.store_prefix, oid))  # readers that mapped it keep their mapping
+        self.discard(object_path(self.store_prefix, oid), recycle=oid)  # readers that mapped it keep their mapping
         return None
 
     def _restore_finished(self, oid: bytes, error) -> None:
@@ -188,7 +205,14 @@ class StoreIO:
             return None
         self.reservations[oid] = (identity, size)
         self.changed()
-        return {"prefix": self.store_prefix}
+        reuse = self.store.reuse(size)
+        if reuse is None:
+            return {"prefix": self.store_prefix}
+        # Unlocked before the writer renames it into place: a reader that still had it open from
+        # before it was pooled may lock it now, but finds its own name gone and lets go.
+        os.close(self.pool_fds.pop(reuse))
+        self.handed_out[oid] = reuse
+        return {"prefix": self.store_prefix, "reuse": os.path.basename(reuse)}
 
     def _answer(self, identity, rid, body) -> None:
         if body is not None and rid is not None:
@@ -215,6 +239,7 @@ class StoreIO:
             self.delete_objects([oid])
             return
         self.reservations.pop(oid)
+        self._forget_handed_out(oid)
         self.store.sealed(oid, msg.size)
         alive, owner = self.owner_key(msg.owner, msg.owner_node)
         if not alive:
@@ -245,6 +270,8 @@ class StoreIO:
         if not pins[oid]:
             del pins[oid]
         self.store.unpin(oid)
+        if oid in self.lingering:  # deleted while this reader mapped it: maybe the last to let go
+            self._try_pool(oid)
 
     def release_client(self, identity: bytes, client_id: bytes | None) -> None:
         """A client went: the objects it owned and those it was writing are freed (their space is
@@ -270,24 +297,105 @@ class StoreIO:
             reservation = self.reservations.pop(oid, None)
             if reservation is not None:
                 self.store.abandoned(reservation[1])
+                self._forget_handed_out(oid)
             where = self.store.delete(oid)
             # A copy still running finds it deleted when it ends and removes its ".part" file then.
             on_disk = where in ("spilled", "restoring")
-            self.discard(self.spill_path(oid) if on_disk else object_path(self.store_prefix, oid))
+            if on_disk:
+                self.discard(self.spill_path(oid))
+            else:
+                self.discard(object_path(self.store_prefix, oid), recycle=oid if where == "memory" else None)
         self.changed()
 
-    def discard(self, path: str) -> None:
+    def _forget_handed_out(self, oid: bytes) -> None:
+        path = self.handed_out.pop(oid, None)
+        if path is not None:
+            self.io_pool.submit(_unlink, path)  # renamed into place already, unless the writer never did
+
+    def discard(self, path: str, recycle: bytes | None = None) -> None:
         """Remove a file without waiting: freeing the pages of a large one takes a while, so it is
-        renamed out of the way here (its name may be reused at once) and unlinked on the pool."""
+        renamed out of the way here (its name may be reused at once) and unlinked on the pool.
+        ``recycle``: the id of the object whose shared-memory file this is, kept for a new object
+        instead if the store wants it, once no reader maps it (see object_store's module docstring).
+        """
         self.discarded += 1
         gone = f"{path}.gone{self.discarded}"
         try:
             os.rename(path, gone)
         except FileNotFoundError:
             return
+        if recycle is not None and self._offer(recycle, gone):
+            return
         self.io_pool.submit(_unlink, gone)
 
+    def _offer(self, oid: bytes, path: str) -> bool:
+        """Offer a renamed-away object file to the store's pool. True if we keep it: pooled (locked),
+        or waiting for its readers to let go (they usually do within moments: a consumer holds the
+        last batch of a block while it asks for the next), retried at each of their unpins."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            if os.fstat(fd).st_size < RECYCLE_MIN:
+                raise OSError("not worth a place in the pool")
+        except OSError:
+            os.close(fd)
+            return False
+        if len(self.lingering) >= LINGER_MAX:  # every one holds a descriptor: bounded
+            os.close(fd)
+            return False
+        stale = self.lingering.pop(oid, None)
+        if stale is not None:  # the same id written again meanwhile (a retried task): the older file goes
+            os.close(stale[1])
+            self.io_pool.submit(_unlink, stale[0])
+        self.lingering[oid] = (path, fd, time.monotonic())
+        self._try_pool(oid)
+        return True
+
+    def _try_pool(self, oid: bytes) -> None:
+        """Pool a waiting file if no reader maps it any more; it stays waiting otherwise."""
+        path, fd, _ = self.lingering[oid]
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a reader maps it
+        except OSError:
+            return
+        del self.lingering[oid]
+        if self.store.recycle(path, os.fstat(fd).st_size, time.monotonic()):
+            self.pool_fds[path] = fd
+            self.free_evicted()
+            self.changed()
+        else:
+            os.close(fd)
+            self.io_pool.submit(_unlink, path)
+
+    def free_evicted(self, paths=None) -> None:
+        """Unlink the pooled files the store let go of (``paths``, else its evictions)."""
+        for path in self.store.take_evicted() if paths is None else paths:
+            fd = self.pool_fds.pop(path, None)
+            if fd is not None:
+                os.close(fd)
+            self.io_pool.submit(_unlink, path)
+
+    def tick(self, now: float) -> None:
+        """Free the pooled files nobody took for a while, and the waiting ones whose readers hold on."""
+        expired = self.store.expire(now)
+        if expired:
+            self.free_evicted(expired)
+            self.changed()
+        if self.pool_fds:
+            self.free_evicted()
+        for oid in [oid for oid, (_, _, since) in self.lingering.items() if now - since >= POOL_IDLE]:
+            path, fd, _ = self.lingering.pop(oid)
+            os.close(fd)
+            self.io_pool.submit(_unlink, path)  # its pages live on in the readers' mappings
+
     def close(self) -> None:
+        self.free_evicted(list(self.pool_fds))
+        for path, fd, _ in self.lingering.values():
+            os.close(fd)
+            _unlink(path)
+        self.lingering.clear()
         self.io_pool.shutdown(wait=True, cancel_futures=True)
 
 

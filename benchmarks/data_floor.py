@@ -1,0 +1,135 @@
+"""The CPU floor of moving decoded Parquet through a shared-memory store, against decoding alone.
+
+benchmarks/data.py compares ember.data with a one-process pyarrow loop. On a row whose consumer is
+another process (read -> iter_batches in the driver), every decoded byte must reach shared memory
+once, whatever the runtime: this script measures that cost on this machine, with no runtime at all,
+over the same generated files (``benchmarks/data.py`` makes them; ``--files`` of its 32):
+
+- decode: ``read_row_groups`` of a whole file, one thread (what the loop and a read task both do);
+- decode + store write: the same, then each buffer ``pwrite``-n into a fresh ``/dev/shm`` file (what a
+  worker does with a block today);
+- decode + store write, reused pages: into a file whose pages an earlier object already faulted in;
+- streamed: batches of 65,536 rows decoded and written while they are still in cache;
+- reader faults: mapping those files read-only and touching every page (what the consumer pays).
+
+Each line gives CPU seconds scaled to all 32 files, so they add up against benchmarks/data.py's rows.
+
+    PYTHONPATH=$PWD /work/venv/bin/python benchmarks/data_floor.py --files 8
+"""
+
+import argparse
+import glob
+import mmap
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DATA = "/tmp/ember-data-bench/scale-1"
+STREAM_ROWS = 65536
+
+
+def _write_buffers(fd: int, arrays, offset: int) -> int:
+    for array in arrays:
+        for buffer in array.buffers():
+            if buffer is not None:
+                os.pwrite(fd, buffer, offset)
+                offset += buffer.size
+    return offset
+
+
+def decode(files, shm):
+    for path in files:
+        pq.ParquetFile(pa.memory_map(path)).read_row_groups(
+            range(pq.ParquetFile(path).num_row_groups), use_threads=False
+        )
+
+
+def decode_and_write(files, shm):
+    for i, path in enumerate(files):
+        source = pq.ParquetFile(pa.memory_map(path))
+        table = source.read_row_groups(range(source.num_row_groups), use_threads=False)
+        target = f"{shm}-{i}"
+        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            _write_buffers(fd, (chunk for column in table.columns for chunk in column.chunks), 0)
+        finally:
+            os.close(fd)
+            os.unlink(target)
+
+
+def decode_and_write_reused(files, shm):
+    fd = os.open(f"{shm}-reused", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        for path in files:
+            source = pq.ParquetFile(pa.memory_map(path))
+            table = source.read_row_groups(range(source.num_row_groups), use_threads=False)
+            _write_buffers(fd, (chunk for column in table.columns for chunk in column.chunks), 0)
+    finally:
+        os.close(fd)
+        os.unlink(f"{shm}-reused")
+
+
+def streamed(files, shm):
+    for i, path in enumerate(files):
+        target = f"{shm}-{i}"
+        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            offset = 0
+            for batch in pq.ParquetFile(pa.memory_map(path)).iter_batches(batch_size=STREAM_ROWS, use_threads=False):
+                offset = _write_buffers(fd, batch.columns, offset)
+        finally:
+            os.close(fd)
+            os.unlink(target)
+
+
+def reader_faults(files, shm):
+    page = mmap.PAGESIZE
+    for i, path in enumerate(files):
+        source = pq.ParquetFile(pa.memory_map(path))
+        table = source.read_row_groups(range(source.num_row_groups), use_threads=False)
+        target = f"{shm}-{i}"
+        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            size = _write_buffers(fd, (chunk for column in table.columns for chunk in column.chunks), 0)
+            started = time.process_time()
+            mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            view = memoryview(mapping)
+            total = 0
+            for offset in range(0, size, page):
+                total += view[offset]
+            view.release()
+            mapping.close()
+            reader_faults.cpu += time.process_time() - started
+        finally:
+            os.close(fd)
+            os.unlink(target)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=DATA, help="a folder of benchmarks/data.py's Parquet files")
+    parser.add_argument("--files", type=int, default=8, help="how many of its files to use")
+    args = parser.parse_args()
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    everything = sorted(glob.glob(os.path.join(args.data, "*.parquet")))
+    if not everything:
+        raise SystemExit(f"no Parquet files in {args.data}: run benchmarks/data.py once to make them")
+    files = everything[: args.files]
+    scale = len(everything) / len(files)
+    shm = f"/dev/shm/ember-floor-{os.getpid()}"
+    decode(files, shm)  # the files into the page cache, pyarrow's pools warm
+    print(f"{len(files)} of {len(everything)} files; CPU seconds scaled to all {len(everything)}")
+    for step in (decode, decode_and_write, decode_and_write_reused, streamed):
+        started = time.process_time()
+        step(files, shm)
+        print(f"  {step.__name__:26s} {(time.process_time() - started) * scale:6.2f} CPU-s")
+    reader_faults.cpu = 0.0
+    reader_faults(files, shm)
+    print(f"  {'reader_faults':26s} {reader_faults.cpu * scale:6.2f} CPU-s")
+
+
+if __name__ == "__main__":
+    main()
