@@ -479,8 +479,9 @@ class EventLoop:
         poll = self.poller.poll
         started = time.perf_counter()
         window = spin.window
-        events = poll(0)
+        events = []
         if window:
+            events = poll(0)
             until = started + window
             cpu_free = spin.cpu_free
             while not events and time.perf_counter() < until and cpu_free():
