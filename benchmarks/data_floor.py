@@ -18,6 +18,7 @@ Each line gives CPU seconds scaled to all 32 files, so they add up against bench
 """
 
 import argparse
+import contextlib
 import glob
 import mmap
 import os
@@ -39,60 +40,58 @@ def _write_buffers(fd: int, arrays, offset: int) -> int:
     return offset
 
 
+def _decoded(path: str):
+    """A whole file's row groups as one table, one thread: what the loop and a read task both do."""
+    source = pq.ParquetFile(pa.memory_map(path))
+    return source.read_row_groups(range(source.num_row_groups), use_threads=False)
+
+
+def _chunks(table):
+    return (chunk for column in table.columns for chunk in column.chunks)
+
+
+@contextlib.contextmanager
+def _fresh_file(path: str):
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def decode(files, shm):
     for path in files:
-        pq.ParquetFile(pa.memory_map(path)).read_row_groups(
-            range(pq.ParquetFile(path).num_row_groups), use_threads=False
-        )
+        _decoded(path)
 
 
 def decode_and_write(files, shm):
     for i, path in enumerate(files):
-        source = pq.ParquetFile(pa.memory_map(path))
-        table = source.read_row_groups(range(source.num_row_groups), use_threads=False)
-        target = f"{shm}-{i}"
-        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            _write_buffers(fd, (chunk for column in table.columns for chunk in column.chunks), 0)
-        finally:
-            os.close(fd)
-            os.unlink(target)
+        table = _decoded(path)
+        with _fresh_file(f"{shm}-{i}") as fd:
+            _write_buffers(fd, _chunks(table), 0)
 
 
 def decode_and_write_reused(files, shm):
-    fd = os.open(f"{shm}-reused", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    try:
+    with _fresh_file(f"{shm}-reused") as fd:
         for path in files:
-            source = pq.ParquetFile(pa.memory_map(path))
-            table = source.read_row_groups(range(source.num_row_groups), use_threads=False)
-            _write_buffers(fd, (chunk for column in table.columns for chunk in column.chunks), 0)
-    finally:
-        os.close(fd)
-        os.unlink(f"{shm}-reused")
+            _write_buffers(fd, _chunks(_decoded(path)), 0)
 
 
 def streamed(files, shm):
     for i, path in enumerate(files):
-        target = f"{shm}-{i}"
-        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
+        with _fresh_file(f"{shm}-{i}") as fd:
             offset = 0
             for batch in pq.ParquetFile(pa.memory_map(path)).iter_batches(batch_size=STREAM_ROWS, use_threads=False):
                 offset = _write_buffers(fd, batch.columns, offset)
-        finally:
-            os.close(fd)
-            os.unlink(target)
 
 
 def reader_faults(files, shm):
     page = mmap.PAGESIZE
     for i, path in enumerate(files):
-        source = pq.ParquetFile(pa.memory_map(path))
-        table = source.read_row_groups(range(source.num_row_groups), use_threads=False)
-        target = f"{shm}-{i}"
-        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            size = _write_buffers(fd, (chunk for column in table.columns for chunk in column.chunks), 0)
+        table = _decoded(path)
+        with _fresh_file(f"{shm}-{i}") as fd:
+            size = _write_buffers(fd, _chunks(table), 0)
             started = time.process_time()
             mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
             view = memoryview(mapping)
@@ -102,9 +101,6 @@ def reader_faults(files, shm):
             view.release()
             mapping.close()
             reader_faults.cpu += time.process_time() - started
-        finally:
-            os.close(fd)
-            os.unlink(target)
 
 
 def main():
