@@ -20,6 +20,7 @@ import time
 import zmq
 
 from ember.runtime import messages, protocol, transport
+from ember.runtime.settings import number_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -186,12 +187,8 @@ class SpinPolicy:
 
     @classmethod
     def from_environment(cls, default_us: float = 200.0) -> "SpinPolicy | None":
-        """The policy ``EMBER_SPIN_US`` asks for (microseconds; 0 turns spinning off)."""
-        raw = os.environ.get("EMBER_SPIN_US")
-        try:
-            micros = default_us if raw is None else float(raw)
-        except ValueError:
-            raise ValueError(f"EMBER_SPIN_US must be a number of microseconds, got {raw!r}") from None
+        """The policy ``EMBER_SPIN_US`` asks for (microseconds, up to a second; 0 turns spinning off)."""
+        micros = number_from_env("EMBER_SPIN_US", float, default_us, 0, 1e6, "a number of microseconds")
         return cls(micros / 1e6) if micros > 0 else None
 
 

@@ -24,6 +24,7 @@ from ember.runtime.node.clients import UnknownClientError
 from ember.runtime.node.env_setups import EnvSetups
 from ember.runtime.node.venv_fork import VenvForks
 from ember.runtime.node.worker_process import WorkerProcess, spawn_worker
+from ember.runtime.settings import number_from_env
 
 # How many of the latest actors' classes a new worker loads ahead (see WorkerPool.recent_classes).
 # 0 turns it off: a class whose module imports a large library (torch) makes each idle worker that much bigger.
@@ -175,23 +176,12 @@ class WorkerPool:
 
 def preload_setting() -> int:
     """How many recent actor classes a new worker loads ahead (``EMBER_WORKER_PRELOAD_CLASSES``, default 4)."""
-    return _setting(PRELOAD_CLASSES, int, 4, 0, 2**31, "a whole number")
+    return number_from_env(PRELOAD_CLASSES, int, 4, 0, 2**31, "a whole number")
 
 
 def topup_delay_setting() -> float:
     """Seconds a pool top-up waits after an actor's grant (``EMBER_WORKER_TOPUP_DELAY_S``, default 0.05)."""
-    return _setting(TOPUP_DELAY, float, 0.05, 0, 60, "a number of seconds")
-
-
-def _setting(name: str, kind, default, low, high, what: str):
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = kind(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name} must be {what}, got {raw!r}.") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}.")
-    return value
+    return number_from_env(TOPUP_DELAY, float, 0.05, 0, 60, "a number of seconds")
 
 
 def _load_worker_code() -> None:
