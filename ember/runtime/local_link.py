@@ -127,15 +127,22 @@ class Link:
             self._queue_rest(buffers, sent)
 
     def _queue_rest(self, buffers, sent: int) -> None:
-        for buffer in buffers:
-            size = memoryview(buffer).nbytes
-            if sent >= size:
-                sent -= size
-                continue
-            self._out.append(memoryview(buffer).cast("B")[sent:] if sent else buffer)
-            sent = 0
+        self._out.extend(buffers)
+        self._drop_sent(sent)
         if self.want_write is not None:
             self.want_write(self, True)
+
+    def _drop_sent(self, sent: int) -> None:
+        """The kernel took ``sent`` bytes from the front of what is queued."""
+        out = self._out
+        while sent and out:
+            size = memoryview(out[0]).nbytes
+            if sent >= size:
+                sent -= size
+                out.popleft()
+            else:
+                out[0] = memoryview(out[0]).cast("B")[sent:]
+                sent = 0
 
     def on_writable(self, fd=None) -> None:
         out = self._out
@@ -147,14 +154,7 @@ class Link:
             except OSError as error:
                 self._broken(error)
                 return
-            while sent and out:
-                size = memoryview(out[0]).nbytes
-                if sent >= size:
-                    sent -= size
-                    out.popleft()
-                else:
-                    out[0] = memoryview(out[0]).cast("B")[sent:]
-                    sent = 0
+            self._drop_sent(sent)
         if self.want_write is not None:
             self.want_write(self, False)
 
