@@ -402,6 +402,10 @@ def _column_bytes(schema: pa.Schema, row_group) -> dict:
     return sizes
 
 
+def _bytes_read(sizes: dict, columns) -> int:
+    return sum(sizes.values()) if columns is None else sum(sizes.get(c, 0) for c in columns)
+
+
 def _parquet_pieces(file_groups: list, columns, target: int) -> list:
     """``((path, row group ids), rows, bytes)`` per block: consecutive row groups of one file up to
     ``target`` bytes of the ``columns`` read (all when None)."""
@@ -409,7 +413,7 @@ def _parquet_pieces(file_groups: list, columns, target: int) -> list:
     for path, groups in file_groups:
         current, rows, nbytes = [], 0, 0
         for group_id, group_rows, sizes in groups:
-            size = sum(sizes.values()) if columns is None else sum(sizes.get(c, 0) for c in columns)
+            size = _bytes_read(sizes, columns)
             if current and nbytes + size > target:
                 pieces.append(((path, current), rows, nbytes))
                 current, rows, nbytes = [], 0, 0
@@ -426,7 +430,7 @@ def _parquet_tasks(fs, file_groups, schema, filter_expr, override, columns, ligh
     ctx = DataContext.get_current()
     target = min(ctx.target_max_block_size, PARQUET_BLOCK_BYTES)
     if light and override is None:
-        total = sum(nbytes for _, _, nbytes in _parquet_pieces(file_groups, columns, target))
+        total = sum(_bytes_read(sizes, columns) for _, groups in file_groups for _, _, sizes in groups)
         wide = min(ctx.target_max_block_size, PARQUET_LIGHT_BLOCK_BYTES, total // _min_blocks(ctx))
         target = max(target, wide)
     if columns is not None:
