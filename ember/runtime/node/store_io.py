@@ -92,7 +92,7 @@ class StoreIO:
         """Start copying objects chosen by the store to disk (they are ``spilling`` meanwhile), and
         free the pooled files it evicted to make room (it evicts those first)."""
         if self.pool_fds:
-            self.free_evicted()
+            self.free_evicted()  # a create that evicted pooled files and then found no room never reached spill()
         for oid in oids:
             self._submit("spill", oid, object_path(self.store_prefix, oid), self.spill_path(oid) + ".part")
         if oids:
