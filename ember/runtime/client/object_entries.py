@@ -1,7 +1,5 @@
 """What an owner knows of each object: its state and where its value is (plain records)."""
 
-from ember.runtime.node.object_store import store_prefix  # noqa: F401 - re-exported through ownership
-
 PENDING, READY, FAILED = 0, 1, 2
 
 

@@ -29,14 +29,19 @@ from ember.runtime.client.object_entries import (  # noqa: F401 - re-exported: c
     BorrowedValue,
     ObjectEntry,
     node_suffix,
-    store_prefix,
 )
 from ember.runtime.client.object_ref import ObjectRef
 from ember.runtime.client.reference_table import ReferenceTable
 from ember.runtime.client.waiting import Waiting
 from ember.runtime.ids import put_object_id
 from ember.runtime.messages import AddBorrower, Error, GetObject, Location, NodeDead, OwnerDied, RemoveBorrower, Reply
-from ember.runtime.node.object_store import layout, object_path, read_object, write_object
+from ember.runtime.node.object_store import (  # noqa: F401 - store_prefix re-exported: callers import it from here
+    layout,
+    object_path,
+    read_object,
+    store_prefix,
+    write_object,
+)
 from ember.runtime.serialization import deserialize, serialize
 from ember.runtime.task_context import current_task
 
