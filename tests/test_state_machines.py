@@ -6,7 +6,15 @@ from ember.exceptions import ObjectStoreFullError
 from ember.runtime.client.task_events import EVENT_PERIOD, TaskEventBatcher
 from ember.runtime.node.object_store import StoreState
 from ember.runtime.node.object_transfer import CHUNK, ChunkWindow
-from ember.runtime.node.scheduler import UNIT, LeaseRequest, LeaseScheduler, to_fixed
+from ember.runtime.node.scheduler import (
+    TOPUP_IDLE_CPUS,
+    TOPUP_MAX_STEP,
+    TOPUP_MAX_WAIT,
+    UNIT,
+    LeaseRequest,
+    LeaseScheduler,
+    to_fixed,
+)
 
 
 def request(rid, resources, running=None, actor=False):
@@ -392,6 +400,34 @@ def test_pool_top_up_is_deferred_after_an_actor_grant():
     assert kinds(scheduler.topup_due()) == []  # a later due call starts nothing more
     with pytest.raises(ValueError, match="topup_delay"):
         LeaseScheduler({"CPU": 1}, max_idle_workers=1, topup_delay=-1)
+
+
+def test_a_deferred_top_up_waits_while_the_cpus_are_busy():
+    scheduler = LeaseScheduler({"CPU": 2}, max_idle_workers=2, min_idle_workers=2, topup_delay=0.05)
+    scheduler.starting = 2
+    started_pool(scheduler, b"w1", b"w2")
+    assert scheduler.request(request(b"a", {"CPU": 1}, actor=True))[1:] == [("topup_after", 0.05)]
+    # Busy CPUs over the wait: it waits again, twice as long each time, each wait at most a second...
+    steps = []
+    while True:
+        actions = scheduler.topup_due(idle_cpus=0.1)
+        if kinds(actions) != ["topup_after"]:
+            break
+        steps.append(actions[0][1])
+    assert steps[:4] == [0.1, 0.2, 0.4, 0.8] and max(steps) == TOPUP_MAX_STEP
+    # ...and starts the worker once it has waited TOPUP_MAX_WAIT in all, busy or not.
+    assert kinds(actions) == ["start_worker"]
+    assert 0.05 + sum(steps) == pytest.approx(TOPUP_MAX_WAIT)
+    assert scheduler.deferred == 0 and scheduler.deferred_for == 0
+
+    # An idle CPU over a wait starts it at once; so does a meter that cannot tell (None).
+    scheduler.worker_started(b"w3")
+    for idle in (TOPUP_IDLE_CPUS, None):
+        grant = scheduler.request(request(b"actor" + str(idle).encode(), {"CPU": 0}, actor=True))
+        assert kinds(grant) == ["grant", "topup_after"]
+        assert kinds(scheduler.topup_due(idle_cpus=0.0)) == ["topup_after"]
+        assert kinds(scheduler.topup_due(idle_cpus=idle)) == ["start_worker"]
+        scheduler.worker_started(b"w-" + str(idle).encode())
 
 
 def test_a_lease_without_an_idle_worker_starts_the_deferred_top_ups_at_once():

@@ -1,7 +1,9 @@
 """The node's worker pool on a real cluster: kept topped up as actors take workers for good, within
 its idle cap, and a killed actor's resources free before its process is reaped."""
 
+import os
 import textwrap
+import time
 
 import pytest
 from conftest import run_driver
@@ -167,6 +169,30 @@ def test_pool_top_up_waits_after_a_grant_unless_a_lease_needs_a_worker():
     )
     assert "after one grant 0" in out.stdout, out.stdout
     assert "third on a new worker True" in out.stdout, out.stdout
+
+
+def test_idle_meter_sees_a_busy_cpu(tmp_path):
+    from ember.runtime.node.cpu_idle import IdleMeter
+
+    meter = IdleMeter()
+    try:
+        since = meter.read()
+        assert since is not None
+        deadline = time.process_time() + 0.3
+        while time.process_time() < deadline:  # this thread keeps one CPU busy throughout
+            pass
+        idle = meter.idle_cpus(since)
+        cpus = os.cpu_count()
+        assert idle is not None and 0 <= idle <= cpus - 0.5, (idle, cpus)
+    finally:
+        meter.close()
+    # Counters it cannot read: no figure, and the scheduler then tops up as if it could not tell.
+    garbage = tmp_path / "stat"
+    garbage.write_text("cpu  a b c\n")
+    for path in (str(garbage), str(tmp_path / "missing")):
+        meter = IdleMeter(path)
+        assert meter.read() is None and meter.idle_cpus(None) is None
+        meter.close()
 
 
 def test_top_up_delay_setting_is_checked(monkeypatch):

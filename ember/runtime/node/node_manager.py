@@ -38,6 +38,7 @@ from ember.runtime.launcher import remove_store_files
 from ember.runtime.node.clients import Client, ClientTable, UnknownClientError
 from ember.runtime.node.cluster_scheduler import INFEASIBLE, LOCAL
 from ember.runtime.node.cluster_view import ClusterView
+from ember.runtime.node.cpu_idle import IdleMeter
 from ember.runtime.node.env_setups import EnvSetups
 from ember.runtime.node.head_link import HeadLink
 from ember.runtime.node.log_files import LogFiles
@@ -120,6 +121,7 @@ class NodeManager(Service):
             min_idle_workers=min(prestart, max_idle),
             topup_delay=topup_delay_setting(),
         )
+        self.idle_meter = IdleMeter()  # how busy the CPUs were while a pool top-up waited
         self.store = StoreState(object_store_memory)
         self.requests: dict[bytes, LeaseRequest] = {}
         self.clients = ClientTable()
@@ -477,7 +479,7 @@ class NodeManager(Service):
                 if self.loop is None:
                     self.carry_out(self.scheduler.topup_due())
                 else:
-                    self.loop.call_later(action[1], lambda: self.carry_out(self.scheduler.topup_due()))
+                    self.loop.call_later(action[1], self._topup_due, self.idle_meter.read())
             elif kind == "stop_worker":
                 # Ask, don't tell: a worker idle as a worker may still own objects or hold leases
                 # as an owner (of tasks it submitted); it exits only if it has none (see worker).
@@ -558,9 +560,13 @@ class NodeManager(Service):
             "workers": self.scheduler.worker_states(),
         }
 
+    def _topup_due(self, since) -> None:
+        self.carry_out(self.scheduler.topup_due(self.idle_meter.idle_cpus(since)))
+
     def close(self, announce: bool = False) -> None:
         self.head.close(announce)  # announced: the head need not wait for missed heartbeats
         self.pool.close()
+        self.idle_meter.close()
         remove_store_files(self.store_prefix)
         self.store_io.close()
         self.log_files.close()

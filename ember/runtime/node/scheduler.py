@@ -13,6 +13,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 UNIT = 10_000
+# A deferred pool top-up starts once most of a CPU sat idle over its last wait...
+TOPUP_IDLE_CPUS = 0.75
+# ...or once it has waited this long (seconds), each wait at most TOPUP_MAX_STEP.
+TOPUP_MAX_WAIT = 5.0
+TOPUP_MAX_STEP = 1.0
 
 
 def to_fixed(resources: dict) -> dict:
@@ -84,8 +89,11 @@ class LeaseScheduler:
     With ``topup_delay`` (seconds) that replacement is not started at the grant but that long after
     (the ``("topup_after", delay)`` action asks the caller to call ``topup_due`` then): a worker's
     fork and start (its class preload included) cost about 35 ms of CPU, which competed with the new
-    actor's own start for the cores (a Tune trial's turnover). A lease that finds no idle worker
-    does not wait for the delay: it starts the deferred top-ups at once, as it would start a worker.
+    actor's own start for the cores (a Tune trial's turnover). It then waits on while the machine's
+    CPUs are busy (``topup_due`` is told how many sat idle): a full start and import cost a whole
+    worker about 0.13 CPU-s, taken from the work running now for an actor that may never come (an
+    actor pool's two replacements slowed its Data row by a tenth). A lease that finds no idle worker
+    does not wait: it starts the deferred top-ups at once, as it would start a worker.
     """
 
     def __init__(self, total: dict, max_idle_workers: int, min_idle_workers: int = 0, topup_delay: float = 0.0):
@@ -97,6 +105,9 @@ class LeaseScheduler:
             raise ValueError(f"topup_delay must be a number of seconds >= 0, got {topup_delay!r}")
         self.topup_delay = topup_delay
         self.deferred = 0  # pool top-ups decided but not started yet (see topup_delay)
+        self.deferred_for = 0.0  # seconds the deferred top-ups have waited so far...
+        self.topup_step = topup_delay  # ...and the length of the wait in progress
+        self.topup_pending = False  # a topup_after is out: its topup_due call is to come
         self.total = to_fixed(total)
         self.available = dict(self.total)
         gpus = int(total.get("GPU", 0))
@@ -280,18 +291,29 @@ class LeaseScheduler:
         if plain_needed or not self.topup_delay:
             # A lease waits for a plain worker: the deferred top-ups start now (those the workers just
             # started for it do not already make up).
-            count, self.deferred = max(0, shortfall + self.deferred), 0
+            count, self.deferred, self.deferred_for = max(0, shortfall + self.deferred), 0, 0.0
             for _ in range(count):
                 self._start("", actions)
         elif shortfall > 0:
-            if not self.deferred:
+            if not self.topup_pending:
+                self.topup_pending, self.topup_step = True, self.topup_delay
                 actions.append(("topup_after", self.topup_delay))
             self.deferred += shortfall
         return actions
 
-    def topup_due(self) -> list:
-        """The ``topup_after`` delay passed: start the deferred pool top-ups still missing."""
-        self.deferred = 0
+    def topup_due(self, idle_cpus: float | None = None) -> list:
+        """The ``topup_after`` delay passed: start the deferred pool top-ups still missing, unless
+        ``idle_cpus`` (the machine's CPUs idle on average over that delay; None: unknown) is under
+        ``TOPUP_IDLE_CPUS`` and they have waited less than ``TOPUP_MAX_WAIT``: then they wait twice as
+        long again (up to ``TOPUP_MAX_STEP``), so a steadily busy node still tops up its pool."""
+        self.topup_pending = False
+        self.deferred_for += self.topup_step  # the wait that just ended
+        if self.deferred and idle_cpus is not None and idle_cpus < TOPUP_IDLE_CPUS:
+            if self.deferred_for < TOPUP_MAX_WAIT:
+                self.topup_pending = True
+                self.topup_step = min(2 * self.topup_step, TOPUP_MAX_STEP, TOPUP_MAX_WAIT - self.deferred_for)
+                return [("topup_after", self.topup_step)]
+        self.deferred, self.deferred_for = 0, 0.0
         actions: list = []
         for _ in range(max(0, self._pool_shortfall())):
             self._start("", actions)
