@@ -372,6 +372,8 @@ class NodeManager(Service):
             "workers": len(self.pool.workers),
             "requests": len(self.requests),
             "clients": len(self.clients),
+            # Drivers and peers: workers come and go with the pool, and register before they are ready.
+            "non_worker_clients": sum(1 for client in self.clients.values() if client.kind != "worker"),
             "client_leases": len(self.client_leases),
             "store_owner": len(self.store_io.store_owner),
             "reservations": len(self.store_io.reservations),
