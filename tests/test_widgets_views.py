@@ -64,6 +64,9 @@ def test_values_never_share_a_cell_with_the_next_column():
     state = state_with(store={"capacity": 8 * 2**30, "used": int(7.1 * 2**30), "num_objects": 2})
     row = cells(store_html(state), "ember-store-node")
     assert "7.1 / 8.0 GiB" in row[1] and row[2] == "2"
+    assert "pooled" not in row[1]  # said only when the store keeps recycled files
+    pooled = state_with(store={"capacity": 8 * 2**30, "used": 2**30, "num_objects": 2, "pooled": 96 * 2**20})
+    assert "pooled 96.0 MiB" in cells(store_html(pooled), "ember-store-node")[1]
     style = STYLE  # sent once beside the views, and once in a snapshot
     assert "white-space:nowrap" in style and "tabular-nums" in style and "overflow-x:auto" in style
     # Empty bars read as empty in a dark theme: the track is the theme's colour, not a light grey.

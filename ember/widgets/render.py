@@ -15,6 +15,10 @@ import html
 from ember.runtime.cluster_state import STATES
 
 RESERVED_HELP = "the scheduler's logical 'memory' resource: what tasks and actors reserved with memory=, not RAM in use"
+POOLED_HELP = (
+    "freed objects' shared-memory files kept a few seconds for new objects to reuse (their pages are "
+    "already allocated): counted against the capacity, and the first to go when room is needed"
+)
 BAR_COLOURS = {"cpu": "#3b82f6", "gpu": "#a855f7", "memory": "#f59e0b", "ram": "#0ea5e9", "store": "#14b8a6"}
 # RAM and the object store turn orange, then red, as they fill (as Dask's memory bars do): red is the
 # colour of failed tasks, and a bar red at 13% read as trouble.
@@ -198,9 +202,15 @@ def store_html(state) -> str:
     for node in sorted(state.nodes.values(), key=lambda n: n["node_id"]):
         store = node.get("store") or {}
         capacity, used = store.get("capacity", 0), store.get("used", 0)
+        pooled = store.get("pooled", 0)
+        sub = (
+            f"<span class='ember-sub ember-pooled' title=\"{POOLED_HELP}\">pooled {fmt_bytes(pooled)}</span>"
+            if pooled
+            else ""
+        )
         rows.append(
             f"<tr class='ember-store-node'><td><code>{html.escape(node['node_id'][:8])}</code></td>"
-            f"<td>{bar('store', used, capacity, fmt_byte_pair(used, capacity))}</td>"
+            f"<td>{bar('store', used, capacity, fmt_byte_pair(used, capacity), sub)}</td>"
             f"<td class='ember-objects ember-num'>{store.get('num_objects', 0)}</td>"
             f"<td class='ember-spilled ember-num'>{fmt_bytes(store.get('spilled', 0))} "
             f"({store.get('num_spilled', 0)})</td></tr>"
