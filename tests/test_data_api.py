@@ -223,6 +223,10 @@ def test_consumers(cluster, tmp_path, df):
     rd.from_pandas(df).write_json(str(tmp_path / "out_json"))
     back = rd.read_json(str(tmp_path / "out_json")).to_pandas()
     pd.testing.assert_frame_equal(back, df, check_dtype=False)
+    # Ray's own write options that ember.data lacks are refused at the call, before anything is written.
+    with pytest.raises(TypeError, match="min_rows_per_file"):
+        ds.write_parquet(str(tmp_path / "refused"), min_rows_per_file=10)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_dataset_passes_to_a_task(cluster):

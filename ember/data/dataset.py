@@ -508,8 +508,15 @@ class Dataset(AllToAllMethods):
         self._write("json", path, filesystem, pandas_json_args)
 
     def _write(self, fmt, path, filesystem, args):
-        from ember.data.sinks import prepare, write_stage
+        from ember.data.sinks import RAY_WRITE_OPTIONS, prepare, write_stage
 
+        unsupported = sorted(RAY_WRITE_OPTIONS.intersection(args))
+        if unsupported:
+            # They would reach pyarrow's writer and fail inside every write task instead.
+            raise TypeError(
+                f"write_{fmt}() does not support Ray's {', '.join(unsupported)} yet: each block is "
+                "written to a file of its own. Leave them out (repartition first for fewer, larger files)."
+            )
         fs, root = prepare(path, filesystem)
         stage = Stage("write", write_stage(fmt, fs, root, args))
         written = Dataset(MapOp(f"Write{fmt.upper() if fmt == 'csv' else fmt.capitalize()}", self._plan, stage))

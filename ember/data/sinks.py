@@ -21,6 +21,26 @@ def prepare(path: str, filesystem):
     return filesystem, path
 
 
+# Ray's own write options (not the file format's) that ember.data does not implement: refused at the
+# call rather than handed on to pyarrow or pandas as unknown arguments.
+RAY_WRITE_OPTIONS = frozenset(
+    {
+        "partition_cols",
+        "min_rows_per_file",
+        "max_rows_per_file",
+        "num_rows_per_file",
+        "filename_provider",
+        "arrow_parquet_args_fn",
+        "arrow_csv_args_fn",
+        "pandas_json_args_fn",
+        "arrow_open_stream_args",
+        "ray_remote_args",
+        "concurrency",
+        "mode",
+    }
+)
+
+
 class _Writer:
     """The stage function of a write: writes its batch, returns one row naming the file."""
 
