@@ -14,7 +14,13 @@ over the same generated files (``benchmarks/data.py`` makes them; ``--files`` of
 
 Each line gives CPU seconds scaled to all 32 files, so they add up against benchmarks/data.py's rows.
 
+``--split`` measures instead what splitting the actor_pool row's loop work (read a row group, apply
+benchmarks/data.py's ``Model``, sum) over two processes costs, with no runtime: one process doing
+all 32 files, then two processes doing half each at once, then the same two halves one after the
+other (each process one thread, as the loop).
+
     PYTHONPATH=$PWD /work/venv/bin/python benchmarks/data_floor.py --files 8
+    PYTHONPATH=$PWD /work/venv/bin/python benchmarks/data_floor.py --split
 """
 
 import argparse
@@ -22,6 +28,8 @@ import contextlib
 import glob
 import mmap
 import os
+import subprocess
+import sys
 import time
 
 import pyarrow as pa
@@ -103,16 +111,67 @@ def reader_faults(files, shm):
             reader_faults.cpu += time.process_time() - started
 
 
+def model_part(files, part: int, parts: int) -> None:
+    """The actor_pool row's loop over every ``parts``-th file from ``part``; prints its CPU seconds."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from data import Model, consume
+
+    model, started = Model(), time.process_time()
+    for path in files[part::parts]:
+        source = pq.ParquetFile(path)
+        for group in range(source.num_row_groups):
+            table = source.read_row_group(group, use_threads=False)
+            consume(model({n: table.column(n).to_numpy() for n in table.column_names}), "pred")
+    print(f"{time.process_time() - started:.3f}", flush=True)
+
+
+def split(data: str) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+    def run(parts: list) -> tuple:
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--data", data, "--model-part", f"{k}/{n}"],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for k, n in parts
+        ]
+        cpu = [float(p.communicate()[0]) for p in procs]
+        return cpu, time.perf_counter() - started
+
+    run([(0, 1)])  # the files into the page cache
+    cpu, wall = run([(0, 1)])
+    print(f"  one process, all files          {cpu[0]:5.2f} CPU-s, {wall:5.2f} s wall")
+    cpu, wall = run([(0, 2), (1, 2)])
+    print(f"  two processes at once, half each {sum(cpu):5.2f} CPU-s ({cpu[0]:.2f} + {cpu[1]:.2f}), {wall:5.2f} s wall")
+    first, wall_first = run([(0, 2)])
+    second, wall_second = run([(1, 2)])
+    print(
+        f"  the two halves one after another {first[0] + second[0]:5.2f} CPU-s ({first[0]:.2f} + {second[0]:.2f}), "
+        f"{wall_first + wall_second:5.2f} s wall"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DATA, help="a folder of benchmarks/data.py's Parquet files")
     parser.add_argument("--files", type=int, default=8, help="how many of its files to use")
+    parser.add_argument("--split", action="store_true", help="the cost of splitting the actor row over 2 processes")
+    parser.add_argument("--model-part", help=argparse.SUPPRESS)
     args = parser.parse_args()
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
     everything = sorted(glob.glob(os.path.join(args.data, "*.parquet")))
     if not everything:
         raise SystemExit(f"no Parquet files in {args.data}: run benchmarks/data.py once to make them")
+    if args.model_part:
+        part, parts = map(int, args.model_part.split("/"))
+        return model_part(everything, part, parts)
+    if args.split:
+        return split(args.data)
     files = everything[: args.files]
     scale = len(everything) / len(files)
     shm = f"/dev/shm/ember-floor-{os.getpid()}"
