@@ -128,10 +128,14 @@ def consume(batch, column) -> float:
 # ---- one system, in its own process ----------------------------------------------------------------
 
 
-def run_ray_like(rd, data: str, out: str, row: str):
+def run_ray_like(rd, data: str, out: str, row: str, min_rows_per_file: int | None = None):
     """Ray Data and ember.data take the same code."""
     if row == "etl":
-        rd.read_parquet(data).map_batches(arith).filter(expr=FILTER).write_parquet(out)
+        written = rd.read_parquet(data).map_batches(arith).filter(expr=FILTER)
+        if min_rows_per_file:
+            written.write_parquet(out, min_rows_per_file=min_rows_per_file)
+        else:
+            written.write_parquet(out)
     elif row == "groupby":
         result = rd.read_parquet(data).select_columns(["key", "x", "y"]).groupby("key").mean(["x", "y"]).take_all()
         assert len(result) == 1000, len(result)
@@ -235,7 +239,7 @@ def _etl_schema():
     )
 
 
-def worker(system: str, data: str, out_root: str, rows: list) -> None:
+def worker(system: str, data: str, out_root: str, rows: list, min_rows_per_file: int | None = None) -> None:
     """Runs in the system's subprocess: start the cluster, then each row, announcing each on stdout."""
     rd = None
     if system == "ember":
@@ -261,7 +265,7 @@ def worker(system: str, data: str, out_root: str, rows: list) -> None:
         print(f"@@start {row}", flush=True)
         started = time.perf_counter()
         if rd is not None:
-            run_ray_like(rd, data, out, row)
+            run_ray_like(rd, data, out, row, min_rows_per_file)
         elif system == "dask":
             run_dask(data, out, row)
         else:
@@ -321,6 +325,8 @@ def run_system(system: str, python: str, args, data: dict, rows: list) -> dict:
         env.pop("PYTHONPATH", None)
     cmd = [python, os.path.abspath(__file__), "--worker", system, "--data-path", data["path"]]
     cmd += ["--out-dir", args.out_dir, "--rows", ",".join(rows)]
+    if args.min_rows_per_file:
+        cmd += ["--min-rows-per-file", str(args.min_rows_per_file)]
     import psutil  # only here: the Ray venv's child processes need none of it
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -418,12 +424,17 @@ def main():
     )
     p.add_argument("--out-dir", default=None, help="where the etl row writes (default: <data-dir>/out)")
     p.add_argument("--json", help="write the results to this path")
+    p.add_argument(
+        "--min-rows-per-file",
+        type=int,
+        help="Ray's and Ember's etl row write files of at least this many rows (one row group each)",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--data-path", help=argparse.SUPPRESS)
     args = p.parse_args()
     rows = [r for r in args.rows.split(",") if r]
     if args.worker:
-        worker(args.worker, args.data_path, args.out_dir, rows)
+        worker(args.worker, args.data_path, args.out_dir, rows, args.min_rows_per_file)
         return
     for r in rows:
         if r not in ROWS:

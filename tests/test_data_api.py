@@ -224,8 +224,10 @@ def test_consumers(cluster, tmp_path, df):
     back = rd.read_json(str(tmp_path / "out_json")).to_pandas()
     pd.testing.assert_frame_equal(back, df, check_dtype=False)
     # Ray's own write options that ember.data lacks are refused at the call, before anything is written.
-    with pytest.raises(TypeError, match="min_rows_per_file"):
-        ds.write_parquet(str(tmp_path / "refused"), min_rows_per_file=10)
+    with pytest.raises(TypeError, match="partition_cols"):
+        ds.write_parquet(str(tmp_path / "refused"), partition_cols=["a"])
+    with pytest.raises(ValueError, match="min_rows_per_file"):
+        ds.write_parquet(str(tmp_path / "refused"), min_rows_per_file=0)
     assert not (tmp_path / "refused").exists()
 
 

@@ -30,7 +30,7 @@ def budget():
 
 
 def live_pool_actors() -> list:
-    return [a for a in state.list_actors() if a.class_name == "_PoolWorker" and a.state != "DEAD"]
+    return [a for a in state.list_actors() if a.class_name == "PoolWorker" and a.state != "DEAD"]
 
 
 def owned_objects() -> int:
@@ -212,3 +212,34 @@ def test_a_pool_that_would_take_every_cpu_from_its_inputs_is_refused_at_once(clu
     assert sorted(r["id"] for r in fused.take_all()) == list(range(1, 101))
     assert fused._last_stats.ops[0].tasks == 4
     wait_for(lambda: not live_pool_actors(), message="no pool actor left")
+
+
+def test_write_min_rows_per_file_gathers_consecutive_blocks(cluster, tmp_path):
+    import pyarrow.parquet as pq
+
+    ds = rd.range(1000, override_num_blocks=10).map_batches(lambda b: {"id": b["id"], "sq": b["id"] ** 2})
+    ds.write_parquet(str(tmp_path / "grouped"), min_rows_per_file=250)
+    files = sorted((tmp_path / "grouped").iterdir())
+    rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    # Blocks of 100 rows, gathered in order until 250: files of 300, the rest in the last one.
+    assert rows == [300, 300, 300, 100]
+    assert all(pq.ParquetFile(f).num_row_groups == 1 for f in files)  # one row group a file
+    back = rd.read_parquet(str(tmp_path / "grouped")).to_pandas()
+    assert back["id"].tolist() == list(range(1000)) and (back["sq"] == back["id"] ** 2).all()
+    # A block at least that large stays one file of its own.
+    rd.range(1000, override_num_blocks=2).write_csv(str(tmp_path / "csv"), min_rows_per_file=100)
+    assert len(list((tmp_path / "csv").iterdir())) == 2
+
+
+def test_write_min_rows_per_file_larger_than_the_budget_still_finishes(cluster, tmp_path, budget):
+    import pyarrow.parquet as pq
+
+    # Blocks of 80 KB against a budget of 400 KB: the 2,000,000 rows asked for never fit at once, so
+    # files go out with what the budget let gather instead of waiting for room nothing would free.
+    budget(400_000)
+    rd.range(100_000, override_num_blocks=10).write_parquet(str(tmp_path / "out"), min_rows_per_file=2_000_000)
+    files = sorted((tmp_path / "out").iterdir())
+    assert 1 < len(files) <= 10
+    assert sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 100_000
+    budget(None)  # the sort below gathers everything
+    assert rd.read_parquet(str(tmp_path / "out")).sort("id").to_pandas()["id"].tolist() == list(range(100_000))

@@ -16,7 +16,7 @@ def prefetch_threads() -> list:
 
 
 def live_pool_actors() -> list:
-    return [a for a in state.list_actors() if a.class_name == "_PoolWorker" and a.state != "DEAD"]
+    return [a for a in state.list_actors() if a.class_name == "PoolWorker" and a.state != "DEAD"]
 
 
 def owned_objects() -> int:

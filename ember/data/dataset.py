@@ -495,20 +495,28 @@ class Dataset(AllToAllMethods):
         """The blocks, as ObjectRefs to pyarrow Tables (the plan runs first)."""
         return [ref for ref, _ in self.materialize()._plan.bundles]
 
-    def write_parquet(self, path: str, *, filesystem=None, **arrow_parquet_args) -> None:
-        """Write one Parquet file per block under the directory ``path``."""
-        self._write("parquet", path, filesystem, arrow_parquet_args)
+    def write_parquet(self, path: str, *, filesystem=None, min_rows_per_file=None, **arrow_parquet_args) -> None:
+        """Write the dataset as Parquet files under the directory ``path``: one file per block, or
+        with ``min_rows_per_file`` one per run of consecutive blocks holding at least that many rows
+        (the last file may hold fewer; a larger block stays one file). ``arrow_parquet_args`` go to
+        ``pyarrow.parquet.write_table``."""
+        self._write("parquet", path, filesystem, arrow_parquet_args, min_rows_per_file)
 
-    def write_csv(self, path: str, *, filesystem=None, **arrow_csv_args) -> None:
-        """Write one CSV file per block under the directory ``path``."""
-        self._write("csv", path, filesystem, arrow_csv_args)
+    def write_csv(self, path: str, *, filesystem=None, min_rows_per_file=None, **arrow_csv_args) -> None:
+        """Write the dataset as CSV files under the directory ``path`` (files as ``write_parquet``)."""
+        self._write("csv", path, filesystem, arrow_csv_args, min_rows_per_file)
 
-    def write_json(self, path: str, *, filesystem=None, **pandas_json_args) -> None:
-        """Write one JSON lines file per block under the directory ``path``."""
-        self._write("json", path, filesystem, pandas_json_args)
+    def write_json(self, path: str, *, filesystem=None, min_rows_per_file=None, **pandas_json_args) -> None:
+        """Write the dataset as JSON lines files under ``path`` (files as ``write_parquet``)."""
+        self._write("json", path, filesystem, pandas_json_args, min_rows_per_file)
 
-    def _write(self, fmt, path, filesystem, args):
+    def _write(self, fmt, path, filesystem, args, min_rows_per_file=None):
         from ember.data.sinks import RAY_WRITE_OPTIONS, prepare, write_stage
+
+        if min_rows_per_file is not None and (
+            not isinstance(min_rows_per_file, int) or isinstance(min_rows_per_file, bool) or min_rows_per_file < 1
+        ):
+            raise ValueError(f"min_rows_per_file must be a positive int or None, got {min_rows_per_file!r}.")
 
         unsupported = sorted(RAY_WRITE_OPTIONS.intersection(args))
         if unsupported:
@@ -519,7 +527,8 @@ class Dataset(AllToAllMethods):
             )
         fs, root = prepare(path, filesystem)
         stage = Stage("write", write_stage(fmt, fs, root, args))
-        written = Dataset(MapOp(f"Write{fmt.upper() if fmt == 'csv' else fmt.capitalize()}", self._plan, stage))
+        name = f"Write{fmt.upper() if fmt == 'csv' else fmt.capitalize()}"
+        written = Dataset(MapOp(name, self._plan, stage, min_rows=min_rows_per_file))
         for _ in written._bundles():
             pass
         self._last_stats = written._last_stats

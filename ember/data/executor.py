@@ -21,47 +21,10 @@ import uuid
 from dataclasses import dataclass
 
 import ember
-from ember.data import block as blk
 from ember.data.context import DataContext, cluster_resources
 from ember.data.execution_stats import ExecutionStats, OpStats
-from ember.data.plan import ActorPoolStrategy, PhysicalOp, apply_stages, read_tasks
-
-
-def run_block(stages, item, columns, limit, seq=0):
-    """Body of every map task and pool call: read (if the item is a read task), then each stage."""
-    for stage in stages:
-        stage.index = seq  # a write names its file after the block's place in the dataset
-    table = item.read(columns, limit) if hasattr(item, "read") else item
-    table = apply_stages(stages, table)
-    return table, blk.metadata_of(table)
-
-
-def _slice_block(table, n):
-    table = table.slice(0, n)
-    return table, blk.metadata_of(table)
-
-
-class _PoolWorker:
-    """An actor of a map's pool: builds the user's callable class once, then maps blocks."""
-
-    def __init__(self, stages):
-        self.stages = stages
-        self.error = None
-        try:
-            for stage in stages:
-                stage.setup()
-        except Exception as error:
-            # Kept for ready() to raise: an actor whose constructor raised reaches the caller as
-            # ActorDiedError, and the user should see their own exception type instead.
-            self.error = error
-
-    def ready(self):
-        if self.error is not None:
-            raise self.error
-        return True
-
-    def process(self, item, columns, limit, seq=0):
-        return run_block(self.stages, item, columns, limit, seq)
+from ember.data.plan import ActorPoolStrategy, PhysicalOp, read_tasks
+from ember.data.tasks import BlockGroup, PoolWorker, run_block, run_group, slice_block
 
 
 @dataclass
@@ -106,6 +69,9 @@ class OpState:
         self.fn = None
         self.groups = [[] for _ in upstream]  # a barrier's inputs, one list per upstream
         self.throttled = False  # the last scheduling pass held a ready task back for the budget
+        # With op.min_rows: consecutive upstream blocks gathered for the next task, and their rows.
+        self.group: list = []
+        self.group_rows = 0
         if op.kind == "map" and op.read is not None:
             read = op.read
             remaining = read.limit
@@ -137,6 +103,7 @@ class OpState:
             and not self.running
             and not self.finished
             and not self.outputs
+            and not self.group
             and not any(u.outputs for u in self.upstream)
             and (self.op.kind != "barrier" or self.fn == "ran")
         )
@@ -147,13 +114,15 @@ class OpState:
         if self.op.read is None:  # a read's inputs are tasks of no bytes: summing them cost O(tasks) a pass
             own += sum(b for _, b in self.inputs)
         own += sum(m.size_bytes for group in self.groups for _, m in group)
+        own += sum(m.size_bytes for _, m in self.group)
         own += sum(r.in_bytes + r.est_bytes for r in self.running.values())
         return own
 
     def held_blocks(self) -> int:
         outs = len(self.outputs) if self.op.kind != "input" else 0
         queued = len(self.inputs) if self.op.read is None else 0  # a read's inputs are tasks, not blocks
-        return outs + len(self.finished) + queued + len(self.running) + sum(len(g) for g in self.groups)
+        groups = sum(len(g) for g in self.groups) + len(self.group)
+        return outs + len(self.finished) + queued + len(self.running) + groups
 
     def has_slot(self) -> bool:
         """Whether another task may start: at most ``max_tasks`` run, and at most as many more wait,
@@ -178,12 +147,34 @@ class OpState:
                 group.extend(up.outputs)
                 up.outputs.clear()
             return
+        if self.op.min_rows:
+            return self._pull_groups()
         for up in self.upstream:
             while up.outputs and not self.stopped:
                 bundle = up.outputs.popleft()
                 self.inputs.append((bundle, bundle[1].size_bytes if up.op.kind != "input" else 0))
             if self.op.kind == "union" and not up.done():
                 break  # a union keeps its inputs' order: the next input waits for this one
+
+    def _pull_groups(self):
+        """``pull`` for an operator whose tasks take ``min_rows`` at least: upstream blocks gather in
+        ``group`` until they hold that many rows, then go as one input (a ``BlockGroup``)."""
+        (up,) = self.upstream  # a map has one input
+        while up.outputs and not self.stopped:
+            bundle = up.outputs.popleft()
+            self.group.append(bundle)
+            self.group_rows += bundle[1].num_rows
+            if self.group_rows >= self.op.min_rows:
+                self._queue_group()
+        # The last rows go as they are; so do the gathered ones when upstream cannot make more
+        # before room is freed (its next task waits for the budget this group takes part of).
+        if self.group and (up.done() or (up.throttled and not up.running)):
+            self._queue_group()
+
+    def _queue_group(self):
+        size = sum(meta.size_bytes for _, meta in self.group)
+        self.inputs.append((BlockGroup(self.group), size))
+        self.group, self.group_rows = [], 0
 
     def release(self):
         while self.next_out in self.finished:
@@ -377,11 +368,21 @@ class Executor:
                 stages = op.stages
                 options = {"num_returns": 2, "name": op.name, **op.remote_args}
 
-                def _map_task(item, columns, limit, seq):
-                    return run_block(stages, item, columns, limit, seq)
+                if op.min_rows:
+
+                    def _map_task(columns, limit, seq, *tables):
+                        return run_group(stages, columns, limit, seq, *tables)
+
+                else:
+
+                    def _map_task(item, columns, limit, seq):
+                        return run_block(stages, item, columns, limit, seq)
 
                 fn = self._remote_fns[id(op)] = ember.remote(**options)(_map_task)
-            block_ref, meta_ref = fn.remote(arg, columns, limit, state.next_seq)
+            if isinstance(arg, BlockGroup):
+                block_ref, meta_ref = fn.remote(columns, limit, state.next_seq, *arg.refs)
+            else:
+                block_ref, meta_ref = fn.remote(arg, columns, limit, state.next_seq)
         state.running[meta_ref] = _Running(block_ref, state.next_seq, in_bytes, est, actor, time.monotonic())
         state.next_seq += 1
         state.stats.tasks += 1
@@ -397,7 +398,7 @@ class Executor:
                 state.rows_passed += rows
             else:
                 if _SLICE[0] is None:
-                    _SLICE[0] = ember.remote(num_returns=2)(_slice_block)
+                    _SLICE[0] = ember.remote(num_returns=2)(slice_block)
                 block_ref, meta_ref = _SLICE[0].options(name=state.op.name).remote(bundle[0], remaining)
                 state.running[meta_ref] = _Running(block_ref, state.next_seq, in_bytes, in_bytes)
                 state.next_seq += 1
@@ -449,7 +450,7 @@ class Executor:
         # A name lets cleanup find an actor whose creation an interrupt cut short (no handle came back).
         args["name"] = name = f"ember-data-pool-{uuid.uuid4().hex}"
         state.creating.add(name)
-        cls = ember.remote(**args)(_PoolWorker)
+        cls = ember.remote(**args)(PoolWorker)
         handle = cls.remote(op.stages)
         state.actors.append(_Actor(handle, handle.ready.remote()))
         state.creating.discard(name)

@@ -210,12 +210,18 @@ class InputData(LogicalOp):
 class MapOp(LogicalOp):
     """A map-like operator: one stage, how it runs (tasks or an actor pool) and its resources."""
 
-    def __init__(self, name, child, stage, compute=None, remote_args=None, keeps_rows=False, concurrency=None):
+    def __init__(
+        self, name, child, stage, compute=None, remote_args=None, keeps_rows=False, concurrency=None, min_rows=None
+    ):
         super().__init__([child])
         self.name, self.stage, self.compute = name, stage, compute
         self.remote_args = dict(remote_args or {})
         self.keeps_rows = keeps_rows  # one output row per input row, so a limit may move before it
         self.concurrency = concurrency
+        # Its tasks take consecutive blocks together, at least this many rows each (the last one
+        # fewer): Ray's min_rows_per_file for a write. Such an operator is never fused into the one
+        # before it, whose blocks it gathers.
+        self.min_rows = min_rows
 
 
 class Limit(LogicalOp):
@@ -276,7 +282,7 @@ def _limit_read(op: LogicalOp, n: int) -> LogicalOp:
 
 
 def _remap(op: MapOp, child) -> MapOp:
-    return MapOp(op.name, child, op.stage, op.compute, op.remote_args, op.keeps_rows, op.concurrency)
+    return MapOp(op.name, child, op.stage, op.compute, op.remote_args, op.keeps_rows, op.concurrency, op.min_rows)
 
 
 # ---- physical operators (what the executor runs) --------------------------------------------------
@@ -295,11 +301,14 @@ class PhysicalOp:
     bundles: list = field(default_factory=list)
     n: int = 0
     fn: object = None
+    min_rows: int | None = None  # see MapOp.min_rows
 
 
 def _fusable(up: PhysicalOp, op: MapOp) -> bool:
-    if up.kind != "map" or isinstance(up.compute, ActorPoolStrategy):
+    if up.kind != "map" or isinstance(up.compute, ActorPoolStrategy) or op.min_rows:
         return False
+    if up.min_rows and isinstance(op.compute, ActorPoolStrategy):
+        return False  # a pool's calls take one block each
     if isinstance(op.compute, ActorPoolStrategy):
         # A pool absorbs plain task stages before it, the read included (as Ray fuses a task pool
         # into an actor pool): each actor reads its own blocks, so the reads run as wide as the pool
@@ -322,7 +331,9 @@ def physical_plan(op: LogicalOp) -> PhysicalOp:
             up.stages.append(op.stage)
             up.compute, up.remote_args, up.concurrency = op.compute, op.remote_args, op.concurrency
             return up
-        return PhysicalOp("map", op.name, [up], [op.stage], None, op.compute, op.remote_args, op.concurrency)
+        return PhysicalOp(
+            "map", op.name, [up], [op.stage], None, op.compute, op.remote_args, op.concurrency, min_rows=op.min_rows
+        )
     if isinstance(op, Limit):
         return PhysicalOp("limit", op.name, [physical_plan(op.inputs[0])], n=op.n)
     if isinstance(op, Union):

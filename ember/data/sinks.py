@@ -26,7 +26,6 @@ def prepare(path: str, filesystem):
 RAY_WRITE_OPTIONS = frozenset(
     {
         "partition_cols",
-        "min_rows_per_file",
         "max_rows_per_file",
         "num_rows_per_file",
         "filename_provider",
