@@ -522,8 +522,8 @@ class Dataset(AllToAllMethods):
         if unsupported:
             # They would reach pyarrow's writer and fail inside every write task instead.
             raise TypeError(
-                f"write_{fmt}() does not support Ray's {', '.join(unsupported)} yet: each block is "
-                "written to a file of its own. Leave them out (repartition first for fewer, larger files)."
+                f"write_{fmt}() does not support Ray's {', '.join(unsupported)} yet: leave "
+                f"{'it' if len(unsupported) == 1 else 'them'} out (min_rows_per_file gives fewer, larger files)."
             )
         fs, root = prepare(path, filesystem)
         stage = Stage("write", write_stage(fmt, fs, root, args))
