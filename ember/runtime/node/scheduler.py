@@ -90,10 +90,11 @@ class LeaseScheduler:
     (the ``("topup_after", delay)`` action asks the caller to call ``topup_due`` then): a worker's
     fork and start (its class preload included) cost about 35 ms of CPU, which competed with the new
     actor's own start for the cores (a Tune trial's turnover). It then waits on while the machine's
-    CPUs are busy (``topup_due`` is told how many sat idle): a full start and import cost a whole
-    worker about 0.13 CPU-s, taken from the work running now for an actor that may never come (an
-    actor pool's two replacements slowed its Data row by a tenth). A lease that finds no idle worker
-    does not wait: it starts the deferred top-ups at once, as it would start a worker.
+    CPUs are busy (``topup_due`` is told how many sat idle): with the preload of a class whose module
+    imports pyarrow, a worker's start costs it about 0.13 CPU-s, taken from the work running now for
+    an actor that may never come (a Data actor pool's two replacements slowed its row by a tenth). A
+    lease that finds no idle worker does not wait: it starts the deferred top-ups at once, as it
+    would start a worker.
     """
 
     def __init__(self, total: dict, max_idle_workers: int, min_idle_workers: int = 0, topup_delay: float = 0.0):
