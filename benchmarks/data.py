@@ -21,14 +21,20 @@ system's processes (their main threads) waited, runnable, for a CPU during the r
 average as the row started: on a shared machine a row whose processes waited a large part of its wall
 time measured the machine's other work, not the system.
 
+One run's ratio moves by 10-15% on a shared 2-CPU machine (both sides vary with the same work):
+``--repeat N`` runs every system N times in turn and ends with Ember's ratios per round and their
+median.
+
     PYTHONPATH=$PWD /work/venv/bin/python benchmarks/data.py                 # everything, 2 GB
     PYTHONPATH=$PWD /work/venv/bin/python benchmarks/data.py --scale 0.05 --systems ember,pyarrow
+    PYTHONPATH=$PWD /work/venv/bin/python benchmarks/data.py --systems ember,pyarrow --repeat 5
 """
 
 import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -410,6 +416,24 @@ def table(results: dict, rows: list, data: dict) -> str:
     return "\n".join(lines)
 
 
+def spread(rounds: list, rows: list) -> str:
+    """Ember's ratios in each round and their median: how much one run's ratio can be trusted."""
+    lines = ["\n| row | ember/ray per round | median | ember/pyarrow per round | median |", "|---|---|---:|---|---:|"]
+    for row in rows:
+        cells = [row]
+        for peer in ("ray", "pyarrow"):
+            values = []
+            for results in rounds:
+                ours = results.get("ember", {}).get(row, {}).get("rows_per_s")
+                theirs = results.get(peer, {}).get(row, {}).get("rows_per_s")
+                if ours and theirs:
+                    values.append(ours / theirs)
+            cells.append(", ".join(f"{v:.2f}" for v in values) or "-")
+            cells.append(f"{statistics.median(values):.2f}" if values else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="/tmp/ember-data-bench", help="where the generated Parquet is cached")
@@ -424,6 +448,7 @@ def main():
     )
     p.add_argument("--out-dir", default=None, help="where the etl row writes (default: <data-dir>/out)")
     p.add_argument("--json", help="write the results to this path")
+    p.add_argument("--repeat", type=int, default=1, help="run every system this many times, in turn")
     p.add_argument(
         "--min-rows-per-file",
         type=int,
@@ -445,15 +470,20 @@ def main():
             p.error(f"unknown system {s!r}")
     args.out_dir = args.out_dir or os.path.join(args.data_dir, "out")
     data = ensure_data(args.data_dir, args.scale)
-    results = {}
-    for system in systems:
-        python = args.ray_python if system in ("ray", "dask") else args.ember_python
-        print(f"{system} ({python})", file=sys.stderr, flush=True)
-        results[system] = run_system(system, python, args, data, rows)
-    print(table(results, rows, data))
+    rounds = []
+    for _ in range(args.repeat):
+        results = {}
+        for system in systems:
+            python = args.ray_python if system in ("ray", "dask") else args.ember_python
+            print(f"{system} ({python})", file=sys.stderr, flush=True)
+            results[system] = run_system(system, python, args, data, rows)
+        print(table(results, rows, data))
+        rounds.append(results)
+    if len(rounds) > 1:
+        print(spread(rounds, rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"data": data, "results": results}, f, indent=1)
+            json.dump({"data": data, "results": rounds[0], "rounds": rounds}, f, indent=1)
 
 
 if __name__ == "__main__":
