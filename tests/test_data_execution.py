@@ -226,6 +226,10 @@ def test_write_min_rows_per_file_gathers_consecutive_blocks(cluster, tmp_path):
     assert all(pq.ParquetFile(f).num_row_groups == 1 for f in files)  # one row group a file
     back = rd.read_parquet(str(tmp_path / "grouped")).to_pandas()
     assert back["id"].tolist() == list(range(1000)) and (back["sq"] == back["id"] ** 2).all()
+    # Ray's older name still works, with a warning.
+    with pytest.warns(DeprecationWarning, match="min_rows_per_file"):
+        ds.write_parquet(str(tmp_path / "older"), num_rows_per_file=250)
+    assert len(list((tmp_path / "older").iterdir())) == 4
     # A block at least that large stays one file of its own.
     rd.range(1000, override_num_blocks=2).write_csv(str(tmp_path / "csv"), min_rows_per_file=100)
     assert len(list((tmp_path / "csv").iterdir())) == 2

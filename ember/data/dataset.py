@@ -3,6 +3,7 @@
 import html
 import inspect
 import itertools
+import warnings
 
 import pyarrow as pa
 
@@ -513,6 +514,10 @@ class Dataset(AllToAllMethods):
     def _write(self, fmt, path, filesystem, args, min_rows_per_file=None):
         from ember.data.sinks import RAY_WRITE_OPTIONS, prepare, write_stage
 
+        if "num_rows_per_file" in args:  # Ray's older name for it, deprecated there too
+            warnings.warn("num_rows_per_file is deprecated: use min_rows_per_file.", DeprecationWarning, stacklevel=3)
+            older = args.pop("num_rows_per_file")
+            min_rows_per_file = older if min_rows_per_file is None else min_rows_per_file
         if min_rows_per_file is not None and (
             not isinstance(min_rows_per_file, int) or isinstance(min_rows_per_file, bool) or min_rows_per_file < 1
         ):

@@ -27,7 +27,6 @@ RAY_WRITE_OPTIONS = frozenset(
     {
         "partition_cols",
         "max_rows_per_file",
-        "num_rows_per_file",
         "filename_provider",
         "arrow_parquet_args_fn",
         "arrow_csv_args_fn",
