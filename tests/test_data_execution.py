@@ -230,6 +230,15 @@ def test_write_min_rows_per_file_gathers_consecutive_blocks(cluster, tmp_path):
     with pytest.warns(DeprecationWarning, match="min_rows_per_file"):
         ds.write_parquet(str(tmp_path / "older"), num_rows_per_file=250)
     assert len(list((tmp_path / "older").iterdir())) == 4
+    # Ray's task options for the writes: a write with its own resources runs as an operator of its own.
+    ds.write_parquet(str(tmp_path / "shaped"), ray_remote_args={"num_cpus": 0.5}, concurrency=1)
+    assert rd.read_parquet(str(tmp_path / "shaped")).to_pandas()["id"].tolist() == list(range(1000))
+    assert "WriteParquet" in ds._last_stats.summary() and "->WriteParquet" not in ds._last_stats.summary()
+    with pytest.raises(ValueError, match="concurrency"):
+        ds.write_parquet(str(tmp_path / "refused"), concurrency=0)
+    with pytest.raises(ValueError):
+        ds.write_parquet(str(tmp_path / "refused"), ray_remote_args={"num_cpus": -1})
+    assert not (tmp_path / "refused").exists()
     # A block at least that large stays one file of its own.
     rd.range(1000, override_num_blocks=2).write_csv(str(tmp_path / "csv"), min_rows_per_file=100)
     assert len(list((tmp_path / "csv").iterdir())) == 2

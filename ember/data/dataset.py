@@ -496,22 +496,52 @@ class Dataset(AllToAllMethods):
         """The blocks, as ObjectRefs to pyarrow Tables (the plan runs first)."""
         return [ref for ref, _ in self.materialize()._plan.bundles]
 
-    def write_parquet(self, path: str, *, filesystem=None, min_rows_per_file=None, **arrow_parquet_args) -> None:
+    def write_parquet(
+        self,
+        path: str,
+        *,
+        filesystem=None,
+        min_rows_per_file=None,
+        ray_remote_args=None,
+        concurrency=None,
+        **arrow_parquet_args,
+    ) -> None:
         """Write the dataset as Parquet files under the directory ``path``: one file per block, or
         with ``min_rows_per_file`` one per run of consecutive blocks holding at least that many rows
-        (the last file may hold fewer; a larger block stays one file). ``arrow_parquet_args`` go to
-        ``pyarrow.parquet.write_table``."""
-        self._write("parquet", path, filesystem, arrow_parquet_args, min_rows_per_file)
+        (the last file may hold fewer; a larger block stays one file). ``ray_remote_args`` (such as
+        ``num_cpus``) and ``concurrency`` (at most that many write tasks at once) shape the write
+        tasks; ``arrow_parquet_args`` go to ``pyarrow.parquet.write_table``."""
+        self._write("parquet", path, filesystem, arrow_parquet_args, min_rows_per_file, ray_remote_args, concurrency)
 
-    def write_csv(self, path: str, *, filesystem=None, min_rows_per_file=None, **arrow_csv_args) -> None:
-        """Write the dataset as CSV files under the directory ``path`` (files as ``write_parquet``)."""
-        self._write("csv", path, filesystem, arrow_csv_args, min_rows_per_file)
+    def write_csv(
+        self,
+        path: str,
+        *,
+        filesystem=None,
+        min_rows_per_file=None,
+        ray_remote_args=None,
+        concurrency=None,
+        **arrow_csv_args,
+    ) -> None:
+        """Write the dataset as CSV files under the directory ``path`` (files and tasks as
+        ``write_parquet``); ``arrow_csv_args`` go to ``pyarrow.csv.write_csv``."""
+        self._write("csv", path, filesystem, arrow_csv_args, min_rows_per_file, ray_remote_args, concurrency)
 
-    def write_json(self, path: str, *, filesystem=None, min_rows_per_file=None, **pandas_json_args) -> None:
-        """Write the dataset as JSON lines files under ``path`` (files as ``write_parquet``)."""
-        self._write("json", path, filesystem, pandas_json_args, min_rows_per_file)
+    def write_json(
+        self,
+        path: str,
+        *,
+        filesystem=None,
+        min_rows_per_file=None,
+        ray_remote_args=None,
+        concurrency=None,
+        **pandas_json_args,
+    ) -> None:
+        """Write the dataset as JSON lines files under ``path`` (files and tasks as ``write_parquet``);
+        ``pandas_json_args`` go to ``DataFrame.to_json``."""
+        self._write("json", path, filesystem, pandas_json_args, min_rows_per_file, ray_remote_args, concurrency)
 
-    def _write(self, fmt, path, filesystem, args, min_rows_per_file=None):
+    def _write(self, fmt, path, filesystem, args, min_rows_per_file=None, ray_remote_args=None, concurrency=None):
         from ember.data.sinks import RAY_WRITE_OPTIONS, prepare, write_stage
 
         if "num_rows_per_file" in args:  # Ray's older name for it, deprecated there too
@@ -530,10 +560,14 @@ class Dataset(AllToAllMethods):
                 f"write_{fmt}() does not support Ray's {', '.join(unsupported)} yet: leave "
                 f"{'it' if len(unsupported) == 1 else 'them'} out (min_rows_per_file gives fewer, larger files)."
             )
+        name = f"Write{fmt.upper() if fmt == 'csv' else fmt.capitalize()}"
+        if ray_remote_args is not None and not isinstance(ray_remote_args, dict):
+            raise TypeError(f"ray_remote_args must be a dict, got {type(ray_remote_args).__name__}.")
+        _, cap = _compute_of(_noop, None, concurrency, f"write_{fmt}")
+        remote_args = _remote_args(None, None, None, None, ray_remote_args or {})
         fs, root = prepare(path, filesystem)
         stage = Stage("write", write_stage(fmt, fs, root, args))
-        name = f"Write{fmt.upper() if fmt == 'csv' else fmt.capitalize()}"
-        written = Dataset(MapOp(name, self._plan, stage, min_rows=min_rows_per_file))
+        written = Dataset(MapOp(name, self._plan, stage, None, remote_args, False, cap, min_rows=min_rows_per_file))
         for _ in written._bundles():
             pass
         self._last_stats = written._last_stats

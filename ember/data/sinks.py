@@ -32,8 +32,6 @@ RAY_WRITE_OPTIONS = frozenset(
         "arrow_csv_args_fn",
         "pandas_json_args_fn",
         "arrow_open_stream_args",
-        "ray_remote_args",
-        "concurrency",
         "mode",
     }
 )
