@@ -223,6 +223,20 @@ def test_consumers(cluster, tmp_path, df):
     rd.from_pandas(df).write_json(str(tmp_path / "out_json"))
     back = rd.read_json(str(tmp_path / "out_json")).to_pandas()
     pd.testing.assert_frame_equal(back, df, check_dtype=False)
+    # mode: what a write does when its directory exists (Ray's SaveMode).
+    out = tmp_path / "modes"
+    rd.from_pandas(df).write_parquet(str(out))
+    first = sorted(out.iterdir())
+    rd.from_pandas(df).write_parquet(str(out), mode="ignore")
+    assert sorted(out.iterdir()) == first
+    with pytest.raises(FileExistsError):
+        rd.from_pandas(df).write_parquet(str(out), mode=rd.SaveMode.ERROR)
+    rd.from_pandas(df).write_parquet(str(out))  # append, the default: new files beside the old
+    assert len(list(out.iterdir())) == 2 * len(first)
+    rd.from_pandas(df).write_csv(str(out), mode="overwrite")
+    assert len(list(out.iterdir())) == len(first) and all(p.suffix == ".csv" for p in out.iterdir())
+    with pytest.raises(ValueError, match="mode"):
+        rd.from_pandas(df).write_parquet(str(out), mode="upsert")
     # Ray's own write options that ember.data lacks are refused at the call, before anything is written.
     with pytest.raises(TypeError, match="partition_cols"):
         ds.write_parquet(str(tmp_path / "refused"), partition_cols=["a"])

@@ -10,6 +10,7 @@ from ember.data.data_iterator import DataIterator
 from ember.data.dataset import Dataset, MaterializedDataset
 from ember.data.plan import ActorPoolStrategy, TaskPoolStrategy
 from ember.data.schema import Schema
+from ember.data.sinks import SaveMode
 from ember.data.sources import (
     from_arrow,
     from_items,
@@ -34,6 +35,7 @@ __all__ = [
     "ExecutionOptions",
     "ExecutionResources",
     "MaterializedDataset",
+    "SaveMode",
     "Schema",
     "TaskPoolStrategy",
     "from_arrow",

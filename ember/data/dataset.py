@@ -504,14 +504,19 @@ class Dataset(AllToAllMethods):
         min_rows_per_file=None,
         ray_remote_args=None,
         concurrency=None,
+        mode="append",
         **arrow_parquet_args,
     ) -> None:
         """Write the dataset as Parquet files under the directory ``path``: one file per block, or
         with ``min_rows_per_file`` one per run of consecutive blocks holding at least that many rows
         (the last file may hold fewer; a larger block stays one file). ``ray_remote_args`` (such as
         ``num_cpus``) and ``concurrency`` (at most that many write tasks at once) shape the write
-        tasks; ``arrow_parquet_args`` go to ``pyarrow.parquet.write_table``."""
-        self._write("parquet", path, filesystem, arrow_parquet_args, min_rows_per_file, ray_remote_args, concurrency)
+        tasks. ``mode`` (a ``SaveMode``) says what to do when ``path`` exists: "append" (the
+        default), "overwrite", "ignore" or "error". ``arrow_parquet_args`` go to
+        ``pyarrow.parquet.write_table``."""
+        self._write(
+            "parquet", path, filesystem, arrow_parquet_args, min_rows_per_file, ray_remote_args, concurrency, mode
+        )
 
     def write_csv(
         self,
@@ -521,11 +526,12 @@ class Dataset(AllToAllMethods):
         min_rows_per_file=None,
         ray_remote_args=None,
         concurrency=None,
+        mode="append",
         **arrow_csv_args,
     ) -> None:
-        """Write the dataset as CSV files under the directory ``path`` (files and tasks as
+        """Write the dataset as CSV files under the directory ``path`` (files, tasks and ``mode`` as
         ``write_parquet``); ``arrow_csv_args`` go to ``pyarrow.csv.write_csv``."""
-        self._write("csv", path, filesystem, arrow_csv_args, min_rows_per_file, ray_remote_args, concurrency)
+        self._write("csv", path, filesystem, arrow_csv_args, min_rows_per_file, ray_remote_args, concurrency, mode)
 
     def write_json(
         self,
@@ -535,14 +541,15 @@ class Dataset(AllToAllMethods):
         min_rows_per_file=None,
         ray_remote_args=None,
         concurrency=None,
+        mode="append",
         **pandas_json_args,
     ) -> None:
-        """Write the dataset as JSON lines files under ``path`` (files and tasks as ``write_parquet``);
-        ``pandas_json_args`` go to ``DataFrame.to_json``."""
-        self._write("json", path, filesystem, pandas_json_args, min_rows_per_file, ray_remote_args, concurrency)
+        """Write the dataset as JSON lines files under ``path`` (files, tasks and ``mode`` as
+        ``write_parquet``); ``pandas_json_args`` go to ``DataFrame.to_json``."""
+        self._write("json", path, filesystem, pandas_json_args, min_rows_per_file, ray_remote_args, concurrency, mode)
 
-    def _write(self, fmt, path, filesystem, args, min_rows_per_file=None, ray_remote_args=None, concurrency=None):
-        from ember.data.sinks import RAY_WRITE_OPTIONS, prepare, write_stage
+    def _write(self, fmt, path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode):
+        from ember.data.sinks import RAY_WRITE_OPTIONS, prepare, save_mode, write_stage
 
         if "num_rows_per_file" in args:  # Ray's older name for it, deprecated there too
             warnings.warn("num_rows_per_file is deprecated: use min_rows_per_file.", DeprecationWarning, stacklevel=3)
@@ -565,7 +572,10 @@ class Dataset(AllToAllMethods):
             raise TypeError(f"ray_remote_args must be a dict, got {type(ray_remote_args).__name__}.")
         _, cap = _compute_of(_noop, None, concurrency, f"write_{fmt}")
         remote_args = _remote_args(None, None, None, None, ray_remote_args or {})
-        fs, root = prepare(path, filesystem)
+        target = prepare(path, filesystem, save_mode(mode))
+        if target is None:  # mode="ignore" and the directory exists
+            return
+        fs, root = target
         stage = Stage("write", write_stage(fmt, fs, root, args))
         written = Dataset(MapOp(name, self._plan, stage, None, remote_args, False, cap, min_rows=min_rows_per_file))
         for _ in written._bundles():

@@ -1,5 +1,6 @@
 """Writes: each block becomes one file, written by the task that made the block."""
 
+import enum
 import os
 import uuid
 
@@ -7,7 +8,26 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 
-def prepare(path: str, filesystem):
+class SaveMode(str, enum.Enum):
+    """What a write does when its directory exists already (Ray's ``SaveMode``)."""
+
+    APPEND = "append"  # add this write's files beside those there
+    OVERWRITE = "overwrite"  # delete what is there first
+    IGNORE = "ignore"  # write nothing
+    ERROR = "error"  # raise FileExistsError
+
+
+def save_mode(mode) -> SaveMode:
+    try:
+        return SaveMode(mode)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in SaveMode)
+        raise ValueError(f"mode must be a SaveMode or one of {choices}, got {mode!r}.") from None
+
+
+def prepare(path: str, filesystem, mode: SaveMode = SaveMode.APPEND):
+    """The filesystem and directory a write goes to, made ready for ``mode``; None when ``mode`` is
+    IGNORE and the directory exists (nothing is to be written)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str, got {type(path).__name__}.")
     path = os.fspath(path)
@@ -17,6 +37,13 @@ def prepare(path: str, filesystem):
         else:
             filesystem = pafs.LocalFileSystem()
             path = os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+    if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+        if mode is SaveMode.ERROR:
+            raise FileExistsError(f"{path} exists already (mode='error').")
+        if mode is SaveMode.IGNORE:
+            return None
+        if mode is SaveMode.OVERWRITE:
+            filesystem.delete_dir_contents(path)
     filesystem.create_dir(path, recursive=True)
     return filesystem, path
 
@@ -32,7 +59,6 @@ RAY_WRITE_OPTIONS = frozenset(
         "arrow_csv_args_fn",
         "pandas_json_args_fn",
         "arrow_open_stream_args",
-        "mode",
     }
 )
 
