@@ -337,18 +337,15 @@ class StoreIO:
         except OSError:
             return False
         try:
-            if os.fstat(fd).st_size < RECYCLE_MIN:
-                raise OSError("not worth a place in the pool")
+            small = os.fstat(fd).st_size < RECYCLE_MIN  # not worth a place in the pool
         except OSError:
-            os.close(fd)
-            return False
-        if len(self.lingering) >= LINGER_MAX:  # every one holds a descriptor: bounded
+            small = True
+        if small or len(self.lingering) >= LINGER_MAX:  # every waiting file holds a descriptor: bounded
             os.close(fd)
             return False
         stale = self.lingering.pop(oid, None)
         if stale is not None:  # the same id written again meanwhile (a retried task): the older file goes
-            os.close(stale[1])
-            self.io_pool.submit(_unlink, stale[0])
+            self._free_file(stale[0], stale[1])
         self.lingering[oid] = (path, fd, time.monotonic())
         self._try_pool(oid)
         return True
@@ -366,16 +363,19 @@ class StoreIO:
             self.free_evicted()
             self.changed()
         else:
-            os.close(fd)
-            self.io_pool.submit(_unlink, path)
+            self._free_file(path, fd)
 
     def free_evicted(self, paths=None) -> None:
         """Unlink the pooled files the store let go of (``paths``, else its evictions)."""
         for path in self.store.take_evicted() if paths is None else paths:
-            fd = self.pool_fds.pop(path, None)
-            if fd is not None:
-                os.close(fd)
-            self.io_pool.submit(_unlink, path)
+            self._free_file(path, self.pool_fds.pop(path, None))
+
+    def _free_file(self, path: str, fd: int | None) -> None:
+        """Let go of a kept file: its lock or descriptor now, its pages on the pool (unlinking a
+        large file takes a while)."""
+        if fd is not None:
+            os.close(fd)
+        self.io_pool.submit(_unlink, path)
 
     def tick(self, now: float) -> None:
         """Free the pooled files nobody took for a while, and the waiting ones whose readers hold on."""
@@ -387,8 +387,7 @@ class StoreIO:
             self.free_evicted()
         for oid in [oid for oid, (_, _, since) in self.lingering.items() if now - since >= POOL_IDLE]:
             path, fd, _ = self.lingering.pop(oid)
-            os.close(fd)
-            self.io_pool.submit(_unlink, path)  # its pages live on in the readers' mappings
+            self._free_file(path, fd)  # its pages live on in the readers' mappings
 
     def close(self) -> None:
         self.free_evicted(list(self.pool_fds))
