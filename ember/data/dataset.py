@@ -567,7 +567,6 @@ class Dataset(AllToAllMethods):
                 f"write_{fmt}() does not support Ray's {', '.join(unsupported)} yet: leave "
                 f"{'it' if len(unsupported) == 1 else 'them'} out (min_rows_per_file gives fewer, larger files)."
             )
-        name = f"Write{fmt.upper() if fmt == 'csv' else fmt.capitalize()}"
         if ray_remote_args is not None and not isinstance(ray_remote_args, dict):
             raise TypeError(f"ray_remote_args must be a dict, got {type(ray_remote_args).__name__}.")
         _, cap = _compute_of(_noop, None, concurrency, f"write_{fmt}")
@@ -577,6 +576,7 @@ class Dataset(AllToAllMethods):
             return
         fs, root = target
         stage = Stage("write", write_stage(fmt, fs, root, args))
+        name = f"Write{fmt.upper() if fmt == 'csv' else fmt.capitalize()}"
         written = Dataset(MapOp(name, self._plan, stage, None, remote_args, False, cap, min_rows=min_rows_per_file))
         for _ in written._bundles():
             pass
