@@ -4,6 +4,7 @@
 alone does not.
 """
 
+from ember.data import aggregate
 from ember.data.block import BlockMetadata
 from ember.data.context import DataContext, ExecutionOptions, ExecutionResources
 from ember.data.data_iterator import DataIterator
@@ -28,6 +29,7 @@ from ember.data.sources import (
 
 __all__ = [
     "ActorPoolStrategy",
+    "aggregate",
     "BlockMetadata",
     "DataContext",
     "DataIterator",

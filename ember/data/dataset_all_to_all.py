@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from ember.data import all_to_all as a2a
+from ember.data.aggregate import Max, Mean, Min, Std, Sum
 from ember.data.plan import AllToAll, InputData
 
 
@@ -54,9 +55,43 @@ class AllToAllMethods:
 
         return GroupedData(self, key)
 
-    def unique(self, column: str) -> list:
-        """The distinct values of ``column``."""
-        return [row[column] for row in self.select_columns([column]).groupby(column).count().iter_rows()]
+    def unique(self, column: str, ignore_nulls: bool = False) -> list:
+        """The distinct values of ``column`` (None among them if it holds nulls, unless ``ignore_nulls``)."""
+        values = [row[column] for row in self.select_columns([column]).groupby(column).count().iter_rows()]
+        return [v for v in values if v is not None] if ignore_nulls else values
+
+    def aggregate(self, *aggs) -> dict:
+        """The whole dataset's aggregates (``ember.data.aggregate``: Count, Sum, Mean... or an
+        AggregateFn of your own), as a dict from each aggregation's name to its value."""
+        rows = self.groupby(None).aggregate(*aggs).take_all()
+        return rows[0]
+
+    def _aggregate_columns(self, kind, on, **options):
+        columns = [on] if isinstance(on, str) else self.columns() if on is None else list(on)
+        result = self.aggregate(*[kind(column, **options) for column in columns])
+        return next(iter(result.values())) if isinstance(on, str) else result
+
+    def sum(self, on=None, ignore_nulls: bool = True):  # noqa: A003
+        """The sum of the column ``on`` (a dict ``{"sum(<column>)": ...}`` for a list of columns or,
+        with None, all of them); None for no values, or for any null unless ``ignore_nulls``."""
+        return self._aggregate_columns(Sum, on, ignore_nulls=ignore_nulls)
+
+    def min(self, on=None, ignore_nulls: bool = True):  # noqa: A003
+        """The least value of the column(s) ``on``, as ``sum`` answers."""
+        return self._aggregate_columns(Min, on, ignore_nulls=ignore_nulls)
+
+    def max(self, on=None, ignore_nulls: bool = True):  # noqa: A003
+        """The greatest value of the column(s) ``on``, as ``sum`` answers."""
+        return self._aggregate_columns(Max, on, ignore_nulls=ignore_nulls)
+
+    def mean(self, on=None, ignore_nulls: bool = True):
+        """The mean of the column(s) ``on``, as ``sum`` answers."""
+        return self._aggregate_columns(Mean, on, ignore_nulls=ignore_nulls)
+
+    def std(self, on=None, ddof: int = 1, ignore_nulls: bool = True):
+        """The standard deviation of the column(s) ``on`` with ``ddof`` delta degrees of freedom, as
+        ``sum`` answers."""
+        return self._aggregate_columns(Std, on, ddof=ddof, ignore_nulls=ignore_nulls)
 
     def split(self, n: int, *, equal: bool = False, locality_hints=None) -> list:
         """``n`` materialized datasets: whole blocks dealt out, or exactly equal row counts with

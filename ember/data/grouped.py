@@ -1,109 +1,194 @@
-"""groupby: partial aggregates per block, combined in one final task; map_groups by hash shuffle."""
+"""groupby and Dataset.aggregate: partial aggregates per block, combined in one final task;
+map_groups by hash shuffle. What each aggregation computes is in ``ember.data.aggregate``."""
 
 import functools
-import math
 
+import cloudpickle
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import ember
 from ember.data import block as blk
+from ember.data.aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum, std_of, vector_of
 from ember.data.all_to_all import _remote, _resolve, shuffle_blocks
 from ember.data.plan import AllToAll, MapOp, Stage
 
-_PARTIALS = {
-    "count": ("count",),
-    "sum": ("sum",),
-    "min": ("min",),
-    "max": ("max",),
-    "mean": ("sum", "count"),
-    "std": ("sum", "count", "sumsq"),
+
+def _parts(spec) -> list:
+    """The partial columns (part, column, skip_nulls) a vectorized aggregation needs from each block."""
+    kind, column, ignore_nulls, _ = spec
+    if kind == "count":
+        return [("rows", None, True)] if column is None or not ignore_nulls else [("count", column, True)]
+    if kind == "mean":
+        return [("sum", column, ignore_nulls), ("count", column, True)]
+    if kind == "std":
+        return [("sum", column, ignore_nulls), ("count", column, True), ("sumsq", column, ignore_nulls)]
+    return [(kind, column, ignore_nulls)]
+
+
+def _part_name(part) -> str:
+    kind, column, skip = part
+    return f"{kind}|{column or ''}|{int(skip)}"
+
+
+# part kind -> (pyarrow function on a block, pyarrow function combining the blocks' partials)
+_FUNCTIONS = {
+    "rows": ("count_all", "sum"),
+    "count": ("count", "sum"),
+    "sum": ("sum", "sum"),
+    "sumsq": ("sum", "sum"),
+    "min": ("min", "min"),
+    "max": ("max", "max"),
+    "abs_max": ("max", "max"),
 }
 
 
-def _needed(specs: list) -> list:
-    """The distinct partials (part, column) that ``specs`` need."""
-    needed = []
-    for kind, column in specs:
-        for part in _PARTIALS[kind]:
-            item = (part, column if kind != "count" else None)
-            if item not in needed:
-                needed.append(item)
-    return needed
+def _options(kind: str, skip: bool):
+    if kind == "count":
+        return pc.CountOptions(mode="only_valid")
+    # min_count=1: a group with no values gets null, as Ray's None
+    return pc.ScalarAggregateOptions(skip_nulls=skip, min_count=1)
 
 
-def _pyarrow_agg(part, column):
-    if part == "count":
-        if column is None:  # count(): the group's rows
-            return [], "count_all", "count_all"
-        # A mean's or std's count: the column's non-null values (as Ray's ignore_nulls), one per column.
-        return column, "count", f"{column}_count"
-    if part == "sumsq":
-        return f"__sq_{column}", "sum", f"__sq_{column}_sum"
-    return column, part, f"{column}_{part}"
+def _group_by(table: pa.Table, keys: list, aggregations: list) -> pa.Table:
+    """``table`` grouped by ``keys``, one output column per (input, function, options), named
+    '<input>_<function>'. One thread: the task holds one CPU, and Acero's pool would hand the work to
+    other threads that then wait for a core on a busy node while this one sleeps."""
+    return table.group_by(keys, use_threads=False).aggregate(aggregations)
 
 
-def _partial(table: pa.Table, keys: list, specs: list):
-    """Per-block partial aggregates: one row per group, columns named '<part>|<column>'."""
-    work = table
-    for kind, column in specs:
-        if kind == "std" and f"__sq_{column}" not in work.column_names:
-            values = pa.compute.cast(table.column(column), pa.float64())
-            work = work.append_column(f"__sq_{column}", pa.compute.multiply(values, values))
-    needed = _needed(specs)
-    # One thread: the task holds one CPU, and Acero's pool would hand the work to other threads that
-    # then wait for a core on a busy node while this one sleeps.
-    grouped = work.group_by(keys, use_threads=False).aggregate([_pyarrow_agg(p, c)[:2] for p, c in needed])
+def _check_columns(table: pa.Table, aggs: list) -> None:
+    for agg in aggs:
+        spec = vector_of(agg)
+        column = spec[1] if spec else getattr(agg, "_target_col_name", None)
+        if column is not None and column not in table.column_names:
+            raise ValueError(f"{agg.name}: the dataset has no column {column!r}; its columns are {table.column_names}.")
+
+
+def _partial(table: pa.Table, keys: list, aggs: list) -> pa.Table:
+    """One block's partial aggregates: a row per group holding the keys, a column per vectorized
+    partial ('<part>|<column>|<skip_nulls>') and a column of pickled accumulators per other aggregation."""
+    _check_columns(table, aggs)
+    inputs, aggregations, names = {k: table.column(k) for k in keys}, [], []
+    for part in dict.fromkeys(p for agg in aggs if vector_of(agg) for p in _parts(vector_of(agg))):
+        kind, column, skip = part
+        function = _FUNCTIONS[kind][0]
+        if kind == "rows":
+            aggregations.append(([], function))
+            names.append((_part_name(part), function))
+            continue
+        values = table.column(column)
+        if kind == "sumsq":
+            values = pc.cast(values, pa.float64())
+            values = pc.multiply(values, values)
+        elif kind == "abs_max":
+            values = pc.abs(values)
+        name = f"in{len(inputs)}"
+        inputs[name] = values
+        aggregations.append((name, function, _options(kind, skip)))
+        names.append((_part_name(part), f"{name}_{function}"))
+    generic = [i for i, agg in enumerate(aggs) if not vector_of(agg)]
+    if generic and keys:  # each group's rows, to hand the group to the aggregation as a table
+        inputs["rows_of_group"] = pa.array(range(table.num_rows), pa.int64())
+        aggregations.append(("rows_of_group", "list"))
+    if not inputs:  # count() alone of a whole dataset: a table of no columns would have no rows
+        inputs["rows"] = pa.nulls(table.num_rows)
+    grouped = _group_by(pa.table(inputs), keys, aggregations)
     columns = {k: grouped.column(k) for k in keys}
-    for part, column in needed:
-        columns[f"{part}|{column}"] = grouped.column(_pyarrow_agg(part, column)[2])
+    for part_name, output in names:
+        columns[part_name] = grouped.column(output)
+    if generic:
+        groups = [table.take(rows) for rows in grouped.column("rows_of_group_list").to_pylist()] if keys else [table]
+        for i in generic:
+            accumulators = [
+                aggs[i]._block_partial(key, group) for key, group in zip(_key_values(grouped, keys), groups)
+            ]
+            columns[f"acc|{i}"] = pa.array([cloudpickle.dumps(a) for a in accumulators], pa.binary())
     return pa.table(columns)
 
 
-_COMBINE = {"count": "sum", "sum": "sum", "sumsq": "sum", "min": "min", "max": "max"}
+def _key_values(table: pa.Table, keys: list) -> list:
+    """Each row's group key as Ray's AggregateFn.init gets it: the value, a tuple of several, None for none."""
+    if not keys:
+        return [None] * table.num_rows
+    values = [table.column(k).to_pylist() for k in keys]
+    return values[0] if len(keys) == 1 else list(zip(*values))
 
 
-def _final(keys: list, specs: list, ddof: int, *partials):
+def _output_names(aggs: list) -> list:
+    """The aggregations' column names, a repeated one suffixed '_2', '_3'... as Ray names them."""
+    names, seen = [], {}
+    for agg in aggs:
+        seen[agg.name] = seen.get(agg.name, 0) + 1
+        names.append(agg.name if seen[agg.name] == 1 else f"{agg.name}_{seen[agg.name]}")
+    return names
+
+
+def _final(keys: list, aggs: list, *partials):
+    """Every block's partials merged per group, then finalized: one row per group, ordered by key."""
     table = blk.concat([p for p in partials if p.num_rows])
-    if not table.num_rows:
-        result = pa.table({k: [] for k in keys})
+    if not table.num_rows and keys:
+        result = pa.table({k: [] for k in keys} | {name: [] for name in _output_names(aggs)})
         return result, blk.metadata_of(result)
-    names = [n for n in table.column_names if n not in keys]
-    merged = table.group_by(keys, use_threads=False).aggregate([(n, _COMBINE[n.split("|", 1)[0]]) for n in names])
-
-    def get(part, column):
-        return merged.column(f"{part}|{column}_{_COMBINE[part]}")
-
+    parts = list(dict.fromkeys(p for agg in aggs if vector_of(agg) for p in _parts(vector_of(agg))))
+    generic = [f"acc|{i}" for i, agg in enumerate(aggs) if not vector_of(agg)]
+    combine = [(_part_name(p), _FUNCTIONS[p[0]][1], _options("sum", p[2])) for p in parts]
+    if keys:
+        merged = _group_by(table, keys, combine + [(n, "list") for n in generic])
+        accumulators = {n: merged.column(f"{n}_list").to_pylist() for n in generic}
+    else:  # one group, which a dataset without rows still has (count 0, the rest None)
+        merged = (
+            _group_by(table, [], combine)
+            if table.num_rows
+            else pa.table({f"{_part_name(p)}_{_FUNCTIONS[p[0]][1]}": pa.nulls(1) for p in parts})
+        )
+        accumulators = {n: [table.column(n).to_pylist() if table.num_rows else []] for n in generic}
     out = {k: merged.column(k) for k in keys}
-    for kind, column in specs:
+    group_keys = _key_values(merged, keys)
+    for name, (i, agg) in zip(_output_names(aggs), enumerate(aggs)):
+        spec = vector_of(agg)
+        if spec is None:
+            lists = accumulators[f"acc|{i}"]
+            values = [agg._result(key, [cloudpickle.loads(b) for b in accs]) for key, accs in zip(group_keys, lists)]
+            out[name] = blk._array_of(values)
+            continue
+
+        def get(part, spec=spec):
+            name = _part_name(part)
+            return merged.column(f"{name}_{_FUNCTIONS[part[0]][1]}").to_pylist()
+
+        kind, column, ignore_nulls, ddof = spec
         if kind == "count":
-            out["count()"] = get("count", None)
-        elif kind in ("sum", "min", "max"):
-            out[f"{kind}({column})"] = get(kind, column)
+            out[name] = pa.array([n or 0 for n in get(_parts(spec)[0])], pa.int64())
         elif kind == "mean":
-            sums, counts = get("sum", column).to_pylist(), get("count", column).to_pylist()
-            out[f"mean({column})"] = [s / c if c else None for s, c in zip(sums, counts)]
+            sums, counts = get(("sum", column, ignore_nulls)), get(("count", column, True))
+            out[name] = pa.array([s / c if s is not None and c else None for s, c in zip(sums, counts)], pa.float64())
+        elif kind == "std":
+            columns = (
+                get(("count", column, True)),
+                get(("sum", column, ignore_nulls)),
+                get(("sumsq", column, ignore_nulls)),
+            )
+            out[name] = pa.array([std_of(c, s, q, ddof) for c, s, q in zip(*columns)], pa.float64())
         else:
-            values = []
-            for s, c, q in zip(*(get(p, column).to_pylist() for p in ("sum", "count", "sumsq"))):
-                values.append(math.sqrt(max(q - s * s / c, 0.0) / (c - ddof)) if c and c > ddof else None)
-            out[f"std({column})"] = values
+            out[name] = merged.column(f"{_part_name(_parts(spec)[0])}_{_FUNCTIONS[kind][1]}")
     result = pa.table(out)
     if keys:
         result = result.sort_by([(k, "ascending") for k in keys])
     return result, blk.metadata_of(result)
 
 
-def partial_stage(keys: list, specs: list, table: pa.Table) -> pa.Table:
+def partial_stage(keys: list, aggs: list, table: pa.Table) -> pa.Table:
     """The map stage before the barrier: a block becomes its few partial rows inside the task that
     made it (fused with the read), so the blocks themselves never wait in the store for the barrier."""
     if not table.num_rows:
         return pa.table({})
-    return _partial(table, keys, specs)
+    return _partial(table, keys, aggs)
 
 
-def aggregate_blocks(keys, specs, ddof, groups):
+def aggregate_blocks(keys, aggs, groups):
     partials = [ref for ref, meta in groups[0] if meta.num_rows]
-    return _resolve([_remote(_final, num_returns=2).options(name="Aggregate").remote(keys, specs, ddof, *partials)])
+    return _resolve([_remote(_final, num_returns=2).options(name="Aggregate").remote(keys, aggs, *partials)])
 
 
 class GroupedData:
@@ -116,41 +201,52 @@ class GroupedData:
                 raise TypeError(f"groupby keys must be column names, got {k!r}.")
         self._dataset, self._keys = dataset, keys
 
-    def _aggregate(self, specs, ddof=1):
+    def aggregate(self, *aggs):
+        """Each group's aggregates: a Dataset with the key columns and one column per aggregation
+        (``ember.data.aggregate``: Count, Sum, Mean... or an AggregateFn of your own), ordered by key."""
+        if not aggs:
+            raise ValueError("aggregate: give at least one aggregation (from ember.data.aggregate).")
+        for agg in aggs:
+            if not isinstance(agg, AggregateFn):
+                raise TypeError(f"aggregate: {agg!r} is not an AggregateFn (see ember.data.aggregate).")
         from ember.data.dataset import Dataset
 
-        label = ", ".join(f"{k}({c or ''})" for k, c in specs)
         stage = Stage(
-            "map_batches", functools.partial(partial_stage, self._keys, specs), batch_format="pyarrow", light=True
+            "map_batches", functools.partial(partial_stage, self._keys, list(aggs)), batch_format="pyarrow", light=True
         )
         partials = MapOp("AggregatePartial", self._dataset._plan, stage)
-        fn = functools.partial(aggregate_blocks, self._keys, specs, ddof)
-        return Dataset(AllToAll(f"Aggregate[{label}]", [partials], fn))
+        fn = functools.partial(aggregate_blocks, self._keys, list(aggs))
+        return Dataset(AllToAll(f"Aggregate[{', '.join(agg.name for agg in aggs)}]", [partials], fn))
 
-    @staticmethod
-    def _on(on) -> list:
+    def _on(self, on) -> list:
+        """The columns named by ``on``; None: every column but the keys (Ray's default)."""
         if on is None:
-            raise ValueError("Name the column(s) to aggregate with on=.")
+            return [c for c in self._dataset.columns() if c not in self._keys]
         return [on] if isinstance(on, str) else list(on)
 
     def count(self):
         """Rows per group, in the column ``count()``."""
-        return self._aggregate([("count", None)])
+        return self.aggregate(Count())
 
-    def sum(self, on=None):  # noqa: A003
-        return self._aggregate([("sum", c) for c in self._on(on)])
+    def sum(self, on=None, ignore_nulls: bool = True):  # noqa: A003
+        """Each group's sum of the column(s) ``on``, in ``sum(<column>)``."""
+        return self.aggregate(*[Sum(c, ignore_nulls) for c in self._on(on)])
 
-    def min(self, on=None):  # noqa: A003
-        return self._aggregate([("min", c) for c in self._on(on)])
+    def min(self, on=None, ignore_nulls: bool = True):  # noqa: A003
+        """Each group's least value of the column(s) ``on``, in ``min(<column>)``."""
+        return self.aggregate(*[Min(c, ignore_nulls) for c in self._on(on)])
 
-    def max(self, on=None):  # noqa: A003
-        return self._aggregate([("max", c) for c in self._on(on)])
+    def max(self, on=None, ignore_nulls: bool = True):  # noqa: A003
+        """Each group's greatest value of the column(s) ``on``, in ``max(<column>)``."""
+        return self.aggregate(*[Max(c, ignore_nulls) for c in self._on(on)])
 
-    def mean(self, on=None):
-        return self._aggregate([("mean", c) for c in self._on(on)])
+    def mean(self, on=None, ignore_nulls: bool = True):
+        """Each group's mean of the column(s) ``on``, in ``mean(<column>)``."""
+        return self.aggregate(*[Mean(c, ignore_nulls) for c in self._on(on)])
 
-    def std(self, on=None, ddof: int = 1):
-        return self._aggregate([("std", c) for c in self._on(on)], ddof)
+    def std(self, on=None, ddof: int = 1, ignore_nulls: bool = True):
+        """Each group's standard deviation of the column(s) ``on``, in ``std(<column>)``."""
+        return self.aggregate(*[Std(c, ddof, ignore_nulls) for c in self._on(on)])
 
     def map_groups(self, fn, *, batch_format="default", num_partitions=None):
         """Apply ``fn(batch) -> batch`` to all the rows of each group at once."""
