@@ -50,6 +50,11 @@ def _options(kind: str, skip: bool):
     return pc.ScalarAggregateOptions(skip_nulls=skip, min_count=1)
 
 
+def _merged_name(part) -> str:
+    """The column of ``part`` once the blocks' partials are combined (see _group_by)."""
+    return f"{_part_name(part)}_{_FUNCTIONS[part[0]][1]}"
+
+
 def _group_by(table: pa.Table, keys: list, aggregations: list) -> pa.Table:
     """``table`` grouped by ``keys``, one output column per (input, function, options), named
     '<input>_<function>'. One thread: the task holds one CPU, and Acero's pool would hand the work to
@@ -98,11 +103,13 @@ def _partial(table: pa.Table, keys: list, aggs: list) -> pa.Table:
     for part_name, output in names:
         columns[part_name] = grouped.column(output)
     if generic:
-        groups = [table.take(rows) for rows in grouped.column("rows_of_group_list").to_pylist()] if keys else [table]
+        if keys:
+            group_keys = _key_values(grouped, keys)
+            groups = [table.take(rows) for rows in grouped.column("rows_of_group_list").to_pylist()]
+        else:
+            group_keys, groups = [None], [table]
         for i in generic:
-            accumulators = [
-                aggs[i]._block_partial(key, group) for key, group in zip(_key_values(grouped, keys), groups)
-            ]
+            accumulators = [aggs[i]._block_partial(key, group) for key, group in zip(group_keys, groups)]
             columns[f"acc|{i}"] = pa.array([cloudpickle.dumps(a) for a in accumulators], pa.binary())
     return pa.table(columns)
 
@@ -132,16 +139,16 @@ def _final(keys: list, aggs: list, *partials):
         return result, blk.metadata_of(result)
     parts = list(dict.fromkeys(p for agg in aggs if vector_of(agg) for p in _parts(vector_of(agg))))
     generic = [f"acc|{i}" for i, agg in enumerate(aggs) if not vector_of(agg)]
-    combine = [(_part_name(p), _FUNCTIONS[p[0]][1], _options("sum", p[2])) for p in parts]
+    # A count is never null; the others skip a null partial only if they ignore nulls.
+    combine = [(_part_name(p), _FUNCTIONS[p[0]][1], pc.ScalarAggregateOptions(skip_nulls=p[2])) for p in parts]
     if keys:
         merged = _group_by(table, keys, combine + [(n, "list") for n in generic])
         accumulators = {n: merged.column(f"{n}_list").to_pylist() for n in generic}
     else:  # one group, which a dataset without rows still has (count 0, the rest None)
-        merged = (
-            _group_by(table, [], combine)
-            if table.num_rows
-            else pa.table({f"{_part_name(p)}_{_FUNCTIONS[p[0]][1]}": pa.nulls(1) for p in parts})
-        )
+        if table.num_rows and combine:
+            merged = _group_by(table, [], combine)
+        else:
+            merged = pa.table({_merged_name(p): pa.nulls(1) for p in parts} | {"group": pa.nulls(1)})
         accumulators = {n: [table.column(n).to_pylist() if table.num_rows else []] for n in generic}
     out = {k: merged.column(k) for k in keys}
     group_keys = _key_values(merged, keys)
@@ -153,9 +160,8 @@ def _final(keys: list, aggs: list, *partials):
             out[name] = blk._array_of(values)
             continue
 
-        def get(part, spec=spec):
-            name = _part_name(part)
-            return merged.column(f"{name}_{_FUNCTIONS[part[0]][1]}").to_pylist()
+        def get(part):
+            return merged.column(_merged_name(part)).to_pylist()
 
         kind, column, ignore_nulls, ddof = spec
         if kind == "count":
@@ -171,7 +177,7 @@ def _final(keys: list, aggs: list, *partials):
             )
             out[name] = pa.array([std_of(c, s, q, ddof) for c, s, q in zip(*columns)], pa.float64())
         else:
-            out[name] = merged.column(f"{_part_name(_parts(spec)[0])}_{_FUNCTIONS[kind][1]}")
+            out[name] = merged.column(_merged_name(_parts(spec)[0]))
     result = pa.table(out)
     if keys:
         result = result.sort_by([(k, "ascending") for k in keys])
