@@ -193,3 +193,17 @@ def test_dataset_unique_ignores_nulls_when_asked(cluster):
     ds = rd.from_items([{"v": 1}, {"v": None}, {"v": 1}, {"v": 2}])
     assert sorted(ds.unique("v"), key=lambda v: (v is None, v)) == [1, 2, None]
     assert sorted(ds.unique("v", ignore_nulls=True)) == [1, 2]
+
+
+def test_std_keeps_the_spread_of_values_far_from_zero(cluster):
+    # A sum of squares of 1e9 + noise has no digits left for the noise; merged moments do.
+    values = 1e9 + np.random.default_rng(3).normal(size=400)
+    ds = rd.from_items([{"k": i % 2, "v": float(v)} for i, v in enumerate(values)], override_num_blocks=4)
+    assert ds.std("v") == pytest.approx(values.std(ddof=1), rel=1e-6)
+    grouped = ds.groupby("k").std("v", ddof=0).to_pandas()["std(v)"].tolist()
+    assert grouped == pytest.approx([values[0::2].std(), values[1::2].std()], rel=1e-6)
+
+    class StdInPython(Std):  # the Python path merges the same summaries
+        pass
+
+    assert ds.aggregate(StdInPython("v"))["std(v)"] == pytest.approx(values.std(ddof=1), rel=1e-6)

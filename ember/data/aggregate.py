@@ -261,13 +261,17 @@ class Mean(AggregateFnV2):
 
 class Std(AggregateFnV2):
     """The standard deviation of column ``on`` with ``ddof`` delta degrees of freedom (None for
-    ``ddof`` or fewer values, or for any null unless ``ignore_nulls``). Named ``std(on)``."""
+    ``ddof`` or fewer values, or for any null unless ``ignore_nulls``). Named ``std(on)``.
+
+    Blocks are summarized as (count, mean, sum of squared deviations from that mean) and merged by
+    Chan's update: a sum of squares would lose every digit of the spread of values far from zero
+    (timestamps, prices), where this keeps it."""
 
     def __init__(self, on=None, ddof: int = 1, ignore_nulls: bool = True, alias_name=None):
         if not isinstance(ddof, int) or isinstance(ddof, bool) or ddof < 0:
             raise ValueError(f"ddof must be a non-negative int, got {ddof!r}.")
         super().__init__(
-            _name("std", on, alias_name), lambda: [0, 0.0, 0.0], on=_check_on(on, True), ignore_nulls=ignore_nulls
+            _name("std", on, alias_name), lambda: NO_MOMENTS, on=_check_on(on, True), ignore_nulls=ignore_nulls
         )
         self._ddof = ddof
 
@@ -275,28 +279,42 @@ class Std(AggregateFnV2):
         if not self._ignore_nulls and _has_null(block, self._target_col_name):
             return _NULL
         values = pc.cast(self._values(block), pa.float64())
-        return [len(values), pc.sum(values).as_py() or 0.0, pc.sum(pc.multiply(values, values)).as_py() or 0.0]
+        if not len(values):
+            return NO_MOMENTS
+        return (len(values), pc.mean(values).as_py(), pc.variance(values, ddof=0).as_py() * len(values))
 
     def combine(self, current_accumulator, new):
         if current_accumulator is _NULL or new is _NULL:
             return _NULL
-        return [a + b for a, b in zip(current_accumulator, new)]
+        return combine_moments(current_accumulator, new)
 
     def finalize(self, accumulator):
-        if accumulator is _NULL:
-            return None
-        count, total, squares = accumulator
-        return std_of(count, total, squares, self._ddof)
+        return None if accumulator is _NULL else std_of(accumulator, self._ddof)
 
     def _vector(self):
         return ("std", self._target_col_name, self._ignore_nulls, self._ddof)
 
 
-def std_of(count, total, squares, ddof):
-    """The standard deviation from a count, a sum and a sum of squares (None for ``ddof`` or fewer)."""
-    if count is None or total is None or squares is None or count <= ddof:
+NO_MOMENTS = (0, 0.0, 0.0)
+
+
+def combine_moments(a: tuple, b: tuple) -> tuple:
+    """Two (count, mean, sum of squared deviations) summaries of disjoint values made one."""
+    (count_a, mean_a, squares_a), (count_b, mean_b, squares_b) = a, b
+    if not count_a or not count_b:
+        return b if not count_a else a
+    count = count_a + count_b
+    delta = mean_b - mean_a
+    return (count, mean_a + delta * count_b / count, squares_a + squares_b + delta * delta * count_a * count_b / count)
+
+
+def std_of(moments: tuple, ddof: int):
+    """The standard deviation from a (count, mean, sum of squared deviations) summary (None for
+    ``ddof`` or fewer values)."""
+    count, _, squares = moments
+    if count <= ddof:
         return None
-    return math.sqrt(max(squares - total * total / count, 0.0) / (count - ddof))
+    return math.sqrt(max(squares, 0.0) / (count - ddof))
 
 
 class Quantile(AggregateFnV2):

@@ -9,7 +9,19 @@ import pyarrow.compute as pc
 
 import ember
 from ember.data import block as blk
-from ember.data.aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum, std_of, vector_of
+from ember.data.aggregate import (
+    NO_MOMENTS,
+    AggregateFn,
+    Count,
+    Max,
+    Mean,
+    Min,
+    Std,
+    Sum,
+    combine_moments,
+    std_of,
+    vector_of,
+)
 from ember.data.all_to_all import _remote, _resolve, shuffle_blocks
 from ember.data.plan import AllToAll, MapOp, Stage
 
@@ -21,8 +33,8 @@ def _parts(spec) -> list:
         return [("rows", None, True)] if column is None or not ignore_nulls else [("count", column, True)]
     if kind == "mean":
         return [("sum", column, ignore_nulls), ("count", column, True)]
-    if kind == "std":
-        return [("sum", column, ignore_nulls), ("count", column, True), ("sumsq", column, ignore_nulls)]
+    if kind == "std":  # each block's (count, mean, variance) per group, merged in the final task
+        return [(part, column, ignore_nulls) for part in ("std_count", "std_mean", "std_variance")]
     return [(kind, column, ignore_nulls)]
 
 
@@ -31,23 +43,42 @@ def _part_name(part) -> str:
     return f"{kind}|{column or ''}|{int(skip)}"
 
 
-# part kind -> (pyarrow function on a block, pyarrow function combining the blocks' partials)
+# part kind -> (pyarrow function on a block, pyarrow function combining the blocks' partials; "list":
+# the final task combines each group's list of partials itself)
 _FUNCTIONS = {
     "rows": ("count_all", "sum"),
     "count": ("count", "sum"),
     "sum": ("sum", "sum"),
-    "sumsq": ("sum", "sum"),
     "min": ("min", "min"),
     "max": ("max", "max"),
     "abs_max": ("max", "max"),
+    "std_count": ("count", "list"),
+    "std_mean": ("mean", "list"),
+    "std_variance": ("variance", "list"),
 }
 
 
 def _options(kind: str, skip: bool):
     if kind == "count":
         return pc.CountOptions(mode="only_valid")
+    if kind == "std_count":  # nulls not ignored are counted: a null mean with values then means "had a null"
+        return pc.CountOptions(mode="only_valid" if skip else "all")
+    if kind == "std_variance":
+        return pc.VarianceOptions(ddof=0, skip_nulls=skip, min_count=1)
     # min_count=1: a group with no values gets null, as Ray's None
     return pc.ScalarAggregateOptions(skip_nulls=skip, min_count=1)
+
+
+def _std_of_blocks(counts: list, means: list, variances: list, ddof: int):
+    """A group's standard deviation from its blocks' counts, means and variances."""
+    moments = NO_MOMENTS
+    for count, mean, variance in zip(counts, means, variances):
+        if not count:  # the block had no values of this group
+            continue
+        if mean is None or variance is None:  # ... or a null, not ignored
+            return None
+        moments = combine_moments(moments, (count, mean, variance * count))
+    return std_of(moments, ddof)
 
 
 def _merged_name(part) -> str:
@@ -83,9 +114,8 @@ def _partial(table: pa.Table, keys: list, aggs: list) -> pa.Table:
             names.append((_part_name(part), function))
             continue
         values = table.column(column)
-        if kind == "sumsq":
+        if kind in ("std_mean", "std_variance"):  # also a block's all-null column, typed null
             values = pc.cast(values, pa.float64())
-            values = pc.multiply(values, values)
         elif kind == "abs_max":
             values = pc.abs(values)
         name = f"in{len(inputs)}"
@@ -139,24 +169,26 @@ def _final(keys: list, aggs: list, *partials):
         return result, blk.metadata_of(result)
     parts = list(dict.fromkeys(p for agg in aggs if vector_of(agg) for p in _parts(vector_of(agg))))
     generic = [f"acc|{i}" for i, agg in enumerate(aggs) if not vector_of(agg)]
+    listed = [_part_name(p) for p in parts if _FUNCTIONS[p[0]][1] == "list"] + generic
+    parts = [p for p in parts if _FUNCTIONS[p[0]][1] != "list"]
     # A count is never null; the others skip a null partial only if they ignore nulls.
     combine = [(_part_name(p), _FUNCTIONS[p[0]][1], pc.ScalarAggregateOptions(skip_nulls=p[2])) for p in parts]
     if keys:
-        merged = _group_by(table, keys, combine + [(n, "list") for n in generic])
-        accumulators = {n: merged.column(f"{n}_list").to_pylist() for n in generic}
+        merged = _group_by(table, keys, combine + [(n, "list") for n in listed])
+        lists = {n: merged.column(f"{n}_list").to_pylist() for n in listed}
     else:  # one group, which a dataset without rows still has (count 0, the rest None)
         if table.num_rows and combine:
             merged = _group_by(table, [], combine)
         else:
             merged = pa.table({_merged_name(p): pa.nulls(1) for p in parts} | {"group": pa.nulls(1)})
-        accumulators = {n: [table.column(n).to_pylist() if table.num_rows else []] for n in generic}
+        lists = {n: [table.column(n).to_pylist() if table.num_rows else []] for n in listed}
     out = {k: merged.column(k) for k in keys}
     group_keys = _key_values(merged, keys)
     for name, (i, agg) in zip(_output_names(aggs), enumerate(aggs)):
         spec = vector_of(agg)
         if spec is None:
-            lists = accumulators[f"acc|{i}"]
-            values = [agg._result(key, [cloudpickle.loads(b) for b in accs]) for key, accs in zip(group_keys, lists)]
+            partials = lists[f"acc|{i}"]
+            values = [agg._result(key, [cloudpickle.loads(b) for b in accs]) for key, accs in zip(group_keys, partials)]
             out[name] = blk._array_of(values)
             continue
 
@@ -170,12 +202,8 @@ def _final(keys: list, aggs: list, *partials):
             sums, counts = get(("sum", column, ignore_nulls)), get(("count", column, True))
             out[name] = pa.array([s / c if s is not None and c else None for s, c in zip(sums, counts)], pa.float64())
         elif kind == "std":
-            columns = (
-                get(("count", column, True)),
-                get(("sum", column, ignore_nulls)),
-                get(("sumsq", column, ignore_nulls)),
-            )
-            out[name] = pa.array([std_of(c, s, q, ddof) for c, s, q in zip(*columns)], pa.float64())
+            blocks = [lists[_part_name(part)] for part in _parts(spec)]
+            out[name] = pa.array([_std_of_blocks(*group, ddof) for group in zip(*blocks)], pa.float64())
         else:
             out[name] = merged.column(_merged_name(_parts(spec)[0]))
     result = pa.table(out)
