@@ -15,6 +15,8 @@ import math
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ember.data.block import iter_rows
+
 __all__ = [
     "AbsMax",
     "AggregateFn",
@@ -65,7 +67,7 @@ class AggregateFn:
         acc = self._init(key)
         if self._accumulate_block is not None:
             return self._accumulate_block(acc, block)
-        for row in block.to_pylist():
+        for row in iter_rows(block):  # as Dataset.iter_rows gives them: a tensor cell is an ndarray
             acc = self._accumulate_row(acc, row)
         return acc
 
