@@ -83,6 +83,42 @@ def repartition_blocks(n: int, groups: list) -> list:
     return _resolve(pairs)
 
 
+def split_bundles_at(bundles: list, indices: list) -> list:
+    """The rows cut at the global row ``indices`` (sorted, each at most the row count): one bundle
+    list per piece. A block inside one piece is shared as it is; only a block that an index cuts is
+    sliced, in a task, so no rows pass through the driver."""
+    total = sum(m.num_rows for _, m in bundles)
+    bounds = [0] + [min(i, total) for i in indices] + [total]
+    task = _remote(_gather_rows, num_returns=2)
+    pieces, pending = [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        piece, start = [], 0
+        for ref, meta in bundles:
+            end = start + meta.num_rows
+            first, last = max(lo, start), min(hi, end)
+            if first < last:
+                if first == start and last == end:
+                    piece.append((ref, meta))
+                else:
+                    pending.append((piece, len(piece)))
+                    piece.append(task.options(name="SplitAtIndices").remote(first - start, last - first, ref))
+            start = end
+        pieces.append(piece)
+    # One round trip for every sliced block's metadata.
+    resolved = _resolve([piece[slot] for piece, slot in pending])
+    for (piece, slot), bundle in zip(pending, resolved):
+        piece[slot] = bundle
+    return pieces
+
+
+def permute_blocks(seed, groups: list) -> list:
+    """The same blocks in a random order (the same order for the same ``seed`` and block count)."""
+    import numpy as np
+
+    bundles = groups[0]
+    return [bundles[i] for i in np.random.default_rng(seed).permutation(len(bundles))]
+
+
 # ---- map/reduce shuffles --------------------------------------------------------------------------
 
 
