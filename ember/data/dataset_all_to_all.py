@@ -55,7 +55,8 @@ def _classes():
 
 
 class AllToAllMethods:
-    """Mixed into Dataset: operations that need every block before they produce any."""
+    """Mixed into Dataset: operations that need every block before they produce any, with the ones
+    that sample rows, cut the dataset at rows and report its sizes."""
 
     def repartition(self, num_blocks: int, *, shuffle: bool = False):
         """``num_blocks`` blocks of near-equal row counts (in order, or shuffled with ``shuffle``)."""
