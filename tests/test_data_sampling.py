@@ -7,9 +7,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import ember
 import ember.data as rd
+from ember.data.all_to_all import piece_ranges, proportion_cuts
 
 
 def ids(ds) -> list:
@@ -95,6 +98,37 @@ def test_randomize_block_order_moves_blocks_not_rows(cluster):
 
 
 # ---- split_at_indices / split_proportionately -----------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 6), max_size=8),
+    st.lists(st.integers(0, 50), min_size=1, max_size=6).map(sorted),
+)
+def test_piece_ranges_match_np_split(sizes, indices):
+    """The cut decision alone: every piece's ranges, read off the blocks, are np.split's piece."""
+    bounds = np.cumsum([0] + sizes)
+    blocks = [list(range(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    pieces = piece_ranges(sizes, indices)
+    want = [list(p) for p in np.split(np.arange(sum(sizes)), indices)]
+    assert [[i for b, off, rows in piece for i in blocks[b][off : off + rows]] for piece in pieces] == want
+    assert all(rows > 0 for piece in pieces for _, _, rows in piece)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 200), st.lists(st.floats(0.001, 0.5), min_size=1, max_size=5))
+def test_proportion_cuts_leave_no_piece_empty(total, proportions):
+    assume(sum(proportions) < 1)
+    try:
+        cuts = proportion_cuts(total, proportions)
+    except ValueError:
+        assert total < len(proportions) + 1 or min(proportions) * total < len(proportions)
+        return
+    sizes = np.diff([0] + cuts + [total])
+    assert len(sizes) == len(proportions) + 1 and all(sizes > 0)
+    # Each cut moves at most one row per later cut from where its proportion puts it.
+    raw = [int(total * c) for c in np.cumsum(proportions)]
+    assert all(0 <= r - c <= len(cuts) - 1 - i for i, (r, c) in enumerate(zip(raw, cuts)))
 
 
 @pytest.mark.parametrize("sizes", [[3, 3, 4], [1] * 10, [10], [4, 0, 6], [0, 10, 0]])

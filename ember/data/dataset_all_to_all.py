@@ -235,18 +235,7 @@ class AllToAllMethods:
         if any(p <= 0 for p in proportions):
             raise ValueError(f"split_proportionately: proportions must be bigger than 0, got {proportions}.")
         mat = self.materialize()
-        total = mat.count()
-        indices = [int(total * c) for c in np.cumsum(proportions)]
-        # Ray's rule for pieces that round to nothing: walking back from the last cut, a cut that
-        # meets the next one moves one row earlier, and so does every cut before it.
-        shift = 0
-        for i in range(len(indices) - 2, -1, -1):
-            indices[i] -= shift
-            if indices[i] == indices[i + 1]:
-                shift += 1
-                indices[i] -= 1
-        if any(i <= 0 for i in indices):
-            raise ValueError(f"split_proportionately: {total} rows are too few for non-empty splits by {proportions}.")
+        indices = a2a.proportion_cuts(mat.count(), proportions)
         return mat.split_at_indices(indices)
 
     # ---- sizes ------------------------------------------------------------------------------------
