@@ -1,5 +1,8 @@
 """All-to-all operations: barriers that see every input block, then map/reduce over block refs."""
 
+import bisect
+import itertools
+
 import pyarrow as pa
 
 import ember
@@ -81,6 +84,76 @@ def repartition_blocks(n: int, groups: list) -> list:
         offset = lo - starts[wanted[0]] if wanted else 0
         pairs.append(task.options(name="Repartition").remote(offset, hi - lo, *[bundles[j][0] for j in wanted]))
     return _resolve(pairs)
+
+
+def piece_ranges(row_counts: list, indices: list) -> list:
+    """Where the cuts before the global row ``indices`` (sorted, non-negative; past the end means
+    at the end) leave each piece: a list per piece of (block, offset, rows) over the blocks of
+    ``row_counts``, empty for an empty piece."""
+    bounds = list(itertools.accumulate(row_counts, initial=0))
+    total = bounds[-1]
+    cuts = [0] + [min(i, total) for i in indices] + [total]
+    pieces = []
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        piece = []
+        block = bisect.bisect_right(bounds, lo) - 1
+        while block < len(row_counts) and bounds[block] < hi:
+            first, last = max(lo, bounds[block]), min(hi, bounds[block + 1])
+            if first < last:
+                piece.append((block, first - bounds[block], last - first))
+            block += 1
+        pieces.append(piece)
+    return pieces
+
+
+def proportion_cuts(total: int, proportions: list) -> list:
+    """The row indices that split ``total`` rows by ``proportions`` (each above 0, their sum below
+    1), the last piece taking the rest, under Ray's rule for pieces that round to nothing: walking
+    back from the last cut, a cut that meets the next one moves one row earlier, and so does every
+    cut before it. ValueError when a piece would still be empty."""
+    import numpy as np
+
+    cuts = [int(total * c) for c in np.cumsum(proportions)]
+    shift = 0
+    for i in builtins_range(len(cuts) - 2, -1, -1):
+        cuts[i] -= shift
+        if cuts[i] == cuts[i + 1]:
+            shift += 1
+            cuts[i] -= 1
+    if any(c <= 0 for c in cuts):
+        raise ValueError(f"split_proportionately: {total} rows are too few for non-empty splits by {proportions}.")
+    return cuts
+
+
+def split_bundles_at(bundles: list, indices: list) -> list:
+    """The rows cut before the global row ``indices``: one bundle list per piece. A block inside one
+    piece is shared as it is; only a block that a cut falls inside is sliced, in a task, so no rows
+    pass through the driver."""
+    task = _remote(_gather_rows, num_returns=2)
+    pieces, pending = [], []
+    for ranges in piece_ranges([m.num_rows for _, m in bundles], indices):
+        piece = []
+        for block, offset, rows in ranges:
+            ref, meta = bundles[block]
+            if rows == meta.num_rows:
+                piece.append((ref, meta))
+            else:
+                pending.append((piece, len(piece)))
+                piece.append(task.options(name="SplitAtIndices").remote(offset, rows, ref))
+        pieces.append(piece)
+    # One round trip for every sliced block's metadata.
+    resolved = _resolve([piece[slot] for piece, slot in pending])
+    for (piece, slot), bundle in zip(pending, resolved):
+        piece[slot] = bundle
+    return pieces
+
+
+def permute_blocks(seed, groups: list) -> list:
+    """The same blocks in a random order (the same order for the same ``seed`` and block count)."""
+    import numpy as np
+
+    bundles = groups[0]
+    return [bundles[i] for i in np.random.default_rng(seed).permutation(len(bundles))]
 
 
 # ---- map/reduce shuffles --------------------------------------------------------------------------

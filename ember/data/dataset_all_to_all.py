@@ -1,17 +1,51 @@
-"""Dataset's all-to-all methods (shuffles, sorts, groupby, splits), kept apart from the rest of the class."""
+"""Dataset's all-to-all methods (shuffles, sorts, groupby, splits), with sampling and the dataset's
+sizes, kept apart from the rest of the class."""
 
 import functools
 import math
+import numbers
 
 import numpy as np
 
 from ember.data import all_to_all as a2a
 from ember.data.aggregate import Max, Mean, Min, Std, Sum
-from ember.data.plan import AllToAll, InputData
+from ember.data.plan import AllToAll, InputData, MapOp, Read, Stage
 
 
 def _tail(table, n):
     return table.slice(table.num_rows - n)
+
+
+def _check_seed(seed, what: str) -> None:
+    # numpy's generators take only non-negative integers: a bad seed fails here, not in every task.
+    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0):
+        raise ValueError(f"{what}: seed must be a non-negative int or None, got {seed!r}.")
+
+
+def _source_blocks(plan) -> int:
+    """How many blocks the plan's sources start with: read tasks, and blocks in the store that hold
+    rows (an in-memory source of no rows is one empty block, where Ray has none)."""
+    return sum(
+        len(op.tasks) if isinstance(op, Read) else sum(1 for _, meta in op.bundles if meta.num_rows)
+        for op in plan.chain()
+        if isinstance(op, (Read, InputData))
+    )
+
+
+def _task_files(task) -> list:
+    files = getattr(task, "input_files", None)
+    if files is not None:
+        return list(files)
+    # Until read tasks carry their files, they are found in the known readers' arguments.
+    from ember.data import sources
+
+    fn = task.fn
+    if isinstance(fn, functools.partial):
+        if fn.func is sources._read_files:
+            return list(fn.args[1])
+        if fn.func is sources._read_parquet_pieces:
+            return [path for path, _ in fn.args[1]]
+    return []
 
 
 def _classes():
@@ -21,7 +55,8 @@ def _classes():
 
 
 class AllToAllMethods:
-    """Mixed into Dataset: operations that need every block before they produce any."""
+    """Mixed into Dataset: operations that need every block before they produce any, with the ones
+    that sample rows, cut the dataset at rows and report its sizes."""
 
     def repartition(self, num_blocks: int, *, shuffle: bool = False):
         """``num_blocks`` blocks of near-equal row counts (in order, or shuffled with ``shuffle``)."""
@@ -147,3 +182,82 @@ class AllToAllMethods:
             .materialize()
         )
         return train, test
+
+    # ---- sampling, block order, splits at rows ---------------------------------------------------
+
+    def random_sample(self, fraction: float, *, seed: int | None = None):
+        """Each row kept with probability ``fraction`` (about ``fraction`` of the rows, in their
+        order). With ``seed`` the same rows are kept on every execution of the same blocks."""
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction <= 1:
+            raise ValueError(f"random_sample: fraction must be between 0 and 1, got {fraction!r}.")
+        _check_seed(seed, "random_sample")
+        if _source_blocks(self._plan) == 0:
+            raise ValueError("Cannot sample from an empty Dataset.")
+        stage = Stage("random_sample", extra=(float(fraction), seed), light=True)
+        return _classes()[0](MapOp(f"RandomSample({fraction})", self._plan, stage))
+
+    def randomize_block_order(self, *, seed: int | None = None):
+        """The same blocks in a random order, each block's rows as they were: a cheap shuffle before
+        ``split`` (the same order for the same ``seed`` and blocks)."""
+        _check_seed(seed, "randomize_block_order")
+        return _classes()[0](AllToAll("RandomizeBlockOrder", [self._plan], functools.partial(a2a.permute_blocks, seed)))
+
+    def split_at_indices(self, indices: list) -> list:
+        """Materialize the dataset and cut it before each of the sorted row ``indices``, as
+        ``np.split`` does: ``len(indices) + 1`` materialized datasets; an index past the end gives
+        empty ones."""
+        indices = list(indices)
+        if len(indices) < 1:
+            raise ValueError("split_at_indices: indices must be at least of length 1.")
+        for index in indices:
+            if not isinstance(index, numbers.Integral) or isinstance(index, bool):
+                raise TypeError(f"split_at_indices: indices must be ints, got {index!r}.")
+        if sorted(indices) != indices:
+            raise ValueError(f"split_at_indices: indices must be sorted, got {indices}.")
+        if indices[0] < 0:
+            raise ValueError(f"split_at_indices: indices must be non-negative, got {indices}.")
+        bundles = self.materialize()._plan.bundles
+        pieces = a2a.split_bundles_at(bundles, [int(i) for i in indices])
+        return [_classes()[1](InputData(piece, "Split")) for piece in pieces]
+
+    def split_proportionately(self, proportions: list) -> list:
+        """Materialize the dataset and split it by ``proportions`` of its rows (each above 0, their
+        sum below 1): ``len(proportions) + 1`` materialized datasets, the last with the rest, none
+        empty (ValueError when there are too few rows for that)."""
+        proportions = list(proportions)
+        if len(proportions) < 1:
+            raise ValueError("split_proportionately: proportions must be at least of length 1.")
+        for p in proportions:
+            if isinstance(p, bool) or not isinstance(p, numbers.Real):
+                raise TypeError(f"split_proportionately: proportions must be numbers, got {p!r}.")
+        if sum(proportions) >= 1:
+            raise ValueError(f"split_proportionately: proportions must sum to less than 1, got {proportions}.")
+        if any(p <= 0 for p in proportions):
+            raise ValueError(f"split_proportionately: proportions must be bigger than 0, got {proportions}.")
+        mat = self.materialize()
+        indices = a2a.proportion_cuts(mat.count(), proportions)
+        return mat.split_at_indices(indices)
+
+    # ---- sizes ------------------------------------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        """The in-memory size of the blocks in bytes, from their metadata (the plan runs first unless
+        the blocks are already in the store; none is fetched)."""
+        if isinstance(self._plan, InputData):
+            return sum(meta.size_bytes for _, meta in self._plan.bundles)
+        return sum(meta.size_bytes for _, meta in self._bundles())
+
+    def input_files(self) -> list:
+        """The files the dataset's reads read, in order ([] for in-memory or materialized data)."""
+        files = {}  # ordered, each file once
+        for op in self._plan.chain():
+            if isinstance(op, Read):
+                files.update((f, None) for task in op.tasks for f in _task_files(task))
+        return list(files)
+
+    def num_blocks(self) -> int:
+        """Only a MaterializedDataset knows its block count: a plan's blocks are only known once it
+        has run (a read may make more or fewer than it planned)."""
+        raise NotImplementedError(
+            "num_blocks() is only available on a MaterializedDataset: call ds.materialize() first."
+        )

@@ -99,6 +99,8 @@ class Stage:
             return table.filter(self.extra)
         if kind == "rename":
             return table.rename_columns([self.extra.get(c, c) for c in table.column_names])
+        if kind == "random_sample":
+            return sample_rows(table, *self.extra, getattr(self, "index", 0))
         call = self.setup()
         if kind == "map":
             return (
@@ -142,6 +144,17 @@ class Stage:
         if kind == "slice":
             return table.slice(0, self.extra)
         raise ValueError(f"unknown stage kind {kind!r}")
+
+
+def sample_rows(table: pa.Table, fraction: float, seed, index: int) -> pa.Table:
+    """Keep each row with probability ``fraction``. A seeded sample draws from a stream keyed by the
+    seed and the block's place in the dataset, so it repeats exactly whichever worker runs which
+    block, and no two blocks repeat each other's draws."""
+    import numpy as np
+
+    rng = np.random.default_rng(None if seed is None else [seed, index])
+    keep = rng.random(table.num_rows) < fraction
+    return table.filter(pa.array(keep, type=pa.bool_()))
 
 
 def _checked_row(row, what: str):
