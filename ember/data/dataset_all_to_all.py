@@ -84,6 +84,58 @@ class AllToAllMethods:
             AllToAll(f"Sort[{key}]", [self._plan], functools.partial(a2a.sort_blocks, key, descending))
         )
 
+    def join(
+        self,
+        ds,
+        join_type: str,
+        num_partitions: int,
+        on=("id",),
+        right_on=None,
+        left_suffix: str | None = None,
+        right_suffix: str | None = None,
+        *,
+        partition_size_hint: int | None = None,
+        aggregator_ray_remote_args: dict | None = None,
+        validate_schemas: bool = False,
+    ):
+        """Rows of this dataset joined with those of ``ds`` where the key columns ``on`` (``right_on``
+        on the right, by default the same names) are equal. ``join_type``: "inner", "left_outer",
+        "right_outer", "full_outer", "left_semi", "right_semi", "left_anti" or "right_anti". Both
+        sides are hash-partitioned into ``num_partitions`` output blocks, each joined by one task
+        (``aggregator_ray_remote_args`` are its options). The keys appear once, named as on the left;
+        a column both sides have needs ``left_suffix`` or ``right_suffix``. Rows come in no particular
+        order. ``partition_size_hint`` is accepted and ignored, as Ray now does."""
+        from ember.data.join import JOIN_TYPES, check_keys, join_blocks
+
+        if not isinstance(ds, _classes()[0]):
+            raise TypeError(f"join: ds must be a Dataset, got {type(ds).__name__}.")
+        if join_type not in JOIN_TYPES:
+            raise ValueError(f"join: join_type must be one of {', '.join(JOIN_TYPES)}; got {join_type!r}.")
+        if not isinstance(num_partitions, int) or isinstance(num_partitions, bool) or num_partitions < 1:
+            raise ValueError(f"join: num_partitions must be a positive int, got {num_partitions!r}.")
+        keys = check_keys(on, "on")
+        right_keys = check_keys(right_on, "right_on") if right_on is not None else keys
+        if len(right_keys) != len(keys):
+            raise ValueError(f"join: on {keys} and right_on {right_keys} must name as many columns.")
+        for suffix in (left_suffix, right_suffix):
+            if suffix is not None and not isinstance(suffix, str):
+                raise TypeError(f"join: a suffix must be a str, got {suffix!r}.")
+        if validate_schemas:
+            for side, side_keys, name in ((self, keys, "left"), (ds, right_keys, "right")):
+                missing = [k for k in side_keys if k not in side.columns()]
+                if missing:
+                    raise ValueError(f"join: the {name} dataset has no column {missing[0]!r}.")
+        fn = functools.partial(
+            join_blocks,
+            join_type,
+            num_partitions,
+            keys,
+            right_keys,
+            (left_suffix, right_suffix),
+            dict(aggregator_ray_remote_args or {}),
+        )
+        return _classes()[0](AllToAll(f"Join[{join_type}]", [self._plan, ds._plan], fn))
+
     def groupby(self, key):
         """Group rows by the column(s) ``key`` for aggregations or ``map_groups``."""
         from ember.data.grouped import GroupedData
