@@ -36,6 +36,20 @@ class OutputMethods:
         """The blocks, as ObjectRefs to pyarrow Tables (the plan runs first)."""
         return [ref for ref, _ in self.materialize()._plan.bundles]
 
+    def to_pandas_refs(self) -> list:
+        """The blocks as ObjectRefs to pandas DataFrames, one per block, each converted by a task
+        (the plan runs first; no block comes to the driver)."""
+        from ember.data.interop import pandas_refs
+
+        return pandas_refs(self.materialize()._plan.bundles)
+
+    def to_numpy_refs(self, *, column: str | None = None) -> list:
+        """The blocks as ObjectRefs to numpy data, one per block, each converted by a task: a dict of
+        arrays (one per column) or, with ``column``, that column's array."""
+        from ember.data.interop import numpy_refs
+
+        return numpy_refs(self.materialize()._plan.bundles, column)
+
     def write_parquet(
         self,
         path: str,
@@ -88,8 +102,46 @@ class OutputMethods:
         ``write_parquet``); ``pandas_json_args`` go to ``DataFrame.to_json``."""
         self._write("json", path, filesystem, pandas_json_args, min_rows_per_file, ray_remote_args, concurrency, mode)
 
+    def write_numpy(
+        self,
+        path: str,
+        *,
+        column: str,
+        filesystem=None,
+        try_create_dir: bool = True,
+        arrow_open_stream_args=None,
+        filename_provider=None,
+        min_rows_per_file=None,
+        ray_remote_args=None,
+        concurrency=None,
+        num_rows_per_file=None,
+        mode="append",
+    ) -> None:
+        """Write the column ``column`` as ``.npy`` files under the directory ``path``, which
+        ``read_numpy`` reads back (files, tasks and ``mode`` as ``write_parquet``). A tensor column
+        gives one array of shape (rows, *shape) per file."""
+        if not isinstance(column, str):
+            raise TypeError(f"write_numpy: column must be a str, got {type(column).__name__}.")
+        from ember.data.dataset import _known_schema
+
+        schema = _known_schema(self._plan)
+        if schema is not None and column not in schema.names:
+            raise ValueError(f"write_numpy: no column {column!r} in {schema.names}.")
+        args = {"column": column, "try_create_dir": try_create_dir}
+        for name, value in (
+            ("arrow_open_stream_args", arrow_open_stream_args),
+            ("filename_provider", filename_provider),
+            ("num_rows_per_file", num_rows_per_file),
+        ):
+            if value is not None:
+                args[name] = value
+        self._write("numpy", path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode)
+
     def _write(self, fmt, path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode):
         from ember.data.sinks import RAY_WRITE_OPTIONS, prepare, save_mode, write_stage
+
+        # Ray's option, not the file format's: whether the write makes the directory.
+        create_dir = args.pop("try_create_dir", True)
 
         if "num_rows_per_file" in args:  # Ray's older name for it, deprecated there too
             warnings.warn("num_rows_per_file is deprecated: use min_rows_per_file.", DeprecationWarning, stacklevel=3)
@@ -112,7 +164,7 @@ class OutputMethods:
         ds = _dataset()
         _, cap = ds._compute_of(ds._noop, None, concurrency, f"write_{fmt}")
         remote_args = ds._remote_args(None, None, None, None, ray_remote_args or {})
-        target = prepare(path, filesystem, save_mode(mode))
+        target = prepare(path, filesystem, save_mode(mode), create_dir=bool(create_dir))
         if target is None:  # mode="ignore" and the directory exists
             return
         fs, root = target
