@@ -197,6 +197,39 @@ def test_from_torch_iterable(cluster):
     ]
 
 
+def test_from_torch_tuple_samples_come_back_as_tuples(cluster):
+    import torch
+
+    class Labelled(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.full((2,), i), f"label{i}"
+
+    ds = rd.from_torch(Labelled())
+    rows = ds.take_all()
+    assert [r["item"][1] for r in rows] == [f"label{i}" for i in range(4)]
+    assert all(isinstance(r["item"][0], torch.Tensor) for r in rows)
+    assert [r["item"][0].tolist() for r in rows] == [[i, i] for i in range(4)]
+    # Every batch format hands the samples over as the objects, and a batch given back keeps them.
+    split = ds.map(lambda r: {"x": r["item"][0].numpy(), "y": r["item"][1]}).take_all()
+    assert [r["y"] for r in split] == [f"label{i}" for i in range(4)]
+    np.testing.assert_array_equal(np.stack([r["x"] for r in split]), [[i, i] for i in range(4)])
+    for fmt in ("numpy", "pandas"):
+        again = ds.map_batches(lambda b: b, batch_format=fmt).take_all()
+        assert [r["item"][1] for r in again] == [f"label{i}" for i in range(4)]
+    assert list(ds.to_pandas()["item"].map(lambda t: t[1])) == [f"label{i}" for i in range(4)]
+    items = ember.get(ds.to_numpy_refs(column="item"))[0]
+    assert items.dtype == object and items[2][1] == "label2"
+
+
+def test_object_columns_read_from_a_file_stay_bytes(cluster, tmp_path):
+    # Unpickling is code execution: a data file's contents are never unpickled on read.
+    rd.from_items([(1, "a"), (2, "b")]).write_parquet(str(tmp_path / "o"))
+    assert all(isinstance(r["item"], bytes) for r in rd.read_parquet(str(tmp_path / "o")).take_all())
+
+
 def test_from_torch_refuses_other_objects():
     with pytest.raises(TypeError, match="expects a torch.utils.data.Dataset, got list"):
         rd.from_torch([1, 2, 3])

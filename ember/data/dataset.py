@@ -516,7 +516,7 @@ class Dataset(AllToAllMethods, OutputMethods):
                 + "</table>"
             )
         if isinstance(self._plan, InputData) and self._plan.bundles:
-            parts.append(it.fetch_table(iter(self._plan.bundles[:1])).slice(0, 5).to_pandas().to_html())
+            parts.append(blk.to_pandas(it.fetch_table(iter(self._plan.bundles[:1])).slice(0, 5)).to_html())
         return "\n".join(parts) + "</div>"
 
 

@@ -4,6 +4,7 @@ import warnings
 
 import pyarrow as pa
 
+from ember.data import block as blk
 from ember.data import iterator as it
 from ember.data.plan import MapOp, Stage
 
@@ -27,7 +28,7 @@ class OutputMethods:
         table = self.to_arrow()
         if limit is not None and table.num_rows > limit:
             raise ValueError(f"The dataset has more than the given limit of {limit} rows.")
-        return table.to_pandas()
+        return blk.to_pandas(table)
 
     def to_arrow(self) -> pa.Table:
         return it.fetch_table(self._bundles())

@@ -114,7 +114,7 @@ def from_arrow_refs(tables):
 
 
 def _block_to_pandas(table):
-    return table.to_pandas()
+    return blk.to_pandas(table)
 
 
 def _block_to_numpy(table, column):
