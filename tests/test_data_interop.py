@@ -103,6 +103,12 @@ def test_from_refs_made_by_put(cluster):
     cols = rd.from_numpy_refs(ember.put({"p": np.arange(3), "q": np.array(["u", "v", "w"])}))
     assert cols.take_all() == [{"p": 0, "q": "u"}, {"p": 1, "q": "v"}, {"p": 2, "q": "w"}]
 
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, _table(5).schema) as writer:
+        writer.write_table(_table(5))
+    ipc = rd.from_arrow_refs(ember.put(sink.getvalue().to_pybytes()))  # Arrow IPC bytes, as Ray takes
+    assert ipc.to_arrow().equals(_table(5))
+
     tables = rd.from_arrow_refs([ember.put(_table(i)) for i in range(2)])
     assert tables.schema().types[0] == pa.int16()
     assert tables.take_all() == [{"k": 0, "v": "a"}, {"k": 1, "v": "b"}, {"k": 1, "v": "a"}, {"k": 2, "v": "b"}]
@@ -140,7 +146,7 @@ def test_from_refs_refuse_what_is_not_a_ref(cluster, make):
     "make, wanted",
     [
         (rd.from_pandas_refs, "not a pandas.DataFrame"),
-        (rd.from_arrow_refs, "not a pyarrow.Table"),
+        (rd.from_arrow_refs, "not a pyarrow.Table or the bytes of an Arrow IPC stream"),
         (rd.from_numpy_refs, "not a numpy.ndarray or a dict of numpy.ndarrays"),
     ],
 )

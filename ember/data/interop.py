@@ -74,10 +74,15 @@ def _numpy_block(obj, index):
     return table, blk.metadata_of(table)
 
 
-def _arrow_metadata(table, index):
-    if not isinstance(table, pa.Table):
-        raise _wrong_type("from_arrow_refs", index, table, "a pyarrow.Table")
-    return blk.metadata_of(table)
+def _arrow_metadata(obj, index):
+    """(None, (False, metadata)) for a Table, which stays the block as it is; (table, (True,
+    metadata)) for the bytes of an Arrow IPC stream (as Ray takes them), read into a new block."""
+    if isinstance(obj, pa.Table):
+        return None, (False, blk.metadata_of(obj))
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        table = pa.ipc.open_stream(pa.py_buffer(obj)).read_all()
+        return table, (True, blk.metadata_of(table))
+    raise _wrong_type("from_arrow_refs", index, obj, "a pyarrow.Table or the bytes of an Arrow IPC stream")
 
 
 def _converted(name: str, fn, refs: list) -> list:
@@ -103,11 +108,14 @@ def from_numpy_refs(ndarrays):
 
 def from_arrow_refs(tables):
     """A materialized dataset whose blocks are the pyarrow Tables already in the object store: the
-    objects themselves, not copies (a task reads each one's metadata)."""
+    objects themselves, not copies (a task reads each one's metadata). A ref may also hold the bytes
+    of an Arrow IPC stream, which its task reads into a block."""
     refs = _ref_list("from_arrow_refs", tables)
-    task = _remote(_arrow_metadata)
-    metas = ember.get([task.options(name="FromArrow").remote(ref, i) for i, ref in enumerate(refs)])
-    return _materialized("FromArrow", list(zip(refs, metas)))
+    task = _remote(_arrow_metadata, num_returns=2)
+    pairs = [task.options(name="FromArrow").remote(ref, i) for i, ref in enumerate(refs)]
+    answers = ember.get([answer for _, answer in pairs])
+    bundles = [(block if converted else ref, meta) for ref, (block, _), (converted, meta) in zip(refs, pairs, answers)]
+    return _materialized("FromArrow", bundles)
 
 
 # ---- to refs --------------------------------------------------------------------------------------
