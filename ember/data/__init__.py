@@ -9,6 +9,7 @@ from ember.data.block import BlockMetadata
 from ember.data.context import DataContext, ExecutionOptions, ExecutionResources
 from ember.data.data_iterator import DataIterator
 from ember.data.dataset import Dataset, MaterializedDataset
+from ember.data.interop import from_arrow_refs, from_numpy_refs, from_pandas_refs, from_torch
 from ember.data.plan import ActorPoolStrategy, TaskPoolStrategy
 from ember.data.schema import Schema
 from ember.data.sinks import SaveMode
@@ -41,9 +42,13 @@ __all__ = [
     "Schema",
     "TaskPoolStrategy",
     "from_arrow",
+    "from_arrow_refs",
     "from_items",
     "from_numpy",
+    "from_numpy_refs",
     "from_pandas",
+    "from_pandas_refs",
+    "from_torch",
     "range",
     "range_tensor",
     "read_binary_files",

@@ -4,12 +4,58 @@ A block travels through the object store; its metadata (rows, bytes, schema) sta
 on the driver so that counts, schemas and the executor's memory budget need no fetch.
 """
 
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 BATCH_FORMATS = ("default", "numpy", "pandas", "pyarrow")
+
+
+class _PickledScalar(pa.ExtensionScalar):
+    def as_py(self, **kwargs):
+        return None if self.value is None else pickle.loads(self.value.as_py())
+
+
+class PickledType(pa.ExtensionType):
+    """A column of Python objects Arrow cannot type (tuples of mixed values, arbitrary classes), one
+    pickle per row, that rows and batches give back as the objects (Ray's object columns).
+
+    Deliberately not registered with pyarrow: blocks carry the type through the object store (a
+    pickled table names this class), but a file read back (Parquet keeps extension metadata) gives
+    plain bytes, so reading a data file never unpickles what is in it.
+    """
+
+    def __init__(self):
+        super().__init__(pa.binary(), "ember.pickled")
+
+    def __arrow_ext_serialize__(self):
+        return b""
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type, serialized):
+        return cls()
+
+    def __arrow_ext_scalar_class__(self):
+        return _PickledScalar
+
+
+def _objects(column) -> np.ndarray:
+    values = column.to_pylist()
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):  # item by item: numpy would unpack tuples and lists
+        out[i] = value
+    return out
+
+
+def to_pandas(table: pa.Table):
+    """A block as a pandas DataFrame, object columns holding the objects (not their pickles)."""
+    df = table.to_pandas()
+    for name in table.column_names:
+        if isinstance(table.column(name).type, PickledType):
+            df[name] = _objects(table.column(name))
+    return df
 
 
 @dataclass(frozen=True)
@@ -38,7 +84,10 @@ def _is_tensor(column_type) -> bool:
 
 
 def column_to_numpy(column: pa.ChunkedArray, zero_copy: bool = False) -> np.ndarray:
-    """A column as numpy; tensor columns come back as one ndarray of shape (rows, *shape)."""
+    """A column as numpy; tensor columns come back as one ndarray of shape (rows, *shape), object
+    columns as an object array of the values."""
+    if isinstance(column.type, PickledType):
+        return _objects(column)
     if _is_tensor(column.type):
         chunk = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
         return chunk.to_numpy_ndarray()
@@ -62,7 +111,7 @@ def to_batch(table: pa.Table, batch_format: str, zero_copy: bool = False):
     if batch_format == "pyarrow":
         return table
     if batch_format == "pandas":
-        return table.to_pandas()
+        return to_pandas(table)
     batch = {name: column_to_numpy(table.column(name), zero_copy) for name in table.column_names}
     if not zero_copy:
         # Arrays mapped from the shared-memory store are read-only; a user function that mutates
@@ -89,9 +138,8 @@ def _array_of(values) -> pa.Array:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         # Values Arrow cannot type (arbitrary Python objects) travel pickled, one binary per row.
-        import pickle
-
-        return pa.array([pickle.dumps(v) for v in values], type=pa.binary())
+        storage = pa.array([pickle.dumps(v) for v in values], type=pa.binary())
+        return pa.ExtensionArray.from_storage(PickledType(), storage)
 
 
 def from_batch(batch) -> pa.Table:
@@ -111,7 +159,11 @@ def from_batch(batch) -> pa.Table:
     except ImportError:
         pd = None
     if pd is not None and isinstance(batch, pd.DataFrame):
-        return pa.Table.from_pandas(batch, preserve_index=False)
+        try:
+            return pa.Table.from_pandas(batch, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            # A column of objects Arrow cannot type (such as a batch's object column given back).
+            return pa.table({str(name): _array_of(list(batch[name])) for name in batch.columns})
     raise TypeError(
         f"A batch must be a dict of column arrays, a pandas.DataFrame or a pyarrow.Table; got {type(batch).__name__}."
     )

@@ -3,7 +3,6 @@
 import html
 import inspect
 import itertools
-import warnings
 
 import pyarrow as pa
 
@@ -11,6 +10,7 @@ import ember
 from ember.data import block as blk
 from ember.data import iterator as it
 from ember.data.dataset_all_to_all import AllToAllMethods
+from ember.data.dataset_output import OutputMethods
 from ember.data.executor import Executor
 from ember.data.expressions import to_expression
 from ember.data.plan import (
@@ -72,7 +72,7 @@ def _remote_args(compute, num_cpus, num_gpus, memory, remote_args: dict) -> dict
     return args
 
 
-class Dataset(AllToAllMethods):
+class Dataset(AllToAllMethods, OutputMethods):
     """A distributed collection of rows in Arrow blocks, built lazily from a logical plan.
 
     Transforms return a new Dataset; nothing runs until the data is consumed (iterated, taken,
@@ -482,106 +482,6 @@ class Dataset(AllToAllMethods):
         schema = self.schema()
         return list(schema.names) if schema is not None else []
 
-    def to_pandas(self, limit: int | None = None):
-        """Every row in one pandas DataFrame."""
-        table = self.to_arrow()
-        if limit is not None and table.num_rows > limit:
-            raise ValueError(f"The dataset has more than the given limit of {limit} rows.")
-        return table.to_pandas()
-
-    def to_arrow(self) -> pa.Table:
-        return it.fetch_table(self._bundles())
-
-    def to_arrow_refs(self) -> list:
-        """The blocks, as ObjectRefs to pyarrow Tables (the plan runs first)."""
-        return [ref for ref, _ in self.materialize()._plan.bundles]
-
-    def write_parquet(
-        self,
-        path: str,
-        *,
-        filesystem=None,
-        min_rows_per_file=None,
-        ray_remote_args=None,
-        concurrency=None,
-        mode="append",
-        **arrow_parquet_args,
-    ) -> None:
-        """Write the dataset as Parquet files under the directory ``path``: one file per block, or
-        with ``min_rows_per_file`` one per run of consecutive blocks holding at least that many rows
-        (the last file may hold fewer; a larger block stays one file). ``ray_remote_args`` (such as
-        ``num_cpus``) and ``concurrency`` (at most that many write tasks at once) shape the write
-        tasks. ``mode`` (a ``SaveMode``) says what to do when ``path`` exists: "append" (the
-        default), "overwrite", "ignore" or "error". ``arrow_parquet_args`` go to
-        ``pyarrow.parquet.write_table``."""
-        self._write(
-            "parquet", path, filesystem, arrow_parquet_args, min_rows_per_file, ray_remote_args, concurrency, mode
-        )
-
-    def write_csv(
-        self,
-        path: str,
-        *,
-        filesystem=None,
-        min_rows_per_file=None,
-        ray_remote_args=None,
-        concurrency=None,
-        mode="append",
-        **arrow_csv_args,
-    ) -> None:
-        """Write the dataset as CSV files under the directory ``path`` (files, tasks and ``mode`` as
-        ``write_parquet``); ``arrow_csv_args`` go to ``pyarrow.csv.write_csv``."""
-        self._write("csv", path, filesystem, arrow_csv_args, min_rows_per_file, ray_remote_args, concurrency, mode)
-
-    def write_json(
-        self,
-        path: str,
-        *,
-        filesystem=None,
-        min_rows_per_file=None,
-        ray_remote_args=None,
-        concurrency=None,
-        mode="append",
-        **pandas_json_args,
-    ) -> None:
-        """Write the dataset as JSON lines files under ``path`` (files, tasks and ``mode`` as
-        ``write_parquet``); ``pandas_json_args`` go to ``DataFrame.to_json``."""
-        self._write("json", path, filesystem, pandas_json_args, min_rows_per_file, ray_remote_args, concurrency, mode)
-
-    def _write(self, fmt, path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode):
-        from ember.data.sinks import RAY_WRITE_OPTIONS, prepare, save_mode, write_stage
-
-        if "num_rows_per_file" in args:  # Ray's older name for it, deprecated there too
-            warnings.warn("num_rows_per_file is deprecated: use min_rows_per_file.", DeprecationWarning, stacklevel=3)
-            older = args.pop("num_rows_per_file")
-            min_rows_per_file = older if min_rows_per_file is None else min_rows_per_file
-        if min_rows_per_file is not None and (
-            not isinstance(min_rows_per_file, int) or isinstance(min_rows_per_file, bool) or min_rows_per_file < 1
-        ):
-            raise ValueError(f"min_rows_per_file must be a positive int or None, got {min_rows_per_file!r}.")
-
-        unsupported = sorted(RAY_WRITE_OPTIONS.intersection(args))
-        if unsupported:
-            # They would reach pyarrow's writer and fail inside every write task instead.
-            raise TypeError(
-                f"write_{fmt}() does not support Ray's {', '.join(unsupported)} yet: leave "
-                f"{'it' if len(unsupported) == 1 else 'them'} out (min_rows_per_file gives fewer, larger files)."
-            )
-        if ray_remote_args is not None and not isinstance(ray_remote_args, dict):
-            raise TypeError(f"ray_remote_args must be a dict, got {type(ray_remote_args).__name__}.")
-        _, cap = _compute_of(_noop, None, concurrency, f"write_{fmt}")
-        remote_args = _remote_args(None, None, None, None, ray_remote_args or {})
-        target = prepare(path, filesystem, save_mode(mode))
-        if target is None:  # mode="ignore" and the directory exists
-            return
-        fs, root = target
-        stage = Stage("write", write_stage(fmt, fs, root, args))
-        name = f"Write{fmt.upper() if fmt == 'csv' else fmt.capitalize()}"
-        written = Dataset(MapOp(name, self._plan, stage, None, remote_args, False, cap, min_rows=min_rows_per_file))
-        for _ in written._bundles():
-            pass
-        self._last_stats = written._last_stats
-
     def stats(self) -> str:
         """What the last execution of this dataset did, per operator."""
         if self._last_stats is None:
@@ -616,7 +516,7 @@ class Dataset(AllToAllMethods):
                 + "</table>"
             )
         if isinstance(self._plan, InputData) and self._plan.bundles:
-            parts.append(it.fetch_table(iter(self._plan.bundles[:1])).slice(0, 5).to_pandas().to_html())
+            parts.append(blk.to_pandas(it.fetch_table(iter(self._plan.bundles[:1])).slice(0, 5)).to_html())
         return "\n".join(parts) + "</div>"
 
 

@@ -4,8 +4,11 @@ import enum
 import os
 import uuid
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+
+from ember.data.block import column_to_numpy
 
 
 class SaveMode(str, enum.Enum):
@@ -25,9 +28,10 @@ def save_mode(mode) -> SaveMode:
         raise ValueError(f"mode must be a SaveMode or one of {choices}, got {mode!r}.") from None
 
 
-def prepare(path: str, filesystem, mode: SaveMode = SaveMode.APPEND):
-    """The filesystem and directory a write goes to, made ready for ``mode``; None when ``mode`` is
-    IGNORE and the directory exists (nothing is to be written)."""
+def prepare(path: str, filesystem, mode: SaveMode = SaveMode.APPEND, create_dir: bool = True):
+    """The filesystem and directory a write goes to, made ready for ``mode`` (and created unless
+    ``create_dir`` is false); None when ``mode`` is IGNORE and the directory exists (nothing is to
+    be written)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str, got {type(path).__name__}.")
     path = os.fspath(path)
@@ -44,7 +48,8 @@ def prepare(path: str, filesystem, mode: SaveMode = SaveMode.APPEND):
             return None
         if mode is SaveMode.OVERWRITE:
             filesystem.delete_dir_contents(path)
-    filesystem.create_dir(path, recursive=True)
+    if create_dir:
+        filesystem.create_dir(path, recursive=True)
     return filesystem, path
 
 
@@ -74,7 +79,7 @@ class _Writer:
     def __call__(self, table: pa.Table, index: int):
         if table.num_rows == 0:
             return pa.table({"path": pa.array([], pa.string()), "num_rows": pa.array([], pa.int64())})
-        path = f"{self.root}/{self.prefix}_{index:06d}.{self.fmt}"
+        path = f"{self.root}/{self.prefix}_{index:06d}.{'npy' if self.fmt == 'numpy' else self.fmt}"
         if self.fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -85,6 +90,13 @@ class _Writer:
 
             with self.fs.open_output_stream(path) as out:
                 pacsv.write_csv(table, out, **self.args)
+        elif self.fmt == "numpy":
+            column = self.args["column"]
+            if column not in table.column_names:
+                raise ValueError(f"write_numpy: no column {column!r} in {table.column_names}.")
+            # No pickled objects: read_numpy (np.load with allow_pickle=False) must read the file.
+            with self.fs.open_output_stream(path) as out:
+                np.save(out, column_to_numpy(table.column(column)), allow_pickle=False)
         else:
             text = table.to_pandas().to_json(orient="records", lines=True, **self.args)
             with self.fs.open_output_stream(path) as out:

@@ -1,0 +1,177 @@
+"""Dataset's output methods (to pandas/Arrow, writes to files), kept apart from the rest of the class."""
+
+import warnings
+
+import pyarrow as pa
+
+from ember.data import block as blk
+from ember.data import iterator as it
+from ember.data.plan import MapOp, Stage
+
+
+def _dataset():
+    from ember.data import dataset
+
+    return dataset
+
+
+class OutputMethods:
+    """Mixed into Dataset: the ways a dataset leaves ember.data (a driver-side table, refs to its
+    blocks, files). Like AllToAllMethods it works through ``self._plan`` and public Dataset methods,
+    with two exceptions: ``self._bundles()`` streams the plan's blocks where holding every ref first
+    (``materialize``) is not wanted, and a write records its execution in ``self._last_stats`` so that
+    ``stats()`` describes it.
+    """
+
+    def to_pandas(self, limit: int | None = None):
+        """Every row in one pandas DataFrame."""
+        table = self.to_arrow()
+        if limit is not None and table.num_rows > limit:
+            raise ValueError(f"The dataset has more than the given limit of {limit} rows.")
+        return blk.to_pandas(table)
+
+    def to_arrow(self) -> pa.Table:
+        return it.fetch_table(self._bundles())
+
+    def to_arrow_refs(self) -> list:
+        """The blocks, as ObjectRefs to pyarrow Tables (the plan runs first)."""
+        return [ref for ref, _ in self.materialize()._plan.bundles]
+
+    def to_pandas_refs(self) -> list:
+        """The blocks as ObjectRefs to pandas DataFrames, one per block, each converted by a task
+        (the plan runs first; no block comes to the driver)."""
+        from ember.data.interop import pandas_refs
+
+        return pandas_refs(self.materialize()._plan.bundles)
+
+    def to_numpy_refs(self, *, column: str | None = None) -> list:
+        """The blocks as ObjectRefs to numpy data, one per block, each converted by a task: a dict of
+        arrays (one per column) or, with ``column``, that column's array."""
+        from ember.data.interop import numpy_refs
+
+        return numpy_refs(self.materialize()._plan.bundles, column)
+
+    def write_parquet(
+        self,
+        path: str,
+        *,
+        filesystem=None,
+        min_rows_per_file=None,
+        ray_remote_args=None,
+        concurrency=None,
+        mode="append",
+        **arrow_parquet_args,
+    ) -> None:
+        """Write the dataset as Parquet files under the directory ``path``: one file per block, or
+        with ``min_rows_per_file`` one per run of consecutive blocks holding at least that many rows
+        (the last file may hold fewer; a larger block stays one file). ``ray_remote_args`` (such as
+        ``num_cpus``) and ``concurrency`` (at most that many write tasks at once) shape the write
+        tasks. ``mode`` (a ``SaveMode``) says what to do when ``path`` exists: "append" (the
+        default), "overwrite", "ignore" or "error". ``arrow_parquet_args`` go to
+        ``pyarrow.parquet.write_table``."""
+        self._write(
+            "parquet", path, filesystem, arrow_parquet_args, min_rows_per_file, ray_remote_args, concurrency, mode
+        )
+
+    def write_csv(
+        self,
+        path: str,
+        *,
+        filesystem=None,
+        min_rows_per_file=None,
+        ray_remote_args=None,
+        concurrency=None,
+        mode="append",
+        **arrow_csv_args,
+    ) -> None:
+        """Write the dataset as CSV files under the directory ``path`` (files, tasks and ``mode`` as
+        ``write_parquet``); ``arrow_csv_args`` go to ``pyarrow.csv.write_csv``."""
+        self._write("csv", path, filesystem, arrow_csv_args, min_rows_per_file, ray_remote_args, concurrency, mode)
+
+    def write_json(
+        self,
+        path: str,
+        *,
+        filesystem=None,
+        min_rows_per_file=None,
+        ray_remote_args=None,
+        concurrency=None,
+        mode="append",
+        **pandas_json_args,
+    ) -> None:
+        """Write the dataset as JSON lines files under ``path`` (files, tasks and ``mode`` as
+        ``write_parquet``); ``pandas_json_args`` go to ``DataFrame.to_json``."""
+        self._write("json", path, filesystem, pandas_json_args, min_rows_per_file, ray_remote_args, concurrency, mode)
+
+    def write_numpy(
+        self,
+        path: str,
+        *,
+        column: str,
+        filesystem=None,
+        try_create_dir: bool = True,
+        arrow_open_stream_args=None,
+        filename_provider=None,
+        min_rows_per_file=None,
+        ray_remote_args=None,
+        concurrency=None,
+        num_rows_per_file=None,
+        mode="append",
+    ) -> None:
+        """Write the column ``column`` as ``.npy`` files under the directory ``path``, which
+        ``read_numpy`` reads back (files, tasks and ``mode`` as ``write_parquet``). A tensor column
+        gives one array of shape (rows, *shape) per file."""
+        if not isinstance(column, str):
+            raise TypeError(f"write_numpy: column must be a str, got {type(column).__name__}.")
+        from ember.data.dataset import _known_schema
+
+        schema = _known_schema(self._plan)
+        if schema is not None and column not in schema.names:
+            raise ValueError(f"write_numpy: no column {column!r} in {schema.names}.")
+        args = {"column": column, "try_create_dir": try_create_dir}
+        for name, value in (
+            ("arrow_open_stream_args", arrow_open_stream_args),
+            ("filename_provider", filename_provider),
+            ("num_rows_per_file", num_rows_per_file),
+        ):
+            if value is not None:
+                args[name] = value
+        self._write("numpy", path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode)
+
+    def _write(self, fmt, path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode):
+        from ember.data.sinks import RAY_WRITE_OPTIONS, prepare, save_mode, write_stage
+
+        # Ray's option, not the file format's: whether the write makes the directory.
+        create_dir = args.pop("try_create_dir", True)
+
+        if "num_rows_per_file" in args:  # Ray's older name for it, deprecated there too
+            warnings.warn("num_rows_per_file is deprecated: use min_rows_per_file.", DeprecationWarning, stacklevel=3)
+            older = args.pop("num_rows_per_file")
+            min_rows_per_file = older if min_rows_per_file is None else min_rows_per_file
+        if min_rows_per_file is not None and (
+            not isinstance(min_rows_per_file, int) or isinstance(min_rows_per_file, bool) or min_rows_per_file < 1
+        ):
+            raise ValueError(f"min_rows_per_file must be a positive int or None, got {min_rows_per_file!r}.")
+
+        unsupported = sorted(RAY_WRITE_OPTIONS.intersection(args))
+        if unsupported:
+            # They would reach pyarrow's writer and fail inside every write task instead.
+            raise TypeError(
+                f"write_{fmt}() does not support Ray's {', '.join(unsupported)} yet: leave "
+                f"{'it' if len(unsupported) == 1 else 'them'} out (min_rows_per_file gives fewer, larger files)."
+            )
+        if ray_remote_args is not None and not isinstance(ray_remote_args, dict):
+            raise TypeError(f"ray_remote_args must be a dict, got {type(ray_remote_args).__name__}.")
+        ds = _dataset()
+        _, cap = ds._compute_of(ds._noop, None, concurrency, f"write_{fmt}")
+        remote_args = ds._remote_args(None, None, None, None, ray_remote_args or {})
+        target = prepare(path, filesystem, save_mode(mode), create_dir=bool(create_dir))
+        if target is None:  # mode="ignore" and the directory exists
+            return
+        fs, root = target
+        stage = Stage("write", write_stage(fmt, fs, root, args))
+        name = f"Write{fmt.upper() if fmt == 'csv' else fmt.capitalize()}"
+        written = ds.Dataset(MapOp(name, self._plan, stage, None, remote_args, False, cap, min_rows=min_rows_per_file))
+        for _ in written._bundles():
+            pass
+        self._last_stats = written._last_stats
