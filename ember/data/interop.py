@@ -15,16 +15,9 @@ import pyarrow as pa
 
 import ember
 from ember.data import block as blk
+from ember.data.all_to_all import _remote
 from ember.data.plan import InputData, Read
 from ember.data.sources import ReadTask
-
-_REMOTE = {}
-
-
-def _remote(fn, **options):
-    if fn not in _REMOTE:
-        _REMOTE[fn] = ember.remote(**options)(fn)
-    return _REMOTE[fn]
 
 
 def _ref_list(what: str, refs) -> list:
