@@ -32,22 +32,6 @@ def _source_blocks(plan) -> int:
     )
 
 
-def _task_files(task) -> list:
-    files = getattr(task, "input_files", None)
-    if files is not None:
-        return list(files)
-    # Until read tasks carry their files, they are found in the known readers' arguments.
-    from ember.data import sources
-
-    fn = task.fn
-    if isinstance(fn, functools.partial):
-        if fn.func is sources._read_files:
-            return list(fn.args[1])
-        if fn.func is sources._read_parquet_pieces:
-            return [path for path, _ in fn.args[1]]
-    return []
-
-
 def _classes():
     from ember.data.dataset import Dataset, MaterializedDataset
 
@@ -304,7 +288,7 @@ class AllToAllMethods:
         files = {}  # ordered, each file once
         for op in self._plan.chain():
             if isinstance(op, Read):
-                files.update((f, None) for task in op.tasks for f in _task_files(task))
+                files.update((f, None) for task in op.tasks for f in task.input_files)
         return list(files)
 
     def num_blocks(self) -> int:

@@ -23,10 +23,12 @@ from ember.data.plan import InputData, Read
 
 
 class ReadTask:
-    """Makes one block: ``read(columns, limit)``; num_rows/size_bytes/schema are estimates or None."""
+    """Makes one block: ``read(columns, limit)``; num_rows/size_bytes/schema are estimates or None;
+    ``input_files``: the files it reads (Dataset.input_files)."""
 
-    def __init__(self, fn, num_rows=None, size_bytes=None, schema=None):
+    def __init__(self, fn, num_rows=None, size_bytes=None, schema=None, input_files=()):
         self.fn, self.num_rows, self.size_bytes, self.schema = fn, num_rows, size_bytes, schema
+        self.input_files = list(input_files)
 
     def read(self, columns=None, limit=None) -> pa.Table:
         table = self.fn(columns, limit)
@@ -236,6 +238,7 @@ def _file_read(name, paths, filesystem, reader, override_num_blocks, include_pat
         ReadTask(
             functools.partial(_read_files, fs, [p for p, _ in group], reader, include_paths),
             size_bytes=sum(s or 0 for _, s in group),
+            input_files=[p for p, _ in group],
         )
         for group in _group(files, override_num_blocks)
     ]
@@ -443,6 +446,7 @@ def _parquet_tasks(fs, file_groups, schema, filter_expr, override, columns, ligh
                 num_rows=None if filter_expr is not None else sum(r for _, r, _ in group),
                 size_bytes=sum(b for _, _, b in group),
                 schema=schema,
+                input_files=list(dict.fromkeys(path for (path, _), _, _ in group)),
             )
         )
     return tasks
