@@ -201,13 +201,17 @@ class Read(LogicalOp):
     actually read, larger when ``light`` (no user function runs in the read's tasks): see
     ``read_tasks``."""
 
-    def __init__(self, name: str, tasks: list, columns=None, limit=None, plan_tasks=None):
+    def __init__(
+        self, name: str, tasks: list, columns=None, limit=None, plan_tasks=None, remote_args=None, concurrency=None
+    ):
         super().__init__()
         self.name, self.tasks, self.columns, self.limit = name, tasks, columns, limit
         self.plan_tasks = plan_tasks
+        # How its tasks run (read_datasource's ray_remote_args and concurrency); the built-in readers leave them out.
+        self.remote_args, self.concurrency = dict(remote_args or {}), concurrency
 
     def copy(self, columns=None, limit=None) -> "Read":
-        return Read(self.name, self.tasks, columns, limit, self.plan_tasks)
+        return Read(self.name, self.tasks, columns, limit, self.plan_tasks, self.remote_args, self.concurrency)
 
 
 class InputData(LogicalOp):
@@ -334,7 +338,7 @@ def _fusable(up: PhysicalOp, op: MapOp) -> bool:
 def physical_plan(op: LogicalOp) -> PhysicalOp:
     """Turn an optimized logical plan into physical operators, fusing map-like ones."""
     if isinstance(op, Read):
-        return PhysicalOp("map", op.name, read=op)
+        return PhysicalOp("map", op.name, read=op, remote_args=dict(op.remote_args), concurrency=op.concurrency)
     if isinstance(op, InputData):
         return PhysicalOp("input", op.name, bundles=list(op.bundles))
     if isinstance(op, MapOp):
