@@ -12,7 +12,9 @@ import pytest
 import ember
 import ember.data as rd
 from ember.data import BlockMetadata, Datasink, Datasource, ReadTask, WriteResult
+from ember.data.plan import optimize, physical_plan
 from ember.exceptions import TaskError
+from ember.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
 class SourceError(Exception):
@@ -182,6 +184,27 @@ def test_empty_source_legacy_reader_and_local_reads(cluster):
     assert rd.read_datasource(Empty()).count() == 0
     assert rd.read_datasource(Empty()).take_all() == []
 
+    class SomeShardsEmpty(Datasource):
+        def __init__(self, schema):
+            self.schema = schema
+
+        def estimate_inmemory_data_size(self):
+            return None
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            def shard(i):
+                return [_range_table(i, i + 2)] if i % 2 else []
+
+            return [
+                ReadTask(lambda i=i: shard(i), BlockMetadata(None, None), schema=self.schema)
+                for i in range(parallelism)
+            ]
+
+    for schema in (None, _range_table(0, 0).schema):
+        ds = rd.read_datasource(SomeShardsEmpty(schema), override_num_blocks=4)
+        assert sorted(ds.select_columns(["sq"]).to_arrow().column("sq").to_pylist()) == [1, 4, 9, 16]
+        assert ds.count() == 4
+
     class Legacy(Datasource):
         def create_reader(self, **read_args):
             return RangeDatasource(read_args["n"])
@@ -202,7 +225,10 @@ def test_empty_source_legacy_reader_and_local_reads(cluster):
 
             return [ReadTask(where, BlockMetadata(1, None, input_files=["local://a"])) for _ in range(parallelism)]
 
-    ds = rd.read_datasource(Local(), override_num_blocks=3, ray_remote_args={"num_cpus": 0.5})
+    ds = rd.read_datasource(Local(), override_num_blocks=3, ray_remote_args={"num_cpus": 0.5}, concurrency=2)
+    physical = physical_plan(optimize(ds._plan))
+    assert physical.concurrency == 2 and physical.remote_args["num_cpus"] == 0.5
+    assert isinstance(physical.remote_args["scheduling_strategy"], NodeAffinitySchedulingStrategy)
     assert {r["node"] for r in ds.take_all()} == {ember.get_runtime_context().get_node_id()}
     assert ds.input_files() == ["local://a"]
 

@@ -114,7 +114,13 @@ class ReadTask:
         """One block: everything ``read_fn`` yields, concatenated, then ``columns`` and ``limit``."""
         if self._per_task_row_limit is not None:
             limit = self._per_task_row_limit if limit is None else min(limit, self._per_task_row_limit)
-        return trim(blk.concat(list(self._blocks(limit))), columns, limit)
+        table = blk.concat(list(self._blocks(limit)))
+        if not table.num_columns and not table.num_rows:
+            # read_fn yielded nothing: an empty block, of the declared schema when there is one.
+            if self.schema is None:
+                return table
+            table = self.schema.empty_table()
+        return trim(table, columns, limit)
 
 
 class Datasource:

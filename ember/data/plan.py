@@ -90,8 +90,10 @@ class Stage:
         kind = self.kind
         if kind == "select":
             missing = [c for c in self.extra if c not in table.column_names]
-            if missing:
+            if missing and (table.num_columns or table.num_rows):
                 raise KeyError(f"select_columns: no column(s) {missing} in {table.column_names}")
+            if missing:  # an empty block of no known columns (a read that found nothing) has none to pick
+                return table
             return table.select(self.extra)
         if kind == "drop":
             return table.drop_columns([c for c in self.extra if c in table.column_names])
