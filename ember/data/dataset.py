@@ -82,6 +82,7 @@ class Dataset(AllToAllMethods, OutputMethods):
     def __init__(self, plan):
         self._plan = plan
         self._last_stats = None
+        self._name = None
 
     # ---- transforms --------------------------------------------------------------------------
 
@@ -352,7 +353,8 @@ class Dataset(AllToAllMethods, OutputMethods):
             return
         from ember.data.progress import reporter
 
-        executor = Executor(physical_plan(optimize(plan)), progress=reporter() if progress else None, ledger=ledger)
+        shown = reporter(name=self._name) if progress else None
+        executor = Executor(physical_plan(optimize(plan)), progress=shown, ledger=ledger)
         self._last_stats = executor.stats
         yield from executor.run()
 
@@ -488,6 +490,34 @@ class Dataset(AllToAllMethods, OutputMethods):
             return "No execution yet: the dataset has not been consumed."
         return self._last_stats.summary()
 
+    @property
+    def name(self) -> str | None:
+        """The name given with ``set_name`` (shown in the execution's progress), or None."""
+        return self._name
+
+    def set_name(self, name: str | None) -> None:
+        """Name this dataset: its executions' progress widget and log lines carry the name."""
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"set_name: name must be a str or None, got {type(name).__name__}.")
+        self._name = name
+
+    def explain(self) -> None:
+        """Print the logical plan as written, as the optimizer rewrites it (limits and column
+        selections pushed into reads), and the physical plan that runs (fused operators)."""
+        print(self._explanation())
+
+    def _explanation(self) -> str:
+        optimized = optimize(self._plan)
+        sections = [
+            ("Logical Plan", _tree(self._plan, _logical_label, lambda op: op.inputs)),
+            ("Logical Plan (Optimized)", _tree(optimized, _logical_label, lambda op: op.inputs)),
+            (
+                "Physical Plan (Optimized)",
+                _tree(physical_plan(optimized), lambda op: describe(op)[:1], lambda op: op.inputs),
+            ),
+        ]
+        return "\n\n".join(f"-------- {title} --------\n" + "\n".join(lines) for title, lines in sections)
+
     # ---- display -----------------------------------------------------------------------------
 
     def _plan_lines(self) -> list:
@@ -528,6 +558,25 @@ class MaterializedDataset(Dataset):
 
     def _plan_lines(self):
         return getattr(self, "_source_plan", None) or [self._plan.name]
+
+
+def _logical_label(op) -> list:
+    """A logical operator's name, with what the optimizer pushed into a read."""
+    extras = []
+    if isinstance(op, Read):
+        if op.columns is not None:
+            extras.append(f"columns={op.columns}")
+        if op.limit is not None:
+            extras.append(f"limit={op.limit}")
+    return [op.name + (f" ({', '.join(extras)})" if extras else "")]
+
+
+def _tree(node, label, children, depth: int = 0) -> list:
+    """``node`` and what it reads from, one line each, indented under it with ``+-``."""
+    lines = [("   " * (depth - 1) + "+- " if depth else "") + label(node)[0].strip()]
+    for child in children(node):
+        lines += _tree(child, label, children, depth + 1)
+    return lines
 
 
 def _known_rows(plan):
