@@ -10,9 +10,9 @@ import ember
 from ember.data import block as blk
 from ember.data import iterator as it
 from ember.data.dataset_all_to_all import AllToAllMethods
+from ember.data.dataset_expressions import ExpressionMethods, schema_after
 from ember.data.dataset_output import OutputMethods
 from ember.data.executor import Executor
-from ember.data.expressions import to_expression
 from ember.data.plan import (
     ActorPoolStrategy,
     AllToAll,
@@ -72,7 +72,7 @@ def _remote_args(compute, num_cpus, num_gpus, memory, remote_args: dict) -> dict
     return args
 
 
-class Dataset(AllToAllMethods, OutputMethods):
+class Dataset(AllToAllMethods, OutputMethods, ExpressionMethods):
     """A distributed collection of rows in Arrow blocks, built lazily from a logical plan.
 
     Transforms return a new Dataset; nothing runs until the data is consumed (iterated, taken,
@@ -254,14 +254,14 @@ class Dataset(AllToAllMethods, OutputMethods):
         concurrency=None,
         **remote_args,
     ):
-        """Keep the rows for which ``fn(row)`` is true, or that match ``expr`` (a string such as
-        ``"x > 0.5 and key != 3"`` or a pyarrow Expression, evaluated by Arrow on whole blocks)."""
+        """Keep the rows for which ``fn(row)`` is true, or that match ``expr``: an ``Expr`` such as
+        ``(col("x") > 0.5) & (col("key") != 3)``, Ray's string form ``"x > 0.5 and key != 3"`` or a
+        pyarrow Expression, evaluated by Arrow on whole blocks (and, right after ``read_parquet``,
+        inside its scan)."""
         if expr is not None:
             if fn is not None:
                 raise ValueError("filter: give either fn or expr, not both.")
-            stage = Stage("filter_expr", extra=to_expression(expr))
-            args = _remote_args(None, num_cpus, num_gpus, memory, remote_args)
-            return Dataset(MapOp(f"Filter({expr})", self._plan, stage, None, args, False, concurrency))
+            return self._filter_expr(expr, num_cpus, num_gpus, memory, concurrency, remote_args)
         return self._map(
             "filter",
             fn,
@@ -294,15 +294,24 @@ class Dataset(AllToAllMethods, OutputMethods):
             extra=col,
         )
 
-    def _columns_op(self, kind, name, extra):
-        return Dataset(MapOp(name, self._plan, Stage(kind, extra=extra), keeps_rows=True))
+    def _columns_op(self, kind, name, extra, remote_args=None, concurrency=None):
+        stage = Stage(kind, extra=extra)
+        return Dataset(MapOp(name, self._plan, stage, None, remote_args, keeps_rows=True, concurrency=concurrency))
 
-    def select_columns(self, cols):
-        """Keep only the columns ``cols`` (in that order)."""
+    def select_columns(
+        self, cols, *, compute=None, concurrency=None, num_cpus=None, num_gpus=None, memory=None, **ray_remote_args
+    ):
+        """Keep only the columns ``cols`` (a name or a list of names, in that order)."""
         cols = [cols] if isinstance(cols, str) else list(cols)
+        bad = [c for c in cols if not isinstance(c, str)]
+        if bad:
+            raise TypeError(f"select_columns: cols must be column names (str), got {bad!r}.")
         if len(set(cols)) != len(cols):
             raise ValueError(f"select_columns: duplicate column names in {cols}.")
-        return self._columns_op("select", f"SelectColumns({cols})", cols)
+        if compute is not None and compute != "tasks" and not isinstance(compute, TaskPoolStrategy):
+            raise ValueError(f"select_columns: compute must be a TaskPoolStrategy or None, got {compute!r}.")
+        args = _remote_args(None, num_cpus, num_gpus, memory, ray_remote_args)
+        return self._columns_op("select", f"SelectColumns({cols})", cols, args, concurrency)
 
     def drop_columns(self, cols):
         """Remove the columns ``cols``."""
@@ -605,11 +614,15 @@ def _known_schema(plan):
         return schema if plan.columns is None else pa.schema([schema.field(c) for c in plan.columns])
     if isinstance(plan, Limit):
         return _known_schema(plan.inputs[0])
-    if isinstance(plan, MapOp) and plan.stage.kind in ("select", "drop", "rename"):
+    if isinstance(plan, MapOp) and plan.stage.kind in ("select", "drop", "rename", "filter_expr", "with_columns"):
         inner = _known_schema(plan.inputs[0])
         if inner is None:
             return None
         stage = plan.stage
+        if stage.kind == "filter_expr":
+            return inner
+        if stage.kind == "with_columns":
+            return schema_after(stage, inner)
         if stage.kind == "select":
             return pa.schema([inner.field(c) for c in stage.extra]) if set(stage.extra) <= set(inner.names) else None
         if stage.kind == "drop":
