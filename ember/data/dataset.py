@@ -24,6 +24,7 @@ from ember.data.plan import (
     TaskPoolStrategy,
     Union,
     describe,
+    explanation,
     fn_name,
     optimize,
     physical_plan,
@@ -513,19 +514,7 @@ class Dataset(AllToAllMethods, OutputMethods, ExpressionMethods):
     def explain(self) -> None:
         """Print the logical plan as written, as the optimizer rewrites it (limits and column
         selections pushed into reads), and the physical plan that runs (fused operators)."""
-        print(self._explanation())
-
-    def _explanation(self) -> str:
-        optimized = optimize(self._plan)
-        sections = [
-            ("Logical Plan", _tree(self._plan, _logical_label, lambda op: op.inputs)),
-            ("Logical Plan (Optimized)", _tree(optimized, _logical_label, lambda op: op.inputs)),
-            (
-                "Physical Plan (Optimized)",
-                _tree(physical_plan(optimized), lambda op: describe(op)[:1], lambda op: op.inputs),
-            ),
-        ]
-        return "\n\n".join(f"-------- {title} --------\n" + "\n".join(lines) for title, lines in sections)
+        print(explanation(self._plan))
 
     # ---- display -----------------------------------------------------------------------------
 
@@ -567,25 +556,6 @@ class MaterializedDataset(Dataset):
 
     def _plan_lines(self):
         return getattr(self, "_source_plan", None) or [self._plan.name]
-
-
-def _logical_label(op) -> list:
-    """A logical operator's name, with what the optimizer pushed into a read."""
-    extras = []
-    if isinstance(op, Read):
-        if op.columns is not None:
-            extras.append(f"columns={op.columns}")
-        if op.limit is not None:
-            extras.append(f"limit={op.limit}")
-    return [op.name + (f" ({', '.join(extras)})" if extras else "")]
-
-
-def _tree(node, label, children, depth: int = 0) -> list:
-    """``node`` and what it reads from, one line each, indented under it with ``+-``."""
-    lines = [("   " * (depth - 1) + "+- " if depth else "") + label(node)[0].strip()]
-    for child in children(node):
-        lines += _tree(child, label, children, depth + 1)
-    return lines
 
 
 def _known_rows(plan):

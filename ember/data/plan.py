@@ -452,3 +452,36 @@ def describe(op: PhysicalOp, indent: int = 0) -> list:
     for child in op.inputs:
         lines += describe(child, indent + 1)
     return lines
+
+
+def explanation(plan: LogicalOp) -> str:
+    """Dataset.explain's text: the logical plan as written, as optimized, and the physical plan."""
+    optimized = optimize(plan)
+    sections = [
+        ("Logical Plan", _tree(plan, _logical_label, lambda op: op.inputs)),
+        ("Logical Plan (Optimized)", _tree(optimized, _logical_label, lambda op: op.inputs)),
+        (
+            "Physical Plan (Optimized)",
+            _tree(physical_plan(optimized), lambda op: describe(op)[:1], lambda op: op.inputs),
+        ),
+    ]
+    return "\n\n".join(f"-------- {title} --------\n" + "\n".join(lines) for title, lines in sections)
+
+
+def _logical_label(op) -> list:
+    """A logical operator's name, with what the optimizer pushed into a read."""
+    extras = []
+    if isinstance(op, Read):
+        if op.columns is not None:
+            extras.append(f"columns={op.columns}")
+        if op.limit is not None:
+            extras.append(f"limit={op.limit}")
+    return [op.name + (f" ({', '.join(extras)})" if extras else "")]
+
+
+def _tree(node, label, children, depth: int = 0) -> list:
+    """``node`` and what it reads from, one line each, indented under it with ``+-``."""
+    lines = [("   " * (depth - 1) + "+- " if depth else "") + label(node)[0].strip()]
+    for child in children(node):
+        lines += _tree(child, label, children, depth + 1)
+    return lines
