@@ -113,6 +113,30 @@ def test_log_lines_outside_a_kernel(cluster, context, capfd):
     assert not any("\r" in line or "running" in line for line in lines)
 
 
+def test_a_named_dataset_names_its_progress_and_explain_shows_the_pushdown(cluster, context, capfd):
+    ds = rd.range(100, override_num_blocks=2).select_columns(["id"]).limit(5)
+    assert ds.name is None
+    ds.set_name("first five")
+    assert ds.name == "first five" and len(ds.take_all()) == 5
+    lines = ember_lines(capfd.readouterr().err)
+    assert lines and all(line.startswith("ember.data: first five: ") for line in lines)
+    model = progress.ExecutionProgress(name="a <b> name")
+    assert "Dataset a &lt;b&gt; name execution" in model.html()
+    with pytest.raises(TypeError, match="name must be a str"):
+        ds.set_name(3)
+    ds.explain()
+    out = capfd.readouterr().out
+    logical, optimized, physical = out.split("\n\n")
+    assert logical.splitlines() == [
+        "-------- Logical Plan --------",
+        "Limit[5]",
+        "+- SelectColumns(['id'])",
+        "   +- ReadRange",
+    ]
+    assert optimized.splitlines()[-1] == "   +- ReadRange (columns=['id'], limit=5)"  # pushed into the read
+    assert physical.splitlines()[1:] == ["Limit[5]", "+- ReadRange->SelectColumns(['id']) (columns=['id'], limit=5)"]
+
+
 def test_progress_lines_are_spaced_by_the_period(cluster):
     # A clock that moves one second per reading: the period, not the machine's speed, spaces the lines.
     ticks = itertools.count()

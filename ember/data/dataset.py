@@ -10,9 +10,9 @@ import ember
 from ember.data import block as blk
 from ember.data import iterator as it
 from ember.data.dataset_all_to_all import AllToAllMethods
+from ember.data.dataset_expressions import ExpressionMethods, schema_after
 from ember.data.dataset_output import OutputMethods
 from ember.data.executor import Executor
-from ember.data.expressions import to_expression
 from ember.data.plan import (
     ActorPoolStrategy,
     AllToAll,
@@ -24,6 +24,7 @@ from ember.data.plan import (
     TaskPoolStrategy,
     Union,
     describe,
+    explanation,
     fn_name,
     optimize,
     physical_plan,
@@ -72,7 +73,7 @@ def _remote_args(compute, num_cpus, num_gpus, memory, remote_args: dict) -> dict
     return args
 
 
-class Dataset(AllToAllMethods, OutputMethods):
+class Dataset(AllToAllMethods, OutputMethods, ExpressionMethods):
     """A distributed collection of rows in Arrow blocks, built lazily from a logical plan.
 
     Transforms return a new Dataset; nothing runs until the data is consumed (iterated, taken,
@@ -82,6 +83,7 @@ class Dataset(AllToAllMethods, OutputMethods):
     def __init__(self, plan):
         self._plan = plan
         self._last_stats = None
+        self._name = None
 
     # ---- transforms --------------------------------------------------------------------------
 
@@ -253,14 +255,14 @@ class Dataset(AllToAllMethods, OutputMethods):
         concurrency=None,
         **remote_args,
     ):
-        """Keep the rows for which ``fn(row)`` is true, or that match ``expr`` (a string such as
-        ``"x > 0.5 and key != 3"`` or a pyarrow Expression, evaluated by Arrow on whole blocks)."""
+        """Keep the rows for which ``fn(row)`` is true, or that match ``expr``: an ``Expr`` such as
+        ``(col("x") > 0.5) & (col("key") != 3)``, Ray's string form ``"x > 0.5 and key != 3"`` or a
+        pyarrow Expression, evaluated by Arrow on whole blocks (and, right after ``read_parquet``,
+        inside its scan)."""
         if expr is not None:
             if fn is not None:
                 raise ValueError("filter: give either fn or expr, not both.")
-            stage = Stage("filter_expr", extra=to_expression(expr))
-            args = _remote_args(None, num_cpus, num_gpus, memory, remote_args)
-            return Dataset(MapOp(f"Filter({expr})", self._plan, stage, None, args, False, concurrency))
+            return self._filter_expr(expr, num_cpus, num_gpus, memory, concurrency, remote_args)
         return self._map(
             "filter",
             fn,
@@ -293,15 +295,24 @@ class Dataset(AllToAllMethods, OutputMethods):
             extra=col,
         )
 
-    def _columns_op(self, kind, name, extra):
-        return Dataset(MapOp(name, self._plan, Stage(kind, extra=extra), keeps_rows=True))
+    def _columns_op(self, kind, name, extra, remote_args=None, concurrency=None):
+        stage = Stage(kind, extra=extra)
+        return Dataset(MapOp(name, self._plan, stage, None, remote_args, keeps_rows=True, concurrency=concurrency))
 
-    def select_columns(self, cols):
-        """Keep only the columns ``cols`` (in that order)."""
+    def select_columns(
+        self, cols, *, compute=None, concurrency=None, num_cpus=None, num_gpus=None, memory=None, **ray_remote_args
+    ):
+        """Keep only the columns ``cols`` (a name or a list of names, in that order)."""
         cols = [cols] if isinstance(cols, str) else list(cols)
+        bad = [c for c in cols if not isinstance(c, str)]
+        if bad:
+            raise TypeError(f"select_columns: cols must be column names (str), got {bad!r}.")
         if len(set(cols)) != len(cols):
             raise ValueError(f"select_columns: duplicate column names in {cols}.")
-        return self._columns_op("select", f"SelectColumns({cols})", cols)
+        if compute is not None and compute != "tasks" and not isinstance(compute, TaskPoolStrategy):
+            raise ValueError(f"select_columns: compute must be a TaskPoolStrategy or None, got {compute!r}.")
+        args = _remote_args(None, num_cpus, num_gpus, memory, ray_remote_args)
+        return self._columns_op("select", f"SelectColumns({cols})", cols, args, concurrency)
 
     def drop_columns(self, cols):
         """Remove the columns ``cols``."""
@@ -352,7 +363,8 @@ class Dataset(AllToAllMethods, OutputMethods):
             return
         from ember.data.progress import reporter
 
-        executor = Executor(physical_plan(optimize(plan)), progress=reporter() if progress else None, ledger=ledger)
+        shown = reporter(name=self._name) if progress else None
+        executor = Executor(physical_plan(optimize(plan)), progress=shown, ledger=ledger)
         self._last_stats = executor.stats
         yield from executor.run()
 
@@ -488,6 +500,22 @@ class Dataset(AllToAllMethods, OutputMethods):
             return "No execution yet: the dataset has not been consumed."
         return self._last_stats.summary()
 
+    @property
+    def name(self) -> str | None:
+        """The name given with ``set_name`` (shown in the execution's progress), or None."""
+        return self._name
+
+    def set_name(self, name: str | None) -> None:
+        """Name this dataset: its executions' progress widget and log lines carry the name."""
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"set_name: name must be a str or None, got {type(name).__name__}.")
+        self._name = name
+
+    def explain(self) -> None:
+        """Print the logical plan as written, as the optimizer rewrites it (limits and column
+        selections pushed into reads), and the physical plan that runs (fused operators)."""
+        print(explanation(self._plan))
+
     # ---- display -----------------------------------------------------------------------------
 
     def _plan_lines(self) -> list:
@@ -556,11 +584,15 @@ def _known_schema(plan):
         return schema if plan.columns is None else pa.schema([schema.field(c) for c in plan.columns])
     if isinstance(plan, Limit):
         return _known_schema(plan.inputs[0])
-    if isinstance(plan, MapOp) and plan.stage.kind in ("select", "drop", "rename"):
+    if isinstance(plan, MapOp) and plan.stage.kind in ("select", "drop", "rename", "filter_expr", "with_columns"):
         inner = _known_schema(plan.inputs[0])
         if inner is None:
             return None
         stage = plan.stage
+        if stage.kind == "filter_expr":
+            return inner
+        if stage.kind == "with_columns":
+            return schema_after(stage, inner)
         if stage.kind == "select":
             return pa.schema([inner.field(c) for c in stage.extra]) if set(stage.extra) <= set(inner.names) else None
         if stage.kind == "drop":

@@ -18,9 +18,10 @@ def _dataset():
 class OutputMethods:
     """Mixed into Dataset: the ways a dataset leaves ember.data (a driver-side table, refs to its
     blocks, files). Like AllToAllMethods it works through ``self._plan`` and public Dataset methods,
-    with two exceptions: ``self._bundles()`` streams the plan's blocks where holding every ref first
+    with three exceptions: ``self._bundles()`` streams the plan's blocks where holding every ref first
     (``materialize``) is not wanted, and a write records its execution in ``self._last_stats`` so that
-    ``stats()`` describes it.
+    ``stats()`` describes it, and ``write_numpy`` checks its column against the schema the plan
+    already knows (dataset._known_schema) before anything runs.
     """
 
     def to_pandas(self, limit: int | None = None):
@@ -31,6 +32,7 @@ class OutputMethods:
         return blk.to_pandas(table)
 
     def to_arrow(self) -> pa.Table:
+        """Every row in one pyarrow Table."""
         return it.fetch_table(self._bundles())
 
     def to_arrow_refs(self) -> list:

@@ -71,6 +71,7 @@ class Stage:
     zero_copy: bool = False
     extra: object = None
     light: bool = False  # Ember's own work, whose cost per row does not grow with the block (see read_tasks)
+    reads: frozenset | None = None  # the columns an expression stage reads, when known
     _callable: object = None
 
     def setup(self):
@@ -98,7 +99,12 @@ class Stage:
         if kind == "drop":
             return table.drop_columns([c for c in self.extra if c in table.column_names])
         if kind == "filter_expr":
-            return table.filter(self.extra)
+            try:
+                return table.filter(self.extra)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+                raise _expression_error(f"filter(expr={self.extra})", table, error) from None
+        if kind == "with_columns":
+            return with_columns(table, self.extra)
         if kind == "rename":
             return table.rename_columns([self.extra.get(c, c) for c in table.column_names])
         if kind == "random_sample":
@@ -146,6 +152,33 @@ class Stage:
         if kind == "slice":
             return table.slice(0, self.extra)
         raise ValueError(f"unknown stage kind {kind!r}")
+
+
+def with_columns(table: pa.Table, columns: list) -> pa.Table:
+    """``table`` with each (name, pyarrow Expression) of ``columns`` evaluated by Arrow on the whole
+    block, every one of them on the input columns; a name already there is replaced in place."""
+    import pyarrow.dataset as pds
+
+    try:
+        values = pds.dataset(table).to_table(columns=dict(columns), use_threads=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+        names = ", ".join(f"{n}={e}" for n, e in columns)
+        raise _expression_error(f"with_column({names})", table, error) from None
+    for name in values.column_names:
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, values[name])
+        else:
+            table = table.append_column(name, values[name])
+    return table
+
+
+def _expression_error(what: str, table: pa.Table, error: Exception) -> Exception:
+    # Arrow's own messages name a missing field or a kernel without saying which expression failed.
+    text = str(error).split("\n", 1)[0]
+    if "No match for FieldRef" in text:
+        return KeyError(f"{what}: no such column ({text}); the block has {table.column_names}.")
+    types = {name: str(t) for name, t in zip(table.column_names, table.schema.types)}
+    return TypeError(f"{what}: cannot evaluate on columns {types}: {text}")
 
 
 def sample_rows(table: pa.Table, fraction: float, seed, index: int) -> pa.Table:
@@ -204,16 +237,39 @@ class Read(LogicalOp):
     ``read_tasks``."""
 
     def __init__(
-        self, name: str, tasks: list, columns=None, limit=None, plan_tasks=None, remote_args=None, concurrency=None
+        self,
+        name: str,
+        tasks: list,
+        columns=None,
+        limit=None,
+        plan_tasks=None,
+        filterable=False,
+        pushed=None,
+        remote_args=None,
+        concurrency=None,
     ):
         super().__init__()
         self.name, self.tasks, self.columns, self.limit = name, tasks, columns, limit
         self.plan_tasks = plan_tasks
+        # ``filterable``: plan_tasks takes a third argument, a pyarrow Expression its scan applies
+        # (Parquet), so the optimizer may push an expression filter into it as ``filter``.
+        self.filterable, self.filter = filterable, pushed
         # How its tasks run (read_datasource's ray_remote_args and concurrency); the built-in readers leave them out.
         self.remote_args, self.concurrency = dict(remote_args or {}), concurrency
 
-    def copy(self, columns=None, limit=None) -> "Read":
-        return Read(self.name, self.tasks, columns, limit, self.plan_tasks, self.remote_args, self.concurrency)
+    def copy(self, columns=None, limit=None, pushed=None) -> "Read":
+        pushed = self.filter if pushed is None else pushed
+        return Read(
+            self.name,
+            self.tasks,
+            columns,
+            limit,
+            self.plan_tasks,
+            self.filterable,
+            pushed,
+            self.remote_args,
+            self.concurrency,
+        )
 
 
 class InputData(LogicalOp):
@@ -283,6 +339,12 @@ def optimize(op: LogicalOp) -> LogicalOp:
         return _remap(op, child)
     if isinstance(op, (Read, InputData)):
         return op
+    if isinstance(op, MapOp) and op.stage.kind == "filter_expr":
+        child = optimize(op.inputs[0])
+        if _filter_pushable(op, child):
+            pushed = op.stage.extra if child.filter is None else child.filter & op.stage.extra
+            return child.copy(child.columns, child.limit, pushed)
+        return _remap(op, child)
     if isinstance(op, MapOp):
         return _remap(op, optimize(op.inputs[0]))
     if isinstance(op, Union):
@@ -290,6 +352,20 @@ def optimize(op: LogicalOp) -> LogicalOp:
     if isinstance(op, AllToAll):
         return AllToAll(op.name, [optimize(i) for i in op.inputs], op.fn)
     raise TypeError(f"unknown logical operator {op!r}")
+
+
+def _filter_pushable(op: MapOp, child) -> bool:
+    """Whether an expression filter may move into the scan of the read below it: a read that scans
+    with a filter, no limit in it to apply first, nothing of the filter's own to schedule, and only
+    columns the read reads (when it reads a subset, a filter on another column must fail as it
+    would after the read)."""
+    if not isinstance(child, Read) or not child.filterable or child.limit is not None:
+        return False
+    if op.compute is not None or op.remote_args or op.concurrency is not None:
+        return False
+    if child.columns is None:
+        return True
+    return op.stage.reads is not None and op.stage.reads <= set(child.columns)
 
 
 def _limit_read(op: LogicalOp, n: int) -> LogicalOp:
@@ -363,7 +439,7 @@ def physical_plan(op: LogicalOp) -> PhysicalOp:
 
 
 # Stages that never run a user function: a read fused with only these may make larger blocks.
-_LIGHT_KINDS = frozenset({"select", "drop", "rename", "filter_expr"})
+_LIGHT_KINDS = frozenset({"select", "drop", "rename", "filter_expr", "with_columns"})
 
 
 def read_tasks(op: PhysicalOp) -> list:
@@ -375,6 +451,8 @@ def read_tasks(op: PhysicalOp) -> list:
     if read.plan_tasks is None:
         return read.tasks
     light = op.compute is None and all(s.kind in _LIGHT_KINDS or s.light for s in op.stages)
+    if read.filter is not None:
+        return read.plan_tasks(read.columns, light, read.filter)
     return read.plan_tasks(read.columns, light)
 
 
@@ -389,9 +467,44 @@ def describe(op: PhysicalOp, indent: int = 0) -> list:
             extras.append(f"columns={op.read.columns}")
         if op.read.limit is not None:
             extras.append(f"limit={op.read.limit}")
+        if op.read.filter is not None:
+            extras.append(f"filter={op.read.filter}")
         if extras:
             line += f" ({', '.join(extras)})"
     lines = [line]
     for child in op.inputs:
         lines += describe(child, indent + 1)
+    return lines
+
+
+def explanation(plan: LogicalOp) -> str:
+    """Dataset.explain's text: the logical plan as written, as optimized, and the physical plan."""
+    optimized = optimize(plan)
+    sections = [
+        ("Logical Plan", _tree(plan, _logical_label, lambda op: op.inputs)),
+        ("Logical Plan (Optimized)", _tree(optimized, _logical_label, lambda op: op.inputs)),
+        (
+            "Physical Plan (Optimized)",
+            _tree(physical_plan(optimized), lambda op: describe(op)[:1], lambda op: op.inputs),
+        ),
+    ]
+    return "\n\n".join(f"-------- {title} --------\n" + "\n".join(lines) for title, lines in sections)
+
+
+def _logical_label(op) -> list:
+    """A logical operator's name, with what the optimizer pushed into a read."""
+    extras = []
+    if isinstance(op, Read):
+        if op.columns is not None:
+            extras.append(f"columns={op.columns}")
+        if op.limit is not None:
+            extras.append(f"limit={op.limit}")
+    return [op.name + (f" ({', '.join(extras)})" if extras else "")]
+
+
+def _tree(node, label, children, depth: int = 0) -> list:
+    """``node`` and what it reads from, one line each, indented under it with ``+-``."""
+    lines = [("   " * (depth - 1) + "+- " if depth else "") + label(node)[0].strip()]
+    for child in children(node):
+        lines += _tree(child, label, children, depth + 1)
     return lines

@@ -13,6 +13,7 @@ an injectable clock) that both views read. ``DataContext.enable_progress_bars = 
 all off.
 """
 
+import html
 import sys
 import time
 import warnings
@@ -64,8 +65,9 @@ def op_rows(executor) -> list:
 class ExecutionProgress:
     """The model: the latest ``OpRow``s, when each operator finished, and how the execution ended."""
 
-    def __init__(self, budget: int = 0, clock=time.monotonic, started: float | None = None):
+    def __init__(self, budget: int = 0, clock=time.monotonic, started: float | None = None, name: str | None = None):
         self.clock = clock
+        self.name = name  # the dataset's, from Dataset.set_name
         self.started = clock() if started is None else started
         self.budget = budget
         self.rows: list = []
@@ -132,17 +134,20 @@ class ExecutionProgress:
             if state != "running":
                 part += f" ({state})"
             parts.append(part)
-        return f"{PREFIX}running {self.elapsed(now):.1f} s | " + " | ".join(parts)
+        return f"{self._prefix()}running {self.elapsed(now):.1f} s | " + " | ".join(parts)
 
     def final_lines(self) -> list:
         """One line per operator, then how it ended."""
         lines = [
-            f"{PREFIX}{row.name}: {row.rows:,} rows, {row.blocks} blocks, {row.tasks} tasks, "
+            f"{self._prefix()}{row.name}: {row.rows:,} rows, {row.blocks} blocks, {row.tasks} tasks, "
             f"{_rate(self.throughput(index))}" + (" (was throttled by the budget)" if row.ever_throttled else "")
             for index, row in enumerate(self.rows)
         ]
-        lines.append(PREFIX + self.ending())
+        lines.append(self._prefix() + self.ending())
         return lines
+
+    def _prefix(self) -> str:
+        return PREFIX if self.name is None else f"{PREFIX}{self.name}: "
 
     def ending(self) -> str:
         rows, blocks = self.output()
@@ -160,8 +165,6 @@ class ExecutionProgress:
 
     def html(self, now: float | None = None) -> str:
         """The widget's body: a table with a row per operator, then the totals once finished."""
-        import html
-
         from ember.widgets.render import bar, table, view
 
         body = []
@@ -188,7 +191,8 @@ class ExecutionProgress:
                 f"<div class='ember-note'>running {self.elapsed(now):.1f} s, budget {_bytes(self.budget)} "
                 f"of object store</div>"
             )
-        return view("data", "<b>Dataset execution</b>" + table(heads, body, "starting", numeric) + footer)
+        title = "Dataset execution" if self.name is None else f"Dataset {html.escape(self.name)} execution"
+        return view("data", f"<b>{title}</b>" + table(heads, body, "starting", numeric) + footer)
 
 
 def _rate(rows_per_second: float) -> str:
@@ -215,8 +219,9 @@ class _Reporter:
 
     period = WIDGET_PERIOD
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock=time.monotonic, name: str | None = None):
         self.clock = clock
+        self.name = name
         self.model = None
         self.last_drawn = float("-inf")
         self.broken = False
@@ -226,7 +231,7 @@ class _Reporter:
             return
         now = self.clock()
         if self.model is None:
-            self.model = ExecutionProgress(executor.stats.budget, clock=self.clock, started=now)
+            self.model = ExecutionProgress(executor.stats.budget, clock=self.clock, started=now, name=self.name)
             self.last_drawn = self._first_draw(now)
         if now - self.last_drawn < self.period:
             return
@@ -237,7 +242,7 @@ class _Reporter:
         if self.broken or not executor.states:
             return
         if self.model is None:
-            self.model = ExecutionProgress(executor.stats.budget, clock=self.clock)
+            self.model = ExecutionProgress(executor.stats.budget, clock=self.clock, name=self.name)
         stats = executor.stats
         self._guard(
             lambda: (
@@ -269,8 +274,8 @@ class TextReporter(_Reporter):
 
     period = TEXT_PERIOD
 
-    def __init__(self, stream=None, clock=time.monotonic):
-        super().__init__(clock)
+    def __init__(self, stream=None, clock=time.monotonic, name: str | None = None):
+        super().__init__(clock, name)
         self.stream = stream
 
     def _first_draw(self, now: float) -> float:
@@ -292,8 +297,8 @@ class WidgetReporter(_Reporter):
     """The live widget, displayed in the running cell when the execution starts; its output also
     carries a text/html snapshot (renewed at the end) for saved notebooks."""
 
-    def __init__(self, clock=time.monotonic):
-        super().__init__(clock)
+    def __init__(self, clock=time.monotonic, name: str | None = None):
+        super().__init__(clock, name)
         self.widget = None
         self.handle = None
 
@@ -348,12 +353,13 @@ def in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def reporter(ctx=None):
+def reporter(ctx=None, name: str | None = None):
     """The progress reporter for one execution under ``ctx`` (the current DataContext by default):
-    a widget in a kernel, text lines elsewhere, None when ``enable_progress_bars`` is off."""
+    a widget in a kernel, text lines elsewhere, None when ``enable_progress_bars`` is off. ``name``:
+    the dataset's (Dataset.set_name), shown in the title and the lines."""
     from ember.data.context import DataContext
 
     ctx = ctx or DataContext.get_current()
     if not ctx.enable_progress_bars:
         return None
-    return WidgetReporter() if in_kernel() else TextReporter()
+    return WidgetReporter(name=name) if in_kernel() else TextReporter(name=name)

@@ -434,9 +434,12 @@ def _parquet_pieces(file_groups: list, columns, target: int) -> list:
     return pieces
 
 
-def _parquet_tasks(fs, file_groups, schema, filter_expr, override, columns, light: bool) -> list:
+def _parquet_tasks(fs, file_groups, schema, filter_expr, override, columns, light: bool, pushed=None) -> list:
     """The read tasks of a Parquet dataset for ``columns``; ``light``: no user function runs in the
-    read's tasks, so blocks may be larger (``PARQUET_LIGHT_BLOCK_BYTES``)."""
+    read's tasks, so blocks may be larger (``PARQUET_LIGHT_BLOCK_BYTES``); ``pushed``: a filter of the
+    Dataset's (``Dataset.filter(expr=...)``) the scan applies as well as read_parquet's own."""
+    if pushed is not None:
+        filter_expr = pushed if filter_expr is None else filter_expr & pushed
     ctx = DataContext.get_current()
     target = min(ctx.target_max_block_size, PARQUET_BLOCK_BYTES)
     if light and override is None:
@@ -508,4 +511,4 @@ def read_parquet(
     tasks = plan_tasks(columns, False)
     # The executor plans the tasks again once it knows which columns are read (a select pushed
     # down) and whether a user function runs in them.
-    return Dataset(Read("ReadParquet", tasks, columns=columns, plan_tasks=plan_tasks))
+    return Dataset(Read("ReadParquet", tasks, columns=columns, plan_tasks=plan_tasks, filterable=True))
