@@ -9,6 +9,8 @@ from ember.data.block import BlockMetadata
 from ember.data.context import DataContext, ExecutionOptions, ExecutionResources
 from ember.data.data_iterator import DataIterator
 from ember.data.dataset import Dataset, MaterializedDataset
+from ember.data.datasink import Datasink, WriteResult
+from ember.data.datasource import Datasource, ReadTask, read_datasource
 from ember.data.interop import from_arrow_refs, from_numpy_refs, from_pandas_refs, from_torch
 from ember.data.plan import ActorPoolStrategy, TaskPoolStrategy
 from ember.data.schema import Schema
@@ -24,6 +26,7 @@ from ember.data.sources import (
     read_csv,
     read_json,
     read_numpy,
+    read_orc,
     read_parquet,
     read_text,
 )
@@ -35,12 +38,16 @@ __all__ = [
     "DataContext",
     "DataIterator",
     "Dataset",
+    "Datasink",
+    "Datasource",
     "ExecutionOptions",
     "ExecutionResources",
     "MaterializedDataset",
+    "ReadTask",
     "SaveMode",
     "Schema",
     "TaskPoolStrategy",
+    "WriteResult",
     "from_arrow",
     "from_arrow_refs",
     "from_items",
@@ -53,8 +60,10 @@ __all__ = [
     "range_tensor",
     "read_binary_files",
     "read_csv",
+    "read_datasource",
     "read_json",
     "read_numpy",
+    "read_orc",
     "read_parquet",
     "read_text",
 ]

@@ -60,11 +60,24 @@ def to_pandas(table: pa.Table):
 
 @dataclass(frozen=True)
 class BlockMetadata:
-    """What the driver knows about a block without fetching it."""
+    """What the driver knows about a block without fetching it (Ray's ``BlockMetadata``): rows, bytes
+    in memory and schema (None where unknown), the files it was read from (a tuple), and Ray's
+    execution statistics fields, which Ember keeps but does not fill in.
 
-    num_rows: int
-    size_bytes: int
-    schema: pa.Schema | None
+    Positionally (num_rows, size_bytes, schema), as Ray's older versions; Ray 2.60's third positional
+    field is exec_stats, so code that is to run on both names the fields."""
+
+    num_rows: int | None
+    size_bytes: int | None
+    schema: pa.Schema | None = None
+    input_files: tuple | None = None
+    exec_stats: object = None
+    task_exec_stats: object = None
+
+    def __post_init__(self):
+        if self.input_files is not None and not isinstance(self.input_files, tuple):
+            # A tuple keeps the frozen metadata hashable.
+            object.__setattr__(self, "input_files", tuple(self.input_files))
 
 
 def metadata_of(table: pa.Table) -> BlockMetadata:

@@ -105,6 +105,34 @@ class OutputMethods:
         ``write_parquet``); ``pandas_json_args`` go to ``DataFrame.to_json``."""
         self._write("json", path, filesystem, pandas_json_args, min_rows_per_file, ray_remote_args, concurrency, mode)
 
+    def write_orc(
+        self,
+        path: str,
+        *,
+        filesystem=None,
+        try_create_dir: bool = True,
+        arrow_open_stream_args=None,
+        filename_provider=None,
+        arrow_orc_args_fn=None,
+        min_rows_per_file=None,
+        ray_remote_args=None,
+        concurrency=None,
+        mode="append",
+        **arrow_orc_args,
+    ) -> None:
+        """Write the dataset as ORC files under the directory ``path``, which ``read_orc`` reads back
+        (files, tasks and ``mode`` as ``write_parquet``); ``arrow_orc_args`` go to
+        ``pyarrow.orc.write_table``."""
+        args = dict(arrow_orc_args, try_create_dir=try_create_dir)
+        for name, value in (
+            ("arrow_open_stream_args", arrow_open_stream_args),
+            ("filename_provider", filename_provider),
+            ("arrow_orc_args_fn", arrow_orc_args_fn),
+        ):
+            if value is not None:
+                args[name] = value
+        self._write("orc", path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode)
+
     def write_numpy(
         self,
         path: str,
@@ -140,6 +168,16 @@ class OutputMethods:
                 args[name] = value
         self._write("numpy", path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode)
 
+    def write_datasink(self, datasink, *, ray_remote_args=None, concurrency=None) -> None:
+        """Write the dataset to a custom ``Datasink``: ``on_write_start`` on the driver, then write
+        tasks calling ``datasink.write`` on the blocks (one task per block, or per run of blocks
+        holding ``min_rows_per_write`` rows), then ``on_write_complete`` with a ``WriteResult``; on
+        an error, ``on_write_failed`` and the error raised (with its own type, as a TaskError).
+        ``ray_remote_args`` and ``concurrency`` shape the write tasks."""
+        from ember.data.datasink import write_datasink
+
+        write_datasink(self, datasink, ray_remote_args, concurrency)
+
     def _write(self, fmt, path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode):
         from ember.data.sinks import RAY_WRITE_OPTIONS, prepare, save_mode, write_stage
 
@@ -172,7 +210,7 @@ class OutputMethods:
             return
         fs, root = target
         stage = Stage("write", write_stage(fmt, fs, root, args))
-        name = f"Write{fmt.upper() if fmt == 'csv' else fmt.capitalize()}"
+        name = f"Write{fmt.upper() if fmt in ('csv', 'orc') else fmt.capitalize()}"
         written = ds.Dataset(MapOp(name, self._plan, stage, None, remote_args, False, cap, min_rows=min_rows_per_file))
         for _ in written._bundles():
             pass

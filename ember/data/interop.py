@@ -17,7 +17,7 @@ import ember
 from ember.data import block as blk
 from ember.data.all_to_all import _remote
 from ember.data.plan import InputData, Read
-from ember.data.sources import ReadTask
+from ember.data.sources import BlockReadTask
 
 
 def _ref_list(what: str, refs) -> list:
@@ -180,4 +180,4 @@ def from_torch(dataset, local_read: bool = False):
         table = _torch_rows(dataset, None, None)
         return Dataset(InputData([(ember.put(table), blk.metadata_of(table))], "ReadTorch"))
     rows = None if iterable else len(dataset)
-    return Dataset(Read("ReadTorch", [ReadTask(functools.partial(_torch_rows, dataset), num_rows=rows)]))
+    return Dataset(Read("ReadTorch", [BlockReadTask(functools.partial(_torch_rows, dataset), num_rows=rows)]))

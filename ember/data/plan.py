@@ -91,8 +91,10 @@ class Stage:
         kind = self.kind
         if kind == "select":
             missing = [c for c in self.extra if c not in table.column_names]
-            if missing:
+            if missing and (table.num_columns or table.num_rows):
                 raise KeyError(f"select_columns: no column(s) {missing} in {table.column_names}")
+            if missing:  # an empty block of no known columns (a read that found nothing) has none to pick
+                return table
             return table.select(self.extra)
         if kind == "drop":
             return table.drop_columns([c for c in self.extra if c in table.column_names])
@@ -235,7 +237,16 @@ class Read(LogicalOp):
     ``read_tasks``."""
 
     def __init__(
-        self, name: str, tasks: list, columns=None, limit=None, plan_tasks=None, filterable=False, pushed=None
+        self,
+        name: str,
+        tasks: list,
+        columns=None,
+        limit=None,
+        plan_tasks=None,
+        filterable=False,
+        pushed=None,
+        remote_args=None,
+        concurrency=None,
     ):
         super().__init__()
         self.name, self.tasks, self.columns, self.limit = name, tasks, columns, limit
@@ -243,10 +254,22 @@ class Read(LogicalOp):
         # ``filterable``: plan_tasks takes a third argument, a pyarrow Expression its scan applies
         # (Parquet), so the optimizer may push an expression filter into it as ``filter``.
         self.filterable, self.filter = filterable, pushed
+        # How its tasks run (read_datasource's ray_remote_args and concurrency); the built-in readers leave them out.
+        self.remote_args, self.concurrency = dict(remote_args or {}), concurrency
 
     def copy(self, columns=None, limit=None, pushed=None) -> "Read":
         pushed = self.filter if pushed is None else pushed
-        return Read(self.name, self.tasks, columns, limit, self.plan_tasks, self.filterable, pushed)
+        return Read(
+            self.name,
+            self.tasks,
+            columns,
+            limit,
+            self.plan_tasks,
+            self.filterable,
+            pushed,
+            self.remote_args,
+            self.concurrency,
+        )
 
 
 class InputData(LogicalOp):
@@ -393,7 +416,7 @@ def _fusable(up: PhysicalOp, op: MapOp) -> bool:
 def physical_plan(op: LogicalOp) -> PhysicalOp:
     """Turn an optimized logical plan into physical operators, fusing map-like ones."""
     if isinstance(op, Read):
-        return PhysicalOp("map", op.name, read=op)
+        return PhysicalOp("map", op.name, read=op, remote_args=dict(op.remote_args), concurrency=op.concurrency)
     if isinstance(op, InputData):
         return PhysicalOp("input", op.name, bundles=list(op.bundles))
     if isinstance(op, MapOp):

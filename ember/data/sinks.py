@@ -62,6 +62,7 @@ RAY_WRITE_OPTIONS = frozenset(
         "filename_provider",
         "arrow_parquet_args_fn",
         "arrow_csv_args_fn",
+        "arrow_orc_args_fn",
         "pandas_json_args_fn",
         "arrow_open_stream_args",
     }
@@ -90,6 +91,11 @@ class _Writer:
 
             with self.fs.open_output_stream(path) as out:
                 pacsv.write_csv(table, out, **self.args)
+        elif self.fmt == "orc":
+            import pyarrow.orc as paorc
+
+            with self.fs.open_output_stream(path) as out:
+                paorc.write_table(table, out, **self.args)
         elif self.fmt == "numpy":
             column = self.args["column"]
             if column not in table.column_names:

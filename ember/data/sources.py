@@ -19,27 +19,21 @@ import pyarrow.fs as pafs
 import ember
 from ember.data import block as blk
 from ember.data.context import DataContext, cluster_resources
+from ember.data.datasource import trim
 from ember.data.plan import InputData, Read
 
 
-class ReadTask:
-    """Makes one block: ``read(columns, limit)``; num_rows/size_bytes/schema are estimates or None;
-    ``input_files``: the files it reads (Dataset.input_files)."""
+class BlockReadTask:
+    """Ember's own read task (ranges, files): ``fn(columns, limit)`` makes one block; num_rows,
+    size_bytes and schema are estimates or None; ``input_files``: the files it reads
+    (Dataset.input_files). A custom Datasource's tasks are ``datasource.ReadTask``, read alike."""
 
     def __init__(self, fn, num_rows=None, size_bytes=None, schema=None, input_files=()):
         self.fn, self.num_rows, self.size_bytes, self.schema = fn, num_rows, size_bytes, schema
         self.input_files = list(input_files)
 
     def read(self, columns=None, limit=None) -> pa.Table:
-        table = self.fn(columns, limit)
-        if columns is not None and table.column_names != list(columns):
-            missing = [c for c in columns if c not in table.column_names]
-            if missing:
-                raise KeyError(f"no column(s) {missing} in {table.column_names}")
-            table = table.select(columns)
-        if limit is not None and table.num_rows > limit:
-            table = table.slice(0, limit)
-        return table
+        return trim(self.fn(columns, limit), columns, limit)
 
 
 def _min_blocks(ctx: DataContext) -> int:
@@ -96,7 +90,7 @@ def _range(name, n, shape, override):
     row_bytes = 8 * (math.prod(shape) if shape else 1)
     schema = _range_block(0, 0, shape, None, None).schema
     tasks = [
-        ReadTask(functools.partial(_range_block, lo, hi, shape), hi - lo, (hi - lo) * row_bytes, schema)
+        BlockReadTask(functools.partial(_range_block, lo, hi, shape), hi - lo, (hi - lo) * row_bytes, schema)
         for lo, hi in _bounds(n, _num_blocks(n, row_bytes, override))
     ]
     return Dataset(Read(name, tasks))
@@ -235,7 +229,7 @@ def _file_read(name, paths, filesystem, reader, override_num_blocks, include_pat
 
     fs, files = resolve_paths(paths, filesystem, file_extensions)
     tasks = [
-        ReadTask(
+        BlockReadTask(
             functools.partial(_read_files, fs, [p for p, _ in group], reader, include_paths),
             size_bytes=sum(s or 0 for _, s in group),
             input_files=[p for p, _ in group],
@@ -278,6 +272,13 @@ def _text_reader(encoding, drop_empty_lines, stream, columns):
 
 def _numpy_reader(stream, columns):
     return pa.table({"data": blk._array_of(np.load(io.BytesIO(stream.read()), allow_pickle=False))})
+
+
+def _orc_reader(stream, columns):
+    import pyarrow.orc as paorc
+
+    # ORC needs random access (its footer is at the end): the file is read into memory first.
+    return paorc.read_table(pa.BufferReader(stream.read()), columns=None if columns is None else list(columns))
 
 
 def _binary_reader(stream, columns):
@@ -327,6 +328,12 @@ def read_binary_files(paths, *, filesystem=None, include_paths=False, override_n
     return _file_read(
         "ReadBinary", paths, filesystem, _binary_reader, override_num_blocks, include_paths, file_extensions
     )
+
+
+def read_orc(paths, *, filesystem=None, include_paths=False, override_num_blocks=None, file_extensions=("orc",)):
+    """Read ORC files with pyarrow.orc; a select_columns after it reads only those columns. In a
+    directory only files ending in ``file_extensions`` are read (``.orc`` by default, as Ray)."""
+    return _file_read("ReadORC", paths, filesystem, _orc_reader, override_num_blocks, include_paths, file_extensions)
 
 
 # ---- parquet --------------------------------------------------------------------------------------
@@ -444,7 +451,7 @@ def _parquet_tasks(fs, file_groups, schema, filter_expr, override, columns, ligh
     tasks = []
     for group in _group(_parquet_pieces(file_groups, columns, target), override):
         tasks.append(
-            ReadTask(
+            BlockReadTask(
                 functools.partial(_read_parquet_pieces, fs, [p for p, _, _ in group], filter_expr),
                 num_rows=None if filter_expr is not None else sum(r for _, r, _ in group),
                 size_bytes=sum(b for _, _, b in group),
