@@ -6,6 +6,7 @@ partition joins just the keys and each side's row numbers, and every other colum
 row number: any column type joins, and an outer join's missing side becomes nulls.
 """
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -54,7 +55,7 @@ def _partition_by_keys(table: pa.Table, n: int, keys: list):
 def _numbered(table: pa.Table, keys: list, names: list, row_name: str) -> pa.Table:
     """The key columns of ``table`` (renamed ``names``) and each row's number."""
     _check_key_columns(table, keys)
-    columns = [*(table.column(k) for k in keys), pa.array(range(table.num_rows), pa.int64())]
+    columns = [*(table.column(k) for k in keys), pa.array(np.arange(table.num_rows, dtype=np.int64))]
     return pa.table(columns, [*names, row_name])
 
 
