@@ -33,12 +33,111 @@ def check_batch_format(batch_format) -> str:
     return batch_format
 
 
+class VariableShapeTensorType(pa.ExtensionType):
+    """A column of ndarrays of one dtype but differing shapes (Ray's variable-shaped tensor column):
+    images of different sizes, say. Each row stores its values flattened (C order) beside its shape;
+    the dimension count may differ between rows too (a grayscale HxW beside an RGB HxWxC)."""
+
+    def __init__(self, value_type: pa.DataType):
+        storage = pa.struct([("data", pa.large_list(value_type)), ("shape", pa.list_(pa.int64()))])
+        super().__init__(storage, "ember.variable_shape_tensor")
+
+    @property
+    def value_type(self) -> pa.DataType:
+        return self.storage_type.field("data").type.value_type
+
+    def __arrow_ext_serialize__(self) -> bytes:
+        return b""  # the value type is in the storage type
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type, serialized):
+        return cls(storage_type.field("data").type.value_type)
+
+    def __arrow_ext_scalar_class__(self):
+        return VariableShapeTensorScalar
+
+    def __reduce__(self):
+        return VariableShapeTensorType, (self.value_type,)
+
+    def __str__(self) -> str:
+        return f"VariableShapeTensorType(dtype={self.value_type})"
+
+
+class VariableShapeTensorScalar(pa.ExtensionScalar):
+    def as_py(self, **kwargs):
+        if self.value is None:
+            return None
+        data, shape = self.value["data"].values, self.value["shape"].as_py()
+        return data.to_numpy(zero_copy_only=False).reshape(shape)
+
+
+# Registered so that the type survives Arrow IPC and Parquet (pickling a table needs no registry).
+try:
+    pa.register_extension_type(VariableShapeTensorType(pa.uint8()))
+except pa.ArrowKeyError:  # already registered: this module was imported under a second name
+    pass
+
+
 def _is_tensor(column_type) -> bool:
-    return isinstance(column_type, pa.FixedShapeTensorType)
+    return isinstance(column_type, (pa.FixedShapeTensorType, VariableShapeTensorType))
+
+
+def variable_tensor_array(arrays) -> pa.ExtensionArray:
+    """A variable-shaped tensor column from ndarrays of one dtype (any shapes)."""
+    arrays = [np.asarray(a) for a in arrays]
+    dtypes = {a.dtype for a in arrays}
+    if len(dtypes) > 1:
+        raise TypeError(f"A tensor column's arrays must share one dtype, got {sorted(map(str, dtypes))}.")
+    dtype = dtypes.pop() if dtypes else np.dtype(np.float64)
+    value_type = pa.from_numpy_dtype(dtype)
+    sizes = np.fromiter((a.size for a in arrays), np.int64, len(arrays))
+    offsets = np.zeros(len(arrays) + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    flat = np.concatenate([a.ravel() for a in arrays]) if arrays else np.empty(0, dtype)
+    data = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat, value_type))
+    shapes = pa.array([list(a.shape) for a in arrays], pa.list_(pa.int64()))
+    storage = pa.StructArray.from_arrays([data, shapes], names=["data", "shape"])
+    return pa.ExtensionArray.from_storage(VariableShapeTensorType(value_type), storage)
+
+
+def _as_variable(chunk: pa.Array) -> pa.Array:
+    """A fixed-shape tensor chunk as a variable-shaped one (the values are not copied)."""
+    if isinstance(chunk.type, VariableShapeTensorType):
+        return chunk
+    shape = list(chunk.type.shape)
+    width = int(np.prod(shape))
+    storage = chunk.storage
+    values = storage.flatten()  # honours the chunk's offset, as .values would not
+    offsets = pa.array(np.arange(len(chunk) + 1, dtype=np.int64) * width)
+    data = pa.LargeListArray.from_arrays(offsets, values)
+    shapes = pa.array([shape] * len(chunk), pa.list_(pa.int64()))
+    variable = pa.StructArray.from_arrays([data, shapes], names=["data", "shape"])
+    return pa.ExtensionArray.from_storage(VariableShapeTensorType(chunk.type.value_type), variable)
+
+
+def _variable_to_numpy(column: pa.ChunkedArray, zero_copy: bool) -> np.ndarray:
+    """One ndarray per row, in a 1-D object array (Ray's batch of ragged tensors)."""
+    out = np.empty(len(column), dtype=object)
+    row = 0
+    for chunk in column.chunks:
+        storage = chunk.storage
+        data = storage.field("data")
+        offsets = data.offsets.to_numpy()
+        flat = data.values.to_numpy(zero_copy_only=False)
+        if not zero_copy and not flat.flags.writeable:
+            # One copy for the chunk, so that each row's array may be changed in place.
+            flat = flat.copy()
+        for shape, lo, hi in zip(storage.field("shape").to_pylist(), offsets[:-1], offsets[1:]):
+            out[row] = flat[lo:hi].reshape(shape)
+            row += 1
+    return out
 
 
 def column_to_numpy(column: pa.ChunkedArray, zero_copy: bool = False) -> np.ndarray:
-    """A column as numpy; tensor columns come back as one ndarray of shape (rows, *shape)."""
+    """A column as numpy; tensor columns come back as one ndarray of shape (rows, *shape), or, with
+    shapes that differ, as an object array holding one ndarray per row."""
+    if isinstance(column.type, VariableShapeTensorType):
+        return _variable_to_numpy(column, zero_copy)
     if _is_tensor(column.type):
         chunk = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
         return chunk.to_numpy_ndarray()
@@ -62,7 +161,7 @@ def to_batch(table: pa.Table, batch_format: str, zero_copy: bool = False):
     if batch_format == "pyarrow":
         return table
     if batch_format == "pandas":
-        return table.to_pandas()
+        return to_pandas(table)
     batch = {name: column_to_numpy(table.column(name), zero_copy) for name in table.column_names}
     if not zero_copy:
         # Arrays mapped from the shared-memory store are read-only; a user function that mutates
@@ -71,9 +170,35 @@ def to_batch(table: pa.Table, batch_format: str, zero_copy: bool = False):
     return batch
 
 
+def to_pandas(table: pa.Table):
+    """A block as a DataFrame; a variable-shaped tensor column holds one ndarray per row."""
+    ragged = [n for n in table.column_names if isinstance(table.column(n).type, VariableShapeTensorType)]
+    if not ragged:
+        return table.to_pandas()
+    frame = table.drop_columns(ragged).to_pandas()
+    for name in ragged:
+        frame[name] = _variable_to_numpy(table.column(name), zero_copy=False)
+    return frame[table.column_names]
+
+
+def _ragged_tensors(values) -> bool:
+    """Numeric ndarrays of one dtype, not all of one shape, and not all 1-D (ragged 1-D arrays stay
+    Arrow lists, as before)."""
+    arrays = [v for v in values if isinstance(v, np.ndarray)]
+    if len(arrays) != len(values) or not arrays:
+        return False
+    if len({a.dtype for a in arrays}) != 1 or arrays[0].dtype.kind not in "biuf":
+        return False
+    return len({a.shape for a in arrays}) > 1 and any(a.ndim != 1 for a in arrays)
+
+
 def _array_of(values) -> pa.Array:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return values
+    if isinstance(values, np.ndarray) and values.dtype == object and values.ndim == 1 and len(values):
+        # What a ragged tensor column gave a user function, returned as it came.
+        if _ragged_tensors(list(values)):
+            return variable_tensor_array(list(values))
     if isinstance(values, np.ndarray) and values.ndim > 1:
         if len(values) == 0:
             value_type = pa.from_numpy_dtype(values.dtype)
@@ -84,6 +209,8 @@ def _array_of(values) -> pa.Array:
         shapes = {v.shape for v in values}
         if len(shapes) == 1 and values[0].ndim >= 1:
             return pa.FixedShapeTensorArray.from_numpy_ndarray(np.stack(values))
+        if _ragged_tensors(values):
+            return variable_tensor_array(values)
         return pa.array([v.tolist() for v in values])
     try:
         return pa.array(values)
@@ -155,7 +282,34 @@ def concat(tables: list) -> pa.Table:
     try:
         return pa.concat_tables(tables)
     except pa.ArrowInvalid:
+        tables = _unify_tensors(tables)
         return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _unify_tensors(tables: list) -> list:
+    """Blocks whose tensor columns differ in shape (images of different sizes read into different
+    blocks) concatenate as one variable-shaped tensor column."""
+    names = tables[0].column_names
+    changed = []
+    for name in names:
+        types = [t.column(name).type for t in tables if name in t.column_names]
+        if all(t == types[0] for t in types) or not all(_is_tensor(t) for t in types):
+            continue
+        if len({str(t.value_type) for t in types}) > 1:
+            continue  # different dtypes: left for concat_tables to refuse
+        changed.append(name)
+    if not changed:
+        return tables
+    out = []
+    for table in tables:
+        for name in changed:
+            if name in table.column_names:
+                column = table.column(name)
+                chunks = [_as_variable(c) for c in column.chunks]
+                variable = pa.chunked_array(chunks, VariableShapeTensorType(column.type.value_type))
+                table = table.set_column(table.column_names.index(name), name, variable)
+        out.append(table)
+    return out
 
 
 def split_rows(table: pa.Table, max_rows: int) -> list:

@@ -487,7 +487,7 @@ class Dataset(AllToAllMethods):
         table = self.to_arrow()
         if limit is not None and table.num_rows > limit:
             raise ValueError(f"The dataset has more than the given limit of {limit} rows.")
-        return table.to_pandas()
+        return blk.to_pandas(table)
 
     def to_arrow(self) -> pa.Table:
         return it.fetch_table(self._bundles())
@@ -616,7 +616,7 @@ class Dataset(AllToAllMethods):
                 + "</table>"
             )
         if isinstance(self._plan, InputData) and self._plan.bundles:
-            parts.append(it.fetch_table(iter(self._plan.bundles[:1])).slice(0, 5).to_pandas().to_html())
+            parts.append(blk.to_pandas(it.fetch_table(iter(self._plan.bundles[:1])).slice(0, 5)).to_html())
         return "\n".join(parts) + "</div>"
 
 
