@@ -1,0 +1,217 @@
+"""``read_images``: image files decoded with Pillow into ndarrays, one row per file (Ray's reader).
+
+Pillow is imported only when images are read or a read is set up, so that ``import ember.data`` does
+not need it. Images of different shapes in one dataset give a variable-shaped tensor column
+(``block.VariableShapeTensorType``); one shape gives a fixed-shape tensor column.
+"""
+
+import functools
+import io
+import os
+import random
+
+import numpy as np
+import pyarrow as pa
+
+from ember.data import block as blk
+from ember.data.plan import Read
+from ember.data.sources import ReadTask, _bounds, _num_blocks, resolve_paths
+
+# Ray's default for read_images: the formats Pillow reads that Ray looks for.
+IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif"]
+
+# Ray's read_images takes these to place or shape its read tasks. Ember's read tasks take one CPU
+# each and have no such options, so a call that sets one is refused rather than silently run
+# differently from what it asked for.
+_UNSUPPORTED = (
+    "num_cpus",
+    "num_gpus",
+    "memory",
+    "arrow_open_file_args",
+    "partition_filter",
+    "partitioning",
+    "label_selector",
+    "fallback_strategy",
+    "max_calls",
+    "resources",
+    "accelerator_type",
+    "runtime_env",
+    "ray_remote_args",
+)
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("read_images needs Pillow to decode images: pip install Pillow") from None
+    return Image
+
+
+def check_size(size):
+    """``size`` as a (height, width) tuple of positive ints, or None."""
+    if size is None:
+        return None
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise ValueError(f"size must be a (height, width) pair of positive ints, got {size!r}.")
+    for side in size:
+        if not isinstance(side, (int, np.integer)) or isinstance(side, bool) or side <= 0:
+            raise ValueError(f"size must be a (height, width) pair of positive ints, got {size!r}.")
+    return int(size[0]), int(size[1])
+
+
+def check_mode(mode, known_modes) -> str | None:
+    """``mode`` if it is one of Pillow's modes (``known_modes``), or None."""
+    if mode is None:
+        return None
+    if not isinstance(mode, str) or mode not in known_modes:
+        raise ValueError(f"mode must be one of Pillow's image modes such as 'RGB' or 'L', got {mode!r}.")
+    return mode
+
+
+def check_extensions(file_extensions) -> list | None:
+    """The extensions to keep, lower-cased and without a leading dot; None keeps every file."""
+    if file_extensions is None:
+        return None
+    if isinstance(file_extensions, str) or not all(isinstance(e, str) for e in file_extensions):
+        raise ValueError(f"file_extensions must be a list of strings or None, got {file_extensions!r}.")
+    return [e.lower().lstrip(".") for e in file_extensions]
+
+
+def has_extension(path: str, extensions) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return "." in name and name.rsplit(".", 1)[-1].lower() in extensions
+
+
+def estimated_bytes(file_size, size) -> int:
+    """An image's in-memory bytes: at most 4 per pixel of ``size`` when resized (RGBA, or one 32-bit
+    band), else its file size (Ray's default guess: decoding ratio 1)."""
+    if size is not None:
+        return size[0] * size[1] * 4
+    return file_size or 0
+
+
+def _decode(fs, path: str, size, mode) -> np.ndarray:
+    image_module = _pillow()
+    with fs.open_input_stream(path) as stream:
+        data = stream.read()
+    try:
+        with image_module.open(io.BytesIO(data)) as image:
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), resample=image_module.Resampling.BILINEAR)
+            if mode is not None and image.mode != mode:
+                image = image.convert(mode)
+            return np.asarray(image)
+    except (OSError, ValueError, SyntaxError) as error:
+        # Pillow's errors name neither the file nor that it was an image being read.
+        raise ValueError(f"Could not read the image {path}: {error}") from error
+
+
+def _read_images(fs, paths, size, mode, include_paths, columns, limit) -> pa.Table:
+    if limit is not None:
+        paths = paths[:limit]  # one row per file
+    out = {}
+    if columns is None or "image" in columns:
+        images = [_decode(fs, path, size, mode) for path in paths]
+        out["image"] = blk._array_of(images) if images else pa.array([], pa.null())
+    if include_paths:
+        out["path"] = pa.array(paths, pa.string())
+    return pa.table(out)
+
+
+def _resolve(paths, filesystem, ignore_missing_paths: bool):
+    if not ignore_missing_paths:
+        return resolve_paths(paths, filesystem)
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ValueError(f"paths must be a path or a non-empty list of paths, got {paths!r}.")
+    fs, files = None, []
+    for item in items:
+        try:
+            fs, found = resolve_paths(item, filesystem)
+        except FileNotFoundError:
+            continue
+        files.extend(found)
+    if not files:
+        raise FileNotFoundError(f"No files found at {paths!r}.")
+    return fs, files
+
+
+def read_images(
+    paths,
+    *,
+    filesystem=None,
+    parallelism: int = -1,
+    num_cpus=None,
+    num_gpus=None,
+    memory=None,
+    arrow_open_file_args=None,
+    partition_filter=None,
+    partitioning=None,
+    size=None,
+    mode=None,
+    include_paths: bool = False,
+    ignore_missing_paths: bool = False,
+    shuffle=None,
+    file_extensions=IMAGE_EXTENSIONS,
+    concurrency=None,
+    override_num_blocks=None,
+    label_selector=None,
+    fallback_strategy=None,
+    max_calls=None,
+    resources=None,
+    accelerator_type=None,
+    runtime_env=None,
+    ray_remote_args=None,
+):
+    """Read image files into a dataset with one row per image.
+
+    The column ``"image"`` holds each image as a uint8 ndarray of shape (height, width, channels),
+    or (height, width) for single-band modes such as ``"L"``; ``"path"`` holds its path when
+    ``include_paths``. ``size=(height, width)`` resizes every image (bilinear), ``mode`` converts
+    it to a Pillow mode (``"RGB"``, ``"L"``, ...). ``paths`` may be files, directories (read
+    recursively), globs or a list of them; only files whose extension is in ``file_extensions``
+    are read (None reads every file). ``shuffle="files"`` reads the files in a random order,
+    ``ignore_missing_paths`` skips paths that do not exist. ``concurrency`` is accepted and
+    ignored (Ember runs as many read tasks as there are CPUs); the options that would place the
+    read tasks (``num_cpus``, ``ray_remote_args``, ...) and ``partitioning`` are not supported.
+    """
+    from ember.data.dataset import Dataset
+
+    for name in _UNSUPPORTED:
+        value = locals()[name]
+        if value is not None and value != {}:
+            raise TypeError(f"read_images: {name}= is not supported by Ember (got {value!r}).")
+    if not isinstance(include_paths, bool) or not isinstance(ignore_missing_paths, bool):
+        raise TypeError("read_images: include_paths and ignore_missing_paths must be bools.")
+    if shuffle not in (None, "files"):
+        raise ValueError(f"read_images: shuffle must be None or 'files', got {shuffle!r}.")
+    if parallelism != -1 and override_num_blocks is None:
+        override_num_blocks = parallelism  # Ray's deprecated name for it
+    size = check_size(size)
+    image_module = _pillow()
+    mode = check_mode(mode, image_module.MODES)
+    extensions = check_extensions(file_extensions)
+
+    fs, files = _resolve(paths, filesystem, ignore_missing_paths)
+    if extensions is not None:
+        files = [(path, nbytes) for path, nbytes in files if has_extension(path, extensions)]
+        if not files:
+            # ValueError, as Ray raises: the files are there, the extensions rule them out.
+            raise ValueError(
+                f"No files with the extensions {extensions} at {paths!r}; pass file_extensions=None to read any file."
+            )
+    if shuffle == "files":
+        random.shuffle(files)
+
+    per_image = max(1, sum(estimated_bytes(nbytes, size) for _, nbytes in files) // len(files))
+    groups = [files[lo:hi] for lo, hi in _bounds(len(files), _num_blocks(len(files), per_image, override_num_blocks))]
+    tasks = [
+        ReadTask(
+            functools.partial(_read_images, fs, [path for path, _ in group], size, mode, include_paths),
+            num_rows=len(group),
+            size_bytes=sum(estimated_bytes(nbytes, size) for _, nbytes in group),
+        )
+        for group in groups
+    ]
+    return Dataset(Read("ReadImage", tasks))
