@@ -192,6 +192,14 @@ def _ragged_tensors(values) -> bool:
     return len({a.shape for a in arrays}) > 1 and any(a.ndim != 1 for a in arrays)
 
 
+def _c_strides(shape, itemsize: int) -> tuple:
+    strides, step = [], itemsize
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= dim
+    return tuple(reversed(strides))
+
+
 def _array_of(values) -> pa.Array:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return values
@@ -204,7 +212,13 @@ def _array_of(values) -> pa.Array:
             value_type = pa.from_numpy_dtype(values.dtype)
             storage = pa.array([], pa.list_(value_type, int(np.prod(values.shape[1:]))))
             return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(value_type, values.shape[1:]), storage)
-        return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(values))
+        values = np.ascontiguousarray(values)
+        if values.strides != _c_strides(values.shape, values.itemsize):
+            # numpy leaves any stride on an axis of length 1 (0 after np.newaxis), which Arrow
+            # refuses on the first axis and reads as a permuted layout on the others; a copy has
+            # the plain C strides.
+            values = values.copy()
+        return pa.FixedShapeTensorArray.from_numpy_ndarray(values)
     if isinstance(values, list) and values and isinstance(values[0], np.ndarray):
         shapes = {v.shape for v in values}
         if len(shapes) == 1 and values[0].ndim >= 1:
