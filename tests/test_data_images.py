@@ -223,3 +223,23 @@ def test_variable_tensor_blocks_without_a_cluster():
     assert [r["image"].shape for r in joined.to_pylist()] == [a.shape for a in [arrays[0], *arrays, arrays[1]]]
     # Ragged 1-D arrays stay Arrow lists, as before.
     assert pa.types.is_list(blk.from_batch({"x": [np.arange(3), np.arange(2)]}).column("x").type)
+
+
+def test_schema_known_without_reading_when_size_and_mode_given(cluster, image_dir):
+    root, _ = image_dir
+    (root / "broken.png").write_bytes(b"garbage")  # would fail the read if schema() ran one
+    ds = read_images(str(root), size=(3, 4), mode="RGB", include_paths=True)
+    assert ds.schema().names == ["image", "path"]
+    assert ds.schema().types[0].shape == [3, 4, 3]
+    assert read_images(str(root), size=(3, 4), mode="F").schema().types[0].value_type == pa.float32()
+    assert ds.count() == 6
+
+
+def test_length_one_axes_keep_their_layout_without_a_cluster():
+    # numpy gives an axis of length 1 any stride; the tensor column must not take it for a permutation.
+    tall = np.arange(15.0).reshape(5, 3)[:, np.newaxis, :]
+    table = blk.from_batch({"x": tall})
+    assert table.column("x").type.shape == [1, 3]
+    np.testing.assert_array_equal(blk.column_to_numpy(table.column("x")), tall)
+    single = np.arange(12).reshape(3, 4)[np.newaxis]
+    np.testing.assert_array_equal(blk.column_to_numpy(blk.from_batch({"x": single}).column("x")), single)

@@ -107,13 +107,27 @@ def _decode(fs, path: str, size, mode) -> np.ndarray:
         raise ValueError(f"Could not read the image {path}: {error}") from error
 
 
-def _read_images(fs, paths, size, mode, include_paths, columns, limit) -> pa.Table:
+def known_image_type(image_module, size, mode):
+    """The image column's type when every image comes out alike (resized to ``size`` and converted
+    to ``mode``): a fixed-shape tensor of a blank image's shape and dtype. None otherwise."""
+    if size is None or mode is None:
+        return None
+    blank = np.asarray(image_module.new(mode, (size[1], size[0])))
+    return blk._array_of(blank[np.newaxis]).type
+
+
+def _read_images(fs, paths, size, mode, include_paths, image_type, columns, limit) -> pa.Table:
     if limit is not None:
         paths = paths[:limit]  # one row per file
     out = {}
     if columns is None or "image" in columns:
         images = [_decode(fs, path, size, mode) for path in paths]
-        out["image"] = blk._array_of(images) if images else pa.array([], pa.null())
+        if images:
+            out["image"] = blk._array_of(images)
+        elif image_type is not None:
+            out["image"] = image_type.wrap_array(pa.array([], image_type.storage_type))
+        else:
+            out["image"] = pa.array([], pa.null())
     if include_paths:
         out["path"] = pa.array(paths, pa.string())
     return pa.table(out)
@@ -206,11 +220,16 @@ def read_images(
 
     per_image = max(1, sum(estimated_bytes(nbytes, size) for _, nbytes in files) // len(files))
     groups = [files[lo:hi] for lo, hi in _bounds(len(files), _num_blocks(len(files), per_image, override_num_blocks))]
+    image_type = known_image_type(image_module, size, mode)
+    schema = None
+    if image_type is not None:
+        schema = pa.schema([("image", image_type)] + ([("path", pa.string())] if include_paths else []))
     tasks = [
         ReadTask(
-            functools.partial(_read_images, fs, [path for path, _ in group], size, mode, include_paths),
+            functools.partial(_read_images, fs, [path for path, _ in group], size, mode, include_paths, image_type),
             num_rows=len(group),
             size_bytes=sum(estimated_bytes(nbytes, size) for _, nbytes in group),
+            schema=schema,
         )
         for group in groups
     ]
