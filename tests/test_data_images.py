@@ -221,6 +221,14 @@ def test_variable_tensor_blocks_without_a_cluster():
     for image, want in zip(got, [arrays[0], *arrays, arrays[1]]):
         np.testing.assert_array_equal(image, want)
     assert [r["image"].shape for r in joined.to_pylist()] == [a.shape for a in [arrays[0], *arrays, arrays[1]]]
+    # A slice of the column gives its own rows; without zero copy they may be changed in place and
+    # the block stays as it was.
+    for copy_free in (True, False):
+        middle = blk.column_to_numpy(table.slice(1, 2).column("image"), zero_copy=copy_free)
+        for got, want in zip(middle, arrays[1:], strict=True):
+            np.testing.assert_array_equal(got, want)
+    middle[0][...] = 0
+    np.testing.assert_array_equal(blk.column_to_numpy(table.column("image"))[1], arrays[1])
     # Ragged 1-D arrays stay Arrow lists, as before.
     assert pa.types.is_list(blk.from_batch({"x": [np.arange(3), np.arange(2)]}).column("x").type)
 

@@ -122,8 +122,11 @@ def _variable_to_numpy(column: pa.ChunkedArray, zero_copy: bool) -> np.ndarray:
     for chunk in column.chunks:
         storage = chunk.storage
         data = storage.field("data")
+        # A sliced chunk's offsets index into its parent's values, of which it uses one range.
         offsets = data.offsets.to_numpy()
-        flat = data.values.to_numpy(zero_copy_only=False)
+        start = int(offsets[0]) if len(offsets) else 0
+        flat = data.values.to_numpy(zero_copy_only=False)[start : int(offsets[-1]) if len(offsets) else 0]
+        offsets = offsets - start
         if not zero_copy and not flat.flags.writeable:
             # One copy for the chunk, so that each row's array may be changed in place.
             flat = flat.copy()
