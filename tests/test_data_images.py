@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+import ember.data as rd
 from ember.data import block as blk
 from ember.data.images import read_images
 
@@ -251,3 +252,28 @@ def test_length_one_axes_keep_their_layout_without_a_cluster():
     np.testing.assert_array_equal(blk.column_to_numpy(table.column("x")), tall)
     single = np.arange(12).reshape(3, 4)[np.newaxis]
     np.testing.assert_array_equal(blk.column_to_numpy(blk.from_batch({"x": single}).column("x")), single)
+
+
+@pytest.fixture
+def data_context():
+    ctx = rd.DataContext.get_current()
+    saved = (ctx.target_max_block_size, ctx.read_op_min_num_blocks)
+    yield ctx
+    ctx.target_max_block_size, ctx.read_op_min_num_blocks = saved
+
+
+def test_blocks_sized_by_decoded_bytes_not_file_sizes(cluster, tmp_path, data_context):
+    for i in range(12):
+        # Flat images: PNGs of a hundred bytes that decode to 3 KiB each.
+        Image.fromarray(np.full((32, 32, 3), i, np.uint8)).save(tmp_path / f"flat{i:02d}.png")
+    assert max(p.stat().st_size for p in tmp_path.iterdir()) < 32 * 32 * 3 // 10
+    data_context.read_op_min_num_blocks = 1
+    data_context.target_max_block_size = 7 * 32 * 32 * 3 // 2  # three and a half decoded images
+    ds = read_images(str(tmp_path)).materialize()
+    assert ds.num_blocks() == 4
+    assert [int(r["image"][0, 0, 0]) for r in ds.take_all()] == list(range(12))
+    # Resized, every image decodes alike: 8 x 8 x 3 bytes, so a block of the same cap holds 48.
+    data_context.target_max_block_size = 48 * 8 * 8 * 3
+    assert read_images(str(tmp_path), size=(8, 8), mode="RGB").materialize().num_blocks() == 1
+    data_context.target_max_block_size = 4 * 8 * 8 * 3
+    assert read_images(str(tmp_path), size=(8, 8), mode="RGB").materialize().num_blocks() == 3

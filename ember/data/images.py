@@ -83,12 +83,41 @@ def has_extension(path: str, extensions) -> bool:
     return "." in name and name.rsplit(".", 1)[-1].lower() in extensions
 
 
-def estimated_bytes(file_size, size) -> int:
-    """An image's in-memory bytes: at most 4 per pixel of ``size`` when resized (RGBA, or one 32-bit
-    band), else its file size (Ray's default guess: decoding ratio 1)."""
+# How many files read_images opens at the call to learn how much larger images are decoded than on
+# disk (their headers only: Pillow reads the pixels when asked for them).
+SAMPLED_FILES = 8
+
+
+def _decoded_bytes(image_module, fs, path: str, size, mode) -> int | None:
+    """The bytes ``path`` decodes to (after ``size`` and ``mode``), from its header; None if Pillow
+    cannot read the header (the read will say why)."""
+    try:
+        with fs.open_input_file(path) as stream, image_module.open(stream) as image:
+            width, height = image.size if size is None else (size[1], size[0])
+            pixel = np.asarray(image_module.new(mode or image.mode, (1, 1))).nbytes
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return width * height * pixel
+
+
+def estimate_in_memory(image_module, fs, files: list, size, mode) -> list:
+    """Each file's bytes once decoded, from up to SAMPLED_FILES headers spread through ``files``: with
+    ``size`` every image decodes alike; otherwise a file takes its size on disk times the sample's
+    decoded bytes per byte on disk. A compressed image takes many times its file size in memory (a
+    JPEG photo some ten times), and the read's blocks are sized by it: from file sizes alone, a
+    block of a large dataset would hold gigabytes of pixels."""
+    step = max(1, len(files) // SAMPLED_FILES)
+    samples = []
+    for path, nbytes in files[::step][:SAMPLED_FILES]:
+        found = _decoded_bytes(image_module, fs, path, size, mode)
+        if found is not None:
+            samples.append((found, nbytes or 0))
     if size is not None:
-        return size[0] * size[1] * 4
-    return file_size or 0
+        each = sum(d for d, _ in samples) // len(samples) if samples else size[0] * size[1] * 4
+        return [max(1, each)] * len(files)
+    on_disk = sum(n for _, n in samples)
+    ratio = sum(d for d, _ in samples) / on_disk if on_disk else 1.0
+    return [max(1, int((nbytes or 0) * ratio)) for _, nbytes in files]
 
 
 def _decode(fs, path: str, size, mode) -> np.ndarray:
@@ -218,19 +247,22 @@ def read_images(
     if shuffle == "files":
         random.shuffle(files)
 
-    per_image = max(1, sum(estimated_bytes(nbytes, size) for _, nbytes in files) // len(files))
-    groups = [files[lo:hi] for lo, hi in _bounds(len(files), _num_blocks(len(files), per_image, override_num_blocks))]
+    in_memory = estimate_in_memory(image_module, fs, files, size, mode)
+    per_image = max(1, sum(in_memory) // len(files))
+    bounds = _bounds(len(files), _num_blocks(len(files), per_image, override_num_blocks))
     image_type = known_image_type(image_module, size, mode)
     schema = None
     if image_type is not None:
         schema = pa.schema([("image", image_type)] + ([("path", pa.string())] if include_paths else []))
     tasks = [
         ReadTask(
-            functools.partial(_read_images, fs, [path for path, _ in group], size, mode, include_paths, image_type),
-            num_rows=len(group),
-            size_bytes=sum(estimated_bytes(nbytes, size) for _, nbytes in group),
+            functools.partial(
+                _read_images, fs, [path for path, _ in files[lo:hi]], size, mode, include_paths, image_type
+            ),
+            num_rows=hi - lo,
+            size_bytes=sum(in_memory[lo:hi]),
             schema=schema,
         )
-        for group in groups
+        for lo, hi in bounds
     ]
     return Dataset(Read("ReadImage", tasks))
