@@ -4,6 +4,7 @@ different shapes through every way a dataset hands out rows and batches."""
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 from PIL import Image
 
@@ -277,3 +278,12 @@ def test_blocks_sized_by_decoded_bytes_not_file_sizes(cluster, tmp_path, data_co
     assert read_images(str(tmp_path), size=(8, 8), mode="RGB").materialize().num_blocks() == 1
     data_context.target_max_block_size = 4 * 8 * 8 * 3
     assert read_images(str(tmp_path), size=(8, 8), mode="RGB").materialize().num_blocks() == 3
+
+
+def test_a_given_filesystem(cluster, image_dir):
+    root, written = image_dir
+    fs = pafs.SubTreeFileSystem(str(root), pafs.LocalFileSystem())
+    rows = read_images("gray", filesystem=fs, include_paths=True).take_all()
+    assert [r["path"] for r in rows] == ["gray/g.png"]
+    np.testing.assert_array_equal(rows[0]["image"], written["gray/g.png"])
+    assert read_images(["rgb0.png", "rgb1.png"], filesystem=fs).count() == 2
