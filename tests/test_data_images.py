@@ -287,3 +287,24 @@ def test_a_given_filesystem(cluster, image_dir):
     assert [r["path"] for r in rows] == ["gray/g.png"]
     np.testing.assert_array_equal(rows[0]["image"], written["gray/g.png"])
     assert read_images(["rgb0.png", "rgb1.png"], filesystem=fs).count() == 2
+
+
+def test_pandas_batches_hold_one_ndarray_per_image(cluster, image_dir):
+    root, written = image_dir
+    expected = {str(root / name): pixels for name, pixels in written.items()}
+    ragged = read_images(str(root), file_extensions=["png"], include_paths=True)
+
+    def brighten(frame):
+        for image in frame["image"]:
+            assert isinstance(image, np.ndarray) and image.ndim >= 2
+        frame["image"] = [np.minimum(image, 254) + 1 for image in frame["image"]]
+        return frame
+
+    for row in ragged.map_batches(brighten, batch_format="pandas", batch_size=3).take_all():
+        np.testing.assert_array_equal(row["image"], np.minimum(expected[row["path"]], 254) + 1)
+
+    # Resized, every image has one shape: each cell is still an image, not Arrow's flattened list.
+    resized = read_images(str(root), size=(3, 4), mode="RGB")
+    frame = next(iter(resized.iter_batches(batch_size=5, batch_format="pandas")))
+    assert [cell.shape for cell in frame["image"]] == [(3, 4, 3)] * 5
+    assert resized.map_batches(lambda f: f, batch_format="pandas").take_batch(5)["image"].shape == (5, 3, 4, 3)

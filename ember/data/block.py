@@ -173,15 +173,49 @@ def to_batch(table: pa.Table, batch_format: str, zero_copy: bool = False):
     return batch
 
 
+def _rows_of(array: np.ndarray) -> np.ndarray:
+    """An object array holding one ndarray per row of ``array`` (each row's own copy)."""
+    if array.dtype == object:
+        return array
+    array = np.array(array)  # the rows must not be views of a read-only block
+    out = np.empty(len(array), dtype=object)
+    out[:] = list(array)
+    return out
+
+
 def to_pandas(table: pa.Table):
-    """A block as a DataFrame; a variable-shaped tensor column holds one ndarray per row."""
-    ragged = [n for n in table.column_names if isinstance(table.column(n).type, VariableShapeTensorType)]
-    if not ragged:
+    """A block as a DataFrame; a tensor column holds one ndarray per row (of the tensor's shape, as
+    Ray's pandas batches give it, not Arrow's flattened lists)."""
+    tensors = [n for n in table.column_names if _is_tensor(table.column(n).type)]
+    if not tensors:
         return table.to_pandas()
-    frame = table.drop_columns(ragged).to_pandas()
-    for name in ragged:
-        frame[name] = _variable_to_numpy(table.column(name), zero_copy=False)
+    frame = table.drop_columns(tensors).to_pandas()
+    if not len(frame.columns):
+        import pandas as pd
+
+        frame = pd.DataFrame(index=range(table.num_rows))
+    for name in tensors:
+        frame[name] = _rows_of(column_to_numpy(table.column(name)))
     return frame[table.column_names]
+
+
+def _frame_to_table(frame) -> pa.Table:
+    """A DataFrame as a block; columns of ndarrays with two or more dimensions (which Arrow's pandas
+    conversion refuses) become tensor columns."""
+    tensors = [
+        name
+        for name in frame.columns
+        if frame[name].dtype == object
+        and len(frame)
+        and all(isinstance(v, np.ndarray) for v in frame[name])
+        and any(v.ndim >= 2 for v in frame[name])
+    ]
+    if not tensors:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    rest = pa.Table.from_pandas(frame.drop(columns=tensors), preserve_index=False)
+    columns = {str(name): rest.column(str(name)) for name in frame.columns if name not in tensors}
+    columns.update({str(name): _array_of(list(frame[name])) for name in tensors})
+    return pa.table({str(name): columns[str(name)] for name in frame.columns})
 
 
 def _ragged_tensors(values) -> bool:
@@ -255,7 +289,7 @@ def from_batch(batch) -> pa.Table:
     except ImportError:
         pd = None
     if pd is not None and isinstance(batch, pd.DataFrame):
-        return pa.Table.from_pandas(batch, preserve_index=False)
+        return _frame_to_table(batch)
     raise TypeError(
         f"A batch must be a dict of column arrays, a pandas.DataFrame or a pyarrow.Table; got {type(batch).__name__}."
     )
