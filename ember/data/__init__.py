@@ -11,6 +11,7 @@ from ember.data.data_iterator import DataIterator
 from ember.data.dataset import Dataset, MaterializedDataset
 from ember.data.datasink import Datasink, WriteResult
 from ember.data.datasource import Datasource, ReadTask, read_datasource
+from ember.data.images import read_images
 from ember.data.interop import from_arrow_refs, from_numpy_refs, from_pandas_refs, from_torch
 from ember.data.plan import ActorPoolStrategy, TaskPoolStrategy
 from ember.data.schema import Schema
@@ -59,6 +60,7 @@ __all__ = [
     "range",
     "range_tensor",
     "read_binary_files",
+    "read_images",
     "read_csv",
     "read_datasource",
     "read_json",
