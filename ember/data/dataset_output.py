@@ -15,6 +15,11 @@ def _dataset():
     return dataset
 
 
+def _given(**options) -> dict:
+    """The options the caller set (not None)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 class OutputMethods:
     """Mixed into Dataset: the ways a dataset leaves ember.data (a driver-side table, refs to its
     blocks, files). Like AllToAllMethods it works through ``self._plan`` and public Dataset methods,
@@ -123,14 +128,12 @@ class OutputMethods:
         """Write the dataset as ORC files under the directory ``path``, which ``read_orc`` reads back
         (files, tasks and ``mode`` as ``write_parquet``); ``arrow_orc_args`` go to
         ``pyarrow.orc.write_table``."""
-        args = dict(arrow_orc_args, try_create_dir=try_create_dir)
-        for name, value in (
-            ("arrow_open_stream_args", arrow_open_stream_args),
-            ("filename_provider", filename_provider),
-            ("arrow_orc_args_fn", arrow_orc_args_fn),
-        ):
-            if value is not None:
-                args[name] = value
+        # Ray's options this write does not implement go on to _write, which refuses them by name.
+        args = dict(arrow_orc_args, try_create_dir=try_create_dir) | _given(
+            arrow_open_stream_args=arrow_open_stream_args,
+            filename_provider=filename_provider,
+            arrow_orc_args_fn=arrow_orc_args_fn,
+        )
         self._write("orc", path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode)
 
     def write_numpy(
@@ -158,14 +161,11 @@ class OutputMethods:
         schema = _known_schema(self._plan)
         if schema is not None and column not in schema.names:
             raise ValueError(f"write_numpy: no column {column!r} in {schema.names}.")
-        args = {"column": column, "try_create_dir": try_create_dir}
-        for name, value in (
-            ("arrow_open_stream_args", arrow_open_stream_args),
-            ("filename_provider", filename_provider),
-            ("num_rows_per_file", num_rows_per_file),
-        ):
-            if value is not None:
-                args[name] = value
+        args = {"column": column, "try_create_dir": try_create_dir} | _given(
+            arrow_open_stream_args=arrow_open_stream_args,
+            filename_provider=filename_provider,
+            num_rows_per_file=num_rows_per_file,
+        )
         self._write("numpy", path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode)
 
     def write_datasink(self, datasink, *, ray_remote_args=None, concurrency=None) -> None:
