@@ -34,7 +34,6 @@ from ember.data.sources import (
 
 __all__ = [
     "ActorPoolStrategy",
-    "aggregate",
     "BlockMetadata",
     "DataContext",
     "DataIterator",
@@ -49,6 +48,7 @@ __all__ = [
     "Schema",
     "TaskPoolStrategy",
     "WriteResult",
+    "aggregate",
     "from_arrow",
     "from_arrow_refs",
     "from_items",
@@ -60,9 +60,9 @@ __all__ = [
     "range",
     "range_tensor",
     "read_binary_files",
-    "read_images",
     "read_csv",
     "read_datasource",
+    "read_images",
     "read_json",
     "read_numpy",
     "read_orc",
