@@ -72,6 +72,9 @@ class Stage:
     extra: object = None
     light: bool = False  # Ember's own work, whose cost per row does not grow with the block (see read_tasks)
     reads: frozenset | None = None  # the columns an expression stage reads, when known
+    # The block's place in the dataset, set by the task before it applies the stages: a write names
+    # its file after it, a seeded sample keys its random stream on it.
+    index: int = 0
     _callable: object = None
 
     def setup(self):
@@ -108,7 +111,7 @@ class Stage:
         if kind == "rename":
             return table.rename_columns([self.extra.get(c, c) for c in table.column_names])
         if kind == "random_sample":
-            return sample_rows(table, *self.extra, getattr(self, "index", 0))
+            return sample_rows(table, *self.extra, self.index)
         call = self.setup()
         if kind == "map":
             return (
@@ -148,7 +151,7 @@ class Stage:
                     outputs.append(blk.from_batch(result))
             return blk.concat(outputs)
         if kind == "write":
-            return self.fn(table, getattr(self, "index", 0))
+            return self.fn(table, self.index)
         if kind == "slice":
             return table.slice(0, self.extra)
         raise ValueError(f"unknown stage kind {kind!r}")
@@ -458,23 +461,27 @@ def read_tasks(op: PhysicalOp) -> list:
 
 def describe(op: PhysicalOp, indent: int = 0) -> list:
     """The physical plan as text lines, the consumer's end first."""
-    line = "  " * indent + op.name
-    if op.kind == "map" and isinstance(op.compute, ActorPoolStrategy):
-        line += f" [actors {op.compute.min_size}..{op.compute.max_size}]"
-    if op.read is not None:
-        extras = []
-        if op.read.columns is not None:
-            extras.append(f"columns={op.read.columns}")
-        if op.read.limit is not None:
-            extras.append(f"limit={op.read.limit}")
-        if op.read.filter is not None:
-            extras.append(f"filter={op.read.filter}")
-        if extras:
-            line += f" ({', '.join(extras)})"
-    lines = [line]
+    lines = ["  " * indent + _physical_label(op)]
     for child in op.inputs:
         lines += describe(child, indent + 1)
     return lines
+
+
+def _physical_label(op: PhysicalOp) -> str:
+    label = op.name
+    if op.kind == "map" and isinstance(op.compute, ActorPoolStrategy):
+        label += f" [actors {op.compute.min_size}..{op.compute.max_size}]"
+    return label + (_pushed_into(op.read) if op.read is not None else "")
+
+
+def _pushed_into(read: Read) -> str:
+    """What the optimizer pushed into a read (columns, a limit, a filter), as " (...)" or ""."""
+    extras = [
+        f"{what}={value}"
+        for what, value in (("columns", read.columns), ("limit", read.limit), ("filter", read.filter))
+        if value is not None
+    ]
+    return f" ({', '.join(extras)})" if extras else ""
 
 
 def explanation(plan: LogicalOp) -> str:
@@ -483,28 +490,18 @@ def explanation(plan: LogicalOp) -> str:
     sections = [
         ("Logical Plan", _tree(plan, _logical_label, lambda op: op.inputs)),
         ("Logical Plan (Optimized)", _tree(optimized, _logical_label, lambda op: op.inputs)),
-        (
-            "Physical Plan (Optimized)",
-            _tree(physical_plan(optimized), lambda op: describe(op)[:1], lambda op: op.inputs),
-        ),
+        ("Physical Plan (Optimized)", _tree(physical_plan(optimized), _physical_label, lambda op: op.inputs)),
     ]
     return "\n\n".join(f"-------- {title} --------\n" + "\n".join(lines) for title, lines in sections)
 
 
-def _logical_label(op) -> list:
-    """A logical operator's name, with what the optimizer pushed into a read."""
-    extras = []
-    if isinstance(op, Read):
-        if op.columns is not None:
-            extras.append(f"columns={op.columns}")
-        if op.limit is not None:
-            extras.append(f"limit={op.limit}")
-    return [op.name + (f" ({', '.join(extras)})" if extras else "")]
+def _logical_label(op: LogicalOp) -> str:
+    return op.name + (_pushed_into(op) if isinstance(op, Read) else "")
 
 
 def _tree(node, label, children, depth: int = 0) -> list:
     """``node`` and what it reads from, one line each, indented under it with ``+-``."""
-    lines = [("   " * (depth - 1) + "+- " if depth else "") + label(node)[0].strip()]
+    lines = [("   " * (depth - 1) + "+- " if depth else "") + label(node)]
     for child in children(node):
         lines += _tree(child, label, children, depth + 1)
     return lines

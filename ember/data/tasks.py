@@ -14,7 +14,7 @@ from ember.data.plan import apply_stages
 def run_block(stages, item, columns, limit, seq=0):
     """Body of every map task and pool call: read (if the item is a read task), then each stage."""
     for stage in stages:
-        stage.index = seq  # a write names its file after the block's place in the dataset
+        stage.index = seq  # Stage.index: a write names its file by it, a sample seeds by it
     table = item.read(columns, limit) if hasattr(item, "read") else item
     table = apply_stages(stages, table)
     return table, blk.metadata_of(table)
