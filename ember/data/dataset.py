@@ -23,6 +23,7 @@ from ember.data.plan import (
     Stage,
     TaskPoolStrategy,
     Union,
+    check_runs_as_tasks,
     describe,
     explanation,
     fn_name,
@@ -309,8 +310,7 @@ class Dataset(AllToAllMethods, OutputMethods, ExpressionMethods):
             raise TypeError(f"select_columns: cols must be column names (str), got {bad!r}.")
         if len(set(cols)) != len(cols):
             raise ValueError(f"select_columns: duplicate column names in {cols}.")
-        if compute is not None and compute != "tasks" and not isinstance(compute, TaskPoolStrategy):
-            raise ValueError(f"select_columns: compute must be a TaskPoolStrategy or None, got {compute!r}.")
+        check_runs_as_tasks(compute, "select_columns")
         args = _remote_args(None, num_cpus, num_gpus, memory, ray_remote_args)
         return self._columns_op("select", f"SelectColumns({cols})", cols, args, concurrency)
 

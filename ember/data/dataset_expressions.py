@@ -7,21 +7,13 @@ from collections.abc import Mapping
 import pyarrow as pa
 
 from ember.data.expressions import Expr, referenced_columns, to_expression
-from ember.data.plan import ActorPoolStrategy, MapOp, Stage, with_columns
+from ember.data.plan import MapOp, Stage, check_runs_as_tasks, with_columns
 
 
 def _dataset():
     from ember.data import dataset
 
     return dataset
-
-
-def _check_compute(compute, what: str):
-    if compute is None or compute == "tasks" or type(compute).__name__ == "TaskPoolStrategy":
-        return
-    if isinstance(compute, ActorPoolStrategy):
-        raise ValueError(f"{what}: expressions run in tasks; an ActorPoolStrategy is for callable classes.")
-    raise ValueError(f"{what}: compute must be a TaskPoolStrategy or None, got {compute!r}.")
 
 
 class ExpressionMethods:
@@ -83,7 +75,7 @@ class ExpressionMethods:
 
     def _with_columns(self, what, exprs: dict, compute, num_cpus, num_gpus, memory, remote_args):
         dataset = _dataset()
-        _check_compute(compute, what)
+        check_runs_as_tasks(compute, what)
         columns, reads = [], set()
         for name, expr in exprs.items():
             if not isinstance(expr, Expr):

@@ -49,6 +49,16 @@ class TaskPoolStrategy:
         return isinstance(other, TaskPoolStrategy) and other.size == self.size
 
 
+def check_runs_as_tasks(compute, what: str) -> None:
+    """For a transform that has no callable class to put on actors: ``compute`` must be None,
+    "tasks" or a TaskPoolStrategy."""
+    if compute is None or compute == "tasks" or isinstance(compute, TaskPoolStrategy):
+        return
+    if isinstance(compute, ActorPoolStrategy):
+        raise ValueError(f"{what}: runs in tasks; an ActorPoolStrategy is for callable classes.")
+    raise ValueError(f"{what}: compute must be a TaskPoolStrategy or None, got {compute!r}.")
+
+
 def fn_name(fn) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
