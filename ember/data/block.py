@@ -425,6 +425,19 @@ def _unify_tensors(tables: list) -> list:
     return out
 
 
+def trim(table: pa.Table, columns, limit) -> pa.Table:
+    """The ``columns`` (in that order) and first ``limit`` rows of a block a read task made (the
+    executor asks every read task, built-in or a custom Datasource's, for these)."""
+    if columns is not None and table.column_names != list(columns):
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise KeyError(f"no column(s) {missing} in {table.column_names}")
+        table = table.select(columns)
+    if limit is not None and table.num_rows > limit:
+        table = table.slice(0, limit)
+    return table
+
+
 def split_rows(table: pa.Table, max_rows: int) -> list:
     if max_rows is None or table.num_rows <= max_rows:
         return [table]

@@ -18,18 +18,6 @@ from ember.data.plan import Read
 from ember.data.schema import Schema
 
 
-def trim(table: pa.Table, columns, limit) -> pa.Table:
-    """The ``columns`` (in that order) and first ``limit`` rows of a block a read made."""
-    if columns is not None and table.column_names != list(columns):
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise KeyError(f"no column(s) {missing} in {table.column_names}")
-        table = table.select(columns)
-    if limit is not None and table.num_rows > limit:
-        table = table.slice(0, limit)
-    return table
-
-
 def _optional_count(value, what: str):
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise ValueError(f"{what} must be a non-negative int or None, got {value!r}.")
@@ -120,7 +108,7 @@ class ReadTask:
             if self.schema is None:
                 return table
             table = self.schema.empty_table()
-        return trim(table, columns, limit)
+        return blk.trim(table, columns, limit)
 
 
 class Datasource:

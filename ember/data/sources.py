@@ -19,7 +19,6 @@ import pyarrow.fs as pafs
 import ember
 from ember.data import block as blk
 from ember.data.context import DataContext, cluster_resources
-from ember.data.datasource import trim
 from ember.data.plan import InputData, Read
 
 
@@ -33,7 +32,7 @@ class BlockReadTask:
         self.input_files = list(input_files)
 
     def read(self, columns=None, limit=None) -> pa.Table:
-        return trim(self.fn(columns, limit), columns, limit)
+        return blk.trim(self.fn(columns, limit), columns, limit)
 
 
 def _min_blocks(ctx: DataContext) -> int:
