@@ -329,9 +329,13 @@ def _array_of(values) -> pa.Array:
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        # Values Arrow cannot type (arbitrary Python objects) travel pickled, one binary per row.
-        storage = pa.array([pickle.dumps(v) for v in values], type=pa.binary())
-        return pa.ExtensionArray.from_storage(PickledType(), storage)
+        return object_array(values)
+
+
+def object_array(values) -> pa.ExtensionArray:
+    """An object column: each value pickled, given back as the object (Arrow cannot type them)."""
+    storage = pa.array([pickle.dumps(v) for v in values], type=pa.binary())
+    return pa.ExtensionArray.from_storage(PickledType(), storage)
 
 
 def from_batch(batch) -> pa.Table:

@@ -10,13 +10,12 @@ which the driver gathers into the ``WriteResult`` handed to ``on_write_complete`
 
 import inspect
 import itertools
-import pickle
 import uuid
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from ember.data.block import PickledType
+from ember.data.block import object_array
 
 
 @dataclass
@@ -101,7 +100,7 @@ class _SinkWriter:
         returned = self.datasink.write([table], ctx)
         # Pickled whatever it is: a return Arrow could type (a dict, a tuple) would otherwise come
         # back changed (a struct's dict, a list).
-        returns = pa.ExtensionArray.from_storage(PickledType(), pa.array([pickle.dumps(returned)], pa.binary()))
+        returns = object_array([returned])
         return pa.table(
             {"num_rows": pa.array([table.num_rows], pa.int64()), "size_bytes": [table.nbytes], "write_return": returns}
         )
@@ -122,17 +121,14 @@ def write_datasink(dataset, datasink: Datasink, ray_remote_args, concurrency) ->
     """``Dataset.write_datasink``'s body (see there)."""
     from ember.data import dataset as ds
     from ember.data import iterator as it
-    from ember.data.datasource import _driver_node
+    from ember.data.datasource import task_options
     from ember.data.plan import MapOp, Stage
 
     if not isinstance(datasink, Datasink):
         raise TypeError(f"write_datasink expects a Datasink, got {type(datasink).__name__}.")
-    if ray_remote_args is not None and not isinstance(ray_remote_args, dict):
-        raise TypeError(f"ray_remote_args must be a dict, got {type(ray_remote_args).__name__}.")
-    _, cap = ds._compute_of(ds._noop, None, concurrency, "write_datasink")
-    remote_args = ds._remote_args(None, None, None, None, ray_remote_args or {})
-    if not datasink.supports_distributed_writes:
-        remote_args["scheduling_strategy"] = _driver_node()
+    remote_args, cap = task_options(
+        "write_datasink", concurrency, ray_remote_args, datasink.supports_distributed_writes
+    )
     min_rows = datasink.min_rows_per_write
     if min_rows is not None and (not isinstance(min_rows, int) or isinstance(min_rows, bool) or min_rows < 1):
         raise ValueError(

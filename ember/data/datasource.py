@@ -185,12 +185,15 @@ def read_datasource(
 
     if not isinstance(datasource, Datasource):
         raise TypeError(f"read_datasource expects a Datasource, got {type(datasource).__name__}.")
-    if ray_remote_args is not None and not isinstance(ray_remote_args, dict):
-        raise TypeError(f"ray_remote_args must be a dict, got {type(ray_remote_args).__name__}.")
-    _, cap = ds._compute_of(ds._noop, None, concurrency, "read_datasource")
-    remote_args = ds._remote_args(None, num_cpus, num_gpus, memory, ray_remote_args or {})
-    if not datasource.supports_distributed_reads:
-        remote_args["scheduling_strategy"] = _driver_node()
+    remote_args, cap = task_options(
+        "read_datasource",
+        concurrency,
+        ray_remote_args,
+        datasource.supports_distributed_reads,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        memory=memory,
+    )
     reader = datasource
     if datasource.should_create_reader:
         if type(datasource).create_reader is Datasource.create_reader:
@@ -212,6 +215,22 @@ def read_datasource(
                 f"{type(datasource).__name__}.get_read_tasks must return ReadTask objects, got {type(task).__name__}."
             )
     return ds.Dataset(Read(f"Read{datasource.get_name()}", list(tasks), remote_args=remote_args, concurrency=cap))
+
+
+def task_options(what: str, concurrency, ray_remote_args, distributed: bool, **resources) -> tuple:
+    """(remote args, concurrency cap) of a custom source's read tasks or a sink's write tasks; tasks
+    that may not be distributed are pinned to the driver's node."""
+    from ember.data import dataset as ds
+
+    if ray_remote_args is not None and not isinstance(ray_remote_args, dict):
+        raise TypeError(f"ray_remote_args must be a dict, got {type(ray_remote_args).__name__}.")
+    _, cap = ds._compute_of(ds._noop, None, concurrency, what)
+    remote_args = ds._remote_args(
+        None, resources.get("num_cpus"), resources.get("num_gpus"), resources.get("memory"), ray_remote_args or {}
+    )
+    if not distributed:
+        remote_args["scheduling_strategy"] = _driver_node()
+    return remote_args, cap
 
 
 def _driver_node():
