@@ -15,7 +15,7 @@ import pyarrow as pa
 
 import ember
 from ember.data import block as blk
-from ember.data.all_to_all import _remote
+from ember.data.all_to_all import _remote, _resolve
 from ember.data.plan import InputData, Read
 from ember.data.sources import BlockReadTask
 
@@ -80,9 +80,7 @@ def _arrow_metadata(obj, index):
 
 def _converted(name: str, fn, refs: list) -> list:
     task = _remote(fn, num_returns=2)
-    pairs = [task.options(name=name).remote(ref, i) for i, ref in enumerate(refs)]
-    metas = ember.get([meta for _, meta in pairs])
-    return [(block, meta) for (block, _), meta in zip(pairs, metas)]
+    return _resolve([task.options(name=name).remote(ref, i) for i, ref in enumerate(refs)])
 
 
 def from_pandas_refs(dfs):
@@ -114,10 +112,6 @@ def from_arrow_refs(tables):
 # ---- to refs --------------------------------------------------------------------------------------
 
 
-def _block_to_pandas(table):
-    return blk.to_pandas(table)
-
-
 def _block_to_numpy(table, column):
     if column is None:
         return blk.to_batch(table, "numpy", zero_copy=True)
@@ -125,7 +119,7 @@ def _block_to_numpy(table, column):
 
 
 def pandas_refs(bundles: list) -> list:
-    task = _remote(_block_to_pandas)
+    task = _remote(blk.to_pandas)
     return [task.options(name="ToPandas").remote(ref) for ref, _ in bundles]
 
 
