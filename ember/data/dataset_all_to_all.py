@@ -106,7 +106,8 @@ class AllToAllMethods:
                 raise TypeError(f"join: a suffix must be a str, got {suffix!r}.")
         if validate_schemas:
             for side, side_keys, name in ((self, keys, "left"), (ds, right_keys, "right")):
-                missing = [k for k in side_keys if k not in side.columns()]
+                names = side.columns()  # once: it may run part of the plan
+                missing = [k for k in side_keys if k not in names]
                 if missing:
                     raise ValueError(f"join: the {name} dataset has no column {missing[0]!r}.")
         fn = functools.partial(
