@@ -120,6 +120,26 @@ def test_widget_outputs_carry_a_snapshot_and_a_one_line_summary(feed):
     view.close()
 
 
+def test_a_widget_closed_on_the_feeds_own_thread_does_not_stall_it(feed):
+    # The garbage collector may finalize a widget on the feed's thread while it applies events or
+    # calls listeners, and ipywidgets' __del__ closes it: closing must not wait on the feed's lock.
+    view = widgets.Cluster(feed=feed)
+    closed = []
+
+    def close_on_the_feeds_thread(state):
+        if not closed:
+            closed.append(True)
+            view.close()
+
+    feed.add_listener(close_on_the_feeds_thread)
+    wait_for(lambda: closed, timeout=10)
+    updates = feed.updates
+    feed.poke()
+    wait_for(lambda: feed.updates > updates, timeout=10)
+    assert view._listen not in feed.listeners
+    feed.remove_listener(close_on_the_feeds_thread)
+
+
 def test_widgets_say_they_are_disconnected_after_shutdown(cluster):
     # In a driver of its own, so its shutdown leaves the shared cluster alone.
     code = textwrap.dedent(

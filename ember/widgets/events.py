@@ -49,7 +49,10 @@ class EventFeed:
         self.busy_rate = busy_rate  # tasks a second past which task events are taken only when asked for
         self.state = state or ClusterState()
         self.throttle = Throttle(1.0 / rate)
-        self.lock = threading.Lock()  # held while the state changes and while listeners read it
+        # Held while the state changes and while listeners read it. Reentrant: the garbage collector
+        # may finalize a widget on this feed's own thread while it holds the lock (ipywidgets'
+        # __del__ closes it), and closing removes the widget's listeners under the same lock.
+        self.lock = threading.RLock()
         self.listeners: list = []
         self.stop_listeners: list = []  # fn(why), called once when the feed ends
         self.disconnected: str | None = None  # why the feed ended
