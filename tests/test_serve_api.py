@@ -2,6 +2,7 @@
 batch, multiplex, stream, status, delete."""
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -264,6 +265,14 @@ def test_multiplexed_models_and_streaming(serve_instance):
         return [x async for x in handle.options(stream=True, method_name="count").remote(3)]
 
     assert asyncio.run(consume()) == [0, 1, 2]
+    # A stream dropped half read gives its replica slot back (its finalizer may run inside the
+    # garbage collector, on a thread holding the router's lock: it defers to the hub's loop).
+    abandoned = handle.options(stream=True).count.remote(4)
+    assert next(abandoned) == 0
+    router = abandoned._router
+    del abandoned
+    gc.collect()
+    wait_for(lambda: all(slot.inflight == 0 for slot in router.slots.values()), timeout=10)
 
 
 def test_failed_constructor_fails_the_deploy_and_delete_cleans_up(serve_instance):

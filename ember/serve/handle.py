@@ -221,7 +221,11 @@ class DeploymentResponseGenerator:
             raise
 
     def __del__(self):
-        try:
-            self._finish()
-        except Exception:
-            pass
+        # Maybe run by the garbage collector on a thread that holds the router's lock: the slot is
+        # released on the hub's loop, not here.
+        if not self._done and self._sent is not None:
+            self._done = True
+            try:
+                self._router.hub.loop.call_soon_threadsafe(self._router.release, self._sent[1])
+            except RuntimeError:
+                pass  # the hub's loop is closed, and its routers with it
