@@ -308,3 +308,22 @@ def test_pandas_batches_hold_one_ndarray_per_image(cluster, image_dir):
     frame = next(iter(resized.iter_batches(batch_size=5, batch_format="pandas")))
     assert [cell.shape for cell in frame["image"]] == [(3, 4, 3)] * 5
     assert resized.map_batches(lambda f: f, batch_format="pandas").take_batch(5)["image"].shape == (5, 3, 4, 3)
+
+
+def test_ragged_images_written_to_parquet_read_back(cluster, image_dir, tmp_path):
+    # One image a block, so each file carries its own fixed tensor shape: read_parquet takes them as
+    # one variable-shaped column, as it would the blocks themselves.
+    root, written = image_dir
+    ds = read_images(str(root), file_extensions=["png"], include_paths=True, override_num_blocks=4)
+    ds.write_parquet(str(tmp_path / "out"))
+    back = rd.read_parquet(str(tmp_path / "out"))
+    assert isinstance(back.schema().base_schema.field("image").type, blk.VariableShapeTensorType)
+    rows = back.take_all()
+    assert sorted(r["path"] for r in rows) == sorted(str(root / name) for name in written)
+    for row in rows:
+        np.testing.assert_array_equal(row["image"], written[row["path"][len(str(root)) + 1 :]])
+    # Tensors of another dtype are still a mismatch, not a silent cast.
+    fixed = blk.from_batch({"image": np.zeros((1, 2, 2), np.uint8), "path": ["a"]}).schema
+    other = blk.from_batch({"image": np.zeros((1, 3, 3), np.float32), "path": ["b"]}).schema
+    assert blk.unify_schemas(fixed, other) is None
+    assert blk.unify_schemas(fixed, fixed) is fixed

@@ -403,6 +403,25 @@ def concat(tables: list) -> pa.Table:
         return pa.concat_tables(tables, promote_options="permissive")
 
 
+def unify_schemas(first: pa.Schema, other: pa.Schema) -> pa.Schema | None:
+    """One schema for blocks of ``first`` and ``other``, or None where they differ in more than the
+    shapes of a tensor column of one dtype, which becomes variable-shaped: files written block by
+    block from ragged images carry a fixed shape each, and ``concat`` joins such blocks the same way."""
+    if first.equals(other, check_metadata=False):
+        return first
+    if first.names != other.names:
+        return None
+    fields = []
+    for mine, theirs in zip(first, other):
+        if mine.type != theirs.type:
+            tensors = _is_tensor(mine.type) and _is_tensor(theirs.type)
+            if not tensors or mine.type.value_type != theirs.type.value_type:
+                return None
+            mine = mine.with_type(VariableShapeTensorType(mine.type.value_type))
+        fields.append(mine)
+    return pa.schema(fields, metadata=first.metadata)
+
+
 def _unify_tensors(tables: list) -> list:
     """Blocks whose tensor columns differ in shape (images of different sizes read into different
     blocks) concatenate as one variable-shaped tensor column."""

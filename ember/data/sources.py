@@ -494,12 +494,15 @@ def read_parquet(
             raise ValueError(f"{path} is not a readable Parquet file: {error}") from None
         if first is None:
             first = (path, schema)
-        elif not schema.equals(first[1], check_metadata=False):
-            first_text = first[1].to_string(show_schema_metadata=False)
-            raise ValueError(
-                f"Parquet files have mismatched schemas: {first[0]} has {first_text}"
-                f" but {path} has {schema.to_string(show_schema_metadata=False)}."
-            )
+        else:
+            unified = blk.unify_schemas(first[1], schema)
+            if unified is None:
+                first_text = first[1].to_string(show_schema_metadata=False)
+                raise ValueError(
+                    f"Parquet files have mismatched schemas: {first[0]} has {first_text}"
+                    f" but {path} has {schema.to_string(show_schema_metadata=False)}."
+                )
+            first = (first[0], unified)
         file_groups.append((path, groups))
     if columns is not None:
         missing = [c for c in columns if c not in first[1].names]
