@@ -15,6 +15,11 @@ def _dataset():
     return dataset
 
 
+def _positive(name: str, value) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
+
+
 def _given(**options) -> dict:
     """The options the caller set (not None)."""
     return {name: value for name, value in options.items() if value is not None}
@@ -62,8 +67,10 @@ class OutputMethods:
         self,
         path: str,
         *,
+        partition_cols=None,
         filesystem=None,
         min_rows_per_file=None,
+        max_rows_per_file=None,
         ray_remote_args=None,
         concurrency=None,
         mode="append",
@@ -71,13 +78,40 @@ class OutputMethods:
     ) -> None:
         """Write the dataset as Parquet files under the directory ``path``: one file per block, or
         with ``min_rows_per_file`` one per run of consecutive blocks holding at least that many rows
-        (the last file may hold fewer; a larger block stays one file). ``ray_remote_args`` (such as
-        ``num_cpus``) and ``concurrency`` (at most that many write tasks at once) shape the write
-        tasks. ``mode`` (a ``SaveMode``) says what to do when ``path`` exists: "append" (the
+        (the last file may hold fewer), each cut into files of at most ``max_rows_per_file`` rows.
+        ``partition_cols``: Hive-style directories (``col=value/``) by those columns' values, which
+        the files then leave out and ``read_parquet`` reads back from the paths (as strings).
+        ``ray_remote_args`` (such as ``num_cpus``) and ``concurrency`` (at most that many write tasks
+        at once) shape the write tasks. ``mode`` (a ``SaveMode``) says what to do when ``path`` exists: "append" (the
         default), "overwrite", "ignore" or "error". ``arrow_parquet_args`` go to
         ``pyarrow.parquet.write_table``."""
+        from ember.data.dataset import _known_schema
+
+        if partition_cols is not None:
+            if isinstance(partition_cols, str) or not all(isinstance(c, str) for c in partition_cols):
+                raise TypeError(f"partition_cols must be a list of column names, got {partition_cols!r}.")
+            partition_cols = list(partition_cols)
+            schema = _known_schema(self._plan)
+            missing = [c for c in partition_cols if schema is not None and c not in schema.names]
+            if missing:
+                raise ValueError(f"write_parquet: no column(s) {missing} to partition by in {schema.names}.")
+        _positive("max_rows_per_file", max_rows_per_file)
+        if max_rows_per_file is not None and min_rows_per_file is not None and min_rows_per_file > max_rows_per_file:
+            raise ValueError(
+                f"min_rows_per_file ({min_rows_per_file}) must not be more than"
+                f" max_rows_per_file ({max_rows_per_file})."
+            )
         self._write(
-            "parquet", path, filesystem, arrow_parquet_args, min_rows_per_file, ray_remote_args, concurrency, mode
+            "parquet",
+            path,
+            filesystem,
+            arrow_parquet_args,
+            min_rows_per_file,
+            ray_remote_args,
+            concurrency,
+            mode,
+            partition_cols=partition_cols or None,
+            max_rows_per_file=max_rows_per_file,
         )
 
     def write_csv(
@@ -178,7 +212,19 @@ class OutputMethods:
 
         write_datasink(self, datasink, ray_remote_args, concurrency)
 
-    def _write(self, fmt, path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode):
+    def _write(
+        self,
+        fmt,
+        path,
+        filesystem,
+        args,
+        min_rows_per_file,
+        ray_remote_args,
+        concurrency,
+        mode,
+        partition_cols=None,
+        max_rows_per_file=None,
+    ):
         from ember.data.sinks import RAY_WRITE_OPTIONS, prepare, save_mode, write_stage
 
         # Ray's option, not the file format's: whether the write makes the directory.
@@ -188,10 +234,7 @@ class OutputMethods:
             warnings.warn("num_rows_per_file is deprecated: use min_rows_per_file.", DeprecationWarning, stacklevel=3)
             older = args.pop("num_rows_per_file")
             min_rows_per_file = older if min_rows_per_file is None else min_rows_per_file
-        if min_rows_per_file is not None and (
-            not isinstance(min_rows_per_file, int) or isinstance(min_rows_per_file, bool) or min_rows_per_file < 1
-        ):
-            raise ValueError(f"min_rows_per_file must be a positive int or None, got {min_rows_per_file!r}.")
+        _positive("min_rows_per_file", min_rows_per_file)
 
         unsupported = sorted(RAY_WRITE_OPTIONS.intersection(args))
         if unsupported:
@@ -209,7 +252,7 @@ class OutputMethods:
         if target is None:  # mode="ignore" and the directory exists
             return
         fs, root = target
-        stage = Stage("write", write_stage(fmt, fs, root, args))
+        stage = Stage("write", write_stage(fmt, fs, root, args, partition_cols, max_rows_per_file))
         name = f"Write{fmt.upper() if fmt in ('csv', 'orc') else fmt.capitalize()}"
         written = ds.Dataset(MapOp(name, self._plan, stage, None, remote_args, False, cap, min_rows=min_rows_per_file))
         for _ in written._bundles():

@@ -14,6 +14,7 @@ from ember.data import block as blk
 from ember.data.block import BlockMetadata
 from ember.data.context import DataContext
 from ember.data.datasink import Datasink, TaskContext, WriteResult  # noqa: F401 (ray.data.datasource has them too)
+from ember.data.partitioning import Partitioning, PartitionStyle  # noqa: F401 (as in ray.data.datasource)
 from ember.data.plan import Read
 from ember.data.schema import Schema
 

@@ -57,7 +57,7 @@ def prepare(path: str, filesystem, mode: SaveMode = SaveMode.APPEND, create_dir:
 # call rather than handed on to pyarrow or pandas as unknown arguments.
 RAY_WRITE_OPTIONS = frozenset(
     {
-        "partition_cols",
+        "partition_cols",  # write_parquet's own arguments; the other writes refuse them
         "max_rows_per_file",
         "filename_provider",
         "arrow_parquet_args_fn",
@@ -70,16 +70,21 @@ RAY_WRITE_OPTIONS = frozenset(
 
 
 class _Writer:
-    """The stage function of a write: writes its batch, returns one row naming the file."""
+    """The stage function of a write: writes its batch, returns a row naming each file written.
+    Parquet only: ``partition_cols`` (Hive-style directories, as ``read_parquet`` reads them) and
+    ``max_rows_per_file`` (a block larger than that is cut into several files)."""
 
-    def __init__(self, fmt, fs, root, args):
+    def __init__(self, fmt, fs, root, args, partition_cols=None, max_rows_per_file=None):
         self.fmt, self.fs, self.root, self.args = fmt, fs, root, args
+        self.partition_cols, self.max_rows_per_file = partition_cols, max_rows_per_file
         self.prefix = uuid.uuid4().hex[:12]  # one write's files sort by block, apart from other writes
         self.__name__ = f"write_{fmt}"
 
     def __call__(self, table: pa.Table, index: int):
         if table.num_rows == 0:
             return pa.table({"path": pa.array([], pa.string()), "num_rows": pa.array([], pa.int64())})
+        if self.partition_cols or self.max_rows_per_file:
+            return self._write_parquet_dataset(table, index)
         path = f"{self.root}/{self.prefix}_{index:06d}.{'npy' if self.fmt == 'numpy' else self.fmt}"
         if self.fmt == "parquet":
             import pyarrow.parquet as pq
@@ -109,6 +114,36 @@ class _Writer:
                 out.write(text.encode())
         return pa.table({"path": [path], "num_rows": [table.num_rows]})
 
+    def _write_parquet_dataset(self, table: pa.Table, index: int) -> pa.Table:
+        # pyarrow's dataset writer splits the block by partition values and by row count; the
+        # partition columns live in the directory names only, as Hive (and Ray) write them.
+        import pyarrow.dataset as pds
 
-def write_stage(fmt, fs, root, args):
-    return _Writer(fmt, fs, root, args)
+        file_format = pds.ParquetFileFormat()
+        args = dict(self.args)
+        group_rows = args.pop("row_group_size", None) or 1 << 20
+        if self.max_rows_per_file:
+            group_rows = min(group_rows, self.max_rows_per_file)
+        written = []
+        pds.write_dataset(
+            table,
+            self.root,
+            format=file_format,
+            filesystem=self.fs,
+            partitioning=self.partition_cols or None,
+            partitioning_flavor="hive" if self.partition_cols else None,
+            basename_template=f"{self.prefix}_{index:06d}-{{i}}.parquet",
+            existing_data_behavior="overwrite_or_ignore",  # names are this write's own: nothing is replaced
+            max_rows_per_file=self.max_rows_per_file or 0,
+            max_rows_per_group=group_rows,
+            min_rows_per_group=0,
+            file_options=file_format.make_write_options(**args),
+            use_threads=False,  # one CPU per write task
+            file_visitor=lambda file: written.append((file.path, file.metadata.num_rows)),
+        )
+        paths, rows = zip(*sorted(written)) if written else ((), ())
+        return pa.table({"path": pa.array(paths, pa.string()), "num_rows": pa.array(rows, pa.int64())})
+
+
+def write_stage(fmt, fs, root, args, partition_cols=None, max_rows_per_file=None):
+    return _Writer(fmt, fs, root, args, partition_cols, max_rows_per_file)

@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 import ember
 from ember.data import block as blk
 from ember.data.context import DataContext, cluster_resources
+from ember.data.partitioning import Partitioning, PartitionStyle, partition_fields
 from ember.data.plan import InputData, Read
 
 
@@ -348,12 +349,15 @@ def _open_for_parquet(fs, path: str):
     return fs.open_input_file(path)
 
 
-def _read_parquet_pieces(fs, pieces, filter_expr, columns, limit):
+def _read_parquet_pieces(fs, pieces, filter_expr, partitions, columns, limit):
+    """``partitions``: None, or the partition fields and, by path, what each file's directories say
+    of its rows (``partitioning.partition_fields``): the scan adds those columns and skips the files
+    a filter on them rules out."""
     import pyarrow.parquet as pq
 
     tables, rows = [], 0
     for path, row_groups in pieces:
-        if filter_expr is None and limit is None:
+        if filter_expr is None and limit is None and partitions is None:
             # The plain reader: a column comes back as one contiguous chunk (the scanner cuts it into
             # batches), so numpy batches of a whole block need no copy, and a block has a handful of
             # buffers for the store instead of one per batch and column. One thread: the task is the
@@ -367,8 +371,17 @@ def _read_parquet_pieces(fs, pieces, filter_expr, columns, limit):
         # otherwise pay in its first read task.
         import pyarrow.dataset as pds
 
-        fragment = pds.ParquetFileFormat().make_fragment(path, filesystem=fs, row_groups=row_groups)
-        scanner = pds.Scanner.from_fragment(fragment, columns=columns, filter=filter_expr)
+        schema = None
+        if partitions is None:
+            fragment = pds.ParquetFileFormat().make_fragment(path, filesystem=fs, row_groups=row_groups)
+        else:
+            fields, expressions = partitions
+            fragment = pds.ParquetFileFormat().make_fragment(
+                path, filesystem=fs, row_groups=row_groups, partition_expression=expressions.get(path)
+            )
+            physical = fragment.physical_schema
+            schema = pa.schema([*physical, *(f for f in fields if f.name not in physical.names)], physical.metadata)
+        scanner = pds.Scanner.from_fragment(fragment, schema=schema, columns=columns, filter=filter_expr)
         table = scanner.head(limit - rows) if limit is not None else scanner.to_table()
         tables.append(table)
         rows += table.num_rows
@@ -433,7 +446,9 @@ def _parquet_pieces(file_groups: list, columns, target: int) -> list:
     return pieces
 
 
-def _parquet_tasks(fs, file_groups, schema, filter_expr, override, columns, light: bool, pushed=None) -> list:
+def _parquet_tasks(
+    fs, file_groups, schema, filter_expr, override, partitions, columns, light: bool, pushed=None
+) -> list:
     """The read tasks of a Parquet dataset for ``columns``; ``light``: no user function runs in the
     read's tasks, so blocks may be larger (``PARQUET_LIGHT_BLOCK_BYTES``); ``pushed``: a filter of the
     Dataset's (``Dataset.filter(expr=...)``) the scan applies as well as read_parquet's own."""
@@ -449,13 +464,18 @@ def _parquet_tasks(fs, file_groups, schema, filter_expr, override, columns, ligh
         schema = pa.schema([schema.field(c) for c in columns])
     tasks = []
     for group in _group(_parquet_pieces(file_groups, columns, target), override):
+        files = list(dict.fromkeys(path for (path, _), _, _ in group))
+        mine = None
+        if partitions is not None:  # a task carries what its own files' directories say
+            fields, expressions = partitions
+            mine = (fields, {path: expressions[path] for path in files if path in expressions})
         tasks.append(
             BlockReadTask(
-                functools.partial(_read_parquet_pieces, fs, [p for p, _, _ in group], filter_expr),
+                functools.partial(_read_parquet_pieces, fs, [p for p, _, _ in group], filter_expr, mine),
                 num_rows=None if filter_expr is not None else sum(r for _, r, _ in group),
                 size_bytes=sum(b for _, _, b in group),
                 schema=schema,
-                input_files=list(dict.fromkeys(path for (path, _), _, _ in group)),
+                input_files=files,
             )
         )
     return tasks
@@ -469,10 +489,14 @@ def read_parquet(
     filter=None,
     override_num_blocks=None,  # noqa: A002
     file_extensions=None,
+    partitioning=Partitioning(PartitionStyle.HIVE),
     **arrow_parquet_args,
 ):
     """Read Parquet files; ``columns`` and ``filter`` (a pyarrow.dataset expression) are pushed into
-    the scan, so unread columns and filtered-out row groups never leave the file."""
+    the scan, so unread columns and filtered-out row groups never leave the file. ``partitioning``
+    (a ``Partitioning``; Hive-style ``name=value`` directories by default, None for none) adds the
+    values the files' directories carry as columns after the files' own, strings unless its
+    ``field_types`` say otherwise; a filter on them skips the files they rule out."""
     import pyarrow.dataset as pds
 
     from ember.data.dataset import Dataset
@@ -504,12 +528,20 @@ def read_parquet(
                 )
             first = (first[0], unified)
         file_groups.append((path, groups))
+    partitions = None
+    if partitioning is not None:
+        if not isinstance(partitioning, Partitioning):
+            raise TypeError(f"partitioning must be a Partitioning or None, got {type(partitioning).__name__}.")
+        fields, expressions = partition_fields(partitioning, [path for path, _ in file_groups], first[1].names)
+        if fields:
+            first = (first[0], pa.schema([*first[1], *fields], first[1].metadata))
+            partitions = (fields, expressions)
     if columns is not None:
         missing = [c for c in columns if c not in first[1].names]
         if missing:
             raise ValueError(f"read_parquet: no column(s) {missing} in {first[1].names}.")
         columns = list(columns)
-    plan_tasks = functools.partial(_parquet_tasks, fs, file_groups, first[1], filter, override_num_blocks)
+    plan_tasks = functools.partial(_parquet_tasks, fs, file_groups, first[1], filter, override_num_blocks, partitions)
     tasks = plan_tasks(columns, False)
     # The executor plans the tasks again once it knows which columns are read (a select pushed
     # down) and whether a user function runs in them.
