@@ -5,6 +5,7 @@ or with mismatched schemas for Parquet) fails here, at the call, not later insid
 """
 
 import builtins
+import dataclasses
 import fnmatch
 import functools
 import glob
@@ -532,6 +533,8 @@ def read_parquet(
     if partitioning is not None:
         if not isinstance(partitioning, Partitioning):
             raise TypeError(f"partitioning must be a Partitioning or None, got {type(partitioning).__name__}.")
+        if partitioning.base_dir:  # spelled as the paths are: absolute, no scheme
+            partitioning = dataclasses.replace(partitioning, base_dir=_split_uri(partitioning.base_dir, filesystem)[1])
         fields, expressions = partition_fields(partitioning, [path for path, _ in file_groups], first[1].names)
         if fields:
             first = (first[0], pa.schema([*first[1], *fields], first[1].metadata))
