@@ -31,6 +31,7 @@ from ember.data.sources import (
     read_parquet,
     read_text,
 )
+from ember.data.sql import read_sql
 
 __all__ = [
     "ActorPoolStrategy",
@@ -67,5 +68,6 @@ __all__ = [
     "read_numpy",
     "read_orc",
     "read_parquet",
+    "read_sql",
     "read_text",
 ]

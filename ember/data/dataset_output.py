@@ -202,6 +202,17 @@ class OutputMethods:
         )
         self._write("numpy", path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode)
 
+    def write_sql(self, sql: str, connection_factory, ray_remote_args=None, concurrency=None) -> None:
+        """Write the rows to a database with a Python DB API 2 connector: each write task opens a
+        connection with ``connection_factory()``, runs ``sql`` (an INSERT with one parameter per
+        column, in column order) with ``executemany`` over its blocks' rows, and commits.
+        ``ray_remote_args`` and ``concurrency`` shape the write tasks."""
+        from ember.data.sql import SQLDatasink
+
+        self.write_datasink(
+            SQLDatasink(sql, connection_factory), ray_remote_args=ray_remote_args, concurrency=concurrency
+        )
+
     def write_datasink(self, datasink, *, ray_remote_args=None, concurrency=None) -> None:
         """Write the dataset to a custom ``Datasink``: ``on_write_start`` on the driver, then write
         tasks calling ``datasink.write`` on the blocks (one task per block, or per run of blocks
