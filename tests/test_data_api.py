@@ -55,6 +55,10 @@ def test_in_memory_sources(cluster, df):
     np.testing.assert_array_equal(rd.from_numpy(np.arange(5)).take_batch()["data"], np.arange(5))
     table = pa.Table.from_pandas(df, preserve_index=False)
     assert rd.from_arrow([table.slice(0, 10), table.slice(10)]).to_arrow().equals(table)
+    mixed = rd.from_blocks([table.slice(0, 10), df.iloc[10:]])  # Ray's from_blocks: a block each, as given
+    assert mixed.num_blocks() == 2 and mixed.to_arrow().equals(table)
+    with pytest.raises(TypeError, match="from_blocks"):
+        rd.from_blocks([{"a": 1}])
 
 
 def test_read_parquet_with_pushdown(cluster, parquet_dir, df):

@@ -327,3 +327,25 @@ def test_ragged_images_written_to_parquet_read_back(cluster, image_dir, tmp_path
     other = blk.from_batch({"image": np.zeros((1, 3, 3), np.float32), "path": ["b"]}).schema
     assert blk.unify_schemas(fixed, other) is None
     assert blk.unify_schemas(fixed, fixed) is fixed
+
+
+def test_write_images_round_trips_through_read_images(cluster, image_dir, tmp_path):
+    root, written = image_dir
+    ds = read_images(str(root), file_extensions=["png"], include_paths=True, override_num_blocks=2)
+    out = tmp_path / "written"
+    ds.write_images(str(out), column="image")  # PNG by default: lossless
+    files = sorted(out.iterdir())
+    assert len(files) == len(written) and all(f.suffix == ".png" for f in files)
+    got = sorted(r["image"].tobytes() for r in read_images(str(out)).take_all())
+    assert got == sorted(pixels.tobytes() for pixels in written.values())
+    ds.filter(lambda r: r["image"].ndim == 3).write_images(str(tmp_path / "jpegs"), "image", "jpg")
+    jpegs = read_images(str(tmp_path / "jpegs")).take_all()
+    assert sorted(r["image"].shape for r in jpegs) == sorted(p.shape for p in written.values() if p.ndim == 3)
+
+    with pytest.raises(ValueError, match="Pillow cannot write 'nope'"):
+        ds.write_images(str(tmp_path / "refused"), "image", "nope")
+    assert not (tmp_path / "refused").exists()
+    # read_images' schema is known only once a file is read: a missing column fails in the tasks.
+    with pytest.raises(ValueError, match="no column 'pixels'"):
+        ds.write_images(str(tmp_path / "refused"), "pixels")
+    assert not list((tmp_path / "refused").iterdir())

@@ -18,6 +18,7 @@ from ember.data.schema import Schema
 from ember.data.sinks import SaveMode
 from ember.data.sources import (
     from_arrow,
+    from_blocks,
     from_items,
     from_numpy,
     from_pandas,
@@ -52,6 +53,7 @@ __all__ = [
     "aggregate",
     "from_arrow",
     "from_arrow_refs",
+    "from_blocks",
     "from_items",
     "from_numpy",
     "from_numpy_refs",

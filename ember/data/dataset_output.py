@@ -202,6 +202,48 @@ class OutputMethods:
         )
         self._write("numpy", path, filesystem, args, min_rows_per_file, ray_remote_args, concurrency, mode)
 
+    def write_images(
+        self,
+        path: str,
+        column: str,
+        file_format: str = "png",
+        *,
+        filesystem=None,
+        try_create_dir: bool = True,
+        arrow_open_stream_args=None,
+        filename_provider=None,
+        ray_remote_args=None,
+        concurrency=None,
+        mode="append",
+    ) -> None:
+        """Write the images of ``column`` (ndarrays, as ``read_images`` makes them) under the
+        directory ``path``, one ``file_format`` file per row, encoded with Pillow (tasks and
+        ``mode`` as ``write_parquet``)."""
+        if not isinstance(column, str):
+            raise TypeError(f"write_images: column must be a str, got {type(column).__name__}.")
+        from ember.data.dataset import _known_schema
+        from ember.data.images import _pillow
+
+        image = _pillow()
+        image.init()  # registers every format Pillow has a writer for (image.SAVE)
+        extension = file_format.lower() if isinstance(file_format, str) else None
+        pillow_format = image.registered_extensions().get(f".{extension}", str(extension).upper())
+        if pillow_format not in image.SAVE:
+            raise ValueError(
+                f"write_images: Pillow cannot write {file_format!r}; it writes {sorted(f.lower() for f in image.SAVE)}."
+            )
+        schema = _known_schema(self._plan)
+        if schema is not None and column not in schema.names:
+            raise ValueError(f"write_images: no column {column!r} in {schema.names}.")
+        args = {
+            "column": column,
+            "file_format": pillow_format,
+            "extension": extension,
+            "try_create_dir": try_create_dir,
+        }
+        args |= _given(arrow_open_stream_args=arrow_open_stream_args, filename_provider=filename_provider)
+        self._write("images", path, filesystem, args, None, ray_remote_args, concurrency, mode)
+
     def write_sql(self, sql: str, connection_factory, ray_remote_args=None, concurrency=None) -> None:
         """Write the rows to a database with a Python DB API 2 connector: each write task opens a
         connection with ``connection_factory()``, runs ``sql`` (an INSERT with one parameter per

@@ -144,6 +144,21 @@ def from_arrow(tables):
     return _from_tables("FromArrow", [blk.from_batch(t) for t in tables])
 
 
+def from_blocks(blocks: list):
+    """A dataset with one block per pyarrow Table or pandas DataFrame in ``blocks``, as given."""
+    if not isinstance(blocks, (list, tuple)):
+        raise TypeError(f"from_blocks expects a list of Tables or DataFrames, got {type(blocks).__name__}.")
+    tables = []
+    for block in blocks:
+        if isinstance(block, pa.Table):
+            tables.append(block)
+        elif type(block).__name__ == "DataFrame" and type(block).__module__.startswith("pandas"):
+            tables.append(pa.Table.from_pandas(block, preserve_index=False))
+        else:
+            raise TypeError(f"from_blocks expects pyarrow Tables or pandas DataFrames, got {type(block).__name__}.")
+    return _from_tables("FromBlocks", tables)
+
+
 # ---- files ----------------------------------------------------------------------------------------
 
 
