@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import ember.data as rd
-from ember.data import sources
+from ember.data import parquet
 from ember.data.plan import optimize, physical_plan, read_tasks
 
 GROUPS_PER_FILE = 16
@@ -33,8 +33,8 @@ def many_groups(tmp_path, monkeypatch):
         )
         pq.write_table(table, root / f"part-{i}.parquet", row_group_size=GROUP_ROWS)
     group = GROUP_ROWS * 8
-    monkeypatch.setattr(sources, "PARQUET_BLOCK_BYTES", 2 * group * 4)  # 2 groups of all four columns
-    monkeypatch.setattr(sources, "PARQUET_LIGHT_BLOCK_BYTES", 100 * group * 4)
+    monkeypatch.setattr(parquet, "PARQUET_BLOCK_BYTES", 2 * group * 4)  # 2 groups of all four columns
+    monkeypatch.setattr(parquet, "PARQUET_LIGHT_BLOCK_BYTES", 100 * group * 4)
     return root
 
 
@@ -48,7 +48,7 @@ def _blocks(ds) -> list:
 
 def test_column_bytes_count_arrow_widths_not_parquet_encodings(many_groups):
     meta = pq.ParquetFile(many_groups / "part-0.parquet").metadata
-    sizes = sources._column_bytes(meta.schema.to_arrow_schema(), meta.row_group(0))
+    sizes = parquet._column_bytes(meta.schema.to_arrow_schema(), meta.row_group(0))
     # "key" is dictionary-encoded in the file (a few hundred bytes) but 8 bytes a row in Arrow.
     assert sizes == {"id": 8000, "key": 8000, "x": 8000, "y": 8000}
     assert meta.row_group(0).column(1).total_uncompressed_size < 8000

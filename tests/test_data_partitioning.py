@@ -114,3 +114,33 @@ def test_max_rows_per_file_cuts_blocks_and_bad_arguments_fail_at_the_call(cluste
     with pytest.raises(ValueError, match=r"no column\(s\) \['nope'\]"):
         ds.write_parquet(refused, partition_cols=["nope"])
     assert not os.path.exists(refused)
+
+
+def test_csv_json_and_text_readers_take_partitions_too(cluster, tmp_path):
+    for year in (2024, 2025):
+        folder = tmp_path / "csv" / f"year={year}"
+        folder.mkdir(parents=True)
+        (folder / "a.csv").write_text("x,y\n1,a\n2,b\n")
+        json_folder = tmp_path / "json" / f"year={year}"
+        json_folder.mkdir(parents=True)
+        (json_folder / "a.json").write_text('{"x": 1}\n{"x": 2}\n')
+    (tmp_path / "csv" / "year=2025" / "own.csv").write_text("x,year\n3,1999\n")  # its own year column
+
+    csv = rd.read_csv(str(tmp_path / "csv"))  # Hive partitions by default, as Ray's read_csv
+    rows = sorted((r["x"], r["year"]) for r in csv.take_all())
+    assert rows == [(1, "2024"), (1, "2025"), (2, "2024"), (2, "2025"), (3, 1999)]
+    # A select pushed into the read asks the reader only for the file's own columns.
+    assert sorted(r["year"] for r in csv.filter(lambda r: r["x"] < 3).select_columns(["year"]).take_all()) == [
+        "2024",
+        "2024",
+        "2025",
+        "2025",
+    ]
+    paths = rd.read_csv(str(tmp_path / "csv"), include_paths=True).select_columns(["path"]).take_all()
+    assert len(paths) == 5 and all(r["path"].endswith(".csv") for r in paths)
+    typed = rd.read_json(str(tmp_path / "json"), partitioning=Partitioning(field_types={"year": int}))
+    assert sorted((r["x"], r["year"]) for r in typed.take_all()) == [(1, 2024), (1, 2025), (2, 2024), (2, 2025)]
+    # The text, numpy, binary and ORC readers take none unless asked, as Ray's.
+    assert rd.read_text(str(tmp_path / "json")).columns() == ["text"]
+    hive = rd.read_text(str(tmp_path / "json"), partitioning=Partitioning("hive"))
+    assert sorted(r["year"] for r in hive.take_all()) == ["2024", "2024", "2025", "2025"]

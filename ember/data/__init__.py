@@ -13,6 +13,7 @@ from ember.data.datasink import Datasink, WriteResult
 from ember.data.datasource import Datasource, ReadTask, read_datasource
 from ember.data.images import read_images
 from ember.data.interop import from_arrow_refs, from_numpy_refs, from_pandas_refs, from_torch
+from ember.data.parquet import read_parquet
 from ember.data.plan import ActorPoolStrategy, TaskPoolStrategy
 from ember.data.schema import Schema
 from ember.data.sinks import SaveMode
@@ -29,7 +30,6 @@ from ember.data.sources import (
     read_json,
     read_numpy,
     read_orc,
-    read_parquet,
     read_text,
 )
 from ember.data.sql import read_sql

@@ -87,9 +87,7 @@ def _arrow_type(name: str, kind) -> pa.DataType:
 def partition_fields(partitioning: Partitioning, files: list, columns: list) -> tuple:
     """For ``files`` (paths) whose data has ``columns``: the partition fields (in order of first
     appearance; a name the data has itself is the data's) and, for each file that carries values,
-    the pyarrow expression its directories guarantee of its rows."""
-    import pyarrow.dataset as pds
-
+    its values as pyarrow scalars of the fields' types, by name (a field it lacks is null)."""
     per_file, names = {}, {}
     for path in files:
         values = {name: value for name, value in partitioning.values(path).items() if name not in columns}
@@ -97,23 +95,41 @@ def partition_fields(partitioning: Partitioning, files: list, columns: list) -> 
             per_file[path] = values
             names.update(dict.fromkeys(values))
     fields = [pa.field(name, partitioning.field_type(name)) for name in names]
-    expressions = {}
+    typed = {}
     for path, values in per_file.items():
-        terms = []
-        for field in fields:
-            value = values.get(field.name)
-            if value is None:
-                terms.append(pds.field(field.name).is_null())
-                continue
-            try:
-                scalar = pa.scalar(value).cast(field.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                raise ValueError(
-                    f"{path}: partition value {value!r} of {field.name!r} is not a {field.type}."
-                ) from None
-            terms.append(pds.field(field.name) == scalar)
-        expression = terms[0]
-        for term in terms[1:]:
-            expression = expression & term
-        expressions[path] = expression
-    return fields, expressions
+        typed[path] = {field.name: _scalar(path, field, values.get(field.name)) for field in fields}
+    return fields, typed
+
+
+def _scalar(path: str, field: pa.Field, value) -> pa.Scalar:
+    if value is None:
+        return pa.scalar(None, field.type)
+    try:
+        return pa.scalar(value).cast(field.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise ValueError(f"{path}: partition value {value!r} of {field.name!r} is not a {field.type}.") from None
+
+
+def expression(values: dict):
+    """The pyarrow expression a file's partition values guarantee of its rows (a Parquet scan skips
+    the file when a filter contradicts it)."""
+    import pyarrow.dataset as pds
+
+    terms = [pds.field(name) == v if v.is_valid else pds.field(name).is_null() for name, v in values.items()]
+    result = terms[0]
+    for term in terms[1:]:
+        result = result & term
+    return result
+
+
+def add_columns(table: pa.Table, fields: list, values: dict | None) -> pa.Table:
+    """``table`` (read from one file) with a column per partition field holding the file's value,
+    except where the file has a column of that name itself."""
+    for field in fields:
+        if field.name in table.column_names:
+            continue
+        value = values.get(field.name) if values else None
+        if value is None:
+            value = pa.scalar(None, field.type)
+        table = table.append_column(field, pa.repeat(value, table.num_rows))
+    return table
