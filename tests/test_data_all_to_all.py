@@ -70,6 +70,36 @@ def test_split_and_train_test_split(cluster):
         ds.train_test_split(1.5)
 
 
+def test_streaming_train_test_split_random_and_hash(cluster):
+    import hashlib
+
+    ds = rd.range(1000, override_num_blocks=8)
+    train, test = ds.streaming_train_test_split(0.25, seed=3)
+    train_ids, test_ids = [r["id"] for r in train.iter_rows()], [r["id"] for r in test.iter_rows()]
+    assert sorted(train_ids + test_ids) == list(range(1000)) and not set(train_ids) & set(test_ids)
+    assert 150 < len(test_ids) < 350  # about a quarter
+    assert [r["id"] for r in ds.streaming_train_test_split(0.25, seed=3)[1].iter_rows()] == test_ids  # repeatable
+    assert [r["id"] for r in ds.streaming_train_test_split(0.25, seed=4)[1].iter_rows()] != test_ids
+
+    items = rd.from_items([{"key": f"user{i % 50}", "v": i} for i in range(400)], override_num_blocks=4)
+    train, test = items.streaming_train_test_split(0.3, split_type="hash", hash_column="key")
+    train_keys, test_keys = {r["key"] for r in train.iter_rows()}, {r["key"] for r in test.iter_rows()}
+    assert not train_keys & test_keys and len(train_keys | test_keys) == 50  # a key stays on one side
+    # The same keys as Ray's hash split: blake2b's first 8 bytes against (1 - test_size) * 2**64.
+    ray_test = {
+        f"user{i}"
+        for i in range(50)
+        if int.from_bytes(hashlib.blake2b(f"user{i}".encode(), digest_size=8).digest(), "big") >= 0.7 * (1 << 64)
+    }
+    assert test_keys == ray_test
+    with pytest.raises(ValueError, match="hash_column"):
+        ds.streaming_train_test_split(0.2, split_type="hash")
+    with pytest.raises(ValueError, match="seed is not supported"):
+        ds.streaming_train_test_split(0.2, split_type="hash", hash_column="id", seed=1)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        ds.streaming_train_test_split(1.0)
+
+
 def test_groupby_mean_and_std_of_several_columns_skip_nulls(cluster):
     items = [{"g": 1, "a": 1.0, "b": 2.0}, {"g": 1, "a": 3.0, "b": None}, {"g": 2, "a": 5.0, "b": 4.0}]
     frame = pd.DataFrame(items)

@@ -12,10 +12,6 @@ from ember.data.aggregate import Max, Mean, Min, Std, Sum
 from ember.data.plan import AllToAll, InputData, MapOp, Read, Stage
 
 
-def _tail(table, n):
-    return table.slice(table.num_rows - n)
-
-
 def _check_seed(seed, what: str) -> None:
     # numpy's generators take only non-negative integers: a bad seed fails here, not in every task.
     if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0):
@@ -197,7 +193,8 @@ class AllToAllMethods:
         return [StreamSplitDataIterator(coordinator, i, n) for i in range(n)]
 
     def train_test_split(self, test_size, *, shuffle: bool = False, seed: int | None = None) -> tuple:
-        """(train, test): the last ``test_size`` rows (an int, or a fraction) form the test set."""
+        """(train, test), materialized: the last ``test_size`` rows (an int, or a fraction) form the
+        test set. The two share the dataset's blocks; only the block the cut falls in is sliced."""
         ds = self.random_shuffle(seed=seed) if shuffle else self
         mat = ds.materialize()
         total = mat.count()
@@ -209,16 +206,37 @@ class AllToAllMethods:
             test_rows = test_size
         else:
             raise ValueError(f"test_size must be a fraction or a row count below {total}, got {test_size!r}.")
-        table_refs = mat._plan.bundles
-        both = _classes()[0](InputData(table_refs)).repartition(1).materialize()._plan.bundles
-        whole = _classes()[0](InputData(both))
-        train = whole.limit(total - test_rows).materialize()
-        test = (
-            _classes()[0](InputData(both))
-            .map_batches(_tail, fn_args=(test_rows,), batch_format="pyarrow")
-            .materialize()
-        )
+        train, test = mat.split_at_indices([total - test_rows])
         return train, test
+
+    def streaming_train_test_split(
+        self, test_size: float, *, split_type: str = "random", hash_column: str | None = None, seed=None, **remote_args
+    ) -> tuple:
+        """(train, test), lazy: each row goes to the test set with probability ``test_size``, drawn
+        per block from a stream keyed by ``seed`` and the block's place ("random"), or by a hash of
+        its ``hash_column`` value ("hash", the same rows as Ray picks). Nothing is materialized:
+        each side runs the plan itself, so the sides are complementary when the plan makes the same
+        blocks each time (a "random" split of a plan whose block order varies is not)."""
+        if isinstance(test_size, bool) or not isinstance(test_size, numbers.Real) or not 0 < test_size < 1:
+            raise ValueError(f"streaming_train_test_split: test_size must be between 0 and 1, got {test_size!r}.")
+        if split_type not in ("random", "hash"):
+            raise ValueError(f"streaming_train_test_split: split_type must be 'random' or 'hash', got {split_type!r}.")
+        if split_type == "hash":
+            if seed is not None:
+                raise ValueError("streaming_train_test_split: seed is not supported for a hash split.")
+            if not isinstance(hash_column, str):
+                raise ValueError("streaming_train_test_split: a hash split needs hash_column (a column name).")
+        elif hash_column is not None:
+            raise ValueError("streaming_train_test_split: hash_column is not supported for a random split.")
+        _check_seed(seed, "streaming_train_test_split")
+        from ember.data.dataset import _remote_args
+
+        remote_args = _remote_args(None, None, None, None, remote_args)
+        sides = []
+        for side, train in (("train", True), ("test", False)):
+            stage = Stage("split_side", extra=(float(test_size), split_type, seed, hash_column, train), light=True)
+            sides.append(_classes()[0](MapOp(f"TrainTestSplit({side})", self._plan, stage, None, remote_args)))
+        return tuple(sides)
 
     # ---- sampling, block order, splits at rows ---------------------------------------------------
 

@@ -122,6 +122,8 @@ class Stage:
             return table.rename_columns([self.extra.get(c, c) for c in table.column_names])
         if kind == "random_sample":
             return sample_rows(table, *self.extra, self.index)
+        if kind == "split_side":
+            return split_side(table, *self.extra, self.index)
         call = self.setup()
         if kind == "map":
             return (
@@ -203,6 +205,33 @@ def sample_rows(table: pa.Table, fraction: float, seed, index: int) -> pa.Table:
     rng = np.random.default_rng(None if seed is None else [seed, index])
     keep = rng.random(table.num_rows) < fraction
     return table.filter(pa.array(keep, type=pa.bool_()))
+
+
+def split_side(table: pa.Table, test_size: float, split_type: str, seed, hash_column, train: bool, index: int):
+    """One side of a streaming train/test split: the rows whose draw (keyed as ``sample_rows``'s,
+    the seed optional) or whose key's hash falls on that side. Keys hash as Ray's do: the first 8
+    bytes of blake2b of ``str(key)`` below (1 - test_size) * 2**64 mean train."""
+    import hashlib
+
+    import numpy as np
+
+    if split_type == "random":
+        in_train = np.random.default_rng([index] if seed is None else [index, seed]).random(table.num_rows) < (
+            1 - test_size
+        )
+    else:
+        if hash_column not in table.column_names:
+            raise KeyError(f"streaming_train_test_split: no column {hash_column!r} in {table.column_names}")
+        bound = (1 - test_size) * (1 << 64)
+        in_train = np.fromiter(
+            (
+                int.from_bytes(hashlib.blake2b(str(key).encode(), digest_size=8).digest(), "big") < bound
+                for key in table.column(hash_column).to_pylist()
+            ),
+            bool,
+            table.num_rows,
+        )
+    return table.filter(pa.array(in_train if train else ~in_train, type=pa.bool_()))
 
 
 def _checked_row(row, what: str):
