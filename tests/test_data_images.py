@@ -349,3 +349,21 @@ def test_write_images_round_trips_through_read_images(cluster, image_dir, tmp_pa
     with pytest.raises(ValueError, match="no column 'pixels'"):
         ds.write_images(str(tmp_path / "refused"), "pixels")
     assert not list((tmp_path / "refused").iterdir())
+
+
+def test_labels_from_hive_directories(cluster, tmp_path):
+    from ember.data.datasource import Partitioning
+
+    for label, seed in (("cat", 0), ("dog", 1), ("dog", 2)):
+        (tmp_path / "pets" / f"label={label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_pixels((4, 4, 3), seed)).save(tmp_path / "pets" / f"label={label}" / f"{seed}.png")
+    ds = read_images(str(tmp_path / "pets"), partitioning=Partitioning("hive"), include_paths=True)
+    assert ds.columns() == ["image", "path", "label"]
+    rows = ds.take_all()
+    assert sorted((r["path"].rsplit("/", 1)[-1], r["label"]) for r in rows) == [
+        ("0.png", "cat"),
+        ("1.png", "dog"),
+        ("2.png", "dog"),
+    ]
+    assert sorted(r["label"] for r in ds.select_columns(["label"]).take_all()) == ["cat", "dog", "dog"]
+    assert read_images(str(tmp_path / "pets")).columns() == ["image"]  # none unless asked, as Ray

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from ember.data import block as blk
 from ember.data.plan import Read
-from ember.data.sources import BlockReadTask, _bounds, _num_blocks, resolve_paths
+from ember.data.sources import BlockReadTask, _bounds, _num_blocks, _partitions, resolve_paths
 
 # Ray's default for read_images: the formats Pillow reads that Ray looks for.
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif"]
@@ -29,7 +29,6 @@ _UNSUPPORTED = (
     "memory",
     "arrow_open_file_args",
     "partition_filter",
-    "partitioning",
     "label_selector",
     "fallback_strategy",
     "max_calls",
@@ -145,7 +144,7 @@ def known_image_type(image_module, size, mode):
     return blk._array_of(blank[np.newaxis]).type
 
 
-def _read_images(fs, paths, size, mode, include_paths, image_type, columns, limit) -> pa.Table:
+def _read_images(fs, paths, size, mode, include_paths, image_type, partitions, columns, limit) -> pa.Table:
     if limit is not None:
         paths = paths[:limit]  # one row per file
     out = {}
@@ -159,6 +158,9 @@ def _read_images(fs, paths, size, mode, include_paths, image_type, columns, limi
             out["image"] = pa.array([], pa.null())
     if include_paths:
         out["path"] = pa.array(paths, pa.string())
+    for field in partitions[0] if partitions else ():  # a row per file: its directories' values
+        values = [(partitions[1].get(path) or {}).get(field.name) for path in paths]
+        out[field.name] = pa.array([None if v is None else v.as_py() for v in values], field.type)
     return pa.table(out)
 
 
@@ -217,7 +219,8 @@ def read_images(
     are read (None reads every file). ``shuffle="files"`` reads the files in a random order,
     ``ignore_missing_paths`` skips paths that do not exist. ``concurrency`` is accepted and
     ignored (Ember runs as many read tasks as there are CPUs); the options that would place the
-    read tasks (``num_cpus``, ``ray_remote_args``, ...) and ``partitioning`` are not supported.
+    read tasks (``num_cpus``, ``ray_remote_args``, ...) are not supported. ``partitioning`` (a
+    ``Partitioning``; none by default, as Ray) adds the values in the files' directories as columns.
     """
     from ember.data.dataset import Dataset
 
@@ -250,14 +253,23 @@ def read_images(
     in_memory = estimate_in_memory(image_module, fs, files, size, mode)
     per_image = max(1, sum(in_memory) // len(files))
     bounds = _bounds(len(files), _num_blocks(len(files), per_image, override_num_blocks))
+    partitions = _partitions(partitioning, filesystem, [path for path, _ in files], ["image", "path"])
     image_type = known_image_type(image_module, size, mode)
     schema = None
     if image_type is not None:
-        schema = pa.schema([("image", image_type)] + ([("path", pa.string())] if include_paths else []))
+        fields = [("image", image_type)] + ([("path", pa.string())] if include_paths else [])
+        schema = pa.schema(fields + (partitions[0] if partitions else []))
     tasks = [
         BlockReadTask(
             functools.partial(
-                _read_images, fs, [path for path, _ in files[lo:hi]], size, mode, include_paths, image_type
+                _read_images,
+                fs,
+                [path for path, _ in files[lo:hi]],
+                size,
+                mode,
+                include_paths,
+                image_type,
+                None if partitions is None else (partitions[0], {p: partitions[1].get(p) for p, _ in files[lo:hi]}),
             ),
             num_rows=hi - lo,
             size_bytes=sum(in_memory[lo:hi]),
