@@ -82,9 +82,9 @@ class OutputMethods:
         ``partition_cols``: Hive-style directories (``col=value/``) by those columns' values, which
         the files then leave out and ``read_parquet`` reads back from the paths (as strings).
         ``ray_remote_args`` (such as ``num_cpus``) and ``concurrency`` (at most that many write tasks
-        at once) shape the write tasks. ``mode`` (a ``SaveMode``) says what to do when ``path`` exists: "append" (the
-        default), "overwrite", "ignore" or "error". ``arrow_parquet_args`` go to
-        ``pyarrow.parquet.write_table``."""
+        at once) shape the write tasks. ``mode`` (a ``SaveMode``) says what to do when ``path``
+        exists: "append" (the default), "overwrite", "ignore" or "error". ``arrow_parquet_args`` go
+        to ``pyarrow.parquet.write_table``."""
         from ember.data.dataset import _known_schema
 
         if partition_cols is not None:
