@@ -1,8 +1,10 @@
 """Partitioned file layouts: column values carried in directory names, as Ray's ``Partitioning``.
 
 ``write_parquet(partition_cols=[...])`` writes Hive-style directories (``year=2024/month=5/``);
-``read_parquet`` (``partitioning=Partitioning("hive")`` by default) reads the values back from the
-paths as columns, and a filter on them skips the files whose directories rule them out.
+the readers' ``partitioning`` argument reads the values back from the paths as columns (Hive by
+default for Parquet, CSV and JSON, as in Ray). In a Parquet read they are the scan's partition
+expression, so a filter on them skips the files whose directories rule them out; the other readers
+add them to each file's rows (``add_columns``).
 """
 
 import dataclasses
