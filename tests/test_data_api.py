@@ -249,6 +249,37 @@ def test_consumers(cluster, tmp_path, df):
     assert not (tmp_path / "refused").exists()
 
 
+def test_rays_read_arguments_are_taken_and_others_refused(cluster, parquet_dir, df, tmp_path):
+    with_paths = rd.read_parquet(str(parquet_dir), include_paths=True)
+    assert with_paths.columns() == ["a", "b", "c", "path"]
+    rows = with_paths.filter(expr="a >= 15").select_columns(["path", "a"]).take_all()
+    assert sorted((r["path"].rsplit("/", 1)[-1], r["a"]) for r in rows) == [
+        (f"p{a // 20}.parquet", a) for a in range(15, 60)
+    ]
+    shuffled = rd.read_parquet(str(parquet_dir), shuffle="files", ray_remote_args={"num_cpus": 0.5}, concurrency=1)
+    assert sorted(r["a"] for r in shuffled.take_all()) == list(range(60))
+    missing = str(tmp_path / "nope.parquet")
+    assert rd.read_parquet([str(parquet_dir), missing], ignore_missing_paths=True).count() == 60
+    with pytest.raises(FileNotFoundError):
+        rd.read_parquet([str(parquet_dir), missing])
+    with pytest.warns(DeprecationWarning, match="parallelism"):
+        assert rd.read_parquet(str(parquet_dir), parallelism=1).materialize().num_blocks() == 1
+    df.to_csv(tmp_path / "t.csv", index=False)
+    assert rd.read_csv(str(tmp_path / "t.csv"), num_cpus=0.5, shuffle="files").count() == 60
+
+    # Arguments Ray hands on to pyarrow, or none at all, are refused at the call, never ignored.
+    with pytest.raises(TypeError, match="does not take dataset_kwargs"):
+        rd.read_parquet(str(parquet_dir), dataset_kwargs={})
+    with pytest.raises(TypeError, match=r"read_csv\(\) does not take delimiter .*convert_options"):
+        rd.read_csv(str(tmp_path / "t.csv"), delimiter=";")
+    with pytest.raises(TypeError, match="does not take encoding"):
+        rd.read_binary_files(str(tmp_path / "t.csv"), encoding="utf-8")
+    with pytest.raises(ValueError, match="shuffle"):
+        rd.read_text(str(tmp_path / "t.csv"), shuffle="rows")
+    with pytest.raises(ValueError):
+        rd.read_parquet(str(parquet_dir), ray_remote_args={"num_cpus": -1})
+
+
 def test_dataset_passes_to_a_task(cluster):
     import ember
 

@@ -7,7 +7,6 @@ not need it. Images of different shapes in one dataset give a variable-shaped te
 
 import functools
 import io
-import os
 import random
 
 import numpy as np
@@ -15,7 +14,7 @@ import pyarrow as pa
 
 from ember.data import block as blk
 from ember.data.plan import Read
-from ember.data.sources import BlockReadTask, _bounds, _num_blocks, _partitions, resolve_paths
+from ember.data.sources import BlockReadTask, _bounds, _num_blocks, _partitions, resolve_existing
 
 # Ray's default for read_images: the formats Pillow reads that Ray looks for.
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif"]
@@ -164,24 +163,6 @@ def _read_images(fs, paths, size, mode, include_paths, image_type, partitions, c
     return pa.table(out)
 
 
-def _resolve(paths, filesystem, ignore_missing_paths: bool):
-    if not ignore_missing_paths:
-        return resolve_paths(paths, filesystem)
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else paths
-    if not isinstance(items, (list, tuple)) or not items:
-        raise ValueError(f"paths must be a path or a non-empty list of paths, got {paths!r}.")
-    fs, files = None, []
-    for item in items:
-        try:
-            fs, found = resolve_paths(item, filesystem)
-        except FileNotFoundError:
-            continue
-        files.extend(found)
-    if not files:
-        raise FileNotFoundError(f"No files found at {paths!r}.")
-    return fs, files
-
-
 def read_images(
     paths,
     *,
@@ -239,7 +220,7 @@ def read_images(
     mode = check_mode(mode, image_module.MODES)
     extensions = check_extensions(file_extensions)
 
-    fs, files = _resolve(paths, filesystem, ignore_missing_paths)
+    fs, files = resolve_existing(paths, filesystem, None, ignore_missing_paths)
     if extensions is not None:
         files = [(path, nbytes) for path, nbytes in files if has_extension(path, extensions)]
         if not files:

@@ -12,7 +12,7 @@ from ember.data import partitioning as partition
 from ember.data.context import DataContext
 from ember.data.partitioning import Partitioning, PartitionStyle
 from ember.data.plan import Read
-from ember.data.sources import BlockReadTask, _group, _min_blocks, _partitions, resolve_paths
+from ember.data.sources import BlockReadTask, ReadArgs, _group, _min_blocks, _partitions
 
 
 def _open_for_parquet(fs, path: str):
@@ -25,45 +25,53 @@ def _open_for_parquet(fs, path: str):
     return fs.open_input_file(path)
 
 
-def _read_parquet_pieces(fs, pieces, filter_expr, partitions, columns, limit):
-    """``partitions``: None, or the partition fields and, by path, what each file's directories say
-    of its rows (``partitioning.partition_fields``): the scan adds those columns and skips the files
-    a filter on them rules out."""
-    import pyarrow.parquet as pq
-
+def _read_parquet_pieces(fs, pieces, filter_expr, partitions, include_paths, columns, limit):
+    """One block from ``pieces`` ((path, row group ids) each). ``partitions``: None, or the
+    partition fields and, by path, what each file's directories say of its rows
+    (``partitioning.expression``): the scan adds those columns and skips the files a filter on them
+    rules out. ``include_paths``: a "path" column after the others."""
+    if include_paths and columns is not None:
+        columns = [c for c in columns if c != "path"]
     tables, rows = [], 0
     for path, row_groups in pieces:
-        if filter_expr is None and limit is None and partitions is None:
-            # The plain reader: a column comes back as one contiguous chunk (the scanner cuts it into
-            # batches), so numpy batches of a whole block need no copy, and a block has a handful of
-            # buffers for the store instead of one per batch and column. One thread: the task is the
-            # unit of parallelism, and each has one CPU.
-            with _open_for_parquet(fs, path) as source:
-                table = pq.ParquetFile(source).read_row_groups(row_groups, columns=columns, use_threads=False)
-            tables.append(table)
-            rows += table.num_rows
-            continue
-        # Only here: the plain reader above needs no pyarrow.dataset, whose import a worker would
-        # otherwise pay in its first read task.
-        import pyarrow.dataset as pds
-
-        schema = None
-        if partitions is None:
-            fragment = pds.ParquetFileFormat().make_fragment(path, filesystem=fs, row_groups=row_groups)
-        else:
-            fields, expressions = partitions
-            fragment = pds.ParquetFileFormat().make_fragment(
-                path, filesystem=fs, row_groups=row_groups, partition_expression=expressions.get(path)
-            )
-            physical = fragment.physical_schema
-            schema = pa.schema([*physical, *(f for f in fields if f.name not in physical.names)], physical.metadata)
-        scanner = pds.Scanner.from_fragment(fragment, schema=schema, columns=columns, filter=filter_expr)
-        table = scanner.head(limit - rows) if limit is not None else scanner.to_table()
+        table = _read_piece(
+            fs, path, row_groups, filter_expr, partitions, columns, None if limit is None else limit - rows
+        )
+        if include_paths:
+            table = table.append_column("path", pa.repeat(pa.scalar(path), table.num_rows))
         tables.append(table)
         rows += table.num_rows
         if limit is not None and rows >= limit:
             break
     return blk.concat(tables)
+
+
+def _read_piece(fs, path, row_groups, filter_expr, partitions, columns, limit) -> pa.Table:
+    if filter_expr is None and limit is None and partitions is None:
+        import pyarrow.parquet as pq
+
+        # The plain reader: a column comes back as one contiguous chunk (the scanner cuts it into
+        # batches), so numpy batches of a whole block need no copy, and a block has a handful of
+        # buffers for the store instead of one per batch and column. One thread: the task is the
+        # unit of parallelism, and each has one CPU.
+        with _open_for_parquet(fs, path) as source:
+            return pq.ParquetFile(source).read_row_groups(row_groups, columns=columns, use_threads=False)
+    # Only here: the plain reader above needs no pyarrow.dataset, whose import a worker would
+    # otherwise pay in its first read task.
+    import pyarrow.dataset as pds
+
+    schema = None
+    if partitions is None:
+        fragment = pds.ParquetFileFormat().make_fragment(path, filesystem=fs, row_groups=row_groups)
+    else:
+        fields, expressions = partitions
+        fragment = pds.ParquetFileFormat().make_fragment(
+            path, filesystem=fs, row_groups=row_groups, partition_expression=expressions.get(path)
+        )
+        physical = fragment.physical_schema
+        schema = pa.schema([*physical, *(f for f in fields if f.name not in physical.names)], physical.metadata)
+    scanner = pds.Scanner.from_fragment(fragment, schema=schema, columns=columns, filter=filter_expr)
+    return scanner.head(limit) if limit is not None else scanner.to_table()
 
 
 # A Parquet read block holds whole row groups up to this many (in-memory) bytes, or one larger
@@ -123,7 +131,7 @@ def _parquet_pieces(file_groups: list, columns, target: int) -> list:
 
 
 def _parquet_tasks(
-    fs, file_groups, schema, filter_expr, override, partitions, columns, light: bool, pushed=None
+    fs, file_groups, schema, filter_expr, override, partitions, include_paths, columns, light: bool, pushed=None
 ) -> list:
     """The read tasks of a Parquet dataset for ``columns``; ``light``: no user function runs in the
     read's tasks, so blocks may be larger (``PARQUET_LIGHT_BLOCK_BYTES``); ``pushed``: a filter of the
@@ -147,7 +155,7 @@ def _parquet_tasks(
             mine = (fields, {path: expressions[path] for path in files if path in expressions})
         tasks.append(
             BlockReadTask(
-                functools.partial(_read_parquet_pieces, fs, [p for p, _, _ in group], filter_expr, mine),
+                functools.partial(_read_parquet_pieces, fs, [p for p, _, _ in group], filter_expr, mine, include_paths),
                 num_rows=None if filter_expr is not None else sum(r for _, r, _ in group),
                 size_bytes=sum(b for _, _, b in group),
                 schema=schema,
@@ -166,18 +174,26 @@ def read_parquet(
     override_num_blocks=None,  # noqa: A002
     file_extensions=None,
     partitioning=Partitioning(PartitionStyle.HIVE),
-    **arrow_parquet_args,
+    include_paths=False,
+    **read_args,
 ):
     """Read Parquet files; ``columns`` and ``filter`` (a pyarrow.dataset expression) are pushed into
     the scan, so unread columns and filtered-out row groups never leave the file. ``partitioning``
     (a ``Partitioning``; Hive-style ``name=value`` directories by default, None for none) adds the
     values the files' directories carry as columns after the files' own, strings unless its
-    ``field_types`` say otherwise; a filter on them skips the files they rule out."""
+    ``field_types`` say otherwise; a filter on them skips the files they rule out.
+    ``include_paths`` adds each row's file as "path" (a filter then runs after the read instead of
+    in it). Ray's read arguments (``num_cpus``, ``ray_remote_args``, ``concurrency``,
+    ``shuffle="files"``, ``ignore_missing_paths``, ...: ``sources.ReadArgs``) are taken too; the
+    arguments Ray hands on to pyarrow are refused."""
     import pyarrow.dataset as pds
 
     from ember.data.dataset import Dataset
 
-    fs, files = resolve_paths(paths, filesystem, file_extensions)
+    read, _ = ReadArgs.take("read_parquet", read_args, (), override_num_blocks)
+    if not isinstance(include_paths, bool):
+        raise TypeError(f"read_parquet: include_paths must be a bool, got {include_paths!r}.")
+    fs, files = read.files(paths, filesystem, file_extensions)
     file_format = pds.ParquetFileFormat()
     file_groups, first = [], None
     for path, _ in files:
@@ -209,13 +225,27 @@ def read_parquet(
         fields, values = partitions
         first = (first[0], pa.schema([*first[1], *fields], first[1].metadata))
         partitions = (fields, {path: partition.expression(v) for path, v in values.items()})
+    if include_paths:
+        first = (first[0], pa.schema([*first[1], pa.field("path", pa.string())], first[1].metadata))
     if columns is not None:
         missing = [c for c in columns if c not in first[1].names]
         if missing:
             raise ValueError(f"read_parquet: no column(s) {missing} in {first[1].names}.")
         columns = list(columns)
-    plan_tasks = functools.partial(_parquet_tasks, fs, file_groups, first[1], filter, override_num_blocks, partitions)
+    plan_tasks = functools.partial(
+        _parquet_tasks, fs, file_groups, first[1], filter, read.override_num_blocks, partitions, include_paths
+    )
     tasks = plan_tasks(columns, False)
     # The executor plans the tasks again once it knows which columns are read (a select pushed
     # down) and whether a user function runs in them.
-    return Dataset(Read("ReadParquet", tasks, columns=columns, plan_tasks=plan_tasks, filterable=True))
+    return Dataset(
+        Read(
+            "ReadParquet",
+            tasks,
+            columns=columns,
+            plan_tasks=plan_tasks,
+            filterable=not include_paths,  # the scan knows no "path" column to filter on
+            remote_args=read.remote_args,
+            concurrency=read.concurrency,
+        )
+    )

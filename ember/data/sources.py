@@ -13,6 +13,7 @@ import glob
 import io
 import math
 import os
+import random
 
 import numpy as np
 import pyarrow as pa
@@ -220,6 +221,89 @@ def resolve_paths(paths, filesystem=None, file_extensions=None) -> tuple:
     return fs, found
 
 
+def resolve_existing(paths, filesystem=None, file_extensions=None, ignore_missing_paths: bool = False) -> tuple:
+    """``resolve_paths``, or with ``ignore_missing_paths`` the same with the paths that do not
+    exist left out (FileNotFoundError only if none is left)."""
+    if not ignore_missing_paths:
+        return resolve_paths(paths, filesystem, file_extensions)
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ValueError(f"paths must be a path or a non-empty list of paths, got {paths!r}.")
+    fs, files = None, []
+    for item in items:
+        try:
+            fs, found = resolve_paths(item, filesystem, file_extensions)
+        except FileNotFoundError:
+            continue
+        files.extend(found)
+    if not files:
+        raise FileNotFoundError(f"No files found at {paths!r}.")
+    return fs, files
+
+
+@dataclasses.dataclass
+class ReadArgs:
+    """Ray's arguments about a file read itself rather than its format, taken by every file reader
+    and checked at the call: the read tasks' resources (``num_cpus``, ``num_gpus``, ``memory``,
+    ``ray_remote_args``) and ``concurrency``, ``shuffle="files"``, ``ignore_missing_paths`` and the
+    number of blocks (``override_num_blocks``, or the deprecated ``parallelism``)."""
+
+    remote_args: dict
+    concurrency: int | None
+    shuffle: bool
+    ignore_missing_paths: bool
+    override_num_blocks: int | None
+
+    NAMES = (
+        "parallelism",
+        "num_cpus",
+        "num_gpus",
+        "memory",
+        "ray_remote_args",
+        "concurrency",
+        "shuffle",
+        "ignore_missing_paths",
+    )
+
+    @classmethod
+    def take(cls, reader: str, args: dict, format_keys=(), override_num_blocks=None):
+        """Split a reader's keyword arguments: (ReadArgs, the file format's own). Any other argument
+        is refused here rather than ignored: Ray hands such arguments on to pyarrow."""
+        from ember.data.datasource import _parallelism, task_options
+
+        read = {name: args.pop(name) for name in cls.NAMES if name in args}
+        unknown = sorted(name for name in args if name not in format_keys)
+        if unknown:
+            takes = f" (its format's options: {', '.join(format_keys)})" if format_keys else ""
+            raise TypeError(f"{reader}() does not take {', '.join(unknown)}{takes}.")
+        shuffle = read.get("shuffle")
+        if shuffle not in (None, "files"):
+            raise ValueError(f"{reader}: shuffle must be None or 'files', got {shuffle!r}.")
+        ignore_missing_paths = read.get("ignore_missing_paths", False)
+        if not isinstance(ignore_missing_paths, bool):
+            raise TypeError(f"{reader}: ignore_missing_paths must be a bool, got {ignore_missing_paths!r}.")
+        parallelism = read.get("parallelism", -1)
+        if override_num_blocks is not None or parallelism not in (None, -1):
+            override_num_blocks = _parallelism(None, parallelism, override_num_blocks)
+        remote_args, cap = task_options(
+            reader,
+            read.get("concurrency"),
+            read.get("ray_remote_args"),
+            True,
+            num_cpus=read.get("num_cpus"),
+            num_gpus=read.get("num_gpus"),
+            memory=read.get("memory"),
+        )
+        return cls(remote_args, cap, shuffle == "files", ignore_missing_paths, override_num_blocks), args
+
+    def files(self, paths, filesystem, file_extensions) -> tuple:
+        """(filesystem, [(path, size)]) to read, in a random order with ``shuffle="files"``."""
+        fs, files = resolve_existing(paths, filesystem, file_extensions, self.ignore_missing_paths)
+        if self.shuffle:
+            random.shuffle(files)
+        return fs, files
+
+
 def _group(files: list, override) -> list:
     n = len(files) if override is None else max(1, min(override, len(files)))
     return [files[lo:hi] for lo, hi in _bounds(len(files), n)]
@@ -263,16 +347,14 @@ def _read_files(fs, paths, reader, include_paths, partitions, columns, limit):
     return blk.concat(tables)
 
 
-def _file_read(
-    name, paths, filesystem, reader, override_num_blocks, include_paths, file_extensions=None, partitioning=None
-):
+def _file_read(name, paths, filesystem, reader, read: ReadArgs, include_paths, file_extensions, partitioning):
     from ember.data.dataset import Dataset
 
-    fs, files = resolve_paths(paths, filesystem, file_extensions)
+    fs, files = read.files(paths, filesystem, file_extensions)
     # The files' own columns are known only as they are read: add_columns leaves a file's own be.
     partitions = _partitions(partitioning, filesystem, [p for p, _ in files], [])
     tasks = []
-    for group in _group(files, override_num_blocks):
+    for group in _group(files, read.override_num_blocks):
         group_paths = [p for p, _ in group]
         mine = None if partitions is None else (partitions[0], {p: partitions[1].get(p) for p in group_paths})
         tasks.append(
@@ -282,7 +364,7 @@ def _file_read(
                 input_files=group_paths,
             )
         )
-    return Dataset(Read(name, tasks))
+    return Dataset(Read(name, tasks, remote_args=read.remote_args, concurrency=read.concurrency))
 
 
 def _csv_reader(options, stream, columns):
@@ -342,11 +424,14 @@ def read_csv(
     **arrow_csv_args,
 ):
     """Read CSV files (``read_options``/``parse_options``/``convert_options`` go to pyarrow.csv);
-    ``partitioning`` as ``read_parquet``'s (Hive directories by default, as Ray)."""
-    reader = functools.partial(_csv_reader, dict(arrow_csv_args))
-    return _file_read(
-        "ReadCSV", paths, filesystem, reader, override_num_blocks, include_paths, file_extensions, partitioning
+    ``partitioning`` as ``read_parquet``'s (Hive directories by default, as Ray). Ray's read
+    arguments (``num_cpus``, ``ray_remote_args``, ``concurrency``, ``shuffle="files"``,
+    ``ignore_missing_paths``, ...: ``ReadArgs``) are taken too; any other is refused."""
+    read, options = ReadArgs.take(
+        "read_csv", arrow_csv_args, ("read_options", "parse_options", "convert_options"), override_num_blocks
     )
+    reader = functools.partial(_csv_reader, options)
+    return _file_read("ReadCSV", paths, filesystem, reader, read, include_paths, file_extensions, partitioning)
 
 
 def read_json(
@@ -359,12 +444,11 @@ def read_json(
     partitioning=Partitioning(PartitionStyle.HIVE),
     **arrow_json_args,
 ):
-    """Read JSON lines files (one object per line) with pyarrow.json; ``partitioning`` as
-    ``read_parquet``'s (Hive directories by default, as Ray)."""
-    reader = functools.partial(_json_reader, dict(arrow_json_args))
-    return _file_read(
-        "ReadJSON", paths, filesystem, reader, override_num_blocks, include_paths, file_extensions, partitioning
-    )
+    """Read JSON lines files (one object per line) with pyarrow.json (``read_options`` and
+    ``parse_options`` go to it); ``partitioning`` and Ray's read arguments as ``read_csv``'s."""
+    read, options = ReadArgs.take("read_json", arrow_json_args, ("read_options", "parse_options"), override_num_blocks)
+    reader = functools.partial(_json_reader, options)
+    return _file_read("ReadJSON", paths, filesystem, reader, read, include_paths, file_extensions, partitioning)
 
 
 def read_text(
@@ -377,39 +461,46 @@ def read_text(
     override_num_blocks=None,
     file_extensions=None,
     partitioning=None,
+    **read_args,
 ):
     """Read text files into the column ``"text"``, one row per line (``partitioning``: see
-    ``read_parquet``; none by default, as Ray)."""
+    ``read_parquet``, none by default as Ray; Ray's read arguments as ``read_csv``'s)."""
+    read, _ = ReadArgs.take("read_text", read_args, (), override_num_blocks)
     reader = functools.partial(_text_reader, encoding, drop_empty_lines)
-    return _file_read(
-        "ReadText", paths, filesystem, reader, override_num_blocks, include_paths, file_extensions, partitioning
-    )
+    return _file_read("ReadText", paths, filesystem, reader, read, include_paths, file_extensions, partitioning)
 
 
 def read_numpy(
-    paths, *, filesystem=None, include_paths=False, override_num_blocks=None, file_extensions=None, partitioning=None
+    paths,
+    *,
+    filesystem=None,
+    include_paths=False,
+    override_num_blocks=None,
+    file_extensions=None,
+    partitioning=None,
+    **read_args,
 ):
-    """Read ``.npy`` files into the column ``"data"``, one row per first-axis entry (``partitioning``:
-    see ``read_parquet``; none by default, as Ray)."""
-    return _file_read(
-        "ReadNumpy", paths, filesystem, _numpy_reader, override_num_blocks, include_paths, file_extensions, partitioning
-    )
+    """Read ``.npy`` files into the column ``"data"``, one row per first-axis entry (``partitioning``
+    and Ray's read arguments as ``read_text``'s)."""
+    read, _ = ReadArgs.take("read_numpy", read_args, (), override_num_blocks)
+    return _file_read("ReadNumpy", paths, filesystem, _numpy_reader, read, include_paths, file_extensions, partitioning)
 
 
 def read_binary_files(
-    paths, *, filesystem=None, include_paths=False, override_num_blocks=None, file_extensions=None, partitioning=None
+    paths,
+    *,
+    filesystem=None,
+    include_paths=False,
+    override_num_blocks=None,
+    file_extensions=None,
+    partitioning=None,
+    **read_args,
 ):
     """Read whole files as bytes into the column ``"bytes"`` (and ``"path"`` with include_paths;
-    ``partitioning``: see ``read_parquet``; none by default, as Ray)."""
+    ``partitioning`` and Ray's read arguments as ``read_text``'s)."""
+    read, _ = ReadArgs.take("read_binary_files", read_args, (), override_num_blocks)
     return _file_read(
-        "ReadBinary",
-        paths,
-        filesystem,
-        _binary_reader,
-        override_num_blocks,
-        include_paths,
-        file_extensions,
-        partitioning,
+        "ReadBinary", paths, filesystem, _binary_reader, read, include_paths, file_extensions, partitioning
     )
 
 
@@ -421,10 +512,10 @@ def read_orc(
     override_num_blocks=None,
     file_extensions=("orc",),
     partitioning=None,
+    **read_args,
 ):
     """Read ORC files with pyarrow.orc; a select_columns after it reads only those columns. In a
     directory only files ending in ``file_extensions`` are read (``.orc`` by default, as Ray;
-    ``partitioning``: see ``read_parquet``; none by default, as Ray)."""
-    return _file_read(
-        "ReadORC", paths, filesystem, _orc_reader, override_num_blocks, include_paths, file_extensions, partitioning
-    )
+    ``partitioning`` and Ray's read arguments as ``read_text``'s)."""
+    read, _ = ReadArgs.take("read_orc", read_args, (), override_num_blocks)
+    return _file_read("ReadORC", paths, filesystem, _orc_reader, read, include_paths, file_extensions, partitioning)
