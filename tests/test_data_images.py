@@ -186,8 +186,12 @@ def test_arguments_refused_at_the_call(cluster, image_dir):
         read_images(str(root), size=(0, 4))
     with pytest.raises(ValueError, match="mode"):
         read_images(str(root), mode="NOPE")
-    with pytest.raises(TypeError, match="num_gpus"):
-        read_images(str(root), num_gpus=1)
+    with pytest.raises(TypeError, match="label_selector"):
+        read_images(str(root), label_selector={"zone": "a"})
+    with pytest.raises(TypeError, match="nope"):
+        read_images(str(root), nope=1)
+    # Ray's task options shape the read tasks.
+    assert len(read_images(str(root), num_cpus=0.5, concurrency=1, ray_remote_args={"max_retries": 1}).take_all()) == 5
     with pytest.raises(TypeError, match="partitioning"):
         read_images(str(root), partitioning=object())
     with pytest.raises(ValueError, match="shuffle"):

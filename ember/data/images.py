@@ -7,25 +7,20 @@ not need it. Images of different shapes in one dataset give a variable-shaped te
 
 import functools
 import io
-import random
 
 import numpy as np
 import pyarrow as pa
 
 from ember.data import block as blk
 from ember.data.plan import Read
-from ember.data.sources import BlockReadTask, _bounds, _num_blocks, _partitions, resolve_existing
+from ember.data.sources import BlockReadTask, ReadArgs, _bounds, _num_blocks, _partitions
 
 # Ray's default for read_images: the formats Pillow reads that Ray looks for.
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif"]
 
-# Ray's read_images takes these to place or shape its read tasks. Ember's read tasks take one CPU
-# each and have no such options, so a call that sets one is refused rather than silently run
-# differently from what it asked for.
+# Ray's read_images takes these too; Ember has no such options, so a call that sets one is refused
+# rather than silently run differently from what it asked for.
 _UNSUPPORTED = (
-    "num_cpus",
-    "num_gpus",
-    "memory",
     "arrow_open_file_args",
     "partition_filter",
     "label_selector",
@@ -34,7 +29,6 @@ _UNSUPPORTED = (
     "resources",
     "accelerator_type",
     "runtime_env",
-    "ray_remote_args",
 )
 
 
@@ -198,10 +192,10 @@ def read_images(
     it to a Pillow mode (``"RGB"``, ``"L"``, ...). ``paths`` may be files, directories (read
     recursively), globs or a list of them; only files whose extension is in ``file_extensions``
     are read (None reads every file). ``shuffle="files"`` reads the files in a random order,
-    ``ignore_missing_paths`` skips paths that do not exist. ``concurrency`` is accepted and
-    ignored (Ember runs as many read tasks as there are CPUs); the options that would place the
-    read tasks (``num_cpus``, ``ray_remote_args``, ...) are not supported. ``partitioning`` (a
-    ``Partitioning``; none by default, as Ray) adds the values in the files' directories as columns.
+    ``ignore_missing_paths`` skips paths that do not exist; ``num_cpus``, ``num_gpus``, ``memory``,
+    ``ray_remote_args`` and ``concurrency`` shape the read tasks (``sources.ReadArgs``).
+    ``partitioning`` (a ``Partitioning``; none by default, as Ray) adds the values in the files'
+    directories as columns. Ray's other placement options are refused.
     """
     from ember.data.dataset import Dataset
 
@@ -209,18 +203,18 @@ def read_images(
         value = locals()[name]
         if value is not None and value != {}:
             raise TypeError(f"read_images: {name}= is not supported by Ember (got {value!r}).")
-    if not isinstance(include_paths, bool) or not isinstance(ignore_missing_paths, bool):
-        raise TypeError("read_images: include_paths and ignore_missing_paths must be bools.")
-    if shuffle not in (None, "files"):
-        raise ValueError(f"read_images: shuffle must be None or 'files', got {shuffle!r}.")
-    if parallelism != -1 and override_num_blocks is None:
-        override_num_blocks = parallelism  # Ray's deprecated name for it
+    if not isinstance(include_paths, bool):
+        raise TypeError("read_images: include_paths must be a bool.")
+    given = {"parallelism": parallelism, "shuffle": shuffle, "ignore_missing_paths": ignore_missing_paths}
+    given |= {"num_cpus": num_cpus, "num_gpus": num_gpus, "memory": memory}
+    given |= {"ray_remote_args": ray_remote_args, "concurrency": concurrency}
+    read, _ = ReadArgs.take("read_images", given, (), override_num_blocks)
     size = check_size(size)
     image_module = _pillow()
     mode = check_mode(mode, image_module.MODES)
     extensions = check_extensions(file_extensions)
 
-    fs, files = resolve_existing(paths, filesystem, None, ignore_missing_paths)
+    fs, files = read.files(paths, filesystem, None)  # the extensions are matched here, files named directly too
     if extensions is not None:
         files = [(path, nbytes) for path, nbytes in files if has_extension(path, extensions)]
         if not files:
@@ -228,12 +222,10 @@ def read_images(
             raise ValueError(
                 f"No files with the extensions {extensions} at {paths!r}; pass file_extensions=None to read any file."
             )
-    if shuffle == "files":
-        random.shuffle(files)
 
     in_memory = estimate_in_memory(image_module, fs, files, size, mode)
     per_image = max(1, sum(in_memory) // len(files))
-    bounds = _bounds(len(files), _num_blocks(len(files), per_image, override_num_blocks))
+    bounds = _bounds(len(files), _num_blocks(len(files), per_image, read.override_num_blocks))
     partitions = _partitions(partitioning, filesystem, [path for path, _ in files], ["image", "path"])
     image_type = known_image_type(image_module, size, mode)
     schema = None
@@ -259,4 +251,4 @@ def read_images(
         )
         for lo, hi in bounds
     ]
-    return Dataset(Read("ReadImage", tasks))
+    return Dataset(Read("ReadImage", tasks, remote_args=read.remote_args, concurrency=read.concurrency))
