@@ -403,6 +403,16 @@ def concat(tables: list) -> pa.Table:
         return pa.concat_tables(tables, promote_options="permissive")
 
 
+def _variable_of(types: list):
+    """The variable-shaped tensor type that ``types`` (a column's, in several blocks) join as, when
+    they are tensor types of one dtype and different shapes; else None."""
+    if all(t == types[0] for t in types) or not all(_is_tensor(t) for t in types):
+        return None
+    if len({str(t.value_type) for t in types}) > 1:
+        return None  # different dtypes: not joined
+    return VariableShapeTensorType(types[0].value_type)
+
+
 def unify_schemas(first: pa.Schema, other: pa.Schema) -> pa.Schema | None:
     """One schema for blocks of ``first`` and ``other``, or None where they differ in more than the
     shapes of a tensor column of one dtype, which becomes variable-shaped: files written block by
@@ -414,36 +424,31 @@ def unify_schemas(first: pa.Schema, other: pa.Schema) -> pa.Schema | None:
     fields = []
     for mine, theirs in zip(first, other):
         if mine.type != theirs.type:
-            tensors = _is_tensor(mine.type) and _is_tensor(theirs.type)
-            if not tensors or mine.type.value_type != theirs.type.value_type:
+            variable = _variable_of([mine.type, theirs.type])
+            if variable is None:
                 return None
-            mine = mine.with_type(VariableShapeTensorType(mine.type.value_type))
+            mine = mine.with_type(variable)
         fields.append(mine)
     return pa.schema(fields, metadata=first.metadata)
 
 
 def _unify_tensors(tables: list) -> list:
     """Blocks whose tensor columns differ in shape (images of different sizes read into different
-    blocks) concatenate as one variable-shaped tensor column."""
-    names = tables[0].column_names
-    changed = []
-    for name in names:
-        types = [t.column(name).type for t in tables if name in t.column_names]
-        if all(t == types[0] for t in types) or not all(_is_tensor(t) for t in types):
-            continue
-        if len({str(t.value_type) for t in types}) > 1:
-            continue  # different dtypes: left for concat_tables to refuse
-        changed.append(name)
+    blocks) concatenate as one variable-shaped tensor column; other differences are left for
+    concat_tables to refuse."""
+    changed = {}
+    for name in tables[0].column_names:
+        variable = _variable_of([t.column(name).type for t in tables if name in t.column_names])
+        if variable is not None:
+            changed[name] = variable
     if not changed:
         return tables
     out = []
     for table in tables:
-        for name in changed:
+        for name, variable in changed.items():
             if name in table.column_names:
-                column = table.column(name)
-                chunks = [_as_variable(c) for c in column.chunks]
-                variable = pa.chunked_array(chunks, VariableShapeTensorType(column.type.value_type))
-                table = table.set_column(table.column_names.index(name), name, variable)
+                chunks = [_as_variable(c) for c in table.column(name).chunks]
+                table = table.set_column(table.column_names.index(name), name, pa.chunked_array(chunks, variable))
         out.append(table)
     return out
 
