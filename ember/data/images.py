@@ -205,9 +205,16 @@ def read_images(
             raise TypeError(f"read_images: {name}= is not supported by Ember (got {value!r}).")
     if not isinstance(include_paths, bool):
         raise TypeError("read_images: include_paths must be a bool.")
-    given = {"parallelism": parallelism, "shuffle": shuffle, "ignore_missing_paths": ignore_missing_paths}
-    given |= {"num_cpus": num_cpus, "num_gpus": num_gpus, "memory": memory}
-    given |= {"ray_remote_args": ray_remote_args, "concurrency": concurrency}
+    given = {
+        "parallelism": parallelism,
+        "shuffle": shuffle,
+        "ignore_missing_paths": ignore_missing_paths,
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "memory": memory,
+        "ray_remote_args": ray_remote_args,
+        "concurrency": concurrency,
+    }
     read, _ = ReadArgs.take("read_images", given, (), override_num_blocks)
     size = check_size(size)
     image_module = _pillow()

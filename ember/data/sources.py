@@ -151,15 +151,10 @@ def from_blocks(blocks: list):
     """A dataset with one block per pyarrow Table or pandas DataFrame in ``blocks``, as given."""
     if not isinstance(blocks, (list, tuple)):
         raise TypeError(f"from_blocks expects a list of Tables or DataFrames, got {type(blocks).__name__}.")
-    tables = []
     for block in blocks:
-        if isinstance(block, pa.Table):
-            tables.append(block)
-        elif type(block).__name__ == "DataFrame" and type(block).__module__.startswith("pandas"):
-            tables.append(pa.Table.from_pandas(block, preserve_index=False))
-        else:
-            raise TypeError(f"from_blocks expects pyarrow Tables or pandas DataFrames, got {type(block).__name__}.")
-    return _from_tables("FromBlocks", tables)
+        if isinstance(block, dict):  # a batch, not a block: blk.from_batch would take it
+            raise TypeError("from_blocks expects pyarrow Tables or pandas DataFrames, got a dict.")
+    return _from_tables("FromBlocks", [blk.from_batch(block) for block in blocks])
 
 
 # ---- files ----------------------------------------------------------------------------------------
@@ -180,8 +175,10 @@ def _hidden(path: str) -> bool:
     return name.startswith(".") or name.startswith("_")
 
 
-def resolve_paths(paths, filesystem=None, file_extensions=None) -> tuple:
-    """Expand files, directories (recursively), globs and lists into (filesystem, [(path, size)])."""
+def resolve_paths(paths, filesystem=None, file_extensions=None, ignore_missing_paths: bool = False) -> tuple:
+    """Expand files, directories (recursively), globs and lists into (filesystem, [(path, size)]);
+    with ``ignore_missing_paths`` a path or pattern that finds nothing is skipped (FileNotFoundError
+    only when nothing is found at all)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [os.fspath(paths)]
     elif not isinstance(paths, (list, tuple)) or not paths:
@@ -196,7 +193,7 @@ def resolve_paths(paths, filesystem=None, file_extensions=None) -> tuple:
                 base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
                 infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
                 matches = sorted(i.path for i in infos if fnmatch.fnmatch(i.path, path))
-            if not matches:
+            if not matches and not ignore_missing_paths:
                 raise FileNotFoundError(f"No files match the pattern {raw!r}.")
             expanded = matches
         else:
@@ -204,6 +201,8 @@ def resolve_paths(paths, filesystem=None, file_extensions=None) -> tuple:
         for item in expanded:
             info = fs.get_file_info(item)
             if info.type == pafs.FileType.NotFound:
+                if ignore_missing_paths:
+                    continue
                 raise FileNotFoundError(f"No such file or directory: {raw!r}.")
             if info.type == pafs.FileType.Directory:
                 infos = fs.get_file_info(pafs.FileSelector(item, recursive=True))
@@ -219,26 +218,6 @@ def resolve_paths(paths, filesystem=None, file_extensions=None) -> tuple:
     if not found:
         raise FileNotFoundError(f"No files found at {paths!r}.")
     return fs, found
-
-
-def resolve_existing(paths, filesystem=None, file_extensions=None, ignore_missing_paths: bool = False) -> tuple:
-    """``resolve_paths``, or with ``ignore_missing_paths`` the same with the paths that do not
-    exist left out (FileNotFoundError only if none is left)."""
-    if not ignore_missing_paths:
-        return resolve_paths(paths, filesystem, file_extensions)
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else paths
-    if not isinstance(items, (list, tuple)) or not items:
-        raise ValueError(f"paths must be a path or a non-empty list of paths, got {paths!r}.")
-    fs, files = None, []
-    for item in items:
-        try:
-            fs, found = resolve_paths(item, filesystem, file_extensions)
-        except FileNotFoundError:
-            continue
-        files.extend(found)
-    if not files:
-        raise FileNotFoundError(f"No files found at {paths!r}.")
-    return fs, files
 
 
 @dataclasses.dataclass
@@ -298,7 +277,7 @@ class ReadArgs:
 
     def files(self, paths, filesystem, file_extensions) -> tuple:
         """(filesystem, [(path, size)]) to read, in a random order with ``shuffle="files"``."""
-        fs, files = resolve_existing(paths, filesystem, file_extensions, self.ignore_missing_paths)
+        fs, files = resolve_paths(paths, filesystem, file_extensions, self.ignore_missing_paths)
         if self.shuffle:
             random.shuffle(files)
         return fs, files
