@@ -30,8 +30,8 @@ class OutputMethods:
     blocks, files). Like AllToAllMethods it works through ``self._plan`` and public Dataset methods,
     with three exceptions: ``self._bundles()`` streams the plan's blocks where holding every ref first
     (``materialize``) is not wanted, and a write records its execution in ``self._last_stats`` so that
-    ``stats()`` describes it, and ``write_numpy`` checks its column against the schema the plan
-    already knows (dataset._known_schema) before anything runs.
+    ``stats()`` describes it, and the writes check the columns they name against the schema the
+    plan already knows (``_missing_columns``) before anything runs.
     """
 
     def to_pandas(self, limit: int | None = None):
@@ -85,16 +85,13 @@ class OutputMethods:
         at once) shape the write tasks. ``mode`` (a ``SaveMode``) says what to do when ``path``
         exists: "append" (the default), "overwrite", "ignore" or "error". ``arrow_parquet_args`` go
         to ``pyarrow.parquet.write_table``."""
-        from ember.data.dataset import _known_schema
-
         if partition_cols is not None:
             if isinstance(partition_cols, str) or not all(isinstance(c, str) for c in partition_cols):
                 raise TypeError(f"partition_cols must be a list of column names, got {partition_cols!r}.")
             partition_cols = list(partition_cols)
-            schema = _known_schema(self._plan)
-            missing = [c for c in partition_cols if schema is not None and c not in schema.names]
+            missing, names = self._missing_columns(partition_cols)
             if missing:
-                raise ValueError(f"write_parquet: no column(s) {missing} to partition by in {schema.names}.")
+                raise ValueError(f"write_parquet: no column(s) {missing} to partition by in {names}.")
         _positive("max_rows_per_file", max_rows_per_file)
         if max_rows_per_file is not None and min_rows_per_file is not None and min_rows_per_file > max_rows_per_file:
             raise ValueError(
@@ -190,11 +187,9 @@ class OutputMethods:
         gives one array of shape (rows, *shape) per file."""
         if not isinstance(column, str):
             raise TypeError(f"write_numpy: column must be a str, got {type(column).__name__}.")
-        from ember.data.dataset import _known_schema
-
-        schema = _known_schema(self._plan)
-        if schema is not None and column not in schema.names:
-            raise ValueError(f"write_numpy: no column {column!r} in {schema.names}.")
+        missing, names = self._missing_columns([column])
+        if missing:
+            raise ValueError(f"write_numpy: no column {column!r} in {names}.")
         args = {"column": column, "try_create_dir": try_create_dir} | _given(
             arrow_open_stream_args=arrow_open_stream_args,
             filename_provider=filename_provider,
@@ -221,7 +216,6 @@ class OutputMethods:
         ``mode`` as ``write_parquet``)."""
         if not isinstance(column, str):
             raise TypeError(f"write_images: column must be a str, got {type(column).__name__}.")
-        from ember.data.dataset import _known_schema
         from ember.data.images import _pillow
 
         image = _pillow()
@@ -232,9 +226,9 @@ class OutputMethods:
             raise ValueError(
                 f"write_images: Pillow cannot write {file_format!r}; it writes {sorted(f.lower() for f in image.SAVE)}."
             )
-        schema = _known_schema(self._plan)
-        if schema is not None and column not in schema.names:
-            raise ValueError(f"write_images: no column {column!r} in {schema.names}.")
+        missing, names = self._missing_columns([column])
+        if missing:
+            raise ValueError(f"write_images: no column {column!r} in {names}.")
         args = {
             "column": column,
             "file_format": pillow_format,
@@ -264,6 +258,17 @@ class OutputMethods:
         from ember.data.datasink import write_datasink
 
         write_datasink(self, datasink, ray_remote_args, concurrency)
+
+    def _missing_columns(self, columns: list) -> tuple:
+        """(those of ``columns`` the plan's known schema lacks, its column names): a write checks
+        the columns it names before anything runs. Nothing is missing where the schema is known
+        only by running the plan; the write tasks check then."""
+        from ember.data.dataset import _known_schema
+
+        schema = _known_schema(self._plan)
+        if schema is None:
+            return [], None
+        return [c for c in columns if c not in schema.names], schema.names
 
     def _write(
         self,
