@@ -318,7 +318,7 @@ def _read_files(fs, paths, reader, include_paths, partitions, columns, limit):
         if partitions:
             table = partition.add_columns(table, partitions[0], partitions[1].get(path))
         if include_paths:
-            table = table.append_column("path", pa.array([path] * table.num_rows, pa.string()))
+            table = table.append_column("path", pa.repeat(pa.scalar(path), table.num_rows))
         tables.append(table)
         rows += table.num_rows
         if limit is not None and rows >= limit:

@@ -53,14 +53,18 @@ def _query(connection_factory, sql: str):
                 return
 
 
+def _check_query(sql, connection_factory) -> None:
+    if not isinstance(sql, str):
+        raise TypeError(f"sql must be a str, got {type(sql).__name__}.")
+    if not callable(connection_factory):
+        raise TypeError(f"connection_factory must be callable, got {type(connection_factory).__name__}.")
+
+
 class SQLDatasource(Datasource):
     """The rows of one SQL query, sharded by ``shard_keys`` where the database can hash them."""
 
     def __init__(self, sql: str, connection_factory, shard_keys=None, shard_hash_fn: str = "MD5"):
-        if not isinstance(sql, str):
-            raise TypeError(f"sql must be a str, got {type(sql).__name__}.")
-        if not callable(connection_factory):
-            raise TypeError(f"connection_factory must be callable, got {type(connection_factory).__name__}.")
+        _check_query(sql, connection_factory)
         if shard_keys is not None and (
             isinstance(shard_keys, str) or not shard_keys or not all(isinstance(k, str) for k in shard_keys)
         ):
@@ -142,10 +146,7 @@ class SQLDatasink(Datasink):
     ``executemany`` over its blocks' rows, then commits."""
 
     def __init__(self, sql: str, connection_factory):
-        if not isinstance(sql, str):
-            raise TypeError(f"sql must be a str, got {type(sql).__name__}.")
-        if not callable(connection_factory):
-            raise TypeError(f"connection_factory must be callable, got {type(connection_factory).__name__}.")
+        _check_query(sql, connection_factory)
         self.sql, self.connection_factory = sql, connection_factory
 
     def get_name(self) -> str:
