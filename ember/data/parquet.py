@@ -12,7 +12,7 @@ from ember.data import partitioning as partition
 from ember.data.context import DataContext
 from ember.data.partitioning import Partitioning, PartitionStyle
 from ember.data.plan import Read
-from ember.data.sources import BlockReadTask, ReadArgs, _group, _min_blocks, _partitions
+from ember.data.sources import BlockReadTask, ReadArgs, _group, _min_blocks, _partitions, read_in_order
 
 
 def _open_for_parquet(fs, path: str):
@@ -32,18 +32,12 @@ def _read_parquet_pieces(fs, pieces, filter_expr, partitions, include_paths, col
     rules out. ``include_paths``: a "path" column after the others."""
     if include_paths and columns is not None:
         columns = [c for c in columns if c != "path"]
-    tables, rows = [], 0
-    for path, row_groups in pieces:
-        table = _read_piece(
-            fs, path, row_groups, filter_expr, partitions, columns, None if limit is None else limit - rows
-        )
-        if include_paths:
-            table = table.append_column("path", pa.repeat(pa.scalar(path), table.num_rows))
-        tables.append(table)
-        rows += table.num_rows
-        if limit is not None and rows >= limit:
-            break
-    return blk.concat(tables)
+
+    def read_one(piece, rows_wanted):
+        path, row_groups = piece
+        return _read_piece(fs, path, row_groups, filter_expr, partitions, columns, rows_wanted)
+
+    return read_in_order(pieces, read_one, include_paths, limit)
 
 
 def _read_piece(fs, path, row_groups, filter_expr, partitions, columns, limit) -> pa.Table:

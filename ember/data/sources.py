@@ -301,6 +301,23 @@ def _partitions(partitioning, filesystem, paths: list, columns: list):
     return (fields, values) if fields else None
 
 
+def read_in_order(items, read_one, include_paths: bool, limit) -> pa.Table:
+    """One block: ``read_one(item, rows still wanted or None)`` for each of ``items`` (a path, or a
+    (path, row groups) piece) in order, with a "path" column when ``include_paths``, until ``limit``
+    rows are read."""
+    tables, rows = [], 0
+    for item in items:
+        table = read_one(item, None if limit is None else limit - rows)
+        if include_paths:
+            path = item if isinstance(item, str) else item[0]
+            table = table.append_column("path", pa.repeat(pa.scalar(path), table.num_rows))
+        tables.append(table)
+        rows += table.num_rows
+        if limit is not None and rows >= limit:
+            break
+    return blk.concat(tables)
+
+
 def _read_files(fs, paths, reader, include_paths, partitions, columns, limit):
     """``partitions``: None, or the partition fields and the values of those of ``paths`` that
     carry any, added as columns after each file's own."""
@@ -308,8 +325,8 @@ def _read_files(fs, paths, reader, include_paths, partitions, columns, limit):
     if include_paths:
         added.add("path")
     data_columns = None if columns is None else [c for c in columns if c not in added]
-    tables, rows = [], 0
-    for path in paths:
+
+    def read_one(path, _rows_wanted):
         with fs.open_input_stream(path) as stream:
             try:
                 table = reader(stream, data_columns)
@@ -317,13 +334,9 @@ def _read_files(fs, paths, reader, include_paths, partitions, columns, limit):
                 raise type(error)(f"Could not read {path}: {error}") from error
         if partitions:
             table = partition.add_columns(table, partitions[0], partitions[1].get(path))
-        if include_paths:
-            table = table.append_column("path", pa.repeat(pa.scalar(path), table.num_rows))
-        tables.append(table)
-        rows += table.num_rows
-        if limit is not None and rows >= limit:
-            break
-    return blk.concat(tables)
+        return table
+
+    return read_in_order(paths, read_one, include_paths, limit)
 
 
 def _file_read(name, paths, filesystem, reader, read: ReadArgs, include_paths, file_extensions, partitioning):
